@@ -1,0 +1,78 @@
+"""The MQTT topic schema of a Roost hub (documented in docs/topics.md).
+
+Readings in
+  ``roost/readings/<area>/<sensor_kind>``
+      payload: JSON ``{"value": 21.5, "ts": 1424870400.0, "id": "r-17"}``; ``ts``
+      (epoch seconds, reading time) and ``id`` (echoed in the decision as
+      ``trigger_id``) are optional; a bare JSON number is accepted too.
+  ``<statestream_base>/<domain>/<object_id>/state``
+      Home Assistant ``mqtt_statestream``: the raw state string. The entity is
+      mapped to (area, sensor_kind) by configuration; other statestream attribute
+      topics are ignored.
+
+Out (``<hub_id>`` from configuration)
+  ``roost/<hub_id>/decisions/<model>/<area>``   one JSON decision per message (QoS 1)
+  ``roost/<hub_id>/status``                     ``online``/``offline``, retained, the MQTT will
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+READINGS_PREFIX = "roost/readings"
+READINGS_FILTER = f"{READINGS_PREFIX}/+/+"
+_SEGMENT = re.compile(r"^[a-z0-9_]{1,64}$")
+
+
+def valid_segment(segment: str) -> bool:
+    """Areas, sensor kinds, model names: lowercase snake_case, at most 64 chars."""
+    return bool(_SEGMENT.match(segment))
+
+
+@dataclass(frozen=True)
+class ReadingTopic:
+    area: str
+    sensor_kind: str
+
+
+def reading_topic(area: str, sensor_kind: str) -> str:
+    return f"{READINGS_PREFIX}/{area}/{sensor_kind}"
+
+
+def parse_reading_topic(topic: str) -> ReadingTopic | None:
+    """``roost/readings/<area>/<kind>`` -> ReadingTopic, or None if it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != READINGS_PREFIX:
+        return None
+    area, kind = parts[2], parts[3]
+    if not (valid_segment(area) and valid_segment(kind)):
+        return None
+    return ReadingTopic(area, kind)
+
+
+def statestream_filter(base: str) -> str:
+    return f"{base}/+/+/state"
+
+
+def parse_statestream_topic(base: str, topic: str) -> str | None:
+    """``<base>/<domain>/<object_id>/state`` -> ``<domain>.<object_id>``, else None."""
+    prefix = base + "/"
+    if not topic.startswith(prefix) or not topic.endswith("/state"):
+        return None
+    parts = topic[len(prefix) :].split("/")
+    if len(parts) != 3:
+        return None
+    return f"{parts[0]}.{parts[1]}"
+
+
+def decision_topic(hub_id: str, model: str, area: str) -> str:
+    return f"roost/{hub_id}/decisions/{model}/{area}"
+
+
+def decisions_filter(hub_id: str) -> str:
+    return f"roost/{hub_id}/decisions/#"
+
+
+def status_topic(hub_id: str) -> str:
+    return f"roost/{hub_id}/status"

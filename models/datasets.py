@@ -1,0 +1,94 @@
+"""Loaders for the real household data sets in ``../shared/data`` (never copied here).
+
+The data directory is ``$ROOST_DATA_DIR`` if set, else ``../shared/data`` next to the
+repository. Callers that can do without the data check :func:`data_dir` and fall back
+(the simulator uses its generator; tests skip with a reason).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path | None:
+    """Where the shared data sets are, or None if they are not on this machine."""
+    env = os.environ.get("ROOST_DATA_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for c in candidates:
+        if (c / "README.md").is_file() or (c / "occupancy").is_dir():
+            return c
+    return None
+
+
+class DatasetMissing(FileNotFoundError):
+    """The shared data set is not on this machine."""
+
+
+@dataclass(frozen=True)
+class OccupancyData:
+    """UCI Occupancy Detection, one split. Timestamps are the room's local wall time,
+    stored as epoch seconds as if UTC (so hour-of-day features read the local hour)."""
+
+    ts: npt.NDArray[np.float64]
+    temperature: npt.NDArray[np.float64]
+    humidity: npt.NDArray[np.float64]
+    light: npt.NDArray[np.float64]
+    co2: npt.NDArray[np.float64]
+    humidity_ratio: npt.NDArray[np.float64]
+    occupancy: npt.NDArray[np.int64]
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+OCCUPANCY_FILES = {"train": "datatraining.txt", "test": "datatest.txt"}
+
+
+def occupancy_path(split: Literal["train", "test"]) -> Path:
+    base = data_dir()
+    if base is None:
+        raise DatasetMissing(
+            "the shared data sets are not here: set ROOST_DATA_DIR or place them in ../shared/data"
+        )
+    path = base / "occupancy" / OCCUPANCY_FILES[split]
+    if not path.is_file():
+        raise DatasetMissing(f"{path} is missing")
+    return path
+
+
+def load_occupancy(split: Literal["train", "test"]) -> OccupancyData:
+    """Read one split. The header names 7 columns; every row starts with a quoted row number."""
+    path = occupancy_path(split)
+    raw = path.read_bytes()
+    rows = list(csv.reader(raw.decode().splitlines()))[1:]
+    cols: list[list[float]] = [[] for _ in range(7)]
+    for r in rows:
+        if len(r) != 8:
+            continue
+        stamp = datetime.strptime(r[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+        cols[0].append(stamp.timestamp())
+        for i in range(2, 8):
+            cols[i - 1].append(float(r[i]))
+    return OccupancyData(
+        ts=np.asarray(cols[0]),
+        temperature=np.asarray(cols[1]),
+        humidity=np.asarray(cols[2]),
+        light=np.asarray(cols[3]),
+        co2=np.asarray(cols[4]),
+        humidity_ratio=np.asarray(cols[5]),
+        occupancy=np.asarray(cols[6], dtype=np.int64),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )

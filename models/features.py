@@ -1,0 +1,164 @@
+"""Feature specs: the one definition of each model's inputs.
+
+Training (``models/<task>/train.py``) and serving (the hub's feature windows) both
+build input tensors through :class:`FeatureWindow`, so they cannot compute features
+differently. A spec names sensor *kinds* (Home Assistant device_class style:
+``temperature``, ``humidity``, ``illuminance``, ``carbon_dioxide``) per area, never
+device ids, plus derived time-of-day features. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+
+import numpy as np
+import numpy.typing as npt
+
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class SensorFeature:
+    """The latest value of one kind of sensor in the area."""
+
+    name: str
+    sensor_kind: str
+    unit: str
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Inputs of one model: ``window`` snapshots of the sensor and time features.
+
+    A snapshot holds the latest value of each sensor kind (forward-filled) plus
+    ``hour_sin``/``hour_cos`` when ``time_of_day`` is set. With ``window > 1`` a new
+    snapshot is taken every ``step_seconds`` of reading time.
+    """
+
+    spec_id: str
+    sensors: tuple[SensorFeature, ...]
+    time_of_day: bool = True
+    window: int = 1
+    step_seconds: float = 60.0
+    # A sensor value older than this (reading time) makes the window not ready.
+    max_staleness_seconds: float = 900.0
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = [s.name for s in self.sensors]
+        if self.time_of_day:
+            names += ["hour_sin", "hour_cos"]
+        return names
+
+    @property
+    def units(self) -> list[str]:
+        units = [s.unit for s in self.sensors]
+        if self.time_of_day:
+            units += ["", ""]
+        return units
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        n = len(self.feature_names)
+        return (n,) if self.window == 1 else (self.window, n)
+
+    @property
+    def sensor_kinds(self) -> frozenset[str]:
+        return frozenset(s.sensor_kind for s in self.sensors)
+
+
+def time_of_day_features(ts: float, tz: tzinfo = UTC) -> tuple[float, float]:
+    """(sin, cos) of the local hour of day of epoch time ``ts``."""
+    local = datetime.fromtimestamp(ts, tz)
+    seconds = local.hour * 3600 + local.minute * 60 + local.second
+    angle = 2.0 * math.pi * seconds / SECONDS_PER_DAY
+    return math.sin(angle), math.cos(angle)
+
+
+def snapshot(
+    spec: FeatureSpec, latest: Mapping[str, float], ts: float, tz: tzinfo = UTC
+) -> list[float] | None:
+    """One row of features from the latest value of each sensor kind, or None if any is missing."""
+    row: list[float] = []
+    for s in spec.sensors:
+        v = latest.get(s.sensor_kind)
+        if v is None:
+            return None
+        row.append(float(v))
+    if spec.time_of_day:
+        row.extend(time_of_day_features(ts, tz))
+    return row
+
+
+class FeatureWindow:
+    """Rolling inputs of one model for one area, updated reading by reading."""
+
+    def __init__(self, spec: FeatureSpec, tz: tzinfo = UTC) -> None:
+        self.spec = spec
+        self._tz = tz
+        self._latest: dict[str, float] = {}
+        self._seen_at: dict[str, float] = {}
+        self._rows: deque[list[float]] = deque(maxlen=spec.window)
+        self._last_step: float | None = None
+
+    def update(self, sensor_kind: str, value: float, ts: float) -> bool:
+        """Record a reading. Returns True when the model's input is complete and fresh."""
+        if sensor_kind not in self.spec.sensor_kinds:
+            return False
+        self._latest[sensor_kind] = value
+        self._seen_at[sensor_kind] = ts
+        if self.spec.window > 1:
+            self._maybe_step(ts)
+        return self.ready(ts)
+
+    def _maybe_step(self, ts: float) -> None:
+        if self._last_step is not None and ts - self._last_step < self.spec.step_seconds:
+            return
+        row = snapshot(self.spec, self._latest, ts, self._tz)
+        if row is not None:
+            self._rows.append(row)
+            self._last_step = ts
+
+    def ready(self, ts: float) -> bool:
+        if len(self._latest) < len(self.spec.sensor_kinds):
+            return False
+        oldest = min(self._seen_at.values())
+        if ts - oldest > self.spec.max_staleness_seconds:
+            return False
+        return self.spec.window == 1 or len(self._rows) == self.spec.window
+
+    def tensor(self, ts: float) -> npt.NDArray[np.float32]:
+        """The model input at reading time ``ts``; call only when :meth:`ready`."""
+        if self.spec.window == 1:
+            row = snapshot(self.spec, self._latest, ts, self._tz)
+            if row is None:
+                raise ValueError("feature window is not ready")
+            return np.asarray(row, dtype=np.float32)
+        return np.asarray(list(self._rows), dtype=np.float32)
+
+
+# --- The specs of the shipped models -------------------------------------------------
+
+OCCUPANCY_V1 = FeatureSpec(
+    spec_id="occupancy/v1",
+    sensors=(
+        SensorFeature("temperature", "temperature", "degC"),
+        SensorFeature("humidity", "humidity", "%"),
+        SensorFeature("light", "illuminance", "lx"),
+        SensorFeature("co2", "carbon_dioxide", "ppm"),
+    ),
+    time_of_day=True,
+)
+
+SPECS: dict[str, FeatureSpec] = {OCCUPANCY_V1.spec_id: OCCUPANCY_V1}
+
+
+def spec_by_id(spec_id: str) -> FeatureSpec:
+    try:
+        return SPECS[spec_id]
+    except KeyError:
+        raise KeyError(f"unknown feature spec '{spec_id}'; known: {sorted(SPECS)}") from None

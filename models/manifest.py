@@ -1,0 +1,158 @@
+"""The model manifest: what a model artifact is and what input it accepts.
+
+One JSON file per artifact directory (``<model_dir>/<name>/manifest.json``). The
+inference service validates every request against ``input``; the audit log records
+``name``/``version``/``sha256``. Torch-free: the serving roles import this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+MANIFEST_FILE = "manifest.json"
+DType = Literal["float32", "float64", "int64"]
+TaskKind = Literal["classification", "regression"]
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed or does not match its artifact."""
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    name: str
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class InputSchema:
+    """The tensor a model accepts, without the batch dimension."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    features: tuple[FeatureInfo, ...]
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    task_kind: TaskKind
+    file: str
+    sha256: str
+    input: InputSchema
+    output_name: str
+    # Class names (classification) or output names (regression), in output order.
+    output_labels: tuple[str, ...]
+    feature_spec: str
+    # Per-feature occlusion baseline (e.g. training means), flattened like the input.
+    baseline: tuple[float, ...] = ()
+    training_data_sha256: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    description: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _req(d: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in d:
+        raise ManifestError(f"{where}: missing field '{key}'")
+    value = d[key]
+    if not isinstance(value, kind):
+        raise ManifestError(f"{where}: field '{key}' must be {kind.__name__}")
+    return value
+
+
+def parse_manifest(raw: dict[str, Any], where: str = "manifest") -> Manifest:
+    inp = _req(raw, "input", dict, where)
+    dtype = _req(inp, "dtype", str, f"{where}.input")
+    if dtype not in ("float32", "float64", "int64"):
+        raise ManifestError(f"{where}.input: unsupported dtype '{dtype}'")
+    shape = tuple(int(d) for d in _req(inp, "shape", list, f"{where}.input"))
+    if not shape or any(d <= 0 for d in shape):
+        raise ManifestError(f"{where}.input: shape must be positive, got {list(shape)}")
+    features = tuple(
+        FeatureInfo(name=str(f["name"]), unit=str(f.get("unit", "")))
+        for f in _req(inp, "features", list, f"{where}.input")
+    )
+    if len(features) != shape[-1]:
+        raise ManifestError(
+            f"{where}.input: {len(features)} feature names for last dimension {shape[-1]}"
+        )
+    task_kind = _req(raw, "task_kind", str, where)
+    if task_kind not in ("classification", "regression"):
+        raise ManifestError(f"{where}: unknown task_kind '{task_kind}'")
+    schema = InputSchema(
+        name=_req(inp, "name", str, f"{where}.input"), dtype=dtype, shape=shape, features=features
+    )
+    baseline = tuple(float(v) for v in raw.get("baseline", []))
+    if baseline and len(baseline) != schema.size:
+        raise ManifestError(f"{where}: baseline has {len(baseline)} values, input {schema.size}")
+    return Manifest(
+        name=_req(raw, "name", str, where),
+        version=_req(raw, "version", str, where),
+        task_kind=task_kind,
+        file=_req(raw, "file", str, where),
+        sha256=_req(raw, "sha256", str, where),
+        input=schema,
+        output_name=_req(raw, "output_name", str, where),
+        output_labels=tuple(str(x) for x in _req(raw, "output_labels", list, where)),
+        feature_spec=_req(raw, "feature_spec", str, where),
+        baseline=baseline,
+        training_data_sha256=str(raw.get("training_data_sha256", "")),
+        metrics={str(k): float(v) for k, v in raw.get("metrics", {}).items()},
+        description=str(raw.get("description", "")),
+    )
+
+
+def load_manifest(model_dir: Path, *, verify_sha256: bool = True) -> Manifest:
+    """Load ``model_dir/manifest.json`` and check the artifact's hash."""
+    path = model_dir / MANIFEST_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ManifestError(f"{path}: not found") from e
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from e
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: must be a JSON object")
+    manifest = parse_manifest(raw, where=str(path))
+    if verify_sha256:
+        artifact = model_dir / manifest.file
+        if not artifact.is_file():
+            raise ManifestError(f"{path}: artifact '{manifest.file}' not found")
+        actual = sha256_file(artifact)
+        if actual != manifest.sha256:
+            raise ManifestError(
+                f"{artifact}: sha256 {actual} does not match manifest {manifest.sha256}"
+            )
+    return manifest
+
+
+def shipped_models_dir() -> Path:
+    """The artifacts that ship with Roost (``models/artifacts``)."""
+    return Path(__file__).resolve().parent / "artifacts"
