@@ -59,3 +59,9 @@ class Unavailable(RoostError):
     """Transient: retry with backoff."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unimplemented(RoostError):
+    """The RPC is part of the v1 API but this build does not serve it yet."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED

@@ -1,0 +1,41 @@
+"""Configuration of the hub process (section ``[hub]``, env ``ROOST_HUB_*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    hub_id: str = "local"
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_keepalive_seconds: int = 30
+    # Reconnect backoff: doubles from min to max.
+    mqtt_reconnect_min_seconds: float = 0.2
+    mqtt_reconnect_max_seconds: float = 5.0
+    inference_target: str = "127.0.0.1:50051"
+    audit_target: str = "127.0.0.1:50052"
+    certs_dir: Path = Path("var/certs")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    # Deadlines of the calls on the decision path.
+    predict_deadline_seconds: float = 0.5
+    audit_deadline_seconds: float = 2.0
+    # Readings larger than this are dropped (counted, logged once per topic).
+    max_payload_bytes: int = 1024
+    # Pending decisions held while the services are slow or down; beyond, the oldest
+    # readings are dropped (counted). Recorded decisions are never dropped.
+    max_pending: int = 20_000
+    max_batch: int = 512
+    # How long a graceful stop waits for in-flight decisions.
+    drain_seconds: float = 10.0
+    # Home Assistant mqtt_statestream base topic, and entity mapping
+    # "sensor.office_temperature=office/temperature" (area/sensor_kind).
+    statestream_base: str = "homeassistant_statestream"
+    statestream_entities: tuple[str, ...] = ()
+    # IANA time zone of the home (time-of-day features).
+    timezone: str = "UTC"
+    ready_file: Path | None = None
+    log_level: str = "INFO"

@@ -1,0 +1,288 @@
+"""The decision path: predict, record durably, then publish.
+
+Readings that complete a model's feature window become ``Pending`` items. One task
+takes whatever is pending (up to ``max_batch``), predicts it with one
+``PredictBatch`` per model, appends the decisions to the audit log in one
+``AppendDecisions`` call, and only once the audit service acknowledged them
+publishes them on MQTT. The append is retried with the same decision ids until it
+succeeds (the audit log is idempotent by id), so a decision is never published
+unrecorded and an acknowledged one is never lost. Batching grows by itself under
+load: while one batch is in flight the next one accumulates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter, Gauge, Histogram
+
+from hub.topics import decision_topic
+from roost.audit.v1 import audit_service_pb2 as audit_pb
+from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from roost.common.v1 import common_pb2
+from roost.inference.v1 import inference_service_pb2 as inf_pb
+from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
+
+log = logging.getLogger(__name__)
+
+DECISIONS = Counter(
+    "roost_hub_decisions_total", "Decisions by model and outcome.", ["model", "outcome"]
+)
+DECISION_LATENCY = Histogram(
+    "roost_hub_decision_latency_seconds",
+    "From a reading's arrival to its decision being published.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
+BATCH_SIZE = Histogram(
+    "roost_hub_batch_size", "Decisions per batch.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 512)
+)
+PENDING = Gauge("roost_hub_pending_decisions", "Readings waiting for a decision.")
+AUDIT_RETRIES = Counter(
+    "roost_hub_audit_append_retries_total", "Audit appends retried (audit slow or down)."
+)
+PREDICT_FAILURES = Counter(
+    "roost_hub_predict_failures_total", "PredictBatch calls that failed, by code.", ["code"]
+)
+
+REPORT_ONLY = audit_pb.Policy(
+    policy_id="report-only",
+    verdict=audit_pb.POLICY_VERDICT_NOT_APPLICABLE,
+    reason="Roost reports this prediction; no action is configured for this entity.",
+)
+PREDICT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Pending:
+    model: str
+    area: str
+    features: npt.NDArray[np.float32]
+    feature_names: tuple[str, ...]
+    reading_ts: float
+    trigger_id: str
+    received_at: float  # time.perf_counter() at arrival
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+
+
+Publish = Callable[[Sequence[Outgoing]], Awaitable[None]]
+
+
+def _tensor(x: npt.NDArray[np.float32]) -> common_pb2.Tensor:
+    return common_pb2.Tensor(
+        dtype=common_pb2.DATA_TYPE_FLOAT32, shape=list(x.shape), float_values=x.ravel().tolist()
+    )
+
+
+def _now_ts() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class DecisionPipeline:
+    def __init__(
+        self,
+        *,
+        hub_id: str,
+        inference: inf_grpc.InferenceServiceAsyncStub,
+        audit: audit_grpc.AuditServiceAsyncStub,
+        publish: Publish,
+        predict_deadline: float,
+        audit_deadline: float,
+        max_pending: int,
+        max_batch: int,
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self._hub_id = hub_id
+        self._inference = inference
+        self._audit = audit
+        self._publish = publish
+        self._predict_deadline = predict_deadline
+        self._audit_deadline = audit_deadline
+        self._max_batch = max_batch
+        self._pending: deque[Pending] = deque()
+        self._max_pending = max_pending
+        self._on_overflow = on_overflow
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+
+    def submit(self, item: Pending) -> None:
+        if len(self._pending) >= self._max_pending:
+            self._pending.popleft()
+            self._on_overflow()
+        self._pending.append(item)
+        self._idle.clear()
+        PENDING.set(len(self._pending))
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Process batches until cancelled or closed and drained."""
+        while True:
+            if not self._pending:
+                self._idle.set()
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = [
+                self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))
+            ]
+            PENDING.set(len(self._pending))
+            BATCH_SIZE.observe(len(batch))
+            await self._process(batch)
+
+    async def drain(self, within: float) -> bool:
+        """Stop taking new work once the queue is empty; True if drained in time."""
+        self._closing = True
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), within)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _process(self, batch: list[Pending]) -> None:
+        by_model: dict[str, list[Pending]] = {}
+        for p in batch:
+            by_model.setdefault(p.model, []).append(p)
+        decided: list[tuple[Pending, audit_pb.Decision]] = []
+        for model, items in by_model.items():
+            response = await self._predict(model, items)
+            if response is None:
+                DECISIONS.labels(model, "predict_failed").inc(len(items))
+                continue
+            decided.extend(
+                (p, self._decision(p, response.model, pred))
+                for p, pred in zip(items, response.predictions, strict=True)
+            )
+        if not decided:
+            return
+        results = await self._append([d for _, d in decided])
+        if results is None:
+            for p, _ in decided:
+                DECISIONS.labels(p.model, "unrecorded").inc()
+            return
+        out = [
+            Outgoing(decision_topic(self._hub_id, p.model, p.area), _payload(p, d, r.index))
+            for (p, d), r in zip(decided, results, strict=True)
+        ]
+        await self._publish(out)
+        done = time.perf_counter()
+        for p, _ in decided:
+            DECISION_LATENCY.observe(done - p.received_at)
+            DECISIONS.labels(p.model, "published").inc()
+
+    async def _predict(
+        self, model: str, items: list[Pending]
+    ) -> inf_pb.PredictBatchResponse | None:
+        request = inf_pb.PredictBatchRequest(
+            model_name=model, inputs=[_tensor(p.features) for p in items]
+        )
+        delay = 0.05
+        for attempt in range(PREDICT_ATTEMPTS):
+            try:
+                response: inf_pb.PredictBatchResponse = await self._inference.PredictBatch(
+                    request, timeout=self._predict_deadline
+                )
+                return response
+            except grpc.aio.AioRpcError as e:
+                PREDICT_FAILURES.labels(e.code().name).inc()
+                retryable = e.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+                if not retryable or attempt == PREDICT_ATTEMPTS - 1:
+                    log.warning("%s: PredictBatch failed: %s", model, e.code().name)
+                    return None
+                await asyncio.sleep(delay)
+                delay *= 2
+        return None
+
+    def _decision(
+        self, p: Pending, model: common_pb2.ModelRef, pred: inf_pb.Prediction
+    ) -> audit_pb.Decision:
+        return audit_pb.Decision(
+            decision_id=uuid.uuid4().hex,
+            decided_at=_now_ts(),
+            hub_id=self._hub_id,
+            entity_id=f"{p.model}.{p.area}",
+            model=model,
+            inputs=audit_pb.DecisionInputs(
+                feature_names=list(p.feature_names), tensor=_tensor(p.features)
+            ),
+            output_values=list(pred.values),
+            output_label=pred.label,
+            confidence=pred.confidence,
+            policy=REPORT_ONLY,
+            action="publish",
+            actor=audit_pb.ACTOR_AUTOMATIC,
+        )
+
+    async def _append(
+        self, decisions: list[audit_pb.Decision]
+    ) -> Sequence[audit_pb.AppendResult] | None:
+        """Append until acknowledged (same ids, so retries are idempotent).
+
+        Gives up only when the pipeline is closing and the drain deadline passes;
+        those decisions were never acknowledged and are never published.
+        """
+        request = audit_pb.AppendDecisionsRequest(decisions=decisions)
+        delay = 0.05
+        while True:
+            try:
+                response: audit_pb.AppendDecisionsResponse = await self._audit.AppendDecisions(
+                    request, timeout=self._audit_deadline
+                )
+                return response.results
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                ):
+                    log.error("audit refused %d decisions: %s", len(decisions), e.details())
+                    return None
+                AUDIT_RETRIES.inc()
+                log.warning("audit append failed (%s); retrying in %.2fs", e.code().name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+
+def _payload(p: Pending, d: audit_pb.Decision, index: int) -> bytes:
+    doc = {
+        "decision_id": d.decision_id,
+        "audit_index": index,
+        "entity_id": d.entity_id,
+        "area": p.area,
+        "model": {"name": d.model.name, "version": d.model.version, "sha256": d.model.sha256},
+        "label": d.output_label,
+        "confidence": round(d.confidence, 6),
+        "values": [round(v, 6) for v in d.output_values],
+        "decided_at": d.decided_at.ToDatetime(UTC).isoformat(),
+        "reading_ts": p.reading_ts,
+        "trigger_id": p.trigger_id,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def reading_time(ts: float | None) -> float:
+    return ts if ts is not None else datetime.now(UTC).timestamp()

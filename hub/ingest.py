@@ -1,0 +1,119 @@
+"""From an MQTT message to pending decisions: route, validate, update feature windows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, tzinfo
+
+from hub.decisions import DecisionPipeline, Pending
+from hub.payloads import (
+    READINGS,
+    DropLog,
+    DropReason,
+    InvalidReading,
+    Reading,
+    parse_reading,
+    parse_statestream,
+)
+from hub.topics import parse_reading_topic, parse_statestream_topic, valid_segment
+from models.features import FeatureSpec, FeatureWindow
+
+
+@dataclass(frozen=True)
+class SensorRef:
+    area: str
+    sensor_kind: str
+
+
+def parse_entity_map(entries: tuple[str, ...]) -> dict[str, SensorRef]:
+    """``("sensor.office_temp=office/temperature", ...)`` -> {entity_id: SensorRef}."""
+    mapping: dict[str, SensorRef] = {}
+    for entry in entries:
+        entity, sep, target = entry.partition("=")
+        area, slash, kind = target.partition("/")
+        if not sep or not slash or not (valid_segment(area) and valid_segment(kind)):
+            raise ValueError(
+                f"statestream_entities: '{entry}' must look like "
+                "'sensor.office_temperature=office/temperature'"
+            )
+        mapping[entity.strip()] = SensorRef(area, kind)
+    return mapping
+
+
+class Ingest:
+    def __init__(
+        self,
+        *,
+        specs: Mapping[str, FeatureSpec],
+        pipeline: DecisionPipeline,
+        max_payload_bytes: int,
+        statestream_base: str,
+        statestream_entities: Mapping[str, SensorRef],
+        tz: tzinfo = UTC,
+    ) -> None:
+        self._specs = specs
+        self._pipeline = pipeline
+        self._max_bytes = max_payload_bytes
+        self._base = statestream_base
+        self._entities = statestream_entities
+        self._tz = tz
+        self._windows: dict[tuple[str, str], FeatureWindow] = {}
+        self._models_by_kind: dict[str, list[str]] = {}
+        for name, spec in specs.items():
+            for kind in spec.sensor_kinds:
+                self._models_by_kind.setdefault(kind, []).append(name)
+        self.drops = DropLog()
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        """Never raises: bad input is counted and dropped."""
+        received = time.perf_counter()
+        now = time.time()
+        try:
+            ref, reading = self._parse(topic, payload, now)
+        except InvalidReading as e:
+            self.drops.drop(topic, e.reason, str(e))
+            return
+        models = self._models_by_kind.get(ref.sensor_kind)
+        if not models:
+            self.drops.drop(topic, DropReason.UNKNOWN_SENSOR, "no model uses this sensor kind")
+            return
+        READINGS.inc()
+        ts = reading.ts if reading.ts is not None else now
+        for model in models:
+            window = self._window(model, ref.area)
+            if window.update(ref.sensor_kind, reading.value, ts):
+                spec = self._specs[model]
+                self._pipeline.submit(
+                    Pending(
+                        model=model,
+                        area=ref.area,
+                        features=window.tensor(ts),
+                        feature_names=tuple(spec.feature_names),
+                        reading_ts=ts,
+                        trigger_id=reading.reading_id,
+                        received_at=received,
+                    )
+                )
+
+    def _parse(self, topic: str, payload: bytes, now: float) -> tuple[SensorRef, Reading]:
+        rt = parse_reading_topic(topic)
+        if rt is not None:
+            return SensorRef(rt.area, rt.sensor_kind), parse_reading(
+                payload, max_bytes=self._max_bytes, now=now
+            )
+        entity = parse_statestream_topic(self._base, topic)
+        if entity is not None:
+            ref = self._entities.get(entity)
+            if ref is None:
+                raise InvalidReading(DropReason.UNKNOWN_SENSOR, "entity is not mapped to an area")
+            return ref, parse_statestream(payload, max_bytes=self._max_bytes)
+        raise InvalidReading(DropReason.UNKNOWN_TOPIC, "topic is not in the Roost schema")
+
+    def _window(self, model: str, area: str) -> FeatureWindow:
+        key = (model, area)
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = FeatureWindow(self._specs[model], self._tz)
+        return window

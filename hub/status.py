@@ -1,0 +1,115 @@
+"""``roost status`` and ``roost tail``: look at a running stack from the outside."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hub.topics import decisions_filter
+from services.kit.auth import Role
+from services.kit.client import sync_channel
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _grpc_health(port: int, role: Role, certs_dir: Path, timeout: float) -> Check:
+    with sync_channel(
+        f"127.0.0.1:{port}", certs_dir=certs_dir, role=Role.ADMIN, server_role=role
+    ) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError as e:
+            return Check(role.value, False, f"gRPC :{port} {e.code().name}")
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    return Check(
+        role.value, resp.status == health_pb2.HealthCheckResponse.SERVING, f"gRPC :{port} {status}"
+    )
+
+
+def _metrics(port: int, timeout: float) -> str:
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        body: bytes = r.read()
+    return body.decode()
+
+
+def metric_value(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def check_stack(stack: dict[str, Any], timeout: float = 2.0) -> list[Check]:
+    certs = Path(stack["certs_dir"])
+    results: list[Check] = []
+    broker = stack["broker"]
+    with socket.socket() as s:
+        s.settimeout(timeout)
+        up = s.connect_ex((broker["host"], int(broker["port"]))) == 0
+    results.append(Check("mosquitto", up, f"mqtt {broker['host']}:{broker['port']}"))
+    for name, proc in stack["processes"].items():
+        if name in ("mosquitto", "simulator"):
+            continue
+        if "port" in proc:
+            results.append(_grpc_health(int(proc["port"]), Role(name), certs, timeout))
+        if name == "hub":
+            try:
+                text = _metrics(int(proc["metrics_port"]), timeout)
+            except OSError as e:
+                results.append(Check("hub", False, f"metrics unreachable ({e})"))
+                continue
+            connected = metric_value(text, "roost_hub_mqtt_connected") == 1
+            published = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("roost_hub_decisions_total{") and 'outcome="published"' in line
+            )
+            results.append(
+                Check(
+                    "hub",
+                    connected,
+                    f"mqtt {'connected' if connected else 'DISCONNECTED'}, "
+                    f"{int(published)} decisions published",
+                )
+            )
+    return results
+
+
+def render(results: list[Check]) -> str:
+    width = max(len(r.name) for r in results)
+    return "\n".join(f"{'OK  ' if r.ok else 'FAIL'}  {r.name:{width}}  {r.detail}" for r in results)
+
+
+async def tail_decisions(host: str, port: int, hub_id: str, limit: int = 0) -> None:
+    seen = 0
+    async with aiomqtt.Client(host, port, identifier=f"roost-tail-{id(object())}") as client:
+        await client.subscribe(decisions_filter(hub_id), qos=1)
+        async for message in client.messages:
+            payload = message.payload
+            raw = payload if isinstance(payload, bytes) else str(payload).encode()
+            doc = json.loads(raw)
+            print(
+                f"{doc['decided_at'][11:23]}  {doc['entity_id']:22} {doc['label']:10} "
+                f"conf={doc['confidence']:.3f}  "
+                f"model={doc['model']['name']}@{doc['model']['version']}  "
+                f"audit#{doc['audit_index']}",
+                flush=True,
+            )
+            seen += 1
+            if limit and seen >= limit:
+                return

@@ -1,0 +1,108 @@
+"""gRPC servicer of the audit service (first cut: append, query, get)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter, Gauge
+
+from roost.audit.v1 import audit_service_pb2 as pb
+from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
+from services.audit.log import AuditLog
+from services.kit.auth import Policy, Role
+from services.kit.errors import InvalidArgument, Unimplemented
+
+APPENDED = Counter(
+    "roost_audit_decisions_appended_total", "Decisions durably appended (retries excluded)."
+)
+LOG_SIZE = Gauge("roost_audit_log_entries", "Entries in the decision log.")
+
+_SVC = "/roost.audit.v1.AuditService/"
+_WRITERS = frozenset({Role.HUB, Role.UPDATE, Role.PERSONALIZATION})
+_READERS = frozenset({Role.HUB, Role.UPDATE, Role.AUDITOR, Role.ADMIN})
+POLICY: Policy = {
+    _SVC + "AppendDecisions": _WRITERS,
+    _SVC + "QueryDecisions": _READERS,
+    _SVC + "GetDecision": _READERS,
+    _SVC + "GetCheckpoint": _READERS,
+    _SVC + "GetInclusionProof": _READERS,
+    _SVC + "GetConsistencyProof": _READERS,
+    _SVC + "ExportDecisions": _READERS,
+    _SVC + "RedactInputs": frozenset({Role.ADMIN}),
+}
+
+
+def _micros(ts: Timestamp, present: bool) -> int | None:
+    return ts.ToMicroseconds() if present else None
+
+
+class AuditServicer(pb_grpc.AuditServiceServicer):
+    def __init__(self, log: AuditLog, max_append_batch: int) -> None:
+        self._log = log
+        self._max_append_batch = max_append_batch
+
+    async def AppendDecisions(
+        self, request: pb.AppendDecisionsRequest, context: Any
+    ) -> pb.AppendDecisionsResponse:
+        n = len(request.decisions)
+        if n == 0:
+            raise InvalidArgument("decisions: at least one decision is required")
+        if n > self._max_append_batch:
+            raise InvalidArgument(
+                f"decisions: {n} decisions, at most {self._max_append_batch} per request"
+            )
+        results, size = await self._log.append(request.decisions)
+        APPENDED.inc(sum(1 for r in results if not r.already_logged))
+        LOG_SIZE.set(size)
+        return pb.AppendDecisionsResponse(results=results, tree_size=size)
+
+    async def QueryDecisions(
+        self, request: pb.QueryDecisionsRequest, context: Any
+    ) -> pb.QueryDecisionsResponse:
+        entries, token = await self._log.query(
+            _micros(request.start_time, request.HasField("start_time")),
+            _micros(request.end_time, request.HasField("end_time")),
+            entity_id=request.entity_id,
+            model_name=request.model_name,
+            model_version=request.model_version,
+            action=request.action,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.QueryDecisionsResponse(entries=entries, next_page_token=token)
+
+    async def GetDecision(
+        self, request: pb.GetDecisionRequest, context: Any
+    ) -> pb.GetDecisionResponse:
+        if not request.decision_id:
+            raise InvalidArgument("decision_id: required")
+        return pb.GetDecisionResponse(entry=await self._log.get(request.decision_id))
+
+    # The verifiable-log RPCs (Merkle tree, checkpoints, proofs, export, redaction)
+    # are part of the v1 API; they arrive with the transparency log.
+    async def GetCheckpoint(
+        self, request: pb.GetCheckpointRequest, context: Any
+    ) -> pb.GetCheckpointResponse:
+        raise Unimplemented("GetCheckpoint: signed checkpoints are not served yet")
+
+    async def GetInclusionProof(
+        self, request: pb.GetInclusionProofRequest, context: Any
+    ) -> pb.GetInclusionProofResponse:
+        raise Unimplemented("GetInclusionProof: proofs are not served yet")
+
+    async def GetConsistencyProof(
+        self, request: pb.GetConsistencyProofRequest, context: Any
+    ) -> pb.GetConsistencyProofResponse:
+        raise Unimplemented("GetConsistencyProof: proofs are not served yet")
+
+    async def ExportDecisions(
+        self, request: pb.ExportDecisionsRequest, context: Any
+    ) -> Any:
+        raise Unimplemented("ExportDecisions: export bundles are not served yet")
+        yield  # pragma: no cover - makes this an async generator
+
+    async def RedactInputs(
+        self, request: pb.RedactInputsRequest, context: Any
+    ) -> pb.RedactInputsResponse:
+        raise Unimplemented("RedactInputs: redaction is not served yet")

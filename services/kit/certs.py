@@ -1,0 +1,181 @@
+"""The hub's local certificate authority and per-role identities (``roost certs``).
+
+Created on first start: an EC P-256 CA, then one key pair and certificate per role,
+with the role as subject common name and ``roost-<role>`` plus localhost as names.
+Files in the certs directory: ``ca.pem``, ``ca-key.pem``, ``<role>.pem``,
+``<role>-key.pem`` (keys 0600).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.kit.auth import Role
+
+log = logging.getLogger(__name__)
+
+CA_DAYS = 3650
+LEAF_DAYS = 825
+
+
+@dataclass(frozen=True)
+class Identity:
+    """PEM material a process needs for mTLS."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def server_name(role: Role) -> str:
+    """DNS name a role's certificate carries and clients verify (the k3s Service name)."""
+    return f"roost-{role.value}"
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(common_name: str, hub_id: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Roost hub {hub_id}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def create_ca(certs_dir: Path, hub_id: str) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    name = _name(f"Roost local CA ({hub_id})", hub_id)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    certs_dir.mkdir(parents=True, exist_ok=True)
+    _write(certs_dir / "ca-key.pem", _key_pem(key), private=True)
+    _write(certs_dir / "ca.pem", cert.public_bytes(serialization.Encoding.PEM))
+
+
+def issue(certs_dir: Path, role: Role, extra_names: Iterable[str] = ()) -> None:
+    """Issue (or re-issue) the certificate of one role, signed by the local CA."""
+    ca_key = serialization.load_pem_private_key((certs_dir / "ca-key.pem").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate((certs_dir / "ca.pem").read_bytes())
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{certs_dir / 'ca-key.pem'}: not an EC key")
+    org = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
+    hub_id = str(org).removeprefix("Roost hub ")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    dns = [server_name(role), "localhost", *extra_names]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(role.value, hub_id))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write(certs_dir / f"{role.value}-key.pem", _key_pem(key), private=True)
+    _write(certs_dir / f"{role.value}.pem", cert.public_bytes(serialization.Encoding.PEM))
+
+
+def ensure_certs(certs_dir: Path, hub_id: str = "local", roles: Iterable[Role] = Role) -> bool:
+    """Create the CA and any missing role certificates. Returns True if anything was made."""
+    made = False
+    if not (certs_dir / "ca.pem").is_file():
+        create_ca(certs_dir, hub_id)
+        made = True
+    for role in roles:
+        if not (certs_dir / f"{role.value}.pem").is_file():
+            issue(certs_dir, role)
+            made = True
+    if made:
+        log.info("certificates ready in %s", certs_dir)
+    return made
+
+
+def load_identity(certs_dir: Path, role: Role) -> Identity:
+    try:
+        return Identity(
+            ca_pem=(certs_dir / "ca.pem").read_bytes(),
+            cert_pem=(certs_dir / f"{role.value}.pem").read_bytes(),
+            key_pem=(certs_dir / f"{role.value}-key.pem").read_bytes(),
+        )
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"mTLS material for role '{role.value}' missing in {certs_dir}: "
+            f"run `roost certs init --dir {certs_dir}`"
+        ) from e
+
+
+def describe(certs_dir: Path) -> list[tuple[str, str, str]]:
+    """(file, subject CN, not-after) for `roost certs show`."""
+    rows = []
+    for path in sorted(certs_dir.glob("*.pem")):
+        if path.name.endswith("-key.pem"):
+            continue
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        rows.append((path.name, str(cn), cert.not_valid_after_utc.isoformat()))
+    return rows

@@ -1,0 +1,169 @@
+"""The one server interceptor: authorization, metrics and error mapping.
+
+For each RPC it (1) authorizes the caller's role from the verified mTLS peer
+certificate, (2) counts the call and its latency by method and status code, and
+(3) maps domain errors (``services.kit.errors``) to status codes. Any other
+exception is a bug: it is logged with a reference and the caller gets a sanitized
+``INTERNAL`` carrying only that reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+from prometheus_client import Counter, Histogram
+
+from services.kit.auth import Policy, Role, is_allowed, method_name, role_from_common_name
+from services.kit.errors import RoostError
+
+log = logging.getLogger(__name__)
+
+RPC_HANDLED = Counter(
+    "roost_grpc_server_handled_total",
+    "RPCs completed, by service, method and status code.",
+    ["service", "method", "code"],
+)
+RPC_LATENCY = Histogram(
+    "roost_grpc_server_handling_seconds",
+    "RPC handling time, by service and method.",
+    ["service", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+AUTH_DENIED = Counter(
+    "roost_grpc_server_denied_total",
+    "RPCs refused because the caller's role may not call them.",
+    ["service", "method"],
+)
+
+
+def peer_role(context: aio.ServicerContext[Any, Any]) -> Role | None:
+    """The caller's role: the common name of its verified client certificate."""
+    auth = context.auth_context()
+    names = list(auth.get("x509_common_name") or [])
+    if len(names) != 1:
+        return None
+    return role_from_common_name(names[0].decode("utf-8", "replace"))
+
+
+def _code_of(exc: Exception) -> grpc.StatusCode:
+    if isinstance(exc, RoostError):
+        return exc.code
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
+    return grpc.StatusCode.INTERNAL
+
+
+class KitInterceptor(aio.ServerInterceptor):
+    def __init__(self, service: str, policy: Policy) -> None:
+        self._service = service
+        self._policy = policy
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        full = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(full, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(full, handler.unary_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        # Client- and bidi-streaming RPCs are not used by Roost; refuse them loudly.
+        raise NotImplementedError(f"{full}: streaming requests are not supported by the kit")
+
+    def _authorize(self, full: str, context: aio.ServicerContext[Any, Any]) -> str | None:
+        role = peer_role(context)
+        if is_allowed(self._policy, full, role):
+            return None
+        AUTH_DENIED.labels(self._service, method_name(full)).inc()
+        who = role.value if role else "an unknown identity"
+        return f"{method_name(full)}: role '{who}' is not allowed to call this method"
+
+    async def _fail(
+        self, context: aio.ServicerContext[Any, Any], full: str, exc: BaseException
+    ) -> grpc.StatusCode:
+        if isinstance(exc, RoostError):
+            await context.abort(exc.code, str(exc))
+        if isinstance(exc, NotImplementedError):
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, f"{method_name(full)}: not implemented"
+            )
+        ref = uuid.uuid4().hex[:12]
+        log.error("internal error in %s (ref %s)", full, ref, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref})")
+        return grpc.StatusCode.INTERNAL  # pragma: no cover - abort raises
+
+    def _record(self, full: str, code: grpc.StatusCode, started: float) -> None:
+        method = method_name(full)
+        RPC_HANDLED.labels(self._service, method, code.name).inc()
+        RPC_LATENCY.labels(self._service, method).observe(time.perf_counter() - started)
+
+    def _wrap_unary(
+        self, full: str, behavior: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+        async def handle(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                denied = self._authorize(full, context)
+                if denied is not None:
+                    code = grpc.StatusCode.PERMISSION_DENIED
+                    await context.abort(code, denied)
+                return await behavior(request, context)
+            except aio.AbortError:
+                code = context.code() or code
+                if isinstance(code, int):
+                    code = grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:
+                code = _code_of(exc)
+                await self._fail(context, full, exc)
+            finally:
+                self._record(full, code, started)
+
+        return handle
+
+    def _wrap_stream(
+        self, full: str, behavior: Callable[[Any, Any], AsyncIterator[Any]]
+    ) -> Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+        async def handle(
+            request: Any, context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                denied = self._authorize(full, context)
+                if denied is not None:
+                    code = grpc.StatusCode.PERMISSION_DENIED
+                    await context.abort(code, denied)
+                async for item in behavior(request, context):
+                    yield item
+            except aio.AbortError:
+                code = context.code() or code
+                raise
+            except Exception as exc:
+                code = _code_of(exc)
+                await self._fail(context, full, exc)
+            finally:
+                self._record(full, code, started)
+
+        return handle
