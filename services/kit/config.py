@@ -36,6 +36,9 @@ class ServiceConfig:
     data_dir: Path = Path("var/data")
     max_message_bytes: int = 4 * 1024 * 1024
     grace_seconds: float = 5.0
+    # On SIGTERM, report NOT_SERVING for this long before refusing new RPCs, so that
+    # probes and clients move away first (k3s: a few seconds; locally 0).
+    drain_delay_seconds: float = 0.0
     keepalive_time_seconds: float = 30.0
     keepalive_timeout_seconds: float = 10.0
     # If set, the service writes {"port", "metrics_port", "pid"} here once serving.

@@ -87,8 +87,19 @@ class KitInterceptor(aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        # Client- and bidi-streaming RPCs are not used by Roost; refuse them loudly.
-        raise NotImplementedError(f"{full}: streaming requests are not supported by the kit")
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(full, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:  # e.g. server reflection
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(full, handler.stream_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
 
     def _authorize(self, full: str, context: aio.ServicerContext[Any, Any]) -> str | None:
         role = peer_role(context)

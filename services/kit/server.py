@@ -107,6 +107,8 @@ class RoostServer:
             return
         self._stopping = True
         await self._health.enter_graceful_shutdown()
+        if self.config.drain_delay_seconds > 0:
+            await asyncio.sleep(self.config.drain_delay_seconds)
         await self._server.stop(self.config.grace_seconds if grace is None else grace)
         log.info("%s stopped", self.role.value)
 

@@ -1,0 +1,62 @@
+# Roost — the two commands a newcomer needs:
+#   make run    set up this machine, start broker + services + hub + simulator
+#   make test   set up this machine, lint, run unit and integration tests
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help setup run test unit integration lint proto proto-check buf-lint bench models constraints clean
+
+help:
+	@echo "make run | test | lint | proto | proto-check | bench | models | clean"
+
+setup:
+	@./scripts/setup.sh
+
+run: setup
+	$(BIN)/roost run
+
+test: setup lint
+	$(BIN)/pytest -q $(PYTEST_ARGS) tests
+
+unit: setup
+	$(BIN)/pytest -q $(PYTEST_ARGS) tests/unit
+
+integration: setup
+	$(BIN)/pytest -q $(PYTEST_ARGS) tests/integration
+
+lint: setup proto-check buf-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy services hub models bench
+
+proto: setup
+	./scripts/gen-protos.sh
+
+# Regenerate into a temp dir and fail on any difference with the committed code.
+proto-check: setup
+	@tmp=$$(mktemp -d) && ./scripts/gen-protos.sh $$tmp >/dev/null 2>&1 && \
+	  diff -r --exclude='*.proto' --exclude='__pycache__' $$tmp/roost protos/roost >/dev/null \
+	  || { echo "generated protobuf code is out of date: run 'make proto' and commit"; rm -rf $$tmp; exit 1; }; \
+	  rm -rf $$tmp; echo "proto-check: generated code is up to date"
+
+buf-lint:
+	@if [ -x node_modules/.bin/buf ]; then node_modules/.bin/buf lint && echo "buf lint: ok"; \
+	  else echo "buf lint: skipped (npm not available)"; fi
+
+bench: setup
+	$(PY) -m bench.e2e
+
+# Retrain the shipped models (needs torch: installs the 'train' extra).
+models: setup
+	$(BIN)/pip install -q -c constraints.txt -e '.[train]'
+	$(PY) -m models.occupancy.train --out models/artifacts/occupancy
+
+constraints:
+	$(BIN)/pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu/torch==\1/' \
+	  | grep -viE '^(nvidia|triton|setuptools|pip)' > constraints.txt
+
+clean:
+	rm -rf var build .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Audit service: the hub's append-only, verifiable decision log."""

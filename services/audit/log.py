@@ -1,0 +1,263 @@
+"""Asyncio front of the audit store: one writer thread, group commit, off-loop reads.
+
+``AuditLog.append`` validates and prepares its request on its own (so an invalid
+request fails alone), then queues it; a single flusher task hands everything queued to
+the writer thread as ONE transaction (one fsync). While that commit is in flight, new
+requests are prepared and queue up for the next one, so preparation overlaps I/O.
+Reads run on another thread with their own read-only connection (WAL readers do not
+wait for the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from roost.audit.v1 import audit_service_pb2 as pb
+from services.audit.records import PreparedRecord, prepare
+from services.audit.store import AuditStore
+from services.kit.errors import ResourceExhausted, Unavailable
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+AppendOutcome = tuple[list[pb.AppendResult], int]
+
+
+# Requests up to this many decisions are prepared on the event loop (about 10 us each);
+# larger ones on the preparer thread.
+_INLINE_PREPARE_MAX = 16
+
+
+@dataclass(slots=True)
+class _Request:
+    records: list[PreparedRecord]
+    future: asyncio.Future[AppendOutcome]
+
+
+class AuditLog:
+    """The audit log as used by the gRPC servicer. Create with ``await AuditLog.open(path)``."""
+
+    def __init__(
+        self,
+        writer: tuple[ThreadPoolExecutor, AuditStore],
+        reader: tuple[ThreadPoolExecutor, AuditStore],
+        preparer: ThreadPoolExecutor,
+        *,
+        max_group_records: int,
+        max_pending_records: int,
+    ) -> None:
+        self._writer, self._writer_store = writer
+        self._reader, self._reader_store = reader
+        self._preparer = preparer
+        self._max_group_records = max_group_records
+        self._max_pending_records = max_pending_records
+        self._pending: deque[_Request] = deque()
+        self._pending_records = 0
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+        # Write transactions committed so far (one per group); for tests and metrics.
+        self.commits = 0
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        max_group_records: int = 10_000,
+        max_pending_records: int = 200_000,
+    ) -> AuditLog:
+        """Opens the store at ``path`` on a dedicated writer thread, plus a reader thread
+        (own read-only connection) and a thread that prepares large requests.
+
+        ``max_group_records`` bounds one transaction (requests are never split);
+        appends beyond ``max_pending_records`` queued records get ResourceExhausted.
+        """
+        loop = asyncio.get_running_loop()
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-reader")
+        preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-prepare")
+        try:
+            writer_store = await loop.run_in_executor(writer, AuditStore.open, path)
+            try:
+                reader_store = await loop.run_in_executor(
+                    reader, functools.partial(AuditStore.open, path, read_only=True)
+                )
+            except BaseException:
+                await loop.run_in_executor(writer, writer_store.close)
+                raise
+        except BaseException:
+            for executor in (writer, reader, preparer):
+                executor.shutdown(wait=False)
+            raise
+        return cls(
+            (writer, writer_store),
+            (reader, reader_store),
+            preparer,
+            max_group_records=max_group_records,
+            max_pending_records=max_pending_records,
+        )
+
+    async def __aenter__(self) -> AuditLog:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def append(self, decisions: Sequence[pb.Decision]) -> AppendOutcome:
+        """Durably appends ``decisions`` (see ``AuditStore.append``); group-committed.
+
+        If the caller is cancelled after its group started, the decisions may still be
+        logged; retrying is safe (appends are idempotent by decision_id).
+        """
+        if self._closed:
+            raise Unavailable("audit log: closed")
+        if self._pending and self._pending_records + len(decisions) > self._max_pending_records:
+            raise ResourceExhausted("audit log: too many pending appends; retry later")
+        loop = asyncio.get_running_loop()
+        if len(decisions) <= _INLINE_PREPARE_MAX:
+            records = prepare(decisions)
+        else:
+            records = await loop.run_in_executor(self._preparer, prepare, decisions)
+            if self._closed:
+                raise Unavailable("audit log: closed")
+        future: asyncio.Future[AppendOutcome] = loop.create_future()
+        self._pending.append(_Request(records, future))
+        self._pending_records += len(records)
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush(), name="audit-group-commit")
+        return await future
+
+    async def query(
+        self,
+        start_us: int | None,
+        end_us: int | None,
+        *,
+        entity_id: str = "",
+        model_name: str = "",
+        model_version: str = "",
+        action: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[pb.LogEntry], str]:
+        """See ``AuditStore.query``."""
+        return await self._read(
+            functools.partial(
+                self._reader_store.query,
+                start_us,
+                end_us,
+                entity_id=entity_id,
+                model_name=model_name,
+                model_version=model_version,
+                action=action,
+                page_size=page_size,
+                page_token=page_token,
+            )
+        )
+
+    async def get(self, decision_id: str) -> pb.LogEntry:
+        """See ``AuditStore.get``."""
+        return await self._read(functools.partial(self._reader_store.get, decision_id))
+
+    async def size(self) -> int:
+        return await self._read(self._reader_store.size)
+
+    async def close(self) -> None:
+        """Commits what is queued, then closes the connections and threads."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._writer, self._writer_store.close)
+            await loop.run_in_executor(self._reader, self._reader_store.close)
+        finally:
+            for executor in (self._writer, self._reader, self._preparer):
+                executor.shutdown(wait=False)
+        logger.info("audit log closed after %d commits", self.commits)
+
+    async def _read(self, call: Callable[[], _T]) -> _T:
+        if self._closed:
+            raise Unavailable("audit log: closed")
+        return await asyncio.get_running_loop().run_in_executor(self._reader, call)
+
+    async def _flush(self) -> None:
+        """Commits queued requests group by group until the queue is empty."""
+        loop = asyncio.get_running_loop()
+        group: list[_Request] = []
+        try:
+            while self._pending:
+                group = self._take_group()
+                if not group:
+                    continue
+                try:
+                    results, tree_size = await loop.run_in_executor(
+                        self._writer, self._commit_group, [request.records for request in group]
+                    )
+                except Exception as exc:
+                    logger.exception("audit group commit failed (%d requests)", len(group))
+                    for request in group:
+                        _settle(request.future, exc)
+                    continue
+                for request, result in zip(group, results, strict=True):
+                    _settle(request.future, (result, tree_size))
+                group = []
+        except asyncio.CancelledError:
+            # Loop shutdown: nobody will commit the rest. Logged or not, retries are safe.
+            for request in (*group, *self._pending):
+                _settle(request.future, Unavailable("audit log: shutting down; retry"))
+            self._pending.clear()
+            self._pending_records = 0
+            raise
+        finally:
+            self._flusher = None
+
+    def _take_group(self) -> list[_Request]:
+        """Pops queued requests up to ``max_group_records`` (at least one request)."""
+        group: list[_Request] = []
+        records = 0
+        while self._pending:
+            request = self._pending[0]
+            size = len(request.records)
+            if group and records + size > self._max_group_records:
+                break
+            self._pending.popleft()
+            self._pending_records -= size
+            if request.future.done():  # Cancelled while queued: not written at all.
+                continue
+            group.append(request)
+            records += size
+        return group
+
+    def _commit_group(
+        self, batches: list[list[PreparedRecord]]
+    ) -> tuple[list[list[pb.AppendResult]], int]:
+        """Writer thread: one transaction for the whole group."""
+        outcome = self._writer_store.append_prepared(batches)
+        if any(batches):
+            self.commits += 1
+        return outcome
+
+
+def _settle(future: asyncio.Future[AppendOutcome], outcome: AppendOutcome | Exception) -> None:
+    if future.done():  # The caller went away (cancelled); its result is not needed.
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -1,0 +1,154 @@
+"""Pure functions over decision records: validation, leaf data and RFC 9162 leaf hashes.
+
+The *record* of a decision is the decision without its ``inputs`` (which live in a
+redactable side store), deterministically serialized. Its leaf hash is
+``SHA-256(0x00 || record)`` as in RFC 9162 section 2.1.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from roost.audit.v1 import audit_service_pb2 as pb
+from services.kit.errors import InvalidArgument
+
+MAX_DECISION_ID_CHARS = 128
+
+_LEAF_PREFIX = b"\x00"
+_HEX_DIGITS = frozenset("0123456789abcdef")
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+
+
+class PreparedRecord(NamedTuple):
+    """A validated decision, ready to be written: everything the store persists.
+
+    The first eight fields are, in order, the ``entries`` columns after ``idx``.
+    """
+
+    decision_id: str
+    decided_at_us: int
+    entity_id: str
+    model_name: str
+    model_version: str
+    action: str
+    record: bytes
+    leaf_hash: bytes
+    # Deterministic serialization of the inputs, or None when the decision has none.
+    inputs: bytes | None
+
+
+def record_bytes(decision: pb.Decision) -> bytes:
+    """The leaf data: ``decision`` without ``inputs``, deterministically serialized."""
+    if not decision.HasField("inputs"):
+        return decision.SerializeToString(deterministic=True)
+    stripped = pb.Decision()
+    stripped.CopyFrom(decision)
+    stripped.ClearField("inputs")
+    return stripped.SerializeToString(deterministic=True)
+
+
+def leaf_hash(record: bytes) -> bytes:
+    """RFC 9162 leaf hash: ``SHA-256(0x00 || record)``."""
+    return hashlib.sha256(_LEAF_PREFIX + record).digest()
+
+
+def inputs_digest(inputs: pb.DecisionInputs) -> str:
+    """Lowercase hex SHA-256 of the deterministic serialization of ``inputs``."""
+    return hashlib.sha256(inputs.SerializeToString(deterministic=True)).hexdigest()
+
+
+def validate_decision(d: pb.Decision, where: str) -> None:
+    """Raises InvalidArgument naming the first bad field, e.g. ``decisions[3].decision_id``.
+
+    ``where`` prefixes field names (``""`` for none). An empty ``inputs_digest`` with
+    inputs present is valid: the store fills it in.
+    """
+    try:
+        _prepare_one(d)
+    except _Invalid as exc:
+        prefix = f"{where}." if where else ""
+        raise InvalidArgument(f"{prefix}{exc.field}: {exc.problem}") from None
+
+
+def prepare(decisions: Sequence[pb.Decision], field: str = "decisions") -> list[PreparedRecord]:
+    """Validates every decision (nothing is returned if any is invalid) and derives the rows.
+
+    Errors name the field as ``{field}[i].name``. The caller's messages are not
+    modified; a missing ``inputs_digest`` is filled in on a copy.
+    """
+    prepared: list[PreparedRecord] = []
+    for i, d in enumerate(decisions):
+        try:
+            prepared.append(_prepare_one(d))
+        except _Invalid as exc:
+            raise InvalidArgument(f"{field}[{i}].{exc.field}: {exc.problem}") from None
+    return prepared
+
+
+class _Invalid(Exception):
+    """One bad field of one decision; turned into InvalidArgument with its position."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(field)
+        self.field = field
+        self.problem = problem
+
+
+def _prepare_one(d: pb.Decision) -> PreparedRecord:
+    """Validates ``d`` and derives its row (hot path: each field is read once)."""
+    decision_id = d.decision_id
+    if not decision_id:
+        raise _Invalid("decision_id", "required")
+    if len(decision_id) > MAX_DECISION_ID_CHARS:
+        raise _Invalid("decision_id", f"at most {MAX_DECISION_ID_CHARS} characters")
+    if not d.HasField("decided_at"):
+        raise _Invalid("decided_at", "required")
+    ts = d.decided_at
+    seconds, nanos = ts.seconds, ts.nanos
+    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+        raise _Invalid("decided_at", "not a valid timestamp")
+    entity_id = d.entity_id
+    if not entity_id:
+        raise _Invalid("entity_id", "required")
+    model = d.model
+    model_name, model_version = model.name, model.version
+    if not model_name:
+        raise _Invalid("model.name", "required")
+    if not model_version:
+        raise _Invalid("model.version", "required")
+    if not model.sha256:
+        raise _Invalid("model.sha256", "required")
+    if d.actor == pb.ACTOR_UNSPECIFIED:
+        raise _Invalid("actor", "must not be ACTOR_UNSPECIFIED")
+    digest = d.inputs_digest
+    inputs: bytes | None = None
+    if d.HasField("inputs"):
+        inputs = d.inputs.SerializeToString(deterministic=True)
+        computed = hashlib.sha256(inputs).hexdigest()
+        if digest and digest != computed:
+            raise _Invalid("inputs_digest", "does not match inputs")
+        stripped = pb.Decision()
+        stripped.CopyFrom(d)
+        stripped.ClearField("inputs")
+        if not digest:
+            stripped.inputs_digest = computed
+        record = stripped.SerializeToString(deterministic=True)
+    else:
+        if digest and not (len(digest) == 64 and _HEX_DIGITS.issuperset(digest)):
+            raise _Invalid("inputs_digest", "must be 64 lowercase hex characters")
+        record = d.SerializeToString(deterministic=True)
+    return PreparedRecord(
+        decision_id,
+        seconds * 1_000_000 + nanos // 1000,
+        entity_id,
+        model_name,
+        model_version,
+        d.action,
+        record,
+        hashlib.sha256(_LEAF_PREFIX + record).digest(),
+        inputs,
+    )

@@ -1,0 +1,351 @@
+"""Durable SQLite storage of the audit log (synchronous; one connection, one thread).
+
+Layout (schema v1, versioned with ``PRAGMA user_version``):
+
+* ``entries``: one row per leaf. ``idx`` is the RFC 9162 leaf index, dense from 0;
+  ``record``/``leaf_hash`` are immutable (triggers forbid UPDATE and DELETE). The other
+  columns are denormalized from the record for queries.
+* ``inputs``: the redactable side store, keyed by the same ``idx``; redaction nulls
+  ``data`` and sets ``redacted_at_us`` without touching the leaf.
+
+Later schema versions add the Merkle tree state (e.g. a ``tree_nodes`` table of
+subtree hashes and a ``checkpoints`` table) as further entries in ``_MIGRATIONS``;
+they only ever read ``entries.leaf_hash`` in ``idx`` order.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from roost.audit.v1 import audit_service_pb2 as pb
+from services.audit.records import PreparedRecord, prepare
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE: Final = 100
+MAX_PAGE_SIZE: Final = 1000
+# Ids looked up per `IN (...)` statement (well under SQLite's variable limit).
+_LOOKUP_CHUNK: Final = 500
+
+# One tuple of statements per schema version; index i migrates version i -> i + 1.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE entries (
+            idx INTEGER PRIMARY KEY,
+            decision_id TEXT NOT NULL UNIQUE,
+            decided_at_us INTEGER NOT NULL,
+            entity_id TEXT,
+            model_name TEXT,
+            model_version TEXT,
+            action TEXT,
+            record BLOB NOT NULL,
+            leaf_hash BLOB NOT NULL,
+            appended_at_us INTEGER NOT NULL
+        )""",
+        """CREATE TABLE inputs (
+            idx INTEGER PRIMARY KEY REFERENCES entries(idx),
+            data BLOB,
+            redacted_at_us INTEGER
+        )""",
+        "CREATE INDEX entries_decided_at ON entries(decided_at_us)",
+        "CREATE INDEX entries_entity ON entries(entity_id)",
+        "CREATE INDEX entries_model ON entries(model_name, model_version)",
+        "CREATE INDEX entries_action ON entries(action)",
+        """CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries
+            BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END""",
+        """CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries
+            BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END""",
+    ),
+)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+_INSERT_ENTRY: Final = (
+    "INSERT INTO entries (idx, decision_id, decided_at_us, entity_id, model_name,"
+    " model_version, action, record, leaf_hash, appended_at_us)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_INPUTS: Final = "INSERT INTO inputs (idx, data) VALUES (?, ?)"
+_SELECT_ENTRY: Final = (
+    "SELECT e.idx, e.record, e.leaf_hash, e.appended_at_us, i.data, i.redacted_at_us"
+    " FROM entries e LEFT JOIN inputs i ON i.idx = e.idx"
+)
+_TOKEN_VERSION: Final = 1
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Brings the schema to SCHEMA_VERSION, one transaction per version; returns it."""
+    current = _user_version(conn)
+    if current > SCHEMA_VERSION:
+        raise FailedPrecondition(
+            f"audit database: schema version {current} is newer than supported {SCHEMA_VERSION}"
+        )
+    for version in range(current, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version + 1:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        logger.info("audit database migrated to schema version %d", version + 1)
+    return SCHEMA_VERSION
+
+
+class AuditStore:
+    """The audit log's SQLite store. Not thread-safe: use it from one thread only."""
+
+    def __init__(self, conn: sqlite3.Connection, *, read_only: bool) -> None:
+        self._conn = conn
+        self._read_only = read_only
+
+    @classmethod
+    def open(cls, path: Path, *, read_only: bool = False) -> AuditStore:
+        """Opens (creating and migrating unless ``read_only``) the database at ``path``.
+
+        Writers use WAL with ``synchronous=FULL``: a returned append survives power loss.
+        A ``read_only`` store needs an already migrated database (open the writer first).
+        """
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: autocommit; transactions are explicit BEGIN/COMMIT.
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            if read_only:
+                conn.execute("PRAGMA query_only = ON")
+                if _user_version(conn) != SCHEMA_VERSION:
+                    raise FailedPrecondition("audit database: not migrated; open the writer first")
+            else:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise FailedPrecondition("audit database: WAL journal mode unavailable")
+                conn.execute("PRAGMA synchronous = FULL")
+                migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        store = cls(conn, read_only=read_only)
+        logger.info(
+            "audit store opened (%s, %d entries)",
+            "read-only" if read_only else "writer",
+            store.size(),
+        )
+        return store
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def size(self) -> int:
+        """Number of entries, which is also the tree size (indexes are dense from 0)."""
+        row = self._conn.execute("SELECT MAX(idx) FROM entries").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def append(self, decisions: Sequence[pb.Decision]) -> tuple[list[pb.AppendResult], int]:
+        """Validates all decisions, then appends them in one durable transaction.
+
+        Idempotent by decision_id: an id already logged (or repeated within the batch)
+        gets its existing index and leaf hash with ``already_logged`` and is not written.
+        Returns results parallel to ``decisions`` and the tree size after the append.
+        """
+        results, tree_size = self.append_prepared([prepare(decisions)])
+        return results[0], tree_size
+
+    def append_prepared(
+        self, batches: Sequence[Sequence[PreparedRecord]]
+    ) -> tuple[list[list[pb.AppendResult]], int]:
+        """Appends several already validated batches in ONE transaction (group commit).
+
+        Results are per batch, parallel to it. A decision_id appearing in an earlier
+        batch of the same call counts as already logged for later ones.
+        """
+        if self._read_only:
+            raise FailedPrecondition("audit store: opened read-only")
+        flat = [rec for batch in batches for rec in batch]
+        if not flat:
+            return [[] for _ in batches], self.size()
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            known = self._lookup({rec.decision_id for rec in flat})
+            first_idx = self.size()
+            results, entry_rows, input_rows = _assign(flat, known, first_idx)
+            if entry_rows:
+                conn.executemany(_INSERT_ENTRY, entry_rows)
+            if input_rows:
+                conn.executemany(_INSERT_INPUTS, input_rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        tree_size = first_idx + len(entry_rows)
+        logger.debug(
+            "audit append: %d new of %d, tree size %d", len(entry_rows), len(flat), tree_size
+        )
+        out: list[list[pb.AppendResult]] = []
+        start = 0
+        for batch in batches:
+            out.append(results[start : start + len(batch)])
+            start += len(batch)
+        return out, tree_size
+
+    def get(self, decision_id: str) -> pb.LogEntry:
+        if not decision_id:
+            raise InvalidArgument("decision_id: required")
+        row = self._conn.execute(
+            _SELECT_ENTRY + " WHERE e.decision_id = ?", (decision_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound("decision_id: no such decision in the audit log")
+        return _entry(row)
+
+    def query(
+        self,
+        start_us: int | None,
+        end_us: int | None,
+        *,
+        entity_id: str = "",
+        model_name: str = "",
+        model_version: str = "",
+        action: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[pb.LogEntry], str]:
+        """Entries with ``start_us <= decided_at < end_us`` matching the filters, oldest first.
+
+        ``None`` bounds are open; empty filters match all. Returns the page and the
+        token of the next page (``""`` when this is the last).
+        """
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size: must be between 0 and {MAX_PAGE_SIZE}")
+        limit = page_size or DEFAULT_PAGE_SIZE
+        filters = [
+            ("e.decided_at_us >= ?", start_us),
+            ("e.decided_at_us < ?", end_us),
+            ("e.entity_id = ?", entity_id or None),
+            ("e.model_name = ?", model_name or None),
+            ("e.model_version = ?", model_version or None),
+            ("e.action = ?", action or None),
+        ]
+        fingerprint = _fingerprint([value for _, value in filters])
+        after = _decode_token(page_token, fingerprint) if page_token else -1
+        clauses = ["e.idx > ?"]
+        params: list[Any] = [after]
+        for clause, value in filters:
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        params.append(limit + 1)
+        # Only constant SQL fragments are joined; every value is a bound parameter.
+        sql = f"{_SELECT_ENTRY} WHERE {' AND '.join(clauses)} ORDER BY e.idx LIMIT ?"
+        rows = self._conn.execute(sql, params).fetchall()
+        entries = [_entry(row) for row in rows[:limit]]
+        next_token = ""
+        if len(rows) > limit:
+            next_token = _encode_token(int(entries[-1].index), fingerprint)
+        return entries, next_token
+
+    def _lookup(self, ids: set[str]) -> dict[str, tuple[int, bytes]]:
+        """Existing (index, leaf hash) of the given decision ids that are already logged."""
+        found: dict[str, tuple[int, bytes]] = {}
+        id_list = list(ids)
+        for start in range(0, len(id_list), _LOOKUP_CHUNK):
+            chunk = id_list[start : start + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT decision_id, idx, leaf_hash FROM entries WHERE decision_id IN ({marks})"  # noqa: S608
+            for decision_id, idx, digest in self._conn.execute(sql, chunk):
+                found[decision_id] = (idx, digest)
+        return found
+
+
+def _assign(
+    flat: Sequence[PreparedRecord], known: dict[str, tuple[int, bytes]], next_idx: int
+) -> tuple[list[pb.AppendResult], list[tuple[Any, ...]], list[tuple[int, bytes]]]:
+    """Gives each new decision_id the next leaf index; returns results and rows to insert.
+
+    ``known`` maps already logged ids to (index, leaf hash); it is extended in place so
+    that an id repeated later in ``flat`` resolves to its first occurrence.
+    """
+    appended_at_us = time.time_ns() // 1000
+    results: list[pb.AppendResult] = []
+    entry_rows: list[tuple[Any, ...]] = []
+    input_rows: list[tuple[int, bytes]] = []
+    for rec in flat:
+        existing = known.get(rec.decision_id)
+        if existing is not None:
+            idx, digest = existing
+            if digest != rec.leaf_hash:
+                logger.warning("audit append: retry of index %d with different content", idx)
+            results.append(
+                pb.AppendResult(
+                    decision_id=rec.decision_id, index=idx, leaf_hash=digest, already_logged=True
+                )
+            )
+            continue
+        idx = next_idx
+        next_idx += 1
+        known[rec.decision_id] = (idx, rec.leaf_hash)
+        # Column order of _INSERT_ENTRY.
+        entry_rows.append((idx, *rec[:8], appended_at_us))
+        if rec.inputs is not None:
+            input_rows.append((idx, rec.inputs))
+        results.append(
+            pb.AppendResult(decision_id=rec.decision_id, index=idx, leaf_hash=rec.leaf_hash)
+        )
+    return results, entry_rows, input_rows
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _entry(row: tuple[Any, ...]) -> pb.LogEntry:
+    idx, record, digest, appended_at_us, data, redacted_at_us = row
+    entry = pb.LogEntry(
+        index=idx, record=record, leaf_hash=digest, inputs_redacted=redacted_at_us is not None
+    )
+    entry.decision.MergeFromString(record)
+    if data is not None and redacted_at_us is None:
+        entry.decision.inputs.MergeFromString(data)
+    entry.appended_at.FromMicroseconds(appended_at_us)
+    return entry
+
+
+def _fingerprint(values: list[Any]) -> str:
+    """Short hash binding a page token to the query's filters."""
+    blob = json.dumps(values, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _encode_token(after: int, fingerprint: str) -> str:
+    blob = json.dumps({"v": _TOKEN_VERSION, "a": after, "f": fingerprint}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(blob.encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str, fingerprint: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidArgument("page_token: invalid") from exc
+    if not isinstance(data, dict) or data.get("v") != _TOKEN_VERSION:
+        raise InvalidArgument("page_token: invalid")
+    after = data.get("a")
+    if type(after) is not int or after < 0 or not isinstance(data.get("f"), str):
+        raise InvalidArgument("page_token: invalid")
+    if data["f"] != fingerprint:
+        raise InvalidArgument("page_token: does not match the query's filters")
+    return after
