@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
+import itertools
 import json
 import logging
 import sqlite3
@@ -69,12 +71,14 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
-_INSERT_ENTRY: Final = (
-    "INSERT INTO entries (idx, decision_id, decided_at_us, entity_id, model_name,"
-    " model_version, action, record, leaf_hash, appended_at_us)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ENTRY_COLUMNS: Final = (
+    "idx, decision_id, decided_at_us, entity_id, model_name, model_version, action,"
+    " record, leaf_hash, appended_at_us"
 )
-_INSERT_INPUTS: Final = "INSERT INTO inputs (idx, data) VALUES (?, ?)"
+_INPUT_COLUMNS: Final = "idx, data"
+# Rows per multi-row INSERT statement (10 columns x 200 rows stays far below SQLite's
+# 32766 bound variables).
+_ROWS_PER_INSERT: Final = 200
 _SELECT_ENTRY: Final = (
     "SELECT e.idx, e.record, e.leaf_hash, e.appended_at_us, i.data, i.redacted_at_us"
     " FROM entries e LEFT JOIN inputs i ON i.idx = e.idx"
@@ -182,10 +186,8 @@ class AuditStore:
             known = self._lookup({rec.decision_id for rec in flat})
             first_idx = self.size()
             results, entry_rows, input_rows = _assign(flat, known, first_idx)
-            if entry_rows:
-                conn.executemany(_INSERT_ENTRY, entry_rows)
-            if input_rows:
-                conn.executemany(_INSERT_INPUTS, input_rows)
+            _insert(conn, "entries", _ENTRY_COLUMNS, entry_rows)
+            _insert(conn, "inputs", _INPUT_COLUMNS, input_rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -298,7 +300,7 @@ def _assign(
         idx = next_idx
         next_idx += 1
         known[rec.decision_id] = (idx, rec.leaf_hash)
-        # Column order of _INSERT_ENTRY.
+        # Column order of _ENTRY_COLUMNS.
         entry_rows.append((idx, *rec[:8], appended_at_us))
         if rec.inputs is not None:
             input_rows.append((idx, rec.inputs))
@@ -306,6 +308,30 @@ def _assign(
             pb.AppendResult(decision_id=rec.decision_id, index=idx, leaf_hash=rec.leaf_hash)
         )
     return results, entry_rows, input_rows
+
+
+def _insert(
+    conn: sqlite3.Connection, table: str, columns: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Inserts ``rows`` with multi-row ``INSERT ... VALUES (..), (..)`` statements.
+
+    Faster than ``executemany`` (about 1.35x here) and it releases the GIL once per
+    statement instead of once per row, which keeps the writer thread from convoying
+    behind the event loop.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        sql = _insert_sql(table, columns, width, len(chunk))
+        conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
+
+
+@functools.cache
+def _insert_sql(table: str, columns: str, width: int, count: int) -> str:
+    row = "(" + ",".join("?" * width) + ")"
+    return f"INSERT INTO {table} ({columns}) VALUES " + ",".join([row] * count)  # noqa: S608
 
 
 def _user_version(conn: sqlite3.Connection) -> int:

@@ -33,7 +33,7 @@ def test_tuple_and_bool_and_optional() -> None:
         HubConfig,
         "hub",
         env={
-            "ROOST_HUB_STATESTREAM_ENTITIES": "sensor.a=office/temperature, sensor.b=office/humidity",  # noqa: E501
+            "ROOST_HUB_STATESTREAM_ENTITIES": "sensor.a=office/temperature, sensor.b=office/humidity",
             "ROOST_HUB_READY_FILE": "",
         },
     )

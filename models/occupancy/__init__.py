@@ -1,0 +1,1 @@
+"""Room occupancy model: training (``train``) of the shipped ``occupancy`` ONNX artifact."""

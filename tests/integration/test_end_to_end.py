@@ -1,0 +1,127 @@
+"""Readings flow through a real broker into the hub, get predicted by the inference
+service, recorded by the audit service, and published back to MQTT."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiomqtt
+import grpc
+import pytest
+from mqtt_helpers import (
+    DAY_TS,
+    NIGHT_TS,
+    OCCUPIED,
+    VACANT,
+    audit_stub,
+    collect_decisions,
+    hub_metric,
+    publish,
+    readings,
+)
+
+from hub.stack import Stack
+from hub.topics import reading_topic, status_topic
+from roost.audit.v1 import audit_service_pb2 as audit_pb
+from services.kit.auth import Role
+
+pytestmark = pytest.mark.integration
+
+
+async def test_readings_become_recorded_published_decisions(stack: Stack) -> None:
+    async with collect_decisions(stack) as decisions:
+        # The 4th reading completes the window: one decision, then one per reading.
+        await publish(stack, readings("study", OCCUPIED, DAY_TS, "day"))
+        await publish(stack, readings("bedroom", VACANT, NIGHT_TS, "night"))
+        got = await decisions.wait_for(2)
+    by_area = {d["area"]: d for d in got}
+    day, night = by_area["study"], by_area["bedroom"]
+    assert day["label"] == "occupied"
+    assert night["label"] == "vacant"
+    assert day["trigger_id"] == "day-carbon_dioxide"
+    assert day["model"]["name"] == "occupancy"
+    assert len(day["model"]["sha256"]) == 64
+    assert 0.5 <= day["confidence"] <= 1.0
+
+    stub = audit_stub(stack)
+    for d in (day, night):
+        entry = (
+            await stub.GetDecision(
+                audit_pb.GetDecisionRequest(decision_id=d["decision_id"]), timeout=5
+            )
+        ).entry
+        assert entry.index == d["audit_index"]
+        assert entry.decision.entity_id == f"occupancy.{d['area']}"
+        assert entry.decision.model.sha256 == d["model"]["sha256"]
+        assert entry.decision.output_label == d["label"]
+        assert list(entry.decision.inputs.feature_names)[:4] == [
+            "temperature",
+            "humidity",
+            "light",
+            "co2",
+        ]
+        assert len(entry.decision.inputs_digest) == 64
+
+
+async def test_bad_readings_are_counted_dropped_and_hub_keeps_deciding(stack: Stack) -> None:
+    topic = reading_topic("lab", "temperature")
+    bad = [
+        (topic, b"{not json"),
+        (topic, b'{"value": NaN}'),
+        (topic, b'{"value": "hot"}'),
+        (topic, b"x" * 5000),
+        (topic, b"\xff\xfe\x00"),
+        (reading_topic("lab", "radon"), b'{"value": 1}'),
+        ("roost/readings/Bad Area/temperature", b"1"),
+    ]
+    names = {
+        "bad_json": 1,
+        "not_finite": 1,
+        "wrong_type": 1,
+        "oversized": 1,
+        "not_utf8": 1,
+        "unknown_sensor": 1,
+    }
+    before = {
+        r: hub_metric(stack, f'roost_hub_readings_dropped_total{{reason="{r}"}}') for r in names
+    }
+    async with collect_decisions(stack) as decisions:
+        await publish(stack, bad)
+        await publish(stack, readings("lab", OCCUPIED, DAY_TS, "after-bad"))
+        got = await decisions.wait_for(1)
+    assert got[0]["area"] == "lab"
+    for reason, n in names.items():
+        after = hub_metric(stack, f'roost_hub_readings_dropped_total{{reason="{reason}"}}')
+        assert after - before[reason] == n, reason
+    assert stack.procs["hub"].alive()
+
+
+async def test_hub_announces_itself_online(stack: Stack) -> None:
+    async with aiomqtt.Client("127.0.0.1", stack.broker_port) as client:
+        await client.subscribe(status_topic(stack.hub_id), qos=1)
+        message = await asyncio.wait_for(anext(aiter(client.messages)), 5)
+        assert message.payload == b"online"
+        assert message.retain
+
+
+async def test_audit_rejects_the_wrong_roles_and_bad_requests(stack: Stack) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await audit_stub(stack, Role.AUDITOR).AppendDecisions(
+            audit_pb.AppendDecisionsRequest(decisions=[audit_pb.Decision(decision_id="x")]),
+            timeout=5,
+        )
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    hub = audit_stub(stack, Role.HUB)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await hub.AppendDecisions(
+            audit_pb.AppendDecisionsRequest(decisions=[audit_pb.Decision(decision_id="x")]),
+            timeout=5,
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "decisions[0]" in (e.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await hub.GetDecision(audit_pb.GetDecisionRequest(decision_id="no-such-id"), timeout=5)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await hub.QueryDecisions(audit_pb.QueryDecisionsRequest(page_token="%%%"), timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
