@@ -325,6 +325,81 @@ def _expected_total(source: Iterable[SimReading], fanout: int, limit: int | None
     return total
 
 
+class _Run:
+    """The state of one simulate() call, kept across reconnections."""
+
+    def __init__(
+        self,
+        messages: Iterator[_Message],
+        *,
+        speedup: float,
+        limit: int | None,
+        batch_size: int,
+        id_prefix: str,
+        show: Callable[[int], None],
+    ) -> None:
+        self.messages = messages
+        self.speedup = speedup
+        self.fast = as_fast_as_possible(speedup)
+        self.limit = limit
+        self.batch_size = batch_size
+        self.id_prefix = id_prefix
+        self.show = show
+        self.queue: deque[_Message] = deque()  # read from the source, not yet published
+        self.published = 0
+        self.seq = 0  # payload id counter; never reused, even for a re-sent message
+        self.done = False
+
+    def next_batch(self) -> list[_Message]:
+        """The next messages to publish together: all due at once, at most batch_size."""
+        room = self.batch_size
+        if self.limit is not None:
+            room = min(room, self.limit - self.published)
+        queue = self.queue
+        while len(queue) < room:
+            msg = next(self.messages, None)
+            if msg is None:
+                break
+            queue.append(msg)
+            if not self.fast and msg.ts != queue[0].ts:
+                break  # paced: only what is due together
+        head_ts = queue[0].ts if queue else 0.0
+        batch: list[_Message] = []
+        while queue and len(batch) < room and (self.fast or queue[0].ts == head_ts):
+            batch.append(queue.popleft())
+        return batch
+
+    def payloads(self, batch: list[_Message]) -> list[str]:
+        out = []
+        for m in batch:
+            out.append(
+                json.dumps({"value": m.value, "ts": m.ts, "id": f"{self.id_prefix}-{self.seq}"})
+            )
+            self.seq += 1
+        return out
+
+    async def session(self, client: Any) -> None:
+        """Publish on one connection until the end (sets ``done``) or an MqttError."""
+        anchor: tuple[float, float] | None = None  # (data ts, wall time); new per connection
+        while True:
+            batch = self.next_batch()
+            if not batch:
+                self.done = True
+                return
+            if not self.fast:
+                if anchor is None:
+                    anchor = (batch[0].ts, time.monotonic())
+                wait = due_in(anchor[0], anchor[1], batch[0].ts, time.monotonic(), self.speedup)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            failed, error = await _publish_batch(client, batch, self.payloads(batch))
+            self.published += len(batch) - len(failed)
+            self.show(self.published)
+            if error is not None:
+                self.queue.extendleft(reversed(failed))  # re-sent after reconnecting
+                raise error
+
+
 async def _publish_batch(
     client: Any, batch: list[_Message], payloads: list[str]
 ) -> tuple[list[_Message], BaseException | None]:
@@ -368,7 +443,6 @@ async def simulate(
     are re-sent after reconnecting (QoS 0: ones the broker lost silently are not).
     Cancellation disconnects and propagates.
     """
-    fast = as_fast_as_possible(speedup)
     if areas is not None:
         if not areas:
             raise ValueError("areas must not be empty (None: keep each reading's area)")
@@ -379,95 +453,67 @@ async def simulate(
         raise ValueError(f"limit must be >= 0, got {limit}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
     total = _expected_total(source, 1 if areas is None else len(areas), limit)
-    messages = _messages(source, areas)
-    queue: deque[_Message] = deque()  # read from the source, not yet published
-    identifier = f"roost-sim-{os.getpid()}-{random.getrandbits(32):08x}"
-    published = 0
-    seq = 0  # payload id counter; never reused, even for a re-sent message
-    failures = 0
-    done = False
-
-    def next_batch() -> list[_Message]:
-        room = batch_size if limit is None else min(batch_size, limit - published)
-        while len(queue) < room:
-            msg = next(messages, None)
-            if msg is None:
-                break
-            queue.append(msg)
-            if not fast and msg.ts != queue[0].ts:
-                break  # paced: only what is due together
-        head_ts = queue[0].ts if queue else 0.0
-        batch: list[_Message] = []
-        while queue and len(batch) < room and (fast or queue[0].ts == head_ts):
-            batch.append(queue.popleft())
-        return batch
-
     bar, show = _progress_bar(progress, total)
-    with bar:
+    run = _Run(
+        _messages(source, areas),
+        speedup=speedup,
+        limit=limit,
+        batch_size=batch_size,
+        id_prefix=id_prefix,
+        show=show,
+    )
+    try:
+        with bar:
+            try:
+                await _run_with_retries(
+                    run, host, port, tls=tls, max_retries=max_retries, retry_backoff=retry_backoff
+                )
+            finally:
+                show(run.published)
+    finally:
+        logger.info("published %d messages to %s:%s", run.published, host, port)
+    return run.published
+
+
+async def _run_with_retries(
+    run: _Run,
+    host: str,
+    port: int,
+    *,
+    tls: ssl.SSLContext | None,
+    max_retries: int,
+    retry_backoff: float,
+) -> None:
+    identifier = f"roost-sim-{os.getpid()}-{random.getrandbits(32):08x}"
+    failures = 0
+    while True:
         try:
-            while True:
-                try:
-                    async with aiomqtt.Client(
-                        hostname=host,
-                        port=port,
-                        identifier=identifier,
-                        tls_context=tls,
-                        timeout=5.0,
-                    ) as client:
-                        client.pending_calls_threshold = batch_size + 16
-                        if failures:
-                            logger.info("reconnected to the broker")
-                        failures = 0
-                        anchor: tuple[float, float] | None = None  # (data ts, wall time)
-                        while limit is None or published < limit:
-                            batch = next_batch()
-                            if not batch:
-                                break
-                            if not fast:
-                                if anchor is None:
-                                    anchor = (batch[0].ts, time.monotonic())
-                                wait = due_in(
-                                    anchor[0], anchor[1], batch[0].ts, time.monotonic(), speedup
-                                )
-                                if wait > 0:
-                                    await asyncio.sleep(wait)
-                            payloads = []
-                            for m in batch:
-                                body = {"value": m.value, "ts": m.ts, "id": f"{id_prefix}-{seq}"}
-                                payloads.append(json.dumps(body))
-                                seq += 1
-                            failed, error = await _publish_batch(client, batch, payloads)
-                            published += len(batch) - len(failed)
-                            show(published)
-                            if error is not None:
-                                queue.extendleft(reversed(failed))
-                                raise error
-                        done = True
-                    break
-                except aiomqtt.MqttError as exc:
-                    if done:
-                        break  # everything went out; only the disconnect failed
-                    failures += 1
-                    if failures > max_retries:
-                        logger.error(
-                            "broker %s:%s unreachable after %d attempts", host, port, max_retries
-                        )
-                        raise
-                    backoff = min(retry_backoff * 2 ** (failures - 1), 10.0)
-                    logger.warning(
-                        "broker connection failed (%s); retry %d/%d in %.1f s",
-                        exc,
-                        failures,
-                        max_retries,
-                        backoff,
-                    )
-                    await asyncio.sleep(backoff)
-        finally:
-            show(published)
-            logger.info("published %d messages to %s:%s", published, host, port)
-    return published
+            async with aiomqtt.Client(
+                hostname=host, port=port, identifier=identifier, tls_context=tls, timeout=5.0
+            ) as client:
+                client.pending_calls_threshold = run.batch_size + 16
+                if failures:
+                    logger.info("reconnected to the broker")
+                failures = 0
+                await run.session(client)
+            return
+        except aiomqtt.MqttError as exc:
+            if run.done:
+                return  # everything went out; only the disconnect failed
+            failures += 1
+            if failures > max_retries:
+                logger.error("broker %s:%s unreachable after %d attempts", host, port, max_retries)
+                raise
+            backoff = min(retry_backoff * 2 ** (failures - 1), 10.0)
+            logger.warning(
+                "broker connection failed (%s); retry %d/%d in %.1f s",
+                exc,
+                failures,
+                max_retries,
+                backoff,
+            )
+            await asyncio.sleep(backoff)
 
 
 # --- CLI -------------------------------------------------------------------------------

@@ -228,6 +228,34 @@ def test_query_rejects_bad_tokens_and_page_sizes(store: AuditStore) -> None:
     assert [e.index for e in entries] == [2, 3, 4]
 
 
+def test_time_bounded_pagination_is_a_snapshot(store: AuditStore) -> None:
+    store.append([decision(i) for i in range(10)])
+    entries, token = store.query(T0_US, None, page_size=4)
+    store.append([decision(i) for i in range(10, 15)])  # also inside the range
+    indexes = [e.index for e in entries]
+    while token:
+        entries, token = store.query(T0_US, None, page_size=4, page_token=token)
+        indexes += [e.index for e in entries]
+    assert indexes == list(range(10))
+    # A new query sees everything.
+    assert [e.index for e in store.query(T0_US, None)[0]] == list(range(15))
+
+
+def test_forged_token_values_are_invalid(store: AuditStore) -> None:
+    import base64
+    import json
+
+    store.append([decision(i) for i in range(3)])
+    _, token = store.query(None, None, page_size=1)
+    data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    for bad in ({"a": 2**70}, {"a": -1}, {"a": "1"}, {"l": 1.5}):
+        forged = base64.urlsafe_b64encode(json.dumps({**data, **bad}).encode()).decode()
+        with pytest.raises(InvalidArgument, match="page_token: invalid"):
+            store.query(None, None, page_size=1, page_token=forged)
+    with pytest.raises(InvalidArgument, match="page_token: invalid"):
+        store.query(None, None, page_token="A" * 1000)
+
+
 def test_durable_across_reopen(tmp_path: Path) -> None:
     path = tmp_path / "audit.db"
     s = AuditStore.open(path)
