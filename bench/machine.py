@@ -22,7 +22,8 @@ def cpu_model() -> str:
 
 def machine_info() -> dict[str, Any]:
     try:
-        mem_kb = int(open("/proc/meminfo").readline().split()[1])
+        with open("/proc/meminfo") as f:
+            mem_kb = int(f.readline().split()[1])
     except (OSError, ValueError, IndexError):
         mem_kb = 0
     try:

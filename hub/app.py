@@ -19,6 +19,7 @@ import aiomqtt
 import grpc
 from prometheus_client import Counter, Gauge
 
+from hub import mqtt
 from hub.config import HubConfig
 from hub.decisions import DecisionPipeline, Outgoing
 from hub.ingest import Ingest, parse_entity_map
@@ -115,6 +116,7 @@ class Hub:
             audit_deadline=config.audit_deadline_seconds,
             max_pending=config.max_pending,
             max_batch=config.max_batch,
+            max_in_flight=config.max_in_flight,
             on_overflow=self._overflow,
         )
         self.ingest: Ingest | None = None
@@ -155,7 +157,7 @@ class Hub:
         status = status_topic(cfg.hub_id)
         while not self.stop.is_set():
             try:
-                async with aiomqtt.Client(
+                async with mqtt.client(
                     cfg.mqtt_host,
                     cfg.mqtt_port,
                     identifier=f"roost-hub-{cfg.hub_id}",

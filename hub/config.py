@@ -29,6 +29,8 @@ class HubConfig:
     # readings are dropped (counted). Recorded decisions are never dropped.
     max_pending: int = 20_000
     max_batch: int = 512
+    # Batches in flight at once (predicting, recording, publishing overlap).
+    max_in_flight: int = 4
     # How long a graceful stop waits for in-flight decisions.
     drain_seconds: float = 10.0
     # Home Assistant mqtt_statestream base topic, and entity mapping

@@ -109,6 +109,7 @@ class DecisionPipeline:
         max_pending: int,
         max_batch: int,
         on_overflow: Callable[[], None],
+        max_in_flight: int = 4,
     ) -> None:
         self._hub_id = hub_id
         self._inference = inference
@@ -124,6 +125,8 @@ class DecisionPipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     def submit(self, item: Pending) -> None:
         if len(self._pending) >= self._max_pending:
@@ -135,21 +138,47 @@ class DecisionPipeline:
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Process batches until cancelled or closed and drained."""
-        while True:
-            if not self._pending:
-                self._idle.set()
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = [
-                self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))
-            ]
-            PENDING.set(len(self._pending))
-            BATCH_SIZE.observe(len(batch))
-            await self._process(batch)
+        """Process batches until cancelled, or closed and drained.
+
+        Up to ``max_in_flight`` batches overlap (one predicting while another is being
+        recorded), which hides the round-trip latency of each stage. Batches still
+        publish in the order they were taken, and each only after its own append was
+        acknowledged.
+        """
+        previous: asyncio.Future[None] | None = None
+        try:
+            while True:
+                if not self._pending:
+                    if not self._in_flight:
+                        self._idle.set()
+                        if self._closing:
+                            return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._slots.acquire()
+                if not self._pending:
+                    self._slots.release()
+                    continue
+                n = min(self._max_batch, len(self._pending))
+                batch = [self._pending.popleft() for _ in range(n)]
+                PENDING.set(len(self._pending))
+                BATCH_SIZE.observe(n)
+                published: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                task = asyncio.create_task(self._process(batch, previous, published))
+                previous = published
+                self._in_flight.add(task)
+                task.add_done_callback(self._finished)
+        finally:
+            for task in list(self._in_flight):
+                task.cancel()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("decision batch failed", exc_info=task.exception())
+        self._wakeup.set()
 
     async def drain(self, within: float) -> bool:
         """Stop taking new work once the queue is empty; True if drained in time."""
@@ -161,7 +190,35 @@ class DecisionPipeline:
             return False
         return True
 
-    async def _process(self, batch: list[Pending]) -> None:
+    async def _process(
+        self,
+        batch: list[Pending],
+        previous: asyncio.Future[None] | None,
+        published: asyncio.Future[None],
+    ) -> None:
+        try:
+            decided = await self._decide(batch)
+            results = await self._append([d for _, d in decided]) if decided else None
+            if previous is not None:
+                await asyncio.shield(previous)  # keep the publish order of batches
+            if results is None:
+                for p, _ in decided:
+                    DECISIONS.labels(p.model, "unrecorded").inc()
+                return
+            out = [
+                Outgoing(decision_topic(self._hub_id, p.model, p.area), _payload(p, d, r.index))
+                for (p, d), r in zip(decided, results, strict=True)
+            ]
+            await self._publish(out)
+            done = time.perf_counter()
+            for p, _ in decided:
+                DECISION_LATENCY.observe(done - p.received_at)
+                DECISIONS.labels(p.model, "published").inc()
+        finally:
+            if not published.done():
+                published.set_result(None)
+
+    async def _decide(self, batch: list[Pending]) -> list[tuple[Pending, audit_pb.Decision]]:
         by_model: dict[str, list[Pending]] = {}
         for p in batch:
             by_model.setdefault(p.model, []).append(p)
@@ -175,22 +232,7 @@ class DecisionPipeline:
                 (p, self._decision(p, response.model, pred))
                 for p, pred in zip(items, response.predictions, strict=True)
             )
-        if not decided:
-            return
-        results = await self._append([d for _, d in decided])
-        if results is None:
-            for p, _ in decided:
-                DECISIONS.labels(p.model, "unrecorded").inc()
-            return
-        out = [
-            Outgoing(decision_topic(self._hub_id, p.model, p.area), _payload(p, d, r.index))
-            for (p, d), r in zip(decided, results, strict=True)
-        ]
-        await self._publish(out)
-        done = time.perf_counter()
-        for p, _ in decided:
-            DECISION_LATENCY.observe(done - p.received_at)
-            DECISIONS.labels(p.model, "published").inc()
+        return decided
 
     async def _predict(
         self, model: str, items: list[Pending]

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import aiomqtt
 
+from hub import mqtt
 from hub.topics import reading_topic, valid_segment
 from models.datasets import DatasetMissing, load_occupancy, occupancy_path
 
@@ -443,6 +444,7 @@ async def simulate(
     are re-sent after reconnecting (QoS 0: ones the broker lost silently are not).
     Cancellation disconnects and propagates.
     """
+    as_fast_as_possible(speedup)  # validates it
     if areas is not None:
         if not areas:
             raise ValueError("areas must not be empty (None: keep each reading's area)")
@@ -489,8 +491,8 @@ async def _run_with_retries(
     failures = 0
     while True:
         try:
-            async with aiomqtt.Client(
-                hostname=host, port=port, identifier=identifier, tls_context=tls, timeout=5.0
+            async with mqtt.client(
+                host, port, identifier=identifier, tls_context=tls, timeout=5.0
             ) as client:
                 client.pending_calls_threshold = run.batch_size + 16
                 if failures:

@@ -121,6 +121,8 @@ class Stack:
             f"listener {self.broker_port} 127.0.0.1\n"
             "allow_anonymous true\npersistence false\n"
             "max_queued_messages 100000\nmax_inflight_messages 0\n"
+            # Small decision messages must not wait for Nagle + delayed ACK (~40 ms).
+            "set_tcp_nodelay true\n"
         )
         self._spawn("mosquitto", [binary, "-c", str(conf)], {})
         wait_for_port("127.0.0.1", self.broker_port, 10)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hub import mqtt
 from hub.topics import decisions_filter
 from services.kit.auth import Role
 from services.kit.client import sync_channel
@@ -97,7 +97,7 @@ def render(results: list[Check]) -> str:
 
 async def tail_decisions(host: str, port: int, hub_id: str, limit: int = 0) -> None:
     seen = 0
-    async with aiomqtt.Client(host, port, identifier=f"roost-tail-{id(object())}") as client:
+    async with mqtt.client(host, port, identifier=f"roost-tail-{id(object())}") as client:
         await client.subscribe(decisions_filter(hub_id), qos=1)
         async for message in client.messages:
             payload = message.payload

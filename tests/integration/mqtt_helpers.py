@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiomqtt
-
+from hub import mqtt
 from hub.stack import Stack
 from hub.status import metric_value
 from hub.topics import decisions_filter, reading_topic
@@ -57,7 +56,7 @@ class Decisions:
 @asynccontextmanager
 async def collect_decisions(stack: Stack) -> AsyncIterator[Decisions]:
     decisions = Decisions()
-    async with aiomqtt.Client("127.0.0.1", stack.broker_port) as client:
+    async with mqtt.client("127.0.0.1", stack.broker_port) as client:
         await client.subscribe(decisions_filter(stack.hub_id), qos=1)
 
         async def reader() -> None:
@@ -74,7 +73,7 @@ async def collect_decisions(stack: Stack) -> AsyncIterator[Decisions]:
 
 
 async def publish(stack: Stack, messages: Sequence[tuple[str, bytes]]) -> None:
-    async with aiomqtt.Client("127.0.0.1", stack.broker_port) as client:
+    async with mqtt.client("127.0.0.1", stack.broker_port) as client:
         for topic, payload in messages:
             await client.publish(topic, payload, qos=1)
 

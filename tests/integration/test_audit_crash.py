@@ -9,11 +9,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiomqtt
 import pytest
 from conftest import start_stack
 from mqtt_helpers import OCCUPIED, all_entries, collect_decisions, hub_metric
 
+from hub import mqtt
 from hub.stack import Stack
 from hub.topics import reading_topic
 from services.kit.auth import Role
@@ -35,7 +35,7 @@ async def stream(stack: Stack, kill_at: float, restart_at: float, marks: dict[st
     kinds = list(OCCUPIED)
     n = 0
     start = time.monotonic()
-    async with aiomqtt.Client("127.0.0.1", stack.broker_port) as client:
+    async with mqtt.client("127.0.0.1", stack.broker_port) as client:
         while (elapsed := time.monotonic() - start) < SECONDS:
             kind = kinds[n % 4]
             payload = json.dumps(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiomqtt
 import grpc
 import pytest
 from mqtt_helpers import (
@@ -20,6 +19,7 @@ from mqtt_helpers import (
     readings,
 )
 
+from hub import mqtt
 from hub.stack import Stack
 from hub.topics import reading_topic, status_topic
 from roost.audit.v1 import audit_service_pb2 as audit_pb
@@ -97,7 +97,7 @@ async def test_bad_readings_are_counted_dropped_and_hub_keeps_deciding(stack: St
 
 
 async def test_hub_announces_itself_online(stack: Stack) -> None:
-    async with aiomqtt.Client("127.0.0.1", stack.broker_port) as client:
+    async with mqtt.client("127.0.0.1", stack.broker_port) as client:
         await client.subscribe(status_topic(stack.hub_id), qos=1)
         message = await asyncio.wait_for(anext(aiter(client.messages)), 5)
         assert message.payload == b"online"

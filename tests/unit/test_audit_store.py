@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import sqlite3
 from pathlib import Path
 
@@ -68,6 +70,18 @@ def test_leaf_hash_is_rfc9162_over_record_without_inputs() -> None:
         records.inputs_digest(d.inputs)
         == hashlib.sha256(d.inputs.SerializeToString(deterministic=True)).hexdigest()
     )
+
+
+def test_validate_decision_names_the_field() -> None:
+    records.validate_decision(decision(0), "decisions[0]")
+    bad = decision(3)
+    bad.ClearField("decision_id")
+    with pytest.raises(InvalidArgument, match=r"^decisions\[3\]\.decision_id: required$"):
+        records.validate_decision(bad, "decisions[3]")
+    bad = decision(0)
+    bad.ClearField("decided_at")
+    with pytest.raises(InvalidArgument, match=r"^decided_at: required$"):
+        records.validate_decision(bad, "")
 
 
 def test_append_get_roundtrip(store: AuditStore) -> None:
@@ -242,9 +256,6 @@ def test_time_bounded_pagination_is_a_snapshot(store: AuditStore) -> None:
 
 
 def test_forged_token_values_are_invalid(store: AuditStore) -> None:
-    import base64
-    import json
-
     store.append([decision(i) for i in range(3)])
     _, token = store.query(None, None, page_size=1)
     data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import math
 import operator
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+import hub.simulate as simulate_module
 from hub.simulate import (
     DEFAULT_SYNTHETIC_START,
     SENSOR_KINDS,
     SimReading,
+    _Message,
+    _Run,
     build_parser,
     default_source,
     due_in,
@@ -21,7 +28,7 @@ from hub.simulate import (
     synthetic_rows,
     synthetic_source,
 )
-from models.datasets import data_dir
+from models.datasets import DatasetMissing, data_dir
 from models.features import OCCUPANCY_V1
 
 DAY_ROWS = 1440  # one day at one-minute cadence
@@ -64,8 +71,9 @@ def test_synthetic_endless_without_rows_and_sized_with_rows() -> None:
     assert operator.length_hint(sized) == 39
 
 
-def test_synthetic_values_are_plausible() -> None:
-    rows = list(synthetic_rows(seed=3, start_ts=DEFAULT_SYNTHETIC_START, rows=14 * DAY_ROWS))
+@pytest.mark.parametrize("seed", [0, 3, 11])
+def test_synthetic_values_are_plausible(seed: int) -> None:
+    rows = list(synthetic_rows(seed=seed, start_ts=DEFAULT_SYNTHETIC_START, rows=14 * DAY_ROWS))
     occupied = [r for r in rows if r.occupied]
     vacant = [r for r in rows if not r.occupied]
     # Two weeks of office life: people are in some of the time, not most of it.
@@ -99,6 +107,29 @@ def test_synthetic_area_is_configurable() -> None:
 def test_default_source_synthetic_when_asked() -> None:
     first = next(default_source("synthetic", seed=5))
     assert first == next(synthetic_source(seed=5))
+
+
+def _no_data(split: str) -> Path:
+    raise DatasetMissing("not here")
+
+
+def test_default_source_falls_back_without_data(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(simulate_module, "occupancy_path", _no_data)
+    with caplog.at_level(logging.INFO, logger="hub.simulate"):
+        src = default_source("auto", seed=2, rows=5)
+    assert list(src) == list(synthetic_source(seed=2, rows=5))
+    assert "synthetic" in caplog.text
+    with pytest.raises(DatasetMissing):
+        default_source("replay")
+
+
+def test_default_source_logs_no_values(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="hub.simulate"):
+        readings = list(default_source("auto", rows=3))
+    for r in readings[:8]:
+        assert repr(r.value) not in caplog.text
 
 
 # --- replay source ---------------------------------------------------------------------
@@ -166,6 +197,40 @@ def test_due_in_is_anchored_so_overhead_does_not_accumulate() -> None:
     # at wall 52; if we are already at 51.5 (publishing was slow), wait only 0.5 s.
     assert due_in(1000.0, 50.0, 1120.0, 51.5, 60.0) == pytest.approx(0.5)
     assert due_in(1000.0, 50.0, 1120.0, 53.0, 60.0) == 0.0  # late: go at once
+
+
+def _msgs(stamps: list[float]) -> Iterator[_Message]:
+    return iter(_Message("roost/readings/office/temperature", 1.0, ts) for ts in stamps)
+
+
+def _run(stamps: list[float], speedup: float, limit: int | None = None, batch: int = 8) -> _Run:
+    return _Run(
+        _msgs(stamps), speedup=speedup, limit=limit, batch_size=batch, id_prefix="sim", show=print
+    )
+
+
+def test_paced_batches_are_what_is_due_together() -> None:
+    run = _run([0.0] * 4 + [60.0] * 4 + [120.0] * 2, speedup=60)
+    assert [len(run.next_batch()) for _ in range(4)] == [4, 4, 2, 0]
+
+
+def test_fast_batches_fill_up_to_batch_size_and_limit() -> None:
+    run = _run([float(i // 4 * 60) for i in range(30)], speedup=0, limit=21)
+    sizes = []
+    while batch := run.next_batch():
+        sizes.append(len(batch))
+        run.published += len(batch)
+    assert sizes == [8, 8, 5]
+
+
+def test_payload_ids_are_never_reused() -> None:
+    run = _run([0.0, 0.0], speedup=0)
+    batch = run.next_batch()
+    first = [json.loads(p)["id"] for p in run.payloads(batch)]
+    again = [json.loads(p)["id"] for p in run.payloads(batch)]  # a re-send
+    assert first == ["sim-0", "sim-1"]
+    assert again == ["sim-2", "sim-3"]
+    assert set(json.loads(run.payloads(batch)[0])) == {"value", "ts", "id"}
 
 
 # --- argument checks -------------------------------------------------------------------
