@@ -49,9 +49,11 @@ from services.kit.client import sync_channel
 console = Console()
 STEADY_RATE = 200
 STEADY_SECONDS = 10
-RAMP = (500, 1000, 1500, 2000, 2500, 3000, 4000, 5000)
+RAMP = (500, 750, 1000, 1250, 1500, 2000, 2500, 3000)
 RAMP_SECONDS = 5
 P99_LIMIT_MS = 50.0
+# A p99 above this means readings queue up faster than they are decided.
+BACKLOG_MS = 1000.0
 WARMUP_FRACTION = 0.1
 # `python -m bench.e2e --quick`: the steady 200/s run and the baselines only.
 QUICK = "--quick" in sys.argv
@@ -72,8 +74,13 @@ class RunResult:
     def p(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
 
+    def keeps_up(self) -> bool:
+        """Throughput sustained: (almost) every reading decided, no growing backlog."""
+        return self.received >= 0.98 * (self.sent - 3) and self.p(99) <= BACKLOG_MS
+
     def sustained(self) -> bool:
-        return self.received >= 0.98 * (self.sent - 3) and self.p(99) <= P99_LIMIT_MS
+        """Sustained within the latency budget: keeps up and p99 <= 50 ms."""
+        return self.keeps_up() and self.p(99) <= P99_LIMIT_MS
 
 
 def sample_readings(n: int) -> list[tuple[str, float]]:
@@ -267,15 +274,22 @@ async def bench(home: Path) -> dict[str, Any]:
             for rate in RAMP if not QUICK else ():
                 r = await e2e_run(stack, rate, RAMP_SECONDS, values)
                 runs.append(r)
+                verdict = (
+                    "p99 within 50 ms"
+                    if r.sustained()
+                    else "keeps up"
+                    if r.keeps_up()
+                    else "falls behind"
+                )
                 console.print(
                     f"  offered {rate}/s: achieved {r.achieved:.0f}/s, "
-                    f"p50 {r.p(50):.1f} ms, p99 {r.p(99):.1f} ms "
-                    f"{'(sustained)' if r.sustained() else '(NOT sustained)'}"
+                    f"p50 {r.p(50):.1f} ms, p99 {r.p(99):.1f} ms ({verdict})"
                 )
-                if not r.sustained():
+                if not r.keeps_up():
                     break
         rss_mb = dict(rss.peak_mb)
     sustained = [r.rate for r in runs if r.sustained()]
+    keeps_up = [r.rate for r in runs if r.keeps_up()]
     return {
         "machine": machine_info(),
         "session_run_ms": {"p50": percentile(session_ms, 50), "p99": percentile(session_ms, 99)},
@@ -303,7 +317,8 @@ async def bench(home: Path) -> dict[str, Any]:
             }
             for r in runs
         ],
-        "max_sustained_rate": max(sustained) if sustained else 0,
+        "max_rate_p99_within_50ms": max(sustained) if sustained else 0,
+        "max_sustained_rate": max(keeps_up) if keeps_up else 0,
         "cold_start_s": {"runs": cold, "median": statistics.median(cold)},
         "rss_peak_mb": rss_mb,
         "rss_total_mb": sum(rss_mb.values()),

@@ -48,6 +48,12 @@ DECISION_LATENCY = Histogram(
 BATCH_SIZE = Histogram(
     "roost_hub_batch_size", "Decisions per batch.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 512)
 )
+STAGE_SECONDS = Histogram(
+    "roost_hub_stage_seconds",
+    "Time per batch in each stage of the decision path.",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
 PENDING = Gauge("roost_hub_pending_decisions", "Readings waiting for a decision.")
 AUDIT_RETRIES = Counter(
     "roost_hub_audit_append_retries_total", "Audit appends retried (audit slow or down)."
@@ -197,10 +203,17 @@ class DecisionPipeline:
         published: asyncio.Future[None],
     ) -> None:
         try:
+            t0 = time.perf_counter()
             decided = await self._decide(batch)
+            t1 = time.perf_counter()
             results = await self._append([d for _, d in decided]) if decided else None
+            t2 = time.perf_counter()
             if previous is not None:
                 await asyncio.shield(previous)  # keep the publish order of batches
+            t3 = time.perf_counter()
+            STAGE_SECONDS.labels("predict").observe(t1 - t0)
+            STAGE_SECONDS.labels("record").observe(t2 - t1)
+            STAGE_SECONDS.labels("ordering").observe(t3 - t2)
             if results is None:
                 for p, _ in decided:
                     DECISIONS.labels(p.model, "unrecorded").inc()
@@ -211,6 +224,7 @@ class DecisionPipeline:
             ]
             await self._publish(out)
             done = time.perf_counter()
+            STAGE_SECONDS.labels("publish").observe(done - t3)
             for p, _ in decided:
                 DECISION_LATENCY.observe(done - p.received_at)
                 DECISIONS.labels(p.model, "published").inc()
