@@ -96,9 +96,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     ) -> pb.GetConsistencyProofResponse:
         raise Unimplemented("GetConsistencyProof: proofs are not served yet")
 
-    async def ExportDecisions(
-        self, request: pb.ExportDecisionsRequest, context: Any
-    ) -> Any:
+    async def ExportDecisions(self, request: pb.ExportDecisionsRequest, context: Any) -> Any:
         raise Unimplemented("ExportDecisions: export bundles are not served yet")
         yield  # pragma: no cover - makes this an async generator
 
