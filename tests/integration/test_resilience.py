@@ -1,0 +1,93 @@
+"""The hub survives a broker restart, stops gracefully, and keeps household values out
+of logs and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import start_stack
+from mqtt_helpers import DAY_TS, OCCUPIED, collect_decisions, hub_metric, publish, readings
+
+from hub import mqtt
+from hub.stack import Stack
+from hub.topics import status_topic
+from services.kit.auth import Role
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_stack(tmp_path: Path) -> Iterator[Stack]:
+    st = start_stack(tmp_path)
+    yield st
+    st.stop()
+
+
+async def wait_metric(stack: Stack, name: str, value: float, timeout: float = 15) -> None:
+    for _ in range(int(timeout / 0.1)):
+        if hub_metric(stack, name) == value:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} never became {value}")
+
+
+async def test_hub_reconnects_after_broker_restart(own_stack: Stack) -> None:
+    stack = own_stack
+    async with collect_decisions(stack) as decisions:
+        await publish(stack, readings("hall", OCCUPIED, DAY_TS, "before"))
+        await decisions.wait_for(1)
+    port = stack.broker_port
+    stack.kill("mosquitto")
+    await wait_metric(stack, "roost_hub_mqtt_connected", 0)
+    stack.start_broker(port)
+    await wait_metric(stack, "roost_hub_mqtt_connected", 1)
+    async with collect_decisions(stack) as decisions:
+        await publish(stack, readings("hall", OCCUPIED, DAY_TS + 60, "after"))
+        got = await decisions.wait_for(1)
+    assert got[0]["trigger_id"].startswith("after-")
+    assert hub_metric(stack, "roost_hub_mqtt_reconnects_total") >= 1
+    assert stack.procs["hub"].alive()
+
+
+async def test_sigterm_drains_and_marks_the_hub_offline(own_stack: Stack) -> None:
+    stack = own_stack
+    async with mqtt.client("127.0.0.1", stack.broker_port) as client:
+        await publish(stack, readings("den", OCCUPIED, DAY_TS, "x"))
+        hub = stack.procs["hub"].popen
+        hub.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(hub.wait, 15) == 0
+        await client.subscribe(status_topic(stack.hub_id), qos=1)
+        message = await asyncio.wait_for(anext(aiter(client.messages)), 5)
+        assert message.payload == b"offline"
+    log = stack.procs["hub"].log_path.read_text()
+    assert "hub stopped" in log
+    assert "undecided readings" not in log
+
+
+async def test_household_values_stay_out_of_logs_and_metrics(own_stack: Stack) -> None:
+    stack = own_stack
+    secret = {
+        "temperature": 21.73519,
+        "humidity": 31.86247,
+        "illuminance": 487.91353,
+        "carbon_dioxide": 913.46821,
+    }
+    async with collect_decisions(stack) as decisions:
+        await publish(stack, readings("study", secret, DAY_TS, "priv"))
+        await publish(stack, [("roost/readings/study/temperature", b'{"value": "77.31337x"}')])
+        await decisions.wait_for(1)
+    texts = [p.log_path.read_text() for p in stack.procs.values()]
+    for role in ("hub", "inference", "audit"):
+        port = stack.procs[role].info["metrics_port"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            texts.append(r.read().decode())
+    blob = "\n".join(texts)
+    for value in [*secret.values(), 77.31337]:
+        assert f"{value}"[:6] not in blob, value
+    assert "study" not in "\n".join(texts[-3:])  # no area (entity) in metric labels
+    assert stack.port_of(Role.AUDIT)
