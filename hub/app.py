@@ -120,6 +120,8 @@ class Hub:
             on_overflow=self._overflow,
         )
         self.ingest: Ingest | None = None
+        # Set once the hub is connected and subscribed: readings are no longer lost.
+        self.ready = asyncio.Event()
 
     def _overflow(self) -> None:
         if self.ingest is not None:
@@ -171,6 +173,7 @@ class Hub:
                     await client.subscribe(statestream_filter(cfg.statestream_base), qos=0)
                     self.publisher.client = client
                     self.publisher.connected.set()
+                    self.ready.set()
                     MQTT_CONNECTED.set(1)
                     log.info("connected to MQTT %s:%d", cfg.mqtt_host, cfg.mqtt_port)
                     await self._consume(client)
@@ -223,7 +226,16 @@ async def main_async(config: HubConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, hub.stop.set)
-    if config.ready_file is not None:
-        write_ready_file(config.ready_file, metrics_port=metrics_port)
-    await hub.run()
+    ready_file = config.ready_file
+
+    async def announce_ready() -> None:
+        await hub.ready.wait()
+        if ready_file is not None:
+            write_ready_file(ready_file, metrics_port=metrics_port)
+
+    announcer = asyncio.create_task(announce_ready())
+    try:
+        await hub.run()
+    finally:
+        announcer.cancel()
     log.info("hub stopped")
