@@ -32,9 +32,15 @@ fi
 stamp=.venv/.roost-installed
 if [ ! -f $stamp ] || [ pyproject.toml -nt $stamp ] || [ constraints.txt -nt $stamp ]; then
   echo "setup: installing Roost and its pinned dependencies into .venv"
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -c constraints.txt -e '.[dev]'
-  touch $stamp
+  log=.venv/install.log
+  if .venv/bin/pip install --upgrade pip >"$log" 2>&1 \
+     && .venv/bin/pip install -c constraints.txt -e '.[dev]' >>"$log" 2>&1; then
+    touch $stamp
+  else
+    tail -n 40 "$log" >&2
+    echo "setup: pip install failed; full log in $log" >&2
+    exit 1
+  fi
 fi
 
 if command -v npm >/dev/null; then
