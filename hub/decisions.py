@@ -20,7 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 
 import grpc
 import numpy as np
@@ -238,22 +238,23 @@ class DecisionPipeline:
             by_model.setdefault(p.model, []).append(p)
         decided: list[tuple[Pending, audit_pb.Decision]] = []
         for model, items in by_model.items():
-            response = await self._predict(model, items)
+            tensors = [_tensor(p.features) for p in items]
+            response = await self._predict(model, tensors)
             if response is None:
                 DECISIONS.labels(model, "predict_failed").inc(len(items))
                 continue
+            # One decision time per batch: its predictions arrived together.
+            decided_at = _now_ts()
             decided.extend(
-                (p, self._decision(p, response.model, pred))
-                for p, pred in zip(items, response.predictions, strict=True)
+                (p, self._decision(p, t, decided_at, response.model, pred))
+                for p, t, pred in zip(items, tensors, response.predictions, strict=True)
             )
         return decided
 
     async def _predict(
-        self, model: str, items: list[Pending]
+        self, model: str, tensors: list[common_pb2.Tensor]
     ) -> inf_pb.PredictBatchResponse | None:
-        request = inf_pb.PredictBatchRequest(
-            model_name=model, inputs=[_tensor(p.features) for p in items]
-        )
+        request = inf_pb.PredictBatchRequest(model_name=model, inputs=tensors)
         delay = 0.05
         for attempt in range(PREDICT_ATTEMPTS):
             try:
@@ -275,17 +276,20 @@ class DecisionPipeline:
         return None
 
     def _decision(
-        self, p: Pending, model: common_pb2.ModelRef, pred: inf_pb.Prediction
+        self,
+        p: Pending,
+        tensor: common_pb2.Tensor,
+        decided_at: Timestamp,
+        model: common_pb2.ModelRef,
+        pred: inf_pb.Prediction,
     ) -> audit_pb.Decision:
         return audit_pb.Decision(
             decision_id=uuid.uuid4().hex,
-            decided_at=_now_ts(),
+            decided_at=decided_at,
             hub_id=self._hub_id,
             entity_id=f"{p.model}.{p.area}",
             model=model,
-            inputs=audit_pb.DecisionInputs(
-                feature_names=list(p.feature_names), tensor=_tensor(p.features)
-            ),
+            inputs=audit_pb.DecisionInputs(feature_names=list(p.feature_names), tensor=tensor),
             output_values=list(pred.values),
             output_label=pred.label,
             confidence=pred.confidence,
@@ -338,7 +342,3 @@ def _payload(p: Pending, d: audit_pb.Decision, index: int) -> bytes:
         "trigger_id": p.trigger_id,
     }
     return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def reading_time(ts: float | None) -> float:
-    return ts if ts is not None else datetime.now(UTC).timestamp()
