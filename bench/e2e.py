@@ -49,6 +49,8 @@ from services.kit.client import sync_channel
 console = Console()
 STEADY_RATE = 200
 STEADY_SECONDS = 10
+# The machines are shared and noisy: the steady run is repeated and the medians quoted.
+STEADY_REPEATS = 3
 RAMP = (500, 750, 1000, 1250, 1500, 2000, 2500, 3000)
 RAMP_SECONDS = 5
 P99_LIMIT_MS = 50.0
@@ -272,7 +274,12 @@ async def bench(home: Path) -> dict[str, Any]:
         runs: list[RunResult] = []
         with RssSampler(pids) as rss:
             console.print(f"[bold]roost:[/] end to end at a steady {STEADY_RATE}/s ...")
-            steady = await e2e_run(stack, STEADY_RATE, STEADY_SECONDS, values)
+            steady_runs = [
+                await e2e_run(stack, STEADY_RATE, STEADY_SECONDS, values)
+                for _ in range(STEADY_REPEATS)
+            ]
+            for r in steady_runs:
+                console.print(f"  {STEADY_RATE}/s: p50 {r.p(50):.1f} ms, p99 {r.p(99):.1f} ms")
             for rate in RAMP if not QUICK else ():
                 r = await e2e_run(stack, rate, RAMP_SECONDS, values)
                 runs.append(r)
@@ -302,10 +309,11 @@ async def bench(home: Path) -> dict[str, Any]:
         },
         "e2e_steady": {
             "rate": STEADY_RATE,
-            "p50": steady.p(50),
-            "p99": steady.p(99),
-            "sent": steady.sent,
-            "received": steady.received,
+            "p50": statistics.median(r.p(50) for r in steady_runs),
+            "p99": statistics.median(r.p(99) for r in steady_runs),
+            "runs": [{"p50": r.p(50), "p99": r.p(99)} for r in steady_runs],
+            "sent": sum(r.sent for r in steady_runs),
+            "received": sum(r.received for r in steady_runs),
         },
         "ramp": [
             {
@@ -330,8 +338,8 @@ async def bench(home: Path) -> dict[str, Any]:
 def render(res: dict[str, Any]) -> tuple[Table, str]:
     s, e, st = res["session_run_ms"], res["echo_ms"], res["e2e_steady"]
     floors = [
-        ("e2e p50 @200/s (ms)", fmt(st["p50"]), "-", True),
-        ("e2e p99 @200/s (ms)", fmt(st["p99"]), "<= 25", st["p99"] <= 25),
+        ("e2e p50 @200/s, median of 3 runs (ms)", fmt(st["p50"]), "-", True),
+        ("e2e p99 @200/s, median of 3 runs (ms)", fmt(st["p99"]), "<= 25", st["p99"] <= 25),
         (
             "max sustained rate, durable audit on (events/s)",
             str(res["max_sustained_rate"]),

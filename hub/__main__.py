@@ -7,12 +7,12 @@ import asyncio
 from hub.app import main_async
 from hub.config import HubConfig
 from services.kit.config import load_config
-from services.kit.server import configure_logging
+from services.kit.server import configure_process
 
 
 def main() -> None:
     config = load_config(HubConfig, "hub")
-    configure_logging(config.log_level)
+    configure_process(config.log_level)
     asyncio.run(main_async(config))
 
 

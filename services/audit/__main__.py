@@ -12,12 +12,12 @@ from services.audit.log import AuditLog
 from services.audit.servicer import LOG_SIZE, POLICY, AuditServicer
 from services.kit.auth import Policy, Role
 from services.kit.config import load_config
-from services.kit.server import Registration, configure_logging, run_service
+from services.kit.server import Registration, configure_process, run_service
 
 
 def main() -> None:
     config = load_config(AuditConfig, "audit")
-    configure_logging(config.log_level)
+    configure_process(config.log_level)
     log: AuditLog | None = None
 
     async def build() -> tuple[Sequence[Registration], Policy]:

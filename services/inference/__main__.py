@@ -13,14 +13,14 @@ from services.inference.registry import ModelRegistry
 from services.inference.servicer import POLICY, InferenceServicer
 from services.kit.auth import Policy, Role
 from services.kit.config import load_config
-from services.kit.server import Registration, configure_logging, run_service
+from services.kit.server import Registration, configure_process, run_service
 
 log = logging.getLogger(__name__)
 
 
 def main() -> None:
     config = load_config(InferenceConfig, "inference")
-    configure_logging(config.log_level)
+    configure_process(config.log_level)
     registry: ModelRegistry | None = None
 
     async def build() -> tuple[Sequence[Registration], Policy]:
