@@ -385,17 +385,20 @@ def render(res: dict[str, Any]) -> tuple[Table, str]:
                 ["metric", "value", "floor", "ok"],
                 [(n, v, f, "yes" if ok else "**NO**") for n, v, f, ok in floors],
             ),
+            "Steady runs at 200/s (p50 / p99 ms): "
+            + ", ".join(f"{r['p50']:.1f} / {r['p99']:.1f}" for r in st["runs"]),
             "## Side by side (latency, ms)\n\n"
             + markdown_table(["path", "p50", "p99", "ratio (p50)"], baselines),
             "## Ramp\n\n"
             + markdown_table(
-                ["offered/s", "achieved/s", "p50 ms", "p99 ms", "sustained"],
+                ["offered/s", "achieved/s", "p50 ms", "p99 ms", "keeps up", "p99 <= 50 ms"],
                 [
                     (
                         r["rate"],
                         f"{r['achieved']:.0f}",
                         fmt(r["p50"]),
                         fmt(r["p99"]),
+                        "yes" if r["keeps_up"] else "no",
                         "yes" if r["sustained"] else "no",
                     )
                     for r in res["ramp"]
