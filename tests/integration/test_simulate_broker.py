@@ -9,15 +9,19 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from broker import SKIP_REASON, free_port, mosquitto_available, start_mosquitto
+from broker import start_mosquitto
+from conftest import require_mosquitto
 
 from hub.simulate import SENSOR_KINDS, simulate, synthetic_source
+from hub.stack import free_port as stack_free_port
 from hub.topics import READINGS_PREFIX, parse_reading_topic
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not mosquitto_available(), reason=SKIP_REASON),
-]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _mosquitto() -> None:
+    require_mosquitto()
 
 
 async def _collect(
@@ -121,7 +125,7 @@ async def test_paced_by_the_data_timestamps(tmp_path: Path) -> None:
 
 
 async def test_reconnects_when_the_broker_restarts(tmp_path: Path) -> None:
-    port = free_port()
+    port = stack_free_port()
     with start_mosquitto(tmp_path / "a", port) as (host, _port, _proc):
         # 20 rows, 1 minute apart at speed-up 600: ~0.1 s per row, ~2 s in all.
         task = asyncio.create_task(
@@ -147,7 +151,7 @@ async def test_gives_up_after_retries_without_a_broker() -> None:
     with pytest.raises(aiomqtt.MqttError):
         await simulate(
             "127.0.0.1",
-            free_port(),
+            stack_free_port(),
             speedup=0,
             source=synthetic_source(seed=6, rows=1),
             progress=False,
