@@ -45,8 +45,9 @@ from rich.table import Table
 from torch import nn
 
 from models.datasets import OccupancyData, load_occupancy, occupancy_path
-from models.features import OCCUPANCY_V1, snapshot
+from models.features import OCCUPANCY_V1
 from models.manifest import FeatureInfo, InputSchema, Manifest, sha256_file, shipped_models_dir
+from models.occupancy.data import build_features
 
 log = logging.getLogger("models.occupancy.train")
 
@@ -66,26 +67,6 @@ I64Array = npt.NDArray[np.int64]
 
 
 # --- Features --------------------------------------------------------------------------
-
-
-def build_features(data: OccupancyData) -> F32Array:
-    """One OCCUPANCY_V1 row per data row, through the serving ``snapshot`` code path."""
-    rows: list[list[float]] = []
-    for i in range(len(data)):
-        latest = {
-            "temperature": float(data.temperature[i]),
-            "humidity": float(data.humidity[i]),
-            "illuminance": float(data.light[i]),
-            "carbon_dioxide": float(data.co2[i]),
-        }
-        row = snapshot(OCCUPANCY_V1, latest, float(data.ts[i]))
-        if row is None:  # cannot happen: every sensor kind is present
-            raise ValueError(f"row {i}: incomplete features")
-        rows.append(row)
-    x = np.asarray(rows, dtype=np.float32)
-    if x.shape[1:] != OCCUPANCY_V1.input_shape:
-        raise ValueError(f"feature shape {x.shape[1:]} != spec {OCCUPANCY_V1.input_shape}")
-    return x
 
 
 # --- Model -----------------------------------------------------------------------------

@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from models.datasets import DatasetMissing, data_dir, load_occupancy
-from models.features import OCCUPANCY_V1, snapshot
+from models.features import OCCUPANCY_V1
 from models.manifest import Manifest, load_manifest, shipped_models_dir
+from models.occupancy.data import build_features
 
 MODEL_DIR = shipped_models_dir() / "occupancy"
 
@@ -88,19 +89,7 @@ def test_test_set_accuracy(manifest: Manifest, session: ort.InferenceSession) ->
         data = load_occupancy("test")
     except DatasetMissing as e:
         pytest.skip(f"UCI Occupancy test split not available: {e}")
-    rows: list[list[float]] = []
-    for i in range(len(data)):
-        latest = {
-            "temperature": float(data.temperature[i]),
-            "humidity": float(data.humidity[i]),
-            "illuminance": float(data.light[i]),
-            "carbon_dioxide": float(data.co2[i]),
-        }
-        row = snapshot(OCCUPANCY_V1, latest, float(data.ts[i]))
-        assert row is not None
-        rows.append(row)
-    x = np.asarray(rows, dtype=np.float32)
-    probs = _run(session, manifest, x)
+    probs = _run(session, manifest, build_features(data))
     accuracy = float(np.mean(probs.argmax(axis=1) == data.occupancy))
     assert accuracy >= 0.97, f"test accuracy {accuracy:.4f} < 0.97"
     # The manifest reports what the shipped file actually scores.
