@@ -26,6 +26,7 @@ def linear_model(tmp_path: Path, weights: list[float]) -> LoadedModel:
         initializer=[w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "linear.onnx"
     onnx.save(model, str(path))
     manifest = Manifest(
