@@ -61,8 +61,10 @@ class Publisher:
             )
             remaining = [o for o, r in zip(remaining, results, strict=True) if r is not None]
             if remaining:
-                log.warning("%d decisions not yet published; retrying on reconnect", len(remaining))
-                self.connected.clear()
+                # The MQTT loop clears `connected` when it sees the session drop; until
+                # then, retry after a short pause rather than spin.
+                log.warning("%d decisions not yet published; retrying", len(remaining))
+                await asyncio.sleep(0.1)
 
 
 async def discover_models(
@@ -146,7 +148,10 @@ class Hub:
         finally:
             drained = await self.pipeline.drain(self.config.drain_seconds)
             if not drained:
-                log.warning("stopped with undecided readings (nothing unrecorded was published)")
+                log.warning(
+                    "stopped before every decision was published (recorded ones stay in "
+                    "the audit log; nothing unrecorded was published)"
+                )
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
