@@ -219,8 +219,10 @@ class Hub:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
-        if reader.done() and not reader.cancelled() and reader.exception() is not None:
-            raise reader.exception()  # type: ignore[misc]
+        if reader.done() and not reader.cancelled():
+            error = reader.exception()
+            if error is not None:
+                raise error
 
 
 async def main_async(config: HubConfig) -> None:

@@ -15,6 +15,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hub.stack import Stack
 
 DEFAULT_HOME = Path("var")
 
@@ -36,14 +40,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         print("Starting Roost: broker, audit, inference, hub, simulator ...")
         t0 = time.monotonic()
-        broker = stack.start_broker(args.mqtt_port)
-        audit = stack.start_service(Role.AUDIT)
-        inference = stack.start_service(Role.INFERENCE)
-        hub = stack.start_hub()
+        stack.start_broker(args.mqtt_port)
+        stack.start_service(Role.AUDIT)
+        stack.start_service(Role.INFERENCE)
+        stack.start_hub()
         if args.speedup > 0:
             stack.start_simulator(args.speedup, args.areas)
         stack.write_stack_file()
-        _print_banner(stack, broker, audit, inference, hub, time.monotonic() - t0, args)
+        _print_banner(stack, time.monotonic() - t0, args.areas)
         while not stop:
             dead = [p.name for p in stack.procs.values() if not p.alive()]
             if dead and dead != ["simulator"]:
@@ -60,13 +64,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("Stopped.")
 
 
-def _print_banner(stack, broker, audit, inference, hub, took, args) -> None:  # type: ignore[no-untyped-def]  # noqa: PLR0917
-    hub_id = stack.hub_id
+def _print_banner(stack: Stack, took: float, areas: str) -> None:
+    hub_id, broker = stack.hub_id, stack.broker_port
+    audit, inference, hub = (stack.procs[n].info for n in ("audit", "inference", "hub"))
+    home = "" if stack.home == DEFAULT_HOME.resolve() else f" --home {stack.home}"
     print(f"""
 Roost is running ({took:.1f}s to start). Ctrl-C stops everything.
 
   MQTT broker      127.0.0.1:{broker}
-    readings in    roost/readings/<area>/<sensor_kind>   (simulator: area '{args.areas}')
+    readings in    roost/readings/<area>/<sensor_kind>   (simulator: area '{areas}')
     decisions out  roost/{hub_id}/decisions/<model>/<area>
     hub status     roost/{hub_id}/status
   inference gRPC   127.0.0.1:{inference["port"]}   metrics http://127.0.0.1:{inference["metrics_port"]}/metrics
@@ -74,8 +80,8 @@ Roost is running ({took:.1f}s to start). Ctrl-C stops everything.
   hub              metrics http://127.0.0.1:{hub["metrics_port"]}/metrics
   logs             {stack.home / "log"}/
 
-Watch the decisions:   .venv/bin/roost tail        (or: mosquitto_sub -p {broker} -t 'roost/{hub_id}/decisions/#' -v)
-Health of everything:  .venv/bin/roost status
+Watch the decisions:   .venv/bin/roost{home} tail        (or: mosquitto_sub -p {broker} -t 'roost/{hub_id}/decisions/#' -v)
+Health of everything:  .venv/bin/roost{home} status
 """)
 
 
