@@ -324,6 +324,7 @@ async def bench(home: Path) -> dict[str, Any]:
                 "sent": r.sent,
                 "received": r.received,
                 "sustained": r.sustained(),
+                "keeps_up": r.keeps_up(),
             }
             for r in runs
         ],
@@ -438,6 +439,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="roost-bench-") as tmp:
         res = asyncio.run(bench(Path(tmp)))
+    js, mdp = write("e2e", res, "")  # the raw results first, whatever happens next
     table, md = render(res)
     console.print(table)
     js, mdp = write("e2e", res, md)
