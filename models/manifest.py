@@ -49,6 +49,15 @@ class InputSchema:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One precision of the model (``fp32``, ``int8``): its file and content hash."""
+
+    file: str
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -65,6 +74,8 @@ class Manifest:
     training_data_sha256: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     description: str = ""
+    # Every precision shipped, by name; ``file``/``sha256`` above is the served one.
+    variants: dict[str, Variant] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -126,6 +137,12 @@ def parse_manifest(raw: dict[str, Any], where: str = "manifest") -> Manifest:
         training_data_sha256=str(raw.get("training_data_sha256", "")),
         metrics={str(k): float(v) for k, v in raw.get("metrics", {}).items()},
         description=str(raw.get("description", "")),
+        variants={
+            str(k): Variant(
+                file=str(v["file"]), sha256=str(v["sha256"]), size_bytes=int(v["size_bytes"])
+            )
+            for k, v in raw.get("variants", {}).items()
+        },
     )
 
 
@@ -142,14 +159,17 @@ def load_manifest(model_dir: Path, *, verify_sha256: bool = True) -> Manifest:
         raise ManifestError(f"{path}: must be a JSON object")
     manifest = parse_manifest(raw, where=str(path))
     if verify_sha256:
-        artifact = model_dir / manifest.file
-        if not artifact.is_file():
-            raise ManifestError(f"{path}: artifact '{manifest.file}' not found")
-        actual = sha256_file(artifact)
-        if actual != manifest.sha256:
-            raise ManifestError(
-                f"{artifact}: sha256 {actual} does not match manifest {manifest.sha256}"
-            )
+        files = {manifest.file: manifest.sha256}
+        files |= {v.file: v.sha256 for v in manifest.variants.values()}
+        for name, expected in files.items():
+            artifact = model_dir / name
+            if not artifact.is_file():
+                raise ManifestError(f"{path}: artifact '{name}' not found")
+            actual = sha256_file(artifact)
+            if actual != expected:
+                raise ManifestError(
+                    f"{artifact}: sha256 {actual} does not match manifest {expected}"
+                )
     return manifest
 
 
