@@ -148,12 +148,32 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     from models.manifest import MANIFEST_FILE, load_manifest, shipped_models_dir
 
     root = args.model_dir or shipped_models_dir()
-    print(f"{'name':14} {'version':9} {'task':15} {'input':10} sha256")
+    print(f"{'name':11} {'version':8} {'task':15} {'input':8} {'served':22} {'variants':28} sha256")
     for path in sorted(root.glob(f"*/{MANIFEST_FILE}")):
         m = load_manifest(path.parent)
         shape = "x".join(str(d) for d in m.input.shape)
-        print(f"{m.name:14} {m.version:9} {m.task_kind:15} {shape:10} {m.sha256[:16]}")
+        variants = ", ".join(f"{k} {v.size_bytes / 1024:.1f} kB" for k, v in m.variants.items())
+        print(
+            f"{m.name:11} {m.version:8} {m.task_kind:15} {shape:8} {m.file:22} "
+            f"{variants or '-':28} {m.sha256[:16]}"
+        )
     return 0
+
+
+def _cmd_models_run(args: argparse.Namespace) -> int:
+    from models import tasks
+
+    entry = tasks.train_main if args.models_command == "train" else tasks.evaluate_main
+    try:
+        main = entry(args.task)
+    except ModuleNotFoundError as e:
+        print(f"roost models {args.models_command}: {e}", file=sys.stderr)
+        print(
+            "training needs the 'train' extra: make models (or pip install -e '.[train]')",
+            file=sys.stderr,
+        )
+        return 2
+    return main(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     mlist = msub.add_parser("list", help="list the shipped models")
     mlist.add_argument("--model-dir", type=Path, default=None)
     mlist.set_defaults(func=_cmd_models_list)
+    from models.tasks import TASKS
+
+    for action, text in (
+        ("train", "train a model and write its artifacts"),
+        ("evaluate", "evaluate a shipped model on its test data"),
+    ):
+        cmd = msub.add_parser(action, help=text, add_help=False)
+        cmd.add_argument("task", choices=TASKS)
+        cmd.add_argument("rest", nargs=argparse.REMAINDER, help="passed to the recipe")
+        cmd.set_defaults(func=_cmd_models_run)
     return p
 
 

@@ -96,3 +96,14 @@ def latency(
         times.append((time.perf_counter() - t0) * 1e6)
     times.sort()
     return Latency(times[len(times) // 2], times[int(len(times) * 0.99)])
+
+
+# int8 pays when the weights dominate the file (and so the memory traffic): at least
+# halved. Timing is too noisy on shared machines to decide a reproducible artifact by,
+# so it is measured and reported (model card, `make bench`) but does not choose.
+INT8_MAX_SIZE_RATIO = 0.5
+
+
+def serve_int8(fp32_bytes: int, int8_bytes: int, quality_loss: float, max_loss: float) -> bool:
+    """Whether to serve int8: much smaller, and within the task's quality tolerance."""
+    return int8_bytes <= INT8_MAX_SIZE_RATIO * fp32_bytes and quality_loss <= max_loss

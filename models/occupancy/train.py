@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 import onnxruntime as ort
 import torch
 from rich.console import Console
@@ -44,9 +41,17 @@ from rich.progress import (
 from rich.table import Table
 from torch import nn
 
-from models.datasets import OccupancyData, load_occupancy, occupancy_path
+from models.datasets import DatasetMissing, OccupancyData, load_occupancy, occupancy_path
+from models.export import export_onnx, latency, quantize_int8, serve_int8
 from models.features import OCCUPANCY_V1
-from models.manifest import FeatureInfo, InputSchema, Manifest, sha256_file, shipped_models_dir
+from models.manifest import (
+    FeatureInfo,
+    InputSchema,
+    Manifest,
+    Variant,
+    sha256_file,
+    shipped_models_dir,
+)
 from models.occupancy.data import build_features
 
 log = logging.getLogger("models.occupancy.train")
@@ -54,6 +59,9 @@ log = logging.getLogger("models.occupancy.train")
 NAME = "occupancy"
 VERSION = "1.0.0"
 ONNX_FILE = "occupancy.onnx"
+INT8_FILE = "occupancy.int8.onnx"
+# int8 is served only if it is faster and loses at most this much accuracy.
+INT8_MAX_ACCURACY_LOSS = 0.005
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
 LABELS = ("vacant", "occupied")
@@ -241,35 +249,6 @@ def train(
 # --- Export and evaluation -------------------------------------------------------------
 
 
-def export_onnx(model: OccupancyNet, path: Path, n_features: int) -> None:
-    """Export to one self-contained ONNX file (weights inline, dynamic batch axis)."""
-    example = torch.zeros(2, n_features, dtype=torch.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / ONNX_FILE
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of dynamo, but still
-            # produces this tiny static graph as one plain file.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(
-                model,
-                (example,),
-                str(raw),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        proto = onnx.load(str(raw), load_external_data=True)
-    proto.doc_string = f"Roost {NAME} {VERSION}: raw {OCCUPANCY_V1.spec_id} features -> P(label)"
-    onnx.checker.check_model(proto, full_check=True)
-    # Re-save so all initializers are inline: a single file, no external data.
-    onnx.save_model(proto, str(path), save_as_external_data=False)
-    for init in onnx.load(str(path), load_external_data=False).graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            raise RuntimeError(f"{path}: initializer {init.name} is stored externally")
-
-
 def onnx_predict(path: Path, x: F32Array) -> F32Array:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -348,8 +327,7 @@ the room is occupied.
 
 | | |
 |---|---|
-| file | `{manifest.file}` (ONNX opset {OPSET}, one self-contained file) |
-| size | {size_bytes} bytes |
+| served file | `{manifest.file}` (ONNX opset {OPSET}, one self-contained file) |
 | sha256 | `{manifest.sha256}` |
 | parameters | {int(m["params"])} |
 | architecture | {arch} |
@@ -357,6 +335,19 @@ the room is occupied.
 | output | `{manifest.output_name}`: float32 `[batch, 2]`, rows sum to 1, labels {labels} |
 | feature spec | `{manifest.feature_spec}` (`models.features.OCCUPANCY_V1`) |
 | training | `python -m models.occupancy.train` (seed {int(m["seed"])}, {int(m["epochs"])} epochs) |
+
+## Precision: fp32 and int8
+
+Both ship. int8 (dynamic int8 weights, `onnxruntime.quantization`) is served when it
+at least halves the file and loses at most {INT8_MAX_ACCURACY_LOSS * 100:.1f} pp of
+test accuracy; this model is so small that the graph, not the weights, dominates, so
+fp32 is served. Latency: one row, `session.run`, one thread, measured while training
+(noisy); `make bench` measures both side by side.
+
+| variant | file | size (bytes) | test accuracy | latency p50 (µs) |
+|---|---|---|---|---|
+| fp32 | `{manifest.variants["fp32"].file}` | {size_bytes} | {m["test_accuracy"]:.4f} | {m["latency_p50_us_fp32"]:.1f} |
+| int8 | `{manifest.variants["int8"].file}` | {int(m["size_bytes_int8"])} | {m["test_accuracy_int8"]:.4f} | {m["latency_p50_us_int8"]:.1f} |
 
 ## Intended use
 
@@ -457,8 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # bitwise-reproducible CPU training
     torch.use_deterministic_algorithms(True)
 
-    train_data = load_occupancy("train")
-    test_data = load_occupancy("test")
+    try:
+        train_data = load_occupancy("train")
+        test_data = load_occupancy("test")
+    except DatasetMissing as e:
+        Console(stderr=True).print(f"[red]cannot train {NAME}:[/] {e}")
+        return 2
     log.info("training rows %d from %s", len(train_data), occupancy_path("train"))
     x_train, y_train = build_features(train_data), train_data.occupancy.astype(np.int64)
     x_test, y_test = build_features(test_data), test_data.occupancy.astype(np.int64)
@@ -471,7 +466,16 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / ONNX_FILE
-    export_onnx(model, onnx_path, x_train.shape[1])
+    export_onnx(
+        model,
+        torch.zeros(2, x_train.shape[1], dtype=torch.float32),
+        onnx_path,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        doc=f"Roost {NAME} {VERSION}: raw {OCCUPANCY_V1.spec_id} features -> P(label)",
+    )
+    int8_path = out / INT8_FILE
+    quantize_int8(onnx_path, int8_path)
 
     probs = onnx_predict(onnx_path, x_test)
     with torch.no_grad():
@@ -496,7 +500,24 @@ def main(argv: list[str] | None = None) -> int:
         np.mean((train_data.light[cut:] > early_threshold) == y_train[cut:])
     )
     size = onnx_path.stat().st_size
+    int8_size = int8_path.stat().st_size
+    int8_test = binary_metrics(
+        y_test, onnx_predict(int8_path, x_test).argmax(axis=1).astype(np.int64)
+    )
+    lat32 = latency(onnx_path, x_test[0], INPUT_NAME)
+    lat8 = latency(int8_path, x_test[0], INPUT_NAME)
+    int8_served = serve_int8(
+        size, int8_size, test["accuracy"] - int8_test["accuracy"], INT8_MAX_ACCURACY_LOSS
+    )
+    served = int8_path if int8_served else onnx_path
     metrics = {f"test_{k}": round(v, 6) for k, v in test.items()}
+    metrics |= {
+        "test_accuracy_int8": round(int8_test["accuracy"], 6),
+        "test_f1_int8": round(int8_test["f1"], 6),
+        "size_bytes_int8": float(int8_size),
+        "latency_p50_us_fp32": round(lat32.p50_us, 1),
+        "latency_p50_us_int8": round(lat8.p50_us, 1),
+    }
     metrics |= {
         "params": float(n_params),
         "onnx_size_bytes": float(size),
@@ -518,8 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         name=NAME,
         version=VERSION,
         task_kind="classification",
-        file=ONNX_FILE,
-        sha256=sha256_file(onnx_path),
+        file=served.name,
+        sha256=sha256_file(served),
         input=InputSchema(
             name=INPUT_NAME,
             dtype="float32",
@@ -539,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
             "Room occupancy from temperature, humidity, illuminance, CO2 and time of day; "
             "trained on UCI Occupancy Detection (CC BY 4.0)."
         ),
+        variants={
+            "fp32": Variant(ONNX_FILE, sha256_file(onnx_path), size),
+            "int8": Variant(INT8_FILE, sha256_file(int8_path), int8_size),
+        },
     )
     (out / "manifest.json").write_text(manifest.to_json())
     (out / "MODEL_CARD.md").write_text(

@@ -1,0 +1,55 @@
+"""Evaluate the shipped occupancy artifact on ``datatest.txt`` (torch-free).
+
+``roost models evaluate occupancy`` prints these; the reproducibility test compares
+them with the metrics recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from models.datasets import DatasetMissing, load_occupancy
+from models.export import run
+from models.manifest import load_manifest, shipped_models_dir
+from models.occupancy.data import build_features
+
+
+def evaluate(model_dir: Path) -> dict[str, float]:
+    """Test accuracy of each shipped precision, keyed like the manifest's metrics."""
+    manifest = load_manifest(model_dir)
+    data = load_occupancy("test")
+    x, y = build_features(data), data.occupancy
+    out: dict[str, float] = {}
+    for name, key in (("fp32", "test_accuracy"), ("int8", "test_accuracy_int8")):
+        variant = manifest.variants[name]
+        probs = run(model_dir / variant.file, x, manifest.input.name, manifest.output_name)
+        out[key] = round(float(np.mean(probs.argmax(axis=1) == y)), 6)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Evaluate the occupancy model")
+    parser.add_argument("--model-dir", type=Path, default=shipped_models_dir() / "occupancy")
+    args = parser.parse_args(argv)
+    try:
+        metrics = evaluate(args.model_dir)
+    except DatasetMissing as e:
+        Console(stderr=True).print(f"[red]cannot evaluate occupancy:[/] {e}")
+        return 2
+    recorded = load_manifest(args.model_dir).metrics
+    table = Table(title=f"occupancy on datatest.txt ({args.model_dir})")
+    for col in ("metric", "now", "manifest"):
+        table.add_column(col)
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}", f"{recorded.get(key, float('nan')):.4f}")
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
