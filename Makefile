@@ -47,12 +47,14 @@ buf-lint:
 	  else echo "buf lint: skipped (npm not available)"; fi
 
 bench: setup
+	$(PY) -m bench.models
 	$(PY) -m bench.e2e
 
-# Retrain the shipped models (needs torch: installs the 'train' extra).
+# Retrain every shipped model from ../shared/data (needs torch: the 'train' extra).
 models: setup
 	$(BIN)/pip install -q -c constraints.txt -e '.[train]'
-	$(PY) -m models.occupancy.train --out models/artifacts/occupancy
+	@for task in $$($(PY) -c 'from models.tasks import available; print(*available())'); do \
+	  echo "== $$task"; $(BIN)/roost models train $$task || exit 1; done
 
 constraints:
 	$(BIN)/pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu/torch==\1/' \
