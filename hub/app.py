@@ -83,8 +83,10 @@ async def discover_models(
                 for info in resp.models:
                     try:
                         specs[info.model.name] = spec_by_id(info.feature_spec)
-                    except KeyError as e:
-                        log.error("model %s: %s; not used", info.model.name, e)
+                    except (KeyError, ImportError) as e:
+                        log.warning(
+                            "model %s is served but not used by the hub: %s", info.model.name, e
+                        )
                 token = resp.next_page_token
                 if not token:
                     return specs

@@ -9,6 +9,7 @@ device ids, plus derived time-of-day features. Torch-free.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -155,10 +156,22 @@ OCCUPANCY_V1 = FeatureSpec(
 )
 
 SPECS: dict[str, FeatureSpec] = {OCCUPANCY_V1.spec_id: OCCUPANCY_V1}
+# Specs defined beside their recipes (models/<task>/spec.py), imported on first use.
+_SPEC_MODULES: dict[str, tuple[str, str]] = {
+    "comfort/v1": ("models.comfort.spec", "COMFORT_V1"),
+    "anomaly/v1": ("models.anomaly.spec", "ANOMALY_V1"),
+}
 
 
 def spec_by_id(spec_id: str) -> FeatureSpec:
-    try:
+    """The FeatureSpec a model's manifest names; KeyError if the hub cannot build it."""
+    if spec_id in SPECS:
         return SPECS[spec_id]
-    except KeyError:
-        raise KeyError(f"unknown feature spec '{spec_id}'; known: {sorted(SPECS)}") from None
+    if spec_id in _SPEC_MODULES:
+        module, name = _SPEC_MODULES[spec_id]
+        spec = getattr(importlib.import_module(module), name)
+        if isinstance(spec, FeatureSpec):
+            SPECS[spec_id] = spec
+            return spec
+    known = sorted({*SPECS, *_SPEC_MODULES})
+    raise KeyError(f"no FeatureSpec '{spec_id}' (the hub builds: {', '.join(known)})")
