@@ -17,7 +17,7 @@ from services.inference.registry import ModelRegistry
 
 def test_shipped_models_load() -> None:
     registry = ModelRegistry.from_directory(shipped_models_dir())
-    assert [m.manifest.name for m in registry.all()] == ["occupancy"]
+    assert "occupancy" in [m.manifest.name for m in registry.all()]
     registry.close()
 
 
