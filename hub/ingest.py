@@ -20,6 +20,13 @@ from hub.payloads import (
 from hub.topics import parse_reading_topic, parse_statestream_topic, valid_segment
 from models.features import FeatureSpec, FeatureWindow
 
+HOUSEHOLD_WIDE_PREFIXES = ("outdoor_", "wind_")
+
+
+def is_household_wide(sensor_kind: str) -> bool:
+    """Readings that describe the whole home (weather), whatever area publishes them."""
+    return sensor_kind.startswith(HOUSEHOLD_WIDE_PREFIXES)
+
 
 @dataclass(frozen=True)
 class SensorRef:
@@ -60,6 +67,8 @@ class Ingest:
         self._entities = statestream_entities
         self._tz = tz
         self._windows: dict[tuple[str, str], FeatureWindow] = {}
+        # Latest household-wide reading per (model, kind), e.g. outdoor temperature.
+        self._outdoor: dict[tuple[str, str], tuple[float, float]] = {}
         self._models_by_kind: dict[str, list[str]] = {}
         for name, spec in specs.items():
             for kind in spec.sensor_kinds:
@@ -82,20 +91,39 @@ class Ingest:
         READINGS.inc()
         ts = reading.ts if reading.ts is not None else now
         for model in models:
-            window = self._window(model, ref.area)
-            if window.update(ref.sensor_kind, reading.value, ts):
-                spec = self._specs[model]
-                self._pipeline.submit(
-                    Pending(
-                        model=model,
-                        area=ref.area,
-                        features=window.tensor(ts),
-                        feature_names=tuple(spec.feature_names),
-                        reading_ts=ts,
-                        trigger_id=reading.reading_id,
-                        received_at=received,
+            if is_household_wide(ref.sensor_kind):
+                # Weather is the same for every room: feed it to each area's window.
+                windows = [(a, w) for (m, a), w in self._windows.items() if m == model]
+                self._outdoor[(model, ref.sensor_kind)] = (reading.value, ts)
+            else:
+                windows = [(ref.area, self._window(model, ref.area))]
+            for area, window in windows:
+                if window.update(ref.sensor_kind, reading.value, ts):
+                    self._submit(
+                        model, area, window, ts, trigger=reading.reading_id, received=received
                     )
-                )
+
+    def _submit(
+        self,
+        model: str,
+        area: str,
+        window: FeatureWindow,
+        ts: float,
+        *,
+        trigger: str,
+        received: float,
+    ) -> None:
+        self._pipeline.submit(
+            Pending(
+                model=model,
+                area=area,
+                features=window.tensor(ts),
+                feature_names=tuple(self._specs[model].feature_names),
+                reading_ts=ts,
+                trigger_id=trigger,
+                received_at=received,
+            )
+        )
 
     def _parse(self, topic: str, payload: bytes, now: float) -> tuple[SensorRef, Reading]:
         rt = parse_reading_topic(topic)
@@ -116,4 +144,8 @@ class Ingest:
         window = self._windows.get(key)
         if window is None:
             window = self._windows[key] = FeatureWindow(self._specs[model], self._tz)
+            # A new room starts with the latest household-wide readings (weather).
+            for (m, kind), (value, ts) in self._outdoor.items():
+                if m == model:
+                    window.update(kind, value, ts)
         return window
