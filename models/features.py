@@ -47,6 +47,10 @@ class FeatureSpec:
     step_seconds: float = 60.0
     # A sensor value older than this (reading time) makes the window not ready.
     max_staleness_seconds: float = 900.0
+    # With ``window > 1``: the sensor kind whose reading takes the step's snapshot
+    # (e.g. the meter the model forecasts), so the snapshot does not depend on which
+    # sensor happens to report first in a step. None: any reading.
+    step_kind: str | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -112,7 +116,7 @@ class FeatureWindow:
             return False
         self._latest[sensor_kind] = value
         self._seen_at[sensor_kind] = ts
-        if self.spec.window > 1:
+        if self.spec.window > 1 and self.spec.step_kind in (None, sensor_kind):
             self._maybe_step(ts)
         return self.ready(ts)
 

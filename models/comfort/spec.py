@@ -28,6 +28,8 @@ COMFORT_V1 = FeatureSpec(
     # The dataset's 10-minute cadence is within FeatureWindow's default staleness rule
     # (a sensor not heard from for more than 15 minutes makes the window not ready).
     max_staleness_seconds=900.0,
+    # The temperature reading takes each step's snapshot (training feeds it first per row).
+    step_kind="temperature",
 )
 
 # Column indices in the last dimension of the input.

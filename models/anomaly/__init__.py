@@ -1,0 +1,1 @@
+"""Appliance energy anomaly model: spec, data, training and evaluation."""
