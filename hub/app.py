@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Sequence
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import aiomqtt
@@ -22,6 +23,7 @@ from prometheus_client import Counter, Gauge
 from hub import mqtt
 from hub.config import HubConfig
 from hub.decisions import DecisionPipeline, Outgoing
+from hub.home_windows import SPEC_IDS as HOME_SPEC_IDS
 from hub.ingest import Ingest, parse_entity_map
 from hub.payloads import DropReason
 from hub.topics import READINGS_FILTER, statestream_filter, status_topic
@@ -67,20 +69,32 @@ class Publisher:
                 await asyncio.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class ServedModels:
+    """What the hub can feed: per-area FeatureSpec models and home-wide event models."""
+
+    specs: dict[str, FeatureSpec]
+    home_models: tuple[str, ...]
+
+
 async def discover_models(
     stub: inf_grpc.InferenceServiceAsyncStub, stop: asyncio.Event
-) -> dict[str, FeatureSpec]:
+) -> ServedModels:
     """Ask inference which models it serves (retrying until it answers)."""
     delay = 0.1
     while not stop.is_set():
         try:
             specs: dict[str, FeatureSpec] = {}
+            home: list[str] = []
             token = ""
             while True:
                 resp: inf_pb.ListModelsResponse = await stub.ListModels(
                     inf_pb.ListModelsRequest(page_token=token), timeout=2.0
                 )
                 for info in resp.models:
+                    if info.feature_spec in HOME_SPEC_IDS:
+                        home.append(info.model.name)
+                        continue
                     try:
                         specs[info.model.name] = spec_by_id(info.feature_spec)
                     except (KeyError, ImportError) as e:
@@ -89,12 +103,12 @@ async def discover_models(
                         )
                 token = resp.next_page_token
                 if not token:
-                    return specs
+                    return ServedModels(specs, tuple(home))
         except grpc.aio.AioRpcError as e:
             log.info("waiting for the inference service (%s)", e.code().name)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
-    return {}
+    return ServedModels({}, ())
 
 
 class Hub:
@@ -132,12 +146,17 @@ class Hub:
             self.ingest.drops.drop("(pending queue)", DropReason.OVERLOADED, "pending queue full")
 
     async def run(self) -> None:
-        specs = await discover_models(self.inference, self.stop)
+        served = await discover_models(self.inference, self.stop)
         if self.stop.is_set():
             return
-        log.info("hub %s deciding with models: %s", self.config.hub_id, sorted(specs))
+        log.info(
+            "hub %s deciding with models: %s",
+            self.config.hub_id,
+            sorted([*served.specs, *served.home_models]),
+        )
         self.ingest = Ingest(
-            specs=specs,
+            specs=served.specs,
+            home_models=served.home_models,
             pipeline=self.pipeline,
             max_payload_bytes=self.config.max_payload_bytes,
             statestream_base=self.config.statestream_base,

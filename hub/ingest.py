@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
 
 from hub.decisions import DecisionPipeline, Pending
+from hub.home_windows import HOME_AREA, HomeEventWindow, OutOfOrder
 from hub.payloads import (
     READINGS,
     DropLog,
@@ -59,6 +60,7 @@ class Ingest:
         statestream_base: str,
         statestream_entities: Mapping[str, SensorRef],
         tz: tzinfo = UTC,
+        home_models: Iterable[str] = (),
     ) -> None:
         self._specs = specs
         self._pipeline = pipeline
@@ -72,6 +74,11 @@ class Ingest:
         self._models_by_kind: dict[str, list[str]] = {}
         for name, spec in specs.items():
             for kind in spec.sensor_kinds:
+                self._models_by_kind.setdefault(kind, []).append(name)
+        # Models over the whole home's binary sensors (routine/v1), one window each.
+        self._home = {name: HomeEventWindow(tz) for name in home_models}
+        for name in self._home:
+            for kind in HomeEventWindow.kinds:
                 self._models_by_kind.setdefault(kind, []).append(name)
         self.drops = DropLog()
 
@@ -91,6 +98,9 @@ class Ingest:
         READINGS.inc()
         ts = reading.ts if reading.ts is not None else now
         for model in models:
+            if model in self._home:
+                self._home_event(model, topic, ref, reading, ts, received)
+                continue
             if is_household_wide(ref.sensor_kind):
                 # Weather is the same for every room: feed it to each area's window.
                 windows = [(a, w) for (m, a), w in self._windows.items() if m == model]
@@ -102,6 +112,36 @@ class Ingest:
                     self._submit(
                         model, area, window, ts, trigger=reading.reading_id, received=received
                     )
+
+    def _home_event(  # noqa: PLR0917
+        self,
+        model: str,
+        topic: str,
+        ref: SensorRef,
+        reading: Reading,
+        ts: float,
+        received: float,
+    ) -> None:
+        window = self._home[model]
+        if not HomeEventWindow.accepts(ref.area, ref.sensor_kind):
+            return
+        try:
+            ready = window.update(ref.area, ref.sensor_kind, reading.value, ts, source=topic)
+        except OutOfOrder as e:
+            self.drops.drop(topic, DropReason.OUT_OF_ORDER, str(e))
+            return
+        if ready:
+            self._pipeline.submit(
+                Pending(
+                    model=model,
+                    area=HOME_AREA,
+                    features=window.tensor(ts),
+                    feature_names=window.feature_names,
+                    reading_ts=ts,
+                    trigger_id=reading.reading_id,
+                    received_at=received,
+                )
+            )
 
     def _submit(
         self,

@@ -29,6 +29,7 @@ class DropReason(StrEnum):
     UNKNOWN_TOPIC = "unknown_topic"
     UNKNOWN_SENSOR = "unknown_sensor"
     UNAVAILABLE = "unavailable"
+    OUT_OF_ORDER = "out_of_order"
     OVERLOADED = "overloaded"
 
 
@@ -43,6 +44,8 @@ MIN_TS = 631_152_000.0
 FUTURE_SLACK_SECONDS = 86_400.0
 # Home Assistant states that mean "no value now"; dropped quietly (still counted).
 HA_NO_VALUE = frozenset({"unavailable", "unknown", "none", ""})
+# Home Assistant binary_sensor / cover states, as the 1/0 the models take.
+HA_BINARY = {"on": 1.0, "open": 1.0, "detected": 1.0, "off": 0.0, "closed": 0.0, "clear": 0.0}
 
 
 class InvalidReading(ValueError):
@@ -108,12 +111,14 @@ def parse_reading(payload: bytes, *, max_bytes: int, now: float) -> Reading:
 
 
 def parse_statestream(payload: bytes, *, max_bytes: int) -> Reading:
-    """A Home Assistant statestream state: the raw state string, e.g. ``21.5``."""
-    text = _decode(payload, max_bytes).strip()
-    if text.strip('"').lower() in HA_NO_VALUE:
+    """A Home Assistant statestream state: the raw state string, e.g. ``21.5`` or ``on``."""
+    text = _decode(payload, max_bytes).strip().strip('"')
+    if text.lower() in HA_NO_VALUE:
         raise InvalidReading(DropReason.UNAVAILABLE, "entity has no value")
+    if text.lower() in HA_BINARY:
+        return Reading(HA_BINARY[text.lower()], None, "")
     try:
-        value = float(text.strip('"'))
+        value = float(text)
     except ValueError:
         raise InvalidReading(DropReason.WRONG_TYPE, "state is not numeric") from None
     return Reading(_finite(value, "state"), None, "")

@@ -4,6 +4,7 @@ service, recorded by the audit service, and published back to MQTT."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -125,3 +126,23 @@ async def test_audit_rejects_the_wrong_roles_and_bad_requests(stack: Stack) -> N
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await hub.QueryDecisions(audit_pb.QueryDecisionsRequest(page_token="%%%"), timeout=5)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_binary_sensor_events_become_routine_decisions(stack: Stack) -> None:
+    t0 = NIGHT_TS - 4000
+    events = [
+        (reading_topic("bedroom", "door"), {"value": 1, "ts": t0, "id": "e0"}),
+        (reading_topic("bedroom", "door"), {"value": 0, "ts": t0 + 20, "id": "e1"}),
+        # 61 minutes later the routine window has warmed up: this event decides.
+        (reading_topic("toilet", "toilet_flush"), {"value": 1, "ts": t0 + 3700, "id": "e2"}),
+    ]
+    async with collect_decisions(stack) as decisions:
+        await publish(stack, [(t, json.dumps(p).encode()) for t, p in events])
+        got = await decisions.wait_for(1)
+    routine = [d for d in got if d["model"]["name"] == "routine"]
+    assert routine, got
+    assert routine[0]["area"] == "home"
+    assert routine[0]["trigger_id"] == "e2"
+    labels = {"away", "asleep", "toilet", "shower", "breakfast", "dinner", "drink", "idle"}
+    assert routine[0]["label"] in labels
+    assert len(routine[0]["values"]) == 8

@@ -8,7 +8,9 @@ import pytest
 
 from hub.decisions import Pending
 from hub.ingest import Ingest, is_household_wide, parse_entity_map
+from hub.payloads import DROPPED
 from models.features import FeatureSpec, SensorFeature
+from models.routine.spec import INPUT_SHAPE
 
 SPEC = FeatureSpec(
     spec_id="test/v1",
@@ -79,3 +81,29 @@ def test_bad_mapping_is_a_clear_error() -> None:
 def test_household_wide_kinds() -> None:
     assert is_household_wide("outdoor_humidity")
     assert not is_household_wide("temperature")
+
+
+def test_home_events_feed_the_routine_window() -> None:
+    sink = Collect()
+    ingest = Ingest(
+        specs={},
+        pipeline=sink,  # type: ignore[arg-type]
+        max_payload_bytes=256,
+        statestream_base="ha",
+        statestream_entities=parse_entity_map(("binary_sensor.fd=entrance/door",)),
+        home_models=("routine",),
+    )
+    t0 = 1_700_000_000.0
+    ingest.handle("roost/readings/kitchen/fridge", reading(1, t0))
+    ingest.handle("roost/readings/kitchen/fridge", reading(0, t0 + 30))
+    assert sink.items == []  # warming up: the window looks back 60 minutes
+    ingest.handle(
+        "roost/readings/garage/door", reading(1, t0 + 3700)
+    )  # area outside the vocabulary
+    assert sink.items == []
+    ingest.handle("ha/binary_sensor/fd/state", b"on")  # statestream: arrival time, ready
+    assert [p.area for p in sink.items] == ["home"]
+    assert sink.items[0].features.shape == INPUT_SHAPE
+    before = DROPPED.labels("out_of_order")._value.get()
+    ingest.handle("roost/readings/kitchen/cupboard", reading(1, t0 + 10))
+    assert DROPPED.labels("out_of_order")._value.get() == before + 1

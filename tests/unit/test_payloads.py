@@ -67,7 +67,9 @@ def test_statestream_states() -> None:
         with pytest.raises(InvalidReading) as e:
             parse_statestream(state, max_bytes=64)
         assert e.value.reason is DropReason.UNAVAILABLE
-    for state in (b"on", b"nan", b"inf"):
+    assert parse_statestream(b"on", max_bytes=64).value == 1.0
+    assert parse_statestream(b"closed", max_bytes=64).value == 0.0
+    for state in (b"heat", b"nan", b"inf"):
         with pytest.raises(InvalidReading):
             parse_statestream(state, max_bytes=64)
 
