@@ -84,7 +84,9 @@ def render(res: dict[str, Any]) -> tuple[Table, str]:
     rows = []
     for name, info in res["models"].items():
         for variant, v in info["variants"].items():
-            qual = ", ".join(f"{k} {val:.4g}" for k, val in v["quality"].items()) or "-"
+            # The first two recomputed metrics (each task's headline ones come first).
+            shown = list(v["quality"].items())[:2]
+            qual = ", ".join(f"{k} {val:.4g}" for k, val in shown) or "-"
             rows.append(
                 (
                     name,
