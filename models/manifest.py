@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +47,14 @@ class InputSchema:
 
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    @classmethod
+    def float32(
+        cls, name: str, shape: tuple[int, ...], names: Sequence[str], units: Sequence[str]
+    ) -> InputSchema:
+        """A float32 input whose last dimension holds the named features."""
+        features = tuple(FeatureInfo(n, u) for n, u in zip(names, units, strict=True))
+        return cls(name=name, dtype="float32", shape=tuple(shape), features=features)
 
 
 @dataclass(frozen=True)

@@ -77,13 +77,13 @@ from models.anomaly.spec import (
 from models.datasets import DatasetMissing
 from models.export import export_onnx, latency, quantize_int8
 from models.manifest import (
-    FeatureInfo,
     InputSchema,
     Manifest,
     Variant,
     sha256_file,
     shipped_models_dir,
 )
+from models.training import const, make_deterministic, param_count
 
 log = logging.getLogger("models.anomaly.train")
 
@@ -143,10 +143,6 @@ class Hyper:
 # --- Model -----------------------------------------------------------------------------
 
 
-def _const(values: npt.ArrayLike) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(values, dtype=np.float32))
-
-
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(n_in, hidden),
@@ -202,14 +198,14 @@ class AnomalyNet(nn.Module):
         ctx = np.clip(rows, lower, upper)[:, CTX]
         log_e = np.log1p(np.clip(rows[:, ENERGY], lower[ENERGY], upper[ENERGY]))
         ctx_std = ctx.std(axis=0)
-        self.register_buffer("lower", _const(lower))
-        self.register_buffer("upper", _const(upper))
-        self.register_buffer("ctx_mean", _const(ctx.mean(axis=0)))
-        self.register_buffer("ctx_std", _const(np.where(ctx_std > 1e-6, ctx_std, 1.0)))
-        self.register_buffer("le_mean", _const(log_e.mean()))
-        self.register_buffer("le_std", _const(log_e.std()))
-        self.register_buffer("quantile_levels", _const([hp.q_low, 0.5, hp.q_high]))
-        self.register_buffer("steps", _const(np.arange(1, WINDOW)))
+        self.register_buffer("lower", const(lower))
+        self.register_buffer("upper", const(upper))
+        self.register_buffer("ctx_mean", const(ctx.mean(axis=0)))
+        self.register_buffer("ctx_std", const(np.where(ctx_std > 1e-6, ctx_std, 1.0)))
+        self.register_buffer("le_mean", const(log_e.mean()))
+        self.register_buffer("le_std", const(log_e.std()))
+        self.register_buffer("quantile_levels", const([hp.q_low, 0.5, hp.q_high]))
+        self.register_buffer("steps", const(np.arange(1, WINDOW)))
         self.register_buffer("tau", torch.ones(len(COMPONENTS)))
         self.quantile_net = _mlp(len(CTX) + hp.history, hp.hidden, 3)
         self.context_net = _mlp(len(CTX), hp.hidden, 1)
@@ -263,10 +259,6 @@ class AnomalyNet(nn.Module):
         dropout, frozen = s[:, 2], s[:, 5]
         anomaly = torch.maximum(torch.maximum(stuck, surge), torch.maximum(dropout, frozen))
         return torch.stack([expected, anomaly, stuck, surge, dropout, frozen], dim=1)
-
-
-def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # --- Training and calibration ----------------------------------------------------------
@@ -653,8 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     console = Console()
     started = time.perf_counter()
-    torch.set_num_threads(1)  # bitwise-reproducible CPU training
-    torch.use_deterministic_algorithms(True)
+    make_deterministic()
     try:
         data = load_appliances()
     except DatasetMissing as e:
@@ -776,14 +767,8 @@ def main(argv: list[str] | None = None) -> int:
         task_kind="regression",
         file=variants[served].file,
         sha256=variants[served].sha256,
-        input=InputSchema(
-            name=INPUT_NAME,
-            dtype="float32",
-            shape=ANOMALY_V1.input_shape,
-            features=tuple(
-                FeatureInfo(name=n, unit=u)
-                for n, u in zip(ANOMALY_V1.feature_names, ANOMALY_V1.units, strict=True)
-            ),
+        input=InputSchema.float32(
+            INPUT_NAME, ANOMALY_V1.input_shape, ANOMALY_V1.feature_names, ANOMALY_V1.units
         ),
         output_name=OUTPUT_NAME,
         output_labels=OUTPUT_LABELS,

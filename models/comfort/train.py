@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from rich.console import Console
 from rich.logging import RichHandler
@@ -69,13 +68,13 @@ from models.export import (
     serve_int8,
 )
 from models.manifest import (
-    FeatureInfo,
     InputSchema,
     Manifest,
     Variant,
     sha256_file,
     shipped_models_dir,
 )
+from models.training import const, make_deterministic, param_count
 
 log = logging.getLogger("models.comfort.train")
 
@@ -106,10 +105,6 @@ N_OUT = len(OUTPUT_LABELS)
 # --- Model -----------------------------------------------------------------------------
 
 
-def _const(values: npt.NDArray[np.floating]) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(values, dtype=np.float32))
-
-
 class ComfortNet(nn.Module):
     """Raw window -> scaled features -> MLP -> temperature change -> + current temperature.
 
@@ -135,14 +130,14 @@ class ComfortNet(nn.Module):
         diffs = sensors[:, :-1] - sensors[:, -1:]
         diff_rms = np.sqrt(np.mean(diffs**2, axis=(0, 1)))
         level_std = last.std(axis=0)
-        self.register_buffer("level_mean", _const(last.mean(axis=0)))
-        self.register_buffer("level_std", _const(np.where(level_std > 1e-6, level_std, 1.0)))
-        self.register_buffer("diff_scale", _const(np.where(diff_rms > 1e-6, diff_rms, 1.0)))
+        self.register_buffer("level_mean", const(last.mean(axis=0)))
+        self.register_buffer("level_std", const(np.where(level_std > 1e-6, level_std, 1.0)))
+        self.register_buffer("diff_scale", const(np.where(diff_rms > 1e-6, diff_rms, 1.0)))
         scaled = self._scale(torch.from_numpy(x)).numpy()
-        self.register_buffer("lower", _const(scaled.min(axis=0)))
-        self.register_buffer("upper", _const(scaled.max(axis=0)))
+        self.register_buffer("lower", const(scaled.min(axis=0)))
+        self.register_buffer("upper", const(scaled.max(axis=0)))
         delta = y.astype(np.float64) - x[:, -1, TEMPERATURE : TEMPERATURE + 1]
-        self.register_buffer("delta_scale", _const(np.sqrt(np.mean(delta**2, axis=0))))
+        self.register_buffer("delta_scale", const(np.sqrt(np.mean(delta**2, axis=0))))
         n_in = scaled.shape[1]
         self.mlp = nn.Sequential(
             nn.Linear(n_in, hidden),
@@ -170,10 +165,6 @@ class ComfortNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         current = x[:, -1, TEMPERATURE : TEMPERATURE + 1]
         return current + self.scaled_delta(x) * self.delta_scale
-
-
-def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # --- Training --------------------------------------------------------------------------
@@ -491,8 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)]
     )
     started = time.perf_counter()
-    torch.set_num_threads(1)  # bitwise-reproducible CPU training
-    torch.use_deterministic_algorithms(True)
+    make_deterministic()
     np.random.seed(args.seed)  # numpy is not sampled from; seeded for good measure
 
     try:
@@ -608,14 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         task_kind="regression",
         file=files[served],
         sha256=sha256_file(out / files[served]),
-        input=InputSchema(
-            name=INPUT_NAME,
-            dtype="float32",
-            shape=COMFORT_V1.input_shape,
-            features=tuple(
-                FeatureInfo(name=n, unit=u)
-                for n, u in zip(COMFORT_V1.feature_names, COMFORT_V1.units, strict=True)
-            ),
+        input=InputSchema.float32(
+            INPUT_NAME, COMFORT_V1.input_shape, COMFORT_V1.feature_names, COMFORT_V1.units
         ),
         output_name=OUTPUT_NAME,
         output_labels=OUTPUT_LABELS,

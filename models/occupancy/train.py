@@ -45,7 +45,6 @@ from models.datasets import DatasetMissing, OccupancyData, load_occupancy, occup
 from models.export import export_onnx, latency, quantize_int8, serve_int8
 from models.features import OCCUPANCY_V1
 from models.manifest import (
-    FeatureInfo,
     InputSchema,
     Manifest,
     Variant,
@@ -53,6 +52,7 @@ from models.manifest import (
     shipped_models_dir,
 )
 from models.occupancy.data import build_features
+from models.training import const, make_deterministic, param_count
 
 log = logging.getLogger("models.occupancy.train")
 
@@ -98,10 +98,10 @@ class OccupancyNet(nn.Module):
         super().__init__()
         std = x.std(axis=0, dtype=np.float64)
         std = np.where(std > 1e-6, std, 1.0)
-        self.register_buffer("lower", _const(x.min(axis=0)))
-        self.register_buffer("upper", _const(x.max(axis=0)))
-        self.register_buffer("mean", _const(x.mean(axis=0, dtype=np.float64)))
-        self.register_buffer("std", _const(std))
+        self.register_buffer("lower", const(x.min(axis=0)))
+        self.register_buffer("upper", const(x.max(axis=0)))
+        self.register_buffer("mean", const(x.mean(axis=0, dtype=np.float64)))
+        self.register_buffer("std", const(std))
         self.mlp = nn.Sequential(
             nn.Linear(x.shape[1], hidden),
             nn.ReLU(),
@@ -117,14 +117,6 @@ class OccupancyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(x), dim=-1)
-
-
-def _const(values: npt.NDArray[np.floating]) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(values, dtype=np.float32))
-
-
-def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # --- Training --------------------------------------------------------------------------
@@ -445,8 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)]
     )
     started = time.perf_counter()
-    torch.set_num_threads(1)  # bitwise-reproducible CPU training
-    torch.use_deterministic_algorithms(True)
+    make_deterministic()
 
     try:
         train_data = load_occupancy("train")
@@ -541,14 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         task_kind="classification",
         file=served.name,
         sha256=sha256_file(served),
-        input=InputSchema(
-            name=INPUT_NAME,
-            dtype="float32",
-            shape=OCCUPANCY_V1.input_shape,
-            features=tuple(
-                FeatureInfo(name=n, unit=u)
-                for n, u in zip(OCCUPANCY_V1.feature_names, OCCUPANCY_V1.units, strict=True)
-            ),
+        input=InputSchema.float32(
+            INPUT_NAME, OCCUPANCY_V1.input_shape, OCCUPANCY_V1.feature_names, OCCUPANCY_V1.units
         ),
         output_name=OUTPUT_NAME,
         output_labels=LABELS,

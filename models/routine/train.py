@@ -47,7 +47,6 @@ from torch import nn
 from models.datasets import REPO_ROOT, DatasetMissing
 from models.export import export_onnx, latency, quantize_int8, run
 from models.manifest import (
-    FeatureInfo,
     InputSchema,
     Manifest,
     Variant,
@@ -78,6 +77,7 @@ from models.routine.spec import (
     KINDS,
     SPEC_ID,
 )
+from models.training import const, make_deterministic, param_count
 
 log = logging.getLogger("models.routine.train")
 
@@ -118,8 +118,8 @@ class RoutineNet(nn.Module):
         std = x.std(axis=0, dtype=np.float64)
         constant = std <= 1e-6
         std = np.where(constant, 1.0, std)
-        self.register_buffer("mean", _const(x.mean(axis=0, dtype=np.float64)))
-        self.register_buffer("std", _const(std))
+        self.register_buffer("mean", const(x.mean(axis=0, dtype=np.float64)))
+        self.register_buffer("std", const(std))
         first = nn.Linear(x.shape[1], hidden)
         with torch.no_grad():
             first.weight[:, torch.from_numpy(constant)] = 0.0
@@ -139,14 +139,6 @@ class RoutineNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(x), dim=-1)
-
-
-def _const(values: npt.NDArray[np.floating]) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(values, dtype=np.float32))
-
-
-def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # --- Training --------------------------------------------------------------------------
@@ -504,8 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
     console = Console()
     started = time.perf_counter()
-    torch.set_num_threads(1)  # bitwise-reproducible CPU training
-    torch.use_deterministic_algorithms(True)
+    make_deterministic()
 
     try:
         data = load_kasteren()
@@ -626,15 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         task_kind="classification",
         file=variants[served].file,
         sha256=variants[served].sha256,
-        input=InputSchema(
-            name=INPUT_NAME,
-            dtype="float32",
-            shape=INPUT_SHAPE,
-            features=tuple(
-                FeatureInfo(name=n, unit=u)
-                for n, u in zip(FEATURE_NAMES, FEATURE_UNITS, strict=True)
-            ),
-        ),
+        input=InputSchema.float32(INPUT_NAME, INPUT_SHAPE, FEATURE_NAMES, FEATURE_UNITS),
         output_name=OUTPUT_NAME,
         output_labels=CLASSES,
         feature_spec=SPEC_ID,
