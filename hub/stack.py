@@ -159,6 +159,7 @@ class Stack:
             prefix + "DATA_DIR": str(self.home / "data" / name),
             prefix + "READY_FILE": str(ready),
             prefix + "LOG_LEVEL": self.log_level,
+            prefix + "HUB_ID": self.hub_id,
             **(extra_env or {}),
         }
         proc = self._spawn(name, [sys.executable, "-m", f"services.{name}"], env)

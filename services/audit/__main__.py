@@ -3,37 +3,82 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
+from services.audit.checkpoint import NoteSigner, export_vkey, load_or_create_signer
 from services.audit.config import AuditConfig
 from services.audit.log import AuditLog
-from services.audit.servicer import LOG_SIZE, POLICY, AuditServicer
+from services.audit.servicer import (
+    LOG_SIZE,
+    POLICY,
+    AuditServicer,
+    checkpoint_origin,
+    run_checkpointer,
+)
 from services.kit.auth import Policy, Role
 from services.kit.config import load_config
 from services.kit.server import Registration, configure_process, run_service
+
+logger = logging.getLogger("services.audit")
+
+VKEY_FILE = "checkpoint.vkey"
+
+
+def load_signer(config: AuditConfig) -> NoteSigner:
+    """Loads (creating on first start) the checkpoint signer; publishes its verifier key
+    in ``<data_dir>/checkpoint.vkey`` (public) and logs it."""
+    signer = load_or_create_signer(
+        config.data_dir / config.checkpoint_key_file, checkpoint_origin(config.hub_id)
+    )
+    vkey = export_vkey(signer)
+    _write_public(config.data_dir / VKEY_FILE, vkey + "\n")
+    logger.info("audit checkpoint verifier key: %s", vkey)
+    return signer
+
+
+def _write_public(path: Path, text: str) -> None:
+    """Atomically replaces ``path`` with ``text`` (mode 0644)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="ascii")
+    tmp.chmod(0o644)
+    tmp.replace(path)
 
 
 def main() -> None:
     config = load_config(AuditConfig, "audit")
     configure_process(config.log_level)
     log: AuditLog | None = None
+    checkpointer: asyncio.Task[None] | None = None
 
     async def build() -> tuple[Sequence[Registration], Policy]:
-        nonlocal log
+        nonlocal log, checkpointer
+        signer = await asyncio.to_thread(load_signer, config)
         log = await AuditLog.open(
             config.data_dir / config.db_name,
             max_group_records=config.max_group_records,
             max_pending_records=config.max_pending_records,
         )
         LOG_SIZE.set(await log.size())
-        servicer = AuditServicer(log, config.max_append_batch)
+        servicer = AuditServicer(log, config.max_append_batch, signer)
+        checkpointer = asyncio.create_task(
+            run_checkpointer(log, signer, config.checkpoint_interval_seconds),
+            name="audit-checkpointer",
+        )
         name = pb.DESCRIPTOR.services_by_name["AuditService"].full_name
         reg = Registration(name, lambda s: pb_grpc.add_AuditServiceServicer_to_server(servicer, s))
         return [reg], POLICY
 
     async def on_stop() -> None:
+        if checkpointer is not None:
+            checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checkpointer
         if log is not None:
             await log.close()
 

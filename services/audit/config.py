@@ -19,3 +19,16 @@ class AuditConfig(ServiceConfig):
     max_pending_records: int = 200_000
     # Largest AppendDecisions request, in decisions.
     max_append_batch: int = 5_000
+    # Checkpoints: origin (and key name) is f"roost.local/hub/{hub_id}"; the Ed25519
+    # signer key lives in <data_dir>/<checkpoint_key_file> (created on first start, 0600)
+    # and its public verifier key is written to <data_dir>/checkpoint.vkey.
+    hub_id: str = "local"
+    checkpoint_key_file: str = "checkpoint.key"
+    # A background task re-signs the checkpoint this often if the tree grew.
+    checkpoint_interval_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint_interval_seconds > 0:
+            raise ValueError("audit.checkpoint_interval_seconds: must be > 0")
+        if not self.hub_id:
+            raise ValueError("audit.hub_id: required")

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from roost.audit.v1 import audit_service_pb2 as pb
+from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from services.audit.records import PreparedRecord, prepare
 from services.audit.store import AuditStore
 from services.kit.errors import ResourceExhausted, Unavailable
@@ -35,6 +36,15 @@ AppendOutcome = tuple[list[pb.AppendResult], int]
 # Requests up to this many decisions are prepared on the event loop (about 10 us each);
 # larger ones on the preparer thread.
 _INLINE_PREPARE_MAX = 16
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCheckpoint:
+    """A signed C2SP checkpoint note of the tree at ``size``."""
+
+    note: str
+    size: int
+    root_hash: bytes
 
 
 @dataclass(slots=True)
@@ -66,6 +76,10 @@ class AuditLog:
         self._closed = False
         # Write transactions committed so far (one per group); for tests and metrics.
         self.commits = 0
+        # Latest signed checkpoint; only touched on the writer thread.
+        self._checkpoint: SignedCheckpoint | None = None
+        # Checkpoints signed so far; for tests and metrics.
+        self.checkpoints_signed = 0
 
     @classmethod
     async def open(
@@ -175,6 +189,39 @@ class AuditLog:
     async def size(self) -> int:
         return await self._read(self._reader_store.size)
 
+    async def root(self, size: int | None = None) -> bytes:
+        """See ``AuditStore.root``."""
+        return await self._read(functools.partial(self._reader_store.root, size))
+
+    async def inclusion_proof(self, decision_id: str, size: int) -> tuple[int, list[bytes]]:
+        """(leaf index, audit path) of a logged decision in the tree of ``size`` leaves."""
+        store = self._reader_store
+
+        def prove() -> tuple[int, list[bytes]]:
+            index = store.index_of(decision_id)
+            return index, store.inclusion_proof(index, size)
+
+        return await self._read(prove)
+
+    async def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """See ``AuditStore.consistency_proof``."""
+        return await self._read(
+            functools.partial(self._reader_store.consistency_proof, size1, size2)
+        )
+
+    async def checkpoint(self, signer: NoteSigner) -> SignedCheckpoint:
+        """A checkpoint of the current tree signed by ``signer`` (origin = its name).
+
+        Signed on the writer thread, so it never races an append; repeated calls at the
+        same tree size return the cached note. New notes are recorded in ``checkpoints``.
+        """
+        if self._closed:
+            raise Unavailable("audit log: closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._writer, functools.partial(self._sign_checkpoint, signer)
+        )
+
     async def close(self) -> None:
         """Commits what is queued, then closes the connections and threads."""
         if self._closed:
@@ -243,6 +290,25 @@ class AuditLog:
             group.append(request)
             records += size
         return group
+
+    def _sign_checkpoint(self, signer: NoteSigner) -> SignedCheckpoint:
+        """Writer thread: signs the current tree unless the cached note covers it."""
+        store = self._writer_store
+        size = store.tree_size()
+        cached = self._checkpoint
+        if (
+            cached is not None
+            and cached.size == size
+            and cached.note.startswith(signer.name + "\n")
+        ):
+            return cached
+        root = store.root()
+        note = sign_checkpoint(signer, Checkpoint(signer.name, size, root))
+        store.save_checkpoint(size, note)
+        self._checkpoint = SignedCheckpoint(note, size, root)
+        self.checkpoints_signed += 1
+        logger.debug("audit checkpoint signed at tree size %d", size)
+        return self._checkpoint
 
     def _commit_group(
         self, batches: list[list[PreparedRecord]]

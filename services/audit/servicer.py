@@ -1,7 +1,9 @@
-"""gRPC servicer of the audit service (first cut: append, query, get)."""
+"""gRPC servicer of the audit service: append, query, get, checkpoints and proofs."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -9,6 +11,7 @@ from prometheus_client import Counter, Gauge
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
+from services.audit.checkpoint import NoteSigner
 from services.audit.log import AuditLog
 from services.kit.auth import Policy, Role
 from services.kit.errors import InvalidArgument, Unimplemented
@@ -17,6 +20,11 @@ APPENDED = Counter(
     "roost_audit_decisions_appended_total", "Decisions durably appended (retries excluded)."
 )
 LOG_SIZE = Gauge("roost_audit_log_entries", "Entries in the decision log.")
+CHECKPOINT_SIZE = Gauge(
+    "roost_audit_checkpoint_tree_size", "Tree size of the latest signed checkpoint."
+)
+
+logger = logging.getLogger(__name__)
 
 _SVC = "/roost.audit.v1.AuditService/"
 _WRITERS = frozenset({Role.HUB, Role.UPDATE, Role.PERSONALIZATION})
@@ -37,10 +45,28 @@ def _micros(ts: Timestamp, present: bool) -> int | None:
     return ts.ToMicroseconds() if present else None
 
 
+def checkpoint_origin(hub_id: str) -> str:
+    """The checkpoint origin line, which is also the signer key's name."""
+    return f"roost.local/hub/{hub_id}"
+
+
+async def run_checkpointer(log: AuditLog, signer: NoteSigner, interval_seconds: float) -> None:
+    """Re-signs the checkpoint every ``interval_seconds`` if the tree grew (until cancelled)."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            cp = await log.checkpoint(signer)
+        except Exception:
+            logger.exception("audit checkpoint signing failed")
+            continue
+        CHECKPOINT_SIZE.set(cp.size)
+
+
 class AuditServicer(pb_grpc.AuditServiceServicer):
-    def __init__(self, log: AuditLog, max_append_batch: int) -> None:
+    def __init__(self, log: AuditLog, max_append_batch: int, signer: NoteSigner) -> None:
         self._log = log
         self._max_append_batch = max_append_batch
+        self._signer = signer
 
     async def AppendDecisions(
         self, request: pb.AppendDecisionsRequest, context: Any
@@ -79,22 +105,36 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             raise InvalidArgument("decision_id: required")
         return pb.GetDecisionResponse(entry=await self._log.get(request.decision_id))
 
-    # The verifiable-log RPCs (Merkle tree, checkpoints, proofs, export, redaction)
-    # are part of the v1 API; they arrive with the transparency log.
     async def GetCheckpoint(
         self, request: pb.GetCheckpointRequest, context: Any
     ) -> pb.GetCheckpointResponse:
-        raise Unimplemented("GetCheckpoint: signed checkpoints are not served yet")
+        cp = await self._log.checkpoint(self._signer)
+        CHECKPOINT_SIZE.set(cp.size)
+        return pb.GetCheckpointResponse(
+            signed_note=cp.note, tree_size=cp.size, root_hash=cp.root_hash
+        )
 
     async def GetInclusionProof(
         self, request: pb.GetInclusionProofRequest, context: Any
     ) -> pb.GetInclusionProofResponse:
-        raise Unimplemented("GetInclusionProof: proofs are not served yet")
+        if not request.decision_id:
+            raise InvalidArgument("decision_id: required")
+        size = request.tree_size
+        if size == 0:
+            # 0 means the latest checkpoint (signed now if the tree grew).
+            size = (await self._log.checkpoint(self._signer)).size
+        index, hashes = await self._log.inclusion_proof(request.decision_id, size)
+        return pb.GetInclusionProofResponse(index=index, tree_size=size, hashes=hashes)
 
     async def GetConsistencyProof(
         self, request: pb.GetConsistencyProofRequest, context: Any
     ) -> pb.GetConsistencyProofResponse:
-        raise Unimplemented("GetConsistencyProof: proofs are not served yet")
+        hashes = await self._log.consistency_proof(
+            request.first_tree_size, request.second_tree_size
+        )
+        return pb.GetConsistencyProofResponse(hashes=hashes)
+
+    # Export bundles and redaction are part of the v1 API; they arrive later.
 
     async def ExportDecisions(self, request: pb.ExportDecisionsRequest, context: Any) -> Any:
         raise Unimplemented("ExportDecisions: export bundles are not served yet")

@@ -8,9 +8,9 @@ Layout (schema v1, versioned with ``PRAGMA user_version``):
 * ``inputs``: the redactable side store, keyed by the same ``idx``; redaction nulls
   ``data`` and sets ``redacted_at_us`` without touching the leaf.
 
-Later schema versions add the Merkle tree state (e.g. a ``tree_nodes`` table of
-subtree hashes and a ``checkpoints`` table) as further entries in ``_MIGRATIONS``;
-they only ever read ``entries.leaf_hash`` in ``idx`` order.
+Schema v2 adds the Merkle tree (see ``services.audit.tree``): ``tree_nodes``,
+``tree_state`` and ``checkpoints``, backfilled from ``entries.leaf_hash`` in ``idx``
+order on upgrade. Appends write entries, tree nodes and tree state in ONE transaction.
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeGuard
 
 from roost.audit.v1 import audit_service_pb2 as pb
+from services.audit import tree
+from services.audit.merkle import CompactRange
 from services.audit.records import PreparedRecord, prepare
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -39,8 +41,10 @@ MAX_PAGE_SIZE: Final = 1000
 # Ids looked up per `IN (...)` statement.
 _LOOKUP_CHUNK: Final = 500
 
-# One tuple of statements per schema version; index i migrates version i -> i + 1.
-_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+# One tuple of steps per schema version; index i migrates version i -> i + 1. A step
+# is an SQL statement or a function run on the connection inside the transaction.
+_Step = str | Callable[[sqlite3.Connection], None]
+_MIGRATIONS: Final[tuple[tuple[_Step, ...], ...]] = (
     (
         """CREATE TABLE entries (
             idx INTEGER PRIMARY KEY,
@@ -68,6 +72,7 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries
             BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END""",
     ),
+    (*tree.TREE_SCHEMA, tree.backfill),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -96,8 +101,11 @@ def migrate(conn: sqlite3.Connection) -> int:
     for version in range(current, SCHEMA_VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _MIGRATIONS[version]:
-                conn.execute(statement)
+            for step in _MIGRATIONS[version]:
+                if isinstance(step, str):
+                    conn.execute(step)
+                else:
+                    step(conn)
             conn.execute(f"PRAGMA user_version = {version + 1:d}")
             conn.execute("COMMIT")
         except BaseException:
@@ -116,6 +124,9 @@ class AuditStore:
         self._read_only = read_only
         # Bound variables per statement: 32766 since SQLite 3.32, 999 before.
         self._max_variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._tree = tree.SqliteTree(conn)
+        # The writer's tree edge, loaded once from tree_state (never recomputed).
+        self._compact = self._load_tree()
 
     @classmethod
     def open(cls, path: Path, *, read_only: bool = False) -> AuditStore:
@@ -161,6 +172,72 @@ class AuditStore:
         row = self._conn.execute("SELECT MAX(idx) FROM entries").fetchone()
         return 0 if row[0] is None else int(row[0]) + 1
 
+    def tree_size(self) -> int:
+        """Size of the committed tree (from ``tree_state``)."""
+        return self._current().size
+
+    def root(self, size: int | None = None) -> bytes:
+        """Root hash of the tree of ``size`` leaves (default: the current tree)."""
+        current = self._current()
+        if size is None:
+            return current.root()
+        tree.check_size(size, current.size, "tree_size")
+        return self._tree.root(size, current)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """RFC 9162 audit path of leaf ``index`` in the tree of ``size`` (default: current)."""
+        current = self._current().size
+        return self._tree.inclusion_proof(index, current if size is None else size, current)
+
+    def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
+        """RFC 9162 consistency proof from tree ``size1`` to ``size2`` (default: current)."""
+        current = self._current().size
+        return self._tree.consistency_proof(size1, current if size2 is None else size2, current)
+
+    def index_of(self, decision_id: str) -> int:
+        """Leaf index of a logged decision; NotFound if it is not in the log."""
+        if not decision_id:
+            raise InvalidArgument("decision_id: required")
+        row = self._conn.execute(
+            "SELECT idx FROM entries WHERE decision_id = ?", (decision_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound("decision_id: no such decision in the audit log")
+        return int(row[0])
+
+    def save_checkpoint(self, size: int, note: str) -> None:
+        """Records a signed checkpoint note (writer only)."""
+        if self._read_only:
+            raise FailedPrecondition("audit store: opened read-only")
+        self._conn.execute(
+            "INSERT OR REPLACE INTO checkpoints (size, note, created_at_us) VALUES (?, ?, ?)",
+            (size, note, time.time_ns() // 1000),
+        )
+
+    def latest_checkpoint(self) -> tuple[int, str] | None:
+        """(size, note) of the latest recorded checkpoint, if any."""
+        row = self._conn.execute(
+            "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def _current(self) -> CompactRange:
+        """The tree edge: the writer's own copy, or re-read from tree_state by readers."""
+        if self._read_only:
+            return tree.load_state(self._conn)
+        return self._compact
+
+    def _load_tree(self) -> CompactRange:
+        """Loads tree_state and checks it covers exactly the entries (one read snapshot)."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            compact = tree.load_state(conn)
+            tree.check_entries(conn, compact)
+        finally:
+            conn.execute("COMMIT")
+        return compact
+
     def append(self, decisions: Sequence[pb.Decision]) -> tuple[list[pb.AppendResult], int]:
         """Validates all decisions, then appends them in one durable transaction.
 
@@ -189,10 +266,21 @@ class AuditStore:
         try:
             known = self._lookup({rec.decision_id for rec in flat})
             first_idx = self.size()
+            if first_idx != self._compact.size:
+                raise FailedPrecondition(
+                    f"audit database: {first_idx} entries but tree size {self._compact.size}"
+                )
             results, entry_rows, input_rows = _assign(flat, known, first_idx)
+            compact = self._compact.copy()
+            # Column 8 of an entry row is its leaf hash (_ENTRY_COLUMNS order).
+            nodes = tree.extend(compact, (row[8] for row in entry_rows))
             self._insert("entries", _ENTRY_COLUMNS, entry_rows)
             self._insert("inputs", _INPUT_COLUMNS, input_rows)
+            self._insert("tree_nodes", "level, idx, hash", nodes)
+            if entry_rows:
+                tree.save_state(conn, compact)
             conn.execute("COMMIT")
+            self._compact = compact
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -24,6 +24,8 @@ from hub import mqtt
 from hub.stack import Stack
 from hub.topics import reading_topic, status_topic
 from roost.audit.v1 import audit_service_pb2 as audit_pb
+from services.audit.checkpoint import NoteVerifier, verify_checkpoint
+from services.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from services.kit.auth import Role
 
 pytestmark = pytest.mark.integration
@@ -146,3 +148,64 @@ async def test_binary_sensor_events_become_routine_decisions(stack: Stack) -> No
     labels = {"away", "asleep", "toilet", "shower", "breakfast", "dinner", "drink", "idle"}
     assert routine[0]["label"] in labels
     assert len(routine[0]["values"]) == 8
+
+
+async def test_published_decisions_prove_inclusion_in_a_signed_checkpoint(stack: Stack) -> None:
+    async with collect_decisions(stack) as decisions:
+        await publish(stack, readings("kitchen", OCCUPIED, DAY_TS, "proof"))
+        got = await decisions.wait_for(1)
+    vkey = (stack.home / "data" / "audit" / "checkpoint.vkey").read_text().strip()
+    verifier = NoteVerifier.from_vkey(vkey)
+    stub = audit_stub(stack, Role.AUDITOR)
+    cp_resp = await stub.GetCheckpoint(audit_pb.GetCheckpointRequest(), timeout=5)
+    cp = verify_checkpoint(verifier, cp_resp.signed_note, verifier.name)
+    assert cp.size == cp_resp.tree_size >= got[0]["audit_index"] + 1
+    assert cp.root_hash == cp_resp.root_hash
+    entry = (
+        await stub.GetDecision(
+            audit_pb.GetDecisionRequest(decision_id=got[0]["decision_id"]), timeout=5
+        )
+    ).entry
+    proof = await stub.GetInclusionProof(
+        audit_pb.GetInclusionProofRequest(decision_id=got[0]["decision_id"], tree_size=cp.size),
+        timeout=5,
+    )
+    assert proof.index == entry.index
+    assert proof.tree_size == cp.size
+    verify_inclusion(
+        leaf_hash(entry.record), proof.index, proof.tree_size, list(proof.hashes), cp.root_hash
+    )
+    # Consistency from the one-leaf tree, whose root is the first leaf hash.
+    first = await stub.QueryDecisions(audit_pb.QueryDecisionsRequest(page_size=1), timeout=5)
+    root1 = first.entries[0].leaf_hash
+    consistency = await stub.GetConsistencyProof(
+        audit_pb.GetConsistencyProofRequest(first_tree_size=1, second_tree_size=cp.size),
+        timeout=5,
+    )
+    verify_consistency(1, cp.size, list(consistency.hashes), root1, cp.root_hash)
+    # tree_size 0 proves against the latest checkpoint.
+    latest = await stub.GetInclusionProof(
+        audit_pb.GetInclusionProofRequest(decision_id=got[0]["decision_id"]), timeout=5
+    )
+    assert latest.index == entry.index
+    assert latest.tree_size >= cp.size
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.GetInclusionProof(
+            audit_pb.GetInclusionProofRequest(decision_id="no-such-id"), timeout=5
+        )
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    too_small = entry.index or 10**9  # index >= tree_size, or beyond the tree
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.GetInclusionProof(
+            audit_pb.GetInclusionProofRequest(
+                decision_id=got[0]["decision_id"], tree_size=too_small
+            ),
+            timeout=5,
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.GetConsistencyProof(
+            audit_pb.GetConsistencyProofRequest(first_tree_size=2, second_tree_size=1),
+            timeout=5,
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
