@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
+import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,5 +92,65 @@ def load_occupancy(split: Literal["train", "test"]) -> OccupancyData:
         co2=np.asarray(cols[4]),
         humidity_ratio=np.asarray(cols[5]),
         occupancy=np.asarray(cols[6], dtype=np.int64),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+APPLIANCES_ZIP = Path("appliances") / "energydata_complete.csv.zip"
+APPLIANCES_CSV = "energydata_complete.csv"
+
+
+@dataclass(frozen=True)
+class AppliancesTable:
+    """UCI Appliances Energy Prediction: every numeric column by its CSV name, in time
+    order, one row every 10 minutes. Timestamps are the house's wall time stored as
+    epoch seconds as if UTC (so hour-of-day features read the local hour)."""
+
+    ts: npt.NDArray[np.float64]
+    columns: dict[str, npt.NDArray[np.float64]]
+    sha256: str
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+def appliances_path() -> Path:
+    base = data_dir()
+    if base is None:
+        raise DatasetMissing(
+            "the shared data sets are not here: set ROOST_DATA_DIR or place them in "
+            f"../shared/data (needs {APPLIANCES_ZIP})"
+        )
+    path = base / APPLIANCES_ZIP
+    if not path.is_file():
+        raise DatasetMissing(f"{path} is missing (UCI Appliances Energy Prediction)")
+    return path
+
+
+def load_appliances_table(path: Path | None = None) -> AppliancesTable:
+    """Read the zipped CSV in memory: dates ``dd-mm-yyyy HH:MM``, some values in E-notation."""
+    path = path or appliances_path()
+    raw = path.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        text = zf.read(APPLIANCES_CSV).decode()
+    rows = csv.reader(text.splitlines())
+    header = next(rows)
+    stamps: list[float] = []
+    cols: list[list[float]] = [[] for _ in header[1:]]
+    for r in rows:
+        if not r:
+            continue
+        stamp = datetime.strptime(r[0], "%d-%m-%Y %H:%M").replace(tzinfo=UTC)
+        stamps.append(stamp.timestamp())
+        for col, value in zip(cols, r[1:], strict=True):
+            col.append(float(value))  # float() reads E-notation
+    ts = np.asarray(stamps, dtype=np.float64)
+    if np.any(np.diff(ts) <= 0):
+        raise ValueError(f"{path}: rows are not in time order")
+    return AppliancesTable(
+        ts=ts,
+        columns={
+            name: np.asarray(c, dtype=np.float64) for name, c in zip(header[1:], cols, strict=True)
+        },
         sha256=hashlib.sha256(raw).hexdigest(),
     )

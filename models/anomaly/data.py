@@ -15,12 +15,8 @@ meter or a faulty appliance.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import zipfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 from typing import Literal
 
@@ -28,15 +24,13 @@ import numpy as np
 import numpy.typing as npt
 
 from models.anomaly.spec import ANOMALY_V1, WINDOW
-from models.datasets import DatasetMissing, data_dir
+from models.datasets import load_appliances_table
 from models.features import FeatureWindow, snapshot
 
 F32Array = npt.NDArray[np.float32]
 F64Array = npt.NDArray[np.float64]
 I64Array = npt.NDArray[np.int64]
 
-APPLIANCES_ZIP = Path("appliances") / "energydata_complete.csv.zip"
-APPLIANCES_CSV = "energydata_complete.csv"
 CADENCE_SECONDS = 600.0
 
 # Dataset column -> sensor kind of ANOMALY_V1 (RH_1 is the kitchen's humidity).
@@ -72,45 +66,16 @@ class ApplianceData:
         return self.readings["energy"]
 
 
-def appliances_path() -> Path:
-    base = data_dir()
-    if base is None:
-        raise DatasetMissing(
-            "the shared data sets are not here: set ROOST_DATA_DIR or place them in "
-            "../shared/data (needs appliances/energydata_complete.csv.zip)"
-        )
-    path = base / APPLIANCES_ZIP
-    if not path.is_file():
-        raise DatasetMissing(f"{path} is missing (UCI Appliances Energy Prediction)")
-    return path
-
-
 def load_appliances(path: Path | None = None) -> ApplianceData:
-    """Read the zipped CSV: dates ``dd-mm-yyyy HH:MM``, some values in E-notation."""
-    path = path or appliances_path()
-    raw = path.read_bytes()
-    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
-        text = zf.read(APPLIANCES_CSV).decode()
-    rows = csv.reader(text.splitlines())
-    header = next(rows)
-    where = {name: header.index(name) for name in COLUMNS}
-    stamps: list[float] = []
-    cols: dict[str, list[float]] = {kind: [] for kind in COLUMNS.values()}
-    for r in rows:
-        if not r:
-            continue
-        stamp = datetime.strptime(r[0], "%d-%m-%Y %H:%M").replace(tzinfo=UTC)
-        stamps.append(stamp.timestamp())
-        for name, kind in COLUMNS.items():
-            cols[kind].append(float(r[where[name]]))
-    ts = np.asarray(stamps, dtype=np.float64)
-    steps = np.diff(ts)
-    if np.any(steps != CADENCE_SECONDS):
-        raise ValueError(f"{path}: rows are not one every {CADENCE_SECONDS:g} s in time order")
+    """The columns the anomaly model uses, by sensor kind (``models.datasets`` reads
+    the zipped CSV); rows must be exactly one every 10 minutes."""
+    table = load_appliances_table(path)
+    if np.any(np.diff(table.ts) != CADENCE_SECONDS):
+        raise ValueError(f"rows are not one every {CADENCE_SECONDS:g} s in time order")
     return ApplianceData(
-        ts=ts,
-        readings={k: np.asarray(v, dtype=np.float64) for k, v in cols.items()},
-        sha256=hashlib.sha256(raw).hexdigest(),
+        ts=table.ts,
+        readings={kind: table.columns[name] for name, kind in COLUMNS.items()},
+        sha256=table.sha256,
     )
 
 

@@ -48,7 +48,6 @@ from models.anomaly.data import (
     TRAIN_FRACTION,
     VALIDATION_FRACTION,
     ApplianceData,
-    appliances_path,
     inject,
     load_appliances,
     split,
@@ -74,7 +73,7 @@ from models.anomaly.spec import (
     OUTPUT_LABELS,
     WINDOW,
 )
-from models.datasets import DatasetMissing
+from models.datasets import DatasetMissing, appliances_path
 from models.export import export_onnx, latency, quantize_int8
 from models.manifest import (
     InputSchema,

@@ -15,19 +15,14 @@ features read the local hour); some values use E-notation.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from models.comfort.spec import COMFORT_V1, HORIZON_STEPS, TEMPERATURE
-from models.datasets import DatasetMissing, data_dir
+from models.datasets import load_appliances_table
 from models.features import FeatureWindow
 
 F32Array = npt.NDArray[np.float32]
@@ -35,8 +30,6 @@ F64Array = npt.NDArray[np.float64]
 I64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-APPLIANCES_FILE = Path("appliances") / "energydata_complete.csv.zip"
-CSV_NAME = "energydata_complete.csv"
 
 # The eight indoor rooms: (temperature column, humidity column, room). T6/RH_6 is
 # outside the building and is not a room.
@@ -87,43 +80,12 @@ class AppliancesData:
         return series
 
 
-def appliances_path() -> Path:
-    base = data_dir()
-    if base is None:
-        raise DatasetMissing(
-            "the shared data sets are not here: set ROOST_DATA_DIR or place them in "
-            "../shared/data (the comfort model needs appliances/energydata_complete.csv.zip)"
-        )
-    path = base / APPLIANCES_FILE
-    if not path.is_file():
-        raise DatasetMissing(f"{path} is missing (UCI Appliances Energy Prediction)")
-    return path
-
-
 def load_appliances() -> AppliancesData:
-    """Read the zipped CSV (never extracted to disk)."""
-    path = appliances_path()
-    raw = path.read_bytes()
-    with zipfile.ZipFile(io.BytesIO(raw)) as z:
-        text = z.read(CSV_NAME).decode()
-    reader = csv.reader(text.splitlines())
-    header = next(reader)
+    """The columns the comfort model uses (``models.datasets`` reads the zipped CSV)."""
+    table = load_appliances_table()
     wanted = [c for room in ROOMS.values() for c in room[:2]] + list(OUTDOOR_COLUMNS.values())
-    index = {name: header.index(name) for name in wanted}
-    ts: list[float] = []
-    values: dict[str, list[float]] = {name: [] for name in wanted}
-    for r in reader:
-        stamp = datetime.strptime(r[0], "%d-%m-%Y %H:%M").replace(tzinfo=UTC)
-        ts.append(stamp.timestamp())
-        for name, i in index.items():
-            values[name].append(float(r[i]))  # float() reads E-notation
-    ts_arr = np.asarray(ts)
-    if np.any(np.diff(ts_arr) <= 0):
-        raise ValueError(f"{path}: rows are not in time order")
     return AppliancesData(
-        ts=ts_arr,
-        columns={name: np.asarray(v) for name, v in values.items()},
-        sha256=hashlib.sha256(raw).hexdigest(),
+        ts=table.ts, columns={name: table.columns[name] for name in wanted}, sha256=table.sha256
     )
 
 

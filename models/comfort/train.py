@@ -44,7 +44,6 @@ from models.comfort.data import (
     AppliancesData,
     F32Array,
     Samples,
-    appliances_path,
     build_samples,
     day,
     fit_linear,
@@ -57,7 +56,7 @@ from models.comfort.data import (
 )
 from models.comfort.evaluate import DECIMALS, HORIZON_MINUTES, mae_metrics, variant_metrics
 from models.comfort.spec import COMFORT_V1, OUTPUT_LABELS, TEMPERATURE
-from models.datasets import DatasetMissing
+from models.datasets import DatasetMissing, appliances_path
 from models.export import (
     INT8_MAX_SIZE_RATIO,
     OPSET,
