@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
@@ -23,6 +21,7 @@ from services.audit.servicer import (
 )
 from services.kit.auth import Policy, Role
 from services.kit.config import load_config
+from services.kit.files import write_atomic
 from services.kit.server import Registration, configure_process, run_service
 
 logger = logging.getLogger("services.audit")
@@ -37,17 +36,9 @@ def load_signer(config: AuditConfig) -> NoteSigner:
         config.data_dir / config.checkpoint_key_file, checkpoint_origin(config.hub_id)
     )
     vkey = export_vkey(signer)
-    _write_public(config.data_dir / VKEY_FILE, vkey + "\n")
+    write_atomic(config.data_dir / VKEY_FILE, (vkey + "\n").encode("ascii"), 0o644)
     logger.info("audit checkpoint verifier key: %s", vkey)
     return signer
-
-
-def _write_public(path: Path, text: str) -> None:
-    """Atomically replaces ``path`` with ``text`` (mode 0644)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="ascii")
-    tmp.chmod(0o644)
-    tmp.replace(path)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from prometheus_client import start_http_server
 from services.kit.auth import Policy, Role
 from services.kit.certs import load_identity
 from services.kit.config import ServiceConfig
+from services.kit.files import write_atomic
 from services.kit.interceptors import KitInterceptor
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,7 @@ def configure_logging(level: str) -> None:
 
 
 def write_ready_file(path: Path, **info: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), **info}))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"pid": os.getpid(), **info}).encode())
 
 
 def start_metrics(config: ServiceConfig) -> int:
