@@ -53,6 +53,7 @@ from models.anomaly.spec import ANOMALY_SCORE, EXPECTED_WH, WINDOW
 from models.datasets import DatasetMissing
 from models.export import session
 from models.manifest import Manifest, ManifestError, load_manifest, shipped_models_dir
+from models.report import comparison_table, within
 
 F32Array = npt.NDArray[np.float32]
 F64Array = npt.NDArray[np.float64]
@@ -66,8 +67,6 @@ GRACE_STEPS = WINDOW - 1  # after an event its readings are still in the input w
 SUMMARY = "overall"
 # Metric keys compared between fp32 and int8 when choosing the served precision.
 DETECTION_KEYS = tuple(f"{m}_{k}" for k in (*FAULT_KINDS, SUMMARY) for m in ("recall", "precision"))
-# evaluate() must reproduce the manifest within this (absolute, or relative above 1).
-TOLERANCE = 1e-4
 
 
 # --- Episodes, calibration and detection metrics ---------------------------------------
@@ -240,8 +239,8 @@ def evaluate(model_dir: Path) -> dict[str, float]:
     return out
 
 
-def within_tolerance(actual: float, expected: float) -> bool:
-    return abs(actual - expected) <= TOLERANCE * max(1.0, abs(expected))
+# Recomputed metrics agree with the manifest within models.report.TOLERANCE.
+within_tolerance = within
 
 
 # --- CLI -------------------------------------------------------------------------------
@@ -279,22 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         Console(stderr=True).print(f"[red]error:[/] {e}")
         return 2
     console.print(_fault_table(manifest, metrics))
-    table = Table(title=f"recomputed vs manifest ({args.model_dir})")
-    table.add_column("metric")
-    table.add_column("evaluated", justify="right")
-    table.add_column("manifest", justify="right")
-    table.add_column("", justify="center")
-    ok = True
-    for key in sorted(metrics):
-        want = manifest.metrics.get(key)
-        same = want is not None and within_tolerance(metrics[key], want)
-        ok &= same
-        table.add_row(
-            key,
-            f"{metrics[key]:.4f}",
-            "—" if want is None else f"{want:.4f}",
-            "[green]ok[/]" if same else "[red]differs[/]",
-        )
+    table, ok = comparison_table(
+        f"recomputed vs manifest ({args.model_dir})",
+        {k: metrics[k] for k in sorted(metrics)},
+        manifest.metrics,
+    )
     console.print(table)
     served = next((v for v, i in manifest.variants.items() if i.file == manifest.file), "?")
     console.print(

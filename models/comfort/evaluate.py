@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from models.comfort.data import (
     AppliancesData,
@@ -32,6 +31,7 @@ from models.comfort.spec import HORIZON_STEPS
 from models.datasets import DatasetMissing
 from models.export import session
 from models.manifest import ManifestError, load_manifest, shipped_models_dir
+from models.report import comparison_table
 
 NAME = "comfort"
 HORIZON_MINUTES = tuple(int(h * 10) for h in HORIZON_STEPS)  # (30, 60)
@@ -132,26 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as e:
         Console(stderr=True).print(f"[red]cannot evaluate {NAME}:[/] {e}")
         return 2
-    table = Table(title=f"{manifest.name} {manifest.version}: test days, MAE (degC)")
-    table.add_column("metric")
-    table.add_column("recomputed", justify="right")
-    table.add_column("manifest", justify="right")
-    table.add_column("", justify="center")
-    ok = True
-    for key, value in metrics.items():
-        recorded = manifest.metrics.get(key)
-        match = recorded is not None and abs(recorded - value) <= TOLERANCE
-        ok &= match
-        table.add_row(
-            key,
-            f"{value:.4f}" if key != "test_samples" else str(int(value)),
-            "—"
-            if recorded is None
-            else f"{recorded:.4f}"
-            if key != "test_samples"
-            else str(int(recorded)),
-            "[green]ok[/]" if match else "[red]differs[/]",
-        )
+    table, ok = comparison_table(
+        f"{manifest.name} {manifest.version}: test days, MAE (degC)", metrics, manifest.metrics
+    )
     served = next((k for k, v in manifest.variants.items() if v.file == manifest.file), "?")
     console.print(table)
     console.print(f"served variant: {served} ({manifest.file})")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from models.datasets import DatasetMissing, load_occupancy
 from models.export import run
 from models.manifest import load_manifest, shipped_models_dir
 from models.occupancy.data import build_features
+from models.report import comparison_table
 
 
 def evaluate(model_dir: Path) -> dict[str, float]:
@@ -41,14 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetMissing as e:
         Console(stderr=True).print(f"[red]cannot evaluate occupancy:[/] {e}")
         return 2
-    recorded = load_manifest(args.model_dir).metrics
-    table = Table(title=f"occupancy on datatest.txt ({args.model_dir})")
-    for col in ("metric", "now", "manifest"):
-        table.add_column(col)
-    for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}", f"{recorded.get(key, float('nan')):.4f}")
+    table, ok = comparison_table(
+        f"occupancy on datatest.txt ({args.model_dir})",
+        metrics,
+        load_manifest(args.model_dir).metrics,
+    )
     Console().print(table)
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from rich.console import Console
-from rich.table import Table
 
 from models.datasets import DatasetMissing
 from models.export import run
 from models.manifest import ManifestError, load_manifest, shipped_models_dir
+from models.report import comparison_table
 from models.routine.data import (
     CLASSES,
     Dataset,
@@ -177,22 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as e:
         console.print(f"[red]error:[/] {e}")
         return 2
-    table = Table(title=f"{manifest.name} {manifest.version} ({args.model_dir})")
-    table.add_column("metric")
-    table.add_column("recomputed", justify="right")
-    table.add_column("manifest", justify="right")
-    table.add_column("", justify="center")
-    ok = True
-    for key, value in metrics.items():
-        stored = manifest.metrics.get(key)
-        match = stored is not None and abs(stored - value) <= TOLERANCE
-        ok &= match
-        table.add_row(
-            key,
-            f"{value:.4f}",
-            "—" if stored is None else f"{stored:.4f}",
-            "[green]ok[/]" if match else "[red]differs[/]",
-        )
+    table, ok = comparison_table(
+        f"{manifest.name} {manifest.version} ({args.model_dir})", metrics, manifest.metrics
+    )
     for key in ("cv_macro_f1", "cv_accuracy", "baseline_time_of_day_macro_f1"):
         if key in manifest.metrics:
             table.add_row(f"{key} (manifest only)", "—", f"{manifest.metrics[key]:.4f}", "")
