@@ -57,8 +57,10 @@ models: setup
 	  echo "== $$task"; $(BIN)/roost models train $$task || exit 1; done
 
 constraints:
-	$(BIN)/pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu/torch==\1/' \
-	  | grep -viE '^(nvidia|triton|setuptools|pip)' > constraints.txt
+	{ echo '# Known-good versions (Python 3.11), used as pip constraints by scripts/setup.sh.'; \
+	  echo '# Regenerate with: make constraints'; \
+	  $(BIN)/pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu/torch==\1/' \
+	  | grep -viE '^(nvidia|triton|setuptools|pip)'; } > constraints.txt
 
 clean:
 	rm -rf var build .mypy_cache .ruff_cache .pytest_cache
