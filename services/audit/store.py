@@ -317,10 +317,12 @@ class AuditStore:
         action: str = "",
         page_size: int = 0,
         page_token: str = "",
+        below_index: int | None = None,
     ) -> tuple[list[pb.LogEntry], str]:
         """Entries with ``start_us <= decided_at < end_us`` matching the filters, oldest first.
 
-        ``None`` bounds are open; empty filters match all. Returns the page and the
+        ``None`` bounds are open; empty filters match all; ``below_index`` keeps only leaf
+        indexes below it (an export pins the tree size of its checkpoint). Returns the page and the
         token of the next page (``""`` when this is the last). With a time bound, the
         first page fixes the range of leaf indexes to scan, so later pages do not pick
         up entries appended in between.
@@ -335,6 +337,7 @@ class AuditStore:
             ("model_name = ?", model_name or None),
             ("model_version = ?", model_version or None),
             ("action = ?", action or None),
+            ("idx < ?", below_index),
         ]
         fingerprint = _fingerprint([value for _, value in filters])
         if page_token:
@@ -343,7 +346,9 @@ class AuditStore:
             after, last = -1, None
             if start_us is not None or end_us is not None:
                 # The decided_at index narrows the scan of the idx-ordered entries.
-                bounds = self._select("SELECT MIN(idx), MAX(idx) FROM entries", time_filters)
+                bounds = self._select(
+                    "SELECT MIN(idx), MAX(idx) FROM entries", [*time_filters, filters[-1]]
+                )
                 first, last = bounds.fetchone()
                 if first is None:
                     return [], ""

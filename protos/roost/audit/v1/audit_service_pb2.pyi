@@ -34,6 +34,10 @@ class _ActorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Actor.ValueType
     """A person overrode the hub."""
     ACTOR_FEEDBACK: _Actor.ValueType  # 3
     """A person labelled a past decision ("that was wrong")."""
+    ACTOR_ADMIN: _Actor.ValueType  # 4
+    """An administrator acted on the log itself, e.g. redacted stored inputs, or the
+    retention job pruned them.
+    """
 
 class Actor(_Actor, metaclass=_ActorEnumTypeWrapper):
     """Who caused the decision."""
@@ -45,6 +49,10 @@ ACTOR_USER_OVERRIDE: Actor.ValueType  # 2
 """A person overrode the hub."""
 ACTOR_FEEDBACK: Actor.ValueType  # 3
 """A person labelled a past decision ("that was wrong")."""
+ACTOR_ADMIN: Actor.ValueType  # 4
+"""An administrator acted on the log itself, e.g. redacted stored inputs, or the
+retention job pruned them.
+"""
 Global___Actor: _TypeAlias = Actor  # noqa: Y015
 
 class _PolicyVerdict:
@@ -565,26 +573,52 @@ Global___GetConsistencyProofResponse: _TypeAlias = GetConsistencyProofResponse  
 
 @_typing.final
 class ExportDecisionsRequest(_message.Message):
+    """Exports the entries matching the filters (as QueryDecisions; none means the whole
+    log) at the latest checkpoint, with an inclusion proof for each. The bundle format
+    is described in docs/audit.md.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     ENTITY_ID_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FROM_SIZES_FIELD_NUMBER: _builtins.int
+    OMIT_INPUTS_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
+    model_name: _builtins.str
+    model_version: _builtins.str
+    action: _builtins.str
+    omit_inputs: _builtins.bool
+    """Leave the stored inputs out (their digests stay in the records)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def consistency_from_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Tree sizes of checkpoints the auditor already holds: the bundle carries a
+        consistency proof from each to the exported checkpoint.
+        """
+
     def __init__(
         self,
         *,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         entity_id: _builtins.str = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        action: _builtins.str = ...,
+        consistency_from_sizes: _abc.Iterable[_builtins.int] | None = ...,
+        omit_inputs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "entity_id", b"entity_id", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "consistency_from_sizes", b"consistency_from_sizes", "end_time", b"end_time", "entity_id", b"entity_id", "model_name", b"model_name", "model_version", b"model_version", "omit_inputs", b"omit_inputs", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
