@@ -18,6 +18,7 @@ from services.audit.servicer import (
     AuditServicer,
     checkpoint_origin,
     run_checkpointer,
+    run_retention,
 )
 from services.kit.auth import Policy, Role
 from services.kit.config import load_config
@@ -45,10 +46,10 @@ def main() -> None:
     config = load_config(AuditConfig, "audit")
     configure_process(config.log_level)
     log: AuditLog | None = None
-    checkpointer: asyncio.Task[None] | None = None
+    background: list[asyncio.Task[None]] = []
 
     async def build() -> tuple[Sequence[Registration], Policy]:
-        nonlocal log, checkpointer
+        nonlocal log
         signer = await asyncio.to_thread(load_signer, config)
         log = await AuditLog.open(
             config.data_dir / config.db_name,
@@ -57,19 +58,33 @@ def main() -> None:
         )
         LOG_SIZE.set(await log.size())
         servicer = AuditServicer(log, config.max_append_batch, signer)
-        checkpointer = asyncio.create_task(
-            run_checkpointer(log, signer, config.checkpoint_interval_seconds),
-            name="audit-checkpointer",
+        background.append(
+            asyncio.create_task(
+                run_checkpointer(log, signer, config.checkpoint_interval_seconds),
+                name="audit-checkpointer",
+            )
+        )
+        background.append(
+            asyncio.create_task(
+                run_retention(
+                    log,
+                    hub_id=config.hub_id,
+                    inputs_retention_days=config.inputs_retention_days,
+                    checkpoint_keep_days=config.checkpoint_keep_days,
+                    interval_seconds=config.retention_interval_seconds,
+                ),
+                name="audit-retention",
+            )
         )
         name = pb.DESCRIPTOR.services_by_name["AuditService"].full_name
         reg = Registration(name, lambda s: pb_grpc.add_AuditServiceServicer_to_server(servicer, s))
         return [reg], POLICY
 
     async def on_stop() -> None:
-        if checkpointer is not None:
-            checkpointer.cancel()
+        for task in background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await checkpointer
+                await task
         if log is not None:
             await log.close()
 

@@ -27,7 +27,21 @@ class AuditConfig(ServiceConfig):
     # A background task re-signs the checkpoint this often if the tree grew.
     checkpoint_interval_seconds: float = 60.0
 
+    # Retention of stored inputs (the household values behind each decision): older
+    # ones are erased (their digests and every proof stay); 0 keeps them forever.
+    inputs_retention_days: float = 30.0
+    # Checkpoints older than this are thinned to the last one of each day.
+    checkpoint_keep_days: float = 7.0
+    # How often the retention job runs.
+    retention_interval_seconds: float = 3600.0
+
     def __post_init__(self) -> None:
+        if self.inputs_retention_days < 0:
+            raise ValueError("audit.inputs_retention_days: must be >= 0 (0 keeps inputs)")
+        if self.checkpoint_keep_days < 0:
+            raise ValueError("audit.checkpoint_keep_days: must be >= 0")
+        if not self.retention_interval_seconds > 0:
+            raise ValueError("audit.retention_interval_seconds: must be > 0")
         if not self.checkpoint_interval_seconds > 0:
             raise ValueError("audit.checkpoint_interval_seconds: must be > 0")
         if not self.hub_id:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -222,6 +223,39 @@ class AuditLog:
             self._writer, functools.partial(self._sign_checkpoint, signer)
         )
 
+    async def redact_inputs(self, decision_id: str, reason: str) -> tuple[int, int, bool]:
+        """See ``AuditStore.redact_inputs`` (on the writer thread, between group commits)."""
+        return await self._write(
+            functools.partial(
+                self._writer_store.redact_inputs, decision_id, reason, time.time_ns() // 1000
+            )
+        )
+
+    async def prune_inputs(
+        self, cutoff_us: int, reason: str, hub_id: str
+    ) -> tuple[int, int | None]:
+        """See ``AuditStore.prune_inputs``; repeats until nothing older is left."""
+        total, last_index = 0, None
+        while True:
+            pruned, index = await self._write(
+                functools.partial(
+                    self._writer_store.prune_inputs,
+                    cutoff_us,
+                    reason,
+                    hub_id,
+                    time.time_ns() // 1000,
+                )
+            )
+            if not pruned:
+                return total, last_index
+            total, last_index = total + pruned, index
+
+    async def thin_checkpoints(self, keep_after_us: int) -> int:
+        """See ``AuditStore.thin_checkpoints``."""
+        return await self._write(
+            functools.partial(self._writer_store.thin_checkpoints, keep_after_us)
+        )
+
     async def close(self) -> None:
         """Commits what is queued, then closes the connections and threads."""
         if self._closed:
@@ -237,6 +271,11 @@ class AuditLog:
             for executor in (self._writer, self._reader, self._preparer):
                 executor.shutdown(wait=False)
         logger.info("audit log closed after %d commits", self.commits)
+
+    async def _write(self, call: Callable[[], _T]) -> _T:
+        if self._closed:
+            raise Unavailable("audit log: closed")
+        return await asyncio.get_running_loop().run_in_executor(self._writer, call)
 
     async def _read(self, call: Callable[[], _T]) -> _T:
         if self._closed:
@@ -296,6 +335,11 @@ class AuditLog:
         store = self._writer_store
         size = store.tree_size()
         cached = self._checkpoint
+        if cached is None and (latest := store.latest_checkpoint()) is not None:
+            # After a restart: reuse the last note if it still covers the whole tree.
+            latest_size, latest_note = latest
+            if latest_size == size:
+                cached = SignedCheckpoint(latest_note, size, store.root())
         if (
             cached is not None
             and cached.size == size

@@ -74,16 +74,19 @@ def validate_decision(d: pb.Decision, where: str) -> None:
         raise InvalidArgument(f"{prefix}{exc.field}: {exc.problem}") from None
 
 
-def prepare(decisions: Sequence[pb.Decision], field: str = "decisions") -> list[PreparedRecord]:
+def prepare(
+    decisions: Sequence[pb.Decision], field: str = "decisions", *, admin: bool = False
+) -> list[PreparedRecord]:
     """Validates every decision (nothing is returned if any is invalid) and derives the rows.
 
     Errors name the field as ``{field}[i].name``. The caller's messages are not
-    modified; a missing ``inputs_digest`` is filled in on a copy.
+    modified; a missing ``inputs_digest`` is filled in on a copy. Only the audit
+    service itself (``admin``) may write ``ACTOR_ADMIN`` entries.
     """
     prepared: list[PreparedRecord] = []
     for i, d in enumerate(decisions):
         try:
-            prepared.append(_prepare_one(d))
+            prepared.append(_prepare_one(d, admin))
         except _Invalid as exc:
             raise InvalidArgument(f"{field}[{i}].{exc.field}: {exc.problem}") from None
     return prepared
@@ -98,8 +101,11 @@ class _Invalid(Exception):
         self.problem = problem
 
 
-def _prepare_one(d: pb.Decision) -> PreparedRecord:
-    """Validates ``d`` and derives its row (hot path: each field is read once)."""
+def _prepare_one(d: pb.Decision, admin: bool = False) -> PreparedRecord:
+    """Validates ``d`` and derives its row (hot path: each field is read once).
+
+    ``admin`` allows ``ACTOR_ADMIN`` entries (the log's own records, see erasure.py).
+    """
     decision_id = d.decision_id
     if not decision_id:
         raise _Invalid("decision_id", "required")
@@ -114,16 +120,21 @@ def _prepare_one(d: pb.Decision) -> PreparedRecord:
     entity_id = d.entity_id
     if not entity_id:
         raise _Invalid("entity_id", "required")
+    actor = d.actor
+    if actor == pb.ACTOR_UNSPECIFIED:
+        raise _Invalid("actor", "must not be ACTOR_UNSPECIFIED")
+    if actor == pb.ACTOR_ADMIN and not admin:
+        raise _Invalid("actor", "ACTOR_ADMIN entries are written by the audit service itself")
     model = d.model
     model_name, model_version = model.name, model.version
-    if not model_name:
-        raise _Invalid("model.name", "required")
-    if not model_version:
-        raise _Invalid("model.version", "required")
-    if not model.sha256:
-        raise _Invalid("model.sha256", "required")
-    if d.actor == pb.ACTOR_UNSPECIFIED:
-        raise _Invalid("actor", "must not be ACTOR_UNSPECIFIED")
+    # Log-maintenance entries (admin) may concern no model at all.
+    if not (admin and not d.HasField("model")):
+        if not model_name:
+            raise _Invalid("model.name", "required")
+        if not model_version:
+            raise _Invalid("model.version", "required")
+        if not model.sha256:
+            raise _Invalid("model.sha256", "required")
     digest = d.inputs_digest
     inputs: bytes | None = None
     if d.HasField("inputs"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,6 +23,12 @@ APPENDED = Counter(
 LOG_SIZE = Gauge("roost_audit_log_entries", "Entries in the decision log.")
 CHECKPOINT_SIZE = Gauge(
     "roost_audit_checkpoint_tree_size", "Tree size of the latest signed checkpoint."
+)
+
+ERASED = Counter(
+    "roost_audit_inputs_erased_total",
+    "Stored decision inputs erased (their leaves and proofs stay).",
+    ["cause"],
 )
 
 logger = logging.getLogger(__name__)
@@ -60,6 +67,31 @@ async def run_checkpointer(log: AuditLog, signer: NoteSigner, interval_seconds: 
             logger.exception("audit checkpoint signing failed")
             continue
         CHECKPOINT_SIZE.set(cp.size)
+
+
+async def run_retention(
+    log: AuditLog,
+    *,
+    hub_id: str,
+    inputs_retention_days: float,
+    checkpoint_keep_days: float,
+    interval_seconds: float,
+) -> None:
+    """Erases stored inputs older than the retention period and thins old checkpoints,
+    now and then every ``interval_seconds`` (until cancelled)."""
+    day_us = 86_400_000_000
+    while True:
+        now_us = time.time_ns() // 1000
+        try:
+            if inputs_retention_days > 0:
+                cutoff = now_us - int(inputs_retention_days * day_us)
+                reason = f"retention: stored inputs are kept {inputs_retention_days:g} days"
+                pruned, _ = await log.prune_inputs(cutoff, reason, hub_id)
+                ERASED.labels("retention").inc(pruned)
+            await log.thin_checkpoints(now_us - int(checkpoint_keep_days * day_us))
+        except Exception:
+            logger.exception("audit retention run failed; retrying in %.0f s", interval_seconds)
+        await asyncio.sleep(interval_seconds)
 
 
 class AuditServicer(pb_grpc.AuditServiceServicer):
@@ -134,8 +166,6 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         )
         return pb.GetConsistencyProofResponse(hashes=hashes)
 
-    # Export bundles and redaction are part of the v1 API; they arrive later.
-
     async def ExportDecisions(self, request: pb.ExportDecisionsRequest, context: Any) -> Any:
         raise Unimplemented("ExportDecisions: export bundles are not served yet")
         yield  # pragma: no cover - makes this an async generator
@@ -143,4 +173,13 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     async def RedactInputs(
         self, request: pb.RedactInputsRequest, context: Any
     ) -> pb.RedactInputsResponse:
-        raise Unimplemented("RedactInputs: redaction is not served yet")
+        if not request.decision_id:
+            raise InvalidArgument("decision_id: required")
+        index, redacted_at_us, already = await self._log.redact_inputs(
+            request.decision_id, request.reason
+        )
+        if not already:
+            ERASED.labels("redaction").inc()
+        response = pb.RedactInputsResponse(redaction_index=max(index, 0))
+        response.redacted_at.FromMicroseconds(redacted_at_us)
+        return response

@@ -11,6 +11,10 @@ Layout (schema v1, versioned with ``PRAGMA user_version``):
 Schema v2 adds the Merkle tree (see ``services.audit.tree``): ``tree_nodes``,
 ``tree_state`` and ``checkpoints``, backfilled from ``entries.leaf_hash`` in ``idx``
 order on upgrade. Appends write entries, tree nodes and tree state in ONE transaction.
+
+Schema v3 adds ``inputs.erased_by``: the leaf index of the log entry that erased the
+inputs (a redaction or a retention run, see ``services.audit.erasure``). The writer
+runs with ``secure_delete`` so erased bytes are overwritten, not left in free pages.
 """
 
 from __future__ import annotations
@@ -26,15 +30,17 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeGuard
+from typing import Any, Final, TypeGuard, TypeVar
 
 from roost.audit.v1 import audit_service_pb2 as pb
-from services.audit import tree
+from services.audit import erasure, tree
 from services.audit.merkle import CompactRange
 from services.audit.records import PreparedRecord, prepare
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 
 logger = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
 
 DEFAULT_PAGE_SIZE: Final = 100
 MAX_PAGE_SIZE: Final = 1000
@@ -73,6 +79,12 @@ _MIGRATIONS: Final[tuple[tuple[_Step, ...], ...]] = (
             BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END""",
     ),
     (*tree.TREE_SCHEMA, tree.backfill),
+    (
+        # The log entry (leaf index) that erased these inputs: a redaction or a
+        # retention run (see services.audit.erasure).
+        "ALTER TABLE inputs ADD COLUMN erased_by INTEGER",
+        "CREATE INDEX checkpoints_created ON checkpoints(created_at_us)",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -125,6 +137,8 @@ class AuditStore:
         # Bound variables per statement: 32766 since SQLite 3.32, 999 before.
         self._max_variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._tree = tree.SqliteTree(conn)
+        # The tree edge written by the open write transaction, if any (see _write).
+        self._pending_compact: CompactRange | None = None
         # The writer's tree edge, loaded once from tree_state (never recomputed).
         self._compact = self._load_tree()
 
@@ -150,6 +164,8 @@ class AuditStore:
                 if str(mode).lower() != "wal":
                     raise FailedPrecondition("audit database: WAL journal mode unavailable")
                 conn.execute("PRAGMA synchronous = FULL")
+                # Erased inputs are overwritten with zeros, not left in free pages.
+                conn.execute("PRAGMA secure_delete = ON")
                 # Truncate the WAL back to at most 64 MiB after checkpoints.
                 conn.execute("PRAGMA journal_size_limit = 67108864")
                 migrate(conn)
@@ -256,45 +272,163 @@ class AuditStore:
         Results are per batch, parallel to it. A decision_id appearing in an earlier
         batch of the same call counts as already logged for later ones.
         """
-        if self._read_only:
-            raise FailedPrecondition("audit store: opened read-only")
         flat = [rec for batch in batches for rec in batch]
         if not flat:
             return [[] for _ in batches], self.size()
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            known = self._lookup({rec.decision_id for rec in flat})
-            first_idx = self.size()
-            if first_idx != self._compact.size:
-                raise FailedPrecondition(
-                    f"audit database: {first_idx} entries but tree size {self._compact.size}"
-                )
-            results, entry_rows, input_rows = _assign(flat, known, first_idx)
-            compact = self._compact.copy()
-            # Column 8 of an entry row is its leaf hash (_ENTRY_COLUMNS order).
-            nodes = tree.extend(compact, (row[8] for row in entry_rows))
-            self._insert("entries", _ENTRY_COLUMNS, entry_rows)
-            self._insert("inputs", _INPUT_COLUMNS, input_rows)
-            self._insert("tree_nodes", "level, idx, hash", nodes)
-            if entry_rows:
-                tree.save_state(conn, compact)
-            conn.execute("COMMIT")
-            self._compact = compact
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        tree_size = first_idx + len(entry_rows)
-        logger.debug(
-            "audit append: %d new of %d, tree size %d", len(entry_rows), len(flat), tree_size
-        )
+        results = self._write(lambda: self._append_in_tx(flat))
+        tree_size = self._compact.size
+        logger.debug("audit append: %d records, tree size %d", len(flat), tree_size)
         out: list[list[pb.AppendResult]] = []
         start = 0
         for batch in batches:
             out.append(results[start : start + len(batch)])
             start += len(batch)
         return out, tree_size
+
+    def redact_inputs(self, decision_id: str, reason: str, now_us: int) -> tuple[int, int, bool]:
+        """Deletes a decision's stored inputs and logs the deletion, in one transaction.
+
+        Returns (index of the redaction entry, redacted_at_us, already redacted). The
+        decision's leaf is untouched, so its proofs still verify. Redacting again is a
+        no-op that returns the first redaction. NotFound for an unknown decision,
+        FailedPrecondition when it has no stored inputs.
+        """
+        try:
+            erasure.check_reason(reason)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        index = self.index_of(decision_id)
+
+        def redact() -> tuple[int, int, bool]:
+            input_idx, redacted_at_us, erased_by, record = self._conn.execute(
+                "SELECT i.idx, i.redacted_at_us, i.erased_by, e.record FROM entries e"
+                " LEFT JOIN inputs i ON i.idx = e.idx WHERE e.idx = ?",
+                (index,),
+            ).fetchone()
+            if input_idx is None:
+                raise FailedPrecondition(
+                    "decision_id: this decision has no stored inputs to redact"
+                )
+            if redacted_at_us is not None:
+                # Redacted before (erased_by is NULL only for v1/v2-era redactions).
+                return int(-1 if erased_by is None else erased_by), int(redacted_at_us), True
+            target = pb.Decision.FromString(record)
+            entry = erasure.redaction_decision(target, reason, now_us)
+            (result,) = self._append_in_tx(prepare([entry], "redaction", admin=True))
+            self._conn.execute(
+                "UPDATE inputs SET data = NULL, redacted_at_us = ?, erased_by = ? WHERE idx = ?",
+                (now_us, result.index, index),
+            )
+            return int(result.index), now_us, False
+
+        outcome = self._write(redact)
+        if not outcome[2]:
+            self._flush_wal()
+            logger.info(
+                "audit: redacted the stored inputs of entry %d (entry %d)", index, outcome[0]
+            )
+        return outcome
+
+    def prune_inputs(
+        self, cutoff_us: int, reason: str, hub_id: str, now_us: int, limit: int = 50_000
+    ) -> tuple[int, int | None]:
+        """Erases the stored inputs of up to ``limit`` decisions made before ``cutoff_us``.
+
+        One transaction: the inputs go and one retention entry records the run. Returns
+        (inputs pruned, index of the retention entry or None when nothing was due).
+        """
+
+        def prune() -> tuple[int, int | None]:
+            due = [
+                int(row[0])
+                for row in self._conn.execute(
+                    "SELECT i.idx FROM entries e JOIN inputs i ON i.idx = e.idx"
+                    " WHERE e.decided_at_us < ? AND i.redacted_at_us IS NULL"
+                    " ORDER BY e.idx LIMIT ?",
+                    (cutoff_us, limit),
+                )
+            ]
+            if not due:
+                return 0, None
+            entry = erasure.retention_decision(hub_id, len(due), cutoff_us, reason, now_us)
+            (result,) = self._append_in_tx(prepare([entry], "retention", admin=True))
+            self._conn.executemany(
+                "UPDATE inputs SET data = NULL, redacted_at_us = ?, erased_by = ? WHERE idx = ?",
+                [(now_us, result.index, idx) for idx in due],
+            )
+            return len(due), int(result.index)
+
+        pruned, index = self._write(prune)
+        if pruned:
+            self._flush_wal()
+            logger.info("audit retention: pruned %d stored inputs (entry %s)", pruned, index)
+        return pruned, index
+
+    def thin_checkpoints(self, keep_after_us: int) -> int:
+        """Deletes checkpoints created before ``keep_after_us`` except the last of each UTC
+        day (and never the latest one); returns how many were deleted."""
+        day_us = 86_400_000_000
+
+        def thin() -> int:
+            cursor = self._conn.execute(
+                "DELETE FROM checkpoints WHERE created_at_us < ?"
+                " AND size NOT IN (SELECT MAX(size) FROM checkpoints GROUP BY created_at_us / ?)"
+                " AND size != (SELECT MAX(size) FROM checkpoints)",
+                (keep_after_us, day_us),
+            )
+            return int(cursor.rowcount)
+
+        return self._write(thin)
+
+    def _flush_wal(self) -> None:
+        """Checkpoints and truncates the WAL so erased bytes leave it too (best effort: a
+        reader in the middle of a transaction defers it to the next checkpoint)."""
+        busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            logger.debug("audit: WAL truncation deferred by an active reader")
+
+    def _write(self, body: Callable[[], _R]) -> _R:
+        """Runs ``body`` in one immediate (write) transaction; the tree edge it leaves in
+        ``self._pending_compact`` becomes current only once the transaction commits."""
+        if self._read_only:
+            raise FailedPrecondition("audit store: opened read-only")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        self._pending_compact = None
+        try:
+            result = body()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._pending_compact = None
+            raise
+        if self._pending_compact is not None:
+            self._compact = self._pending_compact
+            self._pending_compact = None
+        return result
+
+    def _append_in_tx(self, flat: Sequence[PreparedRecord]) -> list[pb.AppendResult]:
+        """Inside ``_write``: appends the new records (entries, inputs, tree nodes, state)."""
+        current = self._pending_compact or self._compact
+        known = self._lookup({rec.decision_id for rec in flat})
+        first_idx = self.size()
+        if first_idx != current.size:
+            raise FailedPrecondition(
+                f"audit database: {first_idx} entries but tree size {current.size}"
+            )
+        results, entry_rows, input_rows = _assign(flat, known, first_idx)
+        if not entry_rows:
+            return results
+        compact = current.copy()
+        # Column 8 of an entry row is its leaf hash (_ENTRY_COLUMNS order).
+        nodes = tree.extend(compact, (row[8] for row in entry_rows))
+        self._insert("entries", _ENTRY_COLUMNS, entry_rows)
+        self._insert("inputs", _INPUT_COLUMNS, input_rows)
+        self._insert("tree_nodes", "level, idx, hash", nodes)
+        tree.save_state(self._conn, compact)
+        self._pending_compact = compact
+        return results
 
     def get(self, decision_id: str) -> pb.LogEntry:
         if not decision_id:

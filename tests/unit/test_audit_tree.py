@@ -174,6 +174,7 @@ def test_v1_database_is_backfilled_on_upgrade(db: Path) -> None:
     conn = sqlite3.connect(db, isolation_level=None)
     for table in ("tree_nodes", "tree_state", "checkpoints"):
         conn.execute(f"DROP TABLE {table}")
+    conn.execute("ALTER TABLE inputs DROP COLUMN erased_by")  # added by v3
     conn.execute("PRAGMA user_version = 1")
     conn.close()
 
