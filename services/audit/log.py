@@ -167,6 +167,7 @@ class AuditLog:
         action: str = "",
         page_size: int = 0,
         page_token: str = "",
+        newest_first: bool = False,
     ) -> tuple[list[pb.LogEntry], str]:
         """See ``AuditStore.query``."""
         return await self._read(
@@ -180,6 +181,7 @@ class AuditLog:
                 action=action,
                 page_size=page_size,
                 page_token=page_token,
+                newest_first=newest_first,
             )
         )
 

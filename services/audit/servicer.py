@@ -127,6 +127,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             action=request.action,
             page_size=request.page_size,
             page_token=request.page_token,
+            newest_first=request.newest_first,
         )
         return pb.QueryDecisionsResponse(entries=entries, next_page_token=token)
 

@@ -452,6 +452,7 @@ class AuditStore:
         page_size: int = 0,
         page_token: str = "",
         below_index: int | None = None,
+        newest_first: bool = False,
     ) -> tuple[list[pb.LogEntry], str]:
         """Entries with ``start_us <= decided_at < end_us`` matching the filters, oldest first.
 
@@ -459,7 +460,7 @@ class AuditStore:
         indexes below it (an export pins the tree size of its checkpoint). Returns the page and the
         token of the next page (``""`` when this is the last). With a time bound, the
         first page fixes the range of leaf indexes to scan, so later pages do not pick
-        up entries appended in between.
+        up entries appended in between. ``newest_first`` pages backwards from the end.
         """
         if page_size < 0 or page_size > MAX_PAGE_SIZE:
             raise InvalidArgument(f"page_size: must be between 0 and {MAX_PAGE_SIZE}")
@@ -473,7 +474,9 @@ class AuditStore:
             ("action = ?", action or None),
             ("idx < ?", below_index),
         ]
-        fingerprint = _fingerprint([value for _, value in filters])
+        fingerprint = _fingerprint([value for _, value in filters] + [newest_first])
+        if newest_first:
+            return self._query_backwards(filters, limit, page_token, fingerprint)
         if page_token:
             after, last = _decode_token(page_token, fingerprint)
         else:
@@ -495,6 +498,26 @@ class AuditStore:
         next_token = ""
         if len(rows) > limit:
             next_token = _encode_token(int(entries[-1].index), last, fingerprint)
+        return entries, next_token
+
+    def _query_backwards(
+        self, filters: list[tuple[str, Any]], limit: int, page_token: str, fingerprint: str
+    ) -> tuple[list[pb.LogEntry], str]:
+        """``query`` with ``newest_first``: pages walk down the leaf indexes."""
+        before = None
+        if page_token:
+            before, _ = _decode_token(page_token, fingerprint)
+        rows = self._select(
+            _SELECT_ENTRY,
+            [*filters, ("idx < ?", before)],
+            "ORDER BY e.idx DESC LIMIT ?",
+            limit + 1,
+            alias="e.",
+        ).fetchall()
+        entries = [_entry(row) for row in rows[:limit]]
+        next_token = ""
+        if len(rows) > limit:
+            next_token = _encode_token(int(entries[-1].index), None, fingerprint)
         return entries, next_token
 
     def _select(

@@ -355,3 +355,18 @@ async def test_group_commit_merges_requests_arriving_during_a_commit(tmp_path: P
         await asyncio.gather(first, *rest)
         assert log.commits <= 3
         assert await log.size() == 30
+
+
+def test_query_newest_first_pages_backwards(store: AuditStore) -> None:
+    store.append([decision(i, entity_id=f"e{i % 2}") for i in range(7)])
+    page, token = store.query(None, None, entity_id="e0", page_size=2, newest_first=True)
+    assert [e.index for e in page] == [6, 4]
+    page, token = store.query(
+        None, None, entity_id="e0", page_size=2, page_token=token, newest_first=True
+    )
+    assert [e.index for e in page] == [2, 0]
+    assert token == ""
+    # A token of one direction is not valid for the other.
+    _, token = store.query(None, None, page_size=1, newest_first=True)
+    with pytest.raises(InvalidArgument, match="filters"):
+        store.query(None, None, page_size=1, page_token=token)

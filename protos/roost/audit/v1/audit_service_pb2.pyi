@@ -340,6 +340,7 @@ class QueryDecisionsRequest(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    NEWEST_FIRST_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
     """Optional filters; empty matches all."""
     model_name: _builtins.str
@@ -348,6 +349,8 @@ class QueryDecisionsRequest(_message.Message):
     page_size: _builtins.int
     """At most 1000; 0 means 100."""
     page_token: _builtins.str
+    newest_first: _builtins.bool
+    """Newest entries first (e.g. `roost audit tail`); default oldest first."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Inclusive lower bound on decided_at; unset means the beginning."""
@@ -367,10 +370,11 @@ class QueryDecisionsRequest(_message.Message):
         action: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        newest_first: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "end_time", b"end_time", "entity_id", b"entity_id", "model_name", b"model_name", "model_version", b"model_version", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "end_time", b"end_time", "entity_id", b"entity_id", "model_name", b"model_name", "model_version", b"model_version", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
