@@ -217,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     sim.set_defaults(func=_cmd_simulate)
 
+    from hub import audit_cli
+
+    audit_cli.add_parser(sub)
+
     models = sub.add_parser("models", help="model artifacts")
     msub = models.add_subparsers(dest="models_command", required=True)
     mlist = msub.add_parser("list", help="list the shipped models")
@@ -236,8 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from hub.audit_cli import CliError
+
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except CliError as e:
+        print(f"roost {args.command}: {e}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from roost.audit.v1 import audit_service_pb2 as pb
+from services.audit.bundle import ExportFilters, iter_bundle
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from services.audit.records import PreparedRecord, prepare
 from services.audit.store import AuditStore
@@ -59,6 +60,7 @@ class AuditLog:
 
     def __init__(
         self,
+        path: Path,
         writer: tuple[ThreadPoolExecutor, AuditStore],
         reader: tuple[ThreadPoolExecutor, AuditStore],
         preparer: ThreadPoolExecutor,
@@ -66,6 +68,7 @@ class AuditLog:
         max_group_records: int,
         max_pending_records: int,
     ) -> None:
+        self._path = path
         self._writer, self._writer_store = writer
         self._reader, self._reader_store = reader
         self._preparer = preparer
@@ -114,6 +117,7 @@ class AuditLog:
                 executor.shutdown(wait=False)
             raise
         return cls(
+            path,
             (writer, writer_store),
             (reader, reader_store),
             preparer,
@@ -257,6 +261,40 @@ class AuditLog:
         return await self._write(
             functools.partial(self._writer_store.thin_checkpoints, keep_after_us)
         )
+
+    async def export(
+        self,
+        signer: NoteSigner,
+        filters: ExportFilters,
+        *,
+        consistency_from: Sequence[int] = (),
+        omit_inputs: bool = False,
+    ) -> AsyncIterator[bytes]:
+        """Chunks of an export bundle (see ``services.audit.bundle``) at the latest
+        checkpoint, read on a connection and thread of its own so a long export does not
+        hold up queries."""
+        cp = await self.checkpoint(signer)
+        loop = asyncio.get_running_loop()
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-export")
+        store: AuditStore | None = None
+        try:
+            store = await loop.run_in_executor(
+                thread, functools.partial(AuditStore.open, self._path, read_only=True)
+            )
+            chunks = iter_bundle(
+                store,
+                note=cp.note,
+                origin=signer.name,
+                filters=filters,
+                consistency_from=consistency_from,
+                omit_inputs=omit_inputs,
+            )
+            while (chunk := await loop.run_in_executor(thread, next, chunks, None)) is not None:
+                yield chunk
+        finally:
+            if store is not None:
+                await loop.run_in_executor(thread, store.close)
+            thread.shutdown(wait=False)
 
     async def close(self) -> None:
         """Commits what is queued, then closes the connections and threads."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -12,10 +13,11 @@ from prometheus_client import Counter, Gauge
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
+from services.audit.bundle import ExportFilters
 from services.audit.checkpoint import NoteSigner
 from services.audit.log import AuditLog
 from services.kit.auth import Policy, Role
-from services.kit.errors import InvalidArgument, Unimplemented
+from services.kit.errors import InvalidArgument
 
 APPENDED = Counter(
     "roost_audit_decisions_appended_total", "Decisions durably appended (retries excluded)."
@@ -25,6 +27,9 @@ CHECKPOINT_SIZE = Gauge(
     "roost_audit_checkpoint_tree_size", "Tree size of the latest signed checkpoint."
 )
 
+EXPORTED_BYTES = Counter(
+    "roost_audit_export_bytes_total", "Bytes of export bundles streamed to auditors."
+)
 ERASED = Counter(
     "roost_audit_inputs_erased_total",
     "Stored decision inputs erased (their leaves and proofs stay).",
@@ -167,9 +172,27 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         )
         return pb.GetConsistencyProofResponse(hashes=hashes)
 
-    async def ExportDecisions(self, request: pb.ExportDecisionsRequest, context: Any) -> Any:
-        raise Unimplemented("ExportDecisions: export bundles are not served yet")
-        yield  # pragma: no cover - makes this an async generator
+    async def ExportDecisions(
+        self, request: pb.ExportDecisionsRequest, context: Any
+    ) -> AsyncIterator[pb.ExportDecisionsResponse]:
+        filters = ExportFilters(
+            start_us=_micros(request.start_time, request.HasField("start_time")),
+            end_us=_micros(request.end_time, request.HasField("end_time")),
+            entity_id=request.entity_id,
+            model_name=request.model_name,
+            model_version=request.model_version,
+            action=request.action,
+        )
+        exported = 0
+        async for chunk in self._log.export(
+            self._signer,
+            filters,
+            consistency_from=list(request.consistency_from_sizes),
+            omit_inputs=request.omit_inputs,
+        ):
+            exported += len(chunk)
+            yield pb.ExportDecisionsResponse(chunk=chunk)
+        EXPORTED_BYTES.inc(exported)
 
     async def RedactInputs(
         self, request: pb.RedactInputsRequest, context: Any

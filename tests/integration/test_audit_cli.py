@@ -1,0 +1,123 @@
+"""`roost audit ...` against a real audit service, as an auditor would use it:
+save a checkpoint, query, show with a proof, redact (admin), export, then verify the
+bundle offline against the saved checkpoint; a tampered bundle fails."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hub.cli import main
+from hub.stack import Stack
+from roost.audit.v1 import audit_service_pb2 as pb
+from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
+from services.kit.auth import Role
+from services.kit.client import sync_channel
+from tests.unit.test_audit_store import decision
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    st = Stack(tmp_path_factory.mktemp("audit-cli"), hub_id="cli")
+    try:
+        st.start_service(Role.AUDIT)
+        st.write_stack_file()
+        yield st
+    finally:
+        st.stop()
+
+
+def append(stack: Stack, decisions: list[pb.Decision]) -> None:
+    with sync_channel(
+        f"127.0.0.1:{stack.port_of(Role.AUDIT)}",
+        certs_dir=stack.certs_dir,
+        role=Role.HUB,
+        server_role=Role.AUDIT,
+    ) as channel:
+        pb_grpc.AuditServiceStub(channel).AppendDecisions(
+            pb.AppendDecisionsRequest(decisions=decisions), timeout=10
+        )
+
+
+def roost(stack: Stack, *args: str) -> int:
+    return main(["--home", str(stack.home), "audit", *args])
+
+
+def test_an_auditor_session(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vkey = str(stack.home / "data" / "audit" / "checkpoint.vkey")
+    append(stack, [decision(i, entity_id=f"light.room_{i % 3}") for i in range(30)])
+    old = tmp_path / "old.note"
+    assert roost(stack, "checkpoint", "--out", str(old)) == 0
+    append(stack, [decision(i, entity_id=f"light.room_{i % 3}") for i in range(30, 45)])
+    capsys.readouterr()
+
+    assert roost(stack, "query", "--entity", "light.room_1", "--json") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 15
+    assert {json.loads(line)["decision"]["entityId"] for line in lines} == {"light.room_1"}
+
+    assert roost(stack, "tail", "-n", "3") == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == [
+        "#42",
+        "#43",
+        "#44",
+    ]
+
+    target = decision(4).decision_id
+    assert roost(stack, "show", target) == 0
+    out = capsys.readouterr().out
+    assert "co2_ppm" in out
+    assert "included in the log of 45 entries (signed by roost.local/hub/cli)" in out
+
+    assert roost(stack, "redact", target, "--reason", "erasure request 17") == 0
+    assert "log entry #45" in capsys.readouterr().out
+    assert roost(stack, "show", target) == 0
+    out = capsys.readouterr().out
+    assert "[redacted]" in out
+    assert "co2_ppm" not in out
+
+    bundle = tmp_path / "export.jsonl"
+    assert roost(stack, "export", str(bundle), "--previous", str(old)) == 0
+    capsys.readouterr()
+    assert roost(stack, "verify", str(bundle), "--pubkey", vkey, "--previous", str(old)) == 0
+    out = capsys.readouterr().out
+    assert "OK: 46 entries" in out
+    assert "(the complete log)" in out
+    assert "1 entries have redacted inputs" in out
+    assert "consistent with your earlier checkpoint of 30 entries" in out
+
+    # An entity's export verifies on its own too.
+    part = tmp_path / "part.jsonl"
+    assert roost(stack, "export", str(part), "--entity", "light.room_2") == 0
+    assert roost(stack, "verify", str(part), "--pubkey", vkey) == 0
+    assert "OK: 15 entries" in capsys.readouterr().out
+
+    # One flipped byte in one record: the offline check fails and says where.
+    lines = bundle.read_text().splitlines(keepends=True)
+    entry = json.loads(lines[5])
+    proof = entry["proof"].split("\n")
+    extra = proof[1].removeprefix("extra ")
+    proof[1] = "extra " + ("B" if extra[10] != "B" else "C").join([extra[:10], extra[11:]])
+    entry["proof"] = "\n".join(proof)
+    lines[5] = json.dumps(entry) + "\n"
+    bundle.write_text("".join(lines))
+    assert roost(stack, "verify", str(bundle), "--pubkey", vkey) == 1
+    assert "FAILED" in capsys.readouterr().err
+
+
+def test_clear_errors_without_a_stack_or_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--home", str(tmp_path), "audit", "tail"]) == 2
+    assert "no running stack" in capsys.readouterr().err
+    bundle = tmp_path / "b.jsonl"
+    bundle.write_text("{}\n")
+    assert main(["--home", str(tmp_path), "audit", "verify", str(bundle)]) == 2
+    assert "--pubkey" in capsys.readouterr().err
