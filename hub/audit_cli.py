@@ -433,15 +433,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"FAILED: {bundle}: {e}", file=sys.stderr)
             return 1
     took = time.perf_counter() - started
-    print(f"OK: {report.entries} entries of {report.origin} verified in {took:.1f} s")
-    print(f"  checkpoint: {report.tree_size} entries, root {report.root_hash.hex()}")
+    print(f"OK: {report.entries:,} entries of {report.origin} verified in {took:.1f} s")
+    print(f"  checkpoint: {report.tree_size:,} entries, root {report.root_hash.hex()}")
     if report.entries:
         print(f"  leaf indexes {report.first_index}..{report.last_index}", end="")
         print(" (the complete log)" if report.complete else " (a filtered export)")
     if report.redacted:
         print(f"  {report.redacted} entries have redacted inputs (their records still verify)")
     for size in report.consistency_checked:
-        print(f"  consistent with your earlier checkpoint of {size} entries")
+        print(f"  consistent with your earlier checkpoint of {size:,} entries")
     return 0
 
 
