@@ -37,8 +37,6 @@ NAME = "comfort"
 HORIZON_MINUTES = tuple(int(h * 10) for h in HORIZON_STEPS)  # (30, 60)
 # Manifest metrics are rounded to this many decimals (evaluate rounds the same way).
 DECIMALS = 6
-# evaluate() must reproduce the manifest within this (degC).
-TOLERANCE = 1e-4
 
 
 def evaluation_samples(data: AppliancesData) -> Samples:

@@ -22,7 +22,6 @@ from models.comfort.data import (
     split_bounds,
 )
 from models.comfort.evaluate import (
-    TOLERANCE,
     evaluate,
     evaluation_samples,
     persistence_metrics,
@@ -31,6 +30,7 @@ from models.comfort.spec import COMFORT_V1, HORIZON_STEPS, OUTPUT_LABELS
 from models.datasets import DatasetMissing, data_dir
 from models.features import FeatureWindow, time_of_day_features
 from models.manifest import Manifest, load_manifest, shipped_models_dir
+from models.report import within
 
 MODEL_DIR = shipped_models_dir() / "comfort"
 MAX_ARTIFACT_BYTES = 2 * 1024 * 1024
@@ -117,7 +117,7 @@ def test_evaluate_reproduces_manifest(manifest: Manifest, recomputed: dict[str, 
     for key in ("test_mae_30_fp32", "test_mae_60_fp32", "test_mae_30_int8", "test_mae_60_int8"):
         assert key in recomputed
     for key, value in recomputed.items():
-        assert value == pytest.approx(manifest.metrics[key], abs=TOLERANCE), key
+        assert within(value, manifest.metrics[key], key), (key, value)
 
 
 def test_beats_persistence(
@@ -125,7 +125,7 @@ def test_beats_persistence(
 ) -> None:
     baseline = persistence_metrics(test_set)
     for key, value in baseline.items():
-        assert value == pytest.approx(manifest.metrics[key], abs=TOLERANCE), key
+        assert within(value, manifest.metrics[key], key), (key, value)
     served = next(k for k, v in manifest.variants.items() if v.file == manifest.file)
     for h in (30, 60):
         model = recomputed[f"test_mae_{h}_{served}"]
