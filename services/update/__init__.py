@@ -1,0 +1,1 @@
+"""Signed model updates: deterministic bundles shipped through The Update Framework."""
