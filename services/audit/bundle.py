@@ -367,6 +367,8 @@ class _Header:
 
 def _numbered(lines: Iterable[str | bytes]) -> Iterator[tuple[int, str | bytes]]:
     """``(line number, line)``; every line must end with a newline."""
+    if isinstance(lines, str | bytes):
+        raise TypeError("pass the bundle's lines (e.g. text.splitlines(keepends=True))")
     for n, raw in enumerate(lines, start=1):
         if not raw or raw[-1] not in ("\n", 10):
             raise BundleError(f"line {n}: does not end with a newline: the bundle is truncated")
@@ -606,8 +608,8 @@ def verify_bundle(
             )
         if compact is not None and index != count:
             raise BundleError(
-                f"{where}: a complete bundle has index {count} here: entries"
-                f" {count}..{index - 1} are missing"
+                f"{where}: a complete bundle has index {count} here: entries are missing"
+                " or out of order"
             )
         record = proof.extra
         if record is None:
