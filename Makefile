@@ -49,6 +49,7 @@ buf-lint:
 bench: setup
 	$(PY) -m bench.models
 	$(PY) -m bench.e2e
+	$(PY) -m bench.audit
 
 # Retrain every shipped model from ../shared/data (needs torch: the 'train' extra).
 models: setup

@@ -84,6 +84,10 @@ _MIGRATIONS: Final[tuple[tuple[_Step, ...], ...]] = (
         # retention run (see services.audit.erasure).
         "ALTER TABLE inputs ADD COLUMN erased_by INTEGER",
         "CREATE INDEX checkpoints_created ON checkpoints(created_at_us)",
+        # Model and action have few distinct values: their indexes cost every append
+        # more than they save a query (which scans in leaf order and stops at a page).
+        "DROP INDEX IF EXISTS entries_model",
+        "DROP INDEX IF EXISTS entries_action",
     ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -411,19 +415,30 @@ class AuditStore:
     def _append_in_tx(self, flat: Sequence[PreparedRecord]) -> list[pb.AppendResult]:
         """Inside ``_write``: appends the new records (entries, inputs, tree nodes, state)."""
         current = self._pending_compact or self._compact
-        known = self._lookup({rec.decision_id for rec in flat})
         first_idx = self.size()
         if first_idx != current.size:
             raise FailedPrecondition(
                 f"audit database: {first_idx} entries but tree size {current.size}"
             )
-        results, entry_rows, input_rows = _assign(flat, known, first_idx)
+        # Fast path: assume no id is logged yet (retries are rare) and let the UNIQUE
+        # index catch the exception; then redo the batch knowing which ids exist.
+        conn = self._conn
+        conn.execute("SAVEPOINT append_fast")
+        try:
+            results, entry_rows, input_rows = _assign(flat, {}, first_idx)
+            self._insert("entries", _ENTRY_COLUMNS, entry_rows)
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK TO append_fast")
+            known = self._lookup({rec.decision_id for rec in flat})
+            results, entry_rows, input_rows = _assign(flat, known, first_idx)
+            self._insert("entries", _ENTRY_COLUMNS, entry_rows)
+        finally:
+            conn.execute("RELEASE append_fast")
         if not entry_rows:
             return results
         compact = current.copy()
         # Column 8 of an entry row is its leaf hash (_ENTRY_COLUMNS order).
         nodes = tree.extend(compact, (row[8] for row in entry_rows))
-        self._insert("entries", _ENTRY_COLUMNS, entry_rows)
         self._insert("inputs", _INPUT_COLUMNS, input_rows)
         self._insert("tree_nodes", "level, idx, hash", nodes)
         tree.save_state(self._conn, compact)

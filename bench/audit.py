@@ -1,0 +1,1249 @@
+"""Audit log benchmark: durable appends, paced latency, proofs at 1M, export, disk use.
+
+One run measures, side by side on this machine:
+  1. durable append throughput through ``AuditLog`` (group commit, real fsync, 8
+     concurrent appenders of 100..500-decision batches) against raw SQLite inserts of
+     the same pre-prepared rows (WAL + synchronous=FULL, one transaction per batch,
+     plain tables), plus ``AuditStore.append_prepared`` per batch for reference;
+  2. append latency at a paced 500 records/s (open loop, one decision per append,
+     measured from each append's scheduled time), in-process and through the gRPC
+     audit service (mTLS);
+  3. inclusion-proof time at 1,000,000 entries (``AuditStore`` and ``AuditLog``);
+  4. export of a 100,000-entry bundle and its offline verification;
+  5. bytes per record on disk, with and without inputs, and the Merkle tree's share.
+
+The 1M-entry (and other) logs are cached under var/bench/, keyed by the schema and
+data version and checked against a freshly generated sample, so reruns skip the build.
+Results: a printed table and bench/results/audit.{json,md,png}. ``--quick`` runs a
+small smoke version (results in var/bench/). Exits 1 if a floor fails (``--no-fail``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.machine import machine_info
+from bench.report import markdown_table, percentile, write
+from roost.audit.v1 import audit_service_pb2 as pb
+from roost.common.v1 import common_pb2
+from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from services.audit.log import AuditLog
+from services.audit.merkle import verify_inclusion
+from services.audit.records import PreparedRecord, prepare
+from services.audit.store import SCHEMA_VERSION, AuditStore
+
+console = Console()
+ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = ROOT / "var" / "bench"
+# Bump when the generated decisions change. (A changed generator is also caught by
+# comparing the cached leaves with fresh ones, but the version makes it explicit.)
+DATA_VERSION = 1
+T0_US = 1_780_000_000_000_000  # a fixed instant in 2026
+HUB_ID = "bench"
+ORIGIN = f"roost.local/hub/{HUB_ID}"
+BUILD_CHUNK = 10_000
+
+# Floors.
+MIN_RECORDS_PER_S = 20_000
+MIN_RAW_SHARE = 0.5
+MAX_PROOF_P50_MS = 1.0
+MAX_VERIFY_S = 10.0
+
+# (entity, model, version, action, label) per kind of decision the hub takes.
+KINDS = (
+    ("binary_sensor.kitchen_occupancy", "occupancy", "1.2.0", "publish", "occupied"),
+    ("climate.living_room", "comfort", "2.0.1", "set_temperature", "warmer"),
+    ("sensor.hallway_anomaly", "anomaly", "1.0.3", "notify", "anomalous"),
+    ("automation.evening_lights", "routine", "0.9.0", "suggest", "lights_on"),
+    ("binary_sensor.office_occupancy", "occupancy", "1.2.0", "publish", "vacant"),
+)
+FEATURES = (
+    "co2_ppm",
+    "motion",
+    "temperature_c",
+    "humidity_pct",
+    "light_lux",
+    "door_open",
+    "hour_sin",
+    "hour_cos",
+)
+MODEL_SHA256 = {k[1]: hashlib.sha256(f"{k[1]}-{k[2]}".encode()).hexdigest() for k in KINDS}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one run; ``QUICK`` is a smoke run of the same code."""
+
+    throughput_records: int = 100_000
+    throughput_repeats: int = 3
+    appenders: int = 8
+    batch_min: int = 100
+    batch_max: int = 500
+    paced_rate: int = 500
+    paced_seconds: float = 20.0
+    warmup_appends: int = 200
+    grpc: bool = True
+    proof_entries: int = 1_000_000
+    proof_calls: int = 2_000
+    export_entries: int = 100_000
+    export_repeats: int = 3
+    no_inputs_entries: int = 100_000
+
+
+FULL = Plan()
+QUICK = Plan(
+    throughput_records=6_000,
+    throughput_repeats=1,
+    paced_seconds=2.0,
+    warmup_appends=20,
+    proof_entries=20_000,
+    proof_calls=300,
+    export_entries=5_000,
+    export_repeats=1,
+    no_inputs_entries=5_000,
+)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def decision_id(i: int, run: int = 0) -> str:
+    return f"{run:08x}-0000-4000-8000-{i:012x}"
+
+
+def decision(i: int, *, run: int = 0, with_inputs: bool = True) -> pb.Decision:
+    """A realistic, deterministic decision: model ref with sha256, 8 input features,
+    an explanation of 3 attributions, policy, action."""
+    entity, model, version, action, label = KINDS[i % len(KINDS)]
+    u = (i * 2_654_435_761 % 4_294_967_296) / 4_294_967_296  # cheap, repeatable "noise"
+    confidence = 0.55 + 0.44 * u
+    d = pb.Decision(
+        decision_id=decision_id(i, run),
+        hub_id=HUB_ID,
+        entity_id=entity,
+        model=common_pb2.ModelRef(name=model, version=version, sha256=MODEL_SHA256[model]),
+        output_values=[1.0 - confidence, confidence],
+        output_label=label,
+        confidence=confidence,
+        explanation=[
+            common_pb2.FeatureAttribution(feature=FEATURES[(i + k) % 8], attribution=w)
+            for k, w in enumerate((0.42 * u + 0.1, -0.21 * u, 0.05 + 0.1 * u))
+        ],
+        policy=pb.Policy(
+            policy_id=f"{model}.threshold",
+            verdict=pb.POLICY_VERDICT_ALLOWED,
+            reason=f"confidence {confidence:.2f} >= 0.55",
+        ),
+        action=action,
+        actor=pb.ACTOR_AUTOMATIC,
+    )
+    d.decided_at.FromMicroseconds(T0_US + i * 1_000_000 + (i * 7919) % 1_000_000)
+    if with_inputs:
+        d.inputs.feature_names.extend(FEATURES)
+        t = d.inputs.tensor
+        t.dtype = common_pb2.DATA_TYPE_FLOAT32
+        t.shape.extend([1, len(FEATURES)])
+        t.float_values.extend(
+            (
+                *(400.0 + 800.0 * u, float(i % 2), 19.0 + 5.0 * u, 35.0 + 20.0 * u),
+                *(900.0 * u, float(i % 3 == 0), 0.5 - u, u - 0.25),
+            )
+        )
+    return d
+
+
+def batch_sizes(total: int, lo: int, hi: int, seed: int = 7) -> list[int]:
+    """Random batch sizes in [lo, hi] summing to ``total`` (the last may be smaller)."""
+    rng = random.Random(seed)
+    sizes: list[int] = []
+    left = total
+    while left > 0:
+        size = min(rng.randint(lo, hi), left)
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
+def split(items: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(list(items[start : start + size]))
+        start += size
+    return out
+
+
+def summary(values_ms: Sequence[float]) -> dict[str, float]:
+    return {
+        "p50": percentile(values_ms, 50),
+        "p99": percentile(values_ms, 99),
+        "max": max(values_ms) if values_ms else float("nan"),
+        "n": len(values_ms),
+    }
+
+
+# --------------------------------------------------------------------------- 1. throughput
+
+RAW_SCHEMA = (
+    """CREATE TABLE raw_entries (
+        idx INTEGER PRIMARY KEY, decision_id TEXT, decided_at_us INTEGER, entity_id TEXT,
+        model_name TEXT, model_version TEXT, action TEXT, record BLOB, leaf_hash BLOB,
+        appended_at_us INTEGER)""",
+    "CREATE TABLE raw_inputs (idx INTEGER PRIMARY KEY, data BLOB)",
+)
+# Informative variant: the same plain tables plus the store's indexes (UNIQUE decision_id
+# and the four query indexes), to show what the indexes cost on their own.
+RAW_INDEXES = (
+    "CREATE UNIQUE INDEX raw_decision_id ON raw_entries(decision_id)",
+    "CREATE INDEX raw_decided_at ON raw_entries(decided_at_us)",
+    "CREATE INDEX raw_entity ON raw_entries(entity_id)",
+    "CREATE INDEX raw_model ON raw_entries(model_name, model_version)",
+    "CREATE INDEX raw_action ON raw_entries(action)",
+)
+RAW_ENTRY_INSERT = "INSERT INTO raw_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+RAW_INPUT_INSERT = "INSERT INTO raw_inputs VALUES (?, ?)"
+RawBatch = tuple[list[tuple[Any, ...]], list[tuple[int, bytes]]]
+
+
+def raw_rows(records: Sequence[PreparedRecord], first_idx: int = 0) -> RawBatch:
+    """The rows the store would write for ``records``: entries columns, inputs (idx, data)."""
+    now_us = time.time_ns() // 1000
+    entries = [(first_idx + k, *rec[:8], now_us) for k, rec in enumerate(records)]
+    inputs = [(first_idx + k, rec.inputs) for k, rec in enumerate(records) if rec.inputs]
+    return entries, inputs
+
+
+def open_raw(path: Path, *, indexed: bool = False) -> sqlite3.Connection:
+    """Plain tables, same settings as the store: WAL, synchronous=FULL."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+    for sql in RAW_SCHEMA + (RAW_INDEXES if indexed else ()):
+        conn.execute(sql)
+    return conn
+
+
+def raw_sqlite_run(path: Path, batches: Sequence[RawBatch], *, indexed: bool = False) -> float:
+    """Seconds to insert every batch with executemany, one durable transaction each."""
+    conn = open_raw(path, indexed=indexed)
+    try:
+        t0 = time.perf_counter()
+        for entries, inputs in batches:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(RAW_ENTRY_INSERT, entries)
+            conn.executemany(RAW_INPUT_INSERT, inputs)
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - t0
+        (count,) = conn.execute("SELECT COUNT(*) FROM raw_entries").fetchone()
+    finally:
+        conn.close()
+    assert count == sum(len(e) for e, _ in batches)
+    return elapsed
+
+
+def store_run(path: Path, batches: Sequence[Sequence[PreparedRecord]]) -> float:
+    """Seconds for ``AuditStore.append_prepared``, one transaction per batch, one thread."""
+    store = AuditStore.open(path)
+    try:
+        t0 = time.perf_counter()
+        for batch in batches:
+            store.append_prepared([batch])
+        elapsed = time.perf_counter() - t0
+        assert store.size() == sum(len(b) for b in batches)
+    finally:
+        store.close()
+    return elapsed
+
+
+async def audit_log_run(
+    path: Path, batches: Sequence[Sequence[pb.Decision]], appenders: int
+) -> tuple[float, int]:
+    """(seconds, commits) for ``appenders`` tasks appending the batches through AuditLog."""
+    log = await AuditLog.open(path)
+    try:
+        queue = deque(batches)
+
+        async def appender() -> None:
+            while queue:
+                await log.append(queue.popleft())
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(appender() for _ in range(appenders)))
+        elapsed = time.perf_counter() - t0
+        assert await log.size() == sum(len(b) for b in batches)
+        return elapsed, log.commits
+    finally:
+        await log.close()
+
+
+def throughput(plan: Plan, scratch: Path) -> dict[str, Any]:
+    n = plan.throughput_records
+    sizes = batch_sizes(n, plan.batch_min, plan.batch_max)
+    decisions = [decision(i, run=1) for i in range(n)]
+    prepared = prepare(decisions)
+    decision_batches = split(decisions, sizes)
+    prepared_batches = split(prepared, sizes)
+    rows: list[RawBatch] = []
+    first = 0
+    for batch in prepared_batches:
+        rows.append(raw_rows(batch, first))
+        first += len(batch)
+    runs: dict[str, list[float]] = {
+        "raw_sqlite": [],
+        "raw_sqlite_indexed": [],
+        "audit_store": [],
+        "audit_log": [],
+    }
+    commits: list[int] = []
+
+    def once(variant: str, path: Path) -> float:
+        if variant.startswith("raw_sqlite"):
+            return raw_sqlite_run(path, rows, indexed=variant == "raw_sqlite_indexed")
+        if variant == "audit_store":
+            return store_run(path, prepared_batches)
+        seconds, group_commits = asyncio.run(audit_log_run(path, decision_batches, plan.appenders))
+        commits.append(group_commits)
+        return seconds
+
+    variants = list(runs)
+    for rep in range(plan.throughput_repeats):
+        # Rotate the order so no variant always runs first (warm caches, noisy neighbours).
+        shift = rep % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            path = scratch / f"tp-{variant}-{rep}.db"
+            seconds = once(variant, path)
+            runs[variant].append(n / seconds)
+            console.print(f"  {variant}: {n / seconds:,.0f} records/s")
+            remove_db(path)
+    out: dict[str, Any] = {
+        "records": n,
+        "batches": len(sizes),
+        "appenders": plan.appenders,
+        "batch_sizes": [plan.batch_min, plan.batch_max],
+        "audit_log_commits": commits,
+    }
+    for variant, rates in runs.items():
+        out[variant] = {"runs": rates, "median": statistics.median(rates)}
+    out["ratio_vs_raw"] = out["audit_log"]["median"] / out["raw_sqlite"]["median"]
+    # Per repeat (the variants of one repeat ran back to back): less exposed to drift.
+    out["paired_ratios"] = [
+        log_rate / raw_rate
+        for log_rate, raw_rate in zip(runs["audit_log"], runs["raw_sqlite"], strict=True)
+    ]
+    return out
+
+
+# --------------------------------------------------------------------------- 2. latency
+
+
+async def paced(
+    append_one: Callable[[pb.Decision], Awaitable[object]],
+    decisions: Sequence[pb.Decision],
+    rate: float,
+) -> tuple[list[float], list[float]]:
+    """Open-loop appends at ``rate``/s; returns (latency ms, sender lag ms) per append.
+
+    Latency runs from each append's *scheduled* time, so a stalled sender or event loop
+    counts against the system (no coordinated omission); the sender lag (actual send
+    minus scheduled time) shows how much of it is the load generator's own timer slack.
+    """
+    n = len(decisions)
+    latency = [0.0] * n
+    lag = [0.0] * n
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(i: int, due: float) -> None:
+        lag[i] = (time.perf_counter() - due) * 1000
+        await append_one(decisions[i])
+        latency[i] = (time.perf_counter() - due) * 1000
+
+    start = time.perf_counter() + 0.05
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    return latency, lag
+
+
+async def latency_in_process(plan: Plan, scratch: Path) -> dict[str, Any]:
+    n = int(plan.paced_rate * plan.paced_seconds)
+    warm = [decision(i, run=2) for i in range(plan.warmup_appends)]
+    decisions = [decision(i, run=3) for i in range(n)]
+    path = scratch / "paced.db"
+    log = await AuditLog.open(path)
+    try:
+        for d in warm:
+            await log.append([d])
+        commits0 = log.commits
+        latency, lag = await paced(lambda d: log.append([d]), decisions, plan.paced_rate)
+        commits = log.commits - commits0
+    finally:
+        await log.close()
+    remove_db(path)
+    return {**summary(latency), "sender_lag": summary(lag), "commits": commits}
+
+
+async def latency_grpc(plan: Plan, scratch: Path) -> dict[str, Any]:
+    """The same paced run against a real audit service process over gRPC with mTLS."""
+    from grpc import aio
+
+    from hub.stack import Stack
+    from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
+    from services.kit.auth import Role
+    from services.kit.client import aio_channel
+
+    n = int(plan.paced_rate * plan.paced_seconds)
+    warm = [decision(i, run=4) for i in range(plan.warmup_appends)]
+    decisions = [decision(i, run=5) for i in range(n)]
+    with Stack(scratch / "stack", hub_id=HUB_ID, log_level="WARNING") as stack:
+        stack.start_service(Role.AUDIT)
+        channel: aio.Channel = aio_channel(
+            f"127.0.0.1:{stack.port_of(Role.AUDIT)}",
+            certs_dir=stack.certs_dir,
+            role=Role.HUB,
+            server_role=Role.AUDIT,
+        )
+        async with channel:
+            stub = pb_grpc.AuditServiceStub(channel)
+
+            async def append_one(d: pb.Decision) -> object:
+                request = pb.AppendDecisionsRequest(decisions=[d])
+                return await stub.AppendDecisions(request, timeout=30)
+
+            for d in warm:
+                await append_one(d)
+            latency, lag = await paced(append_one, decisions, plan.paced_rate)
+    return {**summary(latency), "sender_lag": summary(lag)}
+
+
+def latency(plan: Plan, scratch: Path) -> dict[str, Any]:
+    n = int(plan.paced_rate * plan.paced_seconds)
+    out: dict[str, Any] = {"rate": plan.paced_rate, "seconds": plan.paced_seconds, "appends": n}
+    console.print(f"  in-process AuditLog, {plan.paced_rate}/s for {plan.paced_seconds:g} s ...")
+    out["in_process"] = asyncio.run(latency_in_process(plan, scratch))
+    if plan.grpc:
+        console.print(f"  gRPC audit service, {plan.paced_rate}/s for {plan.paced_seconds:g} s ...")
+        try:
+            out["grpc"] = asyncio.run(latency_grpc(plan, scratch))
+        except Exception as exc:  # the stack could not start here: say so, keep going
+            console.print(f"[yellow]  gRPC run failed: {exc!r}[/]")
+            out["grpc_error"] = repr(exc)
+    for where in ("in_process", "grpc"):
+        if where in out:
+            r = out[where]
+            console.print(
+                f"  {where}: p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.2f} ms"
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- cached logs
+
+
+def cache_key(entries: int, with_inputs: bool) -> str:
+    kind = "inputs" if with_inputs else "noinputs"
+    return f"schema{SCHEMA_VERSION}-data{DATA_VERSION}-{kind}-{entries}"
+
+
+def schema_sql(conn: sqlite3.Connection) -> list[str]:
+    rows = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type, name"
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def current_schema(scratch: Path) -> list[str]:
+    """The schema a new store gets today (catches schema edits without a version bump)."""
+    path = scratch / "schema-probe.db"
+    AuditStore.open(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        return schema_sql(conn)
+    finally:
+        conn.close()
+        remove_db(path)
+
+
+def cache_is_valid(path: Path, entries: int, with_inputs: bool, schema: list[str]) -> str:
+    """ "" if the cached log at ``path`` is usable, else why it is stale."""
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        return "missing"
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") != cache_key(entries, with_inputs):
+            return "different key"
+        conn = read_connection(path)
+        try:
+            if schema_sql(conn) != schema:
+                return "schema differs"
+            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                return "schema version differs"
+        finally:
+            conn.close()
+        store = AuditStore.open(path, read_only=True)  # checks tree state == entries
+        try:
+            if store.tree_size() != entries or store.root().hex() != meta.get("root"):
+                return "size or root differs"
+            # The generator must still produce the cached leaves.
+            for i in (0, entries // 2, entries - 1):
+                fresh = prepare([decision(i, with_inputs=with_inputs)])[0]
+                if store.get(fresh.decision_id).leaf_hash != fresh.leaf_hash:
+                    return "generated decisions changed"
+        finally:
+            store.close()
+    except Exception as exc:  # any damage: rebuild
+        return f"unreadable ({exc.__class__.__name__}: {exc})"
+    return ""
+
+
+def remove_db(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def build_log(path: Path, entries: int, with_inputs: bool) -> dict[str, float]:
+    """Builds a log of ``entries`` decisions with append_prepared in batches of 10k."""
+    remove_db(path)
+    prepare_s = append_s = 0.0
+    store = AuditStore.open(path)
+    try:
+        for start in range(0, entries, BUILD_CHUNK):
+            t0 = time.perf_counter()
+            records = prepare(
+                [
+                    decision(i, with_inputs=with_inputs)
+                    for i in range(start, min(entries, start + BUILD_CHUNK))
+                ]
+            )
+            t1 = time.perf_counter()
+            store.append_prepared([records])
+            append_s += time.perf_counter() - t1
+            prepare_s += t1 - t0
+    finally:
+        store.close()
+    checkpoint_truncate(path)
+    return {"generate_prepare_s": prepare_s, "append_s": append_s}
+
+
+def cached_log(
+    entries: int, with_inputs: bool, *, cache_dir: Path, schema: list[str], rebuild: bool = False
+) -> tuple[Path, dict[str, Any]]:
+    """Path of a log of ``entries`` generated decisions; built (and cached) if stale."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(entries, with_inputs)
+    path = cache_dir / f"audit-{key}.db"
+    stale = "rebuild requested" if rebuild else cache_is_valid(path, entries, with_inputs, schema)
+    if not stale:
+        meta: dict[str, Any] = json.loads(path.with_suffix(".json").read_text())
+        return path, {**meta, "cached": True}
+    console.print(f"  building {entries:,}-entry log ({key}; cache: {stale}) ...")
+    kind = "inputs" if with_inputs else "noinputs"
+    for old in cache_dir.glob(f"audit-schema*-data*-{kind}-{entries}.*"):
+        if not old.name.startswith(f"audit-{key}."):
+            old.unlink(missing_ok=True)  # an older version of the same log: free the disk
+    building = cache_dir / f"audit-{key}.building.db"
+    t0 = time.perf_counter()
+    parts = build_log(building, entries, with_inputs)
+    build_s = time.perf_counter() - t0
+    remove_db(path)
+    os.replace(building, path)
+    remove_db(building)
+    store = AuditStore.open(path, read_only=True)
+    try:
+        root = store.root().hex()
+    finally:
+        store.close()
+    meta = {"key": key, "entries": entries, "root": root, "build_s": build_s, **parts}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    console.print(f"  built in {build_s:.1f} s")
+    return path, {**meta, "cached": False}
+
+
+def read_connection(path: Path) -> sqlite3.Connection:
+    """A query-only connection (an ordinary one, so closing it removes the -wal/-shm files)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def checkpoint_truncate(path: Path) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- 3. proofs
+
+
+async def proof_times(path: Path, indexes: Sequence[int], size: int) -> dict[str, list[float]]:
+    """Per-call ms of the three ways to prove inclusion, interleaved call by call so
+    they see the same cache state and the same noisy neighbours."""
+    writer = AuditStore.open(path)
+    reader = AuditStore.open(path, read_only=True)
+    log = await AuditLog.open(path)
+    times: dict[str, list[float]] = {"store": [], "store_read_only": [], "audit_log": []}
+    try:
+        root = writer.root(size)
+        for i in indexes[:50]:  # warm-up
+            writer.inclusion_proof(i, size)
+            reader.inclusion_proof(i, size)
+            await log.inclusion_proof(decision_id(i), size)
+        for i in indexes:
+            t0 = time.perf_counter()
+            proof = writer.inclusion_proof(i, size)
+            t1 = time.perf_counter()
+            reader.inclusion_proof(i, size)
+            t2 = time.perf_counter()
+            index, _ = await log.inclusion_proof(decision_id(i), size)
+            t3 = time.perf_counter()
+            times["store"].append((t1 - t0) * 1000)
+            times["store_read_only"].append((t2 - t1) * 1000)
+            times["audit_log"].append((t3 - t2) * 1000)
+            assert index == i
+        # The proofs are real: check the last one against the root.
+        verify_inclusion(writer.get(decision_id(i)).leaf_hash, i, size, proof, root)
+    finally:
+        writer.close()
+        reader.close()
+        await log.close()
+    return times
+
+
+def proofs(plan: Plan, path: Path, build: dict[str, Any]) -> dict[str, Any]:
+    n = plan.proof_entries
+    rng = random.Random(11)
+    indexes = [rng.randrange(n) for _ in range(plan.proof_calls)]
+    out: dict[str, Any] = {"entries": n, "calls": len(indexes), "tree_size": n, "build": build}
+    for mode, times in asyncio.run(proof_times(path, indexes, n)).items():
+        out[mode] = summary(times)
+        r = out[mode]
+        console.print(f"  {mode}: p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms")
+    return out
+
+
+# --------------------------------------------------------------------------- 4. export
+
+
+def export(plan: Plan, path: Path, build: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    from services.audit.bundle import ExportFilters, iter_bundle, verify_bundle
+
+    signer = NoteSigner.generate(ORIGIN)
+    store = AuditStore.open(path, read_only=True)
+    bundle = scratch / "export.jsonl"
+    try:
+        size = store.tree_size()
+        note = sign_checkpoint(signer, Checkpoint(signer.name, size, store.root(size)))
+        t0 = time.perf_counter()
+        with bundle.open("wb") as f:
+            for chunk in iter_bundle(store, note=note, origin=ORIGIN, filters=ExportFilters()):
+                f.write(chunk)
+        export_s = time.perf_counter() - t0
+    finally:
+        store.close()
+    nbytes = bundle.stat().st_size
+    verify_runs: list[float] = []
+    report: Any = None
+    for _ in range(plan.export_repeats):
+        t0 = time.perf_counter()
+        with bundle.open("rb") as f:
+            report = verify_bundle(f, signer.verifier())
+        verify_runs.append(time.perf_counter() - t0)
+        console.print(f"  verify: {verify_runs[-1]:.2f} s")
+    bundle.unlink()
+    return {
+        "entries": plan.export_entries,
+        "build": build,
+        "export_s": export_s,
+        "bundle_bytes": nbytes,
+        "bytes_per_entry": nbytes / plan.export_entries,
+        "verify_s": {"runs": verify_runs, "median": statistics.median(verify_runs)},
+        "report": describe_report(report),
+    }
+
+
+def describe_report(report: object) -> dict[str, Any]:
+    """The verifier's report as plain JSON (whatever its exact fields are)."""
+    if report is None:
+        return {}
+    if is_dataclass(report) and not isinstance(report, type):
+        fields = asdict(report)
+    else:
+        fields = dict(getattr(report, "__dict__", {}))
+    return {k: v for k, v in fields.items() if isinstance(v, int | float | str | bool)}
+
+
+# --------------------------------------------------------------------------- 5. disk
+
+TREE_NODE_OVERHEAD = 11  # per row: record header 4, level/idx varints ~4, cell pointer 2, ...
+
+
+def disk_usage(path: Path) -> dict[str, Any]:
+    """Bytes per record after a TRUNCATE checkpoint, and tree_nodes' share (dbstat)."""
+    checkpoint_truncate(path)
+    conn = read_connection(path)
+    try:
+        (entries,) = conn.execute("SELECT COUNT(*) FROM entries").fetchone()
+        (nodes,) = conn.execute("SELECT COUNT(*) FROM tree_nodes").fetchone()
+        (with_inputs,) = conn.execute("SELECT COUNT(*) FROM inputs").fetchone()
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        try:
+            per_object = dict(
+                conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").fetchall()
+            )
+            method = "dbstat (exact pages per table/index)"
+        except sqlite3.OperationalError:
+            per_object = {}
+            method = (
+                f"estimate: tree_nodes rows x (32 B hash + {TREE_NODE_OVERHEAD} B overhead),"
+                " full pages (dbstat unavailable)"
+            )
+    finally:
+        conn.close()
+    db = path.stat().st_size
+    wal_path = Path(f"{path}-wal")
+    wal = wal_path.stat().st_size if wal_path.exists() else 0
+    total = db + wal
+    if per_object:
+        tree_bytes = int(per_object.get("tree_nodes", 0))
+        groups = {
+            "entries": int(per_object.get("entries", 0)),
+            "entries indexes": sum(
+                int(v)
+                for k, v in per_object.items()
+                if k.startswith(("entries_", "sqlite_autoindex_entries"))
+            ),
+            "inputs": int(per_object.get("inputs", 0)),
+            "tree_nodes": tree_bytes,
+        }
+        groups["other"] = total - sum(groups.values())
+    else:
+        tree_bytes = nodes * (32 + TREE_NODE_OVERHEAD)
+        groups = {"tree_nodes (estimate)": tree_bytes}
+    return {
+        "entries": entries,
+        "entries_with_inputs": with_inputs,
+        "tree_nodes_rows": nodes,
+        "page_size": page_size,
+        "db_bytes": db,
+        "wal_bytes": wal,
+        "bytes_per_record": total / entries,
+        "tree_bytes_per_record": tree_bytes / entries,
+        "tree_share": tree_bytes / total,
+        "breakdown_bytes": groups,
+        "method": method,
+    }
+
+
+def disk(paths: dict[str, Path]) -> dict[str, Any]:
+    out = {}
+    for name, path in paths.items():
+        out[name] = disk_usage(path)
+        d = out[name]
+        console.print(f"  {name}: {d['bytes_per_record']:.0f} B/record, tree {d['tree_share']:.0%}")
+    return out
+
+
+# --------------------------------------------------------------------------- run
+
+
+def fsync_commit_ms(scratch: Path, commits: int = 200) -> dict[str, float]:
+    """One-row durable commits: what a single fsync costs on this disk."""
+    path = scratch / "fsync.db"
+    conn = open_raw(path)
+    times = []
+    try:
+        for i in range(commits):
+            t0 = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(RAW_INPUT_INSERT, (i, b"x"))
+            conn.execute("COMMIT")
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        conn.close()
+        remove_db(path)
+    return {"p50": percentile(times, 50), "p99": percentile(times, 99)}
+
+
+@dataclass
+class Section:
+    name: str
+    run: Callable[[], dict[str, Any]]
+
+
+def bench(plan: Plan, *, rebuild: bool = False, cache_dir: Path = CACHE_DIR) -> dict[str, Any]:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    res: dict[str, Any] = {
+        "machine": {**machine_info(), "sqlite": sqlite3.sqlite_version},
+        "plan": asdict(plan),
+        "quick": plan != FULL,
+        "errors": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="audit-", dir=cache_dir) as tmp:
+        scratch = Path(tmp)
+        res["machine"]["fsync_commit_ms"] = fsync_commit_ms(scratch)
+        schema = current_schema(scratch)
+        logs: dict[str, tuple[Path, dict[str, Any]]] = {}
+
+        def log_for(name: str, entries: int, with_inputs: bool) -> tuple[Path, dict[str, Any]]:
+            if name not in logs:
+                logs[name] = cached_log(
+                    entries, with_inputs, cache_dir=cache_dir, schema=schema, rebuild=rebuild
+                )
+            return logs[name]
+
+        sections = [
+            Section("throughput", lambda: throughput(plan, scratch)),
+            Section("latency", lambda: latency(plan, scratch)),
+            Section(
+                "proofs",
+                lambda: proofs(plan, *log_for("proof", plan.proof_entries, True)),
+            ),
+            Section(
+                "export",
+                lambda: export(plan, *log_for("export", plan.export_entries, True), scratch),
+            ),
+            Section(
+                "disk",
+                lambda: disk(
+                    {
+                        f"with inputs, {plan.proof_entries:,} entries": log_for(
+                            "proof", plan.proof_entries, True
+                        )[0],
+                        f"with inputs, {plan.export_entries:,} entries": log_for(
+                            "export", plan.export_entries, True
+                        )[0],
+                        f"without inputs, {plan.no_inputs_entries:,} entries": log_for(
+                            "no_inputs", plan.no_inputs_entries, False
+                        )[0],
+                    }
+                ),
+            ),
+        ]
+        for section in sections:
+            console.print(f"[bold]{section.name}[/] ...")
+            t0 = time.perf_counter()
+            try:
+                res[section.name] = section.run()
+            except Exception as exc:
+                console.print(f"[red]{section.name} failed: {exc!r}[/]")
+                res["errors"][section.name] = repr(exc)
+            console.print(f"  ({time.perf_counter() - t0:.1f} s)")
+    res["total_s"] = time.perf_counter() - t_start
+    return res
+
+
+# --------------------------------------------------------------------------- report
+
+
+def floors(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(metric, value, floor, ok); ok is None when the section did not run."""
+    out: list[tuple[str, str, str, bool | None]] = []
+    tp = res.get("throughput")
+    if tp:
+        rate, share = tp["audit_log"]["median"], tp["ratio_vs_raw"]
+        out.append(
+            (
+                "AuditLog durable appends, median (records/s)",
+                f"{rate:,.0f}",
+                f">= {MIN_RECORDS_PER_S:,}",
+                rate >= MIN_RECORDS_PER_S,
+            )
+        )
+        out.append(
+            (
+                "AuditLog / raw SQLite rate",
+                f"{share:.0%}",
+                f">= {MIN_RAW_SHARE:.0%}",
+                share >= MIN_RAW_SHARE,
+            )
+        )
+    else:
+        out.append(("durable append throughput", "not run", f">= {MIN_RECORDS_PER_S:,}/s", None))
+    pr = res.get("proofs")
+    if pr:
+        out.append(
+            (
+                f"inclusion proof at {pr['entries']:,} entries, AuditStore p50 (ms)",
+                f"{pr['store']['p50']:.3f}",
+                f"<= {MAX_PROOF_P50_MS:g}",
+                pr["store"]["p50"] <= MAX_PROOF_P50_MS,
+            )
+        )
+    else:
+        out.append(("inclusion proof p50 (ms)", "not run", f"<= {MAX_PROOF_P50_MS:g}", None))
+    ex = res.get("export")
+    if ex:
+        out.append(
+            (
+                f"verify {ex['entries']:,}-entry bundle, median (s)",
+                f"{ex['verify_s']['median']:.2f}",
+                f"<= {MAX_VERIFY_S:g}",
+                ex["verify_s"]["median"] <= MAX_VERIFY_S,
+            )
+        )
+    else:
+        out.append(("offline bundle verification (s)", "not run", f"<= {MAX_VERIFY_S:g}", None))
+    return out
+
+
+def verdict(ok: bool | None) -> str:
+    return "PASS" if ok else "FAIL" if ok is False else "not run"
+
+
+def failed(res: dict[str, Any]) -> bool:
+    """A floor failed or could not be measured."""
+    return any(ok is not True for *_, ok in floors(res))
+
+
+def fmt_ms(v: float) -> str:
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}"
+
+
+def render(res: dict[str, Any]) -> tuple[Table, str]:
+    m = res["machine"]
+    fl = floors(res)
+    table = Table(
+        title="Roost audit log benchmark" + (" (quick smoke run)" if res["quick"] else "")
+    )
+    for col in ("metric", "value", "floor", "ok"):
+        table.add_column(col)
+    rows: list[tuple[str, str, str, str]] = [(n, v, f, verdict(ok)) for n, v, f, ok in fl]
+    parts = [
+        "# Audit log benchmark"
+        + (" (quick smoke run, not the reference numbers)" if res["quick"] else ""),
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}, "
+        f"Python {m['python']}, SQLite {m['sqlite']}; {m['date']}. A one-row durable commit "
+        f"(WAL, synchronous=FULL, fsync) takes p50 {m['fsync_commit_ms']['p50']:.2f} ms / "
+        f"p99 {m['fsync_commit_ms']['p99']:.2f} ms on this disk. Whole run: {res['total_s']:.0f} s.",
+        "## Floors\n\n"
+        + markdown_table(
+            ["metric", "value", "floor", "ok"],
+            [(n, v, f, verdict(ok) if ok is not False else "**FAIL**") for n, v, f, ok in fl],
+        ),
+    ]
+    tp = res.get("throughput")
+    if tp:
+        raw = tp["raw_sqlite"]["median"]
+        side = [
+            (
+                "raw SQLite: executemany of pre-prepared rows, 1 txn per batch, 1 thread",
+                tp["raw_sqlite"],
+            ),
+            (
+                "raw SQLite + the store's 5 indexes on entries (informative)",
+                tp["raw_sqlite_indexed"],
+            ),
+            ("AuditStore.append_prepared, 1 txn per batch, 1 thread", tp["audit_store"]),
+            (
+                f"AuditLog.append, {tp['appenders']} concurrent appenders, group commit",
+                tp["audit_log"],
+            ),
+        ]
+        tp_rows = [
+            (
+                name,
+                f"{r['median']:,.0f}",
+                ", ".join(f"{x:,.0f}" for x in r["runs"]),
+                f"{r['median'] / raw:.2f}x",
+            )
+            for name, r in side
+        ]
+        commits = tp["audit_log_commits"]
+        parts.append(
+            "## 1. Durable append throughput (records/s)\n\n"
+            f"{tp['records']:,} decisions per run in {tp['batches']} batches of "
+            f"{tp['batch_sizes'][0]}..{tp['batch_sizes'][1]}; every variant on a fresh "
+            "database, repeats interleaved, median quoted. Raw SQLite writes the rows the "
+            "store would write (the `entries` columns and `inputs` (idx, data), prepared "
+            "before timing) into plain tables without secondary indexes or triggers; "
+            "AuditLog validates, serializes and hashes each decision, checks ids, updates the "
+            "unique id index, 4 query indexes and the Merkle tree. AuditLog group commits per run: "
+            + ", ".join(map(str, commits))
+            + ". AuditLog / raw per repeat: "
+            + ", ".join(f"{r:.0%}" for r in tp.get("paired_ratios", []))
+            + ".\n\n"
+            + markdown_table(["path", "median", "runs", "vs raw"], tp_rows)
+        )
+        rows.append(("raw SQLite, median (records/s)", f"{raw:,.0f}", "-", ""))
+        rows.append(
+            (
+                "AuditStore per batch, median (records/s)",
+                f"{tp['audit_store']['median']:,.0f}",
+                "-",
+                "",
+            )
+        )
+    lat = res.get("latency")
+    if lat:
+        lat_rows = []
+        for where, label in (
+            ("in_process", "AuditLog.append in process"),
+            ("grpc", "AppendDecisions over gRPC (mTLS), separate process"),
+        ):
+            if where in lat:
+                r = lat[where]
+                lat_rows.append(
+                    (
+                        label,
+                        fmt_ms(r["p50"]),
+                        fmt_ms(r["p99"]),
+                        fmt_ms(r["max"]),
+                        f"{fmt_ms(r['sender_lag']['p50'])} / {fmt_ms(r['sender_lag']['p99'])}",
+                    )
+                )
+                rows.append(
+                    (
+                        f"append latency @{lat['rate']}/s, {where} p50 / p99 / max (ms)",
+                        f"{fmt_ms(r['p50'])} / {fmt_ms(r['p99'])} / {fmt_ms(r['max'])}",
+                        "-",
+                        "",
+                    )
+                )
+        note = f"\n\ngRPC run not measured: {lat['grpc_error']}" if "grpc_error" in lat else ""
+        parts.append(
+            f"## 2. Append latency at a paced {lat['rate']} records/s (ms)\n\n"
+            f"Open loop, one decision per append, {lat['appends']:,} appends over "
+            f"{lat['seconds']:g} s after a warm-up; latency from each append's *scheduled* "
+            "time to its durable acknowledgement (no coordinated omission). The sender lag "
+            "(actual minus scheduled send) is the load generator's timer slack, included "
+            "in the latency.\n\n"
+            + markdown_table(["path", "p50", "p99", "max", "sender lag p50 / p99"], lat_rows)
+            + note
+        )
+    pr = res.get("proofs")
+    if pr:
+        b = pr["build"]
+        built = (
+            f"built in {b['build_s']:.0f} s ({b['generate_prepare_s']:.0f} s generating and "
+            f"preparing, {b['append_s']:.0f} s in append_prepared, batches of {BUILD_CHUNK:,})"
+        )
+        cache = (
+            "cached from an earlier run, which " + built if b["cached"] else built + " in this run"
+        )
+        pr_rows = [
+            (label, fmt_ms(pr[k]["p50"]), fmt_ms(pr[k]["p99"]), fmt_ms(pr[k]["max"]))
+            for k, label in (
+                ("store", "AuditStore.inclusion_proof (writer connection)"),
+                ("store_read_only", "AuditStore.inclusion_proof (read-only connection)"),
+                ("audit_log", "AuditLog.inclusion_proof (id lookup + reader thread hop)"),
+            )
+        ]
+        parts.append(
+            f"## 3. Inclusion proofs at {pr['entries']:,} entries (ms)\n\n"
+            f"{pr['calls']:,} random leaves, tree size {pr['tree_size']:,}, one call at a time. "
+            f"The log was {cache}.\n\n" + markdown_table(["call", "p50", "p99", "max"], pr_rows)
+        )
+        rows.append(
+            (
+                "AuditLog.inclusion_proof p50 / p99 (ms)",
+                f"{fmt_ms(pr['audit_log']['p50'])} / {fmt_ms(pr['audit_log']['p99'])}",
+                "-",
+                "",
+            )
+        )
+        rows.append(
+            (
+                f"{pr['entries']:,}-entry log build (s)",
+                f"{b['build_s']:.0f}",
+                "-",
+                "cached" if b["cached"] else "",
+            )
+        )
+    ex = res.get("export")
+    if ex:
+        parts.append(
+            f"## 4. Export and offline verification of {ex['entries']:,} entries\n\n"
+            + markdown_table(
+                ["metric", "value"],
+                [
+                    ("export (iter_bundle to a file), s", f"{ex['export_s']:.2f}"),
+                    ("bundle size, MB", f"{ex['bundle_bytes'] / 1e6:.1f}"),
+                    ("bundle bytes per entry", f"{ex['bytes_per_entry']:.0f}"),
+                    (
+                        "verify_bundle, median (s)",
+                        f"{ex['verify_s']['median']:.2f} (runs "
+                        + ", ".join(f"{x:.2f}" for x in ex["verify_s"]["runs"])
+                        + ")",
+                    ),
+                    ("verify rate, entries/s", f"{ex['entries'] / ex['verify_s']['median']:,.0f}"),
+                ],
+            )
+            + (f"\n\nVerifier report: {ex['report']}" if ex["report"] else "")
+        )
+        rows.append(
+            (
+                "export time / bytes per entry",
+                f"{ex['export_s']:.2f} s / {ex['bytes_per_entry']:.0f} B",
+                "-",
+                "",
+            )
+        )
+    dk = res.get("disk")
+    if dk:
+        dk_rows = []
+        for name, d in dk.items():
+            dk_rows.append(
+                (
+                    name,
+                    f"{d['bytes_per_record']:.0f}",
+                    f"{d['tree_bytes_per_record']:.0f}",
+                    f"{d['tree_share']:.1%}",
+                    f"{(d['db_bytes'] + d['wal_bytes']) / 1e6:.1f}",
+                )
+            )
+            rows.append(
+                (
+                    f"bytes/record on disk ({dk_rows[-1][0]})",
+                    f"{d['bytes_per_record']:.0f} (tree {d['tree_share']:.0%})",
+                    "-",
+                    "",
+                )
+            )
+        first = next(iter(dk.values()))
+        breakdown = markdown_table(
+            ["part", "bytes per record", "share"],
+            [
+                (
+                    k,
+                    f"{v / first['entries']:.0f}",
+                    f"{v / (first['db_bytes'] + first['wal_bytes']):.1%}",
+                )
+                for k, v in first["breakdown_bytes"].items()
+            ],
+        )
+        parts.append(
+            "## 5. Bytes per record on disk\n\n"
+            "Database + WAL after `PRAGMA wal_checkpoint(TRUNCATE)`, divided by entries. "
+            f"Tree share: {first['method']}.\n\n"
+            + markdown_table(
+                ["log", "bytes/record", "tree bytes/record", "tree share", "total MB"], dk_rows
+            )
+            + f"\n\nBreakdown of the first log ({next(iter(dk))}):\n\n"
+            + breakdown
+        )
+    if res["errors"]:
+        parts.append(
+            "## Not measured\n\n" + "\n".join(f"* {k}: `{v}`" for k, v in res["errors"].items())
+        )
+    for row in rows:
+        table.add_row(*row)
+    return table, "\n\n".join(parts)
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    tp = res.get("throughput")
+    if tp:
+        names = [
+            "raw SQLite",
+            "raw SQLite\n+ indexes",
+            "AuditStore\nper batch",
+            "AuditLog\ngroup commit",
+        ]
+        keys = ["raw_sqlite", "raw_sqlite_indexed", "audit_store", "audit_log"]
+        medians = [tp[k]["median"] / 1000 for k in keys]
+        ax1.bar(names, medians, color=["grey", "silver", "tab:blue", "tab:green"])
+        for i, k in enumerate(keys):
+            ax1.plot([i] * len(tp[k]["runs"]), [r / 1000 for r in tp[k]["runs"]], "k.", ms=4)
+        ax1.axhline(MIN_RECORDS_PER_S / 1000, color="red", ls="--", label="floor 20k/s")
+        ax1.axhline(
+            MIN_RAW_SHARE * tp["raw_sqlite"]["median"] / 1000,
+            color="orange",
+            ls=":",
+            label="50% of raw SQLite",
+        )
+        ax1.set_ylabel("durable records/s (thousands)")
+        ax1.set_title("append throughput (median, dots = runs)")
+        ax1.legend()
+    lat = res.get("latency")
+    if lat:
+        wheres = [w for w in ("in_process", "grpc") if w in lat]
+        width = 0.8 / max(1, len(wheres))
+        for j, where in enumerate(wheres):
+            vals = [lat[where][q] for q in ("p50", "p99", "max")]
+            xs = [i + j * width for i in range(3)]
+            bars = ax2.bar(xs, vals, width, label=where.replace("_", "-"))
+            ax2.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax2.set_xticks([i + width * (len(wheres) - 1) / 2 for i in range(3)], ["p50", "p99", "max"])
+        ax2.set_ylabel("append latency (ms)")
+        ax2.set_title(f"paced {lat['rate']} records/s, open loop")
+        ax2.legend()
+    fig.suptitle(f"Roost audit log on {res['machine']['cores']} cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save(res: dict[str, Any], md: str, out_dir: Path | None) -> list[Path]:
+    """Official runs go to bench/results/audit.*; quick runs to var/bench/audit-quick.*."""
+    if out_dir is None:
+        js, mdp = write("audit", res, md)
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        js, mdp = out_dir / "audit-quick.json", out_dir / "audit-quick.md"
+        js.write_text(json.dumps(res, indent=2) + "\n")
+        mdp.write_text(md + "\n")
+    return [js, mdp]
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.audit", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small smoke run (results in var/bench/)")
+    p.add_argument("--no-fail", action="store_true", help="exit 0 even if a floor fails")
+    p.add_argument("--no-grpc", action="store_true", help="skip the gRPC latency run")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the cached logs")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    plan = QUICK if args.quick else FULL
+    if args.no_grpc:
+        plan = replace(plan, grpc=False)
+    res = bench(plan, rebuild=args.rebuild)
+    out_dir = CACHE_DIR if args.quick else None
+    save(res, "", out_dir)  # the raw results first, whatever happens next
+    table, md = render(res)
+    console.print(table)
+    paths = save(res, md, out_dir)
+    png = paths[1].with_suffix(".png")
+    plot(res, png)
+    console.print(f"written: {', '.join(map(str, [*paths, png]))}")
+    if failed(res):
+        console.print("[red]a floor failed or was not measured[/]")
+        return 0 if args.no_fail else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
