@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("task", choices=TASKS)
         cmd.add_argument("rest", nargs=argparse.REMAINDER, help="passed to the recipe")
         cmd.set_defaults(func=_cmd_models_run)
+    from hub import models_cli
+
+    models_cli.add_commands(msub)
     return p
 
 

@@ -8,6 +8,7 @@ Files in the certs directory: ``ca.pem``, ``ca-key.pem``, ``<role>.pem``,
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import logging
@@ -17,13 +18,18 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.kit.auth import Role
 from services.kit.files import write_atomic
 
 log = logging.getLogger(__name__)
+
+# The hub's Ed25519 key for signing local model candidates (private, 0600) and its
+# public half (raw, base64), which the update service trusts for local candidates only.
+LOCAL_CANDIDATE_KEY = "local-candidate-key.pem"
+LOCAL_CANDIDATE_PUB = "local-candidate.pub"
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -146,6 +152,21 @@ def ensure_certs(certs_dir: Path, hub_id: str = "local", roles: Iterable[Role] =
         if not (certs_dir / f"{role.value}.pem").is_file():
             issue(certs_dir, role)
             made = True
+    if not (certs_dir / LOCAL_CANDIDATE_KEY).is_file():
+        # The hub's key for local (personalized) model candidates; see
+        # services/update/local_key.py. Trusted for local candidates only.
+        key = ed25519.Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        raw = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        _write(certs_dir / LOCAL_CANDIDATE_KEY, pem, private=True)
+        _write(certs_dir / LOCAL_CANDIDATE_PUB, base64.b64encode(raw) + b"\n")
+        made = True
     if made:
         log.info("certificates ready in %s", certs_dir)
     return made

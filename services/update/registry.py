@@ -267,7 +267,8 @@ class Registry:
         return self.transition(name, change)
 
     def stage(self, name: str, version: str) -> SlotState:
-        info = self.info(name, version)
+        """Makes an installed version the candidate; it must be newer than active."""
+        self.info(name, version)
 
         def change(s: SlotState) -> SlotState:
             if s.active == version:
@@ -279,11 +280,7 @@ class Registry:
                     f"model {name}: candidate {s.candidate} is in {s.stage}; promote or roll"
                     " it back before staging another"
                 )
-            if (
-                info.source == "tuf"
-                and s.active is not None
-                and parse_version(version) <= parse_version(s.active)
-            ):
+            if s.active is not None and parse_version(version) <= parse_version(s.active):
                 raise FailedPrecondition(
                     f"model {name}: {version} is not newer than active {s.active}"
                     " (rollback protection)"

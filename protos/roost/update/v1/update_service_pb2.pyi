@@ -179,17 +179,30 @@ class StageRequest(_message.Message):
 
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    LOCAL_BUNDLE_FIELD_NUMBER: _builtins.int
+    LOCAL_SIGNATURE_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     version: _builtins.str
+    """A version published in the TUF repository (fetched and verified if not yet
+    installed), or an installed one.
+    """
+    local_bundle: _builtins.bytes
+    """A local candidate instead (personalization only): the bundle (a tar from
+    `pack_bundle`) and its signature by the hub's local key, which is trusted for
+    local candidates only. `version` must then be empty.
+    """
+    local_signature: _builtins.bytes
     def __init__(
         self,
         *,
         model_name: _builtins.str = ...,
         version: _builtins.str = ...,
+        local_bundle: _builtins.bytes = ...,
+        local_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local_bundle", b"local_bundle", "local_signature", b"local_signature", "model_name", b"model_name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,42 @@
+"""Configuration of the update service (section ``[update]``, env ``ROOST_UPDATE_*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.kit.config import ServiceConfig
+
+DEFAULT_PORT = 50053
+
+
+@dataclass(frozen=True)
+class UpdateConfig(ServiceConfig):
+    port: int = DEFAULT_PORT
+    hub_id: str = "local"
+    # The model registry (shared with inference, which reads it).
+    registry_root: Path = Path("var/data/models")
+    # On first start, install and activate the models shipped with Roost.
+    bootstrap_shipped: bool = True
+    # The TUF model repository: an http(s) URL or a directory; empty = none.
+    tuf_source: str = ""
+    # The repository's root.json, installed by the integrator (trust anchor).
+    tuf_trusted_root: Path | None = None
+    max_bundle_bytes: int = 64 * 1024 * 1024
+    # Peers.
+    audit_target: str = "127.0.0.1:50052"
+    inference_target: str = "127.0.0.1:50051"
+    audit_deadline_seconds: float = 5.0
+    # Health gate (see services/update/health.py).
+    health_check_seconds: float = 2.0
+    auto_rollback: bool = True
+    min_compared: int = 200
+    max_error_rate_increase: float = 0.01
+    max_p99_ratio: float = 3.0
+    min_agreement: float = 0.6
+
+    def __post_init__(self) -> None:
+        if not self.health_check_seconds > 0:
+            raise ValueError("update.health_check_seconds: must be > 0")
+        if not 0 <= self.min_agreement <= 1:
+            raise ValueError("update.min_agreement: must be in [0, 1]")
