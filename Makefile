@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test unit integration lint proto proto-check buf-lint bench models constraints clean
+.PHONY: help setup setup-ha run test unit integration lint proto proto-check buf-lint bench models constraints clean
 
 help:
 	@echo "make run | test | lint | proto | proto-check | bench | models | clean"
@@ -15,16 +15,21 @@ help:
 setup:
 	@./scripts/setup.sh
 
+# A real Home Assistant core in its own Python 3.13 venv (cached in ~/.cache/roost),
+# for the integration tests.
+setup-ha:
+	@./scripts/setup-ha.sh
+
 run: setup
 	$(BIN)/roost run
 
-test: setup lint
+test: setup setup-ha lint
 	$(BIN)/pytest -q $(PYTEST_ARGS) tests
 
 unit: setup
 	$(BIN)/pytest -q $(PYTEST_ARGS) tests/unit
 
-integration: setup
+integration: setup setup-ha
 	$(BIN)/pytest -q $(PYTEST_ARGS) tests/integration
 
 lint: setup proto-check buf-lint
