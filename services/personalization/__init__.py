@@ -1,0 +1,1 @@
+"""Personalization: on-hub DP-SGD fine-tuning and its persistent privacy ledger."""
