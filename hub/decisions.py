@@ -239,22 +239,37 @@ class DecisionPipeline:
         decided: list[tuple[Pending, audit_pb.Decision]] = []
         for model, items in by_model.items():
             tensors = [_tensor(p.features) for p in items]
-            response = await self._predict(model, tensors)
+            # The entity ids route A/B rollouts (stable per entity); never logged.
+            entity_ids = [f"{p.model}.{p.area}" for p in items]
+            response = await self._predict(model, tensors, entity_ids)
             if response is None:
                 DECISIONS.labels(model, "predict_failed").inc(len(items))
                 continue
             # One decision time per batch: its predictions arrived together.
             decided_at = _now_ts()
+            # Each prediction names the exact model that produced it (during an A/B
+            # rollout, the candidate for some entities); older servers only the batch's.
             decided.extend(
-                (p, self._decision(p, t, decided_at, response.model, pred))
+                (
+                    p,
+                    self._decision(
+                        p,
+                        t,
+                        decided_at,
+                        pred.model if pred.HasField("model") else response.model,
+                        pred,
+                    ),
+                )
                 for p, t, pred in zip(items, tensors, response.predictions, strict=True)
             )
         return decided
 
     async def _predict(
-        self, model: str, tensors: list[common_pb2.Tensor]
+        self, model: str, tensors: list[common_pb2.Tensor], entity_ids: list[str]
     ) -> inf_pb.PredictBatchResponse | None:
-        request = inf_pb.PredictBatchRequest(model_name=model, inputs=tensors)
+        request = inf_pb.PredictBatchRequest(
+            model_name=model, inputs=tensors, entity_ids=entity_ids
+        )
         delay = 0.05
         for attempt in range(PREDICT_ATTEMPTS):
             try:

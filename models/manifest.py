@@ -2,13 +2,17 @@
 
 One JSON file per artifact directory (``<model_dir>/<name>/manifest.json``). The
 inference service validates every request against ``input``; the audit log records
-``name``/``version``/``sha256``. Torch-free: the serving roles import this module.
+``name``/``version``/``sha256``; ``reference`` (optional) holds per-feature training
+histograms that the inference service compares live inputs against (drift, PSI/KS).
+Torch-free: the serving roles import this module.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,6 +71,20 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class FeatureReference:
+    """The training distribution of one input feature, for drift monitoring.
+
+    ``edges`` are strictly increasing bin edges (training-data quantiles); they define
+    ``len(edges) + 1`` bins with open ends: bin 0 holds values ``<= edges[0]``, bin
+    ``i`` values in ``(edges[i-1], edges[i]]``, the last bin values ``> edges[-1]``.
+    ``probs`` is the share of training values in each bin (sums to 1).
+    """
+
+    edges: tuple[float, ...]
+    probs: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -85,6 +103,9 @@ class Manifest:
     description: str = ""
     # Every precision shipped, by name; ``file``/``sha256`` above is the served one.
     variants: dict[str, Variant] = field(default_factory=dict)
+    # Per input feature name, its training distribution (``models/reference.py``);
+    # empty means the model has no drift monitoring.
+    reference: dict[str, FeatureReference] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -152,7 +173,50 @@ def parse_manifest(raw: dict[str, Any], where: str = "manifest") -> Manifest:
             )
             for k, v in raw.get("variants", {}).items()
         },
+        reference=parse_reference(raw.get("reference", {}), schema, f"{where}.reference"),
     )
+
+
+# Probabilities are stored rounded; their sum may miss 1 by this much.
+PROBS_SUM_TOLERANCE = 1e-3
+
+
+def parse_reference(raw: Any, schema: InputSchema, where: str) -> dict[str, FeatureReference]:
+    """Check and read a manifest's ``reference``: ``{feature: {"edges": [...], "probs": [...]}}``.
+
+    Every key must be an input feature; edges finite and strictly increasing; one
+    probability per bin (``len(edges) + 1``), each in [0, 1], summing to 1.
+    """
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: must be an object of feature name -> histogram")
+    names = set(schema.feature_names())
+    out: dict[str, FeatureReference] = {}
+    for feature, hist in raw.items():
+        at = f"{where}.{feature}"
+        if feature not in names:
+            raise ManifestError(f"{at}: not an input feature of this model")
+        if not isinstance(hist, dict):
+            raise ManifestError(f"{at}: must be an object with 'edges' and 'probs'")
+        raw_edges, raw_probs = _req(hist, "edges", list, at), _req(hist, "probs", list, at)
+        try:
+            edges = tuple(float(v) for v in raw_edges)
+            probs = tuple(float(v) for v in raw_probs)
+        except (TypeError, ValueError):
+            raise ManifestError(f"{at}: edges and probs must be numbers") from None
+        if not edges or not all(math.isfinite(e) for e in edges):
+            raise ManifestError(f"{at}: edges must be a non-empty list of finite numbers")
+        if any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ManifestError(f"{at}: edges must be strictly increasing")
+        if len(probs) != len(edges) + 1:
+            raise ManifestError(
+                f"{at}: {len(probs)} probs for {len(edges) + 1} bins (one more than edges)"
+            )
+        if not all(0.0 <= p <= 1.0 for p in probs):
+            raise ManifestError(f"{at}: probs must be in [0, 1]")
+        if abs(sum(probs) - 1.0) > PROBS_SUM_TOLERANCE:
+            raise ManifestError(f"{at}: probs sum to {sum(probs):.6f}, not 1")
+        out[str(feature)] = FeatureReference(edges=edges, probs=probs)
+    return out
 
 
 def load_manifest(model_dir: Path, *, verify_sha256: bool = True) -> Manifest:

@@ -82,6 +82,7 @@ from models.manifest import (
     sha256_file,
     shipped_models_dir,
 )
+from models.reference import reference_histograms
 from models.training import const, make_deterministic, param_count
 
 log = logging.getLogger("models.anomaly.train")
@@ -774,6 +775,7 @@ def main(argv: list[str] | None = None) -> int:
         feature_spec=ANOMALY_V1.spec_id,
         baseline=tuple(round(float(v), 6) for v in x_train.mean(axis=0, dtype=np.float64).ravel()),
         training_data_sha256=data.sha256,
+        reference=reference_histograms(x_train, ANOMALY_V1.feature_names),
         metrics=dict(sorted(metrics.items())),
         description=(
             "Appliance energy anomalies (stuck-on load, surge, meter dropout or frozen) from "

@@ -73,6 +73,7 @@ from models.manifest import (
     sha256_file,
     shipped_models_dir,
 )
+from models.reference import reference_histograms
 from models.training import const, make_deterministic, param_count
 
 log = logging.getLogger("models.comfort.train")
@@ -607,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             round(float(v), DECIMALS) for v in train_set.x.mean(axis=0, dtype=np.float64).ravel()
         ),
         training_data_sha256=data.sha256,
+        reference=reference_histograms(train_set.x, COMFORT_V1.feature_names),
         metrics=dict(sorted(metrics.items())),
         description=(
             "Room temperature (degC) 30 and 60 minutes ahead from two hours of the room's "

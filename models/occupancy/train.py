@@ -52,6 +52,7 @@ from models.manifest import (
     shipped_models_dir,
 )
 from models.occupancy.data import build_features
+from models.reference import reference_histograms
 from models.training import const, make_deterministic, param_count
 
 log = logging.getLogger("models.occupancy.train")
@@ -539,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         output_labels=LABELS,
         feature_spec=OCCUPANCY_V1.spec_id,
         baseline=tuple(round(float(v), 6) for v in x_train.mean(axis=0, dtype=np.float64)),
+        reference=reference_histograms(x_train, OCCUPANCY_V1.feature_names),
         training_data_sha256=train_data.sha256,
         metrics=metrics,
         description=(

@@ -53,6 +53,7 @@ from models.manifest import (
     sha256_file,
     shipped_models_dir,
 )
+from models.reference import reference_histograms
 from models.routine.data import (
     CLASSES,
     OTHER_HOME_DROPPED,
@@ -623,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         feature_spec=SPEC_ID,
         baseline=tuple(round(float(v), 6) for v in home.x.mean(axis=0, dtype=np.float64)),
         training_data_sha256=data.sha256,
+        reference=reference_histograms(home.x, FEATURE_NAMES),
         metrics=metrics,
         description=(
             "Current activity (away, asleep, toilet, shower, breakfast, dinner, drink, idle) "

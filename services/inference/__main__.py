@@ -6,11 +6,9 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from roost.inference.v1 import inference_service_pb2 as pb
-from roost.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from services.inference.app import InferenceApp
 from services.inference.config import InferenceConfig
-from services.inference.registry import ModelRegistry
-from services.inference.servicer import POLICY, InferenceServicer
+from services.inference.servicer import POLICY
 from services.kit.auth import Policy, Role
 from services.kit.config import load_config
 from services.kit.server import Registration, configure_process, run_service
@@ -21,21 +19,14 @@ log = logging.getLogger(__name__)
 def main() -> None:
     config = load_config(InferenceConfig, "inference")
     configure_process(config.log_level)
-    registry: ModelRegistry | None = None
+    app = InferenceApp(config)
 
     async def build() -> tuple[Sequence[Registration], Policy]:
-        nonlocal registry
-        registry = ModelRegistry.from_directory(config.model_dir, config.threads)
-        servicer = InferenceServicer(registry, config.max_batch)
-        name = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
-        reg = Registration(
-            name, lambda s: pb_grpc.add_InferenceServiceServicer_to_server(servicer, s)
-        )
-        return [reg], POLICY
+        await app.start()
+        return [app.registration()], POLICY
 
     async def on_stop() -> None:
-        if registry is not None:
-            registry.close()
+        await app.close()
 
     asyncio.run(run_service(config, Role.INFERENCE, build, on_stop))
 

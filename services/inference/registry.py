@@ -1,13 +1,21 @@
-"""The loaded models: one onnxruntime session per manifest in the model directory.
+"""The loaded models: what serves each model name right now, and the sessions.
 
-Sessions run on a small thread pool, never on the event loop. The registry maps
-model name to the active version; replacing an entry is a single dict assignment,
-so a later hot swap never leaves a request without a model.
+Sessions run on a small thread pool, never on the event loop (shadow runs of a
+candidate on a separate one-thread pool, so they never queue ahead of the active
+path). The registry maps each model name to a :class:`Serving`: an immutable snapshot
+of the active version, the candidate (if one is loaded for shadow or A/B) and the
+rollout stage. A hot swap builds the new snapshot with every session already loaded
+and replaces the entry in one dict assignment; a request reads the entry once, so it
+finishes on the sessions it started with while later requests use the new ones, and
+no request is ever without a model. The registry is filled either from a plain
+directory (:meth:`ModelRegistry.from_directory`, tests and tools) or from the on-disk
+model registry by ``services.inference.watcher``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -22,6 +30,7 @@ import onnxruntime as ort
 from prometheus_client import Gauge, Histogram
 
 from models.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
+from services.inference.health import HealthBook
 from services.kit.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,54 @@ class LoadedModel:
     manifest: Manifest
     session: ort.InferenceSession
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def ab_position(model: str, candidate_version: str, entity_id: str) -> float:
+    """Where an entity falls in [0, 1) for A/B routing: stable per (model, candidate
+    version, entity), uniform over entities, independent between rollouts."""
+    digest = hashlib.sha256(f"{model}|{candidate_version}|{entity_id}".encode()).hexdigest()
+    return int(digest[:8], 16) / 2**32
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What serves one model: replaced as a whole, never changed in place.
+
+    ``candidate`` is loaded only in shadow and A/B; ``candidate_version`` is what the
+    registry names (also when staged, or when it failed to load).
+    """
+
+    active: LoadedModel
+    candidate: LoadedModel | None = None
+    candidate_version: str | None = None
+    stage: str = "none"
+    share: float = 0.0
+    generation: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.active.manifest.name
+
+    @property
+    def shadow(self) -> LoadedModel | None:
+        """The candidate to run in the background, if the stage is shadow."""
+        return self.candidate if self.stage == "shadow" else None
+
+    def routes_to_candidate(self, entity_id: str) -> bool:
+        """A/B: the entity is served by the candidate iff its position < share.
+        Requests without an entity id always go to the active version."""
+        if self.stage != "ab" or self.candidate is None or not entity_id:
+            return False
+        version = self.candidate.manifest.version
+        return ab_position(self.name, version, entity_id) < self.share
+
+    def version(self, version: str) -> LoadedModel:
+        """The loaded model of an exact version (active or loaded candidate)."""
+        for model in (self.active, self.candidate):
+            if model is not None and model.manifest.version == version:
+                return model
+        serving = self.active.manifest.version
+        raise NotFound(f"version: '{self.name}' {version} is not loaded (serving {serving})")
 
 
 def open_session(path: Path, threads: int = 1) -> ort.InferenceSession:
@@ -66,59 +123,102 @@ def load_model(model_dir: Path) -> LoadedModel:
 
 
 class ModelRegistry:
-    def __init__(self, threads: int = 1) -> None:
-        self._models: dict[str, LoadedModel] = {}
+    def __init__(self, threads: int = 1, health: HealthBook | None = None) -> None:
+        self._serving: dict[str, Serving] = {}
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnxruntime")
+        self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self.health = health if health is not None else HealthBook()
 
     @classmethod
     def from_directory(cls, root: Path, threads: int = 1) -> ModelRegistry:
         """Load every ``<root>/<name>/manifest.json``. A broken model is logged and skipped."""
         registry = cls(threads)
-        for manifest_path in sorted(root.glob(f"*/{MANIFEST_FILE}")):
-            try:
-                registry.put(load_model(manifest_path.parent))
-            except (ManifestError, OSError, ort.capi.onnxruntime_pybind11_state.Fail) as e:
-                log.error("skipping model in %s: %s", manifest_path.parent, e)
-        if not registry._models:
-            log.warning("no models loaded from %s", root)
+        registry.load_directory(root)
         return registry
 
+    def load_directory(self, root: Path) -> None:
+        """Serve every model of ``<root>/<name>/manifest.json`` (broken ones are skipped)."""
+        for manifest_path in sorted(root.glob(f"*/{MANIFEST_FILE}")):
+            try:
+                self.put(load_model(manifest_path.parent))
+            except (ManifestError, OSError, ort.capi.onnxruntime_pybind11_state.Fail) as e:
+                log.error("skipping model in %s: %s", manifest_path.parent, e)
+        if not self._serving:
+            log.warning("no models loaded from %s", root)
+
     def put(self, model: LoadedModel) -> None:
-        self._models[model.manifest.name] = model
-        MODELS_LOADED.set(len(self._models))
+        """Serve ``model`` as the active version of its name, without a candidate."""
+        self.set_serving(Serving(active=model))
         m = model.manifest
         log.info("loaded model %s %s (sha256 %s)", m.name, m.version, m.sha256[:12])
 
+    def set_serving(self, serving: Serving) -> None:
+        """Swap what serves ``serving.name``: one assignment (see the module docstring)."""
+        self._serving[serving.name] = serving
+        MODELS_LOADED.set(len(self._serving))
+        versions = {serving.active.manifest.version}
+        if serving.candidate is not None:
+            versions.add(serving.candidate.manifest.version)
+        self.health.retain(serving.name, versions)
+
+    def serving(self, name: str) -> Serving:
+        serving = self._serving.get(name)
+        if serving is None:
+            raise NotFound(f"model_name: '{name}' is not loaded (loaded: {sorted(self._serving)})")
+        return serving
+
+    def find(self, name: str) -> Serving | None:
+        return self._serving.get(name)
+
     def get(self, name: str, version: str = "") -> LoadedModel:
-        model = self._models.get(name)
-        if model is None:
-            raise NotFound(f"model_name: '{name}' is not loaded (loaded: {sorted(self._models)})")
-        if version and model.manifest.version != version:
-            raise NotFound(
-                f"version: '{name}' {version} is not loaded (serving {model.manifest.version})"
-            )
-        return model
+        """The active version of ``name``, or the exact ``version`` if it is loaded."""
+        serving = self.serving(name)
+        return serving.version(version) if version else serving.active
 
     def all(self) -> list[LoadedModel]:
-        return sorted(self._models.values(), key=lambda m: m.manifest.name)
+        """The active version of every model, by name."""
+        return [self._serving[name].active for name in sorted(self._serving)]
 
     async def run(
         self, model: LoadedModel, batch: npt.NDArray[np.generic]
     ) -> npt.NDArray[np.float32]:
         """Run one batch (leading batch dimension) off the event loop."""
+        return await self._run_on(self._pool, model, batch)
+
+    async def run_shadow(
+        self, model: LoadedModel, batch: npt.NDArray[np.generic]
+    ) -> npt.NDArray[np.float32]:
+        """Like :meth:`run`, on the shadow pool (never ahead of the active path)."""
+        return await self._run_on(self._shadow_pool, model, batch)
+
+    async def _run_on(
+        self, pool: ThreadPoolExecutor, model: LoadedModel, batch: npt.NDArray[np.generic]
+    ) -> npt.NDArray[np.float32]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.run_sync, model, batch)
+        out, seconds = await loop.run_in_executor(pool, _run_timed, model, batch)
+        m = model.manifest
+        self.health.of(m.name, m.version).run(seconds)
+        return out
 
     @staticmethod
     def run_sync(model: LoadedModel, batch: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
-        m = model.manifest
-        started = time.perf_counter()
-        (out,) = model.session.run([m.output_name], {m.input.name: batch})
-        RUN_SECONDS.labels(m.name).observe(time.perf_counter() - started)
-        return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+        return _run_timed(model, batch)[0]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._shadow_pool.shutdown(wait=True)
+
+
+def _run_timed(
+    model: LoadedModel, batch: npt.NDArray[np.generic]
+) -> tuple[npt.NDArray[np.float32], float]:
+    """session.run and its duration (the latency the health stats report)."""
+    m = model.manifest
+    started = time.perf_counter()
+    (out,) = model.session.run([m.output_name], {m.input.name: batch})
+    seconds = time.perf_counter() - started
+    RUN_SECONDS.labels(m.name).observe(seconds)
+    return np.asarray(out, dtype=np.float32).reshape(len(batch), -1), seconds
 
 
 def stack(arrays: Sequence[npt.NDArray[np.generic]]) -> npt.NDArray[np.generic]:

@@ -1,8 +1,28 @@
-"""gRPC servicer of the inference service: Predict, PredictBatch, Explain, ListModels."""
+"""gRPC servicer of the inference service: Predict, PredictBatch, Explain, ListModels,
+GetModelStatus.
+
+Each request reads the model's :class:`~services.inference.registry.Serving` once and
+uses that snapshot throughout, so a concurrent hot swap never mixes versions within a
+request. Routing:
+
+- ``version`` set: exactly that version (active or a loaded candidate).
+- stage ``ab``: per entity (``entity_id``), ``Serving.routes_to_candidate``; a batch
+  with mixed routing runs both versions on their sub-batches and reassembles the
+  predictions in request order. If the candidate fails, its rows fall back to the
+  active version (counted as candidate errors), so the rollout never fails a caller.
+- otherwise (and always without an entity id): the active version.
+
+Every ``Prediction.model`` names the version that produced it; the response-level
+``model`` stays the active version. After the answer is computed, the inputs go to the
+:class:`~services.inference.monitor.Monitor` (drift, and in shadow the candidate's
+background run), which never blocks the request.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 from typing import Any
 
 import numpy as np
@@ -15,10 +35,14 @@ from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as pb
 from roost.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.inference.explain import attributions, occlusion_batch
-from services.inference.registry import LoadedModel, ModelRegistry
+from services.inference.health import HealthSnapshot
+from services.inference.monitor import Monitor
+from services.inference.registry import LoadedModel, ModelRegistry, Serving
 from services.inference.validation import DTYPE_ENUM, tensor_to_array
 from services.kit.auth import Policy, Role
 from services.kit.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
 
 PREDICTIONS = Counter(
     "roost_inference_predictions_total",
@@ -34,6 +58,13 @@ POLICY: Policy = {
     _SVC + "ListModels": frozenset(
         {Role.HUB, Role.UPDATE, Role.PERSONALIZATION, Role.ADMIN, Role.AUDITOR}
     ),
+    _SVC + "GetModelStatus": frozenset({Role.UPDATE, Role.ADMIN, Role.HUB, Role.AUDITOR}),
+}
+STAGE_ENUM: dict[str, pb.RolloutStage.ValueType] = {
+    "none": pb.ROLLOUT_STAGE_NONE,
+    "staged": pb.ROLLOUT_STAGE_STAGED,
+    "shadow": pb.ROLLOUT_STAGE_SHADOW,
+    "ab": pb.ROLLOUT_STAGE_AB,
 }
 MAX_PAGE_SIZE = 100
 
@@ -42,13 +73,22 @@ def model_ref(m: Manifest) -> common_pb2.ModelRef:
     return common_pb2.ModelRef(name=m.name, version=m.version, sha256=m.sha256)
 
 
-def to_prediction(m: Manifest, row: npt.NDArray[np.float32]) -> pb.Prediction:
+def to_prediction(
+    m: Manifest, row: npt.NDArray[np.float32], ref: common_pb2.ModelRef | None = None
+) -> pb.Prediction:
+    """One output row as a Prediction of model ``m`` (``ref``: its ModelRef, if built)."""
     values = [float(v) for v in row]
+    ref = ref if ref is not None else model_ref(m)
     if m.task_kind != "classification":
-        return pb.Prediction(values=values)
+        return pb.Prediction(values=values, model=ref)
     k = int(np.argmax(row))
     label = m.output_labels[k] if k < len(m.output_labels) else str(k)
-    return pb.Prediction(values=values, label=label, confidence=float(row[k]))
+    return pb.Prediction(values=values, label=label, confidence=float(row[k]), model=ref)
+
+
+def _predictions(m: Manifest, out: npt.NDArray[np.float32]) -> list[pb.Prediction]:
+    ref = model_ref(m)
+    return [to_prediction(m, row, ref) for row in out]
 
 
 def _require_model_name(name: str) -> None:
@@ -57,28 +97,100 @@ def _require_model_name(name: str) -> None:
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    def __init__(self, registry: ModelRegistry, max_batch: int) -> None:
+    def __init__(
+        self, registry: ModelRegistry, max_batch: int, monitor: Monitor | None = None
+    ) -> None:
         self._registry = registry
         self._max_batch = max_batch
+        self._monitor = monitor if monitor is not None else Monitor(registry)
+
+    def _serving(self, name: str) -> Serving:
+        _require_model_name(name)
+        return self._registry.serving(name)
 
     def _model(self, name: str, version: str) -> LoadedModel:
-        _require_model_name(name)
-        return self._registry.get(name, version)
+        serving = self._serving(name)
+        return serving.version(version) if version else serving.active
+
+    async def _predict(
+        self, model: LoadedModel, batch: npt.NDArray[np.generic]
+    ) -> npt.NDArray[np.float32]:
+        """Run ``model`` on the batch, counting the outcome in its health stats."""
+        m = model.manifest
+        stats = self._registry.health.of(m.name, m.version)
+        try:
+            out = await self._registry.run(model, batch)
+        except Exception:
+            stats.outcome(errors=len(batch))
+            raise
+        stats.outcome(predictions=len(batch))
+        PREDICTIONS.labels(m.name, m.version).inc(len(batch))
+        return out
+
+    async def _predict_routed(
+        self, serving: Serving, batch: npt.NDArray[np.generic], to_candidate: list[bool]
+    ) -> tuple[list[pb.Prediction], npt.NDArray[np.float32] | None]:
+        """Predictions in request order; also the active outputs of the whole batch when
+        the active version answered every row (what a shadow run compares with)."""
+        active = serving.active
+        candidate = serving.candidate
+        idx = np.flatnonzero(to_candidate)
+        if candidate is None or len(idx) == 0:
+            out = await self._predict(active, batch)
+            return _predictions(active.manifest, out), out
+        rest = np.flatnonzero(np.logical_not(to_candidate))
+        predictions: list[pb.Prediction | None] = [None] * len(batch)
+        if len(rest):
+            out_a = await self._predict(active, batch[rest])
+            for i, pred in zip(rest, _predictions(active.manifest, out_a), strict=True):
+                predictions[i] = pred
+        try:
+            out_c = await self._predict(candidate, batch[idx])
+            served = candidate
+        except Exception as e:
+            # A/B must not fail callers: the candidate's rows fall back to active.
+            log.warning(
+                "candidate %s %s failed (%s); its rows fall back to active",
+                candidate.manifest.name,
+                candidate.manifest.version,
+                type(e).__name__,
+            )
+            out_c = await self._predict(active, batch[idx])
+            served = active
+        for i, pred in zip(idx, _predictions(served.manifest, out_c), strict=True):
+            predictions[i] = pred
+        return [p for p in predictions if p is not None], None
 
     async def Predict(self, request: pb.PredictRequest, context: Any) -> pb.PredictResponse:
-        model = self._model(request.model_name, request.version)
-        m = model.manifest
-        if not request.HasField("input"):
-            raise InvalidArgument("input: required")
-        x = tensor_to_array(request.input, m.input, "input")
-        out = await self._registry.run(model, x[None, ...])
-        PREDICTIONS.labels(m.name, m.version).inc()
-        return pb.PredictResponse(model=model_ref(m), prediction=to_prediction(m, out[0]))
+        with self._monitor.request():
+            return await self._predict_one(request)
 
     async def PredictBatch(
         self, request: pb.PredictBatchRequest, context: Any
     ) -> pb.PredictBatchResponse:
-        model = self._model(request.model_name, request.version)
+        with self._monitor.request():
+            return await self._predict_batch(request)
+
+    async def _predict_one(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        serving = self._serving(request.model_name)
+        model = serving.version(request.version) if request.version else serving.active
+        m = model.manifest
+        if not request.HasField("input"):
+            raise InvalidArgument("input: required")
+        x = tensor_to_array(request.input, m.input, "input")[None, ...]
+        if request.version:
+            out = await self._predict(model, x)
+            prediction, active_out = to_prediction(m, out[0]), None
+        else:
+            to_candidate = [serving.routes_to_candidate(request.entity_id)]
+            predictions, active_out = await self._predict_routed(serving, x, to_candidate)
+            prediction = predictions[0]
+        self._monitor.after(serving, x, active_out)
+        return pb.PredictResponse(model=model_ref(m), prediction=prediction)
+
+    async def _predict_batch(self, request: pb.PredictBatchRequest) -> pb.PredictBatchResponse:
+        serving = self._serving(request.model_name)
+        model = serving.version(request.version) if request.version else serving.active
         m = model.manifest
         n = len(request.inputs)
         if n == 0:
@@ -90,11 +202,17 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         batch = np.stack(
             [tensor_to_array(t, m.input, f"inputs[{i}]") for i, t in enumerate(request.inputs)]
         )
-        out = await self._registry.run(model, batch)
-        PREDICTIONS.labels(m.name, m.version).inc(n)
-        return pb.PredictBatchResponse(
-            model=model_ref(m), predictions=[to_prediction(m, row) for row in out]
-        )
+        active_out: npt.NDArray[np.float32] | None
+        if request.version:
+            out = await self._predict(model, batch)
+            predictions, active_out = _predictions(m, out), None
+        else:
+            to_candidate: list[bool] = []
+            if serving.stage == "ab" and serving.candidate is not None:
+                to_candidate = [serving.routes_to_candidate(e) for e in request.entity_ids]
+            predictions, active_out = await self._predict_routed(serving, batch, to_candidate)
+        self._monitor.after(serving, batch, active_out)
+        return pb.PredictBatchResponse(model=model_ref(m), predictions=predictions)
 
     async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:
         model = self._model(request.model_name, request.version)
@@ -118,6 +236,45 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             ],
         )
 
+    async def GetModelStatus(
+        self, request: pb.GetModelStatusRequest, context: Any
+    ) -> pb.GetModelStatusResponse:
+        serving = self._serving(request.model_name)
+        health = self._registry.health
+        a = serving.active.manifest
+        response = pb.GetModelStatusResponse(
+            active=_role_health(model_ref(a), True, health.snapshot(a.name, a.version), False),
+            stage=STAGE_ENUM.get(serving.stage, pb.ROLLOUT_STAGE_UNSPECIFIED),
+            share=serving.share,
+            generation=serving.generation,
+            window_seconds=health.window_seconds,
+            shadow_dropped=self._monitor.dropped.get(a.name, 0),
+        )
+        if serving.candidate_version is not None:
+            c = serving.candidate
+            ref = (
+                model_ref(c.manifest)
+                if c is not None
+                else common_pb2.ModelRef(name=a.name, version=serving.candidate_version)
+            )
+            snap = health.snapshot(a.name, serving.candidate_version)
+            response.candidate.CopyFrom(
+                _role_health(ref, c is not None, snap, serving.stage == "shadow")
+            )
+        drift = self._monitor.drift_for(a)
+        response.drift_window_seconds = self._monitor.drift_settings.window_seconds
+        if drift is not None:
+            stats = await asyncio.to_thread(drift.export)
+            response.drift_monitored = True
+            response.drift_alert = any(st.alert for st in stats)
+            response.drift.extend(
+                pb.FeatureDrift(
+                    feature=st.feature, psi=st.psi, ks=st.ks, alert=st.alert, samples=st.samples
+                )
+                for st in stats
+            )
+        return response
+
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Any
     ) -> pb.ListModelsResponse:
@@ -132,6 +289,24 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             models=[_model_info(lm) for lm in page],
             next_page_token=_encode_offset(nxt) if nxt < len(models) else "",
         )
+
+
+def _role_health(
+    ref: common_pb2.ModelRef, loaded: bool, snap: HealthSnapshot, compared: bool
+) -> pb.RoleHealth:
+    health = pb.RoleHealth(
+        model=ref,
+        loaded=loaded,
+        predictions=snap.predictions,
+        errors=snap.errors,
+        error_rate=snap.error_rate,
+        latency_p50_seconds=snap.latency_p50_seconds,
+        latency_p99_seconds=snap.latency_p99_seconds,
+    )
+    if compared:
+        health.compared = snap.compared
+        health.agreement_rate = snap.agreement_rate
+    return health
 
 
 def _model_info(lm: LoadedModel) -> pb.ModelInfo:

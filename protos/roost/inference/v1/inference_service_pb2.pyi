@@ -57,6 +57,40 @@ TASK_KIND_CLASSIFICATION: TaskKind.ValueType  # 1
 TASK_KIND_REGRESSION: TaskKind.ValueType  # 2
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
+class _RolloutStage:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RolloutStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloutStage.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLOUT_STAGE_UNSPECIFIED: _RolloutStage.ValueType  # 0
+    ROLLOUT_STAGE_NONE: _RolloutStage.ValueType  # 1
+    """No candidate: the active version serves everything."""
+    ROLLOUT_STAGE_STAGED: _RolloutStage.ValueType  # 2
+    """A candidate is installed but does not run."""
+    ROLLOUT_STAGE_SHADOW: _RolloutStage.ValueType  # 3
+    """The candidate runs on the same inputs as the active version in the background;
+    callers only ever see the active version's outputs.
+    """
+    ROLLOUT_STAGE_AB: _RolloutStage.ValueType  # 4
+    """The candidate serves the share of entities routed to it."""
+
+class RolloutStage(_RolloutStage, metaclass=_RolloutStageEnumTypeWrapper):
+    """Rollout stage of a model's candidate, as the model registry records it."""
+
+ROLLOUT_STAGE_UNSPECIFIED: RolloutStage.ValueType  # 0
+ROLLOUT_STAGE_NONE: RolloutStage.ValueType  # 1
+"""No candidate: the active version serves everything."""
+ROLLOUT_STAGE_STAGED: RolloutStage.ValueType  # 2
+"""A candidate is installed but does not run."""
+ROLLOUT_STAGE_SHADOW: RolloutStage.ValueType  # 3
+"""The candidate runs on the same inputs as the active version in the background;
+callers only ever see the active version's outputs.
+"""
+ROLLOUT_STAGE_AB: RolloutStage.ValueType  # 4
+"""The candidate serves the share of entities routed to it."""
+Global___RolloutStage: _TypeAlias = RolloutStage  # noqa: Y015
+
 @_typing.final
 class Prediction(_message.Message):
     """What a model says about one input."""
@@ -66,6 +100,7 @@ class Prediction(_message.Message):
     VALUES_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """Top class name for classifiers; empty for regressors."""
     confidence: _builtins.float
@@ -74,16 +109,24 @@ class Prediction(_message.Message):
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Raw outputs: class probabilities for classifiers, forecasts for regressors."""
 
+    @_builtins.property
+    def model(self) -> _common_pb2.ModelRef:
+        """The exact model version that produced this prediction. Always set. During an
+        A/B rollout it is the candidate for the entities routed to it, so it can differ
+        from the response-level `model` (which is always the active version).
+        """
+
     def __init__(
         self,
         *,
         values: _abc.Iterable[_builtins.float] | None = ...,
         label: _builtins.str = ...,
         confidence: _builtins.float = ...,
+        model: _common_pb2.ModelRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "label", b"label", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "label", b"label", "model", b"model", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -410,3 +453,189 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class GetModelStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """Model family name, e.g. "occupancy"."""
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelStatusRequest: _TypeAlias = GetModelStatusRequest  # noqa: Y015
+
+@_typing.final
+class RoleHealth(_message.Message):
+    """Rolling health of one version in one role (active or candidate), over the stats
+    window (`GetModelStatusResponse.window_seconds`, at most the last 10,000
+    session.run calls).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    LOADED_FIELD_NUMBER: _builtins.int
+    PREDICTIONS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_SECONDS_FIELD_NUMBER: _builtins.int
+    LATENCY_P99_SECONDS_FIELD_NUMBER: _builtins.int
+    COMPARED_FIELD_NUMBER: _builtins.int
+    AGREEMENT_RATE_FIELD_NUMBER: _builtins.int
+    loaded: _builtins.bool
+    """Whether this version is loaded and running (a staged candidate, or one that
+    failed to load, is not).
+    """
+    predictions: _builtins.int
+    """Predictions produced in the window (a batch of n counts n)."""
+    errors: _builtins.int
+    """Predictions that failed in the window (a failed batch of n counts n)."""
+    error_rate: _builtins.float
+    """errors / (predictions + errors); 0 without traffic."""
+    latency_p50_seconds: _builtins.float
+    """Median session.run time per call (a batch is one call), in seconds."""
+    latency_p99_seconds: _builtins.float
+    """99th percentile of session.run time per call, in seconds."""
+    compared: _builtins.int
+    """Candidate in shadow only: predictions compared with the active version's."""
+    agreement_rate: _builtins.float
+    """Candidate in shadow only: share of compared predictions that agree (same label
+    for classifiers; every output within the configured tolerance for regressors).
+    """
+    @_builtins.property
+    def model(self) -> _common_pb2.ModelRef:
+        """The version in this role. `sha256` is empty when it is not loaded."""
+
+    def __init__(
+        self,
+        *,
+        model: _common_pb2.ModelRef | None = ...,
+        loaded: _builtins.bool = ...,
+        predictions: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        error_rate: _builtins.float = ...,
+        latency_p50_seconds: _builtins.float = ...,
+        latency_p99_seconds: _builtins.float = ...,
+        compared: _builtins.int = ...,
+        agreement_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_rate", b"agreement_rate", "compared", b"compared", "error_rate", b"error_rate", "errors", b"errors", "latency_p50_seconds", b"latency_p50_seconds", "latency_p99_seconds", b"latency_p99_seconds", "loaded", b"loaded", "model", b"model", "predictions", b"predictions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoleHealth: _TypeAlias = RoleHealth  # noqa: Y015
+
+@_typing.final
+class FeatureDrift(_message.Message):
+    """Input drift of one feature: live inputs against the training reference histogram."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    PSI_FIELD_NUMBER: _builtins.int
+    KS_FIELD_NUMBER: _builtins.int
+    ALERT_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    """Input feature name."""
+    psi: _builtins.float
+    """Population stability index over the reference bins (epsilon-smoothed)."""
+    ks: _builtins.float
+    """Kolmogorov-Smirnov statistic: max |CDF_live - CDF_reference| over the bin edges."""
+    alert: _builtins.bool
+    """psi or ks above its alert threshold, with at least the minimum live samples."""
+    samples: _builtins.int
+    """Live values of this feature counted in the drift window."""
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        psi: _builtins.float = ...,
+        ks: _builtins.float = ...,
+        alert: _builtins.bool = ...,
+        samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert", b"alert", "feature", b"feature", "ks", b"ks", "psi", b"psi", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureDrift: _TypeAlias = FeatureDrift  # noqa: Y015
+
+@_typing.final
+class GetModelStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    DRIFT_MONITORED_FIELD_NUMBER: _builtins.int
+    DRIFT_ALERT_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
+    DRIFT_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    SHADOW_DROPPED_FIELD_NUMBER: _builtins.int
+    stage: Global___RolloutStage.ValueType
+    share: _builtins.float
+    """A/B: share of entities routed to the candidate, in (0, 1]; 0 otherwise."""
+    generation: _builtins.int
+    """Registry generation the service applied (bumped by every slot change)."""
+    window_seconds: _builtins.float
+    """Length of the health stats window, in seconds."""
+    drift_monitored: _builtins.bool
+    """Whether the active version's manifest carries a reference (drift monitoring)."""
+    drift_alert: _builtins.bool
+    """True when any feature alerts."""
+    drift_window_seconds: _builtins.float
+    """Length of the drift window, in seconds."""
+    shadow_dropped: _builtins.int
+    """Shadow runs dropped because the background queue was full (since start)."""
+    @_builtins.property
+    def active(self) -> Global___RoleHealth:
+        """The active version's health."""
+
+    @_builtins.property
+    def candidate(self) -> Global___RoleHealth:
+        """The candidate's health; unset when the model has no candidate."""
+
+    @_builtins.property
+    def drift(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureDrift]:
+        """Per monitored feature, in input order."""
+
+    def __init__(
+        self,
+        *,
+        active: Global___RoleHealth | None = ...,
+        candidate: Global___RoleHealth | None = ...,
+        stage: Global___RolloutStage.ValueType = ...,
+        share: _builtins.float = ...,
+        generation: _builtins.int = ...,
+        window_seconds: _builtins.float = ...,
+        drift_monitored: _builtins.bool = ...,
+        drift_alert: _builtins.bool = ...,
+        drift: _abc.Iterable[Global___FeatureDrift] | None = ...,
+        drift_window_seconds: _builtins.float = ...,
+        shadow_dropped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "candidate", b"candidate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "candidate", b"candidate", "drift", b"drift", "drift_alert", b"drift_alert", "drift_monitored", b"drift_monitored", "drift_window_seconds", b"drift_window_seconds", "generation", b"generation", "shadow_dropped", b"shadow_dropped", "share", b"share", "stage", b"stage", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetModelStatusResponse: _TypeAlias = GetModelStatusResponse  # noqa: Y015

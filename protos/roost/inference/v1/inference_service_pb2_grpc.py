@@ -56,6 +56,11 @@ class InferenceServiceStub:
                 request_serializer=roost_dot_inference_dot_v1_dot_inference__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=roost_dot_inference_dot_v1_dot_inference__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetModelStatus = channel.unary_unary(
+                '/roost.inference.v1.InferenceService/GetModelStatus',
+                request_serializer=roost_dot_inference_dot_v1_dot_inference__service__pb2.GetModelStatusRequest.SerializeToString,
+                response_deserializer=roost_dot_inference_dot_v1_dot_inference__service__pb2.GetModelStatusResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -91,6 +96,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelStatus(self, request, context):
+        """Health of one model's rollout: rolling per-version stats of the active version
+        and the candidate (shadow agreement), the stage, and input drift. Read-only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +126,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=roost_dot_inference_dot_v1_dot_inference__service__pb2.ListModelsRequest.FromString,
                     response_serializer=roost_dot_inference_dot_v1_dot_inference__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetModelStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelStatus,
+                    request_deserializer=roost_dot_inference_dot_v1_dot_inference__service__pb2.GetModelStatusRequest.FromString,
+                    response_serializer=roost_dot_inference_dot_v1_dot_inference__service__pb2.GetModelStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +243,33 @@ class InferenceService:
             '/roost.inference.v1.InferenceService/ListModels',
             roost_dot_inference_dot_v1_dot_inference__service__pb2.ListModelsRequest.SerializeToString,
             roost_dot_inference_dot_v1_dot_inference__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roost.inference.v1.InferenceService/GetModelStatus',
+            roost_dot_inference_dot_v1_dot_inference__service__pb2.GetModelStatusRequest.SerializeToString,
+            roost_dot_inference_dot_v1_dot_inference__service__pb2.GetModelStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,10 @@ class InferenceServiceStub:
     """Predicts one input and returns per-feature attributions."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.ListModelsRequest, _inference_service_pb2.ListModelsResponse]
     """Lists the loaded models."""
+    GetModelStatus: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.GetModelStatusRequest, _inference_service_pb2.GetModelStatusResponse]
+    """Health of one model's rollout: rolling per-version stats of the active version
+    and the candidate (shadow agreement), the stage, and input drift. Read-only.
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -59,6 +63,10 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """Predicts one input and returns per-feature attributions."""
     ListModels: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.ListModelsRequest, _inference_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Lists the loaded models."""
+    GetModelStatus: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.GetModelStatusRequest, _inference_service_pb2.GetModelStatusResponse]  # type: ignore[assignment]
+    """Health of one model's rollout: rolling per-version stats of the active version
+    and the candidate (shadow agreement), the stage, and input drift. Read-only.
+    """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs the hub's ONNX models. Inputs are validated against each model's input
@@ -96,5 +104,15 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_service_pb2.ListModelsResponse, _abc.Awaitable[_inference_service_pb2.ListModelsResponse]]:
         """Lists the loaded models."""
+
+    @_abc_1.abstractmethod
+    def GetModelStatus(
+        self,
+        request: _inference_service_pb2.GetModelStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_service_pb2.GetModelStatusResponse, _abc.Awaitable[_inference_service_pb2.GetModelStatusResponse]]:
+        """Health of one model's rollout: rolling per-version stats of the active version
+        and the candidate (shadow agreement), the stage, and input drift. Read-only.
+        """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

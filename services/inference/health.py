@@ -1,0 +1,130 @@
+"""Rolling health statistics per model version: predictions, errors, latency, agreement.
+
+Each served version (``(model, version)``; its role, active or candidate, is looked up
+when the stats are read, so a promoted candidate keeps its history) has a
+:class:`RollingStats`: a sliding window of the last ``window_seconds`` (default 10
+minutes), holding at most ``max_records`` (default 10,000) session.run calls and as
+many outcome records; whichever limit is hit first bounds the window. Everything is
+recorded and read on the event loop thread, so no locks are needed.
+
+- predictions / errors: rows answered / rows whose session.run failed (a batch of n
+  counts n); error_rate = errors / (predictions + errors).
+- latency: session.run time per call (a batch is one call), measured in the worker
+  thread around ``session.run`` only (no queueing), p50 and p99 over the window.
+- agreement (a candidate in shadow): compared rows and rows that agree with the
+  active version (same label for classifiers; max abs output difference within the
+  configured tolerance for regressors).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_WINDOW_SECONDS = 600.0
+DEFAULT_MAX_RECORDS = 10_000
+
+
+@dataclass(frozen=True)
+class HealthSnapshot:
+    predictions: int = 0
+    errors: int = 0
+    latency_p50_seconds: float = 0.0
+    latency_p99_seconds: float = 0.0
+    compared: int = 0
+    agreed: int = 0
+
+    @property
+    def error_rate(self) -> float:
+        total = self.predictions + self.errors
+        return self.errors / total if total else 0.0
+
+    @property
+    def agreement_rate(self) -> float:
+        return self.agreed / self.compared if self.compared else 0.0
+
+
+class RollingStats:
+    """The sliding window of one version (see the module docstring)."""
+
+    def __init__(
+        self,
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_seconds = window_seconds
+        self._clock = clock
+        # (time, session.run seconds)
+        self._runs: deque[tuple[float, float]] = deque(maxlen=max_records)
+        # (time, predictions, errors, compared, agreed)
+        self._outcomes: deque[tuple[float, int, int, int, int]] = deque(maxlen=max_records)
+
+    def run(self, seconds: float) -> None:
+        self._runs.append((self._clock(), seconds))
+
+    def outcome(
+        self, predictions: int = 0, errors: int = 0, compared: int = 0, agreed: int = 0
+    ) -> None:
+        self._outcomes.append((self._clock(), predictions, errors, compared, agreed))
+
+    def _prune(self) -> None:
+        oldest = self._clock() - self.window_seconds
+        for q in (self._runs, self._outcomes):
+            while q and q[0][0] < oldest:
+                q.popleft()
+
+    def snapshot(self) -> HealthSnapshot:
+        self._prune()
+        if self._runs:
+            p50, p99 = np.percentile(np.fromiter((s for _, s in self._runs), float), [50, 99])
+        else:
+            p50 = p99 = 0.0
+        totals = [0, 0, 0, 0]
+        for _, *counts in self._outcomes:
+            for i, c in enumerate(counts):
+                totals[i] += c
+        return HealthSnapshot(
+            predictions=totals[0],
+            errors=totals[1],
+            latency_p50_seconds=float(p50),
+            latency_p99_seconds=float(p99),
+            compared=totals[2],
+            agreed=totals[3],
+        )
+
+
+class HealthBook:
+    """:class:`RollingStats` per ``(model, version)``, created on first use."""
+
+    def __init__(
+        self,
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window_seconds = window_seconds
+        self._max_records = max_records
+        self._clock = clock
+        self._stats: dict[tuple[str, str], RollingStats] = {}
+
+    def of(self, model: str, version: str) -> RollingStats:
+        key = (model, version)
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = RollingStats(self.window_seconds, self._max_records, self._clock)
+            self._stats[key] = stats
+        return stats
+
+    def snapshot(self, model: str, version: str) -> HealthSnapshot:
+        stats = self._stats.get((model, version))
+        return stats.snapshot() if stats is not None else HealthSnapshot()
+
+    def retain(self, model: str, versions: set[str]) -> None:
+        """Forget the stats of ``model``'s versions that no longer serve."""
+        for key in [k for k in self._stats if k[0] == model and k[1] not in versions]:
+            del self._stats[key]
