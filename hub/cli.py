@@ -38,11 +38,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     stack = Stack(args.home, hub_id=args.hub_id)
     try:
-        print("Starting Roost: broker, audit, inference, hub, simulator ...")
+        print("Starting Roost: broker, audit, inference, update, hub, simulator ...")
         t0 = time.monotonic()
         stack.start_broker(args.mqtt_port)
         stack.start_service(Role.AUDIT)
         stack.start_service(Role.INFERENCE)
+        stack.start_service(Role.UPDATE)
         stack.start_hub()
         if args.speedup > 0:
             stack.start_simulator(args.speedup, args.areas)
@@ -210,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.set_defaults(func=_cmd_certs)
 
     serve = sub.add_parser("serve", help="run one process (for k3s and manual setups)")
-    serve.add_argument("role", choices=["hub", "inference", "audit"])
+    serve.add_argument("role", choices=["hub", "inference", "audit", "update"])
     serve.set_defaults(func=_cmd_serve)
 
     sim = sub.add_parser("simulate", help="replay a household stream to MQTT", add_help=False)

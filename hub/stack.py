@@ -160,10 +160,28 @@ class Stack:
             prefix + "READY_FILE": str(ready),
             prefix + "LOG_LEVEL": self.log_level,
             prefix + "HUB_ID": self.hub_id,
+            **self._peer_env(role),
             **(extra_env or {}),
         }
         proc = self._spawn(name, [sys.executable, "-m", f"services.{name}"], env)
         return self._wait_ready(proc, ready, timeout)
+
+    @property
+    def models_dir(self) -> Path:
+        """The model registry: the update service writes it, inference serves from it."""
+        return self.home / "data" / "models"
+
+    def _peer_env(self, role: Role) -> dict[str, str]:
+        """Registry location and peer addresses of the services that need them."""
+        prefix = f"ROOST_{role.value.upper()}_"
+        env: dict[str, str] = {}
+        if role in (Role.INFERENCE, Role.UPDATE):
+            env[prefix + "REGISTRY_ROOT"] = str(self.models_dir)
+        if role in (Role.UPDATE, Role.PERSONALIZATION):
+            for peer in (Role.AUDIT, Role.INFERENCE, Role.UPDATE):
+                if peer != role and peer.value in self.procs:
+                    env[f"{prefix}{peer.value.upper()}_TARGET"] = f"127.0.0.1:{self.port_of(peer)}"
+        return env
 
     def start_hub(self, extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
         ready = self._ready_file("hub")

@@ -1,0 +1,295 @@
+"""A model update end to end on real processes: a signed TUF repository, the update
+service, inference serving from the registry, the audit log.
+
+stage (TUF-verified) -> shadow -> A/B -> promote -> rollback, under continuous
+Predict load with zero failed calls; rollback serves the old version within 1 s; a
+bad candidate is rolled back by the health gate on its own; every step is audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from hub.stack import Stack
+from models.manifest import MANIFEST_FILE, sha256_file, shipped_models_dir
+from roost.audit.v1 import audit_service_pb2 as audit_pb
+from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from roost.common.v1 import common_pb2
+from roost.inference.v1 import inference_service_pb2 as inf_pb
+from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
+from roost.update.v1 import update_service_pb2 as pb
+from roost.update.v1 import update_service_pb2_grpc as pb_grpc
+from services.kit.auth import Role
+from services.kit.client import aio_channel
+from services.update.bundle import pack_bundle
+from services.update.tuf_repo import ModelRepository
+
+pytestmark = pytest.mark.integration
+
+# Features in the occupancy manifest's order: temperature, humidity, light, co2, hour.
+OCCUPIED = [
+    22.5,
+    27.0,
+    520.0,
+    950.0,
+    math.sin(2 * math.pi * 14 / 24),
+    math.cos(2 * math.pi * 14 / 24),
+]
+
+
+def occupancy_version(tmp: Path, version: str, *, constant_vacant: bool = False) -> Path:
+    """The shipped occupancy model as another version; ``constant_vacant`` swaps in a
+    model that always answers "vacant" (same input and output names)."""
+    dst = tmp / f"occupancy-{version}"
+    shutil.copytree(shipped_models_dir() / "occupancy", dst)
+    raw = json.loads((dst / MANIFEST_FILE).read_text())
+    raw["version"] = version
+    if constant_vacant:
+        zeros = helper.make_tensor("w", TensorProto.FLOAT, [6, 2], [0.0] * 12)
+        bias = helper.make_tensor("b", TensorProto.FLOAT, [2], [5.0, -5.0])
+        graph = helper.make_graph(
+            [
+                helper.make_node("MatMul", ["features", "w"], ["m"]),
+                helper.make_node("Add", ["m", "b"], ["logits"]),
+                helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+            ],
+            "vacant",
+            [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 6])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
+            initializer=[zeros, bias],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+        for variant in list(raw["variants"]):
+            (dst / raw["variants"][variant]["file"]).unlink(missing_ok=True)
+        onnx.save(model, str(dst / "occupancy.onnx"))
+        digest = sha256_file(dst / "occupancy.onnx")
+        raw["file"], raw["sha256"] = "occupancy.onnx", digest
+        size = (dst / "occupancy.onnx").stat().st_size
+        raw["variants"] = {"fp32": {"file": "occupancy.onnx", "sha256": digest, "size_bytes": size}}
+    (dst / MANIFEST_FILE).write_text(json.dumps(raw))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("rollout")
+    repo = ModelRepository.create(tmp / "repo", tmp / "keys")
+    for version, bad in (("1.1.0", False), ("1.2.0", True)):
+        src = occupancy_version(tmp, version, constant_vacant=bad)
+        repo.publish("occupancy", pack_bundle(src, tmp / f"b-{version}.tar").path, version)
+    trusted = tmp / "trusted-root.json"
+    shutil.copy(repo.root_path, trusted)
+    st = Stack(tmp / "home", hub_id="rollout")
+    try:
+        st.start_service(Role.AUDIT)
+        st.start_service(Role.INFERENCE)
+        st.start_service(
+            Role.UPDATE,
+            {
+                "ROOST_UPDATE_TUF_SOURCE": str(tmp / "repo"),
+                "ROOST_UPDATE_TUF_TRUSTED_ROOT": str(trusted),
+                "ROOST_UPDATE_HEALTH_CHECK_SECONDS": "0.3",
+                "ROOST_UPDATE_MIN_COMPARED": "30",
+            },
+        )
+        yield st
+    finally:
+        st.stop()
+
+
+def channel(stack: Stack, server: Role, role: Role = Role.ADMIN) -> grpc.aio.Channel:
+    return aio_channel(
+        f"127.0.0.1:{stack.port_of(server)}",
+        certs_dir=stack.certs_dir,
+        role=role,
+        server_role=server,
+    )
+
+
+def predict_request(entity: str = "occupancy.kitchen") -> inf_pb.PredictRequest:
+    tensor = common_pb2.Tensor(dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[6], float_values=OCCUPIED)
+    return inf_pb.PredictRequest(model_name="occupancy", input=tensor, entity_id=entity)
+
+
+class Load:
+    """Continuous Predict calls as the hub would make them; counts failures."""
+
+    def __init__(self, stub: inf_grpc.InferenceServiceAsyncStub) -> None:
+        self.stub = stub
+        self.ok = 0
+        self.failed: list[str] = []
+        self.versions: list[tuple[float, str]] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                resp = await self.stub.Predict(predict_request(), timeout=2)
+                self.ok += 1
+                self.versions.append((time.monotonic(), resp.prediction.model.version))
+            except grpc.aio.AioRpcError as e:
+                self.failed.append(f"{e.code().name}: {e.details()}")
+            await asyncio.sleep(0.002)
+
+
+@pytest.fixture
+async def load(stack: Stack) -> AsyncIterator[Load]:
+    ch = channel(stack, Role.INFERENCE, Role.HUB)
+    load = Load(inf_grpc.InferenceServiceStub(ch))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(load.run(stop)) for _ in range(3)]
+    yield load
+    stop.set()
+    await asyncio.gather(*tasks)
+    await ch.close()
+
+
+async def wait_for(predicate: object, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if await predicate():  # type: ignore[operator]
+            return time.monotonic() - start
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+async def test_the_whole_rollout_under_load(stack: Stack, load: Load) -> None:
+    update = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE))
+    inference = inf_grpc.InferenceServiceStub(channel(stack, Role.INFERENCE, Role.HUB))
+
+    available = await update.CheckForUpdates(pb.CheckForUpdatesRequest(), timeout=30)
+    assert [(u.model.name, u.model.version) for u in available.updates] == [("occupancy", "1.2.0")]
+
+    staged = await update.Stage(
+        pb.StageRequest(model_name="occupancy", version="1.1.0"), timeout=60
+    )
+    assert staged.staged.slot == pb.SLOT_CANDIDATE
+    assert staged.staged.source == pb.SOURCE_TUF
+
+    await update.StartRollout(
+        pb.StartRolloutRequest(model_name="occupancy", stage=pb.ROLLOUT_STAGE_SHADOW), timeout=10
+    )
+
+    async def compared() -> bool:
+        s = await update.GetRolloutStatus(
+            pb.GetRolloutStatusRequest(model_name="occupancy"), timeout=5
+        )
+        return s.status.health.compared_predictions >= 30
+
+    await wait_for(compared, 20, "shadow comparisons")
+    status = (
+        await update.GetRolloutStatus(pb.GetRolloutStatusRequest(model_name="occupancy"), timeout=5)
+    ).status
+    assert status.stage == pb.ROLLOUT_STAGE_SHADOW
+    assert status.health.agreement == 1.0  # the same weights under a new version
+    assert {v for _, v in load.versions} == {"1.0.0"}  # shadow never answers
+
+    await update.StartRollout(
+        pb.StartRolloutRequest(
+            model_name="occupancy", stage=pb.ROLLOUT_STAGE_AB, candidate_share=0.5
+        ),
+        timeout=10,
+    )
+
+    async def split() -> bool:
+        batch = inf_pb.PredictBatchRequest(
+            model_name="occupancy",
+            inputs=[predict_request().input] * 200,
+            entity_ids=[f"occupancy.room{i}" for i in range(200)],
+        )
+        resp = await inference.PredictBatch(batch, timeout=5)
+        served = [p.model.version for p in resp.predictions]
+        return 60 <= served.count("1.1.0") <= 140 and served.count("1.0.0") > 0
+
+    await wait_for(split, 5, "A/B split of 200 entities near 50%")
+
+    await update.Promote(pb.PromoteRequest(model_name="occupancy"), timeout=10)
+
+    async def serving(version: str) -> bool:
+        return bool(load.versions) and load.versions[-1][1] == version
+
+    await wait_for(lambda: serving("1.1.0"), 5, "1.1.0 active")
+
+    rolled = await update.Rollback(
+        pb.RollbackRequest(model_name="occupancy", reason="integration test"), timeout=10
+    )
+    assert rolled.active.model.version == "1.0.0"
+    took = await wait_for(lambda: serving("1.0.0"), 5, "1.0.0 active again")
+    assert took <= 1.0, f"rollback took {took:.2f} s to reach inference"
+    await asyncio.sleep(0.2)
+    assert load.failed == []
+    assert load.ok > 100
+
+    steps = await audited_steps(stack)
+    assert [a for a, _ in steps][-5:] == [
+        "update.stage",
+        "update.shadow",
+        "update.ab",
+        "update.promote",
+        "update.rollback",
+    ]
+    assert steps[-1][1] == "integration test"
+
+
+async def audited_steps(stack: Stack) -> list[tuple[str, str]]:
+    audit = audit_grpc.AuditServiceStub(channel(stack, Role.AUDIT, Role.AUDITOR))
+    resp = await audit.QueryDecisions(
+        audit_pb.QueryDecisionsRequest(entity_id="roost.model.occupancy", page_size=100),
+        timeout=5,
+    )
+    return [(e.decision.action, e.decision.policy.reason) for e in resp.entries]
+
+
+async def test_a_bad_candidate_is_rolled_back_by_the_health_gate(stack: Stack, load: Load) -> None:
+    update = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE))
+    await update.Stage(pb.StageRequest(model_name="occupancy", version="1.2.0"), timeout=60)
+    await update.StartRollout(
+        pb.StartRolloutRequest(model_name="occupancy", stage=pb.ROLLOUT_STAGE_SHADOW), timeout=10
+    )
+
+    async def withdrawn() -> bool:
+        s = await update.GetRolloutStatus(
+            pb.GetRolloutStatusRequest(model_name="occupancy"), timeout=5
+        )
+        return not s.status.candidate.version
+
+    await wait_for(withdrawn, 30, "the health gate to roll back 1.2.0")
+    action, reason = (await audited_steps(stack))[-1]
+    assert action == "update.rollback"
+    assert "agrees with active" in reason
+    assert load.failed == []
+    assert {v for _, v in load.versions} == {"1.0.0"}
+
+
+async def test_refusals_are_precise(stack: Stack) -> None:
+    update = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE))
+    cases = [
+        (pb.StageRequest(model_name="occupancy", version="9.9.9"), grpc.StatusCode.NOT_FOUND),
+        (
+            pb.StageRequest(model_name="occupancy", version="1.0.0"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+        (pb.StageRequest(model_name="nope", version="1.0.0"), grpc.StatusCode.NOT_FOUND),
+        (pb.StageRequest(model_name="occupancy"), grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for request, code in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await update.Stage(request, timeout=30)
+        assert e.value.code() == code, (request, e.value.details())
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await update.Promote(pb.PromoteRequest(model_name="occupancy"), timeout=5)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    auditor = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE, Role.AUDITOR))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await auditor.Rollback(pb.RollbackRequest(model_name="occupancy"), timeout=5)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
