@@ -21,6 +21,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from hub.cli import main
 from hub.stack import Stack
 from models.manifest import MANIFEST_FILE, sha256_file, shipped_models_dir
 from roost.audit.v1 import audit_service_pb2 as audit_pb
@@ -31,7 +32,9 @@ from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
 from roost.update.v1 import update_service_pb2 as pb
 from roost.update.v1 import update_service_pb2_grpc as pb_grpc
 from services.kit.auth import Role
+from services.kit.certs import LOCAL_CANDIDATE_KEY
 from services.kit.client import aio_channel
+from services.update import local_key
 from services.update.bundle import pack_bundle
 from services.update.tuf_repo import ModelRepository
 
@@ -293,3 +296,58 @@ async def test_refusals_are_precise(stack: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await auditor.Rollback(pb.RollbackRequest(model_name="occupancy"), timeout=5)
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_local_candidates_need_the_hub_key_and_take_the_same_path(
+    stack: Stack, tmp_path: Path
+) -> None:
+    src = occupancy_version(tmp_path, "1.0.0.1")
+    bundle = pack_bundle(src, tmp_path / "local.tar").path.read_bytes()
+    key = local_key.load_private(stack.certs_dir / LOCAL_CANDIDATE_KEY)
+    good = local_key.sign(key, "occupancy", "1.0.0.1", bundle)
+    personalization = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE, Role.PERSONALIZATION))
+    forged = bytes(64)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await personalization.Stage(
+            pb.StageRequest(model_name="occupancy", local_bundle=bundle, local_signature=forged),
+            timeout=30,
+        )
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "does not verify" in (e.value.details() or "")
+    hub = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE, Role.HUB))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await hub.Stage(
+            pb.StageRequest(model_name="occupancy", local_bundle=bundle, local_signature=good),
+            timeout=30,
+        )
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await personalization.Stage(
+            pb.StageRequest(model_name="occupancy", version="1.1.0"), timeout=30
+        )
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    staged = await personalization.Stage(
+        pb.StageRequest(model_name="occupancy", local_bundle=bundle, local_signature=good),
+        timeout=30,
+    )
+    assert (staged.staged.model.version, staged.staged.source) == ("1.0.0.1", pb.SOURCE_LOCAL)
+    # Never straight to active: promotion needs shadow or A/B first.
+    update = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await update.Promote(pb.PromoteRequest(model_name="occupancy"), timeout=5)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await update.Rollback(pb.RollbackRequest(model_name="occupancy", reason="cleanup"), timeout=5)
+
+
+def test_the_models_cli(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    stack.write_stack_file()
+    home = ["--home", str(stack.home)]
+    assert main([*home, "models", "status", "occupancy"]) == 0
+    assert "occupancy  active 1.0.0" in capsys.readouterr().out
+    assert main([*home, "models", "history", "occupancy"]) == 0
+    out = capsys.readouterr().out
+    assert "update.promote" in out
+    assert "health gate" in out
+    assert main([*home, "models", "promote", "occupancy"]) == 2
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
