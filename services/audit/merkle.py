@@ -368,6 +368,32 @@ class CompactRange:
         self._hashes.append(h)
         self._size += 1
 
+    def extend(self, leaf_hashes: Iterable[bytes]) -> list[tuple[int, int, bytes]]:
+        """Appends many leaves (the store's hot path); returns ``(level, index, hash)`` of
+        every perfect subtree they complete above the leaves, bottom up per leaf.
+
+        Same result as :meth:`append` per leaf, without the per-leaf callback. On a
+        ValueError (a hash that is not 32 bytes) the range is partly extended: extend a
+        copy when that matters.
+        """
+        nodes: list[tuple[int, int, bytes]] = []
+        hashes = self._hashes
+        sha256 = hashlib.sha256
+        for leaf in leaf_hashes:
+            if len(leaf) != HASH_SIZE:
+                raise ValueError(f"leaf hash must be {HASH_SIZE} bytes, got {len(leaf)}")
+            h = leaf
+            index = self._size
+            level = 0
+            while index & 1:
+                h = sha256(_NODE_PREFIX + hashes.pop() + h).digest()
+                index >>= 1
+                level += 1
+                nodes.append((level, index, h))
+            hashes.append(bytes(h))
+            self._size += 1
+        return nodes
+
     def root(self) -> bytes:
         """``MTH`` of the covered leaves (:data:`EMPTY_ROOT` when empty); O(log n)."""
         if not self._hashes:

@@ -50,15 +50,7 @@ _BACKFILL_CHUNK: Final = 10_000
 
 def extend(compact: CompactRange, leaf_hashes: Iterable[bytes]) -> list[tuple[int, int, bytes]]:
     """Appends the leaves to ``compact`` (in place); returns the new ``tree_nodes`` rows."""
-    nodes: list[tuple[int, int, bytes]] = []
-
-    def visit(level: int, index: int, digest: bytes) -> None:
-        if level:
-            nodes.append((level, index, digest))
-
-    for digest in leaf_hashes:
-        compact.append(digest, visit)
-    return nodes
+    return compact.extend(leaf_hashes)
 
 
 def save_state(conn: sqlite3.Connection, compact: CompactRange) -> None:

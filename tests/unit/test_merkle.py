@@ -688,3 +688,19 @@ def test_proofs_need_logarithmically_many_nodes(size: int) -> None:
         calls.clear()
         consistency_proof(size1, size, get_node)
         assert len(calls) <= bound
+
+
+def test_extend_matches_append_leaf_by_leaf() -> None:
+    leaves = [hashlib.sha256(bytes([i])).digest() for i in range(77)]
+    one, many = CompactRange(), CompactRange()
+    many.extend(leaves[:5])
+    for leaf in leaves[:5]:
+        one.append(leaf)
+    visited: list[tuple[int, int, bytes]] = []
+    for leaf in leaves[5:]:
+        one.append(leaf, lambda level, index, h: visited.append((level, index, h)))
+    nodes = many.extend(leaves[5:])
+    assert one == many
+    assert nodes == [v for v in visited if v[0] > 0]
+    with pytest.raises(ValueError, match="32 bytes"):
+        CompactRange().extend([b"short"])

@@ -201,3 +201,19 @@ async def test_drain_times_out_when_audit_is_down() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert published == []
+
+
+def test_decision_ids_are_time_ordered_uuid7() -> None:
+    import time
+    import uuid
+
+    from hub.decisions import uuid7
+
+    first = uuid7()
+    time.sleep(0.002)
+    later = [uuid7() for _ in range(500)]
+    assert len(set(later)) == 500
+    assert all(first < x for x in later)  # a later millisecond sorts after
+    parsed = uuid.UUID(first)
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
