@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from hub.decisions import DecisionPipeline, Outgoing, Pending
+from hub.decisions import DecisionPipeline, Outgoing, Pending, uuid7
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as inf_pb
@@ -204,11 +205,6 @@ async def test_drain_times_out_when_audit_is_down() -> None:
 
 
 def test_decision_ids_are_time_ordered_uuid7() -> None:
-    import time
-    import uuid
-
-    from hub.decisions import uuid7
-
     first = uuid7()
     time.sleep(0.002)
     later = [uuid7() for _ in range(500)]
