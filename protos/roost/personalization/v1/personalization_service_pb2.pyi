@@ -21,6 +21,36 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _LabelSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LabelSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LabelSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LABEL_SOURCE_UNSPECIFIED: _LabelSource.ValueType  # 0
+    LABEL_SOURCE_FEEDBACK: _LabelSource.ValueType  # 1
+    """A homeowner pressed "that was wrong" and chose the right answer."""
+    LABEL_SOURCE_OVERRIDE: _LabelSource.ValueType  # 2
+    """A homeowner overrode what the hub did."""
+    LABEL_SOURCE_SENSOR: _LabelSource.ValueType  # 3
+    """A sensor the homeowner designated as ground truth (e.g. a presence sensor)."""
+    LABEL_SOURCE_IMPORT: _LabelSource.ValueType  # 4
+    """Imported from Home Assistant history."""
+
+class LabelSource(_LabelSource, metaclass=_LabelSourceEnumTypeWrapper):
+    """Where a label came from."""
+
+LABEL_SOURCE_UNSPECIFIED: LabelSource.ValueType  # 0
+LABEL_SOURCE_FEEDBACK: LabelSource.ValueType  # 1
+"""A homeowner pressed "that was wrong" and chose the right answer."""
+LABEL_SOURCE_OVERRIDE: LabelSource.ValueType  # 2
+"""A homeowner overrode what the hub did."""
+LABEL_SOURCE_SENSOR: LabelSource.ValueType  # 3
+"""A sensor the homeowner designated as ground truth (e.g. a presence sensor)."""
+LABEL_SOURCE_IMPORT: LabelSource.ValueType  # 4
+"""Imported from Home Assistant history."""
+Global___LabelSource: _TypeAlias = LabelSource  # noqa: Y015
+
 class _JobState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -66,6 +96,134 @@ MECHANISM_DP_SGD: Mechanism.ValueType  # 1
 MECHANISM_FEDERATED_DELTA: Mechanism.ValueType  # 2
 """Household-level clipped and noised federated delta."""
 Global___Mechanism: _TypeAlias = Mechanism  # noqa: Y015
+
+@_typing.final
+class RecordLabelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    decision_id: _builtins.str
+    """The decision being labelled (its inputs are read from the audit log)."""
+    label: _builtins.str
+    """The correct output label, one of the model's labels."""
+    source: Global___LabelSource.ValueType
+    def __init__(
+        self,
+        *,
+        decision_id: _builtins.str = ...,
+        label: _builtins.str = ...,
+        source: Global___LabelSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "label", b"label", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordLabelRequest: _TypeAlias = RecordLabelRequest  # noqa: Y015
+
+@_typing.final
+class RecordLabelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXAMPLE_ID_FIELD_NUMBER: _builtins.int
+    example_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        example_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["example_id", b"example_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordLabelResponse: _TypeAlias = RecordLabelResponse  # noqa: Y015
+
+@_typing.final
+class Example(_message.Message):
+    """One labelled input of a model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    """The correct output label, one of the model's labels."""
+    @_builtins.property
+    def input(self) -> _common_pb2.Tensor:
+        """The model input, exactly as Predict takes it."""
+
+    @_builtins.property
+    def observed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        input: _common_pb2.Tensor | None = ...,
+        label: _builtins.str = ...,
+        observed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "observed_at", b"observed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "label", b"label", "observed_at", b"observed_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Example: _TypeAlias = Example  # noqa: Y015
+
+@_typing.final
+class AddExamplesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    source: Global___LabelSource.ValueType
+    @_builtins.property
+    def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___Example]: ...
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        examples: _abc.Iterable[Global___Example] | None = ...,
+        source: Global___LabelSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["examples", b"examples", "model_name", b"model_name", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddExamplesRequest: _TypeAlias = AddExamplesRequest  # noqa: Y015
+
+@_typing.final
+class AddExamplesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDED_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    added: _builtins.int
+    """Examples stored (duplicates of stored ones are skipped)."""
+    total: _builtins.int
+    """Examples in the local store for this model after the call."""
+    def __init__(
+        self,
+        *,
+        added: _builtins.int = ...,
+        total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddExamplesResponse: _TypeAlias = AddExamplesResponse  # noqa: Y015
 
 @_typing.final
 class StartTrainingRequest(_message.Message):

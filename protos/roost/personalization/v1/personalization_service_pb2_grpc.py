@@ -66,6 +66,16 @@ class PersonalizationServiceStub:
                 request_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ComputeFederatedUpdateRequest.SerializeToString,
                 response_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ComputeFederatedUpdateResponse.FromString,
                 _registered_method=True)
+        self.RecordLabel = channel.unary_unary(
+                '/roost.personalization.v1.PersonalizationService/RecordLabel',
+                request_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.RecordLabelRequest.SerializeToString,
+                response_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.RecordLabelResponse.FromString,
+                _registered_method=True)
+        self.AddExamples = channel.unary_unary(
+                '/roost.personalization.v1.PersonalizationService/AddExamples',
+                request_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.AddExamplesRequest.SerializeToString,
+                response_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.AddExamplesResponse.FromString,
+                _registered_method=True)
 
 
 class PersonalizationServiceServicer:
@@ -115,6 +125,22 @@ class PersonalizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordLabel(self, request, context):
+        """Stores a homeowner's label for a logged decision ("that was wrong", an override):
+        the decision's inputs (from the audit log) become a labelled local example.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddExamples(self, request, context):
+        """Stores labelled examples the hub observed directly (e.g. a real presence sensor
+        labelling the occupancy model's inputs) or imported from Home Assistant history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersonalizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +173,16 @@ def add_PersonalizationServiceServicer_to_server(servicer, server):
                     servicer.ComputeFederatedUpdate,
                     request_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ComputeFederatedUpdateRequest.FromString,
                     response_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ComputeFederatedUpdateResponse.SerializeToString,
+            ),
+            'RecordLabel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordLabel,
+                    request_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.RecordLabelRequest.FromString,
+                    response_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.RecordLabelResponse.SerializeToString,
+            ),
+            'AddExamples': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddExamples,
+                    request_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.AddExamplesRequest.FromString,
+                    response_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.AddExamplesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +349,60 @@ class PersonalizationService:
             '/roost.personalization.v1.PersonalizationService/ComputeFederatedUpdate',
             roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ComputeFederatedUpdateRequest.SerializeToString,
             roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ComputeFederatedUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordLabel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roost.personalization.v1.PersonalizationService/RecordLabel',
+            roost_dot_personalization_dot_v1_dot_personalization__service__pb2.RecordLabelRequest.SerializeToString,
+            roost_dot_personalization_dot_v1_dot_personalization__service__pb2.RecordLabelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddExamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roost.personalization.v1.PersonalizationService/AddExamples',
+            roost_dot_personalization_dot_v1_dot_personalization__service__pb2.AddExamplesRequest.SerializeToString,
+            roost_dot_personalization_dot_v1_dot_personalization__service__pb2.AddExamplesResponse.FromString,
             options,
             channel_credentials,
             insecure,

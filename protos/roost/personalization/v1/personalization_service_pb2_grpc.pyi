@@ -47,6 +47,14 @@ class PersonalizationServiceStub:
     """Lists the ledger's mechanisms (every DP release), newest first."""
     ComputeFederatedUpdate: _grpc.UnaryUnaryMultiCallable[_personalization_service_pb2.ComputeFederatedUpdateRequest, _personalization_service_pb2.ComputeFederatedUpdateResponse]
     """Produces a clipped, noised model delta for a federated round (opt-in only)."""
+    RecordLabel: _grpc.UnaryUnaryMultiCallable[_personalization_service_pb2.RecordLabelRequest, _personalization_service_pb2.RecordLabelResponse]
+    """Stores a homeowner's label for a logged decision ("that was wrong", an override):
+    the decision's inputs (from the audit log) become a labelled local example.
+    """
+    AddExamples: _grpc.UnaryUnaryMultiCallable[_personalization_service_pb2.AddExamplesRequest, _personalization_service_pb2.AddExamplesResponse]
+    """Stores labelled examples the hub observed directly (e.g. a real presence sensor
+    labelling the occupancy model's inputs) or imported from Home Assistant history.
+    """
 
 @_typing.type_check_only
 class PersonalizationServiceAsyncStub(PersonalizationServiceStub):
@@ -67,6 +75,14 @@ class PersonalizationServiceAsyncStub(PersonalizationServiceStub):
     """Lists the ledger's mechanisms (every DP release), newest first."""
     ComputeFederatedUpdate: _aio.UnaryUnaryMultiCallable[_personalization_service_pb2.ComputeFederatedUpdateRequest, _personalization_service_pb2.ComputeFederatedUpdateResponse]  # type: ignore[assignment]
     """Produces a clipped, noised model delta for a federated round (opt-in only)."""
+    RecordLabel: _aio.UnaryUnaryMultiCallable[_personalization_service_pb2.RecordLabelRequest, _personalization_service_pb2.RecordLabelResponse]  # type: ignore[assignment]
+    """Stores a homeowner's label for a logged decision ("that was wrong", an override):
+    the decision's inputs (from the audit log) become a labelled local example.
+    """
+    AddExamples: _aio.UnaryUnaryMultiCallable[_personalization_service_pb2.AddExamplesRequest, _personalization_service_pb2.AddExamplesResponse]  # type: ignore[assignment]
+    """Stores labelled examples the hub observed directly (e.g. a real presence sensor
+    labelling the occupancy model's inputs) or imported from Home Assistant history.
+    """
 
 class PersonalizationServiceServicer(metaclass=_abc_1.ABCMeta):
     """On-device fine-tuning with differential privacy (Opacus DP-SGD) and the
@@ -120,5 +136,25 @@ class PersonalizationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_personalization_service_pb2.ComputeFederatedUpdateResponse, _abc.Awaitable[_personalization_service_pb2.ComputeFederatedUpdateResponse]]:
         """Produces a clipped, noised model delta for a federated round (opt-in only)."""
+
+    @_abc_1.abstractmethod
+    def RecordLabel(
+        self,
+        request: _personalization_service_pb2.RecordLabelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_personalization_service_pb2.RecordLabelResponse, _abc.Awaitable[_personalization_service_pb2.RecordLabelResponse]]:
+        """Stores a homeowner's label for a logged decision ("that was wrong", an override):
+        the decision's inputs (from the audit log) become a labelled local example.
+        """
+
+    @_abc_1.abstractmethod
+    def AddExamples(
+        self,
+        request: _personalization_service_pb2.AddExamplesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_personalization_service_pb2.AddExamplesResponse, _abc.Awaitable[_personalization_service_pb2.AddExamplesResponse]]:
+        """Stores labelled examples the hub observed directly (e.g. a real presence sensor
+        labelling the occupancy model's inputs) or imported from Home Assistant history.
+        """
 
 def add_PersonalizationServiceServicer_to_server(servicer: PersonalizationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
