@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-ha run test unit integration lint proto proto-check buf-lint bench models constraints clean
+.PHONY: help images setup setup-ha run test unit integration lint proto proto-check buf-lint bench models constraints clean
 
 help:
 	@echo "make run | test | lint | proto | proto-check | bench | models | clean"
@@ -67,6 +67,10 @@ constraints:
 	  echo '# Regenerate with: make constraints'; \
 	  $(BIN)/pip freeze --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu/torch==\1/' \
 	  | grep -viE '^(nvidia|triton|setuptools|pip)'; } > constraints.txt
+
+# Container images per role (needs docker, podman or buildah; explains otherwise).
+images:
+	./scripts/images.sh
 
 clean:
 	rm -rf var build .mypy_cache .ruff_cache .pytest_cache

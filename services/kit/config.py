@@ -41,6 +41,9 @@ class ServiceConfig:
     drain_delay_seconds: float = 0.0
     keepalive_time_seconds: float = 30.0
     keepalive_timeout_seconds: float = 10.0
+    # A plaintext port serving ONLY grpc.health.v1 (same status as the mTLS port), for
+    # probes that cannot present a client certificate (kubelet's gRPC probes); 0 = off.
+    health_port: int = 0
     # If set, the service writes {"port", "metrics_port", "pid"} here once serving.
     ready_file: Path | None = None
     log_level: str = "INFO"

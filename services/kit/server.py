@@ -72,6 +72,9 @@ class RoostServer:
             maximum_concurrent_rpcs=None,
         )
         self.port = 0
+        self.health_port = 0
+        # Health only, no TLS, no other service: for kubelet probes (config.health_port).
+        self._health_server: aio.Server | None = None
         self._stopping = False
 
     async def start(self) -> int:
@@ -98,6 +101,14 @@ class RoostServer:
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {address}")
         await self._server.start()
+        if self.config.health_port:
+            self._health_server = aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
+            health_address = f"{self.config.host}:{self.config.health_port}"
+            self.health_port = self._health_server.add_insecure_port(health_address)
+            if self.health_port == 0:
+                raise OSError(f"cannot bind health port {health_address}")
+            await self._health_server.start()
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("%s serving on %s:%d (mTLS)", self.role.value, self.config.host, self.port)
@@ -112,6 +123,8 @@ class RoostServer:
         if self.config.drain_delay_seconds > 0:
             await asyncio.sleep(self.config.drain_delay_seconds)
         await self._server.stop(self.config.grace_seconds if grace is None else grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         log.info("%s stopped", self.role.value)
 
     async def wait(self) -> None:

@@ -4,6 +4,7 @@ health and reflection, graceful stop."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -257,4 +258,35 @@ async def test_health_reflection_and_graceful_stop(tmp_path: Path) -> None:
     assert during.status == health_pb2.HealthCheckResponse.NOT_SERVING
     await stopping
     await channel.close()
+    registry.close()
+
+
+async def test_plaintext_health_port_serves_only_health(tmp_path: Path) -> None:
+    registry = ModelRegistry()
+    registry.put(linear_model(tmp_path, [1.0]))
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    health_port = free.getsockname()[1]
+    free.close()
+    server = await start(tmp_path, registry, health_port=health_port, drain_delay_seconds=0.5)
+    assert server.health_port == health_port
+    plain = grpc.aio.insecure_channel(f"127.0.0.1:{health_port}")
+    health = health_pb2_grpc.HealthStub(plain)
+    ok = await health.Check(health_pb2.HealthCheckRequest(service=NAME), timeout=5)
+    assert ok.status == health_pb2.HealthCheckResponse.SERVING
+    # Nothing but health on the plaintext port.
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await pb_grpc.InferenceServiceStub(plain).ListModels(pb.ListModelsRequest(), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # The real port still refuses plaintext callers.
+    with pytest.raises(grpc.aio.AioRpcError):
+        await health_pb2_grpc.HealthStub(
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+        ).Check(health_pb2.HealthCheckRequest(), timeout=2)
+    stopping = asyncio.create_task(server.stop())
+    await asyncio.sleep(0.2)
+    during = await health.Check(health_pb2.HealthCheckRequest(service=NAME), timeout=5)
+    assert during.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    await stopping
+    await plain.close()
     registry.close()
