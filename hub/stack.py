@@ -175,7 +175,7 @@ class Stack:
         """Registry location and peer addresses of the services that need them."""
         prefix = f"ROOST_{role.value.upper()}_"
         env: dict[str, str] = {}
-        if role in (Role.INFERENCE, Role.UPDATE):
+        if role in (Role.INFERENCE, Role.UPDATE, Role.PERSONALIZATION):
             env[prefix + "REGISTRY_ROOT"] = str(self.models_dir)
         if role in (Role.UPDATE, Role.PERSONALIZATION):
             for peer in (Role.AUDIT, Role.INFERENCE, Role.UPDATE):

@@ -44,7 +44,8 @@ _READERS = frozenset({Role.HUB, Role.UPDATE, Role.AUDITOR, Role.ADMIN})
 POLICY: Policy = {
     _SVC + "AppendDecisions": _WRITERS,
     _SVC + "QueryDecisions": _READERS,
-    _SVC + "GetDecision": _READERS,
+    # Personalization reads the inputs of a decision a homeowner labelled.
+    _SVC + "GetDecision": _READERS | {Role.PERSONALIZATION},
     _SVC + "GetCheckpoint": _READERS,
     _SVC + "GetInclusionProof": _READERS,
     _SVC + "GetConsistencyProof": _READERS,
