@@ -131,6 +131,7 @@ class Hub:
             audit=self.audit,
             publish=self.publisher,
             predict_deadline=config.predict_deadline_seconds,
+            explain_top_k=config.explain_top_k,
             audit_deadline=config.audit_deadline_seconds,
             max_pending=config.max_pending,
             max_batch=config.max_batch,

@@ -22,6 +22,8 @@ class HubConfig:
     metrics_port: int = 0
     # Deadlines of the calls on the decision path.
     predict_deadline_seconds: float = 0.5
+    # Occlusion attributions recorded with each decision (its "why"); 0 = none.
+    explain_top_k: int = 3
     audit_deadline_seconds: float = 2.0
     # Readings larger than this are dropped (counted, logged once per topic).
     max_payload_bytes: int = 1024

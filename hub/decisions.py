@@ -132,8 +132,11 @@ class DecisionPipeline:
         max_batch: int,
         on_overflow: Callable[[], None],
         max_in_flight: int = 4,
+        explain_top_k: int = 3,
     ) -> None:
         self._hub_id = hub_id
+        # Attributions recorded with each decision (its "why"); 0 records none.
+        self._explain_top_k = explain_top_k
         self._inference = inference
         self._audit = audit
         self._publish = publish
@@ -284,7 +287,10 @@ class DecisionPipeline:
         self, model: str, tensors: list[common_pb2.Tensor], entity_ids: list[str]
     ) -> inf_pb.PredictBatchResponse | None:
         request = inf_pb.PredictBatchRequest(
-            model_name=model, inputs=tensors, entity_ids=entity_ids
+            model_name=model,
+            inputs=tensors,
+            entity_ids=entity_ids,
+            explain_top_k=self._explain_top_k,
         )
         delay = 0.05
         for attempt in range(PREDICT_ATTEMPTS):
@@ -324,6 +330,7 @@ class DecisionPipeline:
             output_values=list(pred.values),
             output_label=pred.label,
             confidence=pred.confidence,
+            explanation=list(pred.attributions),
             policy=REPORT_ONLY,
             action="publish",
             actor=audit_pb.ACTOR_AUTOMATIC,
@@ -371,5 +378,25 @@ def _payload(p: Pending, d: audit_pb.Decision, index: int) -> bytes:
         "decided_at": d.decided_at.ToDatetime(UTC).isoformat(),
         "reading_ts": p.reading_ts,
         "trigger_id": p.trigger_id,
+        "why": why_text(d.explanation),
+        "explanation": [
+            {"feature": a.feature, "attribution": round(a.attribution, 6)} for a in d.explanation
+        ],
     }
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def why_text(explanation: Sequence[common_pb2.FeatureAttribution]) -> str:
+    """A plain-language reason from the top attributions, e.g. "mostly light (raised
+    it by 0.41), then co2 (raised it by 0.12)"; empty without attributions."""
+    parts = []
+    for a in explanation:
+        if abs(a.attribution) < 1e-6:
+            continue
+        verb = "raised" if a.attribution > 0 else "lowered"
+        parts.append(f"{a.feature.replace('_', ' ')} ({verb} it by {abs(a.attribution):.2g})")
+    if not parts:
+        return ""
+    if len(parts) == 1:
+        return f"mostly {parts[0]}"
+    return f"mostly {parts[0]}, then " + ", ".join(parts[1:])

@@ -212,7 +212,39 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 to_candidate = [serving.routes_to_candidate(e) for e in request.entity_ids]
             predictions, active_out = await self._predict_routed(serving, batch, to_candidate)
         self._monitor.after(serving, batch, active_out)
+        if request.explain_top_k < 0:
+            raise InvalidArgument("explain_top_k: must be >= 0")
+        if request.explain_top_k:
+            await self._explain_each(serving, model, batch, predictions, request.explain_top_k)
         return pb.PredictBatchResponse(model=model_ref(m), predictions=predictions)
+
+    async def _explain_each(
+        self,
+        serving: Serving,
+        default: LoadedModel,
+        batch: npt.NDArray[np.generic],
+        predictions: list[pb.Prediction],
+        top_k: int,
+    ) -> None:
+        """Adds the top-k occlusion attributions to each prediction, computed with the
+        version that produced it, in one session.run per version."""
+        by_version: dict[str, list[int]] = {}
+        for i, p in enumerate(predictions):
+            by_version.setdefault(p.model.version, []).append(i)
+        for version, rows in by_version.items():
+            model = default if version == default.manifest.version else serving.version(version)
+            m = model.manifest
+            width = len(m.input.features) + 1
+            occluded = np.concatenate([occlusion_batch(m, batch[i]) for i in rows])
+            out = await self._registry.run(model, occluded)
+            names = m.input.feature_names()
+            for j, i in enumerate(rows):
+                _, scores = attributions(m, out[j * width : (j + 1) * width])
+                ranked = sorted(zip(names, scores, strict=True), key=lambda p: -abs(p[1]))
+                predictions[i].attributions.extend(
+                    common_pb2.FeatureAttribution(feature=f, attribution=a)
+                    for f, a in ranked[:top_k]
+                )
 
     async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:
         model = self._model(request.model_name, request.version)

@@ -64,6 +64,15 @@ async def test_readings_become_recorded_published_decisions(stack: Stack) -> Non
             "co2",
         ]
         assert len(entry.decision.inputs_digest) == 64
+        # The grounds of the decision: its top occlusion attributions, recorded and
+        # published with a plain-language "why".
+        recorded = [(a.feature, round(a.attribution, 6)) for a in entry.decision.explanation]
+        assert len(recorded) == 3
+        assert recorded == [(a["feature"], a["attribution"]) for a in d["explanation"]]
+        assert d["why"].startswith("mostly ")
+    # Light drives the daytime occupancy decision most.
+    assert day["explanation"][0]["feature"] == "light"
+    assert day["explanation"][0]["attribution"] > 0
 
 
 async def test_bad_readings_are_counted_dropped_and_hub_keeps_deciding(stack: Stack) -> None:

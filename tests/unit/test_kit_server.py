@@ -290,3 +290,31 @@ async def test_plaintext_health_port_serves_only_health(tmp_path: Path) -> None:
     await stopping
     await plain.close()
     registry.close()
+
+
+async def test_predict_batch_explains_each_prediction_like_explain(
+    served: tuple[RoostServer, Path],
+) -> None:
+    server, certs = served
+    s = stub(server, certs, Role.HUB)
+    inputs = [tensor([2.0, 5.0, 0.5]), tensor([-1.0, 3.0, 4.0])]
+    batch = await s.PredictBatch(
+        pb.PredictBatchRequest(model_name="linear", inputs=inputs, explain_top_k=2), timeout=5
+    )
+    for t, p in zip(inputs, batch.predictions, strict=True):
+        single = await s.Explain(
+            pb.ExplainRequest(model_name="linear", input=t, top_k=2), timeout=5
+        )
+        got = [(a.feature, a.attribution) for a in p.attributions]
+        want = [(a.feature, a.attribution) for a in single.attributions]
+        assert [f for f, _ in got] == [f for f, _ in want]
+        assert [a for _, a in got] == pytest.approx([a for _, a in want], abs=1e-6)
+        assert len(got) == 2
+        assert "f1" not in [f for f, _ in got]  # the ignored feature ranks last
+    plain = await s.PredictBatch(pb.PredictBatchRequest(model_name="linear", inputs=inputs))
+    assert all(not p.attributions for p in plain.predictions)
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await s.PredictBatch(
+            pb.PredictBatchRequest(model_name="linear", inputs=inputs, explain_top_k=-1)
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT

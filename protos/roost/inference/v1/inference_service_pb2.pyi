@@ -101,6 +101,7 @@ class Prediction(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    ATTRIBUTIONS_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """Top class name for classifiers; empty for regressors."""
     confidence: _builtins.float
@@ -116,6 +117,10 @@ class Prediction(_message.Message):
         from the response-level `model` (which is always the active version).
         """
 
+    @_builtins.property
+    def attributions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.FeatureAttribution]:
+        """Largest occlusion attributions first; only when the request asked for them."""
+
     def __init__(
         self,
         *,
@@ -123,10 +128,11 @@ class Prediction(_message.Message):
         label: _builtins.str = ...,
         confidence: _builtins.float = ...,
         model: _common_pb2.ModelRef | None = ...,
+        attributions: _abc.Iterable[_common_pb2.FeatureAttribution] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "label", b"label", "model", b"model", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributions", b"attributions", "confidence", b"confidence", "label", b"label", "model", b"model", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -196,9 +202,14 @@ class PredictBatchRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     ENTITY_IDS_FIELD_NUMBER: _builtins.int
+    EXPLAIN_TOP_K_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     version: _builtins.str
     """Exact version; empty means the active version."""
+    explain_top_k: _builtins.int
+    """When > 0, each prediction carries its `explain_top_k` largest occlusion
+    attributions (as Explain computes them), from the model that produced it.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]: ...
     @_builtins.property
@@ -212,10 +223,11 @@ class PredictBatchRequest(_message.Message):
         version: _builtins.str = ...,
         inputs: _abc.Iterable[_common_pb2.Tensor] | None = ...,
         entity_ids: _abc.Iterable[_builtins.str] | None = ...,
+        explain_top_k: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_ids", b"entity_ids", "inputs", b"inputs", "model_name", b"model_name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_ids", b"entity_ids", "explain_top_k", b"explain_top_k", "inputs", b"inputs", "model_name", b"model_name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
