@@ -25,14 +25,14 @@ from typing import TypeVar
 from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit.bundle import ExportFilters, iter_bundle
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
-from services.audit.records import PreparedRecord, prepare
+from services.audit.records import Appended, PreparedRecord, prepare
 from services.audit.store import AuditStore
 from services.kit.errors import ResourceExhausted, Unavailable
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-AppendOutcome = tuple[list[pb.AppendResult], int]
+AppendOutcome = tuple[list[Appended], int]
 
 
 # Requests up to this many decisions are prepared on the event loop (about 10 us each);
@@ -136,8 +136,13 @@ class AuditLog:
     ) -> None:
         await self.close()
 
-    async def append(self, decisions: Sequence[pb.Decision]) -> AppendOutcome:
+    async def append(
+        self, decisions: Sequence[pb.Decision], *, consume: bool = False
+    ) -> AppendOutcome:
         """Durably appends ``decisions`` (see ``AuditStore.append``); group-committed.
+
+        ``consume``: the decisions are not used afterwards (a gRPC request's), so their
+        ``inputs`` may be cleared in place instead of copying each message.
 
         If the caller is cancelled after its group started, the decisions may still be
         logged; retrying is safe (appends are idempotent by decision_id).
@@ -148,9 +153,11 @@ class AuditLog:
             raise ResourceExhausted("audit log: too many pending appends; retry later")
         loop = asyncio.get_running_loop()
         if len(decisions) <= _INLINE_PREPARE_MAX:
-            records = prepare(decisions)
+            records = prepare(decisions, consume=consume)
         else:
-            records = await loop.run_in_executor(self._preparer, prepare, decisions)
+            records = await loop.run_in_executor(
+                self._preparer, functools.partial(prepare, decisions, consume=consume)
+            )
             if self._closed:
                 raise Unavailable("audit log: closed")
         future: asyncio.Future[AppendOutcome] = loop.create_future()
@@ -396,7 +403,7 @@ class AuditLog:
 
     def _commit_group(
         self, batches: list[list[PreparedRecord]]
-    ) -> tuple[list[list[pb.AppendResult]], int]:
+    ) -> tuple[list[list[Appended]], int]:
         """Writer thread: one transaction for the whole group."""
         outcome = self._writer_store.append_prepared(batches)
         if any(batches):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from roost.audit.v1 import audit_service_pb2 as pb
@@ -21,6 +22,17 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 # google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
+
+
+@dataclass(slots=True)
+class Appended:
+    """The outcome of appending one decision (``AppendResult`` without the protobuf cost;
+    the servicer builds the message on the event loop, off the writer thread)."""
+
+    decision_id: str
+    index: int
+    leaf_hash: bytes
+    already_logged: bool = False
 
 
 class PreparedRecord(NamedTuple):
@@ -75,18 +87,24 @@ def validate_decision(d: pb.Decision, where: str) -> None:
 
 
 def prepare(
-    decisions: Sequence[pb.Decision], field: str = "decisions", *, admin: bool = False
+    decisions: Sequence[pb.Decision],
+    field: str = "decisions",
+    *,
+    admin: bool = False,
+    consume: bool = False,
 ) -> list[PreparedRecord]:
     """Validates every decision (nothing is returned if any is invalid) and derives the rows.
 
     Errors name the field as ``{field}[i].name``. The caller's messages are not
     modified; a missing ``inputs_digest`` is filled in on a copy. Only the audit
-    service itself (``admin``) may write ``ACTOR_ADMIN`` entries.
+    service itself (``admin``) may write ``ACTOR_ADMIN`` entries. With ``consume`` the
+    decisions' ``inputs`` are cleared in place (faster; for messages used only once,
+    such as a gRPC request's).
     """
     prepared: list[PreparedRecord] = []
     for i, d in enumerate(decisions):
         try:
-            prepared.append(_prepare_one(d, admin))
+            prepared.append(_prepare_one(d, admin, consume))
         except _Invalid as exc:
             raise InvalidArgument(f"{field}[{i}].{exc.field}: {exc.problem}") from None
     return prepared
@@ -101,10 +119,11 @@ class _Invalid(Exception):
         self.problem = problem
 
 
-def _prepare_one(d: pb.Decision, admin: bool = False) -> PreparedRecord:
+def _prepare_one(d: pb.Decision, admin: bool = False, consume: bool = False) -> PreparedRecord:
     """Validates ``d`` and derives its row (hot path: each field is read once).
 
-    ``admin`` allows ``ACTOR_ADMIN`` entries (the log's own records, see erasure.py).
+    ``admin`` allows ``ACTOR_ADMIN`` entries (the log's own records, see erasure.py);
+    ``consume`` lets it clear ``d.inputs`` in place (the message is not used afterwards).
     """
     decision_id = d.decision_id
     if not decision_id:
@@ -142,8 +161,11 @@ def _prepare_one(d: pb.Decision, admin: bool = False) -> PreparedRecord:
         computed = hashlib.sha256(inputs).hexdigest()
         if digest and digest != computed:
             raise _Invalid("inputs_digest", "does not match inputs")
-        stripped = pb.Decision()
-        stripped.CopyFrom(d)
+        # ``consume``: strip the caller's own message (a gRPC request) instead of a copy.
+        stripped = d
+        if not consume:
+            stripped = pb.Decision()
+            stripped.CopyFrom(d)
         stripped.ClearField("inputs")
         if not digest:
             stripped.inputs_digest = computed

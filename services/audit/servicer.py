@@ -116,10 +116,19 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             raise InvalidArgument(
                 f"decisions: {n} decisions, at most {self._max_append_batch} per request"
             )
-        results, size = await self._log.append(request.decisions)
+        results, size = await self._log.append(request.decisions, consume=True)
         APPENDED.inc(sum(1 for r in results if not r.already_logged))
         LOG_SIZE.set(size)
-        return pb.AppendDecisionsResponse(results=results, tree_size=size)
+        response = pb.AppendDecisionsResponse(tree_size=size)
+        add = response.results.add
+        for r in results:
+            add(
+                decision_id=r.decision_id,
+                index=r.index,
+                leaf_hash=r.leaf_hash,
+                already_logged=r.already_logged,
+            )
+        return response
 
     async def QueryDecisions(
         self, request: pb.QueryDecisionsRequest, context: Any

@@ -12,6 +12,8 @@ Schema v2 adds the Merkle tree (see ``services.audit.tree``): ``tree_nodes``,
 ``tree_state`` and ``checkpoints``, backfilled from ``entries.leaf_hash`` in ``idx``
 order on upgrade. Appends write entries, tree nodes and tree state in ONE transaction.
 
+Schema v4 stores only tree nodes of 16 leaves and up (see ``services.audit.tree``).
+
 Schema v3 adds ``inputs.erased_by``: the leaf index of the log entry that erased the
 inputs (a redaction or a retention run, see ``services.audit.erasure``). The writer
 runs with ``secure_delete`` so erased bytes are overwritten, not left in free pages.
@@ -35,7 +37,7 @@ from typing import Any, Final, TypeGuard, TypeVar
 from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit import erasure, tree
 from services.audit.merkle import CompactRange
-from services.audit.records import PreparedRecord, prepare
+from services.audit.records import Appended, PreparedRecord, prepare
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 
 logger = logging.getLogger(__name__)
@@ -89,10 +91,14 @@ _MIGRATIONS: Final[tuple[tuple[_Step, ...], ...]] = (
         "DROP INDEX IF EXISTS entries_model",
         "DROP INDEX IF EXISTS entries_action",
     ),
+    (
+        # Subtrees of fewer than 16 leaves are recomputed from the leaves on demand.
+        "DELETE FROM tree_nodes WHERE level < 4",  # tree.STORED_MIN_LEVEL
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
-_ENTRY_COLUMNS: Final = (
+ENTRY_COLUMNS: Final = (
     "idx, decision_id, decided_at_us, entity_id, model_name, model_version, action,"
     " record, leaf_hash, appended_at_us"
 )
@@ -258,7 +264,7 @@ class AuditStore:
             conn.execute("COMMIT")
         return compact
 
-    def append(self, decisions: Sequence[pb.Decision]) -> tuple[list[pb.AppendResult], int]:
+    def append(self, decisions: Sequence[pb.Decision]) -> tuple[list[Appended], int]:
         """Validates all decisions, then appends them in one durable transaction.
 
         Idempotent by decision_id: an id already logged (or repeated within the batch)
@@ -270,7 +276,7 @@ class AuditStore:
 
     def append_prepared(
         self, batches: Sequence[Sequence[PreparedRecord]]
-    ) -> tuple[list[list[pb.AppendResult]], int]:
+    ) -> tuple[list[list[Appended]], int]:
         """Appends several already validated batches in ONE transaction (group commit).
 
         Results are per batch, parallel to it. A decision_id appearing in an earlier
@@ -282,7 +288,7 @@ class AuditStore:
         results = self._write(lambda: self._append_in_tx(flat))
         tree_size = self._compact.size
         logger.debug("audit append: %d records, tree size %d", len(flat), tree_size)
-        out: list[list[pb.AppendResult]] = []
+        out: list[list[Appended]] = []
         start = 0
         for batch in batches:
             out.append(results[start : start + len(batch)])
@@ -412,7 +418,7 @@ class AuditStore:
             self._pending_compact = None
         return result
 
-    def _append_in_tx(self, flat: Sequence[PreparedRecord]) -> list[pb.AppendResult]:
+    def _append_in_tx(self, flat: Sequence[PreparedRecord]) -> list[Appended]:
         """Inside ``_write``: appends the new records (entries, inputs, tree nodes, state)."""
         current = self._pending_compact or self._compact
         first_idx = self.size()
@@ -426,18 +432,18 @@ class AuditStore:
         conn.execute("SAVEPOINT append_fast")
         try:
             results, entry_rows, input_rows = _assign(flat, {}, first_idx)
-            self._insert("entries", _ENTRY_COLUMNS, entry_rows)
+            self._insert("entries", ENTRY_COLUMNS, entry_rows)
         except sqlite3.IntegrityError:
             conn.execute("ROLLBACK TO append_fast")
             known = self._lookup({rec.decision_id for rec in flat})
             results, entry_rows, input_rows = _assign(flat, known, first_idx)
-            self._insert("entries", _ENTRY_COLUMNS, entry_rows)
+            self._insert("entries", ENTRY_COLUMNS, entry_rows)
         finally:
             conn.execute("RELEASE append_fast")
         if not entry_rows:
             return results
         compact = current.copy()
-        # Column 8 of an entry row is its leaf hash (_ENTRY_COLUMNS order).
+        # Column 8 of an entry row is its leaf hash (ENTRY_COLUMNS order).
         nodes = tree.extend(compact, (row[8] for row in entry_rows))
         self._insert("inputs", _INPUT_COLUMNS, input_rows)
         self._insert("tree_nodes", "level, idx, hash", nodes)
@@ -582,14 +588,14 @@ class AuditStore:
 
 def _assign(
     flat: Sequence[PreparedRecord], known: dict[str, tuple[int, bytes]], next_idx: int
-) -> tuple[list[pb.AppendResult], list[tuple[Any, ...]], list[tuple[int, bytes]]]:
+) -> tuple[list[Appended], list[tuple[Any, ...]], list[tuple[int, bytes]]]:
     """Gives each new decision_id the next leaf index; returns results and rows to insert.
 
     ``known`` maps already logged ids to (index, leaf hash); it is extended in place so
     that an id repeated later in ``flat`` resolves to its first occurrence.
     """
     appended_at_us = time.time_ns() // 1000
-    results: list[pb.AppendResult] = []
+    results: list[Appended] = []
     entry_rows: list[tuple[Any, ...]] = []
     input_rows: list[tuple[int, bytes]] = []
     for rec in flat:
@@ -598,22 +604,16 @@ def _assign(
             idx, digest = existing
             if digest != rec.leaf_hash:
                 logger.warning("audit append: retry of index %d with different content", idx)
-            results.append(
-                pb.AppendResult(
-                    decision_id=rec.decision_id, index=idx, leaf_hash=digest, already_logged=True
-                )
-            )
+            results.append(Appended(rec.decision_id, idx, digest, True))
             continue
         idx = next_idx
         next_idx += 1
         known[rec.decision_id] = (idx, rec.leaf_hash)
-        # Column order of _ENTRY_COLUMNS.
+        # Column order of ENTRY_COLUMNS.
         entry_rows.append((idx, *rec[:8], appended_at_us))
         if rec.inputs is not None:
             input_rows.append((idx, rec.inputs))
-        results.append(
-            pb.AppendResult(decision_id=rec.decision_id, index=idx, leaf_hash=rec.leaf_hash)
-        )
+        results.append(Appended(rec.decision_id, idx, rec.leaf_hash))
     return results, entry_rows, input_rows
 
 

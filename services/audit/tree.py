@@ -1,8 +1,11 @@
 """The audit log's Merkle tree kept in SQLite next to the entries (schema v2).
 
 * ``tree_nodes(level, idx, hash)``: the hash of every completed perfect subtree of
-  ``2**level`` leaves (``level >= 1``) starting at leaf ``idx * 2**level``. Leaves
-  (level 0) are not duplicated: they are ``entries.leaf_hash``.
+  ``2**level`` leaves with ``level >= STORED_MIN_LEVEL`` (4: subtrees of 16 leaves and
+  up), starting at leaf ``idx * 2**level``. Smaller subtrees are recomputed from their
+  leaves (``entries.leaf_hash``, one range read of at most 8 leaves, at most 7 hashes) when a proof
+  needs them: that keeps about one tree row per 8 leaves instead of one per leaf, which
+  is most of the append cost of the tree, for a few microseconds per proof.
 * ``tree_state``: one row, the tree size and the serialized :class:`CompactRange` of
   ``[0, size)``, so opening the store never rehashes the log.
 * ``checkpoints(size, note, created_at_us)``: signed checkpoints issued so far.
@@ -45,12 +48,14 @@ TREE_SCHEMA: Final[tuple[str, ...]] = (
 )
 
 _NODE_INSERT: Final = "INSERT INTO tree_nodes (level, idx, hash) VALUES (?, ?, ?)"
+# Perfect subtrees below this level are not stored (recomputed from leaves on demand).
+STORED_MIN_LEVEL: Final = 4
 _BACKFILL_CHUNK: Final = 10_000
 
 
 def extend(compact: CompactRange, leaf_hashes: Iterable[bytes]) -> list[tuple[int, int, bytes]]:
     """Appends the leaves to ``compact`` (in place); returns the new ``tree_nodes`` rows."""
-    return compact.extend(leaf_hashes)
+    return [node for node in compact.extend(leaf_hashes) if node[0] >= STORED_MIN_LEVEL]
 
 
 def save_state(conn: sqlite3.Connection, compact: CompactRange) -> None:
@@ -110,17 +115,33 @@ class SqliteTree:
         self._conn = conn
 
     def get_node(self, level: int, index: int) -> bytes:
-        if level == 0:
-            row = self._conn.execute(
-                "SELECT leaf_hash FROM entries WHERE idx = ?", (index,)
-            ).fetchone()
-        else:
-            row = self._conn.execute(
-                "SELECT hash FROM tree_nodes WHERE level = ? AND idx = ?", (level, index)
-            ).fetchone()
+        if level < STORED_MIN_LEVEL:
+            return self._small_subtree(level, index)
+        row = self._conn.execute(
+            "SELECT hash FROM tree_nodes WHERE level = ? AND idx = ?", (level, index)
+        ).fetchone()
         if row is None:
             raise FailedPrecondition(f"audit database: tree node ({level}, {index}) is missing")
         return bytes(row[0])
+
+    def _small_subtree(self, level: int, index: int) -> bytes:
+        """A perfect subtree below STORED_MIN_LEVEL, folded from its leaves."""
+        start = index << level
+        count = 1 << level
+        leaves = [
+            bytes(row[0])
+            for row in self._conn.execute(
+                "SELECT leaf_hash FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, start + count),
+            )
+        ]
+        if len(leaves) != count:
+            raise FailedPrecondition(
+                f"audit database: leaves {start}..{start + count - 1} are missing"
+            )
+        while len(leaves) > 1:
+            leaves = [node_hash(leaves[i], leaves[i + 1]) for i in range(0, len(leaves), 2)]
+        return leaves[0]
 
     def root(self, size: int, current: CompactRange) -> bytes:
         """``MTH(D[0:size])`` for ``0 <= size <= current.size`` (checked by the caller)."""

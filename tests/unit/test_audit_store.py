@@ -370,3 +370,11 @@ def test_query_newest_first_pages_backwards(store: AuditStore) -> None:
     _, token = store.query(None, None, page_size=1, newest_first=True)
     with pytest.raises(InvalidArgument, match="filters"):
         store.query(None, None, page_size=1, page_token=token)
+
+
+def test_consuming_prepare_gives_the_same_records() -> None:
+    kept = [decision(i) for i in range(3)] + [decision(9, with_inputs=False)]
+    consumed = [pb.Decision.FromString(d.SerializeToString()) for d in kept]
+    assert records.prepare(consumed, consume=True) == records.prepare(kept)
+    assert all(d.HasField("inputs") for d in kept[:3])  # not consumed: untouched
+    assert not any(d.HasField("inputs") for d in consumed)
