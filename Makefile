@@ -55,6 +55,7 @@ bench: setup
 	$(PY) -m bench.models
 	$(PY) -m bench.e2e
 	$(PY) -m bench.audit
+	$(PY) -m bench.update
 
 # Retrain every shipped model from ../shared/data (needs torch: the 'train' extra).
 models: setup
