@@ -56,6 +56,7 @@ bench: setup
 	$(PY) -m bench.e2e
 	$(PY) -m bench.audit
 	$(PY) -m bench.update
+	$(PY) -m bench.personalization
 
 # Retrain every shipped model from ../shared/data (needs torch: the 'train' extra).
 models: setup
