@@ -43,8 +43,8 @@ def statement(name: str, version: str, bundle_sha256: str) -> bytes:
 def local_version(base_version: str, n: int) -> str:
     """The version of the ``n``-th local candidate derived from ``base_version``
     (``1.0.0`` -> ``1.0.0.3``): it sorts after its base and before the next release."""
-    parts = parse_version(base_version)
-    if len(parts) != 3:
+    parse_version(base_version)  # validates
+    if len(base_version.split(".")) != 3:
         raise InvalidArgument(f"version: local candidates derive from x.y.z, not {base_version}")
     if n < 1:
         raise InvalidArgument("n: must be >= 1")
@@ -52,7 +52,8 @@ def local_version(base_version: str, n: int) -> str:
 
 
 def is_local_version(version: str) -> bool:
-    return len(parse_version(version)) == 4
+    parse_version(version)  # validates
+    return len(version.split(".")) == 4
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:
