@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.set_defaults(func=_cmd_certs)
 
     serve = sub.add_parser("serve", help="run one process (for k3s and manual setups)")
-    serve.add_argument("role", choices=["hub", "inference", "audit", "update"])
+    serve.add_argument("role", choices=["hub", "inference", "audit", "update", "personalization"])
     serve.set_defaults(func=_cmd_serve)
 
     sim = sub.add_parser("simulate", help="replay a household stream to MQTT", add_help=False)

@@ -1,0 +1,310 @@
+"""gRPC servicer of the personalization service: labels in, DP fine-tuning, the ledger out.
+
+Privacy reasoning of the API:
+
+* Household values come in through exactly two doors, both hub-only: ``RecordLabel``
+  (a homeowner's correction; the inputs are read from the audit log, where they were
+  stored when the decision was made) and ``AddExamples`` (labelled readings the hub
+  observed). They go straight into the local example store. Errors name fields, never
+  values; nothing logs them; metrics carry model and scope names only.
+* A decision whose stored inputs were erased (right to erasure, or past the audit
+  retention) cannot become an example: the erasure is honoured here too.
+* Only examples of models this service can personalize (occupancy, routine) are kept:
+  data that could never be used is not collected.
+* ``StartTraining`` charges the household's privacy budget before any training (see
+  ``services.personalization.jobs``); the budget and every charge are readable by the
+  household's roles and auditors (``GetPrivacyBudget``, ``ListLedgerEntries``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import grpc
+import numpy as np
+
+from roost.audit.v1 import audit_service_pb2 as audit_pb
+from roost.common.v1 import common_pb2
+from roost.personalization.v1 import personalization_service_pb2 as pb
+from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
+from services.inference.validation import tensor_to_array
+from services.kit.auth import Policy, Role
+from services.kit.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+)
+from services.personalization import jobs
+from services.personalization.jobs import EXAMPLES, JobManager, JobRecord, JobTable
+from services.personalization.ledger import LedgerEntry, PrivacyLedger
+from services.personalization.store import ExampleStore, NewExample, Source
+
+logger = logging.getLogger(__name__)
+
+_SVC = "/roost.personalization.v1.PersonalizationService/"
+_READERS = frozenset({Role.HUB, Role.ADMIN, Role.AUDITOR, Role.UPDATE})
+POLICY: Policy = {
+    _SVC + "RecordLabel": frozenset({Role.HUB}),
+    _SVC + "AddExamples": frozenset({Role.HUB}),
+    _SVC + "StartTraining": frozenset({Role.HUB, Role.ADMIN}),
+    _SVC + "GetJob": _READERS,
+    _SVC + "ListJobs": _READERS,
+    _SVC + "GetPrivacyBudget": _READERS,
+    _SVC + "ListLedgerEntries": _READERS,
+    _SVC + "ComputeFederatedUpdate": frozenset({Role.HUB, Role.ADMIN}),
+}
+
+_STATES: Final[dict[str, pb.JobState.ValueType]] = {
+    "queued": pb.JOB_STATE_QUEUED,
+    "running": pb.JOB_STATE_RUNNING,
+    "succeeded": pb.JOB_STATE_SUCCEEDED,
+    "failed": pb.JOB_STATE_FAILED,
+    "cancelled": pb.JOB_STATE_CANCELLED,
+}
+_SOURCES: Final[dict[int, Source]] = {
+    pb.LABEL_SOURCE_FEEDBACK: "feedback",
+    pb.LABEL_SOURCE_OVERRIDE: "override",
+    pb.LABEL_SOURCE_SENSOR: "sensor",
+    pb.LABEL_SOURCE_IMPORT: "import",
+}
+#: Examples may be stamped at most this far in the future (clock skew).
+_MAX_SKEW: Final = timedelta(days=1)
+
+DecisionSource = Callable[[str], Awaitable[audit_pb.LogEntry]]
+"""``decision_id -> LogEntry`` from the audit log (NotFound if it is not there)."""
+
+
+def audit_decisions(stub: Any, deadline_seconds: float) -> DecisionSource:
+    """A :data:`DecisionSource` over the audit service's GetDecision."""
+
+    async def get(decision_id: str) -> audit_pb.LogEntry:
+        try:
+            resp = await stub.GetDecision(
+                audit_pb.GetDecisionRequest(decision_id=decision_id), timeout=deadline_seconds
+            )
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"decision_id: {decision_id!r} is not in the audit log") from None
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(f"decision_id: {e.details()}") from None
+            raise Unavailable(f"audit service: GetDecision failed ({e.code().name})") from None
+        entry: audit_pb.LogEntry = resp.entry
+        return entry
+
+    return get
+
+
+class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
+    def __init__(
+        self,
+        *,
+        manager: JobManager,
+        store: ExampleStore,
+        ledger: PrivacyLedger,
+        job_table: JobTable,
+        decisions: DecisionSource,
+        max_examples_per_request: int,
+    ) -> None:
+        self._manager = manager
+        self._store = store
+        self._ledger = ledger
+        self._jobs = job_table
+        self._decisions = decisions
+        self._max_examples = max_examples_per_request
+
+    # ------------------------------------------------------------------ examples
+
+    async def RecordLabel(
+        self, request: pb.RecordLabelRequest, context: Any
+    ) -> pb.RecordLabelResponse:
+        if not request.decision_id:
+            raise InvalidArgument("decision_id: required")
+        if not request.label:
+            raise InvalidArgument("label: required")
+        if request.source in (pb.LABEL_SOURCE_UNSPECIFIED, pb.LABEL_SOURCE_FEEDBACK):
+            source: Source = "feedback"
+        elif request.source == pb.LABEL_SOURCE_OVERRIDE:
+            source = "override"
+        else:
+            raise InvalidArgument("source: RecordLabel takes FEEDBACK or OVERRIDE")
+        entry = await self._decisions(request.decision_id)
+        decision = entry.decision
+        if entry.inputs_redacted or not decision.HasField("inputs"):
+            raise FailedPrecondition(
+                f"decision {request.decision_id}: its inputs were erased (redacted or past"
+                " the audit retention); it cannot become a training example"
+            )
+        model = decision.model.name
+        _, manifest = await asyncio.to_thread(self._manager.supported_manifest, model)
+        names = list(decision.inputs.feature_names)
+        if names and names != manifest.input.feature_names():
+            raise FailedPrecondition(
+                f"decision {request.decision_id}: its inputs have other features than the"
+                f" active {model} model takes"
+            )
+        try:
+            arr = tensor_to_array(decision.inputs.tensor, manifest.input, "decision.inputs.tensor")
+        except InvalidArgument as e:
+            raise FailedPrecondition(
+                f"decision {request.decision_id}: its inputs do not fit the active {model}"
+                f" model ({e})"
+            ) from None
+        _check_label(request.label, manifest.output_labels, "label")
+        observed = (
+            decision.decided_at.ToDatetime(tzinfo=UTC)
+            if decision.HasField("decided_at")
+            else datetime.now(UTC)
+        )
+        example = NewExample(arr.astype(np.float32), request.label, source, observed)
+        ((example_id, _),) = await asyncio.to_thread(self._store.add, model, [example])
+        await self._count(model)
+        return pb.RecordLabelResponse(example_id=example_id)
+
+    async def AddExamples(
+        self, request: pb.AddExamplesRequest, context: Any
+    ) -> pb.AddExamplesResponse:
+        model = request.model_name
+        if not request.examples:
+            raise InvalidArgument("examples: at least one example is required")
+        if len(request.examples) > self._max_examples:
+            raise InvalidArgument(f"examples: at most {self._max_examples} per request")
+        source = _SOURCES.get(request.source)
+        if source is None:
+            raise InvalidArgument("source: required (FEEDBACK, OVERRIDE, SENSOR or IMPORT)")
+        _, manifest = await asyncio.to_thread(self._manager.supported_manifest, model)
+        now = datetime.now(UTC)
+        examples = []
+        for i, ex in enumerate(request.examples):
+            where = f"examples[{i}]"
+            arr = tensor_to_array(ex.input, manifest.input, f"{where}.input")
+            _check_label(ex.label, manifest.output_labels, f"{where}.label")
+            observed = ex.observed_at.ToDatetime(tzinfo=UTC) if ex.HasField("observed_at") else now
+            if observed > now + _MAX_SKEW:
+                raise InvalidArgument(f"{where}.observed_at: is in the future")
+            examples.append(NewExample(arr.astype(np.float32), ex.label, source, observed))
+        results = await asyncio.to_thread(self._store.add, model, examples)
+        total = await self._count(model)
+        return pb.AddExamplesResponse(added=sum(1 for _, new in results if new), total=total)
+
+    async def _count(self, model: str) -> int:
+        total = await asyncio.to_thread(self._store.count, model)
+        EXAMPLES.labels(model).set(total)
+        return total
+
+    # ------------------------------------------------------------------ training
+
+    async def StartTraining(
+        self, request: pb.StartTrainingRequest, context: Any
+    ) -> pb.StartTrainingResponse:
+        rec = await self._manager.start(
+            request.model_name, request.target_epsilon, request.max_duration_seconds
+        )
+        return pb.StartTrainingResponse(job=job_pb(rec))
+
+    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:
+        if not request.job_id:
+            raise InvalidArgument("job_id: required")
+        rec = await asyncio.to_thread(self._jobs.get, request.job_id)
+        return pb.GetJobResponse(job=job_pb(rec))
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
+        start = jobs.next_page(request.page_token)
+        size = jobs.page_size(request.page_size)
+        recs, more = await asyncio.to_thread(self._jobs.page, start, size)
+        token = str(start + size) if more else ""
+        return pb.ListJobsResponse(jobs=[job_pb(r) for r in recs], next_page_token=token)
+
+    # ------------------------------------------------------------------ the ledger
+
+    async def GetPrivacyBudget(
+        self, request: pb.GetPrivacyBudgetRequest, context: Any
+    ) -> pb.GetPrivacyBudgetResponse:
+        scope = request.scope or jobs.SCOPE
+        report = await asyncio.to_thread(self._ledger.report, scope)
+        budget = pb.PrivacyBudget(
+            scope=scope,
+            epsilon_limit=report.epsilon_budget,
+            epsilon_spent=report.epsilon_spent,
+            delta=report.delta,
+        )
+        budget.period_start.FromDatetime(report.period_start)
+        budget.period_end.FromDatetime(report.period_end)
+        if scope == jobs.SCOPE:
+            jobs.EPSILON_SPENT.labels(scope).set(report.epsilon_spent)
+        return pb.GetPrivacyBudgetResponse(budget=budget)
+
+    async def ListLedgerEntries(
+        self, request: pb.ListLedgerEntriesRequest, context: Any
+    ) -> pb.ListLedgerEntriesResponse:
+        scope = request.scope or jobs.SCOPE
+        start = jobs.next_page(request.page_token)
+        size = jobs.page_size(request.page_size)
+        history = await asyncio.to_thread(self._ledger.history, scope)
+        newest = list(reversed(history))
+        page = newest[start : start + size]
+        policy = self._ledger.policy_for(scope)
+        entries = [await asyncio.to_thread(_entry_pb, e, policy.accountant) for e in page]
+        token = str(start + size) if start + size < len(newest) else ""
+        return pb.ListLedgerEntriesResponse(entries=entries, next_page_token=token)
+
+    async def ComputeFederatedUpdate(
+        self, request: pb.ComputeFederatedUpdateRequest, context: Any
+    ) -> pb.ComputeFederatedUpdateResponse:
+        raise Unimplemented(
+            "ComputeFederatedUpdate: federated learning comes with the fleet work; this hub"
+            " takes part in no federated round yet (nothing was computed or charged)"
+        )
+
+
+def _check_label(label: str, labels: tuple[str, ...], where: str) -> None:
+    # The given label is not echoed: it is household information.
+    if label not in labels:
+        raise InvalidArgument(f"{where}: must be one of the model's labels ({', '.join(labels)})")
+
+
+def _entry_pb(entry: LedgerEntry, accountant: str) -> pb.LedgerEntry:
+    m = entry.mechanism
+    out = pb.LedgerEntry(
+        entry_id=entry.id,
+        scope=entry.scope,
+        mechanism=pb.MECHANISM_DP_SGD if m.kind == "dp_sgd" else pb.MECHANISM_FEDERATED_DELTA,
+        noise_multiplier=m.noise_multiplier,
+        sample_rate=m.sample_rate,
+        steps=entry.steps_charged,
+        # This mechanism alone, for the steps that count now (0 once released).
+        epsilon=jobs.mechanism_epsilon(
+            m.noise_multiplier, m.sample_rate, entry.steps_charged, entry.delta, accountant
+        ),
+        delta=entry.delta,
+    )
+    out.recorded_at.FromDatetime(entry.reserved_at)
+    return out
+
+
+def job_pb(rec: JobRecord) -> pb.Job:
+    job = pb.Job(
+        job_id=rec.job_id,
+        model_name=rec.model,
+        state=_STATES[rec.state],
+        progress=rec.progress,
+        epsilon_spent=rec.epsilon,
+        message=rec.message,
+        base_task_metric_before=rec.metric_before,
+        base_task_metric_after=rec.metric_after,
+    )
+    if rec.candidate_version:
+        job.candidate.CopyFrom(
+            common_pb2.ModelRef(
+                name=rec.candidate_name, version=rec.candidate_version, sha256=rec.candidate_sha256
+            )
+        )
+    job.created_at.FromDatetime(rec.created_at)
+    if rec.finished_at is not None:
+        job.finished_at.FromDatetime(rec.finished_at)
+    return job

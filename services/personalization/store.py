@@ -1,0 +1,318 @@
+"""The local example store: a household's labelled examples, on the hub and nowhere else.
+
+Every row is one labelled model input: a homeowner's correction of a logged decision
+(``feedback``/``override``), a reading labelled by a sensor the homeowner designated as
+ground truth (``sensor``) or an import from Home Assistant history (``import``). These are
+the household's most private data (when someone was home, what they did), so:
+
+* they live in one SQLite file in the service's data directory (WAL, ``synchronous=FULL``)
+  and are read only by the fine-tuning job, which uses them under differential privacy;
+* nothing here logs an input value or a label (only model names and counts), and no
+  value or label ever becomes a metric label;
+* rows older than the retention period are deleted (:meth:`ExampleStore.prune`): what
+  is not kept cannot leak;
+* an example's id is ``HMAC-SHA256(store key, model | shape | input | label | time)``.
+  It deduplicates exactly like a plain SHA-256 of those fields would, but the key is a
+  random secret of this store, so an id that leaves the hub (it is returned to the
+  caller) cannot be used to confirm a guess of the low-entropy sensor values behind it.
+
+Inputs are stored as float32 little-endian bytes with their shape; :meth:`load` returns
+them as ``(x, y)`` numpy arrays with ``y`` indexing the model's output labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Literal, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from services.kit.errors import FailedPrecondition, InvalidArgument, Unavailable
+
+logger = logging.getLogger(__name__)
+
+Source = Literal["feedback", "override", "sensor", "import"]
+SOURCES: Final[tuple[str, ...]] = ("feedback", "override", "sensor", "import")
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+SCHEMA_VERSION: Final = 1
+_MAX_LABEL_CHARS: Final = 200
+
+_SCHEMA: Final = (
+    # seq: insertion order, used to pin the rows a training job reads.
+    """CREATE TABLE IF NOT EXISTS examples (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        example_id TEXT NOT NULL UNIQUE,
+        model TEXT NOT NULL,
+        input BLOB NOT NULL,
+        shape TEXT NOT NULL,
+        label TEXT NOT NULL,
+        source TEXT NOT NULL,
+        observed_at_us INTEGER NOT NULL,
+        added_at_us INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS examples_model_seq ON examples(model, seq)",
+    "CREATE INDEX IF NOT EXISTS examples_observed ON examples(observed_at_us)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+)
+
+F32Array = npt.NDArray[np.float32]
+I64Array = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class NewExample:
+    """One labelled input to store (already validated against the model's schema)."""
+
+    input: F32Array
+    label: str
+    source: Source
+    observed_at: datetime
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The rows of one model a job will train on: every row with ``seq <= max_seq``."""
+
+    model: str
+    count: int
+    max_seq: int
+
+
+def _to_us(t: datetime) -> int:
+    return (t - EPOCH) // timedelta(microseconds=1)
+
+
+def _utc(t: datetime) -> datetime:
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise InvalidArgument("observed_at: must be timezone-aware")
+    return t.astimezone(UTC)
+
+
+class ExampleStore:
+    """The example database. Thread-safe (one connection, one lock); one per process."""
+
+    def __init__(self, conn: sqlite3.Connection, key: bytes) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._key = key
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, path: Path, *, busy_timeout_s: float = 30.0) -> ExampleStore:
+        """Opens (creating) the store at ``path`` (mode 0600: household data)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {max(0, int(busy_timeout_s * 1000)):d}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise FailedPrecondition("example store: WAL journal mode unavailable")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version > SCHEMA_VERSION:
+                    raise FailedPrecondition(
+                        f"example store: schema version {version} is newer than supported"
+                        f" {SCHEMA_VERSION}"
+                    )
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+                row = conn.execute("SELECT value FROM meta WHERE key = 'id_key'").fetchone()
+                if row is None:
+                    key = secrets.token_bytes(32)
+                    conn.execute("INSERT INTO meta (key, value) VALUES ('id_key', ?)", (key,))
+                else:
+                    key = bytes(row[0])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return cls(conn, key)
+        except sqlite3.OperationalError as e:
+            conn.close()
+            raise Unavailable(f"example store: cannot open the database ({e})") from e
+        except BaseException:
+            conn.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---- ids
+
+    def example_id(self, model: str, example: NewExample) -> str:
+        """The dedup key of ``example`` (keyed: see the module docstring)."""
+        arr = np.ascontiguousarray(example.input, dtype="<f4")
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for part in (
+            model.encode(),
+            json.dumps(list(arr.shape)).encode(),
+            arr.tobytes(),
+            example.label.encode(),
+            str(_to_us(_utc(example.observed_at))).encode(),
+        ):
+            mac.update(len(part).to_bytes(8, "big"))
+            mac.update(part)
+        return mac.hexdigest()
+
+    # ---- writes
+
+    def add(
+        self, model: str, examples: Sequence[NewExample], *, now: datetime | None = None
+    ) -> list[tuple[str, bool]]:
+        """Stores ``examples`` of ``model`` in one transaction.
+
+        Returns ``(example_id, added)`` per example; ``added`` is False for a duplicate
+        (same model, input, label and time as a stored one, or earlier in this call).
+        """
+        if not model:
+            raise InvalidArgument("model_name: required")
+        added_at = _to_us(datetime.now(UTC) if now is None else _utc(now))
+        rows = []
+        for i, ex in enumerate(examples):
+            if ex.source not in SOURCES:
+                raise InvalidArgument(f"examples[{i}].source: must be one of {', '.join(SOURCES)}")
+            if not ex.label or len(ex.label) > _MAX_LABEL_CHARS:
+                raise InvalidArgument(f"examples[{i}].label: required, at most 200 characters")
+            arr = np.ascontiguousarray(ex.input, dtype="<f4")
+            if arr.size == 0 or not np.isfinite(arr).all():
+                raise InvalidArgument(f"examples[{i}].input: must be non-empty and finite")
+            rows.append(
+                (
+                    self.example_id(model, ex),
+                    model,
+                    arr.tobytes(),
+                    json.dumps(list(arr.shape)),
+                    ex.label,
+                    ex.source,
+                    _to_us(_utc(ex.observed_at)),
+                    added_at,
+                )
+            )
+        out: list[tuple[str, bool]] = []
+        with self._transaction("IMMEDIATE") as conn:
+            for row in rows:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO examples (example_id, model, input, shape, label,"
+                    " source, observed_at_us, added_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+                out.append((row[0], cur.rowcount == 1))
+        added = sum(1 for _, new in out if new)
+        logger.info("example store: %d of %d examples of %s added", added, len(out), model)
+        return out
+
+    def prune(self, before: datetime) -> int:
+        """Deletes every example observed before ``before``; returns how many."""
+        with self._transaction("IMMEDIATE") as conn:
+            cur = conn.execute(
+                "DELETE FROM examples WHERE observed_at_us < ?", (_to_us(_utc(before)),)
+            )
+            n = cur.rowcount
+        if n:
+            logger.info("example store: %d examples past retention deleted", n)
+        return int(n)
+
+    # ---- reads
+
+    def count(self, model: str) -> int:
+        with self._transaction("DEFERRED") as conn:
+            row = conn.execute("SELECT COUNT(*) FROM examples WHERE model = ?", (model,))
+            return int(row.fetchone()[0])
+
+    def counts(self) -> dict[str, int]:
+        """Examples per model (for the metrics gauge: names and counts only)."""
+        with self._transaction("DEFERRED") as conn:
+            rows = conn.execute("SELECT model, COUNT(*) FROM examples GROUP BY model")
+            return {str(m): int(n) for m, n in rows.fetchall()}
+
+    def snapshot(self, model: str) -> Snapshot:
+        """Pins the rows a job will read: later additions do not change its data set."""
+        with self._transaction("DEFERRED") as conn:
+            row = conn.execute(
+                "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM examples WHERE model = ?", (model,)
+            ).fetchone()
+        return Snapshot(model, int(row[0]), int(row[1]))
+
+    def load(
+        self,
+        model: str,
+        labels: Sequence[str],
+        shape: Sequence[int],
+        *,
+        max_seq: int | None = None,
+    ) -> tuple[F32Array, I64Array]:
+        """``(x, y)`` of ``model``: x float32 ``[n, *shape]``, y the index of each row's
+        label in ``labels`` (the model's output order). Rows with another shape or a label
+        the model does not have (e.g. stored for an older version) are skipped."""
+        index = {label: i for i, label in enumerate(labels)}
+        want = json.dumps([int(d) for d in shape])
+        xs: list[bytes] = []
+        ys: list[int] = []
+        query = "SELECT input, shape, label FROM examples WHERE model = ?"
+        params: tuple[object, ...] = (model,)
+        if max_seq is not None:
+            query += " AND seq <= ?"
+            params = (model, max_seq)
+        with self._transaction("DEFERRED") as conn:
+            for blob, row_shape, label in conn.execute(query + " ORDER BY seq", params):
+                if row_shape != want or label not in index:
+                    continue
+                xs.append(bytes(blob))
+                ys.append(index[label])
+        width = int(np.prod([int(d) for d in shape])) if shape else 1
+        x = np.frombuffer(b"".join(xs), dtype="<f4").astype(np.float32)
+        x = x.reshape((len(xs), *[int(d) for d in shape])) if xs else x.reshape((0, width))
+        return x, np.asarray(ys, dtype=np.int64)
+
+    # ---- internals
+
+    @contextmanager
+    def _transaction(self, mode: Literal["IMMEDIATE", "DEFERRED"]) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise FailedPrecondition("example store: closed")
+            try:
+                conn.execute(f"BEGIN {mode}")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:
+                if "locked" in str(e) or "busy" in str(e):
+                    raise Unavailable("example store: database busy; retry") from e
+                raise

@@ -1,0 +1,248 @@
+"""The training child process: one DP fine-tuning run, bounded in time, memory and CPU.
+
+The service starts :func:`run` in a ``multiprocessing`` *spawn* child (a fresh
+interpreter: no inherited threads, locks or gRPC state). The child
+
+1. lowers its priority (``os.nice``) and, once torch and onnxruntime are imported, caps
+   its address space (``RLIMIT_AS`` = what the imports mapped + ``max_memory_mb``), so a
+   run can slow down or fail, never starve the hub's serving path;
+2. re-derives the DP mechanism (noise multiplier, sample rate, steps) from the same
+   inputs as the service and refuses to train unless it is exactly the mechanism the
+   service reserved in the privacy ledger;
+3. reads the pinned household rows from the example store (``seq <= max_seq``), trains
+   with :func:`services.personalization.finetune.dp_finetune` under a wall-time bound,
+   measures forgetting on public data when it is available, and exports the candidate
+   ONNX (parity-checked) into the job's directory;
+4. reports through a one-way pipe: ``("started",)`` just before the first step touches
+   household data, ``("progress", fraction, steps)``, then ``("result", {...})`` or
+   ``("error", message, started, steps, exact)`` (``exact``: training had returned, so
+   ``steps`` is the exact count; otherwise it is the last one reported).
+
+Messages carry counts, fractions and the mechanism, never a household value; error
+messages are reduced to the exception type (an exception text could quote a value).
+The child exits on its own if the service dies (its parent changes), so an orphan never
+keeps training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+#: Seconds kept for export and the forgetting measurement after training stops.
+EXPORT_RESERVE_SECONDS = 3.0
+
+
+class JobRefused(Exception):
+    """A check of the child failed; its message is ours (no household value)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The DP mechanism a job will run (what the ledger reserves)."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    epochs: float
+    n_private: int
+    n_replay: int
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything the child needs (picklable; paths as strings)."""
+
+    job_id: str
+    task: str
+    model: str
+    base_onnx: str
+    labels: tuple[str, ...]
+    shape: tuple[int, ...]
+    store_path: str
+    max_seq: int
+    target_epsilon: float
+    delta: float
+    accountant: str
+    plan: Plan
+    seed: int
+    max_seconds: float
+    nice: int
+    max_memory_mb: int
+    out_onnx: str
+
+
+def make_plan(
+    task: str,
+    *,
+    n_private: int,
+    n_replay: int,
+    target_epsilon: float,
+    delta: float,
+    accountant: str,
+    epochs: float,
+) -> Plan:
+    """The mechanism ``dp_finetune`` will run for these inputs (same arithmetic).
+
+    ``epochs`` 0 means the task's default. Imports the fine-tuning library (torch).
+    """
+    from services.personalization.finetune import DEFAULTS, calibrate_noise  # noqa: PLC0415
+
+    hyper = DEFAULTS[task]
+    epochs = float(epochs or hyper["epochs"])
+    n = n_private + n_replay
+    sample_rate = min(1.0, int(hyper["expected_batch_size"]) / n)
+    steps = max(1, math.ceil(epochs / sample_rate))
+    noise = calibrate_noise(target_epsilon, delta, sample_rate, steps, accountant)
+    return Plan(noise, sample_rate, steps, epochs, n_private, n_replay)
+
+
+def _limit_resources(nice: int, max_memory_mb: int) -> None:
+    if nice:
+        os.nice(nice)
+    status = Path("/proc/self/status")
+    mapped = 0
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmSize:"):
+                mapped = int(line.split()[1]) * 1024
+    limit = mapped + max_memory_mb * 1024 * 1024
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _accuracy(model: Any, x: Any) -> Any:
+    import torch  # noqa: PLC0415
+
+    model.eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy().argmax(axis=1)
+
+
+def run(spec: JobSpec, conn: Connection) -> None:
+    """Child entry point: trains, exports, reports; never raises."""
+    parent = os.getppid()
+    started = time.monotonic()
+    training = False
+    finished = False
+    steps_seen = 0
+
+    def send(*msg: Any) -> None:
+        conn.send(msg)
+
+    try:
+        import numpy as np  # noqa: PLC0415
+        import torch  # noqa: PLC0415
+
+        torch.set_num_threads(1)
+        from services.personalization import public  # noqa: PLC0415
+        from services.personalization.finetune import (  # noqa: PLC0415
+            DEFAULTS,
+            base_model,
+            dp_finetune,
+            export_candidate,
+        )
+        from services.personalization.store import ExampleStore  # noqa: PLC0415
+
+        _limit_resources(spec.nice, spec.max_memory_mb)
+        hyper = dict(DEFAULTS[spec.task])
+        with ExampleStore.open(Path(spec.store_path)) as store:
+            x, y = store.load(spec.model, spec.labels, spec.shape, max_seq=spec.max_seq)
+        if len(y) != spec.plan.n_private:
+            raise JobRefused("the pinned examples changed since the job was planned")
+        width = int(np.prod(spec.shape))
+        x = x.reshape(len(y), width)
+        data = public.load(spec.task, spec.labels, spec.shape) if spec.plan.n_replay else None
+        replay = None
+        if spec.plan.n_replay:
+            if data is None or len(data.y_replay) < spec.plan.n_replay:
+                raise JobRefused("the public replay data changed since the job was planned")
+            replay = public.replay_subset(data, spec.plan.n_replay, spec.seed)
+        check = make_plan(
+            spec.task,
+            n_private=len(y),
+            n_replay=spec.plan.n_replay,
+            target_epsilon=spec.target_epsilon,
+            delta=spec.delta,
+            accountant=spec.accountant,
+            epochs=spec.plan.epochs,
+        )
+        if check != spec.plan:
+            raise JobRefused("the mechanism differs from the reserved one")
+        base = base_model(spec.task, Path(spec.base_onnx))
+        before = math.nan
+        if data is not None:
+            before = float((_accuracy(base, data.x_eval) == data.y_eval).mean())
+
+        def progress(fraction: float) -> None:
+            nonlocal steps_seen
+            steps_seen = min(spec.plan.steps, round(fraction * spec.plan.steps))
+            if os.getppid() != parent:
+                raise SystemExit(3)  # the service is gone: stop touching the data
+            send("progress", fraction, steps_seen)
+
+        budget = spec.max_seconds - (time.monotonic() - started) - EXPORT_RESERVE_SECONDS
+        send("started")
+        training = True
+        res = dp_finetune(
+            base,
+            x,
+            y,
+            target_epsilon=spec.target_epsilon,
+            delta=spec.delta,
+            epochs=spec.plan.epochs,
+            expected_batch_size=int(hyper["expected_batch_size"]),
+            max_grad_norm=float(hyper["max_grad_norm"]),
+            lr=float(hyper["lr"]),
+            accountant=spec.accountant,
+            trainable=str(hyper["trainable"]),
+            distill_weight=float(hyper["distill_weight"]),
+            replay=replay,
+            seed=spec.seed,
+            progress=progress,
+            max_seconds=max(0.0, budget),
+        )
+        steps_seen, finished = res.steps, True
+        if (res.noise_multiplier, res.sample_rate) != (
+            spec.plan.noise_multiplier,
+            spec.plan.sample_rate,
+        ) or res.steps > spec.plan.steps:
+            raise JobRefused("training ran another mechanism than the reserved one")
+        after = math.nan
+        if data is not None:
+            after = float((_accuracy(res.model, data.x_eval) == data.y_eval).mean())
+        export_candidate(res.model, Path(spec.out_onnx), spec.task)
+        send(
+            "result",
+            {
+                "steps": res.steps,
+                "epsilon": res.epsilon,
+                "seconds": res.seconds,
+                "epochs_done": res.epochs_done,
+                "metric_before": before,
+                "metric_after": after,
+                "metric": "" if data is None else data.description,
+            },
+        )
+    except BaseException as e:  # reported to the service, sanitized
+        # The exception text may quote a value: only its type leaves the child, and the
+        # log gets the frames without the message.
+        frames = "".join(traceback.format_tb(e.__traceback__))
+        sys.stderr.write(f"training job {spec.job_id} failed: {type(e).__name__}\n{frames}")
+        sys.stderr.flush()
+        message = str(e) if isinstance(e, JobRefused) else f"training failed ({type(e).__name__})"
+        with contextlib.suppress(OSError, ValueError):
+            send("error", message, training, steps_seen if training else 0, finished)
+    finally:
+        conn.close()
