@@ -218,9 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     sim.set_defaults(func=_cmd_simulate)
 
-    from hub import audit_cli
+    from hub import audit_cli, personalize_cli
 
     audit_cli.add_parser(sub)
+    personalize_cli.add_parser(sub)
 
     models = sub.add_parser("models", help="model artifacts")
     msub = models.add_subparsers(dest="models_command", required=True)

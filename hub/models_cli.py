@@ -28,7 +28,7 @@ _SLOTS = {1: "active", 2: "candidate", 3: "previous", 4: "-"}
 _SOURCES = {1: "signed", 2: "local"}
 
 
-def _stack_target(args: argparse.Namespace, process: str) -> tuple[str, Path]:
+def stack_target(args: argparse.Namespace, process: str) -> tuple[str, Path]:
     address, certs = args.target, args.certs
     if address is None or certs is None:
         stack_file = args.home / "run" / "stack.json"
@@ -52,7 +52,7 @@ def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, pb_grpc.UpdateService
     from services.kit.auth import Role
     from services.kit.client import sync_channel
 
-    address, certs = _stack_target(args, "update")
+    address, certs = stack_target(args, "update")
     try:
         channel = sync_channel(
             address, certs_dir=certs, role=Role(args.role), server_role=Role.UPDATE
@@ -162,7 +162,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     versions = _call(args, "ListVersions", pb.ListVersionsRequest(model_name=args.model))
     for v in versions.versions:
         print(_version(v))
-    address, certs = _stack_target(
+    address, certs = stack_target(
         argparse.Namespace(home=args.home, target=args.audit_target, certs=args.certs), "audit"
     )
     from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc

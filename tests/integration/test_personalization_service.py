@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import pytest
 
+from hub.cli import main
 from hub.stack import Stack
 from models.datasets import DatasetMissing, load_occupancy
 from models.occupancy.data import build_features
@@ -392,3 +393,19 @@ async def test_a_restart_cannot_reset_or_overspend_the_budget(stack: Stack) -> N
         ),
     )
     assert (await budget(admin)).epsilon_spent == pytest.approx(after.epsilon_spent, abs=1e-9)
+
+
+def test_the_personalize_cli(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    stack.write_stack_file()
+    home = ["--home", str(stack.home)]
+    assert main([*home, "personalize", "budget"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("household: epsilon ")
+    assert "of 4 spent" in out
+    assert main([*home, "personalize", "--role", "auditor", "ledger"]) == 0
+    assert "DP-SGD" in capsys.readouterr().out
+    assert main([*home, "personalize", "jobs"]) == 0
+    assert "occupancy" in capsys.readouterr().out
+    # Over budget: a clear refusal, exit code 2, nothing else happens.
+    assert main([*home, "personalize", "train", "occupancy", "--epsilon", "4"]) == 2
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
