@@ -20,17 +20,21 @@ import aiomqtt
 import grpc
 from prometheus_client import Counter, Gauge
 
-from hub import mqtt
+from hub import ha_mapping, mqtt
 from hub.config import HubConfig
-from hub.decisions import DecisionPipeline, Outgoing
+from hub.decisions import ActionPolicy, DecisionPipeline, Outgoing, Recorded, parse_action_rules
+from hub.ha_client import ActionRunner, HaClient, HaUnavailable, read_token
+from hub.ha_discovery import HaBridge, ModelInfo, Settings
 from hub.home_windows import SPEC_IDS as HOME_SPEC_IDS
-from hub.ingest import Ingest, parse_entity_map
+from hub.ingest import Ingest, SensorRef, parse_entity_map
 from hub.payloads import DropReason
 from hub.topics import READINGS_FILTER, statestream_filter, status_topic
 from models.features import FeatureSpec, spec_by_id
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
+from roost.personalization.v1 import personalization_service_pb2_grpc as pers_grpc
+from roost.update.v1 import update_service_pb2_grpc as upd_grpc
 from services.kit.auth import Role
 from services.kit.client import aio_channel
 from services.kit.config import ServiceConfig
@@ -75,6 +79,8 @@ class ServedModels:
 
     specs: dict[str, FeatureSpec]
     home_models: tuple[str, ...]
+    # Output labels and version per model (Home Assistant entities).
+    info: tuple[ModelInfo, ...] = ()
 
 
 async def discover_models(
@@ -86,24 +92,28 @@ async def discover_models(
         try:
             specs: dict[str, FeatureSpec] = {}
             home: list[str] = []
+            info: list[ModelInfo] = []
             token = ""
             while True:
                 resp: inf_pb.ListModelsResponse = await stub.ListModels(
                     inf_pb.ListModelsRequest(page_token=token), timeout=2.0
                 )
-                for info in resp.models:
-                    if info.feature_spec in HOME_SPEC_IDS:
-                        home.append(info.model.name)
+                for m in resp.models:
+                    if m.feature_spec in HOME_SPEC_IDS:
+                        home.append(m.model.name)
+                        info.append(ModelInfo(m.model.name, tuple(m.output_names), m.model.version))
                         continue
                     try:
-                        specs[info.model.name] = spec_by_id(info.feature_spec)
+                        specs[m.model.name] = spec_by_id(m.feature_spec)
                     except (KeyError, ImportError) as e:
                         log.warning(
-                            "model %s is served but not used by the hub: %s", info.model.name, e
+                            "model %s is served but not used by the hub: %s", m.model.name, e
                         )
+                        continue
+                    info.append(ModelInfo(m.model.name, tuple(m.output_names), m.model.version))
                 token = resp.next_page_token
                 if not token:
-                    return ServedModels(specs, tuple(home))
+                    return ServedModels(specs, tuple(home), tuple(info))
         except grpc.aio.AioRpcError as e:
             log.info("waiting for the inference service (%s)", e.code().name)
             await asyncio.sleep(delay)
@@ -124,6 +134,47 @@ class Hub:
         )
         self.inference = inf_grpc.InferenceServiceStub(self._inf_channel)
         self.audit = audit_grpc.AuditServiceStub(self._audit_channel)
+        self._extra_channels: list[grpc.aio.Channel] = []
+        self.personalization: pers_grpc.PersonalizationServiceAsyncStub | None = None
+        self.update: upd_grpc.UpdateServiceAsyncStub | None = None
+        if config.personalization_target:
+            ch = aio_channel(
+                config.personalization_target,
+                certs_dir=certs,
+                role=Role.HUB,
+                server_role=Role.PERSONALIZATION,
+            )
+            self._extra_channels.append(ch)
+            self.personalization = pers_grpc.PersonalizationServiceStub(ch)
+        if config.update_target:
+            ch = aio_channel(
+                config.update_target, certs_dir=certs, role=Role.HUB, server_role=Role.UPDATE
+            )
+            self._extra_channels.append(ch)
+            self.update = upd_grpc.UpdateServiceStub(ch)
+        self.settings_path = config.data_dir / "ha_settings.json"
+        self.settings = Settings.load(
+            self.settings_path,
+            Settings(
+                occupancy_threshold=config.occupancy_threshold,
+                drift_psi_alert=config.drift_psi_alert,
+            ),
+        )
+        self.policy = ActionPolicy(
+            parse_action_rules(config.ha_actions), self.settings.occupancy_threshold
+        )
+        self.ha_client: HaClient | None = None
+        if config.ha_url:
+            try:
+                self.ha_client = HaClient(config.ha_url, read_token(config.ha_token_file))
+            except HaUnavailable as e:
+                log.warning("Home Assistant API not usable: %s", e)
+        self.actions = ActionRunner(
+            self.ha_client,
+            attempts=config.ha_action_attempts,
+            timeout=config.ha_action_timeout_seconds,
+        )
+        self.bridge: HaBridge | None = None
         self.publisher = Publisher()
         self.pipeline = DecisionPipeline(
             hub_id=config.hub_id,
@@ -137,10 +188,48 @@ class Hub:
             max_batch=config.max_batch,
             max_in_flight=config.max_in_flight,
             on_overflow=self._overflow,
+            policy=self.policy,
+            on_recorded=self._on_recorded,
         )
         self.ingest: Ingest | None = None
         # Set once the hub is connected and subscribed: readings are no longer lost.
         self.ready = asyncio.Event()
+
+    async def _on_recorded(self, items: Sequence[Recorded]) -> None:
+        """Acknowledged by the audit log: run allowed actions, update Home Assistant."""
+        for r in items:
+            if r.action is not None:
+                self.actions.submit(r.action, r.decision_id)
+        if self.bridge is not None:
+            await self.bridge.on_recorded(items)
+
+    async def _entity_map(self) -> dict[str, SensorRef]:
+        """Explicit statestream entities, merged over the auto mapping when configured."""
+        explicit = parse_entity_map(self.config.statestream_entities)
+        if self.config.ha_mapping != "auto":
+            return explicit
+        cache = self.config.data_dir / "ha_mapping.json"
+        if self.ha_client is None:
+            log.warning("ha_mapping = auto needs ha_url and ha_token_file; using the cache")
+            return ha_mapping.merge(ha_mapping.load(cache), explicit)
+        try:
+            registries = await asyncio.wait_for(
+                asyncio.to_thread(self.ha_client.registries), timeout=15.0
+            )
+        except (HaUnavailable, TimeoutError) as e:
+            log.warning("Home Assistant registries unavailable (%s); using the cached mapping", e)
+            return ha_mapping.merge(ha_mapping.load(cache), explicit)
+        proposal = ha_mapping.propose(registries)
+        ha_mapping.save(cache, proposal.mapping)
+        log.info("auto mapping: %d Home Assistant entities feed Roost", len(proposal.mapping))
+        return ha_mapping.merge(proposal.mapping, explicit)
+
+    async def _refresh_mapping(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.config.ha_mapping_refresh_seconds)
+            if self.ingest is not None and not self.stop.is_set():
+                self.ingest.set_entity_map(await self._entity_map())
 
     def _overflow(self) -> None:
         if self.ingest is not None:
@@ -161,13 +250,38 @@ class Hub:
             pipeline=self.pipeline,
             max_payload_bytes=self.config.max_payload_bytes,
             statestream_base=self.config.statestream_base,
-            statestream_entities=parse_entity_map(self.config.statestream_entities),
+            statestream_entities=await self._entity_map(),
             tz=ZoneInfo(self.config.timezone),
         )
+        if self.config.ha_discovery:
+            self.bridge = HaBridge(
+                hub_id=self.config.hub_id,
+                prefix=self.config.ha_discovery_prefix,
+                models=served.info,
+                settings=self.settings,
+                settings_path=self.settings_path,
+                policy=self.policy,
+                inference=self.inference,
+                personalization=self.personalization,
+                update=self.update,
+                poll_seconds=self.config.ha_poll_seconds,
+                update_check_seconds=self.config.ha_update_check_seconds,
+                buffer_topics=self.config.ha_buffer_topics,
+            )
         worker = asyncio.create_task(self.pipeline.run(), name="decisions")
+        helpers = [asyncio.create_task(self.actions.run(self.stop), name="ha-actions")]
+        if self.bridge is not None:
+            helpers.append(asyncio.create_task(self.bridge.run(self.stop), name="ha-bridge"))
+        if self.config.ha_mapping == "auto":
+            helpers.append(asyncio.create_task(self._refresh_mapping(), name="ha-mapping"))
         try:
             await self._mqtt_loop()
         finally:
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             drained = await self.pipeline.drain(self.config.drain_seconds)
             if not drained:
                 log.warning(
@@ -179,6 +293,8 @@ class Hub:
                 await worker
             await self._inf_channel.close()
             await self._audit_channel.close()
+            for ch in self._extra_channels:
+                await ch.close()
 
     async def _mqtt_loop(self) -> None:
         cfg = self.config
@@ -198,6 +314,8 @@ class Hub:
                     await client.publish(status, b"online", qos=1, retain=True)
                     await client.subscribe(READINGS_FILTER, qos=0)
                     await client.subscribe(statestream_filter(cfg.statestream_base), qos=0)
+                    if self.bridge is not None:
+                        await self.bridge.on_connect(client)
                     self.publisher.client = client
                     self.publisher.connected.set()
                     self.ready.set()
@@ -211,6 +329,8 @@ class Hub:
             except aiomqtt.MqttError as e:
                 MQTT_CONNECTED.set(0)
                 self.publisher.connected.clear()
+                if self.bridge is not None:
+                    self.bridge.on_disconnect()
                 if self.stop.is_set():
                     break
                 MQTT_RECONNECTS.inc()
@@ -224,12 +344,16 @@ class Hub:
         """Feed messages to ingest until stop is requested (or the connection drops)."""
         assert self.ingest is not None
         ingest = self.ingest
+        bridge = self.bridge
 
         async def read() -> None:
             async for message in client.messages:
                 payload = message.payload
                 data = payload if isinstance(payload, bytes) else str(payload).encode()
-                ingest.handle(message.topic.value, data)
+                topic = message.topic.value
+                if bridge is not None and bridge.handle(topic, data):
+                    continue
+                ingest.handle(topic, data)
 
         reader = asyncio.create_task(read(), name="mqtt-reader")
         stop_wait = asyncio.create_task(self.stop.wait())

@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_cli.add_parser(sub)
     personalize_cli.add_parser(sub)
+    from hub import ha_cli
+
+    ha_cli.add_parser(sub)
 
     models = sub.add_parser("models", help="model artifacts")
     msub = models.add_subparsers(dest="models_command", required=True)

@@ -43,3 +43,33 @@ class HubConfig:
     timezone: str = "UTC"
     ready_file: Path | None = None
     log_level: str = "INFO"
+    # Where the hub keeps its own small state (Home Assistant settings, last auto mapping).
+    data_dir: Path = Path("var/data/hub")
+    # Optional services: "" = not deployed (their Home Assistant entities show unavailable).
+    personalization_target: str = ""
+    update_target: str = ""
+    # --- Home Assistant (docs/home-assistant.md) ---------------------------------------
+    # MQTT discovery of the "Roost hub" device and its entities.
+    ha_discovery: bool = True
+    ha_discovery_prefix: str = "homeassistant"
+    # How often the hub polls the services for the HA entities (budget, drift, updates).
+    ha_poll_seconds: float = 30.0
+    ha_update_check_seconds: float = 3600.0
+    # REST/websocket API of Home Assistant, for the registries (auto mapping), history
+    # import and allow-listed actions. The token file holds a long-lived access token.
+    ha_url: str = ""
+    ha_token_file: Path | None = None
+    # "explicit": statestream_entities only; "auto": proposed from HA's area, device and
+    # entity registries by device_class (statestream_entities still win where given).
+    ha_mapping: str = "explicit"
+    ha_mapping_refresh_seconds: float = 600.0
+    # Allow-list of actions: "<model>.<area>:<label>=<domain>.<service>:<entity_id>";
+    # prefix "suggest " to have the hub record (BLOCKED) but never call it.
+    ha_actions: tuple[str, ...] = ()
+    ha_action_attempts: int = 3
+    ha_action_timeout_seconds: float = 5.0
+    # Initial thresholds (Home Assistant number entities change and persist them).
+    occupancy_threshold: float = 0.5
+    drift_psi_alert: float = 0.25
+    # State messages held while the broker is away (latest per topic); beyond, counted drops.
+    ha_buffer_topics: int = 1000

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections import deque
@@ -59,6 +60,12 @@ PENDING = Gauge("roost_hub_pending_decisions", "Readings waiting for a decision.
 AUDIT_RETRIES = Counter(
     "roost_hub_audit_append_retries_total", "Audit appends retried (audit slow or down)."
 )
+HA_ACTIONS = Counter(
+    "roost_hub_ha_actions_total",
+    "Allow-list actions by outcome: blocked (recorded, never called), called, failed "
+    "(after every attempt), retried (one failed attempt).",
+    ["outcome"],
+)
 PREDICT_FAILURES = Counter(
     "roost_hub_predict_failures_total", "PredictBatch calls that failed, by code.", ["code"]
 )
@@ -69,6 +76,147 @@ REPORT_ONLY = audit_pb.Policy(
     reason="Roost reports this prediction; no action is configured for this entity.",
 )
 PREDICT_ATTEMPTS = 3
+# Home Assistant domains Roost never operates on its own, whatever the allow-list says.
+NEVER_AUTOMATIC = frozenset({"lock", "alarm_control_panel", "siren", "camera", "valve"})
+_RULE = re.compile(
+    r"^(?P<suggest>suggest\s+)?(?P<model>[a-z0-9_]{1,64})\.(?P<area>[a-z0-9_]{1,64})"
+    r":(?P<label>[A-Za-z0-9_]{1,64})=(?P<domain>[a-z0-9_]{1,64})\.(?P<service>[a-z0-9_]{1,64})"
+    r":(?P<target>[a-z0-9_]{1,64}\.[a-z0-9_]{1,255})$"
+)
+
+
+@dataclass(frozen=True)
+class ActionRule:
+    """One allow-list entry: when ``model`` decides ``label`` for ``area``, call
+    ``domain.service`` on ``target`` in Home Assistant (``allowed``), or only record
+    that it would have (a ``suggest`` entry, verdict BLOCKED)."""
+
+    model: str
+    area: str
+    label: str
+    domain: str
+    service: str
+    target: str
+    allowed: bool = True
+
+    @property
+    def action(self) -> str:
+        return f"{self.domain}.{self.service}"
+
+    @property
+    def policy_id(self) -> str:
+        return f"ha-allow-list:{self.model}.{self.area}:{self.label}"
+
+
+def parse_action_rules(entries: Sequence[str]) -> list[ActionRule]:
+    """``"occupancy.kitchen:vacant=light.turn_off:light.kitchen"`` (allowed) or the same
+    prefixed with ``suggest `` (recorded as BLOCKED, never called). ValueError if malformed."""
+    rules: list[ActionRule] = []
+    for entry in entries:
+        m = _RULE.match(entry.strip())
+        if m is None:
+            raise ValueError(
+                f"ha_actions: '{entry}' must look like "
+                "'occupancy.kitchen:vacant=light.turn_off:light.kitchen_light' "
+                "(optionally prefixed with 'suggest ')"
+            )
+        rules.append(
+            ActionRule(
+                model=m["model"],
+                area=m["area"],
+                label=m["label"],
+                domain=m["domain"],
+                service=m["service"],
+                target=m["target"],
+                allowed=m["suggest"] is None,
+            )
+        )
+    return rules
+
+
+class ActionPolicy:
+    """Turns a prediction into the policy and action recorded with its decision.
+
+    The occupancy label is re-derived from P(occupied) and the configurable threshold;
+    other models use the model's label. An allow-list rule fires on a *change* of that
+    label for its (model, area) (the first decision counts as a change), so a light is
+    not switched off again with every reading.
+    """
+
+    def __init__(self, rules: Sequence[ActionRule] = (), occupancy_threshold: float = 0.5) -> None:
+        self.occupancy_threshold = occupancy_threshold
+        self._rules = {(r.model, r.area, r.label): r for r in rules}
+        self._last: dict[tuple[str, str], str] = {}
+
+    @property
+    def rules(self) -> list[ActionRule]:
+        return list(self._rules.values())
+
+    def effective_label(self, model: str, label: str, values: Sequence[float]) -> str:
+        if model == "occupancy" and len(values) == 2:  # (vacant, occupied)
+            return "occupied" if values[1] >= self.occupancy_threshold else "vacant"
+        return label
+
+    def evaluate(
+        self, model: str, area: str, label: str, values: Sequence[float]
+    ) -> tuple[audit_pb.Policy, str, ActionRule | None]:
+        """(policy, action, rule to execute or None)."""
+        effective = self.effective_label(model, label, values)
+        previous = self._last.get((model, area))
+        self._last[(model, area)] = effective
+        rule = self._rules.get((model, area, effective))
+        if rule is None:
+            return REPORT_ONLY, "publish", None
+        if previous == effective:
+            return (
+                audit_pb.Policy(
+                    policy_id=rule.policy_id,
+                    verdict=audit_pb.POLICY_VERDICT_NOT_APPLICABLE,
+                    reason=f"unchanged since the last decision; {rule.action} is not repeated",
+                ),
+                "publish",
+                None,
+            )
+        if not rule.allowed or rule.domain in NEVER_AUTOMATIC:
+            HA_ACTIONS.labels("blocked").inc()
+            why = (
+                f"{rule.domain} is never operated automatically"
+                if rule.domain in NEVER_AUTOMATIC
+                else "suggested only: the homeowner has not allowed this action"
+            )
+            return (
+                audit_pb.Policy(
+                    policy_id=rule.policy_id,
+                    verdict=audit_pb.POLICY_VERDICT_BLOCKED,
+                    reason=f"{rule.action} on {rule.target} blocked: {why}",
+                ),
+                rule.action,
+                None,
+            )
+        return (
+            audit_pb.Policy(
+                policy_id=rule.policy_id,
+                verdict=audit_pb.POLICY_VERDICT_ALLOWED,
+                reason=f"allow-listed: {rule.action} on {rule.target} when {model} in "
+                f"{area} is {effective}",
+            ),
+            rule.action,
+            rule,
+        )
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A decision the audit log acknowledged, and the action it allows (if any)."""
+
+    model: str
+    area: str
+    decision_id: str
+    label: str
+    index: int
+    topic: str
+    payload: bytes
+    action: ActionRule | None
 
 
 @dataclass(frozen=True)
@@ -89,6 +237,9 @@ class Outgoing:
 
 
 Publish = Callable[[Sequence[Outgoing]], Awaitable[None]]
+# Called once a batch is acknowledged by the audit log, before it is published; the
+# awaitable may hold the publish back briefly (Home Assistant discovery of new entities).
+OnRecorded = Callable[[Sequence[Recorded]], Awaitable[None]]
 
 
 def _tensor(x: npt.NDArray[np.float32]) -> common_pb2.Tensor:
@@ -133,7 +284,13 @@ class DecisionPipeline:
         on_overflow: Callable[[], None],
         max_in_flight: int = 4,
         explain_top_k: int = 3,
+        policy: ActionPolicy | None = None,
+        on_recorded: OnRecorded | None = None,
     ) -> None:
+        self.policy = policy or ActionPolicy()
+        self._on_recorded = on_recorded
+        # Decision id -> the allow-listed action it carries, until acknowledged.
+        self._actions: dict[str, ActionRule] = {}
         self._hub_id = hub_id
         # Attributions recorded with each decision (its "why"); 0 records none.
         self._explain_top_k = explain_top_k
@@ -234,13 +391,30 @@ class DecisionPipeline:
             STAGE_SECONDS.labels("record").observe(t2 - t1)
             STAGE_SECONDS.labels("ordering").observe(t3 - t2)
             if results is None:
-                for p, _ in decided:
+                for p, d in decided:
                     DECISIONS.labels(p.model, "unrecorded").inc()
+                    self._actions.pop(d.decision_id, None)
                 return
             out = [
                 Outgoing(decision_topic(self._hub_id, p.model, p.area), _payload(p, d, r.index))
                 for (p, d), r in zip(decided, results, strict=True)
             ]
+            recorded = [
+                Recorded(
+                    model=p.model,
+                    area=p.area,
+                    decision_id=d.decision_id,
+                    label=d.output_label,
+                    index=r.index,
+                    topic=o.topic,
+                    payload=o.payload,
+                    action=self._actions.pop(d.decision_id, None),
+                )
+                for (p, d), r, o in zip(decided, results, out, strict=True)
+            ]
+            if self._on_recorded is not None:
+                # Acknowledged: allowed actions may run now, even while the broker is away.
+                await self._on_recorded(recorded)
             await self._publish(out)
             done = time.perf_counter()
             STAGE_SECONDS.labels("publish").observe(done - t3)
@@ -320,8 +494,12 @@ class DecisionPipeline:
         model: common_pb2.ModelRef,
         pred: inf_pb.Prediction,
     ) -> audit_pb.Decision:
+        policy, action, rule = self.policy.evaluate(p.model, p.area, pred.label, pred.values)
+        decision_id = uuid7()
+        if rule is not None:
+            self._actions[decision_id] = rule
         return audit_pb.Decision(
-            decision_id=uuid7(),
+            decision_id=decision_id,
             decided_at=decided_at,
             hub_id=self._hub_id,
             entity_id=f"{p.model}.{p.area}",
@@ -331,8 +509,8 @@ class DecisionPipeline:
             output_label=pred.label,
             confidence=pred.confidence,
             explanation=list(pred.attributions),
-            policy=REPORT_ONLY,
-            action="publish",
+            policy=policy,
+            action=action,
             actor=audit_pb.ACTOR_AUTOMATIC,
         )
 
@@ -379,6 +557,13 @@ def _payload(p: Pending, d: audit_pb.Decision, index: int) -> bytes:
         "reading_ts": p.reading_ts,
         "trigger_id": p.trigger_id,
         "why": why_text(d.explanation),
+        "action": d.action,
+        "policy": {
+            "id": d.policy.policy_id,
+            "verdict": audit_pb.PolicyVerdict.Name(d.policy.verdict)
+            .removeprefix("POLICY_VERDICT_")
+            .lower(),
+        },
         "explanation": [
             {"feature": a.feature, "attribution": round(a.attribution, 6)} for a in d.explanation
         ],

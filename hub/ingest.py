@@ -82,6 +82,10 @@ class Ingest:
                 self._models_by_kind.setdefault(kind, []).append(name)
         self.drops = DropLog()
 
+    def set_entity_map(self, entities: Mapping[str, SensorRef]) -> None:
+        """Replace the statestream mapping (e.g. a refreshed Home Assistant auto mapping)."""
+        self._entities = entities
+
     def handle(self, topic: str, payload: bytes) -> None:
         """Never raises: bad input is counted and dropped."""
         received = time.perf_counter()

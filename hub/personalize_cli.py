@@ -51,9 +51,7 @@ def job_line(job: Any) -> str:
     if job.candidate.version:
         line += f"  candidate {job.candidate.version}"
     if job.base_task_metric_before:
-        line += (
-            f"  base-task {job.base_task_metric_before:.4f} -> {job.base_task_metric_after:.4f}"
-        )
+        line += f"  base-task {job.base_task_metric_before:.4f} -> {job.base_task_metric_after:.4f}"
     if job.message:
         line += f"  ({job.message})"
     return line

@@ -194,6 +194,12 @@ class Stack:
             "ROOST_HUB_METRICS_PORT": "0",
             "ROOST_HUB_READY_FILE": str(ready),
             "ROOST_HUB_LOG_LEVEL": self.log_level,
+            "ROOST_HUB_DATA_DIR": str(self.home / "data" / "hub"),
+            **{
+                f"ROOST_HUB_{role.value.upper()}_TARGET": f"127.0.0.1:{self.port_of(role)}"
+                for role in (Role.PERSONALIZATION, Role.UPDATE)
+                if role.value in self.procs
+            },
             **(extra_env or {}),
         }
         proc = self._spawn("hub", [sys.executable, "-m", "hub"], env)

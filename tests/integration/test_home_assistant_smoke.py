@@ -16,7 +16,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from home_assistant import HomeAssistant, running_home_assistant
+from home_assistant import HomeAssistant
 
 from hub import mqtt
 
@@ -82,12 +82,6 @@ async def first_message(
                 if message.payload == expected:
                     return message.payload
     raise AssertionError(f"no {expected!r} on {topic}; saw {seen}")
-
-
-@pytest.fixture(scope="module")
-def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HomeAssistant]:
-    with running_home_assistant(tmp_path_factory.mktemp("home_assistant")) as instance:
-        yield instance
 
 
 @pytest.fixture(scope="module")
