@@ -266,6 +266,8 @@ class Hub:
                 update=self.update,
                 poll_seconds=self.config.ha_poll_seconds,
                 update_check_seconds=self.config.ha_update_check_seconds,
+                drift_retrain_seconds=self.config.drift_retrain_seconds,
+                drift_retrain_epsilon=self.config.drift_retrain_epsilon,
                 buffer_topics=self.config.ha_buffer_topics,
             )
         worker = asyncio.create_task(self.pipeline.run(), name="decisions")

@@ -71,5 +71,9 @@ class HubConfig:
     # Initial thresholds (Home Assistant number entities change and persist them).
     occupancy_threshold: float = 0.5
     drift_psi_alert: float = 0.25
+    # When a model drifts, start a DP fine-tuning run (if learning is not paused) at most
+    # this often per model, with this privacy target; 0 seconds disables it.
+    drift_retrain_seconds: float = 86400.0
+    drift_retrain_epsilon: float = 1.0
     # State messages held while the broker is away (latest per topic); beyond, counted drops.
     ha_buffer_topics: int = 1000

@@ -30,6 +30,7 @@ import functools
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +58,13 @@ COMMANDS = Counter(
     ["kind", "outcome"],
 )
 FEEDBACK = Counter("roost_hub_feedback_total", "'That was wrong' labels by outcome.", ["outcome"])
+DRIFT_RETRAINS = Counter(
+    "roost_hub_drift_retrains_total",
+    "Personalization runs started because a model drifted.",
+    ["model"],
+)
+# The models personalization can fine-tune.
+PERSONALIZABLE = frozenset({"occupancy", "routine"})
 HA_BUFFER_DROPS = Counter(
     "roost_hub_ha_buffer_dropped_total",
     "Home Assistant state messages dropped because the buffer was full (broker away).",
@@ -249,6 +257,8 @@ class HaBridge:
         update: upd_grpc.UpdateServiceAsyncStub | None = None,
         poll_seconds: float = 30.0,
         update_check_seconds: float = 3600.0,
+        drift_retrain_seconds: float = 0.0,
+        drift_retrain_epsilon: float = 1.0,
         settle_seconds: float = 1.0,
         buffer_topics: int = 1000,
     ) -> None:
@@ -264,6 +274,10 @@ class HaBridge:
         self.update = update
         self.poll_seconds = poll_seconds
         self.update_check_seconds = update_check_seconds
+        # Drift-triggered personalization: at most once per this many seconds per model.
+        self.drift_retrain_seconds = drift_retrain_seconds
+        self.drift_retrain_epsilon = drift_retrain_epsilon
+        self._drift_trained: dict[str, float] = {}
         self.settle_seconds = settle_seconds
         self.components: dict[str, dict[str, Any]] = {}
         # command key -> (kind, handler of the validated payload text)
@@ -651,7 +665,23 @@ class HaBridge:
         """Paused learning: the hub starts no training (and local-only: no fleet rounds)."""
         return self.settings.learning_mode != "paused"
 
-    async def _train(self, model: str) -> None:
+    def _maybe_retrain(self, model: str) -> None:
+        """Drift can trigger personalization: a DP fine-tuning run on the local examples
+        (learning not paused, a personalizable model, at most once per cooldown)."""
+        if not self.drift_retrain_seconds or model not in PERSONALIZABLE:
+            return
+        if not self.training_allowed() or self.personalization is None:
+            return
+        now = time.monotonic()
+        last = self._drift_trained.get(model)
+        if last is not None and now - last < self.drift_retrain_seconds:
+            return
+        self._drift_trained[model] = now
+        DRIFT_RETRAINS.labels(model).inc()
+        log.info("%s drifted: starting a personalization run", model)
+        self._later(self._train(model, epsilon=self.drift_retrain_epsilon))
+
+    async def _train(self, model: str, epsilon: float = 1.0) -> None:
         if not self.training_allowed():
             COMMANDS.labels("button", "refused").inc()
             log.info("learning is paused: not starting training for %s", model)
@@ -661,7 +691,8 @@ class HaBridge:
             return
         try:
             await self.personalization.StartTraining(
-                pers_pb.StartTrainingRequest(model_name=model, target_epsilon=1.0), timeout=10.0
+                pers_pb.StartTrainingRequest(model_name=model, target_epsilon=epsilon),
+                timeout=10.0,
             )
         except grpc.aio.AioRpcError as e:
             COMMANDS.labels("button", "failed").inc()
@@ -787,6 +818,8 @@ class HaBridge:
             },
         }
         self._queue(state_topic(self.hub_id, f"{model}_status"), json.dumps(doc).encode(), True)
+        if drift:
+            self._maybe_retrain(model)
         info = self.models.get(model)
         if info is not None and s.active.model.version:
             self.models[model] = ModelInfo(info.name, info.labels, s.active.model.version)

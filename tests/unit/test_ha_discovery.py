@@ -160,3 +160,27 @@ def test_uninstall_clears_the_device_first() -> None:
     assert messages[0] == ("homeassistant/device/roost_home-1/config", b"")
     assert all(payload == b"" for _, payload in messages)
     assert ("roost/home-1/ha/state/occupancy_update", b"") in messages
+
+
+def test_drift_starts_personalization_once_per_cooldown_unless_paused(tmp_path: Path) -> None:
+    started: list[Any] = []
+
+    class Pers:
+        async def StartTraining(self, request: Any, timeout: float) -> Any:
+            started.append((request.model_name, request.target_epsilon))
+
+    async def go() -> None:
+        b = bridge(tmp_path)
+        b.personalization = Pers()  # type: ignore[assignment]
+        b.drift_retrain_seconds = 3600.0
+        b.drift_retrain_epsilon = 0.5
+        for _ in range(3):  # drifting on every poll: one run per cooldown
+            b._maybe_retrain("occupancy")
+        b._maybe_retrain("comfort")  # not personalizable
+        await asyncio.sleep(0.05)
+        b.settings.learning_mode = "paused"
+        b._maybe_retrain("routine")
+        await asyncio.sleep(0.05)
+
+    asyncio.run(go())
+    assert started == [("occupancy", 0.5)]
