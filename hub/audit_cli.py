@@ -19,10 +19,11 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+
+from hub.cli_support import CliError, stack_target
 
 if TYPE_CHECKING:
     import grpc
@@ -35,16 +36,6 @@ if TYPE_CHECKING:
 LOCAL_VKEY = Path("data") / "audit" / "checkpoint.vkey"
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit code 2."""
-
-
-@dataclass(frozen=True)
-class Target:
-    address: str
-    certs_dir: Path
 
 
 # --------------------------------------------------------------------------- helpers
@@ -64,42 +55,22 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _target(args: argparse.Namespace) -> Target:
-    certs = args.certs
-    address = args.target
-    if address is None or certs is None:
-        stack_file = args.home / "run" / "stack.json"
-        if not stack_file.is_file():
-            raise CliError(
-                f"no running stack ({stack_file} missing): start one with `make run`,"
-                " or pass --target HOST:PORT and --certs DIR"
-            )
-        stack = json.loads(stack_file.read_text())
-        audit = stack.get("processes", {}).get("audit")
-        if address is None:
-            if not audit or "port" not in audit:
-                raise CliError("the running stack has no audit service")
-            address = f"127.0.0.1:{audit['port']}"
-        certs = certs or Path(stack["certs_dir"])
-    return Target(address, Path(certs))
-
-
 def _stub(args: argparse.Namespace, role: str) -> tuple[grpc.Channel, pb_grpc.AuditServiceStub]:
     from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
     from services.kit.auth import Role
     from services.kit.client import sync_channel
 
-    target = _target(args)
+    address, certs_dir = stack_target(args, "audit")
     try:
         channel = sync_channel(
-            target.address,
-            certs_dir=target.certs_dir,
+            address,
+            certs_dir=certs_dir,
             role=Role(role),
             server_role=Role.AUDIT,
             max_message_bytes=16 * 1024 * 1024,
         )
     except FileNotFoundError as e:
-        raise CliError(f"no {role} credentials in {target.certs_dir}: {e}") from None
+        raise CliError(f"no {role} credentials in {certs_dir}: {e}") from None
     return channel, pb_grpc.AuditServiceStub(channel)
 
 

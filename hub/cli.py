@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from hub.audit_cli import CliError
+    from hub.cli_support import CliError
 
     args = build_parser().parse_args(argv)
     try:

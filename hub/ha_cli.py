@@ -18,7 +18,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from hub.audit_cli import CliError
+from hub.cli_support import CliError
 
 if TYPE_CHECKING:
     from hub.config import HubConfig

@@ -10,12 +10,12 @@ publisher's keys, which never live on a hub.
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hub.audit_cli import CliError, entry_line
+from hub.audit_cli import entry_line
+from hub.cli_support import CliError, stack_target
 
 if TYPE_CHECKING:
     import grpc
@@ -26,25 +26,6 @@ if TYPE_CHECKING:
 _STAGES = {0: "-", 1: "staged", 2: "shadow", 3: "A/B", 4: "promoted", 5: "rolled back"}
 _SLOTS = {1: "active", 2: "candidate", 3: "previous", 4: "-"}
 _SOURCES = {1: "signed", 2: "local"}
-
-
-def stack_target(args: argparse.Namespace, process: str) -> tuple[str, Path]:
-    address, certs = args.target, args.certs
-    if address is None or certs is None:
-        stack_file = args.home / "run" / "stack.json"
-        if not stack_file.is_file():
-            raise CliError(
-                f"no running stack ({stack_file} missing): start one with `make run`,"
-                " or pass --target HOST:PORT and --certs DIR"
-            )
-        stack = json.loads(stack_file.read_text())
-        proc = stack.get("processes", {}).get(process)
-        if address is None:
-            if not proc or "port" not in proc:
-                raise CliError(f"the running stack has no {process} service")
-            address = f"127.0.0.1:{proc['port']}"
-        certs = certs or Path(stack["certs_dir"])
-    return address, Path(certs)
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, pb_grpc.UpdateServiceStub]:

@@ -12,8 +12,7 @@ import time
 from datetime import UTC
 from typing import Any
 
-from hub.audit_cli import CliError
-from hub.models_cli import stack_target
+from hub.cli_support import CliError, stack_target
 
 _STATES = {1: "queued", 2: "running", 3: "succeeded", 4: "failed", 5: "cancelled"}
 _MECHANISMS = {1: "DP-SGD", 2: "federated delta"}
