@@ -2,7 +2,8 @@
 
 Holds the household's example store, the privacy ledger and the job table (all in
 ``data_dir``), reads the model registry (read-only), reads labelled decisions from the
-audit service and stages signed local candidates with the update service. Training
+audit service, stages signed local candidates with the update service and scores model
+versions against the stored labels with the inference service. Training
 runs in a child process per job (``services.personalization.worker``).
 """
 
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
 from roost.personalization.v1 import personalization_service_pb2 as pb
 from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
 from roost.update.v1 import update_service_pb2 as update_pb
@@ -30,7 +32,12 @@ from services.kit.server import Registration, configure_process, run_service
 from services.personalization.config import PersonalizationConfig
 from services.personalization.jobs import EXAMPLES, JobManager, JobTable, Stager
 from services.personalization.ledger import BudgetPolicy, PrivacyLedger
-from services.personalization.servicer import POLICY, PersonalizationServicer, audit_decisions
+from services.personalization.servicer import (
+    POLICY,
+    PersonalizationServicer,
+    audit_decisions,
+    inference_predictor,
+)
 from services.personalization.store import ExampleStore
 from services.update.registry import Registry
 
@@ -118,7 +125,13 @@ def main() -> None:
             role=Role.PERSONALIZATION,
             server_role=Role.UPDATE,
         )
-        closers.extend([audit_channel, update_channel])
+        inference_channel = aio_channel(
+            config.inference_target,
+            certs_dir=config.certs_dir,
+            role=Role.PERSONALIZATION,
+            server_role=Role.INFERENCE,
+        )
+        closers.extend([audit_channel, update_channel, inference_channel])
         manager = JobManager(
             config,
             store=store,
@@ -140,6 +153,9 @@ def main() -> None:
                 audit_grpc.AuditServiceStub(audit_channel), config.peer_deadline_seconds
             ),
             max_examples_per_request=config.max_examples_per_request,
+            predict=inference_predictor(
+                inf_grpc.InferenceServiceStub(inference_channel), config.peer_deadline_seconds
+            ),
         )
         background.append(
             asyncio.create_task(

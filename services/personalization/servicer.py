@@ -11,6 +11,10 @@ Privacy reasoning of the API:
   retention) cannot become an example: the erasure is honoured here too.
 * Only examples of models this service can personalize (occupancy, routine) are kept:
   data that could never be used is not collected.
+* ``EvaluateVersions`` runs the stored inputs through inference (each requested version,
+  exactly) and returns, per version, only how many labels were scored and the share it
+  got right: no input, label or prediction leaves the service. It is for the update
+  service's health gate (and admins and auditors, who can read the same gate).
 * ``StartTraining`` charges the household's privacy budget before any training (see
   ``services.personalization.jobs``); the budget and every charge are readable by the
   household's roles and auditors (``GetPrivacyBudget``, ``ListLedgerEntries``).
@@ -26,9 +30,12 @@ from typing import Any, Final
 
 import grpc
 import numpy as np
+import numpy.typing as npt
+from prometheus_client import Counter
 
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.common.v1 import common_pb2
+from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.personalization.v1 import personalization_service_pb2 as pb
 from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
 from services.inference.validation import tensor_to_array
@@ -58,6 +65,8 @@ POLICY: Policy = {
     _SVC + "GetPrivacyBudget": _READERS,
     _SVC + "ListLedgerEntries": _READERS,
     _SVC + "ComputeFederatedUpdate": frozenset({Role.HUB, Role.ADMIN}),
+    # Counts and accuracies only; the health gate of the update service reads them.
+    _SVC + "EvaluateVersions": frozenset({Role.UPDATE, Role.ADMIN, Role.AUDITOR}),
 }
 
 _STATES: Final[dict[str, pb.JobState.ValueType]] = {
@@ -75,9 +84,54 @@ _SOURCES: Final[dict[int, Source]] = {
 }
 #: Examples may be stamped at most this far in the future (clock skew).
 _MAX_SKEW: Final = timedelta(days=1)
+#: EvaluateVersions: labels scored against when none are asked for by source.
+_EVALUATED_SOURCES: Final[tuple[Source, ...]] = ("feedback", "override", "sensor")
+#: EvaluateVersions scores at most this many labels (the newest) ...
+MAX_EVALUATED_EXAMPLES: Final = 5000
+#: ... of at most this many versions, sending inference this many inputs per call.
+MAX_EVALUATED_VERSIONS: Final = 4
+EVALUATE_CHUNK: Final = 256
+
+EVALUATIONS = Counter(
+    "roost_personalization_evaluations_total",
+    "Model versions scored against the stored labels (EvaluateVersions).",
+    ["model"],
+)
 
 DecisionSource = Callable[[str], Awaitable[audit_pb.LogEntry]]
 """``decision_id -> LogEntry`` from the audit log (NotFound if it is not there)."""
+
+
+Predictor = Callable[[str, str, npt.NDArray[np.float32]], Awaitable[list[str]]]
+"""``(model, exact version, inputs [n, *shape]) -> the predicted label of each input``,
+from the inference service's PredictBatch."""
+
+
+def inference_predictor(stub: Any, deadline_seconds: float) -> Predictor:
+    """A :data:`Predictor` over the inference service's PredictBatch (exact versions)."""
+
+    async def predict(model: str, version: str, x: npt.NDArray[np.float32]) -> list[str]:
+        request = inf_pb.PredictBatchRequest(
+            model_name=model, version=version, inputs=[_tensor(row) for row in x]
+        )
+        try:
+            resp = await stub.PredictBatch(request, timeout=deadline_seconds)
+        except grpc.aio.AioRpcError as e:
+            # Inference's details are not echoed: they could quote an input.
+            code = e.code()
+            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                raise FailedPrecondition(
+                    f"versions: inference does not serve {model} {version} (only the active"
+                    " version and a candidate in shadow or A/B are)"
+                ) from None
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise FailedPrecondition(
+                    f"versions: {model} {version} does not take the stored inputs"
+                ) from None
+            raise Unavailable(f"inference service: PredictBatch failed ({code.name})") from None
+        return [p.label for p in resp.predictions]
+
+    return predict
 
 
 def audit_decisions(stub: Any, deadline_seconds: float) -> DecisionSource:
@@ -110,6 +164,7 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         job_table: JobTable,
         decisions: DecisionSource,
         max_examples_per_request: int,
+        predict: Predictor | None = None,
     ) -> None:
         self._manager = manager
         self._store = store
@@ -117,6 +172,7 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         self._jobs = job_table
         self._decisions = decisions
         self._max_examples = max_examples_per_request
+        self._predict = predict
 
     # ------------------------------------------------------------------ examples
 
@@ -192,6 +248,65 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         total = await self._count(model)
         return pb.AddExamplesResponse(added=sum(1 for _, new in results if new), total=total)
 
+    async def EvaluateVersions(
+        self, request: pb.EvaluateVersionsRequest, context: Any
+    ) -> pb.EvaluateVersionsResponse:
+        model = request.model_name
+        if not model:
+            raise InvalidArgument("model_name: required")
+        versions = list(request.versions)
+        if not versions:
+            raise InvalidArgument("versions: at least one version is required")
+        if len(versions) > MAX_EVALUATED_VERSIONS:
+            raise InvalidArgument(f"versions: at most {MAX_EVALUATED_VERSIONS}")
+        if not all(versions):
+            raise InvalidArgument("versions: a version is empty")
+        if len(set(versions)) != len(versions):
+            raise InvalidArgument("versions: listed more than once")
+        sources = _evaluated_sources(request.sources)
+        since: datetime | None = None
+        if request.HasField("since"):
+            try:
+                since = request.since.ToDatetime(tzinfo=UTC)
+            except (ValueError, OverflowError):
+                raise InvalidArgument("since: not a valid timestamp") from None
+        if self._predict is None:
+            raise FailedPrecondition("EvaluateVersions: the inference service is not connected")
+        if model not in jobs.SUPPORTED:
+            # No label of a model this service cannot personalize is ever stored.
+            return pb.EvaluateVersionsResponse(
+                results=[pb.VersionAccuracy(version=v, accuracy=0.0, count=0) for v in versions]
+            )
+        _, manifest = await asyncio.to_thread(self._manager.supported_manifest, model)
+        labels = manifest.output_labels
+        x, y = await asyncio.to_thread(
+            self._store.load,
+            model,
+            labels,
+            manifest.input.shape,
+            since=since,
+            sources=sources,
+            newest=MAX_EVALUATED_EXAMPLES,
+        )
+        truth = [labels[int(i)] for i in y]
+        results = []
+        for version in versions:
+            correct = 0
+            for start in range(0, len(truth), EVALUATE_CHUNK):
+                chunk = x[start : start + EVALUATE_CHUNK]
+                predicted = await self._predict(model, version, chunk)
+                if len(predicted) != len(chunk):
+                    raise Unavailable("inference service: PredictBatch answered another count")
+                want = truth[start : start + EVALUATE_CHUNK]
+                correct += sum(1 for p, t in zip(predicted, want, strict=True) if p == t)
+            n = len(truth)
+            results.append(
+                pb.VersionAccuracy(version=version, accuracy=correct / n if n else 0.0, count=n)
+            )
+        EVALUATIONS.labels(model).inc(len(versions))
+        logger.debug("%d versions of %s scored against %d labels", len(versions), model, len(y))
+        return pb.EvaluateVersionsResponse(results=results)
+
     async def _count(self, model: str) -> int:
         total = await asyncio.to_thread(self._store.count, model)
         EXAMPLES.labels(model).set(total)
@@ -260,6 +375,27 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
             "ComputeFederatedUpdate: federated learning comes with the fleet work; this hub"
             " takes part in no federated round yet (nothing was computed or charged)"
         )
+
+
+def _evaluated_sources(requested: Any) -> tuple[Source, ...]:
+    if not requested:
+        return _EVALUATED_SOURCES
+    out: list[Source] = []
+    for i, code in enumerate(requested):
+        source = _SOURCES.get(code)
+        if source is None:
+            raise InvalidArgument(f"sources[{i}]: must be FEEDBACK, OVERRIDE, SENSOR or IMPORT")
+        if source not in out:
+            out.append(source)
+    return tuple(out)
+
+
+def _tensor(row: npt.NDArray[np.float32]) -> common_pb2.Tensor:
+    return common_pb2.Tensor(
+        dtype=common_pb2.DATA_TYPE_FLOAT32,
+        shape=list(row.shape),
+        float_values=row.ravel().tolist(),
+    )
 
 
 def _check_label(label: str, labels: tuple[str, ...], where: str) -> None:

@@ -49,6 +49,7 @@ SOURCES: Final[tuple[str, ...]] = ("feedback", "override", "sensor", "import")
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 SCHEMA_VERSION: Final = 1
 _MAX_LABEL_CHARS: Final = 200
+_MAX_SQL_INT: Final = 2**63 - 1
 
 _SCHEMA: Final = (
     # seq: insertion order, used to pin the rows a training job reads.
@@ -271,25 +272,44 @@ class ExampleStore:
         shape: Sequence[int],
         *,
         max_seq: int | None = None,
+        since: datetime | None = None,
+        sources: Sequence[Source] | None = None,
+        newest: int | None = None,
     ) -> tuple[F32Array, I64Array]:
         """``(x, y)`` of ``model``: x float32 ``[n, *shape]``, y the index of each row's
         label in ``labels`` (the model's output order). Rows with another shape or a label
-        the model does not have (e.g. stored for an older version) are skipped."""
+        the model does not have (e.g. stored for an older version) are skipped.
+
+        ``since`` keeps rows observed at or after it, ``sources`` rows of those sources,
+        ``newest`` only the last that many matching rows (by insertion order)."""
         index = {label: i for i, label in enumerate(labels)}
         want = json.dumps([int(d) for d in shape])
+        kept = None if sources is None else frozenset(sources)
+        limit = None if newest is None else max(0, int(newest))
         xs: list[bytes] = []
         ys: list[int] = []
-        query = "SELECT input, shape, label FROM examples WHERE model = ?"
-        params: tuple[object, ...] = (model,)
-        if max_seq is not None:
-            query += " AND seq <= ?"
-            params = (model, max_seq)
+        # Newest first, so that ``newest`` stops early; reversed into insertion order below.
+        query = (
+            "SELECT input, shape, label, source FROM examples"
+            " WHERE model = ? AND seq <= ? AND observed_at_us >= ? ORDER BY seq DESC"
+        )
+        params = (
+            model,
+            _MAX_SQL_INT if max_seq is None else max_seq,
+            -_MAX_SQL_INT if since is None else _to_us(_utc(since)),
+        )
         with self._transaction("DEFERRED") as conn:
-            for blob, row_shape, label in conn.execute(query + " ORDER BY seq", params):
+            for blob, row_shape, label, source in conn.execute(query, params):
+                if limit is not None and len(xs) >= limit:
+                    break
                 if row_shape != want or label not in index:
+                    continue
+                if kept is not None and source not in kept:
                     continue
                 xs.append(bytes(blob))
                 ys.append(index[label])
+        xs.reverse()
+        ys.reverse()
         width = int(np.prod([int(d) for d in shape])) if shape else 1
         x = np.frombuffer(b"".join(xs), dtype="<f4").astype(np.float32)
         x = x.reshape((len(xs), *[int(d) for d in shape])) if xs else x.reshape((0, width))

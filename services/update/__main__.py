@@ -21,7 +21,7 @@ from services.update.config import UpdateConfig
 from services.update.health import HealthPolicy
 from services.update.registry import Registry
 from services.update.servicer import POLICY, UpdateServicer, run_health_gate
-from services.update.status import InferenceStatus
+from services.update.status import InferenceStatus, PersonalizationFeedback
 from services.update.trail import Trail
 from services.update.tuf_client import ModelUpdater
 
@@ -68,6 +68,20 @@ def main() -> None:
             server_role=Role.INFERENCE,
         )
         channels.extend([audit_channel, inference_channel])
+        feedback: PersonalizationFeedback | None = None
+        if config.personalization_target:
+            personalization_channel = aio_channel(
+                config.personalization_target,
+                certs_dir=config.certs_dir,
+                role=Role.UPDATE,
+                server_role=Role.PERSONALIZATION,
+            )
+            channels.append(personalization_channel)
+            feedback = PersonalizationFeedback(
+                personalization_channel, refresh_seconds=config.feedback_check_seconds
+            )
+        else:
+            logger.info("no personalization service configured: the health gate has no labels")
         public_path = config.certs_dir / LOCAL_CANDIDATE_PUB
         public = local_key.load_public(public_path) if public_path.is_file() else None
         servicer = UpdateServicer(
@@ -86,7 +100,10 @@ def main() -> None:
                 max_error_rate_increase=config.max_error_rate_increase,
                 max_p99_ratio=config.max_p99_ratio,
                 min_agreement=config.min_agreement,
+                min_feedback=config.min_feedback,
+                max_feedback_accuracy_drop=config.max_feedback_accuracy_drop,
             ),
+            feedback=feedback,
         )
         if config.auto_rollback:
             background.append(

@@ -34,9 +34,24 @@ class UpdateConfig(ServiceConfig):
     max_error_rate_increase: float = 0.01
     max_p99_ratio: float = 3.0
     min_agreement: float = 0.6
+    # Outcomes: the personalization service scores active and candidate against the
+    # homeowners' labels observed since the stage started (EvaluateVersions). Optional:
+    # empty or unreachable, the gate runs without them.
+    personalization_target: str = "127.0.0.1:50054"
+    # How often those scores are refreshed (each refresh runs both versions on the labels).
+    feedback_check_seconds: float = 30.0
+    # Fewer labels than this (for either version) never fail a candidate.
+    min_feedback: int = 20
+    max_feedback_accuracy_drop: float = 0.05
 
     def __post_init__(self) -> None:
         if not self.health_check_seconds > 0:
             raise ValueError("update.health_check_seconds: must be > 0")
         if not 0 <= self.min_agreement <= 1:
             raise ValueError("update.min_agreement: must be in [0, 1]")
+        if not self.feedback_check_seconds > 0:
+            raise ValueError("update.feedback_check_seconds: must be > 0")
+        if self.min_feedback < 1:
+            raise ValueError("update.min_feedback: must be >= 1")
+        if not 0 <= self.max_feedback_accuracy_drop <= 1:
+            raise ValueError("update.max_feedback_accuracy_drop: must be in [0, 1]")

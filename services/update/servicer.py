@@ -4,7 +4,9 @@ Every slot change is first recorded in the audit log (``services.update.trail``)
 applied to the registry (an atomic ``state.json`` write); inference notices the new
 generation within its poll interval and swaps sessions without failing a request.
 A background task (:func:`run_health_gate`) compares candidates in shadow or A/B with
-the active model and rolls back automatically when the gate fails.
+the active model and rolls back automatically when the gate fails; where homeowners'
+labels exist, it also compares their accuracy on the labels observed since the stage
+started (scored by the personalization service; optional).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,6 +81,15 @@ class ModelStatusSource(Protocol):
     async def drift(self, name: str) -> list[pb.FeatureDrift]: ...
 
 
+class FeedbackSource(Protocol):
+    """Accuracy of versions against homeowners' labels (the personalization service):
+    ``version -> (accuracy, labels scored)``; versions it could not score are missing."""
+
+    async def accuracy(
+        self, name: str, versions: Sequence[str], since: datetime | None
+    ) -> Mapping[str, tuple[float, int]]: ...
+
+
 class UpdateServicer(pb_grpc.UpdateServiceServicer):
     def __init__(
         self,
@@ -89,6 +101,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
         local_public_key: Any,
         max_bundle_bytes: int,
         health_policy: HealthPolicy,
+        feedback: FeedbackSource | None = None,
     ) -> None:
         self._registry = registry
         self._trail = trail
@@ -97,6 +110,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
         self._local_public = local_public_key
         self._max_bundle_bytes = max_bundle_bytes
         self._policy = health_policy
+        self._feedback = feedback
         # One lifecycle change at a time per model (the registry locks across processes).
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -295,6 +309,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
             active, candidate = await self._status.health(name)
             if active is None or candidate is None or candidate.version != state.candidate:
                 continue  # inference has not loaded this rollout yet
+            active, candidate = await self._with_feedback(name, state, active, candidate)
             verdict = judge(active, candidate, state.stage, self._policy)
             verdicts.append((name, verdict))
             if verdict.healthy is False:
@@ -382,6 +397,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
         if self._status is not None and state.stage in ("shadow", "ab"):
             active, candidate = await self._status.health(name)
             if active is not None and candidate is not None:
+                active, candidate = await self._with_feedback(name, state, active, candidate)
                 status.health.CopyFrom(
                     pb.HealthComparison(
                         active_error_rate=active.error_rate,
@@ -395,6 +411,24 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
                     )
                 )
         return status
+
+    async def _with_feedback(
+        self, name: str, state: SlotState, active: RoleHealth, candidate: RoleHealth
+    ) -> tuple[RoleHealth, RoleHealth]:
+        """``active`` and ``candidate`` with their accuracy on the homeowners' labels
+        observed since the stage started, when the personalization service scores them."""
+        if self._feedback is None:
+            return active, candidate
+        since = datetime.fromisoformat(state.stage_started_at) if state.stage_started_at else None
+        scores = await self._feedback.accuracy(name, [active.version, candidate.version], since)
+
+        def scored(h: RoleHealth) -> RoleHealth:
+            accuracy, count = scores.get(h.version, (0.0, 0))
+            if count <= 0:
+                return h
+            return replace(h, feedback_accuracy=accuracy, feedback_count=count)
+
+        return scored(active), scored(candidate)
 
     async def _state(self, name: str) -> SlotState:
         state = await asyncio.to_thread(self._registry.state, name)

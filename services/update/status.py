@@ -1,19 +1,40 @@
-"""Health and drift of a model, as the inference service measures them."""
+"""Health and drift of a model, as the inference service measures them, and its
+outcomes: accuracy against the homeowners' labels, as the personalization service
+scores them."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import grpc
+from prometheus_client import Counter
 
 from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
+from roost.personalization.v1 import personalization_service_pb2 as pers_pb
+from roost.personalization.v1 import personalization_service_pb2_grpc as pers_grpc
 from roost.update.v1 import update_service_pb2 as pb
 from services.kit.errors import Unavailable
 from services.update.health import RoleHealth
 
 logger = logging.getLogger(__name__)
+
+FEEDBACK_UNAVAILABLE = Counter(
+    "roost_update_feedback_unavailable_total",
+    "Feedback-accuracy refreshes that failed (personalization unreachable or refusing);"
+    " the health gate ran without feedback labels.",
+    ["model"],
+)
+#: Scoring runs both versions on up to a few thousand labels: allow it time.
+FEEDBACK_DEADLINE_SECONDS = 30.0
+
+Scores = Mapping[str, tuple[float, int]]
+"""``version -> (accuracy, labels scored)``."""
 
 
 def role_health(h: inf_pb.RoleHealth) -> RoleHealth | None:
@@ -58,3 +79,63 @@ class InferenceStatus:
             pb.FeatureDrift(feature=f.feature, psi=f.psi, ks_statistic=f.ks, alert=f.alert)
             for f in status.drift
         ]
+
+
+class PersonalizationFeedback:
+    """``EvaluateVersions`` of the personalization service, as the health gate needs it.
+
+    Scores are refreshed at most every ``refresh_seconds`` per model (each refresh runs
+    the versions on the stored labels); in between, the last answer is reused. When the
+    service is unreachable or refuses, the answer is "no scores" (the gate then works
+    without feedback): logged once at INFO until it answers again, and counted.
+    """
+
+    def __init__(
+        self,
+        channel: Any,
+        *,
+        refresh_seconds: float = 30.0,
+        timeout: float = FEEDBACK_DEADLINE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._stub = pers_grpc.PersonalizationServiceStub(channel)
+        self._refresh = refresh_seconds
+        self._timeout = timeout
+        self._clock = clock
+        # model -> (key of the request, when, scores); one entry per model.
+        self._cache: dict[str, tuple[tuple[object, ...], float, Scores]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._down = False
+
+    async def accuracy(self, name: str, versions: Sequence[str], since: datetime | None) -> Scores:
+        key = (tuple(versions), since)
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            hit = self._cache.get(name)
+            if hit is not None and hit[0] == key and self._clock() - hit[1] < self._refresh:
+                return hit[2]
+            scores = await self._evaluate(name, versions, since)
+            self._cache[name] = (key, self._clock(), scores)
+            return scores
+
+    async def _evaluate(self, name: str, versions: Sequence[str], since: datetime | None) -> Scores:
+        request = pers_pb.EvaluateVersionsRequest(model_name=name, versions=list(versions))
+        if since is not None:
+            request.since.FromDatetime(since)
+        try:
+            response: pers_pb.EvaluateVersionsResponse = await self._stub.EvaluateVersions(
+                request, timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as e:
+            FEEDBACK_UNAVAILABLE.labels(name).inc()
+            if not self._down:
+                self._down = True
+                logger.info(
+                    "feedback labels unavailable (personalization: %s); the health gate"
+                    " runs without them",
+                    e.code().name,
+                )
+            return {}
+        if self._down:
+            self._down = False
+            logger.info("feedback labels available again (personalization answers)")
+        return {r.version: (float(r.accuracy), int(r.count)) for r in response.results}

@@ -226,6 +226,100 @@ class AddExamplesResponse(_message.Message):
 Global___AddExamplesResponse: _TypeAlias = AddExamplesResponse  # noqa: Y015
 
 @_typing.final
+class EvaluateVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    model_name: _builtins.str
+    """Model family name, e.g. "occupancy"."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Exact versions to score, each one inference serves (the active version or the
+        candidate); at least one, at most 4, no duplicates.
+        """
+
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only labels observed at or after this time (e.g. when the rollout stage started);
+        unset means every stored label.
+        """
+
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[Global___LabelSource.ValueType]:
+        """Label sources to score against; empty means FEEDBACK, OVERRIDE and SENSOR."""
+
+    def __init__(
+        self,
+        *,
+        model_name: _builtins.str = ...,
+        versions: _abc.Iterable[_builtins.str] | None = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        sources: _abc.Iterable[Global___LabelSource.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "since", b"since", "sources", b"sources", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateVersionsRequest: _TypeAlias = EvaluateVersionsRequest  # noqa: Y015
+
+@_typing.final
+class VersionAccuracy(_message.Message):
+    """How one version did against the stored labels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The version, as requested."""
+    accuracy: _builtins.float
+    """Share of the scored labels the version predicted exactly (0 when count is 0)."""
+    count: _builtins.int
+    """Labels scored (the newest ones when more are stored than the service scores)."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        accuracy: _builtins.float = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "count", b"count", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionAccuracy: _TypeAlias = VersionAccuracy  # noqa: Y015
+
+@_typing.final
+class EvaluateVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionAccuracy]:
+        """One per requested version, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___VersionAccuracy] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateVersionsResponse: _TypeAlias = EvaluateVersionsResponse  # noqa: Y015
+
+@_typing.final
 class StartTrainingRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -76,6 +76,11 @@ class PersonalizationServiceStub:
                 request_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.AddExamplesRequest.SerializeToString,
                 response_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.AddExamplesResponse.FromString,
                 _registered_method=True)
+        self.EvaluateVersions = channel.unary_unary(
+                '/roost.personalization.v1.PersonalizationService/EvaluateVersions',
+                request_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.EvaluateVersionsRequest.SerializeToString,
+                response_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.EvaluateVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class PersonalizationServiceServicer:
@@ -141,6 +146,16 @@ class PersonalizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluateVersions(self, request, context):
+        """Scores model versions against the stored labels: each version served by inference
+        (active or candidate) predicts the stored inputs, and the share of its predictions
+        that match the labels is returned. Only counts and accuracies leave the service
+        (the update service's health gate reads them); no input or label does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersonalizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +198,11 @@ def add_PersonalizationServiceServicer_to_server(servicer, server):
                     servicer.AddExamples,
                     request_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.AddExamplesRequest.FromString,
                     response_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.AddExamplesResponse.SerializeToString,
+            ),
+            'EvaluateVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateVersions,
+                    request_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.EvaluateVersionsRequest.FromString,
+                    response_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.EvaluateVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +423,33 @@ class PersonalizationService:
             '/roost.personalization.v1.PersonalizationService/AddExamples',
             roost_dot_personalization_dot_v1_dot_personalization__service__pb2.AddExamplesRequest.SerializeToString,
             roost_dot_personalization_dot_v1_dot_personalization__service__pb2.AddExamplesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roost.personalization.v1.PersonalizationService/EvaluateVersions',
+            roost_dot_personalization_dot_v1_dot_personalization__service__pb2.EvaluateVersionsRequest.SerializeToString,
+            roost_dot_personalization_dot_v1_dot_personalization__service__pb2.EvaluateVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

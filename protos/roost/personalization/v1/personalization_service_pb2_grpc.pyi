@@ -55,6 +55,12 @@ class PersonalizationServiceStub:
     """Stores labelled examples the hub observed directly (e.g. a real presence sensor
     labelling the occupancy model's inputs) or imported from Home Assistant history.
     """
+    EvaluateVersions: _grpc.UnaryUnaryMultiCallable[_personalization_service_pb2.EvaluateVersionsRequest, _personalization_service_pb2.EvaluateVersionsResponse]
+    """Scores model versions against the stored labels: each version served by inference
+    (active or candidate) predicts the stored inputs, and the share of its predictions
+    that match the labels is returned. Only counts and accuracies leave the service
+    (the update service's health gate reads them); no input or label does.
+    """
 
 @_typing.type_check_only
 class PersonalizationServiceAsyncStub(PersonalizationServiceStub):
@@ -82,6 +88,12 @@ class PersonalizationServiceAsyncStub(PersonalizationServiceStub):
     AddExamples: _aio.UnaryUnaryMultiCallable[_personalization_service_pb2.AddExamplesRequest, _personalization_service_pb2.AddExamplesResponse]  # type: ignore[assignment]
     """Stores labelled examples the hub observed directly (e.g. a real presence sensor
     labelling the occupancy model's inputs) or imported from Home Assistant history.
+    """
+    EvaluateVersions: _aio.UnaryUnaryMultiCallable[_personalization_service_pb2.EvaluateVersionsRequest, _personalization_service_pb2.EvaluateVersionsResponse]  # type: ignore[assignment]
+    """Scores model versions against the stored labels: each version served by inference
+    (active or candidate) predicts the stored inputs, and the share of its predictions
+    that match the labels is returned. Only counts and accuracies leave the service
+    (the update service's health gate reads them); no input or label does.
     """
 
 class PersonalizationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -155,6 +167,18 @@ class PersonalizationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_personalization_service_pb2.AddExamplesResponse, _abc.Awaitable[_personalization_service_pb2.AddExamplesResponse]]:
         """Stores labelled examples the hub observed directly (e.g. a real presence sensor
         labelling the occupancy model's inputs) or imported from Home Assistant history.
+        """
+
+    @_abc_1.abstractmethod
+    def EvaluateVersions(
+        self,
+        request: _personalization_service_pb2.EvaluateVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_personalization_service_pb2.EvaluateVersionsResponse, _abc.Awaitable[_personalization_service_pb2.EvaluateVersionsResponse]]:
+        """Scores model versions against the stored labels: each version served by inference
+        (active or candidate) predicts the stored inputs, and the share of its predictions
+        that match the labels is returned. Only counts and accuracies leave the service
+        (the update service's health gate reads them); no input or label does.
         """
 
 def add_PersonalizationServiceServicer_to_server(servicer: PersonalizationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,206 @@
+"""The health gate's outcomes on real processes: audit, inference, personalization and
+update with a signed TUF repository.
+
+A bad occupancy candidate (it always answers "vacant") runs in A/B, where agreement is
+not judged (and ROOST_UPDATE_MIN_AGREEMENT=0 anyway): error rate and latency alone
+cannot tell it is bad. Once the hub has stored enough ground-truth labels since the
+stage started (a presence sensor saying "occupied"), personalization scores both
+versions on them and the health gate rolls the candidate back for its feedback
+accuracy, as the audit log records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from hub.stack import Stack
+from roost.audit.v1 import audit_service_pb2 as audit_pb
+from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from roost.common.v1 import common_pb2
+from roost.inference.v1 import inference_service_pb2 as inf_pb
+from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
+from roost.personalization.v1 import personalization_service_pb2 as pers_pb
+from roost.personalization.v1 import personalization_service_pb2_grpc as pers_grpc
+from roost.update.v1 import update_service_pb2 as pb
+from roost.update.v1 import update_service_pb2_grpc as pb_grpc
+from services.kit.auth import Role
+from services.kit.client import aio_channel
+from services.update.bundle import pack_bundle
+from services.update.tuf_repo import ModelRepository
+from tests.integration.test_update_rollout import OCCUPIED, occupancy_version
+
+pytestmark = pytest.mark.integration
+
+BAD = "1.2.0"
+LABELS = 30  # >= min_feedback (20)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("feedback")
+    repo = ModelRepository.create(tmp / "repo", tmp / "keys")
+    src = occupancy_version(tmp, BAD, constant_vacant=True)
+    repo.publish("occupancy", pack_bundle(src, tmp / "bad.tar").path, BAD)
+    trusted = tmp / "trusted-root.json"
+    shutil.copy(repo.root_path, trusted)
+    st = Stack(tmp / "home", hub_id="feedback")
+    try:
+        st.start_service(Role.AUDIT)
+        st.start_service(Role.INFERENCE)
+        # Before update, so that update can be pointed at it.
+        st.start_service(Role.PERSONALIZATION, timeout=60)
+        st.start_service(
+            Role.UPDATE,
+            {
+                "ROOST_UPDATE_TUF_SOURCE": str(tmp / "repo"),
+                "ROOST_UPDATE_TUF_TRUSTED_ROOT": str(trusted),
+                "ROOST_UPDATE_HEALTH_CHECK_SECONDS": "0.3",
+                "ROOST_UPDATE_MIN_COMPARED": "20",
+                "ROOST_UPDATE_MIN_AGREEMENT": "0",
+                "ROOST_UPDATE_FEEDBACK_CHECK_SECONDS": "0.5",
+                "ROOST_UPDATE_PERSONALIZATION_TARGET": (
+                    f"127.0.0.1:{st.port_of(Role.PERSONALIZATION)}"
+                ),
+            },
+        )
+        yield st
+    finally:
+        st.stop()
+
+
+def channel(stack: Stack, server: Role, role: Role) -> grpc.aio.Channel:
+    return aio_channel(
+        f"127.0.0.1:{stack.port_of(server)}",
+        certs_dir=stack.certs_dir,
+        role=role,
+        server_role=server,
+    )
+
+
+def occupied_row(i: int) -> common_pb2.Tensor:
+    """A clearly occupied room (lights on, CO2 up), a little different each minute."""
+    values = list(OCCUPIED)
+    values[2] += i
+    values[3] += 2 * i
+    return common_pb2.Tensor(dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[6], float_values=values)
+
+
+async def wait_for(predicate: object, timeout: float, what: str) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if await predicate():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+@pytest.mark.timeout(240)
+async def test_a_candidate_wrong_on_the_homeowners_labels_is_rolled_back(stack: Stack) -> None:
+    update = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE, Role.ADMIN))
+    inference = inf_grpc.InferenceServiceStub(channel(stack, Role.INFERENCE, Role.HUB))
+    hub = pers_grpc.PersonalizationServiceStub(channel(stack, Role.PERSONALIZATION, Role.HUB))
+    auditor = pers_grpc.PersonalizationServiceStub(
+        channel(stack, Role.PERSONALIZATION, Role.AUDITOR)
+    )
+
+    await update.Stage(pb.StageRequest(model_name="occupancy", version=BAD), timeout=60)
+    await update.StartRollout(
+        pb.StartRolloutRequest(
+            model_name="occupancy", stage=pb.ROLLOUT_STAGE_AB, candidate_share=0.5
+        ),
+        timeout=10,
+    )
+
+    async def rollout_loaded() -> bool:
+        s = await update.GetRolloutStatus(
+            pb.GetRolloutStatusRequest(model_name="occupancy"), timeout=10
+        )
+        return s.status.HasField("health")
+
+    await wait_for(rollout_loaded, 20, "inference serving the A/B rollout")
+
+    # A/B traffic: the candidate errs on nothing and is fast; only outcomes show it is bad.
+    batch = inf_pb.PredictBatchRequest(
+        model_name="occupancy",
+        inputs=[occupied_row(i) for i in range(60)],
+        entity_ids=[f"occupancy.room{i}" for i in range(60)],
+    )
+    served = await inference.PredictBatch(batch, timeout=10)
+    assert BAD in {p.model.version for p in served.predictions}
+    await asyncio.sleep(1.5)  # a few gate passes: no labels yet, nothing to judge by
+    status = (
+        await update.GetRolloutStatus(
+            pb.GetRolloutStatusRequest(model_name="occupancy"), timeout=10
+        )
+    ).status
+    assert status.candidate.version == BAD, "rolled back before any label existed"
+
+    # A presence sensor designated as ground truth labels the inputs: occupied.
+    added = await hub.AddExamples(
+        pers_pb.AddExamplesRequest(
+            model_name="occupancy",
+            source=pers_pb.LABEL_SOURCE_SENSOR,
+            examples=[
+                pers_pb.Example(input=occupied_row(i), label="occupied") for i in range(LABELS)
+            ],
+        ),
+        timeout=30,
+    )
+    assert added.added == LABELS
+
+    async def withdrawn() -> bool:
+        s = await update.GetRolloutStatus(
+            pb.GetRolloutStatusRequest(model_name="occupancy"), timeout=10
+        )
+        return not s.status.candidate.version
+
+    await wait_for(withdrawn, 30, f"the health gate to roll back {BAD}")
+
+    audit = audit_grpc.AuditServiceStub(channel(stack, Role.AUDIT, Role.AUDITOR))
+    steps = await audit.QueryDecisions(
+        audit_pb.QueryDecisionsRequest(entity_id="roost.model.occupancy", page_size=100),
+        timeout=10,
+    )
+    last = steps.entries[-1].decision
+    assert last.action == "update.rollback"
+    assert last.actor == audit_pb.ACTOR_AUTOMATIC
+    assert last.model.version == BAD
+    assert "feedback accuracy 0.0% vs active 100.0%" in last.policy.reason, last.policy.reason
+
+    # The same scores, as an auditor can read them (only counts and accuracies).
+    scores = await auditor.EvaluateVersions(
+        pers_pb.EvaluateVersionsRequest(model_name="occupancy", versions=["1.0.0"]), timeout=30
+    )
+    ((version, accuracy, count),) = [(r.version, r.accuracy, r.count) for r in scores.results]
+    assert (version, accuracy, count) == ("1.0.0", 1.0, LABELS)
+    # The hub stores labels but cannot score with them; the candidate is gone from inference.
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await hub.EvaluateVersions(
+            pers_pb.EvaluateVersionsRequest(model_name="occupancy", versions=["1.0.0"]),
+            timeout=10,
+        )
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    refusals: list[tuple[grpc.StatusCode, str]] = []
+
+    async def unloaded() -> bool:
+        try:
+            await auditor.EvaluateVersions(
+                pers_pb.EvaluateVersionsRequest(model_name="occupancy", versions=[BAD]),
+                timeout=30,
+            )
+        except grpc.aio.AioRpcError as e:
+            refusals.append((e.code(), e.details() or ""))
+            return True
+        return False
+
+    await wait_for(unloaded, 15, f"inference to unload {BAD}")
+    ((code, details),) = refusals
+    assert code == grpc.StatusCode.FAILED_PRECONDITION, details
+    assert "does not serve" in details
