@@ -38,12 +38,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     stack = Stack(args.home, hub_id=args.hub_id)
     try:
-        print("Starting Roost: broker, audit, inference, update, hub, simulator ...")
+        print(
+            "Starting Roost: broker, audit, inference, update, personalization, hub, simulator ..."
+        )
         t0 = time.monotonic()
         stack.start_broker(args.mqtt_port)
         stack.start_service(Role.AUDIT)
         stack.start_service(Role.INFERENCE)
         stack.start_service(Role.UPDATE)
+        stack.start_service(Role.PERSONALIZATION)
         stack.start_hub()
         if args.speedup > 0:
             stack.start_simulator(args.speedup, args.areas)
@@ -67,7 +70,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _print_banner(stack: Stack, took: float, areas: str) -> None:
     hub_id, broker = stack.hub_id, stack.broker_port
-    audit, inference, hub = (stack.procs[n].info for n in ("audit", "inference", "hub"))
+    audit, inference, hub, update, pers = (
+        stack.procs[n].info for n in ("audit", "inference", "hub", "update", "personalization")
+    )
     home = "" if stack.home == DEFAULT_HOME.resolve() else f" --home {stack.home}"
     print(f"""
 Roost is running ({took:.1f}s to start). Ctrl-C stops everything.
@@ -78,11 +83,16 @@ Roost is running ({took:.1f}s to start). Ctrl-C stops everything.
     hub status     roost/{hub_id}/status
   inference gRPC   127.0.0.1:{inference["port"]}   metrics http://127.0.0.1:{inference["metrics_port"]}/metrics
   audit gRPC       127.0.0.1:{audit["port"]}   metrics http://127.0.0.1:{audit["metrics_port"]}/metrics
+  update gRPC      127.0.0.1:{update["port"]}   metrics http://127.0.0.1:{update["metrics_port"]}/metrics
+  personalization  127.0.0.1:{pers["port"]}   metrics http://127.0.0.1:{pers["metrics_port"]}/metrics
   hub              metrics http://127.0.0.1:{hub["metrics_port"]}/metrics
   logs             {stack.home / "log"}/
 
 Watch the decisions:   .venv/bin/roost{home} tail        (or: mosquitto_sub -p {broker} -t 'roost/{hub_id}/decisions/#' -v)
 Health of everything:  .venv/bin/roost{home} status
+Models and rollouts:   .venv/bin/roost{home} models status
+The decision log:      .venv/bin/roost{home} audit tail
+Privacy budget:        .venv/bin/roost{home} personalize budget
 """)
 
 

@@ -92,6 +92,8 @@ class Stack:
         self.hub_id = hub_id
         self.log_level = log_level
         self.procs: dict[str, Proc] = {}
+        # Ports chosen before a service starts, because a peer started earlier names it.
+        self._reserved: dict[Role, int] = {}
         self.broker_port = 0
         for sub in ("certs", "data", "run", "log"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
@@ -153,7 +155,7 @@ class Stack:
         prefix = f"ROOST_{name.upper()}_"
         ready = self._ready_file(name)
         env = {
-            prefix + "PORT": "0",
+            prefix + "PORT": str(self._reserved.get(role, 0)),
             prefix + "METRICS_PORT": "0",
             prefix + "CERTS_DIR": str(self.certs_dir),
             prefix + "DATA_DIR": str(self.home / "data" / name),
@@ -181,6 +183,14 @@ class Stack:
             for peer in (Role.AUDIT, Role.INFERENCE, Role.UPDATE):
                 if peer != role and peer.value in self.procs:
                     env[f"{prefix}{peer.value.upper()}_TARGET"] = f"127.0.0.1:{self.port_of(peer)}"
+        if role == Role.UPDATE:
+            # Update and personalization call each other: personalization's port is
+            # picked now, so the update service started first can already name it.
+            if Role.PERSONALIZATION.value in self.procs:
+                port = self.port_of(Role.PERSONALIZATION)
+            else:
+                port = self._reserved.setdefault(Role.PERSONALIZATION, free_port())
+            env[prefix + "PERSONALIZATION_TARGET"] = f"127.0.0.1:{port}"
         return env
 
     def start_hub(self, extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:

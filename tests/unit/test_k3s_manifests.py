@@ -36,6 +36,7 @@ from services.inference.config import InferenceConfig
 from services.kit.auth import Role
 from services.kit.certs import LOCAL_CANDIDATE_KEY, LOCAL_CANDIDATE_PUB, server_name
 from services.kit.config import ServiceConfig, load_config
+from services.personalization.config import PersonalizationConfig
 from services.update.config import UpdateConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -612,6 +613,7 @@ def test_network_flows_are_exactly_the_allow_list(
 ) -> None:
     objs = rendered[overlay]
     inference, audit, update = InferenceConfig().port, AuditConfig().port, UpdateConfig().port
+    personalization = PersonalizationConfig().port
     expected = {
         ("roost-hub", "roost-inference", inference),
         ("roost-hub", "roost-audit", audit),
@@ -621,6 +623,11 @@ def test_network_flows_are_exactly_the_allow_list(
         ("roost-personalization", "roost-audit", audit),
         ("roost-personalization", "roost-update", update),
         ("roost-personalization", "roost-inference", inference),
+        # Home Assistant's update entity, feedback labels, the budget sensor, training.
+        ("roost-hub", "roost-update", update),
+        ("roost-hub", "roost-personalization", personalization),
+        # The health gate scores versions on homeowners' labels.
+        ("roost-update", "roost-personalization", personalization),
     }
     expected |= {("roost-prometheus", f"roost-{r}", METRICS_PORT) for r in ROOST_ROLES}
     assert _allowed_flows(objs) == expected
