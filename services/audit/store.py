@@ -38,6 +38,7 @@ from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit import erasure, tree
 from services.audit.merkle import CompactRange
 from services.audit.records import Appended, PreparedRecord, prepare
+from services.kit import sqlite as kit_sqlite
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ _LOOKUP_CHUNK: Final = 500
 
 # One tuple of steps per schema version; index i migrates version i -> i + 1. A step
 # is an SQL statement or a function run on the connection inside the transaction.
-_Step = str | Callable[[sqlite3.Connection], None]
-_MIGRATIONS: Final[tuple[tuple[_Step, ...], ...]] = (
+
+_MIGRATIONS: Final[tuple[tuple[kit_sqlite.Step, ...], ...]] = (
     (
         """CREATE TABLE entries (
             idx INTEGER PRIMARY KEY,
@@ -115,27 +116,7 @@ _MAX_TOKEN_CHARS: Final = 200
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Brings the schema to SCHEMA_VERSION, one transaction per version; returns it."""
-    current = _user_version(conn)
-    if current > SCHEMA_VERSION:
-        raise FailedPrecondition(
-            f"audit database: schema version {current} is newer than supported {SCHEMA_VERSION}"
-        )
-    for version in range(current, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for step in _MIGRATIONS[version]:
-                if isinstance(step, str):
-                    conn.execute(step)
-                else:
-                    step(conn)
-            conn.execute(f"PRAGMA user_version = {version + 1:d}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        logger.info("audit database migrated to schema version %d", version + 1)
-    return SCHEMA_VERSION
+    return kit_sqlite.migrate(conn, _MIGRATIONS, what="audit database")
 
 
 class AuditStore:
@@ -159,21 +140,18 @@ class AuditStore:
         Writers use WAL with ``synchronous=FULL``: a returned append survives power loss.
         A ``read_only`` store needs an already migrated database (open the writer first).
         """
-        if not read_only:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: autocommit; transactions are explicit BEGIN/COMMIT.
-        conn = sqlite3.connect(path, isolation_level=None)
+        if read_only:
+            # isolation_level=None: autocommit; transactions are explicit BEGIN/COMMIT.
+            conn = sqlite3.connect(path, isolation_level=None)
+        else:
+            conn = kit_sqlite.connect_durable(path, what="audit database", busy_timeout_s=5.0)
         try:
-            conn.execute("PRAGMA busy_timeout = 5000")
             if read_only:
+                conn.execute("PRAGMA busy_timeout = 5000")
                 conn.execute("PRAGMA query_only = ON")
-                if _user_version(conn) != SCHEMA_VERSION:
+                if kit_sqlite.user_version(conn) != SCHEMA_VERSION:
                     raise FailedPrecondition("audit database: not migrated; open the writer first")
             else:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise FailedPrecondition("audit database: WAL journal mode unavailable")
-                conn.execute("PRAGMA synchronous = FULL")
                 # Erased inputs are overwritten with zeros, not left in free pages.
                 conn.execute("PRAGMA secure_delete = ON")
                 # Truncate the WAL back to at most 64 MiB after checkpoints.
@@ -621,10 +599,6 @@ def _assign(
 def _insert_sql(table: str, columns: str, width: int, count: int) -> str:
     row = "(" + ",".join("?" * width) + ")"
     return f"INSERT INTO {table} ({columns}) VALUES " + ",".join([row] * count)  # noqa: S608
-
-
-def _user_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
 def _entry(row: tuple[Any, ...]) -> pb.LogEntry:

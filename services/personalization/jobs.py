@@ -64,6 +64,7 @@ from typing import Any, Final, Literal
 from prometheus_client import Counter, Gauge
 
 from models.manifest import MANIFEST_FILE, Manifest, sha256_file
+from services.kit import sqlite as kit_sqlite
 from services.kit.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -231,13 +232,12 @@ class JobTable:
     """The job table (SQLite, WAL, synchronous FULL). Thread-safe."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout = 30000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.execute(_SCHEMA)
-        self._conn.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at_us)")
+        self._conn = kit_sqlite.connect_durable(path, what="job table", check_same_thread=False)
+        kit_sqlite.migrate(
+            self._conn,
+            ((_SCHEMA, "CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at_us)"),),
+            what="job table",
+        )
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -71,7 +71,7 @@ import re
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -83,6 +83,7 @@ import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant  # type: ignore[import-untyped]
 from opacus.accountants.analysis import rdp as rdp_analysis  # type: ignore[import-untyped]
 
+from services.kit import sqlite as kit_sqlite
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -111,8 +112,7 @@ _ACCOUNTANTS: Final = ("rdp", "prv")
 _ORDERS: Final[list[float]] = list(RDPAccountant.DEFAULT_ALPHAS)
 _ORDERS_DIGEST: Final = hashlib.sha256(np.asarray(_ORDERS, dtype="<f8").tobytes()).hexdigest()[:16]
 
-_Step = str | Callable[[sqlite3.Connection], None]
-_MIGRATIONS: Final[tuple[tuple[_Step, ...], ...]] = (
+_MIGRATIONS: Final[tuple[tuple[kit_sqlite.Step, ...], ...]] = (
     (
         # steps_charged: what counts now (steps while reserved, steps_done once
         # committed, 0 once released). rdp: per-step RDP curve at _ORDERS (float64 LE).
@@ -428,37 +428,9 @@ def _name(field: str, value: object, *, scope: bool = False) -> str:
     return value
 
 
-def _user_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
 def migrate(conn: sqlite3.Connection) -> int:
     """Brings the schema to SCHEMA_VERSION (one transaction per version; safe to race)."""
-    while True:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Read inside the write transaction: another process may have migrated.
-            current = _user_version(conn)
-            if current > SCHEMA_VERSION:
-                raise FailedPrecondition(
-                    f"privacy ledger: schema version {current} is newer than supported"
-                    f" {SCHEMA_VERSION}"
-                )
-            if current == SCHEMA_VERSION:
-                conn.execute("COMMIT")
-                return SCHEMA_VERSION
-            for step in _MIGRATIONS[current]:
-                if isinstance(step, str):
-                    conn.execute(step)
-                else:
-                    step(conn)
-            conn.execute(f"PRAGMA user_version = {current + 1:d}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        logger.info("privacy ledger migrated to schema version %d", current + 1)
+    return kit_sqlite.migrate(conn, _MIGRATIONS, what="privacy ledger")
 
 
 def _mechanism(row: Sequence[Any]) -> Mechanism:
@@ -542,16 +514,17 @@ class PrivacyLedger:
         ``busy_timeout_s`` is how long an operation waits for another writer (a PRV
         composition can hold the lock for about a second) before ``Unavailable``.
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: autocommit; transactions are explicit BEGIN/COMMIT.
         # check_same_thread=False: the instance lock serializes the threads.
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {max(0, int(busy_timeout_s * 1000)):d}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise FailedPrecondition("privacy ledger: WAL journal mode unavailable")
-            conn.execute("PRAGMA synchronous = FULL")
+            conn = kit_sqlite.connect_durable(
+                path,
+                what="privacy ledger",
+                busy_timeout_s=busy_timeout_s,
+                check_same_thread=False,
+            )
+        except sqlite3.OperationalError as e:
+            raise Unavailable(f"privacy ledger: cannot open the database ({e})") from e
+        try:
             migrate(conn)
             return cls(conn, policy, scope_policies)
         except sqlite3.OperationalError as e:

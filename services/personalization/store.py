@@ -40,6 +40,7 @@ from typing import Final, Literal, Self
 import numpy as np
 import numpy.typing as npt
 
+from services.kit import sqlite as kit_sqlite
 from services.kit.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ logger = logging.getLogger(__name__)
 Source = Literal["feedback", "override", "sensor", "import"]
 SOURCES: Final[tuple[str, ...]] = ("feedback", "override", "sensor", "import")
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-SCHEMA_VERSION: Final = 1
 _MAX_LABEL_CHARS: Final = 200
 _MAX_SQL_INT: Final = 2**63 - 1
 
@@ -68,6 +68,15 @@ _SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS examples_observed ON examples(observed_at_us)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
 )
+
+
+def _create_id_key(conn: sqlite3.Connection) -> None:
+    """The store's random key for example ids (HMAC), made once with the schema."""
+    conn.execute("INSERT INTO meta (key, value) VALUES ('id_key', ?)", (secrets.token_bytes(32),))
+
+
+_MIGRATIONS: Final[tuple[tuple[kit_sqlite.Step, ...], ...]] = ((*_SCHEMA, _create_id_key),)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 F32Array = npt.NDArray[np.float32]
 I64Array = npt.NDArray[np.int64]
@@ -113,38 +122,20 @@ class ExampleStore:
     @classmethod
     def open(cls, path: Path, *, busy_timeout_s: float = 30.0) -> ExampleStore:
         """Opens (creating) the store at ``path`` (mode 0600: household data)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {max(0, int(busy_timeout_s * 1000)):d}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise FailedPrecondition("example store: WAL journal mode unavailable")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-                if version > SCHEMA_VERSION:
-                    raise FailedPrecondition(
-                        f"example store: schema version {version} is newer than supported"
-                        f" {SCHEMA_VERSION}"
-                    )
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-                row = conn.execute("SELECT value FROM meta WHERE key = 'id_key'").fetchone()
-                if row is None:
-                    key = secrets.token_bytes(32)
-                    conn.execute("INSERT INTO meta (key, value) VALUES ('id_key', ?)", (key,))
-                else:
-                    key = bytes(row[0])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return cls(conn, key)
+            conn = kit_sqlite.connect_durable(
+                path,
+                what="example store",
+                busy_timeout_s=busy_timeout_s,
+                private=True,
+                check_same_thread=False,
+            )
+        except sqlite3.OperationalError as e:
+            raise Unavailable(f"example store: cannot open the database ({e})") from e
+        try:
+            kit_sqlite.migrate(conn, _MIGRATIONS, what="example store")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'id_key'").fetchone()
+            return cls(conn, bytes(row[0]))
         except sqlite3.OperationalError as e:
             conn.close()
             raise Unavailable(f"example store: cannot open the database ({e})") from e
