@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -256,8 +257,14 @@ def build_examples(  # noqa: PLR0917 - one call site, all needed
     step) the latest value of each kind is fed to a :class:`FeatureWindow` (forward fill,
     as a periodically reporting sensor would) and, when the window is ready and the label
     entity's state at that time maps to a label, one example is taken.
+
+    The windows sit on a grid of multiples of the step (epoch time), not on ``start``:
+    importing an overlapping range again yields the same windows, which the example store
+    then skips as duplicates (an example's id covers its input, label and time).
     """
     step = step_seconds or spec.step_seconds
+    if not step > 0:
+        raise ValueError("step_seconds must be > 0")
     events: list[tuple[float, str, float]] = []
     for kind, history in series.items():
         for ts, state in history:
@@ -272,8 +279,9 @@ def build_examples(  # noqa: PLR0917 - one call site, all needed
     i = j = 0
     label: str | None = None
     order = sorted(spec.sensor_kinds, key=lambda k: k == spec.step_kind)
-    t = start
-    while t <= end:
+    k = math.ceil(start / step)
+    while (t := k * step) <= end:
+        k += 1
         while i < len(events) and events[i][0] <= t:
             latest[events[i][1]] = events[i][2]
             i += 1
@@ -299,7 +307,6 @@ def build_examples(  # noqa: PLR0917 - one call site, all needed
                     observed_at=observed,
                 )
             )
-        t += step
     return examples
 
 
