@@ -268,6 +268,7 @@ class Hub:
                 update_check_seconds=self.config.ha_update_check_seconds,
                 drift_retrain_seconds=self.config.drift_retrain_seconds,
                 drift_retrain_epsilon=self.config.drift_retrain_epsilon,
+                drift_min_samples=self.config.drift_min_samples,
                 buffer_topics=self.config.ha_buffer_topics,
             )
         worker = asyncio.create_task(self.pipeline.run(), name="decisions")

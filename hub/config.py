@@ -75,5 +75,7 @@ class HubConfig:
     # this often per model, with this privacy target; 0 seconds disables it.
     drift_retrain_seconds: float = 86400.0
     drift_retrain_epsilon: float = 1.0
+    # Live samples a feature needs before its PSI can raise the drift alert.
+    drift_min_samples: int = 500
     # State messages held while the broker is away (latest per topic); beyond, counted drops.
     ha_buffer_topics: int = 1000

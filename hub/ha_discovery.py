@@ -259,6 +259,7 @@ class HaBridge:
         update_check_seconds: float = 3600.0,
         drift_retrain_seconds: float = 0.0,
         drift_retrain_epsilon: float = 1.0,
+        drift_min_samples: int = 500,
         settle_seconds: float = 1.0,
         buffer_topics: int = 1000,
     ) -> None:
@@ -277,6 +278,7 @@ class HaBridge:
         # Drift-triggered personalization: at most once per this many seconds per model.
         self.drift_retrain_seconds = drift_retrain_seconds
         self.drift_retrain_epsilon = drift_retrain_epsilon
+        self.drift_min_samples = drift_min_samples
         self._drift_trained: dict[str, float] = {}
         self.settle_seconds = settle_seconds
         self.components: dict[str, dict[str, Any]] = {}
@@ -793,7 +795,14 @@ class HaBridge:
             self._queue(state_topic(self.hub_id, f"{model}_status"), json.dumps(doc).encode(), True)
             return
         psi_max = max((f.psi for f in s.drift), default=0.0)
-        drift = s.drift_alert or (s.drift_monitored and psi_max >= self.settings.drift_psi_alert)
+        # The homeowner's PSI level applies only to features with enough live samples
+        # (a handful of readings after a restart is not drift).
+        over = [
+            f
+            for f in s.drift
+            if f.psi >= self.settings.drift_psi_alert and f.samples >= self.drift_min_samples
+        ]
+        drift = s.drift_alert or (s.drift_monitored and bool(over))
         unhealthy, reason = False, "ok"
         if not s.active.loaded:
             unhealthy, reason = True, "active model not loaded"
@@ -802,9 +811,7 @@ class HaBridge:
                 unhealthy, reason = True, "rollout candidate not loaded"
             elif s.candidate.error_rate > s.active.error_rate + CANDIDATE_ERROR_MARGIN:
                 unhealthy, reason = True, "rollout candidate fails more often than active"
-        drifting = sorted(
-            f.feature for f in s.drift if f.alert or f.psi >= self.settings.drift_psi_alert
-        )
+        drifting = sorted(f.feature for f in s.drift if f.alert or f in over)
         doc = {
             "drift": "ON" if drift else "OFF",
             "health": "ON" if unhealthy else "OFF",

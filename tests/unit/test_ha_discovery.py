@@ -16,6 +16,8 @@ from hub.ha_discovery import (
     discovery_topic,
     uninstall_messages,
 )
+from roost.common.v1 import common_pb2
+from roost.inference.v1 import inference_service_pb2 as inf_pb
 
 ROUTINE_LABELS = ("away", "asleep", "idle")
 
@@ -184,3 +186,28 @@ def test_drift_starts_personalization_once_per_cooldown_unless_paused(tmp_path: 
 
     asyncio.run(go())
     assert started == [("occupancy", 0.5)]
+
+
+def test_drift_needs_enough_live_samples(tmp_path: Path) -> None:
+    def status(samples: int) -> inf_pb.GetModelStatusResponse:
+        return inf_pb.GetModelStatusResponse(
+            active=inf_pb.RoleHealth(
+                model=common_pb2.ModelRef(name="occupancy", version="1.0.0"), loaded=True
+            ),
+            drift_monitored=True,
+            drift=[inf_pb.FeatureDrift(feature="co2", psi=0.9, ks=0.5, samples=samples)],
+        )
+
+    class Inference:
+        def __init__(self, samples: int) -> None:
+            self.samples = samples
+
+        async def GetModelStatus(self, request: Any, timeout: float) -> Any:
+            return status(self.samples)
+
+    for samples, expected in ((12, "OFF"), (5000, "ON")):
+        b = bridge(tmp_path)
+        b.inference = Inference(samples)  # type: ignore[assignment]
+        asyncio.run(b._poll_model("occupancy"))
+        payload, _ = b._outbox["roost/home-1/ha/state/occupancy_status"]
+        assert json.loads(payload)["drift"] == expected, samples
