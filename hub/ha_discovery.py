@@ -502,11 +502,12 @@ class HaBridge:
                 if self._outbox.get(topic) == (payload, retain):
                     del self._outbox[topic]
 
-    async def _republish_latest(self) -> None:
-        """After discovery settled: the latest decision per entity known now (HA was away).
+    async def _republish_latest(self, keys: Sequence[tuple[str, str]] | None = None) -> None:
+        """After discovery settled: the latest decision per entity known now (of ``keys``,
+        or of every entity when HA was away), sent again with the same decision id.
 
         Only decisions made before this call: newer ones are published by the pipeline."""
-        known = list(self.latest.values())
+        known = [latest for key, latest in self.latest.items() if keys is None or key in keys]
         if not known:
             return
         await asyncio.sleep(self.settle_seconds)
@@ -529,18 +530,20 @@ class HaBridge:
 
     async def on_recorded(self, items: Sequence[Recorded]) -> None:
         """Called by the pipeline after the audit log acknowledged ``items``."""
-        new = False
+        new: list[tuple[str, str]] = []
         for r in items:
             key = (r.model, r.area)
             if f"{r.model}_{r.area}" not in self.components:
                 self._add_prediction(r.model, r.area)
-                new = True
+                new.append(key)
             self.latest[key] = Latest(r.decision_id, r.label, r.topic, r.payload)
         if new:
             self._publish_discovery()
             if self.client is not None:
-                # Let HA create the entity and subscribe before the first decision arrives.
-                await asyncio.sleep(self.settle_seconds)
+                # HA creates the entity and subscribes a moment after the config: the
+                # pipeline goes on (never held back), and the new entities' latest
+                # decisions are sent again once HA had time to subscribe.
+                self._later(self._republish_latest(new))
 
     # ------------------------------------------------------------ commands
 
