@@ -77,6 +77,11 @@ def render_status(s: pb.RolloutStatus) -> str:
             )
             if s.stage == 2:
                 line += f", agreement {h.agreement:.1%} of {h.compared_predictions}"
+            if h.candidate_feedback_count:
+                line += (
+                    f", feedback accuracy {h.candidate_feedback_accuracy:.1%} vs"
+                    f" {h.active_feedback_accuracy:.1%} ({h.candidate_feedback_count} labels)"
+                )
     return line
 
 

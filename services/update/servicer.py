@@ -407,6 +407,8 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
                         agreement=candidate.agreement,
                         active_feedback_accuracy=active.feedback_accuracy or 0.0,
                         candidate_feedback_accuracy=candidate.feedback_accuracy or 0.0,
+                        active_feedback_count=active.feedback_count,
+                        candidate_feedback_count=candidate.feedback_count,
                         compared_predictions=candidate.compared,
                     )
                 )

@@ -175,6 +175,10 @@ async def test_the_rollout_status_carries_the_feedback_accuracies(tmp_path: Path
     ).status
     assert status.health.active_feedback_accuracy == pytest.approx(0.9)
     assert status.health.candidate_feedback_accuracy == pytest.approx(0.875)
+    assert (status.health.active_feedback_count, status.health.candidate_feedback_count) == (
+        25,
+        24,
+    )
 
 
 # --------------------------------------------------------------------------- the client

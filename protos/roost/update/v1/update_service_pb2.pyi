@@ -371,6 +371,8 @@ class HealthComparison(_message.Message):
     ACTIVE_FEEDBACK_ACCURACY_FIELD_NUMBER: _builtins.int
     CANDIDATE_FEEDBACK_ACCURACY_FIELD_NUMBER: _builtins.int
     COMPARED_PREDICTIONS_FIELD_NUMBER: _builtins.int
+    ACTIVE_FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
     active_error_rate: _builtins.float
     candidate_error_rate: _builtins.float
     active_p99_latency_seconds: _builtins.float
@@ -381,6 +383,11 @@ class HealthComparison(_message.Message):
     """Accuracy against feedback labels, where the task has them."""
     candidate_feedback_accuracy: _builtins.float
     compared_predictions: _builtins.int
+    active_feedback_count: _builtins.int
+    """Homeowners' labels since the stage started that each accuracy is based on (0: no
+    feedback yet, and the accuracies above mean nothing).
+    """
+    candidate_feedback_count: _builtins.int
     def __init__(
         self,
         *,
@@ -392,10 +399,12 @@ class HealthComparison(_message.Message):
         active_feedback_accuracy: _builtins.float = ...,
         candidate_feedback_accuracy: _builtins.float = ...,
         compared_predictions: _builtins.int = ...,
+        active_feedback_count: _builtins.int = ...,
+        candidate_feedback_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_error_rate", b"active_error_rate", "active_feedback_accuracy", b"active_feedback_accuracy", "active_p99_latency_seconds", b"active_p99_latency_seconds", "agreement", b"agreement", "candidate_error_rate", b"candidate_error_rate", "candidate_feedback_accuracy", b"candidate_feedback_accuracy", "candidate_p99_latency_seconds", b"candidate_p99_latency_seconds", "compared_predictions", b"compared_predictions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_error_rate", b"active_error_rate", "active_feedback_accuracy", b"active_feedback_accuracy", "active_feedback_count", b"active_feedback_count", "active_p99_latency_seconds", b"active_p99_latency_seconds", "agreement", b"agreement", "candidate_error_rate", b"candidate_error_rate", "candidate_feedback_accuracy", b"candidate_feedback_accuracy", "candidate_feedback_count", b"candidate_feedback_count", "candidate_p99_latency_seconds", b"candidate_p99_latency_seconds", "compared_predictions", b"compared_predictions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
