@@ -166,7 +166,11 @@ class Hub:
         self.ha_client: HaClient | None = None
         if config.ha_url:
             try:
-                self.ha_client = HaClient(config.ha_url, read_token(config.ha_token_file))
+                self.ha_client = HaClient(
+                    config.ha_url,
+                    read_token(config.ha_token_file),
+                    timeout=config.ha_api_timeout_seconds,
+                )
             except HaUnavailable as e:
                 log.warning("Home Assistant API not usable: %s", e)
         self.actions = ActionRunner(

@@ -59,6 +59,8 @@ class HubConfig:
     # import and allow-listed actions. The token file holds a long-lived access token.
     ha_url: str = ""
     ha_token_file: Path | None = None
+    # Requests to Home Assistant's API (history reads of a long import take the longest).
+    ha_api_timeout_seconds: float = 30.0
     # "explicit": statestream_entities only; "auto": proposed from HA's area, device and
     # entity registries by device_class (statestream_entities still win where given).
     ha_mapping: str = "explicit"

@@ -45,7 +45,11 @@ def _client(config: HubConfig) -> object:
     from hub.ha_client import HaClient, HaUnavailable, read_token
 
     try:
-        return HaClient(config.ha_url, read_token(config.ha_token_file))
+        return HaClient(
+            config.ha_url,
+            read_token(config.ha_token_file),
+            timeout=config.ha_api_timeout_seconds,
+        )
     except HaUnavailable as e:
         raise CliError(str(e)) from e
 
