@@ -18,7 +18,7 @@ from services.kit.config import load_config
 from services.kit.server import Registration, configure_process, run_service
 from services.update import local_key
 from services.update.config import UpdateConfig
-from services.update.health import HealthPolicy
+from services.update.health import HealthPolicy, RolloutSchedule
 from services.update.registry import Registry
 from services.update.servicer import POLICY, UpdateServicer, run_health_gate
 from services.update.status import InferenceStatus, PersonalizationFeedback
@@ -104,6 +104,12 @@ def main() -> None:
                 max_feedback_accuracy_drop=config.max_feedback_accuracy_drop,
             ),
             feedback=feedback,
+            schedule=RolloutSchedule(
+                enabled=config.auto_advance,
+                shadow_seconds=config.shadow_minutes * 60,
+                ab_share=config.ab_share,
+                ab_seconds=config.ab_minutes * 60,
+            ),
         )
         if config.auto_rollback:
             background.append(

@@ -44,7 +44,15 @@ class UpdateConfig(ServiceConfig):
     min_feedback: int = 20
     max_feedback_accuracy_drop: float = 0.05
 
+    # A healthy candidate moves on by itself: shadow -> A/B (ab_share) -> active.
+    auto_advance: bool = True
+    shadow_minutes: float = 60.0
+    ab_share: float = 0.25
+    ab_minutes: float = 240.0
+
     def __post_init__(self) -> None:
+        if not 0 < self.ab_share <= 1:
+            raise ValueError("update.ab_share: must be in (0, 1]")
         if not self.health_check_seconds > 0:
             raise ValueError("update.health_check_seconds: must be > 0")
         if not 0 <= self.min_agreement <= 1:

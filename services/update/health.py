@@ -98,3 +98,16 @@ def judge(active: RoleHealth, candidate: RoleHealth, stage: str, policy: HealthP
     if problems:
         return Verdict(False, tuple(problems))
     return Verdict(True, (f"{seen} predictions compared",))
+
+
+@dataclass(frozen=True)
+class RolloutSchedule:
+    """How a healthy candidate moves on without an operator: after ``shadow_seconds`` of
+    healthy shadow it serves ``ab_share`` of entities; after ``ab_seconds`` of healthy A/B
+    it becomes active. Each step needs a *healthy* verdict (enough data, no threshold
+    crossed) at that moment; ``enabled = False`` leaves every step to people."""
+
+    enabled: bool = True
+    shadow_seconds: float = 3600.0
+    ab_share: float = 0.25
+    ab_seconds: float = 4 * 3600.0

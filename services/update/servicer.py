@@ -16,7 +16,7 @@ import logging
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,8 +30,9 @@ from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, P
 from services.kit.interceptors import peer_role
 from services.update import local_key
 from services.update.bundle import parse_version, unpack_bundle
-from services.update.health import HealthPolicy, RoleHealth, Verdict, judge
-from services.update.registry import Registry, SlotState, Stage, VersionInfo
+from services.update.health import HealthPolicy, RoleHealth, RolloutSchedule, Verdict, judge
+from services.update.registry import Registry, SlotState, VersionInfo
+from services.update.registry import Stage as StageName
 from services.update.trail import Trail
 from services.update.tuf_client import ModelUpdater
 
@@ -102,6 +103,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
         max_bundle_bytes: int,
         health_policy: HealthPolicy,
         feedback: FeedbackSource | None = None,
+        schedule: RolloutSchedule | None = None,
     ) -> None:
         self._registry = registry
         self._trail = trail
@@ -111,6 +113,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
         self._max_bundle_bytes = max_bundle_bytes
         self._policy = health_policy
         self._feedback = feedback
+        self._schedule = schedule or RolloutSchedule()
         # One lifecycle change at a time per model (the registry locks across processes).
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -210,7 +213,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
         self, request: pb.StartRolloutRequest, context: Any
     ) -> pb.StartRolloutResponse:
         name = _required_name(request.model_name)
-        stage: Stage
+        stage: StageName
         if request.stage == pb.ROLLOUT_STAGE_SHADOW:
             stage = "shadow"
         elif request.stage == pb.ROLLOUT_STAGE_AB:
@@ -221,20 +224,8 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
                 )
         else:
             raise InvalidArgument("stage: must be ROLLOUT_STAGE_SHADOW or ROLLOUT_STAGE_AB")
-        async with self._lock(name):
-            state = await self._state(name)
-            if state.candidate is None:
-                raise FailedPrecondition(f"model {name} has no candidate: stage one first")
-            share = float(request.candidate_share) if stage == "ab" else 0.0
-            what = "shadow" if stage == "shadow" else f"A/B with {share:.0%} of entities"
-            await self._trail.record(
-                await self._ref(name, state.candidate),
-                f"update.{stage}",
-                f"{state.candidate} in {what}",
-                f"candidate {state.candidate} moves to {what}; active {state.active}",
-            )
-            state = await asyncio.to_thread(self._registry.start_rollout, name, stage, share)
-        self._stepped(name, stage, state, automatic=False)
+        share = float(request.candidate_share) if stage == "ab" else 0.0
+        state = await self.start(name, stage, share, automatic=False, reason="")
         return pb.StartRolloutResponse(status=await self._rollout_status(name, state))
 
     async def Promote(self, request: pb.PromoteRequest, context: Any) -> pb.PromoteResponse:
@@ -253,6 +244,26 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
         return pb.RollbackResponse(active=_version_pb(info, state))
 
     # ------------------------------------------------------------------ shared steps
+
+    async def start(
+        self, name: str, stage: StageName, share: float, *, automatic: bool, reason: str
+    ) -> SlotState:
+        """Moves the candidate into shadow or A/B (``share`` of entities), audited first."""
+        async with self._lock(name):
+            state = await self._state(name)
+            if state.candidate is None:
+                raise FailedPrecondition(f"model {name} has no candidate: stage one first")
+            what = "shadow" if stage == "shadow" else f"A/B with {share:.0%} of entities"
+            await self._trail.record(
+                await self._ref(name, state.candidate),
+                f"update.{stage}",
+                f"{state.candidate} in {what}",
+                reason or f"candidate {state.candidate} moves to {what}; active {state.active}",
+                automatic=automatic,
+            )
+            state = await asyncio.to_thread(self._registry.start_rollout, name, stage, share)
+        self._stepped(name, stage, state, automatic=automatic)
+        return state
 
     async def promote(self, name: str, *, automatic: bool, reason: str) -> SlotState:
         async with self._lock(name):
@@ -318,7 +329,23 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
                 await self.rollback(
                     name, automatic=True, reason="health gate: " + "; ".join(verdict.reasons)
                 )
+            elif verdict.healthy:
+                await self._advance_if_due(name, state, verdict)
         return verdicts
+
+    async def _advance_if_due(self, name: str, state: SlotState, verdict: Verdict) -> None:
+        """A candidate healthy for long enough moves on by itself: shadow -> A/B ->
+        active (``RolloutSchedule``; audited as automatic steps)."""
+        schedule = self._schedule
+        if not schedule.enabled or not state.stage_started_at:
+            return
+        started = datetime.fromisoformat(state.stage_started_at)
+        elapsed = (datetime.now(UTC) - started).total_seconds()
+        reason = f"healthy for {elapsed / 60:.0f} min ({verdict.summary()})"
+        if state.stage == "shadow" and elapsed >= schedule.shadow_seconds:
+            await self.start(name, "ab", schedule.ab_share, automatic=True, reason=reason)
+        elif state.stage == "ab" and elapsed >= schedule.ab_seconds:
+            await self.promote(name, automatic=True, reason=reason)
 
     # ------------------------------------------------------------------ internals
 

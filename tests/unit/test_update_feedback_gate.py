@@ -28,7 +28,7 @@ from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.personalization.v1 import personalization_service_pb2 as pers_pb
 from roost.personalization.v1 import personalization_service_pb2_grpc as pers_grpc
 from roost.update.v1 import update_service_pb2 as pb
-from services.update.health import HealthPolicy, RoleHealth
+from services.update.health import HealthPolicy, RoleHealth, RolloutSchedule
 from services.update.registry import Registry
 from services.update.servicer import UpdateServicer
 from services.update.status import PersonalizationFeedback
@@ -284,3 +284,46 @@ async def test_an_unreachable_personalization_means_no_scores_logged_once_and_co
         scores = await feedback.accuracy("occupancy", [ACTIVE, CANDIDATE], None)
         assert scores[CANDIDATE] == (0.75, 30)
     assert any("available again" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_healthy_candidate_advances_by_itself(tmp_path: Path) -> None:
+    """shadow -> A/B -> active, each step once the stage has been healthy long enough."""
+    gate = make_gate(tmp_path, FakeFeedback({ACTIVE: (0.9, 25), CANDIDATE: (0.9, 25)}))
+    gate.registry.rollback("occupancy")
+    gate.registry.stage("occupancy", CANDIDATE)
+    gate.registry.start_rollout("occupancy", "shadow")
+
+    class ShadowStatus(FakeStatus):
+        async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
+            return (
+                RoleHealth(ACTIVE, predictions=1000, errors=0, p99_seconds=0.001),
+                RoleHealth(CANDIDATE, 500, 0, 0.001, agreement=0.97, compared=500),
+            )
+
+    gate.servicer._status = ShadowStatus()
+    # Not due yet: nothing moves.
+    gate.servicer._schedule = RolloutSchedule(shadow_seconds=3600, ab_share=0.3, ab_seconds=3600)
+    await gate.servicer.check_health()
+    assert gate.registry.state("occupancy").stage == "shadow"
+    # Due: shadow -> A/B at the schedule's share, then A/B -> active.
+    gate.servicer._schedule = RolloutSchedule(shadow_seconds=0, ab_share=0.3, ab_seconds=0)
+    await gate.servicer.check_health()
+    s = gate.registry.state("occupancy")
+    assert (s.stage, s.share) == ("ab", pytest.approx(0.3))
+    await gate.servicer.check_health()
+    s = gate.registry.state("occupancy")
+    assert (s.active, s.candidate) == (CANDIDATE, None)
+    steps = [(d.action, d.actor) for d in gate.audit.decisions]
+    assert steps[-2:] == [
+        ("update.ab", audit_pb.ACTOR_AUTOMATIC),
+        ("update.promote", audit_pb.ACTOR_AUTOMATIC),
+    ]
+    assert "healthy for" in gate.audit.decisions[-1].policy.reason
+
+
+async def test_without_the_schedule_a_healthy_candidate_waits(tmp_path: Path) -> None:
+    gate = make_gate(tmp_path, FakeFeedback())
+    gate.servicer._schedule = RolloutSchedule(enabled=False, shadow_seconds=0, ab_seconds=0)
+    await gate.servicer.check_health()
+    assert gate.registry.state("occupancy").stage == "ab"
+    assert gate.audit.decisions == []
