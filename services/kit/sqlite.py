@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from services.kit.errors import FailedPrecondition
 
@@ -81,3 +84,29 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[Step]], *, w
                 conn.execute("ROLLBACK")
             raise
         logger.info("%s migrated to schema version %d", what, current + 1)
+
+
+class SharedConnection:
+    """One connection that the threads of a process share, taking turns on a lock (other
+    processes are serialized by SQLite's write lock); closable, and a context manager."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -69,15 +69,13 @@ import logging
 import math
 import re
 import sqlite3
-import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal
 
 import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant  # type: ignore[import-untyped]
@@ -477,7 +475,7 @@ def _reservation(entry: LedgerEntry) -> Reservation:
 # --------------------------------------------------------------------------- the ledger
 
 
-class PrivacyLedger:
+class PrivacyLedger(kit_sqlite.SharedConnection):
     """The persistent per-scope privacy budget. Thread-safe; open one per process."""
 
     def __init__(
@@ -488,16 +486,13 @@ class PrivacyLedger:
     ) -> None:
         if not isinstance(policy, BudgetPolicy):
             raise InvalidArgument("policy: must be a BudgetPolicy")
-        self._conn: sqlite3.Connection | None = conn
+        super().__init__(conn)
         self._policy = policy
         self._scope_policies: dict[str, BudgetPolicy] = {}
         for scope, scope_policy in (scope_policies or {}).items():
             if not isinstance(scope_policy, BudgetPolicy):
                 raise InvalidArgument(f"scope_policies[{scope!r}]: must be a BudgetPolicy")
             self._scope_policies[_name("scope_policies", scope, scope=True)] = scope_policy
-        # One connection, one lock: threads of this process take turns; other processes
-        # are serialized by SQLite's write lock (BEGIN IMMEDIATE).
-        self._lock = threading.RLock()
 
     @classmethod
     def open(
@@ -533,23 +528,6 @@ class PrivacyLedger:
         except BaseException:
             conn.close()
             raise
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def policy_for(self, scope: str) -> BudgetPolicy:
         return self._scope_policies.get(_name("scope", scope, scope=True), self._policy)

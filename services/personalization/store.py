@@ -28,14 +28,12 @@ import json
 import logging
 import secrets
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Literal, Self
+from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -111,13 +109,12 @@ def _utc(t: datetime) -> datetime:
     return t.astimezone(UTC)
 
 
-class ExampleStore:
+class ExampleStore(kit_sqlite.SharedConnection):
     """The example database. Thread-safe (one connection, one lock); one per process."""
 
     def __init__(self, conn: sqlite3.Connection, key: bytes) -> None:
-        self._conn: sqlite3.Connection | None = conn
+        super().__init__(conn)
         self._key = key
-        self._lock = threading.RLock()
 
     @classmethod
     def open(cls, path: Path, *, busy_timeout_s: float = 30.0) -> ExampleStore:
@@ -142,23 +139,6 @@ class ExampleStore:
         except BaseException:
             conn.close()
             raise
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ---- ids
 
