@@ -40,7 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from home_assistant import OWNER, HomeAssistant, start_home_assistant  # noqa: E402
+from home_assistant import (  # noqa: E402
+    OWNER,
+    HomeAssistant,
+    room_sensors,
+    start_home_assistant,
+)
 
 from hub.stack import Stack, free_port  # noqa: E402
 from services.kit.auth import Role  # noqa: E402
@@ -137,32 +142,7 @@ asyncio.run(main())
 
 
 def ha_options() -> dict[str, Any]:
-    numbers: dict[str, Any] = {}
-    sensors: list[dict[str, Any]] = []
-    areas: dict[str, str] = {}
-    for room, area in ROOMS.items():
-        for kind, (unit, lo, hi) in KINDS.items():
-            key = f"{room}_{kind}_raw"
-            numbers[key] = {
-                "name": f"{room} {kind} raw",
-                "min": lo,
-                "max": hi,
-                "step": 0.1,
-                "initial": lo + 1,
-                "mode": "box",
-                "unit_of_measurement": unit,
-            }
-            sensors.append(
-                {
-                    "name": f"{area} {kind.replace('_', ' ')}",
-                    "unique_id": f"roostshot_{room}_{kind}",
-                    "device_class": kind,
-                    "state_class": "measurement",
-                    "unit_of_measurement": unit,
-                    "state": f"{{{{ states('input_number.{key}') }}}}",
-                }
-            )
-            areas[f"sensor.{room}_{kind}"] = area
+    numbers, sensors, areas = room_sensors(ROOMS, KINDS, "roostshot")
     areas["input_boolean.kitchen_light"] = "Kitchen"
     return {
         "extra_config": {

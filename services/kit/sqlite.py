@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
-from services.kit.errors import FailedPrecondition
+from services.kit.errors import FailedPrecondition, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +91,32 @@ class SharedConnection:
     """One connection that the threads of a process share, taking turns on a lock (other
     processes are serialized by SQLite's write lock); closable, and a context manager."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, what: str) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._lock = threading.RLock()
+        self._what = what
+
+    @contextmanager
+    def _transaction(self, mode: Literal["IMMEDIATE", "DEFERRED"]) -> Iterator[sqlite3.Connection]:
+        """One transaction under the lock: committed if the block returns, rolled back if
+        it raises; a busy or locked database is Unavailable (retry)."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise FailedPrecondition(f"{self._what}: closed")
+            try:
+                conn.execute(f"BEGIN {mode}")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:
+                if "locked" in str(e) or "busy" in str(e):
+                    raise Unavailable(f"{self._what}: database busy; retry") from e
+                raise
 
     def close(self) -> None:
         with self._lock:

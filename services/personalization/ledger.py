@@ -70,8 +70,7 @@ import math
 import re
 import sqlite3
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -486,7 +485,7 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
     ) -> None:
         if not isinstance(policy, BudgetPolicy):
             raise InvalidArgument("policy: must be a BudgetPolicy")
-        super().__init__(conn)
+        super().__init__(conn, what="privacy ledger")
         self._policy = policy
         self._scope_policies: dict[str, BudgetPolicy] = {}
         for scope, scope_policy in (scope_policies or {}).items():
@@ -730,26 +729,6 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
         return [_entry(r) for r in rows]
 
     # ---- internals
-
-    @contextmanager
-    def _transaction(self, mode: Literal["IMMEDIATE", "DEFERRED"]) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise FailedPrecondition("privacy ledger: closed")
-            try:
-                conn.execute(f"BEGIN {mode}")
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.OperationalError as e:
-                if "locked" in str(e) or "busy" in str(e):
-                    raise Unavailable("privacy ledger: database busy; retry") from e
-                raise
 
     @staticmethod
     def _get(conn: sqlite3.Connection, reservation_id: str) -> LedgerEntry:

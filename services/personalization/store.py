@@ -28,8 +28,7 @@ import json
 import logging
 import secrets
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.kit import sqlite as kit_sqlite
-from services.kit.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.kit.errors import InvalidArgument, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class ExampleStore(kit_sqlite.SharedConnection):
     """The example database. Thread-safe (one connection, one lock); one per process."""
 
     def __init__(self, conn: sqlite3.Connection, key: bytes) -> None:
-        super().__init__(conn)
+        super().__init__(conn, what="example store")
         self._key = key
 
     @classmethod
@@ -285,25 +284,3 @@ class ExampleStore(kit_sqlite.SharedConnection):
         x = np.frombuffer(b"".join(xs), dtype="<f4").astype(np.float32)
         x = x.reshape((len(xs), *[int(d) for d in shape])) if xs else x.reshape((0, width))
         return x, np.asarray(ys, dtype=np.int64)
-
-    # ---- internals
-
-    @contextmanager
-    def _transaction(self, mode: Literal["IMMEDIATE", "DEFERRED"]) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._conn
-            if conn is None:
-                raise FailedPrecondition("example store: closed")
-            try:
-                conn.execute(f"BEGIN {mode}")
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.OperationalError as e:
-                if "locked" in str(e) or "busy" in str(e):
-                    raise Unavailable("example store: database busy; retry") from e
-                raise

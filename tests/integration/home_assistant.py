@@ -582,6 +582,42 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def room_sensors(
+    rooms: dict[str, str], kinds: dict[str, tuple[str, float, float]], unique_prefix: str
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
+    """Settable room sensors for tests: per room (slug -> HA area name) and kind
+    (device_class -> unit, min, max), an ``input_number.<room>_<kind>_raw`` and a template
+    ``sensor.<room>_<kind>`` with that device_class following it, placed in the area.
+    Returns (input_number config, template sensors, entity -> area)."""
+    numbers: dict[str, Any] = {}
+    sensors: list[dict[str, Any]] = []
+    areas: dict[str, str] = {}
+    for room, area in rooms.items():
+        for kind, (unit, lo, hi) in kinds.items():
+            key = f"{room}_{kind}_raw"
+            numbers[key] = {
+                "name": f"{room} {kind} raw",
+                "min": lo,
+                "max": hi,
+                "step": 0.1,
+                "initial": lo + 1,
+                "mode": "box",
+                "unit_of_measurement": unit,
+            }
+            sensors.append(
+                {
+                    "name": f"{area} {kind.replace('_', ' ')}",
+                    "unique_id": f"{unique_prefix}_{room}_{kind}",
+                    "device_class": kind,
+                    "state_class": "measurement",
+                    "unit_of_measurement": unit,
+                    "state": f"{{{{ states('input_number.{key}') }}}}",
+                }
+            )
+            areas[f"sensor.{room}_{kind}"] = area
+    return numbers, sensors, areas
+
+
 def start_home_assistant(home: Path, **kwargs: Any) -> tuple[Stack, HomeAssistant]:
     """A fresh mosquitto (``Stack.start_broker``) and HA against it, under ``home``.
 

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from home_assistant import HomeAssistant
+from home_assistant import HomeAssistant, room_sensors
 from mqtt_helpers import audit_stub, collect_decisions, publish
 
 from hub import mqtt
@@ -57,32 +57,7 @@ ROOMS = {"kitchen": "Kitchen", "living_room": "Living Room"}
 
 
 def _ha_options() -> dict[str, Any]:
-    numbers: dict[str, Any] = {}
-    sensors: list[dict[str, Any]] = []
-    areas: dict[str, str] = {}
-    for room, area_name in ROOMS.items():
-        for kind, (unit, lo, hi) in KINDS.items():
-            key = f"{room}_{kind}_raw"
-            numbers[key] = {
-                "name": f"{room} {kind} raw",
-                "min": lo,
-                "max": hi,
-                "step": 0.1,
-                "initial": lo + 1,
-                "mode": "box",
-                "unit_of_measurement": unit,
-            }
-            sensors.append(
-                {
-                    "name": f"{area_name} {kind.replace('_', ' ')}",
-                    "unique_id": f"roosttest_{room}_{kind}",
-                    "device_class": kind,
-                    "state_class": "measurement",
-                    "unit_of_measurement": unit,
-                    "state": f"{{{{ states('input_number.{key}') }}}}",
-                }
-            )
-            areas[f"sensor.{room}_{kind.replace('_', '_')}"] = area_name
+    numbers, sensors, areas = room_sensors(ROOMS, KINDS, "roosttest")
     areas["input_boolean.kitchen_light"] = "Kitchen"
     areas["input_boolean.living_room_light"] = "Living Room"
     return {
