@@ -460,7 +460,7 @@ async def latency_grpc(plan: Plan, scratch: Path) -> dict[str, Any]:
     """The same paced run against a real audit service process over gRPC with mTLS."""
     from grpc import aio
 
-    from hub.stack import Stack
+    from cli.stack import Stack
     from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
     from services.kit.auth import Role
     from services.kit.client import aio_channel

@@ -34,9 +34,9 @@ from rich.table import Table
 
 from bench.machine import machine_info
 from bench.report import markdown_table, percentile, write
+from cli.simulate import default_source
+from cli.stack import Stack
 from hub import mqtt
-from hub.simulate import default_source
-from hub.stack import Stack
 from hub.topics import decisions_filter, reading_topic
 from models.manifest import load_manifest, shipped_models_dir
 from roost.common.v1 import common_pb2

@@ -11,7 +11,7 @@ run is a fresh subprocess, so its peak RSS (``resource.getrusage``) is its own.
 The 30 days are synthesized: ``datatraining.txt`` (UCI Occupancy, 8,143 rows, about
 5.7 days) is replayed through the serving feature code and tiled in whole weeks, so
 hour-of-day features stay aligned; the rows repeat, so this measures cost, not
-utility (utility is ``python -m models.personalization``).
+utility (utility is ``python -m bench.privacy_utility``).
 
 Floor: the private fine-tune finishes in <= 60 s. Exit 1 if not, unless --no-fail.
 Results: a printed table and bench/results/personalization.{json,md}.

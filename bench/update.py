@@ -33,17 +33,17 @@ import grpc
 
 from bench.machine import machine_info
 from bench.report import markdown_table, percentile, write
-from hub.stack import Stack
+from cli.stack import Stack
+from cli.tuf_repo import ModelRepository
 from models.manifest import MANIFEST_FILE, shipped_models_dir
 from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
 from services.kit.auth import Role
 from services.kit.client import aio_channel
-from services.update.bundle import pack_bundle
-from services.update.registry import Registry
+from services.modelstore.bundle import pack_bundle
+from services.modelstore.registry import Registry
 from services.update.tuf_client import ModelUpdater
-from services.update.tuf_repo import ModelRepository
 
 BUNDLE_BYTES = 1024 * 1024
 RATE = 500

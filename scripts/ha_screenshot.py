@@ -38,17 +38,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from home_assistant import (  # noqa: E402
+from cli.stack import Stack, free_port  # noqa: E402
+from services.kit.auth import Role  # noqa: E402
+from tests.support.home_assistant import (  # noqa: E402
     OWNER,
     HomeAssistant,
     room_sensors,
     start_home_assistant,
 )
-
-from hub.stack import Stack, free_port  # noqa: E402
-from services.kit.auth import Role  # noqa: E402
 
 HUB_ID = "home"
 ROOMS = {"kitchen": "Kitchen", "living_room": "Living Room"}

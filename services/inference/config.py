@@ -22,7 +22,7 @@ class InferenceConfig(ServiceConfig):
     # One sub-directory per model, each with manifest.json and its ONNX file. Used only
     # when registry_root is None.
     model_dir: Path = field(default_factory=shipped_models_dir)
-    # The on-disk model registry (services/update/registry.py); None: use model_dir.
+    # The on-disk model registry (services/modelstore/registry.py); None: use model_dir.
     registry_root: Path | None = None
     # On start, install and activate the shipped models the registry lacks.
     bootstrap_shipped: bool = True

@@ -1,6 +1,6 @@
 """Registry-backed serving: follow the on-disk model registry and hot-swap sessions.
 
-The update service writes the registry (``services/update/registry.py``); this
+The update service writes the registry (``services/modelstore/registry.py``); this
 service only reads it. Every ``poll_seconds`` (default 0.2 s) the watcher stats each
 ``<root>/<model>/state.json``; only when the file changed (inode, mtime or size; the
 registry replaces it atomically, so every write is a new inode), or at least every
@@ -36,7 +36,7 @@ from prometheus_client import Counter, Gauge
 from models.manifest import ManifestError
 from services.inference.registry import LoadedModel, ModelRegistry, Serving, load_model
 from services.kit.errors import RoostError
-from services.update.registry import STATE_FILE, Registry, SlotState
+from services.modelstore.registry import STATE_FILE, Registry, SlotState
 
 log = logging.getLogger(__name__)
 

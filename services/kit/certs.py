@@ -154,7 +154,7 @@ def ensure_certs(certs_dir: Path, hub_id: str = "local", roles: Iterable[Role] =
             made = True
     if not (certs_dir / LOCAL_CANDIDATE_KEY).is_file():
         # The hub's key for local (personalized) model candidates; see
-        # services/update/local_key.py. Trusted for local candidates only.
+        # services/modelstore/local_key.py. Trusted for local candidates only.
         key = ed25519.Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM,

@@ -29,6 +29,7 @@ from services.kit.client import aio_channel
 from services.kit.config import load_config
 from services.kit.errors import FailedPrecondition, Unavailable
 from services.kit.server import Registration, configure_process, run_service
+from services.modelstore.registry import Registry
 from services.personalization.config import PersonalizationConfig
 from services.personalization.jobs import EXAMPLES, JobManager, JobTable, Stager
 from services.personalization.ledger import BudgetPolicy, PrivacyLedger
@@ -39,7 +40,6 @@ from services.personalization.servicer import (
     inference_predictor,
 )
 from services.personalization.store import ExampleStore
-from services.update.registry import Registry
 
 logger = logging.getLogger("services.personalization")
 

@@ -76,7 +76,7 @@ F32Array = npt.NDArray[np.float32]
 I64Array = npt.NDArray[np.int64]
 
 
-# Defaults chosen by `python -m models.personalization` (docs/personalization.md):
+# Defaults chosen by `python -m bench.privacy_utility` (docs/personalization.md):
 # distillation + replay of public base rows forgot least and gained most (within the
 # seed spread of replay alone) on both tasks at epsilon 1-4. Replay rows must be
 # public base-training data, as many as the private rows.

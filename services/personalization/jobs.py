@@ -71,13 +71,13 @@ from services.kit.errors import (
     NotFound,
     RoostError,
 )
+from services.modelstore import local_key
+from services.modelstore.bundle import pack_bundle, parse_version
+from services.modelstore.registry import Registry
 from services.personalization import public, worker
 from services.personalization.config import PersonalizationConfig
 from services.personalization.ledger import Mechanism, PrivacyLedger
 from services.personalization.store import ExampleStore
-from services.update import local_key
-from services.update.bundle import pack_bundle, parse_version
-from services.update.registry import Registry
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from services.kit.certs import LOCAL_CANDIDATE_PUB
 from services.kit.client import aio_channel
 from services.kit.config import load_config
 from services.kit.server import Registration, configure_process, run_service
-from services.update import local_key
+from services.modelstore import local_key
+from services.modelstore.registry import Registry
 from services.update.config import UpdateConfig
 from services.update.health import HealthPolicy, RolloutSchedule
-from services.update.registry import Registry
 from services.update.servicer import POLICY, UpdateServicer, run_health_gate
 from services.update.status import InferenceStatus, PersonalizationFeedback
 from services.update.trail import Trail

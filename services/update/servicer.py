@@ -28,11 +28,11 @@ from roost.update.v1 import update_service_pb2_grpc as pb_grpc
 from services.kit.auth import Policy, Role
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.kit.interceptors import peer_role
-from services.update import local_key
-from services.update.bundle import parse_version, unpack_bundle
+from services.modelstore import local_key
+from services.modelstore.bundle import parse_version, unpack_bundle
+from services.modelstore.registry import Registry, SlotState, VersionInfo
+from services.modelstore.registry import Stage as StageName
 from services.update.health import HealthPolicy, RoleHealth, RolloutSchedule, Verdict, judge
-from services.update.registry import Registry, SlotState, VersionInfo
-from services.update.registry import Stage as StageName
 from services.update.trail import Trail
 from services.update.tuf_client import ModelUpdater
 

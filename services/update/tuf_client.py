@@ -64,7 +64,7 @@ from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from models.manifest import MANIFEST_FILE
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from services.update.bundle import TargetInfo, check_family, parse_version, unpack_bundle
+from services.modelstore.bundle import TargetInfo, check_family, parse_version, unpack_bundle
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from home_assistant import HomeAssistant, start_home_assistant
 
-from hub.stack import Stack, StackError, find_mosquitto
+from cli.stack import Stack, StackError, find_mosquitto
 from services.kit.auth import Role
+from tests.support.home_assistant import HomeAssistant, start_home_assistant
 
 
 def require_mosquitto() -> None:

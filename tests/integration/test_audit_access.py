@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from hub.stack import Stack
+from cli.stack import Stack
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from services.audit.servicer import POLICY

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from hub.cli import main
-from hub.stack import Stack
+from cli.main import main
+from cli.stack import Stack
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from services.kit.auth import Role
 from services.kit.client import sync_channel
-from tests.unit.test_audit_store import decision
+from tests.support.audit_records import decision
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from conftest import start_stack
-from mqtt_helpers import OCCUPIED, all_entries, collect_decisions, hub_metric
 
+from cli.stack import Stack
 from hub import mqtt
-from hub.stack import Stack
 from hub.topics import reading_topic
 from services.kit.auth import Role
+from tests.support.mqtt_helpers import OCCUPIED, all_entries, collect_decisions, hub_metric
 
 pytestmark = pytest.mark.integration
 

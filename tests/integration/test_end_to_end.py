@@ -8,7 +8,15 @@ import json
 
 import grpc
 import pytest
-from mqtt_helpers import (
+
+from cli.stack import Stack
+from hub import mqtt
+from hub.topics import reading_topic, status_topic
+from roost.audit.v1 import audit_service_pb2 as audit_pb
+from services.audit.checkpoint import NoteVerifier, verify_checkpoint
+from services.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+from services.kit.auth import Role
+from tests.support.mqtt_helpers import (
     DAY_TS,
     NIGHT_TS,
     OCCUPIED,
@@ -19,14 +27,6 @@ from mqtt_helpers import (
     publish,
     readings,
 )
-
-from hub import mqtt
-from hub.stack import Stack
-from hub.topics import reading_topic, status_topic
-from roost.audit.v1 import audit_service_pb2 as audit_pb
-from services.audit.checkpoint import NoteVerifier, verify_checkpoint
-from services.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
-from services.kit.auth import Role
 
 pytestmark = pytest.mark.integration
 

@@ -24,12 +24,11 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from home_assistant import HomeAssistant, room_sensors
-from mqtt_helpers import audit_stub, collect_decisions, publish
 
+from cli.main import main
+from cli.stack import Stack
+from cli.tuf_repo import ModelRepository
 from hub import mqtt
-from hub.cli import main
-from hub.stack import Stack
 from hub.topics import reading_topic
 from models.manifest import MANIFEST_FILE, shipped_models_dir
 from roost.audit.v1 import audit_service_pb2 as audit_pb
@@ -38,8 +37,9 @@ from roost.update.v1 import update_service_pb2 as upd_pb
 from roost.update.v1 import update_service_pb2_grpc as upd_grpc
 from services.kit.auth import Role
 from services.kit.client import aio_channel
-from services.update.bundle import pack_bundle
-from services.update.tuf_repo import ModelRepository
+from services.modelstore.bundle import pack_bundle
+from tests.support.home_assistant import HomeAssistant, room_sensors
+from tests.support.mqtt_helpers import audit_stub, collect_decisions, publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.home_assistant, pytest.mark.timeout(900)]
 

@@ -28,12 +28,12 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
-from home_assistant import HomeAssistant
 
-from hub.cli import main
-from hub.stack import Stack
+from cli.main import main
+from cli.stack import Stack
 from models.features import time_of_day_features
 from services.kit.auth import Role
+from tests.support.home_assistant import HomeAssistant
 
 pytestmark = [pytest.mark.integration, pytest.mark.home_assistant, pytest.mark.timeout(600)]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from home_assistant import HomeAssistant
 
 from hub import mqtt
+from tests.support.home_assistant import HomeAssistant
 
 # The first test also pays for the HA venv install (~2 min cold) and HA's start (~10 s).
 pytestmark = [pytest.mark.integration, pytest.mark.home_assistant, pytest.mark.timeout(900)]

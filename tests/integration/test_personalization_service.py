@@ -19,8 +19,8 @@ import grpc
 import numpy as np
 import pytest
 
-from hub.cli import main
-from hub.stack import Stack
+from cli.main import main
+from cli.stack import Stack
 from models.datasets import DatasetMissing, load_occupancy
 from models.occupancy.data import build_features
 from roost.audit.v1 import audit_service_pb2 as audit_pb

@@ -11,12 +11,19 @@ from pathlib import Path
 
 import pytest
 from conftest import start_stack
-from mqtt_helpers import DAY_TS, OCCUPIED, collect_decisions, hub_metric, publish, readings
 
+from cli.stack import Stack
 from hub import mqtt
-from hub.stack import Stack
 from hub.topics import status_topic
 from services.kit.auth import Role
+from tests.support.mqtt_helpers import (
+    DAY_TS,
+    OCCUPIED,
+    collect_decisions,
+    hub_metric,
+    publish,
+    readings,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from broker import start_mosquitto
 from conftest import require_mosquitto
 
-from hub.simulate import SENSOR_KINDS, simulate, synthetic_source
-from hub.stack import free_port as stack_free_port
+from cli.simulate import SENSOR_KINDS, simulate, synthetic_source
+from cli.stack import free_port as stack_free_port
 from hub.topics import READINGS_PREFIX, parse_reading_topic
+from tests.support.broker import start_mosquitto
 
 pytestmark = pytest.mark.integration
 

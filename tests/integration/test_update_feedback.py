@@ -19,7 +19,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from hub.stack import Stack
+from cli.stack import Stack
+from cli.tuf_repo import ModelRepository
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from roost.common.v1 import common_pb2
@@ -31,9 +32,8 @@ from roost.update.v1 import update_service_pb2 as pb
 from roost.update.v1 import update_service_pb2_grpc as pb_grpc
 from services.kit.auth import Role
 from services.kit.client import aio_channel
-from services.update.bundle import pack_bundle
-from services.update.tuf_repo import ModelRepository
-from tests.integration.test_update_rollout import OCCUPIED, occupancy_version
+from services.modelstore.bundle import pack_bundle
+from tests.support.model_versions import OCCUPIED, occupancy_version
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,1 @@
+"""The `roost` command line: operator and developer tools around the running hub."""

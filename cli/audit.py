@@ -1,0 +1,562 @@
+"""``roost audit ...``: what auditors run against the decision log.
+
+Online commands talk to the audit service over mTLS with a read-only ``auditor``
+identity (``redact`` needs ``admin``): ``tail``, ``query``, ``show``, ``checkpoint``,
+``export``, ``redact``. ``verify`` is offline: it needs only the bundle and the hub's
+public verifier key, no server and no credentials.
+
+By default the service, the certificates and the key are found through the stack
+started by ``roost run`` (``<home>/run/stack.json``); ``--target``, ``--certs`` and
+``--pubkey`` point elsewhere (e.g. a hub under k3s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from cli.support import CliError, stack_target
+
+if TYPE_CHECKING:
+    import grpc
+
+    from roost.audit.v1 import audit_service_pb2 as pb
+    from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
+    from services.audit.checkpoint import Checkpoint, NoteVerifier
+
+# Default verifier key of a local stack, relative to --home.
+LOCAL_VKEY = Path("data") / "audit" / "checkpoint.vkey"
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An ISO 8601 time (naive = UTC) or a duration ago: ``90s``, ``15m``, ``2h``, ``7d``."""
+    now = now or datetime.now(UTC)
+    if m := _RELATIVE.match(text.strip()):
+        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(
+            f"time {text!r}: use ISO 8601 (2026-11-25T08:00) or an age such as 2h or 7d"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _stub(args: argparse.Namespace, role: str) -> tuple[grpc.Channel, pb_grpc.AuditServiceStub]:
+    from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
+    from services.kit.auth import Role
+    from services.kit.client import sync_channel
+
+    address, certs_dir = stack_target(args, "audit")
+    try:
+        channel = sync_channel(
+            address,
+            certs_dir=certs_dir,
+            role=Role(role),
+            server_role=Role.AUDIT,
+            max_message_bytes=16 * 1024 * 1024,
+        )
+    except FileNotFoundError as e:
+        raise CliError(f"no {role} credentials in {certs_dir}: {e}") from None
+    return channel, pb_grpc.AuditServiceStub(channel)
+
+
+def _rpc_error(e: Exception) -> CliError:
+    import grpc
+
+    if isinstance(e, grpc.RpcError):
+        code = e.code()
+        details = e.details()
+        return CliError(f"audit service: {code.name}: {details}")
+    return CliError(str(e))
+
+
+def load_verifier(spec: str | None, home: Path) -> NoteVerifier | None:
+    """The verifier key from ``--pubkey`` (a vkey or a file holding one), else the local
+    stack's, else None."""
+    from services.audit.checkpoint import CheckpointError, NoteVerifier
+
+    if spec is None:
+        local = home / LOCAL_VKEY
+        if not local.is_file():
+            return None
+        spec = str(local)
+    text = spec
+    path = Path(spec)
+    if "+" not in spec or path.is_file():
+        try:
+            text = path.read_text().strip()
+        except OSError as e:
+            raise CliError(
+                f"--pubkey {spec}: not a verifier key and not a readable file ({e})"
+            ) from None
+    try:
+        return NoteVerifier.from_vkey(text)
+    except CheckpointError as e:
+        raise CliError(f"--pubkey: not a valid verifier key: {e}") from None
+
+
+def note_checkpoint(note: str) -> Checkpoint:
+    """The (unverified) checkpoint body of a signed note."""
+    from services.audit.checkpoint import Checkpoint, CheckpointError
+
+    body, sep, _ = note.partition("\n\n")
+    try:
+        if not sep:
+            raise CheckpointError("no blank line between the text and the signatures")
+        return Checkpoint.parse(body + "\n")
+    except CheckpointError as e:
+        raise CliError(f"not a signed checkpoint note: {e}") from None
+
+
+def _ts(ts: Any) -> str:
+    return datetime.fromtimestamp(ts.ToMicroseconds() / 1e6, UTC).isoformat(timespec="seconds")
+
+
+def _actor(value: int) -> str:
+    from roost.audit.v1 import audit_service_pb2 as pb
+
+    return pb.Actor.Name(value).removeprefix("ACTOR_").lower()  # type: ignore[arg-type]
+
+
+def entry_line(entry: pb.LogEntry) -> str:
+    d = entry.decision
+    model = f"{d.model.name}@{d.model.version}" if d.model.name else "-"
+    label = d.output_label if len(d.output_label) <= 24 else d.output_label[:23] + "…"
+    return (
+        f"#{entry.index:<7} {_ts(d.decided_at)}  {d.entity_id:30} {label:24} "
+        f"conf={d.confidence:.2f}  {model:18} {d.action or '-':20} {_actor(d.actor)}"
+    )
+
+
+def entry_json(entry: pb.LogEntry) -> str:
+    from google.protobuf.json_format import MessageToDict
+
+    return json.dumps(MessageToDict(entry), separators=(",", ":"))
+
+
+def show_entry(entry: pb.LogEntry, out: TextIO) -> None:
+    from roost.audit.v1 import audit_service_pb2 as pb
+
+    d = entry.decision
+    rows: list[tuple[str, str]] = [
+        ("decision", d.decision_id),
+        ("leaf", f"#{entry.index}  {entry.leaf_hash.hex()}"),
+        ("decided at", _ts(d.decided_at)),
+        ("appended at", _ts(entry.appended_at)),
+        ("hub / entity", f"{d.hub_id} / {d.entity_id}"),
+        ("model", f"{d.model.name} {d.model.version}  sha256 {d.model.sha256}"),
+        ("output", f"{d.output_label}  values={[round(v, 4) for v in d.output_values]}"),
+        ("confidence", f"{d.confidence:.3f}"),
+        ("policy", f"{d.policy.policy_id}: {pb.PolicyVerdict.Name(d.policy.verdict)}"),
+        ("  reason", d.policy.reason or "-"),
+        ("action", d.action or "-"),
+        ("actor", _actor(d.actor)),
+        ("inputs digest", d.inputs_digest or "-"),
+    ]
+    if entry.inputs_redacted:
+        rows.append(("inputs", "[redacted] (the digest above still binds them)"))
+    elif d.HasField("inputs"):
+        values = list(d.inputs.tensor.float_values)
+        names = list(d.inputs.feature_names)
+        rows.append(("inputs", f"{len(values)} values"))
+        width = len(names) or 1
+        for i, name in enumerate(names):
+            column = values[i::width]
+            rows.append((f"  {name}", ", ".join(f"{v:g}" for v in column[-6:])))
+    rows.extend(("  why", f"{a.feature}: {a.attribution:+.4f}") for a in d.explanation)
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        out.write(f"{key:{width}}  {value}\n")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from roost.audit.v1 import audit_service_pb2 as pb
+
+    channel, stub = _stub(args, args.role)
+    with channel:
+        try:
+            resp = stub.QueryDecisions(
+                pb.QueryDecisionsRequest(page_size=args.lines, newest_first=True), timeout=10
+            )
+            last = -1
+            for entry in reversed(resp.entries):
+                print(entry_json(entry) if args.json else entry_line(entry), flush=True)
+                last = max(last, entry.index)
+            while args.follow:
+                time.sleep(args.interval)
+                for entry in _newer_than(stub, last):
+                    print(entry_json(entry) if args.json else entry_line(entry), flush=True)
+                    last = entry.index
+        except KeyboardInterrupt:
+            return 0
+        except Exception as e:
+            raise _rpc_error(e) from e
+    return 0
+
+
+def _newer_than(stub: pb_grpc.AuditServiceStub, last: int) -> list[pb.LogEntry]:
+    """Entries with index > ``last``, oldest first (pages backwards until ``last``)."""
+    from roost.audit.v1 import audit_service_pb2 as pb
+
+    found: list[pb.LogEntry] = []
+    token = ""
+    while True:
+        resp = stub.QueryDecisions(
+            pb.QueryDecisionsRequest(page_size=500, newest_first=True, page_token=token),
+            timeout=10,
+        )
+        fresh = [e for e in resp.entries if e.index > last]
+        found.extend(fresh)
+        if len(fresh) < len(resp.entries) or not resp.next_page_token:
+            return list(reversed(found))
+        token = resp.next_page_token
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """Query/export filter fields from --since/--until/--entity/--model/--action."""
+    fields: dict[str, Any] = {}
+    model_name, _, model_version = (args.model or "").partition("@")
+    fields.update(
+        entity_id=args.entity or "",
+        model_name=model_name,
+        model_version=model_version,
+        action=args.action or "",
+    )
+    return fields
+
+
+def _set_times(request: Any, args: argparse.Namespace) -> None:
+    if args.since:
+        request.start_time.FromDatetime(parse_time(args.since))
+    if args.until:
+        request.end_time.FromDatetime(parse_time(args.until))
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from roost.audit.v1 import audit_service_pb2 as pb
+
+    request = pb.QueryDecisionsRequest(page_size=min(args.limit, 1000), **_filters(args))
+    _set_times(request, args)
+    printed = 0
+    channel, stub = _stub(args, args.role)
+    with channel:
+        try:
+            while printed < args.limit:
+                resp = stub.QueryDecisions(request, timeout=30)
+                for entry in resp.entries[: args.limit - printed]:
+                    print(entry_json(entry) if args.json else entry_line(entry))
+                    printed += 1
+                if not resp.next_page_token:
+                    break
+                request.page_token = resp.next_page_token
+        except Exception as e:
+            raise _rpc_error(e) from e
+    if not args.json:
+        print(f"-- {printed} entr{'y' if printed == 1 else 'ies'}", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from roost.audit.v1 import audit_service_pb2 as pb
+    from services.audit.checkpoint import CheckpointError, verify_checkpoint
+    from services.audit.merkle import ProofError, leaf_hash, verify_inclusion
+
+    verifier = load_verifier(args.pubkey, args.home)
+    channel, stub = _stub(args, args.role)
+    with channel:
+        try:
+            entry = stub.GetDecision(
+                pb.GetDecisionRequest(decision_id=args.decision_id), timeout=10
+            ).entry
+            cp = stub.GetCheckpoint(pb.GetCheckpointRequest(), timeout=10)
+            proof = stub.GetInclusionProof(
+                pb.GetInclusionProofRequest(decision_id=args.decision_id, tree_size=cp.tree_size),
+                timeout=10,
+            )
+        except Exception as e:
+            raise _rpc_error(e) from e
+    if args.json:
+        print(entry_json(entry))
+    else:
+        show_entry(entry, sys.stdout)
+    root = cp.root_hash
+    signed = "signature NOT checked (no --pubkey)"
+    if verifier is not None:
+        try:
+            root = verify_checkpoint(verifier, cp.signed_note, verifier.name).root_hash
+        except CheckpointError as e:
+            print(f"PROOF FAILED: checkpoint signature: {e}", file=sys.stderr)
+            return 1
+        signed = f"signed by {verifier.name}"
+    try:
+        if leaf_hash(entry.record) != entry.leaf_hash:
+            raise ProofError("the record does not hash to its leaf")
+        verify_inclusion(entry.leaf_hash, entry.index, cp.tree_size, list(proof.hashes), root)
+    except ProofError as e:
+        print(f"PROOF FAILED: {e}", file=sys.stderr)
+        return 1
+    print(f"proof        included in the log of {cp.tree_size} entries ({signed})")
+    return 0
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from roost.audit.v1 import audit_service_pb2 as pb
+    from services.audit.checkpoint import CheckpointError, verify_checkpoint
+
+    channel, stub = _stub(args, args.role)
+    with channel:
+        try:
+            cp = stub.GetCheckpoint(pb.GetCheckpointRequest(), timeout=10)
+        except Exception as e:
+            raise _rpc_error(e) from e
+    verifier = load_verifier(args.pubkey, args.home)
+    if verifier is not None:
+        try:
+            verify_checkpoint(verifier, cp.signed_note, verifier.name)
+        except CheckpointError as e:
+            raise CliError(f"the service's checkpoint does not verify: {e}") from None
+    if args.out:
+        _write_file(args.out, cp.signed_note.encode())
+        print(f"checkpoint of {cp.tree_size} entries saved to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(cp.signed_note)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from roost.audit.v1 import audit_service_pb2 as pb
+
+    previous = [note_checkpoint(Path(p).read_text()).size for p in args.previous]
+    request = pb.ExportDecisionsRequest(
+        consistency_from_sizes=previous, omit_inputs=args.no_inputs, **_filters(args)
+    )
+    _set_times(request, args)
+    out: Path = args.out
+    partial = out.with_name(out.name + ".partial")
+    written = 0
+    channel, stub = _stub(args, args.role)
+    with channel, _Progress("exporting", None, "B") as advance:
+        try:
+            with partial.open("wb") as f:
+                for chunk in stub.ExportDecisions(request, timeout=args.timeout):
+                    f.write(chunk.chunk)
+                    written += len(chunk.chunk)
+                    advance(len(chunk.chunk))
+                f.flush()
+                os.fsync(f.fileno())
+        except Exception as e:
+            partial.unlink(missing_ok=True)
+            raise _rpc_error(e) from e
+    partial.replace(out)
+    entries = _count_entries(out)
+    print(
+        f"exported {entries} entries ({written / 1e6:.1f} MB) to {out}\n"
+        f"verify offline with: roost audit verify {out} --pubkey <checkpoint.vkey>",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _count_entries(path: Path) -> int:
+    with path.open("rb") as f:
+        lines = sum(1 for _ in f)
+    return max(0, lines - 2)  # header and trailer
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from services.audit.bundle import BundleError, verify_bundle
+
+    verifier = load_verifier(args.pubkey, args.home)
+    if verifier is None:
+        raise CliError("verify needs the hub's public key: --pubkey <vkey or file>")
+    previous = [Path(p).read_text() for p in args.previous]
+    bundle: Path = args.bundle
+    if not bundle.is_file():
+        raise CliError(f"{bundle}: no such file")
+    started = time.perf_counter()
+    with bundle.open("rb") as f, _Progress("verifying", bundle.stat().st_size, "B") as advance:
+
+        def lines() -> Iterator[bytes]:
+            for line in f:
+                advance(len(line))
+                yield line
+
+        try:
+            report = verify_bundle(lines(), verifier, previous_checkpoints=previous)
+        except BundleError as e:
+            print(f"FAILED: {bundle}: {e}", file=sys.stderr)
+            return 1
+    took = time.perf_counter() - started
+    print(f"OK: {report.entries:,} entries of {report.origin} verified in {took:.1f} s")
+    print(f"  checkpoint: {report.tree_size:,} entries, root {report.root_hash.hex()}")
+    if report.entries:
+        print(f"  leaf indexes {report.first_index}..{report.last_index}", end="")
+        print(" (the complete log)" if report.complete else " (a filtered export)")
+    if report.redacted:
+        print(f"  {report.redacted} entries have redacted inputs (their records still verify)")
+    for size in report.consistency_checked:
+        print(f"  consistent with your earlier checkpoint of {size:,} entries")
+    return 0
+
+
+def cmd_redact(args: argparse.Namespace) -> int:
+    from roost.audit.v1 import audit_service_pb2 as pb
+
+    channel, stub = _stub(args, "admin")
+    with channel:
+        try:
+            resp = stub.RedactInputs(
+                pb.RedactInputsRequest(decision_id=args.decision_id, reason=args.reason),
+                timeout=30,
+            )
+        except Exception as e:
+            raise _rpc_error(e) from e
+    print(
+        f"inputs of {args.decision_id} redacted at {_ts(resp.redacted_at)};"
+        f" the redaction is log entry #{resp.redaction_index}"
+    )
+    return 0
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    from services.kit.files import write_atomic
+
+    write_atomic(path, data, 0o644)
+
+
+class _Progress:
+    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, what: str, total: int | None, unit: str) -> None:
+        self._what = what
+        self._total = total
+        self._unit = unit
+        self._bar: Any = None
+
+    def __enter__(self) -> Any:
+        if not sys.stderr.isatty():
+            return lambda n: None
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
+
+        self._bar = Progress(
+            *Progress.get_default_columns()[:1],
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+            transient=True,
+        )
+        self._bar.start()
+        task = self._bar.add_task(self._what, total=self._total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def add_parser(sub: Any) -> None:
+    """Registers ``roost audit ...`` on the top-level subparsers."""
+    audit = sub.add_parser(
+        "audit",
+        help="query, prove and verify the decision log",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    audit.add_argument("--target", help="audit service HOST:PORT (default: the local stack's)")
+    audit.add_argument("--certs", type=Path, help="certificates directory (default: the stack's)")
+    audit.add_argument(
+        "--role",
+        default="auditor",
+        choices=["auditor", "admin"],
+        help="identity to read with (default: auditor, read-only)",
+    )
+    commands = audit.add_subparsers(dest="audit_command", required=True)
+
+    def filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--since", help="ISO time or age (2h, 7d); inclusive")
+        p.add_argument("--until", help="ISO time or age; exclusive")
+        p.add_argument("--entity", help="entity id, e.g. binary_sensor.kitchen_occupancy")
+        p.add_argument("--model", help="model name, or name@version")
+        p.add_argument("--action", help="action taken, e.g. publish")
+
+    tail = commands.add_parser("tail", help="the latest entries (and new ones with -f)")
+    tail.add_argument("-n", "--lines", type=int, default=20)
+    tail.add_argument("-f", "--follow", action="store_true")
+    tail.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    tail.add_argument("--json", action="store_true", help="one JSON entry per line")
+    tail.set_defaults(func=cmd_tail)
+
+    query = commands.add_parser("query", help="entries matching filters, oldest first")
+    filters(query)
+    query.add_argument("--limit", type=int, default=100)
+    query.add_argument("--json", action="store_true", help="one JSON entry per line")
+    query.set_defaults(func=cmd_query)
+
+    show = commands.add_parser("show", help="one decision in full, with its inclusion proof")
+    show.add_argument("decision_id")
+    show.add_argument("--pubkey", help="verifier key or file (default: the local stack's)")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
+
+    cp = commands.add_parser("checkpoint", help="the latest signed checkpoint (keep it)")
+    cp.add_argument("--out", type=Path, help="save the note to this file")
+    cp.add_argument("--pubkey", help="verifier key or file (default: the local stack's)")
+    cp.set_defaults(func=cmd_checkpoint)
+
+    export = commands.add_parser("export", help="an offline-verifiable bundle of entries")
+    export.add_argument("out", type=Path, help="bundle file to write (.roost-audit.jsonl)")
+    filters(export)
+    export.add_argument(
+        "--previous",
+        action="append",
+        default=[],
+        metavar="NOTE",
+        help="a checkpoint you saved earlier: the bundle proves the log grew from it",
+    )
+    export.add_argument("--no-inputs", action="store_true", help="leave stored inputs out")
+    export.add_argument("--timeout", type=float, default=600.0)
+    export.set_defaults(func=cmd_export)
+
+    verify = commands.add_parser("verify", help="verify a bundle offline (no server)")
+    verify.add_argument("bundle", type=Path)
+    verify.add_argument("--pubkey", help="the hub's verifier key, or a file holding it")
+    verify.add_argument(
+        "--previous",
+        action="append",
+        default=[],
+        metavar="NOTE",
+        help="an earlier checkpoint you hold: prove the log only grew since",
+    )
+    verify.set_defaults(func=cmd_verify)
+
+    redact = commands.add_parser("redact", help="erase a decision's stored inputs (admin)")
+    redact.add_argument("decision_id")
+    redact.add_argument("--reason", required=True, help="logged with the redaction")
+    redact.set_defaults(func=cmd_redact)

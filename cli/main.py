@@ -1,0 +1,271 @@
+"""The ``roost`` command line: run the stack, manage certificates, check status.
+
+Heavy imports happen inside each command, so ``roost --help`` is instant and the
+hub-only commands never load onnxruntime or torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cli.stack import Stack
+
+DEFAULT_HOME = Path("var")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from cli.stack import Stack, StackError
+    from services.kit.auth import Role
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    stack = Stack(args.home, hub_id=args.hub_id)
+    try:
+        print(
+            "Starting Roost: broker, audit, inference, update, personalization, hub, simulator ..."
+        )
+        t0 = time.monotonic()
+        stack.start_broker(args.mqtt_port)
+        stack.start_service(Role.AUDIT)
+        stack.start_service(Role.INFERENCE)
+        stack.start_service(Role.UPDATE)
+        stack.start_service(Role.PERSONALIZATION)
+        stack.start_hub()
+        if args.speedup > 0:
+            stack.start_simulator(args.speedup, args.areas)
+        stack.write_stack_file()
+        _print_banner(stack, time.monotonic() - t0, args.areas)
+        while not stop:
+            dead = [p.name for p in stack.procs.values() if not p.alive()]
+            if dead and dead != ["simulator"]:
+                print(f"\n{', '.join(dead)} exited unexpectedly; see {stack.home / 'log'}")
+                return 1
+            time.sleep(0.3)
+        print("\nStopping (draining in-flight decisions) ...")
+        return 0
+    except StackError as e:
+        print(f"roost run: {e}", file=sys.stderr)
+        return 1
+    finally:
+        stack.stop()
+        print("Stopped.")
+
+
+def _print_banner(stack: Stack, took: float, areas: str) -> None:
+    hub_id, broker = stack.hub_id, stack.broker_port
+    audit, inference, hub, update, pers = (
+        stack.procs[n].info for n in ("audit", "inference", "hub", "update", "personalization")
+    )
+    home = "" if stack.home == DEFAULT_HOME.resolve() else f" --home {stack.home}"
+    print(f"""
+Roost is running ({took:.1f}s to start). Ctrl-C stops everything.
+
+  MQTT broker      127.0.0.1:{broker}
+    readings in    roost/readings/<area>/<sensor_kind>   (simulator: area '{areas}')
+    decisions out  roost/{hub_id}/decisions/<model>/<area>
+    hub status     roost/{hub_id}/status
+  inference gRPC   127.0.0.1:{inference["port"]}   metrics http://127.0.0.1:{inference["metrics_port"]}/metrics
+  audit gRPC       127.0.0.1:{audit["port"]}   metrics http://127.0.0.1:{audit["metrics_port"]}/metrics
+  update gRPC      127.0.0.1:{update["port"]}   metrics http://127.0.0.1:{update["metrics_port"]}/metrics
+  personalization  127.0.0.1:{pers["port"]}   metrics http://127.0.0.1:{pers["metrics_port"]}/metrics
+  hub              metrics http://127.0.0.1:{hub["metrics_port"]}/metrics
+  logs             {stack.home / "log"}/
+
+Watch the decisions:   .venv/bin/roost{home} tail        (or: mosquitto_sub -p {broker} -t 'roost/{hub_id}/decisions/#' -v)
+Health of everything:  .venv/bin/roost{home} status
+Models and rollouts:   .venv/bin/roost{home} models status
+The decision log:      .venv/bin/roost{home} audit tail
+Privacy budget:        .venv/bin/roost{home} personalize budget
+""")
+
+
+def _load_stack(home: Path) -> dict[str, object]:
+    from cli.stack import STACK_FILE
+
+    path = home / "run" / STACK_FILE
+    if not path.is_file():
+        raise SystemExit(f"no running stack found ({path} missing); start one with `make run`")
+    data: dict[str, object] = json.loads(path.read_text())
+    return data
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from cli.status import check_stack, render
+
+    results = check_stack(_load_stack(args.home), timeout=args.timeout)
+    print(render(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from cli.status import tail_decisions
+
+    stack = _load_stack(args.home)
+    broker = stack["broker"]
+    assert isinstance(broker, dict)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            tail_decisions(broker["host"], int(broker["port"]), str(stack["hub_id"]), args.limit)
+        )
+    return 0
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from services.kit.certs import describe, ensure_certs
+
+    if args.action == "init":
+        made = ensure_certs(args.dir, args.hub_id)
+        print(f"{'created' if made else 'already present'}: {args.dir}")
+    for name, cn, until in describe(args.dir):
+        print(f"{name:24} CN={cn:24} valid until {until}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = "hub.__main__" if args.role == "hub" else f"services.{args.role}.__main__"
+    main: Callable[[], None] = importlib.import_module(module).main
+    main()
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from cli.simulate import main
+
+    return main(args.rest)
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from models.manifest import MANIFEST_FILE, load_manifest, shipped_models_dir
+
+    root = args.model_dir or shipped_models_dir()
+    print(f"{'name':11} {'version':8} {'task':15} {'input':8} {'served':22} {'variants':28} sha256")
+    for path in sorted(root.glob(f"*/{MANIFEST_FILE}")):
+        m = load_manifest(path.parent)
+        shape = "x".join(str(d) for d in m.input.shape)
+        variants = ", ".join(f"{k} {v.size_bytes / 1024:.1f} kB" for k, v in m.variants.items())
+        print(
+            f"{m.name:11} {m.version:8} {m.task_kind:15} {shape:8} {m.file:22} "
+            f"{variants or '-':28} {m.sha256[:16]}"
+        )
+    return 0
+
+
+def _cmd_models_run(args: argparse.Namespace) -> int:
+    from models import tasks
+
+    entry = tasks.train_main if args.models_command == "train" else tasks.evaluate_main
+    try:
+        main = entry(args.task)
+    except ModuleNotFoundError as e:
+        print(f"roost models {args.models_command}: {e}", file=sys.stderr)
+        print(
+            "training needs the 'train' extra: make models (or pip install -e '.[train]')",
+            file=sys.stderr,
+        )
+        return 2
+    return main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="roost", description="Roost smart-home AI hub")
+    p.add_argument(
+        "--home",
+        type=Path,
+        default=DEFAULT_HOME,
+        help="state directory: certs, data, logs (default: ./var)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start broker, services, hub and simulator locally")
+    run.add_argument(
+        "--speedup", type=float, default=60.0, help="simulator replay speed-up (0: no simulator)"
+    )
+    run.add_argument("--areas", default="office", help="comma-separated areas to simulate")
+    run.add_argument("--hub-id", default="local")
+    run.add_argument("--mqtt-port", type=int, default=0, help="broker port (default: a free one)")
+    run.set_defaults(func=_cmd_run)
+
+    st = sub.add_parser("status", help="health of every process of the running stack")
+    st.add_argument("--timeout", type=float, default=2.0)
+    st.set_defaults(func=_cmd_status)
+
+    tail = sub.add_parser("tail", help="print decisions as the hub publishes them")
+    tail.add_argument("--limit", type=int, default=0, help="stop after N decisions")
+    tail.set_defaults(func=_cmd_tail)
+
+    certs = sub.add_parser("certs", help="the hub's local CA and per-role certificates")
+    certs.add_argument("action", choices=["init", "show"])
+    certs.add_argument("--dir", type=Path, default=DEFAULT_HOME / "certs")
+    certs.add_argument("--hub-id", default="local")
+    certs.set_defaults(func=_cmd_certs)
+
+    serve = sub.add_parser("serve", help="run one process (for k3s and manual setups)")
+    serve.add_argument("role", choices=["hub", "inference", "audit", "update", "personalization"])
+    serve.set_defaults(func=_cmd_serve)
+
+    sim = sub.add_parser("simulate", help="replay a household stream to MQTT", add_help=False)
+    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    sim.set_defaults(func=_cmd_simulate)
+
+    from cli import audit, ha, personalize
+
+    audit.add_parser(sub)
+    personalize.add_parser(sub)
+    ha.add_parser(sub)
+
+    models = sub.add_parser("models", help="model artifacts")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    mlist = msub.add_parser("list", help="list the shipped models")
+    mlist.add_argument("--model-dir", type=Path, default=None)
+    mlist.set_defaults(func=_cmd_models_list)
+    from models.tasks import TASKS
+
+    for action, text in (
+        ("train", "train a model and write its artifacts"),
+        ("evaluate", "evaluate a shipped model on its test data"),
+    ):
+        cmd = msub.add_parser(action, help=text, add_help=False)
+        cmd.add_argument("task", choices=TASKS)
+        cmd.add_argument("rest", nargs=argparse.REMAINDER, help="passed to the recipe")
+        cmd.set_defaults(func=_cmd_models_run)
+    from cli import models as models_commands
+
+    models_commands.add_commands(msub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cli.support import CliError
+
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except CliError as e:
+        print(f"roost {args.command}: {e}", file=sys.stderr)
+        return 2
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Start and stop a whole local Roost stack: broker, services, hub, simulator.
+
+Used by ``roost run`` (``make run``), the integration tests and the benchmarks, so
+all three run the stack the same way: separate processes, real mosquitto, real
+gRPC with mTLS, free local ports (services bind port 0 and report the port in a
+ready file).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from services.kit.auth import Role
+from services.kit.certs import ensure_certs
+
+log = logging.getLogger(__name__)
+
+STACK_FILE = "stack.json"
+MOSQUITTO_HINT = (
+    "mosquitto (the MQTT broker) is not installed. On Debian/Ubuntu: "
+    "`sudo apt-get install -y mosquitto` (make setup does this); on macOS: "
+    "`brew install mosquitto`; elsewhere see https://mosquitto.org/download/"
+)
+
+
+class StackError(RuntimeError):
+    """A process of the stack failed to start."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_mosquitto() -> str:
+    for candidate in (
+        shutil.which("mosquitto"),
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise StackError(MOSQUITTO_HINT)
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.02)
+    raise StackError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Stack:
+    """Processes of one local stack, under ``home`` (certs/, data/, run/, log/)."""
+
+    def __init__(self, home: Path, *, hub_id: str = "local", log_level: str = "INFO") -> None:
+        self.home = home.resolve()
+        self.hub_id = hub_id
+        self.log_level = log_level
+        self.procs: dict[str, Proc] = {}
+        # Ports chosen before a service starts, because a peer started earlier names it.
+        self._reserved: dict[Role, int] = {}
+        self.broker_port = 0
+        for sub in ("certs", "data", "run", "log"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        ensure_certs(self.certs_dir, hub_id)
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.home / "certs"
+
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> Proc:
+        log_path = self.home / "log" / f"{name}.log"
+        out: IO[bytes] = log_path.open("ab")
+        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        popen = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
+        out.close()
+        proc = Proc(name, popen, log_path)
+        self.procs[name] = proc
+        return proc
+
+    def start_broker(self, port: int = 0) -> int:
+        binary = find_mosquitto()
+        self.broker_port = port or free_port()
+        conf = self.home / "run" / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.broker_port} 127.0.0.1\n"
+            "allow_anonymous true\npersistence false\n"
+            "max_queued_messages 100000\nmax_inflight_messages 0\n"
+            # Small decision messages must not wait for Nagle + delayed ACK (~40 ms).
+            "set_tcp_nodelay true\n"
+        )
+        self._spawn("mosquitto", [binary, "-c", str(conf)], {})
+        wait_for_port("127.0.0.1", self.broker_port, 10)
+        return self.broker_port
+
+    def _ready_file(self, name: str) -> Path:
+        path = self.home / "run" / f"{name}.ready.json"
+        path.unlink(missing_ok=True)
+        return path
+
+    def _wait_ready(self, proc: Proc, ready: Path, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready.is_file():
+                info: dict[str, Any] = json.loads(ready.read_text())
+                proc.info = info
+                return info
+            if not proc.alive():
+                raise StackError(f"{proc.name} exited during start-up:\n{proc.log_tail()}")
+            time.sleep(0.02)
+        raise StackError(f"{proc.name} not ready after {timeout:.0f}s:\n{proc.log_tail()}")
+
+    def start_service(
+        self, role: Role, extra_env: Mapping[str, str] | None = None, timeout: float = 30
+    ) -> dict[str, Any]:
+        """Start ``python -m services.<role>``; returns its ready info (port, metrics_port)."""
+        name = role.value
+        prefix = f"ROOST_{name.upper()}_"
+        ready = self._ready_file(name)
+        env = {
+            prefix + "PORT": str(self._reserved.get(role, 0)),
+            prefix + "METRICS_PORT": "0",
+            prefix + "CERTS_DIR": str(self.certs_dir),
+            prefix + "DATA_DIR": str(self.home / "data" / name),
+            prefix + "READY_FILE": str(ready),
+            prefix + "LOG_LEVEL": self.log_level,
+            prefix + "HUB_ID": self.hub_id,
+            **self._peer_env(role),
+            **(extra_env or {}),
+        }
+        proc = self._spawn(name, [sys.executable, "-m", f"services.{name}"], env)
+        return self._wait_ready(proc, ready, timeout)
+
+    @property
+    def models_dir(self) -> Path:
+        """The model registry: the update service writes it, inference serves from it."""
+        return self.home / "data" / "models"
+
+    def _peer_env(self, role: Role) -> dict[str, str]:
+        """Registry location and peer addresses of the services that need them."""
+        prefix = f"ROOST_{role.value.upper()}_"
+        env: dict[str, str] = {}
+        if role in (Role.INFERENCE, Role.UPDATE, Role.PERSONALIZATION):
+            env[prefix + "REGISTRY_ROOT"] = str(self.models_dir)
+        if role in (Role.UPDATE, Role.PERSONALIZATION):
+            for peer in (Role.AUDIT, Role.INFERENCE, Role.UPDATE):
+                if peer != role and peer.value in self.procs:
+                    env[f"{prefix}{peer.value.upper()}_TARGET"] = f"127.0.0.1:{self.port_of(peer)}"
+        if role == Role.UPDATE:
+            # Update and personalization call each other: personalization's port is
+            # picked now, so the update service started first can already name it.
+            if Role.PERSONALIZATION.value in self.procs:
+                port = self.port_of(Role.PERSONALIZATION)
+            else:
+                port = self._reserved.setdefault(Role.PERSONALIZATION, free_port())
+            env[prefix + "PERSONALIZATION_TARGET"] = f"127.0.0.1:{port}"
+        return env
+
+    def start_hub(self, extra_env: Mapping[str, str] | None = None) -> dict[str, Any]:
+        ready = self._ready_file("hub")
+        env = {
+            "ROOST_HUB_HUB_ID": self.hub_id,
+            "ROOST_HUB_MQTT_PORT": str(self.broker_port),
+            "ROOST_HUB_INFERENCE_TARGET": f"127.0.0.1:{self.port_of(Role.INFERENCE)}",
+            "ROOST_HUB_AUDIT_TARGET": f"127.0.0.1:{self.port_of(Role.AUDIT)}",
+            "ROOST_HUB_CERTS_DIR": str(self.certs_dir),
+            "ROOST_HUB_METRICS_PORT": "0",
+            "ROOST_HUB_READY_FILE": str(ready),
+            "ROOST_HUB_LOG_LEVEL": self.log_level,
+            "ROOST_HUB_DATA_DIR": str(self.home / "data" / "hub"),
+            **{
+                f"ROOST_HUB_{role.value.upper()}_TARGET": f"127.0.0.1:{self.port_of(role)}"
+                for role in (Role.PERSONALIZATION, Role.UPDATE)
+                if role.value in self.procs
+            },
+            **(extra_env or {}),
+        }
+        proc = self._spawn("hub", [sys.executable, "-m", "hub"], env)
+        return self._wait_ready(proc, ready, 30)
+
+    def start_simulator(self, speedup: float, areas: str = "office") -> Proc:
+        argv = [
+            sys.executable,
+            "-m",
+            "cli.simulate",
+            "--port",
+            str(self.broker_port),
+            "--speedup",
+            str(speedup),
+            "--areas",
+            areas,
+        ]
+        return self._spawn("simulator", argv, {})
+
+    def port_of(self, role: Role) -> int:
+        return int(self.procs[role.value].info["port"])
+
+    def describe(self) -> dict[str, Any]:
+        """What `roost status` and `roost tail` need; written to run/stack.json."""
+        return {
+            "hub_id": self.hub_id,
+            "certs_dir": str(self.certs_dir),
+            "broker": {"host": "127.0.0.1", "port": self.broker_port},
+            "processes": {
+                name: {"pid": p.popen.pid, **p.info, "log": str(p.log_path)}
+                for name, p in self.procs.items()
+            },
+        }
+
+    def write_stack_file(self) -> Path:
+        path = self.home / "run" / STACK_FILE
+        path.write_text(json.dumps(self.describe(), indent=2))
+        return path
+
+    def stop_one(self, name: str, timeout: float = 15) -> int | None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return None
+        if proc.alive():
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", name, timeout)
+                proc.popen.kill()
+                proc.popen.wait()
+        return proc.popen.returncode
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process (crash tests)."""
+        proc = self.procs.pop(name)
+        proc.popen.kill()
+        proc.popen.wait()
+
+    def stop(self) -> None:
+        """Stop in reverse dependency order: simulator, hub, services, broker."""
+        for name in ("simulator", "hub", "update", "personalization", "inference", "audit"):
+            self.stop_one(name)
+        for name in list(self.procs):
+            self.stop_one(name)
+        (self.home / "run" / STACK_FILE).unlink(missing_ok=True)
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

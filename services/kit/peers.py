@@ -1,0 +1,75 @@
+"""Calls to other Roost services: one translation of their errors into domain errors.
+
+A failed call to a peer is either **permanent** (the peer understood the request and
+refused it: ``INVALID_ARGUMENT``, ``NOT_FOUND``, ``FAILED_PRECONDITION``,
+``PERMISSION_DENIED``, ...) or **retryable** (everything else: the peer is down,
+restarting or slow — ``UNAVAILABLE``, ``DEADLINE_EXCEEDED`` — or failed on its side —
+``INTERNAL``, ``UNKNOWN``, ``CANCELLED``). The two must never be confused: a refusal turned into
+``Unavailable`` is retried for ever, and an outage turned into a refusal drops work
+that a retry would have saved. Every service and the hub translate peer errors here.
+
+The peer's ``details()`` are not echoed by default: a peer's message may quote an
+input the caller sent (e.g. a feature name next to a reading).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from services.kit.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    RoostError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+
+_PERMANENT: dict[grpc.StatusCode, type[RoostError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ABORTED: FailedPrecondition,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+}
+
+
+def status_of(e: grpc.RpcError) -> grpc.StatusCode:
+    """The status code of a failed call (``UNKNOWN`` if the error carries none)."""
+    code = e.code() if hasattr(e, "code") else None
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def is_retryable(e: grpc.RpcError) -> bool:
+    """True when the same call may succeed later (peer down, restarting, slow or failing)."""
+    return status_of(e) not in _PERMANENT
+
+
+def peer_error(
+    e: grpc.RpcError, peer: str, method: str, *, echo_details: bool = False
+) -> RoostError:
+    """The domain error a caller raises for a failed call ``peer.method``.
+
+    A refusal keeps its meaning (``INVALID_ARGUMENT`` → :class:`InvalidArgument`,
+    ``NOT_FOUND`` → :class:`NotFound`, ...); every retryable code becomes
+    :class:`Unavailable`, so callers retry it with backoff. The message names
+    peer, method and code, and the peer's details only when ``echo_details``
+    (they may quote the caller's input).
+    """
+    code = status_of(e)
+    message = f"{peer} service: {method} failed ({code.name})"
+    if echo_details:
+        details = e.details() if hasattr(e, "details") else None
+        if details:
+            message = f"{message}: {details}"
+    kind = _PERMANENT.get(code, Unavailable)
+    return kind(message)

@@ -1,0 +1,1 @@
+"""The on-disk model store: inference reads it, update is its only writer."""

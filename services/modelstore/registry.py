@@ -1,0 +1,399 @@
+"""The model registry on disk: verified versions and the slots that say which one serves.
+
+Layout (``<root>`` is the ``models`` volume: the update service writes it, inference
+reads it)::
+
+    <root>/<model>/
+      versions/<version>/     a complete, verified model directory: manifest.json, every
+                              ONNX file it references (sha256-checked), the model card,
+                              provenance.json (source: shipped | tuf | local, staged_at)
+      state.json              the slots: active, candidate, previous, the rollout stage
+                              (none | staged | shadow | ab) with its share and start,
+                              and a generation counter
+      .lock                   writers serialize on it (flock)
+
+**Crash safety.** A version directory is written under a temporary name, every file
+fsynced, then renamed into ``versions/`` (and the directory fsynced), so a version is
+either absent or complete. ``state.json`` is replaced atomically (write, fsync, rename,
+fsync the directory) and only ever names complete versions. A process killed at any
+instant therefore leaves either the old slots or the new ones, each pointing at a
+model that loads; ``tests/unit/test_model_registry.py`` kills writers mid-activation
+to show it. Readers (inference) just read ``state.json`` and the directories it names.
+
+Every slot change goes through :meth:`Registry.transition`, which checks the rules
+(e.g. only a staged candidate can enter shadow) and bumps ``generation``, so readers
+can tell that something changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from models.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.kit.files import fsync_dir, write_atomic
+from services.modelstore.bundle import CARD_FILES, check_family, parse_version
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+PROVENANCE_FILE = "provenance.json"
+VERSIONS_DIR = "versions"
+Source = Literal["shipped", "tuf", "local"]
+Stage = Literal["none", "staged", "shadow", "ab"]
+STAGES: tuple[Stage, ...] = ("none", "staged", "shadow", "ab")
+SOURCES: tuple[Source, ...] = ("shipped", "tuf", "local")
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """Which version of a model is in which slot, and how far its rollout is."""
+
+    active: str | None = None
+    candidate: str | None = None
+    previous: str | None = None
+    # Rollout of the candidate: none (no candidate), staged, shadow, ab.
+    stage: Stage = "none"
+    # A/B: share of entities the candidate serves, in (0, 1].
+    share: float = 0.0
+    stage_started_at: str = ""
+    generation: int = 0
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: str) -> SlotState:
+        try:
+            data = json.loads(raw)
+            state = cls(**data)
+        except (ValueError, TypeError) as e:
+            raise FailedPrecondition(f"{where}: not a valid registry state ({e})") from None
+        state.check(where)
+        return state
+
+    def check(self, where: str) -> None:
+        """FailedPrecondition unless the slots are consistent."""
+        problems = []
+        if self.stage not in STAGES:
+            problems.append(f"unknown stage {self.stage!r}")
+        if (self.candidate is None) != (self.stage == "none"):
+            problems.append(f"stage {self.stage!r} with candidate {self.candidate!r}")
+        if self.stage == "ab" and not 0 < self.share <= 1:
+            problems.append(f"A/B share {self.share} is not in (0, 1]")
+        if self.candidate is not None and self.candidate == self.active:
+            problems.append("candidate equals active")
+        if problems:
+            raise FailedPrecondition(f"{where}: inconsistent registry state: {'; '.join(problems)}")
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    sha256: str
+    source: Source
+    staged_at: str
+    path: Path
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Registry:
+    """The registry under ``root``; safe for one writer process at a time per model
+    (writers take a lock) and any number of readers."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # --------------------------------------------------------------- reading
+
+    def models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob(f"*/{STATE_FILE}"))
+
+    def state(self, name: str) -> SlotState:
+        """The slots of ``name`` (all empty if it has none yet)."""
+        path = self._model_dir(name) / STATE_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return SlotState()
+        return SlotState.from_json(raw, str(path))
+
+    def version_dir(self, name: str, version: str) -> Path:
+        return self._model_dir(name) / VERSIONS_DIR / version
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """Every installed version of ``name``, newest first."""
+        found: list[VersionInfo] = []
+        versions = self._model_dir(name) / VERSIONS_DIR
+        if not versions.is_dir():
+            return []
+        for path in versions.iterdir():
+            if path.name.startswith(".") or not path.is_dir():
+                continue
+            try:
+                found.append(self._info(name, path))
+            except (ManifestError, FailedPrecondition) as e:
+                logger.warning("registry: ignoring %s: %s", path, e)
+        return sorted(found, key=lambda v: parse_version(v.version), reverse=True)
+
+    def info(self, name: str, version: str) -> VersionInfo:
+        path = self.version_dir(name, version)
+        if not path.is_dir():
+            raise NotFound(f"model {name!r} has no installed version {version!r}")
+        return self._info(name, path)
+
+    def load(self, name: str, version: str) -> Manifest:
+        """The verified manifest of an installed version (every ONNX hash re-checked)."""
+        path = self.version_dir(name, version)
+        if not path.is_dir():
+            raise NotFound(f"model {name!r} has no installed version {version!r}")
+        try:
+            return load_manifest(path)
+        except ManifestError as e:
+            raise FailedPrecondition(f"registry: {name} {version} is damaged: {e}") from None
+
+    # --------------------------------------------------------------- writing
+
+    def add_version(self, src_dir: Path, source: Source) -> VersionInfo:
+        """Installs the model directory ``src_dir`` (verified first) as a new version.
+
+        Idempotent: installing the same version with the same sha256 again returns the
+        installed one; the same version with different content is FailedPrecondition.
+        """
+        if source not in SOURCES:
+            raise InvalidArgument(f"source: {source!r} is not one of {SOURCES}")
+        try:
+            manifest = load_manifest(src_dir)
+        except ManifestError as e:
+            raise InvalidArgument(f"model directory {src_dir}: {e}") from None
+        name = check_family(manifest.name)
+        parse_version(manifest.version)
+        target = self.version_dir(name, manifest.version)
+        if target.is_dir():
+            existing = self._info(name, target)
+            if existing.sha256 != manifest.sha256:
+                raise FailedPrecondition(
+                    f"model {name} {manifest.version} is already installed with sha256"
+                    f" {existing.sha256[:12]}…, not {manifest.sha256[:12]}…; versions are"
+                    " immutable: publish a new version"
+                )
+            return existing
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{manifest.version}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            files = {MANIFEST_FILE, manifest.file, *(v.file for v in manifest.variants.values())}
+            files |= {card for card in CARD_FILES if (src_dir / card).is_file()}
+            for file in sorted(files):
+                _copy_durably(src_dir / file, tmp / file)
+            provenance = {"source": source, "staged_at": now_iso()}
+            write_atomic(tmp / PROVENANCE_FILE, json.dumps(provenance).encode(), durable=True)
+            load_manifest(tmp)  # the copy verifies too
+            fsync_dir(tmp)
+            os.replace(tmp, target)
+            fsync_dir(target.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logger.info("registry: installed %s %s (%s)", name, manifest.version, source)
+        return self._info(name, target)
+
+    def transition(self, name: str, change: Callable[[SlotState], SlotState]) -> SlotState:
+        """Applies ``change`` to the slots of ``name`` under the model's lock and writes the
+        result atomically (generation + 1). ``change`` raises to refuse."""
+        with self._locked(name):
+            # Temp files left by a writer that died mid-write (we hold the lock now).
+            for stale in self._model_dir(name).glob(f".{STATE_FILE}.*.tmp"):
+                stale.unlink(missing_ok=True)
+            before = self.state(name)
+            after = change(before)
+            if after == before:
+                return before
+            after = replace(after, generation=before.generation + 1)
+            after.check(f"{name} state")
+            for version in {after.active, after.candidate, after.previous} - {None}:
+                assert version is not None
+                if not self.version_dir(name, version).is_dir():
+                    raise FailedPrecondition(f"model {name} {version} is not installed")
+            write_atomic(self._model_dir(name) / STATE_FILE, after.to_json(), durable=True)
+            logger.info(
+                "registry: %s active=%s candidate=%s (%s) previous=%s",
+                name,
+                after.active,
+                after.candidate,
+                after.stage,
+                after.previous,
+            )
+            return after
+
+    # The lifecycle, each one transition.
+
+    def activate(self, name: str, version: str) -> SlotState:
+        """Makes ``version`` active directly (bootstrap and restore only; updates go
+        through stage -> shadow/ab -> promote)."""
+
+        def change(s: SlotState) -> SlotState:
+            if s.active == version:
+                return s
+            previous = s.active if s.active is not None else s.previous
+            candidate, stage = (None, "none") if s.candidate == version else (s.candidate, s.stage)
+            return replace(
+                s,
+                active=version,
+                previous=previous,
+                candidate=candidate,
+                stage=stage,
+                share=s.share if candidate else 0.0,
+            )
+
+        self.info(name, version)
+        return self.transition(name, change)
+
+    def stage(self, name: str, version: str) -> SlotState:
+        """Makes an installed version the candidate; it must be newer than active."""
+        self.info(name, version)
+
+        def change(s: SlotState) -> SlotState:
+            if s.active == version:
+                raise FailedPrecondition(f"model {name} {version} is already active")
+            if s.candidate == version:
+                return s
+            if s.candidate is not None and s.stage in ("shadow", "ab"):
+                raise FailedPrecondition(
+                    f"model {name}: candidate {s.candidate} is in {s.stage}; promote or roll"
+                    " it back before staging another"
+                )
+            if s.active is not None and parse_version(version) <= parse_version(s.active):
+                raise FailedPrecondition(
+                    f"model {name}: {version} is not newer than active {s.active}"
+                    " (rollback protection)"
+                )
+            return replace(
+                s, candidate=version, stage="staged", share=0.0, stage_started_at=now_iso()
+            )
+
+        return self.transition(name, change)
+
+    def start_rollout(self, name: str, stage: Stage, share: float = 0.0) -> SlotState:
+        if stage not in ("shadow", "ab"):
+            raise InvalidArgument(f"stage: must be shadow or ab, not {stage!r}")
+        if stage == "ab" and not 0 < share <= 1:
+            raise InvalidArgument(f"candidate_share: {share} is not in (0, 1]")
+
+        def change(s: SlotState) -> SlotState:
+            if s.candidate is None:
+                raise FailedPrecondition(f"model {name} has no candidate: stage one first")
+            if s.stage == stage and (stage != "ab" or s.share == share):
+                return s
+            return replace(
+                s, stage=stage, share=share if stage == "ab" else 0.0, stage_started_at=now_iso()
+            )
+
+        return self.transition(name, change)
+
+    def promote(self, name: str) -> SlotState:
+        def change(s: SlotState) -> SlotState:
+            if s.candidate is None:
+                raise FailedPrecondition(f"model {name} has no candidate to promote")
+            if s.stage not in ("shadow", "ab"):
+                raise FailedPrecondition(
+                    f"model {name}: candidate {s.candidate} is only {s.stage}; it must run in"
+                    " shadow or A/B before it can be promoted"
+                )
+            return SlotState(
+                active=s.candidate,
+                previous=s.active,
+                stage="none",
+                stage_started_at=now_iso(),
+                generation=s.generation,
+            )
+
+        return self.transition(name, change)
+
+    def rollback(self, name: str) -> SlotState:
+        """Drops a candidate in rollout; without one, restores the previous version."""
+
+        def change(s: SlotState) -> SlotState:
+            if s.candidate is not None:
+                return replace(
+                    s, candidate=None, stage="none", share=0.0, stage_started_at=now_iso()
+                )
+            if s.previous is None:
+                raise FailedPrecondition(f"model {name} has no previous version to roll back to")
+            return replace(s, active=s.previous, previous=None, stage_started_at=now_iso())
+
+        return self.transition(name, change)
+
+    def bootstrap(self, shipped_dir: Path) -> list[str]:
+        """Installs and activates every shipped model that the registry does not have
+        yet (first start). Returns the names bootstrapped."""
+        done: list[str] = []
+        for manifest_path in sorted(shipped_dir.glob(f"*/{MANIFEST_FILE}")):
+            src = manifest_path.parent
+            try:
+                manifest = load_manifest(src)
+            except ManifestError as e:
+                logger.error("registry: not bootstrapping %s: %s", src, e)
+                continue
+            if self.state(manifest.name).active is not None:
+                continue
+            self.add_version(src, "shipped")
+            self.activate(manifest.name, manifest.version)
+            done.append(manifest.name)
+        return done
+
+    # --------------------------------------------------------------- internals
+
+    def _model_dir(self, name: str) -> Path:
+        try:
+            check_family(name)
+        except InvalidArgument:
+            raise InvalidArgument(f"model_name: {name!r} is not a valid model name") from None
+        return self.root / name
+
+    def _info(self, name: str, path: Path) -> VersionInfo:
+        manifest = load_manifest(path, verify_sha256=False)
+        try:
+            provenance = json.loads((path / PROVENANCE_FILE).read_text())
+            source = provenance["source"]
+            staged_at = str(provenance["staged_at"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise FailedPrecondition(f"{path}: provenance missing or invalid ({e})") from None
+        if source not in SOURCES:
+            raise FailedPrecondition(f"{path}: unknown source {source!r}")
+        return VersionInfo(name, manifest.version, manifest.sha256, source, staged_at, path)
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        model_dir = self._model_dir(name)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        with (model_dir / ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _copy_durably(src: Path, dst: Path) -> None:
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())

@@ -1,0 +1,40 @@
+"""The `roost` CLI: each command's happy path and its error for a wrong setup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cli.main import build_parser, main
+
+
+def test_models_list_shows_the_shipped_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "occupancy" in out
+    assert "classification" in out
+
+
+def test_certs_init_then_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    certs = tmp_path / "certs"
+    assert main(["certs", "init", "--dir", str(certs), "--hub-id", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "created" in out
+    for role in ("hub", "inference", "audit", "auditor", "admin"):
+        assert f"CN={role}" in out
+    assert (certs / "hub-key.pem").stat().st_mode & 0o077 == 0  # private keys are 0600
+    assert main(["certs", "init", "--dir", str(certs)]) == 0
+    assert "already present" in capsys.readouterr().out
+
+
+def test_status_without_a_running_stack_says_how_to_start_one(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="make run"):
+        main(["--home", str(tmp_path), "status"])
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["fly"])
+    assert e.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -1,0 +1,171 @@
+"""The on-disk model registry: verified versions, slot rules, and crash safety (a
+writer SIGKILLed mid-activation always leaves a loadable active model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from models.manifest import MANIFEST_FILE, load_manifest, shipped_models_dir
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.modelstore.registry import STATE_FILE, Registry, SlotState
+
+
+def model_version(tmp: Path, version: str, name: str = "occupancy") -> Path:
+    """A copy of the shipped model directory with another version number."""
+    src = shipped_models_dir() / name
+    dst = tmp / f"{name}-{version}"
+    shutil.copytree(src, dst)
+    raw = json.loads((dst / MANIFEST_FILE).read_text())
+    raw["version"] = version
+    (dst / MANIFEST_FILE).write_text(json.dumps(raw))
+    return dst
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    return Registry(tmp_path / "registry")
+
+
+def test_bootstrap_installs_and_activates_every_shipped_model(registry: Registry) -> None:
+    names = registry.bootstrap(shipped_models_dir())
+    assert sorted(names) == ["anomaly", "comfort", "occupancy", "routine"]
+    assert registry.models() == sorted(names)
+    for name in names:
+        state = registry.state(name)
+        assert state.active == load_manifest(shipped_models_dir() / name).version
+        assert state.candidate is None
+        assert registry.load(name, state.active).name == name
+        assert registry.versions(name)[0].source == "shipped"
+    # Second start: nothing to do.
+    assert registry.bootstrap(shipped_models_dir()) == []
+
+
+def test_versions_are_verified_and_immutable(registry: Registry, tmp_path: Path) -> None:
+    v2 = model_version(tmp_path, "2.0.0")
+    info = registry.add_version(v2, "tuf")
+    assert (info.version, info.source) == ("2.0.0", "tuf")
+    assert registry.add_version(v2, "tuf") == info  # idempotent
+    other = model_version(tmp_path / "b", "2.0.0")
+    (other / "occupancy.onnx").write_bytes(b"not the same model")
+    with pytest.raises(InvalidArgument, match="sha256"):
+        registry.add_version(other, "tuf")  # does not verify against its own manifest
+    raw = json.loads((other / MANIFEST_FILE).read_text())
+    shutil.copy(shipped_models_dir() / "routine" / "routine.onnx", other / "occupancy.onnx")
+    raw["sha256"] = load_manifest(shipped_models_dir() / "routine").sha256
+    for variant in raw["variants"].values():
+        if variant["file"] == "occupancy.onnx":
+            variant["sha256"] = raw["sha256"]
+    (other / MANIFEST_FILE).write_text(json.dumps(raw))
+    with pytest.raises(FailedPrecondition, match="immutable"):
+        registry.add_version(other, "tuf")
+    with pytest.raises(NotFound):
+        registry.info("occupancy", "9.9.9")
+
+
+def test_the_rollout_lifecycle(registry: Registry, tmp_path: Path) -> None:
+    registry.bootstrap(shipped_models_dir())
+    v1 = registry.state("occupancy").active
+    registry.add_version(model_version(tmp_path, "2.0.0"), "tuf")
+    with pytest.raises(FailedPrecondition, match="no candidate"):
+        registry.promote("occupancy")
+    s = registry.stage("occupancy", "2.0.0")
+    assert (s.candidate, s.stage) == ("2.0.0", "staged")
+    with pytest.raises(FailedPrecondition, match="shadow or A/B"):
+        registry.promote("occupancy")
+    assert registry.start_rollout("occupancy", "shadow").stage == "shadow"
+    with pytest.raises(InvalidArgument, match="share"):
+        registry.start_rollout("occupancy", "ab", 1.5)
+    s = registry.start_rollout("occupancy", "ab", 0.25)
+    assert (s.stage, s.share) == ("ab", 0.25)
+    s = registry.promote("occupancy")
+    assert (s.active, s.previous, s.candidate, s.stage) == ("2.0.0", v1, None, "none")
+    s = registry.rollback("occupancy")
+    assert (s.active, s.previous) == (v1, None)
+    with pytest.raises(FailedPrecondition, match="no previous"):
+        registry.rollback("occupancy")
+
+
+def test_rollback_of_a_candidate_keeps_active(registry: Registry, tmp_path: Path) -> None:
+    registry.bootstrap(shipped_models_dir())
+    registry.add_version(model_version(tmp_path, "2.0.0"), "tuf")
+    registry.stage("occupancy", "2.0.0")
+    registry.start_rollout("occupancy", "shadow")
+    s = registry.rollback("occupancy")
+    assert (s.active, s.candidate, s.stage) == ("1.0.0", None, "none")
+
+
+def test_older_signed_versions_are_not_staged(registry: Registry, tmp_path: Path) -> None:
+    registry.add_version(model_version(tmp_path, "2.0.0"), "tuf")
+    registry.activate("occupancy", "2.0.0")
+    registry.add_version(model_version(tmp_path, "1.5.0"), "tuf")
+    with pytest.raises(FailedPrecondition, match="not newer"):
+        registry.stage("occupancy", "1.5.0")
+
+
+def test_generation_counts_changes_and_bad_state_is_refused(registry: Registry) -> None:
+    registry.bootstrap(shipped_models_dir())
+    assert registry.state("occupancy").generation == 1
+    path = registry.root / "occupancy" / STATE_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), "stage": "shadow"}))
+    with pytest.raises(FailedPrecondition, match="inconsistent"):
+        registry.state("occupancy")
+    path.write_text("{")
+    with pytest.raises(FailedPrecondition, match="not a valid registry state"):
+        registry.state("occupancy")
+    with pytest.raises(InvalidArgument, match="model_name"):
+        registry.state("../etc")
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from services.modelstore.registry import Registry
+r = Registry(Path(sys.argv[1]))
+versions = sys.argv[2:]
+print("ready", flush=True)
+i = 0
+while True:
+    r.activate("occupancy", versions[i % len(versions)])
+    i += 1
+"""
+
+
+def test_a_writer_killed_mid_activation_leaves_a_loadable_model(
+    registry: Registry, tmp_path: Path
+) -> None:
+    registry.bootstrap(shipped_models_dir())
+    versions = ["1.0.0"]
+    for v in ("1.1.0", "1.2.0"):
+        registry.add_version(model_version(tmp_path, v), "tuf")
+        versions.append(v)
+    rng = random.Random(7)
+    seen: set[str] = set()
+    for _ in range(12):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(registry.root), *versions],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[3],
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.01, 0.15))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        state = registry.state("occupancy")
+        assert isinstance(state, SlotState)
+        assert state.active in versions
+        seen.add(state.active)
+        registry.load("occupancy", state.active)  # complete and sha256-verified
+        leftovers = list((registry.root / "occupancy").glob(".*.tmp"))
+        assert len(leftovers) <= 1  # at most the temp file of the killed write
+    assert len(seen) >= 2  # the kills landed at different points
