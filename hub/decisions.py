@@ -36,6 +36,7 @@ from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
+from services.kit.tensors import array_to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -242,12 +243,6 @@ Publish = Callable[[Sequence[Outgoing]], Awaitable[None]]
 OnRecorded = Callable[[Sequence[Recorded]], Awaitable[None]]
 
 
-def _tensor(x: npt.NDArray[np.float32]) -> common_pb2.Tensor:
-    return common_pb2.Tensor(
-        dtype=common_pb2.DATA_TYPE_FLOAT32, shape=list(x.shape), float_values=x.ravel().tolist()
-    )
-
-
 def uuid7() -> str:
     """A time-ordered UUID (RFC 9562 version 7) as 32 hex digits: unique like uuid4, but
     consecutive decisions sort together, so the audit log's id index grows at its end."""
@@ -431,7 +426,7 @@ class DecisionPipeline:
             by_model.setdefault(p.model, []).append(p)
         decided: list[tuple[Pending, audit_pb.Decision]] = []
         for model, items in by_model.items():
-            tensors = [_tensor(p.features) for p in items]
+            tensors = [array_to_tensor(p.features) for p in items]
             # The entity ids route A/B rollouts (stable per entity); never logged.
             entity_ids = [f"{p.model}.{p.area}" for p in items]
             response = await self._predict(model, tensors, entity_ids)

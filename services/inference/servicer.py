@@ -38,9 +38,9 @@ from services.inference.explain import attributions, occlusion_batch
 from services.inference.health import HealthSnapshot
 from services.inference.monitor import Monitor
 from services.inference.registry import LoadedModel, ModelRegistry, Serving
-from services.inference.validation import DTYPE_ENUM, tensor_to_array
 from services.kit.auth import Policy, Role
 from services.kit.errors import InvalidArgument
+from services.kit.tensors import DTYPE_ENUM, tensor_to_array
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,6 @@ from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.personalization.v1 import personalization_service_pb2 as pb
 from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
-from services.inference.validation import tensor_to_array
 from services.kit.auth import Policy, Role
 from services.kit.errors import (
     FailedPrecondition,
@@ -47,6 +46,7 @@ from services.kit.errors import (
     Unavailable,
     Unimplemented,
 )
+from services.kit.tensors import array_to_tensor, tensor_to_array
 from services.personalization import jobs
 from services.personalization.jobs import EXAMPLES, JobManager, JobRecord, JobTable
 from services.personalization.ledger import LedgerEntry, PrivacyLedger
@@ -112,7 +112,7 @@ def inference_predictor(stub: Any, deadline_seconds: float) -> Predictor:
 
     async def predict(model: str, version: str, x: npt.NDArray[np.float32]) -> list[str]:
         request = inf_pb.PredictBatchRequest(
-            model_name=model, version=version, inputs=[_tensor(row) for row in x]
+            model_name=model, version=version, inputs=[array_to_tensor(row) for row in x]
         )
         try:
             resp = await stub.PredictBatch(request, timeout=deadline_seconds)
@@ -388,14 +388,6 @@ def _evaluated_sources(requested: Any) -> tuple[Source, ...]:
         if source not in out:
             out.append(source)
     return tuple(out)
-
-
-def _tensor(row: npt.NDArray[np.float32]) -> common_pb2.Tensor:
-    return common_pb2.Tensor(
-        dtype=common_pb2.DATA_TYPE_FLOAT32,
-        shape=list(row.shape),
-        float_values=row.ravel().tolist(),
-    )
 
 
 def _check_label(label: str, labels: tuple[str, ...], where: str) -> None:

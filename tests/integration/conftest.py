@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from cli.stack import Stack, StackError, find_mosquitto
-from services.kit.auth import Role
+from cli.stack import Stack
 from tests.support.home_assistant import HomeAssistant, start_home_assistant
-
-
-def require_mosquitto() -> None:
-    try:
-        find_mosquitto()
-    except StackError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must have mosquitto (make setup installs it): {e}")
-        pytest.skip(f"{e}")
-
-
-def start_stack(home: Path, **hub_env: str) -> Stack:
-    require_mosquitto()
-    stack = Stack(home, hub_id="itest")
-    try:
-        stack.start_broker()
-        stack.start_service(Role.AUDIT)
-        stack.start_service(Role.INFERENCE)
-        stack.start_hub(hub_env)
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
+from tests.support.stacks import start_stack
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import start_stack
 
 from cli.stack import Stack
 from hub import mqtt
 from hub.topics import reading_topic
 from services.kit.auth import Role
 from tests.support.mqtt_helpers import OCCUPIED, all_entries, collect_decisions, hub_metric
+from tests.support.stacks import start_stack
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import start_stack
 
 from cli.stack import Stack
 from hub import mqtt
@@ -24,6 +23,7 @@ from tests.support.mqtt_helpers import (
     publish,
     readings,
 )
+from tests.support.stacks import start_stack
 
 pytestmark = pytest.mark.integration
 

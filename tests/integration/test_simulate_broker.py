@@ -9,12 +9,12 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from conftest import require_mosquitto
 
 from cli.simulate import SENSOR_KINDS, simulate, synthetic_source
 from cli.stack import free_port as stack_free_port
 from hub.topics import READINGS_PREFIX, parse_reading_topic
 from tests.support.broker import start_mosquitto
+from tests.support.stacks import require_mosquitto
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,10 @@
-"""Input validation against a model's schema: shape, dtype, NaN and infinity.
+"""The one conversion between numpy arrays and ``roost.common.v1.Tensor``.
 
-Errors name the field (``inputs[3].float_values[2] (co2)``) and never the value.
+:func:`array_to_tensor` builds the wire form of a float32 feature vector (hub,
+personalization); :func:`tensor_to_array` checks a received tensor against a model's
+input schema — dtype, shape, NaN and infinity — and returns it as an array
+(inference). Errors name the field (``inputs[3].float_values[2] (co2)``) and never the
+value.
 """
 
 from __future__ import annotations
@@ -67,3 +71,10 @@ def tensor_to_array(
             feature = schema.features[i % len(schema.features)].name
             raise InvalidArgument(f"{where}.{field}[{i}] ({feature}): {bad} is not allowed")
     return arr.reshape(schema.shape)
+
+
+def array_to_tensor(x: npt.NDArray[np.float32]) -> common_pb2.Tensor:
+    """A float32 array as a ``Tensor`` of the same shape (row-major values)."""
+    return common_pb2.Tensor(
+        dtype=common_pb2.DATA_TYPE_FLOAT32, shape=list(x.shape), float_values=x.ravel().tolist()
+    )

@@ -9,8 +9,8 @@ import pytest
 
 from models.manifest import FeatureInfo, InputSchema
 from roost.common.v1 import common_pb2
-from services.inference.validation import tensor_to_array
 from services.kit.errors import InvalidArgument
+from services.kit.tensors import tensor_to_array
 
 SCHEMA = InputSchema(
     name="features",
