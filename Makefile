@@ -36,6 +36,7 @@ lint: setup proto-check buf-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services hub cli models bench
+	$(BIN)/lint-imports --no-cache
 
 proto: setup
 	./scripts/gen-protos.sh
