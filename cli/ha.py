@@ -42,7 +42,7 @@ def _config(args: argparse.Namespace) -> HubConfig:
 
 
 def _client(config: HubConfig) -> object:
-    from hub.ha_client import HaClient, HaUnavailable, read_token
+    from hub.homeassistant.client import HaClient, HaUnavailable, read_token
 
     try:
         return HaClient(
@@ -55,8 +55,8 @@ def _client(config: HubConfig) -> object:
 
 
 def _mapping(config: HubConfig) -> dict[str, SensorRef]:
-    from hub import ha_mapping
-    from hub.ha_client import HaClient, HaUnavailable
+    from hub.homeassistant import mapping as ha_mapping
+    from hub.homeassistant.client import HaClient, HaUnavailable
     from hub.ingest import parse_entity_map
 
     explicit = parse_entity_map(config.statestream_entities)
@@ -72,8 +72,8 @@ def _mapping(config: HubConfig) -> dict[str, SensorRef]:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from hub import ha_mapping
     from hub.home_windows import HomeEventWindow
+    from hub.homeassistant import mapping as ha_mapping
     from models.features import spec_by_id
 
     config = _config(args)
@@ -102,7 +102,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_import(args: argparse.Namespace) -> int:
     from zoneinfo import ZoneInfo
 
-    from hub.ha_client import (
+    from hub.homeassistant.client import (
         DEFAULT_LABEL_MAPS,
         HaClient,
         HaUnavailable,
@@ -196,7 +196,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def _cmd_uninstall(args: argparse.Namespace) -> int:
     from hub import mqtt
-    from hub.ha_discovery import uninstall_messages
+    from hub.homeassistant.entities import uninstall_messages
 
     config = _config(args)
     host = args.mqtt_host or config.mqtt_host

@@ -20,12 +20,15 @@ import aiomqtt
 import grpc
 from prometheus_client import Counter, Gauge
 
-from hub import ha_mapping, mqtt
+from hub import mqtt
 from hub.config import HubConfig
 from hub.decisions import ActionPolicy, DecisionPipeline, Outgoing, Recorded, parse_action_rules
-from hub.ha_client import ActionRunner, HaClient, HaUnavailable, read_token
-from hub.ha_discovery import HaBridge, ModelInfo, Settings
 from hub.home_windows import SPEC_IDS as HOME_SPEC_IDS
+from hub.homeassistant import mapping as ha_mapping
+from hub.homeassistant.bridge import HaBridge
+from hub.homeassistant.client import ActionRunner, HaClient, HaUnavailable, read_token
+from hub.homeassistant.entities import ModelInfo
+from hub.homeassistant.settings import Settings
 from hub.ingest import Ingest, SensorRef, parse_entity_map
 from hub.payloads import DropReason
 from hub.topics import READINGS_FILTER, statestream_filter, status_topic

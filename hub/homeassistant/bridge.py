@@ -1,0 +1,424 @@
+"""MQTT <-> hub for Home Assistant: the Roost hub device's config and states out, commands in.
+
+Every entity is available while the hub's status topic (the MQTT will) says ``online``.
+States wait in a bounded outbox (the latest per topic) while the broker is away.
+
+Commands arrive on ``roost/<hub_id>/ha/cmd/<key>``; each is validated (unknown key,
+oversized, malformed: counted in ``roost_hub_ha_commands_total{kind,outcome}`` and
+ignored). Settings (learning mode, thresholds, the routine choice) persist in
+``<data_dir>/ha_settings.json`` and are published retained. On Home Assistant's birth
+message (``homeassistant/status`` = ``online``) the device config is republished and,
+after HA had time to subscribe, the latest decision of each entity too (same
+``decision_id``: consumers that count decisions dedupe by it).
+
+What a command asks of a service (feedback, training, rollback, install) and the
+entities' polled states are the coordinator's (:mod:`hub.homeassistant.coordinator`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from hub.decisions import ActionPolicy, Recorded
+from hub.homeassistant import entities
+from hub.homeassistant.coordinator import Coordinator
+from hub.homeassistant.entities import BINARY_OPPOSITE, MODEL_PROBLEMS, ModelInfo
+from hub.homeassistant.metrics import COMMANDS, FEEDBACK, HA_BUFFER_DROPS, HA_ENTITIES
+from hub.homeassistant.settings import LEARNING_MODES, NUMBERS, Settings, parse_number
+from hub.homeassistant.topics import (
+    HA_STATUS_TOPIC,
+    command_filter,
+    command_key,
+    command_topic,
+    decision_key,
+    device_id,
+    discovery_topic,
+    state_topic,
+)
+from hub.topics import status_topic
+from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
+from roost.personalization.v1 import personalization_service_pb2_grpc as pers_grpc
+from roost.update.v1 import update_service_pb2_grpc as upd_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_COMMAND_BYTES = 64
+
+Handler = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class Latest:
+    """The latest recorded decision of one (model, area) entity, as published."""
+
+    decision_id: str
+    label: str
+    topic: str
+    payload: bytes
+
+
+class HaBridge:
+    """The Roost hub device in Home Assistant; runs inside the hub process."""
+
+    def __init__(
+        self,
+        *,
+        hub_id: str,
+        prefix: str,
+        models: Sequence[ModelInfo],
+        settings: Settings,
+        settings_path: Path,
+        policy: ActionPolicy,
+        inference: inf_grpc.InferenceServiceAsyncStub,
+        personalization: pers_grpc.PersonalizationServiceAsyncStub | None = None,
+        update: upd_grpc.UpdateServiceAsyncStub | None = None,
+        poll_seconds: float = 30.0,
+        update_check_seconds: float = 3600.0,
+        drift_retrain_seconds: float = 0.0,
+        drift_retrain_epsilon: float = 1.0,
+        drift_min_samples: int = 500,
+        settle_seconds: float = 1.0,
+        buffer_topics: int = 1000,
+    ) -> None:
+        self.hub_id = hub_id
+        self.prefix = prefix
+        self.models = {m.name: m for m in models}
+        self.settings = settings
+        self.settings_path = settings_path
+        self.policy = policy
+        policy.occupancy_threshold = settings.occupancy_threshold
+        self.coordinator = Coordinator(
+            hub_id=hub_id,
+            models=models,
+            settings=settings,
+            inference=inference,
+            personalization=personalization,
+            update=update,
+            push=self._queue,
+            spawn=self._later,
+            poll_seconds=poll_seconds,
+            update_check_seconds=update_check_seconds,
+            drift_retrain_seconds=drift_retrain_seconds,
+            drift_retrain_epsilon=drift_retrain_epsilon,
+            drift_min_samples=drift_min_samples,
+        )
+        self.settle_seconds = settle_seconds
+        self.components: dict[str, dict[str, Any]] = {}
+        # command key -> (kind, handler of the validated payload text)
+        self.handlers: dict[str, tuple[str, Handler]] = {}
+        self.latest: dict[tuple[str, str], Latest] = {}
+        self.client: aiomqtt.Client | None = None
+        self._outbox: dict[str, tuple[bytes, bool]] = {}
+        self._buffer_topics = buffer_topics
+        self._flush = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._availability = [{"topic": status_topic(hub_id)}]
+        self._add_static_components()
+
+    # ------------------------------------------------------------ components
+
+    def _add(self, key: str, component: dict[str, Any]) -> None:
+        component.setdefault("unique_id", f"{device_id(self.hub_id)}_{key}")
+        component.setdefault("availability", self._availability)
+        self.components[key] = component
+        HA_ENTITIES.set(len(self.components))
+
+    def _command(self, key: str, kind: str, component: dict[str, Any], handler: Handler) -> None:
+        component["command_topic"] = command_topic(self.hub_id, key)
+        self._add(key, component)
+        self.handlers[key] = (kind, handler)
+
+    def _add_static_components(self) -> None:
+        h = self.hub_id
+        c = self.coordinator
+        self._add("privacy_budget", entities.privacy_budget_component(h))
+        self._command(
+            "learning_mode",
+            "select",
+            entities.learning_mode_component(h),
+            self._set_learning_mode,
+        )
+        for key, (_, lo, hi, _) in NUMBERS.items():
+            self._command(
+                key, "number", entities.number_component(h, key), self._number_handler(key, lo, hi)
+            )
+        for model in sorted(self.models):
+            for what, name in MODEL_PROBLEMS:
+                self._add(f"{model}_{what}", entities.model_problem_component(h, model, what, name))
+            self._command(
+                f"{model}_update",
+                "update",
+                entities.model_update_component(h, model),
+                self._install_handler(model),
+            )
+            self._command(
+                f"{model}_rollback",
+                "button",
+                entities.button_component(f"Roll back {model}"),
+                self._press(functools.partial(c.rollback, model)),
+            )
+            self._command(
+                f"{model}_train",
+                "button",
+                entities.button_component(f"Learn now {model}"),
+                self._press(functools.partial(c.train, model)),
+            )
+
+    def _add_prediction(self, model: str, area: str) -> None:
+        info = self.models.get(model, ModelInfo(model, ()))
+        key = f"{model}_{area}"
+        self._add(key, entities.prediction_component(self.hub_id, model, area, info.labels))
+        kind = entities.feedback_kind(model, info.labels)
+        if kind is None:
+            return
+        if kind == "choice":
+            self._command(
+                f"{key}_label",
+                "select",
+                entities.label_select_component(self.hub_id, model, area, info.labels),
+                self._choice_handler(key, info.labels),
+            )
+        self._command(
+            f"{key}_wrong",
+            "button",
+            entities.wrong_button_component(model, area),
+            self._press(lambda: self._feedback(model, area)),
+        )
+
+    def discovery_config(self) -> dict[str, Any]:
+        return entities.device_config(self.hub_id, self.components)
+
+    # ------------------------------------------------------------ publishing
+
+    def _queue(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Latest message per topic until the broker takes it (bounded)."""
+        if topic not in self._outbox and len(self._outbox) >= self._buffer_topics:
+            HA_BUFFER_DROPS.inc()
+            return
+        self._outbox[topic] = (payload, retain)
+        self._flush.set()
+
+    def _publish_discovery(self) -> None:
+        self._queue(
+            discovery_topic(self.prefix, self.hub_id),
+            json.dumps(self.discovery_config(), separators=(",", ":")).encode(),
+            True,
+        )
+
+    def _publish_settings(self) -> None:
+        s = self.settings
+        self._queue(state_topic(self.hub_id, "learning_mode"), s.learning_mode.encode(), True)
+        for key in NUMBERS:
+            self._queue(state_topic(self.hub_id, key), str(getattr(s, key)).encode(), True)
+        for key, choice in s.choices.items():
+            if f"{key}_label" in self.components:
+                self._queue(state_topic(self.hub_id, f"{key}_label"), choice.encode(), True)
+
+    async def on_connect(self, client: aiomqtt.Client) -> None:
+        """A (re)connected session: subscribe, republish everything retained."""
+        self.client = client
+        await client.subscribe(command_filter(self.hub_id), qos=1)
+        await client.subscribe(HA_STATUS_TOPIC, qos=1)
+        self._publish_discovery()
+        self._publish_settings()
+        self._later(self._republish_latest())
+
+    def on_disconnect(self) -> None:
+        self.client = None
+
+    async def _flusher(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._flush.wait()
+            self._flush.clear()
+            client = self.client
+            if client is None:
+                continue  # flushed on the next connect (on_connect sets the event)
+            while self._outbox and self.client is client:
+                topic, (payload, retain) = next(iter(self._outbox.items()))
+                try:
+                    await client.publish(topic, payload, qos=1, retain=retain)
+                except aiomqtt.MqttError:
+                    break  # kept; retried after the reconnect
+                if self._outbox.get(topic) == (payload, retain):
+                    del self._outbox[topic]
+
+    async def _republish_latest(self, keys: Sequence[tuple[str, str]] | None = None) -> None:
+        """After discovery settled: the latest decision per entity known now (of ``keys``,
+        or of every entity when HA was away), sent again with the same decision id.
+
+        Only decisions made before this call: newer ones are published by the pipeline."""
+        known = [latest for key, latest in self.latest.items() if keys is None or key in keys]
+        if not known:
+            return
+        await asyncio.sleep(self.settle_seconds)
+        for latest in known:
+            if self.latest.get(decision_key(latest.topic)) is latest:
+                self._queue(latest.topic, latest.payload, False)
+
+    def _later(self, coro: Awaitable[None]) -> None:
+        async def wrapped() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("Home Assistant task failed")
+
+        task = asyncio.create_task(wrapped())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def idle(self) -> None:
+        """Wait until the background tasks (commands, republishing) have finished,
+        including those they started."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
+
+    # ------------------------------------------------------------ running
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush the outbox and poll the services until ``stop``."""
+        flusher = asyncio.create_task(self._flusher(stop))
+        try:
+            await self.coordinator.run(stop)
+        finally:
+            flusher.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+
+    # ------------------------------------------------------------ decisions
+
+    async def on_recorded(self, items: Sequence[Recorded]) -> None:
+        """Called by the pipeline after the audit log acknowledged ``items``."""
+        new: list[tuple[str, str]] = []
+        for r in items:
+            key = (r.model, r.area)
+            if f"{r.model}_{r.area}" not in self.components:
+                self._add_prediction(r.model, r.area)
+                new.append(key)
+            self.latest[key] = Latest(r.decision_id, r.label, r.topic, r.payload)
+        if new:
+            self._publish_discovery()
+            if self.client is not None:
+                # HA creates the entity and subscribes a moment after the config: the
+                # pipeline goes on (never held back), and the new entities' latest
+                # decisions are sent again once HA had time to subscribe.
+                self._later(self._republish_latest(new))
+
+    # ------------------------------------------------------------ commands
+
+    def handle(self, topic: str, payload: bytes) -> bool:
+        """Route a message if it is Home Assistant's; False if it is not."""
+        if topic == HA_STATUS_TOPIC:
+            if payload.strip() == b"online":
+                log.info("Home Assistant (re)started: republishing the Roost device")
+                self._publish_discovery()
+                self._publish_settings()
+                self._later(self._republish_latest())
+            return True
+        key = command_key(self.hub_id, topic)
+        if key is None:
+            return False
+        entry = self.handlers.get(key)
+        if entry is None:
+            COMMANDS.labels("unknown", "unknown").inc()
+            log.warning("ignoring a command for an unknown Roost entity")
+            return True
+        kind, handler = entry
+        if len(payload) > MAX_COMMAND_BYTES:
+            COMMANDS.labels(kind, "oversized").inc()
+            return True
+        try:
+            text = payload.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            COMMANDS.labels(kind, "malformed").inc()
+            return True
+        self._later(handler(text))
+        return True
+
+    def _press(self, action: Callable[[], Awaitable[None]]) -> Handler:
+        async def handler(text: str) -> None:
+            if text != "PRESS":
+                COMMANDS.labels("button", "malformed").inc()
+                return
+            COMMANDS.labels("button", "accepted").inc()
+            await action()
+
+        return handler
+
+    async def _set_learning_mode(self, text: str) -> None:
+        if text not in LEARNING_MODES:
+            COMMANDS.labels("select", "malformed").inc()
+            return
+        COMMANDS.labels("select", "accepted").inc()
+        self.settings.learning_mode = text
+        self.settings.save(self.settings_path)
+        log.info("learning mode set to %s from Home Assistant", text)
+        self._publish_settings()
+
+    def _number_handler(self, key: str, lo: float, hi: float) -> Handler:
+        async def handler(text: str) -> None:
+            value = parse_number(text, lo, hi)
+            if value is None:
+                COMMANDS.labels("number", "malformed").inc()
+                return
+            COMMANDS.labels("number", "accepted").inc()
+            setattr(self.settings, key, value)
+            if key == "occupancy_threshold":
+                self.policy.occupancy_threshold = value
+            self.settings.save(self.settings_path)
+            self._publish_settings()
+
+        return handler
+
+    def _choice_handler(self, key: str, labels: Sequence[str]) -> Handler:
+        async def handler(text: str) -> None:
+            if text not in labels:
+                COMMANDS.labels("select", "malformed").inc()
+                return
+            COMMANDS.labels("select", "accepted").inc()
+            self.settings.choices[key] = text
+            self.settings.save(self.settings_path)
+            self._publish_settings()
+
+        return handler
+
+    def _install_handler(self, model: str) -> Handler:
+        async def handler(text: str) -> None:
+            if text != "install":
+                COMMANDS.labels("update", "malformed").inc()
+                return
+            COMMANDS.labels("update", "accepted").inc()
+            await self.coordinator.install(model)
+
+        return handler
+
+    async def _feedback(self, model: str, area: str) -> None:
+        """A "was wrong" press: the opposite label (binary models) or the chosen one, for
+        the latest decision of the entity."""
+        latest = self.latest.get((model, area))
+        if latest is None:
+            FEEDBACK.labels("no_decision").inc()
+            return
+        if model in BINARY_OPPOSITE:
+            label = BINARY_OPPOSITE[model].get(latest.label)
+        else:
+            label = self.settings.choices.get(f"{model}_{area}")
+        if label is None:
+            FEEDBACK.labels("no_label").inc()
+            log.warning("'was wrong' for %s needs a choice in 'what was it?' first", model)
+            return
+        await self.coordinator.record_label(latest.decision_id, label)
+
+    # ------------------------------------------------------------ uninstall
+
+    def removal_messages(self) -> list[tuple[str, bytes]]:
+        """Empty retained payloads: HA removes the device, the broker forgets the states."""
+        return entities.uninstall_messages(self.prefix, self.hub_id, self.models)

@@ -1,0 +1,371 @@
+"""The services behind the Roost hub's Home Assistant entities.
+
+Every ``poll_seconds`` the coordinator fetches what the entities show and pushes it,
+retained, to their state topics:
+
+* the household privacy budget (personalization; its availability topic goes
+  ``offline`` while the service does not answer or is not deployed);
+* per model, drift and health (inference ``GetModelStatus``; drift is the service's
+  alert or, with enough live samples, the homeowner's PSI level) — a drifting
+  personalizable model can start a DP fine-tuning run, at most once per cooldown;
+* per model, installed, candidate and latest version and whether a rollout runs
+  (update; signed updates are checked every ``update_check_seconds``).
+
+It also makes the service calls behind the entities' commands: "was wrong"
+(``RecordLabel``), "learn now" (``StartTraining``), "roll back" and "install".
+
+A failed call to a service is translated by ``services.kit.peers`` (peer, method and
+status code; never the peer's details, which may quote household values) and never
+stops the hub: the entity shows it (offline, a health reason) or the command is
+counted as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from hub.homeassistant.entities import ModelInfo
+from hub.homeassistant.metrics import COMMANDS, DRIFT_RETRAINS, FEEDBACK
+from hub.homeassistant.settings import Settings
+from hub.homeassistant.topics import personalization_availability, state_topic
+from roost.inference.v1 import inference_service_pb2 as inf_pb
+from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
+from roost.personalization.v1 import personalization_service_pb2 as pers_pb
+from roost.personalization.v1 import personalization_service_pb2_grpc as pers_grpc
+from roost.update.v1 import update_service_pb2 as upd_pb
+from roost.update.v1 import update_service_pb2_grpc as upd_grpc
+from services.kit.peers import is_retryable, peer_error, status_of
+
+log = logging.getLogger(__name__)
+
+# The models personalization can fine-tune.
+PERSONALIZABLE = frozenset({"occupancy", "routine"})
+ROLLOUT_RUNNING = (
+    upd_pb.ROLLOUT_STAGE_STAGED,
+    upd_pb.ROLLOUT_STAGE_SHADOW,
+    upd_pb.ROLLOUT_STAGE_AB,
+)
+# A candidate is unhealthy when its error rate exceeds the active's by this much.
+CANDIDATE_ERROR_MARGIN = 0.05
+
+# (topic, payload, retain): where the coordinator's states go (the bridge's outbox).
+Push = Callable[[str, bytes, bool], None]
+# Runs a command's follow-up in the background (the bridge's task set).
+Spawn = Callable[[Awaitable[None]], None]
+
+
+def _failure(e: grpc.RpcError, peer: str, method: str) -> str:
+    """A failed command's call, for the log: peer, method, code, whether to try again."""
+    error = peer_error(e, peer, method)
+    return f"{error}; try again later" if is_retryable(e) else str(error)
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    parts = []
+    for p in version.split("."):
+        digits = re.match(r"\d+", p)
+        parts.append(int(digits.group()) if digits else 0)
+    return tuple(parts)
+
+
+class Coordinator:
+    """Polls the services for the entities' states; calls them for the entities' commands."""
+
+    def __init__(
+        self,
+        *,
+        hub_id: str,
+        models: Sequence[ModelInfo],
+        settings: Settings,
+        inference: inf_grpc.InferenceServiceAsyncStub,
+        personalization: pers_grpc.PersonalizationServiceAsyncStub | None,
+        update: upd_grpc.UpdateServiceAsyncStub | None,
+        push: Push,
+        spawn: Spawn,
+        poll_seconds: float = 30.0,
+        update_check_seconds: float = 3600.0,
+        drift_retrain_seconds: float = 0.0,
+        drift_retrain_epsilon: float = 1.0,
+        drift_min_samples: int = 500,
+    ) -> None:
+        self.hub_id = hub_id
+        # Labels from discovery; the active version as the last poll saw it.
+        self.models = {m.name: m for m in models}
+        self.settings = settings
+        self.inference = inference
+        self.personalization = personalization
+        self.update = update
+        self._push = push
+        self._spawn = spawn
+        self.poll_seconds = poll_seconds
+        self.update_check_seconds = update_check_seconds
+        # Drift-triggered personalization: at most once per this many seconds per model.
+        self.drift_retrain_seconds = drift_retrain_seconds
+        self.drift_retrain_epsilon = drift_retrain_epsilon
+        self.drift_min_samples = drift_min_samples
+        self._drift_trained: dict[str, float] = {}
+        # model -> (source, newest version the update service offered)
+        self._latest_updates: dict[str, tuple[str, str]] = {}
+        self._update_checked = -1e9
+
+    def _push_doc(self, key: str, doc: dict[str, Any]) -> None:
+        self._push(state_topic(self.hub_id, key), json.dumps(doc).encode(), True)
+
+    # ------------------------------------------------------------ commands
+
+    async def record_label(self, decision_id: str, label: str) -> None:
+        """The corrected label of a decision ("was wrong"), as feedback for personalization."""
+        if self.personalization is None:
+            FEEDBACK.labels("unavailable").inc()
+            log.warning("'was wrong' pressed but the personalization service is not deployed")
+            return
+        try:
+            await self.personalization.RecordLabel(
+                pers_pb.RecordLabelRequest(
+                    decision_id=decision_id,
+                    label=label,
+                    source=pers_pb.LABEL_SOURCE_FEEDBACK,
+                ),
+                timeout=5.0,
+            )
+        except grpc.aio.AioRpcError as e:
+            FEEDBACK.labels("failed").inc()
+            log.warning(
+                "'was wrong' not recorded: %s", _failure(e, "personalization", "RecordLabel")
+            )
+            return
+        FEEDBACK.labels("recorded").inc()
+        log.info("feedback recorded for decision %s", decision_id)
+
+    async def train(self, model: str, epsilon: float = 1.0) -> None:
+        """A DP fine-tuning run ("learn now", or drift), unless learning is paused."""
+        if not self.settings.training_allowed():
+            COMMANDS.labels("button", "refused").inc()
+            log.info("learning is paused: not starting training for %s", model)
+            return
+        if self.personalization is None:
+            COMMANDS.labels("button", "failed").inc()
+            return
+        try:
+            await self.personalization.StartTraining(
+                pers_pb.StartTrainingRequest(model_name=model, target_epsilon=epsilon),
+                timeout=10.0,
+            )
+        except grpc.aio.AioRpcError as e:
+            COMMANDS.labels("button", "failed").inc()
+            log.warning(
+                "training %s not started: %s",
+                model,
+                _failure(e, "personalization", "StartTraining"),
+            )
+
+    async def rollback(self, model: str) -> None:
+        if self.update is None:
+            COMMANDS.labels("button", "failed").inc()
+            return
+        try:
+            await self.update.Rollback(
+                upd_pb.RollbackRequest(model_name=model, reason="from Home Assistant"),
+                timeout=10.0,
+            )
+        except grpc.aio.AioRpcError as e:
+            COMMANDS.labels("button", "failed").inc()
+            log.warning("rolling back %s failed: %s", model, _failure(e, "update", "Rollback"))
+        await self.poll_update(model)
+
+    async def install(self, model: str) -> None:
+        """Stage the newest version (unless a local candidate is staged) and start shadow."""
+        if self.update is None:
+            COMMANDS.labels("update", "failed").inc()
+            return
+        _, latest = self._latest_updates.get(model, ("", ""))
+        method = "Stage"
+        try:
+            if latest:
+                await self.update.Stage(
+                    upd_pb.StageRequest(model_name=model, version=latest), timeout=60.0
+                )
+            method = "StartRollout"
+            await self.update.StartRollout(
+                upd_pb.StartRolloutRequest(model_name=model, stage=upd_pb.ROLLOUT_STAGE_SHADOW),
+                timeout=10.0,
+            )
+        except grpc.aio.AioRpcError as e:
+            COMMANDS.labels("update", "failed").inc()
+            log.warning("installing %s failed: %s", model, _failure(e, "update", method))
+        await self.poll_update(model)
+
+    def maybe_retrain(self, model: str) -> None:
+        """Drift can trigger personalization: a DP fine-tuning run on the local examples
+        (learning not paused, a personalizable model, at most once per cooldown)."""
+        if not self.drift_retrain_seconds or model not in PERSONALIZABLE:
+            return
+        if not self.settings.training_allowed() or self.personalization is None:
+            return
+        now = time.monotonic()
+        last = self._drift_trained.get(model)
+        if last is not None and now - last < self.drift_retrain_seconds:
+            return
+        self._drift_trained[model] = now
+        DRIFT_RETRAINS.labels(model).inc()
+        log.info("%s drifted: starting a personalization run", model)
+        self._spawn(self.train(model, epsilon=self.drift_retrain_epsilon))
+
+    # ------------------------------------------------------------ polling
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.poll_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.poll_seconds)
+
+    async def poll_once(self) -> None:
+        await self.poll_budget()
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._update_checked >= self.update_check_seconds:
+            self._update_checked = loop.time()
+            await self.check_updates()
+        for model in sorted(self.models):
+            await self.poll_model(model)
+            await self.poll_update(model)
+
+    async def poll_budget(self) -> None:
+        avail = personalization_availability(self.hub_id)
+        if self.personalization is None:
+            self._push(avail, b"offline", True)
+            return
+        try:
+            resp = await self.personalization.GetPrivacyBudget(
+                pers_pb.GetPrivacyBudgetRequest(scope="household"), timeout=3.0
+            )
+        except grpc.aio.AioRpcError as e:
+            log.debug("privacy budget: %s", peer_error(e, "personalization", "GetPrivacyBudget"))
+            self._push(avail, b"offline", True)
+            return
+        b = resp.budget
+        doc = {
+            "epsilon_spent": round(b.epsilon_spent, 4),
+            "epsilon_limit": round(b.epsilon_limit, 4),
+            "epsilon_remaining": round(max(b.epsilon_limit - b.epsilon_spent, 0.0), 4),
+            "delta": b.delta,
+            "scope": b.scope or "household",
+            "learning_mode": self.settings.learning_mode,
+        }
+        if b.HasField("period_end"):
+            doc["period_end"] = b.period_end.ToJsonString()
+        self._push_doc("privacy_budget", doc)
+        self._push(avail, b"online", True)
+
+    async def poll_model(self, model: str) -> None:
+        try:
+            s: inf_pb.GetModelStatusResponse = await self.inference.GetModelStatus(
+                inf_pb.GetModelStatusRequest(model_name=model), timeout=3.0
+            )
+        except grpc.aio.AioRpcError as e:
+            log.debug("status of %s: %s", model, peer_error(e, "inference", "GetModelStatus"))
+            reason = status_of(e).name
+            self._push_doc(
+                f"{model}_status", {"drift": "OFF", "health": "ON", "details": {"reason": reason}}
+            )
+            return
+        psi_max = max((f.psi for f in s.drift), default=0.0)
+        # The homeowner's PSI level applies only to features with enough live samples
+        # (a handful of readings after a restart is not drift).
+        over = [
+            f
+            for f in s.drift
+            if f.psi >= self.settings.drift_psi_alert and f.samples >= self.drift_min_samples
+        ]
+        drift = s.drift_alert or (s.drift_monitored and bool(over))
+        unhealthy, reason = _health(s)
+        drifting = sorted(f.feature for f in s.drift if f.alert or f in over)
+        doc = {
+            "drift": "ON" if drift else "OFF",
+            "health": "ON" if unhealthy else "OFF",
+            "details": {
+                "psi_max": round(psi_max, 4),
+                "psi_alert_level": self.settings.drift_psi_alert,
+                "drifting_features": drifting,
+                "health": reason,
+                "active_version": s.active.model.version,
+                "candidate_version": s.candidate.model.version,
+            },
+        }
+        self._push_doc(f"{model}_status", doc)
+        if drift:
+            self.maybe_retrain(model)
+        info = self.models.get(model)
+        if info is not None and s.active.model.version:
+            self.models[model] = ModelInfo(info.name, info.labels, s.active.model.version)
+
+    async def check_updates(self) -> None:
+        if self.update is None:
+            return
+        try:
+            resp = await self.update.CheckForUpdates(upd_pb.CheckForUpdatesRequest(), timeout=30.0)
+        except grpc.aio.AioRpcError as e:
+            log.info("update check: %s", peer_error(e, "update", "CheckForUpdates"))
+            return
+        for u in resp.updates:
+            _, current = self._latest_updates.get(u.model.name, ("", ""))
+            if _version_key(u.model.version) > _version_key(current):
+                self._latest_updates[u.model.name] = ("tuf", u.model.version)
+
+    async def poll_update(self, model: str) -> None:
+        installed = self.models[model].version if model in self.models else ""
+        candidate = ""
+        in_progress = False
+        if self.update is not None:
+            method = "ListVersions"
+            try:
+                versions = await self.update.ListVersions(
+                    upd_pb.ListVersionsRequest(model_name=model), timeout=3.0
+                )
+                for v in versions.versions:
+                    if v.slot == upd_pb.SLOT_ACTIVE:
+                        installed = v.model.version
+                    elif v.slot == upd_pb.SLOT_CANDIDATE:
+                        candidate = v.model.version
+                method = "GetRolloutStatus"
+                status = await self.update.GetRolloutStatus(
+                    upd_pb.GetRolloutStatusRequest(model_name=model), timeout=3.0
+                )
+                in_progress = status.status.stage in ROLLOUT_RUNNING
+            except grpc.aio.AioRpcError as e:
+                log.debug("update status of %s: %s", model, peer_error(e, "update", method))
+        _, latest = self._latest_updates.get(model, ("", ""))
+        latest = latest or candidate or installed
+        if not installed:
+            return
+        doc = {
+            "installed_version": installed,
+            "latest_version": latest,
+            "in_progress": in_progress,
+            "title": f"Roost {model} model",
+            "release_summary": "local candidate (personalized)"
+            if candidate and latest == candidate
+            else "signed model update",
+        }
+        self._push_doc(f"{model}_update", doc)
+
+
+def _health(s: inf_pb.GetModelStatusResponse) -> tuple[bool, str]:
+    """(unhealthy, why): the active model must be loaded, a candidate too and not fail
+    noticeably more often than the active."""
+    if not s.active.loaded:
+        return True, "active model not loaded"
+    if s.HasField("candidate") and s.candidate.model.version:
+        if not s.candidate.loaded:
+            return True, "rollout candidate not loaded"
+        if s.candidate.error_rate > s.active.error_rate + CANDIDATE_ERROR_MARGIN:
+            return True, "rollout candidate fails more often than active"
+    return False, "ok"

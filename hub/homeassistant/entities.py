@@ -1,0 +1,235 @@
+"""The entities of the Roost hub device: MQTT discovery components and the device config.
+
+Device-based discovery (``<prefix>/device/roost_<hub_id>/config`` with ``cmps``,
+retained); ``docs/home-assistant.md`` lists the components:
+
+* per (model, area) the hub decided on, added with its first decision: the prediction
+  (``binary_sensor``/``sensor``) whose state and attributes are templates over the
+  decision topic ``roost/<hub_id>/decisions/<model>/<area>``; a "was wrong" ``button``
+  for classification models (the routine model adds a "what was it?" ``select``);
+* per model: drift and health ``binary_sensor`` (device_class problem), an ``update``
+  entity, "roll back" and "learn now" buttons;
+* the privacy budget ``sensor`` (unavailable without the personalization service), the
+  learning mode ``select`` and the threshold ``number`` entities.
+
+The functions here only describe components; the bridge adds the ``unique_id``, the
+availability and, for entities that take commands, the ``command_topic``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hub.homeassistant.settings import LEARNING_MODES, NUMBERS
+from hub.homeassistant.topics import (
+    device_id,
+    discovery_topic,
+    personalization_availability,
+    state_topic,
+)
+from hub.topics import decision_topic, status_topic
+
+ROOST_VERSION = "0.1.0"
+# Binary models: "was wrong" means the other label.
+BINARY_OPPOSITE = {"occupancy": {"occupied": "vacant", "vacant": "occupied"}}
+# The per-model problem sensors: (key suffix and value field, name).
+MODEL_PROBLEMS = (("drift", "drift"), ("health", "model health"))
+
+_ATTRIBUTES_TEMPLATE = (
+    "{{ {'confidence': value_json.confidence, 'model_version': value_json.model.version, "
+    "'why': value_json.why, 'decision_id': value_json.decision_id, "
+    "'audit_index': value_json.audit_index, 'label': value_json.label, "
+    "'action': value_json.action, 'decided_at': value_json.decided_at} | tojson }}"
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    labels: tuple[str, ...]
+    version: str = ""
+
+
+def title(text: str) -> str:
+    return text.replace("_", " ").capitalize()
+
+
+def _area_name(area: str) -> str:
+    return area.replace("_", " ")
+
+
+def prediction_component(
+    hub_id: str, model: str, area: str, labels: Sequence[str]
+) -> dict[str, Any]:
+    """The entity of one (model, area), its state and attributes from the decision topic."""
+    topic = decision_topic(hub_id, model, area)
+    base: dict[str, Any] = {
+        "name": f"{title(model)} {_area_name(area)}",
+        "unique_id": f"{device_id(hub_id)}_{model}_{area}",
+        "state_topic": topic,
+        "json_attributes_topic": topic,
+        "json_attributes_template": _ATTRIBUTES_TEMPLATE,
+    }
+    if model == "occupancy":
+        return {
+            **base,
+            "p": "binary_sensor",
+            "device_class": "occupancy",
+            "value_template": "{{ 'ON' if value_json.label == 'occupied' else 'OFF' }}",
+        }
+    if model == "anomaly":
+        # Regression outputs; values[1] is the anomaly score (0..1).
+        return {
+            **base,
+            "p": "binary_sensor",
+            "device_class": "problem",
+            "value_template": "{{ 'ON' if value_json['values'][1] >= 0.5 else 'OFF' }}",
+        }
+    if model == "comfort":
+        return {
+            **base,
+            "p": "sensor",
+            "device_class": "temperature",
+            "unit_of_measurement": "°C",
+            "state_class": "measurement",
+            "name": f"Temperature forecast {_area_name(area)}",
+            "value_template": "{{ value_json['values'][0] | round(1) }}",
+        }
+    component = {**base, "p": "sensor", "value_template": "{{ value_json.label }}"}
+    if labels:
+        component |= {"device_class": "enum", "options": list(labels)}
+    return component
+
+
+def feedback_kind(model: str, labels: Sequence[str]) -> str | None:
+    """ "binary" (the opposite label), "choice" (a select names it) or None (no feedback:
+    regression models have no label to correct)."""
+    if model in BINARY_OPPOSITE:
+        return "binary"
+    if model in ("comfort", "anomaly") or not labels:
+        return None
+    return "choice"
+
+
+def label_select_component(
+    hub_id: str, model: str, area: str, labels: Sequence[str]
+) -> dict[str, Any]:
+    """ "What was it?": the label a "was wrong" press of a choice model sends."""
+    return {
+        "p": "select",
+        "name": f"{title(model)} {_area_name(area)}: what was it?",
+        "options": list(labels),
+        "state_topic": state_topic(hub_id, f"{model}_{area}_label"),
+    }
+
+
+def wrong_button_component(model: str, area: str) -> dict[str, Any]:
+    return {
+        "p": "button",
+        "name": f"{title(model)} {_area_name(area)} was wrong",
+        "icon": "mdi:thumb-down",
+        "payload_press": "PRESS",
+    }
+
+
+def button_component(name: str) -> dict[str, Any]:
+    return {"p": "button", "name": name, "payload_press": "PRESS"}
+
+
+def privacy_budget_component(hub_id: str) -> dict[str, Any]:
+    """Available only while both the hub and the personalization service are."""
+    return {
+        "p": "sensor",
+        "name": "Privacy budget spent",
+        "icon": "mdi:shield-lock",
+        "unit_of_measurement": "ε",
+        "state_class": "measurement",
+        "state_topic": state_topic(hub_id, "privacy_budget"),
+        "value_template": "{{ value_json.epsilon_spent }}",
+        "json_attributes_topic": state_topic(hub_id, "privacy_budget"),
+        "availability": [
+            {"topic": status_topic(hub_id)},
+            {"topic": personalization_availability(hub_id)},
+        ],
+        "availability_mode": "all",
+    }
+
+
+def learning_mode_component(hub_id: str) -> dict[str, Any]:
+    return {
+        "p": "select",
+        "name": "Learning mode",
+        "icon": "mdi:school",
+        "options": list(LEARNING_MODES),
+        "state_topic": state_topic(hub_id, "learning_mode"),
+        "entity_category": "config",
+    }
+
+
+def number_component(hub_id: str, key: str) -> dict[str, Any]:
+    name, lo, hi, step = NUMBERS[key]
+    return {
+        "p": "number",
+        "name": name,
+        "min": lo,
+        "max": hi,
+        "step": step,
+        "mode": "box",
+        "state_topic": state_topic(hub_id, key),
+        "entity_category": "config",
+    }
+
+
+def model_problem_component(hub_id: str, model: str, what: str, name: str) -> dict[str, Any]:
+    """Drift or health of a model, from its status topic (the coordinator polls it)."""
+    status = state_topic(hub_id, f"{model}_status")
+    return {
+        "p": "binary_sensor",
+        "name": f"{title(model)} {name}",
+        "device_class": "problem",
+        "entity_category": "diagnostic",
+        "state_topic": status,
+        "value_template": f"{{{{ value_json.{what} }}}}",
+        "json_attributes_topic": status,
+        "json_attributes_template": "{{ value_json.details | tojson }}",
+    }
+
+
+def model_update_component(hub_id: str, model: str) -> dict[str, Any]:
+    return {
+        "p": "update",
+        "name": f"{title(model)} model",
+        "state_topic": state_topic(hub_id, f"{model}_update"),
+        "payload_install": "install",
+    }
+
+
+def device_config(hub_id: str, components: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """The device-based discovery payload (device, origin, components)."""
+    return {
+        "dev": {
+            "ids": [device_id(hub_id)],
+            "name": "Roost hub",
+            "mf": "Roost",
+            "mdl": "Roost privacy-preserving AI hub",
+            "sw": ROOST_VERSION,
+        },
+        "o": {"name": "roost", "sw": ROOST_VERSION},
+        "cmps": components,
+        "qos": 1,
+    }
+
+
+def uninstall_messages(
+    prefix: str, hub_id: str, models: Mapping[str, Any] | Sequence[str] = ()
+) -> list[tuple[str, bytes]]:
+    """The device config first (HA drops every entity), then the retained states."""
+    keys = ["learning_mode", "privacy_budget", *NUMBERS]
+    for model in models:
+        keys += [f"{model}_status", f"{model}_update"]
+    out = [(discovery_topic(prefix, hub_id), b"")]
+    out += [(state_topic(hub_id, k), b"") for k in keys]
+    out.append((personalization_availability(hub_id), b""))
+    return out

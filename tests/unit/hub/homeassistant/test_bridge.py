@@ -1,0 +1,181 @@
+"""The bridge: the device config grows with decisions, commands are validated, feedback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hub.decisions import Recorded
+from hub.homeassistant.bridge import HaBridge
+from hub.homeassistant.metrics import COMMANDS
+from hub.homeassistant.settings import Settings
+from hub.homeassistant.topics import discovery_topic
+
+ROUTINE_LABELS = ["away", "asleep", "idle"]
+CMD = "roost/home-1/ha/cmd"
+
+
+def recorded(model: str, area: str, label: str, decision_id: str) -> Recorded:
+    return Recorded(
+        model, area, decision_id, label, 7, f"roost/home-1/decisions/{model}/{area}", b"{}", None
+    )
+
+
+def count(kind: str, outcome: str) -> float:
+    return COMMANDS.labels(kind, outcome)._value.get()
+
+
+def test_device_config_has_one_device_with_static_components(
+    make_bridge: Callable[[], HaBridge],
+) -> None:
+    config = make_bridge().discovery_config()
+    assert config["dev"]["ids"] == ["roost_home-1"]
+    assert config["dev"]["name"] == "Roost hub"
+    assert "o" in config  # device-based discovery requires the origin
+    cmps: dict[str, Any] = config["cmps"]
+    assert {"privacy_budget", "learning_mode", "occupancy_threshold", "drift_psi_alert"} <= set(
+        cmps
+    )
+    assert {"occupancy_drift", "occupancy_health", "occupancy_update", "occupancy_rollback"} <= set(
+        cmps
+    )
+    assert cmps["learning_mode"]["options"] == ["learning", "paused", "local-only"]
+    assert all(c["unique_id"] == f"roost_home-1_{k}" for k, c in cmps.items())
+    assert all(c["availability"][0]["topic"] == "roost/home-1/status" for c in cmps.values())
+    # The budget is unavailable unless personalization answers too.
+    assert cmps["privacy_budget"]["availability_mode"] == "all"
+    assert cmps["occupancy_train"]["command_topic"] == f"{CMD}/occupancy_train"
+    assert discovery_topic("homeassistant", "home-1") == "homeassistant/device/roost_home-1/config"
+    json.dumps(config)  # serializable
+
+
+def test_prediction_components_appear_with_the_first_decision(
+    make_bridge: Callable[[], HaBridge],
+) -> None:
+    b = make_bridge()
+    assert "occupancy_kitchen" not in b.components
+    asyncio.run(b.on_recorded([recorded("occupancy", "kitchen", "vacant", "d1")]))
+    before = dict(b.components)
+    sensor = b.components["occupancy_kitchen"]
+    assert sensor["p"] == "binary_sensor"
+    assert sensor["device_class"] == "occupancy"
+    assert sensor["state_topic"] == "roost/home-1/decisions/occupancy/kitchen"
+    assert "why" in sensor["json_attributes_template"]
+    assert "audit_index" in sensor["json_attributes_template"]
+    assert b.components["occupancy_kitchen_wrong"]["p"] == "button"
+    asyncio.run(b.on_recorded([recorded("routine", "home", "idle", "d2")]))
+    assert b.components["routine_home"]["options"] == ROUTINE_LABELS
+    assert b.components["routine_home_label"]["p"] == "select"
+    # Stable unique ids as the device grows.
+    assert all(b.components[k]["unique_id"] == v["unique_id"] for k, v in before.items())
+
+
+def test_commands_are_validated_and_never_raise(
+    make_bridge: Callable[[], HaBridge], tmp_path: Path
+) -> None:
+    async def go() -> HaBridge:
+        b = make_bridge()
+        before = {
+            k: count(*k)
+            for k in (
+                ("unknown", "unknown"),
+                ("number", "oversized"),
+                ("number", "malformed"),
+                ("select", "malformed"),
+                ("number", "accepted"),
+            )
+        }
+        assert b.handle(f"{CMD}/nope", b"PRESS")
+        assert b.handle(f"{CMD}/occupancy_threshold", b"1" * 100)
+        assert b.handle(f"{CMD}/occupancy_threshold", b"abc")
+        assert b.handle(f"{CMD}/occupancy_threshold", b"5")
+        assert b.handle(f"{CMD}/learning_mode", b"\xff")
+        assert b.handle(f"{CMD}/learning_mode", b"off")
+        assert b.handle(f"{CMD}/occupancy_threshold", b"0.8")
+        assert b.handle(f"{CMD}/learning_mode", b"paused")
+        assert not b.handle("roost/readings/kitchen/temperature", b"21")
+        await b.idle()
+        after = {k: count(*k) for k in before}
+        assert {k: after[k] - before[k] for k in before} == {
+            ("unknown", "unknown"): 1,
+            ("number", "oversized"): 1,
+            ("number", "malformed"): 2,
+            ("select", "malformed"): 2,
+            ("number", "accepted"): 1,
+        }
+        return b
+
+    b = asyncio.run(go())
+    assert b.policy.occupancy_threshold == 0.8
+    assert not b.settings.training_allowed()
+    saved = Settings.load(tmp_path / "ha_settings.json", Settings())
+    assert (saved.learning_mode, saved.occupancy_threshold) == ("paused", 0.8)
+    # The new settings go out retained.
+    assert b._outbox["roost/home-1/ha/state/learning_mode"] == (b"paused", True)
+    assert b._outbox["roost/home-1/ha/state/occupancy_threshold"] == (b"0.8", True)
+
+
+def test_feedback_sends_the_opposite_label_for_the_latest_decision(
+    make_bridge: Callable[[], HaBridge],
+) -> None:
+    sent: list[Any] = []
+
+    class Pers:
+        async def RecordLabel(self, request: Any, timeout: float) -> Any:
+            sent.append(request)
+
+    async def go() -> None:
+        b = make_bridge()
+        b.coordinator.personalization = Pers()  # type: ignore[assignment]
+        await b.on_recorded([recorded("occupancy", "kitchen", "vacant", "d1")])
+        await b.on_recorded([recorded("occupancy", "kitchen", "occupied", "d2")])
+        b.handle(f"{CMD}/occupancy_kitchen_wrong", b"PRESS")
+        await b.on_recorded([recorded("routine", "home", "idle", "d3")])
+        b.handle(f"{CMD}/routine_home_label", b"asleep")
+        await b.idle()
+        b.handle(f"{CMD}/routine_home_wrong", b"PRESS")
+        await b.idle()
+
+    asyncio.run(go())
+    assert [(r.decision_id, r.label) for r in sent] == [("d2", "vacant"), ("d3", "asleep")]
+
+
+def test_home_assistant_birth_republishes_the_device_and_latest_decisions(
+    make_bridge: Callable[[], HaBridge],
+) -> None:
+    async def go() -> HaBridge:
+        b = make_bridge()
+        await b.on_recorded([recorded("occupancy", "kitchen", "vacant", "d1")])
+        b._outbox.clear()
+        assert b.handle("homeassistant/status", b"online")
+        await b.idle()
+        return b
+
+    b = asyncio.run(go())
+    config, retain = b._outbox["homeassistant/device/roost_home-1/config"]
+    assert retain
+    assert "occupancy_kitchen" in json.loads(config)["cmps"]
+    # The latest decision again, same payload (same decision id), not retained.
+    assert b._outbox["roost/home-1/decisions/occupancy/kitchen"] == (b"{}", False)
+
+
+def test_outbox_keeps_the_latest_per_topic_and_is_bounded(
+    make_bridge: Callable[[], HaBridge],
+) -> None:
+    b = make_bridge()
+    b._outbox.clear()
+    b._buffer_topics = 2
+    b._queue("a", b"1", True)
+    b._queue("a", b"2", True)
+    b._queue("b", b"1", True)
+    b._queue("c", b"1", True)  # full: dropped (counted)
+    assert b._outbox == {"a": (b"2", True), "b": (b"1", True)}
+
+
+def test_removal_clears_the_device_first(make_bridge: Callable[[], HaBridge]) -> None:
+    messages = make_bridge().removal_messages()
+    assert messages[0] == ("homeassistant/device/roost_home-1/config", b"")
+    assert ("roost/home-1/ha/state/routine_status", b"") in messages

@@ -1,0 +1,111 @@
+"""The Home Assistant client side: allow-listed actions run in order with bounded
+attempts, and history import resampled onto a model's feature windows."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from hub.decisions import ActionRule
+from hub.homeassistant.client import (
+    ActionRunner,
+    HaClient,
+    HaUnavailable,
+    build_examples,
+    parse_label_map,
+    read_token,
+)
+from models.features import OCCUPANCY_V1
+
+RULE = ActionRule("occupancy", "kitchen", "vacant", "light", "turn_off", "light.kitchen")
+
+
+class FakeHa:
+    """Fails the first ``failures`` calls; stops the runner after ``calls`` calls."""
+
+    def __init__(self, failures: int, calls: int, stop: asyncio.Event) -> None:
+        self.failures = failures
+        self.remaining = calls
+        self.stop = stop
+        self.loop = asyncio.get_running_loop()
+        self.called: list[str] = []
+
+    def call_service(self, domain: str, service: str, entity_id: str) -> None:
+        self.called.append(f"{domain}.{service}:{entity_id}")
+        self.remaining -= 1
+        if self.remaining == 0:  # runs in a worker thread
+            self.loop.call_soon_threadsafe(self.stop.set)
+        if self.failures:
+            self.failures -= 1
+            raise HaUnavailable("down")
+
+
+def test_actions_are_retried_then_called_in_order() -> None:
+    async def go() -> tuple[ActionRunner, FakeHa]:
+        stop = asyncio.Event()
+        ha = FakeHa(failures=2, calls=4, stop=stop)
+        runner = ActionRunner(ha, attempts=3, backoff=0.0)  # type: ignore[arg-type]
+        runner.submit(RULE, "d1")
+        runner.submit(RULE, "d2")
+        await runner.run(stop)
+        return runner, ha
+
+    runner, ha = asyncio.run(go())
+    assert runner.done == [("d1", "called"), ("d2", "called")]
+    assert ha.called == ["light.turn_off:light.kitchen"] * 4
+
+
+def test_actions_fail_after_every_attempt_and_the_queue_is_bounded() -> None:
+    async def go() -> ActionRunner:
+        stop = asyncio.Event()
+        ha = FakeHa(failures=2, calls=2, stop=stop)
+        runner = ActionRunner(ha, attempts=2, backoff=0.0, max_queue=1)  # type: ignore[arg-type]
+        runner.submit(RULE, "d1")
+        runner.submit(RULE, "d2")  # the queue holds one: d1 is dropped
+        await runner.run(stop)
+        return runner
+
+    assert asyncio.run(go()).done == [("d1", "dropped"), ("d2", "failed")]
+
+
+def test_token_and_url_must_be_configured(tmp_path: Path) -> None:
+    with pytest.raises(HaUnavailable, match="not set"):
+        read_token(None)
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    with pytest.raises(HaUnavailable, match="empty"):
+        read_token(empty)
+    empty.write_text(" abc \n")
+    assert read_token(empty) == "abc"
+    with pytest.raises(HaUnavailable, match="ha_url"):
+        HaClient("", "abc")
+
+
+def test_label_maps() -> None:
+    assert parse_label_map("on=occupied, off = vacant") == {"on": "occupied", "off": "vacant"}
+    with pytest.raises(ValueError, match="must look like"):
+        parse_label_map("on")
+
+
+def test_build_examples_resamples_history_onto_feature_windows() -> None:
+    t0 = 1_700_000_000.0
+    series = {
+        "temperature": [(t0, "21.5"), (t0 + 600, "22.0")],
+        "humidity": [(t0, "30"), (t0 + 300, "unavailable")],
+        "illuminance": [(t0, "400")],
+        "carbon_dioxide": [(t0 + 60, "800")],
+    }
+    labels = [(t0, "on"), (t0 + 1200, "off"), (t0 + 1500, "weird")]
+    examples = build_examples(
+        OCCUPANCY_V1, series, labels, parse_label_map("on=occupied,off=vacant"), t0, t0 + 1800
+    )
+    # Ready from t0+60 (co2 first seen), every 60 s; "weird" maps to nothing; forward fill
+    # keeps the window fresh although the sensors reported rarely.
+    assert len(examples) == 24  # t0+60 .. t0+1440
+    assert examples[0].label == "occupied"
+    assert examples[-1].label == "vacant"
+    assert list(examples[0].input.shape) == [6]
+    assert examples[0].input.float_values[:4] == [21.5, 30.0, 400.0, 800.0]
+    assert examples[-1].input.float_values[0] == 22.0
