@@ -73,7 +73,7 @@ def _mapping(config: HubConfig) -> dict[str, SensorRef]:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from hub import ha_mapping
-    from hub.home_windows import HomeEventWindow
+    from hub.windows import HomeEventWindow
     from models.features import spec_by_id
 
     config = _config(args)

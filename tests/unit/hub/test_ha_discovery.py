@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hub.decisions import ActionPolicy, Recorded
 from hub.ha_discovery import (
     COMMANDS,
     HaBridge,
@@ -16,6 +15,8 @@ from hub.ha_discovery import (
     discovery_topic,
     uninstall_messages,
 )
+from hub.pipeline import Recorded
+from hub.policy import ActionPolicy
 from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as inf_pb
 
