@@ -290,10 +290,12 @@ class DecisionPipeline:
             decided = self._decide(predicted, self.policy.round())
             results = await self._append([d.decision for d in decided]) if decided else None
             t3 = time.perf_counter()
+            if results is not None and len(results) != len(decided):
+                raise ValueError(f"audit acknowledged {len(results)} of {len(decided)} decisions")
             await turn.after_earlier_settled()
             if results is not None:
                 # Acknowledged: the policy remembers these labels, in reading order.
-                for d, _ in zip(decided, results, strict=True):
+                for d in decided:
                     self.policy.commit(d.outcome)
             turn.settle()
             await turn.after_earlier_published()  # keep the publish order of batches

@@ -407,3 +407,22 @@ async def test_one_batch_sees_its_own_earlier_readings() -> None:
     await run_until_drained(p)
     assert actions(published) == {"r0": "light.turn_off", "r1": "publish", "r2": "light.turn_on"}
     assert policy.last_label("occupancy", "office") == "occupied"
+
+
+async def test_a_failed_batch_neither_changes_the_policy_nor_blocks_the_next() -> None:
+    class ShortAudit(FakeAudit):
+        """Acknowledges no decision of the first append (a broken peer)."""
+
+        async def AppendDecisions(self, request: Any, timeout: float) -> Any:
+            response = await super().AppendDecisions(request, timeout)
+            if len(self.requests) == 1:
+                del response.results[:]
+            return response
+
+    policy = ActionPolicy(RULES)
+    published: list[Outgoing] = []
+    p = make(FakeInference(), ShortAudit(), published, max_batch=1, policy=policy)
+    p.submit(pending(0, VACANT))  # its batch fails: never remembered
+    p.submit(pending(1, VACANT))
+    await run_until_drained(p)
+    assert actions(published) == {"r1": "light.turn_off"}  # still a change: fires
