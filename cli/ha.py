@@ -72,8 +72,8 @@ def _mapping(config: HubConfig) -> dict[str, SensorRef]:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from hub.home_windows import HomeEventWindow
     from hub.homeassistant import mapping as ha_mapping
+    from hub.windows import HomeEventWindow
     from models.features import spec_by_id
 
     config = _config(args)

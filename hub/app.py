@@ -22,8 +22,6 @@ from prometheus_client import Counter, Gauge
 
 from hub import mqtt
 from hub.config import HubConfig
-from hub.decisions import ActionPolicy, DecisionPipeline, Outgoing, Recorded, parse_action_rules
-from hub.home_windows import SPEC_IDS as HOME_SPEC_IDS
 from hub.homeassistant import mapping as ha_mapping
 from hub.homeassistant.bridge import HaBridge
 from hub.homeassistant.client import ActionRunner, HaClient, HaUnavailable, read_token
@@ -31,7 +29,10 @@ from hub.homeassistant.entities import ModelInfo
 from hub.homeassistant.settings import Settings
 from hub.ingest import Ingest, SensorRef, parse_entity_map
 from hub.payloads import DropReason
+from hub.pipeline import DecisionPipeline, Outgoing, Recorded
+from hub.policy import ActionPolicy, parse_action_rules
 from hub.topics import READINGS_FILTER, statestream_filter, status_topic
+from hub.windows import SPEC_IDS as HOME_SPEC_IDS
 from models.features import FeatureSpec, spec_by_id
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from roost.inference.v1 import inference_service_pb2 as inf_pb

@@ -1,4 +1,9 @@
-"""From an MQTT message to pending decisions: route, validate, update feature windows."""
+"""From an MQTT message to pending decisions: route, validate, update feature windows.
+
+Every model is fed through the one :class:`hub.windows.Window` interface: a per-area
+model gets an :class:`AreaWindow` per area it hears from (weather kinds feed each of
+them), a home-wide model one :class:`HomeEventWindow` for the whole home.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,8 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, tzinfo
+from typing import Protocol
 
-from hub.decisions import DecisionPipeline, Pending
-from hub.home_windows import HOME_AREA, HomeEventWindow, OutOfOrder
 from hub.payloads import (
     READINGS,
     DropLog,
@@ -18,8 +22,10 @@ from hub.payloads import (
     parse_reading,
     parse_statestream,
 )
+from hub.pipeline import Pending
 from hub.topics import parse_reading_topic, parse_statestream_topic, valid_segment
-from models.features import FeatureSpec, FeatureWindow
+from hub.windows import HOME_AREA, AreaWindow, HomeEventWindow, OutOfOrder, Window
+from models.features import FeatureSpec
 
 HOUSEHOLD_WIDE_PREFIXES = ("outdoor_", "wind_")
 
@@ -33,6 +39,12 @@ def is_household_wide(sensor_kind: str) -> bool:
 class SensorRef:
     area: str
     sensor_kind: str
+
+
+class DecisionQueue(Protocol):
+    """Where complete windows go (the :class:`hub.pipeline.DecisionPipeline`)."""
+
+    def submit(self, item: Pending) -> None: ...
 
 
 def parse_entity_map(entries: tuple[str, ...]) -> dict[str, SensorRef]:
@@ -55,7 +67,7 @@ class Ingest:
         self,
         *,
         specs: Mapping[str, FeatureSpec],
-        pipeline: DecisionPipeline,
+        pipeline: DecisionQueue,
         max_payload_bytes: int,
         statestream_base: str,
         statestream_entities: Mapping[str, SensorRef],
@@ -68,7 +80,8 @@ class Ingest:
         self._base = statestream_base
         self._entities = statestream_entities
         self._tz = tz
-        self._windows: dict[tuple[str, str], FeatureWindow] = {}
+        # Per (model, area): an AreaWindow per area heard from, or the home's window.
+        self._windows: dict[tuple[str, str], Window] = {}
         # Latest household-wide reading per (model, kind), e.g. outdoor temperature.
         self._outdoor: dict[tuple[str, str], tuple[float, float]] = {}
         self._models_by_kind: dict[str, list[str]] = {}
@@ -76,8 +89,9 @@ class Ingest:
             for kind in spec.sensor_kinds:
                 self._models_by_kind.setdefault(kind, []).append(name)
         # Models over the whole home's binary sensors (routine/v1), one window each.
-        self._home = {name: HomeEventWindow(tz) for name in home_models}
+        self._home = frozenset(home_models)
         for name in self._home:
+            self._windows[(name, HOME_AREA)] = HomeEventWindow(tz)
             for kind in HomeEventWindow.kinds:
                 self._models_by_kind.setdefault(kind, []).append(name)
         self.drops = DropLog()
@@ -102,72 +116,36 @@ class Ingest:
         READINGS.inc()
         ts = reading.ts if reading.ts is not None else now
         for model in models:
-            if model in self._home:
-                self._home_event(model, topic, ref, reading, ts, received)
-                continue
-            if is_household_wide(ref.sensor_kind):
-                # Weather is the same for every room: feed it to each area's window.
-                windows = [(a, w) for (m, a), w in self._windows.items() if m == model]
-                self._outdoor[(model, ref.sensor_kind)] = (reading.value, ts)
-            else:
-                windows = [(ref.area, self._window(model, ref.area))]
-            for area, window in windows:
-                if window.update(ref.sensor_kind, reading.value, ts):
-                    self._submit(
-                        model, area, window, ts, trigger=reading.reading_id, received=received
+            for area, window in self._targets(model, ref, reading, ts):
+                try:
+                    ready = window.update(ref.area, ref.sensor_kind, reading.value, ts, topic)
+                except OutOfOrder as e:
+                    self.drops.drop(topic, DropReason.OUT_OF_ORDER, str(e))
+                    continue
+                if ready:
+                    self._pipeline.submit(
+                        Pending(
+                            model=model,
+                            area=area,
+                            features=window.tensor(ts),
+                            feature_names=window.feature_names,
+                            reading_ts=ts,
+                            trigger_id=reading.reading_id,
+                            received_at=received,
+                        )
                     )
 
-    def _home_event(  # noqa: PLR0917
-        self,
-        model: str,
-        topic: str,
-        ref: SensorRef,
-        reading: Reading,
-        ts: float,
-        received: float,
-    ) -> None:
-        window = self._home[model]
-        if not HomeEventWindow.accepts(ref.area, ref.sensor_kind):
-            return
-        try:
-            ready = window.update(ref.area, ref.sensor_kind, reading.value, ts, source=topic)
-        except OutOfOrder as e:
-            self.drops.drop(topic, DropReason.OUT_OF_ORDER, str(e))
-            return
-        if ready:
-            self._pipeline.submit(
-                Pending(
-                    model=model,
-                    area=HOME_AREA,
-                    features=window.tensor(ts),
-                    feature_names=window.feature_names,
-                    reading_ts=ts,
-                    trigger_id=reading.reading_id,
-                    received_at=received,
-                )
-            )
-
-    def _submit(
-        self,
-        model: str,
-        area: str,
-        window: FeatureWindow,
-        ts: float,
-        *,
-        trigger: str,
-        received: float,
-    ) -> None:
-        self._pipeline.submit(
-            Pending(
-                model=model,
-                area=area,
-                features=window.tensor(ts),
-                feature_names=tuple(self._specs[model].feature_names),
-                reading_ts=ts,
-                trigger_id=trigger,
-                received_at=received,
-            )
-        )
+    def _targets(
+        self, model: str, ref: SensorRef, reading: Reading, ts: float
+    ) -> list[tuple[str, Window]]:
+        """The (area, window) pairs of ``model`` that a reading from ``ref`` feeds."""
+        if model in self._home:
+            return [(HOME_AREA, self._windows[(model, HOME_AREA)])]
+        if is_household_wide(ref.sensor_kind):
+            # Weather is the same for every room: feed it to each area's window.
+            self._outdoor[(model, ref.sensor_kind)] = (reading.value, ts)
+            return [(a, w) for (m, a), w in self._windows.items() if m == model]
+        return [(ref.area, self._area_window(model, ref.area))]
 
     def _parse(self, topic: str, payload: bytes, now: float) -> tuple[SensorRef, Reading]:
         rt = parse_reading_topic(topic)
@@ -183,13 +161,13 @@ class Ingest:
             return ref, parse_statestream(payload, max_bytes=self._max_bytes)
         raise InvalidReading(DropReason.UNKNOWN_TOPIC, "topic is not in the Roost schema")
 
-    def _window(self, model: str, area: str) -> FeatureWindow:
+    def _area_window(self, model: str, area: str) -> Window:
         key = (model, area)
         window = self._windows.get(key)
         if window is None:
-            window = self._windows[key] = FeatureWindow(self._specs[model], self._tz)
+            window = self._windows[key] = AreaWindow(self._specs[model], self._tz)
             # A new room starts with the latest household-wide readings (weather).
             for (m, kind), (value, ts) in self._outdoor.items():
                 if m == model:
-                    window.update(kind, value, ts)
+                    window.update(area, kind, value, ts)
         return window

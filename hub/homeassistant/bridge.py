@@ -28,7 +28,6 @@ from typing import Any
 
 import aiomqtt
 
-from hub.decisions import ActionPolicy, Recorded
 from hub.homeassistant import entities
 from hub.homeassistant.coordinator import Coordinator
 from hub.homeassistant.entities import BINARY_OPPOSITE, MODEL_PROBLEMS, ModelInfo
@@ -44,6 +43,8 @@ from hub.homeassistant.topics import (
     discovery_topic,
     state_topic,
 )
+from hub.pipeline import Recorded
+from hub.policy import ActionPolicy
 from hub.topics import status_topic
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
 from roost.personalization.v1 import personalization_service_pb2_grpc as pers_grpc

@@ -31,8 +31,8 @@ from typing import Any, cast
 from google.protobuf.timestamp_pb2 import Timestamp
 from homeassistant_api import Client, WebsocketClient
 
-from hub.decisions import HA_ACTIONS, ActionRule
 from hub.payloads import InvalidReading, parse_statestream
+from hub.policy import HA_ACTIONS, ActionRule
 from models.features import FeatureSpec, FeatureWindow
 from roost.common.v1 import common_pb2
 from roost.personalization.v1 import personalization_service_pb2 as pers_pb

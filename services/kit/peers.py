@@ -4,9 +4,10 @@ A failed call to a peer is either **permanent** (the peer understood the request
 refused it: ``INVALID_ARGUMENT``, ``NOT_FOUND``, ``FAILED_PRECONDITION``,
 ``PERMISSION_DENIED``, ...) or **retryable** (everything else: the peer is down,
 restarting or slow — ``UNAVAILABLE``, ``DEADLINE_EXCEEDED`` — or failed on its side —
-``INTERNAL``, ``UNKNOWN``, ``CANCELLED``). The two must never be confused: a refusal turned into
-``Unavailable`` is retried for ever, and an outage turned into a refusal drops work
-that a retry would have saved. Every service and the hub translate peer errors here.
+``INTERNAL``, ``UNKNOWN``, ``CANCELLED`` — or pushes back: ``RESOURCE_EXHAUSTED``, which
+a peer answers when a bounded queue is full, e.g. the audit log's pending appends).
+The two must never be confused: a refusal turned into ``Unavailable`` is retried for
+ever, and an outage turned into a refusal drops work that a retry would have saved. Every service and the hub translate peer errors here.
 
 The peer's ``details()`` are not echoed by default: a peer's message may quote an
 input the caller sent (e.g. a feature name next to a reading).
@@ -38,8 +39,11 @@ _PERMANENT: dict[grpc.StatusCode, type[RoostError]] = {
     grpc.StatusCode.ABORTED: FailedPrecondition,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+}
+# Retryable, but with its own meaning: the peer is alive and asks the caller to slow down.
+_BACKPRESSURE: dict[grpc.StatusCode, type[RoostError]] = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 
@@ -61,7 +65,8 @@ def peer_error(
 
     A refusal keeps its meaning (``INVALID_ARGUMENT`` → :class:`InvalidArgument`,
     ``NOT_FOUND`` → :class:`NotFound`, ...); every retryable code becomes
-    :class:`Unavailable`, so callers retry it with backoff. The message names
+    :class:`Unavailable` (``RESOURCE_EXHAUSTED`` stays :class:`ResourceExhausted`),
+    so callers retry it with backoff. The message names
     peer, method and code, and the peer's details only when ``echo_details``
     (they may quote the caller's input).
     """
@@ -71,5 +76,5 @@ def peer_error(
         details = e.details() if hasattr(e, "details") else None
         if details:
             message = f"{message}: {details}"
-    kind = _PERMANENT.get(code, Unavailable)
+    kind = _PERMANENT.get(code) or _BACKPRESSURE.get(code, Unavailable)
     return kind(message)

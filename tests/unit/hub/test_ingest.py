@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from hub.decisions import Pending
 from hub.ingest import Ingest, is_household_wide, parse_entity_map
 from hub.payloads import DROPPED
+from hub.pipeline import Pending
 from models.features import FeatureSpec, SensorFeature
 from models.routine.spec import INPUT_SHAPE
 
@@ -34,7 +34,7 @@ def make(entities: tuple[str, ...] = ()) -> tuple[Ingest, Collect]:
     sink = Collect()
     ingest = Ingest(
         specs={"m": SPEC},
-        pipeline=sink,  # type: ignore[arg-type]
+        pipeline=sink,
         max_payload_bytes=256,
         statestream_base="ha",
         statestream_entities=parse_entity_map(entities),
@@ -87,7 +87,7 @@ def test_home_events_feed_the_routine_window() -> None:
     sink = Collect()
     ingest = Ingest(
         specs={},
-        pipeline=sink,  # type: ignore[arg-type]
+        pipeline=sink,
         max_payload_bytes=256,
         statestream_base="ha",
         statestream_entities=parse_entity_map(("binary_sensor.fd=entrance/door",)),

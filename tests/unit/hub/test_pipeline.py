@@ -1,10 +1,12 @@
-"""The decision path with in-memory fakes: record before publish, retries are idempotent."""
+"""The decision path with in-memory fakes: record before publish, retries are idempotent,
+the action policy runs in reading order and remembers only acknowledged decisions."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +14,8 @@ import grpc
 import numpy as np
 import pytest
 
-from hub.decisions import DecisionPipeline, Outgoing, Pending, uuid7
+from hub.pipeline import DecisionPipeline, Outgoing, Pending
+from hub.policy import ActionPolicy, parse_action_rules
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as inf_pb
@@ -23,7 +26,14 @@ class RpcError(grpc.aio.AioRpcError):
         super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=code.name)
 
 
+def occupancy(x: float) -> inf_pb.Prediction:
+    label = "occupied" if x >= 0.5 else "vacant"
+    return inf_pb.Prediction(values=[1 - x, x], label=label, confidence=max(x, 1 - x))
+
+
 class FakeInference:
+    """Predicts P(occupied) = the first input feature."""
+
     def __init__(self, fail: Sequence[grpc.StatusCode] = ()) -> None:
         self.fail = list(fail)
         self.calls = 0
@@ -34,10 +44,7 @@ class FakeInference:
             raise RpcError(self.fail.pop(0))
         return inf_pb.PredictBatchResponse(
             model=common_pb2.ModelRef(name=request.model_name, version="1.0.0", sha256="ab" * 32),
-            predictions=[
-                inf_pb.Prediction(values=[0.2, 0.8], label="occupied", confidence=0.8)
-                for _ in request.inputs
-            ],
+            predictions=[occupancy(t.float_values[0]) for t in request.inputs],
         )
 
 
@@ -74,11 +81,41 @@ class FakeAudit:
         return audit_pb.AppendDecisionsResponse(results=results, tree_size=len(self.log))
 
 
-def pending(i: int) -> Pending:
+class SilentAudit(FakeAudit):
+    """Takes appends and never answers (an audit service that hangs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.called = asyncio.Event()
+
+    async def AppendDecisions(self, request: Any, timeout: float) -> Any:
+        self.requests.append([d.decision_id for d in request.decisions])
+        self.called.set()
+        await asyncio.Event().wait()
+
+
+class RefusingAudit(FakeAudit):
+    """Refuses the appends whose number (0, 1, ...) is in ``refuse``; logs the others."""
+
+    def __init__(self, refuse: set[int], code: grpc.StatusCode) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.code = code
+
+    async def AppendDecisions(self, request: Any, timeout: float) -> Any:
+        if len(self.requests) in self.refuse:
+            self.requests.append([d.decision_id for d in request.decisions])
+            raise RpcError(self.code)
+        return await super().AppendDecisions(request, timeout)
+
+
+def pending(i: int, p_occupied: float = 0.0) -> Pending:
+    features = np.arange(6, dtype=np.float32)
+    features[0] = p_occupied
     return Pending(
         model="occupancy",
         area="office",
-        features=np.arange(6, dtype=np.float32),
+        features=features,
         feature_names=("a", "b", "c", "d", "e", "f"),
         reading_ts=1.0,
         trigger_id=f"r{i}",
@@ -107,6 +144,8 @@ def make(
         max_pending=kw.get("max_pending", 100),
         max_batch=kw.get("max_batch", 10),
         on_overflow=kw.get("on_overflow", lambda: None),
+        max_in_flight=kw.get("max_in_flight", 4),
+        policy=kw.get("policy"),
     )
 
 
@@ -194,22 +233,196 @@ async def test_overflow_drops_oldest_and_counts() -> None:
 
 async def test_drain_times_out_when_audit_is_down() -> None:
     published: list[Outgoing] = []
-    p = make(FakeInference(), FakeAudit(failures=10_000), published)
+    audit = SilentAudit()
+    p = make(FakeInference(), audit, published)
     p.submit(pending(0))
     task = asyncio.create_task(p.run())
-    assert not await p.drain(0.3)
+    await audit.called.wait()
+    assert not await p.drain(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert published == []
 
 
-def test_decision_ids_are_time_ordered_uuid7() -> None:
-    first = uuid7()
-    time.sleep(0.002)
-    later = [uuid7() for _ in range(500)]
-    assert len(set(later)) == 500
-    assert all(first < x for x in later)  # a later millisecond sorts after
-    parsed = uuid.UUID(first)
-    assert parsed.version == 7
-    assert parsed.variant == uuid.RFC_4122
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ],
+)
+async def test_refusal_is_given_up_with_an_error(
+    code: grpc.StatusCode, caplog: pytest.LogCaptureFixture
+) -> None:
+    published: list[Outgoing] = []
+    audit = RefusingAudit({0}, code)
+    p = make(FakeInference(), audit, published)
+    p.submit(pending(0))
+    with caplog.at_level(logging.ERROR, logger="hub.pipeline"):
+        await run_until_drained(p)
+    assert len(audit.requests) == 1  # a refusal is not retried
+    assert published == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"audit refused 1 decisions: audit service: AppendDecisions failed ({code.name}): "
+        f"{code.name}"
+    ]
+
+
+async def test_predict_retries_any_retryable_error() -> None:
+    published: list[Outgoing] = []
+    inference = FakeInference(fail=[grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED])
+    p = make(inference, FakeAudit(), published)
+    p.submit(pending(0))
+    await run_until_drained(p)
+    assert inference.calls == 3
+    assert len(published) == 1
+
+    inference = FakeInference(fail=[grpc.StatusCode.UNAVAILABLE] * 3)  # bounded: 3 attempts
+    published.clear()
+    p = make(inference, FakeAudit(), published)
+    p.submit(pending(0))
+    await run_until_drained(p)
+    assert inference.calls == 3
+    assert published == []
+
+
+# --- The action policy: reading order, acknowledged decisions only -----------------
+
+RULES = parse_action_rules(
+    [
+        "occupancy.office:vacant=light.turn_off:light.office",
+        "occupancy.office:occupied=light.turn_on:light.office",
+    ]
+)
+VACANT, OCCUPIED = 0.1, 0.9
+
+
+def actions(published: Sequence[Outgoing]) -> dict[str, str]:
+    """trigger id -> the action recorded and published with its decision."""
+    docs = [json.loads(o.payload) for o in published]
+    return {d["trigger_id"]: d["action"] for d in docs}
+
+
+class OutOfOrderInference(FakeInference):
+    """The first PredictBatch call completes only after the second one did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.second_done = asyncio.Event()
+
+    async def PredictBatch(self, request: inf_pb.PredictBatchRequest, timeout: float) -> Any:
+        self.calls += 1
+        call = self.calls
+        if call == 1:
+            await self.second_done.wait()
+        response = await super().PredictBatch(request, timeout)
+        if call == 2:
+            self.second_done.set()
+        return response
+
+
+async def test_policy_follows_reading_order_when_predictions_complete_out_of_order() -> None:
+    policy = ActionPolicy(RULES)
+    published: list[Outgoing] = []
+    inference = OutOfOrderInference()
+    p = make(inference, FakeAudit(), published, max_batch=1, policy=policy)
+    p.submit(pending(0, VACANT))  # batch 1: its prediction completes last
+    p.submit(pending(1, OCCUPIED))  # batch 2
+    await run_until_drained(p)
+    assert inference.second_done.is_set()
+    assert actions(published) == {"r0": "light.turn_off", "r1": "light.turn_on"}
+    # The later reading's label is the one remembered: still occupied, nothing fires.
+    p.submit(pending(2, OCCUPIED))
+    await run_until_drained(p)
+    assert actions(published)["r2"] == "publish"
+
+
+async def test_refused_decision_does_not_change_the_policy() -> None:
+    policy = ActionPolicy(RULES)
+    published: list[Outgoing] = []
+    audit = RefusingAudit({0}, grpc.StatusCode.INVALID_ARGUMENT)
+    p = make(FakeInference(), audit, published, policy=policy)
+    p.submit(pending(0, VACANT))  # refused: never recorded, so never remembered
+    await run_until_drained(p)
+    assert published == []
+    p.submit(pending(1, VACANT))  # still a change from nothing: fires
+    await run_until_drained(p)
+    assert actions(published) == {"r1": "light.turn_off"}
+
+
+async def test_refused_change_does_not_make_the_next_decision_fire() -> None:
+    policy = ActionPolicy(RULES)
+    published: list[Outgoing] = []
+    audit = RefusingAudit({1}, grpc.StatusCode.INVALID_ARGUMENT)
+    p = make(FakeInference(), audit, published, policy=policy)
+    for i, x in enumerate((VACANT, OCCUPIED, VACANT)):  # the change to occupied is refused
+        p.submit(pending(i, x))
+        await run_until_drained(p)
+    # Vacant was the last recorded label: vacant again is unchanged, nothing fires.
+    assert actions(published) == {"r0": "light.turn_off", "r2": "publish"}
+
+
+async def test_unacknowledged_decision_does_not_change_the_policy() -> None:
+    policy = ActionPolicy(RULES)
+    audit = SilentAudit()
+    p = make(FakeInference(), audit, [], policy=policy)
+    p.submit(pending(0, VACANT))
+    task = asyncio.create_task(p.run())
+    await audit.called.wait()
+    task.cancel()  # stopped (drain deadline passed) before the audit answered
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    published: list[Outgoing] = []
+    p = make(FakeInference(), FakeAudit(), published, policy=policy)
+    p.submit(pending(1, VACANT))
+    await run_until_drained(p)
+    assert actions(published) == {"r1": "light.turn_off"}
+
+
+async def test_later_batch_waits_for_an_earlier_one_being_retried() -> None:
+    policy = ActionPolicy(RULES)
+    published: list[Outgoing] = []
+    audit = FakeAudit(failures=2)  # the first batch's append is retried twice
+    p = make(FakeInference(), audit, published, max_batch=1, policy=policy)
+    for i, x in enumerate((VACANT, VACANT, OCCUPIED, OCCUPIED)):
+        p.submit(pending(i, x))
+    await run_until_drained(p)
+    assert actions(published) == {
+        "r0": "light.turn_off",
+        "r1": "publish",
+        "r2": "light.turn_on",
+        "r3": "publish",
+    }
+    assert [json.loads(o.payload)["trigger_id"] for o in published] == ["r0", "r1", "r2", "r3"]
+
+
+async def test_one_batch_sees_its_own_earlier_readings() -> None:
+    policy = ActionPolicy(RULES)
+    published: list[Outgoing] = []
+    p = make(FakeInference(), FakeAudit(), published, policy=policy)
+    for i, x in enumerate((VACANT, VACANT, OCCUPIED)):
+        p.submit(pending(i, x))
+    await run_until_drained(p)
+    assert actions(published) == {"r0": "light.turn_off", "r1": "publish", "r2": "light.turn_on"}
+    assert policy.last_label("occupancy", "office") == "occupied"
+
+
+async def test_a_failed_batch_neither_changes_the_policy_nor_blocks_the_next() -> None:
+    class ShortAudit(FakeAudit):
+        """Acknowledges no decision of the first append (a broken peer)."""
+
+        async def AppendDecisions(self, request: Any, timeout: float) -> Any:
+            response = await super().AppendDecisions(request, timeout)
+            if len(self.requests) == 1:
+                del response.results[:]
+            return response
+
+    policy = ActionPolicy(RULES)
+    published: list[Outgoing] = []
+    p = make(FakeInference(), ShortAudit(), published, max_batch=1, policy=policy)
+    p.submit(pending(0, VACANT))  # its batch fails: never remembered
+    p.submit(pending(1, VACANT))
+    await run_until_drained(p)
+    assert actions(published) == {"r1": "light.turn_off"}  # still a change: fires

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from hub.decisions import ActionPolicy
 from hub.homeassistant.bridge import HaBridge
 from hub.homeassistant.entities import ModelInfo
 from hub.homeassistant.settings import Settings
+from hub.policy import ActionPolicy
 
 
 class FakeInference:

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hub.decisions import Recorded
 from hub.homeassistant.bridge import HaBridge
 from hub.homeassistant.metrics import COMMANDS
 from hub.homeassistant.settings import Settings
 from hub.homeassistant.topics import discovery_topic
+from hub.pipeline import Recorded
 
 ROUTINE_LABELS = ["away", "asleep", "idle"]
 CMD = "roost/home-1/ha/cmd"

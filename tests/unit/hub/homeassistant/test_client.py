@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from hub.decisions import ActionRule
 from hub.homeassistant.client import (
     ActionRunner,
     HaClient,
@@ -17,6 +16,7 @@ from hub.homeassistant.client import (
     parse_label_map,
     read_token,
 )
+from hub.policy import ActionRule
 from models.features import OCCUPANCY_V1
 
 RULE = ActionRule("occupancy", "kitchen", "vacant", "light", "turn_off", "light.kitchen")

@@ -1,0 +1,452 @@
+"""The decision path: predict, record durably, then publish.
+
+Readings that complete a model's feature window become ``Pending`` items. One task
+takes whatever is pending (up to ``max_batch``), predicts it with one
+``PredictBatch`` per model, appends the decisions to the audit log in one
+``AppendDecisions`` call, and only once the audit service acknowledged them
+publishes them on MQTT. The append is retried with the same decision ids until it
+succeeds (the audit log is idempotent by id), so a decision is never published
+unrecorded and an acknowledged one is never lost. Batching grows by itself under
+load: while one batch is in flight the next one accumulates.
+
+The action policy (:mod:`hub.policy`) runs in reading order: a batch whose outcome
+depends on the last label waits until every earlier batch settled, and a batch's
+decisions change the policy's memory only once the audit log acknowledged them.
+Errors from inference and audit are told apart by :mod:`services.kit.peers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter, Gauge, Histogram
+
+from hub.ids import uuid7
+from hub.payload import decision_payload
+from hub.policy import ActionPolicy, ActionRule, Outcome, PolicyRound
+from hub.topics import decision_topic
+from roost.audit.v1 import audit_service_pb2 as audit_pb
+from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from roost.common.v1 import common_pb2
+from roost.inference.v1 import inference_service_pb2 as inf_pb
+from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
+from services.kit.peers import is_retryable, peer_error, status_of
+from services.kit.tensors import array_to_tensor
+
+log = logging.getLogger(__name__)
+
+DECISIONS = Counter(
+    "roost_hub_decisions_total", "Decisions by model and outcome.", ["model", "outcome"]
+)
+DECISION_LATENCY = Histogram(
+    "roost_hub_decision_latency_seconds",
+    "From a reading's arrival to its decision being published.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
+BATCH_SIZE = Histogram(
+    "roost_hub_batch_size", "Decisions per batch.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 512)
+)
+STAGE_SECONDS = Histogram(
+    "roost_hub_stage_seconds",
+    "Time per batch in each stage of the decision path.",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+PENDING = Gauge("roost_hub_pending_decisions", "Readings waiting for a decision.")
+AUDIT_RETRIES = Counter(
+    "roost_hub_audit_append_retries_total", "Audit appends retried (audit slow or down)."
+)
+PREDICT_FAILURES = Counter(
+    "roost_hub_predict_failures_total", "PredictBatch calls that failed, by code.", ["code"]
+)
+
+PREDICT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Pending:
+    model: str
+    area: str
+    features: npt.NDArray[np.float32]
+    feature_names: tuple[str, ...]
+    reading_ts: float
+    trigger_id: str
+    received_at: float  # time.perf_counter() at arrival
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A decision the audit log acknowledged, and the action it allows (if any)."""
+
+    model: str
+    area: str
+    decision_id: str
+    label: str
+    index: int
+    topic: str
+    payload: bytes
+    action: ActionRule | None
+
+
+Publish = Callable[[Sequence[Outgoing]], Awaitable[None]]
+# Called once a batch is acknowledged by the audit log, before it is published; the
+# awaitable may hold the publish back briefly (Home Assistant discovery of new entities).
+OnRecorded = Callable[[Sequence[Recorded]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Predicted:
+    pending: Pending
+    tensor: common_pb2.Tensor
+    prediction: inf_pb.Prediction
+    model: common_pb2.ModelRef  # the exact model that produced it
+    decided_at: Timestamp
+
+
+@dataclass(frozen=True)
+class _Decided:
+    pending: Pending
+    decision: audit_pb.Decision
+    outcome: Outcome
+
+
+def _resolve_after(earlier: asyncio.Future[None] | None, mine: asyncio.Future[None]) -> None:
+    """Resolve ``mine`` as soon as ``earlier`` is resolved (now, if it already is)."""
+
+    def resolve(_: object = None) -> None:
+        if not mine.done():
+            mine.set_result(None)
+
+    if earlier is None or earlier.done():
+        resolve()
+    else:
+        earlier.add_done_callback(resolve)
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """A batch's place in line, in the order batches were taken (reading order).
+
+    ``settled``: the batch's acknowledged decisions are in the policy's memory (or it
+    has none). ``published``: its decisions are published (or never will be). Each
+    resolves only after the previous batch's, also when a batch fails.
+    """
+
+    earlier_settled: asyncio.Future[None] | None
+    earlier_published: asyncio.Future[None] | None
+    settled: asyncio.Future[None]
+    published: asyncio.Future[None]
+
+    async def after_earlier_settled(self) -> None:
+        if self.earlier_settled is not None:
+            await asyncio.shield(self.earlier_settled)
+
+    async def after_earlier_published(self) -> None:
+        if self.earlier_published is not None:
+            await asyncio.shield(self.earlier_published)
+
+    def settle(self) -> None:
+        _resolve_after(self.earlier_settled, self.settled)
+
+    def finish(self) -> None:
+        self.settle()
+        _resolve_after(self.earlier_published, self.published)
+
+
+def _now_ts() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class DecisionPipeline:
+    def __init__(
+        self,
+        *,
+        hub_id: str,
+        inference: inf_grpc.InferenceServiceAsyncStub,
+        audit: audit_grpc.AuditServiceAsyncStub,
+        publish: Publish,
+        predict_deadline: float,
+        audit_deadline: float,
+        max_pending: int,
+        max_batch: int,
+        on_overflow: Callable[[], None],
+        max_in_flight: int = 4,
+        explain_top_k: int = 3,
+        policy: ActionPolicy | None = None,
+        on_recorded: OnRecorded | None = None,
+    ) -> None:
+        self.policy = policy or ActionPolicy()
+        self._on_recorded = on_recorded
+        self._hub_id = hub_id
+        # Attributions recorded with each decision (its "why"); 0 records none.
+        self._explain_top_k = explain_top_k
+        self._inference = inference
+        self._audit = audit
+        self._publish = publish
+        self._predict_deadline = predict_deadline
+        self._audit_deadline = audit_deadline
+        self._max_batch = max_batch
+        self._pending: deque[Pending] = deque()
+        self._max_pending = max_pending
+        self._on_overflow = on_overflow
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def submit(self, item: Pending) -> None:
+        if len(self._pending) >= self._max_pending:
+            self._pending.popleft()
+            self._on_overflow()
+        self._pending.append(item)
+        self._idle.clear()
+        PENDING.set(len(self._pending))
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Process batches until cancelled, or closed and drained.
+
+        Up to ``max_in_flight`` batches overlap (one predicting while another is being
+        recorded), which hides the round-trip latency of each stage. Batches still
+        settle and publish in the order they were taken, and each only after its own
+        append was acknowledged.
+        """
+        settled: asyncio.Future[None] | None = None
+        published: asyncio.Future[None] | None = None
+        try:
+            while True:
+                if not self._pending:
+                    if not self._in_flight:
+                        self._idle.set()
+                        if self._closing:
+                            return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._slots.acquire()
+                if not self._pending:
+                    self._slots.release()
+                    continue
+                n = min(self._max_batch, len(self._pending))
+                batch = [self._pending.popleft() for _ in range(n)]
+                PENDING.set(len(self._pending))
+                BATCH_SIZE.observe(n)
+                loop = asyncio.get_running_loop()
+                turn = _Turn(settled, published, loop.create_future(), loop.create_future())
+                settled, published = turn.settled, turn.published
+                task = asyncio.create_task(self._process(batch, turn))
+                self._in_flight.add(task)
+                task.add_done_callback(self._finished)
+        finally:
+            for task in list(self._in_flight):
+                task.cancel()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("decision batch failed", exc_info=task.exception())
+        self._wakeup.set()
+
+    async def drain(self, within: float) -> bool:
+        """Stop taking new work once the queue is empty; True if drained in time."""
+        self._closing = True
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), within)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _process(self, batch: list[Pending], turn: _Turn) -> None:
+        try:
+            t0 = time.perf_counter()
+            predicted = await self._predict_batch(batch)
+            t1 = time.perf_counter()
+            if any(self.policy.remembers(p.model, p.area) for p in batch):
+                # Its outcome depends on the last acknowledged label: every earlier
+                # batch must have settled first.
+                await turn.after_earlier_settled()
+            t2 = time.perf_counter()
+            decided = self._decide(predicted, self.policy.round())
+            results = await self._append([d.decision for d in decided]) if decided else None
+            t3 = time.perf_counter()
+            if results is not None and len(results) != len(decided):
+                raise ValueError(f"audit acknowledged {len(results)} of {len(decided)} decisions")
+            await turn.after_earlier_settled()
+            if results is not None:
+                # Acknowledged: the policy remembers these labels, in reading order.
+                for d in decided:
+                    self.policy.commit(d.outcome)
+            turn.settle()
+            await turn.after_earlier_published()  # keep the publish order of batches
+            t4 = time.perf_counter()
+            STAGE_SECONDS.labels("predict").observe(t1 - t0)
+            STAGE_SECONDS.labels("record").observe(t3 - t2)
+            STAGE_SECONDS.labels("ordering").observe((t2 - t1) + (t4 - t3))
+            if results is None:
+                for d in decided:
+                    DECISIONS.labels(d.pending.model, "unrecorded").inc()
+                return
+            await self._deliver(decided, results)
+            done = time.perf_counter()
+            STAGE_SECONDS.labels("publish").observe(done - t4)
+            for d in decided:
+                DECISION_LATENCY.observe(done - d.pending.received_at)
+                DECISIONS.labels(d.pending.model, "published").inc()
+        finally:
+            turn.finish()
+
+    async def _deliver(
+        self, decided: list[_Decided], results: Sequence[audit_pb.AppendResult]
+    ) -> None:
+        """Hand acknowledged decisions to ``on_recorded``, then publish them."""
+        recorded: list[Recorded] = []
+        for d, r in zip(decided, results, strict=True):
+            p = d.pending
+            recorded.append(
+                Recorded(
+                    model=p.model,
+                    area=p.area,
+                    decision_id=d.decision.decision_id,
+                    label=d.decision.output_label,
+                    index=r.index,
+                    topic=decision_topic(self._hub_id, p.model, p.area),
+                    payload=decision_payload(
+                        d.decision,
+                        index=r.index,
+                        area=p.area,
+                        reading_ts=p.reading_ts,
+                        trigger_id=p.trigger_id,
+                    ),
+                    action=d.outcome.rule,
+                )
+            )
+        if self._on_recorded is not None:
+            # Acknowledged: allowed actions may run now, even while the broker is away.
+            await self._on_recorded(recorded)
+        await self._publish([Outgoing(r.topic, r.payload) for r in recorded])
+
+    async def _predict_batch(self, batch: list[Pending]) -> list[_Predicted]:
+        """One PredictBatch per model; the predictions in reading order (a model whose
+        call failed contributes none)."""
+        by_model: dict[str, list[int]] = {}
+        for i, p in enumerate(batch):
+            by_model.setdefault(p.model, []).append(i)
+        predicted: list[_Predicted | None] = [None] * len(batch)
+        for model, positions in by_model.items():
+            items = [batch[i] for i in positions]
+            tensors = [array_to_tensor(p.features) for p in items]
+            # The entity ids route A/B rollouts (stable per entity); never logged.
+            entity_ids = [f"{p.model}.{p.area}" for p in items]
+            response = await self._predict(model, tensors, entity_ids)
+            if response is None:
+                DECISIONS.labels(model, "predict_failed").inc(len(items))
+                continue
+            # One decision time per model and batch: its predictions arrived together.
+            decided_at = _now_ts()
+            for i, t, pred in zip(positions, tensors, response.predictions, strict=True):
+                # Each prediction names the exact model that produced it (during an A/B
+                # rollout, the candidate for some entities); older servers only the batch's.
+                ref = pred.model if pred.HasField("model") else response.model
+                predicted[i] = _Predicted(batch[i], t, pred, ref, decided_at)
+        return [x for x in predicted if x is not None]
+
+    async def _predict(
+        self, model: str, tensors: list[common_pb2.Tensor], entity_ids: list[str]
+    ) -> inf_pb.PredictBatchResponse | None:
+        request = inf_pb.PredictBatchRequest(
+            model_name=model,
+            inputs=tensors,
+            entity_ids=entity_ids,
+            explain_top_k=self._explain_top_k,
+        )
+        delay = 0.05
+        for attempt in range(PREDICT_ATTEMPTS):
+            try:
+                response: inf_pb.PredictBatchResponse = await self._inference.PredictBatch(
+                    request, timeout=self._predict_deadline
+                )
+                return response
+            except grpc.aio.AioRpcError as e:
+                PREDICT_FAILURES.labels(status_of(e).name).inc()
+                if not is_retryable(e) or attempt == PREDICT_ATTEMPTS - 1:
+                    log.warning("%s: %s", model, peer_error(e, "inference", "PredictBatch"))
+                    return None
+                await asyncio.sleep(delay)
+                delay *= 2
+        return None
+
+    def _decide(self, predicted: list[_Predicted], policy: PolicyRound) -> list[_Decided]:
+        """The decision records, in reading order; the policy evaluated in that order."""
+        decided: list[_Decided] = []
+        for item in predicted:
+            p, pred = item.pending, item.prediction
+            outcome = policy.evaluate(p.model, p.area, pred.label, pred.values)
+            decision = audit_pb.Decision(
+                decision_id=uuid7(),
+                decided_at=item.decided_at,
+                hub_id=self._hub_id,
+                entity_id=f"{p.model}.{p.area}",
+                model=item.model,
+                inputs=audit_pb.DecisionInputs(
+                    feature_names=list(p.feature_names), tensor=item.tensor
+                ),
+                output_values=list(pred.values),
+                output_label=pred.label,
+                confidence=pred.confidence,
+                explanation=list(pred.attributions),
+                policy=outcome.policy,
+                action=outcome.action,
+                actor=audit_pb.ACTOR_AUTOMATIC,
+            )
+            decided.append(_Decided(p, decision, outcome))
+        return decided
+
+    async def _append(
+        self, decisions: list[audit_pb.Decision]
+    ) -> Sequence[audit_pb.AppendResult] | None:
+        """Append until acknowledged (same ids, so retries are idempotent).
+
+        Retryable errors (audit down, restarting, slow) are retried until the task is
+        cancelled (the drain deadline passed); a refusal is given up with an error
+        (None). Either way those decisions were never acknowledged: never published.
+        """
+        request = audit_pb.AppendDecisionsRequest(decisions=decisions)
+        delay = 0.05
+        while True:
+            try:
+                response: audit_pb.AppendDecisionsResponse = await self._audit.AppendDecisions(
+                    request, timeout=self._audit_deadline
+                )
+                return response.results
+            except grpc.aio.AioRpcError as e:
+                if not is_retryable(e):
+                    error = peer_error(e, "audit", "AppendDecisions", echo_details=True)
+                    log.error("audit refused %d decisions: %s", len(decisions), error)
+                    return None
+                AUDIT_RETRIES.inc()
+                log.warning(
+                    "%s; retrying in %.2fs", peer_error(e, "audit", "AppendDecisions"), delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
