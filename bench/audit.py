@@ -46,10 +46,12 @@ from roost.audit.v1 import audit_service_pb2 as pb
 from roost.common.v1 import common_pb2
 from services.audit import tree
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from services.audit.compact_range import CompactRange
 from services.audit.log import AuditLog
-from services.audit.merkle import CompactRange, verify_inclusion
+from services.audit.merkle import verify_inclusion
 from services.audit.records import PreparedRecord, prepare
-from services.audit.store import ENTRY_COLUMNS, SCHEMA_VERSION, AuditStore, migrate
+from services.audit.schema import ENTRY_COLUMNS, SCHEMA_VERSION, migrate
+from services.audit.store import AuditStore
 
 console = Console()
 # What services.kit.server.configure_process sets in every Roost process.
@@ -701,7 +703,9 @@ def proofs(plan: Plan, path: Path, build: dict[str, Any]) -> dict[str, Any]:
 
 
 def export(plan: Plan, path: Path, build: dict[str, Any], scratch: Path) -> dict[str, Any]:
-    from services.audit.bundle import ExportFilters, iter_bundle, verify_bundle
+    from services.audit.bundle_format import ExportFilters
+    from services.audit.export import iter_bundle
+    from services.audit.verify import verify_bundle
 
     signer = NoteSigner.generate(ORIGIN)
     store = AuditStore.open(path, read_only=True)

@@ -13,7 +13,6 @@ started by ``roost run`` (``<home>/run/stack.json``); ``--target``, ``--certs`` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -21,8 +20,9 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
+from cli.audit_output import ProgressBar, entry_json, entry_line, show_entry, timestamp
 from cli.support import CliError, stack_target
 
 if TYPE_CHECKING:
@@ -120,67 +120,6 @@ def note_checkpoint(note: str) -> Checkpoint:
         return Checkpoint.parse(body + "\n")
     except CheckpointError as e:
         raise CliError(f"not a signed checkpoint note: {e}") from None
-
-
-def _ts(ts: Any) -> str:
-    return datetime.fromtimestamp(ts.ToMicroseconds() / 1e6, UTC).isoformat(timespec="seconds")
-
-
-def _actor(value: int) -> str:
-    from roost.audit.v1 import audit_service_pb2 as pb
-
-    return pb.Actor.Name(value).removeprefix("ACTOR_").lower()  # type: ignore[arg-type]
-
-
-def entry_line(entry: pb.LogEntry) -> str:
-    d = entry.decision
-    model = f"{d.model.name}@{d.model.version}" if d.model.name else "-"
-    label = d.output_label if len(d.output_label) <= 24 else d.output_label[:23] + "…"
-    return (
-        f"#{entry.index:<7} {_ts(d.decided_at)}  {d.entity_id:30} {label:24} "
-        f"conf={d.confidence:.2f}  {model:18} {d.action or '-':20} {_actor(d.actor)}"
-    )
-
-
-def entry_json(entry: pb.LogEntry) -> str:
-    from google.protobuf.json_format import MessageToDict
-
-    return json.dumps(MessageToDict(entry), separators=(",", ":"))
-
-
-def show_entry(entry: pb.LogEntry, out: TextIO) -> None:
-    from roost.audit.v1 import audit_service_pb2 as pb
-
-    d = entry.decision
-    rows: list[tuple[str, str]] = [
-        ("decision", d.decision_id),
-        ("leaf", f"#{entry.index}  {entry.leaf_hash.hex()}"),
-        ("decided at", _ts(d.decided_at)),
-        ("appended at", _ts(entry.appended_at)),
-        ("hub / entity", f"{d.hub_id} / {d.entity_id}"),
-        ("model", f"{d.model.name} {d.model.version}  sha256 {d.model.sha256}"),
-        ("output", f"{d.output_label}  values={[round(v, 4) for v in d.output_values]}"),
-        ("confidence", f"{d.confidence:.3f}"),
-        ("policy", f"{d.policy.policy_id}: {pb.PolicyVerdict.Name(d.policy.verdict)}"),
-        ("  reason", d.policy.reason or "-"),
-        ("action", d.action or "-"),
-        ("actor", _actor(d.actor)),
-        ("inputs digest", d.inputs_digest or "-"),
-    ]
-    if entry.inputs_redacted:
-        rows.append(("inputs", "[redacted] (the digest above still binds them)"))
-    elif d.HasField("inputs"):
-        values = list(d.inputs.tensor.float_values)
-        names = list(d.inputs.feature_names)
-        rows.append(("inputs", f"{len(values)} values"))
-        width = len(names) or 1
-        for i, name in enumerate(names):
-            column = values[i::width]
-            rows.append((f"  {name}", ", ".join(f"{v:g}" for v in column[-6:])))
-    rows.extend(("  why", f"{a.feature}: {a.attribution:+.4f}") for a in d.explanation)
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        out.write(f"{key:{width}}  {value}\n")
 
 
 # --------------------------------------------------------------------------- commands
@@ -352,7 +291,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     partial = out.with_name(out.name + ".partial")
     written = 0
     channel, stub = _stub(args, args.role)
-    with channel, _Progress("exporting", None, "B") as advance:
+    with channel, ProgressBar("exporting", None, "B") as advance:
         try:
             with partial.open("wb") as f:
                 for chunk in stub.ExportDecisions(request, timeout=args.timeout):
@@ -381,7 +320,7 @@ def _count_entries(path: Path) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from services.audit.bundle import BundleError, verify_bundle
+    from services.audit.verify import BundleError, verify_bundle
 
     verifier = load_verifier(args.pubkey, args.home)
     if verifier is None:
@@ -391,7 +330,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if not bundle.is_file():
         raise CliError(f"{bundle}: no such file")
     started = time.perf_counter()
-    with bundle.open("rb") as f, _Progress("verifying", bundle.stat().st_size, "B") as advance:
+    with bundle.open("rb") as f, ProgressBar("verifying", bundle.stat().st_size, "B") as advance:
 
         def lines() -> Iterator[bytes]:
             for line in f:
@@ -429,7 +368,7 @@ def cmd_redact(args: argparse.Namespace) -> int:
         except Exception as e:
             raise _rpc_error(e) from e
     print(
-        f"inputs of {args.decision_id} redacted at {_ts(resp.redacted_at)};"
+        f"inputs of {args.decision_id} redacted at {timestamp(resp.redacted_at)};"
         f" the redaction is log entry #{resp.redaction_index}"
     )
     return 0
@@ -439,43 +378,6 @@ def _write_file(path: Path, data: bytes) -> None:
     from services.kit.files import write_atomic
 
     write_atomic(path, data, 0o644)
-
-
-class _Progress:
-    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
-
-    def __init__(self, what: str, total: int | None, unit: str) -> None:
-        self._what = what
-        self._total = total
-        self._unit = unit
-        self._bar: Any = None
-
-    def __enter__(self) -> Any:
-        if not sys.stderr.isatty():
-            return lambda n: None
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TimeElapsedColumn,
-            TransferSpeedColumn,
-        )
-
-        self._bar = Progress(
-            *Progress.get_default_columns()[:1],
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeElapsedColumn(),
-            transient=True,
-        )
-        self._bar.start()
-        task = self._bar.add_task(self._what, total=self._total)
-        return lambda n: self._bar.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 # --------------------------------------------------------------------------- parser

@@ -14,7 +14,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli.audit import entry_line
+from cli.audit_output import entry_line
 from cli.support import CliError, stack_target
 
 if TYPE_CHECKING:

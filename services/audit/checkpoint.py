@@ -20,8 +20,6 @@ where key ID = SHA-256(name || 0x0A || 0x01 || public key)[:4], big-endian.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import hashlib
 import os
@@ -35,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+
+from services.kit.encoding import b64decode_strict, b64encode
 
 __all__ = [
     "Checkpoint",
@@ -73,18 +73,11 @@ class KeyFileError(CheckpointError):
 
 
 def _b64decode(data: str, what: str) -> bytes:
-    """Strict standard base64 (RFC 4648 section 4): padded, canonical, no whitespace."""
+    """Strict standard base64 (see ``services.kit.encoding``); CheckpointError if not."""
     try:
-        raw = binascii.a2b_base64(data.encode("ascii"), strict_mode=True)
-    except (UnicodeEncodeError, binascii.Error) as e:
-        raise CheckpointError(f"{what}: invalid base64") from e
-    if base64.b64encode(raw).decode("ascii") != data:
-        raise CheckpointError(f"{what}: non-canonical base64")
-    return raw
-
-
-def _b64encode(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
+        return b64decode_strict(data, what)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _check_text_chars(text: str, what: str) -> None:
@@ -133,7 +126,7 @@ def key_id(name: str, public_key: bytes) -> int:
 
 
 def _format_key(name: str, kid: int, key: bytes) -> str:
-    return f"{name}+{kid:08x}+{_b64encode(bytes([ALG_ED25519]) + key)}"
+    return f"{name}+{kid:08x}+{b64encode(bytes([ALG_ED25519]) + key)}"
 
 
 def _parse_hash(hex8: str, what: str) -> int:
@@ -190,7 +183,7 @@ class Checkpoint:
 
     def body(self) -> str:
         """The note text: origin, size, base64 root hash, extensions; each line ends in LF."""
-        lines = [self.origin, str(self.size), _b64encode(self.root_hash), *self.extensions]
+        lines = [self.origin, str(self.size), b64encode(self.root_hash), *self.extensions]
         return "".join(line + "\n" for line in lines)
 
     @classmethod
@@ -377,7 +370,7 @@ class NoteSigner:
             raise CheckpointError("malformed note: text must end with a newline")
         _check_text_chars(text, "malformed note")
         sig = self._private.sign(text.encode("utf-8"))
-        line = f"{_SIG_PREFIX}{self._name} {_b64encode(self._key_id.to_bytes(4, 'big') + sig)}\n"
+        line = f"{_SIG_PREFIX}{self._name} {b64encode(self._key_id.to_bytes(4, 'big') + sig)}\n"
         return f"{text}\n{line}"
 
     def __repr__(self) -> str:  # never print the seed

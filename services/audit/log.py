@@ -23,8 +23,9 @@ from types import TracebackType
 from typing import TypeVar
 
 from roost.audit.v1 import audit_service_pb2 as pb
-from services.audit.bundle import ExportFilters, iter_bundle
+from services.audit.bundle_format import ExportFilters
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from services.audit.export import iter_bundle
 from services.audit.records import Appended, PreparedRecord, prepare
 from services.audit.store import AuditStore
 from services.kit.errors import ResourceExhausted, Unavailable
@@ -277,7 +278,7 @@ class AuditLog:
         consistency_from: Sequence[int] = (),
         omit_inputs: bool = False,
     ) -> AsyncIterator[bytes]:
-        """Chunks of an export bundle (see ``services.audit.bundle``) at the latest
+        """Chunks of an export bundle (see ``services.audit.export``) at the latest
         checkpoint, read on a connection and thread of its own so a long export does not
         hold up queries."""
         cp = await self.checkpoint(signer)

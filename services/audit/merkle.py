@@ -2,23 +2,19 @@
 
 Pure functions over SHA-256 hashes, no I/O:
 
-* Hashing: :func:`leaf_hash`, :func:`node_hash`, :data:`EMPTY_ROOT`, and
-  :func:`root_from_leaves` (the RFC 9162 section 2.1.1 ``MTH``).
-* :class:`CompactRange`: the right edge of a growing tree (one perfect-subtree hash per
-  set bit of the size). It gives the root in O(log n), appends in O(1) amortized and
-  serializes to a few hundred bytes, so a store can persist it and restart without
-  rehashing every leaf.
+* Hashing: :func:`leaf_hash`, :func:`node_hash`, :data:`EMPTY_ROOT`.
 * Proof generation (:func:`inclusion_proof`, :func:`consistency_proof`) over a
   ``get_node(level, index)`` callback that returns the hash of the *perfect* subtree of
   ``2**level`` leaves starting at leaf ``index * 2**level``. Hashes of the non-perfect
-  subtrees on a tree's right edge are derived from perfect ones, so a store only ever
-  needs to keep perfect-subtree hashes (which never change once complete). Each proof
-  makes O(log n) ``get_node`` calls.
+  subtrees on a tree's right edge are derived from perfect ones (:func:`range_hash`),
+  so a store only ever needs to keep perfect-subtree hashes (which never change once
+  complete). Each proof makes O(log n) ``get_node`` calls.
 * Offline verification (:func:`verify_inclusion`, :func:`verify_consistency`) following
   the algorithms of RFC 9162 sections 2.1.3.2 and 2.1.4.2; failures raise
   :class:`ProofError`.
-* :class:`MemoryTree`: an in-memory tree storing every perfect subtree hash, for tests
-  and small tools.
+
+Growing trees (the compact range a store persists, an in-memory tree for tests and
+tools, ``MTH`` of a list of leaves) are in :mod:`services.audit.compact_range`.
 
 Proof hashes are ordered as in RFC 9162: from the leaf (or first tree) towards the root.
 """
@@ -27,22 +23,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 HASH_SIZE: Final = 32
-_LEAF_PREFIX: Final = b"\x00"
-_NODE_PREFIX: Final = b"\x01"
+LEAF_PREFIX: Final = b"\x00"
+NODE_PREFIX: Final = b"\x01"
 EMPTY_ROOT: Final[bytes] = hashlib.sha256(b"").digest()
 
 GetNode = Callable[[int, int], bytes]
 """``get_node(level, index)``: hash of the perfect subtree of ``2**level`` leaves
 starting at leaf ``index * 2**level``."""
-
-NodeVisitor = Callable[[int, int, bytes], None]
-"""Called as ``visit(level, index, hash)`` for each perfect subtree that becomes complete."""
-
-_SIZE_BYTES: Final = 8
 
 
 class ProofError(ValueError):
@@ -51,25 +42,12 @@ class ProofError(ValueError):
 
 def leaf_hash(data: bytes) -> bytes:
     """RFC 9162 leaf hash: ``SHA-256(0x00 || data)``."""
-    return hashlib.sha256(_LEAF_PREFIX + data).digest()
+    return hashlib.sha256(LEAF_PREFIX + data).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
     """RFC 9162 interior node hash: ``SHA-256(0x01 || left || right)``."""
-    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
-
-
-def root_from_leaves(leaf_hashes: Sequence[bytes]) -> bytes:
-    """``MTH`` of a list of leaf hashes (RFC 9162 section 2.1.1); O(n) time, O(log n) memory."""
-    compact = CompactRange()
-    for h in leaf_hashes:
-        compact.append(h)
-    return compact.root()
-
-
-def _check_hash(value: bytes, what: str) -> None:
-    if len(value) != HASH_SIZE:
-        raise ValueError(f"{what} must be {HASH_SIZE} bytes, got {len(value)}")
+    return hashlib.sha256(NODE_PREFIX + left + right).digest()
 
 
 def _largest_power_of_two_below(n: int) -> int:
@@ -77,7 +55,7 @@ def _largest_power_of_two_below(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def _perfect_subtrees(start: int, end: int) -> list[tuple[int, int]]:
+def perfect_subtrees(start: int, end: int) -> list[tuple[int, int]]:
     """``(level, index)`` of the perfect subtrees covering ``[start, end)``, left to right.
 
     ``start`` must be a multiple of a power of two that is at least ``end - start`` (true
@@ -94,14 +72,14 @@ def _perfect_subtrees(start: int, end: int) -> list[tuple[int, int]]:
     return out
 
 
-def _range_hash(start: int, end: int, get_node: GetNode) -> bytes:
+def range_hash(start: int, end: int, get_node: GetNode) -> bytes:
     """``MTH(D[start:end])`` for a non-empty RFC 9162 subtree, from perfect subtree hashes.
 
     ``MTH`` of a range that is not a power of two is its largest perfect left subtree
     hashed with ``MTH`` of the rest, so folding the perfect decomposition from the right
     gives it; O(log n) ``get_node`` calls.
     """
-    parts = _perfect_subtrees(start, end)
+    parts = perfect_subtrees(start, end)
     level, index = parts[-1]
     h = get_node(level, index)
     for level, index in reversed(parts[:-1]):
@@ -109,7 +87,8 @@ def _range_hash(start: int, end: int, get_node: GetNode) -> bytes:
     return h
 
 
-def _check_size(value: int, what: str) -> None:
+def check_size(value: int, what: str) -> None:
+    """ValueError naming ``what`` if ``value`` (a tree size or leaf index) is negative."""
     if value < 0:
         raise ValueError(f"{what} must be >= 0, got {value}")
 
@@ -120,7 +99,7 @@ def inclusion_proof(index: int, size: int, get_node: GetNode) -> list[bytes]:
     ``get_node`` is only asked for perfect subtrees inside ``[0, size)``; O(log size)
     calls. Raises ValueError unless ``0 <= index < size``.
     """
-    _check_size(index, "index")
+    check_size(index, "index")
     if index >= size:
         raise ValueError(f"index {index} out of range for tree size {size}")
     path: list[bytes] = []
@@ -129,7 +108,7 @@ def inclusion_proof(index: int, size: int, get_node: GetNode) -> list[bytes]:
         k = _largest_power_of_two_below(n)
         if m < k:
             # Sibling is the right part D[k:n]; only here can it be non-perfect.
-            path.append(_range_hash(start + k, start + n, get_node))
+            path.append(range_hash(start + k, start + n, get_node))
             n = k
         else:
             path.append(get_node(k.bit_length() - 1, start // k))
@@ -145,7 +124,7 @@ def consistency_proof(size1: int, size2: int, get_node: GetNode) -> list[bytes]:
     only asked for perfect subtrees inside ``[0, size2)``; O(log size2) calls. Raises
     ValueError unless ``0 <= size1 <= size2``.
     """
-    _check_size(size1, "size1")
+    check_size(size1, "size1")
     if size1 > size2:
         raise ValueError(f"size1 {size1} > size2 {size2}")
     if size1 == 0:
@@ -155,7 +134,7 @@ def consistency_proof(size1: int, size2: int, get_node: GetNode) -> list[bytes]:
     while m != n:
         k = _largest_power_of_two_below(n)
         if m <= k:
-            proof.append(_range_hash(start + k, start + n, get_node))
+            proof.append(range_hash(start + k, start + n, get_node))
             n = k
         else:
             proof.append(get_node(k.bit_length() - 1, start // k))
@@ -163,7 +142,7 @@ def consistency_proof(size1: int, size2: int, get_node: GetNode) -> list[bytes]:
     if not whole:
         # SUBPROOF(m, D[m], false) = MTH(D[m]); the loop only ends here with n a power
         # of two, so this is a single perfect subtree.
-        proof.append(_range_hash(start, start + n, get_node))
+        proof.append(range_hash(start, start + n, get_node))
     proof.reverse()
     return proof
 
@@ -277,214 +256,3 @@ def verify_consistency(
         raise ProofError(
             f"consistency proof yields root {sr.hex()} for size {size2}, want {root2.hex()}"
         )
-
-
-class CompactRange:
-    """The perfect subtrees covering leaves ``[0, size)``: one hash per set bit of ``size``.
-
-    ``hashes`` are ordered left to right, i.e. by decreasing level; the i-th covers the
-    subtree whose level is the i-th highest set bit of ``size``.
-    """
-
-    __slots__ = ("_hashes", "_size")
-
-    def __init__(self) -> None:
-        self._size = 0
-        self._hashes: list[bytes] = []
-
-    @classmethod
-    def from_hashes(cls, size: int, hashes: Sequence[bytes]) -> CompactRange:
-        """Rebuilds a range from ``size`` and its ``hashes``; raises ValueError if they disagree."""
-        _check_size(size, "size")
-        if len(hashes) != size.bit_count():
-            raise ValueError(
-                f"size {size} needs {size.bit_count()} subtree hashes, got {len(hashes)}"
-            )
-        for i, h in enumerate(hashes):
-            _check_hash(h, f"hashes[{i}]")
-        out = cls()
-        out._size = size
-        out._hashes = [bytes(h) for h in hashes]
-        return out
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> CompactRange:
-        """Parses :meth:`to_bytes` output; raises ValueError if malformed."""
-        if len(data) < _SIZE_BYTES:
-            raise ValueError(f"compact range needs at least {_SIZE_BYTES} bytes")
-        size = int.from_bytes(data[:_SIZE_BYTES], "big")
-        body = data[_SIZE_BYTES:]
-        want = size.bit_count() * HASH_SIZE
-        if len(body) != want:
-            raise ValueError(
-                f"compact range of size {size} needs {want} hash bytes, got {len(body)}"
-            )
-        return cls.from_hashes(
-            size, [body[i : i + HASH_SIZE] for i in range(0, len(body), HASH_SIZE)]
-        )
-
-    def to_bytes(self) -> bytes:
-        """``size`` as 8 big-endian bytes, then the 32-byte ``hashes`` in order."""
-        return self._size.to_bytes(_SIZE_BYTES, "big") + b"".join(self._hashes)
-
-    @property
-    def size(self) -> int:
-        """Number of leaves covered."""
-        return self._size
-
-    @property
-    def hashes(self) -> tuple[bytes, ...]:
-        """The perfect-subtree hashes, left to right (decreasing level)."""
-        return tuple(self._hashes)
-
-    def nodes(self) -> list[tuple[int, int, bytes]]:
-        """``(level, index, hash)`` of each perfect subtree, left to right."""
-        return [
-            (level, index, h)
-            for (level, index), h in zip(
-                _perfect_subtrees(0, self._size), self._hashes, strict=True
-            )
-        ]
-
-    def append(self, leaf_hash: bytes, visit: NodeVisitor | None = None) -> None:
-        """Adds a leaf; O(1) amortized.
-
-        ``visit(level, index, hash)``, if given, is called for the leaf (level 0) and then
-        for every perfect subtree completed by it, bottom up, so a store can persist the
-        hashes that :data:`GetNode` serves.
-        """
-        _check_hash(leaf_hash, "leaf hash")
-        index = self._size
-        h = bytes(leaf_hash)
-        level = 0
-        if visit is not None:
-            visit(0, index, h)
-        while index & 1:
-            h = node_hash(self._hashes.pop(), h)
-            index >>= 1
-            level += 1
-            if visit is not None:
-                visit(level, index, h)
-        self._hashes.append(h)
-        self._size += 1
-
-    def extend(self, leaf_hashes: Iterable[bytes]) -> list[tuple[int, int, bytes]]:
-        """Appends many leaves (the store's hot path); returns ``(level, index, hash)`` of
-        every perfect subtree they complete above the leaves, bottom up per leaf.
-
-        Same result as :meth:`append` per leaf, without the per-leaf callback. On a
-        ValueError (a hash that is not 32 bytes) the range is partly extended: extend a
-        copy when that matters.
-        """
-        nodes: list[tuple[int, int, bytes]] = []
-        hashes = self._hashes
-        sha256 = hashlib.sha256
-        for leaf in leaf_hashes:
-            if len(leaf) != HASH_SIZE:
-                raise ValueError(f"leaf hash must be {HASH_SIZE} bytes, got {len(leaf)}")
-            h = leaf
-            index = self._size
-            level = 0
-            while index & 1:
-                h = sha256(_NODE_PREFIX + hashes.pop() + h).digest()
-                index >>= 1
-                level += 1
-                nodes.append((level, index, h))
-            hashes.append(bytes(h))
-            self._size += 1
-        return nodes
-
-    def root(self) -> bytes:
-        """``MTH`` of the covered leaves (:data:`EMPTY_ROOT` when empty); O(log n)."""
-        if not self._hashes:
-            return EMPTY_ROOT
-        h = self._hashes[-1]
-        for left in reversed(self._hashes[:-1]):
-            h = node_hash(left, h)
-        return h
-
-    def copy(self) -> CompactRange:
-        """An independent copy."""
-        return CompactRange.from_hashes(self._size, self._hashes)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, CompactRange):
-            return NotImplemented
-        return self._size == other._size and self._hashes == other._hashes
-
-    def __hash__(self) -> int:
-        return hash((self._size, tuple(self._hashes)))
-
-    def __repr__(self) -> str:
-        return f"CompactRange(size={self._size}, root={self.root().hex()})"
-
-
-class MemoryTree:
-    """An append-only tree keeping every perfect subtree hash in memory (tests, tools).
-
-    Serves roots and proofs for any size up to the current one.
-    """
-
-    __slots__ = ("_compact", "_levels")
-
-    def __init__(self, leaf_hashes: Iterable[bytes] = ()) -> None:
-        self._levels: list[list[bytes]] = []
-        self._compact = CompactRange()
-        self.extend(leaf_hashes)
-
-    def _store(self, level: int, index: int, h: bytes) -> None:
-        if level == len(self._levels):
-            self._levels.append([])
-        row = self._levels[level]
-        assert index == len(row), "perfect subtrees complete left to right"
-        row.append(h)
-
-    def append(self, leaf_hash: bytes) -> None:
-        """Adds one leaf hash."""
-        self._compact.append(leaf_hash, self._store)
-
-    def extend(self, leaf_hashes: Iterable[bytes]) -> None:
-        """Adds leaf hashes in order."""
-        for h in leaf_hashes:
-            self.append(h)
-
-    @property
-    def size(self) -> int:
-        """Number of leaves."""
-        return self._compact.size
-
-    def compact_range(self) -> CompactRange:
-        """A copy of the current right edge."""
-        return self._compact.copy()
-
-    def get_node(self, level: int, index: int) -> bytes:
-        """Hash of a complete perfect subtree; raises IndexError if it is not complete yet."""
-        if level < 0 or index < 0 or level >= len(self._levels):
-            raise IndexError(f"no complete subtree at level {level}, index {index}")
-        row = self._levels[level]
-        if index >= len(row):
-            raise IndexError(f"no complete subtree at level {level}, index {index}")
-        return row[index]
-
-    def _resolve(self, size: int | None) -> int:
-        if size is None:
-            return self.size
-        _check_size(size, "size")
-        if size > self.size:
-            raise ValueError(f"size {size} exceeds current tree size {self.size}")
-        return size
-
-    def root(self, size: int | None = None) -> bytes:
-        """``MTH`` of the first ``size`` leaves (default: all); O(log n)."""
-        n = self._resolve(size)
-        if n == 0:
-            return EMPTY_ROOT
-        return _range_hash(0, n, self.get_node)
-
-    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
-        """Audit path for leaf ``index`` in the tree of ``size`` leaves (default: all)."""
-        return inclusion_proof(index, self._resolve(size), self.get_node)
-
-    def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
-        """Consistency proof from ``size1`` to ``size2`` leaves (default: all)."""
-        return consistency_proof(size1, self._resolve(size2), self.get_node)

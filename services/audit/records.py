@@ -1,8 +1,9 @@
-"""Pure functions over decision records: validation, leaf data and RFC 9162 leaf hashes.
+"""Pure functions over decision records: validation and leaf data.
 
 The *record* of a decision is the decision without its ``inputs`` (which live in a
 redactable side store), deterministically serialized. Its leaf hash is
-``SHA-256(0x00 || record)`` as in RFC 9162 section 2.1.1.
+``SHA-256(0x00 || record)`` as in RFC 9162 section 2.1.1
+(:func:`services.audit.merkle.leaf_hash`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from roost.audit.v1 import audit_service_pb2 as pb
+from services.audit.merkle import leaf_hash
 from services.kit.errors import InvalidArgument
 
 MAX_DECISION_ID_CHARS = 128
 
-_LEAF_PREFIX = b"\x00"
 _HEX_DIGITS = frozenset("0123456789abcdef")
 # google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
 _MIN_SECONDS = -62_135_596_800
@@ -61,11 +62,6 @@ def record_bytes(decision: pb.Decision) -> bytes:
     stripped.CopyFrom(decision)
     stripped.ClearField("inputs")
     return stripped.SerializeToString(deterministic=True)
-
-
-def leaf_hash(record: bytes) -> bytes:
-    """RFC 9162 leaf hash: ``SHA-256(0x00 || record)``."""
-    return hashlib.sha256(_LEAF_PREFIX + record).digest()
 
 
 def inputs_digest(inputs: pb.DecisionInputs) -> str:
@@ -182,6 +178,6 @@ def _prepare_one(d: pb.Decision, admin: bool = False, consume: bool = False) -> 
         model_version,
         d.action,
         record,
-        hashlib.sha256(_LEAF_PREFIX + record).digest(),
+        leaf_hash(record),
         inputs,
     )

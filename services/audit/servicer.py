@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
-from services.audit.bundle import ExportFilters
+from services.audit.bundle_format import ExportFilters
 from services.audit.checkpoint import NoteSigner
 from services.audit.log import AuditLog
 from services.kit.auth import Policy, Role

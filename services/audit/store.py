@@ -1,42 +1,27 @@
 """Durable SQLite storage of the audit log (synchronous; one connection, one thread).
 
-Layout (schema v1, versioned with ``PRAGMA user_version``):
-
-* ``entries``: one row per leaf. ``idx`` is the RFC 9162 leaf index, dense from 0;
-  ``record``/``leaf_hash`` are immutable (triggers forbid UPDATE and DELETE). The other
-  columns are denormalized from the record for queries.
-* ``inputs``: the redactable side store, keyed by the same ``idx``; redaction nulls
-  ``data`` and sets ``redacted_at_us`` without touching the leaf.
-
-Schema v2 adds the Merkle tree (see ``services.audit.tree``): ``tree_nodes``,
-``tree_state`` and ``checkpoints``, backfilled from ``entries.leaf_hash`` in ``idx``
-order on upgrade. Appends write entries, tree nodes and tree state in ONE transaction.
-
-Schema v4 stores only tree nodes of 16 leaves and up (see ``services.audit.tree``).
-
-Schema v3 adds ``inputs.erased_by``: the leaf index of the log entry that erased the
-inputs (a redaction or a retention run, see ``services.audit.erasure``). The writer
-runs with ``secure_delete`` so erased bytes are overwritten, not left in free pages.
+The tables and their migrations are in ``services.audit.schema``, the Merkle tree
+kept beside the entries in ``services.audit.tree``, reads and pages of entries in
+``services.audit.query``. Appends write entries, inputs, tree nodes and tree state in
+ONE transaction; erasures (redaction, retention) erase the stored inputs and log
+themselves in one transaction too. The writer runs with ``secure_delete`` so erased
+bytes are overwritten, not left in free pages.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import hashlib
 import itertools
-import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeGuard, TypeVar
+from typing import Any, Final, TypeVar
 
 from roost.audit.v1 import audit_service_pb2 as pb
-from services.audit import erasure, tree
-from services.audit.merkle import CompactRange
+from services.audit import erasure, query, schema, tree
+from services.audit.compact_range import CompactRange
 from services.audit.records import Appended, PreparedRecord, prepare
 from services.kit import sqlite as kit_sqlite
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -45,78 +30,10 @@ logger = logging.getLogger(__name__)
 
 _R = TypeVar("_R")
 
-DEFAULT_PAGE_SIZE: Final = 100
-MAX_PAGE_SIZE: Final = 1000
 # Ids looked up per `IN (...)` statement.
 _LOOKUP_CHUNK: Final = 500
-
-# One tuple of steps per schema version; index i migrates version i -> i + 1. A step
-# is an SQL statement or a function run on the connection inside the transaction.
-
-_MIGRATIONS: Final[tuple[tuple[kit_sqlite.Step, ...], ...]] = (
-    (
-        """CREATE TABLE entries (
-            idx INTEGER PRIMARY KEY,
-            decision_id TEXT NOT NULL UNIQUE,
-            decided_at_us INTEGER NOT NULL,
-            entity_id TEXT,
-            model_name TEXT,
-            model_version TEXT,
-            action TEXT,
-            record BLOB NOT NULL,
-            leaf_hash BLOB NOT NULL,
-            appended_at_us INTEGER NOT NULL
-        )""",
-        """CREATE TABLE inputs (
-            idx INTEGER PRIMARY KEY REFERENCES entries(idx),
-            data BLOB,
-            redacted_at_us INTEGER
-        )""",
-        "CREATE INDEX entries_decided_at ON entries(decided_at_us)",
-        "CREATE INDEX entries_entity ON entries(entity_id)",
-        "CREATE INDEX entries_model ON entries(model_name, model_version)",
-        "CREATE INDEX entries_action ON entries(action)",
-        """CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries
-            BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END""",
-        """CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries
-            BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END""",
-    ),
-    (*tree.TREE_SCHEMA, tree.backfill),
-    (
-        # The log entry (leaf index) that erased these inputs: a redaction or a
-        # retention run (see services.audit.erasure).
-        "ALTER TABLE inputs ADD COLUMN erased_by INTEGER",
-        "CREATE INDEX checkpoints_created ON checkpoints(created_at_us)",
-        # Model and action have few distinct values: their indexes cost every append
-        # more than they save a query (which scans in leaf order and stops at a page).
-        "DROP INDEX IF EXISTS entries_model",
-        "DROP INDEX IF EXISTS entries_action",
-    ),
-    (
-        # Subtrees of fewer than 16 leaves are recomputed from the leaves on demand.
-        "DELETE FROM tree_nodes WHERE level < 4",  # tree.STORED_MIN_LEVEL
-    ),
-)
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
-
-ENTRY_COLUMNS: Final = (
-    "idx, decision_id, decided_at_us, entity_id, model_name, model_version, action,"
-    " record, leaf_hash, appended_at_us"
-)
-_INPUT_COLUMNS: Final = "idx, data"
 # Rows per multi-row INSERT statement, if SQLite's bound-variable limit allows.
 _ROWS_PER_INSERT: Final = 200
-_SELECT_ENTRY: Final = (
-    "SELECT e.idx, e.record, e.leaf_hash, e.appended_at_us, i.data, i.redacted_at_us"
-    " FROM entries e LEFT JOIN inputs i ON i.idx = e.idx"
-)
-_TOKEN_VERSION: Final = 1
-_MAX_TOKEN_CHARS: Final = 200
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    """Brings the schema to SCHEMA_VERSION, one transaction per version; returns it."""
-    return kit_sqlite.migrate(conn, _MIGRATIONS, what="audit database")
 
 
 class AuditStore:
@@ -149,14 +66,14 @@ class AuditStore:
             if read_only:
                 conn.execute("PRAGMA busy_timeout = 5000")
                 conn.execute("PRAGMA query_only = ON")
-                if kit_sqlite.user_version(conn) != SCHEMA_VERSION:
+                if kit_sqlite.user_version(conn) != schema.SCHEMA_VERSION:
                     raise FailedPrecondition("audit database: not migrated; open the writer first")
             else:
                 # Erased inputs are overwritten with zeros, not left in free pages.
                 conn.execute("PRAGMA secure_delete = ON")
                 # Truncate the WAL back to at most 64 MiB after checkpoints.
                 conn.execute("PRAGMA journal_size_limit = 67108864")
-                migrate(conn)
+                schema.migrate(conn)
         except BaseException:
             conn.close()
             raise
@@ -410,12 +327,12 @@ class AuditStore:
         conn.execute("SAVEPOINT append_fast")
         try:
             results, entry_rows, input_rows = _assign(flat, {}, first_idx)
-            self._insert("entries", ENTRY_COLUMNS, entry_rows)
+            self._insert("entries", schema.ENTRY_COLUMNS, entry_rows)
         except sqlite3.IntegrityError:
             conn.execute("ROLLBACK TO append_fast")
             known = self._lookup({rec.decision_id for rec in flat})
             results, entry_rows, input_rows = _assign(flat, known, first_idx)
-            self._insert("entries", ENTRY_COLUMNS, entry_rows)
+            self._insert("entries", schema.ENTRY_COLUMNS, entry_rows)
         finally:
             conn.execute("RELEASE append_fast")
         if not entry_rows:
@@ -423,21 +340,15 @@ class AuditStore:
         compact = current.copy()
         # Column 8 of an entry row is its leaf hash (ENTRY_COLUMNS order).
         nodes = tree.extend(compact, (row[8] for row in entry_rows))
-        self._insert("inputs", _INPUT_COLUMNS, input_rows)
+        self._insert("inputs", schema.INPUT_COLUMNS, input_rows)
         self._insert("tree_nodes", "level, idx, hash", nodes)
         tree.save_state(self._conn, compact)
         self._pending_compact = compact
         return results
 
     def get(self, decision_id: str) -> pb.LogEntry:
-        if not decision_id:
-            raise InvalidArgument("decision_id: required")
-        row = self._conn.execute(
-            _SELECT_ENTRY + " WHERE e.decision_id = ?", (decision_id,)
-        ).fetchone()
-        if row is None:
-            raise NotFound("decision_id: no such decision in the audit log")
-        return _entry(row)
+        """The logged entry of ``decision_id`` (with its inputs unless redacted)."""
+        return query.get_entry(self._conn, decision_id)
 
     def query(
         self,
@@ -461,78 +372,19 @@ class AuditStore:
         first page fixes the range of leaf indexes to scan, so later pages do not pick
         up entries appended in between. ``newest_first`` pages backwards from the end.
         """
-        if page_size < 0 or page_size > MAX_PAGE_SIZE:
-            raise InvalidArgument(f"page_size: must be between 0 and {MAX_PAGE_SIZE}")
-        limit = page_size or DEFAULT_PAGE_SIZE
-        time_filters = [("decided_at_us >= ?", start_us), ("decided_at_us < ?", end_us)]
-        filters = [
-            *time_filters,
-            ("entity_id = ?", entity_id or None),
-            ("model_name = ?", model_name or None),
-            ("model_version = ?", model_version or None),
-            ("action = ?", action or None),
-            ("idx < ?", below_index),
-        ]
-        fingerprint = _fingerprint([value for _, value in filters] + [newest_first])
-        if newest_first:
-            return self._query_backwards(filters, limit, page_token, fingerprint)
-        if page_token:
-            after, last = _decode_token(page_token, fingerprint)
-        else:
-            after, last = -1, None
-            if start_us is not None or end_us is not None:
-                # The decided_at index narrows the scan of the idx-ordered entries.
-                bounds = self._select(
-                    "SELECT MIN(idx), MAX(idx) FROM entries", [*time_filters, filters[-1]]
-                )
-                first, last = bounds.fetchone()
-                if first is None:
-                    return [], ""
-                after = first - 1
-        filters += [("idx > ?", after), ("idx <= ?", last)]
-        rows = self._select(
-            _SELECT_ENTRY, filters, "ORDER BY e.idx LIMIT ?", limit + 1, alias="e."
-        ).fetchall()
-        entries = [_entry(row) for row in rows[:limit]]
-        next_token = ""
-        if len(rows) > limit:
-            next_token = _encode_token(int(entries[-1].index), last, fingerprint)
-        return entries, next_token
-
-    def _query_backwards(
-        self, filters: list[tuple[str, Any]], limit: int, page_token: str, fingerprint: str
-    ) -> tuple[list[pb.LogEntry], str]:
-        """``query`` with ``newest_first``: pages walk down the leaf indexes."""
-        before = None
-        if page_token:
-            before, _ = _decode_token(page_token, fingerprint)
-        rows = self._select(
-            _SELECT_ENTRY,
-            [*filters, ("idx < ?", before)],
-            "ORDER BY e.idx DESC LIMIT ?",
-            limit + 1,
-            alias="e.",
-        ).fetchall()
-        entries = [_entry(row) for row in rows[:limit]]
-        next_token = ""
-        if len(rows) > limit:
-            next_token = _encode_token(int(entries[-1].index), None, fingerprint)
-        return entries, next_token
-
-    def _select(
-        self,
-        select: str,
-        filters: Sequence[tuple[str, Any]],
-        suffix: str = "",
-        *suffix_params: Any,
-        alias: str = "",
-    ) -> sqlite3.Cursor:
-        """Runs ``select`` with the filters whose value is not None, ANDed."""
-        clauses = [alias + clause for clause, value in filters if value is not None]
-        params = [value for _, value in filters if value is not None]
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        # Only constant SQL fragments are joined; every value is a bound parameter.
-        return self._conn.execute(f"{select}{where} {suffix}", [*params, *suffix_params])
+        return query.query_entries(
+            self._conn,
+            start_us,
+            end_us,
+            entity_id=entity_id,
+            model_name=model_name,
+            model_version=model_version,
+            action=action,
+            page_size=page_size,
+            page_token=page_token,
+            below_index=below_index,
+            newest_first=newest_first,
+        )
 
     def _insert(self, table: str, columns: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Inserts ``rows`` with multi-row ``INSERT ... VALUES (..), (..)`` statements.
@@ -599,49 +451,3 @@ def _assign(
 def _insert_sql(table: str, columns: str, width: int, count: int) -> str:
     row = "(" + ",".join("?" * width) + ")"
     return f"INSERT INTO {table} ({columns}) VALUES " + ",".join([row] * count)  # noqa: S608
-
-
-def _entry(row: tuple[Any, ...]) -> pb.LogEntry:
-    idx, record, digest, appended_at_us, data, redacted_at_us = row
-    entry = pb.LogEntry(
-        index=idx, record=record, leaf_hash=digest, inputs_redacted=redacted_at_us is not None
-    )
-    entry.decision.MergeFromString(record)
-    if data is not None and redacted_at_us is None:
-        entry.decision.inputs.MergeFromString(data)
-    entry.appended_at.FromMicroseconds(appended_at_us)
-    return entry
-
-
-def _fingerprint(values: list[Any]) -> str:
-    """Short hash binding a page token to the query's filters."""
-    blob = json.dumps(values, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _encode_token(after: int, last: int | None, fingerprint: str) -> str:
-    data = {"v": _TOKEN_VERSION, "a": after, "l": last, "f": fingerprint}
-    blob = json.dumps(data, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(blob).decode().rstrip("=")
-
-
-def _decode_token(token: str, fingerprint: str) -> tuple[int, int | None]:
-    """Returns (last index returned, last index to scan or None); InvalidArgument if bad."""
-    if len(token) > _MAX_TOKEN_CHARS:
-        raise InvalidArgument("page_token: invalid")
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidArgument("page_token: invalid") from exc
-    if not isinstance(data, dict) or data.get("v") != _TOKEN_VERSION:
-        raise InvalidArgument("page_token: invalid")
-    after, last, fp = data.get("a"), data.get("l"), data.get("f")
-    if not _is_index(after) or not (last is None or _is_index(last)) or not isinstance(fp, str):
-        raise InvalidArgument("page_token: invalid")
-    if fp != fingerprint:
-        raise InvalidArgument("page_token: does not match the query's filters")
-    return after, last
-
-
-def _is_index(value: object) -> TypeGuard[int]:
-    return type(value) is int and 0 <= value < 2**63

@@ -20,7 +20,7 @@ and its leaf hash is what the inclusion proof authenticates. Files use the exten
 :meth:`TlogProof.parse` is strict: exact header line, canonical decimal and base64,
 32-byte hashes, at most 64 of them, and a non-empty checkpoint ending with a newline.
 It checks only the shape; verifying the checkpoint's signatures and the inclusion proof
-is the caller's job (see :mod:`services.audit.bundle`).
+is the caller's job (see :mod:`services.audit.verify`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import binascii
 import re
 from dataclasses import dataclass
 from typing import Final
+
+from services.kit.encoding import b64decode_strict, b64encode
 
 __all__ = ["HEADER", "MAX_PROOF_HASHES", "TlogProof", "TlogProofError"]
 
@@ -52,19 +54,12 @@ class TlogProofError(ValueError):
     """A malformed tlog-proof (or proof fields that cannot be encoded)."""
 
 
-def _b64encode(raw: bytes) -> str:
-    return binascii.b2a_base64(raw, newline=False).decode("ascii")
-
-
 def _b64decode(text: str, what: str) -> bytes:
-    """Strict standard base64: padded, canonical, nothing but the alphabet."""
+    """Strict standard base64 (see ``services.kit.encoding``); TlogProofError if not."""
     try:
-        raw = binascii.a2b_base64(text, strict_mode=True)
-    except ValueError:  # binascii.Error, or a non-ASCII str
-        raise TlogProofError(f"{what} is not valid base64") from None
-    if binascii.b2a_base64(raw, newline=False) != text.encode("ascii"):
-        raise TlogProofError(f"{what} is not canonical base64")
-    return raw
+        return b64decode_strict(text, what)
+    except ValueError as e:
+        raise TlogProofError(str(e)) from None
 
 
 def _short(line: str) -> str:
@@ -108,9 +103,9 @@ class TlogProof:
         """The proof text; ``TlogProof.parse(p.marshal()) == p``."""
         lines = [HEADER]
         if self.extra is not None:
-            lines.append(_EXTRA_PREFIX + _b64encode(self.extra))
+            lines.append(_EXTRA_PREFIX + b64encode(self.extra))
         lines.append(f"{_INDEX_PREFIX}{self.index:d}")
-        lines.extend(_b64encode(h) for h in self.hashes)
+        lines.extend(b64encode(h) for h in self.hashes)
         lines.append("")
         return "\n".join(lines) + "\n" + self.checkpoint
 

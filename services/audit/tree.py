@@ -19,9 +19,9 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Final
 
+from services.audit.compact_range import CompactRange
 from services.audit.merkle import (
     EMPTY_ROOT,
-    CompactRange,
     consistency_proof,
     inclusion_proof,
     node_hash,

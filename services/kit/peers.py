@@ -7,7 +7,8 @@ restarting or slow — ``UNAVAILABLE``, ``DEADLINE_EXCEEDED`` — or failed on i
 ``INTERNAL``, ``UNKNOWN``, ``CANCELLED`` — or pushes back: ``RESOURCE_EXHAUSTED``, which
 a peer answers when a bounded queue is full, e.g. the audit log's pending appends).
 The two must never be confused: a refusal turned into ``Unavailable`` is retried for
-ever, and an outage turned into a refusal drops work that a retry would have saved. Every service and the hub translate peer errors here.
+ever, and an outage turned into a refusal drops work that a retry would have saved.
+Every service and the hub translate peer errors here.
 
 The peer's ``details()`` are not echoed by default: a peer's message may quote an
 input the caller sent (e.g. a feature name next to a reading).

@@ -20,7 +20,6 @@ local candidates).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from services.kit.encoding import b64decode_strict
 from services.kit.errors import InvalidArgument, PermissionDenied
 from services.modelstore.bundle import parse_version
 
@@ -69,7 +69,7 @@ def load_private(path: Path) -> Ed25519PrivateKey:
 
 def load_public(path: Path) -> Ed25519PublicKey:
     try:
-        raw = base64.b64decode(path.read_text().strip(), validate=True)
+        raw = b64decode_strict(path.read_text().strip(), "its content")
         return Ed25519PublicKey.from_public_bytes(raw)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: not a local-candidate public key ({e})") from None

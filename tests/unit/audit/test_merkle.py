@@ -1,229 +1,40 @@
-"""RFC 9162 Merkle tree core: published vectors, reference cross-checks and properties."""
+"""RFC 9162 Merkle tree core: published vectors, reference cross-checks and properties
+of hashing, proof generation and proof verification."""
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
 
 import pytest
 
-from services.audit import records
+from services.audit.compact_range import MemoryTree, root_from_leaves
 from services.audit.merkle import (
     EMPTY_ROOT,
-    CompactRange,
-    MemoryTree,
     ProofError,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
     node_hash,
-    root_from_leaves,
     verify_consistency,
     verify_inclusion,
 )
+from tests.support.merkle_vectors import (
+    CONSISTENCY_VECTORS,
+    INCLUSION_VECTORS,
+    LEAF_HASHES,
+    ROOT_HASHES,
+    ROOTS,
+    SOME_HASH,
+    distinct_leaves,
+    flip,
+    ref_mth,
+    ref_path,
+    ref_proof,
+    unhex,
+)
 
-# --- Published test data -------------------------------------------------------------
-# Copied from github.com/transparency-dev/merkle: testonly/constants.go (LeafInputs,
-# NodeHashes, RootHashes, CompactTrees) and proof/verify_test.go (inclusionProofs,
-# consistencyProofs). These are the RFC 6962 vectors also used by
-# google/certificate-transparency. verify_test.go numbers leaves from 1; the
-# inclusion vectors below are converted to 0-based indices.
-
-LEAF_INPUTS = [
-    bytes.fromhex(h)
-    for h in (
-        "",
-        "00",
-        "10",
-        "2021",
-        "3031",
-        "40414243",
-        "5051525354555657",
-        "606162636465666768696a6b6c6d6e6f",
-    )
-]
-
-NODE_HASHES = [
-    [
-        "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
-        "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-        "0298d122906dcfc10892cb53a73992fc5b9f493ea4c9badb27b791b4127a7fe7",
-        "07506a85fd9dd2f120eb694f86011e5bb4662e5c415a62917033d4a9624487e7",
-        "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-        "4271a26be0d8a84f0bd54c8c302e7cb3a3b5d1fa6780a40bcce2873477dab658",
-        "b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f",
-        "46f6ffadd3d06a09ff3c5860d2755c8b9819db7df44251788c7d8e3180de8eb1",
-    ],
-    [
-        "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
-        "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-        "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
-        "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-    ],
-    [
-        "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-        "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
-    ],
-    ["5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"],
-]
-
-# Indexed by tree size, 0..8.
-ROOT_HASHES = [
-    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
-    "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
-    "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
-    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-    "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
-    "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
-    "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
-    "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
-]
-
-# CompactTrees(): (level, index) into NODE_HASHES of each size's right-edge subtrees.
-COMPACT_TREES: list[list[tuple[int, int]]] = [
-    [],
-    [(0, 0)],
-    [(1, 0)],
-    [(1, 0), (0, 2)],
-    [(2, 0)],
-    [(2, 0), (0, 4)],
-    [(2, 0), (1, 2)],
-    [(2, 0), (1, 2), (0, 6)],
-    [(3, 0)],
-]
-
-# (index, size, proof): 0-based leaf index.
-INCLUSION_VECTORS: list[tuple[int, int, list[str]]] = [
-    (0, 1, []),
-    (
-        0,
-        8,
-        [
-            "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
-        ],
-    ),
-    (
-        5,
-        8,
-        [
-            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-            "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-        ],
-    ),
-    (2, 3, ["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
-    (
-        1,
-        5,
-        [
-            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
-            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-        ],
-    ),
-]
-
-# (size1, size2, proof).
-CONSISTENCY_VECTORS: list[tuple[int, int, list[str]]] = [
-    (1, 1, []),
-    (
-        1,
-        8,
-        [
-            "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-            "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
-        ],
-    ),
-    (
-        6,
-        8,
-        [
-            "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
-            "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-        ],
-    ),
-    (
-        2,
-        5,
-        [
-            "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-            "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-        ],
-    ),
-    (
-        6,
-        7,
-        [
-            "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
-            "b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f",
-            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-        ],
-    ),
-]
-
-# From verify_test.go.
-SOME_HASH = bytes.fromhex("abacaba000000000000000000000000000000000000000000060061e00123456")
-
-LEAF_HASHES = [leaf_hash(d) for d in LEAF_INPUTS]
-ROOTS = [bytes.fromhex(h) for h in ROOT_HASHES]
-
-
-def unhex(proof: Sequence[str]) -> list[bytes]:
-    return [bytes.fromhex(h) for h in proof]
-
-
-# --- RFC 9162 section 2.1 reference definitions, recursive and unoptimized ------------
-
-
-def ref_mth(d: Sequence[bytes]) -> bytes:
-    n = len(d)
-    if n == 0:
-        return EMPTY_ROOT
-    if n == 1:
-        return d[0]
-    k = 1 << ((n - 1).bit_length() - 1)
-    return node_hash(ref_mth(d[:k]), ref_mth(d[k:]))
-
-
-def ref_path(m: int, d: Sequence[bytes]) -> list[bytes]:
-    n = len(d)
-    if n == 1:
-        return []
-    k = 1 << ((n - 1).bit_length() - 1)
-    if m < k:
-        return [*ref_path(m, d[:k]), ref_mth(d[k:])]
-    return [*ref_path(m - k, d[k:]), ref_mth(d[:k])]
-
-
-def ref_subproof(m: int, d: Sequence[bytes], b: bool) -> list[bytes]:
-    n = len(d)
-    if m == n:
-        return [] if b else [ref_mth(d)]
-    k = 1 << ((n - 1).bit_length() - 1)
-    if m <= k:
-        return [*ref_subproof(m, d[:k], b), ref_mth(d[k:])]
-    return [*ref_subproof(m - k, d[k:], False), ref_mth(d[:k])]
-
-
-def ref_proof(m: int, d: Sequence[bytes]) -> list[bytes]:
-    return ref_subproof(m, d, True)
-
-
-def distinct_leaves(n: int, salt: bytes = b"") -> list[bytes]:
-    return [leaf_hash(salt + i.to_bytes(4, "big")) for i in range(n)]
-
-
-def flip(h: bytes, bit: int = 3) -> bytes:
-    return bytes([h[0] ^ (1 << bit)]) + h[1:]
-
-
-# --- Hashing and roots ----------------------------------------------------------------
+# --- Hashing --------------------------------------------------------------------------
 
 
 def test_hash_primitives() -> None:
@@ -232,38 +43,6 @@ def test_hash_primitives() -> None:
     assert (
         node_hash(b"a" * 32, b"b" * 32) == hashlib.sha256(b"\x01" + b"a" * 32 + b"b" * 32).digest()
     )
-    # Same leaf hash as the audit records module stores in entries.leaf_hash.
-    assert leaf_hash(b"some record") == records.leaf_hash(b"some record")
-
-
-@pytest.mark.parametrize("size", range(9))
-def test_published_roots(size: int) -> None:
-    want = ROOTS[size]
-    assert root_from_leaves(LEAF_HASHES[:size]) == want
-    assert ref_mth(LEAF_HASHES[:size]) == want
-    compact = CompactRange()
-    for h in LEAF_HASHES[:size]:
-        compact.append(h)
-    assert compact.root() == want
-    assert MemoryTree(LEAF_HASHES).root(size) == want
-    assert MemoryTree(LEAF_HASHES[:size]).root() == want
-
-
-def test_published_node_hashes() -> None:
-    tree = MemoryTree(LEAF_HASHES)
-    for level, row in enumerate(NODE_HASHES):
-        for index, want in enumerate(row):
-            assert tree.get_node(level, index).hex() == want
-
-
-@pytest.mark.parametrize("size", range(9))
-def test_published_compact_trees(size: int) -> None:
-    tree = MemoryTree(LEAF_HASHES[:size])
-    compact = tree.compact_range()
-    assert [h.hex() for h in compact.hashes] == [
-        NODE_HASHES[lv][i] for lv, i in COMPACT_TREES[size]
-    ]
-    assert [(lv, i) for lv, i, _ in compact.nodes()] == COMPACT_TREES[size]
 
 
 # --- Published proofs -----------------------------------------------------------------
@@ -590,78 +369,6 @@ def test_proofs_from_a_grown_tree_stay_valid() -> None:
     verify_consistency(37, 100, tree.consistency_proof(37), root37, tree.root())
 
 
-# --- CompactRange ---------------------------------------------------------------------
-
-
-def test_compact_range_matches_every_size_and_round_trips() -> None:
-    leaves = distinct_leaves(MAX_SIZE + 1, b"compact")
-    compact = CompactRange()
-    assert compact.size == 0
-    assert compact.root() == EMPTY_ROOT
-    for size in range(MAX_SIZE + 1):
-        assert compact.size == size
-        assert compact.root() == root_from_leaves(leaves[:size]) == ref_mth(leaves[:size])
-        assert len(compact.hashes) == size.bit_count()
-        blob = compact.to_bytes()
-        assert len(blob) == 8 + 32 * size.bit_count()
-        restored = CompactRange.from_bytes(blob)
-        assert restored == compact
-        assert CompactRange.from_hashes(size, compact.hashes) == compact
-        # A restored range keeps growing exactly like the original.
-        restored.append(leaves[size])
-        compact.append(leaves[size])
-        assert restored == compact
-        assert restored.root() == compact.root()
-
-
-def test_compact_range_visitor_reports_every_perfect_subtree() -> None:
-    leaves = distinct_leaves(77, b"visit")
-    seen: dict[tuple[int, int], bytes] = {}
-
-    def visit(level: int, index: int, h: bytes) -> None:
-        assert (level, index) not in seen
-        seen[(level, index)] = h
-
-    compact = CompactRange()
-    for h in leaves:
-        compact.append(h, visit)
-    tree = MemoryTree(leaves)
-    want = {
-        (level, index): tree.get_node(level, index)
-        for level in range(7)
-        for index in range(77 >> level)
-    }
-    assert seen == want
-
-    # A store can serve proofs straight from the visited nodes.
-    def get_node(level: int, index: int) -> bytes:
-        return seen[(level, index)]
-
-    assert inclusion_proof(40, 77, get_node) == tree.inclusion_proof(40)
-    assert consistency_proof(13, 77, get_node) == tree.consistency_proof(13)
-    # nodes() names each right-edge subtree by (level, index).
-    for level, index, h in compact.nodes():
-        assert seen[(level, index)] == h
-
-
-def test_compact_range_rejects_malformed_state() -> None:
-    with pytest.raises(ValueError):
-        CompactRange.from_bytes(b"\x00" * 7)
-    with pytest.raises(ValueError):
-        CompactRange.from_bytes((3).to_bytes(8, "big") + b"\x00" * 32)  # size 3 needs 2
-    with pytest.raises(ValueError):
-        CompactRange.from_bytes((1).to_bytes(8, "big") + b"\x00" * 33)
-    with pytest.raises(ValueError):
-        CompactRange.from_hashes(2, [SOME_HASH, SOME_HASH])
-    with pytest.raises(ValueError):
-        CompactRange.from_hashes(1, [b"short"])
-    with pytest.raises(ValueError):
-        CompactRange.from_hashes(-1, [])
-    with pytest.raises(ValueError):
-        CompactRange().append(b"short")
-    assert CompactRange.from_bytes(bytes(8)) == CompactRange()
-
-
 # --- Cost -----------------------------------------------------------------------------
 
 
@@ -688,19 +395,3 @@ def test_proofs_need_logarithmically_many_nodes(size: int) -> None:
         calls.clear()
         consistency_proof(size1, size, get_node)
         assert len(calls) <= bound
-
-
-def test_extend_matches_append_leaf_by_leaf() -> None:
-    leaves = [hashlib.sha256(bytes([i])).digest() for i in range(77)]
-    one, many = CompactRange(), CompactRange()
-    many.extend(leaves[:5])
-    for leaf in leaves[:5]:
-        one.append(leaf)
-    visited: list[tuple[int, int, bytes]] = []
-    for leaf in leaves[5:]:
-        one.append(leaf, lambda level, index, h: visited.append((level, index, h)))
-    nodes = many.extend(leaves[5:])
-    assert one == many
-    assert nodes == [v for v in visited if v[0] > 0]
-    with pytest.raises(ValueError, match="32 bytes"):
-        CompactRange().extend([b"short"])

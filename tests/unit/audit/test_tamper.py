@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from services.audit import records, tree
-from services.audit.bundle import BundleError, ExportFilters, iter_bundle, verify_bundle
+from services.audit.bundle_format import ExportFilters
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from services.audit.export import iter_bundle
 from services.audit.store import AuditStore
+from services.audit.verify import BundleError, verify_bundle
 from services.kit.errors import FailedPrecondition
 from tests.support.audit_records import decision
 
@@ -38,11 +40,6 @@ _CONTENT_COLUMNS = (
     "record",
     "leaf_hash",
 )
-
-
-@pytest.fixture(scope="module")
-def signer() -> NoteSigner:
-    return NoteSigner.generate(ORIGIN)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import hashlib
 import pytest
 
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
-from services.audit.merkle import MemoryTree, verify_inclusion
+from services.audit.compact_range import MemoryTree
+from services.audit.merkle import verify_inclusion
 from services.audit.tlog_proof import HEADER, MAX_PROOF_HASHES, TlogProof, TlogProofError
 
 # The example of https://c2sp.org/tlog-proof (C2SP/C2SP tlog-proof.md), verbatim: its

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from roost.audit.v1 import audit_service_pb2 as pb
-from services.audit import store as store_mod
+from services.audit import schema, tree
 from services.audit.checkpoint import (
     Checkpoint,
     NoteVerifier,
@@ -18,16 +18,15 @@ from services.audit.checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
+from services.audit.compact_range import CompactRange, root_from_leaves
 from services.audit.log import AuditLog
 from services.audit.merkle import (
     EMPTY_ROOT,
-    CompactRange,
     ProofError,
-    root_from_leaves,
     verify_consistency,
     verify_inclusion,
 )
-from services.audit.store import AuditStore, migrate
+from services.audit.store import AuditStore
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 
 T0_US = 1_780_000_000_000_000
@@ -67,11 +66,6 @@ def leaves(path: Path) -> list[bytes]:
         return [bytes(r[0]) for r in conn.execute("SELECT leaf_hash FROM entries ORDER BY idx")]
     finally:
         conn.close()
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "audit" / "audit.db"
 
 
 SIZES = (1, 2, 3, 5, 8, 13, 16, 31, 37)
@@ -154,7 +148,7 @@ def test_reopen_reads_tree_state_without_recomputing(
 
     with monkeypatch.context() as m:
         m.setattr(CompactRange, "append", forbidden)
-        m.setattr(store_mod.tree, "backfill", forbidden)
+        m.setattr(tree, "backfill", forbidden)
         reopened = AuditStore.open(db)
         assert reopened.root() == root
         reopened.close()
@@ -191,11 +185,11 @@ def test_v1_database_is_backfilled_on_upgrade(db: Path) -> None:
 def test_v1_schema_from_the_first_migration_only_upgrades(db: Path) -> None:
     db.parent.mkdir(parents=True)
     conn = sqlite3.connect(db, isolation_level=None)
-    for statement in store_mod._MIGRATIONS[0]:
+    for statement in schema._MIGRATIONS[0]:
         assert isinstance(statement, str)
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
-    assert migrate(conn) == store_mod.SCHEMA_VERSION
+    assert schema.migrate(conn) == schema.SCHEMA_VERSION
     assert conn.execute("SELECT size FROM tree_state").fetchone() == (0,)
     conn.close()
     store = AuditStore.open(db)

@@ -1,341 +1,52 @@
-"""Offline-verifiable export bundles of the audit log (format ``roost.audit.bundle/v1``).
+"""The offline verifier of export bundles (``roost.audit.bundle/v1``).
 
-A bundle lets an auditor check, with nothing but the hub's verifier key, that a set of
-decisions is in the hub's transparency log exactly as exported, and that the log was
-not rewritten since checkpoints the auditor already holds.
-
-Encoding: JSON Lines, UTF-8, one JSON object per line, every line ending in ``\\n``.
-
-1. Header::
-
-       {"format": "roost.audit.bundle/v1",
-        "origin": <checkpoint origin>, "tree_size": <n>, "root_hash": <base64>,
-        "checkpoint": <the signed checkpoint note, verbatim>,
-        "complete": <true when no filter was applied: entries are all of 0..n-1>,
-        "filters": {<only the filters applied: start_us, end_us (decided_at in
-                    [start_us, end_us)), entity_id, model_name, model_version, action>},
-        "consistency": [{"from_size": <m>, "hashes": [<base64>, ...]}, ...],
-        "inputs": "included" | "omitted",
-        "exported_at": <RFC 3339 UTC time>}
-
-   ``consistency`` holds RFC 9162 consistency proofs from tree size ``m`` (checkpoints
-   the auditor asked about) to ``tree_size``.
-
-2. One line per exported entry, by increasing leaf index::
-
-       {"proof": <C2SP tlog-proof text, see services.audit.tlog_proof>,
-        "inputs": <base64 of the stored DecisionInputs bytes> | null,
-        "inputs_redacted": <bool>}
-
-   The proof's ``extra`` is the entry's record (the Decision without inputs,
-   deterministically serialized: the leaf data) and its checkpoint is the header's
-   note, byte for byte, so each proof also stands alone as a ``.tlog-proof`` file.
-   ``inputs`` is null when the inputs were redacted, omitted from the export, or never
-   stored; when present they must hash to the record's ``inputs_digest``.
-
-3. Trailer: ``{"end": true, "entries": <number of entry lines>}``, so that a truncated
-   bundle is detected.
-
-:func:`iter_bundle` writes a bundle from an :class:`~services.audit.store.AuditStore`;
-:func:`verify_bundle` checks one (signature once, every inclusion proof, records,
-inputs digests, filters, completeness by recomputing the root, consistency with earlier
-checkpoints) and raises :class:`BundleError` naming the line, the leaf index and the
-failure; :func:`iter_decisions` reads one without verifying.
+It needs only the bundle's text and the hub's verifier key: no store, no database, no
+server. :func:`verify_bundle` checks a bundle (signature once, every inclusion proof,
+records, inputs digests, filters, completeness by recomputing the root, consistency
+with earlier checkpoints) and raises :class:`BundleError` naming the line, the leaf
+index and the failure; :func:`iter_decisions` reads one without verifying. The format
+is described in ``services.audit.bundle_format``.
 """
 
 from __future__ import annotations
 
-import binascii
 import datetime as dt
 import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from roost.audit.v1 import audit_service_pb2 as pb
+from services.audit.bundle_format import (
+    ENTRY_KEYS,
+    FORMAT,
+    HEADER_KEYS,
+    INPUTS_INCLUDED,
+    INPUTS_OMITTED,
+    TRAILER_KEYS,
+    ExportFilters,
+    is_int,
+)
 from services.audit.checkpoint import (
     Checkpoint,
     CheckpointError,
     NoteVerifier,
     verify_checkpoint,
 )
-from services.audit.merkle import CompactRange, ProofError, verify_consistency
-from services.audit.store import MAX_PAGE_SIZE, AuditStore
+from services.audit.compact_range import CompactRange
+from services.audit.merkle import NODE_PREFIX, ProofError, leaf_hash, verify_consistency
 from services.audit.tlog_proof import TlogProof, TlogProofError
-from services.kit.errors import FailedPrecondition, InvalidArgument
+from services.kit.encoding import b64decode_strict, b64encode
 
-__all__ = [
-    "FORMAT",
-    "BundleError",
-    "BundleReport",
-    "ExportFilters",
-    "iter_bundle",
-    "iter_decisions",
-    "verify_bundle",
-]
-
-FORMAT: Final = "roost.audit.bundle/v1"
-INPUTS_INCLUDED: Final = "included"
-INPUTS_OMITTED: Final = "omitted"
-
-_HEADER_KEYS: Final = frozenset(
-    {
-        "format",
-        "origin",
-        "tree_size",
-        "root_hash",
-        "checkpoint",
-        "complete",
-        "filters",
-        "consistency",
-        "inputs",
-        "exported_at",
-    }
-)
-_ENTRY_KEYS: Final = frozenset({"proof", "inputs", "inputs_redacted"})
-_TRAILER_KEYS: Final = frozenset({"end", "entries"})
-_TIME_FILTERS: Final = ("start_us", "end_us")
-_TEXT_FILTERS: Final = ("entity_id", "model_name", "model_version", "action")
-_LEAF_PREFIX: Final = b"\x00"
-_NODE_PREFIX: Final = b"\x01"
-_MAX_SIZE: Final = 2**64 - 1
+__all__ = ["BundleError", "BundleReport", "iter_decisions", "verify_bundle"]
 
 
 class BundleError(ValueError):
     """A bundle that is malformed or does not verify; the message says where and why."""
-
-
-# --------------------------------------------------------------------------- filters
-
-
-@dataclass(frozen=True)
-class ExportFilters:
-    """Which entries to export (as QueryDecisions): ``start_us <= decided_at < end_us``
-    (``None`` bounds are open) and equality on the non-empty text fields."""
-
-    start_us: int | None = None
-    end_us: int | None = None
-    entity_id: str = ""
-    model_name: str = ""
-    model_version: str = ""
-    action: str = ""
-
-    def is_empty(self) -> bool:
-        """True when nothing is filtered: the export is the whole log."""
-        return not self.to_json()
-
-    def to_json(self) -> dict[str, int | str]:
-        """The filters that apply (set bounds, non-empty strings), as in the bundle header."""
-        out: dict[str, int | str] = {}
-        if self.start_us is not None:
-            out["start_us"] = self.start_us
-        if self.end_us is not None:
-            out["end_us"] = self.end_us
-        for name in _TEXT_FILTERS:
-            value = getattr(self, name)
-            if value:
-                out[name] = value
-        return out
-
-    @classmethod
-    def from_json(cls, obj: object) -> ExportFilters:
-        """Parses a header's ``filters``; raises ValueError if malformed."""
-        if not isinstance(obj, dict):
-            raise ValueError("filters must be an object")
-        unknown = set(obj) - {*_TIME_FILTERS, *_TEXT_FILTERS}
-        if unknown:
-            raise ValueError(f"unknown filters {sorted(unknown)}")
-        for name in _TIME_FILTERS:
-            if name in obj and not _is_int(obj[name]):
-                raise ValueError(f"filter {name} must be an integer")
-        for name in _TEXT_FILTERS:
-            if name in obj and (not isinstance(obj[name], str) or not obj[name]):
-                raise ValueError(f"filter {name} must be a non-empty string")
-        return cls(**obj)
-
-    def matches(self, decision: pb.Decision) -> str | None:
-        """``None`` if ``decision`` passes the filters, else the name of the first it fails."""
-        if self.start_us is not None or self.end_us is not None:
-            ts = decision.decided_at
-            t_us = ts.seconds * 1_000_000 + ts.nanos // 1000
-            if self.start_us is not None and t_us < self.start_us:
-                return "start_us"
-            if self.end_us is not None and t_us >= self.end_us:
-                return "end_us"
-        if self.entity_id and decision.entity_id != self.entity_id:
-            return "entity_id"
-        if self.model_name and decision.model.name != self.model_name:
-            return "model_name"
-        if self.model_version and decision.model.version != self.model_version:
-            return "model_version"
-        if self.action and decision.action != self.action:
-            return "action"
-        return None
-
-
-def _is_int(value: object) -> bool:
-    return type(value) is int
-
-
-# --------------------------------------------------------------------------- export
-
-
-def _b64(raw: bytes) -> str:
-    return binascii.b2a_base64(raw, newline=False).decode("ascii")
-
-
-def _note_checkpoint(note: str) -> Checkpoint:
-    """The checkpoint in a signed note, without checking signatures (the hub made it)."""
-    if not isinstance(note, str):
-        raise InvalidArgument("note: must be a signed checkpoint note")
-    # Checkpoint lines are never empty: the first empty line ends the note text.
-    split = note.find("\n\n")
-    if split < 0:
-        raise InvalidArgument("note: not a signed note (no empty line before the signatures)")
-    try:
-        return Checkpoint.parse(note[: split + 1])
-    except CheckpointError as exc:
-        raise InvalidArgument(f"note: {exc}") from None
-
-
-def _line(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, separators=(",", ":")) + "\n"
-
-
-def iter_bundle(
-    store: AuditStore,
-    *,
-    note: str,
-    origin: str,
-    filters: ExportFilters,
-    consistency_from: Sequence[int] = (),
-    omit_inputs: bool = False,
-    page_size: int = MAX_PAGE_SIZE,
-) -> Iterator[bytes]:
-    """The bundle of the entries matching ``filters`` in the tree that ``note`` signs.
-
-    ``note`` is a signed checkpoint (its tree size and root pin the export) whose origin
-    must be ``origin``. Yields chunks of whole lines: the header, one chunk per page of
-    ``page_size`` entries, then the trailer. Arguments are checked right away
-    (InvalidArgument); the store is only used by ``next()``, which raises
-    FailedPrecondition if the store's root at the note's tree size differs from the
-    note's, and InvalidArgument for a ``consistency_from`` size above it.
-    Synchronous: iterate on the store's own thread.
-    """
-    cp = _note_checkpoint(note)
-    if cp.origin != origin:
-        raise InvalidArgument(f"note: checkpoint origin {cp.origin!r} is not {origin!r}")
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise InvalidArgument(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
-    sizes: list[int] = []
-    for m in consistency_from:
-        if m < 0 or m > cp.size:
-            raise InvalidArgument(
-                f"consistency_from_sizes: {m} is not between 0 and the checkpoint's"
-                f" tree size {cp.size}"
-            )
-        if m not in sizes:
-            sizes.append(m)
-    return _generate(
-        store,
-        note=note,
-        cp=cp,
-        filters=filters,
-        sizes=sorted(sizes),
-        omit_inputs=omit_inputs,
-        page_size=page_size,
-    )
-
-
-def _generate(
-    store: AuditStore,
-    *,
-    note: str,
-    cp: Checkpoint,
-    filters: ExportFilters,
-    sizes: list[int],
-    omit_inputs: bool,
-    page_size: int,
-) -> Iterator[bytes]:
-    size = cp.size
-    current = store.tree_size()
-    if size > current:
-        raise FailedPrecondition(
-            f"checkpoint tree size {size} is larger than the log's tree size {current}"
-        )
-    if store.root(size) != cp.root_hash:
-        raise FailedPrecondition(
-            f"the log's root at tree size {size} differs from the checkpoint's:"
-            " the log was altered after the checkpoint was signed"
-        )
-    header = {
-        "format": FORMAT,
-        "origin": cp.origin,
-        "tree_size": size,
-        "root_hash": _b64(cp.root_hash),
-        "checkpoint": note,
-        "complete": filters.is_empty(),
-        "filters": filters.to_json(),
-        "consistency": [
-            {"from_size": m, "hashes": [_b64(h) for h in store.consistency_proof(m, size)]}
-            for m in sizes
-        ],
-        "inputs": INPUTS_OMITTED if omit_inputs else INPUTS_INCLUDED,
-        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")[:-6] + "Z",
-    }
-    yield _line(header).encode("utf-8")
-    count = 0
-    token = ""
-    prev_index, prev_leaf = -1, b""
-    prev_hashes: tuple[bytes, ...] = ()
-    while size:
-        entries, token = store.query(
-            filters.start_us,
-            filters.end_us,
-            entity_id=filters.entity_id,
-            model_name=filters.model_name,
-            model_version=filters.model_version,
-            action=filters.action,
-            page_size=page_size,
-            page_token=token,
-            below_index=size,
-        )
-        lines: list[str] = []
-        for entry in entries:
-            index = int(entry.index)
-            hashes: tuple[bytes, ...]
-            if index & 1 and index - 1 == prev_index:
-                # Leaves 2k and 2k+1 are siblings: their paths differ only in the first hash.
-                hashes = (prev_leaf, *prev_hashes[1:])
-            else:
-                hashes = tuple(store.inclusion_proof(index, size))
-            prev_index, prev_leaf, prev_hashes = index, entry.leaf_hash, hashes
-            proof = TlogProof(index, hashes, note, entry.record)
-            inputs: str | None = None
-            if not omit_inputs and not entry.inputs_redacted and entry.decision.HasField("inputs"):
-                inputs = _b64(entry.decision.inputs.SerializeToString(deterministic=True))
-            lines.append(
-                _line(
-                    {
-                        "proof": proof.marshal(),
-                        "inputs": inputs,
-                        "inputs_redacted": entry.inputs_redacted,
-                    }
-                )
-            )
-        count += len(lines)
-        if lines:
-            yield "".join(lines).encode("utf-8")
-        if not token:
-            break
-    yield _line({"end": True, "entries": count}).encode("utf-8")
-
-
-# --------------------------------------------------------------------------- verification
 
 
 @dataclass(frozen=True)
@@ -389,22 +100,19 @@ def _strict_b64(text: object, what: str) -> bytes:
     if not isinstance(text, str):
         raise BundleError(f"{what} must be a base64 string")
     try:
-        raw = binascii.a2b_base64(text, strict_mode=True)
-    except ValueError:
-        raise BundleError(f"{what} is not valid base64") from None
-    if binascii.b2a_base64(raw, newline=False) != text.encode("ascii"):
-        raise BundleError(f"{what} is not canonical base64")
-    return raw
+        return b64decode_strict(text, what)
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
 
 
 def _parse_header(raw: str | bytes, verifier: NoteVerifier) -> _Header:
     obj = _object(raw, 1)
     if obj.get("format") != FORMAT:
         raise BundleError(f"line 1: not a {FORMAT} header (format is {obj.get('format')!r})")
-    missing = _HEADER_KEYS - obj.keys()
+    missing = HEADER_KEYS - obj.keys()
     if missing:
         raise BundleError(f"line 1: header lacks {', '.join(sorted(missing))}")
-    unknown = obj.keys() - _HEADER_KEYS
+    unknown = obj.keys() - HEADER_KEYS
     if unknown:
         raise BundleError(f"line 1: header has unknown fields {', '.join(sorted(unknown))}")
     note = obj["checkpoint"]
@@ -420,11 +128,11 @@ def _parse_header(raw: str | bytes, verifier: NoteVerifier) -> _Header:
         raise BundleError(
             f"line 1: header origin {obj['origin']!r} differs from the checkpoint's {cp.origin!r}"
         )
-    if not _is_int(obj["tree_size"]) or obj["tree_size"] != cp.size:
+    if not is_int(obj["tree_size"]) or obj["tree_size"] != cp.size:
         raise BundleError(
             f"line 1: header tree_size {obj['tree_size']!r} differs from the checkpoint's {cp.size}"
         )
-    if obj["root_hash"] != _b64(cp.root_hash):
+    if obj["root_hash"] != b64encode(cp.root_hash):
         raise BundleError("line 1: header root_hash differs from the checkpoint's root")
     try:
         filters = ExportFilters.from_json(obj["filters"])
@@ -465,7 +173,7 @@ def _parse_consistency(items: object, size: int) -> dict[int, list[bytes]]:
         if not isinstance(item, dict) or item.keys() != {"from_size", "hashes"}:
             raise BundleError(f"{where} must be an object with from_size and hashes")
         m, hashes = item["from_size"], item["hashes"]
-        if not _is_int(m) or not 0 <= m <= size:
+        if not is_int(m) or not 0 <= m <= size:
             raise BundleError(f"{where}: from_size must be an integer between 0 and {size}")
         if m in out:
             raise BundleError(f"{where}: a second proof from tree size {m}")
@@ -522,7 +230,7 @@ def _inclusion_root(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) 
     ``verify_inclusion`` without its argument checks (hashes are already 32 bytes).
     """
     sha256 = hashlib.sha256
-    prefix = _NODE_PREFIX
+    prefix = NODE_PREFIX
     fn, sn = index, size - 1
     r = leaf
     for p in proof:
@@ -584,7 +292,7 @@ def verify_bundle(
                 trailer_seen = True
                 break
             raise BundleError(f"line {n}: neither an entry nor the trailer")
-        if obj.keys() != _ENTRY_KEYS:
+        if obj.keys() != ENTRY_KEYS:
             raise BundleError(
                 f"line {n}: an entry must have exactly the fields proof, inputs, inputs_redacted"
             )
@@ -614,7 +322,7 @@ def verify_bundle(
         record = proof.extra
         if record is None:
             raise BundleError(f"{where}: the proof has no extra data (the entry's record)")
-        leaf = sha256(_LEAF_PREFIX + record).digest()
+        leaf = leaf_hash(record)
         got = _inclusion_root(leaf, index, size, proof.hashes)
         if got is None:
             raise BundleError(
@@ -693,16 +401,13 @@ def verify_bundle(
 
 
 def _check_trailer(obj: dict[str, Any], n: int, count: int) -> None:
-    if obj.keys() != _TRAILER_KEYS or obj["end"] is not True or not _is_int(obj["entries"]):
+    if obj.keys() != TRAILER_KEYS or obj["end"] is not True or not is_int(obj["entries"]):
         raise BundleError(f'line {n}: the trailer must be {{"end": true, "entries": <n>}}')
     if obj["entries"] != count:
         raise BundleError(
             f"line {n}: the trailer counts {obj['entries']} entries but the bundle has"
             f" {count}: entry lines were removed or added"
         )
-
-
-# --------------------------------------------------------------------------- reading
 
 
 def iter_decisions(lines: Iterable[str | bytes]) -> Iterator[tuple[int, pb.Decision, bool]]:
