@@ -160,6 +160,3 @@ class RoostServer:
         if self._health_server is not None:
             await self._health_server.stop(0)
         log.info("%s stopped", self.role.value)
-
-    async def wait(self) -> None:
-        await self._server.wait_for_termination()

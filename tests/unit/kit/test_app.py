@@ -200,3 +200,23 @@ async def test_serve_writes_the_ready_file_and_stops_on_sigterm(
     # The handlers are gone with the app: nothing is left to catch a later signal.
     loop = asyncio.get_running_loop()
     assert not loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def test_a_background_task_that_failed_fails_the_close(tmp_path: Path) -> None:
+    closed: list[str] = []
+    failed = asyncio.Event()
+
+    async def broken() -> None:
+        failed.set()
+        raise RuntimeError("checkpointer broke")
+
+    async def setup(app: App) -> None:
+        app.closing(Resource("store", closed))
+        app.background(broken(), name="broken")
+        await failed.wait()
+
+    app = App(config(tmp_path), Role.AUDIT, setup)
+    await app.start()
+    with pytest.raises(RuntimeError, match="checkpointer broke"):
+        await app.close()
+    assert closed == ["store"]  # the rest still closed
