@@ -54,7 +54,7 @@ from services.audit.schema import ENTRY_COLUMNS, SCHEMA_VERSION, migrate
 from services.audit.store import AuditStore
 
 console = Console()
-# What services.kit.server.configure_process sets in every Roost process.
+# What services.kit.process.configure_process sets in every Roost process.
 SERVICE_SWITCH_INTERVAL = 0.0005
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / "var" / "bench"

@@ -7,7 +7,7 @@ import asyncio
 from hub.app import main_async
 from hub.config import HubConfig
 from services.kit.config import load_config
-from services.kit.server import configure_process
+from services.kit.process import configure_process
 
 
 def main() -> None:

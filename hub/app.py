@@ -42,7 +42,7 @@ from roost.update.v1 import update_service_pb2_grpc as upd_grpc
 from services.kit.auth import Role
 from services.kit.client import aio_channel
 from services.kit.config import ServiceConfig
-from services.kit.server import start_metrics, write_ready_file
+from services.kit.process import start_metrics, write_ready_file
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-from collections.abc import Sequence
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
@@ -20,10 +19,10 @@ from services.audit.servicer import (
     run_checkpointer,
     run_retention,
 )
-from services.kit.auth import Policy, Role
+from services.kit.app import App
+from services.kit.auth import Role
 from services.kit.config import load_config
 from services.kit.files import write_atomic
-from services.kit.server import Registration, configure_process, run_service
 
 logger = logging.getLogger("services.audit")
 
@@ -42,53 +41,42 @@ def load_signer(config: AuditConfig) -> NoteSigner:
     return signer
 
 
-def main() -> None:
-    config = load_config(AuditConfig, "audit")
-    configure_process(config.log_level)
-    log: AuditLog | None = None
-    background: list[asyncio.Task[None]] = []
-
-    async def build() -> tuple[Sequence[Registration], Policy]:
-        nonlocal log
-        signer = await asyncio.to_thread(load_signer, config)
-        log = await AuditLog.open(
+async def setup(config: AuditConfig, app: App) -> None:
+    """The audit log, its checkpointer and retention jobs, and the servicer."""
+    signer = await asyncio.to_thread(load_signer, config)
+    log = app.closing(
+        await AuditLog.open(
             config.data_dir / config.db_name,
             max_group_records=config.max_group_records,
             max_pending_records=config.max_pending_records,
         )
-        LOG_SIZE.set(await log.size())
-        servicer = AuditServicer(log, config.max_append_batch, signer)
-        background.append(
-            asyncio.create_task(
-                run_checkpointer(log, signer, config.checkpoint_interval_seconds),
-                name="audit-checkpointer",
-            )
-        )
-        background.append(
-            asyncio.create_task(
-                run_retention(
-                    log,
-                    hub_id=config.hub_id,
-                    inputs_retention_days=config.inputs_retention_days,
-                    checkpoint_keep_days=config.checkpoint_keep_days,
-                    interval_seconds=config.retention_interval_seconds,
-                ),
-                name="audit-retention",
-            )
-        )
-        name = pb.DESCRIPTOR.services_by_name["AuditService"].full_name
-        reg = Registration(name, lambda s: pb_grpc.add_AuditServiceServicer_to_server(servicer, s))
-        return [reg], POLICY
+    )
+    LOG_SIZE.set(await log.size())
+    app.background(
+        run_checkpointer(log, signer, config.checkpoint_interval_seconds),
+        name="audit-checkpointer",
+    )
+    app.background(
+        run_retention(
+            log,
+            hub_id=config.hub_id,
+            inputs_retention_days=config.inputs_retention_days,
+            checkpoint_keep_days=config.checkpoint_keep_days,
+            interval_seconds=config.retention_interval_seconds,
+        ),
+        name="audit-retention",
+    )
+    app.register(
+        pb.DESCRIPTOR.services_by_name["AuditService"],
+        AuditServicer(log, config.max_append_batch, signer),
+        pb_grpc.add_AuditServiceServicer_to_server,
+        POLICY,
+    )
 
-    async def on_stop() -> None:
-        for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if log is not None:
-            await log.close()
 
-    asyncio.run(run_service(config, Role.AUDIT, build, on_stop))
+def main() -> None:
+    config = load_config(AuditConfig, "audit")
+    App(config, Role.AUDIT, functools.partial(setup, config)).run()
 
 
 if __name__ == "__main__":

@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Sequence
+import functools
 
+from roost.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.inference.app import InferenceApp
 from services.inference.config import InferenceConfig
-from services.inference.servicer import POLICY
-from services.kit.auth import Policy, Role
+from services.inference.servicer import POLICY, SERVICE
+from services.kit.app import App
+from services.kit.auth import Role
 from services.kit.config import load_config
-from services.kit.server import Registration, configure_process, run_service
 
-log = logging.getLogger(__name__)
+
+async def setup(config: InferenceConfig, app: App) -> None:
+    """Load the models (and follow the registry), then serve them."""
+    inference = app.closing(InferenceApp(config))
+    await inference.start()
+    app.register(
+        SERVICE, inference.servicer, pb_grpc.add_InferenceServiceServicer_to_server, POLICY
+    )
 
 
 def main() -> None:
     config = load_config(InferenceConfig, "inference")
-    configure_process(config.log_level)
-    app = InferenceApp(config)
-
-    async def build() -> tuple[Sequence[Registration], Policy]:
-        await app.start()
-        return [app.registration()], POLICY
-
-    async def on_stop() -> None:
-        await app.close()
-
-    asyncio.run(run_service(config, Role.INFERENCE, build, on_stop))
+    App(config, Role.INFERENCE, functools.partial(setup, config)).run()
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 
 from models.manifest import shipped_models_dir
-from roost.inference.v1 import inference_service_pb2 as pb
-from roost.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.inference.config import InferenceConfig
 from services.inference.drift import DriftSettings
 from services.inference.health import HealthBook
@@ -22,9 +20,6 @@ from services.inference.monitor import Monitor
 from services.inference.registry import ModelRegistry
 from services.inference.servicer import InferenceServicer
 from services.inference.watcher import RegistryWatcher, open_registry
-from services.kit.server import Registration
-
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
 class InferenceApp:
@@ -60,12 +55,6 @@ class InferenceApp:
         self.watcher = RegistryWatcher(self.registry, disk, c.registry_poll_seconds)
         await self.watcher.refresh()
         self.watcher.start()
-
-    def registration(self) -> Registration:
-        servicer = self.servicer
-        return Registration(
-            SERVICE_NAME, lambda s: pb_grpc.add_InferenceServiceServicer_to_server(servicer, s)
-        )
 
     async def close(self) -> None:
         if self.watcher is not None:

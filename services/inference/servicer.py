@@ -21,7 +21,6 @@ background run), which never blocks the request.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from typing import Any
 
@@ -40,6 +39,7 @@ from services.inference.monitor import Monitor
 from services.inference.registry import LoadedModel, ModelRegistry, Serving
 from services.kit.auth import Policy, Role
 from services.kit.errors import InvalidArgument
+from services.kit.paging import decode_offset, encode_offset, page_size
 from services.kit.tensors import DTYPE_ENUM, tensor_to_array
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ PREDICTIONS = Counter(
     ["model", "version"],
 )
 
-_SVC = "/roost.inference.v1.InferenceService/"
+SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"]
+_SVC = f"/{SERVICE.full_name}/"
 POLICY: Policy = {
     _SVC + "Predict": frozenset({Role.HUB, Role.UPDATE, Role.PERSONALIZATION, Role.ADMIN}),
     _SVC + "PredictBatch": frozenset({Role.HUB, Role.UPDATE, Role.PERSONALIZATION, Role.ADMIN}),
@@ -66,7 +67,6 @@ STAGE_ENUM: dict[str, pb.RolloutStage.ValueType] = {
     "shadow": pb.ROLLOUT_STAGE_SHADOW,
     "ab": pb.ROLLOUT_STAGE_AB,
 }
-MAX_PAGE_SIZE = 100
 
 
 def model_ref(m: Manifest) -> common_pb2.ModelRef:
@@ -310,16 +310,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Any
     ) -> pb.ListModelsResponse:
-        size = request.page_size or MAX_PAGE_SIZE
-        if not 0 < size <= MAX_PAGE_SIZE:
-            raise InvalidArgument(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
-        start = _decode_offset(request.page_token)
+        size = page_size(request.page_size)
+        start = decode_offset(request.page_token)
         models = self._registry.all()
         page = models[start : start + size]
         nxt = start + size
         return pb.ListModelsResponse(
             models=[_model_info(lm) for lm in page],
-            next_page_token=_encode_offset(nxt) if nxt < len(models) else "",
+            next_page_token=encode_offset(nxt) if nxt < len(models) else "",
         )
 
 
@@ -362,24 +360,3 @@ def _model_info(lm: LoadedModel) -> pb.ModelInfo:
         loaded_at=loaded,
         feature_spec=m.feature_spec,
     )
-
-
-def _encode_offset(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o:{offset}".encode()).decode()
-
-
-def _decode_offset(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-        if not text.startswith("o:"):
-            raise ValueError(text)
-        offset = int(text[2:])
-    except ValueError:
-        raise InvalidArgument(
-            "page_token: invalid; pass back a next_page_token unchanged"
-        ) from None
-    if offset < 0:
-        raise InvalidArgument("page_token: invalid; pass back a next_page_token unchanged")
-    return offset

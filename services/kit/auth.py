@@ -2,13 +2,18 @@
 
 Every process holds a certificate from the hub's local CA whose subject common name
 is its role. Servers authorize each RPC by the caller's role (from the verified mTLS
-peer certificate) against a per-service policy.
+peer certificate) against a per-service policy. The methods a policy must cover come
+from the service's generated descriptor (:func:`service_policy`): a service whose
+``POLICY`` misses a method, or names one the service does not have, refuses to start.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
+from types import MappingProxyType
+
+from google.protobuf.descriptor import ServiceDescriptor
 
 
 class Role(StrEnum):
@@ -29,6 +34,33 @@ OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 Policy = Mapping[str, frozenset[Role]]
 """Full method name ('/pkg.Service/Method') -> roles allowed to call it."""
+
+
+class PolicyError(ValueError):
+    """A service's POLICY does not match its methods (the service refuses to start)."""
+
+
+def service_policy(service: ServiceDescriptor, policy: Policy) -> Policy:
+    """``policy`` for exactly the methods of ``service`` (from its generated descriptor).
+
+    Raises :class:`PolicyError` naming every method of the service that has no entry,
+    and every entry that names a method the service does not have.
+    """
+    prefix = f"/{service.full_name}/"
+    methods = [prefix + m.name for m in service.methods]
+    missing = [method_name(m) for m in methods if m not in policy]
+    if missing:
+        raise PolicyError(
+            f"{service.full_name}: POLICY has no entry for {', '.join(missing)}"
+            " (every RPC must name the roles allowed to call it)"
+        )
+    unknown = sorted(set(policy) - set(methods))
+    if unknown:
+        raise PolicyError(
+            f"{service.full_name}: POLICY names {', '.join(unknown)},"
+            " which the service does not have"
+        )
+    return MappingProxyType({m: policy[m] for m in methods})
 
 
 def role_from_common_name(common_name: str) -> Role | None:

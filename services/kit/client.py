@@ -1,4 +1,6 @@
-"""Client channels to Roost services: mTLS with the caller's role identity."""
+"""The one channel factory for calls to Roost services: mTLS with the caller's role
+identity, the server verified as its role. Services open channels to their peers with
+:func:`services.kit.peers.peer_channel`; the CLI uses :func:`sync_channel`."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ exception is a bug: it is logged with a reference and the caller gets a sanitize
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import uuid
@@ -155,7 +156,12 @@ class KitInterceptor(aio.ServerInterceptor):
 
     def _wrap_stream(
         self, full: str, behavior: Callable[[Any, Any], AsyncIterator[Any]]
-    ) -> Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+    ) -> Callable[[Any, aio.ServicerContext[Any, Any]], Any]:
+        if not inspect.isasyncgenfunction(behavior):
+            # A streaming handler that sends with ``context.write()`` (e.g. Health.Watch)
+            # is a coroutine, not an async generator: wrap it like a unary one.
+            return self._wrap_unary(full, behavior)  # type: ignore[arg-type]
+
         async def handle(
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:

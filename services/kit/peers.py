@@ -1,4 +1,8 @@
-"""Calls to other Roost services: one translation of their errors into domain errors.
+"""Calls to other Roost services: the channel to a peer, and one translation of its
+errors into domain errors.
+
+:func:`peer_channel` opens the mTLS channel from this process's role to a peer service
+(through :mod:`services.kit.client`, the one channel factory, which the CLI also uses).
 
 A failed call to a peer is either **permanent** (the peer understood the request and
 refused it: ``INVALID_ARGUMENT``, ``NOT_FOUND``, ``FAILED_PRECONDITION``,
@@ -16,8 +20,14 @@ input the caller sent (e.g. a feature name next to a reading).
 
 from __future__ import annotations
 
-import grpc
+from pathlib import Path
 
+import grpc
+from grpc import aio
+
+from services.kit.auth import Role
+from services.kit.client import aio_channel
+from services.kit.config import ConfigError
 from services.kit.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -46,6 +56,14 @@ _PERMANENT: dict[grpc.StatusCode, type[RoostError]] = {
 _BACKPRESSURE: dict[grpc.StatusCode, type[RoostError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
+
+
+def peer_channel(target: str, *, certs_dir: Path, role: Role, peer: Role) -> aio.Channel:
+    """The mTLS channel from this process (``role``) to the ``peer`` service at ``target``
+    ('host:port', a config's ``<peer>_target``). The caller closes it."""
+    if not target:
+        raise ConfigError(f"no address configured for the {peer.value} service")
+    return aio_channel(target, certs_dir=certs_dir, role=role, server_role=peer)
 
 
 def status_of(e: grpc.RpcError) -> grpc.StatusCode:

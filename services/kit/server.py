@@ -3,44 +3,76 @@
 ``RoostServer`` binds an mTLS port (the role's certificate, client certificates
 required and verified against the hub CA), sets message limits and keepalive,
 serves the standard health service (NOT_SERVING as soon as shutdown begins) and
-reflection, and routes every RPC through :class:`KitInterceptor`. ``run_service``
-is the ``main()`` of a service process: logging, /metrics, ready file, SIGTERM.
+reflection, and routes every RPC through :class:`KitInterceptor`, whose policy is
+the union of the registrations' policies, each checked against its service's
+descriptor. The process around it (start, SIGTERM, close) is
+:class:`services.kit.app.App`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
-import os
-import signal
-import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
-from services.kit.auth import Policy, Role
+from services.kit.auth import Policy, PolicyError, Role, service_policy
 from services.kit.certs import load_identity
 from services.kit.config import ServiceConfig
-from services.kit.files import write_atomic
 from services.kit.interceptors import KitInterceptor
 
 log = logging.getLogger(__name__)
 
+S = TypeVar("S")
+
 
 @dataclass(frozen=True)
 class Registration:
-    """One gRPC service to mount: its full name and how to add its servicer."""
+    """One gRPC service to mount: its descriptor (``<pb2>.DESCRIPTOR.services_by_name``),
+    how to add its servicer, and its POLICY. The policy is checked against the
+    descriptor's methods when the registration is made (:func:`service_policy`)."""
 
-    full_name: str
+    service: ServiceDescriptor
     add: Callable[[aio.Server], None]
+    policy: Policy
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", service_policy(self.service, self.policy))
+
+    @classmethod
+    def of(
+        cls,
+        service: ServiceDescriptor,
+        servicer: S,
+        add_to_server: Callable[[S, aio.Server], None],
+        policy: Policy,
+    ) -> Registration:
+        """``servicer`` mounted with its generated ``add_<Service>Servicer_to_server``."""
+        return cls(service, functools.partial(add_to_server, servicer), policy)
+
+    @property
+    def full_name(self) -> str:
+        return self.service.full_name
+
+
+def server_policy(registrations: Sequence[Registration]) -> Policy:
+    """The policy of a server: the union of its registrations' (checked) policies."""
+    policy: dict[str, frozenset[Role]] = {}
+    names: set[str] = set()
+    for reg in registrations:
+        if reg.full_name in names:
+            raise PolicyError(f"{reg.full_name}: registered twice")
+        names.add(reg.full_name)
+        policy.update(reg.policy)
+    return policy
 
 
 def channel_options(config: ServiceConfig) -> list[tuple[str, Any]]:
@@ -60,14 +92,13 @@ class RoostServer:
         config: ServiceConfig,
         role: Role,
         registrations: Sequence[Registration],
-        policy: Policy,
     ) -> None:
         self.config = config
         self.role = role
         self._registrations = registrations
         self._health = health.aio.HealthServicer()
         self._server = aio.server(
-            interceptors=[KitInterceptor(role.value, policy)],
+            interceptors=[KitInterceptor(role.value, server_policy(registrations))],
             options=channel_options(config),
             maximum_concurrent_rpcs=None,
         )
@@ -75,6 +106,7 @@ class RoostServer:
         self.health_port = 0
         # Health only, no TLS, no other service: for kubelet probes (config.health_port).
         self._health_server: aio.Server | None = None
+        self._started = False
         self._stopping = False
 
     async def start(self) -> int:
@@ -101,6 +133,7 @@ class RoostServer:
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {address}")
         await self._server.start()
+        self._started = True
         if self.config.health_port:
             self._health_server = aio.server()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
@@ -115,69 +148,15 @@ class RoostServer:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING first, then drain in-flight RPCs for ``grace``."""
+        """Graceful stop: NOT_SERVING first, then drain in-flight RPCs for ``grace``.
+        Safe to call more than once, and on a server whose start failed."""
         if self._stopping:
             return
         self._stopping = True
         await self._health.enter_graceful_shutdown()
-        if self.config.drain_delay_seconds > 0:
+        if self._started and self.config.drain_delay_seconds > 0:
             await asyncio.sleep(self.config.drain_delay_seconds)
         await self._server.stop(self.config.grace_seconds if grace is None else grace)
         if self._health_server is not None:
             await self._health_server.stop(0)
         log.info("%s stopped", self.role.value)
-
-    async def wait(self) -> None:
-        await self._server.wait_for_termination()
-
-
-def configure_process(level: str) -> None:
-    """Process-wide settings of every Roost process: logging and GIL hand-off.
-
-    gRPC's completion-queue poller, onnxruntime and SQLite run in threads beside the
-    event loop; with CPython's default 5 ms switch interval, a finished RPC can wait
-    that long for the GIL. 0.5 ms keeps hand-offs well under a millisecond.
-    """
-    sys.setswitchinterval(0.0005)
-    configure_logging(level)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
-def write_ready_file(path: Path, **info: Any) -> None:
-    write_atomic(path, json.dumps({"pid": os.getpid(), **info}).encode())
-
-
-def start_metrics(config: ServiceConfig) -> int:
-    """Serve Prometheus /metrics; returns the bound port."""
-    httpd, _thread = start_http_server(config.metrics_port, addr=config.metrics_host)
-    return int(httpd.server_port)
-
-
-async def run_service(
-    config: ServiceConfig,
-    role: Role,
-    build: Callable[[], Awaitable[tuple[Sequence[Registration], Policy]]],
-    on_stop: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Run one service until SIGTERM/SIGINT, then stop gracefully."""
-    metrics_port = start_metrics(config)
-    registrations, policy = await build()
-    server = RoostServer(config, role, registrations, policy)
-    port = await server.start()
-    if config.ready_file is not None:
-        write_ready_file(config.ready_file, port=port, metrics_port=metrics_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("%s: shutdown requested", role.value)
-    await server.stop()
-    if on_stop is not None:
-        await on_stop()

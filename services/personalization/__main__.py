@@ -10,9 +10,8 @@ runs in a child process per job (``services.personalization.worker``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -23,12 +22,11 @@ from roost.personalization.v1 import personalization_service_pb2 as pb
 from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
 from roost.update.v1 import update_service_pb2 as update_pb
 from roost.update.v1 import update_service_pb2_grpc as update_grpc
-from services.kit.auth import Policy, Role
+from services.kit.app import App
+from services.kit.auth import Role
 from services.kit.certs import LOCAL_CANDIDATE_KEY
-from services.kit.client import aio_channel
 from services.kit.config import load_config
-from services.kit.errors import FailedPrecondition, Unavailable
-from services.kit.server import Registration, configure_process, run_service
+from services.kit.peers import peer_error
 from services.modelstore.registry import Registry
 from services.personalization.config import PersonalizationConfig
 from services.personalization.jobs import EXAMPLES, JobManager, JobTable, Stager
@@ -57,11 +55,8 @@ def update_stager(stub: update_grpc.UpdateServiceAsyncStub) -> Stager:
         try:
             resp = await stub.Stage(request, timeout=STAGE_DEADLINE_SECONDS)
         except grpc.aio.AioRpcError as e:
-            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise Unavailable(f"update service unreachable ({e.code().name})") from None
-            raise FailedPrecondition(
-                f"the update service refused it ({e.code().name}: {e.details()})"
-            ) from None
+            # The update service's reasons name fields of the bundle we built, no values.
+            raise peer_error(e, "update", "Stage", echo_details=True) from None
         ref = resp.staged.model
         return ref.name, ref.version, ref.sha256
 
@@ -88,51 +83,26 @@ async def run_retention(
         await asyncio.sleep(interval_seconds)
 
 
-def main() -> None:
-    config = load_config(PersonalizationConfig, "personalization")
-    # Opacus adds a handler to the root logger when it is imported, which would turn the
-    # kit's logging.basicConfig into a no-op (and the level into WARNING): drop it first.
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    configure_process(config.log_level)
-    background: list[asyncio.Task[None]] = []
-    closers: list[object] = []
-    manager: JobManager | None = None
-
-    async def build() -> tuple[Sequence[Registration], Policy]:
-        nonlocal manager
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        store = await asyncio.to_thread(ExampleStore.open, config.data_dir / "examples.db")
-        policy = BudgetPolicy(
-            epsilon=config.epsilon_per_period,
-            delta=config.delta,
-            period_days=config.period_days,
-            accountant="prv" if config.accountant == "prv" else "rdp",
-        )
-        ledger = await asyncio.to_thread(PrivacyLedger.open, config.data_dir / "ledger.db", policy)
-        job_table = await asyncio.to_thread(JobTable, config.data_dir / "jobs.db")
-        closers.extend([store, ledger, job_table])
-        audit_channel = aio_channel(
-            config.audit_target,
-            certs_dir=config.certs_dir,
-            role=Role.PERSONALIZATION,
-            server_role=Role.AUDIT,
-        )
-        update_channel = aio_channel(
-            config.update_target,
-            certs_dir=config.certs_dir,
-            role=Role.PERSONALIZATION,
-            server_role=Role.UPDATE,
-        )
-        inference_channel = aio_channel(
-            config.inference_target,
-            certs_dir=config.certs_dir,
-            role=Role.PERSONALIZATION,
-            server_role=Role.INFERENCE,
-        )
-        closers.extend([audit_channel, update_channel, inference_channel])
-        manager = JobManager(
+async def setup(config: PersonalizationConfig, app: App) -> None:
+    """The example store, the ledger, the job table, the channels to audit, update and
+    inference, the job manager and the retention job, and the servicer."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = app.closing(await asyncio.to_thread(ExampleStore.open, config.data_dir / "examples.db"))
+    policy = BudgetPolicy(
+        epsilon=config.epsilon_per_period,
+        delta=config.delta,
+        period_days=config.period_days,
+        accountant="prv" if config.accountant == "prv" else "rdp",
+    )
+    ledger = app.closing(
+        await asyncio.to_thread(PrivacyLedger.open, config.data_dir / "ledger.db", policy)
+    )
+    job_table = app.closing(await asyncio.to_thread(JobTable, config.data_dir / "jobs.db"))
+    audit_channel = app.peer(Role.AUDIT, config.audit_target)
+    update_channel = app.peer(Role.UPDATE, config.update_target)
+    inference_channel = app.peer(Role.INFERENCE, config.inference_target)
+    manager = app.closing(
+        JobManager(
             config,
             store=store,
             ledger=ledger,
@@ -141,10 +111,17 @@ def main() -> None:
             stage=update_stager(update_grpc.UpdateServiceStub(update_channel)),
             signing_key_path=config.certs_dir / LOCAL_CANDIDATE_KEY,
         )
-        interrupted = await manager.recover()
-        if interrupted:
-            logger.warning("%d job(s) interrupted by a restart marked failed", len(interrupted))
-        servicer = PersonalizationServicer(
+    )
+    interrupted = await manager.recover()
+    if interrupted:
+        logger.warning("%d job(s) interrupted by a restart marked failed", len(interrupted))
+    app.background(
+        run_retention(store, manager, config.retention_days, config.retention_interval_seconds),
+        name="personalization-retention",
+    )
+    app.register(
+        pb.DESCRIPTOR.services_by_name["PersonalizationService"],
+        PersonalizationServicer(
             manager=manager,
             store=store,
             ledger=ledger,
@@ -156,34 +133,15 @@ def main() -> None:
             predict=inference_predictor(
                 inf_grpc.InferenceServiceStub(inference_channel), config.peer_deadline_seconds
             ),
-        )
-        background.append(
-            asyncio.create_task(
-                run_retention(
-                    store, manager, config.retention_days, config.retention_interval_seconds
-                ),
-                name="personalization-retention",
-            )
-        )
-        name = pb.DESCRIPTOR.services_by_name["PersonalizationService"].full_name
-        reg = Registration(
-            name, lambda s: pb_grpc.add_PersonalizationServiceServicer_to_server(servicer, s)
-        )
-        return [reg], POLICY
+        ),
+        pb_grpc.add_PersonalizationServiceServicer_to_server,
+        POLICY,
+    )
 
-    async def on_stop() -> None:
-        for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if manager is not None:
-            await manager.close()
-        for closer in closers:
-            result = closer.close()  # type: ignore[attr-defined]
-            if asyncio.iscoroutine(result):
-                await result
 
-    asyncio.run(run_service(config, Role.PERSONALIZATION, build, on_stop))
+def main() -> None:
+    config = load_config(PersonalizationConfig, "personalization")
+    App(config, Role.PERSONALIZATION, functools.partial(setup, config)).run()
 
 
 if __name__ == "__main__":

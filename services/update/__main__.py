@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-from collections.abc import Sequence
 
 from models.manifest import shipped_models_dir
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from roost.update.v1 import update_service_pb2 as pb
 from roost.update.v1 import update_service_pb2_grpc as pb_grpc
-from services.kit.auth import Policy, Role
+from services.kit.app import App
+from services.kit.auth import Role
 from services.kit.certs import LOCAL_CANDIDATE_PUB
-from services.kit.client import aio_channel
 from services.kit.config import load_config
-from services.kit.server import Registration, configure_process, run_service
 from services.modelstore import local_key
 from services.modelstore.registry import Registry
 from services.update.config import UpdateConfig
@@ -43,94 +41,69 @@ def make_updater(config: UpdateConfig) -> ModelUpdater | None:
     )
 
 
+async def setup(config: UpdateConfig, app: App) -> None:
+    """The registry (bootstrapped with the shipped models if configured), the channels
+    to audit, inference and personalization, the servicer and its health gate."""
+    registry = Registry(config.registry_root)
+    if config.bootstrap_shipped:
+        done = await asyncio.to_thread(registry.bootstrap, shipped_models_dir())
+        if done:
+            logger.info("registry bootstrapped with the shipped models: %s", done)
+    audit_channel = app.peer(Role.AUDIT, config.audit_target)
+    inference_channel = app.peer(Role.INFERENCE, config.inference_target)
+    feedback: PersonalizationFeedback | None = None
+    if config.personalization_target:
+        feedback = PersonalizationFeedback(
+            app.peer(Role.PERSONALIZATION, config.personalization_target),
+            refresh_seconds=config.feedback_check_seconds,
+        )
+    else:
+        logger.info("no personalization service configured: the health gate has no labels")
+    public_path = config.certs_dir / LOCAL_CANDIDATE_PUB
+    public = local_key.load_public(public_path) if public_path.is_file() else None
+    servicer = UpdateServicer(
+        registry,
+        Trail(
+            audit_grpc.AuditServiceStub(audit_channel),
+            config.hub_id,
+            config.audit_deadline_seconds,
+        ),
+        updater=await asyncio.to_thread(make_updater, config),
+        status=InferenceStatus(inference_channel),
+        local_public_key=public,
+        max_bundle_bytes=config.max_bundle_bytes,
+        health_policy=HealthPolicy(
+            min_compared=config.min_compared,
+            max_error_rate_increase=config.max_error_rate_increase,
+            max_p99_ratio=config.max_p99_ratio,
+            min_agreement=config.min_agreement,
+            min_feedback=config.min_feedback,
+            max_feedback_accuracy_drop=config.max_feedback_accuracy_drop,
+        ),
+        feedback=feedback,
+        schedule=RolloutSchedule(
+            enabled=config.auto_advance,
+            shadow_seconds=config.shadow_minutes * 60,
+            ab_share=config.ab_share,
+            ab_seconds=config.ab_minutes * 60,
+        ),
+    )
+    if config.auto_rollback:
+        app.background(
+            run_health_gate(servicer.check_health, config.health_check_seconds),
+            name="update-health-gate",
+        )
+    app.register(
+        pb.DESCRIPTOR.services_by_name["UpdateService"],
+        servicer,
+        pb_grpc.add_UpdateServiceServicer_to_server,
+        POLICY,
+    )
+
+
 def main() -> None:
     config = load_config(UpdateConfig, "update")
-    configure_process(config.log_level)
-    background: list[asyncio.Task[None]] = []
-    channels: list[object] = []
-
-    async def build() -> tuple[Sequence[Registration], Policy]:
-        registry = Registry(config.registry_root)
-        if config.bootstrap_shipped:
-            done = await asyncio.to_thread(registry.bootstrap, shipped_models_dir())
-            if done:
-                logger.info("registry bootstrapped with the shipped models: %s", done)
-        audit_channel = aio_channel(
-            config.audit_target,
-            certs_dir=config.certs_dir,
-            role=Role.UPDATE,
-            server_role=Role.AUDIT,
-        )
-        inference_channel = aio_channel(
-            config.inference_target,
-            certs_dir=config.certs_dir,
-            role=Role.UPDATE,
-            server_role=Role.INFERENCE,
-        )
-        channels.extend([audit_channel, inference_channel])
-        feedback: PersonalizationFeedback | None = None
-        if config.personalization_target:
-            personalization_channel = aio_channel(
-                config.personalization_target,
-                certs_dir=config.certs_dir,
-                role=Role.UPDATE,
-                server_role=Role.PERSONALIZATION,
-            )
-            channels.append(personalization_channel)
-            feedback = PersonalizationFeedback(
-                personalization_channel, refresh_seconds=config.feedback_check_seconds
-            )
-        else:
-            logger.info("no personalization service configured: the health gate has no labels")
-        public_path = config.certs_dir / LOCAL_CANDIDATE_PUB
-        public = local_key.load_public(public_path) if public_path.is_file() else None
-        servicer = UpdateServicer(
-            registry,
-            Trail(
-                audit_grpc.AuditServiceStub(audit_channel),
-                config.hub_id,
-                config.audit_deadline_seconds,
-            ),
-            updater=await asyncio.to_thread(make_updater, config),
-            status=InferenceStatus(inference_channel),
-            local_public_key=public,
-            max_bundle_bytes=config.max_bundle_bytes,
-            health_policy=HealthPolicy(
-                min_compared=config.min_compared,
-                max_error_rate_increase=config.max_error_rate_increase,
-                max_p99_ratio=config.max_p99_ratio,
-                min_agreement=config.min_agreement,
-                min_feedback=config.min_feedback,
-                max_feedback_accuracy_drop=config.max_feedback_accuracy_drop,
-            ),
-            feedback=feedback,
-            schedule=RolloutSchedule(
-                enabled=config.auto_advance,
-                shadow_seconds=config.shadow_minutes * 60,
-                ab_share=config.ab_share,
-                ab_seconds=config.ab_minutes * 60,
-            ),
-        )
-        if config.auto_rollback:
-            background.append(
-                asyncio.create_task(
-                    run_health_gate(servicer.check_health, config.health_check_seconds),
-                    name="update-health-gate",
-                )
-            )
-        name = pb.DESCRIPTOR.services_by_name["UpdateService"].full_name
-        reg = Registration(name, lambda s: pb_grpc.add_UpdateServiceServicer_to_server(servicer, s))
-        return [reg], POLICY
-
-    async def on_stop() -> None:
-        for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for channel in channels:
-            await channel.close()  # type: ignore[attr-defined]
-
-    asyncio.run(run_service(config, Role.UPDATE, build, on_stop))
+    App(config, Role.UPDATE, functools.partial(setup, config)).run()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The service kit over real gRPC with mTLS, in-process: auth, error mapping, metrics,
-health and reflection, graceful stop."""
+health and reflection, graceful stop. The servicer under test is the inference one."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as pb
 from roost.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.inference.registry import LoadedModel, ModelRegistry
-from services.inference.servicer import POLICY, InferenceServicer
-from services.kit.auth import Role
+from services.inference.servicer import POLICY, SERVICE, InferenceServicer
+from services.kit.auth import PolicyError, Role
 from services.kit.certs import ensure_certs
 from services.kit.client import aio_channel
 from services.kit.config import ServiceConfig
@@ -43,8 +43,11 @@ async def start(tmp_path: Path, registry: ModelRegistry, **cfg: Any) -> RoostSer
     server = RoostServer(
         ServiceConfig(port=0, certs_dir=certs, **cfg),
         Role.INFERENCE,
-        [Registration(NAME, lambda s: pb_grpc.add_InferenceServiceServicer_to_server(servicer, s))],
-        POLICY,
+        [
+            Registration.of(
+                SERVICE, servicer, pb_grpc.add_InferenceServiceServicer_to_server, POLICY
+            )
+        ],
     )
     await server.start()
     return server
@@ -72,12 +75,28 @@ def tensor(values: list[float]) -> common_pb2.Tensor:
 
 
 async def eventually_handled(method: str, code: str, expected: float) -> None:
-    """The server records a call just after its status is sent; allow it a moment."""
-    for _ in range(100):
+    """The server records a call just after its status is sent: poll, with a deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while loop.time() < deadline:
         if handled(method, code) == expected:
             return
         await asyncio.sleep(0.01)
     assert handled(method, code) == expected
+
+
+async def stop_while_watching(
+    server: RoostServer, health: health_pb2_grpc.HealthStub
+) -> tuple[asyncio.Task[None], list[int]]:
+    """Start a graceful stop; returns it (still draining) and the statuses the health
+    Watch stream reported up to NOT_SERVING."""
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=NAME))
+    seen = [(await watch.read()).status]
+    stopping = asyncio.create_task(server.stop())
+    while seen[-1] != health_pb2.HealthCheckResponse.NOT_SERVING:
+        seen.append((await watch.read()).status)
+    watch.cancel()
+    return stopping, seen
 
 
 def handled(method: str, code: str) -> float:
@@ -252,10 +271,12 @@ async def test_health_reflection_and_graceful_stop(tmp_path: Path) -> None:
     assert NAME in names
     assert "grpc.health.v1.Health" in names
 
-    stopping = asyncio.create_task(server.stop())
-    await asyncio.sleep(0.3)
+    # NOT_SERVING as soon as the stop begins, while it drains (1 s) before refusing RPCs.
+    stopping, seen = await stop_while_watching(server, health)
+    assert seen[0] == health_pb2.HealthCheckResponse.SERVING
     during = await health.Check(health_pb2.HealthCheckRequest(service=NAME), timeout=5)
     assert during.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert not stopping.done()
     await stopping
     await channel.close()
     registry.close()
@@ -283,8 +304,8 @@ async def test_plaintext_health_port_serves_only_health(tmp_path: Path) -> None:
         await health_pb2_grpc.HealthStub(
             grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         ).Check(health_pb2.HealthCheckRequest(), timeout=2)
-    stopping = asyncio.create_task(server.stop())
-    await asyncio.sleep(0.2)
+    stopping, seen = await stop_while_watching(server, health)
+    assert seen[0] == health_pb2.HealthCheckResponse.SERVING
     during = await health.Check(health_pb2.HealthCheckRequest(service=NAME), timeout=5)
     assert during.status == health_pb2.HealthCheckResponse.NOT_SERVING
     await stopping
@@ -318,3 +339,19 @@ async def test_predict_batch_explains_each_prediction_like_explain(
             pb.PredictBatchRequest(model_name="linear", inputs=inputs, explain_top_k=-1)
         )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_policy_must_cover_exactly_the_service_methods(tmp_path: Path) -> None:
+    registry = ModelRegistry()
+    servicer = InferenceServicer(registry, max_batch=8)
+    add = pb_grpc.add_InferenceServiceServicer_to_server
+    missing = {k: v for k, v in POLICY.items() if not k.endswith("/Explain")}
+    with pytest.raises(PolicyError, match="no entry for Explain"):
+        Registration.of(SERVICE, servicer, add, missing)
+    extra = {**POLICY, f"/{NAME}/Retrain": frozenset({Role.ADMIN})}
+    with pytest.raises(PolicyError, match=f"/{NAME}/Retrain, which the service does not have"):
+        Registration.of(SERVICE, servicer, add, extra)
+    reg = Registration.of(SERVICE, servicer, add, POLICY)
+    with pytest.raises(PolicyError, match="registered twice"):
+        RoostServer(ServiceConfig(certs_dir=tmp_path), Role.INFERENCE, [reg, reg])
+    registry.close()
