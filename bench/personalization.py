@@ -68,7 +68,8 @@ def child(mode: str, days: int) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from models.manifest import shipped_models_dir
-    from services.personalization.finetune import base_model, dp_finetune
+    from services.personalization.finetune import dp_finetune
+    from services.personalization.onnx_roundtrip import base_model
 
     x, y = synth_rows(days)
     base = base_model("occupancy", shipped_models_dir() / "occupancy" / "occupancy.onnx")

@@ -248,7 +248,7 @@ def occupancy_setup(seed: int, console: Console) -> Setup:
     from models.datasets import load_occupancy
     from models.occupancy.data import build_features
     from models.occupancy.train import _class_weights
-    from services.personalization.finetune import base_model
+    from services.personalization.onnx_roundtrip import base_model
 
     path = shipped_models_dir() / "occupancy" / "occupancy.onnx"
     base = base_model("occupancy", path)
@@ -667,8 +667,10 @@ min-max; dashed: the base model). Bottom: the same metric on the base task
 
 DOC_INTRO = """## What is done
 
-`services/personalization/finetune.py` is the library the personalization service
-calls (the only torch/opacus importer outside `models/`):
+`services/personalization/finetune.py` (DP-SGD) and
+`services/personalization/onnx_roundtrip.py` (the shipped ONNX models as torch modules
+and back) are the library the personalization service calls (the only torch code
+outside `models/`):
 
 - `base_model(task, onnx_path)` rebuilds the shipped OccupancyNet/RoutineNet and
   `load_from_onnx` copies every parameter and buffer from the ONNX initializers (the
@@ -699,7 +701,7 @@ privacy, k correlated rows are protected only at about k·ε (a day is 1,440 row
 What protects the household as a whole is that data and model stay on the hub; DP
 limits what a shared or exported candidate leaks about individual moments.
 
-Empirical check (tests/unit/test_dp_finetune.py, fixed seeds): a loss-threshold
+Empirical check (tests/unit/personalization/test_dp_finetune.py, fixed seeds): a loss-threshold
 membership-inference attack on 32 mislabelled canaries (16 trained on) reaches AUC
 0.51 at ε = 1 (the DP bound is e/(1+e) = 0.73) against 0.97 without DP on the same
 data.

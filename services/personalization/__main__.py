@@ -14,53 +14,31 @@ import functools
 import logging
 from datetime import UTC, datetime, timedelta
 
-import grpc
-
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
 from roost.personalization.v1 import personalization_service_pb2 as pb
 from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
-from roost.update.v1 import update_service_pb2 as update_pb
 from roost.update.v1 import update_service_pb2_grpc as update_grpc
 from services.kit.app import App
 from services.kit.auth import Role
 from services.kit.certs import LOCAL_CANDIDATE_KEY
 from services.kit.config import load_config
-from services.kit.peers import peer_error
 from services.modelstore.registry import Registry
 from services.personalization.config import PersonalizationConfig
-from services.personalization.jobs import EXAMPLES, JobManager, JobTable, Stager
-from services.personalization.ledger import BudgetPolicy, PrivacyLedger
-from services.personalization.servicer import (
-    POLICY,
-    PersonalizationServicer,
+from services.personalization.job_manager import JobManager
+from services.personalization.job_table import JobTable
+from services.personalization.ledger import PrivacyLedger
+from services.personalization.ledger_records import BudgetPolicy
+from services.personalization.metrics import EXAMPLES
+from services.personalization.peer_calls import (
     audit_decisions,
     inference_predictor,
+    update_stager,
 )
+from services.personalization.servicer import POLICY, PersonalizationServicer
 from services.personalization.store import ExampleStore
 
 logger = logging.getLogger("services.personalization")
-
-#: Staging unpacks and verifies a bundle: allow it time.
-STAGE_DEADLINE_SECONDS = 60.0
-
-
-def update_stager(stub: update_grpc.UpdateServiceAsyncStub) -> Stager:
-    """Stages a signed local candidate with the update service (never activates it)."""
-
-    async def stage(model: str, bundle: bytes, signature: bytes) -> tuple[str, str, str]:
-        request = update_pb.StageRequest(
-            model_name=model, local_bundle=bundle, local_signature=signature
-        )
-        try:
-            resp = await stub.Stage(request, timeout=STAGE_DEADLINE_SECONDS)
-        except grpc.aio.AioRpcError as e:
-            # The update service's reasons name fields of the bundle we built, no values.
-            raise peer_error(e, "update", "Stage", echo_details=True) from None
-        ref = resp.staged.model
-        return ref.name, ref.version, ref.sha256
-
-    return stage
 
 
 async def run_retention(

@@ -31,28 +31,11 @@ reservation if it never touched the data. A job that crashes leaves its reservat
 charged at the full reserved steps: conservative, since the ledger cannot know how far it
 got. Nothing is ever deleted: ``history`` shows every mechanism with its status.
 
-**Accounting.** A "dp_sgd" mechanism is the Poisson-subsampled Gaussian mechanism
-``(noise_multiplier, sample_rate, steps)``; a "gaussian" one (e.g. a noised model delta
-released once) is the same with ``sample_rate=1`` and ``steps=1``. ``epsilon`` at the
-policy's ``delta`` is what Opacus computes for the composed history:
-
-* ``"rdp"`` (default): exactly Opacus' :class:`~opacus.accountants.RDPAccountant`
-  (``compute_rdp`` summed over the history at ``RDPAccountant.DEFAULT_ALPHAS``, then
-  ``get_privacy_spent``). The per-step RDP curve of each mechanism is a pure function of
-  ``(noise_multiplier, sample_rate)``; it is stored with the row (and memoized in-process),
-  so composing ~100 mechanisms is a vector sum (about a millisecond) instead of ~1 s of
-  series evaluation. The DB stays the only source of truth: nothing about *what* was
-  charged is cached.
-* ``"prv"``: Opacus' :class:`~opacus.accountants.PRVAccountant` (tighter, numerical; the
-  history is merged by ``(noise_multiplier, sample_rate)`` as Opacus itself does). Its cost
-  grows with the number of distinct mechanisms times a grid that grows with the total steps
-  and the epsilon (a long or extreme history can take minutes and terabytes). When the
-  estimated work exceeds ``MAX_PRV_WORK`` the ledger uses the RDP bound instead, which is
-  always a valid, looser upper bound, and says so (``accountant="rdp"`` in the results).
-
-Opacus failures for extreme parameters become :class:`InvalidArgument`; a history whose
-epsilon is infinite is refused. Opacus may warn (``UserWarning``: optimal RDP order at the
-edge of the alpha range); the bound is still valid, so the warning is left alone.
+**Accounting.** The composition is :mod:`services.personalization.accounting`: exactly
+Opacus' RDP accountant (the default) or its PRV accountant, which falls back to the RDP
+bound when it would be too costly. Each row stores its mechanism's per-step RDP curve, so
+composing a period's history is a vector sum. A history whose epsilon is infinite is
+refused.
 
 **Concurrency.** One SQLite connection per :class:`PrivacyLedger`, guarded by a lock, so an
 instance may be shared by threads; separate processes open their own instance. Every
@@ -63,56 +46,45 @@ schema is versioned with ``PRAGMA user_version``.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import math
 import re
 import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal
-
-import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant  # type: ignore[import-untyped]
-from opacus.accountants.analysis import rdp as rdp_analysis  # type: ignore[import-untyped]
+from typing import Any, Final
 
 from services.kit import sqlite as kit_sqlite
+from services.kit.clock import from_us, to_us
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.personalization.accounting import (
+    ORDERS_DIGEST,
+    Charge,
+    compose,
+    stored_rdp,
+    unit_rdp,
+)
+from services.personalization.ledger_records import (
+    BudgetPolicy,
+    BudgetReport,
+    LedgerEntry,
+    Mechanism,
+    Reservation,
+    aware_utc,
+    integer,
+)
 
 logger = logging.getLogger(__name__)
 
-MechanismKind = Literal["dp_sgd", "gaussian"]
-AccountantName = Literal["rdp", "prv"]
-Status = Literal["reserved", "committed", "released"]
-
-#: Periods are counted from this instant (see the module docstring).
-EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-#: Sanity bound on the steps of one mechanism.
-MAX_STEPS: Final = 10_000_000
-#: Estimated PRV work (distinct mechanisms x grid points) above which the RDP bound is used
-#: instead (~1 s of CPU at this size on a hub-class core).
-MAX_PRV_WORK: Final = 2_000_000
-#: Opacus' default PRV precision (``eps_error``), used for the work estimate.
-_PRV_EPS_ERROR: Final = 0.01
-
 _SCOPE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*")
 _MAX_NAME_CHARS: Final = 200
-_KINDS: Final = ("dp_sgd", "gaussian")
-_ACCOUNTANTS: Final = ("rdp", "prv")
-
-# The RDP orders of Opacus' RDPAccountant; the stored per-step curves are tagged with a
-# digest of them so that a different Opacus version recomputes instead of misreading.
-_ORDERS: Final[list[float]] = list(RDPAccountant.DEFAULT_ALPHAS)
-_ORDERS_DIGEST: Final = hashlib.sha256(np.asarray(_ORDERS, dtype="<f8").tobytes()).hexdigest()[:16]
 
 _MIGRATIONS: Final[tuple[tuple[kit_sqlite.Step, ...], ...]] = (
     (
         # steps_charged: what counts now (steps while reserved, steps_done once
-        # committed, 0 once released). rdp: per-step RDP curve at _ORDERS (float64 LE).
+        # committed, 0 once released). rdp: per-step RDP curve at accounting.ORDERS (float64 LE).
         """CREATE TABLE charges (
             id TEXT PRIMARY KEY,
             job_id TEXT NOT NULL UNIQUE,
@@ -153,262 +125,8 @@ _SELECT: Final = (
 )
 
 
-# --------------------------------------------------------------------------- values
-
-
-def _number(field: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidArgument(f"{field}: must be a number")
-    result = float(value)
-    if not math.isfinite(result):
-        raise InvalidArgument(f"{field}: must be finite")
-    return result
-
-
-def _integer(field: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgument(f"{field}: must be an integer")
-    return value
-
-
-@dataclass(frozen=True)
-class Mechanism:
-    """One differentially private use of a scope's data.
-
-    ``dp_sgd``: ``steps`` Poisson-subsampled Gaussian steps (``sample_rate`` in (0, 1]).
-    ``gaussian``: one release with Gaussian noise (``sample_rate`` 1, ``steps`` 1).
-    ``noise_multiplier`` is the noise std over the L2 sensitivity (clipping norm).
-    """
-
-    kind: MechanismKind
-    noise_multiplier: float
-    sample_rate: float = 1.0
-    steps: int = 1
-
-    def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise InvalidArgument(f"mechanism.kind: must be one of {', '.join(_KINDS)}")
-        noise = _number("mechanism.noise_multiplier", self.noise_multiplier)
-        if noise <= 0:
-            raise InvalidArgument("mechanism.noise_multiplier: must be > 0")
-        rate = _number("mechanism.sample_rate", self.sample_rate)
-        if not 0 < rate <= 1:
-            raise InvalidArgument("mechanism.sample_rate: must be in (0, 1]")
-        steps = _integer("mechanism.steps", self.steps)
-        if not 1 <= steps <= MAX_STEPS:
-            raise InvalidArgument(f"mechanism.steps: must be in [1, {MAX_STEPS}]")
-        if self.kind == "gaussian" and (rate != 1.0 or steps != 1):
-            raise InvalidArgument(
-                "mechanism.sample_rate/steps: a gaussian mechanism is one release"
-                " (sample_rate 1, steps 1); use dp_sgd for subsampled steps"
-            )
-        object.__setattr__(self, "noise_multiplier", noise)
-        object.__setattr__(self, "sample_rate", rate)
-
-    @classmethod
-    def dp_sgd(cls, *, noise_multiplier: float, sample_rate: float, steps: int) -> Mechanism:
-        return cls("dp_sgd", noise_multiplier, sample_rate, steps)
-
-    @classmethod
-    def gaussian(cls, *, noise_multiplier: float) -> Mechanism:
-        return cls("gaussian", noise_multiplier)
-
-
-@dataclass(frozen=True)
-class BudgetPolicy:
-    """``epsilon`` at ``delta`` per fixed UTC period of ``period_days`` (from EPOCH)."""
-
-    epsilon: float
-    delta: float
-    period_days: int = 30
-    accountant: AccountantName = "rdp"
-
-    def __post_init__(self) -> None:
-        epsilon = _number("policy.epsilon", self.epsilon)
-        if epsilon <= 0:
-            raise InvalidArgument("policy.epsilon: must be > 0")
-        delta = _number("policy.delta", self.delta)
-        if not 0 < delta < 1:
-            raise InvalidArgument("policy.delta: must be in (0, 1)")
-        if _integer("policy.period_days", self.period_days) < 1:
-            raise InvalidArgument("policy.period_days: must be >= 1")
-        if self.accountant not in _ACCOUNTANTS:
-            raise InvalidArgument(f"policy.accountant: must be one of {', '.join(_ACCOUNTANTS)}")
-        object.__setattr__(self, "epsilon", epsilon)
-        object.__setattr__(self, "delta", delta)
-
-    def period_bounds(self, now: datetime) -> tuple[datetime, datetime]:
-        """The period ``[start, end)`` containing ``now`` (an aware datetime)."""
-        length = timedelta(days=self.period_days)
-        start = EPOCH + length * ((_utc(now) - EPOCH) // length)
-        return start, start + length
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """A mechanism charged to a scope (as returned by :meth:`PrivacyLedger.reserve`)."""
-
-    id: str
-    job_id: str
-    scope: str
-    mechanism: Mechanism
-    #: The scope's composed epsilon in the period right after this reservation.
-    epsilon_after: float
-    epsilon_budget: float
-    delta: float
-    #: The accountant that computed ``epsilon_after`` ("rdp" also when PRV fell back).
-    accountant: AccountantName
-    reserved_at: datetime
-    period_start: datetime
-    period_end: datetime
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One row of a scope's history, for auditing."""
-
-    id: str
-    job_id: str
-    scope: str
-    mechanism: Mechanism
-    status: Status
-    #: Steps reported by commit (None unless committed).
-    steps_done: int | None
-    #: Steps that count against the budget now.
-    steps_charged: int
-    reserved_at: datetime
-    #: When it was committed or released (None while reserved).
-    settled_at: datetime | None
-    period_start: datetime
-    period_end: datetime
-    epsilon_after: float
-    epsilon_budget: float
-    delta: float
-    accountant: AccountantName
-
-
-@dataclass(frozen=True)
-class BudgetReport:
-    scope: str
-    epsilon_spent: float
-    epsilon_budget: float
-    delta: float
-    epsilon_remaining: float
-    period_start: datetime
-    period_end: datetime
-    #: Mechanisms that currently count in this period (reserved or committed with steps).
-    mechanisms: int
-    accountant: AccountantName
-
-
-# --------------------------------------------------------------------------- accounting
-
-
-@dataclass(frozen=True)
-class _Charge:
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    rdp: np.ndarray[Any, np.dtype[np.float64]]
-
-
-@functools.lru_cache(maxsize=4096)
-def _unit_rdp_cached(noise_multiplier: float, sample_rate: float) -> bytes:
-    try:
-        curve = rdp_analysis.compute_rdp(
-            q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=_ORDERS
-        )
-    except (ValueError, ArithmeticError) as e:
-        raise InvalidArgument(
-            f"mechanism: Opacus cannot compute the RDP of this mechanism ({e})"
-        ) from e
-    return np.asarray(curve, dtype="<f8").tobytes()
-
-
-def _unit_rdp(noise_multiplier: float, sample_rate: float) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Per-step RDP of the subsampled Gaussian at Opacus' default orders (memoized)."""
-    return np.frombuffer(_unit_rdp_cached(noise_multiplier, sample_rate), dtype="<f8")
-
-
-def _rdp_epsilon(charges: Sequence[_Charge], delta: float) -> float:
-    # Same arithmetic as RDPAccountant.get_privacy_spent: sum of per-mechanism curves.
-    rdp = sum([c.rdp * c.steps for c in charges])
-    eps, _ = rdp_analysis.get_privacy_spent(orders=_ORDERS, rdp=rdp, delta=delta)
-    return float(eps)
-
-
-def _merged(charges: Sequence[_Charge]) -> list[tuple[float, float, int]]:
-    steps: dict[tuple[float, float], int] = {}
-    for c in charges:
-        key = (c.noise_multiplier, c.sample_rate)
-        steps[key] = steps.get(key, 0) + c.steps
-    return [(noise, rate, n) for (noise, rate), n in sorted(steps.items())]
-
-
-def _prv_work(
-    charges: Sequence[_Charge], history: Sequence[tuple[float, float, int]], delta: float
-) -> float:
-    """Estimated distinct PRVs x grid points of Opacus' PRV discretization."""
-    delta_error = delta / 1000
-    total_steps = sum(n for _, _, n in history)
-    half_width = _rdp_epsilon(charges, delta_error / 4) + 3
-    mesh = _PRV_EPS_ERROR / math.sqrt(total_steps * math.log(12 / delta_error) / 2)
-    return len(history) * 2 * half_width / mesh
-
-
-def _compose(
-    charges: Sequence[_Charge], *, delta: float, accountant: AccountantName
-) -> tuple[float, AccountantName]:
-    """Epsilon at ``delta`` of the composed charges, and the accountant that computed it."""
-    charges = [c for c in charges if c.steps > 0]
-    if not charges:
-        return 0.0, accountant
-    try:
-        if accountant == "prv":
-            history = _merged(charges)
-            work = _prv_work(charges, history, delta)
-            if math.isfinite(work) and work <= MAX_PRV_WORK:
-                prv = PRVAccountant()
-                prv.history = history
-                eps = float(prv.get_epsilon(delta=delta))
-                used: AccountantName = "prv"
-            else:
-                logger.info("PRV accounting too costly (~%.3g); using the RDP bound", work)
-                eps, used = _rdp_epsilon(charges, delta), "rdp"
-        else:
-            eps, used = _rdp_epsilon(charges, delta), "rdp"
-    except (ValueError, RuntimeError, ArithmeticError, MemoryError) as e:
-        raise InvalidArgument(
-            f"mechanism: the {accountant} accountant cannot compute epsilon for this history"
-            f" ({type(e).__name__}: {e}); use less extreme parameters"
-            + ("" if accountant == "rdp" else " or the rdp accountant")
-        ) from e
-    if math.isnan(eps):
-        raise InvalidArgument(f"mechanism: the {accountant} accountant returned no epsilon")
-    return eps, used
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _utc(now: datetime) -> datetime:
-    if not isinstance(now, datetime):
-        raise InvalidArgument("now: must be a datetime")
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise InvalidArgument("now: must be timezone-aware")
-    return now.astimezone(UTC)
-
-
 def _now(now: datetime | None) -> datetime:
-    return datetime.now(UTC) if now is None else _utc(now)
-
-
-def _to_us(t: datetime) -> int:
-    return (t - EPOCH) // timedelta(microseconds=1)
-
-
-def _from_us(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
+    return datetime.now(UTC) if now is None else aware_utc(now)
 
 
 def _name(field: str, value: object, *, scope: bool = False) -> str:
@@ -444,10 +162,10 @@ def _entry(row: Sequence[Any]) -> LedgerEntry:
         status=row[7],
         steps_done=row[8],
         steps_charged=int(row[9]),
-        reserved_at=_from_us(row[10]),
-        settled_at=None if row[11] is None else _from_us(row[11]),
-        period_start=_from_us(row[12]),
-        period_end=_from_us(row[13]),
+        reserved_at=from_us(row[10]),
+        settled_at=None if row[11] is None else from_us(row[11]),
+        period_start=from_us(row[12]),
+        period_end=from_us(row[13]),
         accountant=row[14],
         delta=float(row[15]),
         epsilon_budget=float(row[16]),
@@ -549,11 +267,11 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
         at = _now(now)
         start, end = policy.period_bounds(at)
         # The new curve is computed before taking the write lock.
-        new = _Charge(
+        new = Charge(
             mechanism.noise_multiplier,
             mechanism.sample_rate,
             mechanism.steps,
-            _unit_rdp(mechanism.noise_multiplier, mechanism.sample_rate),
+            unit_rdp(mechanism.noise_multiplier, mechanism.sample_rate),
         )
         with self._transaction("IMMEDIATE") as conn:
             row = conn.execute(_SELECT + " WHERE job_id = ?", (job_id,))
@@ -567,7 +285,7 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
                     )
                 return _reservation(entry)
             charged = self._charges(conn, scope, start, end)
-            eps_after, used = _compose(
+            eps_after, used = compose(
                 [*charged, new], delta=policy.delta, accountant=policy.accountant
             )
             if not math.isfinite(eps_after):
@@ -576,7 +294,7 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
                     " raise noise_multiplier"
                 )
             if eps_after > policy.epsilon:
-                eps_before, _ = _compose(charged, delta=policy.delta, accountant=policy.accountant)
+                eps_before, _ = compose(charged, delta=policy.delta, accountant=policy.accountant)
                 logger.info(
                     "privacy budget refused: scope=%s job=%s epsilon %.4f -> %.4f > %.4g",
                     scope,
@@ -622,15 +340,15 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
                     mechanism.sample_rate,
                     mechanism.steps,
                     mechanism.steps,
-                    _to_us(at),
-                    _to_us(start),
-                    _to_us(end),
+                    to_us(at),
+                    to_us(start),
+                    to_us(end),
                     used,
                     policy.delta,
                     policy.epsilon,
                     eps_after,
                     new.rdp.tobytes(),
-                    _ORDERS_DIGEST,
+                    ORDERS_DIGEST,
                 ),
             )
         logger.info(
@@ -651,7 +369,7 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
         commit, or a commit after a release, is FailedPrecondition.
         """
         reservation_id = _name("reservation_id", reservation_id)
-        steps_done = _integer("steps_done", steps_done)
+        steps_done = integer("steps_done", steps_done)
         at = _now(now)
         with self._transaction("IMMEDIATE") as conn:
             entry = self._get(conn, reservation_id)
@@ -671,7 +389,7 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
             conn.execute(
                 "UPDATE charges SET status = 'committed', steps_done = ?, steps_charged = ?,"
                 " settled_at_us = ? WHERE id = ?",
-                (steps_done, steps_done, _to_us(at), reservation_id),
+                (steps_done, steps_done, to_us(at), reservation_id),
             )
             return self._get(conn, reservation_id)
 
@@ -695,7 +413,7 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
             conn.execute(
                 "UPDATE charges SET status = 'released', steps_charged = 0, settled_at_us = ?"
                 " WHERE id = ?",
-                (_to_us(at), reservation_id),
+                (to_us(at), reservation_id),
             )
             return self._get(conn, reservation_id)
 
@@ -705,7 +423,7 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
         start, end = policy.period_bounds(_now(now))
         with self._transaction("DEFERRED") as conn:
             charged = self._charges(conn, scope, start, end)
-        spent, used = _compose(charged, delta=policy.delta, accountant=policy.accountant)
+        spent, used = compose(charged, delta=policy.delta, accountant=policy.accountant)
         return BudgetReport(
             scope=scope,
             epsilon_spent=spent,
@@ -740,18 +458,15 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
     @staticmethod
     def _charges(
         conn: sqlite3.Connection, scope: str, start: datetime, end: datetime
-    ) -> list[_Charge]:
+    ) -> list[Charge]:
         rows = conn.execute(
             "SELECT noise_multiplier, sample_rate, steps_charged, rdp, rdp_orders"
             " FROM charges WHERE scope = ? AND reserved_at_us >= ? AND reserved_at_us < ?"
             " AND steps_charged > 0 ORDER BY reserved_at_us, rowid",
-            (scope, _to_us(start), _to_us(end)),
+            (scope, to_us(start), to_us(end)),
         ).fetchall()
         charges = []
         for noise, rate, steps, blob, digest in rows:
-            if digest == _ORDERS_DIGEST and len(blob) == 8 * len(_ORDERS):
-                curve = np.frombuffer(blob, dtype="<f8")
-            else:
-                curve = _unit_rdp(float(noise), float(rate))
-            charges.append(_Charge(float(noise), float(rate), int(steps), curve))
+            curve = stored_rdp(bytes(blob), str(digest), float(noise), float(rate))
+            charges.append(Charge(float(noise), float(rate), int(steps), curve))
         return charges

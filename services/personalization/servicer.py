@@ -16,7 +16,7 @@ Privacy reasoning of the API:
   got right: no input, label or prediction leaves the service. It is for the update
   service's health gate (and admins and auditors, who can read the same gate).
 * ``StartTraining`` charges the household's privacy budget before any training (see
-  ``services.personalization.jobs``); the budget and every charge are readable by the
+  ``services.personalization.job_manager``); the budget and every charge are readable by the
   household's roles and auditors (``GetPrivacyBudget``, ``ListLedgerEntries``).
 """
 
@@ -24,32 +24,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-import grpc
 import numpy as np
-import numpy.typing as npt
-from prometheus_client import Counter
 
-from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.common.v1 import common_pb2
-from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.personalization.v1 import personalization_service_pb2 as pb
 from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
+from services.kit import paging
 from services.kit.auth import Policy, Role
-from services.kit.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-    Unimplemented,
-)
-from services.kit.tensors import array_to_tensor, tensor_to_array
-from services.personalization import jobs
-from services.personalization.jobs import EXAMPLES, JobManager, JobRecord, JobTable
-from services.personalization.ledger import LedgerEntry, PrivacyLedger
+from services.kit.errors import FailedPrecondition, InvalidArgument, Unavailable, Unimplemented
+from services.kit.tensors import tensor_to_array
+from services.personalization.accounting import mechanism_epsilon
+from services.personalization.job_manager import SCOPE, SUPPORTED, JobManager
+from services.personalization.job_table import JobRecord, JobTable
+from services.personalization.ledger import PrivacyLedger
+from services.personalization.ledger_records import LedgerEntry
+from services.personalization.metrics import EPSILON_SPENT, EVALUATIONS, EXAMPLES
+from services.personalization.peer_calls import DecisionSource, Predictor
 from services.personalization.store import ExampleStore, NewExample, Source
 
 logger = logging.getLogger(__name__)
@@ -91,67 +84,6 @@ MAX_EVALUATED_EXAMPLES: Final = 5000
 #: ... of at most this many versions, sending inference this many inputs per call.
 MAX_EVALUATED_VERSIONS: Final = 4
 EVALUATE_CHUNK: Final = 256
-
-EVALUATIONS = Counter(
-    "roost_personalization_evaluations_total",
-    "Model versions scored against the stored labels (EvaluateVersions).",
-    ["model"],
-)
-
-DecisionSource = Callable[[str], Awaitable[audit_pb.LogEntry]]
-"""``decision_id -> LogEntry`` from the audit log (NotFound if it is not there)."""
-
-
-Predictor = Callable[[str, str, npt.NDArray[np.float32]], Awaitable[list[str]]]
-"""``(model, exact version, inputs [n, *shape]) -> the predicted label of each input``,
-from the inference service's PredictBatch."""
-
-
-def inference_predictor(stub: Any, deadline_seconds: float) -> Predictor:
-    """A :data:`Predictor` over the inference service's PredictBatch (exact versions)."""
-
-    async def predict(model: str, version: str, x: npt.NDArray[np.float32]) -> list[str]:
-        request = inf_pb.PredictBatchRequest(
-            model_name=model, version=version, inputs=[array_to_tensor(row) for row in x]
-        )
-        try:
-            resp = await stub.PredictBatch(request, timeout=deadline_seconds)
-        except grpc.aio.AioRpcError as e:
-            # Inference's details are not echoed: they could quote an input.
-            code = e.code()
-            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
-                raise FailedPrecondition(
-                    f"versions: inference does not serve {model} {version} (only the active"
-                    " version and a candidate in shadow or A/B are)"
-                ) from None
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise FailedPrecondition(
-                    f"versions: {model} {version} does not take the stored inputs"
-                ) from None
-            raise Unavailable(f"inference service: PredictBatch failed ({code.name})") from None
-        return [p.label for p in resp.predictions]
-
-    return predict
-
-
-def audit_decisions(stub: Any, deadline_seconds: float) -> DecisionSource:
-    """A :data:`DecisionSource` over the audit service's GetDecision."""
-
-    async def get(decision_id: str) -> audit_pb.LogEntry:
-        try:
-            resp = await stub.GetDecision(
-                audit_pb.GetDecisionRequest(decision_id=decision_id), timeout=deadline_seconds
-            )
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(f"decision_id: {decision_id!r} is not in the audit log") from None
-            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument(f"decision_id: {e.details()}") from None
-            raise Unavailable(f"audit service: GetDecision failed ({e.code().name})") from None
-        entry: audit_pb.LogEntry = resp.entry
-        return entry
-
-    return get
 
 
 class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
@@ -272,7 +204,7 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
                 raise InvalidArgument("since: not a valid timestamp") from None
         if self._predict is None:
             raise FailedPrecondition("EvaluateVersions: the inference service is not connected")
-        if model not in jobs.SUPPORTED:
+        if model not in SUPPORTED:
             # No label of a model this service cannot personalize is ever stored.
             return pb.EvaluateVersionsResponse(
                 results=[pb.VersionAccuracy(version=v, accuracy=0.0, count=0) for v in versions]
@@ -329,10 +261,10 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         return pb.GetJobResponse(job=job_pb(rec))
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
-        start = jobs.next_page(request.page_token)
-        size = jobs.page_size(request.page_size)
+        start = paging.decode_offset(request.page_token)
+        size = paging.page_size(request.page_size)
         recs, more = await asyncio.to_thread(self._jobs.page, start, size)
-        token = str(start + size) if more else ""
+        token = paging.encode_offset(start + size) if more else ""
         return pb.ListJobsResponse(jobs=[job_pb(r) for r in recs], next_page_token=token)
 
     # ------------------------------------------------------------------ the ledger
@@ -340,7 +272,7 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
     async def GetPrivacyBudget(
         self, request: pb.GetPrivacyBudgetRequest, context: Any
     ) -> pb.GetPrivacyBudgetResponse:
-        scope = request.scope or jobs.SCOPE
+        scope = request.scope or SCOPE
         report = await asyncio.to_thread(self._ledger.report, scope)
         budget = pb.PrivacyBudget(
             scope=scope,
@@ -350,22 +282,24 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         )
         budget.period_start.FromDatetime(report.period_start)
         budget.period_end.FromDatetime(report.period_end)
-        if scope == jobs.SCOPE:
-            jobs.EPSILON_SPENT.labels(scope).set(report.epsilon_spent)
+        if scope == SCOPE:
+            EPSILON_SPENT.labels(scope).set(report.epsilon_spent)
         return pb.GetPrivacyBudgetResponse(budget=budget)
 
     async def ListLedgerEntries(
         self, request: pb.ListLedgerEntriesRequest, context: Any
     ) -> pb.ListLedgerEntriesResponse:
-        scope = request.scope or jobs.SCOPE
-        start = jobs.next_page(request.page_token)
-        size = jobs.page_size(request.page_size)
+        scope = request.scope or SCOPE
+        # The token is bound to the scope: a page of one scope cannot continue another.
+        start = paging.decode_offset(request.page_token, (scope,))
+        size = paging.page_size(request.page_size)
         history = await asyncio.to_thread(self._ledger.history, scope)
         newest = list(reversed(history))
         page = newest[start : start + size]
         policy = self._ledger.policy_for(scope)
         entries = [await asyncio.to_thread(_entry_pb, e, policy.accountant) for e in page]
-        token = str(start + size) if start + size < len(newest) else ""
+        more = start + size < len(newest)
+        token = paging.encode_offset(start + size, (scope,)) if more else ""
         return pb.ListLedgerEntriesResponse(entries=entries, next_page_token=token)
 
     async def ComputeFederatedUpdate(
@@ -406,7 +340,7 @@ def _entry_pb(entry: LedgerEntry, accountant: str) -> pb.LedgerEntry:
         sample_rate=m.sample_rate,
         steps=entry.steps_charged,
         # This mechanism alone, for the steps that count now (0 once released).
-        epsilon=jobs.mechanism_epsilon(
+        epsilon=mechanism_epsilon(
             m.noise_multiplier, m.sample_rate, entry.steps_charged, entry.delta, accountant
         ),
         delta=entry.delta,

@@ -30,7 +30,7 @@ import secrets
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal
 
@@ -38,13 +38,13 @@ import numpy as np
 import numpy.typing as npt
 
 from services.kit import sqlite as kit_sqlite
+from services.kit.clock import to_us
 from services.kit.errors import InvalidArgument, Unavailable
 
 logger = logging.getLogger(__name__)
 
 Source = Literal["feedback", "override", "sensor", "import"]
 SOURCES: Final[tuple[str, ...]] = ("feedback", "override", "sensor", "import")
-EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_LABEL_CHARS: Final = 200
 _MAX_SQL_INT: Final = 2**63 - 1
 
@@ -98,10 +98,6 @@ class Snapshot:
     max_seq: int
 
 
-def _to_us(t: datetime) -> int:
-    return (t - EPOCH) // timedelta(microseconds=1)
-
-
 def _utc(t: datetime) -> datetime:
     if t.tzinfo is None or t.utcoffset() is None:
         raise InvalidArgument("observed_at: must be timezone-aware")
@@ -150,7 +146,7 @@ class ExampleStore(kit_sqlite.SharedConnection):
             json.dumps(list(arr.shape)).encode(),
             arr.tobytes(),
             example.label.encode(),
-            str(_to_us(_utc(example.observed_at))).encode(),
+            str(to_us(_utc(example.observed_at))).encode(),
         ):
             mac.update(len(part).to_bytes(8, "big"))
             mac.update(part)
@@ -168,7 +164,7 @@ class ExampleStore(kit_sqlite.SharedConnection):
         """
         if not model:
             raise InvalidArgument("model_name: required")
-        added_at = _to_us(datetime.now(UTC) if now is None else _utc(now))
+        added_at = to_us(datetime.now(UTC) if now is None else _utc(now))
         rows = []
         for i, ex in enumerate(examples):
             if ex.source not in SOURCES:
@@ -186,7 +182,7 @@ class ExampleStore(kit_sqlite.SharedConnection):
                     json.dumps(list(arr.shape)),
                     ex.label,
                     ex.source,
-                    _to_us(_utc(ex.observed_at)),
+                    to_us(_utc(ex.observed_at)),
                     added_at,
                 )
             )
@@ -207,7 +203,7 @@ class ExampleStore(kit_sqlite.SharedConnection):
         """Deletes every example observed before ``before``; returns how many."""
         with self._transaction("IMMEDIATE") as conn:
             cur = conn.execute(
-                "DELETE FROM examples WHERE observed_at_us < ?", (_to_us(_utc(before)),)
+                "DELETE FROM examples WHERE observed_at_us < ?", (to_us(_utc(before)),)
             )
             n = cur.rowcount
         if n:
@@ -266,7 +262,7 @@ class ExampleStore(kit_sqlite.SharedConnection):
         params = (
             model,
             _MAX_SQL_INT if max_seq is None else max_seq,
-            -_MAX_SQL_INT if since is None else _to_us(_utc(since)),
+            -_MAX_SQL_INT if since is None else to_us(_utc(since)),
         )
         with self._transaction("DEFERRED") as conn:
             for blob, row_shape, label, source in conn.execute(query, params):

@@ -147,10 +147,9 @@ def run(spec: JobSpec, conn: Connection) -> None:
 
         torch.set_num_threads(1)
         from services.personalization import public  # noqa: PLC0415
-        from services.personalization.finetune import (  # noqa: PLC0415
-            DEFAULTS,
+        from services.personalization.finetune import DEFAULTS, dp_finetune  # noqa: PLC0415
+        from services.personalization.onnx_roundtrip import (  # noqa: PLC0415
             base_model,
-            dp_finetune,
             export_candidate,
         )
         from services.personalization.store import ExampleStore  # noqa: PLC0415

@@ -4,31 +4,21 @@ the since/sources filters, chunking, the newest-rows cap and the refusals."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from models.manifest import shipped_models_dir
-from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.personalization.v1 import personalization_service_pb2 as pb
 from services.kit.auth import Role
 from services.kit.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.modelstore.registry import Registry
 from services.personalization import servicer as servicer_mod
-from services.personalization.config import PersonalizationConfig
-from services.personalization.jobs import JobManager, JobTable
-from services.personalization.ledger import BudgetPolicy, PrivacyLedger
-from services.personalization.servicer import (
-    POLICY,
-    PersonalizationServicer,
-    inference_predictor,
-)
+from services.personalization.job_manager import JobManager
+from services.personalization.job_table import JobTable
+from services.personalization.ledger import PrivacyLedger
+from services.personalization.servicer import POLICY, PersonalizationServicer
 from services.personalization.store import ExampleStore, NewExample, Source
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -72,46 +62,23 @@ class Fixture:
 
 
 @pytest.fixture
-async def fx(tmp_path: Path) -> AsyncIterator[Fixture]:
-    registry = Registry(tmp_path / "models")
-    registry.bootstrap(shipped_models_dir())
-    config = PersonalizationConfig(data_dir=tmp_path / "data")
-    store = ExampleStore.open(config.data_dir / "examples.db")
-    ledger = PrivacyLedger.open(
-        config.data_dir / "ledger.db", BudgetPolicy(epsilon=4.0, delta=1e-5, accountant="prv")
-    )
-    table = JobTable(config.data_dir / "jobs.db")
-
-    async def stage(model: str, bundle: bytes, signature: bytes) -> tuple[str, str, str]:
-        raise AssertionError("no staging here")
-
+def fx(
+    manager: JobManager, store: ExampleStore, ledger: PrivacyLedger, job_table: JobTable
+) -> Fixture:
     async def decisions(decision_id: str) -> object:
         raise AssertionError("no decisions here")
 
-    manager = JobManager(
-        config,
-        store=store,
-        ledger=ledger,
-        jobs=table,
-        registry=registry,
-        stage=stage,
-        signing_key_path=tmp_path / "absent.pem",
-    )
     inference = FakeInference()
     servicer = PersonalizationServicer(
         manager=manager,
         store=store,
         ledger=ledger,
-        job_table=table,
+        job_table=job_table,
         decisions=decisions,  # type: ignore[arg-type]
         max_examples_per_request=100,
         predict=inference,
     )
-    yield Fixture(servicer, store, inference)
-    await manager.close()
-    table.close()
-    ledger.close()
-    store.close()
+    return Fixture(servicer, store, inference)
 
 
 def add(store: ExampleStore, labels: list[bool], source: Source, minutes: int = 0) -> None:
@@ -247,40 +214,3 @@ async def test_without_inference_it_is_a_failed_precondition(fx: Fixture) -> Non
 def test_only_update_admin_and_auditor_may_evaluate() -> None:
     allowed = POLICY["/roost.personalization.v1.PersonalizationService/EvaluateVersions"]
     assert allowed == frozenset({Role.UPDATE, Role.ADMIN, Role.AUDITOR})
-
-
-class FakeStub:
-    def __init__(self, error: grpc.StatusCode | None = None) -> None:
-        self.error = error
-        self.requests: list[inf_pb.PredictBatchRequest] = []
-
-    async def PredictBatch(
-        self, request: inf_pb.PredictBatchRequest, timeout: float
-    ) -> inf_pb.PredictBatchResponse:
-        self.requests.append(request)
-        if self.error is not None:
-            raise grpc.aio.AioRpcError(
-                self.error, grpc.aio.Metadata(), grpc.aio.Metadata(), details=f"x={SECRET}"
-            )
-        return inf_pb.PredictBatchResponse(
-            predictions=[inf_pb.Prediction(label="vacant") for _ in request.inputs]
-        )
-
-
-async def test_the_inference_adapter_asks_for_the_exact_version_and_echoes_no_details() -> None:
-    stub = FakeStub()
-    predict = inference_predictor(stub, 5.0)
-    x = np.stack([row(True, 0), row(False, 1)])
-    assert await predict("occupancy", "1.2.0", x) == ["vacant", "vacant"]
-    (request,) = stub.requests
-    assert (request.model_name, request.version, len(request.inputs)) == ("occupancy", "1.2.0", 2)
-    assert list(request.inputs[1].shape) == [6]
-    assert request.inputs[1].float_values[1] == pytest.approx(SECRET)
-    for code, error in (
-        (grpc.StatusCode.NOT_FOUND, FailedPrecondition),
-        (grpc.StatusCode.INVALID_ARGUMENT, FailedPrecondition),
-        (grpc.StatusCode.UNAVAILABLE, Unavailable),
-    ):
-        with pytest.raises(error) as e:
-            await inference_predictor(FakeStub(code), 5.0)("occupancy", "1.2.0", x)
-        assert "1234" not in str(e.value)

@@ -9,7 +9,6 @@ import multiprocessing
 import os
 import sqlite3
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,11 @@ import grpc
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant  # type: ignore[import-untyped]
 
+from services.kit.clock import EPOCH
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.personalization import ledger as ledger_mod
-from services.personalization.ledger import (
-    EPOCH,
-    SCHEMA_VERSION,
-    BudgetPolicy,
-    Mechanism,
-    PrivacyLedger,
-)
+from services.personalization import accounting
+from services.personalization.ledger import SCHEMA_VERSION, PrivacyLedger
+from services.personalization.ledger_records import BudgetPolicy, Mechanism
 
 DELTA = 1e-5
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -325,14 +320,22 @@ def test_prv_accountant_matches_opacus(db: Path) -> None:
     assert expected < opacus_rdp([*runs(2), (4.0, 1.0, 1)])
 
 
-def test_extreme_parameters_are_refused_quickly(db: Path) -> None:
+class _NoPrv:
+    """Stands in for Opacus' PRVAccountant where running it would be a bug."""
+
+    def get_epsilon(self, delta: float) -> float:
+        raise AssertionError("the PRV accountant ran")
+
+
+def test_extreme_parameters_are_refused_by_the_rdp_bound_without_prv(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # PRV would want terabytes here; the ledger uses the RDP bound and refuses.
+    monkeypatch.setattr(accounting, "PRVAccountant", _NoPrv)
     tiny_noise = Mechanism.dp_sgd(noise_multiplier=1e-4, sample_rate=0.5, steps=10)
     with PrivacyLedger.open(db, policy(10.0, accountant="prv")) as led:
-        start = time.perf_counter()
         with pytest.raises(FailedPrecondition, match="rdp accountant"):
             led.reserve(SCOPE, tiny_noise, job_id="x", now=NOW)
-        assert time.perf_counter() - start < 2.0
         assert led.history(SCOPE) == []
 
 
@@ -346,44 +349,6 @@ def test_idempotent_by_job_id(db: Path) -> None:
         with pytest.raises(InvalidArgument, match="job_id"):
             led.reserve("household", RUN, job_id="job", now=NOW)
         assert len(led.history(SCOPE)) == 1
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [
-        ({"kind": "laplace", "noise_multiplier": 1.0}, "mechanism.kind"),
-        ({"kind": "dp_sgd", "noise_multiplier": 0.0}, "mechanism.noise_multiplier"),
-        ({"kind": "dp_sgd", "noise_multiplier": -1.0}, "mechanism.noise_multiplier"),
-        ({"kind": "dp_sgd", "noise_multiplier": float("nan")}, "mechanism.noise_multiplier"),
-        ({"kind": "dp_sgd", "noise_multiplier": "1.0"}, "mechanism.noise_multiplier"),
-        ({"kind": "dp_sgd", "noise_multiplier": 1.0, "sample_rate": 0.0}, "mechanism.sample_rate"),
-        ({"kind": "dp_sgd", "noise_multiplier": 1.0, "sample_rate": 1.5}, "mechanism.sample_rate"),
-        ({"kind": "dp_sgd", "noise_multiplier": 1.0, "steps": 0}, "mechanism.steps"),
-        ({"kind": "dp_sgd", "noise_multiplier": 1.0, "steps": 2.0}, "mechanism.steps"),
-        ({"kind": "dp_sgd", "noise_multiplier": 1.0, "steps": True}, "mechanism.steps"),
-        ({"kind": "dp_sgd", "noise_multiplier": 1.0, "steps": 10**9}, "mechanism.steps"),
-        ({"kind": "gaussian", "noise_multiplier": 1.0, "steps": 2}, "mechanism.sample_rate/steps"),
-    ],
-)
-def test_invalid_mechanisms(kwargs: dict[str, Any], field: str) -> None:
-    with pytest.raises(InvalidArgument, match=field.replace(".", r"\.")) as exc:
-        Mechanism(**kwargs)
-    assert exc.value.code == grpc.StatusCode.INVALID_ARGUMENT
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [
-        ({"epsilon": 0.0, "delta": 1e-5}, "policy.epsilon"),
-        ({"epsilon": 1.0, "delta": 0.0}, "policy.delta"),
-        ({"epsilon": 1.0, "delta": 1.0}, "policy.delta"),
-        ({"epsilon": 1.0, "delta": 1e-5, "period_days": 0}, "policy.period_days"),
-        ({"epsilon": 1.0, "delta": 1e-5, "accountant": "gdp"}, "policy.accountant"),
-    ],
-)
-def test_invalid_policies(kwargs: dict[str, Any], field: str) -> None:
-    with pytest.raises(InvalidArgument, match=field.replace(".", r"\.")):
-        BudgetPolicy(**kwargs)
 
 
 def test_invalid_arguments_and_unknown_ids(db: Path) -> None:
@@ -409,7 +374,11 @@ def test_invalid_arguments_and_unknown_ids(db: Path) -> None:
         assert led.history(SCOPE) == []
 
 
-def test_accounting_100_mechanisms_is_fast(db: Path) -> None:
+def test_100_mechanisms_compose_from_their_stored_curves(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Composing is a vector sum of the curves in the DB: no RDP series is evaluated
+    again, even in a fresh process (how long that takes is measured by ``make bench``)."""
     # 100 mechanisms from 10 (noise, rate) configurations, all with different steps.
     configs = [(0.8 + 0.12 * c, 0.001 + 0.004 * c) for c in range(10)]
     mechs = [
@@ -419,20 +388,26 @@ def test_accounting_100_mechanisms_is_fast(db: Path) -> None:
     with PrivacyLedger.open(db, policy(1e6)) as led:
         for i, m in enumerate(mechs):
             led.reserve(SCOPE, m, job_id=f"m{i}", now=NOW)
+    merged: dict[tuple[float, float], int] = {}
+    for m in mechs:
+        key = (m.noise_multiplier, m.sample_rate)
+        merged[key] = merged.get(key, 0) + m.steps
+    direct = opacus_rdp([(noise, rate, n) for (noise, rate), n in merged.items()])
     # As in a fresh process: nothing memoized, only what the DB holds.
-    ledger_mod._unit_rdp_cached.cache_clear()
+    accounting._unit_rdp_cached.cache_clear()
+    computed: list[tuple[float, float]] = []
+    compute_rdp = accounting.rdp_analysis.compute_rdp
+
+    def counting(*, q: float, noise_multiplier: float, steps: int, orders: Any) -> Any:
+        computed.append((noise_multiplier, q))
+        return compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=steps, orders=orders)
+
+    monkeypatch.setattr(accounting.rdp_analysis, "compute_rdp", counting)
     with PrivacyLedger.open(db, policy(1e6)) as led:
-        start = time.perf_counter()
         report = led.report(SCOPE, now=NOW)
-        elapsed = time.perf_counter() - start
         assert report.mechanisms == 100
-        assert elapsed < 0.25, elapsed
-        merged: dict[tuple[float, float], int] = {}
-        for m in mechs:
-            key = (m.noise_multiplier, m.sample_rate)
-            merged[key] = merged.get(key, 0) + m.steps
-        direct = opacus_rdp([(noise, rate, n) for (noise, rate), n in merged.items()])
+        assert computed == []
         assert report.epsilon_spent == pytest.approx(direct, rel=1e-9)
-        start = time.perf_counter()
+        # A new mechanism's curve is computed once, the 100 stored ones are not.
         led.reserve(SCOPE, RUN, job_id="101", now=NOW)
-        assert time.perf_counter() - start < 0.5
+        assert computed == [(RUN.noise_multiplier, RUN.sample_rate)]
