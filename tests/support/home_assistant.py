@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -109,7 +108,6 @@ class HomeAssistant(HaApi):
         self.extra_config = dict(extra_config or {})
         self.log_level = log_level
         self.process = HaProcess(self.config_dir)
-        self.timings: dict[str, float] = {}
 
     @property
     def log_path(self) -> Path:
@@ -117,25 +115,18 @@ class HomeAssistant(HaApi):
 
     def start(self, boot_timeout: float = 180) -> None:
         """Install (if needed), configure, boot, onboard, add MQTT, restart, assign areas."""
-        t0 = time.monotonic()
         self.venv = ensure_venv()
-        self.timings["venv"] = time.monotonic() - t0
         self.port = free_port()
         # mqtt_statestream fails its setup without an MQTT entry: leave it out of the 1st boot.
         self.write_config(statestream=False)
-        t1 = time.monotonic()
         self.process.spawn(self.venv)
         self._wait_http(boot_timeout, "/api/onboarding")
         onboard(self)
         self._wait_running(boot_timeout)
-        self.timings["first_boot"] = time.monotonic() - t1
         add_mqtt_entry(self, self.broker_port)
         self.write_config(statestream=True)
-        t2 = time.monotonic()
         self.restart(boot_timeout)
-        self.timings["restart"] = time.monotonic() - t2
         assign_areas(self, self.areas)
-        self.timings["start_total"] = time.monotonic() - t0
 
     def write_config(self, *, statestream: bool = True) -> None:
         """(Re)write configuration.yaml; it is JSON (JSON is YAML, .venv has no PyYAML)."""
