@@ -34,7 +34,7 @@ from rich.table import Table
 
 from bench.machine import machine_info
 from bench.report import markdown_table, percentile, write
-from cli.simulate import default_source
+from cli.household_stream import default_source
 from cli.stack import Stack
 from hub import mqtt
 from hub.topics import decisions_filter, reading_topic

@@ -3,7 +3,7 @@
     python scripts/ha_screenshot.py [--out docs/img/ha_dashboard.png] [--keep]
 
 1. starts Home Assistant 2025.4.4 with its own mosquitto through the integration-test
-   harness (``tests/integration/home_assistant.py``: HA's venv, onboarding, MQTT entry,
+   harness (``tests/support/home_assistant.py``: HA's venv, onboarding, MQTT entry,
    areas), with template sensors (temperature, humidity, illuminance, CO2) in the Kitchen
    and the Living Room, then marks the onboarding steps the harness skips as done and
    restarts it (otherwise the frontend shows the onboarding wizard);
@@ -40,13 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cli.stack import Stack, free_port  # noqa: E402
-from services.kit.auth import Role  # noqa: E402
-from tests.support.home_assistant import (  # noqa: E402
-    OWNER,
-    HomeAssistant,
-    room_sensors,
-    start_home_assistant,
-)
+from tests.support.ha_entities import room_sensors, set_room  # noqa: E402
+from tests.support.ha_onboarding import OWNER  # noqa: E402
+from tests.support.ha_roost import start_roost  # noqa: E402
+from tests.support.home_assistant import HomeAssistant, start_home_assistant  # noqa: E402
+from tests.support.waiting import WaitTimeout, wait_until  # noqa: E402
 
 HUB_ID = "home"
 ROOMS = {"kitchen": "Kitchen", "living_room": "Living Room"}
@@ -162,40 +160,7 @@ def finish_onboarding(ha: HomeAssistant) -> None:
     doc["data"]["done"] = sorted({*doc["data"]["done"], *ONBOARDING_STEPS})
     store.write_text(json.dumps(doc, indent=2))
     # Not ha.restart(): it waits for /api/onboarding, which an onboarded HA no longer serves.
-    ha._spawn()
-    ha._wait_running(180)
-
-
-def wait(what: str, predicate: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-def start_roost(ha: HomeAssistant, home: Path) -> Stack:
-    stack = Stack(home, hub_id=HUB_ID)
-    stack.broker_port = ha.broker_port
-    token = home / "ha-token"
-    token.write_text(ha.token)
-    stack.start_service(Role.AUDIT)
-    stack.start_service(Role.INFERENCE)
-    stack.start_service(Role.UPDATE)
-    stack.start_service(Role.PERSONALIZATION, timeout=90)
-    stack.start_hub(
-        {
-            "ROOST_HUB_HA_URL": ha.url,
-            "ROOST_HUB_HA_TOKEN_FILE": str(token),
-            "ROOST_HUB_HA_MAPPING": "auto",
-            "ROOST_HUB_STATESTREAM_BASE": ha.statestream_base,
-            "ROOST_HUB_HA_POLL_SECONDS": "1",
-            "ROOST_HUB_HA_ACTIONS": ACTIONS,
-        }
-    )
-    return stack
+    ha.boot(180)
 
 
 def auth_url(ha: HomeAssistant, path: str) -> str:
@@ -290,29 +255,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         finish_onboarding(ha)
         print(f"Home Assistant {ha.url} up in {time.monotonic() - t0:.0f} s")
-        stack = start_roost(ha, work / "roost")
+        stack = start_roost(
+            ha, work / "roost", hub_id=HUB_ID, actions=ACTIONS, personalization_timeout=90
+        )
         for room, values in READINGS.items():
-            for kind, value in values.items():
-                ha.call_service(
-                    "input_number",
-                    "set_value",
-                    {"entity_id": f"input_number.{room}_{kind}_raw", "value": value},
-                )
+            set_room(ha, room, values)
         for room in ROOMS:
-            wait(
-                f"the {room} decision in HA",
+            wait_until(
                 lambda r=room: (
                     (ha.state(f"binary_sensor.roost_hub_occupancy_{r}") or {})
                     .get("attributes", {})
                     .get("why")
                 ),
+                60,
+                f"the {room} decision in HA",
             )
-        wait(
-            "the privacy budget",
+        wait_until(
             lambda: (
                 (ha.state("sensor.roost_hub_privacy_budget_spent") or {}).get("state")
                 not in (None, "unavailable", "unknown")
             ),
+            60,
+            "the privacy budget",
         )
         devices = [
             d for d in ha.device_registry() if ["mqtt", f"roost_{HUB_ID}"] in d["identifiers"]
@@ -326,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             f"in {time.monotonic() - t0:.0f} s"
         )
         return 0 if ready else 1
+    except WaitTimeout as e:
+        raise SystemExit(str(e)) from None
     finally:
         if stack is not None:
             stack.stop()

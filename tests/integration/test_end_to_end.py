@@ -16,6 +16,7 @@ from roost.audit.v1 import audit_service_pb2 as audit_pb
 from services.audit.checkpoint import NoteVerifier, verify_checkpoint
 from services.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from services.kit.auth import Role
+from tests.support.metrics import metric
 from tests.support.mqtt_helpers import (
     DAY_TS,
     NIGHT_TS,
@@ -23,7 +24,6 @@ from tests.support.mqtt_helpers import (
     VACANT,
     audit_stub,
     collect_decisions,
-    hub_metric,
     publish,
     readings,
 )
@@ -94,16 +94,14 @@ async def test_bad_readings_are_counted_dropped_and_hub_keeps_deciding(stack: St
         "not_utf8": 1,
         "unknown_sensor": 1,
     }
-    before = {
-        r: hub_metric(stack, f'roost_hub_readings_dropped_total{{reason="{r}"}}') for r in names
-    }
+    before = {r: metric(stack, "roost_hub_readings_dropped_total", reason=r) for r in names}
     async with collect_decisions(stack) as decisions:
         await publish(stack, bad)
         await publish(stack, readings("lab", OCCUPIED, DAY_TS, "after-bad"))
         got = await decisions.wait_for(1)
     assert got[0]["area"] == "lab"
     for reason, n in names.items():
-        after = hub_metric(stack, f'roost_hub_readings_dropped_total{{reason="{reason}"}}')
+        after = metric(stack, "roost_hub_readings_dropped_total", reason=reason)
         assert after - before[reason] == n, reason
     assert stack.procs["hub"].alive()
 

@@ -12,34 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import shutil
-import sqlite3
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 
 from cli.main import main
 from cli.stack import Stack
-from cli.tuf_repo import ModelRepository
 from hub import mqtt
-from hub.topics import reading_topic
-from models.manifest import MANIFEST_FILE, shipped_models_dir
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from roost.update.v1 import update_service_pb2 as upd_pb
 from roost.update.v1 import update_service_pb2_grpc as upd_grpc
 from services.kit.auth import Role
-from services.kit.client import aio_channel
-from services.modelstore.bundle import pack_bundle
-from tests.support.home_assistant import HomeAssistant, room_sensors
-from tests.support.mqtt_helpers import audit_stub, collect_decisions, publish
+from tests.support.examples_store import stored_examples
+from tests.support.ha_entities import room_sensors, set_room
+from tests.support.ha_roost import start_roost
+from tests.support.home_assistant import HomeAssistant
+from tests.support.metrics import metric, scrape
+from tests.support.model_versions import tuf_repository_offering
+from tests.support.mqtt_helpers import audit_stub, collect_decisions, publish, readings
+from tests.support.stacks import service_channel
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.home_assistant, pytest.mark.timeout(900)]
 
@@ -84,16 +80,6 @@ NEW_VERSION = "1.1.0"  # offered by the module's TUF repository
 EPSILON_LIMIT = 3.0  # the personalization service's budget per period
 
 
-def occupancy_version(tmp: Path, version: str) -> Path:
-    """The shipped occupancy model under another version (same weights)."""
-    dst = tmp / f"occupancy-{version}"
-    shutil.copytree(shipped_models_dir() / "occupancy", dst)
-    raw = json.loads((dst / MANIFEST_FILE).read_text())
-    raw["version"] = version
-    (dst / MANIFEST_FILE).write_text(json.dumps(raw))
-    return dst
-
-
 @pytest.fixture(scope="module")
 def roost(
     ha_env: tuple[Stack, HomeAssistant], tmp_path_factory: pytest.TempPathFactory
@@ -102,87 +88,20 @@ def roost(
     personalization and the hub, on HA's broker."""
     _, ha = ha_env
     home = tmp_path_factory.mktemp("roost")
-    repo = ModelRepository.create(home / "tuf" / "repo", home / "tuf" / "keys")
-    bundle = pack_bundle(occupancy_version(home / "tuf", NEW_VERSION), home / "tuf" / "b.tar")
-    repo.publish("occupancy", bundle.path, NEW_VERSION)
-    trusted = home / "tuf" / "trusted-root.json"
-    shutil.copy(repo.root_path, trusted)
-    stack = Stack(home / "stack", hub_id=HUB_ID)
-    stack.broker_port = ha.broker_port
-    token = home / "ha-token"
-    token.write_text(ha.token)
+    stack = start_roost(
+        ha,
+        home / "stack",
+        hub_id=HUB_ID,
+        actions=ACTIONS,
+        service_env={
+            Role.UPDATE: tuf_repository_offering(home / "tuf", NEW_VERSION),
+            Role.PERSONALIZATION: {"ROOST_PERSONALIZATION_EPSILON_PER_PERIOD": str(EPSILON_LIMIT)},
+        },
+    )
     try:
-        stack.start_service(Role.AUDIT)
-        stack.start_service(Role.INFERENCE)
-        stack.start_service(
-            Role.UPDATE,
-            {
-                "ROOST_UPDATE_TUF_SOURCE": str(home / "tuf" / "repo"),
-                "ROOST_UPDATE_TUF_TRUSTED_ROOT": str(trusted),
-            },
-        )
-        stack.start_service(
-            Role.PERSONALIZATION,
-            {"ROOST_PERSONALIZATION_EPSILON_PER_PERIOD": str(EPSILON_LIMIT)},
-            timeout=60,
-        )
-        # Stack.start_hub passes ROOST_HUB_PERSONALIZATION_TARGET and _UPDATE_TARGET.
-        stack.start_hub(
-            {
-                "ROOST_HUB_HA_URL": ha.url,
-                "ROOST_HUB_HA_TOKEN_FILE": str(token),
-                "ROOST_HUB_HA_MAPPING": "auto",
-                "ROOST_HUB_STATESTREAM_BASE": ha.statestream_base,
-                "ROOST_HUB_HA_POLL_SECONDS": "1",
-                "ROOST_HUB_HA_ACTIONS": ACTIONS,
-            }
-        )
         yield stack
     finally:
         stack.stop()
-
-
-def scrape(stack: Stack, proc: str) -> str:
-    port = stack.procs[proc].info["metrics_port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text: str = r.read().decode()
-    return text
-
-
-def metrics(stack: Stack) -> str:
-    return scrape(stack, "hub")
-
-
-def metric(stack: Stack, name: str, proc: str = "hub", **labels: str) -> float:
-    """The sum of ``name`` over the series with ``labels``, from ``proc``'s /metrics."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    total = 0.0
-    for line in scrape(stack, proc).splitlines():
-        m = re.match(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$", line)
-        if m and m.group(1) == name:
-            have = ",".join(sorted((m.group(2) or "").split(",")))
-            if not want or all(p in have.split(",") for p in want.split(",")):
-                total += float(m.group(3))
-    return total
-
-
-def set_room(ha: HomeAssistant, room: str, values: dict[str, float]) -> None:
-    for kind, value in values.items():
-        ha.call_service(
-            "input_number",
-            "set_value",
-            {"entity_id": f"input_number.{room}_{kind}_raw", "value": value},
-        )
-
-
-def wait(predicate: Any, timeout: float = 20, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out: {what}")
 
 
 async def get_decision(stack: Stack, decision_id: str) -> audit_pb.LogEntry:
@@ -228,7 +147,6 @@ async def test_statestream_decision_allowed_and_blocked_actions(
     stack = roost
     for light in ("kitchen_light", "living_room_light"):
         ha.call_service("input_boolean", "turn_on", {"entity_id": f"input_boolean.{light}"})
-    started = time.time()
     # Kitchen: HA sensors (area Kitchen, device_class) -> statestream -> auto mapping.
     await asyncio.to_thread(set_room, ha, "kitchen", VACANT)
     sensor = f"binary_sensor.{E}_occupancy_kitchen"
@@ -252,7 +170,7 @@ async def test_statestream_decision_allowed_and_blocked_actions(
     assert entry.decision.actor == audit_pb.ACTOR_AUTOMATIC
     assert entry.appended_at.ToDatetime().timestamp() <= time.time()
     logbook = await asyncio.to_thread(
-        wait,
+        wait_until,
         lambda: [e for e in ha.logbook("input_boolean.kitchen_light") if e.get("state") == "off"],
         15,
         "logbook entry",
@@ -271,26 +189,25 @@ async def test_statestream_decision_allowed_and_blocked_actions(
     entry = await get_decision(stack, living["attributes"]["decision_id"])
     assert entry.decision.policy.verdict == audit_pb.POLICY_VERDICT_BLOCKED
     assert entry.decision.action == "input_boolean.turn_off"
-    await asyncio.sleep(2)
-    assert ha.state("input_boolean.living_room_light")["state"] == "on"  # type: ignore[index]
     assert metric(stack, "roost_hub_ha_actions_total", outcome="blocked") >= 1
-    assert time.time() - started < 60
+    # Actions run one at a time, in order: once a later allowed action (the kitchen going
+    # vacant again) has run, a living-room action would have run too, had one been queued.
+    called = metric(stack, "roost_hub_ha_actions_total", outcome="called")
+    await asyncio.to_thread(set_room, ha, "kitchen", OCCUPIED)
+    await asyncio.to_thread(ha.wait_state, sensor, lambda s: s["state"] == "on", 30)
+    await asyncio.to_thread(set_room, ha, "kitchen", VACANT)
+    await asyncio.to_thread(
+        wait_until,
+        lambda: metric(stack, "roost_hub_ha_actions_total", outcome="called") > called,
+        30,
+        "the kitchen's second allowed action",
+    )
+    assert ha.state("input_boolean.living_room_light")["state"] == "on"  # type: ignore[index]
 
 
 def examples(stack: Stack) -> float:
     """``roost_personalization_examples{model="occupancy"}`` of the personalization service."""
     return metric(stack, "roost_personalization_examples", "personalization", model="occupancy")
-
-
-def stored_examples(stack: Stack) -> list[tuple[str, str, bytes]]:
-    """(label, source, input bytes) of the service's occupancy examples, oldest first
-    (its SQLite store, read-only)."""
-    path = stack.home / "data" / "personalization" / "examples.db"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        rows = conn.execute(
-            "SELECT label, source, input FROM examples WHERE model = 'occupancy' ORDER BY seq"
-        ).fetchall()
-    return [(str(a), str(b), bytes(c)) for a, b, c in rows]
 
 
 async def test_was_wrong_button_records_a_label(ha: HomeAssistant, roost: Stack) -> None:
@@ -307,28 +224,19 @@ async def test_was_wrong_button_records_a_label(ha: HomeAssistant, roost: Stack)
     # The REAL personalization service read the decision's inputs from the audit log and
     # stored them with the opposite label.
     await asyncio.to_thread(
-        wait, lambda: examples(stack) == before + 1, 15, "the example in the service's store"
+        wait_until, lambda: examples(stack) == before + 1, 15, "the example in the service's store"
     )
-    ((label, source, stored),) = stored_examples(stack)
-    assert (label, source) == ("occupied", "feedback")
+    (stored,) = stored_examples(stack)
+    assert (stored.label, stored.source) == ("occupied", "feedback")
     audited = await get_decision(stack, decision_id)
     inputs = np.asarray(audited.decision.inputs.tensor.float_values, dtype="<f4")
-    assert stored == inputs.tobytes()
+    assert stored.input == inputs.tobytes()
     assert metric(stack, "roost_hub_feedback_total", outcome="recorded") == 1
-
-
-def channel(stack: Stack, server: Role, role: Role = Role.AUDITOR) -> grpc.aio.Channel:
-    return aio_channel(
-        f"127.0.0.1:{stack.port_of(server)}",
-        certs_dir=stack.certs_dir,
-        role=role,
-        server_role=server,
-    )
 
 
 async def model_steps(stack: Stack) -> list[audit_pb.Decision]:
     """The occupancy model's update.* steps in the audit log, oldest first."""
-    audit = audit_grpc.AuditServiceStub(channel(stack, Role.AUDIT))
+    audit = audit_grpc.AuditServiceStub(service_channel(stack, Role.AUDIT))
     resp = await audit.QueryDecisions(
         audit_pb.QueryDecisionsRequest(entity_id="roost.model.occupancy", page_size=100),
         timeout=5,
@@ -338,7 +246,7 @@ async def model_steps(stack: Stack) -> list[audit_pb.Decision]:
 
 async def test_install_and_roll_back_from_home_assistant(ha: HomeAssistant, roost: Stack) -> None:
     stack = roost
-    update = upd_grpc.UpdateServiceStub(channel(stack, Role.UPDATE))
+    update = upd_grpc.UpdateServiceStub(service_channel(stack, Role.UPDATE))
     entity = f"update.{E}_occupancy_model"
 
     async def rollout() -> tuple[dict[int, str], upd_pb.RolloutStatus]:
@@ -427,7 +335,7 @@ async def test_commands_are_validated_and_settings_persist(ha: HomeAssistant, ro
         ha.call_service, "button", "press", {"entity_id": f"button.{E}_learn_now_occupancy"}
     )
     await asyncio.to_thread(
-        wait,
+        wait_until,
         lambda: metric(stack, "roost_hub_ha_commands_total", outcome="refused") >= 1,
         10,
         "training refused while paused",
@@ -463,24 +371,11 @@ async def test_home_assistant_outage_catches_up(ha: HomeAssistant, roost: Stack)
         now = time.time()
         # HA is away: readings still arrive over MQTT (a device publishing directly).
         async with collect_decisions(stack) as decisions:
-            messages = [
-                (reading_topic("kitchen", k), json.dumps({"value": v, "ts": now}).encode())
-                for k, v in OCCUPIED.items()
-            ]
-            await publish(stack, messages)
+            await publish(stack, readings("kitchen", OCCUPIED, now, "outage-occupied"))
             await decisions.wait_for(1, timeout=15)
-            messages = [
-                (reading_topic("kitchen", k), json.dumps({"value": v, "ts": now + 1}).encode())
-                for k, v in VACANT.items()
-            ]
-            await publish(stack, messages)
-            await asyncio.to_thread(
-                wait,
-                lambda: [d for d in decisions.items if d["label"] == "vacant"],
-                15,
-                "a vacant decision",
-            )
-            await decisions.wait_quiet(quiet=1.0)
+            await publish(stack, readings("kitchen", VACANT, now + 1, "outage-vacant"))
+            # Decisions are published in reading order: the last reading's comes last.
+            await decisions.wait_for_trigger("outage-vacant-carbon_dioxide")
         # A decision may arrive twice (the bridge re-sends an entity's latest one, same id,
         # when HA may have missed it): consumers dedupe by decision_id.
         kitchen = list(
@@ -492,7 +387,7 @@ async def test_home_assistant_outage_catches_up(ha: HomeAssistant, roost: Stack)
         assert [d["policy"]["verdict"] for d in kitchen].count("allowed") == 1
         # The allowed action could not reach HA: bounded retries, then counted as failed.
         await asyncio.to_thread(
-            wait,
+            wait_until,
             lambda: metric(stack, "roost_hub_ha_actions_total", outcome="failed") > failed_before,
             20,
             "failed action counted",
@@ -520,11 +415,17 @@ async def test_broker_outage_catches_up(ha_env: tuple[Stack, HomeAssistant], roo
     port = broker.broker_port
     broker.stop_one("mosquitto")
     await asyncio.to_thread(
-        wait, lambda: metric(stack, "roost_hub_mqtt_connected") == 0, 15, "hub disconnected"
+        wait_until,
+        lambda: metric(stack, "roost_hub_mqtt_connected") == 0,
+        15,
+        "hub disconnected",
     )
     broker.start_broker(port)  # a fresh broker: no retained messages survive
     await asyncio.to_thread(
-        wait, lambda: metric(stack, "roost_hub_mqtt_connected") == 1, 30, "hub reconnected"
+        wait_until,
+        lambda: metric(stack, "roost_hub_mqtt_connected") == 1,
+        30,
+        "hub reconnected",
     )
     # The hub republished its device; HA's birth message brought the latest decision back.
     state = await asyncio.to_thread(

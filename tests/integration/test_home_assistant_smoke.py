@@ -3,14 +3,13 @@
 Proves the paths Roost relies on: MQTT device-based discovery (a device with a sensor with
 JSON attributes and a button), MQTT state updates, ``mqtt_statestream`` publishing HA state
 changes, the button's command topic, the logbook API, and areas on the test entities.
-See ``home_assistant.py`` for the harness and the HA quirks.
+See ``tests/support/home_assistant.py`` for the harness and the HA quirks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 
 from hub import mqtt
 from tests.support.home_assistant import HomeAssistant
+from tests.support.waiting import wait_until
 
 # The first test also pays for the HA venv install (~2 min cold) and HA's start (~10 s).
 pytestmark = [pytest.mark.integration, pytest.mark.home_assistant, pytest.mark.timeout(900)]
@@ -181,15 +181,13 @@ async def test_button_press_publishes_command(ha: HomeAssistant, device: dict[st
 def test_logbook_shows_state_change(ha: HomeAssistant) -> None:
     ha.call_service("input_boolean", "turn_on", {"entity_id": "input_boolean.kitchen_light"})
     ha.wait_state("input_boolean.kitchen_light", lambda s: s["state"] == "on")
-    entries: list[dict[str, Any]] = []
-    for _ in range(50):
-        entries = ha.logbook("input_boolean.kitchen_light")
-        if any(e.get("state") == "on" for e in entries):
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError(f"no 'on' in the logbook: {entries}")
-    entry = next(e for e in entries if e.get("state") == "on")
+    entry = wait_until(
+        lambda: next(
+            (e for e in ha.logbook("input_boolean.kitchen_light") if e.get("state") == "on"), None
+        ),
+        10,
+        "'on' in the logbook",
+    )
     assert entry["entity_id"] == "input_boolean.kitchen_light"
     assert entry["name"] == "Kitchen light"
 

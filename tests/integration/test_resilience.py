@@ -15,15 +15,16 @@ from cli.stack import Stack
 from hub import mqtt
 from hub.topics import status_topic
 from services.kit.auth import Role
+from tests.support.metrics import metric
 from tests.support.mqtt_helpers import (
     DAY_TS,
     OCCUPIED,
     collect_decisions,
-    hub_metric,
     publish,
     readings,
 )
 from tests.support.stacks import start_stack
+from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +37,7 @@ def own_stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 async def wait_metric(stack: Stack, name: str, value: float, timeout: float = 15) -> None:
-    for _ in range(int(timeout / 0.1)):
-        if hub_metric(stack, name) == value:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{name} never became {value}")
+    await wait_until_async(lambda: metric(stack, name) == value, timeout, f"{name} == {value}")
 
 
 async def test_hub_reconnects_after_broker_restart(own_stack: Stack) -> None:
@@ -57,7 +54,7 @@ async def test_hub_reconnects_after_broker_restart(own_stack: Stack) -> None:
         await publish(stack, readings("hall", OCCUPIED, DAY_TS + 60, "after"))
         got = await decisions.wait_for(1)
     assert got[0]["trigger_id"].startswith("after-")
-    assert hub_metric(stack, "roost_hub_mqtt_reconnects_total") >= 1
+    assert metric(stack, "roost_hub_mqtt_reconnects_total") >= 1
     assert stack.procs["hub"].alive()
 
 

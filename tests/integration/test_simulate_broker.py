@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+import logging
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
-from cli.simulate import SENSOR_KINDS, simulate, synthetic_source
+from cli.household_stream import SENSOR_KINDS, synthetic_source
+from cli.simulate import simulate
 from cli.stack import free_port as stack_free_port
 from hub.topics import READINGS_PREFIX, parse_reading_topic
 from tests.support.broker import start_mosquitto
 from tests.support.stacks import require_mosquitto
+from tests.support.waiting import wait_until_async
 
 pytestmark = pytest.mark.integration
 
@@ -113,35 +115,47 @@ async def test_source_end_stops_before_limit(tmp_path: Path) -> None:
 
 
 async def test_paced_by_the_data_timestamps(tmp_path: Path) -> None:
-    # 3 rows one minute apart at speed-up 300: about 2 x 0.2 s.
+    # 3 rows one minute apart at speed-up 300 (the pace itself: tests/unit/cli).
     with start_mosquitto(tmp_path) as (host, port, _proc):
-        start = time.monotonic()
-        sent = await simulate(
-            host, port, speedup=300, source=synthetic_source(seed=4, rows=3), progress=False
+        sent, received = await _simulate_and_collect(
+            host, port, 12, speedup=300, source=synthetic_source(seed=4, rows=3)
         )
-        elapsed = time.monotonic() - start
     assert sent == 12
-    assert 0.35 <= elapsed < 2.0
+    stamps = [json.loads(payload)["ts"] for _, payload in received]
+    assert stamps == sorted(stamps)
+    assert len(set(stamps)) == 3
 
 
-async def test_reconnects_when_the_broker_restarts(tmp_path: Path) -> None:
+async def _first_reading(client: aiomqtt.Client) -> None:
+    """Until the (subscribed) client received a reading: the simulator is publishing."""
+    await asyncio.wait_for(anext(aiter(client.messages)), 10)
+
+
+async def test_reconnects_when_the_broker_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cli.simulate")
     port = stack_free_port()
     with start_mosquitto(tmp_path / "a", port) as (host, _port, _proc):
-        # 20 rows, 1 minute apart at speed-up 600: ~0.1 s per row, ~2 s in all.
-        task = asyncio.create_task(
-            simulate(
-                host,
-                port,
-                speedup=600,
-                source=synthetic_source(seed=5, rows=20),
-                progress=False,
-                retry_backoff=0.2,
+        async with aiomqtt.Client(hostname=host, port=port, identifier="roost-test-sub") as sub:
+            await sub.subscribe(f"{READINGS_PREFIX}/#")
+            # 20 rows, 1 minute apart at speed-up 600: ~0.1 s per row, ~2 s in all.
+            task = asyncio.create_task(
+                simulate(
+                    host,
+                    port,
+                    speedup=600,
+                    source=synthetic_source(seed=5, rows=20),
+                    progress=False,
+                    retry_backoff=0.2,
+                )
             )
-        )
-        await asyncio.sleep(0.5)
+            await _first_reading(sub)
+    # The broker is gone until the simulator noticed; it comes back on the same port.
+    await wait_until_async(
+        lambda: "broker connection failed" in caplog.text, 10, "the simulator to retry"
+    )
     assert not task.done()
-    # The broker is gone for a moment; it comes back on the same port.
-    await asyncio.sleep(0.3)
     with start_mosquitto(tmp_path / "b", port):
         sent = await asyncio.wait_for(task, 20)
     assert sent == 80
@@ -162,10 +176,12 @@ async def test_gives_up_after_retries_without_a_broker() -> None:
 
 async def test_cancellation_stops_cleanly(tmp_path: Path) -> None:
     with start_mosquitto(tmp_path) as (host, port, _proc):
-        task = asyncio.create_task(
-            simulate(host, port, speedup=60, source=synthetic_source(seed=7), progress=False)
-        )
-        await asyncio.sleep(0.3)
+        async with aiomqtt.Client(hostname=host, port=port, identifier="roost-test-sub") as sub:
+            await sub.subscribe(f"{READINGS_PREFIX}/#")
+            task = asyncio.create_task(
+                simulate(host, port, speedup=60, source=synthetic_source(seed=7), progress=False)
+            )
+            await _first_reading(sub)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -1,4 +1,5 @@
-"""Other versions of the shipped occupancy model, for update and rollout tests."""
+"""Other versions of the shipped occupancy model, for update and rollout tests, and a
+signed TUF repository offering one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
+from cli.tuf_repo import ModelRepository
 from models.manifest import MANIFEST_FILE, sha256_file, shipped_models_dir
+from services.modelstore.bundle import pack_bundle
 
 # Features in the occupancy manifest's order: temperature, humidity, light, co2, hour.
 OCCUPIED = [
@@ -54,3 +57,17 @@ def occupancy_version(tmp: Path, version: str, *, constant_vacant: bool = False)
         raw["variants"] = {"fp32": {"file": "occupancy.onnx", "sha256": digest, "size_bytes": size}}
     (dst / MANIFEST_FILE).write_text(json.dumps(raw))
     return dst
+
+
+def tuf_repository_offering(home: Path, version: str) -> dict[str, str]:
+    """A signed TUF repository under ``home`` offering occupancy ``version`` (the shipped
+    weights); the update service's environment that points at it and trusts its root."""
+    repo = ModelRepository.create(home / "repo", home / "keys")
+    bundle = pack_bundle(occupancy_version(home, version), home / "bundle.tar")
+    repo.publish("occupancy", bundle.path, version)
+    trusted = home / "trusted-root.json"
+    shutil.copy(repo.root_path, trusted)
+    return {
+        "ROOST_UPDATE_TUF_SOURCE": str(home / "repo"),
+        "ROOST_UPDATE_TUF_TRUSTED_ROOT": str(trusted),
+    }

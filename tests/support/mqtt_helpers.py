@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 from cli.stack import Stack
-from cli.status import metric_value
 from hub import mqtt
 from hub.topics import decisions_filter, reading_topic
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from services.kit.auth import Role
-from services.kit.client import aio_channel
+from tests.support.stacks import service_channel
+from tests.support.waiting import wait_until_async
 
 OCCUPIED = {"temperature": 22.5, "humidity": 27.0, "illuminance": 520.0, "carbon_dioxide": 950.0}
 VACANT = {"temperature": 20.2, "humidity": 25.0, "illuminance": 0.0, "carbon_dioxide": 440.0}
@@ -27,30 +25,33 @@ NIGHT_TS = 1_423_018_800.0
 
 
 class Decisions:
-    """Collects decision messages published by the hub."""
+    """Collects decision messages published by the hub, in arrival order."""
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
-        self.arrived_at: list[float] = []
 
     async def wait_for(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while len(self.items) < n:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"only {len(self.items)} of {n} decisions after {timeout}s")
-            await asyncio.sleep(0.02)
+        """Until at least ``n`` decisions arrived; all of them so far."""
+        await wait_until_async(
+            lambda: len(self.items) >= n,
+            timeout,
+            lambda: f"{n} decisions (only {len(self.items)})",
+            interval=0.02,
+        )
         return self.items
 
-    async def wait_quiet(self, quiet: float = 1.5, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        last = len(self.items)
-        since = time.monotonic()
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            if len(self.items) != last:
-                last, since = len(self.items), time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                return
+    async def wait_for_trigger(self, trigger_id: str, timeout: float = 15.0) -> dict[str, Any]:
+        """Until the decision the reading ``trigger_id`` triggered arrived; that decision.
+
+        The hub publishes decisions in the order of their readings, so every decision of an
+        earlier reading has arrived by then too."""
+        found: dict[str, Any] = await wait_until_async(
+            lambda: next((d for d in self.items if d.get("trigger_id") == trigger_id), None),
+            timeout,
+            lambda: f"the decision of {trigger_id} (have {len(self.items)} decisions)",
+            interval=0.02,
+        )
+        return found
 
 
 @asynccontextmanager
@@ -63,7 +64,6 @@ async def collect_decisions(stack: Stack) -> AsyncIterator[Decisions]:
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
                 decisions.items.append(json.loads(message.payload))
-                decisions.arrived_at.append(time.monotonic())
 
         task = asyncio.create_task(reader())
         try:
@@ -90,19 +90,8 @@ def readings(
     ]
 
 
-def hub_metric(stack: Stack, name: str) -> float:
-    port = stack.procs["hub"].info["metrics_port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return metric_value(r.read().decode(), name) or 0.0
-
-
 def audit_stub(stack: Stack, role: Role = Role.AUDITOR) -> audit_grpc.AuditServiceAsyncStub:
-    channel = aio_channel(
-        f"127.0.0.1:{stack.port_of(Role.AUDIT)}",
-        certs_dir=stack.certs_dir,
-        role=role,
-        server_role=Role.AUDIT,
-    )
+    channel = service_channel(stack, Role.AUDIT, role)
     return audit_grpc.AuditServiceStub(channel)  # type: ignore[return-value]
 
 

@@ -1,14 +1,17 @@
-"""Starting a real stack (mosquitto + service processes + hub) for integration tests."""
+"""Starting a real stack (mosquitto + service processes + hub) for integration tests, and
+talking to its services."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cli.stack import Stack, StackError, find_mosquitto
 from services.kit.auth import Role
+from services.kit.client import aio_channel
 
 
 def require_mosquitto() -> None:
@@ -32,3 +35,13 @@ def start_stack(home: Path, **hub_env: str) -> Stack:
         stack.stop()
         raise
     return stack
+
+
+def service_channel(stack: Stack, server: Role, role: Role = Role.AUDITOR) -> grpc.aio.Channel:
+    """An mTLS channel to the stack's ``server``, as ``role`` (the stack's certificates)."""
+    return aio_channel(
+        f"127.0.0.1:{stack.port_of(server)}",
+        certs_dir=stack.certs_dir,
+        role=role,
+        server_role=server,
+    )

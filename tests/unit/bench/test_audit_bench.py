@@ -51,13 +51,25 @@ def test_raw_sqlite_baseline_writes_every_row(tmp_path: Path) -> None:
 
 
 def test_paced_measures_from_the_schedule() -> None:
-    async def slow(_: pb.Decision) -> None:
-        await asyncio.sleep(0.002)
+    # Every append waits until the last one was sent: each latency then spans at least
+    # the schedule from its own due time to the last one's (1 ms apart at 1000/s), plus
+    # the last one's sender lag, whatever this machine's speed.
+    n, rate = 20, 1000.0
+    calls = 0
+    all_sent = asyncio.Event()
 
-    decisions = [audit.decision(i) for i in range(20)]
-    latency, lag = asyncio.run(audit.paced(slow, decisions, 1000.0))
-    assert len(latency) == len(lag) == 20
-    assert all(lat >= 2.0 for lat in latency)
+    async def held(_: pb.Decision) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            all_sent.set()
+        await all_sent.wait()
+
+    decisions = [audit.decision(i) for i in range(n)]
+    latency, lag = asyncio.run(audit.paced(held, decisions, rate))
+    assert len(latency) == len(lag) == n
+    for i, lat in enumerate(latency):
+        assert lat >= lag[-1] + (n - 1 - i) * 1000 / rate - 1e-6, i
     assert all(lat >= g for lat, g in zip(latency, lag, strict=True))
 
 

@@ -1,0 +1,43 @@
+"""Container images: one per role, two stages, non-root, exactly the role's extra, no torch."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from functools import cache
+
+import pytest
+
+from tests.support.k3s import ROOST_ROLES, ROOST_UID, ROOT
+
+
+@cache
+def _containerfile(role: str) -> str:
+    return (ROOT / "containers" / f"{role}.Containerfile").read_text()
+
+
+@pytest.mark.parametrize("role", ROOST_ROLES)
+def test_containerfiles(role: str) -> None:
+    text = _containerfile(role)
+    assert f'ENTRYPOINT ["roost", "serve", "{role}"]' in text
+    assert f"USER {ROOST_UID}:{ROOST_UID}" in text
+    assert f'-c constraints.txt ".[{role}]"' in text, "installs exactly the role's extra"
+    assert "--editable" not in text
+    assert " -e " not in text
+    stages = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    assert stages == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"], "two stages, same slim base"
+    assert re.search(r"PYTHON_IMAGE=\S*python:3\.11-slim", text)
+    final = text.split("\nFROM ${PYTHON_IMAGE}\n", 1)[1]
+    assert "pip install" not in final, "no build step in the final stage"
+    assert "apt-get" not in final, "no build tools in the final stage"
+    assert not re.search(r"(amd64|arm64|x86_64|aarch64)\S*\.(whl|tar\.gz)", text)
+
+
+def test_inference_image_has_no_torch() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    for role in ("hub", "inference", "audit", "update"):
+        assert not any(d.startswith("torch") for d in extras[role]), role
+        text = _containerfile(role)
+        assert "TORCH_INDEX" not in text, role
+        assert "--extra-index-url" not in text, role

@@ -1,0 +1,41 @@
+"""Monitoring: the remote-write allow-list names metrics the code exports; scrape targets."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tests.support.k3s import METRICS_PORT, ROOST_ROLES, ROOT, config_data, named, yaml_module
+
+
+def _metric_names_in_code() -> set[str]:
+    names: set[str] = set()
+    for path in [*ROOT.glob("services/**/*.py"), *ROOT.glob("hub/**/*.py")]:
+        names.update(re.findall(r'"(roost_[a-z0-9_]+)"', path.read_text()))
+    return names
+
+
+def test_remote_write_allow_list(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    yaml = yaml_module()
+    edge = rendered["edge"]
+    prom = yaml.safe_load(config_data(edge, "roost-prometheus-config", "prometheus.yml"))
+    (remote,) = prom["remote_write"]
+    keep = [r for r in remote["write_relabel_configs"] if r["action"] == "keep"]
+    assert keep, "no allow-list of metric names"
+    assert keep[0]["source_labels"] == ["__name__"]
+    allowed = set(keep[0]["regex"].strip().split("|"))
+    assert all(re.fullmatch(r"[a-z_:][a-z0-9_:]*", n) for n in allowed), "names, not patterns"
+    unknown = {n for n in allowed if n.startswith("roost_")} - _metric_names_in_code()
+    assert not unknown, f"allow-listed metrics no process exports: {unknown}"
+    # The endpoint's port is the one its egress policy opens.
+    url_port = int(re.match(r"https://[^/:]+:(\d+)/", remote["url"])[1])  # type: ignore[index]
+    policy = named(edge, "NetworkPolicy", "roost-prometheus-remote-write")["spec"]
+    assert [p["port"] for r in policy["egress"] for p in r["ports"]] == [url_port]
+    # dev: no remote_write at all.
+    dev = yaml.safe_load(config_data(rendered["dev"], "roost-prometheus-config", "prometheus.yml"))
+    assert "remote_write" not in dev
+    scrape = yaml.safe_load(config_data(edge, "roost-prometheus-config", "scrape.yml"))
+    targets = {
+        t for job in scrape["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
+    }
+    assert {f"roost-{r}:{METRICS_PORT}" for r in ROOST_ROLES} <= targets
