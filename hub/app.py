@@ -40,8 +40,8 @@ from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
 from roost.personalization.v1 import personalization_service_pb2_grpc as pers_grpc
 from roost.update.v1 import update_service_pb2_grpc as upd_grpc
 from services.kit.auth import Role
-from services.kit.client import aio_channel
 from services.kit.config import ServiceConfig
+from services.kit.peers import is_retryable, peer_channel, peer_error
 from services.kit.process import start_metrics, write_ready_file
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,10 @@ class ServedModels:
 async def discover_models(
     stub: inf_grpc.InferenceServiceAsyncStub, stop: asyncio.Event
 ) -> ServedModels:
-    """Ask inference which models it serves (retrying until it answers)."""
+    """Ask inference which models it serves (retrying until it answers).
+
+    An outage is waited out quietly; a refusal (e.g. a certificate of the wrong role)
+    is logged as an error, since only an operator can fix it, and retried slowly."""
     delay = 0.1
     while not stop.is_set():
         try:
@@ -119,7 +122,11 @@ async def discover_models(
                 if not token:
                     return ServedModels(specs, tuple(home), tuple(info))
         except grpc.aio.AioRpcError as e:
-            log.info("waiting for the inference service (%s)", e.code().name)
+            if is_retryable(e):
+                log.info("waiting for the inference service (%s)", e.code().name)
+            else:
+                log.error("%s; retrying", peer_error(e, "inference", "ListModels"))
+                delay = 2.0
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
     return ServedModels({}, ())
@@ -130,11 +137,11 @@ class Hub:
         self.config = config
         self.stop = asyncio.Event()
         certs = config.certs_dir
-        self._inf_channel = aio_channel(
-            config.inference_target, certs_dir=certs, role=Role.HUB, server_role=Role.INFERENCE
+        self._inf_channel = peer_channel(
+            config.inference_target, certs_dir=certs, role=Role.HUB, peer=Role.INFERENCE
         )
-        self._audit_channel = aio_channel(
-            config.audit_target, certs_dir=certs, role=Role.HUB, server_role=Role.AUDIT
+        self._audit_channel = peer_channel(
+            config.audit_target, certs_dir=certs, role=Role.HUB, peer=Role.AUDIT
         )
         self.inference = inf_grpc.InferenceServiceStub(self._inf_channel)
         self.audit = audit_grpc.AuditServiceStub(self._audit_channel)
@@ -142,17 +149,17 @@ class Hub:
         self.personalization: pers_grpc.PersonalizationServiceAsyncStub | None = None
         self.update: upd_grpc.UpdateServiceAsyncStub | None = None
         if config.personalization_target:
-            ch = aio_channel(
+            ch = peer_channel(
                 config.personalization_target,
                 certs_dir=certs,
                 role=Role.HUB,
-                server_role=Role.PERSONALIZATION,
+                peer=Role.PERSONALIZATION,
             )
             self._extra_channels.append(ch)
             self.personalization = pers_grpc.PersonalizationServiceStub(ch)
         if config.update_target:
-            ch = aio_channel(
-                config.update_target, certs_dir=certs, role=Role.HUB, server_role=Role.UPDATE
+            ch = peer_channel(
+                config.update_target, certs_dir=certs, role=Role.HUB, peer=Role.UPDATE
             )
             self._extra_channels.append(ch)
             self.update = upd_grpc.UpdateServiceStub(ch)

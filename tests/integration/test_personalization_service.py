@@ -8,7 +8,6 @@ no household value in metrics or logs, and a budget that a restart cannot reset.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 import urllib.request
@@ -31,7 +30,8 @@ from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
 from roost.update.v1 import update_service_pb2 as update_pb
 from roost.update.v1 import update_service_pb2_grpc as update_grpc
 from services.kit.auth import Role
-from services.kit.client import aio_channel
+from tests.support.stacks import service_channel
+from tests.support.waiting import poll_async
 
 pytestmark = pytest.mark.integration
 
@@ -99,17 +99,8 @@ def start_personalization(st: Stack) -> None:
     )
 
 
-def channel(stack: Stack, server: Role, role: Role) -> grpc.aio.Channel:
-    return aio_channel(
-        f"127.0.0.1:{stack.port_of(server)}",
-        certs_dir=stack.certs_dir,
-        role=role,
-        server_role=server,
-    )
-
-
 def personalization(stack: Stack, role: Role = Role.HUB) -> pb_grpc.PersonalizationServiceAsyncStub:
-    return pb_grpc.PersonalizationServiceStub(channel(stack, Role.PERSONALIZATION, role))
+    return pb_grpc.PersonalizationServiceStub(service_channel(stack, Role.PERSONALIZATION, role))
 
 
 async def budget(stub: pb_grpc.PersonalizationServiceAsyncStub) -> pb.PrivacyBudget:
@@ -224,13 +215,16 @@ async def test_training_charges_the_budget_and_stages_a_local_candidate(stack: S
         admin.StartTraining(pb.StartTrainingRequest(model_name="occupancy", target_epsilon=0.5)),
     )
 
-    deadline = time.monotonic() + 75
-    job = started.job
-    while time.monotonic() < deadline:
-        job = (await admin.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10)).job
-        if job.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED):
-            break
-        await asyncio.sleep(0.5)
+    async def get_job() -> pb.Job:
+        return (await admin.GetJob(pb.GetJobRequest(job_id=job_id), timeout=10)).job
+
+    job = await poll_async(
+        get_job,
+        lambda j: j.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED),
+        75,
+        "the training job to end",
+        interval=0.5,
+    )
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.message
     assert 0 < job.epsilon_spent <= 1.0 + 1e-6
     assert job.progress == pytest.approx(1.0)
@@ -249,7 +243,7 @@ async def test_training_charges_the_budget_and_stages_a_local_candidate(stack: S
     assert entries[0].steps > 0
     assert entries[0].noise_multiplier > 0
 
-    update = update_grpc.UpdateServiceStub(channel(stack, Role.UPDATE, Role.ADMIN))
+    update = update_grpc.UpdateServiceStub(service_channel(stack, Role.UPDATE, Role.ADMIN))
     versions = (
         await update.ListVersions(update_pb.ListVersionsRequest(model_name="occupancy"), timeout=10)
     ).versions
@@ -300,8 +294,8 @@ async def test_an_over_budget_run_is_refused_and_changes_nothing(stack: Stack) -
 
 async def test_record_label_turns_a_logged_decision_into_an_example(stack: Stack) -> None:
     hub = personalization(stack)
-    audit_hub = audit_grpc.AuditServiceStub(channel(stack, Role.AUDIT, Role.HUB))
-    audit_admin = audit_grpc.AuditServiceStub(channel(stack, Role.AUDIT, Role.ADMIN))
+    audit_hub = audit_grpc.AuditServiceStub(service_channel(stack, Role.AUDIT, Role.HUB))
+    audit_admin = audit_grpc.AuditServiceStub(service_channel(stack, Role.AUDIT, Role.ADMIN))
     x, _ = occupancy_examples(2, seed=99)
     ids = [f"pers-{uuid.uuid4().hex}" for _ in range(2)]
     decisions = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -63,4 +63,24 @@ async def wait_until_async(
             return result
         if time.monotonic() >= deadline:
             raise WaitTimeout(_message(what, timeout))
+        await asyncio.sleep(interval)
+
+
+async def poll_async(
+    fetch: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = INTERVAL,
+) -> T:
+    """Await ``fetch()`` until ``done`` holds for its result (e.g. an RPC reporting a job's
+    state); return that result, or raise :class:`WaitTimeout` naming the last one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await fetch()
+        if done(result):
+            return result
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"{_message(what, timeout)}; last: {result!r}")
         await asyncio.sleep(interval)
