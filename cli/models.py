@@ -54,6 +54,18 @@ def _call(args: argparse.Namespace, method: str, request: Any, timeout: float = 
             raise CliError(f"update service: {e.code().name}: {e.details()}") from None
 
 
+def _all(args: argparse.Namespace, method: str, request: Any, field: str) -> list[Any]:
+    """Every item of a paged List RPC: each ``next_page_token`` is passed back unchanged
+    (tokens are opaque)."""
+    items: list[Any] = []
+    while True:
+        response = _call(args, method, request)
+        items.extend(getattr(response, field))
+        if not response.next_page_token:
+            return items
+        request.page_token = response.next_page_token
+
+
 def _version(v: pb.ModelVersion) -> str:
     return (
         f"{v.model.name:10} {v.model.version:10} {_SLOTS.get(v.slot, '?'):9} "
@@ -90,7 +102,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     names = [args.model] if args.model else None
     if names is None:
-        versions = _call(args, "ListVersions", pb.ListVersionsRequest()).versions
+        versions = _all(args, "ListVersions", pb.ListVersionsRequest(), "versions")
         names = sorted({v.model.name for v in versions})
     for name in names:
         status = _call(args, "GetRolloutStatus", pb.GetRolloutStatusRequest(model_name=name))
@@ -145,8 +157,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     from services.kit.auth import Role
     from services.kit.client import sync_channel
 
-    versions = _call(args, "ListVersions", pb.ListVersionsRequest(model_name=args.model))
-    for v in versions.versions:
+    listing = pb.ListVersionsRequest(model_name=args.model)
+    for v in _all(args, "ListVersions", listing, "versions"):
         print(_version(v))
     address, certs = stack_target(
         argparse.Namespace(home=args.home, target=args.audit_target, certs=args.certs), "audit"
@@ -174,10 +186,10 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from roost.update.v1 import update_service_pb2 as pb
 
-    resp = _call(args, "CheckForUpdates", pb.CheckForUpdatesRequest())
-    if not resp.updates:
+    updates = _all(args, "CheckForUpdates", pb.CheckForUpdatesRequest(), "updates")
+    if not updates:
         print("every model is up to date with the signed repository")
-    for u in resp.updates:
+    for u in updates:
         print(f"{u.model.name:10} {u.model.version:10} {u.length_bytes / 1024:.0f} kB available")
     return 0
 

@@ -39,39 +39,35 @@ so a mirror can be updated while hubs read it.
 The family name ``local`` is reserved: hub-local candidates (personalized models trained
 on the hub) will be signed by a per-hub key that the hub trusts for local candidates only;
 they never come from, nor can they be published into, this repository.
+
+This module holds the publishing operations (:class:`ModelRepository`); the key files
+are ``cli.tuf_keys`` and the metadata on disk, with its signing, ``cli.tuf_metadata``.
+Hubs never import any of them: they read the repository with
+``services.update.tuf_client``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-import stat
 import tempfile
-from collections.abc import Iterable, Sequence
-from copy import deepcopy
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]  # no __all__
-from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import (  # type: ignore[attr-defined]
     DelegatedRole,
     Delegations,
     Metadata,
-    MetaFile,
     Root,
     Snapshot,
     TargetFile,
     Targets,
     Timestamp,
 )
-from tuf.api.serialization.json import JSONSerializer
-from tuf.repository import Repository  # type: ignore[attr-defined]
 
+from cli.tuf_keys import KeyStore
+from cli.tuf_metadata import TOP_LEVEL_ROLES, MetadataStore, now, sha256_hex
 from models.manifest import MANIFEST_FILE
 from services.kit.errors import (
     AlreadyExists,
@@ -88,7 +84,6 @@ from services.modelstore.bundle import (
     unpack_bundle,
 )
 
-TOP_LEVEL_ROLES = ("root", "targets", "snapshot", "timestamp")
 DEFAULT_FAMILIES = ("occupancy", "comfort", "anomaly", "routine")
 RESERVED_FAMILIES = frozenset({"local"})
 # "delegated" is the default for every family role without its own entry.
@@ -101,16 +96,6 @@ DEFAULT_EXPIRY: dict[str, timedelta] = {
 }
 POLICY_FILE = "policy.json"
 MAX_PUBLISH_BYTES = 512 * 1024 * 1024
-_VERSIONED_RE = re.compile(r"^([1-9]\d*)\.([a-z][a-z0-9_]*)\.json$")
-_SERIALIZER = JSONSerializer(compact=False)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _is_within(child: Path, parent: Path) -> bool:
@@ -126,197 +111,10 @@ def _check_layout(repo_dir: Path, keys_dir: Path) -> None:
         )
 
 
-class _KeyStore:
-    """Ed25519 private keys as PEM files (0600) in a 0700 directory, one per role."""
-
-    def __init__(self, keys_dir: Path) -> None:
-        self.dir = keys_dir
-
-    def path(self, role: str) -> Path:
-        return self.dir / f"{role}.pem"
-
-    def create_dir(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.dir, 0o700)
-
-    def generate(self, role: str, *, pending: bool = False) -> CryptoSigner:
-        """A new key for ``role``, written to ``<role>.pem`` (or ``<role>.pem.new`` until
-        ``commit`` when ``pending``); never overwrites an active key."""
-        signer = CryptoSigner.generate_ed25519()
-        path = self.path(role)
-        if pending:
-            write_atomic(path.with_name(path.name + ".new"), signer.private_bytes, mode=0o600)
-            return signer
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(signer.private_bytes)
-        return signer
-
-    def commit(self, role: str) -> None:
-        path = self.path(role)
-        os.replace(path.with_name(path.name + ".new"), path)
-
-    def load(self, role: str) -> CryptoSigner:
-        path = self.path(role)
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError as e:
-            raise NotFound(f"signing key for role '{role}' not found at {path}") from e
-        if stat.S_IMODE(mode) & 0o077:
-            raise FailedPrecondition(
-                f"signing key {path} is readable by group/others; run: chmod 600 {path}"
-            )
-        try:
-            private = load_pem_private_key(path.read_bytes(), None)
-            return CryptoSigner(private)
-        except (ValueError, TypeError) as e:
-            raise FailedPrecondition(f"signing key {path} is not a PEM private key: {e}") from e
-
-
-class _Store(Repository):
-    """``tuf.repository.Repository`` over the on-disk layout described in the module."""
-
-    def __init__(self, repo_dir: Path, keys: _KeyStore, expiry: dict[str, timedelta]) -> None:
-        self.metadata_dir = repo_dir / "metadata"
-        self.targets_dir = repo_dir / "targets"
-        self.keys = keys
-        self.expiry = expiry
-        self._cache: dict[str, tuple[Metadata[Any], bytes]] = {}
-        self._signers: dict[str, CryptoSigner] = {}
-
-    # -- storage ---------------------------------------------------------------------------
-
-    def _latest_file(self, role: str) -> Path | None:
-        if role == Timestamp.type:
-            path = self.metadata_dir / "timestamp.json"
-            return path if path.is_file() else None
-        best: tuple[int, Path] | None = None
-        for p in self.metadata_dir.iterdir():
-            m = _VERSIONED_RE.fullmatch(p.name)
-            if m and m.group(2) == role and (best is None or int(m.group(1)) > best[0]):
-                best = (int(m.group(1)), p)
-        return best[1] if best else None
-
-    def _load(self, role: str) -> tuple[Metadata[Any], bytes]:
-        if role not in self._cache:
-            path = self._latest_file(role)
-            if path is None:
-                raise NotFound(f"no metadata for role '{role}' in {self.metadata_dir}")
-            data = path.read_bytes()
-            self._cache[role] = (Metadata[Any].from_bytes(data), data)
-        return self._cache[role]
-
-    def forget(self) -> None:
-        """Drop cached metadata: re-read the newest files on next use."""
-        self._cache.clear()
-
-    def write(self, role: str, md: Metadata[Any]) -> None:
-        data = md.to_bytes(_SERIALIZER)
-        if role == Timestamp.type:
-            write_atomic(self.metadata_dir / "timestamp.json", data)
-        else:
-            versioned = self.metadata_dir / f"{md.signed.version}.{role}.json"
-            if versioned.exists():
-                raise AlreadyExists(
-                    f"{versioned} already exists: published metadata is never rewritten"
-                )
-            write_atomic(versioned, data)
-            if role == Root.type:
-                write_atomic(self.metadata_dir / "root.json", data)
-        self._cache[role] = (deepcopy(md), data)
-
-    # -- signing ---------------------------------------------------------------------------
-
-    def signer(self, role: str) -> CryptoSigner:
-        """The role's key from the key store, checked against the key the repository
-        trusts for the role (so a wrong key file fails here, not on every hub)."""
-        if role not in self._signers:
-            signer = self.keys.load(role)
-            trusted = self.trusted_keyids(role)
-            if signer.public_key.keyid not in trusted:
-                raise FailedPrecondition(
-                    f"signing key {self.keys.path(role)} (keyid {signer.public_key.keyid[:16]}) "
-                    f"is not a key the repository trusts for '{role}'; restore the right key "
-                    "file or rotate the role's key"
-                )
-            self._signers[role] = signer
-        return self._signers[role]
-
-    def trusted_keyids(self, role: str) -> list[str]:
-        if role in TOP_LEVEL_ROLES:
-            return list(self.root().roles[role].keyids)
-        delegations = self.targets().delegations
-        if delegations is None or delegations.roles is None or role not in delegations.roles:
-            raise NotFound(f"role '{role}' is not delegated by targets")
-        return list(delegations.roles[role].keyids)
-
-    def verify(self, role: str) -> None:
-        """The newest ``role`` metadata on disk is signed as its delegator requires."""
-        md = self._load(role)[0]
-        delegator: Root | Targets = self.root() if role in TOP_LEVEL_ROLES else self.targets()
-        try:
-            delegator.verify_delegate(role, md.signed_bytes, md.signatures)
-        except UnsignedMetadataError as e:
-            raise FailedPrecondition(
-                f"metadata/{md.signed.version}.{role}.json is not signed by the key(s) "
-                f"trusted for '{role}' ({e}); refusing to snapshot it"
-            ) from e
-
-    def set_signer(self, role: str, signer: CryptoSigner) -> None:
-        self._signers[role] = signer
-
-    def expiry_for(self, role: str) -> timedelta:
-        if role in self.expiry:
-            return self.expiry[role]
-        return self.expiry["delegated"]
-
-    def sign_and_write(
-        self,
-        role: str,
-        md: Metadata[Any],
-        signers: Iterable[CryptoSigner] | None = None,
-        *,
-        expires: datetime | None = None,
-    ) -> None:
-        md.signed.expires = expires if expires is not None else _now() + self.expiry_for(role)
-        md.signatures.clear()
-        for s in signers if signers is not None else [self.signer(role)]:
-            md.sign(s, append=True)
-        self.write(role, md)
-
-    # -- tuf.repository.Repository ----------------------------------------------------------
-
-    def open(self, role: str) -> Metadata[Any]:
-        return deepcopy(self._load(role)[0])
-
-    def close(self, role: str, md: Metadata[Any]) -> None:
-        md.signed.version += 1
-        self.sign_and_write(role, md)
-
-    def _meta_file(self, role: str) -> MetaFile:
-        md, data = self._load(role)
-        return MetaFile(md.signed.version, len(data), {"sha256": _sha256(data)})
-
-    @property
-    def targets_infos(self) -> dict[str, MetaFile]:
-        roles = [Targets.type, *self.delegated_roles()]
-        return {f"{r}.json": self._meta_file(r) for r in roles}
-
-    @property
-    def snapshot_info(self) -> MetaFile:
-        return self._meta_file(Snapshot.type)
-
-    def delegated_roles(self) -> list[str]:
-        delegations = self.targets().delegations
-        if delegations is None or delegations.roles is None:
-            return []
-        return list(delegations.roles)
-
-
 class ModelRepository:
     """Create, open and publish to a TUF repository of model bundles (publisher side)."""
 
-    def __init__(self, repo_dir: Path, keys_dir: Path, store: _Store) -> None:
+    def __init__(self, repo_dir: Path, keys_dir: Path, store: MetadataStore) -> None:
         self.repo_dir = repo_dir
         self.keys_dir = keys_dir
         self._store = store
@@ -349,11 +147,11 @@ class ModelRepository:
             policy[role] = delta
         if (repo_dir / "metadata").exists() and any((repo_dir / "metadata").iterdir()):
             raise AlreadyExists(f"{repo_dir} already holds a repository; use open()")
-        keys = _KeyStore(keys_dir)
+        keys = KeyStore(keys_dir)
         keys.create_dir()
         if any(keys.path(r).exists() for r in (*TOP_LEVEL_ROLES, *fams)):
             raise AlreadyExists(f"{keys_dir} already holds signing keys; refusing to overwrite")
-        store = _Store(repo_dir, keys, policy)
+        store = MetadataStore(repo_dir, keys, policy)
         store.metadata_dir.mkdir(parents=True, exist_ok=True)
         store.targets_dir.mkdir(parents=True, exist_ok=True)
         signers = {r: keys.generate(r) for r in (*TOP_LEVEL_ROLES, *fams)}
@@ -367,13 +165,13 @@ class ModelRepository:
             mode=0o600,
         )
 
-        root = Root(expires=_now(), consistent_snapshot=True)
+        root = Root(expires=now(), consistent_snapshot=True)
         for role in TOP_LEVEL_ROLES:
             root.add_key(signers[role].public_key, role)
         store.sign_and_write(Root.type, Metadata[Any](root))
 
         for fam in fams:
-            store.sign_and_write(fam, Metadata[Any](Targets(expires=_now())))
+            store.sign_and_write(fam, Metadata[Any](Targets(expires=now())))
         delegations = Delegations(
             keys={signers[f].public_key.keyid: signers[f].public_key for f in fams},
             roles={
@@ -387,11 +185,11 @@ class ModelRepository:
                 for f in fams
             },
         )
-        targets = Targets(expires=_now(), delegations=delegations)
+        targets = Targets(expires=now(), delegations=delegations)
         store.sign_and_write(Targets.type, Metadata[Any](targets))
-        snapshot = Snapshot(expires=_now(), meta=store.targets_infos)
+        snapshot = Snapshot(expires=now(), meta=store.targets_infos)
         store.sign_and_write(Snapshot.type, Metadata[Any](snapshot))
-        timestamp = Timestamp(expires=_now(), snapshot_meta=store.snapshot_info)
+        timestamp = Timestamp(expires=now(), snapshot_meta=store.snapshot_info)
         store.sign_and_write(Timestamp.type, Metadata[Any](timestamp))
         return cls(repo_dir, keys_dir, store)
 
@@ -406,7 +204,7 @@ class ModelRepository:
         if policy_path.is_file():
             raw = json.loads(policy_path.read_text())
             policy |= {str(k): timedelta(seconds=float(v)) for k, v in raw.items()}
-        return cls(repo_dir, keys_dir, _Store(repo_dir, _KeyStore(keys_dir), policy))
+        return cls(repo_dir, keys_dir, MetadataStore(repo_dir, KeyStore(keys_dir), policy))
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -454,14 +252,14 @@ class ModelRepository:
             )
         with tempfile.TemporaryDirectory(prefix="roost-publish-") as tmp:
             manifest = unpack_bundle(bundle_path, Path(tmp) / "b", max_bytes=MAX_PUBLISH_BYTES)
-            manifest_sha = _sha256((Path(tmp) / "b" / MANIFEST_FILE).read_bytes())
+            manifest_sha = sha256_hex((Path(tmp) / "b" / MANIFEST_FILE).read_bytes())
         if manifest.version != version:
             raise InvalidArgument(
                 f"bundle {bundle_path.name} holds {manifest.name} version {manifest.version}, "
                 f"not {version}; repack the model with the right manifest version"
             )
         data = bundle_path.read_bytes()
-        sha = _sha256(data)
+        sha = sha256_hex(data)
         dest = self._store.targets_dir / family / f"{sha}.{family}-{version}.tar"
         dest.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(dest, data)

@@ -17,7 +17,7 @@ fsynced, then renamed into ``versions/`` (and the directory fsynced), so a versi
 either absent or complete. ``state.json`` is replaced atomically (write, fsync, rename,
 fsync the directory) and only ever names complete versions. A process killed at any
 instant therefore leaves either the old slots or the new ones, each pointing at a
-model that loads; ``tests/unit/test_model_registry.py`` kills writers mid-activation
+model that loads; ``tests/unit/modelstore/test_registry.py`` kills writers mid-activation
 to show it. Readers (inference) just read ``state.json`` and the directories it names.
 
 Every slot change goes through :meth:`Registry.transition`, which checks the rules

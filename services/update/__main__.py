@@ -18,7 +18,8 @@ from services.modelstore import local_key
 from services.modelstore.registry import Registry
 from services.update.config import UpdateConfig
 from services.update.health import HealthPolicy, RolloutSchedule
-from services.update.servicer import POLICY, UpdateServicer, run_health_gate
+from services.update.rollout import run_health_gate
+from services.update.servicer import POLICY, UpdateServicer
 from services.update.status import InferenceStatus, PersonalizationFeedback
 from services.update.trail import Trail
 from services.update.tuf_client import ModelUpdater

@@ -19,7 +19,7 @@ from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
 from roost.personalization.v1 import personalization_service_pb2 as pers_pb
 from roost.personalization.v1 import personalization_service_pb2_grpc as pers_grpc
 from roost.update.v1 import update_service_pb2 as pb
-from services.kit.errors import Unavailable
+from services.kit.peers import is_retryable, peer_error
 from services.update.health import RoleHealth
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ def role_health(h: inf_pb.RoleHealth) -> RoleHealth | None:
 
 
 class InferenceStatus:
-    """``GetModelStatus`` of the inference service, as the update service needs it."""
+    """``GetModelStatus`` of the inference service, as the update service needs it; a
+    failed call raises the peer's error as ``services.kit.peers`` translates it."""
 
     def __init__(self, channel: Any, timeout: float = 2.0) -> None:
         self._stub = inf_grpc.InferenceServiceStub(channel)
@@ -63,9 +64,8 @@ class InferenceStatus:
                 inf_pb.GetModelStatusRequest(model_name=name), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as e:
-            raise Unavailable(
-                f"inference status of {name} unavailable ({e.code().name}: {e.details()})"
-            ) from None
+            # The request names only the model: inference's details quote nothing private.
+            raise peer_error(e, "inference", "GetModelStatus", echo_details=True) from None
         return response
 
     async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
@@ -87,7 +87,8 @@ class PersonalizationFeedback:
     Scores are refreshed at most every ``refresh_seconds`` per model (each refresh runs
     the versions on the stored labels); in between, the last answer is reused. When the
     service is unreachable or refuses, the answer is "no scores" (the gate then works
-    without feedback): logged once at INFO until it answers again, and counted.
+    without feedback): logged once until it answers again (INFO for an outage, WARNING
+    for a refusal, which will not pass by itself), and counted.
     """
 
     def __init__(
@@ -129,10 +130,11 @@ class PersonalizationFeedback:
             FEEDBACK_UNAVAILABLE.labels(name).inc()
             if not self._down:
                 self._down = True
-                logger.info(
-                    "feedback labels unavailable (personalization: %s); the health gate"
-                    " runs without them",
-                    e.code().name,
+                # An outage passes by itself; a refusal (e.g. a misconfigured identity) does not.
+                logger.log(
+                    logging.INFO if is_retryable(e) else logging.WARNING,
+                    "feedback labels unavailable (%s); the health gate runs without them",
+                    peer_error(e, "personalization", "EvaluateVersions"),
                 )
             return {}
         if self._down:

@@ -18,7 +18,8 @@ import grpc
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from roost.common.v1 import common_pb2
-from services.kit.errors import Unavailable
+from services.kit.errors import RoostError
+from services.kit.peers import is_retryable, peer_error
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class Trail:
         automatic: bool = False,
     ) -> int:
         """Appends one step; returns its log index. Unavailable if the audit log does
-        not acknowledge it within the deadline (the step must then not happen)."""
+        not acknowledge it within the deadline, its own error if it refuses the step
+        (the step must then not happen either way)."""
         d = step_decision(self._hub_id, model, action, summary, reason, automatic=automatic)
         request = audit_pb.AppendDecisionsRequest(decisions=[d])
         loop = asyncio.get_running_loop()
@@ -83,14 +85,19 @@ class Trail:
                 )
                 return int(response.results[0].index)
             except grpc.aio.AioRpcError as e:
-                if loop.time() + delay >= give_up or e.code() in (
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    grpc.StatusCode.PERMISSION_DENIED,
-                ):
-                    logger.error("audit did not record %s of %s: %s", action, model.name, e)
-                    raise Unavailable(
-                        f"audit log unavailable ({e.code().name}); the step {action} was not"
-                        " taken because it could not be recorded first — retry"
-                    ) from None
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 0.5)
+                if is_retryable(e) and loop.time() + delay < give_up:
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, 0.5)
+                    continue
+                logger.error("audit did not record %s of %s: %s", action, model.name, e)
+                raise not_recorded(e, action) from None
+
+
+def not_recorded(e: grpc.RpcError, action: str) -> RoostError:
+    """The error of a step the audit log did not record: the audit's refusal keeps its
+    meaning (a permanent error, not retried); an outage is ``Unavailable`` (retry)."""
+    error = peer_error(e, "audit", "AppendDecisions")
+    advice = " — retry" if is_retryable(e) else ""
+    return type(error)(
+        f"{error}; the step {action} was not taken because it could not be recorded first" + advice
+    )

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cli.stack import Stack
 from cli.tuf_repo import ModelRepository
@@ -91,13 +93,27 @@ def occupied_row(i: int) -> common_pb2.Tensor:
     return common_pb2.Tensor(dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[6], float_values=values)
 
 
-async def wait_for(predicate: object, timeout: float, what: str) -> None:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if await predicate():  # type: ignore[operator]
-            return
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Polls ``predicate`` until it holds; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
         await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def handled(stack: Stack, server: Role, method: str) -> float:
+    """How many ``method`` calls ``server`` has answered (its gRPC metrics)."""
+    port = stack.procs[server.value].info["metrics_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "roost_grpc_server_handled_total"
+        and sample.labels.get("method") == method
+    )
 
 
 @pytest.mark.timeout(240)
@@ -133,7 +149,14 @@ async def test_a_candidate_wrong_on_the_homeowners_labels_is_rolled_back(stack: 
     )
     served = await inference.PredictBatch(batch, timeout=10)
     assert BAD in {p.model.version for p in served.predictions}
-    await asyncio.sleep(1.5)  # a few gate passes: no labels yet, nothing to judge by
+    # Gate passes with this traffic, each scored by personalization: no labels yet.
+    scored = await asyncio.to_thread(handled, stack, Role.PERSONALIZATION, "EvaluateVersions")
+
+    async def judged() -> bool:
+        now = await asyncio.to_thread(handled, stack, Role.PERSONALIZATION, "EvaluateVersions")
+        return now >= scored + 2
+
+    await wait_for(judged, 20, "two gate passes scored by personalization")
     status = (
         await update.GetRolloutStatus(
             pb.GetRolloutStatusRequest(model_name="occupancy"), timeout=10

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -137,6 +136,7 @@ i = 0
 while True:
     r.activate("occupancy", versions[i % len(versions)])
     i += 1
+    print(i, flush=True)
 """
 
 
@@ -158,7 +158,10 @@ def test_a_writer_killed_mid_activation_leaves_a_loadable_model(
         )
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"ready"
-        time.sleep(rng.uniform(0.01, 0.15))
+        # Kill it while it is at work: after a random number of activations it reported
+        # (it has already gone on to the next one).
+        for _ in range(rng.randrange(0, 12)):
+            assert proc.stdout.readline()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         state = registry.state("occupancy")

@@ -1,0 +1,367 @@
+"""The rollout state machine: a candidate's way from staged through shadow and A/B to
+active, or back out.
+
+The states are the registry's stages (``SlotState.stage``)::
+
+    none --stage--> staged --start--> shadow <--start--> ab --promote--> none (candidate active)
+                      |                 |                 |
+                      +----------------rollback-----------+--> none (candidate withdrawn)
+    none --rollback--> none (previous active again), when there is a previous version
+
+The allowed transitions are the pure ``*_step`` functions below: each either refuses
+(``FailedPrecondition``, with the reason an operator sees) or returns the :class:`Step`
+to take. :class:`Rollout` takes steps one at a time per model: it records each step in
+the audit log first (``services.update.trail``), then applies it to the registry (which
+re-checks the slot rules under its cross-process lock). Nothing is applied that the
+audit log did not acknowledge.
+
+The health gate (:meth:`Rollout.check_health`, run every ``health_check_seconds`` by
+:func:`run_health_gate`) judges every candidate in shadow or A/B against the active
+model (``services.update.health``), with the homeowners' labels where personalization
+scores them; :func:`gate_action` turns the verdict into the automatic step: roll back
+an unhealthy candidate, move a healthy one on when the :class:`RolloutSchedule` says
+it is due (shadow -> A/B -> active), otherwise wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from prometheus_client import Counter, Gauge
+
+from roost.common.v1 import common_pb2
+from roost.update.v1 import update_service_pb2 as pb
+from services.kit.errors import FailedPrecondition, NotFound
+from services.modelstore.bundle import parse_version
+from services.modelstore.registry import Registry, SlotState, VersionInfo
+from services.modelstore.registry import Stage as StageName
+from services.update.health import HealthPolicy, RoleHealth, RolloutSchedule, Verdict, judge
+from services.update.trail import Trail
+
+logger = logging.getLogger(__name__)
+
+STEPS = Counter(
+    "roost_update_rollout_steps_total", "Rollout steps taken.", ["model", "step", "actor"]
+)
+STAGE = Gauge(
+    "roost_update_rollout_stage",
+    "Rollout stage per model: 0 none, 1 staged, 2 shadow, 3 A/B.",
+    ["model"],
+)
+AUTO_ROLLBACKS = Counter(
+    "roost_update_auto_rollbacks_total", "Candidates rolled back by the health gate.", ["model"]
+)
+
+#: The stages in which a candidate serves (shadow: compared only; ab: answers for some).
+RUNNING: tuple[StageName, ...] = ("shadow", "ab")
+_STAGE_NUMBERS = {"none": 0, "staged": 1, "shadow": 2, "ab": 3}
+
+
+class ModelStatusSource(Protocol):
+    """Where rolling health and drift come from (the inference service)."""
+
+    async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]: ...
+
+    async def drift(self, name: str) -> list[pb.FeatureDrift]: ...
+
+
+class FeedbackSource(Protocol):
+    """Accuracy of versions against homeowners' labels (the personalization service):
+    ``version -> (accuracy, labels scored)``; versions it could not score are missing."""
+
+    async def accuracy(
+        self, name: str, versions: Sequence[str], since: datetime | None
+    ) -> Mapping[str, tuple[float, int]]: ...
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+@dataclass(frozen=True)
+class Step:
+    """One allowed change of a model's slots, as the audit log records it."""
+
+    action: str  # update.stage | update.shadow | update.ab | update.promote | update.rollback
+    version: str  # the version the step concerns
+    summary: str
+    reason: str
+
+    @property
+    def name(self) -> str:
+        """The step without its ``update.`` prefix (the metrics label)."""
+        return self.action.removeprefix("update.")
+
+
+def stage_step(name: str, state: SlotState, info: VersionInfo) -> Step | None:
+    """Staging ``info`` as the candidate; None when it already is the candidate."""
+    version = info.version
+    if state.candidate == version:
+        return None
+    if state.active is not None and parse_version(version) <= parse_version(state.active):
+        raise FailedPrecondition(
+            f"model {name}: {version} is not newer than active {state.active}"
+            " (rollback protection; use Rollback to go back)"
+        )
+    if state.candidate is not None and state.stage in RUNNING:
+        raise FailedPrecondition(
+            f"model {name}: candidate {state.candidate} is in {state.stage}; promote or"
+            " roll it back before staging another"
+        )
+    return Step(
+        "update.stage",
+        version,
+        f"{version} staged ({info.source})",
+        f"candidate {version} staged beside active {state.active}",
+    )
+
+
+def start_step(
+    name: str, state: SlotState, stage: StageName, share: float, reason: str = ""
+) -> Step:
+    """Moving the candidate into shadow, or A/B serving ``share`` of entities."""
+    if state.candidate is None:
+        raise FailedPrecondition(f"model {name} has no candidate: stage one first")
+    what = "shadow" if stage == "shadow" else f"A/B with {share:.0%} of entities"
+    return Step(
+        f"update.{stage}",
+        state.candidate,
+        f"{state.candidate} in {what}",
+        reason or f"candidate {state.candidate} moves to {what}; active {state.active}",
+    )
+
+
+def promote_step(name: str, state: SlotState, reason: str) -> Step:
+    """Making the candidate active; only after it ran in shadow or A/B."""
+    if state.candidate is None:
+        raise FailedPrecondition(f"model {name} has no candidate to promote")
+    if state.stage not in RUNNING:
+        raise FailedPrecondition(
+            f"model {name}: candidate {state.candidate} is only {state.stage}; run it"
+            " in shadow or A/B before promoting it"
+        )
+    return Step(
+        "update.promote",
+        state.candidate,
+        f"{state.candidate} active (was {state.active})",
+        reason,
+    )
+
+
+def rollback_step(name: str, state: SlotState, reason: str) -> Step:
+    """Withdrawing the candidate; without one, restoring the previous version."""
+    if state.candidate is not None:
+        target, summary = state.candidate, f"candidate {state.candidate} withdrawn"
+    elif state.previous is not None:
+        target = state.active or state.previous
+        summary = f"{state.previous} active again (was {state.active})"
+    else:
+        raise FailedPrecondition(f"model {name} has nothing to roll back to")
+    return Step("update.rollback", target, summary, reason)
+
+
+@dataclass(frozen=True)
+class GateAction:
+    """What the health gate does about a candidate: roll it back, or move it on."""
+
+    step: Literal["rollback", "ab", "promote"]
+    reason: str
+    share: float = 0.0
+
+
+def gate_action(
+    state: SlotState, verdict: Verdict, schedule: RolloutSchedule, now: datetime
+) -> GateAction | None:
+    """The automatic step for a candidate in shadow or A/B with ``verdict`` at ``now``:
+    an unhealthy one is rolled back; a healthy one moves on once it has been healthy in
+    its stage for as long as ``schedule`` asks; an undecided one waits."""
+    if verdict.healthy is False:
+        return GateAction("rollback", "health gate: " + "; ".join(verdict.reasons))
+    if not verdict.healthy or not schedule.enabled or not state.stage_started_at:
+        return None
+    started = datetime.fromisoformat(state.stage_started_at)
+    elapsed = (now - started).total_seconds()
+    reason = f"healthy for {elapsed / 60:.0f} min ({verdict.summary()})"
+    if state.stage == "shadow" and elapsed >= schedule.shadow_seconds:
+        return GateAction("ab", reason, schedule.ab_share)
+    if state.stage == "ab" and elapsed >= schedule.ab_seconds:
+        return GateAction("promote", reason)
+    return None
+
+
+# --------------------------------------------------------------------------- taking steps
+
+
+class Rollout:
+    """Takes rollout steps on the registry, each audited first, one at a time per model;
+    runs the health gate."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        trail: Trail,
+        *,
+        status: ModelStatusSource | None,
+        health_policy: HealthPolicy,
+        feedback: FeedbackSource | None = None,
+        schedule: RolloutSchedule | None = None,
+    ) -> None:
+        self._registry = registry
+        self._trail = trail
+        self.status = status
+        self.policy = health_policy
+        self.feedback = feedback
+        self.schedule = schedule or RolloutSchedule()
+        # One lifecycle change at a time per model (the registry locks across processes).
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def state(self, name: str) -> SlotState:
+        """The slots of ``name``; NotFound when the registry does not know the model."""
+        state = await asyncio.to_thread(self._registry.state, name)
+        if state.active is None and state.candidate is None:
+            raise NotFound(f"model_name: {name!r} is not in the registry")
+        return state
+
+    async def stage(
+        self, name: str, install: Callable[[], Awaitable[VersionInfo]]
+    ) -> tuple[VersionInfo, SlotState]:
+        """Installs a version (``install``, under the model's lock) and stages it as the
+        candidate; staging the current candidate again changes nothing."""
+        async with self._lock(name):
+            info = await install()
+            state = await self.state(name)
+            step = stage_step(name, state, info)
+            if step is None:
+                return info, state
+            await self._record(ref(info), step, automatic=False)
+            state = await asyncio.to_thread(self._registry.stage, name, info.version)
+        self._stepped(name, step, state, automatic=False)
+        return info, state
+
+    async def start(
+        self, name: str, stage: StageName, share: float, *, automatic: bool, reason: str = ""
+    ) -> SlotState:
+        """Moves the candidate into shadow or A/B (``share`` of entities)."""
+        async with self._lock(name):
+            step = start_step(name, await self.state(name), stage, share, reason)
+            await self._record(await self._ref(name, step.version), step, automatic=automatic)
+            state = await asyncio.to_thread(self._registry.start_rollout, name, stage, share)
+        self._stepped(name, step, state, automatic=automatic)
+        return state
+
+    async def promote(self, name: str, *, automatic: bool, reason: str) -> SlotState:
+        """Makes the candidate active (the active version becomes previous)."""
+        async with self._lock(name):
+            step = promote_step(name, await self.state(name), reason)
+            await self._record(await self._ref(name, step.version), step, automatic=automatic)
+            state = await asyncio.to_thread(self._registry.promote, name)
+        self._stepped(name, step, state, automatic=automatic)
+        return state
+
+    async def rollback(self, name: str, *, automatic: bool, reason: str) -> SlotState:
+        """Withdraws the candidate, or restores the previous version."""
+        async with self._lock(name):
+            step = rollback_step(name, await self.state(name), reason)
+            await self._record(await self._ref(name, step.version), step, automatic=automatic)
+            state = await asyncio.to_thread(self._registry.rollback, name)
+        self._stepped(name, step, state, automatic=automatic)
+        return state
+
+    # ------------------------------------------------------------------ the health gate
+
+    async def health(self, name: str, state: SlotState) -> tuple[RoleHealth, RoleHealth] | None:
+        """Active and candidate health of a rollout in shadow or A/B, with their feedback
+        accuracy where it is scored; None before inference serves the rollout."""
+        if self.status is None or state.stage not in RUNNING:
+            return None
+        active, candidate = await self.status.health(name)
+        if active is None or candidate is None:
+            return None
+        return await self._with_feedback(name, state, active, candidate)
+
+    async def check_health(self) -> list[tuple[str, Verdict]]:
+        """One pass of the health gate over every candidate in shadow or A/B: rolls back
+        those that fail, moves on those that are due. Returns the verdicts."""
+        verdicts: list[tuple[str, Verdict]] = []
+        if self.status is None:
+            return verdicts
+        for name in await asyncio.to_thread(self._registry.models):
+            state = await asyncio.to_thread(self._registry.state, name)
+            if state.stage not in RUNNING or state.candidate is None:
+                continue
+            active, candidate = await self.status.health(name)
+            if active is None or candidate is None or candidate.version != state.candidate:
+                continue  # inference has not loaded this rollout yet
+            active, candidate = await self._with_feedback(name, state, active, candidate)
+            verdict = judge(active, candidate, state.stage, self.policy)
+            verdicts.append((name, verdict))
+            await self._act(name, state, verdict)
+        return verdicts
+
+    async def _act(self, name: str, state: SlotState, verdict: Verdict) -> None:
+        action = gate_action(state, verdict, self.schedule, datetime.now(UTC))
+        if action is None:
+            return
+        if action.step == "rollback":
+            AUTO_ROLLBACKS.labels(name).inc()
+            logger.warning("health gate: rolling back %s %s", name, state.candidate)
+            await self.rollback(name, automatic=True, reason=action.reason)
+        elif action.step == "ab":
+            await self.start(name, "ab", action.share, automatic=True, reason=action.reason)
+        else:
+            await self.promote(name, automatic=True, reason=action.reason)
+
+    async def _with_feedback(
+        self, name: str, state: SlotState, active: RoleHealth, candidate: RoleHealth
+    ) -> tuple[RoleHealth, RoleHealth]:
+        """``active`` and ``candidate`` with their accuracy on the homeowners' labels
+        observed since the stage started, when the personalization service scores them."""
+        if self.feedback is None:
+            return active, candidate
+        since = datetime.fromisoformat(state.stage_started_at) if state.stage_started_at else None
+        scores = await self.feedback.accuracy(name, [active.version, candidate.version], since)
+
+        def scored(h: RoleHealth) -> RoleHealth:
+            accuracy, count = scores.get(h.version, (0.0, 0))
+            if count <= 0:
+                return h
+            return replace(h, feedback_accuracy=accuracy, feedback_count=count)
+
+        return scored(active), scored(candidate)
+
+    # ------------------------------------------------------------------ internals
+
+    async def _record(self, model: common_pb2.ModelRef, step: Step, *, automatic: bool) -> None:
+        await self._trail.record(model, step.action, step.summary, step.reason, automatic=automatic)
+
+    async def _ref(self, name: str, version: str) -> common_pb2.ModelRef:
+        return ref(await asyncio.to_thread(self._registry.info, name, version))
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def _stepped(self, name: str, step: Step, state: SlotState, *, automatic: bool) -> None:
+        STEPS.labels(name, step.name, "automatic" if automatic else "operator").inc()
+        STAGE.labels(name).set(_STAGE_NUMBERS[state.stage])
+
+
+def ref(info: VersionInfo) -> common_pb2.ModelRef:
+    """The audit log's and the API's reference to an installed version."""
+    return common_pb2.ModelRef(name=info.name, version=info.version, sha256=info.sha256)
+
+
+async def run_health_gate(
+    check: Callable[[], Awaitable[list[tuple[str, Verdict]]]], interval_seconds: float
+) -> None:
+    """Runs the health gate every ``interval_seconds`` until cancelled."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            for name, verdict in await check():
+                logger.debug("health gate %s: %s", name, verdict.summary())
+        except Exception:
+            logger.exception("health gate pass failed; retrying")

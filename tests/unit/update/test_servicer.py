@@ -1,0 +1,251 @@
+"""The update servicer as a thin gRPC layer: request checks, who may stage what, opaque
+page tokens (``services.kit.paging``), and the rollout status it builds (health with
+the homeowners' feedback accuracies)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from roost.update.v1 import update_service_pb2 as pb
+from services.kit.auth import Role
+from services.kit.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from services.modelstore.registry import Registry
+from services.update.health import HealthPolicy
+from services.update.servicer import UpdateServicer
+from services.update.trail import Trail
+from tests.support.update_fakes import (
+    ACTIVE,
+    CANDIDATE,
+    FakeAudit,
+    FakeFeedback,
+    FakeStatus,
+    registry_with_candidate,
+)
+
+
+class Context:
+    """What the servicer reads of a call: the caller's certificate name."""
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_common_name": [self.role.value.encode()]}
+
+
+def make_servicer(
+    registry: Registry, feedback: FakeFeedback | None = None
+) -> tuple[UpdateServicer, FakeAudit]:
+    audit = FakeAudit()
+    servicer = UpdateServicer(
+        registry,
+        Trail(audit, "test", 5.0),  # type: ignore[arg-type]
+        updater=None,
+        status=FakeStatus(),
+        local_public_key=None,
+        max_bundle_bytes=1 << 20,
+        health_policy=HealthPolicy(min_compared=100, min_feedback=20),
+        feedback=feedback,
+    )
+    return servicer, audit
+
+
+@pytest.fixture
+def servicer(tmp_path: Path) -> UpdateServicer:
+    return make_servicer(registry_with_candidate(tmp_path))[0]
+
+
+# --------------------------------------------------------------------------- status
+
+
+async def test_without_personalization_the_status_has_no_feedback(tmp_path: Path) -> None:
+    servicer, _ = make_servicer(registry_with_candidate(tmp_path))
+    ((_, verdict),) = await servicer.check_health()
+    assert verdict.healthy is True
+    status = await servicer.GetRolloutStatus(
+        pb.GetRolloutStatusRequest(model_name="occupancy"), None
+    )
+    assert status.status.health.active_feedback_accuracy == 0.0
+    assert status.status.health.candidate_feedback_accuracy == 0.0
+
+
+async def test_the_rollout_status_carries_the_feedback_accuracies(tmp_path: Path) -> None:
+    feedback = FakeFeedback({ACTIVE: (0.9, 25), CANDIDATE: (0.875, 24)})
+    servicer, _ = make_servicer(registry_with_candidate(tmp_path), feedback)
+    status = (
+        await servicer.GetRolloutStatus(pb.GetRolloutStatusRequest(model_name="occupancy"), None)
+    ).status
+    assert (status.stage, status.candidate_share) == (pb.ROLLOUT_STAGE_AB, 0.5)
+    assert (status.active.version, status.candidate.version) == (ACTIVE, CANDIDATE)
+    assert status.health.active_feedback_accuracy == pytest.approx(0.9)
+    assert status.health.candidate_feedback_accuracy == pytest.approx(0.875)
+    assert (status.health.active_feedback_count, status.health.candidate_feedback_count) == (
+        25,
+        24,
+    )
+
+
+async def test_a_model_without_a_rollout_has_no_health(servicer: UpdateServicer) -> None:
+    status = (
+        await servicer.GetRolloutStatus(pb.GetRolloutStatusRequest(model_name="comfort"), None)
+    ).status
+    assert status.stage == pb.ROLLOUT_STAGE_UNSPECIFIED
+    assert not status.HasField("health")
+    with pytest.raises(NotFound, match="not in the registry"):
+        await servicer.GetRolloutStatus(pb.GetRolloutStatusRequest(model_name="nope"), None)
+    with pytest.raises(InvalidArgument, match="model_name: required"):
+        await servicer.GetRolloutStatus(pb.GetRolloutStatusRequest(), None)
+
+
+# --------------------------------------------------------------------------- paging
+
+
+async def test_versions_page_with_opaque_tokens_passed_back_unchanged(
+    servicer: UpdateServicer,
+) -> None:
+    everything = await servicer.ListVersions(pb.ListVersionsRequest(), None)
+    assert len(everything.versions) == 5  # four shipped models, one candidate
+    assert everything.next_page_token == ""
+    pages: list[pb.ModelVersion] = []
+    request = pb.ListVersionsRequest(page_size=2)
+    tokens: list[str] = []
+    while True:
+        response = await servicer.ListVersions(request, None)
+        pages.extend(response.versions)
+        if not response.next_page_token:
+            break
+        tokens.append(response.next_page_token)
+        request.page_token = response.next_page_token
+    assert pages == list(everything.versions)
+    assert len(tokens) == 2
+    assert not any(t.isdigit() for t in tokens)  # not an offset a client may edit
+    # A token belongs to its query.
+    other = pb.ListVersionsRequest(model_name="occupancy", page_size=2, page_token=tokens[0])
+    with pytest.raises(InvalidArgument, match="page_token"):
+        await servicer.ListVersions(other, None)
+    for token in ("2", "garbage!"):
+        with pytest.raises(InvalidArgument, match="page_token"):
+            await servicer.ListVersions(pb.ListVersionsRequest(page_token=token), None)
+    with pytest.raises(InvalidArgument, match="page_size: must be between 0 and 100"):
+        await servicer.ListVersions(pb.ListVersionsRequest(page_size=101), None)
+
+
+async def test_drift_pages_too(servicer: UpdateServicer) -> None:
+    first = await servicer.GetDrift(pb.GetDriftRequest(model_name="occupancy", page_size=3), None)
+    assert [f.feature for f in first.features] == ["f0", "f1", "f2"]
+    rest = await servicer.GetDrift(
+        pb.GetDriftRequest(model_name="occupancy", page_size=3, page_token=first.next_page_token),
+        None,
+    )
+    assert [f.feature for f in rest.features] == ["f3", "f4"]
+    assert rest.next_page_token == ""
+    with pytest.raises(InvalidArgument, match="page_token"):
+        await servicer.GetDrift(
+            pb.GetDriftRequest(model_name="comfort", page_token=first.next_page_token), None
+        )
+
+
+async def test_without_a_repository_there_are_no_releases(servicer: UpdateServicer) -> None:
+    with pytest.raises(FailedPrecondition, match="no model repository configured"):
+        await servicer.CheckForUpdates(pb.CheckForUpdatesRequest(), None)
+    with pytest.raises(FailedPrecondition, match="no model repository configured"):
+        await servicer.Stage(
+            pb.StageRequest(model_name="occupancy", version="1.5.0"), Context(Role.ADMIN)
+        )
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@pytest.mark.parametrize(
+    ("request_", "role", "error", "match"),
+    [
+        (pb.StageRequest(version="1.2.0"), Role.ADMIN, InvalidArgument, "model_name"),
+        (pb.StageRequest(model_name="occupancy"), Role.ADMIN, InvalidArgument, "version"),
+        (
+            pb.StageRequest(model_name="occupancy", version="1.2.0"),
+            Role.PERSONALIZATION,
+            PermissionDenied,
+            "local candidates only",
+        ),
+        (
+            pb.StageRequest(model_name="occupancy", local_bundle=b"tar"),
+            Role.HUB,
+            PermissionDenied,
+            "come from the personalization service",
+        ),
+        (
+            pb.StageRequest(model_name="occupancy", version="1.2.0", local_bundle=b"tar"),
+            Role.PERSONALIZATION,
+            InvalidArgument,
+            "must be empty with local_bundle",
+        ),
+        (
+            pb.StageRequest(model_name="occupancy", local_bundle=b"x" * ((1 << 20) + 1)),
+            Role.PERSONALIZATION,
+            InvalidArgument,
+            "larger than",
+        ),
+        (
+            pb.StageRequest(model_name="occupancy", local_bundle=b"tar"),
+            Role.PERSONALIZATION,
+            FailedPrecondition,
+            "no local-candidate key",
+        ),
+    ],
+)
+async def test_stage_requests_are_checked(
+    servicer: UpdateServicer,
+    request_: pb.StageRequest,
+    role: Role,
+    error: type[Exception],
+    match: str,
+) -> None:
+    with pytest.raises(error, match=match):
+        await servicer.Stage(request_, Context(role))
+
+
+@pytest.mark.parametrize(
+    ("request_", "match"),
+    [
+        (pb.StartRolloutRequest(model_name="occupancy"), "stage: must be"),
+        (
+            pb.StartRolloutRequest(
+                model_name="occupancy", stage=pb.ROLLOUT_STAGE_AB, candidate_share=1.5
+            ),
+            r"candidate_share: 1\.5 is not in \(0, 1\]",
+        ),
+        (pb.StartRolloutRequest(stage=pb.ROLLOUT_STAGE_SHADOW), "model_name: required"),
+    ],
+)
+async def test_rollout_requests_are_checked(
+    servicer: UpdateServicer, request_: pb.StartRolloutRequest, match: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        await servicer.StartRollout(request_, None)
+
+
+async def test_lifecycle_responses(tmp_path: Path) -> None:
+    servicer, audit = make_servicer(registry_with_candidate(tmp_path, "staged"))
+    started = await servicer.StartRollout(
+        pb.StartRolloutRequest(model_name="occupancy", stage=pb.ROLLOUT_STAGE_SHADOW), None
+    )
+    assert (started.status.stage, started.status.candidate.version) == (
+        pb.ROLLOUT_STAGE_SHADOW,
+        CANDIDATE,
+    )
+    promoted = await servicer.Promote(pb.PromoteRequest(model_name="occupancy"), None)
+    assert (promoted.active.model.version, promoted.active.slot) == (CANDIDATE, pb.SLOT_ACTIVE)
+    rolled = await servicer.Rollback(pb.RollbackRequest(model_name="occupancy", reason=" "), None)
+    assert (rolled.active.model.version, rolled.active.source) == (ACTIVE, pb.SOURCE_TUF)
+    assert [d.policy.reason for d in audit.decisions][1:] == [
+        "promoted by an operator",
+        "rolled back by an operator",
+    ]
