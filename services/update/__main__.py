@@ -91,7 +91,7 @@ async def setup(config: UpdateConfig, app: App) -> None:
     )
     if config.auto_rollback:
         app.background(
-            run_health_gate(servicer.check_health, config.health_check_seconds),
+            run_health_gate(servicer.rollout.check_health, config.health_check_seconds),
             name="update-health-gate",
         )
     app.register(

@@ -59,7 +59,7 @@ class Verdict:
     def summary(self) -> str:
         if self.healthy is None:
             return "undecided: " + "; ".join(self.reasons)
-        return ("healthy" if self.healthy else "unhealthy: ") + "; ".join(self.reasons)
+        return ("healthy: " if self.healthy else "unhealthy: ") + "; ".join(self.reasons)
 
 
 def judge(active: RoleHealth, candidate: RoleHealth, stage: str, policy: HealthPolicy) -> Verdict:

@@ -24,7 +24,7 @@ from services.kit.interceptors import peer_role
 from services.kit.paging import decode_offset, encode_offset, page_size
 from services.modelstore.registry import Registry, SlotState, VersionInfo
 from services.modelstore.registry import Stage as StageName
-from services.update.health import HealthPolicy, RolloutSchedule, Verdict
+from services.update.health import HealthPolicy, RolloutSchedule
 from services.update.install import Installer
 from services.update.rollout import FeedbackSource, ModelStatusSource, Rollout, ref
 from services.update.trail import Trail
@@ -83,10 +83,6 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
             local_public_key=local_public_key,
             max_bundle_bytes=max_bundle_bytes,
         )
-
-    async def check_health(self) -> list[tuple[str, Verdict]]:
-        """One pass of the health gate (the service's background task runs it)."""
-        return await self.rollout.check_health()
 
     # ------------------------------------------------------------------ reads
 

@@ -57,7 +57,9 @@ def test_each_threshold_fails_the_candidate(kw: dict[str, object], stage: str, r
 
 
 def test_a_good_candidate_passes_and_tiny_latencies_are_ignored() -> None:
-    assert judge(ACTIVE, candidate(), "shadow", POLICY).healthy is True
+    good = judge(ACTIVE, candidate(), "shadow", POLICY)
+    assert good.healthy is True
+    assert good.summary().startswith("healthy: ")  # the audited reason reads as a sentence
     fast_active = RoleHealth("1.0.0", predictions=1000, errors=0, p99_seconds=0.0002)
     assert judge(fast_active, candidate(p99_seconds=0.001, errors=0), "ab", POLICY).healthy
     # Disagreement does not matter in A/B (it serves different entities).

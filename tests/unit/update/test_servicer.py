@@ -67,7 +67,7 @@ def servicer(tmp_path: Path) -> UpdateServicer:
 
 async def test_without_personalization_the_status_has_no_feedback(tmp_path: Path) -> None:
     servicer, _ = make_servicer(registry_with_candidate(tmp_path))
-    ((_, verdict),) = await servicer.check_health()
+    ((_, verdict),) = await servicer.rollout.check_health()
     assert verdict.healthy is True
     status = await servicer.GetRolloutStatus(
         pb.GetRolloutStatusRequest(model_name="occupancy"), None
