@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from models.manifest import shipped_models_dir
 from services.kit.auth import Role
 from services.kit.certs import ensure_certs
+from services.modelstore.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +167,19 @@ class Stack:
             **self._peer_env(role),
             **(extra_env or {}),
         }
+        if role == Role.INFERENCE and prefix + "REGISTRY_ROOT" not in (extra_env or {}):
+            self.bootstrap_models()
         proc = self._spawn(name, [sys.executable, "-m", f"services.{name}"], env)
         return self._wait_ready(proc, ready, timeout)
+
+    def bootstrap_models(self) -> list[str]:
+        """Install and activate the shipped models the stack's model store lacks.
+
+        Inference only reads the store and the update service is its writer; a stack
+        may run inference without update (tests, `roost serve`), so the launcher puts
+        the shipped models in first. Idempotent, and safe beside a running update
+        service (writers take the store's per-model lock)."""
+        return Registry(self.models_dir).bootstrap(shipped_models_dir())
 
     @property
     def models_dir(self) -> Path:

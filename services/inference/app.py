@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 
-from models.manifest import shipped_models_dir
 from services.inference.config import InferenceConfig
 from services.inference.drift import DriftSettings
 from services.inference.health import HealthBook
 from services.inference.monitor import Monitor
 from services.inference.registry import ModelRegistry
 from services.inference.servicer import InferenceServicer
-from services.inference.watcher import RegistryWatcher, open_registry
+from services.inference.watcher import RegistryWatcher
+from services.modelstore.reader import RegistryReader
 
 
 class InferenceApp:
@@ -44,14 +44,13 @@ class InferenceApp:
         self.watcher: RegistryWatcher | None = None
 
     async def start(self) -> None:
-        """Load the models (from the registry, bootstrapping it first if configured, or
-        from ``model_dir``) and start following the registry."""
+        """Load the models (from the model store, which inference only reads, or from
+        ``model_dir``) and start following the store."""
         c = self.config
         if c.registry_root is None:
             await asyncio.to_thread(self.registry.load_directory, c.model_dir)
             return
-        shipped = shipped_models_dir() if c.bootstrap_shipped else None
-        disk = await asyncio.to_thread(open_registry, c.registry_root, shipped)
+        disk = RegistryReader(c.registry_root)
         self.watcher = RegistryWatcher(self.registry, disk, c.registry_poll_seconds)
         await self.watcher.refresh()
         self.watcher.start()

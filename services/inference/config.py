@@ -22,10 +22,9 @@ class InferenceConfig(ServiceConfig):
     # One sub-directory per model, each with manifest.json and its ONNX file. Used only
     # when registry_root is None.
     model_dir: Path = field(default_factory=shipped_models_dir)
-    # The on-disk model registry (services/modelstore/registry.py); None: use model_dir.
+    # The model store (services/modelstore), read only: the update service (or, for a
+    # stack on one machine, the launcher) installs the shipped models. None: model_dir.
     registry_root: Path | None = None
-    # On start, install and activate the shipped models the registry lacks.
-    bootstrap_shipped: bool = True
     # How often each model's state.json is checked (a stat; read only on change).
     registry_poll_seconds: float = 0.2
     # onnxruntime worker threads (sessions run here, off the event loop).

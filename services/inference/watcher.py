@@ -1,4 +1,4 @@
-"""Registry-backed serving: follow the on-disk model registry and hot-swap sessions.
+"""RegistryReader-backed serving: follow the on-disk model registry and hot-swap sessions.
 
 The update service writes the registry (``services/modelstore/registry.py``); this
 service only reads it. Every ``poll_seconds`` (default 0.2 s) the watcher stats each
@@ -29,25 +29,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
 from models.manifest import ManifestError
 from services.inference.registry import LoadedModel, ModelRegistry, Serving, load_model
 from services.kit.errors import RoostError
-from services.modelstore.registry import STATE_FILE, Registry, SlotState
+from services.modelstore.reader import STATE_FILE, RegistryReader, SlotState
 
 log = logging.getLogger(__name__)
 
 MODEL_GENERATION = Gauge(
     "roost_inference_model_generation",
-    "Registry generation of the model's slots that this service applied.",
+    "RegistryReader generation of the model's slots that this service applied.",
     ["model"],
 )
 SWAPS = Counter(
     "roost_inference_swaps_total",
-    "Registry changes applied to what serves a model (active/candidate/stage).",
+    "RegistryReader changes applied to what serves a model (active/candidate/stage).",
     ["model"],
 )
 LOAD_FAILURES = Counter(
@@ -63,7 +62,9 @@ class LoadFailed(Exception):
 
 
 class RegistryWatcher:
-    def __init__(self, registry: ModelRegistry, disk: Registry, poll_seconds: float = 0.2) -> None:
+    def __init__(
+        self, registry: ModelRegistry, disk: RegistryReader, poll_seconds: float = 0.2
+    ) -> None:
         self._registry = registry
         self._disk = disk
         self._poll = poll_seconds
@@ -190,14 +191,3 @@ class RegistryWatcher:
             f" {state.share:g}" if state.stage == "ab" else "",
             state.generation,
         )
-
-
-def open_registry(root: Path, bootstrap_from: Path | None) -> Registry:
-    """The on-disk registry at ``root``; with ``bootstrap_from``, install and activate the
-    shipped models it does not have yet (a fresh hub serves them at once)."""
-    disk = Registry(root)
-    if bootstrap_from is not None:
-        done = disk.bootstrap(bootstrap_from)
-        if done:
-            log.info("registry %s: bootstrapped %s", root, ", ".join(done))
-    return disk

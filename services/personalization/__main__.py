@@ -23,7 +23,7 @@ from services.kit.app import App
 from services.kit.auth import Role
 from services.kit.certs import LOCAL_CANDIDATE_KEY
 from services.kit.config import load_config
-from services.modelstore.registry import Registry
+from services.modelstore.reader import RegistryReader
 from services.personalization.config import PersonalizationConfig
 from services.personalization.job_manager import JobManager
 from services.personalization.job_table import JobTable
@@ -85,7 +85,7 @@ async def setup(config: PersonalizationConfig, app: App) -> None:
             store=store,
             ledger=ledger,
             jobs=job_table,
-            registry=Registry(config.registry_root),
+            registry=RegistryReader(config.registry_root),
             stage=update_stager(update_grpc.UpdateServiceStub(update_channel)),
             signing_key_path=config.certs_dir / LOCAL_CANDIDATE_KEY,
         )

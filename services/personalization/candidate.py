@@ -16,12 +16,12 @@ from models.manifest import MANIFEST_FILE, sha256_file
 from services.kit.errors import FailedPrecondition
 from services.modelstore import local_key
 from services.modelstore.bundle import pack_bundle, parse_version
-from services.modelstore.registry import Registry
+from services.modelstore.reader import RegistryReader
 from services.personalization import worker
 from services.personalization.job_table import JobRecord
 
 
-def next_local_version(registry: Registry, model: str, active: str) -> str:
+def next_local_version(registry: RegistryReader, model: str, active: str) -> str:
     """``<active x.y.z>.<n>`` with the next free ``n`` among installed versions."""
     parse_version(active)
     base = ".".join([*active.split("."), "0", "0"][:3])

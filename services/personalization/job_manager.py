@@ -55,7 +55,7 @@ from typing import Any, Final
 
 from models.manifest import Manifest
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, RoostError
-from services.modelstore.registry import Registry
+from services.modelstore.reader import RegistryReader
 from services.personalization import public, worker
 from services.personalization.accounting import mechanism_epsilon
 from services.personalization.candidate import next_local_version, pack_and_sign, write_candidate
@@ -85,7 +85,7 @@ class JobManager:
         store: ExampleStore,
         ledger: PrivacyLedger,
         jobs: JobTable,
-        registry: Registry,
+        registry: RegistryReader,
         stage: Stager,
         signing_key_path: Path,
     ) -> None:

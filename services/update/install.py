@@ -17,7 +17,8 @@ from typing import Any
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.modelstore import local_key
 from services.modelstore.bundle import TargetInfo, parse_version, unpack_bundle
-from services.modelstore.registry import Registry, VersionInfo
+from services.modelstore.reader import VersionInfo
+from services.modelstore.registry import Registry
 from services.update.tuf_client import ModelUpdater
 
 

@@ -38,8 +38,9 @@ from roost.common.v1 import common_pb2
 from roost.update.v1 import update_service_pb2 as pb
 from services.kit.errors import FailedPrecondition, NotFound
 from services.modelstore.bundle import parse_version
-from services.modelstore.registry import Registry, SlotState, VersionInfo
-from services.modelstore.registry import Stage as StageName
+from services.modelstore.reader import SlotState, VersionInfo
+from services.modelstore.reader import Stage as StageName
+from services.modelstore.registry import Registry
 from services.update.health import HealthPolicy, RoleHealth, RolloutSchedule, Verdict, judge
 from services.update.trail import Trail
 

@@ -22,8 +22,9 @@ from services.kit.auth import Policy, Role
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.kit.interceptors import peer_role
 from services.kit.paging import decode_offset, encode_offset, page_size
-from services.modelstore.registry import Registry, SlotState, VersionInfo
-from services.modelstore.registry import Stage as StageName
+from services.modelstore.reader import SlotState, VersionInfo
+from services.modelstore.reader import Stage as StageName
+from services.modelstore.registry import Registry
 from services.update.health import HealthPolicy, RolloutSchedule
 from services.update.install import Installer
 from services.update.rollout import FeedbackSource, ModelStatusSource, Rollout, ref

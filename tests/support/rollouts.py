@@ -72,7 +72,6 @@ def config(tmp: Path, **overrides: object) -> InferenceConfig:
         port=0,
         certs_dir=tmp / "certs",
         registry_root=tmp / "registry",
-        bootstrap_shipped=False,
         **overrides,  # type: ignore[arg-type]
     )
 

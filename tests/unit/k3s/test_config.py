@@ -93,7 +93,6 @@ def test_config_files_match_the_code(
     inference = configs["inference"]
     assert inference.registry_root is not None
     assert role_mounts(objs, "inference")[str(inference.registry_root)] is True
-    assert not inference.bootstrap_shipped, "inference mounts the models volume read-only"
     assert inference.registry_root == configs["update"].registry_root
     assert "listener 1883 " in config_data(objs, "roost-mosquitto-config", "mosquitto.conf")
 

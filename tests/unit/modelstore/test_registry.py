@@ -16,7 +16,8 @@ import pytest
 
 from models.manifest import MANIFEST_FILE, load_manifest, shipped_models_dir
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.modelstore.registry import STATE_FILE, Registry, SlotState
+from services.modelstore.reader import STATE_FILE, SlotState
+from services.modelstore.registry import Registry
 
 
 def model_version(tmp: Path, version: str, name: str = "occupancy") -> Path:

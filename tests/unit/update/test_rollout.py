@@ -20,7 +20,8 @@ from services.kit.errors import (
     PermissionDenied,
     Unavailable,
 )
-from services.modelstore.registry import Registry, SlotState, VersionInfo
+from services.modelstore.reader import SlotState, VersionInfo
+from services.modelstore.registry import Registry
 from services.update.health import HealthPolicy, RolloutSchedule, Verdict
 from services.update.rollout import (
     GateAction,
