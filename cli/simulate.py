@@ -3,8 +3,9 @@
 Sources yield :class:`SimReading` in timestamp order:
 
 * :func:`replay_source` reads the real UCI Occupancy data (``models.datasets``; the data
-  stays in ``../shared/data``), four readings per row: temperature, humidity,
-  illuminance (the Light column) and carbon_dioxide (the CO2 column).
+  stays in ``../shared/data`` or ``$ROOST_DATA_DIR``, resolved once by :func:`main`),
+  four readings per row: temperature, humidity, illuminance (the Light column) and
+  carbon_dioxide (the CO2 column).
 * :func:`synthetic_source` is a seeded generator with the same shape and similar
   statistics, used when the data is not on this machine.
 * :func:`default_source` picks one of the two.
@@ -32,13 +33,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import aiomqtt
 
 from hub import mqtt
 from hub.topics import reading_topic, valid_segment
-from models.datasets import DatasetMissing, load_occupancy, occupancy_path
+from models.datasets import DatasetMissing, data_dir_from_env, load_occupancy, occupancy_path
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +84,12 @@ class _CountedIterator(Iterator[SimReading]):
 # --- Sources ---------------------------------------------------------------------------
 
 
-def replay_source(split: Split = "test", *, area: str = "office") -> Iterator[SimReading]:
-    """The real occupancy data, 4 readings per row. Raises DatasetMissing if absent."""
-    data = load_occupancy(split)  # eager: a missing data set fails here, not mid-stream
+def replay_source(
+    split: Split = "test", *, area: str = "office", data_dir: Path | None
+) -> Iterator[SimReading]:
+    """The real occupancy data in ``data_dir``, 4 readings per row. Raises
+    DatasetMissing if absent."""
+    data = load_occupancy(split, data_dir)  # eager: a missing data set fails here, not mid-stream
     columns = (data.temperature, data.humidity, data.light, data.co2)
 
     def rows() -> Iterator[SimReading]:
@@ -224,22 +229,25 @@ def default_source(
     start_ts: float = DEFAULT_SYNTHETIC_START,
     rows: int | None = None,
     area: str = "office",
+    data_dir: Path | None = None,
 ) -> Iterator[SimReading]:
-    """Replay the real data if it is here (``auto``/``replay``), else the generator.
+    """Replay the real data in ``data_dir`` if it is there (``auto``/``replay``), else
+    the generator.
 
-    ``kind="replay"`` raises DatasetMissing when the data is absent; ``rows`` only
-    bounds the synthetic source (``None``: endless).
+    ``data_dir`` is the resolved data directory (``models.datasets.data_dir_from_env``;
+    None: not on this machine). ``kind="replay"`` raises DatasetMissing when the data
+    is absent; ``rows`` only bounds the synthetic source (``None``: endless).
     """
     if kind in ("auto", "replay"):
         try:
-            occupancy_path(split)
+            occupancy_path(split, data_dir)
         except DatasetMissing:
             if kind == "replay":
                 raise
             logger.info("occupancy data not found; using the synthetic source (seed %s)", seed)
         else:
             logger.info("replaying the occupancy '%s' split", split)
-            return replay_source(split, area=area)
+            return replay_source(split, area=area, data_dir=data_dir)
     else:
         logger.info("using the synthetic source (seed %s)", seed)
     return synthetic_source(seed, start_ts, rows, area=area)
@@ -584,7 +592,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("--limit must be >= 0")
         return 2
     try:
-        source = default_source(args.source, split=args.split, seed=args.seed)
+        source = default_source(
+            args.source,
+            split=args.split,
+            seed=args.seed,
+            data_dir=data_dir_from_env(os.environ),
+        )
     except DatasetMissing as exc:
         logger.error("%s", exc)
         return 2

@@ -46,8 +46,9 @@ from models.anomaly.evaluate import (
     within_tolerance,
 )
 from models.anomaly.spec import ANOMALY_V1, ENERGY, OUTPUT_LABELS, WINDOW
-from models.datasets import DatasetMissing, data_dir
+from models.datasets import DatasetMissing
 from models.manifest import Manifest, load_manifest, shipped_models_dir
+from tests.support.shared_data import DATA_DIR, MISSING
 
 MODEL_DIR = shipped_models_dir() / "anomaly"
 MAX_ARTIFACT_BYTES = 2 * 1024 * 1024
@@ -68,17 +69,17 @@ def session(manifest: Manifest) -> ort.InferenceSession:
 
 @pytest.fixture(scope="module")
 def data() -> ApplianceData:
-    if data_dir() is None:
-        pytest.skip("shared data sets not on this machine (set ROOST_DATA_DIR or ../shared/data)")
+    if DATA_DIR is None:
+        pytest.skip(MISSING)
     try:
-        return load_appliances()
+        return load_appliances(DATA_DIR)
     except DatasetMissing as e:
         pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
 def evaluated(data: ApplianceData) -> dict[str, float]:
-    return evaluate(MODEL_DIR)
+    return evaluate(MODEL_DIR, DATA_DIR)
 
 
 def _run(

@@ -27,10 +27,11 @@ from models.comfort.evaluate import (
     persistence_metrics,
 )
 from models.comfort.spec import COMFORT_V1, HORIZON_STEPS, OUTPUT_LABELS
-from models.datasets import DatasetMissing, data_dir
+from models.datasets import DatasetMissing
 from models.features import FeatureWindow, time_of_day_features
 from models.manifest import Manifest, load_manifest, shipped_models_dir
 from models.report import within
+from tests.support.shared_data import DATA_DIR, MISSING
 
 MODEL_DIR = shipped_models_dir() / "comfort"
 MAX_ARTIFACT_BYTES = 2 * 1024 * 1024
@@ -45,13 +46,10 @@ def manifest() -> Manifest:
 
 @pytest.fixture(scope="module")
 def data() -> AppliancesData:
-    if data_dir() is None:
-        pytest.skip(
-            "UCI Appliances data not on this machine: set ROOST_DATA_DIR or place it in "
-            "../shared/data/appliances"
-        )
+    if DATA_DIR is None:
+        pytest.skip(MISSING)
     try:
-        return load_appliances()
+        return load_appliances(DATA_DIR)
     except DatasetMissing as e:
         pytest.skip(f"UCI Appliances data not available: {e}")
 
@@ -63,7 +61,7 @@ def test_set(data: AppliancesData) -> Samples:
 
 @pytest.fixture(scope="module")
 def recomputed(data: AppliancesData) -> dict[str, float]:
-    return evaluate(MODEL_DIR, data)
+    return evaluate(MODEL_DIR, DATA_DIR, data)
 
 
 def test_manifest_matches_feature_spec(manifest: Manifest) -> None:

@@ -11,10 +11,11 @@ import numpy.typing as npt
 import onnxruntime as ort
 import pytest
 
-from models.datasets import DatasetMissing, data_dir, load_occupancy
+from models.datasets import DatasetMissing, load_occupancy
 from models.features import OCCUPANCY_V1
 from models.manifest import Manifest, load_manifest, shipped_models_dir
 from models.occupancy.data import build_features
+from tests.support.shared_data import DATA_DIR, MISSING
 
 MODEL_DIR = shipped_models_dir() / "occupancy"
 
@@ -80,13 +81,10 @@ def test_output_is_probabilities(manifest: Manifest, session: ort.InferenceSessi
 
 
 def test_test_set_accuracy(manifest: Manifest, session: ort.InferenceSession) -> None:
-    if data_dir() is None:
-        pytest.skip(
-            "UCI Occupancy data not on this machine: set ROOST_DATA_DIR or place it in "
-            "../shared/data/occupancy"
-        )
+    if DATA_DIR is None:
+        pytest.skip(MISSING)
     try:
-        data = load_occupancy("test")
+        data = load_occupancy("test", DATA_DIR)
     except DatasetMissing as e:
         pytest.skip(f"UCI Occupancy test split not available: {e}")
     probs = _run(session, manifest, build_features(data))

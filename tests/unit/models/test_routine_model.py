@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from models.datasets import DatasetMissing, data_dir
+from models.datasets import DatasetMissing
 from models.manifest import Manifest, load_manifest, shipped_models_dir
 from models.routine.data import (
     CLASSES,
@@ -42,6 +42,7 @@ from models.routine.spec import (
     group_feature_names,
 )
 from services.inference.registry import load_model
+from tests.support.shared_data import DATA_DIR, MISSING
 
 MODEL_DIR = shipped_models_dir() / "routine"
 # Stated floors (leave-days-out CV macro-F1 over 8 classes, onnxruntime fp32).
@@ -57,13 +58,10 @@ IDX = {n: i for i, n in enumerate(FEATURE_NAMES)}
 
 
 def _kasteren() -> KasterenData:
-    if data_dir() is None:
-        pytest.skip(
-            "van Kasteren data not on this machine: set ROOST_DATA_DIR or place it in "
-            "../shared/data/kasteren"
-        )
+    if DATA_DIR is None:
+        pytest.skip(MISSING)
     try:
-        return load_kasteren()
+        return load_kasteren(DATA_DIR)
     except DatasetMissing as e:
         pytest.skip(f"van Kasteren data not available: {e}")
 
@@ -322,7 +320,7 @@ def test_evaluate_reproduces_manifest(manifest: Manifest) -> None:
     assert len(data.sensors) == 1319
     assert len(data.activities) == 245
     assert {iv.name for iv in other_home(data).sensors}.isdisjoint(KASTEREN_MAPPING)
-    metrics = evaluate(MODEL_DIR)
+    metrics = evaluate(MODEL_DIR, DATA_DIR)
     for variant in ("fp32", "int8"):
         assert f"alldays_macro_f1_{variant}" in metrics
         assert f"other_home_alldays_macro_f1_{variant}" in metrics
