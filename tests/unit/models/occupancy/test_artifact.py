@@ -1,4 +1,5 @@
-"""The shipped occupancy artifact: manifest, ONNX contract and accuracy on datatest.txt.
+"""The shipped occupancy artifact (``models/artifacts/occupancy``): manifest, ONNX
+contract and accuracy on datatest.txt.
 
 Torch-free: it runs the ONNX in onnxruntime exactly as the inference service does and
 builds its inputs with the serving feature code (``models.features.snapshot``).
@@ -13,21 +14,9 @@ import pytest
 
 from models.datasets import DatasetMissing, load_occupancy
 from models.features import OCCUPANCY_V1
-from models.manifest import Manifest, load_manifest, shipped_models_dir
+from models.manifest import Manifest
 from models.occupancy.data import build_features
 from tests.support.shared_data import DATA_DIR, MISSING
-
-MODEL_DIR = shipped_models_dir() / "occupancy"
-
-
-@pytest.fixture(scope="module")
-def manifest() -> Manifest:
-    return load_manifest(MODEL_DIR)  # also checks the ONNX file's sha256
-
-
-@pytest.fixture(scope="module")
-def session(manifest: Manifest) -> ort.InferenceSession:
-    return ort.InferenceSession(str(MODEL_DIR / manifest.file), providers=["CPUExecutionProvider"])
 
 
 def _run(
