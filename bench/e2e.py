@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from cli.household_stream import default_source
 from cli.stack import Stack
 from hub import mqtt
 from hub.topics import decisions_filter, reading_topic
+from models.datasets import data_dir_from_env
 from models.manifest import load_manifest, shipped_models_dir
 from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as inf_pb
@@ -88,7 +90,10 @@ class RunResult:
 
 def sample_readings(n: int) -> list[tuple[str, float]]:
     """Real household values (the UCI replay, or the simulator's generator)."""
-    return [(r.sensor_kind, r.value) for r in islice(default_source(), n)]
+    return [
+        (r.sensor_kind, r.value)
+        for r in islice(default_source(data_dir=data_dir_from_env(os.environ)), n)
+    ]
 
 
 async def paced_publish(

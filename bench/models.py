@@ -7,6 +7,7 @@ a printed table and bench/results/models.{json,md}.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.table import Table
 from bench.machine import machine_info
 from bench.report import markdown_table, percentile, write
 from models import tasks
-from models.datasets import DatasetMissing
+from models.datasets import DatasetMissing, data_dir_from_env
 from models.export import session
 from models.manifest import MANIFEST_FILE, Manifest, load_manifest, shipped_models_dir
 
@@ -46,7 +47,7 @@ def interleaved_latency(model_dir: Path, m: Manifest) -> dict[str, dict[str, flo
 def quality(name: str, model_dir: Path) -> dict[str, dict[str, float]]:
     """Recomputed metrics, grouped by precision ('fp32' for unsuffixed keys)."""
     try:
-        metrics = tasks.evaluate(name)(model_dir)
+        metrics = tasks.evaluate(name)(model_dir, data_dir_from_env(os.environ))
     except DatasetMissing as e:
         console.print(f"[yellow]{name}: quality not measured ({e})[/]")
         return {}

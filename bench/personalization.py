@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -52,10 +53,10 @@ console = Console()
 
 def synth_rows(days: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """``days`` x 1440 rows: datatraining.txt features tiled (whole-week shifts)."""
-    from models.datasets import load_occupancy
+    from models.datasets import data_dir_from_env, load_occupancy
     from models.occupancy.data import build_features
 
-    data = load_occupancy("train")
+    data = load_occupancy("train", data_dir_from_env(os.environ))
     x, y = build_features(data), data.occupancy.astype(np.int64)
     n = days * ROWS_PER_DAY
     reps = math.ceil(n / len(x))

@@ -10,7 +10,7 @@ home" and scored on that home's later days, for every epsilon in ``EPSILONS`` an
 several seeds, with several anti-forgetting strategies that compose with DP:
 
 * **routine** (van Kasteren 2008, the only real home we have): the base RoutineNet is
-  trained with the shipped recipe (``models.routine.train.fit``, ``Hyper()``) on the
+  trained with the shipped recipe (``models.routine.fit.fit``, ``Hyper()``) on the
   first ``BASE_DAYS`` days in the recorded layout (``kasteren_home``). The "new home"
   is the remaining days in the perturbed layout ``other_home`` (4 sensors dropped,
   the 4 cupboards merged into one, every id renamed): fine-tune on its first
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -57,7 +58,7 @@ from rich.progress import (
 from rich.table import Table
 from torch import nn
 
-from models.datasets import REPO_ROOT, DatasetMissing
+from models.datasets import REPO_ROOT, DatasetMissing, data_dir_from_env
 from models.manifest import shipped_models_dir
 from models.training import make_deterministic
 
@@ -167,7 +168,7 @@ def routine_metrics(p: F32Array, y: I64Array) -> dict[str, float]:
 
 def occupancy_metrics(p: F32Array, y: I64Array) -> dict[str, float]:
     """Accuracy, F1 of "occupied", log-loss and expected calibration error (10 bins)."""
-    from models.occupancy.train import binary_metrics
+    from models.occupancy.evaluate import binary_metrics
 
     m = binary_metrics(y, p.argmax(axis=1).astype(np.int64))
     p1 = np.clip(p[:, 1].astype(np.float64), 1e-7, 1 - 1e-7)
@@ -187,10 +188,11 @@ def occupancy_metrics(p: F32Array, y: I64Array) -> dict[str, float]:
 def routine_setup(seed: int, console: Console) -> Setup:
     """Base on the first BASE_DAYS days (recorded layout); new home = the rest, perturbed."""
     from models.routine.data import build_dataset, load_kasteren, other_home
-    from models.routine.train import Hyper as RoutineHyper
-    from models.routine.train import class_weights, fit
+    from models.routine.fit import fit
+    from models.routine.net import Hyper as RoutineHyper
+    from models.routine.net import class_weights
 
-    data = load_kasteren()
+    data = load_kasteren(data_dir_from_env(os.environ))
     home = build_dataset(data)
     other = build_dataset(data, other_home(data))
     if not np.array_equal(home.starts, other.starts):
@@ -230,7 +232,7 @@ def routine_setup(seed: int, console: Console) -> Setup:
         primary="macro_f1",
         metrics=routine_metrics,
         info={
-            "base": f"RoutineNet, shipped recipe (models.routine.train.Hyper), seed {seed}, "
+            "base": f"RoutineNet, shipped recipe (models.routine.net.Hyper), seed {seed}, "
             f"days 0-{BASE_DAYS - 1} in the recorded layout",
             "base_rows": int(base_rows.sum()),
             "finetune": f"other_home layout, days {BASE_DAYS}-{BASE_DAYS + FINETUNE_DAYS - 1}",
@@ -247,13 +249,14 @@ def occupancy_setup(seed: int, console: Console) -> Setup:
     """Base = the shipped ONNX; new environment = datatest.txt, first 24 h fine-tune."""
     from models.datasets import load_occupancy
     from models.occupancy.data import build_features
-    from models.occupancy.train import _class_weights
+    from models.occupancy.net import class_weights
     from services.personalization.onnx_roundtrip import base_model
 
     path = shipped_models_dir() / "occupancy" / "occupancy.onnx"
     base = base_model("occupancy", path)
-    train = load_occupancy("train")
-    test = load_occupancy("test")
+    data_dir = data_dir_from_env(os.environ)
+    train = load_occupancy("train", data_dir)
+    test = load_occupancy("test", data_dir)
     x_train, y_train = build_features(train), train.occupancy.astype(np.int64)
     x_test, y_test = build_features(test), test.occupancy.astype(np.int64)
     ft = test.ts < test.ts[0] + OCCUPANCY_FINETUNE_HOURS * 3600.0
@@ -270,7 +273,7 @@ def occupancy_setup(seed: int, console: Console) -> Setup:
         y_forget=y_train,
         x_replay=x_rep,
         y_replay=y_rep,
-        class_weights=[float(w) for w in _class_weights(y_train)],
+        class_weights=[float(w) for w in class_weights(y_train)],
         primary="accuracy",
         metrics=occupancy_metrics,
         info={

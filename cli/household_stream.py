@@ -18,6 +18,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 from models.datasets import DatasetMissing, load_occupancy, occupancy_path
@@ -61,9 +62,12 @@ class _CountedIterator(Iterator[SimReading]):
         return max(self._left, 0)
 
 
-def replay_source(split: Split = "test", *, area: str = "office") -> Iterator[SimReading]:
-    """The real occupancy data, 4 readings per row. Raises DatasetMissing if absent."""
-    data = load_occupancy(split)  # eager: a missing data set fails here, not mid-stream
+def replay_source(
+    split: Split = "test", *, area: str = "office", data_dir: Path | None
+) -> Iterator[SimReading]:
+    """The real occupancy data in ``data_dir``, 4 readings per row. Raises
+    DatasetMissing if absent."""
+    data = load_occupancy(split, data_dir)  # eager: a missing data set fails here
     columns = (data.temperature, data.humidity, data.light, data.co2)
 
     def rows() -> Iterator[SimReading]:
@@ -203,22 +207,25 @@ def default_source(
     start_ts: float = DEFAULT_SYNTHETIC_START,
     rows: int | None = None,
     area: str = "office",
+    data_dir: Path | None = None,
 ) -> Iterator[SimReading]:
-    """Replay the real data if it is here (``auto``/``replay``), else the generator.
+    """Replay the real data in ``data_dir`` if it is there (``auto``/``replay``), else
+    the generator.
 
-    ``kind="replay"`` raises DatasetMissing when the data is absent; ``rows`` only
-    bounds the synthetic source (``None``: endless).
+    ``data_dir`` is the resolved data directory (``models.datasets.data_dir_from_env``;
+    None: not on this machine). ``kind="replay"`` raises DatasetMissing when the data
+    is absent; ``rows`` only bounds the synthetic source (``None``: endless).
     """
     if kind in ("auto", "replay"):
         try:
-            occupancy_path(split)
+            occupancy_path(split, data_dir)
         except DatasetMissing:
             if kind == "replay":
                 raise
             logger.info("occupancy data not found; using the synthetic source (seed %s)", seed)
         else:
             logger.info("replaying the occupancy '%s' split", split)
-            return replay_source(split, area=area)
+            return replay_source(split, area=area, data_dir=data_dir)
     else:
         logger.info("using the synthetic source (seed %s)", seed)
     return synthetic_source(seed, start_ts, rows, area=area)

@@ -172,7 +172,10 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_models_run(args: argparse.Namespace) -> int:
+    import os
+
     from models import tasks
+    from models.datasets import data_dir_from_env
 
     entry = tasks.train_main if args.models_command == "train" else tasks.evaluate_main
     try:
@@ -184,7 +187,10 @@ def _cmd_models_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    return main(args.rest)
+    # The data location ($ROOST_DATA_DIR or ../shared/data), read once here; a
+    # --data-dir in the recipe's own arguments comes later and wins.
+    data_dir = data_dir_from_env(os.environ)
+    return main((["--data-dir", str(data_dir)] if data_dir else []) + args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ import aiomqtt
 from cli.household_stream import SimReading, default_source
 from hub import mqtt
 from hub.topics import reading_topic, valid_segment
-from models.datasets import DatasetMissing
+from models.datasets import DatasetMissing, data_dir_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("--limit must be >= 0")
         return 2
     try:
-        source = default_source(args.source, split=args.split, seed=args.seed)
+        source = default_source(
+            args.source,
+            split=args.split,
+            seed=args.seed,
+            data_dir=data_dir_from_env(os.environ),
+        )
     except DatasetMissing as exc:
         logger.error("%s", exc)
         return 2

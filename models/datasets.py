@@ -1,17 +1,23 @@
 """Loaders for the real household data sets in ``../shared/data`` (never copied here).
 
-The data directory is ``$ROOST_DATA_DIR`` if set, else ``../shared/data`` next to the
-repository. Callers that can do without the data check :func:`data_dir` and fall back
-(the simulator uses its generator; tests skip with a reason).
+Where the data is, is configuration, resolved once by an entry point and passed to
+every loader as ``data_dir``: the configured directory (``--data-dir`` of the training
+and evaluation CLIs, or ``$ROOST_DATA_DIR``, which the entry points that read the
+environment pass through :func:`data_dir_from_env`) if it holds the data, else
+``../shared/data`` next to the repository (:func:`find_data_dir`). ``None`` means the
+data is not on this machine: loaders raise :class:`DatasetMissing`, and callers that
+can do without the data fall back (the simulator uses its generator; tests skip with
+a reason). Nothing in ``models`` reads the environment itself.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import io
-import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,17 +27,41 @@ import numpy as np
 import numpy.typing as npt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The environment variable that overrides the data directory (read by entry points only).
+DATA_DIR_ENV = "ROOST_DATA_DIR"
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+NOT_HERE = (
+    f"the shared data sets are not here: set {DATA_DIR_ENV} (or --data-dir) "
+    "or place them in ../shared/data"
+)
 
 
-def data_dir() -> Path | None:
-    """Where the shared data sets are, or None if they are not on this machine."""
-    env = os.environ.get("ROOST_DATA_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / "shared" / "data")
+def find_data_dir(configured: Path | None = None) -> Path | None:
+    """Where the shared data sets are: ``configured`` if it holds them, else the default
+    ``../shared/data`` if it does, else None (not on this machine)."""
+    candidates = [configured] if configured is not None else []
+    candidates.append(DEFAULT_DATA_DIR)
     for c in candidates:
         if (c / "README.md").is_file() or (c / "occupancy").is_dir():
             return c
     return None
+
+
+def data_dir_from_env(env: Mapping[str, str]) -> Path | None:
+    """:func:`find_data_dir` with the override ``$ROOST_DATA_DIR`` of ``env``: an entry
+    point passes its process environment once, at start-up."""
+    configured = env.get(DATA_DIR_ENV)
+    return find_data_dir(Path(configured) if configured else None)
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir`` for a CLI that reads the shared data (resolve with find_data_dir)."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"the shared data sets (roost passes ${DATA_DIR_ENV}; default ../shared/data)",
+    )
 
 
 class DatasetMissing(FileNotFoundError):
@@ -59,21 +89,18 @@ class OccupancyData:
 OCCUPANCY_FILES = {"train": "datatraining.txt", "test": "datatest.txt"}
 
 
-def occupancy_path(split: Literal["train", "test"]) -> Path:
-    base = data_dir()
-    if base is None:
-        raise DatasetMissing(
-            "the shared data sets are not here: set ROOST_DATA_DIR or place them in ../shared/data"
-        )
-    path = base / "occupancy" / OCCUPANCY_FILES[split]
+def occupancy_path(split: Literal["train", "test"], data_dir: Path | None) -> Path:
+    if data_dir is None:
+        raise DatasetMissing(NOT_HERE)
+    path = data_dir / "occupancy" / OCCUPANCY_FILES[split]
     if not path.is_file():
         raise DatasetMissing(f"{path} is missing")
     return path
 
 
-def load_occupancy(split: Literal["train", "test"]) -> OccupancyData:
+def load_occupancy(split: Literal["train", "test"], data_dir: Path | None) -> OccupancyData:
     """Read one split. The header names 7 columns; every row starts with a quoted row number."""
-    path = occupancy_path(split)
+    path = occupancy_path(split, data_dir)
     raw = path.read_bytes()
     rows = list(csv.reader(raw.decode().splitlines()))[1:]
     cols: list[list[float]] = [[] for _ in range(7)]
@@ -114,22 +141,18 @@ class AppliancesTable:
         return len(self.ts)
 
 
-def appliances_path() -> Path:
-    base = data_dir()
-    if base is None:
-        raise DatasetMissing(
-            "the shared data sets are not here: set ROOST_DATA_DIR or place them in "
-            f"../shared/data (needs {APPLIANCES_ZIP})"
-        )
-    path = base / APPLIANCES_ZIP
+def appliances_path(data_dir: Path | None) -> Path:
+    if data_dir is None:
+        raise DatasetMissing(f"{NOT_HERE} (needs {APPLIANCES_ZIP})")
+    path = data_dir / APPLIANCES_ZIP
     if not path.is_file():
         raise DatasetMissing(f"{path} is missing (UCI Appliances Energy Prediction)")
     return path
 
 
-def load_appliances_table(path: Path | None = None) -> AppliancesTable:
-    """Read the zipped CSV in memory: dates ``dd-mm-yyyy HH:MM``, some values in E-notation."""
-    path = path or appliances_path()
+def load_appliances_table(path: Path) -> AppliancesTable:
+    """Read the zipped CSV (:func:`appliances_path`) in memory: dates ``dd-mm-yyyy HH:MM``,
+    some values in E-notation."""
     raw = path.read_bytes()
     with zipfile.ZipFile(io.BytesIO(raw)) as zf:
         text = zf.read(APPLIANCES_CSV).decode()

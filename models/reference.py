@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.datasets import DatasetMissing
+from models.datasets import DatasetMissing, add_data_dir_argument, find_data_dir
 from models.manifest import MANIFEST_FILE, FeatureReference, parse_manifest, shipped_models_dir
 
 DEFAULT_BINS = 10
@@ -82,36 +82,37 @@ def reference_histograms(
 # --- Backfill of the shipped manifests ---------------------------------------------------
 
 
-def _occupancy() -> npt.NDArray[np.float32]:
+def _occupancy(data_dir: Path | None) -> npt.NDArray[np.float32]:
     from models.datasets import load_occupancy  # noqa: PLC0415 - data only when backfilling
     from models.occupancy.data import build_features  # noqa: PLC0415
 
-    return build_features(load_occupancy("train"))
+    return build_features(load_occupancy("train", data_dir))
 
 
-def _comfort() -> npt.NDArray[np.float32]:
+def _comfort(data_dir: Path | None) -> npt.NDArray[np.float32]:
     from models.comfort.data import build_samples, load_appliances, split_masks  # noqa: PLC0415
 
-    data = load_appliances()
+    data = load_appliances(data_dir)
     samples = build_samples(data)
     return samples.take(split_masks(samples, data)["train"]).x
 
 
-def _anomaly() -> npt.NDArray[np.float32]:
+def _anomaly(data_dir: Path | None) -> npt.NDArray[np.float32]:
     from models.anomaly.data import load_appliances, split, window_inputs  # noqa: PLC0415
 
-    data = load_appliances()
+    data = load_appliances(data_dir)
     return window_inputs(data, *split(len(data)).train)
 
 
-def _routine() -> npt.NDArray[np.float32]:
+def _routine(data_dir: Path | None) -> npt.NDArray[np.float32]:
     from models.routine.data import build_dataset, load_kasteren  # noqa: PLC0415
 
-    return build_dataset(load_kasteren()).x
+    return build_dataset(load_kasteren(data_dir)).x
 
 
-# The training matrix of each task, exactly as its train.py builds it.
-TRAINING_INPUTS: dict[str, Callable[[], npt.NDArray[np.float32]]] = {
+# The training matrix of each task from the data in a data directory, exactly as its
+# train.py builds it.
+TRAINING_INPUTS: dict[str, Callable[[Path | None], npt.NDArray[np.float32]]] = {
     "occupancy": _occupancy,
     "comfort": _comfort,
     "anomaly": _anomaly,
@@ -132,13 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("tasks", nargs="*", default=list(TRAINING_INPUTS))
     parser.add_argument("--models-dir", type=Path, default=shipped_models_dir())
     parser.add_argument("--bins", type=int, default=DEFAULT_BINS)
+    add_data_dir_argument(parser)
     args = parser.parse_args(argv)
+    data_dir = find_data_dir(args.data_dir)
     for task in args.tasks:
         if task not in TRAINING_INPUTS:
             print(f"unknown task {task!r}; known: {', '.join(TRAINING_INPUTS)}", file=sys.stderr)
             return 2
         try:
-            x = TRAINING_INPUTS[task]()
+            x = TRAINING_INPUTS[task](data_dir)
         except DatasetMissing as e:
             print(f"{task}: cannot build the training inputs: {e}", file=sys.stderr)
             return 2

@@ -1,7 +1,8 @@
 """The model tasks Roost ships, and where their recipes live.
 
-Each task is a package ``models/<task>/`` with ``train.main(argv)`` (torch) and
-``evaluate.evaluate(model_dir)`` / ``evaluate.main(argv)`` (torch-free), and ships its
+Each task is a package ``models/<task>/``: ``net`` (the torch module), ``train`` (the
+recipe and its CLI, ``train.main(argv)``), ``card`` (the model card) and the torch-free
+``evaluate.evaluate(model_dir, data_dir)`` / ``evaluate.main(argv)``; it ships its
 artifacts in ``models/artifacts/<task>/``.
 """
 
@@ -36,5 +37,9 @@ def evaluate_main(task: str) -> Callable[[list[str] | None], int]:
     return cast(Callable[[list[str] | None], int], _entry(task, "evaluate", "main"))
 
 
-def evaluate(task: str) -> Callable[[Path], dict[str, float]]:
-    return cast(Callable[[Path], dict[str, float]], _entry(task, "evaluate", "evaluate"))
+def evaluate(task: str) -> Callable[[Path, Path | None], dict[str, float]]:
+    """``evaluate(model_dir, data_dir)`` of the task (``data_dir``: see
+    :func:`models.datasets.find_data_dir`)."""
+    return cast(
+        Callable[[Path, Path | None], dict[str, float]], _entry(task, "evaluate", "evaluate")
+    )

@@ -1,4 +1,4 @@
-"""Torch helpers shared by the training recipes (``models/<task>/train.py`` only).
+"""Torch helpers shared by the task networks (``net``) and training recipes (``train``).
 
 Importing this module imports torch; serving code never does.
 """

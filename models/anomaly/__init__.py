@@ -1,1 +1,2 @@
-"""Appliance energy anomaly model: spec, data, training and evaluation."""
+"""Appliance energy anomaly model: spec, data, network, training, model card and
+evaluation."""

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.anomaly.spec import ANOMALY_V1, WINDOW
-from models.datasets import load_appliances_table
+from models.datasets import appliances_path, load_appliances_table
 from models.features import FeatureWindow, snapshot
 
 F32Array = npt.NDArray[np.float32]
@@ -66,10 +66,10 @@ class ApplianceData:
         return self.readings["energy"]
 
 
-def load_appliances(path: Path | None = None) -> ApplianceData:
+def load_appliances(data_dir: Path | None) -> ApplianceData:
     """The columns the anomaly model uses, by sensor kind (``models.datasets`` reads
-    the zipped CSV); rows must be exactly one every 10 minutes."""
-    table = load_appliances_table(path)
+    the zipped CSV from ``data_dir``); rows must be exactly one every 10 minutes."""
+    table = load_appliances_table(appliances_path(data_dir))
     if np.any(np.diff(table.ts) != CADENCE_SECONDS):
         raise ValueError(f"rows are not one every {CADENCE_SECONDS:g} s in time order")
     return ApplianceData(

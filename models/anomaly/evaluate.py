@@ -50,7 +50,7 @@ from models.anomaly.data import (
     window_inputs,
 )
 from models.anomaly.spec import ANOMALY_SCORE, EXPECTED_WH, WINDOW
-from models.datasets import DatasetMissing
+from models.datasets import DatasetMissing, add_data_dir_argument, find_data_dir
 from models.export import session
 from models.manifest import Manifest, ManifestError, load_manifest, shipped_models_dir
 from models.report import comparison_table, within
@@ -221,11 +221,12 @@ def evaluate_onnx(
     return Evaluation(metrics, t_start, clean, faults)
 
 
-def evaluate(model_dir: Path) -> dict[str, float]:
+def evaluate(model_dir: Path, data_dir: Path | None) -> dict[str, float]:
     """The headline metrics of every shipped precision, keyed like the manifest metrics
-    (``<metric>_<precision>``), recomputed from the ONNX files."""
+    (``<metric>_<precision>``), recomputed from the ONNX files and the data in
+    ``data_dir``."""
     manifest = load_manifest(model_dir)
-    data = load_appliances()
+    data = load_appliances(data_dir)
     m = manifest.metrics
     threshold = m["anomaly_threshold"]
     seed = int(m["fault_seed"])
@@ -269,11 +270,12 @@ def _fault_table(manifest: Manifest, metrics: dict[str, float]) -> Table:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--model-dir", type=Path, default=shipped_models_dir() / NAME)
+    add_data_dir_argument(parser)
     args = parser.parse_args(argv)
     console = Console()
     try:
         manifest = load_manifest(args.model_dir)
-        metrics = evaluate(args.model_dir)
+        metrics = evaluate(args.model_dir, find_data_dir(args.data_dir))
     except (DatasetMissing, ManifestError) as e:
         Console(stderr=True).print(f"[red]error:[/] {e}")
         return 2

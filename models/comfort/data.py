@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from models.comfort.spec import COMFORT_V1, HORIZON_STEPS, TEMPERATURE
-from models.datasets import load_appliances_table
+from models.datasets import appliances_path, load_appliances_table
 from models.features import FeatureWindow
 
 F32Array = npt.NDArray[np.float32]
@@ -80,9 +81,10 @@ class AppliancesData:
         return series
 
 
-def load_appliances() -> AppliancesData:
-    """The columns the comfort model uses (``models.datasets`` reads the zipped CSV)."""
-    table = load_appliances_table()
+def load_appliances(data_dir: Path | None) -> AppliancesData:
+    """The columns the comfort model uses (``models.datasets`` reads the zipped CSV from
+    ``data_dir``, see :func:`models.datasets.find_data_dir`)."""
+    table = load_appliances_table(appliances_path(data_dir))
     wanted = [c for room in ROOMS.values() for c in room[:2]] + list(OUTDOOR_COLUMNS.values())
     return AppliancesData(
         ts=table.ts, columns={name: table.columns[name] for name in wanted}, sha256=table.sha256

@@ -28,7 +28,7 @@ from models.comfort.data import (
     split_masks,
 )
 from models.comfort.spec import HORIZON_STEPS
-from models.datasets import DatasetMissing
+from models.datasets import DatasetMissing, add_data_dir_argument, find_data_dir
 from models.export import session
 from models.manifest import ManifestError, load_manifest, shipped_models_dir
 from models.report import comparison_table
@@ -88,15 +88,17 @@ def variant_metrics(
     return metrics, preds
 
 
-def evaluate(model_dir: Path, data: AppliancesData | None = None) -> dict[str, float]:
+def evaluate(
+    model_dir: Path, data_dir: Path | None, data: AppliancesData | None = None
+) -> dict[str, float]:
     """The manifest's headline test metrics, recomputed from the shipped ONNX files:
     ``test_mae_{30,60}_{fp32,int8}`` (degC).
 
-    ``data`` (default: loaded from the shared data directory) saves a reload.
+    ``data`` (default: loaded from ``data_dir``) saves a reload.
     """
     manifest = load_manifest(model_dir)
     if data is None:
-        data = load_appliances()
+        data = load_appliances(data_dir)
     if manifest.training_data_sha256 and data.sha256 != manifest.training_data_sha256:
         raise ManifestError(
             f"{model_dir}: trained on data sha256 {manifest.training_data_sha256}, "
@@ -118,12 +120,16 @@ def persistence_metrics(test: Samples) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--model-dir", type=Path, default=shipped_models_dir() / NAME)
+    add_data_dir_argument(parser)
     args = parser.parse_args(argv)
     console = Console()
+    data_dir = find_data_dir(args.data_dir)
     try:
         manifest = load_manifest(args.model_dir)
-        data = load_appliances()
-        metrics = evaluate(args.model_dir, data) | persistence_metrics(evaluation_samples(data))
+        data = load_appliances(data_dir)
+        metrics = evaluate(args.model_dir, data_dir, data) | persistence_metrics(
+            evaluation_samples(data)
+        )
     except DatasetMissing as e:
         Console(stderr=True).print(f"[red]cannot evaluate {NAME}:[/] {e}")
         return 2

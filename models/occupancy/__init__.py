@@ -1,1 +1,3 @@
-"""Room occupancy model: training (``train``) of the shipped ``occupancy`` ONNX artifact."""
+"""Room occupancy model: the network (``net``), training (``train``) and model card
+(``card``) of the shipped ``occupancy`` ONNX artifact; ``data`` and ``evaluate`` are
+torch-free."""

@@ -1,8 +1,9 @@
 """van Kasteren 2008 data for the routine model: loading, 60 s slices, labels, folds.
 
-Torch-free. The data stays in the shared data directory (``models.datasets.data_dir``)
-and is never copied into the repository. Features are built by replaying the sensor
-events through :class:`models.routine.spec.RoutineWindow`, the serving code path.
+Torch-free. The data stays in the shared data directory (``data_dir``, see
+:func:`models.datasets.find_data_dir`) and is never copied into the repository.
+Features are built by replaying the sensor events through
+:class:`models.routine.spec.RoutineWindow`, the serving code path.
 
 Labels (one per 60 s slice ``[t, t + 60)``, features taken at the slice end ``t + 60``):
 
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from models.datasets import DatasetMissing, data_dir
+from models.datasets import NOT_HERE, DatasetMissing
 from models.routine.spec import (
     INPUT_SHAPE,
     KASTEREN_MAPPING,
@@ -98,14 +99,10 @@ class KasterenData:
         return max(i.end for i in (*self.sensors, *self.activities))
 
 
-def kasteren_dir() -> Path:
-    base = data_dir()
-    if base is None:
-        raise DatasetMissing(
-            "the shared data sets are not here: set ROOST_DATA_DIR or place them in "
-            "../shared/data (van Kasteren 2008 in ../shared/data/kasteren)"
-        )
-    folder = base / "kasteren"
+def kasteren_dir(data_dir: Path | None) -> Path:
+    if data_dir is None:
+        raise DatasetMissing(f"{NOT_HERE} (van Kasteren 2008 in ../shared/data/kasteren)")
+    folder = data_dir / "kasteren"
     for name in (SENSE_FILE, ACT_FILE):
         if not (folder / name).is_file():
             raise DatasetMissing(f"{folder / name} is missing (van Kasteren 2008 data set)")
@@ -133,9 +130,10 @@ def _parse(text: str, header: re.Pattern[str], where: str) -> list[Interval]:
     return out
 
 
-def load_kasteren() -> KasterenData:
-    """Read both files; ids are resolved to the names listed in each file's header."""
-    folder = kasteren_dir()
+def load_kasteren(data_dir: Path | None) -> KasterenData:
+    """Read both files from ``data_dir``; ids are resolved to the names listed in each
+    file's header."""
+    folder = kasteren_dir(data_dir)
     sense_raw = (folder / SENSE_FILE).read_bytes()
     act_raw = (folder / ACT_FILE).read_bytes()
     sensors = _parse(sense_raw.decode(), _SENSOR_NAME, SENSE_FILE)

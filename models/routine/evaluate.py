@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from rich.console import Console
 
-from models.datasets import DatasetMissing
+from models.datasets import DatasetMissing, add_data_dir_argument, find_data_dir
 from models.export import run
 from models.manifest import ManifestError, load_manifest, shipped_models_dir
 from models.report import comparison_table
@@ -144,14 +144,14 @@ def score_variants(
     return out
 
 
-def evaluate(model_dir: Path) -> dict[str, float]:
+def evaluate(model_dir: Path, data_dir: Path | None) -> dict[str, float]:
     """Recompute the no-retraining metrics of the artifact in ``model_dir``.
 
-    Raises :class:`models.datasets.DatasetMissing` without the data and
-    :class:`models.manifest.ManifestError` for a broken artifact.
+    Raises :class:`models.datasets.DatasetMissing` without the data in ``data_dir``
+    and :class:`models.manifest.ManifestError` for a broken artifact.
     """
     manifest = load_manifest(model_dir)
-    data = load_kasteren()
+    data = load_kasteren(data_dir)
     files = {k: v.file for k, v in manifest.variants.items()} or {"served": manifest.file}
     return score_variants(
         model_dir,
@@ -166,11 +166,12 @@ def evaluate(model_dir: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Re-score the shipped routine model.")
     parser.add_argument("--model-dir", type=Path, default=shipped_models_dir() / NAME)
+    add_data_dir_argument(parser)
     args = parser.parse_args(argv)
     console = Console()
     try:
         manifest = load_manifest(args.model_dir)
-        metrics = evaluate(args.model_dir)
+        metrics = evaluate(args.model_dir, find_data_dir(args.data_dir))
     except DatasetMissing as e:
         console.print(f"[red]error:[/] van Kasteren data not available: {e}")
         return 2

@@ -162,12 +162,12 @@ def new_module(task: str, onnx_path: Path) -> nn.Module:
     shapes = {i.name: tuple(i.dims) for i in graph.initializer}
     dummy = np.zeros((2, width), dtype=np.float32)
     if task == "occupancy":
-        from models.occupancy.train import OccupancyNet  # noqa: PLC0415 - pulls in rich
+        from models.occupancy.net import OccupancyNet  # noqa: PLC0415 - the task's net only
 
         hidden = int(shapes.get("mlp.0.weight", (32,))[0])
         return OccupancyNet(dummy, hidden=hidden)
     if task == "routine":
-        from models.routine.train import Hyper, RoutineNet  # noqa: PLC0415
+        from models.routine.net import Hyper, RoutineNet  # noqa: PLC0415
 
         hidden = int(shapes.get("mlp.0.weight", (Hyper.hidden,))[0])
         return RoutineNet(dummy, hidden=hidden, dropout=Hyper.dropout)

@@ -20,6 +20,7 @@ distillation only and reports no forgetting metric (it says so in its message).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,11 +75,14 @@ def load(task: str, labels: Sequence[str], shape: Sequence[int]) -> PublicData |
 def _load(
     task: str,
 ) -> tuple[F32Array, I64Array, F32Array, I64Array, tuple[str, ...], str] | None:
+    from models.datasets import data_dir_from_env  # noqa: PLC0415
+
+    data_dir = data_dir_from_env(os.environ)
     if task == "occupancy":
         from models.datasets import load_occupancy  # noqa: PLC0415
         from models.occupancy.data import build_features  # noqa: PLC0415
 
-        train, test = load_occupancy("train"), load_occupancy("test")
+        train, test = load_occupancy("train", data_dir), load_occupancy("test", data_dir)
         return (
             build_features(train),
             train.occupancy.astype(np.int64),
@@ -90,7 +94,7 @@ def _load(
     if task == "routine":
         from models.routine.data import CLASSES, build_dataset, load_kasteren  # noqa: PLC0415
 
-        home = build_dataset(load_kasteren())
+        home = build_dataset(load_kasteren(data_dir))
         x, y = home.x.astype(np.float32), home.y.astype(np.int64)
         return (
             x,

@@ -30,6 +30,7 @@ from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
 from roost.update.v1 import update_service_pb2 as update_pb
 from roost.update.v1 import update_service_pb2_grpc as update_grpc
 from services.kit.auth import Role
+from tests.support.shared_data import DATA_DIR
 from tests.support.stacks import service_channel
 from tests.support.waiting import poll_async
 
@@ -46,7 +47,7 @@ def occupancy_examples(n: int, seed: int = 7) -> tuple[np.ndarray, list[str]]:
     clearly separable synthetic rows: lights on and CO2 up when occupied.
     """
     try:
-        test = load_occupancy("test")
+        test = load_occupancy("test", DATA_DIR)
         x = build_features(test)[:n]
         labels = ["occupied" if v else "vacant" for v in test.occupancy[:n]]
         return x.astype(np.float32), labels

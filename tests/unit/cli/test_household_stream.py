@@ -19,8 +19,9 @@ from cli.household_stream import (
     synthetic_rows,
     synthetic_source,
 )
-from models.datasets import DatasetMissing, data_dir
+from models.datasets import DatasetMissing
 from models.features import OCCUPANCY_V1
+from tests.support.shared_data import DATA_DIR, MISSING
 
 DAY_ROWS = 1440  # one day at one-minute cadence
 
@@ -100,7 +101,7 @@ def test_default_source_synthetic_when_asked() -> None:
     assert first == next(synthetic_source(seed=5))
 
 
-def _no_data(split: str) -> Path:
+def _no_data(split: str, data_dir: Path | None) -> Path:
     raise DatasetMissing("not here")
 
 
@@ -109,34 +110,31 @@ def test_default_source_falls_back_without_data(
 ) -> None:
     monkeypatch.setattr(household_stream, "occupancy_path", _no_data)
     with caplog.at_level(logging.INFO, logger="cli.household_stream"):
-        src = default_source("auto", seed=2, rows=5)
+        src = default_source("auto", seed=2, rows=5, data_dir=DATA_DIR)
     assert list(src) == list(synthetic_source(seed=2, rows=5))
     assert "synthetic" in caplog.text
     with pytest.raises(DatasetMissing):
-        default_source("replay")
+        default_source("replay", data_dir=DATA_DIR)
 
 
 def test_default_source_logs_no_values(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="cli.household_stream"):
-        readings = list(default_source("auto", rows=3))
+        readings = list(default_source("auto", rows=3, data_dir=DATA_DIR))
     for r in readings[:8]:
         assert repr(r.value) not in caplog.text
 
 
 # --- replay source ---------------------------------------------------------------------
 
-needs_data = pytest.mark.skipif(
-    data_dir() is None,
-    reason="shared data sets not found (set ROOST_DATA_DIR or place them in ../shared/data)",
-)
+needs_data = pytest.mark.skipif(DATA_DIR is None, reason=MISSING)
 
 
 @needs_data
 def test_replay_four_readings_per_row() -> None:
     from models.datasets import load_occupancy  # noqa: PLC0415
 
-    data = load_occupancy("test")
-    readings = list(replay_source("test"))
+    data = load_occupancy("test", DATA_DIR)
+    readings = list(replay_source("test", data_dir=DATA_DIR))
     assert len(readings) == 4 * len(data)
     for i in (0, len(data) // 2, len(data) - 1):
         row = readings[4 * i : 4 * i + 4]
@@ -154,7 +152,9 @@ def test_replay_four_readings_per_row() -> None:
 
 @needs_data
 def test_replay_is_sized_and_default_picks_it() -> None:
-    src = replay_source("test", area="lab")
+    src = replay_source("test", area="lab", data_dir=DATA_DIR)
     assert operator.length_hint(src) > 0
     assert next(src).area == "lab"
-    assert next(default_source("auto")) == next(replay_source("test"))
+    assert next(default_source("auto", data_dir=DATA_DIR)) == next(
+        replay_source("test", data_dir=DATA_DIR)
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,32 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
         build_parser().parse_args(["fly"])
     assert e.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_models_commands_take_the_data_location_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from models import tasks  # noqa: PLC0415
+
+    (tmp_path / "occupancy").mkdir()
+    seen: list[tuple[str, list[str]]] = []
+
+    def recipe(task: str) -> Callable[[list[str]], int]:
+        return lambda argv: seen.append((task, argv)) or 0
+
+    monkeypatch.setattr(tasks, "evaluate_main", recipe)
+    monkeypatch.setenv("ROOST_DATA_DIR", str(tmp_path))
+    assert main(["models", "evaluate", "occupancy", "--data-dir", "/mine"]) == 0
+    # Read once by the CLI and passed on; the user's own --data-dir comes later and wins.
+    assert seen == [("occupancy", ["--data-dir", str(tmp_path), "--data-dir", "/mine"])]
+
+
+def test_models_evaluate_without_the_data_exits_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models import datasets  # noqa: PLC0415
+
+    monkeypatch.setattr(datasets, "DEFAULT_DATA_DIR", tmp_path / "absent")
+    monkeypatch.setenv("ROOST_DATA_DIR", str(tmp_path / "empty"))
+    assert main(["models", "evaluate", "occupancy"]) == 2
+    assert "ROOST_DATA_DIR" in capsys.readouterr().err

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from models import tasks
-from models.datasets import data_dir
 from models.manifest import MANIFEST_FILE, load_manifest, shipped_models_dir
 from models.report import within
 from services.inference.explain import attributions, occlusion_batch
 from services.inference.registry import ModelRegistry, load_model
+from tests.support.shared_data import DATA_DIR, MISSING
 
 MAX_ARTIFACT_BYTES = 2 * 1024 * 1024
 SHIPPED = sorted(p.parent.name for p in shipped_models_dir().glob(f"*/{MANIFEST_FILE}"))
@@ -38,11 +38,11 @@ def test_artifacts_are_small_and_hashed(name: str) -> None:
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_evaluation_reproduces_the_manifest(name: str) -> None:
-    if data_dir() is None:
-        pytest.skip("the shared data sets are not on this machine (../shared/data)")
+    if DATA_DIR is None:
+        pytest.skip(MISSING)
     model_dir = shipped_models_dir() / name
     recorded = load_manifest(model_dir).metrics
-    measured = tasks.evaluate(name)(model_dir)
+    measured = tasks.evaluate(name)(model_dir, DATA_DIR)
     assert measured, "evaluate() returned no metrics"
     for key, value in measured.items():
         assert key in recorded, f"{key} is not recorded in the manifest"

@@ -22,7 +22,7 @@ from torch import nn  # noqa: E402
 
 from models.export import session  # noqa: E402
 from models.manifest import load_manifest, shipped_models_dir  # noqa: E402
-from models.occupancy.train import OccupancyNet  # noqa: E402
+from models.occupancy.net import OccupancyNet  # noqa: E402
 from services.personalization.finetune import dp_finetune  # noqa: E402
 from services.personalization.onnx_roundtrip import (  # noqa: E402
     OnnxLoadError,

@@ -1,4 +1,5 @@
-"""The shipped occupancy artifact: manifest, ONNX contract and accuracy on datatest.txt.
+"""The shipped occupancy artifact (``models/artifacts/occupancy``): manifest, ONNX
+contract and accuracy on datatest.txt.
 
 Torch-free: it runs the ONNX in onnxruntime exactly as the inference service does and
 builds its inputs with the serving feature code (``models.features.snapshot``).
@@ -11,22 +12,11 @@ import numpy.typing as npt
 import onnxruntime as ort
 import pytest
 
-from models.datasets import DatasetMissing, data_dir, load_occupancy
+from models.datasets import DatasetMissing, load_occupancy
 from models.features import OCCUPANCY_V1
-from models.manifest import Manifest, load_manifest, shipped_models_dir
+from models.manifest import Manifest
 from models.occupancy.data import build_features
-
-MODEL_DIR = shipped_models_dir() / "occupancy"
-
-
-@pytest.fixture(scope="module")
-def manifest() -> Manifest:
-    return load_manifest(MODEL_DIR)  # also checks the ONNX file's sha256
-
-
-@pytest.fixture(scope="module")
-def session(manifest: Manifest) -> ort.InferenceSession:
-    return ort.InferenceSession(str(MODEL_DIR / manifest.file), providers=["CPUExecutionProvider"])
+from tests.support.shared_data import DATA_DIR, MISSING
 
 
 def _run(
@@ -80,13 +70,10 @@ def test_output_is_probabilities(manifest: Manifest, session: ort.InferenceSessi
 
 
 def test_test_set_accuracy(manifest: Manifest, session: ort.InferenceSession) -> None:
-    if data_dir() is None:
-        pytest.skip(
-            "UCI Occupancy data not on this machine: set ROOST_DATA_DIR or place it in "
-            "../shared/data/occupancy"
-        )
+    if DATA_DIR is None:
+        pytest.skip(MISSING)
     try:
-        data = load_occupancy("test")
+        data = load_occupancy("test", DATA_DIR)
     except DatasetMissing as e:
         pytest.skip(f"UCI Occupancy test split not available: {e}")
     probs = _run(session, manifest, build_features(data))

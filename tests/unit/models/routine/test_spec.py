@@ -1,8 +1,5 @@
-"""The routine model: home-agnostic features, its event window, labels and the artifact.
-
-Torch-free: the artifact runs in onnxruntime as the inference service runs it, and the
-inputs come from ``models.routine.spec.RoutineWindow``, the serving feature code.
-Tests needing the van Kasteren data skip with a reason when it is not on this machine.
+"""The routine/v1 features (``models.routine.spec``): the home-agnostic vocabulary,
+the van Kasteren mapping and the serving ``RoutineWindow``. Torch-free.
 """
 
 from __future__ import annotations
@@ -11,23 +8,9 @@ import math
 from datetime import UTC, datetime
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-from models.datasets import DatasetMissing, data_dir
-from models.manifest import Manifest, load_manifest, shipped_models_dir
-from models.routine.data import (
-    CLASSES,
-    Home,
-    Interval,
-    KasterenData,
-    build_features,
-    labels,
-    leave_days_out_folds,
-    load_kasteren,
-    other_home,
-)
-from models.routine.evaluate import TOLERANCE, evaluate, report
+from models.routine.data import Home, Interval, build_features
 from models.routine.spec import (
     AREAS,
     FEATURE_NAMES,
@@ -41,39 +24,12 @@ from models.routine.spec import (
     SensorRef,
     group_feature_names,
 )
-from services.inference.registry import load_model
-
-MODEL_DIR = shipped_models_dir() / "routine"
-# Stated floors (leave-days-out CV macro-F1 over 8 classes, onnxruntime fp32).
-CV_MACRO_F1_FLOOR = 0.55
-MIN_GAIN_OVER_TIME_OF_DAY = 0.15
-OTHER_HOME_MACRO_F1_FLOOR = 0.50
 
 T0 = datetime(2024, 1, 1, 0, 0, tzinfo=UTC).timestamp()
 CUPBOARD = SensorRef("kitchen", "cupboard")
 FRONT = SensorRef("entrance", "door")
 FLUSH = SensorRef("toilet", "toilet_flush")
 IDX = {n: i for i, n in enumerate(FEATURE_NAMES)}
-
-
-def _kasteren() -> KasterenData:
-    if data_dir() is None:
-        pytest.skip(
-            "van Kasteren data not on this machine: set ROOST_DATA_DIR or place it in "
-            "../shared/data/kasteren"
-        )
-    try:
-        return load_kasteren()
-    except DatasetMissing as e:
-        pytest.skip(f"van Kasteren data not available: {e}")
-
-
-@pytest.fixture(scope="module")
-def manifest() -> Manifest:
-    return load_manifest(MODEL_DIR)  # checks every variant's sha256
-
-
-# --- Spec and mapping ------------------------------------------------------------------
 
 
 def test_spec_constants() -> None:
@@ -111,9 +67,6 @@ def test_sensor_ref_rejects_unknown_vocabulary() -> None:
         SensorRef("garage", "door")
     with pytest.raises(ValueError, match="unknown sensor kind"):
         SensorRef("kitchen", "toaster")
-
-
-# --- RoutineWindow on a synthetic event stream -----------------------------------------
 
 
 def test_window_counts_activity_recency_and_last_area() -> None:
@@ -224,108 +177,3 @@ def test_sensor_ids_never_reach_the_features() -> None:
     assert ready_a.any()
     np.testing.assert_array_equal(ready_a, ready_b)
     np.testing.assert_array_equal(a, b)
-
-
-# --- Labels and folds ------------------------------------------------------------------
-
-
-def test_labels_shortest_overlapping_annotation_wins() -> None:
-    night = Interval(T0, T0 + 8 * 3600, "go to bed")
-    toilet = Interval(T0 + 3 * 3600 + 10, T0 + 3 * 3600 + 50, "use toilet")
-    drink = Interval(T0 + 9 * 3600 + 30, T0 + 9 * 3600 + 40, "get drink")
-    data = KasterenData(sensors=(), activities=(night, toilet, drink), sha256="")
-    starts = T0 + np.arange(0.0, 10 * 3600.0, 60.0)
-    y = labels(data, starts)
-    name = [CLASSES[int(k)] for k in y]
-    assert name[0] == name[179] == name[181] == name[479] == "asleep"
-    assert name[180] == "toilet"  # 03:00 slice, nested in the night
-    assert name[480] == "idle"
-    assert name[540] == "drink"
-    assert name[541] == "idle"
-
-
-def test_leave_days_out_folds_hold_whole_days() -> None:
-    days = np.repeat(np.arange(28), 1440)
-    folds = leave_days_out_folds(days, 7)
-    assert sorted(set(folds.tolist())) == list(range(7))
-    for d in range(28):
-        assert len(set(folds[days == d].tolist())) == 1
-    with pytest.raises(ValueError):
-        leave_days_out_folds(days, 1)
-
-
-def test_report_macro_f1() -> None:
-    y = np.array([0, 0, 1, 7], dtype=np.int64)
-    r = report(y, np.array([0, 1, 1, 7], dtype=np.int64))
-    assert r["accuracy"] == pytest.approx(0.75)
-    assert r["f1_away"] == pytest.approx(2 / 3)
-    assert r["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1.0) / len(CLASSES))
-
-
-# --- The shipped artifact --------------------------------------------------------------
-
-
-def test_manifest_matches_spec(manifest: Manifest) -> None:
-    assert manifest.name == "routine"
-    assert manifest.version == "1.0.0"
-    assert manifest.task_kind == "classification"
-    assert manifest.feature_spec == SPEC_ID
-    assert manifest.input.name == "features"
-    assert manifest.input.dtype == "float32"
-    assert manifest.input.shape == INPUT_SHAPE
-    assert manifest.input.feature_names() == list(FEATURE_NAMES)
-    assert [f.unit for f in manifest.input.features] == list(FEATURE_UNITS)
-    assert manifest.output_name == "probabilities"
-    assert manifest.output_labels == CLASSES
-    assert len(manifest.baseline) == manifest.input.size
-    assert set(manifest.variants) == {"fp32", "int8"}
-    served = next(v for v in manifest.variants.values() if v.file == manifest.file)
-    assert served.sha256 == manifest.sha256
-    for v in manifest.variants.values():
-        assert (MODEL_DIR / v.file).stat().st_size == v.size_bytes < 2_000_000
-    for c in CLASSES:
-        assert f"cv_f1_{c}" in manifest.metrics
-    assert manifest.metrics["params"] <= 100_000
-    load_model(MODEL_DIR)  # the inference service's loader accepts it
-
-
-@pytest.mark.parametrize("variant", ["fp32", "int8"])
-def test_variants_output_probabilities(manifest: Manifest, variant: str) -> None:
-    sess = ort.InferenceSession(
-        str(MODEL_DIR / manifest.variants[variant].file), providers=["CPUExecutionProvider"]
-    )
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0.0, 1.0, size=(16, *INPUT_SHAPE)).astype(np.float32)
-    x[0] = np.asarray(manifest.baseline, dtype=np.float32)
-    x[1] = 0.0
-    (probs,) = sess.run([manifest.output_name], {manifest.input.name: x})
-    assert probs.shape == (16, len(CLASSES))
-    assert np.all(np.isfinite(probs))
-    assert np.all(probs >= 0.0)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-
-
-def test_macro_f1_floor_vs_baselines(manifest: Manifest) -> None:
-    m = manifest.metrics
-    assert m["cv_macro_f1"] >= CV_MACRO_F1_FLOOR
-    assert m["cv_macro_f1"] >= m["baseline_time_of_day_macro_f1"] + MIN_GAIN_OVER_TIME_OF_DAY
-    assert m["cv_macro_f1"] > m["baseline_majority_macro_f1"]
-    assert m["other_home_macro_f1"] >= OTHER_HOME_MACRO_F1_FLOOR
-    # The served variant is int8 only if it kept macro-F1 within 1 pp.
-    if manifest.file == manifest.variants["int8"].file:
-        assert m["cv_macro_f1_int8"] >= m["cv_macro_f1_fp32"] - 0.01
-
-
-def test_evaluate_reproduces_manifest(manifest: Manifest) -> None:
-    data = _kasteren()
-    assert data.sha256 == manifest.training_data_sha256
-    assert len(data.sensors) == 1319
-    assert len(data.activities) == 245
-    assert {iv.name for iv in other_home(data).sensors}.isdisjoint(KASTEREN_MAPPING)
-    metrics = evaluate(MODEL_DIR)
-    for variant in ("fp32", "int8"):
-        assert f"alldays_macro_f1_{variant}" in metrics
-        assert f"other_home_alldays_macro_f1_{variant}" in metrics
-    for key, value in metrics.items():
-        assert value == pytest.approx(manifest.metrics[key], abs=TOLERANCE), key
-    assert metrics["alldays_macro_f1_fp32"] >= CV_MACRO_F1_FLOOR
