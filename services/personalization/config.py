@@ -52,6 +52,9 @@ class PersonalizationConfig(ServiceConfig):
     retention_days: float = 90.0
     # How often the retention pruning runs.
     retention_interval_seconds: float = 3600.0
+    # The public base-task data sets (replay against forgetting, the forgetting metric):
+    # None means ../shared/data next to the checkout; absent data means no replay.
+    public_data_dir: Path | None = None
     # Largest AddExamples request, in examples.
     max_examples_per_request: int = 10_000
 

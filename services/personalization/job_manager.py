@@ -193,7 +193,9 @@ class JobManager:
                 )
             task = manifest.name
             labels, shape = manifest.output_labels, manifest.input.shape
-            available = await asyncio.to_thread(public.replay_rows, task, labels, shape)
+            available = await asyncio.to_thread(
+                public.replay_rows, task, labels, shape, self._config.public_data_dir
+            )
             plan = await asyncio.to_thread(
                 worker.make_plan,
                 task,
@@ -241,6 +243,11 @@ class JobManager:
                 labels=tuple(labels),
                 shape=tuple(shape),
                 store_path=str(self._config.data_dir / "examples.db"),
+                public_data_dir=(
+                    None
+                    if self._config.public_data_dir is None
+                    else str(self._config.public_data_dir)
+                ),
                 max_seq=snapshot.max_seq,
                 target_epsilon=float(target_epsilon),
                 delta=self._config.delta,

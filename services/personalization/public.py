@@ -3,9 +3,9 @@
 The chosen fine-tuning recipe (docs/personalization.md) mixes *public* base-training rows
 into the Poisson-sampled training set (replay) and measures forgetting on public data
 of the base task. Public means shipped with, or next to, Roost (``../shared/data`` or
-``$ROOST_DATA_DIR``): no household value is involved, so replay rows do not change what
-the DP accounting protects (see ``finetune.dp_finetune``) and the forgetting metric is
-not a statistic of the household.
+the configured ``public_data_dir``): no household value is involved, so replay rows
+do not change what the DP accounting protects (see ``finetune.dp_finetune``) and the
+forgetting metric is not a statistic of the household.
 
 * occupancy: replay from ``datatraining.txt`` (the base's training set); forgetting is
   accuracy on ``datatest.txt`` (held out from the base model).
@@ -20,9 +20,9 @@ distillation only and reports no forgetting metric (it says so in its message).
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -51,13 +51,16 @@ def _relabel(y: I64Array, names: Sequence[str], labels: Sequence[str]) -> I64Arr
     return out
 
 
-def load(task: str, labels: Sequence[str], shape: Sequence[int]) -> PublicData | None:
-    """The task's public data for a model with these output ``labels`` and input
-    ``shape``, or None if it is not available or does not fit the model."""
-    from models.datasets import DatasetMissing  # noqa: PLC0415 - optional data
+def load(
+    task: str, labels: Sequence[str], shape: Sequence[int], configured: Path | None
+) -> PublicData | None:
+    """The task's public data (in ``configured``, or the default data directory) for a
+    model with these output ``labels`` and input ``shape``, or None if it is not
+    available or does not fit the model."""
+    from models.datasets import DatasetMissing, find_data_dir  # noqa: PLC0415
 
     try:
-        data = _load(task)
+        data = _load(task, find_data_dir(configured))
     except (DatasetMissing, FileNotFoundError, OSError, ValueError):
         return None
     if data is None:
@@ -73,11 +76,8 @@ def load(task: str, labels: Sequence[str], shape: Sequence[int]) -> PublicData |
 
 
 def _load(
-    task: str,
+    task: str, data_dir: Path | None
 ) -> tuple[F32Array, I64Array, F32Array, I64Array, tuple[str, ...], str] | None:
-    from models.datasets import data_dir_from_env  # noqa: PLC0415
-
-    data_dir = data_dir_from_env(os.environ)
     if task == "occupancy":
         from models.datasets import load_occupancy  # noqa: PLC0415
         from models.occupancy.data import build_features  # noqa: PLC0415
@@ -107,15 +107,19 @@ def _load(
     return None
 
 
-def replay_rows(task: str, labels: Sequence[str], shape: Sequence[int]) -> int:
+def replay_rows(
+    task: str, labels: Sequence[str], shape: Sequence[int], configured: Path | None
+) -> int:
     """How many public replay rows the task has for this model (0: none). Only the
     count is cached: the service process does not keep the arrays."""
-    return _replay_rows(task, tuple(labels), tuple(int(d) for d in shape))
+    return _replay_rows(task, tuple(labels), tuple(int(d) for d in shape), configured)
 
 
 @functools.lru_cache(maxsize=16)
-def _replay_rows(task: str, labels: tuple[str, ...], shape: tuple[int, ...]) -> int:
-    data = load(task, labels, shape)
+def _replay_rows(
+    task: str, labels: tuple[str, ...], shape: tuple[int, ...], configured: Path | None
+) -> int:
+    data = load(task, labels, shape, configured)
     return 0 if data is None else len(data.y_replay)
 
 

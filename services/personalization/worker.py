@@ -69,6 +69,8 @@ class JobSpec:
     labels: tuple[str, ...]
     shape: tuple[int, ...]
     store_path: str
+    # The public base-task data (replay); None: the default data directory.
+    public_data_dir: str | None
     max_seq: int
     target_epsilon: float
     delta: float
@@ -162,7 +164,12 @@ def run(spec: JobSpec, conn: Connection) -> None:
             raise JobRefused("the pinned examples changed since the job was planned")
         width = int(np.prod(spec.shape))
         x = x.reshape(len(y), width)
-        data = public.load(spec.task, spec.labels, spec.shape) if spec.plan.n_replay else None
+        public_dir = None if spec.public_data_dir is None else Path(spec.public_data_dir)
+        data = (
+            public.load(spec.task, spec.labels, spec.shape, public_dir)
+            if spec.plan.n_replay
+            else None
+        )
         replay = None
         if spec.plan.n_replay:
             if data is None or len(data.y_replay) < spec.plan.n_replay:
