@@ -37,7 +37,8 @@ Encoding: JSON Lines, UTF-8, one JSON object per line, every line ending in ``\\
    bundle is detected.
 
 :func:`services.audit.export.iter_bundle` writes a bundle from the store;
-:func:`services.audit.verify.verify_bundle` checks one offline (it needs no store) and
+:func:`services.audit.verify.verify_bundle` checks one offline (it needs no store; the
+header's checks are in :mod:`services.audit.bundle_header`) and
 :func:`services.audit.verify.iter_decisions` reads one without verifying.
 """
 
@@ -55,6 +56,7 @@ __all__ = [
     "INPUTS_INCLUDED",
     "INPUTS_OMITTED",
     "TRAILER_KEYS",
+    "BundleError",
     "ExportFilters",
     "is_int",
 ]
@@ -136,12 +138,23 @@ class ExportFilters:
     def matches(self, decision: pb.Decision) -> str | None:
         """``None`` if ``decision`` passes the filters, else the name of the first it fails."""
         if self.start_us is not None or self.end_us is not None:
-            ts = decision.decided_at
-            t_us = ts.seconds * 1_000_000 + ts.nanos // 1000
-            if self.start_us is not None and t_us < self.start_us:
-                return "start_us"
-            if self.end_us is not None and t_us >= self.end_us:
-                return "end_us"
+            failed = self._time_failure(decision)
+            if failed is not None:
+                return failed
+        return self._text_failure(decision)
+
+    def _time_failure(self, decision: pb.Decision) -> str | None:
+        """The time bound ``decision`` is outside of (``start_us`` first), or ``None``."""
+        ts = decision.decided_at
+        t_us = ts.seconds * 1_000_000 + ts.nanos // 1000
+        if self.start_us is not None and t_us < self.start_us:
+            return "start_us"
+        if self.end_us is not None and t_us >= self.end_us:
+            return "end_us"
+        return None
+
+    def _text_failure(self, decision: pb.Decision) -> str | None:
+        """The first text filter ``decision`` fails (in ``_TEXT_FILTERS`` order), or ``None``."""
         if self.entity_id and decision.entity_id != self.entity_id:
             return "entity_id"
         if self.model_name and decision.model.name != self.model_name:
@@ -151,3 +164,7 @@ class ExportFilters:
         if self.action and decision.action != self.action:
             return "action"
         return None
+
+
+class BundleError(ValueError):
+    """A bundle that is malformed or does not verify; the message says where and why."""

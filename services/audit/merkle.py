@@ -202,6 +202,40 @@ def verify_consistency(
     needs an empty proof and ``root1 == EMPTY_ROOT`` (stricter than some libraries,
     which ignore ``root1`` there).
     """
+    _check_consistency_args(size1, size2, proof, root1, root2)
+    if size1 in (0, size2):
+        _check_trivial_consistency(size1, size2, proof, root1, root2)
+        return
+    # Now 0 < size1 < size2: the RFC's steps, numbered as there.
+    # 1. An empty proof fails.
+    if not proof:
+        raise ProofError(f"empty consistency proof for sizes {size1} < {size2}")
+    # 2. If size1 is an exact power of 2, its root starts the path.
+    path = list(proof)
+    if size1 & (size1 - 1) == 0:
+        path.insert(0, root1)
+    # 3. and 4. Start from the last leaves; shift right while LSB(fn) is set.
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    # 5. and 6. Walk the path (with 7.'s check that sn ends at 0).
+    fr, sr = _walk_consistency_path(path, fn, sn, f"{size1} < {size2}")
+    # 7. Both roots must be the ones given.
+    if not hmac.compare_digest(fr, root1):
+        raise ProofError(
+            f"consistency proof yields root {fr.hex()} for size {size1}, want {root1.hex()}"
+        )
+    if not hmac.compare_digest(sr, root2):
+        raise ProofError(
+            f"consistency proof yields root {sr.hex()} for size {size2}, want {root2.hex()}"
+        )
+
+
+def _check_consistency_args(
+    size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes
+) -> None:
+    """The argument checks: sizes, hash lengths."""
     if size1 < 0 or size2 < 0:
         raise ProofError(f"negative tree size {size1} or {size2}")
     if size1 > size2:
@@ -209,6 +243,12 @@ def verify_consistency(
     _check_digest(root1, "root1")
     _check_digest(root2, "root2")
     _check_proof_hashes(proof, "proof")
+
+
+def _check_trivial_consistency(
+    size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes
+) -> None:
+    """The cases without a proof to walk: ``size1 == 0`` or ``size1 == size2``."""
     if size1 == 0 and not hmac.compare_digest(root1, EMPTY_ROOT):
         raise ProofError("root1 of an empty tree must be EMPTY_ROOT")
     if size1 == size2:
@@ -216,25 +256,19 @@ def verify_consistency(
             raise ProofError(f"proof must be empty when size1 == size2 == {size1}")
         if not hmac.compare_digest(root1, root2):
             raise ProofError(f"different roots for the same tree size {size1}")
-        return
-    if size1 == 0:
-        if proof:
-            raise ProofError("proof must be empty when size1 == 0")
-        return
-    # Now 0 < size1 < size2.
-    if not proof:
-        raise ProofError(f"empty consistency proof for sizes {size1} < {size2}")
-    path = list(proof)
-    if size1 & (size1 - 1) == 0:
-        path.insert(0, root1)
-    fn, sn = size1 - 1, size2 - 1
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
+    elif proof:
+        raise ProofError("proof must be empty when size1 == 0")
+
+
+def _walk_consistency_path(
+    path: Sequence[bytes], fn: int, sn: int, sizes: str
+) -> tuple[bytes, bytes]:
+    """RFC 9162 section 2.1.4.2 steps 5 and 6, and 7's check that ``sn`` is 0: the roots
+    ``(fr, sr)`` the path leads to. ``sizes`` (``"size1 < size2"``) is for the errors."""
     fr = sr = path[0]
     for c in path[1:]:
         if sn == 0:
-            raise ProofError(f"consistency proof too long for sizes {size1} < {size2}")
+            raise ProofError(f"consistency proof too long for sizes {sizes}")
         if fn & 1 or fn == sn:
             fr = node_hash(c, fr)
             sr = node_hash(c, sr)
@@ -247,12 +281,5 @@ def verify_consistency(
         fn >>= 1
         sn >>= 1
     if sn != 0:
-        raise ProofError(f"consistency proof too short for sizes {size1} < {size2}")
-    if not hmac.compare_digest(fr, root1):
-        raise ProofError(
-            f"consistency proof yields root {fr.hex()} for size {size1}, want {root1.hex()}"
-        )
-    if not hmac.compare_digest(sr, root2):
-        raise ProofError(
-            f"consistency proof yields root {sr.hex()} for size {size2}, want {root2.hex()}"
-        )
+        raise ProofError(f"consistency proof too short for sizes {sizes}")
+    return fr, sr

@@ -120,59 +120,24 @@ def _prepare_one(d: pb.Decision, admin: bool = False, consume: bool = False) -> 
 
     ``admin`` allows ``ACTOR_ADMIN`` entries (the log's own records, see erasure.py);
     ``consume`` lets it clear ``d.inputs`` in place (the message is not used afterwards).
+    Fields are checked in this order: decision_id, decided_at, entity_id, actor, model,
+    inputs_digest.
     """
     decision_id = d.decision_id
     if not decision_id:
         raise _Invalid("decision_id", "required")
     if len(decision_id) > MAX_DECISION_ID_CHARS:
         raise _Invalid("decision_id", f"at most {MAX_DECISION_ID_CHARS} characters")
-    if not d.HasField("decided_at"):
-        raise _Invalid("decided_at", "required")
-    ts = d.decided_at
-    seconds, nanos = ts.seconds, ts.nanos
-    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
-        raise _Invalid("decided_at", "not a valid timestamp")
+    decided_at_us = _decided_at_us(d)
     entity_id = d.entity_id
     if not entity_id:
         raise _Invalid("entity_id", "required")
-    actor = d.actor
-    if actor == pb.ACTOR_UNSPECIFIED:
-        raise _Invalid("actor", "must not be ACTOR_UNSPECIFIED")
-    if actor == pb.ACTOR_ADMIN and not admin:
-        raise _Invalid("actor", "ACTOR_ADMIN entries are written by the audit service itself")
-    model = d.model
-    model_name, model_version = model.name, model.version
-    # Log-maintenance entries (admin) may concern no model at all.
-    if not (admin and not d.HasField("model")):
-        if not model_name:
-            raise _Invalid("model.name", "required")
-        if not model_version:
-            raise _Invalid("model.version", "required")
-        if not model.sha256:
-            raise _Invalid("model.sha256", "required")
-    digest = d.inputs_digest
-    inputs: bytes | None = None
-    if d.HasField("inputs"):
-        inputs = d.inputs.SerializeToString(deterministic=True)
-        computed = hashlib.sha256(inputs).hexdigest()
-        if digest and digest != computed:
-            raise _Invalid("inputs_digest", "does not match inputs")
-        # ``consume``: strip the caller's own message (a gRPC request) instead of a copy.
-        stripped = d
-        if not consume:
-            stripped = pb.Decision()
-            stripped.CopyFrom(d)
-        stripped.ClearField("inputs")
-        if not digest:
-            stripped.inputs_digest = computed
-        record = stripped.SerializeToString(deterministic=True)
-    else:
-        if digest and not (len(digest) == 64 and _HEX_DIGITS.issuperset(digest)):
-            raise _Invalid("inputs_digest", "must be 64 lowercase hex characters")
-        record = d.SerializeToString(deterministic=True)
+    _check_actor(d.actor, admin)
+    model_name, model_version = _model_name_version(d, admin)
+    record, inputs = _record_and_inputs(d, consume)
     return PreparedRecord(
         decision_id,
-        seconds * 1_000_000 + nanos // 1000,
+        decided_at_us,
         entity_id,
         model_name,
         model_version,
@@ -181,3 +146,59 @@ def _prepare_one(d: pb.Decision, admin: bool = False, consume: bool = False) -> 
         leaf_hash(record),
         inputs,
     )
+
+
+def _decided_at_us(d: pb.Decision) -> int:
+    """``d.decided_at`` (required, in Timestamp's range) in microseconds since the epoch."""
+    if not d.HasField("decided_at"):
+        raise _Invalid("decided_at", "required")
+    ts = d.decided_at
+    seconds, nanos = ts.seconds, ts.nanos
+    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+        raise _Invalid("decided_at", "not a valid timestamp")
+    return seconds * 1_000_000 + nanos // 1000
+
+
+def _check_actor(actor: int, admin: bool) -> None:
+    if actor == pb.ACTOR_UNSPECIFIED:
+        raise _Invalid("actor", "must not be ACTOR_UNSPECIFIED")
+    if actor == pb.ACTOR_ADMIN and not admin:
+        raise _Invalid("actor", "ACTOR_ADMIN entries are written by the audit service itself")
+
+
+def _model_name_version(d: pb.Decision, admin: bool) -> tuple[str, str]:
+    """``d.model``'s name and version, all three of its fields required unless
+    ``admin`` and unset (log-maintenance entries may concern no model at all)."""
+    model = d.model
+    model_name, model_version = model.name, model.version
+    if not (admin and not d.HasField("model")):
+        if not model_name:
+            raise _Invalid("model.name", "required")
+        if not model_version:
+            raise _Invalid("model.version", "required")
+        if not model.sha256:
+            raise _Invalid("model.sha256", "required")
+    return model_name, model_version
+
+
+def _record_and_inputs(d: pb.Decision, consume: bool) -> tuple[bytes, bytes | None]:
+    """``(record, inputs)``: the leaf data (with ``inputs_digest`` filled in when the
+    inputs are present and it is not) and the serialized inputs, or None without any."""
+    digest = d.inputs_digest
+    if not d.HasField("inputs"):
+        if digest and not (len(digest) == 64 and _HEX_DIGITS.issuperset(digest)):
+            raise _Invalid("inputs_digest", "must be 64 lowercase hex characters")
+        return d.SerializeToString(deterministic=True), None
+    inputs = d.inputs.SerializeToString(deterministic=True)
+    computed = hashlib.sha256(inputs).hexdigest()
+    if digest and digest != computed:
+        raise _Invalid("inputs_digest", "does not match inputs")
+    # ``consume``: strip the caller's own message (a gRPC request) instead of a copy.
+    stripped = d
+    if not consume:
+        stripped = pb.Decision()
+        stripped.CopyFrom(d)
+    stripped.ClearField("inputs")
+    if not digest:
+        stripped.inputs_digest = computed
+    return stripped.SerializeToString(deterministic=True), inputs

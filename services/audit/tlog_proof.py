@@ -124,28 +124,11 @@ class TlogProof:
         pos = 1
         extra: bytes | None = None
         if pos < len(head) and head[pos].split(" ", 1)[0] == _EXTRA:
-            line = head[pos]
-            if not line.startswith(_EXTRA_PREFIX):
-                raise TlogProofError(f"line {pos + 1}: want 'extra <base64>', got {_short(line)}")
-            extra = _b64decode(line[len(_EXTRA_PREFIX) :], f"line {pos + 1}: extra data")
-            if not extra:
-                raise TlogProofError(
-                    f"line {pos + 1}: extra data is empty (omit the line when there is none)"
-                )
+            extra = _parse_extra(head[pos], pos + 1)
             pos += 1
         if pos >= len(head):
             raise TlogProofError(f"line {pos + 1}: missing the 'index <n>' line")
-        line = head[pos]
-        if not line.startswith(_INDEX_PREFIX):
-            raise TlogProofError(f"line {pos + 1}: want 'index <n>', got {_short(line)}")
-        digits = line[len(_INDEX_PREFIX) :]
-        if _DECIMAL_RE.fullmatch(digits) is None:
-            raise TlogProofError(
-                f"line {pos + 1}: index {_short(digits)} is not a decimal without leading zeros"
-            )
-        index = int(digits)
-        if index > MAX_INDEX:
-            raise TlogProofError(f"line {pos + 1}: index does not fit in 64 bits")
+        index = _parse_index(head[pos], pos + 1)
         pos += 1
         count = len(head) - pos
         if count > MAX_PROOF_HASHES:
@@ -162,6 +145,31 @@ class TlogProof:
         object.__setattr__(proof, "checkpoint", checkpoint)
         object.__setattr__(proof, "extra", extra)
         return proof
+
+
+def _parse_extra(line: str, n: int) -> bytes:
+    """The ``extra <base64>`` line (line ``n``): its non-empty data."""
+    if not line.startswith(_EXTRA_PREFIX):
+        raise TlogProofError(f"line {n}: want 'extra <base64>', got {_short(line)}")
+    extra = _b64decode(line[len(_EXTRA_PREFIX) :], f"line {n}: extra data")
+    if not extra:
+        raise TlogProofError(f"line {n}: extra data is empty (omit the line when there is none)")
+    return extra
+
+
+def _parse_index(line: str, n: int) -> int:
+    """The ``index <n>`` line (line ``n``): a canonical decimal below 2^64."""
+    if not line.startswith(_INDEX_PREFIX):
+        raise TlogProofError(f"line {n}: want 'index <n>', got {_short(line)}")
+    digits = line[len(_INDEX_PREFIX) :]
+    if _DECIMAL_RE.fullmatch(digits) is None:
+        raise TlogProofError(
+            f"line {n}: index {_short(digits)} is not a decimal without leading zeros"
+        )
+    index = int(digits)
+    if index > MAX_INDEX:
+        raise TlogProofError(f"line {n}: index does not fit in 64 bits")
+    return index
 
 
 def _decode_hash(line: str, n: int) -> bytes:

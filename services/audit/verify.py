@@ -5,15 +5,14 @@ server. :func:`verify_bundle` checks a bundle (signature once, every inclusion p
 records, inputs digests, filters, completeness by recomputing the root, consistency
 with earlier checkpoints) and raises :class:`BundleError` naming the line, the leaf
 index and the failure; :func:`iter_decisions` reads one without verifying. The format
-is described in ``services.audit.bundle_format``.
+is described in ``services.audit.bundle_format``; the header (line 1) and the earlier
+checkpoints are checked by ``services.audit.bundle_header``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
-import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,29 +23,24 @@ from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit.bundle_format import (
     ENTRY_KEYS,
     FORMAT,
-    HEADER_KEYS,
-    INPUTS_INCLUDED,
-    INPUTS_OMITTED,
     TRAILER_KEYS,
+    BundleError,
     ExportFilters,
     is_int,
 )
-from services.audit.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    NoteVerifier,
-    verify_checkpoint,
+from services.audit.bundle_header import (
+    BundleHeader,
+    check_previous,
+    line_object,
+    parse_header,
+    strict_b64,
 )
+from services.audit.checkpoint import Checkpoint, NoteVerifier
 from services.audit.compact_range import CompactRange
-from services.audit.merkle import NODE_PREFIX, ProofError, leaf_hash, verify_consistency
+from services.audit.merkle import NODE_PREFIX, leaf_hash
 from services.audit.tlog_proof import TlogProof, TlogProofError
-from services.kit.encoding import b64decode_strict, b64encode
 
 __all__ = ["BundleError", "BundleReport", "iter_decisions", "verify_bundle"]
-
-
-class BundleError(ValueError):
-    """A bundle that is malformed or does not verify; the message says where and why."""
 
 
 @dataclass(frozen=True)
@@ -66,16 +60,6 @@ class BundleReport:
     last_index: int | None
 
 
-@dataclass(frozen=True)
-class _Header:
-    checkpoint: Checkpoint
-    note: str
-    complete: bool
-    filters: ExportFilters
-    consistency: dict[int, list[bytes]]
-    inputs_included: bool
-
-
 def _numbered(lines: Iterable[str | bytes]) -> Iterator[tuple[int, str | bytes]]:
     """``(line number, line)``; every line must end with a newline."""
     if isinstance(lines, str | bytes):
@@ -84,144 +68,6 @@ def _numbered(lines: Iterable[str | bytes]) -> Iterator[tuple[int, str | bytes]]
         if not raw or raw[-1] not in ("\n", 10):
             raise BundleError(f"line {n}: does not end with a newline: the bundle is truncated")
         yield n, raw
-
-
-def _object(raw: str | bytes, n: int) -> dict[str, Any]:
-    try:
-        obj = json.loads(raw)
-    except ValueError:
-        raise BundleError(f"line {n}: not valid JSON") from None
-    if type(obj) is not dict:
-        raise BundleError(f"line {n}: not a JSON object")
-    return obj
-
-
-def _strict_b64(text: object, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise BundleError(f"{what} must be a base64 string")
-    try:
-        return b64decode_strict(text, what)
-    except ValueError as exc:
-        raise BundleError(str(exc)) from None
-
-
-def _parse_header(raw: str | bytes, verifier: NoteVerifier) -> _Header:
-    obj = _object(raw, 1)
-    if obj.get("format") != FORMAT:
-        raise BundleError(f"line 1: not a {FORMAT} header (format is {obj.get('format')!r})")
-    missing = HEADER_KEYS - obj.keys()
-    if missing:
-        raise BundleError(f"line 1: header lacks {', '.join(sorted(missing))}")
-    unknown = obj.keys() - HEADER_KEYS
-    if unknown:
-        raise BundleError(f"line 1: header has unknown fields {', '.join(sorted(unknown))}")
-    note = obj["checkpoint"]
-    if not isinstance(note, str):
-        raise BundleError("line 1: checkpoint must be the signed note text")
-    try:
-        cp = verify_checkpoint(verifier, note, verifier.name)
-    except CheckpointError as exc:
-        raise BundleError(
-            f"line 1: the checkpoint does not verify with key {verifier.name}: {exc}"
-        ) from None
-    if obj["origin"] != cp.origin:
-        raise BundleError(
-            f"line 1: header origin {obj['origin']!r} differs from the checkpoint's {cp.origin!r}"
-        )
-    if not is_int(obj["tree_size"]) or obj["tree_size"] != cp.size:
-        raise BundleError(
-            f"line 1: header tree_size {obj['tree_size']!r} differs from the checkpoint's {cp.size}"
-        )
-    if obj["root_hash"] != b64encode(cp.root_hash):
-        raise BundleError("line 1: header root_hash differs from the checkpoint's root")
-    try:
-        filters = ExportFilters.from_json(obj["filters"])
-    except (ValueError, TypeError) as exc:
-        raise BundleError(f"line 1: {exc}") from None
-    complete = obj["complete"]
-    if type(complete) is not bool:
-        raise BundleError("line 1: complete must be true or false")
-    if complete and not filters.is_empty():
-        raise BundleError("line 1: header says complete but lists filters")
-    if not complete and filters.is_empty():
-        raise BundleError("line 1: header says not complete but lists no filters")
-    if obj["inputs"] not in (INPUTS_INCLUDED, INPUTS_OMITTED):
-        raise BundleError(f"line 1: inputs must be {INPUTS_INCLUDED!r} or {INPUTS_OMITTED!r}")
-    exported_at = obj["exported_at"]
-    if not isinstance(exported_at, str) or not exported_at.endswith("Z"):
-        raise BundleError("line 1: exported_at must be an RFC 3339 UTC time")
-    try:
-        dt.datetime.fromisoformat(exported_at)
-    except ValueError:
-        raise BundleError("line 1: exported_at must be an RFC 3339 UTC time") from None
-    return _Header(
-        cp,
-        note,
-        complete,
-        filters,
-        _parse_consistency(obj["consistency"], cp.size),
-        obj["inputs"] == INPUTS_INCLUDED,
-    )
-
-
-def _parse_consistency(items: object, size: int) -> dict[int, list[bytes]]:
-    if not isinstance(items, list):
-        raise BundleError("line 1: consistency must be a list")
-    out: dict[int, list[bytes]] = {}
-    for i, item in enumerate(items):
-        where = f"line 1: consistency[{i}]"
-        if not isinstance(item, dict) or item.keys() != {"from_size", "hashes"}:
-            raise BundleError(f"{where} must be an object with from_size and hashes")
-        m, hashes = item["from_size"], item["hashes"]
-        if not is_int(m) or not 0 <= m <= size:
-            raise BundleError(f"{where}: from_size must be an integer between 0 and {size}")
-        if m in out:
-            raise BundleError(f"{where}: a second proof from tree size {m}")
-        if not isinstance(hashes, list) or len(hashes) > 2 * 64:
-            raise BundleError(f"{where}: hashes must be a list of base64 hashes")
-        decoded = [_strict_b64(h, f"{where}.hashes[{j}]") for j, h in enumerate(hashes)]
-        if any(len(h) != 32 for h in decoded):
-            raise BundleError(f"{where}: hashes must be 32 bytes each")
-        out[m] = decoded
-    return out
-
-
-def _check_previous(
-    header: _Header, verifier: NoteVerifier, previous: Sequence[str]
-) -> tuple[int, ...]:
-    cp = header.checkpoint
-    checked: list[int] = []
-    for i, note in enumerate(previous, start=1):
-        what = f"previous checkpoint #{i}"
-        try:
-            old = verify_checkpoint(verifier, note, verifier.name)
-        except CheckpointError as exc:
-            raise BundleError(
-                f"{what} does not verify with key {verifier.name} (is it from another log?): {exc}"
-            ) from None
-        m = old.size
-        if m > cp.size:
-            raise BundleError(
-                f"{what} has tree size {m}, larger than the bundle's {cp.size}:"
-                " the bundle is older than that checkpoint; export again"
-            )
-        proof = header.consistency.get(m)
-        if proof is None:
-            if 0 < m < cp.size:
-                raise BundleError(
-                    f"{what} (tree size {m}): the bundle has no consistency proof from tree"
-                    f" size {m}; export again with consistency_from_sizes {m}"
-                )
-            proof = []
-        try:
-            verify_consistency(m, cp.size, proof, old.root_hash, cp.root_hash)
-        except ProofError as exc:
-            raise BundleError(
-                f"line 1: {what} (tree size {m}) is not consistent with the bundle's checkpoint"
-                f" (tree size {cp.size}): the log was rewritten since then ({exc})"
-            ) from None
-        checked.append(m)
-    return tuple(checked)
 
 
 def _inclusion_root(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes | None:
@@ -268,136 +114,204 @@ def verify_bundle(
     first = next(numbered, None)
     if first is None:
         raise BundleError("the bundle is empty: no header line")
-    header = _parse_header(first[1], verifier)
-    consistency_checked = _check_previous(header, verifier, previous_checkpoints)
-
-    cp = header.checkpoint
-    note, size, root = header.note, cp.size, cp.root_hash
-    filters = None if header.filters.is_empty() else header.filters
-    inputs_included = header.inputs_included
-    compact = CompactRange() if header.complete else None
-    sha256 = hashlib.sha256
-    decode_decision = pb.Decision.FromString
-    prev = -1
-    count = 0
-    redacted = 0
-    first_index: int | None = None
-    n = 1
-    trailer_seen = False
-    for n, raw in numbered:
-        obj = _object(raw, n)
-        if "proof" not in obj:
-            if "end" in obj:
-                _check_trailer(obj, n, count)
-                trailer_seen = True
-                break
-            raise BundleError(f"line {n}: neither an entry nor the trailer")
-        if obj.keys() != ENTRY_KEYS:
-            raise BundleError(
-                f"line {n}: an entry must have exactly the fields proof, inputs, inputs_redacted"
-            )
-        try:
-            proof = TlogProof.parse(obj["proof"])
-        except TlogProofError as exc:
-            raise BundleError(f"line {n}: malformed tlog-proof: {exc}") from None
-        index = proof.index
-        where = f"line {n} (index {index})"
-        if proof.checkpoint != note:
-            raise BundleError(
-                f"{where}: the proof's checkpoint differs from the header's:"
-                " the proof was made against another checkpoint"
-            )
-        if index >= size:
-            raise BundleError(f"{where}: index is not below the checkpoint's tree size {size}")
-        if index <= prev:
-            raise BundleError(
-                f"{where}: index is not greater than the previous entry's ({prev}):"
-                " entries are out of order or repeated"
-            )
-        if compact is not None and index != count:
-            raise BundleError(
-                f"{where}: a complete bundle has index {count} here: entries are missing"
-                " or out of order"
-            )
-        record = proof.extra
-        if record is None:
-            raise BundleError(f"{where}: the proof has no extra data (the entry's record)")
-        leaf = leaf_hash(record)
-        got = _inclusion_root(leaf, index, size, proof.hashes)
-        if got is None:
-            raise BundleError(
-                f"{where}: inclusion proof has the wrong number of hashes ({len(proof.hashes)})"
-                f" for tree size {size}"
-            )
-        if got != root:
-            raise BundleError(
-                f"{where}: inclusion proof does not lead to the checkpoint root:"
-                " the entry was altered or is not in the log"
-            )
-        try:
-            decision = decode_decision(record)
-        except DecodeError:
-            raise BundleError(f"{where}: the record is not a valid Decision") from None
-        if decision.HasField("inputs"):
-            raise BundleError(f"{where}: the record carries inputs (records exclude them)")
-        if filters is not None:
-            failed = filters.matches(decision)
-            if failed is not None:
-                raise BundleError(f"{where}: the entry does not match the header's {failed} filter")
-        inputs_b64 = obj["inputs"]
-        is_redacted = obj["inputs_redacted"]
-        if type(is_redacted) is not bool:
-            raise BundleError(f"{where}: inputs_redacted must be true or false")
-        if is_redacted:
-            redacted += 1
-        if inputs_b64 is not None:
-            if is_redacted:
-                raise BundleError(f"{where}: inputs are present on an entry marked redacted")
-            if not inputs_included:
-                raise BundleError(f"{where}: inputs are present but the header says omitted")
-            data = _strict_b64(inputs_b64, f"{where}: inputs")
-            if sha256(data).hexdigest() != decision.inputs_digest:
-                raise BundleError(
-                    f"{where}: inputs do not match the record's inputs_digest:"
-                    " the stored inputs were altered"
-                )
-        if compact is not None:
-            compact.append(leaf)
-        if first_index is None:
-            first_index = index
-        prev = index
-        count += 1
-        if on_entry is not None:
-            on_entry()
-    if not trailer_seen:
-        raise BundleError(
-            f"the bundle ends after line {n} without the trailer line: it is truncated"
-        )
+    header = parse_header(first[1], verifier)
+    consistency_checked = check_previous(header, verifier, previous_checkpoints)
+    walk = _Walk.start(header)
+    _read_entries(numbered, walk, on_entry)
     after = next(numbered, None)
     if after is not None:
         raise BundleError(f"line {after[0]}: data after the trailer")
-    if compact is not None:
-        if count != size:
-            raise BundleError(
-                f"line {n}: the complete bundle has {count} entries but the tree has {size}:"
-                f" entries {count}..{size - 1} are missing"
-            )
-        if not hmac.compare_digest(compact.root(), root):
-            raise BundleError(
-                f"line {n}: the root recomputed from all {size} entries differs from the"
-                " checkpoint root"
-            )
-    return BundleReport(
-        origin=cp.origin,
-        tree_size=size,
-        root_hash=root,
-        entries=count,
-        redacted=redacted,
-        complete=header.complete,
-        consistency_checked=consistency_checked,
-        first_index=first_index,
-        last_index=None if first_index is None else prev,
+    if walk.compact is not None:
+        _check_complete(walk.compact, walk.count, walk.line, header.checkpoint)
+    return walk.report(consistency_checked)
+
+
+@dataclass
+class _Walk:
+    """The entries verified so far, while reading a bundle's entry lines."""
+
+    header: BundleHeader
+    # The header's filters; None when there are none.
+    filters: ExportFilters | None
+    # A complete bundle's tree, rebuilt from its entries; None for a filtered bundle.
+    compact: CompactRange | None
+    # The number of the last line read.
+    line: int = 1
+    # The previous entry's leaf index (-1 before the first).
+    prev: int = -1
+    count: int = 0
+    redacted: int = 0
+    first_index: int | None = None
+
+    @classmethod
+    def start(cls, header: BundleHeader) -> _Walk:
+        filters = None if header.filters.is_empty() else header.filters
+        return cls(header, filters, CompactRange() if header.complete else None)
+
+    def add(self, index: int, leaf: bytes, redacted: bool) -> None:
+        """Counts a verified entry."""
+        if self.compact is not None:
+            self.compact.append(leaf)
+        if self.first_index is None:
+            self.first_index = index
+        if redacted:
+            self.redacted += 1
+        self.prev = index
+        self.count += 1
+
+    def report(self, consistency_checked: tuple[int, ...]) -> BundleReport:
+        cp = self.header.checkpoint
+        return BundleReport(
+            origin=cp.origin,
+            tree_size=cp.size,
+            root_hash=cp.root_hash,
+            entries=self.count,
+            redacted=self.redacted,
+            complete=self.header.complete,
+            consistency_checked=consistency_checked,
+            first_index=self.first_index,
+            last_index=None if self.first_index is None else self.prev,
+        )
+
+
+def _read_entries(
+    numbered: Iterator[tuple[int, str | bytes]],
+    walk: _Walk,
+    on_entry: Callable[[], None] | None,
+) -> None:
+    """Verifies the entry lines, up to and including the trailer."""
+    for n, raw in numbered:
+        walk.line = n
+        obj = line_object(raw, n)
+        if "proof" not in obj:
+            if "end" in obj:
+                _check_trailer(obj, n, walk.count)
+                return
+            raise BundleError(f"line {n}: neither an entry nor the trailer")
+        _verify_entry(obj, n, walk)
+        if on_entry is not None:
+            on_entry()
+    raise BundleError(
+        f"the bundle ends after line {walk.line} without the trailer line: it is truncated"
     )
+
+
+def _verify_entry(obj: dict[str, Any], n: int, walk: _Walk) -> None:
+    """Entry line ``n``: its fields, its position, its inclusion proof, its record, its
+    inputs, checked in that order; then counted."""
+    if obj.keys() != ENTRY_KEYS:
+        raise BundleError(
+            f"line {n}: an entry must have exactly the fields proof, inputs, inputs_redacted"
+        )
+    proof = _parse_proof(obj["proof"], n)
+    where = f"line {n} (index {proof.index})"
+    _check_position(proof, where, walk)
+    record, leaf = _check_inclusion(proof, where, walk.header.checkpoint)
+    decision = _decode_record(record, where, walk.filters)
+    redacted = _check_inputs(obj, decision, where, walk.header.inputs_included)
+    walk.add(proof.index, leaf, redacted)
+
+
+def _parse_proof(text: Any, n: int) -> TlogProof:
+    try:
+        return TlogProof.parse(text)
+    except TlogProofError as exc:
+        raise BundleError(f"line {n}: malformed tlog-proof: {exc}") from None
+
+
+def _check_position(proof: TlogProof, where: str, walk: _Walk) -> None:
+    """The proof is against the header's checkpoint, its index in the tree and in order."""
+    index, size = proof.index, walk.header.checkpoint.size
+    if proof.checkpoint != walk.header.note:
+        raise BundleError(
+            f"{where}: the proof's checkpoint differs from the header's:"
+            " the proof was made against another checkpoint"
+        )
+    if index >= size:
+        raise BundleError(f"{where}: index is not below the checkpoint's tree size {size}")
+    if index <= walk.prev:
+        raise BundleError(
+            f"{where}: index is not greater than the previous entry's ({walk.prev}):"
+            " entries are out of order or repeated"
+        )
+    if walk.compact is not None and index != walk.count:
+        raise BundleError(
+            f"{where}: a complete bundle has index {walk.count} here: entries are missing"
+            " or out of order"
+        )
+
+
+def _check_inclusion(proof: TlogProof, where: str, cp: Checkpoint) -> tuple[bytes, bytes]:
+    """``(record, leaf hash)`` of an entry whose inclusion proof leads to ``cp``'s root."""
+    record = proof.extra
+    if record is None:
+        raise BundleError(f"{where}: the proof has no extra data (the entry's record)")
+    leaf = leaf_hash(record)
+    got = _inclusion_root(leaf, proof.index, cp.size, proof.hashes)
+    if got is None:
+        raise BundleError(
+            f"{where}: inclusion proof has the wrong number of hashes ({len(proof.hashes)})"
+            f" for tree size {cp.size}"
+        )
+    if got != cp.root_hash:
+        raise BundleError(
+            f"{where}: inclusion proof does not lead to the checkpoint root:"
+            " the entry was altered or is not in the log"
+        )
+    return record, leaf
+
+
+def _decode_record(record: bytes, where: str, filters: ExportFilters | None) -> pb.Decision:
+    """The entry's Decision: without inputs, and matching the header's filters."""
+    try:
+        decision = pb.Decision.FromString(record)
+    except DecodeError:
+        raise BundleError(f"{where}: the record is not a valid Decision") from None
+    if decision.HasField("inputs"):
+        raise BundleError(f"{where}: the record carries inputs (records exclude them)")
+    if filters is not None:
+        failed = filters.matches(decision)
+        if failed is not None:
+            raise BundleError(f"{where}: the entry does not match the header's {failed} filter")
+    return decision
+
+
+def _check_inputs(
+    obj: dict[str, Any], decision: pb.Decision, where: str, inputs_included: bool
+) -> bool:
+    """Checks the entry's inputs against its record; returns its ``inputs_redacted``."""
+    inputs_b64 = obj["inputs"]
+    is_redacted: bool = obj["inputs_redacted"]
+    if type(is_redacted) is not bool:
+        raise BundleError(f"{where}: inputs_redacted must be true or false")
+    if inputs_b64 is not None:
+        if is_redacted:
+            raise BundleError(f"{where}: inputs are present on an entry marked redacted")
+        if not inputs_included:
+            raise BundleError(f"{where}: inputs are present but the header says omitted")
+        data = strict_b64(inputs_b64, f"{where}: inputs")
+        if hashlib.sha256(data).hexdigest() != decision.inputs_digest:
+            raise BundleError(
+                f"{where}: inputs do not match the record's inputs_digest:"
+                " the stored inputs were altered"
+            )
+    return is_redacted
+
+
+def _check_complete(compact: CompactRange, count: int, n: int, cp: Checkpoint) -> None:
+    """A complete bundle (trailer on line ``n``) has every entry of the tree, and they
+    rebuild its root."""
+    size = cp.size
+    if count != size:
+        raise BundleError(
+            f"line {n}: the complete bundle has {count} entries but the tree has {size}:"
+            f" entries {count}..{size - 1} are missing"
+        )
+    if not hmac.compare_digest(compact.root(), cp.root_hash):
+        raise BundleError(
+            f"line {n}: the root recomputed from all {size} entries differs from the"
+            " checkpoint root"
+        )
 
 
 def _check_trailer(obj: dict[str, Any], n: int, count: int) -> None:
@@ -421,18 +335,15 @@ def iter_decisions(lines: Iterable[str | bytes]) -> Iterator[tuple[int, pb.Decis
     first = next(numbered, None)
     if first is None:
         raise BundleError("the bundle is empty: no header line")
-    if _object(first[1], 1).get("format") != FORMAT:
+    if line_object(first[1], 1).get("format") != FORMAT:
         raise BundleError(f"line 1: not a {FORMAT} header")
     for n, raw in numbered:
-        obj = _object(raw, n)
+        obj = line_object(raw, n)
         if "proof" not in obj:
             if "end" in obj:
                 return
             raise BundleError(f"line {n}: neither an entry nor the trailer")
-        try:
-            proof = TlogProof.parse(obj["proof"])
-        except TlogProofError as exc:
-            raise BundleError(f"line {n}: malformed tlog-proof: {exc}") from None
+        proof = _parse_proof(obj["proof"], n)
         where = f"line {n} (index {proof.index})"
         if proof.extra is None:
             raise BundleError(f"{where}: the proof has no extra data (the entry's record)")
@@ -441,7 +352,7 @@ def iter_decisions(lines: Iterable[str | bytes]) -> Iterator[tuple[int, pb.Decis
             decision.MergeFromString(proof.extra)
             inputs = obj.get("inputs")
             if inputs is not None:
-                decision.inputs.MergeFromString(_strict_b64(inputs, f"{where}: inputs"))
+                decision.inputs.MergeFromString(strict_b64(inputs, f"{where}: inputs"))
         except DecodeError:
             raise BundleError(f"{where}: the record or inputs are not valid protobuf") from None
         yield proof.index, decision, obj.get("inputs_redacted") is True
