@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -33,9 +32,10 @@ from roost.personalization.v1 import personalization_service_pb2_grpc as pers_gr
 from roost.update.v1 import update_service_pb2 as pb
 from roost.update.v1 import update_service_pb2_grpc as pb_grpc
 from services.kit.auth import Role
-from services.kit.client import aio_channel
 from services.modelstore.bundle import pack_bundle
 from tests.support.model_versions import OCCUPIED, occupancy_version
+from tests.support.stacks import service_channel
+from tests.support.waiting import wait_for_async
 
 pytestmark = pytest.mark.integration
 
@@ -76,30 +76,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         st.stop()
 
 
-def channel(stack: Stack, server: Role, role: Role) -> grpc.aio.Channel:
-    return aio_channel(
-        f"127.0.0.1:{stack.port_of(server)}",
-        certs_dir=stack.certs_dir,
-        role=role,
-        server_role=server,
-    )
-
-
 def occupied_row(i: int) -> common_pb2.Tensor:
     """A clearly occupied room (lights on, CO2 up), a little different each minute."""
     values = list(OCCUPIED)
     values[2] += i
     values[3] += 2 * i
     return common_pb2.Tensor(dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[6], float_values=values)
-
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Polls ``predicate`` until it holds; fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 def handled(stack: Stack, server: Role, method: str) -> float:
@@ -118,11 +100,13 @@ def handled(stack: Stack, server: Role, method: str) -> float:
 
 @pytest.mark.timeout(240)
 async def test_a_candidate_wrong_on_the_homeowners_labels_is_rolled_back(stack: Stack) -> None:
-    update = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE, Role.ADMIN))
-    inference = inf_grpc.InferenceServiceStub(channel(stack, Role.INFERENCE, Role.HUB))
-    hub = pers_grpc.PersonalizationServiceStub(channel(stack, Role.PERSONALIZATION, Role.HUB))
+    update = pb_grpc.UpdateServiceStub(service_channel(stack, Role.UPDATE, Role.ADMIN))
+    inference = inf_grpc.InferenceServiceStub(service_channel(stack, Role.INFERENCE, Role.HUB))
+    hub = pers_grpc.PersonalizationServiceStub(
+        service_channel(stack, Role.PERSONALIZATION, Role.HUB)
+    )
     auditor = pers_grpc.PersonalizationServiceStub(
-        channel(stack, Role.PERSONALIZATION, Role.AUDITOR)
+        service_channel(stack, Role.PERSONALIZATION, Role.AUDITOR)
     )
 
     await update.Stage(pb.StageRequest(model_name="occupancy", version=BAD), timeout=60)
@@ -139,7 +123,7 @@ async def test_a_candidate_wrong_on_the_homeowners_labels_is_rolled_back(stack: 
         )
         return s.status.HasField("health")
 
-    await wait_for(rollout_loaded, 20, "inference serving the A/B rollout")
+    await wait_for_async(rollout_loaded, 20, "inference serving the A/B rollout")
 
     # A/B traffic: the candidate errs on nothing and is fast; only outcomes show it is bad.
     batch = inf_pb.PredictBatchRequest(
@@ -156,7 +140,7 @@ async def test_a_candidate_wrong_on_the_homeowners_labels_is_rolled_back(stack: 
         now = await asyncio.to_thread(handled, stack, Role.PERSONALIZATION, "EvaluateVersions")
         return now >= scored + 2
 
-    await wait_for(judged, 20, "two gate passes scored by personalization")
+    await wait_for_async(judged, 20, "two gate passes scored by personalization")
     status = (
         await update.GetRolloutStatus(
             pb.GetRolloutStatusRequest(model_name="occupancy"), timeout=10
@@ -183,9 +167,9 @@ async def test_a_candidate_wrong_on_the_homeowners_labels_is_rolled_back(stack: 
         )
         return not s.status.candidate.version
 
-    await wait_for(withdrawn, 30, f"the health gate to roll back {BAD}")
+    await wait_for_async(withdrawn, 30, f"the health gate to roll back {BAD}")
 
-    audit = audit_grpc.AuditServiceStub(channel(stack, Role.AUDIT, Role.AUDITOR))
+    audit = audit_grpc.AuditServiceStub(service_channel(stack, Role.AUDIT, Role.AUDITOR))
     steps = await audit.QueryDecisions(
         audit_pb.QueryDecisionsRequest(entity_id="roost.model.occupancy", page_size=100),
         timeout=10,
@@ -223,7 +207,7 @@ async def test_a_candidate_wrong_on_the_homeowners_labels_is_rolled_back(stack: 
             return True
         return False
 
-    await wait_for(unloaded, 15, f"inference to unload {BAD}")
+    await wait_for_async(unloaded, 15, f"inference to unload {BAD}")
     ((code, details),) = refusals
     assert code == grpc.StatusCode.FAILED_PRECONDITION, details
     assert "does not serve" in details

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -29,10 +29,11 @@ from roost.update.v1 import update_service_pb2 as pb
 from roost.update.v1 import update_service_pb2_grpc as pb_grpc
 from services.kit.auth import Role
 from services.kit.certs import LOCAL_CANDIDATE_KEY
-from services.kit.client import aio_channel
 from services.modelstore import local_key
 from services.modelstore.bundle import pack_bundle
 from tests.support.model_versions import OCCUPIED, occupancy_version
+from tests.support.stacks import service_channel
+from tests.support.waiting import wait_for_async
 
 pytestmark = pytest.mark.integration
 
@@ -64,15 +65,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         st.stop()
 
 
-def channel(stack: Stack, server: Role, role: Role = Role.ADMIN) -> grpc.aio.Channel:
-    return aio_channel(
-        f"127.0.0.1:{stack.port_of(server)}",
-        certs_dir=stack.certs_dir,
-        role=role,
-        server_role=server,
-    )
-
-
 def predict_request(entity: str = "occupancy.kitchen") -> inf_pb.PredictRequest:
     tensor = common_pb2.Tensor(dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[6], float_values=OCCUPIED)
     return inf_pb.PredictRequest(model_name="occupancy", input=tensor, entity_id=entity)
@@ -100,7 +92,7 @@ class Load:
 
 @pytest.fixture
 async def load(stack: Stack) -> AsyncIterator[Load]:
-    ch = channel(stack, Role.INFERENCE, Role.HUB)
+    ch = service_channel(stack, Role.INFERENCE, Role.HUB)
     load = Load(inf_grpc.InferenceServiceStub(ch))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(load.run(stop)) for _ in range(3)]
@@ -110,18 +102,9 @@ async def load(stack: Stack) -> AsyncIterator[Load]:
     await ch.close()
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Polls ``predicate`` until it holds; fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_the_whole_rollout_under_load(stack: Stack, load: Load) -> None:
-    update = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE))
-    inference = inf_grpc.InferenceServiceStub(channel(stack, Role.INFERENCE, Role.HUB))
+    update = pb_grpc.UpdateServiceStub(service_channel(stack, Role.UPDATE, Role.ADMIN))
+    inference = inf_grpc.InferenceServiceStub(service_channel(stack, Role.INFERENCE, Role.HUB))
 
     available = await update.CheckForUpdates(pb.CheckForUpdatesRequest(), timeout=30)
     assert [(u.model.name, u.model.version) for u in available.updates] == [("occupancy", "1.2.0")]
@@ -142,7 +125,7 @@ async def test_the_whole_rollout_under_load(stack: Stack, load: Load) -> None:
         )
         return s.status.health.compared_predictions >= 30
 
-    await wait_for(compared, 20, "shadow comparisons")
+    await wait_for_async(compared, 20, "shadow comparisons")
     status = (
         await update.GetRolloutStatus(pb.GetRolloutStatusRequest(model_name="occupancy"), timeout=5)
     ).status
@@ -167,27 +150,27 @@ async def test_the_whole_rollout_under_load(stack: Stack, load: Load) -> None:
         served = [p.model.version for p in resp.predictions]
         return 60 <= served.count("1.1.0") <= 140 and served.count("1.0.0") > 0
 
-    await wait_for(split, 5, "A/B split of 200 entities near 50%")
+    await wait_for_async(split, 5, "A/B split of 200 entities near 50%")
 
     await update.Promote(pb.PromoteRequest(model_name="occupancy"), timeout=10)
 
     async def serving(version: str) -> bool:
         return bool(load.versions) and load.versions[-1][1] == version
 
-    await wait_for(lambda: serving("1.1.0"), 5, "1.1.0 active")
+    await wait_for_async(lambda: serving("1.1.0"), 5, "1.1.0 active")
 
     rolled = await update.Rollback(
         pb.RollbackRequest(model_name="occupancy", reason="integration test"), timeout=10
     )
     assert rolled.active.model.version == "1.0.0"
     # How fast it gets there is measured by `make bench` (bench/update.py).
-    await wait_for(lambda: serving("1.0.0"), 5, "1.0.0 active again")
+    await wait_for_async(lambda: serving("1.0.0"), 5, "1.0.0 active again")
     served = load.ok
 
     async def more_served() -> bool:
         return load.ok >= served + 30
 
-    await wait_for(more_served, 10, "30 more predictions after the rollback")
+    await wait_for_async(more_served, 10, "30 more predictions after the rollback")
     assert load.failed == []
     assert load.ok > 100
 
@@ -203,7 +186,7 @@ async def test_the_whole_rollout_under_load(stack: Stack, load: Load) -> None:
 
 
 async def audited_steps(stack: Stack) -> list[tuple[str, str]]:
-    audit = audit_grpc.AuditServiceStub(channel(stack, Role.AUDIT, Role.AUDITOR))
+    audit = audit_grpc.AuditServiceStub(service_channel(stack, Role.AUDIT, Role.AUDITOR))
     resp = await audit.QueryDecisions(
         audit_pb.QueryDecisionsRequest(entity_id="roost.model.occupancy", page_size=100),
         timeout=5,
@@ -212,7 +195,7 @@ async def audited_steps(stack: Stack) -> list[tuple[str, str]]:
 
 
 async def test_a_bad_candidate_is_rolled_back_by_the_health_gate(stack: Stack, load: Load) -> None:
-    update = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE))
+    update = pb_grpc.UpdateServiceStub(service_channel(stack, Role.UPDATE, Role.ADMIN))
     await update.Stage(pb.StageRequest(model_name="occupancy", version="1.2.0"), timeout=60)
     await update.StartRollout(
         pb.StartRolloutRequest(model_name="occupancy", stage=pb.ROLLOUT_STAGE_SHADOW), timeout=10
@@ -224,7 +207,7 @@ async def test_a_bad_candidate_is_rolled_back_by_the_health_gate(stack: Stack, l
         )
         return not s.status.candidate.version
 
-    await wait_for(withdrawn, 30, "the health gate to roll back 1.2.0")
+    await wait_for_async(withdrawn, 30, "the health gate to roll back 1.2.0")
     action, reason = (await audited_steps(stack))[-1]
     assert action == "update.rollback"
     assert "agrees with active" in reason
@@ -233,7 +216,7 @@ async def test_a_bad_candidate_is_rolled_back_by_the_health_gate(stack: Stack, l
 
 
 async def test_refusals_are_precise(stack: Stack) -> None:
-    update = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE))
+    update = pb_grpc.UpdateServiceStub(service_channel(stack, Role.UPDATE, Role.ADMIN))
     cases = [
         (pb.StageRequest(model_name="occupancy", version="9.9.9"), grpc.StatusCode.NOT_FOUND),
         (
@@ -250,7 +233,7 @@ async def test_refusals_are_precise(stack: Stack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await update.Promote(pb.PromoteRequest(model_name="occupancy"), timeout=5)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    auditor = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE, Role.AUDITOR))
+    auditor = pb_grpc.UpdateServiceStub(service_channel(stack, Role.UPDATE, Role.AUDITOR))
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await auditor.Rollback(pb.RollbackRequest(model_name="occupancy"), timeout=5)
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -263,7 +246,9 @@ async def test_local_candidates_need_the_hub_key_and_take_the_same_path(
     bundle = pack_bundle(src, tmp_path / "local.tar").path.read_bytes()
     key = local_key.load_private(stack.certs_dir / LOCAL_CANDIDATE_KEY)
     good = local_key.sign(key, "occupancy", "1.0.0.1", bundle)
-    personalization = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE, Role.PERSONALIZATION))
+    personalization = pb_grpc.UpdateServiceStub(
+        service_channel(stack, Role.UPDATE, Role.PERSONALIZATION)
+    )
     forged = bytes(64)
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await personalization.Stage(
@@ -272,7 +257,7 @@ async def test_local_candidates_need_the_hub_key_and_take_the_same_path(
         )
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "does not verify" in (e.value.details() or "")
-    hub = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE, Role.HUB))
+    hub = pb_grpc.UpdateServiceStub(service_channel(stack, Role.UPDATE, Role.HUB))
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await hub.Stage(
             pb.StageRequest(model_name="occupancy", local_bundle=bundle, local_signature=good),
@@ -291,7 +276,7 @@ async def test_local_candidates_need_the_hub_key_and_take_the_same_path(
     )
     assert (staged.staged.model.version, staged.staged.source) == ("1.0.0.1", pb.SOURCE_LOCAL)
     # Never straight to active: promotion needs shadow or A/B first.
-    update = pb_grpc.UpdateServiceStub(channel(stack, Role.UPDATE))
+    update = pb_grpc.UpdateServiceStub(service_channel(stack, Role.UPDATE, Role.ADMIN))
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await update.Promote(pb.PromoteRequest(model_name="occupancy"), timeout=5)
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION

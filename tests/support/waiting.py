@@ -84,3 +84,19 @@ async def poll_async(
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"{_message(what, timeout)}; last: {result!r}")
         await asyncio.sleep(interval)
+
+
+async def wait_for_async(
+    predicate: Callable[[], Awaitable[bool]],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.02,
+) -> None:
+    """Await ``predicate()`` until it holds (e.g. an RPC answering as expected); raise
+    :class:`WaitTimeout` naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(_message(what, timeout))
+        await asyncio.sleep(interval)
