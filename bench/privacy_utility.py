@@ -670,7 +670,7 @@ min-max; dashed: the base model). Bottom: the same metric on the base task
 
 DOC_INTRO = """## What is done
 
-`services/personalization/finetune.py` (DP-SGD) and
+`services/personalization/finetune.py` (DP-SGD; its step loop in `dp_sgd.py`) and
 `services/personalization/onnx_roundtrip.py` (the shipped ONNX models as torch modules
 and back) are the library the personalization service calls (the only torch code
 outside `models/`):

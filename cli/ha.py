@@ -21,8 +21,11 @@ from typing import TYPE_CHECKING
 from cli.support import CliError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from hub.config import HubConfig
     from hub.ingest import SensorRef
+    from roost.personalization.v1 import personalization_service_pb2 as pers_pb
 
 # Models the hub builds windows for (name -> feature spec id); the routine model is
 # home-wide (binary sensors, area "home").
@@ -107,15 +110,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
         HaClient,
         HaUnavailable,
         build_examples,
-        chunks,
         parse_label_map,
     )
-    from hub.ingest import is_household_wide
     from models.features import spec_by_id
-    from roost.personalization.v1 import personalization_service_pb2 as pb
-    from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
-    from services.kit.auth import Role
-    from services.kit.client import aio_channel
 
     if args.model not in SPEC_MODELS:
         raise CliError(f"import supports {', '.join(SPEC_MODELS)}")
@@ -128,19 +125,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     )
     if not label_map:
         raise CliError(f"give --label-map for {args.model}")
-    mapping = _mapping(config)
-    by_kind: dict[str, str] = {}
-    for entity, ref in sorted(mapping.items()):
-        if ref.sensor_kind in spec.sensor_kinds and (
-            ref.area == args.area or is_household_wide(ref.sensor_kind)
-        ):
-            by_kind.setdefault(ref.sensor_kind, entity)
-    for item in args.entity or []:
-        kind, _, entity = item.partition("=")
-        by_kind[kind] = entity
-    missing = sorted(spec.sensor_kinds - set(by_kind))
-    if missing:
-        raise CliError(f"unmapped inputs for {args.model}/{args.area}: {', '.join(missing)}")
+    by_kind = _input_entities(args, spec.sensor_kinds, _mapping(config))
     client = _client(config)
     assert isinstance(client, HaClient)
     end = datetime.now(UTC)
@@ -165,33 +150,64 @@ def _cmd_import(args: argparse.Namespace) -> int:
     target = args.target or config.personalization_target
     if not target:
         raise CliError("no personalization service: set personalization_target or --target")
-
-    async def send() -> tuple[int, int]:
-        channel = aio_channel(
-            target,
-            certs_dir=config.certs_dir,
-            role=Role.HUB,
-            server_role=Role.PERSONALIZATION,
-        )
-        stub = pb_grpc.PersonalizationServiceStub(channel)
-        added = total = 0
-        try:
-            for batch in chunks(examples):
-                resp = await stub.AddExamples(
-                    pb.AddExamplesRequest(
-                        model_name=args.model, examples=batch, source=pb.LABEL_SOURCE_IMPORT
-                    ),
-                    timeout=30.0,
-                )
-                added += resp.added
-                total = resp.total
-        finally:
-            await channel.close()
-        return added, total
-
-    added, total = asyncio.run(send())
+    added, total = asyncio.run(_add_examples(config, target, args.model, examples))
     print(f"added {added} examples; {total} in the local store for {args.model}")
     return 0
+
+
+def _input_entities(
+    args: argparse.Namespace, sensor_kinds: frozenset[str], mapping: dict[str, SensorRef]
+) -> dict[str, str]:
+    """Sensor kind -> the HA entity feeding it (mapped in ``args.area`` or household-wide,
+    then the ``--entity`` overrides); every input of the model must have one."""
+    from hub.ingest import is_household_wide
+
+    by_kind: dict[str, str] = {}
+    for entity, ref in sorted(mapping.items()):
+        if ref.sensor_kind in sensor_kinds and (
+            ref.area == args.area or is_household_wide(ref.sensor_kind)
+        ):
+            by_kind.setdefault(ref.sensor_kind, entity)
+    for item in args.entity or []:
+        kind, _, entity = item.partition("=")
+        by_kind[kind] = entity
+    missing = sorted(sensor_kinds - set(by_kind))
+    if missing:
+        raise CliError(f"unmapped inputs for {args.model}/{args.area}: {', '.join(missing)}")
+    return by_kind
+
+
+async def _add_examples(
+    config: HubConfig, target: str, model: str, examples: Sequence[pers_pb.Example]
+) -> tuple[int, int]:
+    """Sends the imported examples in chunks; returns (added, total in the store)."""
+    from hub.homeassistant.client import chunks
+    from roost.personalization.v1 import personalization_service_pb2 as pb
+    from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
+    from services.kit.auth import Role
+    from services.kit.client import aio_channel
+
+    channel = aio_channel(
+        target,
+        certs_dir=config.certs_dir,
+        role=Role.HUB,
+        server_role=Role.PERSONALIZATION,
+    )
+    stub = pb_grpc.PersonalizationServiceStub(channel)
+    added = total = 0
+    try:
+        for batch in chunks(examples):
+            resp = await stub.AddExamples(
+                pb.AddExamplesRequest(
+                    model_name=model, examples=batch, source=pb.LABEL_SOURCE_IMPORT
+                ),
+                timeout=30.0,
+            )
+            added += resp.added
+            total = resp.total
+    finally:
+        await channel.close()
+    return added, total
 
 
 def _cmd_uninstall(args: argparse.Namespace) -> int:

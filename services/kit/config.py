@@ -67,16 +67,13 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
             for i in items
             if i != ""
         )
+    return _coerce_scalar(name, kind, raw)
+
+
+def _coerce_scalar(name: str, kind: Any, raw: Any) -> Any:
     try:
         if kind is bool:
-            if isinstance(raw, bool):
-                return raw
-            value = str(raw).strip().lower()
-            if value in ("1", "true", "yes", "on"):
-                return True
-            if value in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
+            return _parse_bool(raw)
         if kind is Path:
             return Path(str(raw))
         if kind in (int, float, str):
@@ -84,6 +81,18 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config field '{name}': cannot read {raw!r} as {kind}") from e
     raise ConfigError(f"config field '{name}': unsupported type {kind}")
+
+
+def _parse_bool(raw: Any) -> bool:
+    """A bool, or its usual spellings in TOML strings and env values; ValueError otherwise."""
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
 
 
 def load_config(

@@ -11,13 +11,38 @@ imported libraries, CPU priority).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
 
 from services.kit.config import ServiceConfig
 
 DEFAULT_PORT = 50054
 ACCOUNTANTS = ("rdp", "prv")
+
+
+# (field, is the value invalid, what it must be), checked in this order.
+_RULES: Final[tuple[tuple[str, Callable[[Any], bool], str], ...]] = (
+    ("hub_id", lambda v: not v, "required"),
+    ("epsilon_per_period", lambda v: not (math.isfinite(v) and v > 0), "must be > 0"),
+    ("delta", lambda v: not 0 < v < 1, "must be in (0, 1)"),
+    ("period_days", lambda v: v < 1, "must be >= 1"),
+    ("accountant", lambda v: v not in ACCOUNTANTS, f"must be one of {', '.join(ACCOUNTANTS)}"),
+    ("max_duration_seconds", lambda v: v < 1, "must be >= 1"),
+    ("max_memory_mb", lambda v: v < 64, "must be >= 64"),
+    ("nice", lambda v: not 0 <= v <= 19, "must be in [0, 19]"),
+    (
+        "epochs",
+        lambda v: not (math.isfinite(v) and v >= 0),
+        "must be >= 0 (0 = the task default)",
+    ),
+    ("min_examples", lambda v: v < 1, "must be >= 1"),
+    ("retention_days", lambda v: not v > 0, "must be > 0"),
+    ("retention_interval_seconds", lambda v: not v > 0, "must be > 0"),
+    ("max_examples_per_request", lambda v: v < 1, "must be >= 1"),
+    ("peer_deadline_seconds", lambda v: not v > 0, "must be > 0"),
+)
 
 
 @dataclass(frozen=True)
@@ -59,31 +84,6 @@ class PersonalizationConfig(ServiceConfig):
     max_examples_per_request: int = 10_000
 
     def __post_init__(self) -> None:
-        if not self.hub_id:
-            raise ValueError("personalization.hub_id: required")
-        if not (math.isfinite(self.epsilon_per_period) and self.epsilon_per_period > 0):
-            raise ValueError("personalization.epsilon_per_period: must be > 0")
-        if not 0 < self.delta < 1:
-            raise ValueError("personalization.delta: must be in (0, 1)")
-        if self.period_days < 1:
-            raise ValueError("personalization.period_days: must be >= 1")
-        if self.accountant not in ACCOUNTANTS:
-            raise ValueError(f"personalization.accountant: must be one of {', '.join(ACCOUNTANTS)}")
-        if self.max_duration_seconds < 1:
-            raise ValueError("personalization.max_duration_seconds: must be >= 1")
-        if self.max_memory_mb < 64:
-            raise ValueError("personalization.max_memory_mb: must be >= 64")
-        if not 0 <= self.nice <= 19:
-            raise ValueError("personalization.nice: must be in [0, 19]")
-        if not (math.isfinite(self.epochs) and self.epochs >= 0):
-            raise ValueError("personalization.epochs: must be >= 0 (0 = the task default)")
-        if self.min_examples < 1:
-            raise ValueError("personalization.min_examples: must be >= 1")
-        if not self.retention_days > 0:
-            raise ValueError("personalization.retention_days: must be > 0")
-        if not self.retention_interval_seconds > 0:
-            raise ValueError("personalization.retention_interval_seconds: must be > 0")
-        if self.max_examples_per_request < 1:
-            raise ValueError("personalization.max_examples_per_request: must be >= 1")
-        if not self.peer_deadline_seconds > 0:
-            raise ValueError("personalization.peer_deadline_seconds: must be > 0")
+        for name, invalid, rule in _RULES:
+            if invalid(getattr(self, name)):
+                raise ValueError(f"personalization.{name}: {rule}")

@@ -2,7 +2,8 @@
 
 The personalization service calls this library (in its training child); with
 :mod:`services.personalization.onnx_roundtrip`, which turns the shipped ONNX models into
-torch modules and back, it is the only torch code outside ``models/``. The flow is::
+torch modules and back, and :mod:`services.personalization.dp_sgd`, its step loop, it is
+the only torch code outside ``models/``. The flow is::
 
     base = base_model("routine", artifacts / "routine" / "routine.onnx")  # onnx_roundtrip
     res = dp_finetune(base, x, y, target_epsilon=2.0, delta=1e-5, ...)
@@ -48,23 +49,24 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
-import numpy as np
-import numpy.typing as npt
 import torch
-from opacus import GradSampleModule  # type: ignore[import-untyped]
 from opacus.accountants.utils import get_noise_multiplier  # type: ignore[import-untyped]
-from opacus.optimizers import DPOptimizer  # type: ignore[import-untyped]
 from opacus.validators import ModuleValidator  # type: ignore[import-untyped]
 from torch import nn
 
 from services.personalization.accounting import mechanism_epsilon
+from services.personalization.dp_sgd import (
+    F32Array,
+    I64Array,
+    make_stepper,
+    release,
+    run_steps,
+    training_rows,
+)
 
 Trainable = Literal["all", "head", "top"]
-
-F32Array = npt.NDArray[np.float32]
-I64Array = npt.NDArray[np.int64]
 
 
 # Defaults chosen by `python -m bench.privacy_utility` (docs/personalization.md):
@@ -127,23 +129,6 @@ class FinetuneResult:
         return self.noise_multiplier > 0
 
 
-class _Logits(nn.Module):
-    """The net's pre-softmax outputs as ``forward`` (what the loss and Opacus see)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return logits_of(self.net, x)
-
-
-def logits_of(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``net.logits(x)``: the Roost nets expose their pre-softmax outputs so."""
-    fn = cast("Callable[[torch.Tensor], torch.Tensor]", net.logits)
-    return fn(x)
-
-
 def _linears(net: nn.Module) -> list[nn.Linear]:
     return [m for m in net.modules() if isinstance(m, nn.Linear)]
 
@@ -203,20 +188,30 @@ def calibrate_noise(
         )
 
 
-def _per_sample_loss(
-    logits: torch.Tensor,
-    y: torch.Tensor,
-    teacher: torch.Tensor | None,
-    weights: torch.Tensor | None,
-    distill_weight: float,
-) -> torch.Tensor:
-    """Cross-entropy plus distill_weight * KL(teacher || model), one value per example."""
-    loss = nn.functional.cross_entropy(logits, y, weight=weights, reduction="none")
-    if teacher is not None and distill_weight > 0:
-        log_p = torch.log_softmax(logits, dim=-1)
-        kl = (teacher.exp() * (teacher - log_p)).sum(dim=-1)
-        loss = loss + distill_weight * kl
-    return loss
+def _check_inputs(x: F32Array, y: I64Array, target_epsilon: float | None, delta: float) -> None:
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x and y must be non-empty and aligned, got {len(x)} and {len(y)}")
+    if target_epsilon is not None and not target_epsilon > 0:
+        raise ValueError(f"target_epsilon must be positive or None, got {target_epsilon}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+
+
+def _prepare_nets(
+    base: nn.Module, trainable: str, distill_weight: float
+) -> tuple[nn.Module, nn.Module | None, list[nn.Parameter]]:
+    """The trained copy of ``base`` (validated for Opacus), the frozen teacher (None
+    without distillation) and the trainable parameters."""
+    net = copy.deepcopy(base).train()
+    errors = ModuleValidator.validate(net, strict=False)
+    if errors:
+        raise ValueError(f"the model cannot be trained with Opacus: {errors}")
+    teacher: nn.Module | None = None
+    if distill_weight > 0:
+        teacher = copy.deepcopy(base).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    return net, teacher, set_trainable(net, trainable)
 
 
 def dp_finetune(
@@ -278,143 +273,57 @@ def dp_finetune(
     the epsilon is accounted for the steps actually taken (at most the target).
     ``progress`` is called with the fraction of planned steps done.
     """
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"x and y must be non-empty and aligned, got {len(x)} and {len(y)}")
-    if target_epsilon is not None and not target_epsilon > 0:
-        raise ValueError(f"target_epsilon must be positive or None, got {target_epsilon}")
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    _check_inputs(x, y, target_epsilon, delta)
     started = time.perf_counter()
     torch.manual_seed(seed)  # dropout masks
     gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator().manual_seed(seed + 1_000_003)
 
-    net = copy.deepcopy(base).train()
-    errors = ModuleValidator.validate(net, strict=False)
-    if errors:
-        raise ValueError(f"the model cannot be trained with Opacus: {errors}")
-    teacher: nn.Module | None = None
-    if distill_weight > 0:
-        teacher = copy.deepcopy(base).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-    params = set_trainable(net, trainable)
-
-    xs, ys = torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.from_numpy(y)
-    n_private = len(xs)
-    n_replay = 0
-    if replay is not None and len(replay[0]):
-        rx = torch.from_numpy(np.asarray(replay[0], dtype=np.float32))
-        ry = torch.from_numpy(np.asarray(replay[1], dtype=np.int64))
-        n_replay = len(rx)
-        xs, ys = torch.cat([xs, rx]), torch.cat([ys, ry])
-    n = len(xs)
-    sample_rate = min(1.0, expected_batch_size / n)
+    net, teacher, params = _prepare_nets(base, trainable, distill_weight)
+    rows = training_rows(x, y, replay, teacher)
+    sample_rate = min(1.0, expected_batch_size / len(rows.xs))
     steps_planned = max(1, math.ceil(epochs / sample_rate))
-    weights = (
-        torch.tensor(list(class_weights), dtype=torch.float32)
-        if class_weights is not None
-        else None
+    noise_multiplier = (
+        None
+        if target_epsilon is None
+        else calibrate_noise(target_epsilon, delta, sample_rate, steps_planned, accountant)
     )
-    soft: torch.Tensor | None = None
-    if teacher is not None:
-        with torch.no_grad():
-            soft = torch.log_softmax(logits_of(teacher, xs), dim=-1)
-
-    private = target_epsilon is not None
-    if private:
-        assert target_epsilon is not None
-        noise_multiplier = calibrate_noise(
-            target_epsilon, delta, sample_rate, steps_planned, accountant
-        )
-    else:
-        noise_multiplier = 0.0
-
-    inner = _Logits(net)
-    model: nn.Module
-    base_opt = torch.optim.Adam(params, lr=lr)
-    opt: Any
-    if private:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = GradSampleModule(inner, loss_reduction="mean", strict=True)
-            opt = DPOptimizer(
-                base_opt,
-                noise_multiplier=noise_multiplier,
-                max_grad_norm=max_grad_norm,
-                expected_batch_size=expected_batch_size,
-                loss_reduction="mean",
-                generator=noise_gen,
-            )
-    else:
-        model, opt = inner, base_opt
-
-    losses: list[float] = []
-    steps = 0
+    stepper = make_stepper(
+        net,
+        params,
+        rows,
+        noise_multiplier=noise_multiplier,
+        lr=lr,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=expected_batch_size,
+        distill_weight=distill_weight,
+        class_weights=class_weights,
+        noise_gen=noise_gen,
+    )
     net.train()
-    with warnings.catch_warnings():
-        # Opacus' full backward hooks fire on module outputs: the inputs need no grad.
-        warnings.filterwarnings("ignore", message="Full backward hook")
-        try:
-            for step in range(steps_planned):
-                mask = torch.rand(n, generator=gen) < sample_rate
-                idx = torch.nonzero(mask).flatten()
-                opt.zero_grad()
-                if len(idx) == 0:
-                    if private:
-                        # An empty Poisson batch still releases a noisy (zero-sum) step.
-                        for p in params:
-                            p.grad_sample = torch.zeros((0, *p.shape))  # type: ignore[attr-defined]
-                        opt.step()
-                    steps += 1
-                else:
-                    logits = model(xs[idx])
-                    per_sample = _per_sample_loss(
-                        logits,
-                        ys[idx],
-                        None if soft is None else soft[idx],
-                        weights,
-                        distill_weight,
-                    )
-                    # Sum / expected batch size: the DP normalisation, used in both modes so
-                    # that the private and non-private runs optimise the same objective.
-                    loss = per_sample.sum() / expected_batch_size
-                    if private:
-                        # Opacus' "mean" reduction rescales by the realised batch size; feed
-                        # it the per-sample mean so each grad_sample is that example's own.
-                        torch.autograd.backward(per_sample.mean())
-                    else:
-                        torch.autograd.backward(loss)
-                    opt.step()
-                    steps += 1
-                    losses.append(float(per_sample.mean().item()))
-                if progress is not None:
-                    progress((step + 1) / steps_planned)
-                if max_seconds is not None and time.perf_counter() - started > max_seconds:
-                    break
-        finally:
-            if isinstance(model, GradSampleModule):
-                model.remove_hooks()
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(True)
-        p.grad = None
-        for attr in ("grad_sample", "summed_grad", "_processed"):
-            if hasattr(p, attr):
-                delattr(p, attr)
-    epsilon = accounted_epsilon(noise_multiplier, sample_rate, steps, delta, accountant)
+    steps, losses = run_steps(
+        stepper,
+        gen,
+        sample_rate,
+        steps_planned,
+        progress=progress,
+        started=started,
+        max_seconds=max_seconds,
+    )
+    release(net)
+    noise = noise_multiplier or 0.0
     return FinetuneResult(
         model=net,
-        noise_multiplier=noise_multiplier,
+        noise_multiplier=noise,
         sample_rate=sample_rate,
         steps=steps,
-        epsilon=epsilon,
+        epsilon=accounted_epsilon(noise, sample_rate, steps, delta, accountant),
         delta=delta,
         seconds=time.perf_counter() - started,
         epochs_done=steps * sample_rate,
         accountant=accountant,
-        max_grad_norm=max_grad_norm if private else math.inf,
-        n_private=n_private,
-        n_replay=n_replay,
+        max_grad_norm=max_grad_norm if stepper.private else math.inf,
+        n_private=rows.n_private,
+        n_replay=rows.n_replay,
         losses=losses,
     )

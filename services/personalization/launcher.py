@@ -55,6 +55,27 @@ def _receive(conn: Connection, timeout: float) -> tuple[Any, ...] | None:
     return tuple(msg)
 
 
+def _quiet_outcome(closing: Callable[[], bool], deadline: float) -> Outcome | None:
+    """How a job ends when its child has nothing to say: shutdown, timeout, or not yet."""
+    if closing():
+        return Outcome("shutdown", "stopped by a service shutdown")
+    if time.monotonic() > deadline:
+        return Outcome("timeout", "exceeded its time limit and was stopped")
+    return None
+
+
+def _last_word(msg: tuple[Any, ...]) -> Outcome | None:
+    """The outcome a message ends the job with (gone, result or error), None for another."""
+    if msg == ("eof",):
+        return Outcome("died", "the training process ended unexpectedly")
+    if msg[0] == "result":
+        return Outcome("result", started=True, result=dict(msg[1]))
+    if msg[0] == "error":
+        started, steps, exact = bool(msg[2]), int(msg[3]), bool(msg[4])
+        return Outcome("error", str(msg[1]), started, steps, exact)
+    return None
+
+
 async def supervise(
     rec: JobRecord, spec: worker.JobSpec, jobs: JobTable, closing: Callable[[], bool]
 ) -> Outcome:
@@ -70,13 +91,8 @@ async def supervise(
     try:
         while outcome is None:
             msg = await asyncio.to_thread(_receive, receive, _POLL_SECONDS)
-            if msg == ("eof",):
-                outcome = Outcome("died", "the training process ended unexpectedly")
-            elif msg is None:
-                if closing():
-                    outcome = Outcome("shutdown", "stopped by a service shutdown")
-                elif time.monotonic() > deadline:
-                    outcome = Outcome("timeout", "exceeded its time limit and was stopped")
+            if msg is None:
+                outcome = _quiet_outcome(closing, deadline)
             elif msg[0] == "started":
                 started = True
                 rec = replace(rec, started=True)
@@ -87,11 +103,8 @@ async def supervise(
                     last_saved = time.monotonic()
                     rec = replace(rec, progress=min(1.0, float(msg[1])))
                     await asyncio.to_thread(jobs.put, rec)
-            elif msg[0] == "result":
-                outcome = Outcome("result", started=True, result=dict(msg[1]))
-            elif msg[0] == "error":
-                started, steps, exact = bool(msg[2]), int(msg[3]), bool(msg[4])
-                outcome = Outcome("error", str(msg[1]), started, steps, exact)
+            else:
+                outcome = _last_word(msg)
     finally:
         if proc.is_alive() and (outcome is None or outcome.kind != "result"):
             proc.kill()

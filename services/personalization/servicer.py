@@ -186,23 +186,11 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         model = request.model_name
         if not model:
             raise InvalidArgument("model_name: required")
-        versions = list(request.versions)
-        if not versions:
-            raise InvalidArgument("versions: at least one version is required")
-        if len(versions) > MAX_EVALUATED_VERSIONS:
-            raise InvalidArgument(f"versions: at most {MAX_EVALUATED_VERSIONS}")
-        if not all(versions):
-            raise InvalidArgument("versions: a version is empty")
-        if len(set(versions)) != len(versions):
-            raise InvalidArgument("versions: listed more than once")
+        versions = _evaluated_versions(request.versions)
         sources = _evaluated_sources(request.sources)
-        since: datetime | None = None
-        if request.HasField("since"):
-            try:
-                since = request.since.ToDatetime(tzinfo=UTC)
-            except (ValueError, OverflowError):
-                raise InvalidArgument("since: not a valid timestamp") from None
-        if self._predict is None:
+        since = _evaluated_since(request)
+        predict = self._predict
+        if predict is None:
             raise FailedPrecondition("EvaluateVersions: the inference service is not connected")
         if model not in SUPPORTED:
             # No label of a model this service cannot personalize is ever stored.
@@ -223,14 +211,7 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         truth = [labels[int(i)] for i in y]
         results = []
         for version in versions:
-            correct = 0
-            for start in range(0, len(truth), EVALUATE_CHUNK):
-                chunk = x[start : start + EVALUATE_CHUNK]
-                predicted = await self._predict(model, version, chunk)
-                if len(predicted) != len(chunk):
-                    raise Unavailable("inference service: PredictBatch answered another count")
-                want = truth[start : start + EVALUATE_CHUNK]
-                correct += sum(1 for p, t in zip(predicted, want, strict=True) if p == t)
+            correct = await _correct(predict, model, version, x, truth)
             n = len(truth)
             results.append(
                 pb.VersionAccuracy(version=version, accuracy=correct / n if n else 0.0, count=n)
@@ -309,6 +290,41 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
             "ComputeFederatedUpdate: federated learning comes with the fleet work; this hub"
             " takes part in no federated round yet (nothing was computed or charged)"
         )
+
+
+def _evaluated_versions(requested: Any) -> list[str]:
+    versions = list(requested)
+    if not versions:
+        raise InvalidArgument("versions: at least one version is required")
+    if len(versions) > MAX_EVALUATED_VERSIONS:
+        raise InvalidArgument(f"versions: at most {MAX_EVALUATED_VERSIONS}")
+    if not all(versions):
+        raise InvalidArgument("versions: a version is empty")
+    if len(set(versions)) != len(versions):
+        raise InvalidArgument("versions: listed more than once")
+    return versions
+
+
+def _evaluated_since(request: pb.EvaluateVersionsRequest) -> datetime | None:
+    if not request.HasField("since"):
+        return None
+    try:
+        return request.since.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument("since: not a valid timestamp") from None
+
+
+async def _correct(predict: Predictor, model: str, version: str, x: Any, truth: list[str]) -> int:
+    """How many labels of ``truth`` inference's ``version`` predicts (``x`` in chunks)."""
+    correct = 0
+    for start in range(0, len(truth), EVALUATE_CHUNK):
+        chunk = x[start : start + EVALUATE_CHUNK]
+        predicted = await predict(model, version, chunk)
+        if len(predicted) != len(chunk):
+            raise Unavailable("inference service: PredictBatch answered another count")
+        want = truth[start : start + EVALUATE_CHUNK]
+        correct += sum(1 for p, t in zip(predicted, want, strict=True) if p == t)
+    return correct
 
 
 def _evaluated_sources(requested: Any) -> tuple[Source, ...]:

@@ -36,7 +36,12 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.personalization.finetune import FinetuneResult
+    from services.personalization.public import PublicData
+    from services.personalization.store import ExampleStore
 
 #: Seconds kept for export and the forgetting measurement after training stops.
 EXPORT_RESERVE_SECONDS = 3.0
@@ -132,6 +137,58 @@ def _accuracy(model: Any, x: Any) -> Any:
         return model(torch.from_numpy(x)).numpy().argmax(axis=1)
 
 
+def _forgetting_metric(model: Any, data: PublicData | None) -> float:
+    """Accuracy on the public evaluation rows; nan without public data."""
+    if data is None:
+        return math.nan
+    return float((_accuracy(model, data.x_eval) == data.y_eval).mean())
+
+
+def _pinned_rows(spec: JobSpec, store: ExampleStore) -> tuple[Any, Any]:
+    """The job's rows ``(x, y)``, ``x`` flat, once they are known to be the planned ones."""
+    x, y = store.load(spec.model, spec.labels, spec.shape, max_seq=spec.max_seq)
+    if len(y) != spec.plan.n_private:
+        raise JobRefused("the pinned examples changed since the job was planned")
+    return x.reshape(len(y), math.prod(spec.shape)), y
+
+
+def _check_replay(spec: JobSpec, data: PublicData | None) -> None:
+    if spec.plan.n_replay and (data is None or len(data.y_replay) < spec.plan.n_replay):
+        raise JobRefused("the public replay data changed since the job was planned")
+
+
+def _check_plan(spec: JobSpec, n_private: int) -> None:
+    """Refuses unless these inputs give exactly the mechanism the ledger reserved."""
+    check = make_plan(
+        spec.task,
+        n_private=n_private,
+        n_replay=spec.plan.n_replay,
+        target_epsilon=spec.target_epsilon,
+        delta=spec.delta,
+        accountant=spec.accountant,
+        epochs=spec.plan.epochs,
+    )
+    if check != spec.plan:
+        raise JobRefused("the mechanism differs from the reserved one")
+
+
+def _check_trained(spec: JobSpec, res: FinetuneResult) -> None:
+    """Refuses a run whose mechanism is not the reserved one (or took more steps)."""
+    if (res.noise_multiplier, res.sample_rate) != (
+        spec.plan.noise_multiplier,
+        spec.plan.sample_rate,
+    ) or res.steps > spec.plan.steps:
+        raise JobRefused("training ran another mechanism than the reserved one")
+
+
+def _log_failure(spec: JobSpec, e: BaseException) -> None:
+    # The exception text may quote a value: only its type leaves the child, and the
+    # log gets the frames without the message.
+    frames = "".join(traceback.format_tb(e.__traceback__))
+    sys.stderr.write(f"training job {spec.job_id} failed: {type(e).__name__}\n{frames}")
+    sys.stderr.flush()
+
+
 def run(spec: JobSpec, conn: Connection) -> None:
     """Child entry point: trains, exports, reports; never raises."""
     parent = os.getppid()
@@ -144,7 +201,6 @@ def run(spec: JobSpec, conn: Connection) -> None:
         conn.send(msg)
 
     try:
-        import numpy as np  # noqa: PLC0415
         import torch  # noqa: PLC0415
 
         torch.set_num_threads(1)
@@ -159,37 +215,19 @@ def run(spec: JobSpec, conn: Connection) -> None:
         _limit_resources(spec.nice, spec.max_memory_mb)
         hyper = dict(DEFAULTS[spec.task])
         with ExampleStore.open(Path(spec.store_path)) as store:
-            x, y = store.load(spec.model, spec.labels, spec.shape, max_seq=spec.max_seq)
-        if len(y) != spec.plan.n_private:
-            raise JobRefused("the pinned examples changed since the job was planned")
-        width = int(np.prod(spec.shape))
-        x = x.reshape(len(y), width)
+            x, y = _pinned_rows(spec, store)
         public_dir = None if spec.public_data_dir is None else Path(spec.public_data_dir)
         data = (
             public.load(spec.task, spec.labels, spec.shape, public_dir)
             if spec.plan.n_replay
             else None
         )
-        replay = None
-        if spec.plan.n_replay:
-            if data is None or len(data.y_replay) < spec.plan.n_replay:
-                raise JobRefused("the public replay data changed since the job was planned")
-            replay = public.replay_subset(data, spec.plan.n_replay, spec.seed)
-        check = make_plan(
-            spec.task,
-            n_private=len(y),
-            n_replay=spec.plan.n_replay,
-            target_epsilon=spec.target_epsilon,
-            delta=spec.delta,
-            accountant=spec.accountant,
-            epochs=spec.plan.epochs,
-        )
-        if check != spec.plan:
-            raise JobRefused("the mechanism differs from the reserved one")
+        _check_replay(spec, data)
+        # data is None without replay rows (and with them, _check_replay saw it loaded).
+        replay = None if data is None else public.replay_subset(data, spec.plan.n_replay, spec.seed)
+        _check_plan(spec, len(y))
         base = base_model(spec.task, Path(spec.base_onnx))
-        before = math.nan
-        if data is not None:
-            before = float((_accuracy(base, data.x_eval) == data.y_eval).mean())
+        before = _forgetting_metric(base, data)
 
         def progress(fraction: float) -> None:
             nonlocal steps_seen
@@ -220,14 +258,8 @@ def run(spec: JobSpec, conn: Connection) -> None:
             max_seconds=max(0.0, budget),
         )
         steps_seen, finished = res.steps, True
-        if (res.noise_multiplier, res.sample_rate) != (
-            spec.plan.noise_multiplier,
-            spec.plan.sample_rate,
-        ) or res.steps > spec.plan.steps:
-            raise JobRefused("training ran another mechanism than the reserved one")
-        after = math.nan
-        if data is not None:
-            after = float((_accuracy(res.model, data.x_eval) == data.y_eval).mean())
+        _check_trained(spec, res)
+        after = _forgetting_metric(res.model, data)
         export_candidate(res.model, Path(spec.out_onnx), spec.task)
         send(
             "result",
@@ -242,11 +274,7 @@ def run(spec: JobSpec, conn: Connection) -> None:
             },
         )
     except BaseException as e:  # reported to the service, sanitized
-        # The exception text may quote a value: only its type leaves the child, and the
-        # log gets the frames without the message.
-        frames = "".join(traceback.format_tb(e.__traceback__))
-        sys.stderr.write(f"training job {spec.job_id} failed: {type(e).__name__}\n{frames}")
-        sys.stderr.flush()
+        _log_failure(spec, e)
         message = str(e) if isinstance(e, JobRefused) else f"training failed ({type(e).__name__})"
         with contextlib.suppress(OSError, ValueError):
             send("error", message, training, steps_seen if training else 0, finished)
