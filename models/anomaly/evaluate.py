@@ -41,6 +41,7 @@ from models.anomaly.data import (
     EVENTS_PER_KIND,
     FAULT_KINDS,
     FAULT_SEED,
+    MIN_GAP_STEPS,
     ApplianceData,
     FaultEvent,
     FaultKind,
@@ -49,7 +50,7 @@ from models.anomaly.data import (
     split,
     window_inputs,
 )
-from models.anomaly.spec import ANOMALY_SCORE, EXPECTED_WH, WINDOW
+from models.anomaly.spec import ANOMALY_SCORE, ANOMALY_THRESHOLD, EXPECTED_WH, WINDOW
 from models.datasets import DatasetMissing, add_data_dir_argument, find_data_dir
 from models.export import session
 from models.manifest import Manifest, ManifestError, load_manifest, shipped_models_dir
@@ -242,6 +243,47 @@ def evaluate(model_dir: Path, data_dir: Path | None) -> dict[str, float]:
 
 # Recomputed metrics agree with the manifest within models.report.TOLERANCE.
 within_tolerance = within
+
+
+# --- Plot (the training recipe draws the docs figure) ----------------------------------
+
+
+def plot_faults(ev: Evaluation, data: ApplianceData, path: Path, title: str) -> None:
+    """One example event per fault kind: observed vs clean vs expected energy, and the score."""
+    import matplotlib as mpl  # noqa: PLC0415 - optional, only for the docs figure
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(len(FAULT_KINDS), 1, figsize=(9, 2.6 * len(FAULT_KINDS)))
+    for ax, kind in zip(axes, FAULT_KINDS, strict=True):
+        run = ev.faults[kind]
+        lengths = [e.steps for e in run.events]
+        target = float(np.median(lengths))
+        event = min(run.events, key=lambda e: (abs(e.steps - target), e.start))
+        a = max(event.start - 2 * MIN_GAP_STEPS // 3, ev.test_start)
+        b = min(event.stop + MIN_GAP_STEPS, ev.test_start + len(run.outputs))
+        hours = (np.arange(a, b) - event.start) / 6.0
+        rows = slice(a - ev.test_start, b - ev.test_start)
+        ax.plot(hours, data.energy[a:b], color="0.6", ls=":", label="clean reading")
+        ax.plot(hours, run.energy[a:b], color="C0", label="observed (faulted)")
+        ax.plot(hours, run.outputs[rows, EXPECTED_WH], color="C2", label="expected_wh")
+        ax.axvspan(0, event.steps / 6.0, color="C3", alpha=0.12, label="fault")
+        ax.set_ylabel("Wh / 10 min")
+        ax.set_title(f"{kind}: {event.steps * 10} min, magnitude {event.magnitude:.3g}")
+        twin = ax.twinx()
+        twin.plot(hours, run.outputs[rows, ANOMALY_SCORE], color="C3", lw=1.2, label="score")
+        twin.axhline(ANOMALY_THRESHOLD, color="C3", ls="--", lw=0.8)
+        twin.set_ylabel("anomaly_score")
+        twin.set_ylim(bottom=0)
+    handles = axes[0].get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    fig.legend(handles=handles, loc="upper center", ncols=5, fontsize=8, bbox_to_anchor=(0.5, 0.97))
+    axes[-1].set_xlabel("hours from fault start")
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.96))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
 
 
 # --- CLI -------------------------------------------------------------------------------

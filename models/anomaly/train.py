@@ -23,17 +23,15 @@ The recipe and its CLI; the network is :mod:`models.anomaly.net`, the model card
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from models.anomaly.card import CardContext, model_card
@@ -41,7 +39,6 @@ from models.anomaly.data import (
     EVENTS_PER_KIND,
     FAULT_KINDS,
     FAULT_SEED,
-    MIN_GAP_STEPS,
     ApplianceData,
     inject,
     load_appliances,
@@ -55,6 +52,7 @@ from models.anomaly.evaluate import (
     calibrate_threshold,
     detection_metrics,
     evaluate_onnx,
+    plot_faults,
     run_onnx,
 )
 from models.anomaly.net import COMPONENTS, AnomalyNet, F32Array, Hyper
@@ -63,23 +61,24 @@ from models.anomaly.spec import (
     ANOMALY_THRESHOLD,
     ANOMALY_V1,
     ENERGY,
-    EXPECTED_WH,
     OUTPUT_LABELS,
 )
-from models.datasets import (
-    REPO_ROOT,
-    DatasetMissing,
-    add_data_dir_argument,
-    appliances_path,
-    find_data_dir,
-)
-from models.export import export_onnx, latency, quantize_int8
-from models.manifest import (
-    InputSchema,
-    Manifest,
-    Variant,
-    sha256_file,
-    shipped_models_dir,
+from models.datasets import REPO_ROOT, appliances_path, find_data_dir
+from models.export import Latency
+from models.manifest import InputSchema, Manifest
+from models.recipe import (
+    PathOption,
+    check_parity,
+    export_fp32_int8,
+    feature_baseline,
+    file_sizes,
+    latencies,
+    load_or_report,
+    recipe_parser,
+    rich_logging,
+    training_progress,
+    variants,
+    write_artifacts,
 )
 from models.reference import reference_histograms
 from models.training import make_deterministic, param_count
@@ -166,129 +165,66 @@ def validation_faults(path: Path, data: ApplianceData, seed: int) -> dict[str, f
     return detection_metrics(clean >= ANOMALY_THRESHOLD, alerts, events, offset=start)
 
 
-# --- Plot ------------------------------------------------------------------------------
-
-
-def plot_faults(ev: Evaluation, data: ApplianceData, path: Path, variant: str) -> None:
-    """One example event per fault kind: observed vs clean vs expected energy, and the score."""
-    import matplotlib as mpl  # noqa: PLC0415 - optional, only for the docs figure
-
-    mpl.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, axes = plt.subplots(len(FAULT_KINDS), 1, figsize=(9, 2.6 * len(FAULT_KINDS)))
-    for ax, kind in zip(axes, FAULT_KINDS, strict=True):
-        run = ev.faults[kind]
-        lengths = [e.steps for e in run.events]
-        target = float(np.median(lengths))
-        event = min(run.events, key=lambda e: (abs(e.steps - target), e.start))
-        a = max(event.start - 2 * MIN_GAP_STEPS // 3, ev.test_start)
-        b = min(event.stop + MIN_GAP_STEPS, ev.test_start + len(run.outputs))
-        hours = (np.arange(a, b) - event.start) / 6.0
-        rows = slice(a - ev.test_start, b - ev.test_start)
-        ax.plot(hours, data.energy[a:b], color="0.6", ls=":", label="clean reading")
-        ax.plot(hours, run.energy[a:b], color="C0", label="observed (faulted)")
-        ax.plot(hours, run.outputs[rows, EXPECTED_WH], color="C2", label="expected_wh")
-        ax.axvspan(0, event.steps / 6.0, color="C3", alpha=0.12, label="fault")
-        ax.set_ylabel("Wh / 10 min")
-        ax.set_title(f"{kind}: {event.steps * 10} min, magnitude {event.magnitude:.3g}")
-        twin = ax.twinx()
-        twin.plot(hours, run.outputs[rows, ANOMALY_SCORE], color="C3", lw=1.2, label="score")
-        twin.axhline(ANOMALY_THRESHOLD, color="C3", ls="--", lw=0.8)
-        twin.set_ylabel("anomaly_score")
-        twin.set_ylim(bottom=0)
-    handles = axes[0].get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    fig.legend(handles=handles, loc="upper center", ncols=5, fontsize=8, bbox_to_anchor=(0.5, 0.97))
-    axes[-1].set_xlabel("hours from fault start")
-    fig.suptitle(f"Roost anomaly {VERSION} ({variant}) on injected faults, test period")
-    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.96))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, metadata={"Software": None})
-    plt.close(fig)
-
-
 # --- Main ------------------------------------------------------------------------------
 
 
-def _variant_metrics(ev: Evaluation, variant: str) -> dict[str, float]:
-    return {f"{k}_{variant}": round(v, 6) for k, v in ev.metrics.items()}
+@dataclass(frozen=True)
+class Windows:
+    """The model inputs of the three periods."""
+
+    train: F32Array
+    val: F32Array
+    test: F32Array
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=shipped_models_dir() / NAME)
-    parser.add_argument("--epochs", type=int, default=Hyper.epochs)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--plot", type=Path, default=DEFAULT_PLOT, help="example figure ('' to skip)"
-    )
-    add_data_dir_argument(parser)
-    args = parser.parse_args(argv)
-    # Root at WARNING keeps onnxruntime's quantizer quiet; this recipe logs at INFO.
-    logging.basicConfig(
-        level=logging.WARNING, format="%(message)s", handlers=[RichHandler(show_path=False)]
-    )
-    log.setLevel(logging.INFO)
-    console = Console()
-    started = time.perf_counter()
-    make_deterministic()
-    data_dir = find_data_dir(args.data_dir)
-    try:
-        data = load_appliances(data_dir)
-    except DatasetMissing as e:
-        Console(stderr=True).print(f"[red]error:[/] {e}")
-        return 2
-    log.info("%d rows from %s", len(data), appliances_path(data_dir))
-    hp = Hyper(epochs=args.epochs)
+def windows_of(data: ApplianceData) -> Windows:
     parts = split(len(data))
-    x_train = window_inputs(data, *parts.train)
-    x_val = window_inputs(data, *parts.validation)
-    x_test = window_inputs(data, *parts.test)
-
-    columns = (
-        TextColumn("[bold]{task.description:<7}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
+    return Windows(
+        train=window_inputs(data, *parts.train),
+        val=window_inputs(data, *parts.validation),
+        test=window_inputs(data, *parts.test),
     )
-    with Progress(*columns, console=console) as progress:
-        model = fit(x_train, hp, args.seed, progress)
-    train_seconds = time.perf_counter() - started
-    taus = calibrate(model, x_val, hp)
-    log.info("thresholds: %s", ", ".join(f"{k} {v:.4g}" for k, v in taus.items()))
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    fp32, int8 = out / FILES["fp32"], out / FILES["int8"]
-    example = torch.from_numpy(x_train[:2])
-    export_onnx(
-        model,
-        example,
-        fp32,
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        doc=f"Roost {NAME} {VERSION}: raw {ANOMALY_V1.spec_id} window -> {list(OUTPUT_LABELS)}",
-    )
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer's advice on pre-processing is noise here
-    try:
-        quantize_int8(fp32, int8)
-    finally:
-        root.setLevel(level)
 
+@dataclass(frozen=True)
+class Fitted:
+    """The trained, calibrated model and its run's settings."""
+
+    model: AnomalyNet
+    hp: Hyper
+    seed: int
+    taus: dict[str, float]
+    train_seconds: float
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The fp32 file against torch, and the context net's test-period expectation (Wh)."""
+
+    parity: float
+    context_wh: F32Array
+
+
+def check_against_torch(model: AnomalyNet, fp32: Path, x_test: F32Array) -> Checked:
     with torch.no_grad():
         ref = model(torch.from_numpy(x_test)).numpy()
         ctx_pred = torch.expm1(model.context_median(torch.from_numpy(x_test[:, -1, :]))).numpy()
     onnx_out = run_onnx(fp32, x_test, INPUT_NAME)
-    parity = float(np.max(np.abs(onnx_out - ref) / np.maximum(1.0, np.abs(ref))))
-    if parity >= PARITY_RTOL:
-        raise RuntimeError(f"torch vs onnxruntime max rel diff {parity:.2e} >= {PARITY_RTOL}")
+    return Checked(check_parity(onnx_out, ref, PARITY_RTOL, relative=True), ctx_pred)
 
-    evals = {v: evaluate_onnx(out / f, data, threshold=ANOMALY_THRESHOLD) for v, f in FILES.items()}
-    lat = {v: latency(out / f, x_test[0], INPUT_NAME) for v, f in FILES.items()}
-    sizes = {v: (out / f).stat().st_size for v, f in FILES.items()}
+
+@dataclass(frozen=True)
+class Scored:
+    """Both variants on the faulted test period, their latency and size, the served one."""
+
+    evals: dict[str, Evaluation]
+    latency: dict[str, Latency]
+    sizes: dict[str, int]
+    served: str
+
+
+def choose_served(evals: dict[str, Evaluation], lat: dict[str, Latency]) -> str:
+    """int8 if it is clearly faster and detects about as well as fp32."""
     mf, mi = evals["fp32"].metrics, evals["int8"].metrics
     close = all(mi[k] >= mf[k] - INT8_MAX_DROP for k in DETECTION_KEYS)
     faster = lat["int8"].p50_us < INT8_SPEEDUP * lat["fp32"].p50_us
@@ -302,86 +238,112 @@ def main(argv: list[str] | None = None) -> int:
         close,
         served,
     )
+    return served
 
-    observed = data.energy[parts.test[0] : parts.test[1]]
-    val_faults = validation_faults(fp32, data, FAULT_SEED)
+
+def score_variants(out: Path, data: ApplianceData, x_test: F32Array) -> Scored:
+    evals = {v: evaluate_onnx(out / f, data, threshold=ANOMALY_THRESHOLD) for v, f in FILES.items()}
+    lat = latencies(out, FILES, x_test[0], INPUT_NAME)
+    return Scored(evals, lat, file_sizes(out, FILES), choose_served(evals, lat))
+
+
+def variant_metrics(scored: Scored) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for v in FILES:
-        metrics |= _variant_metrics(evals[v], v)
+        metrics |= {f"{k}_{v}": round(m, 6) for k, m in scored.evals[v].metrics.items()}
         metrics |= {
-            f"size_bytes_{v}": float(sizes[v]),
-            f"latency_p50_us_{v}": round(lat[v].p50_us, 1),
-            f"latency_p99_us_{v}": round(lat[v].p99_us, 1),
+            f"size_bytes_{v}": float(scored.sizes[v]),
+            f"latency_p50_us_{v}": round(scored.latency[v].p50_us, 1),
+            f"latency_p99_us_{v}": round(scored.latency[v].p99_us, 1),
         }
-    # (its clean-period false alarms are the variant metric val_false_alarms_per_day_fp32)
-    metrics |= {
-        f"val_{k}_fp32": round(v, 6) for k, v in val_faults.items() if k != "false_alarms_per_day"
+    return metrics
+
+
+def test_maes(data: ApplianceData, x_train: F32Array, context_wh: F32Array) -> dict[str, float]:
+    """Test-period MAE of the expectation against two baselines: the previous reading
+    (persistence) and the training median."""
+    start, stop = split(len(data)).test
+    observed = data.energy[start:stop]
+    persistence = data.energy[start - 1 : stop - 1]
+    median = np.median(x_train[:, -1, ENERGY])
+    return {
+        "test_mae_wh_persistence": round(float(np.mean(np.abs(persistence - observed))), 6),
+        "test_mae_wh_train_median": round(float(np.mean(np.abs(median - observed))), 6),
+        "test_mae_wh_context_fp32": round(float(np.mean(np.abs(context_wh - observed))), 6),
     }
-    metrics |= {f"threshold_{c}": round(t, 6) for c, t in taus.items()}
+
+
+def run_metrics(fitted: Fitted, x: Windows, checked: Checked) -> dict[str, float]:
+    """The run's settings, sizes, thresholds and false-alarm budgets."""
+    hp = fitted.hp
+    metrics = {f"threshold_{c}": round(t, 6) for c, t in fitted.taus.items()}
     metrics |= {
         "anomaly_threshold": ANOMALY_THRESHOLD,
-        "test_mae_wh_persistence": round(
-            float(np.mean(np.abs(data.energy[parts.test[0] - 1 : parts.test[1] - 1] - observed))),
-            6,
-        ),
-        "test_mae_wh_train_median": round(
-            float(np.mean(np.abs(np.median(x_train[:, -1, ENERGY]) - observed))), 6
-        ),
-        "test_mae_wh_context_fp32": round(float(np.mean(np.abs(ctx_pred - observed))), 6),
-        "onnx_parity_max_rel_diff": float(f"{parity:.3e}"),
-        "params": float(param_count(model)),
+        "onnx_parity_max_rel_diff": float(f"{checked.parity:.3e}"),
+        "params": float(param_count(fitted.model)),
         "epochs": float(hp.epochs),
-        "seed": float(args.seed),
+        "seed": float(fitted.seed),
         "fault_seed": float(FAULT_SEED),
         "events_per_kind": float(EVENTS_PER_KIND),
-        "train_windows": float(len(x_train)),
-        "validation_windows": float(len(x_val)),
-        "test_windows": float(len(x_test)),
-        "train_seconds": round(train_seconds, 1),
+        "train_windows": float(len(x.train)),
+        "validation_windows": float(len(x.val)),
+        "test_windows": float(len(x.test)),
+        "train_seconds": round(fitted.train_seconds, 1),
     }
-    metrics |= {
+    return metrics | {
         f"budget_{f.name.removeprefix('budget_')}_per_day": float(getattr(hp, f.name))
         for f in fields(hp)
         if f.name.startswith("budget_")
     }
-    variants = {
-        v: Variant(file=f, sha256=sha256_file(out / f), size_bytes=sizes[v])
-        for v, f in FILES.items()
+
+
+def collect_metrics(
+    out: Path, data: ApplianceData, x: Windows, *, fitted: Fitted, checked: Checked, scored: Scored
+) -> dict[str, float]:
+    """Every metric of the manifest, sorted by name."""
+    val_faults = validation_faults(out / FILES["fp32"], data, FAULT_SEED)
+    metrics = variant_metrics(scored)
+    # (its clean-period false alarms are the variant metric val_false_alarms_per_day_fp32)
+    metrics |= {
+        f"val_{k}_fp32": round(v, 6) for k, v in val_faults.items() if k != "false_alarms_per_day"
     }
-    manifest = Manifest(
+    metrics |= test_maes(data, x.train, checked.context_wh)
+    metrics |= run_metrics(fitted, x, checked)
+    return dict(sorted(metrics.items()))
+
+
+def build_manifest(
+    out: Path, served: str, x_train: F32Array, data: ApplianceData, metrics: dict[str, float]
+) -> Manifest:
+    shipped = variants(out, FILES)
+    return Manifest(
         name=NAME,
         version=VERSION,
         task_kind="regression",
-        file=variants[served].file,
-        sha256=variants[served].sha256,
+        file=shipped[served].file,
+        sha256=shipped[served].sha256,
         input=InputSchema.float32(
             INPUT_NAME, ANOMALY_V1.input_shape, ANOMALY_V1.feature_names, ANOMALY_V1.units
         ),
         output_name=OUTPUT_NAME,
         output_labels=OUTPUT_LABELS,
         feature_spec=ANOMALY_V1.spec_id,
-        baseline=tuple(round(float(v), 6) for v in x_train.mean(axis=0, dtype=np.float64).ravel()),
+        baseline=feature_baseline(x_train),
         training_data_sha256=data.sha256,
         reference=reference_histograms(x_train, ANOMALY_V1.feature_names),
-        metrics=dict(sorted(metrics.items())),
+        metrics=metrics,
         description=(
             "Appliance energy anomalies (stuck-on load, surge, meter dropout or frozen) from "
             "two hours of energy readings and context; trained on UCI Appliances Energy "
             "Prediction (CC BY 4.0). Alert when anomaly_score >= metrics.anomaly_threshold."
         ),
-        variants=variants,
+        variants=shipped,
     )
-    (out / "manifest.json").write_text(manifest.to_json())
-    card = CardContext(
-        data=data, hp=hp, served=served, int8_speedup=INT8_SPEEDUP, int8_max_drop=INT8_MAX_DROP
-    )
-    (out / "MODEL_CARD.md").write_text(model_card(manifest, card))
-    if str(args.plot) not in ("", "."):
-        plot_faults(evals[served], data, args.plot, served)
-        log.info("figure: %s", args.plot)
-    elapsed = time.perf_counter() - started
 
-    table = Table(title=f"{NAME} {VERSION} -> {out} (served: {served})")
+
+def fault_table(title: str, metrics: dict[str, float]) -> Table:
+    """Recall, precision and time to detect of each fault kind and overall, per variant."""
+    table = Table(title=title)
     table.add_column("fault")
     for v in FILES:
         table.add_column(f"recall {v}", justify="right")
@@ -396,22 +358,90 @@ def main(argv: list[str] | None = None) -> int:
                 f"{metrics[f'ttd_median_min_{kind}_{v}']:.0f} min",
             ]
         table.add_row(kind, *cells)
-    console.print(table)
+    return table
+
+
+def summary_table(
+    metrics: dict[str, float], scored: Scored, fitted: Fitted, elapsed: float
+) -> Table:
     summary = Table(show_header=False)
     for v in FILES:
         summary.add_row(
             f"false alarms/day (clean test) {v}", f"{metrics[f'false_alarms_per_day_{v}']:.2f}"
         )
         summary.add_row(f"test MAE {v}", f"{metrics[f'test_mae_wh_{v}']:.2f} Wh")
-        summary.add_row(f"size / p50 latency {v}", f"{sizes[v]} B / {lat[v].p50_us:.1f} us")
+        summary.add_row(
+            f"size / p50 latency {v}", f"{scored.sizes[v]} B / {scored.latency[v].p50_us:.1f} us"
+        )
     summary.add_row("test MAE persistence", f"{metrics['test_mae_wh_persistence']:.2f} Wh")
     summary.add_row(
         "validation faults recall/precision fp32",
         (f"{metrics['val_recall_overall_fp32']:.3f} / {metrics['val_precision_overall_fp32']:.3f}"),
     )
-    summary.add_row("parameters", str(param_count(model)))
-    summary.add_row("load + fit / total wall time", f"{train_seconds:.1f} s / {elapsed:.1f} s")
-    console.print(summary)
+    summary.add_row("parameters", str(param_count(fitted.model)))
+    summary.add_row(
+        "load + fit / total wall time", f"{fitted.train_seconds:.1f} s / {elapsed:.1f} s"
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    plot = PathOption("--plot", DEFAULT_PLOT, "example figure ('' to skip)")
+    args = recipe_parser(__doc__, NAME, Hyper.epochs, plot).parse_args(argv)
+    # Root at WARNING keeps onnxruntime's quantizer quiet; this recipe logs at INFO.
+    rich_logging(logging.WARNING)
+    log.setLevel(logging.INFO)
+    console = Console()
+    started = time.perf_counter()
+    make_deterministic()
+    data_dir = find_data_dir(args.data_dir)
+    data = load_or_report(lambda: load_appliances(data_dir), "[red]error:[/]")
+    if data is None:
+        return 2
+    log.info("%d rows from %s", len(data), appliances_path(data_dir))
+    hp = Hyper(epochs=args.epochs)
+    x = windows_of(data)
+
+    stats = "loss {task.fields[loss]:.4f}"
+    with training_progress("{task.description:<7}", stats, console) as progress:
+        model = fit(x.train, hp, args.seed, progress)
+    train_seconds = time.perf_counter() - started
+    taus = calibrate(model, x.val, hp)
+    log.info("thresholds: %s", ", ".join(f"{k} {v:.4g}" for k, v in taus.items()))
+    fitted = Fitted(model, hp, args.seed, taus, train_seconds)
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    export_fp32_int8(
+        model,
+        torch.from_numpy(x.train[:2]),
+        out / FILES["fp32"],
+        out / FILES["int8"],
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        doc=f"Roost {NAME} {VERSION}: raw {ANOMALY_V1.spec_id} window -> {list(OUTPUT_LABELS)}",
+        quiet_quantizer=True,  # the quantizer's advice on pre-processing is noise here
+    )
+    checked = check_against_torch(model, out / FILES["fp32"], x.test)
+    scored = score_variants(out, data, x.test)
+    metrics = collect_metrics(out, data, x, fitted=fitted, checked=checked, scored=scored)
+    manifest = build_manifest(out, scored.served, x.train, data, metrics)
+    card = CardContext(
+        data=data,
+        hp=hp,
+        served=scored.served,
+        int8_speedup=INT8_SPEEDUP,
+        int8_max_drop=INT8_MAX_DROP,
+    )
+    write_artifacts(out, manifest, model_card(manifest, card))
+    if str(args.plot) not in ("", "."):
+        title = f"Roost anomaly {VERSION} ({scored.served}) on injected faults, test period"
+        plot_faults(scored.evals[scored.served], data, args.plot, title)
+        log.info("figure: %s", args.plot)
+    elapsed = time.perf_counter() - started
+
+    console.print(fault_table(f"{NAME} {VERSION} -> {out} (served: {scored.served})", metrics))
+    console.print(summary_table(metrics, scored, fitted, elapsed))
     return 0
 
 

@@ -24,7 +24,6 @@ The recipe and its CLI; the network is :mod:`models.comfort.net`, the model card
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import time
@@ -35,13 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from models.comfort.card import CardContext, model_card
 from models.comfort.data import (
     ROOMS,
+    AppliancesData,
     F32Array,
     Samples,
     build_samples,
@@ -55,20 +53,20 @@ from models.comfort.data import (
 from models.comfort.evaluate import DECIMALS, HORIZON_MINUTES, mae_metrics, variant_metrics
 from models.comfort.net import ComfortNet
 from models.comfort.spec import COMFORT_V1, OUTPUT_LABELS, TEMPERATURE
-from models.datasets import DatasetMissing, add_data_dir_argument, appliances_path, find_data_dir
-from models.export import (
-    export_onnx,
-    latency,
-    quantize_int8,
-    run,
-    serve_int8,
-)
-from models.manifest import (
-    InputSchema,
-    Manifest,
-    Variant,
-    sha256_file,
-    shipped_models_dir,
+from models.datasets import appliances_path, find_data_dir
+from models.export import latency, run, serve_int8
+from models.manifest import InputSchema, Manifest
+from models.recipe import (
+    check_parity,
+    export_fp32_int8,
+    feature_baseline,
+    file_sizes,
+    load_or_report,
+    recipe_parser,
+    rich_logging,
+    training_progress,
+    variants,
+    write_artifacts,
 )
 from models.reference import reference_histograms
 from models.training import make_deterministic, param_count
@@ -79,6 +77,7 @@ NAME = "comfort"
 VERSION = "1.0.0"
 ONNX_FILE = "comfort.onnx"
 INT8_FILE = "comfort.int8.onnx"
+FILES = {"fp32": ONNX_FILE, "int8": INT8_FILE}
 INPUT_NAME = "features"
 OUTPUT_NAME = "forecast"
 # int8 is served only if its test MAE is within this of fp32's at both horizons (degC),
@@ -186,145 +185,128 @@ def _latencies(model_dir: Path, files: dict[str, str], row: F32Array) -> dict[st
     return {v: min(ps) for v, ps in rounds.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=shipped_models_dir() / NAME)
-    parser.add_argument("--epochs", type=int, default=Hyper.epochs)
-    parser.add_argument("--seed", type=int, default=0)
-    add_data_dir_argument(parser)
-    args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error("--epochs must be at least 1")
-    logging.basicConfig(
-        level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)]
-    )
-    started = time.perf_counter()
-    make_deterministic()
-    np.random.seed(args.seed)  # numpy is not sampled from; seeded for good measure
+@dataclass(frozen=True)
+class Sets:
+    """The samples of the training, validation and test days (all eight rooms)."""
 
-    data_dir = find_data_dir(args.data_dir)
-    try:
-        data = load_appliances(data_dir)
-    except DatasetMissing as e:
-        Console(stderr=True).print(f"[red]cannot train {NAME}:[/] {e}")
-        return 2
-    log.info("%d rows from %s", len(data), appliances_path(data_dir))
+    train: Samples
+    val: Samples
+    test: Samples
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def split_sets(data: AppliancesData) -> Sets:
     samples = build_samples(data)
     masks = split_masks(samples, data)
-    train_set, val_set, test_set = (samples.take(masks[s]) for s in ("train", "val", "test"))
-    split_rows = {"train": len(train_set), "val": len(val_set), "test": len(test_set)}
-    log.info("samples (8 rooms): %s", split_rows)
+    return Sets(*(samples.take(masks[s]) for s in ("train", "val", "test")))
 
-    hp = Hyper(epochs=args.epochs)
-    columns = (
-        TextColumn("[bold]train[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  val MAE {task.fields[val]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns) as progress:
+
+def train_with_progress(sets: Sets, hp: Hyper, seed: int) -> TrainResult:
+    stats = "loss {task.fields[loss]:.4f}  val MAE {task.fields[val]}"
+    with training_progress("train", stats) as progress:
         task = progress.add_task("train", total=hp.epochs, loss=float("nan"), val="—")
 
         def on_epoch(epoch: int, loss: float, val: tuple[float, ...]) -> None:
             shown = " / ".join(f"{v:.4f}" for v in val)
             progress.update(task, advance=1, loss=loss, val=shown)
 
-        result = train(train_set, val_set, hp=hp, seed=args.seed, on_epoch=on_epoch)
-    model = result.model
-    n_params = param_count(model)
-    log.info("best validation epoch %d: MAE %s", result.best_epoch, result.val_mae)
+        return train(sets.train, sets.val, hp=hp, seed=seed, on_epoch=on_epoch)
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    fp32_path, int8_path = out / ONNX_FILE, out / INT8_FILE
-    export_onnx(
-        model,
-        torch.zeros(2, *COMFORT_V1.input_shape, dtype=torch.float32),
-        fp32_path,
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        doc=(
-            f"Roost {NAME} {VERSION}: raw {COMFORT_V1.spec_id} window -> room temperature "
-            "(degC) at +30 and +60 min"
-        ),
-    )
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # onnxruntime.quantization logs every tensor at INFO
-    try:
-        quantize_int8(fp32_path, int8_path)
-    finally:
-        root.setLevel(level)
 
-    parity = float(
-        np.max(
-            np.abs(
-                run(fp32_path, test_set.x, INPUT_NAME, OUTPUT_NAME) - _predict(model, test_set.x)
-            )
-        )
-    )
-    if parity >= PARITY_TOLERANCE:
-        raise RuntimeError(f"torch vs onnxruntime max abs diff {parity:.2e} >= {PARITY_TOLERANCE}")
+@dataclass(frozen=True)
+class Evaluated:
+    """The test-day forecasts (fp32 model and the two baselines) and their metrics."""
 
-    files = {"fp32": ONNX_FILE, "int8": INT8_FILE}
-    metrics, preds = variant_metrics(out, files, test_set, INPUT_NAME, OUTPUT_NAME)
-    persist = persistence(test_set)
-    metrics |= mae_metrics("persistence", "", persist, test_set.y)
-    linear = predict_linear(fit_linear(train_set), test_set)
-    metrics |= mae_metrics("linear", "", linear, test_set.y)
+    metrics: dict[str, float]
+    model: F32Array
+    persistence: F32Array
+    linear: F32Array
 
-    swing = np.abs(test_set.y[:, -1] - test_set.current_temperature) >= LARGE_CHANGE_C
+
+def evaluate_test(out: Path, sets: Sets) -> Evaluated:
+    """Both variants, persistence and a linear forecaster on the test days, and all
+    of them on the large changes."""
+    test = sets.test
+    metrics, preds = variant_metrics(out, FILES, test, INPUT_NAME, OUTPUT_NAME)
+    persist = persistence(test)
+    metrics |= mae_metrics("persistence", "", persist, test.y)
+    linear = predict_linear(fit_linear(sets.train), test)
+    metrics |= mae_metrics("linear", "", linear, test.y)
+    swing = np.abs(test.y[:, -1] - test.current_temperature) >= LARGE_CHANGE_C
     metrics |= {
         "large_change_fraction_60": round(float(swing.mean()), DECIMALS),
         "large_change_mae_60_fp32": round(
-            float(mae(preds["fp32"][swing], test_set.y[swing])[-1]), DECIMALS
+            float(mae(preds["fp32"][swing], test.y[swing])[-1]), DECIMALS
         ),
         "large_change_persistence_mae_60": round(
-            float(mae(persist[swing], test_set.y[swing])[-1]), DECIMALS
+            float(mae(persist[swing], test.y[swing])[-1]), DECIMALS
         ),
     }
-    lat = _latencies(out, files, test_set.x[0])
+    return Evaluated(metrics, preds["fp32"], persist, linear)
+
+
+def choose_served(metrics: dict[str, float], sizes: dict[str, int]) -> str:
+    """int8 if it passes the size rule and loses at most INT8_MAX_MAE_LOSS at each horizon."""
     int8_loss = max(
         metrics[f"test_mae_{h}_int8"] - metrics[f"test_mae_{h}_fp32"] for h in HORIZON_MINUTES
     )
-    sizes = {v: (out / f).stat().st_size for v, f in files.items()}
-    served = (
-        "int8" if serve_int8(sizes["fp32"], sizes["int8"], int8_loss, INT8_MAX_MAE_LOSS) else "fp32"
-    )
-    metrics |= {
+    int8_ok = serve_int8(sizes["fp32"], sizes["int8"], int8_loss, INT8_MAX_MAE_LOSS)
+    return "int8" if int8_ok else "fp32"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the run measured beyond the test metrics."""
+
+    parity: float
+    sizes: dict[str, int]
+    latency: dict[str, float]
+    served: str
+
+
+def run_metrics(
+    result: TrainResult, sets: Sets, measured: Measured, *, hp: Hyper, seed: int
+) -> dict[str, float]:
+    metrics = {
         f"val_mae_{h}": round(v, DECIMALS)
         for h, v in zip(HORIZON_MINUTES, result.val_mae, strict=True)
     }
-    metrics |= {
-        "test_samples": float(len(test_set)),
-        "train_samples": float(len(train_set)),
-        "val_samples": float(len(val_set)),
-        "params": float(n_params),
-        "size_bytes_fp32": float(sizes["fp32"]),
-        "size_bytes_int8": float(sizes["int8"]),
-        "latency_p50_us_fp32": round(lat["fp32"], 1),
-        "latency_p50_us_int8": round(lat["int8"], 1),
-        "onnx_parity_max_abs_diff": float(f"{parity:.3e}"),
+    return metrics | {
+        "test_samples": float(len(sets.test)),
+        "train_samples": float(len(sets.train)),
+        "val_samples": float(len(sets.val)),
+        "params": float(param_count(result.model)),
+        "size_bytes_fp32": float(measured.sizes["fp32"]),
+        "size_bytes_int8": float(measured.sizes["int8"]),
+        "latency_p50_us_fp32": round(measured.latency["fp32"], 1),
+        "latency_p50_us_int8": round(measured.latency["int8"], 1),
+        "onnx_parity_max_abs_diff": float(f"{measured.parity:.3e}"),
         "epochs": float(hp.epochs),
         "best_epoch": float(result.best_epoch),
-        "seed": float(args.seed),
+        "seed": float(seed),
     }
-    manifest = Manifest(
+
+
+def build_manifest(
+    out: Path, served: str, train_set: Samples, data: AppliancesData, metrics: dict[str, float]
+) -> Manifest:
+    shipped = variants(out, FILES)
+    return Manifest(
         name=NAME,
         version=VERSION,
         task_kind="regression",
-        file=files[served],
-        sha256=sha256_file(out / files[served]),
+        file=shipped[served].file,
+        sha256=shipped[served].sha256,
         input=InputSchema.float32(
             INPUT_NAME, COMFORT_V1.input_shape, COMFORT_V1.feature_names, COMFORT_V1.units
         ),
         output_name=OUTPUT_NAME,
         output_labels=OUTPUT_LABELS,
         feature_spec=COMFORT_V1.spec_id,
-        baseline=tuple(
-            round(float(v), DECIMALS) for v in train_set.x.mean(axis=0, dtype=np.float64).ravel()
-        ),
+        baseline=feature_baseline(train_set.x, DECIMALS),
         training_data_sha256=data.sha256,
         reference=reference_histograms(train_set.x, COMFORT_V1.feature_names),
         metrics=dict(sorted(metrics.items())),
@@ -333,30 +315,21 @@ def main(argv: list[str] | None = None) -> int:
             "temperature and humidity, the outdoor temperature and humidity and the time of "
             "day; trained on UCI Appliances Energy Prediction (CC BY 4.0)."
         ),
-        variants={
-            v: Variant(file=f, sha256=sha256_file(out / f), size_bytes=sizes[v])
-            for v, f in files.items()
-        },
+        variants=shipped,
     )
-    (out / "manifest.json").write_text(manifest.to_json())
-    elapsed = time.perf_counter() - started
-    ctx = CardContext(
-        data=data,
-        sizes=sizes,
-        split_rows=split_rows,
-        served=served,
-        per_room=_per_room(test_set, [preds["fp32"], persist, linear]),
-        int8_max_mae_loss=INT8_MAX_MAE_LOSS,
-        latency_rounds=LATENCY_ROUNDS,
-        latency_calls=LATENCY_CALLS,
-        large_change_c=LARGE_CHANGE_C,
-    )
-    (out / "MODEL_CARD.md").write_text(model_card(manifest, ctx))
 
-    gains = [
+
+def gains_over_persistence(metrics: dict[str, float]) -> list[float]:
+    return [
         1.0 - metrics[f"test_mae_{h}_fp32"] / metrics[f"persistence_mae_{h}"]
         for h in HORIZON_MINUTES
     ]
+
+
+def print_report(
+    out: Path, metrics: dict[str, float], measured: Measured, n_params: int, elapsed: float
+) -> None:
+    gains = gains_over_persistence(metrics)
     table = Table(title=f"{NAME} {VERSION} -> {out}  (test days, MAE degC)")
     table.add_column("forecaster")
     for h in HORIZON_MINUTES:
@@ -371,11 +344,77 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("gain vs persistence", *(f"{100 * g:.1f} %" for g in gains))
     console = Console()
     console.print(table)
+    sizes, lat = measured.sizes, measured.latency
     console.print(
         f"params {n_params}; fp32 {sizes['fp32']} B, p50 {lat['fp32']:.1f} µs; "
-        f"int8 {sizes['int8']} B, p50 {lat['int8']:.1f} µs; serving {served}; "
-        f"parity {parity:.1e}; wall time {elapsed:.1f} s"
+        f"int8 {sizes['int8']} B, p50 {lat['int8']:.1f} µs; serving {measured.served}; "
+        f"parity {measured.parity:.1e}; wall time {elapsed:.1f} s"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = recipe_parser(__doc__, NAME, Hyper.epochs)
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error("--epochs must be at least 1")
+    rich_logging()
+    started = time.perf_counter()
+    make_deterministic()
+    np.random.seed(args.seed)  # numpy is not sampled from; seeded for good measure
+
+    data_dir = find_data_dir(args.data_dir)
+    data = load_or_report(lambda: load_appliances(data_dir), f"[red]cannot train {NAME}:[/]")
+    if data is None:
+        return 2
+    log.info("%d rows from %s", len(data), appliances_path(data_dir))
+    sets = split_sets(data)
+    log.info("samples (8 rooms): %s", sets.rows)
+
+    hp = Hyper(epochs=args.epochs)
+    result = train_with_progress(sets, hp, args.seed)
+    log.info("best validation epoch %d: MAE %s", result.best_epoch, result.val_mae)
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    export_fp32_int8(
+        result.model,
+        torch.zeros(2, *COMFORT_V1.input_shape, dtype=torch.float32),
+        out / ONNX_FILE,
+        out / INT8_FILE,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        doc=(
+            f"Roost {NAME} {VERSION}: raw {COMFORT_V1.spec_id} window -> room temperature "
+            "(degC) at +30 and +60 min"
+        ),
+        quiet_quantizer=True,  # onnxruntime.quantization logs every tensor at INFO
+    )
+    onnx_out = run(out / ONNX_FILE, sets.test.x, INPUT_NAME, OUTPUT_NAME)
+    torch_out = _predict(result.model, sets.test.x)
+    parity = check_parity(onnx_out, torch_out, PARITY_TOLERANCE, relative=False)
+
+    ev = evaluate_test(out, sets)
+    lat = _latencies(out, FILES, sets.test.x[0])
+    sizes = file_sizes(out, FILES)
+    measured = Measured(parity, sizes, lat, choose_served(ev.metrics, sizes))
+    metrics = ev.metrics | run_metrics(result, sets, measured, hp=hp, seed=args.seed)
+    manifest = build_manifest(out, measured.served, sets.train, data, metrics)
+    ctx = CardContext(
+        data=data,
+        sizes=sizes,
+        split_rows=sets.rows,
+        served=measured.served,
+        per_room=_per_room(sets.test, [ev.model, ev.persistence, ev.linear]),
+        int8_max_mae_loss=INT8_MAX_MAE_LOSS,
+        latency_rounds=LATENCY_ROUNDS,
+        latency_calls=LATENCY_CALLS,
+        large_change_c=LARGE_CHANGE_C,
+    )
+    write_artifacts(out, manifest, model_card(manifest, ctx))
+    elapsed = time.perf_counter() - started
+
+    print_report(out, metrics, measured, param_count(result.model), elapsed)
+    gains = gains_over_persistence(metrics)
     if min(gains) < MIN_GAIN_OVER_PERSISTENCE:
         log.error(
             "the model cuts the persistence MAE by %.1f %% at worst, below the %.0f %% floor; "

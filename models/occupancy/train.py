@@ -19,7 +19,6 @@ The recipe and its CLI; the network is :mod:`models.occupancy.net`, the model ca
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from collections.abc import Callable
@@ -31,37 +30,30 @@ import numpy.typing as npt
 import onnxruntime as ort
 import torch
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 from torch import nn
 
-from models.datasets import (
-    DatasetMissing,
-    add_data_dir_argument,
-    find_data_dir,
-    load_occupancy,
-    occupancy_path,
-)
-from models.export import export_onnx, latency, quantize_int8, serve_int8
+from models.datasets import OccupancyData, find_data_dir, load_occupancy, occupancy_path
+from models.export import Latency, serve_int8
 from models.features import OCCUPANCY_V1
-from models.manifest import (
-    InputSchema,
-    Manifest,
-    Variant,
-    sha256_file,
-    shipped_models_dir,
-)
+from models.manifest import InputSchema, Manifest
 from models.occupancy.card import CardContext, model_card
 from models.occupancy.data import build_features
 from models.occupancy.evaluate import binary_metrics
 from models.occupancy.net import LABELS, OccupancyNet, class_weights
+from models.recipe import (
+    check_parity,
+    export_fp32_int8,
+    feature_baseline,
+    file_sizes,
+    latencies,
+    load_or_report,
+    recipe_parser,
+    rich_logging,
+    training_progress,
+    variants,
+    write_artifacts,
+)
 from models.reference import reference_histograms
 from models.training import make_deterministic, param_count
 
@@ -71,6 +63,7 @@ NAME = "occupancy"
 VERSION = "1.0.0"
 ONNX_FILE = "occupancy.onnx"
 INT8_FILE = "occupancy.int8.onnx"
+FILES = {"fp32": ONNX_FILE, "int8": INT8_FILE}
 # int8 is served only if it is faster and loses at most this much accuracy.
 INT8_MAX_ACCURACY_LOSS = 0.005
 INPUT_NAME = "features"
@@ -154,14 +147,8 @@ def train(
         raise ValueError(f"holdout_fraction {hp.holdout_fraction} leaves no rows on one side")
     x_hold, y_hold = torch.from_numpy(x[cut:]), torch.from_numpy(y[cut:])
     holdout_pred = torch.zeros_like(y_hold)
-    columns = (
-        TextColumn("[bold]{task.description:<7}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[info]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns) as progress:
+    stats = "loss {task.fields[loss]:.4f}  {task.fields[info]}"
+    with training_progress("{task.description:<7}", stats) as progress:
         check = progress.add_task("holdout", total=hp.epochs, loss=float("nan"), info="")
 
         def on_check_epoch(model: OccupancyNet, loss: float) -> None:
@@ -216,55 +203,29 @@ def fit_light_threshold(light: npt.NDArray[np.float64], y: I64Array) -> float:
 # --- Main ------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=shipped_models_dir() / NAME)
-    parser.add_argument("--epochs", type=int, default=Hyper.epochs)
-    parser.add_argument("--seed", type=int, default=0)
-    add_data_dir_argument(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)]
-    )
-    started = time.perf_counter()
-    make_deterministic()
+@dataclass(frozen=True)
+class Scores:
+    """The exported variants on ``datatest.txt`` (onnxruntime) and the variant served."""
 
-    data_dir = find_data_dir(args.data_dir)
-    try:
-        train_data = load_occupancy("train", data_dir)
-        test_data = load_occupancy("test", data_dir)
-    except DatasetMissing as e:
-        Console(stderr=True).print(f"[red]cannot train {NAME}:[/] {e}")
-        return 2
-    log.info("training rows %d from %s", len(train_data), occupancy_path("train", data_dir))
-    x_train, y_train = build_features(train_data), train_data.occupancy.astype(np.int64)
-    x_test, y_test = build_features(test_data), test_data.occupancy.astype(np.int64)
+    parity: float
+    test: dict[str, float]
+    int8_test: dict[str, float]
+    latency: dict[str, Latency]
+    sizes: dict[str, int]
+    served: str
 
-    hp = Hyper(epochs=args.epochs)
-    result = train(x_train, y_train, train_data.ts, hp=hp, seed=args.seed)
-    model = result.model
-    n_params = param_count(model)
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    onnx_path = out / ONNX_FILE
-    export_onnx(
-        model,
-        torch.zeros(2, x_train.shape[1], dtype=torch.float32),
-        onnx_path,
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        doc=f"Roost {NAME} {VERSION}: raw {OCCUPANCY_V1.spec_id} features -> P(label)",
-    )
-    int8_path = out / INT8_FILE
-    quantize_int8(onnx_path, int8_path)
+def _test_metrics(path: Path, x: F32Array, y: I64Array) -> dict[str, float]:
+    return binary_metrics(y, onnx_predict(path, x).argmax(axis=1).astype(np.int64))
 
-    probs = onnx_predict(onnx_path, x_test)
+
+def score(model: OccupancyNet, out: Path, x_test: F32Array, y_test: I64Array) -> Scores:
+    """Parity of the fp32 file with torch, both variants' test metrics and latency, and
+    the int8 rule (:func:`models.export.serve_int8`)."""
+    probs = onnx_predict(out / ONNX_FILE, x_test)
     with torch.no_grad():
         ref = model(torch.from_numpy(x_test)).numpy()
-    parity = float(np.max(np.abs(probs - ref)))
-    if parity >= PARITY_TOLERANCE:
-        raise RuntimeError(f"torch vs onnxruntime max abs diff {parity:.2e} >= {PARITY_TOLERANCE}")
+    parity = check_parity(probs, ref, PARITY_TOLERANCE, relative=False)
     test = binary_metrics(y_test, probs.argmax(axis=1).astype(np.int64))
     if test["accuracy"] < ACCURACY_FLOOR:
         log.error(
@@ -273,63 +234,82 @@ def main(argv: list[str] | None = None) -> int:
             ACCURACY_FLOOR,
             out,
         )
+    sizes = file_sizes(out, FILES)
+    int8_test = _test_metrics(out / INT8_FILE, x_test, y_test)
+    lat = latencies(out, FILES, x_test[0], INPUT_NAME)
+    loss = test["accuracy"] - int8_test["accuracy"]
+    int8_served = serve_int8(sizes["fp32"], sizes["int8"], loss, INT8_MAX_ACCURACY_LOSS)
+    served = "int8" if int8_served else "fp32"
+    return Scores(parity, test, int8_test, lat, sizes, served)
 
+
+def light_rule(train_data: OccupancyData, test_data: OccupancyData, hp: Hyper) -> dict[str, float]:
+    """The illuminance-threshold baseline, on the test days and on the hold-out days."""
+    y_train = train_data.occupancy.astype(np.int64)
     threshold = fit_light_threshold(train_data.light, y_train)
-    light_rule_acc = float(np.mean((test_data.light > threshold) == y_test))
+    test_acc = float(np.mean((test_data.light > threshold) == test_data.occupancy))
     cut = round(len(train_data) * (1.0 - hp.holdout_fraction))
     early_threshold = fit_light_threshold(train_data.light[:cut], y_train[:cut])
-    light_rule_holdout_acc = float(
-        np.mean((train_data.light[cut:] > early_threshold) == y_train[cut:])
-    )
-    size = onnx_path.stat().st_size
-    int8_size = int8_path.stat().st_size
-    int8_test = binary_metrics(
-        y_test, onnx_predict(int8_path, x_test).argmax(axis=1).astype(np.int64)
-    )
-    lat32 = latency(onnx_path, x_test[0], INPUT_NAME)
-    lat8 = latency(int8_path, x_test[0], INPUT_NAME)
-    int8_served = serve_int8(
-        size, int8_size, test["accuracy"] - int8_test["accuracy"], INT8_MAX_ACCURACY_LOSS
-    )
-    served = int8_path if int8_served else onnx_path
-    metrics = {f"test_{k}": round(v, 6) for k, v in test.items()}
-    metrics |= {
-        "test_accuracy_int8": round(int8_test["accuracy"], 6),
-        "test_f1_int8": round(int8_test["f1"], 6),
-        "size_bytes_int8": float(int8_size),
-        "latency_p50_us_fp32": round(lat32.p50_us, 1),
-        "latency_p50_us_int8": round(lat8.p50_us, 1),
+    holdout_acc = float(np.mean((train_data.light[cut:] > early_threshold) == y_train[cut:]))
+    return {
+        "light_rule_threshold_lx": threshold,
+        "light_rule_test_accuracy": round(test_acc, 6),
+        "light_rule_holdout_accuracy": round(holdout_acc, 6),
     }
+
+
+def collect_metrics(
+    scores: Scores,
+    result: TrainResult,
+    light: dict[str, float],
+    *,
+    hp: Hyper,
+    seed: int,
+    rows: tuple[int, int],
+) -> dict[str, float]:
+    """The manifest's metrics (in the order they have always been written)."""
+    metrics = {f"test_{k}": round(v, 6) for k, v in scores.test.items()}
     metrics |= {
-        "params": float(n_params),
-        "onnx_size_bytes": float(size),
-        "onnx_parity_max_abs_diff": float(f"{parity:.3e}"),
+        "test_accuracy_int8": round(scores.int8_test["accuracy"], 6),
+        "test_f1_int8": round(scores.int8_test["f1"], 6),
+        "size_bytes_int8": float(scores.sizes["int8"]),
+        "latency_p50_us_fp32": round(scores.latency["fp32"].p50_us, 1),
+        "latency_p50_us_int8": round(scores.latency["int8"].p50_us, 1),
+    }
+    return metrics | {
+        "params": float(param_count(result.model)),
+        "onnx_size_bytes": float(scores.sizes["fp32"]),
+        "onnx_parity_max_abs_diff": float(f"{scores.parity:.3e}"),
         "holdout_accuracy": round(result.holdout_accuracy, 6),
         "holdout_false_occupied": float(result.holdout_false_occupied),
         "holdout_false_vacant": float(result.holdout_false_vacant),
-        "light_rule_threshold_lx": threshold,
-        "light_rule_test_accuracy": round(light_rule_acc, 6),
-        "light_rule_holdout_accuracy": round(light_rule_holdout_acc, 6),
+        **light,
         "holdout_fraction": hp.holdout_fraction,
         "epochs": float(hp.epochs),
         "weight_decay": hp.weight_decay,
-        "seed": float(args.seed),
-        "train_rows": float(len(train_data)),
-        "test_rows": float(len(test_data)),
+        "seed": float(seed),
+        "train_rows": float(rows[0]),
+        "test_rows": float(rows[1]),
     }
-    manifest = Manifest(
+
+
+def build_manifest(
+    out: Path, served: str, x_train: F32Array, train_data: OccupancyData, metrics: dict[str, float]
+) -> Manifest:
+    shipped = variants(out, FILES)
+    return Manifest(
         name=NAME,
         version=VERSION,
         task_kind="classification",
-        file=served.name,
-        sha256=sha256_file(served),
+        file=shipped[served].file,
+        sha256=shipped[served].sha256,
         input=InputSchema.float32(
             INPUT_NAME, OCCUPANCY_V1.input_shape, OCCUPANCY_V1.feature_names, OCCUPANCY_V1.units
         ),
         output_name=OUTPUT_NAME,
         output_labels=LABELS,
         feature_spec=OCCUPANCY_V1.spec_id,
-        baseline=tuple(round(float(v), 6) for v in x_train.mean(axis=0, dtype=np.float64)),
+        baseline=feature_baseline(x_train),
         reference=reference_histograms(x_train, OCCUPANCY_V1.feature_names),
         training_data_sha256=train_data.sha256,
         metrics=metrics,
@@ -337,14 +317,66 @@ def main(argv: list[str] | None = None) -> int:
             "Room occupancy from temperature, humidity, illuminance, CO2 and time of day; "
             "trained on UCI Occupancy Detection (CC BY 4.0)."
         ),
-        variants={
-            "fp32": Variant(ONNX_FILE, sha256_file(onnx_path), size),
-            "int8": Variant(INT8_FILE, sha256_file(int8_path), int8_size),
-        },
+        variants=shipped,
     )
-    (out / "manifest.json").write_text(manifest.to_json())
+
+
+def print_summary(out: Path, scores: Scores, result: TrainResult, elapsed: float) -> None:
+    table = Table(title=f"{NAME} {VERSION} -> {out}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in (
+        ("test accuracy (onnxruntime fp32)", f"{scores.test['accuracy']:.4f}"),
+        ("test F1 (occupied)", f"{scores.test['f1']:.4f}"),
+        ("parameters", str(param_count(result.model))),
+        ("onnx size", f"{scores.sizes['fp32']} bytes"),
+        ("parity max abs diff", f"{scores.parity:.2e}"),
+        ("chronological hold-out accuracy", f"{result.holdout_accuracy:.4f}"),
+        ("wall time", f"{elapsed:.1f} s"),
+    ):
+        table.add_row(key, value)
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = recipe_parser(__doc__, NAME, Hyper.epochs).parse_args(argv)
+    rich_logging()
+    started = time.perf_counter()
+    make_deterministic()
+
+    data_dir = find_data_dir(args.data_dir)
+    loaded = load_or_report(
+        lambda: (load_occupancy("train", data_dir), load_occupancy("test", data_dir)),
+        f"[red]cannot train {NAME}:[/]",
+    )
+    if loaded is None:
+        return 2
+    train_data, test_data = loaded
+    log.info("training rows %d from %s", len(train_data), occupancy_path("train", data_dir))
+    x_train, y_train = build_features(train_data), train_data.occupancy.astype(np.int64)
+    x_test, y_test = build_features(test_data), test_data.occupancy.astype(np.int64)
+
+    hp = Hyper(epochs=args.epochs)
+    result = train(x_train, y_train, train_data.ts, hp=hp, seed=args.seed)
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    export_fp32_int8(
+        result.model,
+        torch.zeros(2, x_train.shape[1], dtype=torch.float32),
+        out / ONNX_FILE,
+        out / INT8_FILE,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        doc=f"Roost {NAME} {VERSION}: raw {OCCUPANCY_V1.spec_id} features -> P(label)",
+    )
+    scores = score(result.model, out, x_test, y_test)
+    light = light_rule(train_data, test_data, hp)
+    rows = (len(train_data), len(test_data))
+    metrics = collect_metrics(scores, result, light, hp=hp, seed=args.seed, rows=rows)
+    manifest = build_manifest(out, scores.served, x_train, train_data, metrics)
     card = CardContext(
-        size_bytes=size,
+        size_bytes=scores.sizes["fp32"],
         train_data=train_data,
         test_data=test_data,
         holdout_start_ts=result.holdout_start_ts,
@@ -352,24 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         holdout_false_vacant=result.holdout_false_vacant,
         int8_max_accuracy_loss=INT8_MAX_ACCURACY_LOSS,
     )
-    (out / "MODEL_CARD.md").write_text(model_card(manifest, card))
-    elapsed = time.perf_counter() - started
-
-    table = Table(title=f"{NAME} {VERSION} -> {out}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in (
-        ("test accuracy (onnxruntime fp32)", f"{test['accuracy']:.4f}"),
-        ("test F1 (occupied)", f"{test['f1']:.4f}"),
-        ("parameters", str(n_params)),
-        ("onnx size", f"{size} bytes"),
-        ("parity max abs diff", f"{parity:.2e}"),
-        ("chronological hold-out accuracy", f"{result.holdout_accuracy:.4f}"),
-        ("wall time", f"{elapsed:.1f} s"),
-    ):
-        table.add_row(key, value)
-    Console().print(table)
-    return 0 if test["accuracy"] >= ACCURACY_FLOOR else 1
+    write_artifacts(out, manifest, model_card(manifest, card))
+    print_summary(out, scores, result, time.perf_counter() - started)
+    return 0 if scores.test["accuracy"] >= ACCURACY_FLOOR else 1
 
 
 if __name__ == "__main__":

@@ -21,42 +21,41 @@ The recipe and its CLI; the network is :mod:`models.routine.net`, its training l
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import TaskID
 from rich.table import Table
 
-from models.datasets import REPO_ROOT, DatasetMissing, add_data_dir_argument, find_data_dir
-from models.export import export_onnx, latency, quantize_int8, run
-from models.manifest import (
-    InputSchema,
-    Manifest,
-    Variant,
-    sha256_file,
-    shipped_models_dir,
+from models.datasets import REPO_ROOT, find_data_dir
+from models.export import Latency, run
+from models.manifest import InputSchema, Manifest
+from models.recipe import (
+    PathOption,
+    check_parity,
+    export_fp32_int8,
+    feature_baseline,
+    file_sizes,
+    latencies,
+    load_or_report,
+    recipe_parser,
+    rich_logging,
+    training_progress,
+    variants,
+    write_artifacts,
 )
 from models.reference import reference_histograms
 from models.routine.card import CardContext, model_card
 from models.routine.data import (
     CLASSES,
     Dataset,
+    KasterenData,
     build_dataset,
     class_counts,
     fit_time_of_day,
@@ -76,6 +75,7 @@ NAME = "routine"
 VERSION = "1.0.0"
 FP32_FILE = "routine.onnx"
 INT8_FILE = "routine.int8.onnx"
+FILES = {"fp32": FP32_FILE, "int8": INT8_FILE}
 INPUT_NAME = "features"
 OUTPUT_NAME = "probabilities"
 FIGURE = REPO_ROOT / "docs" / "img" / "routine_confusion.png"
@@ -91,16 +91,15 @@ MAX_ARTIFACT_BYTES = 2_000_000
 
 
 def export(model: RoutineNet, fp32: Path, int8: Path) -> None:
-    example = torch.zeros(2, *INPUT_SHAPE, dtype=torch.float32)
-    export_onnx(
+    export_fp32_int8(
         model,
-        example,
+        torch.zeros(2, *INPUT_SHAPE, dtype=torch.float32),
         fp32,
+        int8,
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
         doc=f"Roost {NAME} {VERSION}: {SPEC_ID} features -> P(activity)",
     )
-    quantize_int8(fp32, int8)
 
 
 @dataclass
@@ -118,14 +117,10 @@ def cross_validate(home: Dataset, other: Dataset, *, hp: Hyper, seed: int) -> Cv
     folds = home.folds(hp.n_folds)
     n = len(home)
     res = CvResult(*(np.full(n, -1, dtype=np.int64) for _ in range(5)))
-    columns = (
-        TextColumn("[bold]{task.description:<8}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  {task.fields[info]}"),
-        TimeElapsedColumn(),
+    progress_display = training_progress(
+        "{task.description:<8}", "loss {task.fields[loss]:.4f}  {task.fields[info]}"
     )
-    with Progress(*columns) as progress, tempfile.TemporaryDirectory() as tmp:
+    with progress_display as progress, tempfile.TemporaryDirectory() as tmp:
         for f in range(hp.n_folds):
             test = folds == f
             train = ~test
@@ -160,27 +155,8 @@ def _predict(path: Path, x: F32Array) -> I64Array:
 # --- Main ------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", type=Path, default=shipped_models_dir() / NAME)
-    parser.add_argument("--epochs", type=int, default=Hyper.epochs)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--figure", type=Path, default=FIGURE, help="confusion matrix PNG")
-    add_data_dir_argument(parser)
-    args = parser.parse_args(argv)
-    handler = RichHandler(show_path=False)
-    # onnxruntime's quantizer logs every unquantized tensor through the root logger.
-    handler.addFilter(lambda r: "onnxruntime" not in r.pathname)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
-    console = Console()
-    started = time.perf_counter()
-    make_deterministic()
-
-    try:
-        data = load_kasteren(find_data_dir(args.data_dir))
-    except DatasetMissing as e:
-        console.print(f"[red]error:[/] van Kasteren data not available: {e}")
-        return 2
+def load_homes(data: KasterenData) -> tuple[Dataset, Dataset]:
+    """The recorded home and the perturbed "other home", slice by slice."""
     home = build_dataset(data)
     other = build_dataset(data, other_home(data))
     if not np.array_equal(home.starts, other.starts):
@@ -188,49 +164,47 @@ def main(argv: list[str] | None = None) -> int:
     log.info(
         "%d slices of 60 s over %d days: %s", len(home), home.days.max() + 1, class_counts(home.y)
     )
+    return home, other
 
-    hp = Hyper(epochs=args.epochs)
-    cv_res = cross_validate(home, other, hp=hp, seed=args.seed)
-    cv = report(home.y, cv_res.fp32)
-    cv_int8 = report(home.y, cv_res.int8)
-    other_cv = report(home.y, cv_res.other_fp32)
-    base_major = report(home.y, cv_res.majority)
-    base_tod = report(home.y, cv_res.time_of_day)
 
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    fp32_path, int8_path = out / FP32_FILE, out / INT8_FILE
-    with Progress(
-        TextColumn("[bold]{task.description:<8}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-    ) as progress:
+@dataclass(frozen=True)
+class Reports:
+    """The cross-validated reports on the held-out days: the fold models (fp32, int8,
+    on the other home) and the two baselines."""
+
+    cv: dict[str, float]
+    int8: dict[str, float]
+    other: dict[str, float]
+    majority: dict[str, float]
+    time_of_day: dict[str, float]
+
+
+def cv_reports(y: I64Array, res: CvResult) -> Reports:
+    return Reports(
+        cv=report(y, res.fp32),
+        int8=report(y, res.int8),
+        other=report(y, res.other_fp32),
+        majority=report(y, res.majority),
+        time_of_day=report(y, res.time_of_day),
+    )
+
+
+def fit_all_days(home: Dataset, hp: Hyper, seed: int) -> RoutineNet:
+    """The shipped model: trained on every day."""
+    with training_progress("{task.description:<8}", "loss {task.fields[loss]:.4f}") as progress:
         task = progress.add_task("all days", total=hp.epochs, loss=float("nan"))
-        model = fit(
+        return fit(
             home.x,
             home.y,
             hp=hp,
-            seed=args.seed,
+            seed=seed,
             on_epoch=lambda loss: progress.update(task, advance=1, loss=loss),
         )
-    export(model, fp32_path, int8_path)
-    n_params = param_count(model)
 
-    with torch.no_grad():
-        ref = model(torch.from_numpy(home.x)).numpy()
-    parity = float(np.max(np.abs(run(fp32_path, home.x, INPUT_NAME, OUTPUT_NAME) - ref)))
-    if parity >= PARITY_TOLERANCE:
-        raise RuntimeError(f"torch vs onnxruntime max abs diff {parity:.2e} >= {PARITY_TOLERANCE}")
 
-    files = {"fp32": FP32_FILE, "int8": INT8_FILE}
-    alldays = score_variants(
-        out, files, home, other, input_name=INPUT_NAME, output_name=OUTPUT_NAME
-    )
-    row = home.x[len(home) // 2]
-    lat = {k: latency(out / f, row, INPUT_NAME) for k, f in files.items()}
-    sizes = {k: (out / f).stat().st_size for k, f in files.items()}
+def choose_served(reports: Reports, lat: dict[str, Latency]) -> tuple[str, str]:
+    """int8 if it is faster and within INT8_MAX_F1_LOSS CV macro-F1; and why."""
+    cv, cv_int8 = reports.cv, reports.int8
     int8_ok = cv_int8["macro_f1"] >= cv["macro_f1"] - INT8_MAX_F1_LOSS
     int8_faster = lat["int8"].p50_us < lat["fp32"].p50_us
     served = "int8" if int8_ok and int8_faster else "fp32"
@@ -242,64 +216,105 @@ def main(argv: list[str] | None = None) -> int:
             else f"int8 loses {100 * (cv['macro_f1'] - cv_int8['macro_f1']):.1f} pp CV macro-F1"
         ),
     ]
-    reason = "; ".join(reasons)
+    return served, "; ".join(reasons)
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """The all-days model's files: parity with torch, all-days scores, latency, sizes,
+    and the variant served (with the reason)."""
+
+    parity: float
+    scores: dict[str, float]
+    latency: dict[str, Latency]
+    sizes: dict[str, int]
+    served: str
+    reason: str
+
+
+def check_shipped(
+    model: RoutineNet, out: Path, home: Dataset, other: Dataset, reports: Reports
+) -> Shipped:
+    with torch.no_grad():
+        ref = model(torch.from_numpy(home.x)).numpy()
+    onnx_out = run(out / FP32_FILE, home.x, INPUT_NAME, OUTPUT_NAME)
+    parity = check_parity(onnx_out, ref, PARITY_TOLERANCE, relative=False)
+    scores = score_variants(out, FILES, home, other, input_name=INPUT_NAME, output_name=OUTPUT_NAME)
+    lat = latencies(out, FILES, home.x[len(home) // 2], INPUT_NAME)
+    sizes = file_sizes(out, FILES)
+    served, reason = choose_served(reports, lat)
     for k, size in sizes.items():
         if size > MAX_ARTIFACT_BYTES:
-            raise RuntimeError(f"{files[k]} is {size} bytes (> {MAX_ARTIFACT_BYTES})")
+            raise RuntimeError(f"{FILES[k]} is {size} bytes (> {MAX_ARTIFACT_BYTES})")
+    return Shipped(parity, scores, lat, sizes, served, reason)
 
-    r6: Callable[[float], float] = lambda v: round(float(v), 6)  # noqa: E731
+
+def _r6(v: float) -> float:
+    return round(float(v), 6)
+
+
+def cv_metrics(reports: Reports) -> dict[str, float]:
+    """The cross-validated metrics: per class, per variant, baselines, other home."""
+    cv, other = reports.cv, reports.other
     metrics: dict[str, float] = {
-        "cv_macro_f1": r6(cv["macro_f1"]),
-        "cv_accuracy": r6(cv["accuracy"]),
+        "cv_macro_f1": _r6(cv["macro_f1"]),
+        "cv_accuracy": _r6(cv["accuracy"]),
     }
     for c in CLASSES:
         for kind in ("precision", "recall", "f1"):
-            metrics[f"cv_{kind}_{c}"] = r6(cv[f"{kind}_{c}"])
+            metrics[f"cv_{kind}_{c}"] = _r6(cv[f"{kind}_{c}"])
         metrics[f"support_{c}"] = cv[f"support_{c}"]
     metrics |= {
-        "cv_macro_f1_fp32": r6(cv["macro_f1"]),
-        "cv_accuracy_fp32": r6(cv["accuracy"]),
-        "cv_macro_f1_int8": r6(cv_int8["macro_f1"]),
-        "cv_accuracy_int8": r6(cv_int8["accuracy"]),
-        "baseline_majority_macro_f1": r6(base_major["macro_f1"]),
-        "baseline_majority_accuracy": r6(base_major["accuracy"]),
-        "baseline_time_of_day_macro_f1": r6(base_tod["macro_f1"]),
-        "baseline_time_of_day_accuracy": r6(base_tod["accuracy"]),
-        "other_home_macro_f1": r6(other_cv["macro_f1"]),
-        "other_home_accuracy": r6(other_cv["accuracy"]),
-        "other_home_macro_f1_drop": r6(cv["macro_f1"] - other_cv["macro_f1"]),
+        "cv_macro_f1_fp32": _r6(cv["macro_f1"]),
+        "cv_accuracy_fp32": _r6(cv["accuracy"]),
+        "cv_macro_f1_int8": _r6(reports.int8["macro_f1"]),
+        "cv_accuracy_int8": _r6(reports.int8["accuracy"]),
+        "baseline_majority_macro_f1": _r6(reports.majority["macro_f1"]),
+        "baseline_majority_accuracy": _r6(reports.majority["accuracy"]),
+        "baseline_time_of_day_macro_f1": _r6(reports.time_of_day["macro_f1"]),
+        "baseline_time_of_day_accuracy": _r6(reports.time_of_day["accuracy"]),
+        "other_home_macro_f1": _r6(other["macro_f1"]),
+        "other_home_accuracy": _r6(other["accuracy"]),
+        "other_home_macro_f1_drop": _r6(cv["macro_f1"] - other["macro_f1"]),
     }
-    metrics |= {f"other_home_f1_{c}": r6(other_cv[f"f1_{c}"]) for c in CLASSES}
-    metrics |= alldays
-    for k in files:
-        metrics[f"size_bytes_{k}"] = float(sizes[k])
-        metrics[f"latency_p50_us_{k}"] = round(lat[k].p50_us, 1)
-        metrics[f"latency_p99_us_{k}"] = round(lat[k].p99_us, 1)
-    metrics |= {
+    return metrics | {f"other_home_f1_{c}": _r6(other[f"f1_{c}"]) for c in CLASSES}
+
+
+def collect_metrics(
+    reports: Reports, shipped: Shipped, *, n_params: int, hp: Hyper, seed: int, slices: int
+) -> dict[str, float]:
+    """Every metric of the manifest (in the order they have always been written)."""
+    metrics = cv_metrics(reports) | shipped.scores
+    for k in FILES:
+        metrics[f"size_bytes_{k}"] = float(shipped.sizes[k])
+        metrics[f"latency_p50_us_{k}"] = round(shipped.latency[k].p50_us, 1)
+        metrics[f"latency_p99_us_{k}"] = round(shipped.latency[k].p99_us, 1)
+    return metrics | {
         "params": float(n_params),
-        "served_int8": 1.0 if served == "int8" else 0.0,
-        "onnx_parity_max_abs_diff": float(f"{parity:.3e}"),
+        "served_int8": 1.0 if shipped.served == "int8" else 0.0,
+        "onnx_parity_max_abs_diff": float(f"{shipped.parity:.3e}"),
         "n_folds": float(hp.n_folds),
         "epochs": float(hp.epochs),
-        "seed": float(args.seed),
-        "slices": float(len(home)),
+        "seed": float(seed),
+        "slices": float(slices),
     }
 
-    variants = {
-        k: Variant(file=f, sha256=sha256_file(out / f), size_bytes=sizes[k])
-        for k, f in files.items()
-    }
-    manifest = Manifest(
+
+def build_manifest(
+    out: Path, served: str, home: Dataset, data: KasterenData, metrics: dict[str, float]
+) -> Manifest:
+    shipped = variants(out, FILES)
+    return Manifest(
         name=NAME,
         version=VERSION,
         task_kind="classification",
-        file=variants[served].file,
-        sha256=variants[served].sha256,
+        file=shipped[served].file,
+        sha256=shipped[served].sha256,
         input=InputSchema.float32(INPUT_NAME, INPUT_SHAPE, FEATURE_NAMES, FEATURE_UNITS),
         output_name=OUTPUT_NAME,
         output_labels=CLASSES,
         feature_spec=SPEC_ID,
-        baseline=tuple(round(float(v), 6) for v in home.x.mean(axis=0, dtype=np.float64)),
+        baseline=feature_baseline(home.x),
         training_data_sha256=data.sha256,
         reference=reference_histograms(home.x, FEATURE_NAMES),
         metrics=metrics,
@@ -308,43 +323,32 @@ def main(argv: list[str] | None = None) -> int:
             "from home-agnostic binary sensor features (area and sensor kind); trained on "
             "van Kasteren 2008."
         ),
-        variants=variants,
+        variants=shipped,
     )
-    (out / "manifest.json").write_text(manifest.to_json())
-    card = CardContext(
-        data=data,
-        home=home,
-        hp=hp,
-        cv=cv,
-        other_cv=other_cv,
-        baseline_tod=base_tod,
-        served=served,
-        served_reason=reason,
-        int8_max_f1_loss=INT8_MAX_F1_LOSS,
-    )
-    (out / "MODEL_CARD.md").write_text(model_card(manifest, card))
+
+
+def plot_cv_confusion(y: I64Array, res: CvResult, reports: Reports, path: Path) -> None:
     plot_confusion(
         [
             (
-                f"leave-days-out CV, held-out days (macro-F1 {cv['macro_f1']:.3f})",
-                confusion(home.y, cv_res.fp32),
+                f"leave-days-out CV, held-out days (macro-F1 {reports.cv['macro_f1']:.3f})",
+                confusion(y, res.fp32),
             ),
             (
-                f"other home, same fold models (macro-F1 {other_cv['macro_f1']:.3f})",
-                confusion(home.y, cv_res.other_fp32),
+                f"other home, same fold models (macro-F1 {reports.other['macro_f1']:.3f})",
+                confusion(y, res.other_fp32),
             ),
         ],
-        args.figure,
+        path,
     )
-    elapsed = time.perf_counter() - started
 
-    table = Table(title=f"{NAME} {VERSION} -> {out}")
+
+def class_table(title: str, reports: Reports) -> Table:
+    cv, other = reports.cv, reports.other
+    table = Table(title=title)
     table.add_column("class")
-    table.add_column("slices", justify="right")
-    table.add_column("precision", justify="right")
-    table.add_column("recall", justify="right")
-    table.add_column("F1 (CV)", justify="right")
-    table.add_column("F1 other home", justify="right")
+    for column in ("slices", "precision", "recall", "F1 (CV)", "F1 other home"):
+        table.add_column(column, justify="right")
     for c in CLASSES:
         table.add_row(
             c,
@@ -352,27 +356,83 @@ def main(argv: list[str] | None = None) -> int:
             f"{cv[f'precision_{c}']:.3f}",
             f"{cv[f'recall_{c}']:.3f}",
             f"{cv[f'f1_{c}']:.3f}",
-            f"{other_cv[f'f1_{c}']:.3f}",
+            f"{other[f'f1_{c}']:.3f}",
         )
-    console.print(table)
+    return table
+
+
+def summary_table(reports: Reports, shipped: Shipped, n_params: int, elapsed: float) -> Table:
+    cv, sizes, lat = reports.cv, shipped.sizes, shipped.latency
     summary = Table(show_header=False)
     for key, value in (
-        ("CV macro-F1 fp32 / int8", f"{cv['macro_f1']:.4f} / {cv_int8['macro_f1']:.4f}"),
+        ("CV macro-F1 fp32 / int8", f"{cv['macro_f1']:.4f} / {reports.int8['macro_f1']:.4f}"),
         ("CV accuracy", f"{cv['accuracy']:.4f}"),
         (
             "baseline macro-F1 time-of-day / majority",
-            f"{base_tod['macro_f1']:.4f} / {base_major['macro_f1']:.4f}",
+            f"{reports.time_of_day['macro_f1']:.4f} / {reports.majority['macro_f1']:.4f}",
         ),
-        ("other home macro-F1 (CV)", f"{other_cv['macro_f1']:.4f}"),
+        ("other home macro-F1 (CV)", f"{reports.other['macro_f1']:.4f}"),
         ("parameters", str(n_params)),
         ("size fp32 / int8", f"{sizes['fp32']} / {sizes['int8']} bytes"),
         ("latency p50 fp32 / int8", f"{lat['fp32'].p50_us:.1f} / {lat['int8'].p50_us:.1f} µs"),
-        ("served", f"{served} ({reason})"),
+        ("served", f"{shipped.served} ({shipped.reason})"),
         ("wall time", f"{elapsed:.1f} s"),
     ):
         summary.add_row(key, value)
-    console.print(summary)
-    if cv["macro_f1"] < base_tod["macro_f1"] + MIN_GAIN_OVER_BASELINE:
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    figure = PathOption("--figure", FIGURE, "confusion matrix PNG")
+    args = recipe_parser(__doc__, NAME, Hyper.epochs, figure).parse_args(argv)
+    # onnxruntime's quantizer logs every unquantized tensor through the root logger.
+    rich_logging(drop_from="onnxruntime")
+    console = Console()
+    started = time.perf_counter()
+    make_deterministic()
+
+    data = load_or_report(
+        lambda: load_kasteren(find_data_dir(args.data_dir)),
+        "[red]error:[/] van Kasteren data not available:",
+        console,
+    )
+    if data is None:
+        return 2
+    home, other = load_homes(data)
+
+    hp = Hyper(epochs=args.epochs)
+    cv_res = cross_validate(home, other, hp=hp, seed=args.seed)
+    reports = cv_reports(home.y, cv_res)
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model = fit_all_days(home, hp, args.seed)
+    export(model, out / FP32_FILE, out / INT8_FILE)
+    n_params = param_count(model)
+    shipped = check_shipped(model, out, home, other, reports)
+
+    metrics = collect_metrics(
+        reports, shipped, n_params=n_params, hp=hp, seed=args.seed, slices=len(home)
+    )
+    manifest = build_manifest(out, shipped.served, home, data, metrics)
+    card = CardContext(
+        data=data,
+        home=home,
+        hp=hp,
+        cv=reports.cv,
+        other_cv=reports.other,
+        baseline_tod=reports.time_of_day,
+        served=shipped.served,
+        served_reason=shipped.reason,
+        int8_max_f1_loss=INT8_MAX_F1_LOSS,
+    )
+    write_artifacts(out, manifest, model_card(manifest, card))
+    plot_cv_confusion(home.y, cv_res, reports, args.figure)
+    elapsed = time.perf_counter() - started
+
+    console.print(class_table(f"{NAME} {VERSION} -> {out}", reports))
+    console.print(summary_table(reports, shipped, n_params, elapsed))
+    if reports.cv["macro_f1"] < reports.time_of_day["macro_f1"] + MIN_GAIN_OVER_BASELINE:
         log.error(
             "CV macro-F1 does not beat the time-of-day baseline by %.2f", MIN_GAIN_OVER_BASELINE
         )
