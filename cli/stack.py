@@ -36,6 +36,7 @@ from services.modelstore.registry import Registry
 log = logging.getLogger(__name__)
 
 STACK_FILE = "stack.json"
+LOG_TAIL_BYTES = 64 * 1024
 MOSQUITTO_HINT = (
     "mosquitto (the MQTT broker) is not installed. On Debian/Ubuntu: "
     "`sudo apt-get install -y mosquitto` (make setup does this); on macOS: "
@@ -99,6 +100,8 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log_path: Path
     info: dict[str, Any] = field(default_factory=dict)
+    # Where this run's lines begin in the log (it is appended to across restarts).
+    log_start: int = 0
     # As a supervisor sees it ("running", "restarting", "crash loop", ...), for stack.json.
     state: str = "running"
     detail: str = ""
@@ -107,10 +110,15 @@ class Proc:
         return self.popen.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` this run of the process logged (not an earlier run's)."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            with self.log_path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(self.log_start, size - LOG_TAIL_BYTES))
+                text = f.read().decode(errors="replace")
         except OSError:
             return ""
+        return "\n".join(text.splitlines()[-lines:])
 
 
 class Stack:
@@ -138,12 +146,13 @@ class Stack:
         if launch.ready_file is not None:
             launch.ready_file.unlink(missing_ok=True)
         out: IO[bytes] = log_path.open("ab")
+        log_start = out.tell()  # before the child shares (and moves) the file offset
         full_env = {**os.environ, **launch.env, "PYTHONUNBUFFERED": "1"}
         popen = subprocess.Popen(
             launch.argv, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
         )
+        proc = Proc(name, popen, log_path, log_start=log_start)
         out.close()
-        proc = Proc(name, popen, log_path)
         self.procs[name] = proc
         self.launches[name] = launch
         return proc
