@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def process_env(role: str, home: Path, health_port: int, metrics_port: int) -> dict[str, str]:
-    """The process configured as `roost run` would, plus the probes' port and a 1 s stall
+    """The process configured as `roost run` would, plus the probes' port and a 2 s stall
     limit. The hub's peers are absent: it waits for inference with its loop running."""
     prefix = f"ROOST_{role.upper()}_"
     env = {
@@ -33,7 +33,7 @@ def process_env(role: str, home: Path, health_port: int, metrics_port: int) -> d
         prefix + "DATA_DIR": str(home / "data" / role),
         prefix + "METRICS_PORT": str(metrics_port),
         prefix + "HEALTH_PORT": str(health_port),
-        prefix + "LOOP_STALL_SECONDS": "1",
+        prefix + "LOOP_STALL_SECONDS": "2",
         RELEASE_ENV: str(home / "release"),
         "PYTHONUNBUFFERED": "1",
     }

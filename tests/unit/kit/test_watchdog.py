@@ -106,7 +106,7 @@ async def test_a_stuck_event_loop_fails_the_probes_until_it_runs_again(
     certs = tmp_path / "certs"
     ensure_certs(certs)
     server = RoostServer(
-        ServiceConfig(certs_dir=certs, health_port=free_port(), loop_stall_seconds=0.5),
+        ServiceConfig(certs_dir=certs, health_port=free_port(), loop_stall_seconds=2.0),
         Role.INFERENCE,
         [
             Registration.of(
