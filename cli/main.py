@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,17 +26,13 @@ DEFAULT_HOME = Path("var")
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from cli.stack import Stack, StackError
+    from cli.supervisor import Supervisor
     from services.kit.auth import Role
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    stop = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     stack = Stack(args.home, hub_id=args.hub_id)
     try:
         print(
@@ -52,12 +49,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             stack.start_simulator(args.speedup, args.areas)
         stack.write_stack_file()
         _print_banner(stack, time.monotonic() - t0, args.areas)
-        while not stop:
-            dead = [p.name for p in stack.procs.values() if not p.alive()]
-            if dead and dead != ["simulator"]:
-                print(f"\n{', '.join(dead)} exited unexpectedly; see {stack.home / 'log'}")
-                return 1
-            time.sleep(0.3)
+        # A child that dies is restarted with backoff; crash loops are reported.
+        supervisor = Supervisor(stack, report=lambda text: print(f"roost run: {text}", flush=True))
+        while not stop.wait(0.2):
+            supervisor.tick()
         print("\nStopping (draining in-flight decisions) ...")
         return 0
     except StackError as e:
@@ -75,7 +70,7 @@ def _print_banner(stack: Stack, took: float, areas: str) -> None:
     )
     home = "" if stack.home == DEFAULT_HOME.resolve() else f" --home {stack.home}"
     print(f"""
-Roost is running ({took:.1f}s to start). Ctrl-C stops everything.
+Roost is running ({took:.1f}s to start). A process that dies is restarted. Ctrl-C stops everything.
 
   MQTT broker      127.0.0.1:{broker}
     readings in    roost/readings/<area>/<sensor_kind>   (simulator: area '{areas}')

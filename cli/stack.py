@@ -4,6 +4,11 @@ Used by ``roost run`` (``make run``), the integration tests and the benchmarks, 
 all three run the stack the same way: separate processes, real mosquitto, real
 gRPC with mTLS, free local ports (services bind port 0 and report the port in a
 ready file).
+
+Each child's launch (argv, environment, ready file) is kept, so it can be started again
+as it was (:meth:`Stack.respawn`, used by ``cli/supervisor.py``): a service keeps the
+port it bound first, so its peers reconnect to it. :meth:`Stack.kill` and
+:meth:`Stack.stop_one` take a child out of the stack (it is not restarted).
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from typing import IO, Any
 from models.manifest import shipped_models_dir
 from services.kit.auth import Role
 from services.kit.certs import ensure_certs
+from services.kit.files import write_atomic
 from services.modelstore.registry import Registry
 
 log = logging.getLogger(__name__)
 
 STACK_FILE = "stack.json"
+LOG_TAIL_BYTES = 64 * 1024
 MOSQUITTO_HINT = (
     "mosquitto (the MQTT broker) is not installed. On Debian/Ubuntu: "
     "`sudo apt-get install -y mosquitto` (make setup does this); on macOS: "
@@ -58,15 +65,33 @@ def find_mosquitto() -> str:
     raise StackError(MOSQUITTO_HINT)
 
 
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
 def wait_for_port(host: str, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex((host, port)) == 0:
-                return
+        if port_open(host, port):
+            return
         time.sleep(0.02)
     raise StackError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a child was started, to start it again the same way."""
+
+    argv: list[str]
+    env: dict[str, str]
+    # Ready once the child wrote this file (services, hub) or this port accepts
+    # connections (mosquitto); with neither, at once (the simulator).
+    ready_file: Path | None = None
+    ready_port: int | None = None
+    # A clean exit (code 0) ends the child for good (the simulator's replay is done).
+    done_on_success: bool = False
 
 
 @dataclass
@@ -75,15 +100,25 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log_path: Path
     info: dict[str, Any] = field(default_factory=dict)
+    # Where this run's lines begin in the log (it is appended to across restarts).
+    log_start: int = 0
+    # As a supervisor sees it ("running", "restarting", "crash loop", ...), for stack.json.
+    state: str = "running"
+    detail: str = ""
 
     def alive(self) -> bool:
         return self.popen.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` this run of the process logged (not an earlier run's)."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            with self.log_path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(self.log_start, size - LOG_TAIL_BYTES))
+                text = f.read().decode(errors="replace")
         except OSError:
             return ""
+        return "\n".join(text.splitlines()[-lines:])
 
 
 class Stack:
@@ -94,6 +129,7 @@ class Stack:
         self.hub_id = hub_id
         self.log_level = log_level
         self.procs: dict[str, Proc] = {}
+        self.launches: dict[str, Launch] = {}
         # Ports chosen before a service starts, because a peer started earlier names it.
         self._reserved: dict[Role, int] = {}
         self.broker_port = 0
@@ -105,17 +141,39 @@ class Stack:
     def certs_dir(self) -> Path:
         return self.home / "certs"
 
-    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> Proc:
+    def _spawn(self, name: str, launch: Launch) -> Proc:
         log_path = self.home / "log" / f"{name}.log"
+        if launch.ready_file is not None:
+            launch.ready_file.unlink(missing_ok=True)
         out: IO[bytes] = log_path.open("ab")
-        full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        log_start = out.tell()  # before the child shares (and moves) the file offset
+        full_env = {**os.environ, **launch.env, "PYTHONUNBUFFERED": "1"}
         popen = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+            launch.argv, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
         )
+        proc = Proc(name, popen, log_path, log_start=log_start)
         out.close()
-        proc = Proc(name, popen, log_path)
         self.procs[name] = proc
+        self.launches[name] = launch
         return proc
+
+    def respawn(self, name: str) -> Proc:
+        """Start ``name`` again as it was last launched; does not wait (see :meth:`poll_ready`).
+        Until it is ready, it keeps its last ready info (a service's port does not change)."""
+        last = self.procs.get(name)
+        proc = self._spawn(name, self.launches[name])
+        proc.info = dict(last.info) if last is not None else {}
+        return proc
+
+    def poll_ready(self, name: str) -> bool:
+        """Whether ``name`` serves yet, without waiting; records its ready info if so."""
+        proc, launch = self.procs[name], self.launches[name]
+        if launch.ready_file is not None:
+            if not launch.ready_file.is_file():
+                return False
+            proc.info = json.loads(launch.ready_file.read_text())
+            return True
+        return launch.ready_port is None or port_open("127.0.0.1", launch.ready_port)
 
     def start_broker(self, port: int = 0) -> int:
         binary = find_mosquitto()
@@ -128,22 +186,18 @@ class Stack:
             # Small decision messages must not wait for Nagle + delayed ACK (~40 ms).
             "set_tcp_nodelay true\n"
         )
-        self._spawn("mosquitto", [binary, "-c", str(conf)], {})
+        self._spawn("mosquitto", Launch([binary, "-c", str(conf)], {}, ready_port=self.broker_port))
         wait_for_port("127.0.0.1", self.broker_port, 10)
         return self.broker_port
 
     def _ready_file(self, name: str) -> Path:
-        path = self.home / "run" / f"{name}.ready.json"
-        path.unlink(missing_ok=True)
-        return path
+        return self.home / "run" / f"{name}.ready.json"
 
-    def _wait_ready(self, proc: Proc, ready: Path, timeout: float) -> dict[str, Any]:
+    def _wait_ready(self, proc: Proc, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if ready.is_file():
-                info: dict[str, Any] = json.loads(ready.read_text())
-                proc.info = info
-                return info
+            if self.poll_ready(proc.name):
+                return proc.info
             if not proc.alive():
                 raise StackError(f"{proc.name} exited during start-up:\n{proc.log_tail()}")
             time.sleep(0.02)
@@ -152,7 +206,8 @@ class Stack:
     def start_service(
         self, role: Role, extra_env: Mapping[str, str] | None = None, timeout: float = 30
     ) -> dict[str, Any]:
-        """Start ``python -m services.<role>``; returns its ready info (port, metrics_port)."""
+        """Start ``python -m services.<role>``; returns its ready info (port, metrics_port).
+        The port it binds first is kept: a restart (or a later start) of the role reuses it."""
         name = role.value
         prefix = f"ROOST_{name.upper()}_"
         ready = self._ready_file(name)
@@ -169,8 +224,12 @@ class Stack:
         }
         if role == Role.INFERENCE and prefix + "REGISTRY_ROOT" not in (extra_env or {}):
             self.bootstrap_models()
-        proc = self._spawn(name, [sys.executable, "-m", f"services.{name}"], env)
-        return self._wait_ready(proc, ready, timeout)
+        proc = self._spawn(name, Launch([sys.executable, "-m", f"services.{name}"], env, ready))
+        info = self._wait_ready(proc, timeout)
+        # Reserve the port for restarts, so peers started with it reconnect.
+        self._reserved[role] = int(info["port"])
+        self.launches[name].env[prefix + "PORT"] = str(info["port"])
+        return info
 
     def bootstrap_models(self) -> list[str]:
         """Install and activate the shipped models the stack's model store lacks.
@@ -225,8 +284,8 @@ class Stack:
             },
             **(extra_env or {}),
         }
-        proc = self._spawn("hub", [sys.executable, "-m", "hub"], env)
-        return self._wait_ready(proc, ready, 30)
+        proc = self._spawn("hub", Launch([sys.executable, "-m", "hub"], env, ready))
+        return self._wait_ready(proc, 30)
 
     def start_simulator(self, speedup: float, areas: str = "office") -> Proc:
         argv = [
@@ -240,7 +299,7 @@ class Stack:
             "--areas",
             areas,
         ]
-        return self._spawn("simulator", argv, {})
+        return self._spawn("simulator", Launch(argv, {}, done_on_success=True))
 
     def port_of(self, role: Role) -> int:
         return int(self.procs[role.value].info["port"])
@@ -252,14 +311,21 @@ class Stack:
             "certs_dir": str(self.certs_dir),
             "broker": {"host": "127.0.0.1", "port": self.broker_port},
             "processes": {
-                name: {"pid": p.popen.pid, **p.info, "log": str(p.log_path)}
+                name: {
+                    **p.info,
+                    "pid": p.popen.pid,
+                    "log": str(p.log_path),
+                    "state": p.state,
+                    **({"detail": p.detail} if p.detail else {}),
+                }
                 for name, p in self.procs.items()
             },
         }
 
     def write_stack_file(self) -> Path:
+        """Write run/stack.json atomically: `roost status` never reads half of it."""
         path = self.home / "run" / STACK_FILE
-        path.write_text(json.dumps(self.describe(), indent=2))
+        write_atomic(path, json.dumps(self.describe(), indent=2).encode())
         return path
 
     def stop_one(self, name: str, timeout: float = 15) -> int | None:

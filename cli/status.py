@@ -63,6 +63,10 @@ def check_stack(stack: dict[str, Any], timeout: float = 2.0) -> list[Check]:
         up = s.connect_ex((broker["host"], int(broker["port"]))) == 0
     results.append(Check("mosquitto", up, f"mqtt {broker['host']}:{broker['port']}"))
     for name, proc in stack["processes"].items():
+        state = proc.get("state", "running")
+        if state != "running":  # `roost run` is restarting it (or the simulator finished)
+            results.append(Check(name, state == "finished", f"{state}: {proc.get('detail', '')}"))
+            continue
         if name in ("mosquitto", "simulator"):
             continue
         if "port" in proc:

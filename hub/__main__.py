@@ -8,12 +8,32 @@ from hub.app import main_async
 from hub.config import HubConfig
 from services.kit.config import load_config
 from services.kit.process import configure_process
+from services.kit.watchdog import LoopWatchdog, ProbeServer
+
+
+async def serve(config: HubConfig) -> None:
+    """The hub, with its event loop watched: with ``health_port`` set, the probes' port
+    answers ``liveness`` from the watchdog (services/kit/watchdog.py) and ``""`` SERVING
+    while the loop runs."""
+    watchdog = LoopWatchdog(config.loop_stall_seconds)
+    watchdog.start()
+    probe: ProbeServer | None = None
+    try:
+        if config.health_port:
+            probe = ProbeServer(watchdog, config.metrics_host, config.health_port)
+            probe.start()
+            probe.health.set("", serving=True)
+        await main_async(config)
+    finally:
+        if probe is not None:
+            probe.stop()
+        await watchdog.stop()
 
 
 def main() -> None:
     config = load_config(HubConfig, "hub")
     configure_process(config.log_level)
-    asyncio.run(main_async(config))
+    asyncio.run(serve(config))
 
 
 if __name__ == "__main__":

@@ -369,9 +369,18 @@ class Hub:
                 payload = message.payload
                 data = payload if isinstance(payload, bytes) else str(payload).encode()
                 topic = message.topic.value
-                if bridge is not None and bridge.handle(topic, data):
-                    continue
-                ingest.handle(topic, data)
+                try:
+                    if bridge is not None and bridge.handle(topic, data):
+                        continue
+                    ingest.handle(topic, data)
+                except Exception:
+                    # The topic, never the payload: `roost run` names it in its crash report.
+                    log.critical(
+                        "crashed handling a message on topic %s%s",
+                        topic,
+                        " (retained)" if message.retain else "",
+                    )
+                    raise
 
         reader = asyncio.create_task(read(), name="mqtt-reader")
         stop_wait = asyncio.create_task(self.stop.wait())

@@ -20,6 +20,10 @@ class HubConfig:
     certs_dir: Path = Path("var/certs")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
+    # A plaintext grpc.health.v1 port on metrics_host for probes, 0 = off; its `liveness`
+    # turns NOT_SERVING once the event loop has not run for loop_stall_seconds.
+    health_port: int = 0
+    loop_stall_seconds: float = 10.0
     # Deadlines of the calls on the decision path.
     predict_deadline_seconds: float = 0.5
     # Occlusion attributions recorded with each decision (its "why"); 0 = none.

@@ -44,6 +44,9 @@ class ServiceConfig:
     # A plaintext port serving ONLY grpc.health.v1 (same status as the mTLS port), for
     # probes that cannot present a client certificate (kubelet's gRPC probes); 0 = off.
     health_port: int = 0
+    # The health port's `liveness` turns NOT_SERVING once the event loop has not run for
+    # this long (services/kit/watchdog.py); readiness too, while it lasts.
+    loop_stall_seconds: float = 10.0
     # If set, the service writes {"port", "metrics_port", "pid"} here once serving.
     ready_file: Path | None = None
     log_level: str = "INFO"

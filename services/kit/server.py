@@ -5,8 +5,10 @@ required and verified against the hub CA), sets message limits and keepalive,
 serves the standard health service (NOT_SERVING as soon as shutdown begins) and
 reflection, and routes every RPC through :class:`KitInterceptor`, whose policy is
 the union of the registrations' policies, each checked against its service's
-descriptor. The process around it (start, SIGTERM, close) is
-:class:`services.kit.app.App`.
+descriptor. With ``health_port`` set it also opens the probes' plaintext health-only
+port (:class:`~services.kit.watchdog.ProbeServer`): the same statuses, answered on its
+own threads, plus ``liveness`` from the event-loop watchdog. The process around it
+(start, SIGTERM, close) is :class:`services.kit.app.App`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from services.kit.auth import Policy, PolicyError, Role, service_policy
 from services.kit.certs import load_identity
 from services.kit.config import ServiceConfig
 from services.kit.interceptors import KitInterceptor
+from services.kit.watchdog import LoopWatchdog, ProbeServer
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +107,9 @@ class RoostServer:
         )
         self.port = 0
         self.health_port = 0
+        self.watchdog = LoopWatchdog(config.loop_stall_seconds)
         # Health only, no TLS, no other service: for kubelet probes (config.health_port).
-        self._health_server: aio.Server | None = None
+        self._probe: ProbeServer | None = None
         self._started = False
         self._stopping = False
 
@@ -134,16 +138,15 @@ class RoostServer:
             raise OSError(f"cannot bind gRPC port {address}")
         await self._server.start()
         self._started = True
+        self.watchdog.start()
         if self.config.health_port:
-            self._health_server = aio.server()
-            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
-            health_address = f"{self.config.host}:{self.config.health_port}"
-            self.health_port = self._health_server.add_insecure_port(health_address)
-            if self.health_port == 0:
-                raise OSError(f"cannot bind health port {health_address}")
-            await self._health_server.start()
+            probe = ProbeServer(self.watchdog, self.config.host, self.config.health_port)
+            self.health_port = probe.start()
+            self._probe = probe
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if self._probe is not None:
+                self._probe.health.set(name, serving=True)
         log.info("%s serving on %s:%d (mTLS)", self.role.value, self.config.host, self.port)
         return self.port
 
@@ -153,10 +156,13 @@ class RoostServer:
         if self._stopping:
             return
         self._stopping = True
+        if self._probe is not None:
+            self._probe.health.shutdown()
         await self._health.enter_graceful_shutdown()
         if self._started and self.config.drain_delay_seconds > 0:
             await asyncio.sleep(self.config.drain_delay_seconds)
         await self._server.stop(self.config.grace_seconds if grace is None else grace)
-        if self._health_server is not None:
-            await self._health_server.stop(0)
+        if self._probe is not None:
+            self._probe.stop()
+        await self.watchdog.stop()
         log.info("%s stopped", self.role.value)

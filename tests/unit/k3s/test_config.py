@@ -13,6 +13,7 @@ from services.inference.config import InferenceConfig
 from services.kit.auth import Role
 from services.kit.certs import server_name
 from services.kit.config import ServiceConfig
+from services.kit.watchdog import LIVENESS
 from services.personalization.config import PersonalizationConfig
 from services.update.config import UpdateConfig
 from tests.support.k3s import (
@@ -133,16 +134,22 @@ def test_probe_port_is_served_by_the_kit(
     rendered: dict[str, list[dict[str, Any]]], overlay: str, tmp_path: Path
 ) -> None:
     """The kubelet's gRPC probes are plaintext and the services' port requires mTLS: each
-    service, configured as in its pod, opens the kit's health-only port on the port the
-    probes use, and no Service exposes that port to other pods."""
+    process (the services and the hub), configured as in its pod, opens the kit's
+    health-only port on the port the probes use, and no Service exposes that port to other
+    pods. Liveness asks for `liveness`, which sees a stuck event loop; readiness for ""."""
     objs = rendered[overlay]
-    for role, cls in SERVICE_CONFIGS.items():
+    for role, cls in {**SERVICE_CONFIGS, "hub": HubConfig}.items():
         cfg = load_role_config(objs, role, cls, tmp_path)
         c = role_container(objs, role)
         assert cfg.health_port == HEALTH_PORT == container_port(c, "grpc-health"), role
-        assert cfg.health_port != cfg.port, role
-        probes = [c[k]["grpc"]["port"] for k in ("readinessProbe", "livenessProbe") if k in c]
-        assert probes == [HEALTH_PORT, HEALTH_PORT], role
+        assert cfg.health_port not in (getattr(cfg, "port", None), cfg.metrics_port), role
+        probes = {k: c[k]["grpc"] for k in ("readinessProbe", "livenessProbe")}
+        assert probes["readinessProbe"] == {"port": HEALTH_PORT}, role
+        assert probes["livenessProbe"] == {"port": HEALTH_PORT, "service": LIVENESS}, role
+        # The loop may stall longer than a probe's timeout before liveness says so, but
+        # far less than the kubelet's patience (period x failures) for a stuck process.
+        live = c["livenessProbe"]
+        assert 0 < cfg.loop_stall_seconds < live["periodSeconds"] * live["failureThreshold"]
         exposed = {
             p["port"] for p in named(objs, "Service", server_name(Role(role)))["spec"]["ports"]
         }

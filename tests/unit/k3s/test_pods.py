@@ -6,8 +6,8 @@ from typing import Any
 
 from tests.support.k3s import (
     HEALTH_PORT,
+    ROOST_ROLES,
     ROOST_UID,
-    SERVICE_ROLES,
     STARTUP_PROBE_ROLES,
     STATEFUL,
     all_objects,
@@ -26,7 +26,7 @@ def test_probes_and_resources(rendered: dict[str, list[dict[str, Any]]]) -> None
             where = f"{overlay}: {deploy['metadata']['name']}/{c['name']}"
             assert "readinessProbe" in c, f"{where}: no readinessProbe"
             assert "livenessProbe" in c, f"{where}: no livenessProbe"
-            if component in SERVICE_ROLES:
+            if component in ROOST_ROLES:  # the services and the hub: the kit's probe port
                 for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
                     if kind in c:
                         assert c[kind].get("grpc", {}).get("port") == HEALTH_PORT, (where, kind)

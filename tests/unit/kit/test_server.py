@@ -26,6 +26,7 @@ from services.kit.certs import ensure_certs
 from services.kit.client import aio_channel
 from services.kit.config import ServiceConfig
 from services.kit.server import Registration, RoostServer
+from services.kit.watchdog import LIVENESS
 from tests.support.onnx_models import linear_model
 
 NAME = "roost.inference.v1.InferenceService"
@@ -289,12 +290,14 @@ async def test_plaintext_health_port_serves_only_health(tmp_path: Path) -> None:
     free.bind(("127.0.0.1", 0))
     health_port = free.getsockname()[1]
     free.close()
-    server = await start(tmp_path, registry, health_port=health_port, drain_delay_seconds=0.5)
+    server = await start(tmp_path, registry, health_port=health_port, drain_delay_seconds=1.0)
     assert server.health_port == health_port
     plain = grpc.aio.insecure_channel(f"127.0.0.1:{health_port}")
     health = health_pb2_grpc.HealthStub(plain)
     ok = await health.Check(health_pb2.HealthCheckRequest(service=NAME), timeout=5)
     assert ok.status == health_pb2.HealthCheckResponse.SERVING
+    alive = await health.Check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=5)
+    assert alive.status == health_pb2.HealthCheckResponse.SERVING
     # Nothing but health on the plaintext port.
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await pb_grpc.InferenceServiceStub(plain).ListModels(pb.ListModelsRequest(), timeout=5)
@@ -304,10 +307,14 @@ async def test_plaintext_health_port_serves_only_health(tmp_path: Path) -> None:
         await health_pb2_grpc.HealthStub(
             grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         ).Check(health_pb2.HealthCheckRequest(), timeout=2)
-    stopping, seen = await stop_while_watching(server, health)
-    assert seen[0] == health_pb2.HealthCheckResponse.SERVING
+    # The probes' port answers Check (on its own threads): NOT_SERVING from the start of
+    # the stop, while it drains; a draining service is still alive.
+    stopping = asyncio.create_task(server.stop())
     during = await health.Check(health_pb2.HealthCheckRequest(service=NAME), timeout=5)
     assert during.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    alive = await health.Check(health_pb2.HealthCheckRequest(service=LIVENESS), timeout=5)
+    assert alive.status == health_pb2.HealthCheckResponse.SERVING
+    assert not stopping.done()
     await stopping
     await plain.close()
     registry.close()
