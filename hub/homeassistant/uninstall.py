@@ -1,7 +1,7 @@
 """Removing the Roost hub from Home Assistant (``roost ha uninstall``).
 
 Every retained topic the hub made is cleared, whatever areas it announced: the broker's
-retained messages are the list. :func:`retained_topics` subscribes to the hub's entity
+retained messages are the list. :func:`retained_messages` subscribes to the hub's entity
 configs, the single device config of earlier versions and ``roost/<hub_id>/ha/#`` (states,
 availability), sends itself a marker and collects what arrives retained before the marker.
 :func:`uninstall` clears the discovery configs first (Home Assistant removes each entity,
@@ -37,12 +37,12 @@ class Removed:
     states: tuple[str, ...]
 
 
-async def retained_topics(
+async def retained_messages(
     client: aiomqtt.Client,
     filters: Sequence[str],
     marker_topic: str,
-) -> list[str]:
-    """The topics with a retained message matching ``filters``, in arrival order.
+) -> dict[str, bytes]:
+    """The retained messages matching ``filters`` (topic -> payload), in arrival order.
 
     ``marker_topic`` must match one of the filters: the broker delivers the marker after
     the retained messages of the earlier subscriptions."""
@@ -50,15 +50,15 @@ async def retained_topics(
         await client.subscribe(topic_filter, qos=1)
     marker = secrets.token_hex(8).encode()
     await client.publish(marker_topic, marker, qos=1)
-    found: dict[str, None] = {}
+    found: dict[str, bytes] = {}
     async with asyncio.timeout(MARKER_TIMEOUT_SECONDS):
         async for message in client.messages:
             topic = message.topic.value
             if topic == marker_topic and message.payload == marker:
                 break
-            if message.retain and message.payload:
-                found[topic] = None
-    return list(found)
+            if message.retain and isinstance(message.payload, bytes) and message.payload:
+                found[topic] = message.payload
+    return found
 
 
 async def uninstall(
@@ -67,7 +67,9 @@ async def uninstall(
     """Clear the hub's discovery configs (Home Assistant drops its entities and device),
     wait ``wait_seconds``, then clear its retained states."""
     configs = (discovery_filter(prefix, hub_id), legacy_discovery_topic(prefix, hub_id))
-    topics = await retained_topics(client, [*configs, ha_filter(hub_id)], sync_topic(hub_id))
+    topics = list(
+        await retained_messages(client, [*configs, ha_filter(hub_id)], sync_topic(hub_id))
+    )
     removed = Removed(
         configs=tuple(t for t in topics if any(aiomqtt.Topic(t).matches(f) for f in configs)),
         states=tuple(t for t in topics if not any(aiomqtt.Topic(t).matches(f) for f in configs)),
