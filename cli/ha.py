@@ -5,8 +5,8 @@
   and which inputs are unmapped.
 * ``import``: bootstrap the personalization store from HA history (explicit entities:
   the mapped inputs of one model and area, and a label entity).
-* ``uninstall``: empty retained discovery config, so HA removes the Roost device and its
-  entities, then clear Roost's retained HA state topics.
+* ``uninstall``: clear every retained discovery config of the hub, so HA removes the Roost
+  device and its entities, then Roost's retained HA state topics.
 
 The hub configuration is read like the hub reads it (``$ROOST_CONFIG``, ``ROOST_HUB_*``).
 """
@@ -212,30 +212,21 @@ async def _add_examples(
 
 def _cmd_uninstall(args: argparse.Namespace) -> int:
     from hub import mqtt
-    from hub.homeassistant.entities import uninstall_messages
+    from hub.homeassistant.uninstall import Removed, uninstall
 
     config = _config(args)
     host = args.mqtt_host or config.mqtt_host
     port = args.mqtt_port or config.mqtt_port
-    models = (
-        args.models.split(",") if args.models else ["occupancy", "comfort", "anomaly", "routine"]
-    )
-    messages = uninstall_messages(config.ha_discovery_prefix, config.hub_id, models)
 
-    async def run() -> None:
+    async def run() -> Removed:
         async with mqtt.client(host, port) as client:
-            topic, payload = messages[0]
-            await client.publish(topic, payload, qos=1, retain=True)
-            # HA drops the entities asynchronously; clearing their state topics first
-            # would make it log "Erroneous JSON".
-            await asyncio.sleep(args.wait)
-            for topic, payload in messages[1:]:
-                await client.publish(topic, payload, qos=1, retain=True)
+            return await uninstall(client, config.ha_discovery_prefix, config.hub_id, args.wait)
 
-    asyncio.run(run())
+    removed = asyncio.run(run())
     print(
-        f"removed the Roost hub device ({messages[0][0]}); set ha_discovery = false "
-        "before restarting the hub, or it announces itself again"
+        f"removed the Roost hub device ({len(removed.configs)} entity configs, "
+        f"{len(removed.states)} states); set ha_discovery = false before restarting the hub, "
+        "or it announces itself again"
     )
     return 0
 
@@ -269,6 +260,5 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     common(un)
     un.add_argument("--mqtt-host", default="")
     un.add_argument("--mqtt-port", type=int, default=0)
-    un.add_argument("--models", default="", help="comma-separated (default: the shipped ones)")
     un.add_argument("--wait", type=float, default=2.0, help="seconds before clearing states")
     un.set_defaults(func=_cmd_uninstall)

@@ -285,6 +285,7 @@ class Hub:
                 drift_retrain_epsilon=self.config.drift_retrain_epsilon,
                 drift_min_samples=self.config.drift_min_samples,
                 buffer_topics=self.config.ha_buffer_topics,
+                max_entities=self.config.ha_max_entities,
             )
         worker = asyncio.create_task(self.pipeline.run(), name="decisions")
         helpers = [asyncio.create_task(self.actions.run(self.stop), name="ha-actions")]

@@ -85,3 +85,6 @@ class HubConfig:
     drift_min_samples: int = 500
     # State messages held while the broker is away (latest per topic); beyond, counted drops.
     ha_buffer_topics: int = 1000
+    # Entities of the Roost hub device in Home Assistant; past it, new areas get no entity
+    # (still decided; counted in roost_hub_ha_entities_refused_total).
+    ha_max_entities: int = 1000

@@ -2,17 +2,60 @@
 
 paho-mqtt does not disable Nagle's algorithm; with small messages and QoS 1 that
 adds delayed-ACK stalls of tens of milliseconds, so every client sets TCP_NODELAY.
+
+aiomqtt warns "There are N pending publish calls" whenever more than 10 calls wait for
+the broker. The hub publishes each batch of decisions at once (QoS 1), so that was one
+warning per decision on the normal path. Here a client warns only when more calls wait than
+it may have in flight (``max_inflight_messages``, paho's 20 unless given): the rest queue in
+the client, a real backlog. The warnings and errors of aiomqtt and paho go through one
+:class:`~services.kit.ratelog.RateLimitedLog` (at most one line per message per minute);
+their debug lines are left alone.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
 import aiomqtt
 
+from services.kit.ratelog import RateLimitedLog
+
 SOCKET_OPTIONS = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+# paho's default in-flight window (QoS > 0 messages on the wire at once).
+PAHO_MAX_INFLIGHT = 20
+
+log = logging.getLogger(__name__)
+# The logger every client hands to aiomqtt (which hands it to paho).
+CLIENT_LOG = logging.getLogger(f"{__name__}.client")
+
+
+class RateLimitFilter(logging.Filter):
+    """Logs the libraries' warnings and errors through rate-limited logs, per message
+    template and level, and drops the originals; lower levels pass."""
+
+    def __init__(self, warnings: RateLimitedLog, errors: RateLimitedLog) -> None:
+        super().__init__()
+        self._warnings = warnings
+        self._errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        limited = self._errors if record.levelno >= logging.ERROR else self._warnings
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        limited(str(record.msg), str(record.msg), *(args if record.args else ()))
+        return False
+
+
+CLIENT_LOG.addFilter(
+    RateLimitFilter(RateLimitedLog(log, logging.WARNING), RateLimitedLog(log, logging.ERROR))
+)
 
 
 def client(host: str, port: int, **kwargs: Any) -> aiomqtt.Client:
-    return aiomqtt.Client(host, port, socket_options=SOCKET_OPTIONS, **kwargs)
+    kwargs.setdefault("logger", CLIENT_LOG)
+    c = aiomqtt.Client(host, port, socket_options=SOCKET_OPTIONS, **kwargs)
+    c.pending_calls_threshold = kwargs.get("max_inflight_messages") or PAHO_MAX_INFLIGHT
+    return c

@@ -1,15 +1,19 @@
-"""MQTT <-> hub for Home Assistant: the Roost hub device's config and states out, commands in.
+"""MQTT <-> hub for Home Assistant: the Roost hub's entities and states out, commands in.
 
 Every entity is available while the hub's status topic (the MQTT will) says ``online``.
-States wait in a bounded outbox (the latest per topic) while the broker is away.
+Each entity has its own retained discovery config, published when the entity is new and
+once per MQTT session (:mod:`hub.homeassistant.discovery`, which also caps the number of
+entities and migrates the single device config of earlier versions). States wait in a
+bounded outbox (the latest per topic) while the broker is away.
 
 Commands arrive on ``roost/<hub_id>/ha/cmd/<key>``; each is validated (unknown key,
-oversized, malformed: counted in ``roost_hub_ha_commands_total{kind,outcome}`` and
-ignored). Settings (learning mode, thresholds, the routine choice) persist in
-``<data_dir>/ha_settings.json`` and are published retained. On Home Assistant's birth
-message (``homeassistant/status`` = ``online``) the device config is republished and,
-after HA had time to subscribe, the latest decision of each entity too (same
-``decision_id``: consumers that count decisions dedupe by it).
+oversized, malformed: counted in ``roost_hub_ha_commands_total{kind,outcome}``, logged at
+most once a minute per outcome, and ignored). Settings (learning mode, thresholds, the
+routine choice) persist in ``<data_dir>/ha_settings.json`` and are published retained. On
+Home Assistant's birth message (``homeassistant/status`` = ``online``) the settings and,
+after HA had time to subscribe, the latest decision of each entity are sent again (same
+``decision_id``: consumers that count decisions dedupe by it); the discovery configs are
+retained, so the broker hands them to HA itself.
 
 What a command asks of a service (feedback, training, rollback, install) and the
 entities' polled states are the coordinator's (:mod:`hub.homeassistant.coordinator`).
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -30,8 +33,9 @@ import aiomqtt
 
 from hub.homeassistant import entities
 from hub.homeassistant.coordinator import Coordinator
+from hub.homeassistant.discovery import Discovery, Step
 from hub.homeassistant.entities import BINARY_OPPOSITE, MODEL_PROBLEMS, ModelInfo
-from hub.homeassistant.metrics import COMMANDS, FEEDBACK, HA_BUFFER_DROPS, HA_ENTITIES
+from hub.homeassistant.metrics import COMMANDS, FEEDBACK, HA_BUFFER_DROPS, HA_ENTITIES_REFUSED
 from hub.homeassistant.settings import LEARNING_MODES, NUMBERS, Settings, parse_number
 from hub.homeassistant.topics import (
     HA_STATUS_TOPIC,
@@ -40,7 +44,6 @@ from hub.homeassistant.topics import (
     command_topic,
     decision_key,
     device_id,
-    discovery_topic,
     state_topic,
 )
 from hub.pipeline import Recorded
@@ -49,10 +52,13 @@ from hub.topics import status_topic
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
 from roost.personalization.v1 import personalization_service_pb2_grpc as pers_grpc
 from roost.update.v1 import update_service_pb2_grpc as upd_grpc
+from services.kit.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 64
+# The part of an unknown command's key that is logged.
+MAX_LOGGED_KEY = 64
 
 Handler = Callable[[str], Awaitable[None]]
 
@@ -89,6 +95,7 @@ class HaBridge:
         drift_min_samples: int = 500,
         settle_seconds: float = 1.0,
         buffer_topics: int = 1000,
+        max_entities: int = 1000,
     ) -> None:
         self.hub_id = hub_id
         self.prefix = prefix
@@ -113,7 +120,8 @@ class HaBridge:
             drift_min_samples=drift_min_samples,
         )
         self.settle_seconds = settle_seconds
-        self.components: dict[str, dict[str, Any]] = {}
+        self.discovery = Discovery(prefix, hub_id, max_entities)
+        self.components: dict[str, dict[str, Any]] = self.discovery.components
         # command key -> (kind, handler of the validated payload text)
         self.handlers: dict[str, tuple[str, Handler]] = {}
         self.latest: dict[tuple[str, str], Latest] = {}
@@ -123,6 +131,8 @@ class HaBridge:
         self._flush = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._availability = [{"topic": status_topic(hub_id)}]
+        # Floods of bad commands, or of areas past the entity cap: a line a minute per reason.
+        self._limited = RateLimitedLog(log)
         self._add_static_components()
 
     # ------------------------------------------------------------ components
@@ -130,8 +140,7 @@ class HaBridge:
     def _add(self, key: str, component: dict[str, Any]) -> None:
         component.setdefault("unique_id", f"{device_id(self.hub_id)}_{key}")
         component.setdefault("availability", self._availability)
-        self.components[key] = component
-        HA_ENTITIES.set(len(self.components))
+        self.discovery.add(key, component)
 
     def _command(self, key: str, kind: str, component: dict[str, Any], handler: Handler) -> None:
         component["command_topic"] = command_topic(self.hub_id, key)
@@ -174,13 +183,17 @@ class HaBridge:
                 self._press(functools.partial(c.train, model)),
             )
 
-    def _add_prediction(self, model: str, area: str) -> None:
+    def _add_prediction(self, model: str, area: str) -> bool:
+        """The entities of a new (model, area); False if they would pass the cap."""
         info = self.models.get(model, ModelInfo(model, ()))
+        kind = entities.feedback_kind(model, info.labels)
+        # The prediction, a "was wrong" button, and a "what was it?" select for choices.
+        if not self.discovery.fits(1 + {None: 0, "binary": 1, "choice": 2}[kind]):
+            return False
         key = f"{model}_{area}"
         self._add(key, entities.prediction_component(self.hub_id, model, area, info.labels))
-        kind = entities.feedback_kind(model, info.labels)
         if kind is None:
-            return
+            return True
         if kind == "choice":
             self._command(
                 f"{key}_label",
@@ -194,9 +207,7 @@ class HaBridge:
             entities.wrong_button_component(model, area),
             self._press(lambda: self._feedback(model, area)),
         )
-
-    def discovery_config(self) -> dict[str, Any]:
-        return entities.device_config(self.hub_id, self.components)
+        return True
 
     # ------------------------------------------------------------ publishing
 
@@ -208,13 +219,6 @@ class HaBridge:
         self._outbox[topic] = (payload, retain)
         self._flush.set()
 
-    def _publish_discovery(self) -> None:
-        self._queue(
-            discovery_topic(self.prefix, self.hub_id),
-            json.dumps(self.discovery_config(), separators=(",", ":")).encode(),
-            True,
-        )
-
     def _publish_settings(self) -> None:
         s = self.settings
         self._queue(state_topic(self.hub_id, "learning_mode"), s.learning_mode.encode(), True)
@@ -225,11 +229,12 @@ class HaBridge:
                 self._queue(state_topic(self.hub_id, f"{key}_label"), choice.encode(), True)
 
     async def on_connect(self, client: aiomqtt.Client) -> None:
-        """A (re)connected session: subscribe, republish everything retained."""
+        """A (re)connected session: subscribe, republish everything retained (the
+        discovery configs once the sync marker is back: see ``discovery``)."""
         self.client = client
         await client.subscribe(command_filter(self.hub_id), qos=1)
         await client.subscribe(HA_STATUS_TOPIC, qos=1)
-        self._publish_discovery()
+        await self.discovery.start_session(client)
         self._publish_settings()
         self._later(self._republish_latest())
 
@@ -243,21 +248,34 @@ class HaBridge:
             client = self.client
             if client is None:
                 continue  # flushed on the next connect (on_connect sets the event)
-            while self._outbox and self.client is client:
-                topic, (payload, retain) = next(iter(self._outbox.items()))
-                try:
-                    await client.publish(topic, payload, qos=1, retain=retain)
-                except aiomqtt.MqttError:
-                    break  # kept; retried after the reconnect
-                if self._outbox.get(topic) == (payload, retain):
-                    del self._outbox[topic]
+            try:
+                await self._send(client)
+            except aiomqtt.MqttError:
+                continue  # kept; retried after the reconnect
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        """The due discovery configs (new entities first appear), then the outbox."""
+        await self.discovery.publish_due(client, lambda: self.client is client)
+        while self._outbox and self.client is client:
+            topic, (payload, retain) = next(iter(self._outbox.items()))
+            await client.publish(topic, payload, qos=1, retain=retain)
+            if self._outbox.get(topic) == (payload, retain):
+                del self._outbox[topic]
+
+    async def _migrate(self, client: aiomqtt.Client) -> None:
+        if await self.discovery.migrate(client, self.settle_seconds):
+            self._flush.set()
+            self._later(self._republish_latest())
 
     async def _republish_latest(self, keys: Sequence[tuple[str, str]] | None = None) -> None:
         """After discovery settled: the latest decision per entity known now (of ``keys``,
         or of every entity when HA was away), sent again with the same decision id.
 
         Only decisions made before this call: newer ones are published by the pipeline."""
-        known = [latest for key, latest in self.latest.items() if keys is None or key in keys]
+        if keys is None:
+            known = list(self.latest.values())
+        else:  # new entities: their own latest only (not a pass over every entity)
+            known = [self.latest[key] for key in keys if key in self.latest]
         if not known:
             return
         await asyncio.sleep(self.settle_seconds)
@@ -302,16 +320,27 @@ class HaBridge:
         for r in items:
             key = (r.model, r.area)
             if f"{r.model}_{r.area}" not in self.components:
-                self._add_prediction(r.model, r.area)
+                if not self._add_prediction(r.model, r.area):
+                    self._refused()
+                    continue
                 new.append(key)
             self.latest[key] = Latest(r.decision_id, r.label, r.topic, r.payload)
         if new:
-            self._publish_discovery()
+            self._flush.set()
             if self.client is not None:
                 # HA creates the entity and subscribes a moment after the config: the
                 # pipeline goes on (never held back), and the new entities' latest
                 # decisions are sent again once HA had time to subscribe.
                 self._later(self._republish_latest(new))
+
+    def _refused(self) -> None:
+        HA_ENTITIES_REFUSED.inc()
+        self._limited(
+            "entity_cap",
+            "the Roost hub has %d Home Assistant entities (ha_max_entities): new areas get "
+            "no entity (they are still decided); see roost_hub_ha_entities_refused_total",
+            len(self.components),
+        )
 
     # ------------------------------------------------------------ commands
 
@@ -319,30 +348,47 @@ class HaBridge:
         """Route a message if it is Home Assistant's; False if it is not."""
         if topic == HA_STATUS_TOPIC:
             if payload.strip() == b"online":
-                log.info("Home Assistant (re)started: republishing the Roost device")
-                self._publish_discovery()
+                log.info("Home Assistant (re)started: sending the Roost hub's states again")
                 self._publish_settings()
                 self._later(self._republish_latest())
+            return True
+        if topic in (self.discovery.legacy_topic, self.discovery.sync_topic):
+            self._discovery_step(self.discovery.on_message(topic, payload))
             return True
         key = command_key(self.hub_id, topic)
         if key is None:
             return False
+        self._command_message(key, payload)
+        return True
+
+    def _command_message(self, key: str, payload: bytes) -> None:
         entry = self.handlers.get(key)
         if entry is None:
-            COMMANDS.labels("unknown", "unknown").inc()
-            log.warning("ignoring a command for an unknown Roost entity")
-            return True
+            self._reject("unknown", "unknown", key[:MAX_LOGGED_KEY])
+            return
         kind, handler = entry
         if len(payload) > MAX_COMMAND_BYTES:
-            COMMANDS.labels(kind, "oversized").inc()
-            return True
+            self._reject(kind, "oversized", key)
+            return
         try:
             text = payload.decode("utf-8").strip()
         except UnicodeDecodeError:
-            COMMANDS.labels(kind, "malformed").inc()
-            return True
+            self._reject(kind, "malformed", key)
+            return
         self._later(handler(text))
-        return True
+
+    def _discovery_step(self, step: Step | None) -> None:
+        client = self.client
+        if step is Step.ANNOUNCE:
+            self._flush.set()
+        elif step is Step.MIGRATE and client is not None:
+            self._later(self._migrate(client))
+
+    def _reject(self, kind: str, outcome: str, key: str) -> None:
+        """A command ignored: counted, and logged at most once a minute per outcome (the
+        entity's key, never the payload)."""
+        COMMANDS.labels(kind, outcome).inc()
+        self._limited(outcome, "ignoring %s Home Assistant commands (e.g. for %r)", outcome, key)
 
     def _press(self, action: Callable[[], Awaitable[None]]) -> Handler:
         async def handler(text: str) -> None:
@@ -417,9 +463,3 @@ class HaBridge:
             log.warning("'was wrong' for %s needs a choice in 'what was it?' first", model)
             return
         await self.coordinator.record_label(latest.decision_id, label)
-
-    # ------------------------------------------------------------ uninstall
-
-    def removal_messages(self) -> list[tuple[str, bytes]]:
-        """Empty retained payloads: HA removes the device, the broker forgets the states."""
-        return entities.uninstall_messages(self.prefix, self.hub_id, self.models)

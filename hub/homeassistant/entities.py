@@ -1,7 +1,8 @@
-"""The entities of the Roost hub device: MQTT discovery components and the device config.
+"""The entities of the Roost hub device: MQTT discovery components and their configs.
 
-Device-based discovery (``<prefix>/device/roost_<hub_id>/config`` with ``cmps``,
-retained); ``docs/home-assistant.md`` lists the components:
+One retained discovery config per entity (``<prefix>/<component>/roost_<hub_id>/<key>/config``),
+each with the same device block, so a message's size does not grow with the number of
+entities; ``docs/home-assistant.md`` lists the components:
 
 * per (model, area) the hub decided on, added with its first decision: the prediction
   (``binary_sensor``/``sensor``) whose state and attributes are templates over the
@@ -23,15 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.homeassistant.settings import LEARNING_MODES, NUMBERS
-from hub.homeassistant.topics import (
-    device_id,
-    discovery_topic,
-    personalization_availability,
-    state_topic,
-)
+from hub.homeassistant.topics import device_id, personalization_availability, state_topic
 from hub.topics import decision_topic, status_topic
 
 ROOST_VERSION = "0.1.0"
+# Sent (retained) to the single device config of earlier versions: Home Assistant unloads
+# those entities but keeps their registry entries, so the per-entity configs that follow
+# take them over (same unique ids, same entity ids). The topic is cleared right after.
+MIGRATE_PAYLOAD = b'{"migrate_discovery":true}'
 # Binary models: "was wrong" means the other label.
 BINARY_OPPOSITE = {"occupancy": {"occupied": "vacant", "vacant": "occupied"}}
 # The per-model problem sensors: (key suffix and value field, name).
@@ -206,30 +206,20 @@ def model_update_component(hub_id: str, model: str) -> dict[str, Any]:
     }
 
 
-def device_config(hub_id: str, components: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """The device-based discovery payload (device, origin, components)."""
+def device_block(hub_id: str) -> dict[str, Any]:
+    """The device every entity belongs to (the same in every entity's config)."""
     return {
-        "dev": {
-            "ids": [device_id(hub_id)],
-            "name": "Roost hub",
-            "mf": "Roost",
-            "mdl": "Roost privacy-preserving AI hub",
-            "sw": ROOST_VERSION,
-        },
-        "o": {"name": "roost", "sw": ROOST_VERSION},
-        "cmps": components,
-        "qos": 1,
+        "ids": [device_id(hub_id)],
+        "name": "Roost hub",
+        "mf": "Roost",
+        "mdl": "Roost privacy-preserving AI hub",
+        "sw": ROOST_VERSION,
     }
 
 
-def uninstall_messages(
-    prefix: str, hub_id: str, models: Mapping[str, Any] | Sequence[str] = ()
-) -> list[tuple[str, bytes]]:
-    """The device config first (HA drops every entity), then the retained states."""
-    keys = ["learning_mode", "privacy_budget", *NUMBERS]
-    for model in models:
-        keys += [f"{model}_status", f"{model}_update"]
-    out = [(discovery_topic(prefix, hub_id), b"")]
-    out += [(state_topic(hub_id, k), b"") for k in keys]
-    out.append((personalization_availability(hub_id), b""))
-    return out
+def entity_config(hub_id: str, component: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(platform, discovery payload) of one entity: the component without its platform
+    (``p``, which names the topic), with the device block and the origin."""
+    config = {k: v for k, v in component.items() if k != "p"}
+    config |= {"dev": device_block(hub_id), "o": {"name": "roost", "sw": ROOST_VERSION}, "qos": 1}
+    return str(component["p"]), config

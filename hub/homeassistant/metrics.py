@@ -23,4 +23,9 @@ HA_BUFFER_DROPS = Counter(
     "roost_hub_ha_buffer_dropped_total",
     "Home Assistant state messages dropped because the buffer was full (broker away).",
 )
-HA_ENTITIES = Gauge("roost_hub_ha_components", "Components in the Roost hub device.")
+HA_ENTITIES = Gauge("roost_hub_ha_components", "Entities of the Roost hub device.")
+HA_ENTITIES_REFUSED = Counter(
+    "roost_hub_ha_entities_refused_total",
+    "Decisions of a (model, area) that has no Home Assistant entity because the device "
+    "reached ha_max_entities (they are still decided, recorded and published).",
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,11 +19,12 @@ class FakeInference:
 
 
 @pytest.fixture
-def make_bridge(tmp_path: Path) -> Callable[[], HaBridge]:
+def make_bridge(tmp_path: Path) -> Callable[..., HaBridge]:
     """A bridge for an occupancy model (1.0.0) and the routine model (away/asleep/idle);
-    no personalization or update service, no settle delay, settings in ``tmp_path``."""
+    no personalization or update service, no settle delay, settings in ``tmp_path``;
+    keyword arguments go to ``HaBridge``."""
 
-    def make() -> HaBridge:
+    def make(**kwargs: Any) -> HaBridge:
         return HaBridge(
             hub_id="home-1",
             prefix="homeassistant",
@@ -34,7 +36,7 @@ def make_bridge(tmp_path: Path) -> Callable[[], HaBridge]:
             settings_path=tmp_path / "ha_settings.json",
             policy=ActionPolicy(),
             inference=FakeInference(),  # type: ignore[arg-type]
-            settle_seconds=0.0,
+            **({"settle_seconds": 0.0} | kwargs),
         )
 
     return make

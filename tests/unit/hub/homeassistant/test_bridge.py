@@ -1,17 +1,19 @@
-"""The bridge: the device config grows with decisions, commands are validated, feedback."""
+"""The bridge: entities appear with decisions, commands are validated (and floods stay
+quiet), feedback, Home Assistant's birth, the bounded outbox."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hub.homeassistant.bridge import HaBridge
 from hub.homeassistant.metrics import COMMANDS
 from hub.homeassistant.settings import Settings
-from hub.homeassistant.topics import discovery_topic
 from hub.pipeline import Recorded
 
 ROUTINE_LABELS = ["away", "asleep", "idle"]
@@ -28,14 +30,8 @@ def count(kind: str, outcome: str) -> float:
     return COMMANDS.labels(kind, outcome)._value.get()
 
 
-def test_device_config_has_one_device_with_static_components(
-    make_bridge: Callable[[], HaBridge],
-) -> None:
-    config = make_bridge().discovery_config()
-    assert config["dev"]["ids"] == ["roost_home-1"]
-    assert config["dev"]["name"] == "Roost hub"
-    assert "o" in config  # device-based discovery requires the origin
-    cmps: dict[str, Any] = config["cmps"]
+def test_the_static_components(make_bridge: Callable[[], HaBridge]) -> None:
+    cmps: dict[str, Any] = make_bridge().components
     assert {"privacy_budget", "learning_mode", "occupancy_threshold", "drift_psi_alert"} <= set(
         cmps
     )
@@ -48,8 +44,6 @@ def test_device_config_has_one_device_with_static_components(
     # The budget is unavailable unless personalization answers too.
     assert cmps["privacy_budget"]["availability_mode"] == "all"
     assert cmps["occupancy_train"]["command_topic"] == f"{CMD}/occupancy_train"
-    assert discovery_topic("homeassistant", "home-1") == "homeassistant/device/roost_home-1/config"
-    json.dumps(config)  # serializable
 
 
 def test_prediction_components_appear_with_the_first_decision(
@@ -143,7 +137,22 @@ def test_feedback_sends_the_opposite_label_for_the_latest_decision(
     assert [(r.decision_id, r.label) for r in sent] == [("d2", "vacant"), ("d3", "asleep")]
 
 
-def test_home_assistant_birth_republishes_the_device_and_latest_decisions(
+def test_a_flood_of_unknown_commands_is_counted_and_logged_a_few_times(
+    make_bridge: Callable[[], HaBridge], caplog: pytest.LogCaptureFixture
+) -> None:
+    b = make_bridge()
+    before = count("unknown", "unknown")
+    with caplog.at_level(logging.INFO):
+        for i in range(10_000):
+            assert b.handle(f"{CMD}/no_such_entity_{i}", b"PRESS")
+    assert count("unknown", "unknown") - before == 10_000
+    lines = [r for r in caplog.records if r.name.startswith("hub.")]
+    assert 1 <= len(lines) <= 3, [r.getMessage() for r in lines]
+    assert "no_such_entity_0" in lines[0].getMessage()  # names the entity, not the payload
+    assert "PRESS" not in lines[0].getMessage()
+
+
+def test_home_assistant_birth_sends_the_states_and_latest_decisions_again(
     make_bridge: Callable[[], HaBridge],
 ) -> None:
     async def go() -> HaBridge:
@@ -155,9 +164,9 @@ def test_home_assistant_birth_republishes_the_device_and_latest_decisions(
         return b
 
     b = asyncio.run(go())
-    config, retain = b._outbox["homeassistant/device/roost_home-1/config"]
-    assert retain
-    assert "occupancy_kitchen" in json.loads(config)["cmps"]
+    assert b._outbox["roost/home-1/ha/state/learning_mode"] == (b"learning", True)
+    # The discovery configs are retained at the broker: not in the outbox again.
+    assert not [t for t in b._outbox if t.startswith("homeassistant/")]
     # The latest decision again, same payload (same decision id), not retained.
     assert b._outbox["roost/home-1/decisions/occupancy/kitchen"] == (b"{}", False)
 
@@ -173,9 +182,3 @@ def test_outbox_keeps_the_latest_per_topic_and_is_bounded(
     b._queue("b", b"1", True)
     b._queue("c", b"1", True)  # full: dropped (counted)
     assert b._outbox == {"a": (b"2", True), "b": (b"1", True)}
-
-
-def test_removal_clears_the_device_first(make_bridge: Callable[[], HaBridge]) -> None:
-    messages = make_bridge().removal_messages()
-    assert messages[0] == ("homeassistant/device/roost_home-1/config", b"")
-    assert ("roost/home-1/ha/state/routine_status", b"") in messages

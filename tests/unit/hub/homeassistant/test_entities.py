@@ -1,12 +1,11 @@
-"""The discovery components: predictions per model kind, feedback kinds, uninstall."""
+"""The discovery components: predictions per model kind, feedback kinds, entity configs."""
 
 from __future__ import annotations
 
 from hub.homeassistant.entities import (
-    device_config,
+    entity_config,
     feedback_kind,
     prediction_component,
-    uninstall_messages,
 )
 
 
@@ -33,16 +32,14 @@ def test_feedback_kinds() -> None:
     assert feedback_kind("other", ()) is None
 
 
-def test_device_config_names_the_device_and_origin() -> None:
-    config = device_config("home 1", {})
+def test_entity_config_names_the_device_and_origin() -> None:
+    component = prediction_component("home 1", "comfort", "kitchen", ())
+    platform, config = entity_config("home 1", component)
+    assert platform == "sensor"
+    assert "p" not in config
+    assert "p" in component  # the component itself is left as it was
     assert config["dev"]["ids"] == ["roost_home_1"]
+    assert config["dev"]["name"] == "Roost hub"
     assert config["o"]["name"] == "roost"
     assert config["qos"] == 1
-
-
-def test_uninstall_clears_the_device_first() -> None:
-    messages = uninstall_messages("homeassistant", "home-1", ["occupancy"])
-    assert messages[0] == ("homeassistant/device/roost_home-1/config", b"")
-    assert all(payload == b"" for _, payload in messages)
-    assert ("roost/home-1/ha/state/occupancy_update", b"") in messages
-    assert messages[-1] == ("roost/home-1/ha/personalization/availability", b"")
+    assert config["unique_id"] == component["unique_id"]
