@@ -183,6 +183,8 @@ class Stack:
             f"listener {self.broker_port} 127.0.0.1\n"
             "allow_anonymous true\npersistence false\n"
             "max_queued_messages 100000\nmax_inflight_messages 0\n"
+            # Keep QoS 0 readings (the simulator's) for the hub's persistent session too.
+            "queue_qos0_messages true\n"
             # Small decision messages must not wait for Nagle + delayed ACK (~40 ms).
             "set_tcp_nodelay true\n"
         )

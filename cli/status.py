@@ -1,9 +1,16 @@
-"""``roost status`` and ``roost tail``: look at a running stack from the outside."""
+"""``roost status`` and ``roost tail``: look at a running stack from the outside.
+
+The hub's line says whether it is connected; one line per model says whether the hub is
+deciding with it, and if not why ("audit unavailable for 12 s, 2,400 readings queued"),
+from the hub's ``roost_hub_model_*`` metrics (:mod:`hub.health`).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import socket
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hub import mqtt
+from hub.health import ModelState, describe
 from hub.topics import decisions_filter
 from services.kit.auth import Role
 from services.kit.client import sync_channel
@@ -54,6 +62,39 @@ def metric_value(text: str, name: str) -> float | None:
     return None
 
 
+_SAMPLE = re.compile(r"^(\w+)\{(.*)\} (\S+)$")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The labelled samples of metric ``name`` in a Prometheus text exposition."""
+    out = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and m.group(1) == name:
+            out.append((dict(_LABEL.findall(m.group(2))), float(m.group(3))))
+    return out
+
+
+def model_checks(text: str, now: float) -> list[Check]:
+    """One check per model the hub decides with: OK while deciding, else why not."""
+    states = {
+        labels["model"]: ModelState(labels["state"])
+        for labels, value in samples(text, "roost_hub_model_state")
+        if value == 1 and labels.get("state") in set(ModelState)
+    }
+    since = {lb["model"]: v for lb, v in samples(text, "roost_hub_model_state_since_seconds")}
+    queued = {lb["model"]: int(v) for lb, v in samples(text, "roost_hub_model_backlog")}
+    return [
+        Check(
+            f"hub/{model}",
+            state is ModelState.DECIDING,
+            describe(state, max(0.0, now - since.get(model, now)), queued.get(model, 0)),
+        )
+        for model, state in sorted(states.items())
+    ]
+
+
 def check_stack(stack: dict[str, Any], timeout: float = 2.0) -> list[Check]:
     certs = Path(stack["certs_dir"])
     results: list[Check] = []
@@ -91,6 +132,7 @@ def check_stack(stack: dict[str, Any], timeout: float = 2.0) -> list[Check]:
                     f"{int(published)} decisions published",
                 )
             )
+            results.extend(model_checks(text, time.time()))
     return results
 
 

@@ -4,6 +4,14 @@
 that marks the hub offline), feeds readings to :class:`Ingest`, and runs the
 :class:`DecisionPipeline`. On SIGTERM it stops reading, drains in-flight decisions
 (recorded, then published), marks itself offline and exits.
+
+The session is persistent (fixed client id, ``clean_session=False``, subscriptions at
+QoS 1), so the broker keeps the readings that arrive while the hub is away (restarted,
+upgraded, crashed) and delivers them when it is back. A message is acknowledged when
+the hub takes it from its queue: what it had not taken yet when it stopped is
+redelivered, and a message that crashed the hub is not redelivered into a crash loop.
+Redelivered readings are recognised by their ids (:mod:`hub.backlog`). Whether each
+model is deciding is published as retained JSON (:mod:`hub.health`).
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -22,6 +30,7 @@ from prometheus_client import Counter, Gauge
 
 from hub import mqtt
 from hub.config import HubConfig
+from hub.health import DecisionHealth
 from hub.homeassistant import mapping as ha_mapping
 from hub.homeassistant.bridge import HaBridge
 from hub.homeassistant.client import ActionRunner, HaClient, HaUnavailable, read_token
@@ -191,6 +200,7 @@ class Hub:
         )
         self.bridge: HaBridge | None = None
         self.publisher = Publisher()
+        self.health = DecisionHealth()
         self.pipeline = DecisionPipeline(
             hub_id=config.hub_id,
             inference=self.inference,
@@ -205,6 +215,8 @@ class Hub:
             on_overflow=self._overflow,
             policy=self.policy,
             on_recorded=self._on_recorded,
+            health=self.health,
+            recent_ids=config.recent_reading_ids,
         )
         self.ingest: Ingest | None = None
         # Set once the hub is connected and subscribed: readings are no longer lost.
@@ -246,6 +258,14 @@ class Hub:
             if self.ingest is not None and not self.stop.is_set():
                 self.ingest.set_entity_map(await self._entity_map())
 
+    async def _publish_health(self, topic: str, payload: bytes) -> None:
+        """Retained; skipped while the broker is away (republished on reconnect)."""
+        client = self.publisher.client
+        if client is None or not self.publisher.connected.is_set():
+            return
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(topic, payload, qos=1, retain=True)
+
     def _overflow(self) -> None:
         if self.ingest is not None:
             self.ingest.drops.drop("(pending queue)", DropReason.OVERLOADED, "pending queue full")
@@ -259,6 +279,7 @@ class Hub:
             self.config.hub_id,
             sorted([*served.specs, *served.home_models]),
         )
+        self.health.track([*served.specs, *served.home_models])
         self.ingest = Ingest(
             specs=served.specs,
             home_models=served.home_models,
@@ -288,7 +309,18 @@ class Hub:
                 max_entities=self.config.ha_max_entities,
             )
         worker = asyncio.create_task(self.pipeline.run(), name="decisions")
-        helpers = [asyncio.create_task(self.actions.run(self.stop), name="ha-actions")]
+        helpers = [
+            asyncio.create_task(self.actions.run(self.stop), name="ha-actions"),
+            asyncio.create_task(
+                self.health.publish_loop(
+                    self.config.hub_id,
+                    self._publish_health,
+                    self.config.health_interval_seconds,
+                    self.stop,
+                ),
+                name="health",
+            ),
+        ]
         if self.bridge is not None:
             helpers.append(asyncio.create_task(self.bridge.run(self.stop), name="ha-bridge"))
         if self.config.ha_mapping == "auto":
@@ -321,28 +353,35 @@ class Hub:
         status = status_topic(cfg.hub_id)
         while not self.stop.is_set():
             try:
-                async with mqtt.client(
+                client = mqtt.client(
                     cfg.mqtt_host,
                     cfg.mqtt_port,
+                    # One fixed id and a persistent session: the broker keeps what arrives
+                    # for the hub while it is away.
                     identifier=f"roost-hub-{cfg.hub_id}",
+                    clean_session=False,
                     keepalive=cfg.mqtt_keepalive_seconds,
                     will=aiomqtt.Will(status, b"offline", qos=1, retain=True),
                     max_inflight_messages=1000,
-                ) as client:
+                )
+                ack = manual_acks(client)
+                async with client:
                     delay = cfg.mqtt_reconnect_min_seconds
                     await client.publish(status, b"online", qos=1, retain=True)
-                    await client.subscribe(READINGS_FILTER, qos=0)
-                    await client.subscribe(statestream_filter(cfg.statestream_base), qos=0)
+                    await client.subscribe(READINGS_FILTER, qos=1)
+                    await client.subscribe(statestream_filter(cfg.statestream_base), qos=1)
                     if self.bridge is not None:
                         await self.bridge.on_connect(client)
                     self.publisher.client = client
                     self.publisher.connected.set()
+                    self.health.changed.set()  # republish the health document
                     self.ready.set()
                     MQTT_CONNECTED.set(1)
                     log.info("connected to MQTT %s:%d", cfg.mqtt_host, cfg.mqtt_port)
-                    await self._consume(client)
+                    await self._consume(client, ack)
                     # Graceful stop: stop reading, finish in-flight decisions, go offline.
-                    await client.unsubscribe(READINGS_FILTER)
+                    # The subscriptions stay in the session (what arrives from now on is
+                    # not acknowledged: the broker keeps it for the next start).
                     await self.pipeline.drain(cfg.drain_seconds)
                     await client.publish(status, b"offline", qos=1, retain=True)
             except aiomqtt.MqttError as e:
@@ -359,7 +398,9 @@ class Hub:
                 delay = min(delay * 2, cfg.mqtt_reconnect_max_seconds)
         MQTT_CONNECTED.set(0)
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
+    async def _consume(
+        self, client: aiomqtt.Client, ack: Callable[[aiomqtt.Message], None]
+    ) -> None:
         """Feed messages to ingest until stop is requested (or the connection drops)."""
         assert self.ingest is not None
         ingest = self.ingest
@@ -367,6 +408,7 @@ class Hub:
 
         async def read() -> None:
             async for message in client.messages:
+                ack(message)  # taken: not redelivered, even if it crashed the hub
                 payload = message.payload
                 data = payload if isinstance(payload, bytes) else str(payload).encode()
                 topic = message.topic.value
@@ -397,6 +439,20 @@ class Hub:
             error = reader.exception()
             if error is not None:
                 raise error
+
+
+def manual_acks(client: aiomqtt.Client) -> Callable[[aiomqtt.Message], None]:
+    """Acknowledge QoS 1 messages when the hub takes them, not when they reach the
+    client's queue (paho's default): at a stop, what is still queued is redelivered.
+
+    aiomqtt does not expose paho's manual acknowledgements; its paho client does."""
+    paho = client._client
+    paho.manual_ack_set(True)
+
+    def ack(message: aiomqtt.Message) -> None:
+        paho.ack(message.mid, message.qos)
+
+    return ack
 
 
 async def main_async(config: HubConfig) -> None:

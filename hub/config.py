@@ -31,9 +31,16 @@ class HubConfig:
     audit_deadline_seconds: float = 2.0
     # Readings larger than this are dropped (counted, logged once per topic).
     max_payload_bytes: int = 1024
-    # Pending decisions held while the services are slow or down; beyond, the oldest
-    # readings are dropped (counted). Recorded decisions are never dropped.
+    # Readings held for a decision while inference or audit is slow or down (decided when
+    # it is back); beyond, the oldest are dropped (counted: readings_dropped{overloaded}).
+    # Recorded decisions are never dropped.
     max_pending: int = 20_000
+    # Reading ids remembered per (model, area): a reading that comes again (redelivered
+    # by the broker, retried by a sensor) is not decided twice. 0 = no check.
+    recent_reading_ids: int = 10_000
+    # How often the retained health JSON (roost/<hub_id>/health) is refreshed while a
+    # model is not deciding; it is also published on every change.
+    health_interval_seconds: float = 5.0
     max_batch: int = 512
     # Batches in flight at once (predicting, recording, publishing overlap).
     max_in_flight: int = 4

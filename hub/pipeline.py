@@ -13,6 +13,14 @@ The action policy (:mod:`hub.policy`) runs in reading order: a batch whose outco
 depends on the last label waits until every earlier batch settled, and a batch's
 decisions change the policy's memory only once the audit log acknowledged them.
 Errors from inference and audit are told apart by :mod:`services.kit.peers`.
+
+Outages lose nothing: a call that cannot reach inference or audit (down, restarting,
+too slow) waits for the channel to be ready (``wait_for_ready``; the channels'
+reconnect backoff is bounded to about a second) and is retried until the service is
+back, while new readings wait in the bounded :class:`hub.backlog.Backlog` (no reading
+id twice). Predictions, and the isolation of a refused reading, are
+:mod:`hub.predict`'s. What the calls meet is reported to
+:class:`hub.health.DecisionHealth` (is each model deciding, and why not).
 """
 
 from __future__ import annotations
@@ -20,27 +28,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import numpy.typing as npt
-from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Gauge, Histogram
 
+from hub.backlog import Backlog, Duplicate
+from hub.health import DecisionHealth, Peer
 from hub.ids import uuid7
 from hub.payload import decision_payload
 from hub.policy import ActionPolicy, ActionRule, Outcome, PolicyRound
+from hub.predict import RETRY_FIRST_DELAY, RETRY_MAX_DELAY, Predicted, Predictor
 from hub.topics import decision_topic
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
-from roost.common.v1 import common_pb2
-from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
-from services.kit.peers import is_retryable, peer_error, status_of
-from services.kit.tensors import array_to_tensor
+from services.kit.peers import is_retryable, peer_error
+from services.kit.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +73,6 @@ PENDING = Gauge("roost_hub_pending_decisions", "Readings waiting for a decision.
 AUDIT_RETRIES = Counter(
     "roost_hub_audit_append_retries_total", "Audit appends retried (audit slow or down)."
 )
-PREDICT_FAILURES = Counter(
-    "roost_hub_predict_failures_total", "PredictBatch calls that failed, by code.", ["code"]
-)
-
-PREDICT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -107,15 +110,6 @@ Publish = Callable[[Sequence[Outgoing]], Awaitable[None]]
 # Called once a batch is acknowledged by the audit log, before it is published; the
 # awaitable may hold the publish back briefly (Home Assistant discovery of new entities).
 OnRecorded = Callable[[Sequence[Recorded]], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class _Predicted:
-    pending: Pending
-    tensor: common_pb2.Tensor
-    prediction: inf_pb.Prediction
-    model: common_pb2.ModelRef  # the exact model that produced it
-    decided_at: Timestamp
 
 
 @dataclass(frozen=True)
@@ -168,12 +162,6 @@ class _Turn:
         _resolve_after(self.earlier_published, self.published)
 
 
-def _now_ts() -> Timestamp:
-    ts = Timestamp()
-    ts.GetCurrentTime()
-    return ts
-
-
 class DecisionPipeline:
     def __init__(
         self,
@@ -191,20 +179,28 @@ class DecisionPipeline:
         explain_top_k: int = 3,
         policy: ActionPolicy | None = None,
         on_recorded: OnRecorded | None = None,
+        health: DecisionHealth | None = None,
+        recent_ids: int = 10_000,
     ) -> None:
         self.policy = policy or ActionPolicy()
+        self.health = health or DecisionHealth()
+        self._log = RateLimitedLog(log)
         self._on_recorded = on_recorded
         self._hub_id = hub_id
-        # Attributions recorded with each decision (its "why"); 0 records none.
-        self._explain_top_k = explain_top_k
-        self._inference = inference
         self._audit = audit
         self._publish = publish
-        self._predict_deadline = predict_deadline
         self._audit_deadline = audit_deadline
         self._max_batch = max_batch
-        self._pending: deque[Pending] = deque()
-        self._max_pending = max_pending
+        # Held while the services are slow or down; beyond max_pending the oldest goes.
+        self._pending: Backlog[Pending] = Backlog(max_pending, recent_ids)
+        self._predictor: Predictor[Pending] = Predictor(
+            inference,
+            deadline=predict_deadline,
+            explain_top_k=explain_top_k,
+            health=self.health,
+            on_dropped=lambda model, outcome, n: DECISIONS.labels(model, outcome).inc(n),
+            queued=lambda: len(self._pending),
+        )
         self._on_overflow = on_overflow
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -214,10 +210,15 @@ class DecisionPipeline:
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def submit(self, item: Pending) -> None:
-        if len(self._pending) >= self._max_pending:
-            self._pending.popleft()
+        try:
+            dropped = self._pending.add(item)
+        except Duplicate:
+            DECISIONS.labels(item.model, "duplicate").inc()
+            return
+        self.health.queued(item.model, 1)
+        if dropped is not None:
+            self.health.queued(dropped.model, -1)
             self._on_overflow()
-        self._pending.append(item)
         self._idle.clear()
         PENDING.set(len(self._pending))
         self._wakeup.set()
@@ -246,10 +247,9 @@ class DecisionPipeline:
                 if not self._pending:
                     self._slots.release()
                     continue
-                n = min(self._max_batch, len(self._pending))
-                batch = [self._pending.popleft() for _ in range(n)]
+                batch = self._pending.take(self._max_batch)
                 PENDING.set(len(self._pending))
-                BATCH_SIZE.observe(n)
+                BATCH_SIZE.observe(len(batch))
                 loop = asyncio.get_running_loop()
                 turn = _Turn(settled, published, loop.create_future(), loop.create_future())
                 settled, published = turn.settled, turn.published
@@ -280,7 +280,7 @@ class DecisionPipeline:
     async def _process(self, batch: list[Pending], turn: _Turn) -> None:
         try:
             t0 = time.perf_counter()
-            predicted = await self._predict_batch(batch)
+            predicted = await self._predictor.predict(batch)
             t1 = time.perf_counter()
             if any(self.policy.remembers(p.model, p.area) for p in batch):
                 # Its outcome depends on the last acknowledged label: every earlier
@@ -315,6 +315,8 @@ class DecisionPipeline:
                 DECISIONS.labels(d.pending.model, "published").inc()
         finally:
             turn.finish()
+            for model, n in Tally(p.model for p in batch).items():
+                self.health.queued(model, -n)
 
     async def _deliver(
         self, decided: list[_Decided], results: Sequence[audit_pb.AppendResult]
@@ -346,57 +348,7 @@ class DecisionPipeline:
             await self._on_recorded(recorded)
         await self._publish([Outgoing(r.topic, r.payload) for r in recorded])
 
-    async def _predict_batch(self, batch: list[Pending]) -> list[_Predicted]:
-        """One PredictBatch per model; the predictions in reading order (a model whose
-        call failed contributes none)."""
-        by_model: dict[str, list[int]] = {}
-        for i, p in enumerate(batch):
-            by_model.setdefault(p.model, []).append(i)
-        predicted: list[_Predicted | None] = [None] * len(batch)
-        for model, positions in by_model.items():
-            items = [batch[i] for i in positions]
-            tensors = [array_to_tensor(p.features) for p in items]
-            # The entity ids route A/B rollouts (stable per entity); never logged.
-            entity_ids = [f"{p.model}.{p.area}" for p in items]
-            response = await self._predict(model, tensors, entity_ids)
-            if response is None:
-                DECISIONS.labels(model, "predict_failed").inc(len(items))
-                continue
-            # One decision time per model and batch: its predictions arrived together.
-            decided_at = _now_ts()
-            for i, t, pred in zip(positions, tensors, response.predictions, strict=True):
-                # Each prediction names the exact model that produced it (during an A/B
-                # rollout, the candidate for some entities); older servers only the batch's.
-                ref = pred.model if pred.HasField("model") else response.model
-                predicted[i] = _Predicted(batch[i], t, pred, ref, decided_at)
-        return [x for x in predicted if x is not None]
-
-    async def _predict(
-        self, model: str, tensors: list[common_pb2.Tensor], entity_ids: list[str]
-    ) -> inf_pb.PredictBatchResponse | None:
-        request = inf_pb.PredictBatchRequest(
-            model_name=model,
-            inputs=tensors,
-            entity_ids=entity_ids,
-            explain_top_k=self._explain_top_k,
-        )
-        delay = 0.05
-        for attempt in range(PREDICT_ATTEMPTS):
-            try:
-                response: inf_pb.PredictBatchResponse = await self._inference.PredictBatch(
-                    request, timeout=self._predict_deadline
-                )
-                return response
-            except grpc.aio.AioRpcError as e:
-                PREDICT_FAILURES.labels(status_of(e).name).inc()
-                if not is_retryable(e) or attempt == PREDICT_ATTEMPTS - 1:
-                    log.warning("%s: %s", model, peer_error(e, "inference", "PredictBatch"))
-                    return None
-                await asyncio.sleep(delay)
-                delay *= 2
-        return None
-
-    def _decide(self, predicted: list[_Predicted], policy: PolicyRound) -> list[_Decided]:
+    def _decide(self, predicted: list[Predicted[Pending]], policy: PolicyRound) -> list[_Decided]:
         """The decision records, in reading order; the policy evaluated in that order."""
         decided: list[_Decided] = []
         for item in predicted:
@@ -432,12 +384,13 @@ class DecisionPipeline:
         (None). Either way those decisions were never acknowledged: never published.
         """
         request = audit_pb.AppendDecisionsRequest(decisions=decisions)
-        delay = 0.05
+        delay = RETRY_FIRST_DELAY
         while True:
             try:
                 response: audit_pb.AppendDecisionsResponse = await self._audit.AppendDecisions(
-                    request, timeout=self._audit_deadline
+                    request, timeout=self._audit_deadline, wait_for_ready=True
                 )
+                self.health.peer_ok(Peer.AUDIT)
                 return response.results
             except grpc.aio.AioRpcError as e:
                 if not is_retryable(e):
@@ -445,8 +398,12 @@ class DecisionPipeline:
                     log.error("audit refused %d decisions: %s", len(decisions), error)
                     return None
                 AUDIT_RETRIES.inc()
-                log.warning(
-                    "%s; retrying in %.2fs", peer_error(e, "audit", "AppendDecisions"), delay
+                self.health.peer_failed(Peer.AUDIT)
+                self._log(
+                    "audit_outage",
+                    "%s; retrying (decisions wait, none is published unrecorded; %d queued)",
+                    peer_error(e, "audit", "AppendDecisions"),
+                    len(self._pending),
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, RETRY_MAX_DELAY)

@@ -13,6 +13,14 @@ from services.kit.auth import Role
 from services.kit.certs import load_identity, server_name
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Reconnecting to a peer that went away: first retry after 250 ms, then at most every
+# second (gRPC's default backoff grows 1.6x to 120 s: after a 60 s outage a channel
+# stayed down for another 11-14 s), and a connection attempt may take 1 s (default 20 s:
+# a peer that vanished without a reset would hold the next attempt that long). With
+# wait_for_ready, a waiting call proceeds as soon as the channel is back.
+RECONNECT_INITIAL_MS = 250
+RECONNECT_MAX_MS = 1_000
+CONNECT_TIMEOUT_MS = 1_000
 
 
 def _options(server_role: Role, max_message_bytes: int) -> list[tuple[str, int | str]]:
@@ -24,6 +32,10 @@ def _options(server_role: Role, max_message_bytes: int) -> list[tuple[str, int |
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.enable_retries", 1),
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_INITIAL_MS),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
+        # gRPC's name for the minimum connect timeout (connection-backoff.md).
+        ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
     ]
 
 

@@ -1,5 +1,7 @@
 """The decision path with in-memory fakes: record before publish, retries are idempotent,
-the action policy runs in reading order and remembers only acknowledged decisions."""
+the action policy runs in reading order and remembers only acknowledged decisions, an
+outage is waited out (bounded backlog), a poisoned reading is isolated, a redelivered
+reading is decided once, and the health object says why a model is not deciding."""
 
 from __future__ import annotations
 
@@ -13,12 +15,18 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
+from hub import predict
+from hub.health import DecisionHealth, ModelState
 from hub.pipeline import DecisionPipeline, Outgoing, Pending
 from hub.policy import ActionPolicy, parse_action_rules
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as inf_pb
+from tests.support.waiting import wait_until_async
 
 
 class RpcError(grpc.aio.AioRpcError):
@@ -31,15 +39,31 @@ def occupancy(x: float) -> inf_pb.Prediction:
     return inf_pb.Prediction(values=[1 - x, x], label=label, confidence=max(x, 1 - x))
 
 
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries a thousand times faster (the backoff is not what these tests are about)."""
+    monkeypatch.setattr(predict, "RETRY_FIRST_DELAY", 0.0005)
+    monkeypatch.setattr(predict, "RETRY_MAX_DELAY", 0.0005)
+    monkeypatch.setattr("hub.pipeline.RETRY_FIRST_DELAY", 0.0005)
+    monkeypatch.setattr("hub.pipeline.RETRY_MAX_DELAY", 0.0005)
+
+
 class FakeInference:
     """Predicts P(occupied) = the first input feature."""
 
     def __init__(self, fail: Sequence[grpc.StatusCode] = ()) -> None:
         self.fail = list(fail)
         self.calls = 0
+        self.wait_for_ready: list[bool | None] = []
 
-    async def PredictBatch(self, request: inf_pb.PredictBatchRequest, timeout: float) -> Any:
+    async def PredictBatch(
+        self,
+        request: inf_pb.PredictBatchRequest,
+        timeout: float,
+        wait_for_ready: bool | None = None,
+    ) -> Any:
         self.calls += 1
+        self.wait_for_ready.append(wait_for_ready)
         if self.fail:
             raise RpcError(self.fail.pop(0))
         return inf_pb.PredictBatchResponse(
@@ -57,10 +81,15 @@ class FakeAudit:
         self.log: dict[str, int] = {}
         self.requests: list[list[str]] = []
         self.published_when_logged: list[bool] = []
+        self.wait_for_ready: list[bool | None] = []
 
     async def AppendDecisions(
-        self, request: audit_pb.AppendDecisionsRequest, timeout: float
+        self,
+        request: audit_pb.AppendDecisionsRequest,
+        timeout: float,
+        wait_for_ready: bool | None = None,
     ) -> Any:
+        self.wait_for_ready.append(wait_for_ready)
         ids = [d.decision_id for d in request.decisions]
         self.requests.append(ids)
         if self.failures and not self.commit_then_fail:
@@ -88,7 +117,7 @@ class SilentAudit(FakeAudit):
         super().__init__()
         self.called = asyncio.Event()
 
-    async def AppendDecisions(self, request: Any, timeout: float) -> Any:
+    async def AppendDecisions(self, request: Any, timeout: float, **kw: Any) -> Any:
         self.requests.append([d.decision_id for d in request.decisions])
         self.called.set()
         await asyncio.Event().wait()
@@ -102,25 +131,38 @@ class RefusingAudit(FakeAudit):
         self.refuse = refuse
         self.code = code
 
-    async def AppendDecisions(self, request: Any, timeout: float) -> Any:
+    async def AppendDecisions(self, request: Any, timeout: float, **kw: Any) -> Any:
         if len(self.requests) in self.refuse:
             self.requests.append([d.decision_id for d in request.decisions])
             raise RpcError(self.code)
-        return await super().AppendDecisions(request, timeout)
+        return await super().AppendDecisions(request, timeout, **kw)
 
 
-def pending(i: int, p_occupied: float = 0.0) -> Pending:
+def pending(
+    i: int, p_occupied: float = 0.0, *, area: str = "office", trigger: str | None = None
+) -> Pending:
     features = np.arange(6, dtype=np.float32)
     features[0] = p_occupied
     return Pending(
         model="occupancy",
-        area="office",
+        area=area,
         features=features,
         feature_names=("a", "b", "c", "d", "e", "f"),
         reading_ts=1.0,
-        trigger_id=f"r{i}",
+        trigger_id=f"r{i}" if trigger is None else trigger,
         received_at=time.perf_counter(),
     )
+
+
+def triggers(published: Sequence[Outgoing]) -> list[str]:
+    return [json.loads(o.payload)["trigger_id"] for o in published]
+
+
+def decisions_counted(outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "roost_hub_decisions_total", {"model": "occupancy", "outcome": outcome}
+    )
+    return value or 0.0
 
 
 def make(
@@ -146,6 +188,7 @@ def make(
         on_overflow=kw.get("on_overflow", lambda: None),
         max_in_flight=kw.get("max_in_flight", 4),
         policy=kw.get("policy"),
+        **{k: v for k, v in kw.items() if k in ("health", "recent_ids")},
     )
 
 
@@ -185,7 +228,7 @@ async def test_audit_outage_is_retried_with_the_same_ids(commit_then_fail: bool)
 
 async def test_refused_append_is_never_published() -> None:
     class Refusing(FakeAudit):
-        async def AppendDecisions(self, request: Any, timeout: float) -> Any:
+        async def AppendDecisions(self, request: Any, timeout: float, **kw: Any) -> Any:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT)
 
     published: list[Outgoing] = []
@@ -279,7 +322,7 @@ async def test_predict_retries_any_retryable_error() -> None:
     assert inference.calls == 3
     assert len(published) == 1
 
-    inference = FakeInference(fail=[grpc.StatusCode.UNAVAILABLE] * 3)  # bounded: 3 attempts
+    inference = FakeInference(fail=[grpc.StatusCode.INTERNAL] * 3)  # bounded: 3 attempts
     published.clear()
     p = make(inference, FakeAudit(), published)
     p.submit(pending(0))
@@ -312,12 +355,14 @@ class OutOfOrderInference(FakeInference):
         super().__init__()
         self.second_done = asyncio.Event()
 
-    async def PredictBatch(self, request: inf_pb.PredictBatchRequest, timeout: float) -> Any:
+    async def PredictBatch(
+        self, request: inf_pb.PredictBatchRequest, timeout: float, **kw: Any
+    ) -> Any:
         self.calls += 1
         call = self.calls
         if call == 1:
             await self.second_done.wait()
-        response = await super().PredictBatch(request, timeout)
+        response = await super().PredictBatch(request, timeout, **kw)
         if call == 2:
             self.second_done.set()
         return response
@@ -413,8 +458,8 @@ async def test_a_failed_batch_neither_changes_the_policy_nor_blocks_the_next() -
     class ShortAudit(FakeAudit):
         """Acknowledges no decision of the first append (a broken peer)."""
 
-        async def AppendDecisions(self, request: Any, timeout: float) -> Any:
-            response = await super().AppendDecisions(request, timeout)
+        async def AppendDecisions(self, request: Any, timeout: float, **kw: Any) -> Any:
+            response = await super().AppendDecisions(request, timeout, **kw)
             if len(self.requests) == 1:
                 del response.results[:]
             return response
@@ -426,3 +471,222 @@ async def test_a_failed_batch_neither_changes_the_policy_nor_blocks_the_next() -
     p.submit(pending(1, VACANT))
     await run_until_drained(p)
     assert actions(published) == {"r1": "light.turn_off"}  # still a change: fires
+
+
+# --- Outages: waited out, held in a bounded backlog, nothing dropped -----------------
+
+
+class DownInference(FakeInference):
+    """Unreachable (UNAVAILABLE, or DEADLINE_EXCEEDED while waiting for the channel)
+    until ``back`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.back = asyncio.Event()
+        self.refused = 0
+
+    async def PredictBatch(self, request: Any, timeout: float, **kw: Any) -> Any:
+        if not self.back.is_set():
+            self.refused += 1
+            codes = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            raise RpcError(codes[self.refused % 2])
+        return await super().PredictBatch(request, timeout, **kw)
+
+
+class DownAudit(FakeAudit):
+    def __init__(self) -> None:
+        super().__init__()
+        self.back = asyncio.Event()
+        self.refused = 0
+
+    async def AppendDecisions(self, request: Any, timeout: float, **kw: Any) -> Any:
+        if not self.back.is_set():
+            self.refused += 1
+            raise RpcError(grpc.StatusCode.UNAVAILABLE)
+        return await super().AppendDecisions(request, timeout, **kw)
+
+
+async def until(predicate: Any, what: str) -> None:
+    """Let the pipeline run until ``predicate()`` holds."""
+    await wait_until_async(predicate, 5, what, interval=0.001)
+
+
+async def test_calls_wait_for_the_channel_to_be_ready() -> None:
+    inference, audit = FakeInference(), FakeAudit()
+    p = make(inference, audit, [])
+    for i in range(3):
+        p.submit(pending(i))
+    await run_until_drained(p)
+    assert inference.wait_for_ready == [True]
+    assert audit.wait_for_ready == [True]
+
+
+async def test_an_inference_outage_is_waited_out_and_every_reading_decided() -> None:
+    published: list[Outgoing] = []
+    inference = DownInference()
+    health = DecisionHealth(["occupancy"])
+    p = make(inference, FakeAudit(), published, max_batch=4, health=health)
+    task = asyncio.create_task(p.run())
+    for i in range(10):
+        p.submit(pending(i))
+    await until(lambda: inference.refused >= 50, "many refused attempts")
+    [model] = health.models()
+    assert model.state is ModelState.INFERENCE_UNAVAILABLE
+    assert model.queued == 10
+    assert published == []
+    for i in range(10, 20):  # readings keep coming during the outage
+        p.submit(pending(i))
+    inference.back.set()
+    assert await p.drain(5)
+    await asyncio.wait_for(task, 1)
+    assert triggers(published) == [f"r{i}" for i in range(20)]
+    [model] = health.models()
+    assert model.state is ModelState.DECIDING
+    assert model.queued == 0
+
+
+async def test_an_audit_outage_is_reported_and_the_decisions_wait() -> None:
+    published: list[Outgoing] = []
+    audit = DownAudit()
+    health = DecisionHealth(["occupancy"])
+    p = make(FakeInference(), audit, published, health=health)
+    task = asyncio.create_task(p.run())
+    for i in range(5):
+        p.submit(pending(i))
+    await until(lambda: audit.refused >= 3, "appends retried")
+    [model] = health.models()
+    assert model.state is ModelState.AUDIT_UNAVAILABLE
+    assert model.detail(model.since + 12).startswith("audit unavailable for 12 s, 5 readings")
+    audit.back.set()
+    assert await p.drain(5)
+    await asyncio.wait_for(task, 1)
+    assert triggers(published) == [f"r{i}" for i in range(5)]
+    assert all(audit.published_when_logged)
+    assert health.models()[0].state is ModelState.DECIDING
+
+
+async def test_the_backlog_is_bounded_and_its_drops_counted() -> None:
+    published: list[Outgoing] = []
+    dropped: list[int] = []
+    inference = DownInference()
+    health = DecisionHealth(["occupancy"])
+    p = make(
+        inference,
+        FakeAudit(),
+        published,
+        max_pending=10,
+        max_batch=5,
+        max_in_flight=1,
+        on_overflow=lambda: dropped.append(1),
+        health=health,
+    )
+    task = asyncio.create_task(p.run())
+    for i in range(5):
+        p.submit(pending(i))
+    await until(lambda: inference.refused >= 3, "the first batch held")
+    for i in range(5, 35):
+        p.submit(pending(i))
+    # One batch in flight (5) and the backlog (10): the 20 oldest of the rest were dropped.
+    assert len(dropped) == 20
+    assert health.models()[0].queued == 15
+    inference.back.set()
+    assert await p.drain(5)
+    await asyncio.wait_for(task, 1)
+    assert triggers(published) == [f"r{i}" for i in (*range(5), *range(25, 35))]
+    assert health.models()[0].queued == 0
+
+
+async def test_a_refused_model_is_reported_and_its_batch_dropped() -> None:
+    published: list[Outgoing] = []
+    health = DecisionHealth(["occupancy"])
+    failed = decisions_counted("predict_failed")
+    p = make(FakeInference(fail=[grpc.StatusCode.NOT_FOUND]), FakeAudit(), published, health=health)
+    p.submit(pending(0))
+    p.submit(pending(1))
+    await run_until_drained(p)
+    assert published == []
+    assert decisions_counted("predict_failed") == failed + 2
+    [model] = health.models()
+    assert model.state is ModelState.MODEL_REFUSED
+    assert "refuses the model (NOT_FOUND)" in model.detail(model.since)
+    p.submit(pending(2))  # served again: deciding
+    await run_until_drained(p)
+    assert triggers(published) == ["r2"]
+    assert health.models()[0].state is ModelState.DECIDING
+
+
+# --- One poisoned reading does not take its batch down ---------------------------------
+
+POISON = 0.625
+
+
+class PoisonInference(FakeInference):
+    """Refuses (INVALID_ARGUMENT) any batch holding a row whose first feature is POISON."""
+
+    async def PredictBatch(self, request: Any, timeout: float, **kw: Any) -> Any:
+        if any(t.float_values[0] == POISON for t in request.inputs):
+            self.calls += 1
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT)
+        return await super().PredictBatch(request, timeout, **kw)
+
+
+async def test_a_poisoned_reading_is_isolated_and_the_rest_decided() -> None:
+    published: list[Outgoing] = []
+    inference = PoisonInference()
+    invalid = decisions_counted("invalid_input")
+    p = make(inference, FakeAudit(), published, max_batch=16)
+    for i in range(16):
+        p.submit(pending(i, POISON if i == 6 else 0.1))
+    await run_until_drained(p)
+    assert triggers(published) == [f"r{i}" for i in range(16) if i != 6]
+    assert decisions_counted("invalid_input") == invalid + 1
+    assert inference.calls <= 1 + 2 * 4  # 2·log2(16) extra calls at most
+
+
+async def decide_with_poison(n: int, poisoned: set[int]) -> tuple[list[str], int]:
+    published: list[Outgoing] = []
+    inference = PoisonInference()
+    p = make(inference, FakeAudit(), published, max_batch=64, max_pending=64)
+    for i in range(n):
+        p.submit(pending(i, POISON if i in poisoned else 0.9))
+    await run_until_drained(p)
+    return triggers(published), inference.calls
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 64).flatmap(lambda n: st.tuples(st.just(n), st.sets(st.integers(0, n - 1)))))
+def test_only_poisoned_readings_are_ever_dropped(case: tuple[int, set[int]]) -> None:
+    n, poisoned = case
+    got, calls = asyncio.run(decide_with_poison(n, poisoned))
+    assert got == [f"r{i}" for i in range(n) if i not in poisoned]  # the rest, in order
+    assert calls <= 1 + 2 * max(1, len(poisoned)) * max(1, (n - 1).bit_length())
+
+
+# --- A reading that comes again is decided once ----------------------------------------
+
+
+async def test_a_redelivered_reading_is_decided_once() -> None:
+    published: list[Outgoing] = []
+    duplicates = decisions_counted("duplicate")
+    p = make(FakeInference(), FakeAudit(), published)
+    p.submit(pending(0))
+    p.submit(pending(0))  # the broker redelivers it
+    p.submit(pending(1))
+    await run_until_drained(p)
+    p.submit(pending(1))  # ... also after its decision was published
+    p.submit(pending(2, area="kitchen", trigger="r1"))  # same id, another area: its own
+    p.submit(pending(3, trigger=""))  # readings without an id are never merged
+    p.submit(pending(4, trigger=""))
+    await run_until_drained(p)
+    assert triggers(published) == ["r0", "r1", "r1", "", ""]
+    assert [json.loads(o.payload)["area"] for o in published][2] == "kitchen"
+    assert decisions_counted("duplicate") == duplicates + 2
+
+
+async def test_the_recent_ids_are_bounded() -> None:
+    published: list[Outgoing] = []
+    p = make(FakeInference(), FakeAudit(), published, recent_ids=3)
+    for i in (0, 1, 2, 3, 0):  # r0 was forgotten after three newer ids
+        p.submit(pending(i))
+    await run_until_drained(p)
+    assert triggers(published) == ["r0", "r1", "r2", "r3", "r0"]

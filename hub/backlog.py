@@ -1,0 +1,84 @@
+"""The readings waiting for a decision: a bounded queue that forgets no reading while the
+services are away, and decides no reading twice.
+
+While inference or audit is down, the pipeline keeps what arrives here and decides it
+when the service is back. The queue is bounded (``max_pending``): beyond it the oldest
+item is dropped and handed back to the caller, who counts it. A reading that comes again
+with the same id (the broker redelivers an unacknowledged message after a reconnect, a
+sensor retries a QoS 1 publish) is recognised by its ``(model, area, reading id)`` among
+the last ``recent_ids`` and not queued again. Both bounds are fixed: memory stays flat
+whatever arrives.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Generic, Protocol, TypeVar
+
+
+class Item(Protocol):
+    @property
+    def model(self) -> str: ...
+    @property
+    def area(self) -> str: ...
+    @property
+    def trigger_id(self) -> str: ...  # the reading's id; "" if it has none
+
+
+T = TypeVar("T", bound=Item)
+
+
+class RecentIds:
+    """The last ``size`` keys seen (first in, first forgotten)."""
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError("size must be >= 0")
+        self._size = size
+        self._seen: dict[tuple[str, str, str], None] = {}
+
+    def add(self, key: tuple[str, str, str]) -> bool:
+        """Remember ``key``; False if it was already among the recent ones."""
+        if key in self._seen:
+            return False
+        if self._size == 0:
+            return True
+        self._seen[key] = None
+        if len(self._seen) > self._size:
+            del self._seen[next(iter(self._seen))]
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class Duplicate(Exception):
+    """The item's reading was queued recently already."""
+
+
+class Backlog(Generic[T]):
+    """A FIFO of at most ``max_items``; items whose reading id was seen are refused."""
+
+    def __init__(self, max_items: int, recent_ids: int) -> None:
+        if max_items < 1:
+            raise ValueError("max_items must be >= 1")
+        self._items: deque[T] = deque()
+        self._max = max_items
+        self._recent = RecentIds(recent_ids)
+
+    def add(self, item: T) -> T | None:
+        """Queue ``item``; the oldest item, if one was dropped to make room.
+
+        Raises :class:`Duplicate` (and queues nothing) for a reading id seen recently."""
+        if item.trigger_id and not self._recent.add((item.model, item.area, item.trigger_id)):
+            raise Duplicate
+        dropped = self._items.popleft() if len(self._items) >= self._max else None
+        self._items.append(item)
+        return dropped
+
+    def take(self, n: int) -> list[T]:
+        """The oldest ``n`` items (fewer if there are fewer)."""
+        return [self._items.popleft() for _ in range(min(n, len(self._items)))]
+
+    def __len__(self) -> int:
+        return len(self._items)
