@@ -121,11 +121,17 @@ def parse_ranges(entries: Iterable[str]) -> dict[str, ValueRange]:
 
 
 def _in_float32(*values: float) -> bool:
-    return all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in values)
+    """Finite in float32 (NaN fails the comparison, infinity the bound)."""
+    return all(abs(v) <= FLOAT32_MAX for v in values)
 
 
 def _reject_constant(name: str) -> Any:
     raise InvalidReading(DropReason.NOT_FINITE, f"JSON constant {name} is not a number")
+
+
+# Integers are read as floats: a 400-digit integer becomes infinity (dropped as not
+# finite) instead of an int that overflows later, and no digit limit applies.
+_JSON = json.JSONDecoder(parse_constant=_reject_constant, parse_int=float)
 
 
 def _number(value: Any, what: str, bounds: ValueRange | None = None) -> float:
@@ -136,7 +142,7 @@ def _number(value: Any, what: str, bounds: ValueRange | None = None) -> float:
         f = float(value)
     except OverflowError:
         f = math.inf
-    if not _in_float32(f):
+    if not abs(f) <= FLOAT32_MAX:  # NaN, infinity, or beyond float32
         raise InvalidReading(DropReason.NOT_FINITE, f"{what} must be finite in float32")
     return f if bounds is None else bounds.check(f, what)
 
@@ -153,10 +159,8 @@ def _decode(payload: bytes, max_bytes: int) -> str:
 
 
 def _load_json(text: str) -> Any:
-    # Integers are read as floats: a 400-digit integer becomes infinity (dropped as not
-    # finite) instead of an int that overflows later, and no digit limit applies.
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_int=float)
+        return _JSON.decode(text)
     except RecursionError:
         raise InvalidReading(DropReason.BAD_JSON, "payload nests too deeply") from None
     except ValueError as e:  # JSONDecodeError and anything else json refuses
