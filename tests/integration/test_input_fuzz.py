@@ -120,3 +120,35 @@ async def test_a_flood_of_2000_areas_is_capped_and_existing_areas_keep_deciding(
         )
     assert stack.procs["hub"].alive()
     assert "flood_" not in scrape(stack)  # no area in metric labels
+
+
+async def test_one_bad_value_poisons_no_window_and_no_batch(own_stack: Stack) -> None:
+    """1e39 overflowed float32 in the window: every later PredictBatch with that area
+    failed, taking other areas' decisions with it, and 3e38 degC decided "occupied"."""
+    stack = own_stack
+    async with collect_decisions(stack) as decisions:
+        await publish(stack, readings("kitchen", OCCUPIED, DAY_TS, "k0"))
+        await publish(stack, readings("hall", OCCUPIED, DAY_TS, "h0"))
+        await decisions.wait_for_trigger("h0-carbon_dioxide", timeout=30)
+        await publish(
+            stack,
+            [
+                ("roost/readings/kitchen/temperature", b'{"value": 1e39, "id": "k-big"}'),
+                *readings("hall", OCCUPIED, DAY_TS + 60, "h1"),
+                *readings("kitchen", {"humidity": 27.5}, DAY_TS + 60, "k1"),
+            ],
+        )
+        await decisions.wait_for_trigger("h1-carbon_dioxide", timeout=30)
+        await decisions.wait_for_trigger("k1-humidity", timeout=30)
+        await publish(
+            stack,
+            [
+                ("roost/readings/kitchen/temperature", b'{"value": 3e38, "id": "k-hot"}'),
+                *readings("kitchen", {"humidity": 27.0}, DAY_TS + 120, "k2"),
+            ],
+        )
+        await decisions.wait_for_trigger("k2-humidity", timeout=30)
+    assert not {"k-big", "k-hot"} & {d["trigger_id"] for d in decisions.items}
+    assert metric(stack, DROPPED, reason="not_finite") == 1
+    assert metric(stack, DROPPED, reason="out_of_range") == 1
+    assert metric(stack, "roost_hub_predict_failures_total") == 0
