@@ -36,7 +36,7 @@ from hub.homeassistant.bridge import HaBridge
 from hub.homeassistant.client import ActionRunner, HaClient, HaUnavailable, read_token
 from hub.homeassistant.entities import ModelInfo
 from hub.homeassistant.settings import Settings
-from hub.ingest import Ingest, SensorRef, parse_entity_map
+from hub.ingest import Ingest, InputLimits, SensorRef, parse_entity_map
 from hub.payloads import DropReason
 from hub.pipeline import DecisionPipeline, Outgoing, Recorded
 from hub.policy import ActionPolicy, parse_action_rules
@@ -288,6 +288,7 @@ class Hub:
             statestream_base=self.config.statestream_base,
             statestream_entities=await self._entity_map(),
             tz=ZoneInfo(self.config.timezone),
+            limits=InputLimits.from_config(self.config),
         )
         if self.config.ha_discovery:
             self.bridge = HaBridge(

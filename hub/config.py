@@ -5,6 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# Plausible values per sensor kind ("<kind>=<low>:<high>", both ends included; units as
+# the models take them, docs/topics.md). A reading outside is dropped (out_of_range).
+DEFAULT_SENSOR_RANGES: tuple[str, ...] = (
+    "temperature=-40:85",  # degC
+    "humidity=0:100",  # %
+    "illuminance=0:200000",  # lx
+    "carbon_dioxide=0:10000",  # ppm
+    "outdoor_temperature=-90:60",  # degC
+    "outdoor_humidity=0:100",  # %
+    "energy=0:1000000",  # Wh per reading
+    "light_energy=0:1000000",  # Wh per reading
+    # Binary sensors: 0 (off/closed) or 1 (on/open).
+    "door=0:1",
+    "cupboard=0:1",
+    "fridge=0:1",
+    "freezer=0:1",
+    "microwave=0:1",
+    "dishwasher=0:1",
+    "washing_machine=0:1",
+    "toilet_flush=0:1",
+    "motion=0:1",
+)
+
 
 @dataclass(frozen=True)
 class HubConfig:
@@ -29,8 +52,17 @@ class HubConfig:
     # Occlusion attributions recorded with each decision (its "why"); 0 = none.
     explain_top_k: int = 3
     audit_deadline_seconds: float = 2.0
-    # Readings larger than this are dropped (counted, logged once per topic).
+    # Readings larger than this are dropped (counted, logged at most once a minute per reason).
     max_payload_bytes: int = 1024
+    # Plausible range per sensor kind; entries here replace the default of their kind
+    # (DEFAULT_SENSOR_RANGES), other kinds keep theirs. Kinds without a range are only
+    # checked finite in float32.
+    sensor_ranges: tuple[str, ...] = DEFAULT_SENSOR_RANGES
+    # State the hub keeps: areas with feature windows, and decision entities (one per
+    # per-area model and area, "<model>.<area>"). A reading that would need more is
+    # dropped (too_many_areas / too_many_entities); existing ones keep deciding.
+    max_areas: int = 128
+    max_entities: int = 512
     # Readings held for a decision while inference or audit is slow or down (decided when
     # it is back); beyond, the oldest are dropped (counted: readings_dropped{overloaded}).
     # Recorded decisions are never dropped.

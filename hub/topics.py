@@ -22,12 +22,16 @@ from dataclasses import dataclass
 
 READINGS_PREFIX = "roost/readings"
 READINGS_FILTER = f"{READINGS_PREFIX}/+/+"
-_SEGMENT = re.compile(r"^[a-z0-9_]{1,64}$")
+# Areas, sensor kinds, model names and reading ids: at most this many characters.
+MAX_NAME_CHARS = 64
+# Home Assistant entity ids (``<domain>.<object_id>``): HA's own limit.
+MAX_ENTITY_CHARS = 255
+_SEGMENT = re.compile(r"[a-z0-9_]+")
 
 
 def valid_segment(segment: str) -> bool:
-    """Areas, sensor kinds, model names: lowercase snake_case, at most 64 chars."""
-    return bool(_SEGMENT.match(segment))
+    """Areas, sensor kinds, model names: lowercase snake_case, 1 to 64 characters."""
+    return len(segment) <= MAX_NAME_CHARS and _SEGMENT.fullmatch(segment) is not None
 
 
 @dataclass(frozen=True)
@@ -40,15 +44,21 @@ def reading_topic(area: str, sensor_kind: str) -> str:
     return f"{READINGS_PREFIX}/{area}/{sensor_kind}"
 
 
-def parse_reading_topic(topic: str) -> ReadingTopic | None:
-    """``roost/readings/<area>/<kind>`` -> ReadingTopic, or None if it is not one."""
-    parts = topic.split("/")
+def reading_segments(topic: str) -> tuple[str, str] | None:
+    """``roost/readings/<area>/<kind>`` -> (area, kind) as given (not yet validated), or
+    None if the topic does not have that shape."""
+    parts = topic.split("/", 4)
     if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != READINGS_PREFIX:
         return None
-    area, kind = parts[2], parts[3]
-    if not (valid_segment(area) and valid_segment(kind)):
+    return parts[2], parts[3]
+
+
+def parse_reading_topic(topic: str) -> ReadingTopic | None:
+    """``roost/readings/<area>/<kind>`` -> ReadingTopic, or None if it is not one."""
+    segments = reading_segments(topic)
+    if segments is None or not (valid_segment(segments[0]) and valid_segment(segments[1])):
         return None
-    return ReadingTopic(area, kind)
+    return ReadingTopic(*segments)
 
 
 def statestream_filter(base: str) -> str:
@@ -60,7 +70,7 @@ def parse_statestream_topic(base: str, topic: str) -> str | None:
     prefix = base + "/"
     if not topic.startswith(prefix) or not topic.endswith("/state"):
         return None
-    parts = topic[len(prefix) :].split("/")
+    parts = topic[len(prefix) :].split("/", 3)
     if len(parts) != 3:
         return None
     return f"{parts[0]}.{parts[1]}"

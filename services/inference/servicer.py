@@ -91,9 +91,25 @@ def _predictions(m: Manifest, out: npt.NDArray[np.float32]) -> list[pb.Predictio
     return [to_prediction(m, row, ref) for row in out]
 
 
+# Model names and versions longer than this are refused without being echoed (a 100 KB
+# name in a NOT_FOUND message overflowed the status metadata: RESOURCE_EXHAUSTED).
+MAX_NAME_CHARS = 64
+
+
 def _require_model_name(name: str) -> None:
     if not name:
         raise InvalidArgument("model_name: required")
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidArgument(f"model_name: longer than {MAX_NAME_CHARS} characters")
+
+
+def _select(serving: Serving, version: str) -> LoadedModel:
+    """The requested version of ``serving`` ("" = active)."""
+    if not version:
+        return serving.active
+    if len(version) > MAX_NAME_CHARS:
+        raise InvalidArgument(f"version: longer than {MAX_NAME_CHARS} characters")
+    return serving.version(version)
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
@@ -109,8 +125,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return self._registry.serving(name)
 
     def _model(self, name: str, version: str) -> LoadedModel:
-        serving = self._serving(name)
-        return serving.version(version) if version else serving.active
+        return _select(self._serving(name), version)
 
     async def _predict(
         self, model: LoadedModel, batch: npt.NDArray[np.generic]
@@ -173,7 +188,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def _predict_one(self, request: pb.PredictRequest) -> pb.PredictResponse:
         serving = self._serving(request.model_name)
-        model = serving.version(request.version) if request.version else serving.active
+        model = _select(serving, request.version)
         m = model.manifest
         if not request.HasField("input"):
             raise InvalidArgument("input: required")
@@ -190,7 +205,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def _predict_batch(self, request: pb.PredictBatchRequest) -> pb.PredictBatchResponse:
         serving = self._serving(request.model_name)
-        model = serving.version(request.version) if request.version else serving.active
+        model = _select(serving, request.version)
         m = model.manifest
         n = len(request.inputs)
         if n == 0:

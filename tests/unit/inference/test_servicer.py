@@ -159,3 +159,59 @@ async def test_list_models_pages_with_opaque_tokens(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="page_token: invalid"):
         await servicer.ListModels(pb.ListModelsRequest(page_token=tokens[0] + "x"), None)
     registry.close()
+
+
+async def test_a_100kb_name_is_refused_by_field_not_echoed(
+    tmp_path: Path, start_app: StartApp
+) -> None:
+    """A 100 KB model name came back as RESOURCE_EXHAUSTED: the NOT_FOUND message echoed
+    it and overflowed the status metadata. It is INVALID_ARGUMENT naming the field."""
+    ensure_certs(tmp_path / "certs")
+    two_linear_versions(tmp_path, "staged")
+    cfg = config(tmp_path)
+    app = await start_app(cfg)
+    server = RoostServer(
+        cfg,
+        Role.INFERENCE,
+        [
+            Registration.of(
+                SERVICE, app.servicer, pb_grpc.add_InferenceServiceServicer_to_server, POLICY
+            )
+        ],
+    )
+    port = await server.start()
+    channel = aio_channel(
+        f"127.0.0.1:{port}", certs_dir=tmp_path / "certs", role=Role.HUB, server_role=Role.INFERENCE
+    )
+    stub = pb_grpc.InferenceServiceStub(channel)
+    name = "m" * 100_000
+    x = np.zeros((1, 3), dtype=np.float32)
+    calls = [
+        (
+            stub.Predict(pb.PredictRequest(model_name=name, input=tensor(x[0])), timeout=5),
+            "model_name",
+        ),
+        (stub.PredictBatch(batch_request(x, model=name), timeout=5), "model_name"),
+        (stub.GetModelStatus(pb.GetModelStatusRequest(model_name=name), timeout=5), "model_name"),
+        (
+            stub.Predict(
+                pb.PredictRequest(model_name="linear", version=name, input=tensor(x[0])), timeout=5
+            ),
+            "version",
+        ),
+    ]
+    try:
+        for call, field in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert e.value.details() == f"{field}: longer than 64 characters"
+        # A name within the cap that is not loaded is still NOT_FOUND, named.
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.Predict(
+                pb.PredictRequest(model_name="m" * 64, input=tensor(x[0])), timeout=5
+            )
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await channel.close()
+        await server.stop(0)

@@ -6,11 +6,14 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from models.manifest import FeatureInfo, InputSchema
 from roost.common.v1 import common_pb2
 from services.kit.errors import InvalidArgument
 from services.kit.tensors import tensor_to_array
+from tests.support.properties import PROPERTIES
 
 SCHEMA = InputSchema(
     name="features",
@@ -73,3 +76,88 @@ def test_non_finite_names_index_and_feature(bad: float, word: str) -> None:
 
 def test_message_does_not_echo_values() -> None:
     assert "12345" not in err(t([12345.0, 2.0]))
+
+
+SCHEMA64 = InputSchema(
+    name="features",
+    dtype="float64",
+    shape=(3,),
+    features=(FeatureInfo("temperature"), FeatureInfo("light"), FeatureInfo("co2")),
+)
+
+
+@pytest.mark.parametrize("big", [1e39, 1e308, -3.5e38])
+def test_float64_values_beyond_float32_are_refused(big: float) -> None:
+    tensor = common_pb2.Tensor(dtype=common_pb2.DATA_TYPE_FLOAT64, double_values=[1.0, big, 3.0])
+    with pytest.raises(InvalidArgument) as e:
+        tensor_to_array(tensor, SCHEMA64, "inputs[4]")
+    assert str(e.value) == (
+        "inputs[4].double_values[1] (light): a value beyond float32's range is not allowed"
+    )
+    assert "e+" not in str(e.value)
+    assert "39" not in str(e.value)
+
+
+def test_1e39_in_a_float32_tensor_is_infinity_named_by_field() -> None:
+    # float_values carries float32: 1e39 arrives as infinity, refused by field.
+    assert (
+        err(t([1e39, 2.0, 3.0]))
+        == "inputs[2].float_values[0] (temperature): infinity is not allowed"
+    )
+
+
+def test_a_long_shape_is_summarized_not_echoed() -> None:
+    msg = err(t([1.0, 2.0, 3.0], shape=[1] * 100_000))
+    assert msg == "inputs[2].shape: 100000 dimensions does not match the model's [3]"
+
+
+# --------------------------------------------------------------- properties
+
+SCHEMAS = [
+    SCHEMA,
+    SCHEMA64,
+    InputSchema(
+        name="counts", dtype="int64", shape=(2,), features=(FeatureInfo("a"), FeatureInfo("b"))
+    ),
+]
+floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
+tensors = st.builds(
+    common_pb2.Tensor,
+    dtype=st.sampled_from([0, 1, 2, 3]) | st.integers(-(2**31), 2**31 - 1),
+    shape=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4)
+    | st.sampled_from([[3], [2], [1, 3]]),
+    float_values=st.lists(st.floats(width=32, allow_nan=True), max_size=5),
+    double_values=st.lists(floats, max_size=5),
+    int64_values=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=5),
+)
+
+
+@PROPERTIES
+@given(tensor=tensors, schema=st.sampled_from(SCHEMAS))
+def test_tensor_to_array_never_raises_anything_but_invalid_argument(
+    tensor: common_pb2.Tensor, schema: InputSchema
+) -> None:
+    try:
+        arr = tensor_to_array(tensor, schema, "input")
+    except InvalidArgument:
+        return
+    assert arr.shape == schema.shape
+    assert arr.dtype == np.dtype(schema.dtype)
+    if schema.dtype != "int64":
+        assert np.isfinite(arr.astype(np.float32)).all()
+
+
+@PROPERTIES
+@given(values=st.lists(floats, min_size=3, max_size=3))
+def test_accepted_float64_inputs_are_finite_in_float32(values: list[float]) -> None:
+    tensor = common_pb2.Tensor(dtype=common_pb2.DATA_TYPE_FLOAT64, double_values=values)
+    message = ""
+    try:
+        arr = tensor_to_array(tensor, SCHEMA64, "input")
+    except InvalidArgument as e:
+        message = str(e)
+    if message:
+        assert all(f"{v}" not in message for v in values if math.isfinite(v) and abs(v) >= 1000)
+    else:
+        with np.errstate(over="raise"):
+            assert np.isfinite(arr.astype(np.float32)).all()
