@@ -64,12 +64,12 @@ AREAS = tuple(f"soak_{i}" for i in range(6))
 SAMPLED = ("hub", "inference", "audit")
 LOGGED = ("mosquitto", "audit", "inference", "update", "personalization", "hub")
 # Flat = RSS growth after warm-up below this, per process. Absolute, not a percentage:
-# a leak costs bytes per reading whatever the process's base size (inference carries
-# onnxruntime's arenas and is twice the hub's size, so 5 % would allow it twice the
-# leak). 10 MB over the 9 steady minutes at 300/s (162,000 readings) is 65 bytes per
-# reading: less than one retained reading id (a 7-character str is 56 bytes, plus its
-# slot in a set or dict), so any per-reading retention fails it, while the allocators'
-# steady-state wobble (a few MB: pymalloc arenas, gRPC buffers) passes.
+# a leak costs bytes per reading whatever the process's base size (audit ~65 MB,
+# inference ~105 MB here, so 5 % would allow inference a leak 1.6 times the audit's).
+# 10 MB over the 9 steady minutes at 300/s (162,000 readings) is 65 bytes per reading:
+# less than one retained reading id (a 7-character str is 56 bytes, plus its slot in a
+# set or dict), so any per-reading retention fails it, while the wobble between
+# samples (up to ~2 MB in a 2-minute run: arenas, gRPC buffers, a backlog) passes.
 FLAT_MB = 10.0
 LOG_LINE_LIMIT = 100
 REPLAY_ROWS = 1000
@@ -237,7 +237,7 @@ def verdict_rows(res: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         ),
         (
             "decisions received / readings published",
-            f"{d:,} / {n:,} = {res['decisions_per_reading']:.3f}",
+            f"{d:,} / {n:,} = {res['decisions_per_reading']:.4f}",
             "-",
             "-",
         ),
@@ -314,7 +314,7 @@ def plot(res: Mapping[str, Any], path: Path) -> None:
     bottom.set_xlabel("minutes into the load")
     for ax in (top, bottom):
         ax.axvline(WARMUP_SECONDS / 60, color="grey", ls=":", label="end of warm-up")
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
