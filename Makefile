@@ -59,6 +59,11 @@ bench: setup
 	$(PY) -m bench.update
 	$(PY) -m bench.personalization
 
+# Issue 13's soak: a real stack, 10 minutes at 300 readings/s; RSS flat, fewer than 100 log lines.
+.PHONY: soak
+soak: setup
+	$(PY) -m bench.soak
+
 # Retrain every shipped model from ../shared/data (needs torch: the 'train' extra).
 models: setup
 	$(BIN)/pip install -q -c constraints.txt -e '.[train]'
