@@ -46,8 +46,11 @@ async def test_a_crash_names_the_topic_not_the_payload(
     ensure_certs(tmp_path / "certs")
     hub = Hub(HubConfig(certs_dir=tmp_path / "certs", data_dir=tmp_path / "hub"))
     hub.ingest = Poisoned()  # type: ignore[assignment]
+    acked: list[aiomqtt.Message] = []
     with caplog.at_level(logging.INFO), pytest.raises(OverflowError):
-        await hub._consume(OneMessage(retain))  # type: ignore[arg-type]
+        await hub._consume(OneMessage(retain), acked.append)  # type: ignore[arg-type]
+    # Acknowledged before handling: the broker does not send it into a crash loop again.
+    assert [m.topic.value for m in acked] == [TOPIC]
     lines = [logging.Formatter(LOG_FORMAT).format(r) for r in caplog.records]
     crash = [line for line in lines if "CRITICAL" in line]
     assert len(crash) == 1
