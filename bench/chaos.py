@@ -105,11 +105,10 @@ def _restart(stack: Stack, process: str, port: int) -> float:
     return time.monotonic()
 
 
-async def _outage(stack: Stack, load: Load, audit: AuditView, o: Outage, p: Plan, say: Say) -> None:
+async def _outage(stack: Stack, load: Load, audit: AuditView, o: Outage, p: Plan, say: Say) -> bool:
+    """One kill and restart; whether the hub decided again afterwards."""
     name = label(o.process)
-    o.first_seq, o.wall_start = load.ledger.next_seq, time.time()
     say(f"{name}: steady load")
-    await load.caught_up(p.settle_timeout)
     await asyncio.sleep(p.pre_seconds)  # the scenario: steady load, then the kill
     o.acked_before = await audit.refresh()
     top = audit.top
@@ -123,12 +122,14 @@ async def _outage(stack: Stack, load: Load, audit: AuditView, o: Outage, p: Plan
     o.ready_at = await asyncio.to_thread(_restart, stack, o.process, port)
     o.pid_restarted = stack.procs[o.process].popen.pid
     say(f"{name}: back (pid {o.pid_restarted}); waiting for decisions")
-    await load.decided_after(o.ready_at, p.resume_timeout)
-    say(f"{name}: deciding; draining the backlog")
-    await load.caught_up(p.settle_timeout)
+    resumed = await load.decided_after(o.ready_at, p.resume_timeout)
+    if resumed:
+        say(f"{name}: deciding; draining the backlog")
+        await load.caught_up(p.settle_timeout)
     await asyncio.sleep(p.tail_seconds)
     o.acked_lost = await audit.missing_since(max(0, top - RECHECK_ENTRIES))
     o.end_seq, o.wall_end = load.ledger.next_seq, time.time()
+    return resumed
 
 
 def _progress_line(o: Outage, load: Load) -> str:
@@ -169,10 +170,16 @@ async def run_chaos(
         max_seconds=max_seconds,
     ) as load:
         say("warming up")
-        if not await load.decided_after(time.monotonic(), p.settle_timeout):
+        deciding = await load.decided_after(time.monotonic(), p.settle_timeout)
+        if not deciding:
             raise RuntimeError("the stack made no decision under load before any kill")
         for o in outages:
-            await _outage(stack, load, audit, o, p, say)
+            # Windows are contiguous: this one starts where the last one ended, and a
+            # backlog the last outage left drains first (if the hub decides at all).
+            o.first_seq, o.wall_start = load.ledger.next_seq, time.time()
+            if deciding:
+                await load.caught_up(p.settle_timeout)
+            deciding = await _outage(stack, load, audit, o, p, say)
             done(_progress_line(o, load))
         load.stop()
         say("draining the last decisions")

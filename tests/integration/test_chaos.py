@@ -21,7 +21,7 @@ PLAN = Plan(
     outages=(("inference", "short", 2.0), ("audit", "short", 2.0), ("hub", "short", 2.0)),
     pre_seconds=1.5,
     tail_seconds=0.5,
-    resume_timeout=30.0,
+    resume_timeout=20.0,
     settle_timeout=30.0,
 )
 
@@ -35,16 +35,18 @@ async def test_kill_inference_audit_and_hub_under_load(tmp_path: Path) -> None:
         stack.stop()
     totals, rows = res["totals"], res["outages"]
     assert [r["process"] for r in rows] == ["inference", "audit", "hub"]
-    # Something was at stake each time: decisions flowed and the log held entries.
+    never = [r["process"] for r in rows if r["resume_s"] is None]
+    broken = {
+        # Every decision received on MQTT is in the audit log, at its published index.
+        "published but unaudited": totals["unaudited"],
+        # No entry read from the log before a kill is missing (or moved) after the restart.
+        "acknowledged entries lost": totals["acked_lost"] + sum(r["acked_lost"] for r in rows),
+        # The hub decided again after each process came back (no wall-clock bound here).
+        "no decision after the restart of": never,
+        "hub died": not hub_alive,
+    }
+    assert {k: v for k, v in broken.items() if v} == {}, rows
+    # And the checks were not vacuous: decisions flowed and the log held entries each time.
     assert totals["decisions_received"] > 500
     assert all(r["acked_before"] > 0 for r in rows)
     assert totals["malformed"] == 0
-    # Every decision received on MQTT is in the audit log, at its published index.
-    assert totals["unaudited"] == 0, rows
-    # No entry read from the log before a kill is missing after the restart.
-    assert totals["acked_lost"] == 0, rows
-    assert all(r["acked_lost"] == 0 for r in rows)
-    # The hub decided again after each process came back (no wall-clock bound here).
-    never = [r["process"] for r in rows if r["resume_s"] is None]
-    assert never == [], f"no decision after {never} came back"
-    assert hub_alive
