@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import tempfile
 import time
@@ -44,7 +45,8 @@ from bench.report import write
 from cli.stack import Stack
 from services.kit.auth import Role
 
-console = Console()
+# The table has a dozen columns: wider than a terminal's default 80 when output is a file.
+console = Console(width=None if sys.stdout.isatty() else 160)
 BROKER = "mosquitto"
 # In the order they are killed; labels as the issue names them.
 PROCESSES = (BROKER, "hub", "inference", "audit", "update", "personalization")
@@ -158,6 +160,7 @@ async def run_chaos(
 ) -> dict[str, Any]:
     """Run the plan's outages on a started stack (broker, audit, inference, hub, and
     whichever others the plan kills); the raw results."""
+    started = time.monotonic()
     audit = AuditView(stack)
     outages = [Outage(process, kind, down) for process, kind, down in p.outages]
     max_readings, max_seconds = p.bounds()
@@ -191,6 +194,7 @@ async def run_chaos(
     rows = [summarize(o, ledger, log, received) for o in outages]
     return {
         "rate": p.rate,
+        "duration_s": time.monotonic() - started,
         "plan": {
             "outages": [list(x) for x in p.outages],
             "pre_seconds": p.pre_seconds,
@@ -269,16 +273,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one 2 s and one 8 s outage each")
     parser.add_argument("--only", default="", help="comma-separated processes (not written)")
     parser.add_argument("--rate", type=float, default=RATE, help="readings per second")
+    parser.add_argument("--home", type=Path, help="keep the stack's files (logs) here")
     args = parser.parse_args(argv)
     by_label = {label(x): x for x in PROCESSES}
+    unknown = [x for x in args.only.split(",") if x and x not in by_label]
+    if unknown:
+        parser.error(f"--only: unknown {unknown}; choose from {', '.join(by_label)}")
     chosen = [by_label[x] for x in args.only.split(",") if x] or list(PROCESSES)
     if args.quick:
         p = plan(chosen, short=2.0, long=8.0, repeats=1, rate=args.rate)
     else:
         p = plan(chosen, short=2.0, long=60.0, repeats=3, rate=args.rate)
     mode = "quick" if args.quick else "full"
-    with tempfile.TemporaryDirectory(prefix="roost-chaos-") as tmp:
-        res = asyncio.run(bench(Path(tmp), p, mode))
+    with contextlib.ExitStack() as scope:
+        home = args.home or Path(scope.enter_context(tempfile.TemporaryDirectory(prefix="chaos-")))
+        res = asyncio.run(bench(home, p, mode))
     table, md = render(res)
     console.print(table)
     if args.only or args.rate != RATE:

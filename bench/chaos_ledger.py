@@ -13,6 +13,8 @@ Definitions (also in ``bench/results/chaos.md``):
   run (its decision's ``trigger_id`` is the reading's id);
 * a received decision is *unaudited* if the audit log, read over gRPC at the end, has
   no entry with its ``decision_id`` at its ``audit_index``;
+* a *duplicate* is a second decision (another decision id) of one model for one reading;
+  a *redelivery* the same decision received again (MQTT QoS 1 retries);
 * an audit entry is *acknowledged* once an auditor read it from the log; one read
   before a kill and missing (or at another index) after the restart is *lost*;
 * *time to decide again*: from the restarted process being ready to the arrival of
@@ -25,6 +27,7 @@ import statistics
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 # Reading ids are "<prefix><seq>"; the hub echoes them as the decision's trigger_id.
@@ -135,6 +138,11 @@ def lost_entries(acknowledged: Mapping[str, int], log: Mapping[str, Logged]) -> 
     return [i for i, index in acknowledged.items() if (e := log.get(i)) is None or e.index != index]
 
 
+def longest_gap(times: Sequence[float]) -> float:
+    """The longest interval between consecutive (sorted) times; 0 for fewer than two."""
+    return max((b - a for a, b in pairwise(times)), default=0.0)
+
+
 def summarize(
     o: Outage, ledger: Ledger, log: Mapping[str, Logged], received_ids: set[str]
 ) -> dict[str, Any]:
@@ -148,15 +156,19 @@ def summarize(
     resumed = [
         d.arrived_at for s in range(ready_seq, o.end_seq) for d in ledger.decisions.get(s, ())
     ]
-    duplicates = 0
+    duplicates = redelivered = 0
     for s in seqs:
-        models = [d.model for d in ledger.decisions.get(s, ())]
+        items = ledger.decisions.get(s, ())
+        distinct = {(d.model, d.decision_id) for d in items}
+        redelivered += len(items) - len(distinct)
+        models = [model for model, _ in distinct]
         duplicates += len(models) - len(set(models))
     recorded_unseen = sum(
         1
         for decision_id, e in log.items()
         if o.wall_start <= e.decided_at < o.wall_end and decision_id not in received_ids
     )
+    arrivals = sorted(d.arrived_at for d in seen)
     return {
         "process": o.process,
         "kind": o.kind,
@@ -171,10 +183,15 @@ def summarize(
         "lost_while_down": sum(1 for s in lost if kill_seq <= s < ready_seq),
         "lost_after_ready": sum(1 for s in lost if s >= ready_seq),
         "resume_s": (min(resumed) - o.ready_at) if resumed else None,
+        # The longest pause between readings offered (the load generator's own health)
+        # and between decisions received, in the window.
+        "publish_gap_s": longest_gap(ledger.sent_at[o.first_seq : o.end_seq]),
+        "decision_gap_s": longest_gap(arrivals),
         "unaudited": len(unaudited(seen, log)),
         "acked_before": o.acked_before,
         "acked_lost": len(o.acked_lost),
         "duplicates": duplicates,
+        "redelivered": redelivered,
         "recorded_not_received": recorded_unseen,
     }
 
@@ -209,6 +226,7 @@ def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "unaudited": sum(r["unaudited"] for r in runs),
                 "acked_lost": sum(r["acked_lost"] for r in runs),
                 "duplicates": sum(r["duplicates"] for r in runs),
+                "redelivered": sum(r["redelivered"] for r in runs),
                 "recorded_not_received": sum(r["recorded_not_received"] for r in runs),
             }
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +36,9 @@ ROW_SECONDS = 60.0
 POLL_SECONDS = 0.02
 
 _ids = count()
+# paho reports the broker's death as errors ("failed to receive on socket"): expected here.
+MQTT_LOG = logging.getLogger(__name__ + ".mqtt")
+MQTT_LOG.setLevel(logging.CRITICAL)
 
 
 class Load:
@@ -108,7 +112,11 @@ class Load:
         while True:
             try:
                 async with mqtt.client(
-                    HOST, self._port, identifier=f"{self._name}-{role}", timeout=PUBACK_TIMEOUT
+                    HOST,
+                    self._port,
+                    identifier=f"{self._name}-{role}",
+                    timeout=PUBACK_TIMEOUT,
+                    logger=MQTT_LOG,
                 ) as client:
                     # Backlogs of PUBACKs are expected here; aiomqtt warns above 10.
                     client.pending_calls_threshold = 1_000_000

@@ -20,8 +20,11 @@ reading published after that. *Unaudited*: a decision received on MQTT that the 
 read over gRPC at the end, lacks at its published index. *Acknowledged lost*: an entry an
 auditor read before the kill that is missing or moved after the restart (the newest
 20,000 re-read after each restart; the whole log at the end). *Duplicates*: extra
-decisions of one model for one reading. *Recorded, not received*: log entries decided
-in the outage's window whose decision never arrived on MQTT. Each outage's window runs
+decisions (other decision ids) of one model for one reading; *redelivered*: the same
+decision received again. *Recorded, not received*: log entries decided
+in the outage's window whose decision never arrived on MQTT. *Longest pause*: between
+two decisions received, and between two readings offered (the load generator's own
+pacing: if it is small, a pause in decisions is the stack's). Each outage's window runs
 from the steady load before the kill until decisions caught up after the restart."""
 
 
@@ -68,6 +71,7 @@ SUMMARY_HEADERS = (
     "unaudited",
     "ack'd lost",
     "duplicates",
+    "redelivered",
     "recorded, not received",
 )
 
@@ -86,6 +90,7 @@ def _summary_rows(res: Mapping[str, Any]) -> list[tuple[str, ...]]:
             str(r["unaudited"]),
             str(r["acked_lost"]),
             str(r["duplicates"]),
+            str(r["redelivered"]),
             str(r["recorded_not_received"]),
         )
         for r in res["summary"]
@@ -104,9 +109,11 @@ def _run_rows(res: Mapping[str, Any]) -> list[tuple[str, ...]]:
             f"{r['lost_while_down']:,}",
             f"{r['lost_after_ready']:,}",
             _s(r["resume_s"]),
+            f"{r['decision_gap_s']:.2f} / {r['publish_gap_s']:.2f}",
             str(r["unaudited"]),
             f"{r['acked_lost']} / {r['acked_before']:,}",
             str(r["duplicates"]),
+            str(r["redelivered"]),
             str(r["recorded_not_received"]),
         )
         for r in res["outages"]
@@ -126,6 +133,7 @@ SHORT_HEADERS = (
     "unaud.",
     "ack lost",
     "dup.",
+    "redel.",
     "unseen",
 )
 
@@ -169,14 +177,17 @@ def render(res: Mapping[str, Any]) -> tuple[Table, str]:
                     "while down",
                     "after ready",
                     "decide again (s)",
+                    "longest pause: decisions / readings (s)",
                     "unaudited",
                     "ack'd lost / checked",
                     "duplicates",
+                    "redelivered",
                     "recorded, not received",
                 ],
                 _run_rows(res),
             ),
-            f"Totals: {t['offered']:,} readings offered, {t['published']:,} published, "
+            f"Totals over {res.get('duration_s', 0) / 60:.1f} minutes: "
+            f"{t['offered']:,} readings offered, {t['published']:,} published, "
             f"{t['decided_readings']:,} decided ({t['decisions_received']:,} decisions "
             f"received), {t['log_entries']:,} audit log entries; "
             f"{t['recorded_not_received']:,} recorded but never received on MQTT.",

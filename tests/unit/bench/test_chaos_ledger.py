@@ -12,6 +12,7 @@ from bench.chaos_ledger import (
     Outage,
     Seen,
     aggregate,
+    longest_gap,
     lost_entries,
     summarize,
     unaudited,
@@ -57,6 +58,14 @@ def test_readings_the_broker_never_acknowledged_are_not_counted_lost() -> None:
     assert (row["published"], row["not_published"], row["lost"]) == (7, 3, 0)
 
 
+def test_longest_pauses_of_readings_and_decisions() -> None:
+    ledger = ledger_of(10, {0: 0.1, 1: 1.1, 2: 2.1, 8: 8.5, 9: 9.1})
+    row = summarize(outage(), ledger, log_of(ledger), set())
+    assert row["publish_gap_s"] == 1.0
+    assert abs(row["decision_gap_s"] - 6.4) < 1e-9
+    assert longest_gap([]) == longest_gap([1.0]) == 0.0
+
+
 def test_no_decision_after_the_restart_is_never() -> None:
     ledger = ledger_of(10, {0: 0.1, 1: 1.1, 2: 2.1})
     row = summarize(outage(), ledger, log_of(ledger), set())
@@ -82,12 +91,13 @@ def test_duplicates_and_decisions_of_other_publishers() -> None:
     ledger = ledger_of(10, {s: s + 0.1 for s in range(10)})
     ledger.record("chaos-5", Seen("again", 50, "occupancy", 5.2))  # a second one, same model
     ledger.record("chaos-5", Seen("other", 51, "comfort", 5.3))  # another model: not a dup
+    ledger.record("chaos-6", Seen("d6", 6, "occupancy", 6.2))  # the same one again (QoS 1)
     ledger.record("sensor-7", Seen("x", 52, "occupancy", 5.4))  # not ours: ignored
     ledger.record("chaos-x", Seen("y", 53, "occupancy", 5.5))
     row = summarize(outage(), ledger, log_of(ledger), set())
-    assert row["duplicates"] == 1
+    assert (row["duplicates"], row["redelivered"]) == (1, 1)
     assert ledger.malformed == 1
-    assert ledger.received == 12
+    assert ledger.received == 13
 
 
 def test_recorded_decisions_never_received_are_counted_in_their_window() -> None:
@@ -108,6 +118,7 @@ def test_aggregate_takes_medians_of_repeats_and_sums_of_invariants() -> None:
             "unaudited": bad,
             "acked_lost": 0,
             "duplicates": 0,
+            "redelivered": 0,
             "recorded_not_received": 1,
         }
         for lost, again, bad in ((10, 0.5, 0), (30, 0.1, 1), (20, 0.3, 0))

@@ -26,10 +26,13 @@ def row(process: str, kind: str, **kw: Any) -> dict[str, Any]:
         "lost_while_down": 100,
         "lost_after_ready": 15,
         "resume_s": 1.25,
+        "publish_gap_s": 0.01,
+        "decision_gap_s": 3.5,
         "unaudited": 0,
         "acked_before": 5000,
         "acked_lost": 0,
         "duplicates": 0,
+        "redelivered": 0,
         "recorded_not_received": 0,
         **kw,
     }
