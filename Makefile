@@ -61,7 +61,7 @@ bench: setup
 
 # Kill each process by PID under 300 readings/s, restart it, check the invariants and
 # measure readings lost and the time to decide again: bench/results/chaos.{json,md,png}.
-# About 12 minutes; `make chaos CHAOS_ARGS=--quick` takes about 3.
+# About 12 minutes; `make chaos CHAOS_ARGS=--quick` takes about 6 (on 2 shared cores).
 CHAOS_ARGS ?=
 chaos: setup
 	$(PY) -m bench.chaos $(CHAOS_ARGS)

@@ -222,7 +222,8 @@ def plot(res: Mapping[str, Any], path: Path) -> None:
     for ax, ylabel in zip(
         axes, ("published readings lost", "time to decide again (s)"), strict=True
     ):
-        ax.set_xticks([i + width * (len(kinds) - 1) / 2 for i in range(len(processes))], names)
+        ticks = [i + width * (len(kinds) - 1) / 2 for i in range(len(processes))]
+        ax.set_xticks(ticks, names, rotation=20, ha="right")
         ax.set_ylabel(ylabel)
         ax.legend()
     fig.suptitle(f"Roost under SIGKILL at {res['rate']:g} readings/s ({res.get('mode', '?')} run)")
