@@ -11,7 +11,8 @@ only): the metrics ``roost_hub_model_state{model,state}`` (1 for the current sta
 ``roost_hub_model_state_since_seconds{model}`` and ``roost_hub_model_backlog{model}``
 (what ``roost status`` reads), and a retained JSON document on
 ``roost/<hub_id>/health`` (docs/topics.md), republished on every change and, while a
-model is not deciding, every ``health_interval_seconds``.
+model is not deciding or the last document showed readings queued, every
+``health_interval_seconds`` (so the backlog it shows drains to 0 after an outage).
 """
 
 from __future__ import annotations
@@ -213,17 +214,20 @@ class DecisionHealth:
         stop: asyncio.Event,
     ) -> None:
         """Publish the document on every change, and every ``interval`` seconds while a
-        model is not deciding (its time and queue grow), until ``stop``. ``publish``
-        may skip while the broker is away: set ``changed`` on reconnect."""
+        model is not deciding (its time and queue grow) or the document just published
+        shows readings queued (catching up), until ``stop``. ``publish`` may skip while
+        the broker is away: set ``changed`` on reconnect."""
         topic = health_topic(hub_id)
         while not stop.is_set():
             self.changed.clear()
-            await publish(topic, json.dumps(self.document(hub_id)).encode())
+            doc = self.document(hub_id)
+            await publish(topic, json.dumps(doc).encode())
+            settled = doc["deciding"] and not any(m["queued"] for m in doc["models"].values())
             waits = [asyncio.ensure_future(self.changed.wait()), asyncio.ensure_future(stop.wait())]
             try:
                 await asyncio.wait(
                     waits,
-                    timeout=None if self.deciding else interval,
+                    timeout=None if settled else interval,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:

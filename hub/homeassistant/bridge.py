@@ -151,6 +151,8 @@ class HaBridge:
         h = self.hub_id
         c = self.coordinator
         self._add("privacy_budget", entities.privacy_budget_component(h))
+        # Decision health: keys no area can take (a prediction's is "<model>_<area>").
+        self._add("decisions", entities.decisions_problem_component(h))
         self._command(
             "learning_mode",
             "select",
@@ -162,6 +164,7 @@ class HaBridge:
                 key, "number", entities.number_component(h, key), self._number_handler(key, lo, hi)
             )
         for model in sorted(self.models):
+            self._add(f"decisions_{model}", entities.model_decisions_component(h, model))
             for what, name in MODEL_PROBLEMS:
                 self._add(f"{model}_{what}", entities.model_problem_component(h, model, what, name))
             self._command(

@@ -9,7 +9,9 @@ entities; ``docs/home-assistant.md`` lists the components:
   decision topic ``roost/<hub_id>/decisions/<model>/<area>``; a "was wrong" ``button``
   for classification models (the routine model adds a "what was it?" ``select``);
 * per model: drift and health ``binary_sensor`` (device_class problem), an ``update``
-  entity, "roll back" and "learn now" buttons;
+  entity, "roll back" and "learn now" buttons, and whether the hub is deciding with it
+  (an ``enum`` ``sensor``), plus one "decisions" problem ``binary_sensor`` for all models:
+  both read the hub's retained health document (``hub.health``), no publisher of their own;
 * the privacy budget ``sensor`` (unavailable without the personalization service), the
   learning mode ``select`` and the threshold ``number`` entities.
 
@@ -19,10 +21,12 @@ availability and, for entities that take commands, the ``command_topic``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hub.health import ModelState, health_topic
 from hub.homeassistant.settings import LEARNING_MODES, NUMBERS
 from hub.homeassistant.topics import device_id, personalization_availability, state_topic
 from hub.topics import decision_topic, status_topic
@@ -42,6 +46,13 @@ _ATTRIBUTES_TEMPLATE = (
     "'why': value_json.why, 'decision_id': value_json.decision_id, "
     "'audit_index': value_json.audit_index, 'label': value_json.label, "
     "'action': value_json.action, 'decided_at': value_json.decided_at} | tojson }}"
+)
+
+# The options of a model's "decisions" sensor: the states of ``hub.health``.
+DECISION_STATES = tuple(s.value for s in ModelState)
+# Jinja: ``doc`` = the health document, or {} if the payload is no JSON object.
+_HEALTH_DOC = (
+    "{% set doc = value_json if value_json is defined and value_json is mapping else {} %}"
 )
 
 
@@ -194,6 +205,51 @@ def model_problem_component(hub_id: str, model: str, what: str, name: str) -> di
         "value_template": f"{{{{ value_json.{what} }}}}",
         "json_attributes_topic": status,
         "json_attributes_template": "{{ value_json.details | tojson }}",
+    }
+
+
+def _model_health(model: str) -> str:
+    """Jinja: ``m`` = the model's entry of the health document, or {}. The name goes in as a
+    JSON string literal (data, never template code); ``known`` = the state is one of ours."""
+    return (
+        _HEALTH_DOC
+        + "{% set m = (doc.models | default({}))["
+        + json.dumps(model)
+        + "] | default({}) %}{% set known = m.state in "
+        + json.dumps(DECISION_STATES)
+        + " %}"
+    )
+
+
+def model_decisions_component(hub_id: str, model: str) -> dict[str, Any]:
+    """Whether the hub is deciding with ``model``, and why not (its entry of the retained
+    health document). A model the document lacks, or a state HA does not know, is
+    ``unknown`` (never the last state kept); the attributes then are empty."""
+    entry = _model_health(model)
+    return {
+        "p": "sensor",
+        "name": f"{title(model)} decisions",
+        "device_class": "enum",
+        "options": list(DECISION_STATES),
+        "icon": "mdi:robot",
+        "entity_category": "diagnostic",
+        "state_topic": health_topic(hub_id),
+        "value_template": entry + "{{ m.state if known else None }}",
+        "json_attributes_topic": health_topic(hub_id),
+        "json_attributes_template": entry
+        + "{{ ({'reason': m.detail | default(none), 'queued': m.queued | default(none), "
+        "'since': m.since | default(none)} if known else {}) | tojson }}",
+    }
+
+
+def decisions_problem_component(hub_id: str) -> dict[str, Any]:
+    """On (a problem) unless the health document says every model is deciding."""
+    return {
+        "p": "binary_sensor",
+        "name": "Decisions",
+        "device_class": "problem",
+        "state_topic": health_topic(hub_id),
+        "value_template": _HEALTH_DOC + "{{ 'OFF' if doc.deciding is sameas true else 'ON' }}",
     }
 
 

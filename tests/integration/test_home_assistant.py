@@ -521,6 +521,43 @@ async def test_broker_outage_catches_up(ha_env: tuple[Stack, HomeAssistant], roo
     assert stack.procs["hub"].alive()
 
 
+async def test_decision_health_shows_an_inference_outage(ha: HomeAssistant, roost: Stack) -> None:
+    """HA says whether the hub decides: inference stopped, the occupancy "decisions" sensor
+    leaves ``deciding`` and names inference (the hub's problem sensor is on); inference
+    back, ``deciding`` again with nothing left queued (the problem sensor off)."""
+    stack = roost
+    sensor, problem = f"sensor.{E}_occupancy_decisions", f"binary_sensor.{E}_decisions"
+    state = await asyncio.to_thread(ha.wait_state, sensor, lambda s: s["state"] == "deciding")
+    assert state["attributes"]["options"] == [
+        "deciding",
+        "inference_unavailable",
+        "audit_unavailable",
+        "model_refused",
+    ]
+    await asyncio.to_thread(ha.wait_state, problem, lambda s: s["state"] == "off")
+    stack.stop_one("inference")
+    try:
+        # A reading to decide: the hub meets the outage and holds it.
+        await publish(stack, readings("kitchen", VACANT, time.time(), "health-down"))
+        down = await asyncio.to_thread(
+            ha.wait_state, sensor, lambda s: s["state"] == "inference_unavailable", 30
+        )
+        assert down["attributes"]["reason"].startswith("inference unavailable for ")
+        assert down["attributes"]["queued"] >= 1
+        await asyncio.to_thread(ha.wait_state, problem, lambda s: s["state"] == "on")
+    finally:  # later tests need inference back, whatever failed here
+        await asyncio.to_thread(stack.start_service, Role.INFERENCE)
+    back = await asyncio.to_thread(
+        ha.wait_state,
+        sensor,
+        lambda s: s["state"] == "deciding" and s["attributes"].get("queued") == 0,
+        30,
+    )
+    assert back["attributes"]["reason"] == "deciding"
+    await asyncio.to_thread(ha.wait_state, problem, lambda s: s["state"] == "off")
+    assert stack.procs["hub"].alive()
+
+
 def test_household_values_stay_out_of_logs_and_metrics(
     roost: Stack,
 ) -> None:

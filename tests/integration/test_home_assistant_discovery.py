@@ -46,7 +46,7 @@ LEGACY_CONFIG = json.dumps(
         "cmps": {"learning_mode": {"p": "select", "options": ["learning"]}},
     }
 ).encode()
-MAX_ENTITIES = 100  # the static entities (~24) and some occupancy areas (2 entities each)
+MAX_ENTITIES = 100  # the static entities (~29) and some occupancy areas (2 entities each)
 MAX_CONFIG_BYTES = 2048
 FLOOD = 10_000
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
 from hub.health import DecisionHealth, ModelState, Peer, describe, health_topic
+from tests.support.waiting import wait_until_async
 
 
 class Clock:
@@ -144,3 +146,35 @@ def test_a_success_without_an_outage_changes_nothing(peer: Peer) -> None:
     h.peer_ok(peer)
     h.model_ok("hm_quiet")
     assert not h.changed.is_set()  # the normal path publishes nothing
+
+
+async def test_the_backlog_shown_drains_to_zero_after_an_outage() -> None:
+    """Home Assistant shows the last document: after an outage it must not keep showing
+    the readings that were queued when the service came back."""
+    h = DecisionHealth(["hm_drain"], clock=Clock())
+    stop = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+    arrived = asyncio.Event()
+
+    async def publish(topic: str, payload: bytes) -> None:
+        sent.append(json.loads(payload)["models"]["hm_drain"])
+        arrived.set()
+
+    task = asyncio.create_task(h.publish_loop("home", publish, 0.01, stop))
+    h.queued("hm_drain", 2400)
+    h.peer_failed(Peer.AUDIT)
+    await wait_until_async(lambda: sent and sent[-1]["state"] == "audit_unavailable", 5, "down")
+    h.peer_ok(Peer.AUDIT)  # back, 2,400 readings still to decide
+    await wait_until_async(lambda: sent[-1]["state"] == "deciding", 5, "deciding again")
+    for _ in range(3):  # catching up: no change of state, only the queue shrinks
+        h.queued("hm_drain", -800)
+    last = await wait_until_async(
+        lambda: sent[-1]["queued"] == 0 and sent[-1], 5, lambda: f"queued 0 (last {sent[-1]})"
+    )
+    assert last["detail"] == "deciding"
+    # Settled (deciding, nothing queued): quiet until the next change.
+    arrived.clear()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(arrived.wait(), 0.2)
+    stop.set()
+    await asyncio.wait_for(task, 5)

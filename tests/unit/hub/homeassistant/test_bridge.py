@@ -67,6 +67,33 @@ def test_prediction_components_appear_with_the_first_decision(
     assert all(b.components[k]["unique_id"] == v["unique_id"] for k, v in before.items())
 
 
+def test_each_served_model_has_a_decisions_sensor_and_the_hub_one_problem_sensor(
+    make_bridge: Callable[[], HaBridge],
+) -> None:
+    cmps: dict[str, Any] = make_bridge().components
+    health = {k: c for k, c in cmps.items() if c.get("state_topic") == "roost/home-1/health"}
+    assert set(health) == {"decisions", "decisions_occupancy", "decisions_routine"}
+    assert health["decisions"]["p"] == "binary_sensor"
+    assert health["decisions_routine"]["name"] == "Routine decisions"
+    assert health["decisions_occupancy"]["unique_id"] == "roost_home-1_decisions_occupancy"
+    assert all(c["availability"] == [{"topic": "roost/home-1/status"}] for c in health.values())
+
+
+@pytest.mark.parametrize("area", ["decisions", "decisions_occupancy", "occupancy"])
+def test_an_area_cannot_take_over_a_decisions_entity(
+    make_bridge: Callable[[], HaBridge], area: str
+) -> None:
+    """Any MQTT client names areas; a prediction's key is "<model>_<area>"."""
+    b = make_bridge()
+    before = {k: dict(c) for k, c in b.components.items() if k.startswith("decisions")}
+    asyncio.run(b.on_recorded([recorded("occupancy", area, "vacant", "d1")]))
+    asyncio.run(b.on_recorded([recorded("routine", area, "idle", "d2")]))
+    assert {k: c for k, c in b.components.items() if k.startswith("decisions")} == before
+    for model in ("occupancy", "routine"):  # and the area got its own prediction entity
+        topic = b.components[f"{model}_{area}"]["state_topic"]
+        assert topic == f"roost/home-1/decisions/{model}/{area}"
+
+
 def test_commands_are_validated_and_never_raise(
     make_bridge: Callable[[], HaBridge], tmp_path: Path
 ) -> None:
