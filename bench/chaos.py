@@ -221,14 +221,7 @@ async def run_chaos(
 def start_full_stack(home: Path) -> Stack:
     """Every process, started as ``roost run`` starts them."""
     stack = Stack(home, hub_id="chaos", log_level="WARNING")
-    try:
-        stack.start_broker()
-        for role in (Role.AUDIT, Role.INFERENCE, Role.UPDATE, Role.PERSONALIZATION):
-            stack.start_service(role)
-        stack.start_hub()
-    except BaseException:
-        stack.stop()
-        raise
+    stack.start_all()
     return stack
 
 

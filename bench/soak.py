@@ -51,7 +51,6 @@ from cli.household_stream import SENSOR_KINDS
 from cli.stack import Stack, StackError
 from hub import mqtt
 from hub.topics import decisions_filter, reading_topic
-from services.kit.auth import Role
 
 console = Console()
 HOME = Path("var/soak")
@@ -327,14 +326,7 @@ def start_stack(home: Path) -> Stack:
     """A fresh stack like `roost run`'s, under ``home`` (emptied first)."""
     shutil.rmtree(home, ignore_errors=True)
     stack = Stack(home, hub_id="soak", log_level=LOG_LEVEL)
-    try:
-        stack.start_broker()
-        for role in (Role.AUDIT, Role.INFERENCE, Role.UPDATE, Role.PERSONALIZATION):
-            stack.start_service(role)
-        stack.start_hub()
-    except BaseException:
-        stack.stop()
-        raise
+    stack.start_all()
     return stack
 
 

@@ -27,7 +27,6 @@ DEFAULT_HOME = Path("var")
 def _cmd_run(args: argparse.Namespace) -> int:
     from cli.stack import Stack, StackError
     from cli.supervisor import Supervisor
-    from services.kit.auth import Role
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
@@ -39,12 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "Starting Roost: broker, audit, inference, update, personalization, hub, simulator ..."
         )
         t0 = time.monotonic()
-        stack.start_broker(args.mqtt_port)
-        stack.start_service(Role.AUDIT)
-        stack.start_service(Role.INFERENCE)
-        stack.start_service(Role.UPDATE)
-        stack.start_service(Role.PERSONALIZATION)
-        stack.start_hub()
+        stack.start_all(args.mqtt_port)
         if args.speedup > 0:
             stack.start_simulator(args.speedup, args.areas)
         stack.write_stack_file()

@@ -175,6 +175,18 @@ class Stack:
             return True
         return launch.ready_port is None or port_open("127.0.0.1", launch.ready_port)
 
+    def start_all(self, mqtt_port: int = 0) -> None:
+        """The broker, the four services and the hub, in the order `roost run` starts them
+        (each waits for its peers' ports); on a failure, everything started is stopped."""
+        try:
+            self.start_broker(mqtt_port)
+            for role in (Role.AUDIT, Role.INFERENCE, Role.UPDATE, Role.PERSONALIZATION):
+                self.start_service(role)
+            self.start_hub()
+        except BaseException:
+            self.stop()
+            raise
+
     def start_broker(self, port: int = 0) -> int:
         binary = find_mosquitto()
         self.broker_port = port or free_port()
