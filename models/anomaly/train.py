@@ -81,7 +81,7 @@ from models.recipe import (
     write_artifacts,
 )
 from models.reference import reference_histograms
-from models.training import make_deterministic, param_count
+from models.training import make_deterministic, param_count, train_epoch
 
 log = logging.getLogger("models.anomaly.train")
 
@@ -116,21 +116,18 @@ def fit(x: F32Array, hp: Hyper, seed: int, progress: Progress) -> AnomalyNet:
     xt = torch.from_numpy(x)
     yt = torch.log1p(xt[:, -1, ENERGY])
     task = progress.add_task("train", total=hp.epochs, loss=float("nan"))
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        xb, yb = xt[batch], yt[batch]
+        loss = _pinball(model.quantiles(xb), yb, model.quantile_levels)
+        return loss + torch.abs(model.context_median(xb[:, -1, :]) - yb).mean()
+
     for _ in range(hp.epochs):
-        model.train()
-        order = torch.randperm(len(xt), generator=gen)
-        total = 0.0
-        for start in range(0, len(order), hp.batch_size):
-            batch = order[start : start + hp.batch_size]
-            xb, yb = xt[batch], yt[batch]
-            opt.zero_grad()
-            loss = _pinball(model.quantiles(xb), yb, model.quantile_levels)
-            loss = loss + torch.abs(model.context_median(xb[:, -1, :]) - yb).mean()
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            total += float(loss.item()) * len(batch)
+        mean = train_epoch(
+            model, opt, len(xt), batch_size=hp.batch_size, gen=gen, batch_loss=batch_loss
+        )
         model.eval()
-        progress.update(task, advance=1, loss=total / len(xt))
+        progress.update(task, advance=1, loss=mean)
     return model
 
 

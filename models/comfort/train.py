@@ -69,7 +69,7 @@ from models.recipe import (
     write_artifacts,
 )
 from models.reference import reference_histograms
-from models.training import make_deterministic, param_count
+from models.training import make_deterministic, param_count, train_epoch
 
 log = logging.getLogger("models.comfort.train")
 
@@ -138,20 +138,18 @@ def train(
     target = (torch.from_numpy(train_set.y) - current) / model.delta_scale
     best: tuple[float, int, tuple[float, ...], dict[str, torch.Tensor]] | None = None
     for epoch in range(1, hp.epochs + 1):
-        model.train()
-        order = torch.randperm(len(xt), generator=gen)
-        total = 0.0
-        for start in range(0, len(order), hp.batch_size):
-            batch = order[start : start + hp.batch_size]
-            opt.zero_grad()
-            loss = (model.scaled_delta(xt[batch]) - target[batch]).abs().mean()
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            total += float(loss.item()) * len(batch)
+        mean = train_epoch(
+            model,
+            opt,
+            len(xt),
+            batch_size=hp.batch_size,
+            gen=gen,
+            batch_loss=lambda b: (model.scaled_delta(xt[b]) - target[b]).abs().mean(),
+        )
         sched.step()
         model.eval()
         val = tuple(float(v) for v in mae(_predict(model, val_set.x), val_set.y))
-        on_epoch(epoch, total / len(xt), val)
+        on_epoch(epoch, mean, val)
         score = float(np.mean(val))
         if best is None or score < best[0]:
             best = (score, epoch, val, copy.deepcopy(model.state_dict()))

@@ -55,7 +55,7 @@ from models.recipe import (
     write_artifacts,
 )
 from models.reference import reference_histograms
-from models.training import make_deterministic, param_count
+from models.training import make_deterministic, param_count, train_epoch
 
 log = logging.getLogger("models.occupancy.train")
 
@@ -115,18 +115,16 @@ def _fit(
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(hp.epochs):
-        model.train()
-        order = torch.randperm(len(xt), generator=gen)
-        total = 0.0
-        for start in range(0, len(order), hp.batch_size):
-            batch = order[start : start + hp.batch_size]
-            opt.zero_grad()
-            loss = loss_fn(model.logits(xt[batch]), yt[batch])
-            loss.backward()
-            opt.step()
-            total += float(loss.item()) * len(batch)
+        mean = train_epoch(
+            model,
+            opt,
+            len(xt),
+            batch_size=hp.batch_size,
+            gen=gen,
+            batch_loss=lambda b: loss_fn(model.logits(xt[b]), yt[b]),
+        )
         model.eval()
-        on_epoch(model, total / len(xt))
+        on_epoch(model, mean)
     return model
 
 

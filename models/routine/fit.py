@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from models.routine.net import F32Array, Hyper, I64Array, RoutineNet, class_weights
+from models.training import train_epoch
 
 
 def fit(
@@ -32,16 +33,14 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(hp.epochs):
-        model.train()
-        order = torch.randperm(len(xt), generator=gen)
-        total = 0.0
-        for start in range(0, len(order), hp.batch_size):
-            batch = order[start : start + hp.batch_size]
-            opt.zero_grad()
-            loss = loss_fn(model.logits(xt[batch]), yt[batch])
-            loss.backward()
-            opt.step()
-            total += float(loss.item()) * len(batch)
-        on_epoch(total / len(xt))
+        mean = train_epoch(
+            model,
+            opt,
+            len(xt),
+            batch_size=hp.batch_size,
+            gen=gen,
+            batch_loss=lambda b: loss_fn(model.logits(xt[b]), yt[b]),
+        )
+        on_epoch(mean)
     model.eval()
     return model
