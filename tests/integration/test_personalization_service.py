@@ -8,7 +8,6 @@ no household value in metrics or logs, and a budget that a restart cannot reset.
 
 from __future__ import annotations
 
-import math
 import time
 import urllib.request
 import uuid
@@ -30,6 +29,8 @@ from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
 from roost.update.v1 import update_service_pb2 as update_pb
 from roost.update.v1 import update_service_pb2_grpc as update_grpc
 from services.kit.auth import Role
+from services.kit.tensors import array_to_tensor
+from tests.support.occupancy_rows import synthetic_occupancy
 from tests.support.shared_data import DATA_DIR
 from tests.support.stacks import service_channel
 from tests.support.waiting import poll_async
@@ -52,27 +53,7 @@ def occupancy_examples(n: int, seed: int = 7) -> tuple[np.ndarray, list[str]]:
         labels = ["occupied" if v else "vacant" for v in test.occupancy[:n]]
         return x.astype(np.float32), labels
     except DatasetMissing:
-        rng = np.random.default_rng(seed)
-        occupied = rng.random(n) < 0.4
-        hour = rng.uniform(0, 24, n)
-        x = np.stack(
-            [
-                rng.normal(21.3, 0.8, n),
-                rng.normal(27.1, 2.0, n),
-                np.where(occupied, rng.normal(480.0, 40.0, n), rng.uniform(0.0, 15.0, n)),
-                np.where(occupied, rng.normal(920.0, 90.0, n), rng.normal(455.0, 20.0, n)),
-                np.sin(2 * math.pi * hour / 24),
-                np.cos(2 * math.pi * hour / 24),
-            ],
-            axis=1,
-        ).astype(np.float32)
-        return x, ["occupied" if o else "vacant" for o in occupied]
-
-
-def tensor(row: np.ndarray) -> common_pb2.Tensor:
-    return common_pb2.Tensor(
-        dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[len(row)], float_values=[float(v) for v in row]
-    )
+        return synthetic_occupancy(n, seed)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +140,7 @@ async def test_training_charges_the_budget_and_stages_a_local_candidate(stack: S
             pb.AddExamplesRequest(
                 model_name="occupancy",
                 source=pb.LABEL_SOURCE_SENSOR,
-                examples=[pb.Example(input=tensor(x[0]), label="maybe")],
+                examples=[pb.Example(input=array_to_tensor(x[0]), label="maybe")],
             )
         ),
     )
@@ -169,7 +150,7 @@ async def test_training_charges_the_budget_and_stages_a_local_candidate(stack: S
             pb.AddExamplesRequest(
                 model_name="occupancy",
                 source=pb.LABEL_SOURCE_SENSOR,
-                examples=[pb.Example(input=tensor(x[0][:5]), label="vacant")],
+                examples=[pb.Example(input=array_to_tensor(x[0][:5]), label="vacant")],
             )
         ),
     )
@@ -182,7 +163,7 @@ async def test_training_charges_the_budget_and_stages_a_local_candidate(stack: S
     start = int(time.time()) - 3600 * 6
     examples = []
     for i, (row, label) in enumerate(zip(x, labels, strict=True)):
-        ex = pb.Example(input=tensor(row), label=label)
+        ex = pb.Example(input=array_to_tensor(row), label=label)
         ex.observed_at.FromSeconds(start + 60 * i)
         examples.append(ex)
     req = pb.AddExamplesRequest(
@@ -308,7 +289,7 @@ async def test_record_label_turns_a_logged_decision_into_an_example(stack: Stack
             model=common_pb2.ModelRef(name="occupancy", version="1.0.0", sha256="f" * 64),
             inputs=audit_pb.DecisionInputs(
                 feature_names=["temperature", "humidity", "light", "co2", "hour_sin", "hour_cos"],
-                tensor=tensor(row),
+                tensor=array_to_tensor(row),
             ),
             output_label="vacant",
             confidence=0.9,

@@ -8,7 +8,6 @@ import asyncio
 import io
 import json
 import logging
-import math
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from models.manifest import shipped_models_dir
 from roost.audit.v1 import audit_service_pb2 as audit_pb
-from roost.common.v1 import common_pb2
 from roost.personalization.v1 import personalization_service_pb2 as pb
 from services.kit.errors import FailedPrecondition, NotFound
+from services.kit.tensors import array_to_tensor
 from services.modelstore import local_key
 from services.modelstore.registry import Registry
 from services.personalization.config import PersonalizationConfig
@@ -32,33 +31,10 @@ from services.personalization.ledger import PrivacyLedger
 from services.personalization.ledger_records import BudgetPolicy, Mechanism
 from services.personalization.servicer import PersonalizationServicer
 from services.personalization.store import ExampleStore
+from tests.support.occupancy_rows import synthetic_occupancy
 
 #: The job's own bound (max_duration_seconds 60) plus room for the child's imports.
 JOB_TIMEOUT_SECONDS = 100.0
-
-
-def occupancy_rows(n: int, seed: int = 3) -> tuple[np.ndarray, list[str]]:
-    rng = np.random.default_rng(seed)
-    occupied = rng.random(n) < 0.4
-    hour = rng.uniform(0, 24, n)
-    x = np.stack(
-        [
-            rng.normal(21.37, 0.8, n),
-            rng.normal(27.13, 2.0, n),
-            np.where(occupied, rng.normal(481.7, 40.0, n), rng.uniform(0.3, 15.0, n)),
-            np.where(occupied, rng.normal(923.9, 90.0, n), rng.normal(455.1, 20.0, n)),
-            np.sin(2 * math.pi * hour / 24),
-            np.cos(2 * math.pi * hour / 24),
-        ],
-        axis=1,
-    ).astype(np.float32)
-    return x, ["occupied" if o else "vacant" for o in occupied]
-
-
-def tensor(row: np.ndarray) -> common_pb2.Tensor:
-    return common_pb2.Tensor(
-        dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[len(row)], float_values=[float(v) for v in row]
-    )
 
 
 async def test_a_full_flow_logs_no_household_value(
@@ -106,7 +82,7 @@ async def test_a_full_flow_logs_no_household_value(
         signing_key_path=key_path,
     )
     assert await manager.recover() == []
-    x, labels = occupancy_rows(150)
+    x, labels = synthetic_occupancy(150, seed=3)
     decision_row = x[0] + np.float32(0.011)
 
     async def decisions(decision_id: str) -> audit_pb.LogEntry:
@@ -114,7 +90,7 @@ async def test_a_full_flow_logs_no_household_value(
             raise NotFound("decision_id: not in the audit log")
         entry = audit_pb.LogEntry()
         entry.decision.model.name = "occupancy"
-        entry.decision.inputs.tensor.CopyFrom(tensor(decision_row))
+        entry.decision.inputs.tensor.CopyFrom(array_to_tensor(decision_row))
         entry.decision.decided_at.FromDatetime(datetime.now(UTC))
         return entry
 
@@ -130,7 +106,8 @@ async def test_a_full_flow_logs_no_household_value(
         model_name="occupancy",
         source=pb.LABEL_SOURCE_SENSOR,
         examples=[
-            pb.Example(input=tensor(row), label=label) for row, label in zip(x, labels, strict=True)
+            pb.Example(input=array_to_tensor(row), label=label)
+            for row, label in zip(x, labels, strict=True)
         ],
     )
     assert (await servicer.AddExamples(request, None)).added == 150
