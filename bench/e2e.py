@@ -41,10 +41,10 @@ from hub import mqtt
 from hub.topics import decisions_filter, reading_topic
 from models.datasets import data_dir_from_env
 from models.manifest import load_manifest, shipped_models_dir
+from models.onnx_runtime import open_session
 from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
-from services.inference.registry import open_session
 from services.kit.auth import Role
 from services.kit.client import sync_channel
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
+
+from models.onnx_runtime import open_session, ort
 
 OPSET = 17
 
@@ -57,16 +58,15 @@ def export_onnx(
 
 def quantize_int8(fp32: Path, int8: Path) -> None:
     """Dynamic int8 quantization of the weights (MatMul/Gemm), activations stay float."""
+    # After models.onnx_runtime (imported above) turned the runtime's telemetry off.
     from onnxruntime.quantization import QuantType, quantize_dynamic  # noqa: PLC0415 - needs onnx
 
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
 
 
 def session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    """A single-threaded CPU session (what the evaluations and parity checks use)."""
+    return open_session(path, threads=1)
 
 
 def run(path: Path, x: npt.NDArray[np.float32], input_name: str, output_name: str) -> Any:

@@ -8,6 +8,8 @@ PYTHON=${PYTHON:-python3}
 need_apt=()
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then need_apt+=(mosquitto); fi
 if ! command -v mosquitto_sub >/dev/null; then need_apt+=(mosquitto-clients); fi
+# The egress test (tests/integration/test_egress.py) traces the stack's network calls.
+if ! command -v strace >/dev/null; then need_apt+=(strace); fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null; then

@@ -27,14 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 import torch
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
 from models.datasets import OccupancyData, find_data_dir, load_occupancy, occupancy_path
-from models.export import Latency, serve_int8
+from models.export import Latency, serve_int8, session
 from models.features import OCCUPANCY_V1
 from models.manifest import InputSchema, Manifest
 from models.occupancy.card import CardContext, model_card
@@ -184,10 +183,7 @@ def train(
 
 
 def onnx_predict(path: Path, x: F32Array) -> F32Array:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    (out,) = sess.run([OUTPUT_NAME], {INPUT_NAME: x})
+    (out,) = session(path).run([OUTPUT_NAME], {INPUT_NAME: x})
     return np.asarray(out, dtype=np.float32)
 
 

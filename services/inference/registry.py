@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 from prometheus_client import Gauge, Histogram
 
 from models.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
+from models.onnx_runtime import open_session, ort
 from services.inference.health import HealthBook
 from services.kit.errors import NotFound
 
@@ -97,15 +97,6 @@ class Serving:
                 return model
         serving = self.active.manifest.version
         raise NotFound(f"version: '{self.name}' {version} is not loaded (serving {serving})")
-
-
-def open_session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def load_model(model_dir: Path) -> LoadedModel:

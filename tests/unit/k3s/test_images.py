@@ -41,3 +41,9 @@ def test_inference_image_has_no_torch() -> None:
         text = _containerfile(role)
         assert "TORCH_INDEX" not in text, role
         assert "--extra-index-url" not in text, role
+
+
+@pytest.mark.parametrize("role", ROOST_ROLES)
+def test_onnxruntime_telemetry_is_off_in_the_image(role: str) -> None:
+    final = _containerfile(role).split("\nFROM ${PYTHON_IMAGE}\n", 1)[1]
+    assert re.search(r"^\s+ORT_DISABLE_TELEMETRY=1\s*$", final, re.MULTILINE), role

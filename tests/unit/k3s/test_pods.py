@@ -121,3 +121,21 @@ def test_state_volumes(rendered: dict[str, list[dict[str, Any]]]) -> None:
             assert len(claims[claim]) == 1, claim
         declared = {p["metadata"]["name"] for p in of_kind(objs, "PersistentVolumeClaim")}
         assert set(claims) == declared, overlay
+
+
+def test_onnxruntime_telemetry_is_off_in_every_roost_container(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    seen = set()
+    for overlay, deploy in all_objects(rendered):
+        if deploy["kind"] != "Deployment":
+            continue
+        component = pod_labels(deploy)["app.kubernetes.io/component"]
+        if component not in ROOST_ROLES:
+            continue
+        for c in pod_spec(deploy)["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            where = f"{overlay}: {deploy['metadata']['name']}/{c['name']}"
+            assert env.get("ORT_DISABLE_TELEMETRY") == "1", where
+            seen.add(component)
+    assert seen == set(ROOST_ROLES)

@@ -4,13 +4,13 @@ UCI Appliances data (skips without it) and the recomputed metrics.
 
 from __future__ import annotations
 
-import onnxruntime as ort
 import pytest
 
 from models.anomaly.data import ApplianceData, load_appliances
 from models.anomaly.evaluate import evaluate
 from models.datasets import DatasetMissing
 from models.manifest import Manifest, load_manifest, shipped_models_dir
+from models.onnx_runtime import ort
 from tests.support.shared_data import DATA_DIR, MISSING
 
 MODEL_DIR = shipped_models_dir() / "anomaly"

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from models.anomaly.spec import ANOMALY_V1, ENERGY, OUTPUT_LABELS, WINDOW
 from models.manifest import Manifest, shipped_models_dir
+from models.onnx_runtime import ort
 
 MODEL_DIR = shipped_models_dir() / "anomaly"
 MAX_ARTIFACT_BYTES = 2 * 1024 * 1024

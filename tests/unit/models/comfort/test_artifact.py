@@ -5,11 +5,11 @@ contract, in onnxruntime as the inference service runs it. Torch-free.
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from models.comfort.spec import COMFORT_V1, OUTPUT_LABELS
 from models.manifest import Manifest, shipped_models_dir
+from models.onnx_runtime import ort
 
 MODEL_DIR = shipped_models_dir() / "comfort"
 MAX_ARTIFACT_BYTES = 2 * 1024 * 1024

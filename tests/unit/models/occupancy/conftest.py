@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import onnxruntime as ort
 import pytest
 
 from models.manifest import Manifest, load_manifest, shipped_models_dir
+from models.onnx_runtime import ort
 
 MODEL_DIR = shipped_models_dir() / "occupancy"
 

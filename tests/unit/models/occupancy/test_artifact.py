@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 import pytest
 
 from models.datasets import DatasetMissing, load_occupancy
 from models.features import OCCUPANCY_V1
 from models.manifest import Manifest
 from models.occupancy.data import build_features
+from models.onnx_runtime import ort
 from tests.support.shared_data import DATA_DIR, MISSING
 
 

@@ -5,10 +5,10 @@ contract and the recorded floors, in onnxruntime as the inference service runs i
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from models.manifest import Manifest, shipped_models_dir
+from models.onnx_runtime import ort
 from models.routine.data import CLASSES
 from models.routine.spec import FEATURE_NAMES, FEATURE_UNITS, INPUT_SHAPE, SPEC_ID
 from services.inference.registry import load_model
