@@ -26,7 +26,7 @@ class InferenceApp:
     def __init__(self, config: InferenceConfig) -> None:
         self.config = config
         health = HealthBook(config.stats_window_seconds, config.stats_max_records)
-        self.registry = ModelRegistry(config.threads, health)
+        self.registry = ModelRegistry(config.threads, health, config.execution_providers)
         self.monitor = Monitor(
             self.registry,
             shadow_queue=config.shadow_queue,

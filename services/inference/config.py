@@ -29,6 +29,10 @@ class InferenceConfig(ServiceConfig):
     registry_poll_seconds: float = 0.2
     # onnxruntime worker threads (sessions run here, off the event loop).
     threads: int = 1
+    # onnxruntime execution providers in preference, e.g. "OpenVINOExecutionProvider"
+    # (needs the onnxruntime-openvino wheel), "QNNExecutionProvider", "CUDAExecutionProvider".
+    # Those this build lacks are skipped with a warning; CPU always comes last.
+    execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     # Largest PredictBatch accepted.
     max_batch: int = 4096
     # Shadow runs waiting for an idle moment, and batches waiting to be counted for

@@ -29,7 +29,7 @@ import numpy.typing as npt
 from prometheus_client import Gauge, Histogram
 
 from models.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
-from models.onnx_runtime import open_session, ort
+from models.onnx_runtime import CPU, open_session, ort, provider_of
 from services.inference.health import HealthBook
 from services.kit.errors import NotFound
 
@@ -49,6 +49,11 @@ class LoadedModel:
     manifest: Manifest
     session: ort.InferenceSession
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def execution_provider(self) -> str:
+        """The onnxruntime execution provider this version runs on."""
+        return provider_of(self.session)
 
 
 def ab_position(model: str, candidate_version: str, entity_id: str) -> float:
@@ -99,9 +104,10 @@ class Serving:
         raise NotFound(f"version: '{self.name}' {version} is not loaded (serving {serving})")
 
 
-def load_model(model_dir: Path) -> LoadedModel:
+def load_model(model_dir: Path, providers: Sequence[str] = (CPU,)) -> LoadedModel:
+    """The model of ``model_dir`` on the first available of ``providers`` (then CPU)."""
     manifest = load_manifest(model_dir)
-    session = open_session(model_dir / manifest.file)
+    session = open_session(model_dir / manifest.file, providers=providers)
     inputs = {i.name: i for i in session.get_inputs()}
     if manifest.input.name not in inputs:
         raise ManifestError(
@@ -114,8 +120,15 @@ def load_model(model_dir: Path) -> LoadedModel:
 
 
 class ModelRegistry:
-    def __init__(self, threads: int = 1, health: HealthBook | None = None) -> None:
+    def __init__(
+        self,
+        threads: int = 1,
+        health: HealthBook | None = None,
+        providers: Sequence[str] = (CPU,),
+    ) -> None:
         self._serving: dict[str, Serving] = {}
+        #: The onnxruntime execution providers models are loaded with, in preference.
+        self.providers = tuple(providers)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnxruntime")
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self.health = health if health is not None else HealthBook()
@@ -131,7 +144,7 @@ class ModelRegistry:
         """Serve every model of ``<root>/<name>/manifest.json`` (broken ones are skipped)."""
         for manifest_path in sorted(root.glob(f"*/{MANIFEST_FILE}")):
             try:
-                self.put(load_model(manifest_path.parent))
+                self.put(load_model(manifest_path.parent, self.providers))
             except (ManifestError, OSError, ort.capi.onnxruntime_pybind11_state.Fail) as e:
                 log.error("skipping model in %s: %s", manifest_path.parent, e)
         if not self._serving:

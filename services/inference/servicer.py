@@ -374,4 +374,5 @@ def _model_info(lm: LoadedModel) -> pb.ModelInfo:
         output_names=list(m.output_labels),
         loaded_at=loaded,
         feature_spec=m.feature_spec,
+        execution_provider=lm.execution_provider,
     )

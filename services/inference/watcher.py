@@ -126,7 +126,9 @@ class RegistryWatcher:
 
     async def _load(self, name: str, version: str) -> LoadedModel:
         try:
-            model = await asyncio.to_thread(load_model, self._disk.version_dir(name, version))
+            model = await asyncio.to_thread(
+                load_model, self._disk.version_dir(name, version), self._registry.providers
+            )
         except (ManifestError, OSError, RoostError) as e:
             raise LoadFailed(str(e)) from None
         except Exception as e:  # onnxruntime raises its own types for a broken graph

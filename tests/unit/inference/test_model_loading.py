@@ -69,3 +69,13 @@ def test_serving_roles_never_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_execution_providers_come_from_configuration() -> None:
+    from services.inference.config import InferenceConfig  # noqa: PLC0415
+    from services.kit.config import load_config  # noqa: PLC0415
+
+    assert InferenceConfig().execution_providers == ("CPUExecutionProvider",)
+    env = {"ROOST_INFERENCE_EXECUTION_PROVIDERS": "OpenVINOExecutionProvider, CPUExecutionProvider"}
+    loaded = load_config(InferenceConfig, "inference", env=env)
+    assert loaded.execution_providers == ("OpenVINOExecutionProvider", "CPUExecutionProvider")

@@ -215,3 +215,14 @@ async def test_a_100kb_name_is_refused_by_field_not_echoed(
     finally:
         await channel.close()
         await server.stop(0)
+
+
+async def test_list_models_names_the_execution_provider_a_fallback_included(
+    tmp_path: Path,
+) -> None:
+    registry = ModelRegistry(providers=("NoSuchAcceleratorExecutionProvider",))
+    registry.load_directory(linear_dir(tmp_path, W_ACTIVE, "1.0.0").parent)
+    servicer = InferenceServicer(registry, max_batch=8)
+    listed = await servicer.ListModels(pb.ListModelsRequest(), None)
+    assert [m.execution_provider for m in listed.models] == ["CPUExecutionProvider"]
+    registry.close()

@@ -47,3 +47,26 @@ def test_inference_image_has_no_torch() -> None:
 def test_onnxruntime_telemetry_is_off_in_the_image(role: str) -> None:
     final = _containerfile(role).split("\nFROM ${PYTHON_IMAGE}\n", 1)[1]
     assert re.search(r"^\s+ORT_DISABLE_TELEMETRY=1\s*$", final, re.MULTILINE), role
+
+
+def test_the_openvino_inference_image_swaps_the_runtime_only() -> None:
+    stock = _containerfile("inference")
+    text = (ROOT / "containers" / "inference-openvino.Containerfile").read_text()
+    assert '-c constraints.txt ".[inference-openvino]"' in text
+    assert 'ENTRYPOINT ["roost", "serve", "inference"]' in text
+    assert "--platform linux/amd64 " in text, "onnxruntime-openvino ships x86-64 wheels only"
+    final = text.split("\nFROM ${PYTHON_IMAGE}\n", 1)[1]
+    assert re.search(r"^\s+ORT_DISABLE_TELEMETRY=1", final, re.MULTILINE)
+    assert "ROOST_INFERENCE_EXECUTION_PROVIDERS=OpenVINOExecutionProvider," in final
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert extras["inference-openvino"] == ["onnxruntime-openvino==1.24.1"]
+    assert not any(
+        d.startswith(("onnxruntime>", "onnxruntime=", "torch"))
+        for d in extras["inference-openvino"]
+    )
+    # Everything else is the stock image's, line for line.
+    same = [line for line in stock.splitlines() if not line.startswith("#")]
+    differ = [line for line in same if line not in text.splitlines()]
+    assert len(differ) <= 6, differ

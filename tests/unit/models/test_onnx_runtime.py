@@ -69,3 +69,31 @@ def test_telemetry_is_off_before_onnxruntime_starts(module: str) -> None:
 
 def test_the_probe_sees_a_plain_import_start_with_telemetry_on() -> None:
     assert probe("onnxruntime") == {"loaded": True, "at_import": None}
+
+
+MISSING = "NoSuchAcceleratorExecutionProvider"
+
+
+def test_providers_this_build_lacks_fall_back_to_cpu() -> None:
+    from models.onnx_runtime import CPU, choose_providers  # noqa: PLC0415 - after the probes
+
+    assert choose_providers([MISSING, CPU]) == ([CPU], [MISSING])
+    assert choose_providers([CPU, CPU]) == ([CPU], [])
+    assert choose_providers([]) == ([CPU], [])
+
+
+def test_a_session_opens_on_cpu_and_says_why_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from models.manifest import shipped_models_dir  # noqa: PLC0415
+    from models.onnx_runtime import CPU, open_session, provider_of  # noqa: PLC0415
+
+    path = next((shipped_models_dir() / "occupancy").glob("*.onnx"))
+    with caplog.at_level("WARNING", logger="models.onnx_runtime"):
+        first = open_session(path, providers=[MISSING])
+        again = open_session(path, providers=[MISSING])
+    assert provider_of(first) == provider_of(again) == CPU
+    warnings = [r.getMessage() for r in caplog.records if MISSING in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "falling back to CPUExecutionProvider" in warnings[0]
+    assert "available: " in warnings[0]

@@ -390,9 +390,15 @@ class ModelInfo(_message.Message):
     OUTPUT_NAMES_FIELD_NUMBER: _builtins.int
     LOADED_AT_FIELD_NUMBER: _builtins.int
     FEATURE_SPEC_FIELD_NUMBER: _builtins.int
+    EXECUTION_PROVIDER_FIELD_NUMBER: _builtins.int
     task_kind: Global___TaskKind.ValueType
     feature_spec: _builtins.str
     """Feature spec the input is built with, e.g. "occupancy/v1" (models/features.py)."""
+    execution_provider: _builtins.str
+    """The onnxruntime execution provider the active version runs on, e.g.
+    "CPUExecutionProvider" or "OpenVINOExecutionProvider" (configured in preference;
+    providers the build lacks fall back to CPU).
+    """
     @_builtins.property
     def model(self) -> _common_pb2.ModelRef: ...
     @_builtins.property
@@ -412,10 +418,11 @@ class ModelInfo(_message.Message):
         output_names: _abc.Iterable[_builtins.str] | None = ...,
         loaded_at: _timestamp_pb2.Timestamp | None = ...,
         feature_spec: _builtins.str = ...,
+        execution_provider: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input_schema", b"input_schema", "loaded_at", b"loaded_at", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_spec", b"feature_spec", "input_schema", b"input_schema", "loaded_at", b"loaded_at", "model", b"model", "output_names", b"output_names", "task_kind", b"task_kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_provider", b"execution_provider", "feature_spec", b"feature_spec", "input_schema", b"input_schema", "loaded_at", b"loaded_at", "model", b"model", "output_names", b"output_names", "task_kind", b"task_kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
