@@ -10,6 +10,8 @@ from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from services.audit.checkpoint import NoteSigner, export_vkey, load_or_create_signer
 from services.audit.config import AuditConfig
+from services.audit.latest_checkpoint import FILE_NAME as LATEST_FILE
+from services.audit.latest_checkpoint import LatestCheckpoint
 from services.audit.log import AuditLog
 from services.audit.servicer import (
     LOG_SIZE,
@@ -44,11 +46,15 @@ def load_signer(config: AuditConfig) -> NoteSigner:
 async def setup(config: AuditConfig, app: App) -> None:
     """The audit log, its checkpointer and retention jobs, and the servicer."""
     signer = await asyncio.to_thread(load_signer, config)
+    # Next to the key, outside the database: refuses a database that forks the log.
+    key_dir = (config.data_dir / config.checkpoint_key_file).parent
+    latest = LatestCheckpoint(key_dir / LATEST_FILE, signer.verifier())
     log = app.closing(
         await AuditLog.open(
             config.data_dir / config.db_name,
             max_group_records=config.max_group_records,
             max_pending_records=config.max_pending_records,
+            latest=latest,
         )
     )
     LOG_SIZE.set(await log.size())
