@@ -21,6 +21,7 @@ from services.audit.servicer import (
     run_checkpointer,
     run_retention,
 )
+from services.audit.witness_client import WitnessPool, parse_witnesses
 from services.kit.app import App
 from services.kit.auth import Role
 from services.kit.config import load_config
@@ -58,8 +59,24 @@ async def setup(config: AuditConfig, app: App) -> None:
         )
     )
     LOG_SIZE.set(await log.size())
+    pool = None
+    if config.witnesses:
+        pool = WitnessPool(
+            log,
+            signer,
+            parse_witnesses(config.witnesses),
+            timeout_seconds=config.witness_timeout_seconds,
+            max_backoff_seconds=config.witness_max_backoff_seconds,
+        )
+        app.background(pool.run(), name="audit-witnesses")
+        pool.notify()
     app.background(
-        run_checkpointer(log, signer, config.checkpoint_interval_seconds),
+        run_checkpointer(
+            log,
+            signer,
+            config.checkpoint_interval_seconds,
+            on_signed=None if pool is None else pool.notify,
+        ),
         name="audit-checkpointer",
     )
     app.background(
@@ -74,7 +91,7 @@ async def setup(config: AuditConfig, app: App) -> None:
     )
     app.register(
         pb.DESCRIPTOR.services_by_name["AuditService"],
-        AuditServicer(log, config.max_append_batch, signer),
+        AuditServicer(log, config.max_append_batch, signer, pool, config.witness_wait_seconds),
         pb_grpc.add_AuditServiceServicer_to_server,
         POLICY,
     )

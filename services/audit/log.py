@@ -248,6 +248,12 @@ class AuditLog:
             self._writer, functools.partial(self._sign_checkpoint, signer)
         )
 
+    async def add_cosignatures(self, size: int, lines: Sequence[str]) -> bool:
+        """Adds witness cosignature lines (verified by the caller) to the current
+        checkpoint note if it is still at ``size``; a witness's older line is replaced.
+        Returns whether the note changed."""
+        return await self._write(functools.partial(self._add_cosignatures, size, lines))
+
     async def redact_inputs(self, decision_id: str, reason: str) -> tuple[int, int, bool]:
         """See ``AuditStore.redact_inputs`` (on the writer thread, between group commits)."""
         return await self._write(
@@ -416,6 +422,21 @@ class AuditLog:
         self.checkpoints_signed += 1
         logger.debug("audit checkpoint signed at tree size %d", size)
         return self._checkpoint
+
+    def _add_cosignatures(self, size: int, lines: Sequence[str]) -> bool:
+        """Writer thread: see ``add_cosignatures``."""
+        cached = self._checkpoint
+        if cached is None or cached.size != size:
+            return False
+        text, sep, sigs = cached.note.partition("\n\n")
+        names = {line.split(" ", 2)[1] for line in lines}
+        kept = [line + "\n" for line in sigs.splitlines() if line.split(" ", 2)[1] not in names]
+        note = text + sep + "".join(kept) + "".join(lines)
+        if note == cached.note:
+            return False
+        self._writer_store.save_checkpoint(size, note)
+        self._checkpoint = SignedCheckpoint(note, size, cached.root_hash)
+        return True
 
     def _commit_group(
         self, batches: list[list[PreparedRecord]]
