@@ -10,6 +10,7 @@ from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from services.audit.checkpoint import NoteSigner, export_vkey, load_or_create_signer
 from services.audit.config import AuditConfig
+from services.audit.integrity import IntegrityChecker
 from services.audit.latest_checkpoint import FILE_NAME as LATEST_FILE
 from services.audit.latest_checkpoint import LatestCheckpoint
 from services.audit.log import AuditLog
@@ -59,6 +60,12 @@ async def setup(config: AuditConfig, app: App) -> None:
         )
     )
     LOG_SIZE.set(await log.size())
+    checker = app.closing(IntegrityChecker(config.data_dir / config.db_name, signer.verifier()))
+    await asyncio.to_thread(checker.check_startup, config.integrity_tail_entries)
+    app.background(
+        checker.run(config.integrity_chunk_pause_seconds, config.integrity_pass_interval_seconds),
+        name="audit-integrity",
+    )
     pool = None
     if config.witnesses:
         pool = WitnessPool(

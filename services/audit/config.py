@@ -36,6 +36,13 @@ class AuditConfig(ServiceConfig):
     # GetCheckpoint and exports wait this long for the cosignatures of a new checkpoint.
     witness_wait_seconds: float = 3.0
 
+    # Integrity at rest (services/audit/integrity.py): the newest entries checked before
+    # serving; then all of them in the background, 4,096 at a time, this far apart, one
+    # whole pass every integrity_pass_interval_seconds.
+    integrity_tail_entries: int = 65_536
+    integrity_chunk_pause_seconds: float = 0.05
+    integrity_pass_interval_seconds: float = 3600.0
+
     # Retention of stored inputs (the household values behind each decision): older
     # ones are erased (their digests and every proof stay); 0 keeps them forever.
     inputs_retention_days: float = 30.0
