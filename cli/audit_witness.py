@@ -76,7 +76,12 @@ def cmd_witness(args: argparse.Namespace) -> int:
     vkey = cosigner.vkey()
     write_atomic(state / "witness.vkey", (vkey + "\n").encode("ascii"), 0o644)
     host, _, port = args.listen.rpartition(":")
-    server = WitnessServer((host or "127.0.0.1", int(port)), Witness(cosigner, logs, state))
+    if not port.isdigit():
+        raise CliError(f"--listen {args.listen}: want HOST:PORT")
+    try:
+        server = WitnessServer((host or "127.0.0.1", int(port)), Witness(cosigner, logs, state))
+    except OSError as e:
+        raise CliError(f"--listen {args.listen}: {e}") from None
     bound = server.server_address[1]
     print(f"witness {args.name} listening on http://{host}:{bound}", file=sys.stderr)
     print(f"witness key (give it to the hub and to auditors): {vkey}", flush=True)

@@ -60,7 +60,8 @@ class IntegrityChecker:
     """Re-checks the database at ``path`` on a read-only connection of its own."""
 
     def __init__(self, path: Path, verifier: NoteVerifier) -> None:
-        self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         self._conn.execute("PRAGMA busy_timeout = 5000")
         self._verifier = verifier
         self._tree = tree.SqliteTree(self._conn)
