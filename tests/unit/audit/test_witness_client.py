@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from services.audit.checkpoint import NoteSigner
+from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from services.audit.cosignature import Cosigner, require_cosignatures
 from services.audit.log import AuditLog
-from services.audit.witness import Witness
-from services.audit.witness_client import WitnessPeer, WitnessPool, parse_witnesses
+from services.audit.merkle import EMPTY_ROOT
+from services.audit.witness import MAX_REQUEST_BYTES, SIZE_CONTENT_TYPE, Witness, request_body
+from services.audit.witness_client import WitnessPeer, WitnessPool, parse_witnesses, post
 from services.audit.witness_http import WitnessServer
 from tests.support.audit_records import decision
 
@@ -141,3 +142,21 @@ def test_the_witness_list_is_checked_at_start(witness: tuple[Witness, str]) -> N
     for bad in ("ftp://x " + w.cosigner.vkey(), url, f"{url} not-a-key"):
         with pytest.raises(ValueError, match=r"audit.witnesses\[0\]"):
             parse_witnesses([bad])
+
+
+def test_the_http_server_speaks_the_protocol(
+    witness: tuple[Witness, str], signer: NoteSigner
+) -> None:
+    _, url = witness
+    note = sign_checkpoint(signer, Checkpoint(ORIGIN, 0, EMPTY_ROOT))
+    status, _, body = post(url + "/add-checkpoint", request_body(0, [], note), 5)
+    assert status == 200
+    assert body.startswith("\u2014 witness.test/w1 ")
+    assert post(url + "/add-checkpoint", b"old 0\n", 5)[0] == 400
+    assert post(url + "/elsewhere", request_body(0, [], note), 5)[0] == 404
+    assert post(url + "/add-checkpoint", b"x" * (MAX_REQUEST_BYTES + 1), 5)[0] == 413
+    status, ctype, body = post(url + "/add-checkpoint", request_body(3, [], note), 5)
+    assert (status, body) == (400, "old size 3 exceeds the checkpoint's 0\n")
+    grown = sign_checkpoint(signer, Checkpoint(ORIGIN, 1, bytes(32)))
+    status, ctype, body = post(url + "/add-checkpoint", request_body(1, [], grown), 5)
+    assert (status, ctype, body) == (409, SIZE_CONTENT_TYPE, "0\n")
