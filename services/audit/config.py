@@ -40,7 +40,7 @@ class AuditConfig(ServiceConfig):
     # serving; then all of them in the background, 4,096 at a time, this far apart, one
     # whole pass every integrity_pass_interval_seconds.
     integrity_tail_entries: int = 65_536
-    integrity_chunk_pause_seconds: float = 0.05
+    integrity_chunk_pause_seconds: float = 0.25
     integrity_pass_interval_seconds: float = 3600.0
 
     # Retention of stored inputs (the household values behind each decision): older
