@@ -10,7 +10,10 @@ One run measures, side by side on this machine:
      audit service (mTLS);
   3. inclusion-proof time at 1,000,000 entries (``AuditStore`` and ``AuditLog``);
   4. export of a 100,000-entry bundle and its offline verification;
-  5. bytes per record on disk, with and without inputs, and the Merkle tree's share.
+  5. bytes per record on disk, with and without inputs, and the Merkle tree's share;
+  6. start-up checks (no forks, integrity at rest) at 1,000,000 entries;
+  7. the witness round trip through a real ``roost audit witness`` process
+     (sections 6 and 7 are in ``bench/audit_startup.py``).
 
 The 1M-entry (and other) logs are cached under var/bench/, keyed by the schema and
 data version and checked against a freshly generated sample, so reruns skip the build.
@@ -40,6 +43,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench import audit_startup
 from bench.machine import machine_info
 from bench.report import markdown_table, percentile, write
 from roost.audit.v1 import audit_service_pb2 as pb
@@ -111,6 +115,8 @@ class Plan:
     export_entries: int = 100_000
     export_repeats: int = 3
     no_inputs_entries: int = 100_000
+    startup_repeats: int = 3
+    witness_rounds: int = 200
 
 
 FULL = Plan()
@@ -124,6 +130,8 @@ QUICK = Plan(
     export_entries=5_000,
     export_repeats=1,
     no_inputs_entries=5_000,
+    startup_repeats=1,
+    witness_rounds=20,
 )
 
 
@@ -873,6 +881,16 @@ def bench(plan: Plan, *, rebuild: bool = False, cache_dir: Path = CACHE_DIR) -> 
             return logs[name]
 
         sections = [
+            Section(
+                "startup",
+                lambda: audit_startup.startup(
+                    log_for("proof", plan.proof_entries, True)[0], plan.startup_repeats, ORIGIN
+                ),
+            ),
+            Section(
+                "witness",
+                lambda: audit_startup.witness_round_trip(plan.witness_rounds, ORIGIN, decision),
+            ),
             Section("throughput", lambda: throughput(plan, scratch)),
             Section("latency", lambda: latency(plan, scratch)),
             Section(
@@ -1205,6 +1223,9 @@ def render(res: dict[str, Any]) -> tuple[Table, str]:
             + f"\n\nBreakdown of the first log ({next(iter(dk))}):\n\n"
             + breakdown
         )
+    new_rows, new_parts = audit_startup.report(res)
+    rows += new_rows
+    parts += new_parts
     if res["errors"]:
         parts.append(
             "## Not measured\n\n" + "\n".join(f"* {k}: `{v}`" for k, v in res["errors"].items())

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cli import audit_witness
 from cli.audit_output import ProgressBar, entry_json, entry_line, show_entry, timestamp
 from cli.support import CliError, stack_target
 
@@ -326,6 +327,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if verifier is None:
         raise CliError("verify needs the hub's public key: --pubkey <vkey or file>")
     previous = [Path(p).read_text() for p in args.previous]
+    witnesses = audit_witness.load_witness_keys(args.witness_key)
     bundle: Path = args.bundle
     if not bundle.is_file():
         raise CliError(f"{bundle}: no such file")
@@ -338,7 +340,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 yield line
 
         try:
-            report = verify_bundle(lines(), verifier, previous_checkpoints=previous)
+            report = verify_bundle(
+                lines(),
+                verifier,
+                previous_checkpoints=previous,
+                witnesses=witnesses,
+                min_witnesses=args.min_witnesses,
+            )
         except BundleError as e:
             print(f"FAILED: {bundle}: {e}", file=sys.stderr)
             return 1
@@ -352,6 +360,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"  {report.redacted} entries have redacted inputs (their records still verify)")
     for size in report.consistency_checked:
         print(f"  consistent with your earlier checkpoint of {size:,} entries")
+    if report.witnessed_by:
+        print(f"  cosigned by witnesses: {', '.join(report.witnessed_by)}")
     return 0
 
 
@@ -456,7 +466,9 @@ def add_parser(sub: Any) -> None:
         metavar="NOTE",
         help="an earlier checkpoint you hold: prove the log only grew since",
     )
+    audit_witness.add_verify_arguments(verify)
     verify.set_defaults(func=cmd_verify)
+    audit_witness.add_parser(commands)
 
     redact = commands.add_parser("redact", help="erase a decision's stored inputs (admin)")
     redact.add_argument("decision_id")

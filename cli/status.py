@@ -95,6 +95,18 @@ def model_checks(text: str, now: float) -> list[Check]:
     ]
 
 
+def audit_integrity_check(metrics_port: int, timeout: float) -> Check:
+    """Whether the audit service's re-checks of its stored log found a mismatch."""
+    try:
+        text = _metrics(metrics_port, timeout)
+    except OSError as e:
+        return Check("audit log", False, f"metrics unreachable ({e})")
+    checked = int(metric_value(text, "roost_audit_integrity_entries_checked_total") or 0)
+    if metric_value(text, "roost_audit_integrity_ok") == 0:
+        return Check("audit log", False, "stored entries do not match: see the audit log")
+    return Check("audit log", True, f"integrity re-checked ({checked:,} entries so far)")
+
+
 def check_stack(stack: dict[str, Any], timeout: float = 2.0) -> list[Check]:
     certs = Path(stack["certs_dir"])
     results: list[Check] = []
@@ -112,6 +124,8 @@ def check_stack(stack: dict[str, Any], timeout: float = 2.0) -> list[Check]:
             continue
         if "port" in proc:
             results.append(_grpc_health(int(proc["port"]), Role(name), certs, timeout))
+        if name == "audit" and "metrics_port" in proc:
+            results.append(audit_integrity_check(int(proc["metrics_port"]), timeout))
         if name == "hub":
             try:
                 text = _metrics(int(proc["metrics_port"]), timeout)

@@ -10,6 +10,9 @@ from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from services.audit.checkpoint import NoteSigner, export_vkey, load_or_create_signer
 from services.audit.config import AuditConfig
+from services.audit.integrity import IntegrityChecker
+from services.audit.latest_checkpoint import FILE_NAME as LATEST_FILE
+from services.audit.latest_checkpoint import LatestCheckpoint
 from services.audit.log import AuditLog
 from services.audit.servicer import (
     LOG_SIZE,
@@ -19,6 +22,7 @@ from services.audit.servicer import (
     run_checkpointer,
     run_retention,
 )
+from services.audit.witness_client import WitnessPool, parse_witnesses
 from services.kit.app import App
 from services.kit.auth import Role
 from services.kit.config import load_config
@@ -44,16 +48,42 @@ def load_signer(config: AuditConfig) -> NoteSigner:
 async def setup(config: AuditConfig, app: App) -> None:
     """The audit log, its checkpointer and retention jobs, and the servicer."""
     signer = await asyncio.to_thread(load_signer, config)
+    # Next to the key, outside the database: refuses a database that forks the log.
+    key_dir = (config.data_dir / config.checkpoint_key_file).parent
+    latest = LatestCheckpoint(key_dir / LATEST_FILE, signer.verifier())
     log = app.closing(
         await AuditLog.open(
             config.data_dir / config.db_name,
             max_group_records=config.max_group_records,
             max_pending_records=config.max_pending_records,
+            latest=latest,
         )
     )
     LOG_SIZE.set(await log.size())
+    checker = app.closing(IntegrityChecker(config.data_dir / config.db_name, signer.verifier()))
+    await asyncio.to_thread(checker.check_startup, config.integrity_tail_entries)
     app.background(
-        run_checkpointer(log, signer, config.checkpoint_interval_seconds),
+        checker.run(config.integrity_chunk_pause_seconds, config.integrity_pass_interval_seconds),
+        name="audit-integrity",
+    )
+    pool = None
+    if config.witnesses:
+        pool = WitnessPool(
+            log,
+            signer,
+            parse_witnesses(config.witnesses),
+            timeout_seconds=config.witness_timeout_seconds,
+            max_backoff_seconds=config.witness_max_backoff_seconds,
+        )
+        app.background(pool.run(), name="audit-witnesses")
+        pool.notify()
+    app.background(
+        run_checkpointer(
+            log,
+            signer,
+            config.checkpoint_interval_seconds,
+            on_signed=None if pool is None else pool.notify,
+        ),
         name="audit-checkpointer",
     )
     app.background(
@@ -68,7 +98,7 @@ async def setup(config: AuditConfig, app: App) -> None:
     )
     app.register(
         pb.DESCRIPTOR.services_by_name["AuditService"],
-        AuditServicer(log, config.max_append_batch, signer),
+        AuditServicer(log, config.max_append_batch, signer, pool, config.witness_wait_seconds),
         pb_grpc.add_AuditServiceServicer_to_server,
         POLICY,
     )

@@ -45,6 +45,7 @@ __all__ = [
     "export_vkey",
     "load_or_create_signer",
     "sign_checkpoint",
+    "split_note",
     "verify_checkpoint",
 ]
 
@@ -220,7 +221,7 @@ class Checkpoint:
 # --------------------------------------------------------------------------- signed notes
 
 
-def _split_note(note: str) -> tuple[str, list[tuple[str, int, bytes]]]:
+def split_note(note: str) -> tuple[str, list[tuple[str, int, bytes]]]:
     """Split a signed note into its text and (name, key ID, signature) triples."""
     _check_text_chars(note, "malformed note")
     split = note.rfind("\n\n")
@@ -292,7 +293,7 @@ class NoteVerifier:
         Signatures by other keys (another name or key ID) are ignored, as the spec
         requires. Every signature by this key must verify; at least one must be present.
         """
-        text, sigs = _split_note(note)
+        text, sigs = split_note(note)
         data = text.encode("utf-8")
         found = False
         for name, kid, sig in sigs:

@@ -26,6 +26,22 @@ class AuditConfig(ServiceConfig):
     checkpoint_key_file: str = "checkpoint.key"
     # A background task re-signs the checkpoint this often if the tree grew.
     checkpoint_interval_seconds: float = 60.0
+    # Witnesses (C2SP tlog-witness, e.g. `roost audit witness` on another machine) that
+    # cosign each new checkpoint: "<URL prefix> <witness verifier key>" each (docs/audit.md).
+    witnesses: tuple[str, ...] = ()
+    # One add-checkpoint call's timeout; failed witnesses are retried with exponential
+    # backoff up to witness_max_backoff_seconds.
+    witness_timeout_seconds: float = 5.0
+    witness_max_backoff_seconds: float = 300.0
+    # GetCheckpoint and exports wait this long for the cosignatures of a new checkpoint.
+    witness_wait_seconds: float = 3.0
+
+    # Integrity at rest (services/audit/integrity.py): the newest entries checked before
+    # serving; then all of them in the background, 4,096 at a time, this far apart, one
+    # whole pass every integrity_pass_interval_seconds.
+    integrity_tail_entries: int = 65_536
+    integrity_chunk_pause_seconds: float = 0.25
+    integrity_pass_interval_seconds: float = 3600.0
 
     # Retention of stored inputs (the household values behind each decision): older
     # ones are erased (their digests and every proof stay); 0 keeps them forever.
@@ -44,5 +60,7 @@ class AuditConfig(ServiceConfig):
             raise ValueError("audit.retention_interval_seconds: must be > 0")
         if not self.checkpoint_interval_seconds > 0:
             raise ValueError("audit.checkpoint_interval_seconds: must be > 0")
+        if self.witness_timeout_seconds <= 0 or self.witness_wait_seconds < 0:
+            raise ValueError("audit.witness_timeout_seconds must be > 0, wait_seconds >= 0")
         if not self.hub_id:
             raise ValueError("audit.hub_id: required")

@@ -26,6 +26,7 @@ from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit.bundle_format import ExportFilters
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from services.audit.export import iter_bundle
+from services.audit.latest_checkpoint import LatestCheckpoint
 from services.audit.records import Appended, PreparedRecord, prepare
 from services.audit.store import AuditStore
 from services.kit.errors import ResourceExhausted, Unavailable
@@ -68,8 +69,11 @@ class AuditLog:
         *,
         max_group_records: int,
         max_pending_records: int,
+        latest: LatestCheckpoint | None = None,
     ) -> None:
         self._path = path
+        # The last signed checkpoint, kept outside the database (no forks).
+        self._latest = latest
         self._writer, self._writer_store = writer
         self._reader, self._reader_store = reader
         self._preparer = preparer
@@ -93,9 +97,13 @@ class AuditLog:
         *,
         max_group_records: int = 10_000,
         max_pending_records: int = 200_000,
+        latest: LatestCheckpoint | None = None,
     ) -> AuditLog:
         """Opens the store at ``path`` on a dedicated writer thread, plus a reader thread
         (own read-only connection) and a thread that prepares large requests.
+
+        With ``latest``, the store's tree must extend the last checkpoint signed (else
+        ``ForkError``), and every new checkpoint is saved there before it is used.
 
         ``max_group_records`` bounds one transaction (requests are never split);
         appends beyond ``max_pending_records`` queued records get ResourceExhausted.
@@ -107,6 +115,8 @@ class AuditLog:
         try:
             writer_store = await loop.run_in_executor(writer, AuditStore.open, path)
             try:
+                if latest is not None:
+                    await loop.run_in_executor(writer, latest.check, writer_store)
                 reader_store = await loop.run_in_executor(
                     reader, functools.partial(AuditStore.open, path, read_only=True)
                 )
@@ -124,6 +134,7 @@ class AuditLog:
             preparer,
             max_group_records=max_group_records,
             max_pending_records=max_pending_records,
+            latest=latest,
         )
 
     async def __aenter__(self) -> AuditLog:
@@ -236,6 +247,12 @@ class AuditLog:
         return await loop.run_in_executor(
             self._writer, functools.partial(self._sign_checkpoint, signer)
         )
+
+    async def add_cosignatures(self, size: int, lines: Sequence[str]) -> bool:
+        """Adds witness cosignature lines (verified by the caller) to the current
+        checkpoint note if it is still at ``size``; a witness's older line is replaced.
+        Returns whether the note changed."""
+        return await self._write(functools.partial(self._add_cosignatures, size, lines))
 
     async def redact_inputs(self, decision_id: str, reason: str) -> tuple[int, int, bool]:
         """See ``AuditStore.redact_inputs`` (on the writer thread, between group commits)."""
@@ -394,13 +411,32 @@ class AuditLog:
             and cached.note.startswith(signer.name + "\n")
         ):
             return cached
+        if self._latest is not None:
+            self._latest.check(store)  # ForkError: never sign a fork
         root = store.root()
         note = sign_checkpoint(signer, Checkpoint(signer.name, size, root))
+        if self._latest is not None:
+            self._latest.record(note)  # durable before anyone sees the note
         store.save_checkpoint(size, note)
         self._checkpoint = SignedCheckpoint(note, size, root)
         self.checkpoints_signed += 1
         logger.debug("audit checkpoint signed at tree size %d", size)
         return self._checkpoint
+
+    def _add_cosignatures(self, size: int, lines: Sequence[str]) -> bool:
+        """Writer thread: see ``add_cosignatures``."""
+        cached = self._checkpoint
+        if cached is None or cached.size != size:
+            return False
+        text, sep, sigs = cached.note.partition("\n\n")
+        names = {line.split(" ", 2)[1] for line in lines}
+        kept = [line + "\n" for line in sigs.splitlines() if line.split(" ", 2)[1] not in names]
+        note = text + sep + "".join(kept) + "".join(lines)
+        if note == cached.note:
+            return False
+        self._writer_store.save_checkpoint(size, note)
+        self._checkpoint = SignedCheckpoint(note, size, cached.root_hash)
+        return True
 
     def _commit_group(
         self, batches: list[list[PreparedRecord]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -15,7 +15,8 @@ from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from services.audit.bundle_format import ExportFilters
 from services.audit.checkpoint import NoteSigner
-from services.audit.log import AuditLog
+from services.audit.log import AuditLog, SignedCheckpoint
+from services.audit.witness_client import WitnessPool
 from services.kit.auth import Policy, Role
 from services.kit.errors import InvalidArgument
 
@@ -63,8 +64,14 @@ def checkpoint_origin(hub_id: str) -> str:
     return f"roost.local/hub/{hub_id}"
 
 
-async def run_checkpointer(log: AuditLog, signer: NoteSigner, interval_seconds: float) -> None:
-    """Re-signs the checkpoint every ``interval_seconds`` if the tree grew (until cancelled)."""
+async def run_checkpointer(
+    log: AuditLog,
+    signer: NoteSigner,
+    interval_seconds: float,
+    on_signed: Callable[[], None] | None = None,
+) -> None:
+    """Re-signs the checkpoint every ``interval_seconds`` if the tree grew (until
+    cancelled); then calls ``on_signed`` (the witnesses' submitter)."""
     while True:
         await asyncio.sleep(interval_seconds)
         try:
@@ -73,6 +80,8 @@ async def run_checkpointer(log: AuditLog, signer: NoteSigner, interval_seconds: 
             logger.exception("audit checkpoint signing failed")
             continue
         CHECKPOINT_SIZE.set(cp.size)
+        if on_signed is not None:
+            on_signed()
 
 
 async def run_retention(
@@ -101,10 +110,26 @@ async def run_retention(
 
 
 class AuditServicer(pb_grpc.AuditServiceServicer):
-    def __init__(self, log: AuditLog, max_append_batch: int, signer: NoteSigner) -> None:
+    def __init__(
+        self,
+        log: AuditLog,
+        max_append_batch: int,
+        signer: NoteSigner,
+        witnesses: WitnessPool | None = None,
+        witness_wait_seconds: float = 0.0,
+    ) -> None:
         self._log = log
         self._max_append_batch = max_append_batch
         self._signer = signer
+        self._witnesses = witnesses
+        self._witness_wait = witness_wait_seconds
+
+    async def _checkpoint(self) -> SignedCheckpoint:
+        """The latest checkpoint, with the witnesses' cosignatures (waited for briefly)."""
+        cp = await self._log.checkpoint(self._signer)
+        if self._witnesses is not None:
+            cp = await self._witnesses.cosign(cp, self._witness_wait)
+        return cp
 
     async def AppendDecisions(
         self, request: pb.AppendDecisionsRequest, context: Any
@@ -156,7 +181,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     async def GetCheckpoint(
         self, request: pb.GetCheckpointRequest, context: Any
     ) -> pb.GetCheckpointResponse:
-        cp = await self._log.checkpoint(self._signer)
+        cp = await self._checkpoint()
         CHECKPOINT_SIZE.set(cp.size)
         return pb.GetCheckpointResponse(
             signed_note=cp.note, tree_size=cp.size, root_hash=cp.root_hash
@@ -194,6 +219,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             action=request.action,
         )
         exported = 0
+        await self._checkpoint()  # the export's checkpoint, cosigned if witnesses answer
         async for chunk in self._log.export(
             self._signer,
             filters,

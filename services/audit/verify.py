@@ -11,6 +11,7 @@ checkpoints are checked by ``services.audit.bundle_header``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,8 +36,9 @@ from services.audit.bundle_header import (
     parse_header,
     strict_b64,
 )
-from services.audit.checkpoint import Checkpoint, NoteVerifier
+from services.audit.checkpoint import Checkpoint, CheckpointError, NoteVerifier
 from services.audit.compact_range import CompactRange
+from services.audit.cosignature import CosignatureVerifier, require_cosignatures
 from services.audit.merkle import NODE_PREFIX, leaf_hash
 from services.audit.tlog_proof import TlogProof, TlogProofError
 
@@ -58,6 +60,8 @@ class BundleReport:
     consistency_checked: tuple[int, ...]
     first_index: int | None
     last_index: int | None
+    # Witnesses (of those the auditor pinned) that cosigned the checkpoint.
+    witnessed_by: tuple[str, ...] = ()
 
 
 def _numbered(lines: Iterable[str | bytes]) -> Iterator[tuple[int, str | bytes]]:
@@ -101,6 +105,8 @@ def verify_bundle(
     *,
     previous_checkpoints: Sequence[str] = (),
     on_entry: Callable[[], None] | None = None,
+    witnesses: Sequence[CosignatureVerifier] = (),
+    min_witnesses: int = 0,
 ) -> BundleReport:
     """Verifies a bundle read as lines (each ending in ``\\n``, e.g. a file opened "rb").
 
@@ -108,13 +114,18 @@ def verify_bundle(
     ``previous_checkpoints`` are signed notes of the same log the auditor holds; each
     must be consistent with the bundle's checkpoint. ``on_entry`` is called after each
     verified entry (progress). Raises BundleError on the first problem, naming the line
-    and leaf index.
+    and leaf index. ``witnesses`` are witness keys the auditor pinned: at least
+    ``min_witnesses`` of them must have cosigned the bundle's checkpoint.
     """
     numbered = _numbered(lines)
     first = next(numbered, None)
     if first is None:
         raise BundleError("the bundle is empty: no header line")
     header = parse_header(first[1], verifier)
+    try:
+        witnessed = require_cosignatures(header.note, witnesses, min_witnesses)
+    except CheckpointError as exc:
+        raise BundleError(f"line 1: {exc}") from None
     consistency_checked = check_previous(header, verifier, previous_checkpoints)
     walk = _Walk.start(header)
     _read_entries(numbered, walk, on_entry)
@@ -123,7 +134,7 @@ def verify_bundle(
         raise BundleError(f"line {after[0]}: data after the trailer")
     if walk.compact is not None:
         _check_complete(walk.compact, walk.count, walk.line, header.checkpoint)
-    return walk.report(consistency_checked)
+    return dataclasses.replace(walk.report(consistency_checked), witnessed_by=witnessed)
 
 
 @dataclass
