@@ -141,10 +141,19 @@ def onnx_bytes(kind: str, layers: int = SLOW_LAYERS) -> bytes:
     raise ValueError(f"unknown bad model kind {kind!r} (one of {KINDS})")
 
 
-def bad_version(tmp: Path, kind: str, version: str, *, layers: int = SLOW_LAYERS) -> Path:
-    """The shipped occupancy model as ``version``, made bad the ``kind`` way."""
+def occupancy_copy(tmp: Path, version: str, kind: str = "good") -> Path:
+    """The shipped occupancy model as ``version`` (nothing wrong with it)."""
     dst = tmp / f"occupancy-{version}-{kind}"
     shutil.copytree(shipped_models_dir() / "occupancy", dst)
+    raw = json.loads((dst / MANIFEST_FILE).read_text())
+    raw["version"] = version
+    (dst / MANIFEST_FILE).write_text(json.dumps(raw))
+    return dst
+
+
+def bad_version(tmp: Path, kind: str, version: str, *, layers: int = SLOW_LAYERS) -> Path:
+    """The shipped occupancy model as ``version``, made bad the ``kind`` way."""
+    dst = occupancy_copy(tmp, version, kind)
     raw = json.loads((dst / MANIFEST_FILE).read_text())
     for variant in raw["variants"].values():
         (dst / variant["file"]).unlink(missing_ok=True)
@@ -152,7 +161,7 @@ def bad_version(tmp: Path, kind: str, version: str, *, layers: int = SLOW_LAYERS
     onnx_path.write_bytes(onnx_bytes(kind, layers))
     digest = sha256_file(onnx_path)
     size = onnx_path.stat().st_size
-    raw.update(version=version, file=onnx_path.name, sha256=digest)
+    raw.update(file=onnx_path.name, sha256=digest)
     raw["variants"] = {"fp32": {"file": onnx_path.name, "sha256": digest, "size_bytes": size}}
     (dst / MANIFEST_FILE).write_text(json.dumps(raw))
     return dst

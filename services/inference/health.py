@@ -16,9 +16,10 @@ recorded and read on the event loop thread, so no locks are needed.
   configured tolerance for regressors).
 - non-finite: rows whose output held NaN or infinity; they also count as errors (such a
   row is never served, see ``services.inference.outputs``).
-- paired latency (a candidate in shadow): the active version's session.run time on the
-  very batches the candidate ran in the background, so the two p99s compare like with
-  like (shadow batches are coalesced and larger than live calls).
+- paired latency ratio (a candidate in shadow): per batch it ran in the background, its
+  session.run time over the active version's on the very same batch; the snapshot
+  reports the median (shadow batches are coalesced and larger than live calls, and one
+  scheduling stall on a busy machine must not fail a model).
 - outputs: one summary value per answered row (the label index of a classifier, the
   first output of a regressor), for the output-distribution comparison of candidate and
   active (``services.inference.outputs.output_shift``).
@@ -50,8 +51,8 @@ class HealthSnapshot:
     compared: int = 0
     agreed: int = 0
     non_finite: int = 0
-    # p99 of the active version's run time on the batches this candidate shadowed (0: none).
-    paired_active_p99_seconds: float = 0.0
+    # Median of (candidate / active) session.run time on the batches it shadowed (0: none).
+    paired_latency_ratio: float = 0.0
 
     @property
     def error_rate(self) -> float:
@@ -78,7 +79,7 @@ class RollingStats:
         self._runs: deque[tuple[float, float]] = deque(maxlen=max_records)
         # (time, predictions, errors, compared, agreed, non_finite)
         self._outcomes: deque[tuple[float, int, int, int, int, int]] = deque(maxlen=max_records)
-        # (time, the active version's session.run seconds on a batch this one shadowed)
+        # (time, this version's session.run time / the active's, on a batch it shadowed)
         self._paired: deque[tuple[float, float]] = deque(maxlen=max_records)
         # (time, one summary value per answered row)
         self._outputs: deque[tuple[float, npt.NDArray[np.float64]]] = deque(maxlen=max_records)
@@ -86,8 +87,8 @@ class RollingStats:
     def run(self, seconds: float) -> None:
         self._runs.append((self._clock(), seconds))
 
-    def paired(self, active_seconds: float) -> None:
-        self._paired.append((self._clock(), active_seconds))
+    def paired(self, seconds: float, active_seconds: float) -> None:
+        self._paired.append((self._clock(), seconds / max(active_seconds, 1e-9)))
 
     def outputs(self, values: npt.NDArray[np.float64]) -> None:
         if len(values):
@@ -124,7 +125,7 @@ class RollingStats:
             p50 = p99 = 0.0
         paired = 0.0
         if self._paired:
-            paired = float(np.percentile(np.fromiter((s for _, s in self._paired), float), 99))
+            paired = float(np.median(np.fromiter((r for _, r in self._paired), float)))
         totals = [0, 0, 0, 0, 0]
         for _, *counts in self._outcomes:
             for i, c in enumerate(counts):
@@ -137,7 +138,7 @@ class RollingStats:
             compared=totals[2],
             agreed=totals[3],
             non_finite=totals[4],
-            paired_active_p99_seconds=paired,
+            paired_latency_ratio=paired,
         )
 
 

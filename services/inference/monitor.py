@@ -247,17 +247,21 @@ class Monitor:
         active_out: npt.NDArray[np.float32],
     ) -> None:
         m = candidate.manifest
-        stats = self._registry.health.of(m.name, m.version)
         try:
-            out = await self._registry.run_shadow(candidate, batch)
+            out, seconds = await self._registry.run_shadow(candidate, batch)
         except Exception as e:
             # The exception text may quote inputs; log its type only.
             SHADOW_ERRORS.labels(m.name).inc()
             log.warning("shadow run of %s %s failed: %s", m.name, m.version, type(e).__name__)
-            stats.outcome(errors=len(batch))
+            if self._still_shadow(candidate):
+                self._registry.health.of(m.name, m.version).outcome(errors=len(batch))
             return
         # The active version on the same batch, for a like-with-like latency ratio.
-        stats.paired(await self._registry.time_shadow(active, batch))
+        active_seconds = await self._registry.time_shadow(active, batch)
+        if not self._still_shadow(candidate):
+            return  # the rollout moved on meanwhile (e.g. to A/B, a fresh window)
+        stats = self._registry.health.of(m.name, m.version)
+        stats.paired(seconds, active_seconds)
         finite = finite_rows(out)
         bad = len(batch) - int(finite.sum())
         out, active_out = out[finite], active_out[finite]
@@ -270,6 +274,11 @@ class Monitor:
             non_finite=bad,
         )
         stats.outputs(summaries(m, out))
+
+    def _still_shadow(self, candidate: LoadedModel) -> bool:
+        """Whether ``candidate`` still runs in shadow (what its shadow runs count for)."""
+        serving = self._registry.find(candidate.manifest.name)
+        return serving is not None and serving.shadow is candidate
 
     async def drain(self) -> None:
         """Wait until every queued job is processed (tests, shutdown)."""

@@ -196,9 +196,14 @@ class ModelRegistry:
 
     async def run_shadow(
         self, model: LoadedModel, batch: npt.NDArray[np.generic]
-    ) -> npt.NDArray[np.float32]:
-        """Like :meth:`run`, on the shadow pool (never ahead of the active path)."""
-        return await self._run_on(self._shadow_pool, model, batch)
+    ) -> tuple[npt.NDArray[np.float32], float]:
+        """Like :meth:`run`, on the shadow pool (never ahead of the active path); also
+        the session.run seconds."""
+        loop = asyncio.get_running_loop()
+        out, seconds = await loop.run_in_executor(self._shadow_pool, _run_timed, model, batch)
+        m = model.manifest
+        self.health.of(m.name, m.version).run(seconds)
+        return out, seconds
 
     async def time_shadow(self, model: LoadedModel, batch: npt.NDArray[np.generic]) -> float:
         """Seconds ``model`` takes on ``batch`` on the shadow pool, not recorded in its own

@@ -366,7 +366,7 @@ def _role_health(
     if compared:
         health.compared = snap.compared
         health.agreement_rate = snap.agreement_rate
-        health.paired_active_p99_seconds = snap.paired_active_p99_seconds
+        health.paired_latency_ratio = snap.paired_latency_ratio
     return health
 
 

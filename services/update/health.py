@@ -11,9 +11,11 @@ threshold is configurable):
 
 * its error rate (failed / (answered + failed)) exceeds the active model's by more
   than ``max_error_rate_increase``;
-* its p99 latency exceeds ``max_p99_ratio`` x the active model's (in shadow, the active
-  version timed on the same batches; ignored while both stay under
-  ``latency_floor_seconds``, where ratios of microseconds mean nothing);
+* it is slower than ``max_p99_ratio`` x the active model: in A/B its p99 latency against
+  the active's; in shadow the median ratio of its time to the active version's on the
+  very same batches (shadow batches are coalesced, unlike live calls, and a median
+  shrugs off one scheduling stall); ignored while the candidate's p99 stays under
+  ``latency_floor_seconds``, where ratios of microseconds mean nothing;
 * in shadow, it agrees with the active model on fewer than ``min_agreement`` of the
   compared inputs (a local candidate is meant to differ a little, not wildly);
 * its output distribution differs from the active model's (label shares of a
@@ -52,8 +54,8 @@ class RoleHealth:
     generation: int = 0
     # Rows answered NaN or infinity (also in ``errors``).
     non_finite: int = 0
-    # Candidate in shadow: p99 of the active version on the batches it shadowed (0: none).
-    paired_active_p99_seconds: float = 0.0
+    # Candidate in shadow: median of its run time over the active's on the same batches.
+    paired_latency_ratio: float = 0.0
     # Candidate: output distribution against the active version's.
     output_psi: float = 0.0
     output_ks: float = 0.0
@@ -112,16 +114,17 @@ def _errors(active: RoleHealth, candidate: RoleHealth, policy: HealthPolicy) -> 
 def _latency(
     active: RoleHealth, candidate: RoleHealth, stage: str, policy: HealthPolicy
 ) -> tuple[bool, str]:
-    base = active.p99_seconds
-    against = "active"
-    if stage == "shadow" and candidate.paired_active_p99_seconds > 0:
-        base, against = candidate.paired_active_p99_seconds, "active on the same batches"
-    slow = max(candidate.p99_seconds, base) > policy.latency_floor_seconds
-    text = (
-        f"p99 latency {_ms(candidate.p99_seconds)} vs {against} {_ms(base)}"
-        f" (allowed x{policy.max_p99_ratio:g})"
-    )
-    return slow and candidate.p99_seconds > policy.max_p99_ratio * base, text
+    allowed = f"(allowed x{policy.max_p99_ratio:g})"
+    slow_enough = candidate.p99_seconds > policy.latency_floor_seconds
+    if stage == "shadow" and candidate.paired_latency_ratio > 0:
+        ratio = candidate.paired_latency_ratio
+        text = (
+            f"{ratio:.1f}x the active's time on the same batches (median; candidate p99"
+            f" {_ms(candidate.p99_seconds)}) {allowed}"
+        )
+        return slow_enough and ratio > policy.max_p99_ratio, text
+    text = f"p99 latency {_ms(candidate.p99_seconds)} vs active {_ms(active.p99_seconds)} {allowed}"
+    return slow_enough and candidate.p99_seconds > policy.max_p99_ratio * active.p99_seconds, text
 
 
 def _outputs(candidate: RoleHealth, policy: HealthPolicy) -> tuple[bool, str]:
