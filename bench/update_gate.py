@@ -21,10 +21,12 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from bench.bad_models import OCCUPIED, VACANT, attach_shipped_canary, bad_version, occupancy_copy
+from bench.report import markdown_table
 from cli.stack import Stack
 from cli.tuf_repo import ModelRepository
 from roost.audit.v1 import audit_service_pb2 as audit_pb
@@ -239,3 +241,73 @@ async def run_scenario(gate: Gate, s: Scenario, within: float = 60.0) -> Outcome
     if action != "update.rollback":
         raise AssertionError(f"the last audited step is {action}, not a rollback")
     return Outcome(s.name, "rolled back", seconds, reason, ab_refusal)
+
+
+async def _all(stack: Stack, rounds: int) -> dict[str, Any]:
+    gate = Gate(stack)
+    rows: list[dict[str, Any]] = []
+    async with running_load(stack) as load:
+        for s in SCENARIOS:
+            outcomes = [await run_scenario(gate, s) for _ in range(rounds)]  # re-stageable
+            times = sorted(o.seconds for o in outcomes)
+            last = outcomes[-1]
+            rows.append(
+                {
+                    "scenario": s.name,
+                    "ended": sorted({o.ended for o in outcomes}),
+                    "median_s": times[len(times) // 2],
+                    "max_s": times[-1],
+                    "rounds": rounds,
+                    "reason": last.reason,
+                    "ab_refusal": last.ab_refusal,
+                }
+            )
+    callers = {
+        "predict_ok": load.ok,
+        "predict_failed": len(load.failed),
+        "non_finite_served": load.non_finite,
+        "versions_served": sorted(load.versions),
+    }
+    return {"scenarios": rows, "callers": callers}
+
+
+def gate_bench(
+    tmp: Path, rounds: int, min_compared: int = 200, check_seconds: float = 0.5
+) -> dict[str, Any]:
+    """Every scenario ``rounds`` times under load: median and max time to the end."""
+    with gate_stack(tmp, gate_env(min_compared, check_seconds)) as stack:
+        result = asyncio.run(_all(stack, rounds))
+    return {"min_compared": min_compared, "check_seconds": check_seconds, **result}
+
+
+def callers_ok(g: dict[str, Any]) -> bool:
+    c = g["callers"]
+    return bool(c["predict_failed"] == 0 and c["non_finite_served"] == 0)
+
+
+def render_gate(g: dict[str, Any]) -> str:
+    table = markdown_table(
+        ["bad model", "ended", "median s", "max s", "rounds", "why (last round)"],
+        [
+            (
+                r["scenario"],
+                ", ".join(r["ended"]),
+                f"{r['median_s']:.2f}",
+                f"{r['max_s']:.2f}",
+                r["rounds"],
+                (r["ab_refusal"] + " / then: " if r["ab_refusal"] else "") + r["reason"],
+            )
+            for r in g["scenarios"]
+        ],
+    )
+    c = g["callers"]
+    return (
+        f"## 3. Health gate: validly signed bad models under live Predict traffic"
+        f" (min_compared {g['min_compared']}, gate every {g['check_seconds']:g} s)\n\n"
+        "Time from Stage to the refusal, or from the start of shadow to the rollback (the"
+        " candidate gone from the registry).\n\n"
+        + table
+        + f"\n\nCallers: {c['predict_ok']:,} Predict calls answered, {c['predict_failed']}"
+        f" failed, {c['non_finite_served']} with NaN or infinity, versions served"
+        f" {c['versions_served']}: {'PASS' if callers_ok(g) else '**FAIL**'}."
+    )

@@ -34,8 +34,11 @@ _ONNX_TYPES = {"float32": "tensor(float)", "float64": "tensor(double)", "int64":
 _NP_TYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64}
 
 
-def _short(e: Exception) -> str:
+def _short(e: Exception, model_dir: Path | None = None) -> str:
+    """The error's type and first line, without the hub's temporary path."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if model_dir is not None:
+        text = text.replace(f"{model_dir}/", "").replace(str(model_dir), "")
     return f"{type(e).__name__}: {text[:200]}"
 
 
@@ -153,7 +156,7 @@ def check_candidate(model_dir: Path, active: Manifest | None) -> str:
     try:
         session = ort.InferenceSession(str(model_dir / m.file), providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise FailedPrecondition(f"{where}: it cannot be loaded ({_short(e)})") from None
+        raise FailedPrecondition(f"{where}: it cannot be loaded ({_short(e, model_dir)})") from None
     problems = graph_problems(m, session)
     if active is not None:
         problems += contract_problems(m, active)
