@@ -7,6 +7,9 @@
    loop of 500 ``Predict``/s for the whole run while the active version is flipped in
    the registry every 2 s; failed calls (floor: 0), latency percentiles against the
    same load without swaps, and how long each flip takes to reach callers.
+3. The health gate against validly signed bad models under live Predict traffic
+   (``bench/update_gate.py``): per bad model class, the time from Stage to its refusal,
+   or from the start of shadow to its rollback, and what callers saw.
 
 Results: bench/results/update.{json,md}, with the machine.
 """
@@ -33,6 +36,7 @@ import grpc
 
 from bench.machine import machine_info
 from bench.report import markdown_table, percentile, write
+from bench.update_gate import callers_ok, gate_bench, render_gate
 from cli.stack import Stack
 from cli.tuf_repo import ModelRepository
 from models.manifest import MANIFEST_FILE, shipped_models_dir
@@ -253,6 +257,7 @@ def render(res: dict[str, Any]) -> str:
                 ["run", "calls", "failed", "p50 ms", "p99 ms", "flip -> callers ms"], swap_rows
             )
             + f"\n\nFloor: 0 failed Predict calls during swaps: {'PASS' if ok else '**FAIL**'}.",
+            render_gate(res["gate"]),
         ]
     )
 
@@ -268,18 +273,21 @@ def main(argv: list[str] | None = None) -> int:
         tuf = tuf_bench(Path(tmp) / "tuf", repeats)
         print(f"hot swap under {RATE} Predict/s ...", flush=True)
         swap = asyncio.run(swap_bench(Path(tmp) / "swap", seconds))
+        print("health gate against bad models under load ...", flush=True)
+        gate = gate_bench(Path(tmp) / "gate", rounds=1 if args.quick else 3)
     res = {
         "machine": machine_info(),
         "repeats": repeats,
         "tuf": tuf,
         "swap": swap,
+        "gate": gate,
         "quick": args.quick,
     }
     md = render(res)
     print(md)
     if not args.quick:
         write("update", res, md)
-    failed = swap["with_swaps"]["failed"] > 0
+    failed = swap["with_swaps"]["failed"] > 0 or not callers_ok(gate)
     return 1 if failed and not args.no_fail else 0
 
 

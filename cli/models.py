@@ -88,12 +88,14 @@ def render_status(s: pb.RolloutStatus) -> str:
                 f" vs {h.active_p99_latency_seconds * 1e3:.2f} ms"
             )
             if s.stage == 2:
-                line += f", agreement {h.agreement:.1%} of {h.compared_predictions}"
+                line += f", agreement {h.agreement:.1%} of {h.compared_predictions:,}"
             if h.candidate_feedback_count:
                 line += (
                     f", feedback accuracy {h.candidate_feedback_accuracy:.1%} vs"
                     f" {h.active_feedback_accuracy:.1%} ({h.candidate_feedback_count} labels)"
                 )
+        if s.verdict:
+            line += f"\n{'':10} verdict: {s.verdict}"
     return line
 
 

@@ -71,6 +71,14 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class CanaryRef:
+    """The canary set's file in the artifact directory and its content hash."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class FeatureReference:
     """The training distribution of one input feature, for drift monitoring.
 
@@ -106,9 +114,21 @@ class Manifest:
     # Per input feature name, its training distribution (``models/reference.py``);
     # empty means the model has no drift monitoring.
     reference: dict[str, FeatureReference] = field(default_factory=dict)
+    # The release's canary set (``models/canary.py``): inputs with expected outputs that
+    # the hub checks the model against before installing it; None: the release has none.
+    canary: CanaryRef | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    def files(self) -> dict[str, str]:
+        """Every file the manifest names, with its sha256: the served file, the
+        variants and the canary set."""
+        out = {self.file: self.sha256}
+        out |= {v.file: v.sha256 for v in self.variants.values()}
+        if self.canary is not None:
+            out[self.canary.file] = self.canary.sha256
+        return out
 
 
 def sha256_file(path: Path) -> str:
@@ -174,7 +194,16 @@ def parse_manifest(raw: dict[str, Any], where: str = "manifest") -> Manifest:
             for k, v in raw.get("variants", {}).items()
         },
         reference=parse_reference(raw.get("reference", {}), schema, f"{where}.reference"),
+        canary=_parse_canary_ref(raw.get("canary"), f"{where}.canary"),
     )
+
+
+def _parse_canary_ref(raw: Any, where: str) -> CanaryRef | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: must be an object with 'file' and 'sha256'")
+    return CanaryRef(file=_req(raw, "file", str, where), sha256=_req(raw, "sha256", str, where))
 
 
 # Probabilities are stored rounded; their sum may miss 1 by this much.
@@ -232,9 +261,7 @@ def load_manifest(model_dir: Path, *, verify_sha256: bool = True) -> Manifest:
         raise ManifestError(f"{path}: must be a JSON object")
     manifest = parse_manifest(raw, where=str(path))
     if verify_sha256:
-        files = {manifest.file: manifest.sha256}
-        files |= {v.file: v.sha256 for v in manifest.variants.values()}
-        for name, expected in files.items():
+        for name, expected in manifest.files().items():
             artifact = model_dir / name
             if not artifact.is_file():
                 raise ManifestError(f"{path}: artifact '{name}' not found")

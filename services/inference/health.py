@@ -14,6 +14,18 @@ recorded and read on the event loop thread, so no locks are needed.
 - agreement (a candidate in shadow): compared rows and rows that agree with the
   active version (same label for classifiers; max abs output difference within the
   configured tolerance for regressors).
+- non-finite: rows whose output held NaN or infinity; they also count as errors (such a
+  row is never served, see ``services.inference.outputs``).
+- paired latency ratio (a candidate in shadow): per batch it ran in the background, its
+  session.run time over the active version's on the very same batch; the snapshot
+  reports the median (shadow batches are coalesced and larger than live calls, and one
+  scheduling stall on a busy machine must not fail a model).
+- outputs: one summary value per answered row (the label index of a classifier, the
+  first output of a regressor), for the output-distribution comparison of candidate and
+  active (``services.inference.outputs.output_shift``).
+
+:meth:`HealthBook.reset` starts a version's window afresh: a candidate moving from
+shadow to A/B is judged on what it served live, not on its shadow runs.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 DEFAULT_WINDOW_SECONDS = 600.0
 DEFAULT_MAX_RECORDS = 10_000
@@ -37,6 +50,9 @@ class HealthSnapshot:
     latency_p99_seconds: float = 0.0
     compared: int = 0
     agreed: int = 0
+    non_finite: int = 0
+    # Median of (candidate / active) session.run time on the batches it shadowed (0: none).
+    paired_latency_ratio: float = 0.0
 
     @property
     def error_rate(self) -> float:
@@ -61,22 +77,45 @@ class RollingStats:
         self._clock = clock
         # (time, session.run seconds)
         self._runs: deque[tuple[float, float]] = deque(maxlen=max_records)
-        # (time, predictions, errors, compared, agreed)
-        self._outcomes: deque[tuple[float, int, int, int, int]] = deque(maxlen=max_records)
+        # (time, predictions, errors, compared, agreed, non_finite)
+        self._outcomes: deque[tuple[float, int, int, int, int, int]] = deque(maxlen=max_records)
+        # (time, this version's session.run time / the active's, on a batch it shadowed)
+        self._paired: deque[tuple[float, float]] = deque(maxlen=max_records)
+        # (time, one summary value per answered row)
+        self._outputs: deque[tuple[float, npt.NDArray[np.float64]]] = deque(maxlen=max_records)
 
     def run(self, seconds: float) -> None:
         self._runs.append((self._clock(), seconds))
 
+    def paired(self, seconds: float, active_seconds: float) -> None:
+        self._paired.append((self._clock(), seconds / max(active_seconds, 1e-9)))
+
+    def outputs(self, values: npt.NDArray[np.float64]) -> None:
+        if len(values):
+            self._outputs.append((self._clock(), values))
+
     def outcome(
-        self, predictions: int = 0, errors: int = 0, compared: int = 0, agreed: int = 0
+        self,
+        predictions: int = 0,
+        errors: int = 0,
+        compared: int = 0,
+        agreed: int = 0,
+        non_finite: int = 0,
     ) -> None:
-        self._outcomes.append((self._clock(), predictions, errors, compared, agreed))
+        self._outcomes.append((self._clock(), predictions, errors, compared, agreed, non_finite))
 
     def _prune(self) -> None:
         oldest = self._clock() - self.window_seconds
-        for q in (self._runs, self._outcomes):
+        for q in (self._runs, self._outcomes, self._paired, self._outputs):
             while q and q[0][0] < oldest:
                 q.popleft()
+
+    def output_values(self) -> npt.NDArray[np.float64]:
+        """The output summaries of the window, oldest first."""
+        self._prune()
+        if not self._outputs:
+            return np.empty(0)
+        return np.concatenate([v for _, v in self._outputs])
 
     def snapshot(self) -> HealthSnapshot:
         self._prune()
@@ -84,7 +123,10 @@ class RollingStats:
             p50, p99 = np.percentile(np.fromiter((s for _, s in self._runs), float), [50, 99])
         else:
             p50 = p99 = 0.0
-        totals = [0, 0, 0, 0]
+        paired = 0.0
+        if self._paired:
+            paired = float(np.median(np.fromiter((r for _, r in self._paired), float)))
+        totals = [0, 0, 0, 0, 0]
         for _, *counts in self._outcomes:
             for i, c in enumerate(counts):
                 totals[i] += c
@@ -95,6 +137,8 @@ class RollingStats:
             latency_p99_seconds=float(p99),
             compared=totals[2],
             agreed=totals[3],
+            non_finite=totals[4],
+            paired_latency_ratio=paired,
         )
 
 
@@ -123,6 +167,13 @@ class HealthBook:
     def snapshot(self, model: str, version: str) -> HealthSnapshot:
         stats = self._stats.get((model, version))
         return stats.snapshot() if stats is not None else HealthSnapshot()
+
+    def stats(self, model: str, version: str) -> RollingStats | None:
+        return self._stats.get((model, version))
+
+    def reset(self, model: str, version: str) -> None:
+        """Start the window of ``version`` afresh (see the module docstring)."""
+        self._stats.pop((model, version), None)
 
     def retain(self, model: str, versions: set[str]) -> None:
         """Forget the stats of ``model``'s versions that no longer serve."""

@@ -23,8 +23,10 @@ of traffic can therefore slow or fail the active path:
     ``regression_tolerance`` (default 0.5, in the model's output units, e.g. degC
     for comfort and Wh for the anomaly forecast).
 
-Candidate outcomes (predictions, errors, compared, agreed) go into its rolling health
-stats; its outputs are never returned to callers.
+Candidate outcomes (predictions, errors, compared, agreed, non-finite rows, the active
+version's time on the same batch, output summaries) go into its rolling health stats;
+a row with a NaN or infinite output counts as an error and is not compared
+(``services.inference.outputs``). Its outputs are never returned to callers.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from prometheus_client import Counter
 
 from models.manifest import Manifest
 from services.inference.drift import DRIFT_ALERT, DriftMonitor, DriftSettings
+from services.inference.outputs import finite_rows, summaries
 from services.inference.registry import LoadedModel, ModelRegistry, Serving
 
 log = logging.getLogger(__name__)
@@ -244,17 +247,38 @@ class Monitor:
         active_out: npt.NDArray[np.float32],
     ) -> None:
         m = candidate.manifest
-        stats = self._registry.health.of(m.name, m.version)
         try:
-            out = await self._registry.run_shadow(candidate, batch)
+            out, seconds = await self._registry.run_shadow(candidate, batch)
         except Exception as e:
             # The exception text may quote inputs; log its type only.
             SHADOW_ERRORS.labels(m.name).inc()
             log.warning("shadow run of %s %s failed: %s", m.name, m.version, type(e).__name__)
-            stats.outcome(errors=len(batch))
+            if self._still_shadow(candidate):
+                self._registry.health.of(m.name, m.version).outcome(errors=len(batch))
             return
+        # The active version on the same batch, for a like-with-like latency ratio.
+        active_seconds = await self._registry.time_shadow(active, batch)
+        if not self._still_shadow(candidate):
+            return  # the rollout moved on meanwhile (e.g. to A/B, a fresh window)
+        stats = self._registry.health.of(m.name, m.version)
+        stats.paired(seconds, active_seconds)
+        finite = finite_rows(out)
+        bad = len(batch) - int(finite.sum())
+        out, active_out = out[finite], active_out[finite]
         agreed = agreement(active.manifest, active_out, out, self.regression_tolerance)
-        stats.outcome(predictions=len(batch), compared=len(batch), agreed=int(agreed.sum()))
+        stats.outcome(
+            predictions=len(out),
+            errors=bad,
+            compared=len(out),
+            agreed=int(agreed.sum()),
+            non_finite=bad,
+        )
+        stats.outputs(summaries(m, out))
+
+    def _still_shadow(self, candidate: LoadedModel) -> bool:
+        """Whether ``candidate`` still runs in shadow (what its shadow runs count for)."""
+        serving = self._registry.find(candidate.manifest.name)
+        return serving is not None and serving.shadow is candidate
 
     async def drain(self) -> None:
         """Wait until every queued job is processed (tests, shutdown)."""

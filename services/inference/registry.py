@@ -157,7 +157,16 @@ class ModelRegistry:
         log.info("loaded model %s %s (sha256 %s)", m.name, m.version, m.sha256[:12])
 
     def set_serving(self, serving: Serving) -> None:
-        """Swap what serves ``serving.name``: one assignment (see the module docstring)."""
+        """Swap what serves ``serving.name``: one assignment (see the module docstring).
+        A candidate that changes stage (shadow -> A/B) starts a fresh health window."""
+        old = self._serving.get(serving.name)
+        if (
+            old is not None
+            and serving.candidate is not None
+            and old.candidate_version == serving.candidate_version
+            and old.stage != serving.stage
+        ):
+            self.health.reset(serving.name, serving.candidate.manifest.version)
         self._serving[serving.name] = serving
         MODELS_LOADED.set(len(self._serving))
         versions = {serving.active.manifest.version}
@@ -191,9 +200,22 @@ class ModelRegistry:
 
     async def run_shadow(
         self, model: LoadedModel, batch: npt.NDArray[np.generic]
-    ) -> npt.NDArray[np.float32]:
-        """Like :meth:`run`, on the shadow pool (never ahead of the active path)."""
-        return await self._run_on(self._shadow_pool, model, batch)
+    ) -> tuple[npt.NDArray[np.float32], float]:
+        """Like :meth:`run`, on the shadow pool (never ahead of the active path); also
+        the session.run seconds."""
+        loop = asyncio.get_running_loop()
+        out, seconds = await loop.run_in_executor(self._shadow_pool, _run_timed, model, batch)
+        m = model.manifest
+        self.health.of(m.name, m.version).run(seconds)
+        return out, seconds
+
+    async def time_shadow(self, model: LoadedModel, batch: npt.NDArray[np.generic]) -> float:
+        """Seconds ``model`` takes on ``batch`` on the shadow pool, not recorded in its own
+        stats: the active version timed on the batch a candidate shadowed (a paired
+        latency, see ``services.inference.health``)."""
+        loop = asyncio.get_running_loop()
+        _, seconds = await loop.run_in_executor(self._shadow_pool, _run_timed, model, batch)
+        return seconds
 
     async def _run_on(
         self, pool: ThreadPoolExecutor, model: LoadedModel, batch: npt.NDArray[np.generic]

@@ -34,8 +34,9 @@ from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as pb
 from roost.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from services.inference.explain import attributions, occlusion_batch
-from services.inference.health import HealthSnapshot
+from services.inference.health import HealthBook, HealthSnapshot
 from services.inference.monitor import Monitor
+from services.inference.outputs import finite_rows, non_finite_error, output_shift, summaries
 from services.inference.registry import LoadedModel, ModelRegistry, Serving
 from services.kit.auth import Policy, Role
 from services.kit.errors import InvalidArgument
@@ -47,6 +48,11 @@ log = logging.getLogger(__name__)
 PREDICTIONS = Counter(
     "roost_inference_predictions_total",
     "Predictions served, by model and version.",
+    ["model", "version"],
+)
+NON_FINITE = Counter(
+    "roost_inference_non_finite_outputs_total",
+    "Rows a version answered with NaN or infinity (never served).",
     ["model", "version"],
 )
 
@@ -130,7 +136,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def _predict(
         self, model: LoadedModel, batch: npt.NDArray[np.generic]
     ) -> npt.NDArray[np.float32]:
-        """Run ``model`` on the batch, counting the outcome in its health stats."""
+        """Run ``model`` on the batch, counting the outcome in its health stats; a batch
+        with a non-finite output row is refused whole (``services.inference.outputs``)."""
         m = model.manifest
         stats = self._registry.health.of(m.name, m.version)
         try:
@@ -138,7 +145,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         except Exception:
             stats.outcome(errors=len(batch))
             raise
+        finite = finite_rows(out)
+        bad = len(batch) - int(finite.sum())
+        if bad:
+            NON_FINITE.labels(m.name, m.version).inc(bad)
+            stats.outcome(predictions=len(batch) - bad, errors=bad, non_finite=bad)
+            raise non_finite_error(m, bad, len(batch))
         stats.outcome(predictions=len(batch))
+        stats.outputs(summaries(m, out))
         PREDICTIONS.labels(m.name, m.version).inc(len(batch))
         return out
 
@@ -305,9 +319,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 else common_pb2.ModelRef(name=a.name, version=serving.candidate_version)
             )
             snap = health.snapshot(a.name, serving.candidate_version)
-            response.candidate.CopyFrom(
-                _role_health(ref, c is not None, snap, serving.stage == "shadow")
-            )
+            candidate = _role_health(ref, c is not None, snap, serving.stage == "shadow")
+            _compare_outputs(candidate, serving, health)
+            response.candidate.CopyFrom(candidate)
         drift = self._monitor.drift_for(a)
         response.drift_window_seconds = self._monitor.drift_settings.window_seconds
         if drift is not None:
@@ -348,10 +362,26 @@ def _role_health(
         latency_p50_seconds=snap.latency_p50_seconds,
         latency_p99_seconds=snap.latency_p99_seconds,
     )
+    health.non_finite = snap.non_finite
     if compared:
         health.compared = snap.compared
         health.agreement_rate = snap.agreement_rate
+        health.paired_latency_ratio = snap.paired_latency_ratio
     return health
+
+
+def _compare_outputs(candidate: pb.RoleHealth, serving: Serving, health: HealthBook) -> None:
+    """The candidate's output distribution against the active version's (same window)."""
+    a = serving.active.manifest
+    active_stats = health.stats(a.name, a.version)
+    candidate_stats = health.stats(a.name, candidate.model.version)
+    if active_stats is None or candidate_stats is None:
+        return
+    values = candidate_stats.output_values()
+    candidate.output_psi, candidate.output_ks = output_shift(
+        a, active_stats.output_values(), values
+    )
+    candidate.output_samples = len(values)
 
 
 def _model_info(lm: LoadedModel) -> pb.ModelInfo:

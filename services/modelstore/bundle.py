@@ -145,8 +145,7 @@ def _sha256_bytes(data: bytes) -> str:
 
 
 def _bundle_files(model_dir: Path, manifest: Manifest) -> list[str]:
-    names = {manifest.file, MANIFEST_FILE}
-    names |= {v.file for v in manifest.variants.values()}
+    names = {MANIFEST_FILE, *manifest.files()}
     names |= {c for c in CARD_FILES if (model_dir / c).is_file()}
     for name in names:
         if not _MEMBER_RE.fullmatch(name):
@@ -254,8 +253,7 @@ def _verify_contents(bundle: Path, dest: Path, hashes: dict[str, str]) -> Manife
         manifest = parse_manifest(raw, where=f"bundle {bundle.name}: {MANIFEST_FILE}")
     except (ManifestError, KeyError, TypeError, ValueError) as e:
         raise InvalidArgument(f"bundle {bundle.name}: {e}") from e
-    expected = {manifest.file: manifest.sha256}
-    expected |= {v.file: v.sha256 for v in manifest.variants.values()}
+    expected = manifest.files()
     for name, sha in sorted(expected.items()):
         if name not in hashes:
             raise InvalidArgument(

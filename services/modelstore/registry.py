@@ -93,7 +93,7 @@ class Registry(RegistryReader):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            files = {MANIFEST_FILE, manifest.file, *(v.file for v in manifest.variants.values())}
+            files = {MANIFEST_FILE, *manifest.files()}
             files |= {card for card in CARD_FILES if (src_dir / card).is_file()}
             for file in sorted(files):
                 _copy_durably(src_dir / file, tmp / file)

@@ -78,6 +78,8 @@ async def setup(config: UpdateConfig, app: App) -> None:
             max_error_rate_increase=config.max_error_rate_increase,
             max_p99_ratio=config.max_p99_ratio,
             min_agreement=config.min_agreement,
+            latency_floor_seconds=config.latency_floor_seconds,
+            max_output_psi=config.max_output_psi,
             min_feedback=config.min_feedback,
             max_feedback_accuracy_drop=config.max_feedback_accuracy_drop,
         ),

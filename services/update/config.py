@@ -34,6 +34,10 @@ class UpdateConfig(ServiceConfig):
     max_error_rate_increase: float = 0.01
     max_p99_ratio: float = 3.0
     min_agreement: float = 0.6
+    # Below this p99 (both versions), latency ratios are not judged.
+    latency_floor_seconds: float = 0.005
+    # Largest PSI of the candidate's output distribution against the active one's.
+    max_output_psi: float = 0.25
     # Outcomes: the personalization service scores active and candidate against the
     # homeowners' labels observed since the stage started (EvaluateVersions). Optional:
     # empty or unreachable, the gate runs without them.

@@ -10,16 +10,21 @@ on one filesystem.
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from models.manifest import load_manifest
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.modelstore import local_key
 from services.modelstore.bundle import TargetInfo, parse_version, unpack_bundle
-from services.modelstore.reader import VersionInfo
+from services.modelstore.reader import Source, VersionInfo
 from services.modelstore.registry import Registry
+from services.update.candidate_check import check_candidate
 from services.update.tuf_client import ModelUpdater
+
+logger = logging.getLogger(__name__)
 
 
 class Installer:
@@ -80,7 +85,7 @@ class Installer:
                 raise NotFound(f"model {name} {version} is not in the signed model repository")
             with tempfile.TemporaryDirectory(prefix=".stage-", dir=self._registry.root) as tmp:
                 installed = updater.install(target, Path(tmp), installed_version=None)
-                return self._registry.add_version(installed, "tuf")
+                return self._add_checked(name, installed, "tuf")
 
         return await asyncio.to_thread(fetch)
 
@@ -101,6 +106,19 @@ class Installer:
                         f"local_bundle: holds model {manifest.name!r}, not {name!r}"
                     )
                 local_key.verify(self._local_public, name, manifest.version, bundle, signature)
-                return self._registry.add_version(Path(tmp) / "model", "local")
+                return self._add_checked(name, Path(tmp) / "model", "local")
 
         return await asyncio.to_thread(install)
+
+    def _add_checked(self, name: str, model_dir: Path, source: Source) -> VersionInfo:
+        """Installs a verified version only once its stage-time checks pass
+        (``services.update.candidate_check``): a refused one writes nothing."""
+        active = self._registry.state(name).active
+        contract = (
+            load_manifest(self._registry.version_dir(name, active), verify_sha256=False)
+            if active is not None
+            else None
+        )
+        report = check_candidate(model_dir, contract)
+        logger.info("candidate %s checked: %s", name, report)
+        return self._registry.add_version(model_dir, source)

@@ -136,6 +136,28 @@ def start_step(
     )
 
 
+def ab_entry_check(name: str, state: SlotState, verdict: Verdict | None) -> None:
+    """A/B only after shadow: the candidate must be in shadow (or already in A/B, to
+    change its share) with a healthy verdict, i.e. at least the minimum number of inputs
+    compared with the active version and nothing crossed."""
+    if state.stage == "ab":
+        return
+    if state.stage != "shadow":
+        raise FailedPrecondition(
+            f"model {name}: candidate {state.candidate} is {state.stage}; run it in shadow"
+            " first (A/B needs a healthy shadow verdict on enough compared inputs)"
+        )
+    if verdict is None:
+        raise FailedPrecondition(
+            f"model {name}: candidate {state.candidate} has no shadow verdict yet (inference"
+            " has not reported it); A/B needs a healthy one"
+        )
+    if not verdict.healthy:
+        raise FailedPrecondition(
+            f"model {name}: A/B needs a healthy shadow verdict; it is {verdict.summary()}"
+        )
+
+
 def promote_step(name: str, state: SlotState, reason: str) -> Step:
     """Making the candidate active; only after it ran in shadow or A/B."""
     if state.candidate is None:
@@ -248,7 +270,10 @@ class Rollout:
     ) -> SlotState:
         """Moves the candidate into shadow or A/B (``share`` of entities)."""
         async with self._lock(name):
-            step = start_step(name, await self.state(name), stage, share, reason)
+            current = await self.state(name)
+            step = start_step(name, current, stage, share, reason)
+            if stage == "ab":
+                ab_entry_check(name, current, await self.verdict(name, current))
             await self._record(await self._ref(name, step.version), step, automatic=automatic)
             state = await asyncio.to_thread(self._registry.start_rollout, name, stage, share)
         self._stepped(name, step, state, automatic=automatic)
@@ -284,6 +309,24 @@ class Rollout:
             return None
         return await self._with_feedback(name, state, active, candidate)
 
+    async def verdict(self, name: str, state: SlotState) -> Verdict | None:
+        """The gate's verdict on the candidate now; None while inference has not applied
+        this rollout (or there is no inference or no rollout)."""
+        if self.status is None or state.stage not in RUNNING:
+            return None
+        active, candidate = await self.status.health(name)
+        if active is None or candidate is None or not _applied(state, candidate):
+            return None
+        active, candidate = await self._with_feedback(name, state, active, candidate)
+        return judge(active, candidate, state.stage, self.policy)
+
+    def judge(self, state: SlotState, active: RoleHealth, candidate: RoleHealth) -> Verdict | None:
+        """:func:`judge` for the registry's ``state``; None when inference has not applied
+        it yet."""
+        if not _applied(state, candidate):
+            return None
+        return judge(active, candidate, state.stage, self.policy)
+
     async def check_health(self) -> list[tuple[str, Verdict]]:
         """One pass of the health gate over every candidate in shadow or A/B: rolls back
         those that fail, moves on those that are due. Returns the verdicts."""
@@ -292,13 +335,9 @@ class Rollout:
             return verdicts
         for name in await asyncio.to_thread(self._registry.models):
             state = await asyncio.to_thread(self._registry.state, name)
-            if state.stage not in RUNNING or state.candidate is None:
-                continue
-            active, candidate = await self.status.health(name)
-            if active is None or candidate is None or candidate.version != state.candidate:
-                continue  # inference has not loaded this rollout yet
-            active, candidate = await self._with_feedback(name, state, active, candidate)
-            verdict = judge(active, candidate, state.stage, self.policy)
+            verdict = await self.verdict(name, state)
+            if verdict is None:
+                continue  # no rollout, or inference has not loaded it yet
             verdicts.append((name, verdict))
             await self._act(name, state, verdict)
         return verdicts
@@ -348,6 +387,14 @@ class Rollout:
     def _stepped(self, name: str, step: Step, state: SlotState, *, automatic: bool) -> None:
         STEPS.labels(name, step.name, "automatic" if automatic else "operator").inc()
         STAGE.labels(name).set(_STAGE_NUMBERS[state.stage])
+
+
+def _applied(state: SlotState, candidate: RoleHealth) -> bool:
+    """Whether inference reports the registry's candidate at (or after) the generation
+    that started its stage: a candidate not loaded then has failed to load."""
+    if candidate.version != state.candidate:
+        return False
+    return candidate.loaded or candidate.generation >= state.generation
 
 
 def ref(info: VersionInfo) -> common_pb2.ModelRef:

@@ -233,7 +233,20 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
                     active_feedback_count=active.feedback_count,
                     candidate_feedback_count=candidate.feedback_count,
                     compared_predictions=candidate.compared,
+                    candidate_predictions=candidate.predictions,
+                    candidate_errors=candidate.errors,
+                    candidate_non_finite=candidate.non_finite,
+                    output_psi=candidate.output_psi,
+                    output_ks=candidate.output_ks,
+                    output_samples=candidate.output_samples,
+                    candidate_loaded=candidate.loaded,
                 )
+            )
+            verdict = self.rollout.judge(state, active, candidate)
+            status.verdict = (
+                verdict.summary()
+                if verdict is not None
+                else f"undecided: inference has not loaded candidate {state.candidate} yet"
             )
         return status
 

@@ -37,9 +37,9 @@ Scores = Mapping[str, tuple[float, int]]
 """``version -> (accuracy, labels scored)``."""
 
 
-def role_health(h: inf_pb.RoleHealth) -> RoleHealth | None:
-    if not h.loaded:
-        return None
+def role_health(h: inf_pb.RoleHealth, generation: int = 0) -> RoleHealth:
+    """One version's rolling health as the gate judges it (``loaded`` False when
+    inference could not load it at registry ``generation``)."""
     return RoleHealth(
         version=h.model.version,
         predictions=int(h.predictions),
@@ -47,6 +47,13 @@ def role_health(h: inf_pb.RoleHealth) -> RoleHealth | None:
         p99_seconds=float(h.latency_p99_seconds),
         agreement=float(h.agreement_rate) if h.compared else 1.0,
         compared=int(h.compared),
+        loaded=h.loaded,
+        generation=generation,
+        non_finite=int(h.non_finite),
+        paired_latency_ratio=float(h.paired_latency_ratio),
+        output_psi=float(h.output_psi),
+        output_ks=float(h.output_ks),
+        output_samples=int(h.output_samples),
     )
 
 
@@ -69,9 +76,16 @@ class InferenceStatus:
         return response
 
     async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
+        """Active and candidate health; a candidate that is not loaded comes back with
+        ``loaded`` False (the gate tells "not yet" from "failed" by the generation)."""
         status = await self._status(name)
-        candidate = role_health(status.candidate) if status.HasField("candidate") else None
-        return role_health(status.active), candidate
+        candidate = (
+            role_health(status.candidate, int(status.generation))
+            if status.HasField("candidate")
+            else None
+        )
+        active = role_health(status.active, int(status.generation))
+        return (active if active.loaded else None), candidate
 
     async def drift(self, name: str) -> list[pb.FeatureDrift]:
         status = await self._status(name)

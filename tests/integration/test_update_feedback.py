@@ -1,9 +1,10 @@
 """The health gate's outcomes on real processes: audit, inference, personalization and
 update with a signed TUF repository.
 
-A bad occupancy candidate (it always answers "vacant") runs in A/B, where agreement is
-not judged (and ROOST_UPDATE_MIN_AGREEMENT=0 anyway): error rate and latency alone
-cannot tell it is bad. Once the hub has stored enough ground-truth labels since the
+A bad occupancy candidate (it always answers "vacant") runs in shadow, then A/B, with
+agreement and the output distribution not judged here (ROOST_UPDATE_MIN_AGREEMENT=0,
+ROOST_UPDATE_MAX_OUTPUT_PSI=1000; ``test_update_gate.py`` shows those catching it):
+error rate and latency alone cannot tell it is bad. Once the hub has stored enough ground-truth labels since the
 stage started (a presence sensor saying "occupied"), personalization scores both
 versions on them and the health gate rolls the candidate back for its feedback
 accuracy, as the audit log records.
@@ -65,6 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "ROOST_UPDATE_HEALTH_CHECK_SECONDS": "0.3",
                 "ROOST_UPDATE_MIN_COMPARED": "20",
                 "ROOST_UPDATE_MIN_AGREEMENT": "0",
+                "ROOST_UPDATE_MAX_OUTPUT_PSI": "1000",
                 "ROOST_UPDATE_FEEDBACK_CHECK_SECONDS": "0.5",
                 "ROOST_UPDATE_PERSONALIZATION_TARGET": (
                     f"127.0.0.1:{st.port_of(Role.PERSONALIZATION)}"
@@ -110,6 +112,22 @@ async def test_a_candidate_wrong_on_the_homeowners_labels_is_rolled_back(stack: 
     )
 
     await update.Stage(pb.StageRequest(model_name="occupancy", version=BAD), timeout=60)
+    # A/B only after a healthy shadow verdict on enough compared inputs.
+    await update.StartRollout(
+        pb.StartRolloutRequest(model_name="occupancy", stage=pb.ROLLOUT_STAGE_SHADOW), timeout=10
+    )
+    shadow = inf_pb.PredictBatchRequest(
+        model_name="occupancy", inputs=[occupied_row(i) for i in range(40)]
+    )
+
+    async def shadow_healthy() -> bool:
+        await inference.PredictBatch(shadow, timeout=10)
+        s = await update.GetRolloutStatus(
+            pb.GetRolloutStatusRequest(model_name="occupancy"), timeout=10
+        )
+        return s.status.verdict.startswith("healthy: ")
+
+    await wait_for_async(shadow_healthy, 30, "a healthy shadow verdict", interval=0.3)
     await update.StartRollout(
         pb.StartRolloutRequest(
             model_name="occupancy", stage=pb.ROLLOUT_STAGE_AB, candidate_share=0.5
@@ -121,7 +139,8 @@ async def test_a_candidate_wrong_on_the_homeowners_labels_is_rolled_back(stack: 
         s = await update.GetRolloutStatus(
             pb.GetRolloutStatusRequest(model_name="occupancy"), timeout=10
         )
-        return s.status.HasField("health")
+        # A/B starts a fresh window: nothing served live yet once inference applied it.
+        return s.status.verdict.startswith("undecided: 0 of")
 
     await wait_for_async(rollout_loaded, 20, "inference serving the A/B rollout")
 

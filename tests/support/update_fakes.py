@@ -60,12 +60,15 @@ class FakeStatus:
 
 
 class ShadowStatus(FakeStatus):
-    """A candidate in shadow that agrees with active on most inputs."""
+    """A candidate (``version``) in shadow that agrees with active on most inputs."""
+
+    def __init__(self, version: str = CANDIDATE) -> None:
+        self.version = version
 
     async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
         return (
             RoleHealth(ACTIVE, predictions=1000, errors=0, p99_seconds=0.001),
-            RoleHealth(CANDIDATE, 500, 0, 0.001, agreement=0.97, compared=500),
+            RoleHealth(self.version, 500, 0, 0.001, agreement=0.97, compared=500),
         )
 
 

@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 
 from roost.inference.v1 import inference_service_pb2 as pb
+from services.inference.app import InferenceApp
 from services.inference.monitor import agreement
+from services.inference.outputs import output_shift
+from services.kit.errors import FailedPrecondition
+from services.modelstore.registry import Registry
 from tests.support.onnx_models import linear_model
 from tests.support.rollouts import (
     W_ACTIVE,
@@ -18,6 +22,7 @@ from tests.support.rollouts import (
     StartApp,
     batch_request,
     config,
+    linear_dir,
     linear_probs,
     tensor,
     two_linear_versions,
@@ -68,3 +73,99 @@ def test_regressors_agree_within_the_tolerance(tmp_path: Path) -> None:
     a = np.array([[20.0, 21.0], [20.0, 21.0], [20.0, 21.0]], dtype=np.float32)
     c = np.array([[20.4, 20.6], [20.6, 21.0], [20.0, 22.0]], dtype=np.float32)
     assert agreement(m, a, c, 0.5).tolist() == [True, False, False]
+
+
+NAN_WEIGHTS = [float("nan"), 0.0, 0.0]
+
+
+def nan_candidate(tmp: Path, stage: str, share: float = 0.0) -> Registry:
+    """linear 1.0.0 active; 2.0.0, whose every output is NaN, the candidate at ``stage``."""
+    disk = Registry(tmp / "registry")
+    disk.add_version(linear_dir(tmp, W_ACTIVE, "1.0.0"), "local")
+    disk.activate("linear", "1.0.0")
+    disk.add_version(linear_dir(tmp, NAN_WEIGHTS, "2.0.0"), "local")
+    disk.stage("linear", "2.0.0")
+    disk.start_rollout("linear", stage, share)  # type: ignore[arg-type]
+    return disk
+
+
+async def status_of(app: InferenceApp) -> pb.GetModelStatusResponse:
+    return await app.servicer.GetModelStatus(pb.GetModelStatusRequest(model_name="linear"), None)
+
+
+async def test_nan_in_shadow_counts_as_errors_and_is_not_compared(
+    tmp_path: Path, start_app: StartApp
+) -> None:
+    nan_candidate(tmp_path, "shadow")
+    app = await start_app(config(tmp_path))
+    x = np.random.default_rng(2).normal(size=(50, 3)).astype(np.float32)
+    await app.servicer.PredictBatch(batch_request(x), None)
+    await app.monitor.drain()
+    c = (await status_of(app)).candidate
+    assert (c.predictions, c.errors, c.non_finite, c.compared) == (0, 50, 50, 0)
+    assert c.paired_latency_ratio > 0  # timed against the active on the same batch
+
+
+async def test_nan_is_never_served_in_ab(tmp_path: Path, start_app: StartApp) -> None:
+    nan_candidate(tmp_path, "ab", 1.0)
+    app = await start_app(config(tmp_path))
+    x = np.random.default_rng(3).normal(size=(40, 3)).astype(np.float32)
+    ids = [f"e{i}" for i in range(40)]
+    response = await app.servicer.PredictBatch(batch_request(x, ids), None)
+    # Every row was routed to the candidate; it answered NaN, so the active answered.
+    assert {p.model.version for p in response.predictions} == {"1.0.0"}
+    assert all(
+        np.isfinite(p.values).all() and np.isfinite(p.confidence) for p in response.predictions
+    )
+    c = (await status_of(app)).candidate
+    assert (c.predictions, c.errors, c.non_finite) == (0, 40, 40)
+
+
+async def test_an_active_version_answering_nan_is_refused_not_served(
+    tmp_path: Path, start_app: StartApp
+) -> None:
+    disk = Registry(tmp_path / "registry")
+    disk.add_version(linear_dir(tmp_path, NAN_WEIGHTS, "1.0.0"), "local")
+    disk.activate("linear", "1.0.0")
+    app = await start_app(config(tmp_path))
+    x = np.ones((3, 3), dtype=np.float32)
+    with pytest.raises(FailedPrecondition, match=r"non-finite outputs .* for 3 of 3 inputs"):
+        await app.servicer.PredictBatch(batch_request(x), None)
+    active = (await status_of(app)).active
+    assert (active.predictions, active.errors, active.non_finite) == (0, 3, 3)
+
+
+async def test_ab_starts_a_fresh_window_and_compares_output_distributions(
+    tmp_path: Path, start_app: StartApp
+) -> None:
+    disk = two_linear_versions(tmp_path, "shadow")
+    app = await start_app(config(tmp_path))
+    x = np.random.default_rng(4).normal(size=(300, 3)).astype(np.float32)
+    await app.servicer.PredictBatch(batch_request(x), None)
+    await app.monitor.drain()
+    assert (await status_of(app)).candidate.compared == 300
+    disk.start_rollout("linear", "ab", 1.0)
+    assert app.watcher is not None
+    await app.watcher.refresh(force=True)
+    c = (await status_of(app)).candidate
+    # Shadow-phase rows do not count in A/B: the candidate has served nothing live yet.
+    assert (c.predictions, c.compared, c.output_samples) == (0, 0, 0)
+    await app.servicer.PredictBatch(batch_request(x, [f"e{i}" for i in range(300)]), None)
+    c = (await status_of(app)).candidate
+    assert (c.predictions, c.output_samples) == (300, 300)
+
+
+def test_output_shift_sees_inverted_labels_and_shifted_forecasts(tmp_path: Path) -> None:
+    m = linear_model(tmp_path, [1.0]).manifest
+    mostly_vacant = np.array([0.0] * 90 + [1.0] * 10)
+    psi, ks = output_shift(m, mostly_vacant, 1.0 - mostly_vacant)
+    assert psi > 1.0
+    assert ks == pytest.approx(0.8)
+    assert output_shift(m, mostly_vacant, mostly_vacant[::-1].copy()) == (0.0, 0.0)
+    regressor = dataclasses.replace(m, task_kind="regression")
+    forecasts = np.random.default_rng(5).normal(20.0, 1.0, size=1000)
+    assert output_shift(regressor, forecasts, forecasts + 0.01)[0] < 0.05
+    psi, ks = output_shift(regressor, forecasts, forecasts + 3.0)
+    assert psi > 1.0
+    assert ks > 0.8
+    assert output_shift(m, mostly_vacant, np.empty(0)) == (0.0, 0.0)

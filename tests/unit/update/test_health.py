@@ -24,15 +24,83 @@ def candidate(**kw: object) -> RoleHealth:
 
 
 def test_too_little_data_is_undecided() -> None:
-    v = judge(ACTIVE, candidate(compared=99, errors=99, predictions=99), "shadow", POLICY)
+    v = judge(ACTIVE, candidate(compared=98, errors=1, predictions=98), "shadow", POLICY)
     assert v.healthy is None
-    assert "99 of 100" in v.summary()
+    assert v.summary() == "undecided: 99 of 100 rows compared in shadow so far"
+
+
+def test_zero_compared_is_never_healthy() -> None:
+    nothing = candidate(compared=0, errors=0, predictions=0, agreement=1.0)
+    assert judge(ACTIVE, nothing, "shadow", POLICY).healthy is None
+    assert judge(ACTIVE, nothing, "ab", POLICY).healthy is None
+
+
+def test_failed_calls_count_against_the_candidate() -> None:
+    """A candidate whose every shadow run fails (e.g. its graph wants 7 inputs where the
+    manifest says 6) compares nothing: the failures alone decide, it is not undecided."""
+    broken = candidate(compared=0, predictions=0, errors=15_952, agreement=1.0)
+    v = judge(ACTIVE, broken, "shadow", POLICY)
+    assert v.healthy is False
+    assert "errors 100.00% (15,952 of 15,952 rows)" in v.summary()
+
+
+def test_non_finite_outputs_are_errors_and_said_so() -> None:
+    nan = candidate(compared=400, predictions=400, errors=100, non_finite=100)
+    v = judge(ACTIVE, nan, "shadow", POLICY)
+    assert v.healthy is False
+    assert "errors 20.00% (100 of 500 rows, 100 non-finite)" in v.summary()
+
+
+def test_a_candidate_that_failed_to_load_fails_at_once() -> None:
+    v = judge(ACTIVE, candidate(loaded=False, compared=0, predictions=0, errors=0), "ab", POLICY)
+    assert v.healthy is False
+    assert v.summary() == "unhealthy: candidate 1.1.0 failed to load in inference"
+
+
+def test_ab_judges_only_rows_served_live() -> None:
+    """Compared shadow rows do not count in A/B: only what the candidate served."""
+    shadowed = candidate(compared=5000, predictions=0, errors=0)
+    v = judge(ACTIVE, shadowed, "ab", POLICY)
+    assert v.healthy is None
+    assert v.summary() == "undecided: 0 of 100 rows served live in A/B so far"
+
+
+def test_shadow_latency_is_judged_against_the_active_on_the_same_batches() -> None:
+    # Coalesced shadow batches are bigger than live calls: 8 ms for the candidate is
+    # fine when it takes 1.3x the active's time on the same batches (a stall or two
+    # in its p99 included), whatever the active takes live.
+    fair = candidate(p99_seconds=0.008, paired_latency_ratio=1.3)
+    assert judge(ACTIVE, fair, "shadow", POLICY).healthy is True
+    slow = candidate(p99_seconds=0.008, paired_latency_ratio=25.0)
+    v = judge(ACTIVE, slow, "shadow", POLICY)
+    assert v.healthy is False
+    assert "25.0x the active's time on the same batches (median; candidate p99 8.00 ms)" in (
+        v.summary()
+    )
+
+
+def test_a_shifted_output_distribution_fails_without_any_label() -> None:
+    inverted = candidate(predictions=500, output_psi=7.5, output_ks=0.9, output_samples=500)
+    v = judge(ACTIVE, inverted, "ab", POLICY)
+    assert v.healthy is False
+    assert "output distribution PSI 7.50, KS 0.90 over 500 rows (max PSI 0.25)" in v.summary()
+    few = candidate(predictions=500, output_psi=7.5, output_samples=50)
+    assert judge(ACTIVE, few, "ab", POLICY).healthy is True  # too few rows to compare
+
+
+def test_the_healthy_verdict_says_what_it_rests_on() -> None:
+    good = candidate(predictions=4884, compared=4884, errors=0, output_samples=4884)
+    text = judge(ACTIVE, good, "shadow", POLICY).summary()
+    assert text.startswith("healthy: agrees with active on 95.0% of 4,884 inputs compared")
+    for part in ("; errors 0.00% (0 of 4,884 rows)", "; p99 latency", "over 4,884 rows"):
+        assert part in text
+    assert "; feedback: 0 labels (needs 20)" in text
 
 
 @pytest.mark.parametrize(
     ("kw", "stage", "reason"),
     [
-        ({"errors": 30}, "ab", "error rate 6.00%"),
+        ({"errors": 30}, "ab", "errors 5.66% (30 of 530 rows) vs active 0.20%"),
         ({"p99_seconds": 0.05}, "ab", "p99 latency 50.00 ms"),
         ({"agreement": 0.3}, "shadow", "agrees with active on 30.0%"),
         (

@@ -22,10 +22,11 @@ from services.kit.errors import (
 )
 from services.modelstore.reader import SlotState, VersionInfo
 from services.modelstore.registry import Registry
-from services.update.health import HealthPolicy, RolloutSchedule, Verdict
+from services.update.health import HealthPolicy, RoleHealth, RolloutSchedule, Verdict
 from services.update.rollout import (
     GateAction,
     Rollout,
+    ab_entry_check,
     gate_action,
     promote_step,
     rollback_step,
@@ -216,6 +217,7 @@ async def test_every_step_is_audited_before_it_is_applied(tmp_path: Path) -> Non
     _, again = await env.rollout.stage(NAME, install)  # already the candidate: no new step
     assert again == state
     await env.rollout.start(NAME, "shadow", 0.0, automatic=False)
+    env.rollout.status = ShadowStatus("1.2.0")  # A/B needs a healthy shadow verdict
     await env.rollout.start(NAME, "ab", 0.25, automatic=True, reason="due")
     state = await env.rollout.promote(NAME, automatic=False, reason="by hand")
     assert (state.active, state.previous, state.candidate) == ("1.2.0", ACTIVE, None)
@@ -378,3 +380,57 @@ async def test_without_the_schedule_a_healthy_candidate_waits(tmp_path: Path) ->
     await env.rollout.check_health()
     assert env.registry.state(NAME).stage == "ab"
     assert env.audit.decisions == []
+
+
+# --------------------------------------------------------------------------- the gate's rules
+
+
+@pytest.mark.parametrize(
+    ("stage", "verdict", "match"),
+    [
+        ("staged", Verdict(True, ("fine",)), "is staged; run it in shadow first"),
+        ("shadow", None, "has no shadow verdict yet"),
+        ("shadow", Verdict(None, ("3 of 100 rows compared",)), "it is undecided: 3 of 100"),
+        ("shadow", Verdict(False, ("errors 100%",)), "it is unhealthy: errors 100%"),
+    ],
+)
+def test_ab_needs_a_healthy_shadow_verdict_first(
+    stage: str, verdict: Verdict | None, match: str
+) -> None:
+    with pytest.raises(FailedPrecondition, match=match):
+        ab_entry_check(NAME, slots(stage, CANDIDATE), verdict)
+    ab_entry_check(NAME, slots("shadow", CANDIDATE), Verdict(True, ("fine",)))
+    ab_entry_check(NAME, slots("ab", CANDIDATE, share=0.2), None)  # a new share
+
+
+async def test_staged_straight_to_ab_is_refused_and_not_audited(tmp_path: Path) -> None:
+    env = make_env(tmp_path, stage="staged")
+    with pytest.raises(FailedPrecondition, match="run it in shadow first"):
+        await env.rollout.start(NAME, "ab", 0.25, automatic=False)
+    assert env.registry.state(NAME).stage == "staged"
+    assert env.audit.decisions == []
+
+
+class NotLoaded(FakeStatus):
+    """Inference applied ``generation`` but could not load the candidate."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+
+    async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
+        return (
+            RoleHealth(ACTIVE, predictions=1000, errors=0, p99_seconds=0.001),
+            RoleHealth(CANDIDATE, 0, 0, 0.0, loaded=False, generation=self.generation),
+        )
+
+
+async def test_a_candidate_inference_cannot_load_is_rolled_back(tmp_path: Path) -> None:
+    env = make_env(tmp_path, stage="shadow")
+    generation = env.registry.state(NAME).generation
+    env.rollout.status = NotLoaded(generation - 1)  # not tried yet: no verdict
+    assert await env.rollout.check_health() == []
+    env.rollout.status = NotLoaded(generation)
+    ((_, verdict),) = await env.rollout.check_health()
+    assert verdict.summary() == f"unhealthy: candidate {CANDIDATE} failed to load in inference"
+    assert env.registry.state(NAME).candidate is None
+    assert [d.action for d in env.audit.decisions] == ["update.rollback"]

@@ -92,6 +92,14 @@ async def test_the_rollout_status_carries_the_feedback_accuracies(tmp_path: Path
     )
 
 
+async def test_the_status_says_what_the_verdict_rests_on(servicer: UpdateServicer) -> None:
+    status = (
+        await servicer.GetRolloutStatus(pb.GetRolloutStatusRequest(model_name="occupancy"), None)
+    ).status
+    assert status.verdict.startswith("healthy: 500 rows served live in A/B; errors 0.00% (0 of")
+    assert (status.health.candidate_predictions, status.health.candidate_loaded) == (500, True)
+
+
 async def test_a_model_without_a_rollout_has_no_health(servicer: UpdateServicer) -> None:
     status = (
         await servicer.GetRolloutStatus(pb.GetRolloutStatusRequest(model_name="comfort"), None)

@@ -76,7 +76,7 @@ async def test_inference_status_becomes_role_health_and_drift() -> None:
     active, candidate = await status.health("occupancy")
     assert candidate is None
     assert active is not None
-    assert (active.predictions, active.error_rate, active.agreement) == (10, 0.1, 1.0)
+    assert (active.predictions, active.error_rate, active.agreement) == (10, 1 / 11, 1.0)
     (drift,) = await status.drift("occupancy")
     assert (drift.feature, drift.alert) == ("co2", True)
 

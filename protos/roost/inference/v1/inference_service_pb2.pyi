@@ -511,6 +511,11 @@ class RoleHealth(_message.Message):
     LATENCY_P99_SECONDS_FIELD_NUMBER: _builtins.int
     COMPARED_FIELD_NUMBER: _builtins.int
     AGREEMENT_RATE_FIELD_NUMBER: _builtins.int
+    NON_FINITE_FIELD_NUMBER: _builtins.int
+    PAIRED_LATENCY_RATIO_FIELD_NUMBER: _builtins.int
+    OUTPUT_PSI_FIELD_NUMBER: _builtins.int
+    OUTPUT_KS_FIELD_NUMBER: _builtins.int
+    OUTPUT_SAMPLES_FIELD_NUMBER: _builtins.int
     loaded: _builtins.bool
     """Whether this version is loaded and running (a staged candidate, or one that
     failed to load, is not).
@@ -531,6 +536,21 @@ class RoleHealth(_message.Message):
     """Candidate in shadow only: share of compared predictions that agree (same label
     for classifiers; every output within the configured tolerance for regressors).
     """
+    non_finite: _builtins.int
+    """Rows answered with NaN or infinity in the window (never served; also in `errors`)."""
+    paired_latency_ratio: _builtins.float
+    """Candidate in shadow only: the median, over the batches it ran in the background, of
+    its session.run time divided by the active version's on the very same batch (0
+    before any): its slowdown, like with like (shadow batches are coalesced, larger
+    than live calls) and robust to a stray scheduling stall.
+    """
+    output_psi: _builtins.float
+    """Candidate only: its output distribution against the active version's over the
+    window (label shares of a classifier, quantile bins of a regressor's first output).
+    """
+    output_ks: _builtins.float
+    output_samples: _builtins.int
+    """Candidate only: answered rows the output comparison rests on."""
     @_builtins.property
     def model(self) -> _common_pb2.ModelRef:
         """The version in this role. `sha256` is empty when it is not loaded."""
@@ -547,10 +567,15 @@ class RoleHealth(_message.Message):
         latency_p99_seconds: _builtins.float = ...,
         compared: _builtins.int = ...,
         agreement_rate: _builtins.float = ...,
+        non_finite: _builtins.int = ...,
+        paired_latency_ratio: _builtins.float = ...,
+        output_psi: _builtins.float = ...,
+        output_ks: _builtins.float = ...,
+        output_samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_rate", b"agreement_rate", "compared", b"compared", "error_rate", b"error_rate", "errors", b"errors", "latency_p50_seconds", b"latency_p50_seconds", "latency_p99_seconds", b"latency_p99_seconds", "loaded", b"loaded", "model", b"model", "predictions", b"predictions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_rate", b"agreement_rate", "compared", b"compared", "error_rate", b"error_rate", "errors", b"errors", "latency_p50_seconds", b"latency_p50_seconds", "latency_p99_seconds", b"latency_p99_seconds", "loaded", b"loaded", "model", b"model", "non_finite", b"non_finite", "output_ks", b"output_ks", "output_psi", b"output_psi", "output_samples", b"output_samples", "paired_latency_ratio", b"paired_latency_ratio", "predictions", b"predictions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -373,6 +373,13 @@ class HealthComparison(_message.Message):
     COMPARED_PREDICTIONS_FIELD_NUMBER: _builtins.int
     ACTIVE_FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
     CANDIDATE_FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
+    CANDIDATE_PREDICTIONS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_ERRORS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_NON_FINITE_FIELD_NUMBER: _builtins.int
+    OUTPUT_PSI_FIELD_NUMBER: _builtins.int
+    OUTPUT_KS_FIELD_NUMBER: _builtins.int
+    OUTPUT_SAMPLES_FIELD_NUMBER: _builtins.int
+    CANDIDATE_LOADED_FIELD_NUMBER: _builtins.int
     active_error_rate: _builtins.float
     candidate_error_rate: _builtins.float
     active_p99_latency_seconds: _builtins.float
@@ -388,6 +395,19 @@ class HealthComparison(_message.Message):
     feedback yet, and the accuracies above mean nothing).
     """
     candidate_feedback_count: _builtins.int
+    candidate_predictions: _builtins.int
+    """What the candidate was judged on in this stage: its answered rows (in A/B only
+    those it served live, since A/B started), failed rows (errors, load failures and
+    non-finite outputs) and, of those, non-finite outputs.
+    """
+    candidate_errors: _builtins.int
+    candidate_non_finite: _builtins.int
+    output_psi: _builtins.float
+    """The candidate's output distribution against the active version's."""
+    output_ks: _builtins.float
+    output_samples: _builtins.int
+    candidate_loaded: _builtins.bool
+    """Whether inference has the candidate loaded (false: it failed to load)."""
     def __init__(
         self,
         *,
@@ -401,10 +421,17 @@ class HealthComparison(_message.Message):
         compared_predictions: _builtins.int = ...,
         active_feedback_count: _builtins.int = ...,
         candidate_feedback_count: _builtins.int = ...,
+        candidate_predictions: _builtins.int = ...,
+        candidate_errors: _builtins.int = ...,
+        candidate_non_finite: _builtins.int = ...,
+        output_psi: _builtins.float = ...,
+        output_ks: _builtins.float = ...,
+        output_samples: _builtins.int = ...,
+        candidate_loaded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_error_rate", b"active_error_rate", "active_feedback_accuracy", b"active_feedback_accuracy", "active_feedback_count", b"active_feedback_count", "active_p99_latency_seconds", b"active_p99_latency_seconds", "agreement", b"agreement", "candidate_error_rate", b"candidate_error_rate", "candidate_feedback_accuracy", b"candidate_feedback_accuracy", "candidate_feedback_count", b"candidate_feedback_count", "candidate_p99_latency_seconds", b"candidate_p99_latency_seconds", "compared_predictions", b"compared_predictions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_error_rate", b"active_error_rate", "active_feedback_accuracy", b"active_feedback_accuracy", "active_feedback_count", b"active_feedback_count", "active_p99_latency_seconds", b"active_p99_latency_seconds", "agreement", b"agreement", "candidate_error_rate", b"candidate_error_rate", "candidate_errors", b"candidate_errors", "candidate_feedback_accuracy", b"candidate_feedback_accuracy", "candidate_feedback_count", b"candidate_feedback_count", "candidate_loaded", b"candidate_loaded", "candidate_non_finite", b"candidate_non_finite", "candidate_p99_latency_seconds", b"candidate_p99_latency_seconds", "candidate_predictions", b"candidate_predictions", "compared_predictions", b"compared_predictions", "output_ks", b"output_ks", "output_psi", b"output_psi", "output_samples", b"output_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -421,9 +448,14 @@ class RolloutStatus(_message.Message):
     CANDIDATE_SHARE_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     STAGE_STARTED_AT_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     stage: Global___RolloutStage.ValueType
     candidate_share: _builtins.float
+    verdict: _builtins.str
+    """The health gate's verdict now and what it rests on, with counts, e.g. "healthy:
+    4,884 inputs compared in shadow; agreement 99.2% (minimum 60%); ...".
+    """
     @_builtins.property
     def active(self) -> _common_pb2.ModelRef: ...
     @_builtins.property
@@ -442,10 +474,11 @@ class RolloutStatus(_message.Message):
         candidate_share: _builtins.float = ...,
         health: Global___HealthComparison | None = ...,
         stage_started_at: _timestamp_pb2.Timestamp | None = ...,
+        verdict: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "candidate", b"candidate", "health", b"health", "stage_started_at", b"stage_started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "candidate", b"candidate", "candidate_share", b"candidate_share", "health", b"health", "model_name", b"model_name", "stage", b"stage", "stage_started_at", b"stage_started_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "candidate", b"candidate", "candidate_share", b"candidate_share", "health", b"health", "model_name", b"model_name", "stage", b"stage", "stage_started_at", b"stage_started_at", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
