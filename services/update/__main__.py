@@ -17,6 +17,7 @@ from services.kit.config import load_config
 from services.modelstore import local_key
 from services.modelstore.registry import Registry
 from services.update.config import UpdateConfig
+from services.update.fetchers import FetchLimits
 from services.update.health import HealthPolicy, RolloutSchedule
 from services.update.rollout import run_health_gate
 from services.update.servicer import POLICY, UpdateServicer
@@ -39,6 +40,13 @@ def make_updater(config: UpdateConfig) -> ModelUpdater | None:
         config.tuf_source,
         trusted_root=config.tuf_trusted_root,
         max_bundle_bytes=config.max_bundle_bytes,
+        limits=FetchLimits(
+            deadline_seconds=config.fetch_deadline_seconds,
+            min_bytes_per_second=config.fetch_min_bytes_per_second,
+            grace_seconds=config.fetch_grace_seconds,
+            stall_seconds=config.fetch_stall_seconds,
+            max_metadata_bytes=config.max_metadata_bytes,
+        ),
     )
 
 
