@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 _STAGES = {0: "-", 1: "staged", 2: "shadow", 3: "A/B", 4: "promoted", 5: "rolled back"}
 _SLOTS = {1: "active", 2: "candidate", 3: "previous", 4: "-"}
-_SOURCES = {1: "signed", 2: "local"}
+_SOURCES = {1: "signed", 2: "local", 3: "shipped"}
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, pb_grpc.UpdateServiceStub]:

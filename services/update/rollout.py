@@ -98,11 +98,10 @@ class Step:
         return self.action.removeprefix("update.")
 
 
-def stage_step(name: str, state: SlotState, info: VersionInfo) -> Step | None:
-    """Staging ``info`` as the candidate; None when it already is the candidate."""
-    version = info.version
+def refuse_stage(name: str, state: SlotState, version: str) -> None:
+    """Raises FailedPrecondition when ``version`` cannot become the candidate now."""
     if state.candidate == version:
-        return None
+        return
     if state.active is not None and parse_version(version) <= parse_version(state.active):
         raise FailedPrecondition(
             f"model {name}: {version} is not newer than active {state.active}"
@@ -113,6 +112,14 @@ def stage_step(name: str, state: SlotState, info: VersionInfo) -> Step | None:
             f"model {name}: candidate {state.candidate} is in {state.stage}; promote or"
             " roll it back before staging another"
         )
+
+
+def stage_step(name: str, state: SlotState, info: VersionInfo) -> Step | None:
+    """Staging ``info`` as the candidate; None when it already is the candidate."""
+    version = info.version
+    if state.candidate == version:
+        return None
+    refuse_stage(name, state, version)
     return Step(
         "update.stage",
         version,
@@ -228,16 +235,26 @@ class Rollout:
         return state
 
     async def stage(
-        self, name: str, install: Callable[[], Awaitable[VersionInfo]]
+        self,
+        name: str,
+        install: Callable[[], Awaitable[VersionInfo]],
+        *,
+        version: str | None = None,
+        note: str = "",
     ) -> tuple[VersionInfo, SlotState]:
         """Installs a version (``install``, under the model's lock) and stages it as the
-        candidate; staging the current candidate again changes nothing."""
+        candidate; staging the current candidate again changes nothing. With
+        ``version``, a version that could not be staged is refused before ``install``
+        writes anything. ``note`` is added to the audited reason."""
         async with self._lock(name):
+            if version is not None:
+                refuse_stage(name, await self.state(name), version)
             info = await install()
             state = await self.state(name)
             step = stage_step(name, state, info)
             if step is None:
                 return info, state
+            step = replace(step, reason=step.reason + note)
             await self._record(ref(info), step, automatic=False)
             state = await asyncio.to_thread(self._registry.stage, name, info.version)
         self._stepped(name, step, state, automatic=False)
