@@ -167,7 +167,10 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
         role = peer_role(context)
         if request.local_bundle:
             if role not in (Role.PERSONALIZATION, Role.ADMIN):
-                raise PermissionDenied("local candidates come from the personalization service")
+                raise PermissionDenied(
+                    f"the {role} identity may not stage local candidates: they come from"
+                    " the personalization service"
+                )
             if request.version:
                 raise InvalidArgument("version: must be empty with local_bundle")
             prepared = await self._installer.local(
