@@ -149,7 +149,7 @@ def test_every_method_is_covered() -> None:
 
 @pytest.mark.parametrize("case", list(CASES))
 async def test_each_role_gets_exactly_its_access(update: Stack, case: str) -> None:
-    method, call, allowed = CASES[case]
+    _, call, allowed = CASES[case]
     for role in Role:
         channel = service_channel(update, Role.UPDATE, role)
         try:

@@ -77,9 +77,7 @@ async def test_a_dripping_mirror_freezes_nothing(world: tuple[Stack, Mirror]) ->
     )
 
     mirror.drip, mirror.drip_seconds, mirror.sent = re.compile(r"timestamp\.json$"), 2.0, 0
-    checks = [
-        asyncio.ensure_future(admin.CheckForUpdates(pb.CheckForUpdatesRequest(), timeout=60))
-    ]
+    checks = [asyncio.ensure_future(admin.CheckForUpdates(pb.CheckForUpdatesRequest(), timeout=60))]
     await wait_until_async(lambda: mirror.sent > 0, 30, "the mirror to start dripping")
     checks += [
         asyncio.ensure_future(admin.CheckForUpdates(pb.CheckForUpdatesRequest(), timeout=60))
