@@ -12,8 +12,10 @@ The allowed transitions are the pure ``*_step`` functions below: each either ref
 (``FailedPrecondition``, with the reason an operator sees) or returns the :class:`Step`
 to take. :class:`Rollout` takes steps one at a time per model: it records each step in
 the audit log first (``services.update.trail``), then applies it to the registry (which
-re-checks the slot rules under its cross-process lock). Nothing is applied that the
-audit log did not acknowledge.
+re-checks the slot rules under its cross-process lock); a recorded step that then fails
+gets a compensating ``update.failed`` entry. A promotion is recorded right after the
+flip instead (the log never holds one that did not happen) and undone if the audit log
+does not take it. Nothing stays applied that the audit log did not acknowledge.
 
 The health gate (:meth:`Rollout.check_health`, run every ``health_check_seconds`` by
 :func:`run_health_gate`) judges every candidate in shadow or A/B against the active
@@ -58,6 +60,8 @@ AUTO_ROLLBACKS = Counter(
     "roost_update_auto_rollbacks_total", "Candidates rolled back by the health gate.", ["model"]
 )
 
+#: The compensating entry of a recorded step that did not take effect.
+FAILED_ACTION = "update.failed"
 #: The stages in which a candidate serves (shadow: compared only; ab: answers for some).
 RUNNING: tuple[StageName, ...] = ("shadow", "ab")
 _STAGE_NUMBERS = {"none": 0, "staged": 1, "shadow": 2, "ab": 3}
@@ -255,8 +259,9 @@ class Rollout:
             if step is None:
                 return info, state
             step = replace(step, reason=step.reason + note)
-            await self._record(ref(info), step, automatic=False)
-            state = await asyncio.to_thread(self._registry.stage, name, info.version)
+            state = await self._recorded(
+                ref(info), step, lambda: self._registry.stage(name, info.version), automatic=False
+            )
         self._stepped(name, step, state, automatic=False)
         return info, state
 
@@ -266,17 +271,30 @@ class Rollout:
         """Moves the candidate into shadow or A/B (``share`` of entities)."""
         async with self._lock(name):
             step = start_step(name, await self.state(name), stage, share, reason)
-            await self._record(await self._ref(name, step.version), step, automatic=automatic)
-            state = await asyncio.to_thread(self._registry.start_rollout, name, stage, share)
+            state = await self._recorded(
+                await self._ref(name, step.version),
+                step,
+                lambda: self._registry.start_rollout(name, stage, share),
+                automatic=automatic,
+            )
         self._stepped(name, step, state, automatic=automatic)
         return state
 
     async def promote(self, name: str, *, automatic: bool, reason: str) -> SlotState:
-        """Makes the candidate active (the active version becomes previous)."""
+        """Makes the candidate active (the active version becomes previous). Recorded
+        after the flip, so the log never holds a promotion that did not happen; if the
+        audit log does not take it, the flip is undone and the error raised."""
         async with self._lock(name):
-            step = promote_step(name, await self.state(name), reason)
-            await self._record(await self._ref(name, step.version), step, automatic=automatic)
+            before = await self.state(name)
+            step = promote_step(name, before, reason)
+            model = await self._ref(name, step.version)
             state = await asyncio.to_thread(self._registry.promote, name)
+            try:
+                await self._record(model, step, automatic=automatic)
+            except BaseException:
+                await asyncio.to_thread(self._registry.restore, name, before)
+                logger.error("promotion of %s %s undone: not recorded", name, step.version)
+                raise
         self._stepped(name, step, state, automatic=automatic)
         return state
 
@@ -284,8 +302,12 @@ class Rollout:
         """Withdraws the candidate, or restores the previous version."""
         async with self._lock(name):
             step = rollback_step(name, await self.state(name), reason)
-            await self._record(await self._ref(name, step.version), step, automatic=automatic)
-            state = await asyncio.to_thread(self._registry.rollback, name)
+            state = await self._recorded(
+                await self._ref(name, step.version),
+                step,
+                lambda: self._registry.rollback(name),
+                automatic=automatic,
+            )
         self._stepped(name, step, state, automatic=automatic)
         return state
 
@@ -355,6 +377,32 @@ class Rollout:
 
     async def _record(self, model: common_pb2.ModelRef, step: Step, *, automatic: bool) -> None:
         await self._trail.record(model, step.action, step.summary, step.reason, automatic=automatic)
+
+    async def _recorded(
+        self,
+        model: common_pb2.ModelRef,
+        step: Step,
+        apply: Callable[[], SlotState],
+        *,
+        automatic: bool,
+    ) -> SlotState:
+        """Records ``step``, then applies it; if applying fails, a compensating
+        ``update.failed`` entry says the recorded step did not take effect."""
+        await self._record(model, step, automatic=automatic)
+        try:
+            return await asyncio.to_thread(apply)
+        except Exception as e:
+            failed = Step(
+                FAILED_ACTION,
+                step.version,
+                f"{step.action} of {step.version} did not take effect",
+                f"{type(e).__name__}: {str(e)[:200]}",
+            )
+            try:
+                await self._record(model, failed, automatic=automatic)
+            except Exception:
+                logger.exception("could not record that %s of %s failed", step.action, model.name)
+            raise
 
     async def _ref(self, name: str, version: str) -> common_pb2.ModelRef:
         return ref(await asyncio.to_thread(self._registry.info, name, version))

@@ -277,6 +277,22 @@ class ModelUpdater:
         logger.info("installed %s %s from %s", target.family, target.version, target.path)
         return final
 
+    def sweep(self) -> int:
+        """Removes what a killed refresh or download left (metadata staging directories,
+        ``.part`` bundle downloads); returns how many. Call at start, before refreshing."""
+        leftovers = [
+            *self.metadata_dir.parent.glob(f".{self.metadata_dir.name}.*"),
+            *(self.cache_dir / "bundles").glob(".*.part"),
+        ]
+        for p in leftovers:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        if leftovers:
+            logger.info("swept %d leftovers of interrupted fetches", len(leftovers))
+        return len(leftovers)
+
     check_newer = staticmethod(check_newer)
 
     # -- internals ---------------------------------------------------------------------------

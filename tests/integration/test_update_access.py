@@ -34,6 +34,7 @@ OWNER = "ha-0123456789abcdef"
 READERS = {Role.ADMIN, Role.HUB, Role.AUDITOR, Role.PERSONALIZATION}
 OWNER_STEP = {Role.ADMIN}  # and the hub only with an owner's request
 RELAYED = {Role.ADMIN, Role.HUB}
+LEFTOVERS = (".stage-k9x2", ".local-k9x2", "occupancy/versions/.1.1.0.k9x2.tmp")
 
 
 def _shadow(owner: str = "") -> pb.StartRolloutRequest:
@@ -126,6 +127,10 @@ def update(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     trusted = tmp / "trusted-root.json"
     shutil.copy(repo.root_path, trusted)
     stack = Stack(tmp / "home", hub_id="access")
+    # What a kill -9 mid-stage leaves in the registry (test_crash_leftovers_...).
+    for leftover in LEFTOVERS:
+        (stack.models_dir / leftover).mkdir(parents=True)
+        (stack.models_dir / leftover / "model.onnx").write_bytes(b"\0" * 4096)
     try:
         stack.start_service(Role.AUDIT)
         stack.start_service(
@@ -186,3 +191,9 @@ async def test_the_hub_cannot_walk_a_release_to_active_by_itself(update: Stack) 
         assert "only to relay an owner's explicit request" in (e.value.details() or "")
     after = await admin.GetRolloutStatus(pb.GetRolloutStatusRequest(model_name=NAME), timeout=10)
     assert after == before
+
+
+def test_crash_leftovers_are_swept_at_start(update: Stack) -> None:
+    for leftover in LEFTOVERS:
+        assert not (update.models_dir / leftover).exists(), leftover
+    assert (update.models_dir / "occupancy" / "versions" / "1.0.0").is_dir()
