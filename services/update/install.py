@@ -10,8 +10,9 @@ registry); everything else is discarded. A version already on disk is re-verifie
 against fresh TUF metadata before it is offered again (an expired or tampered
 repository cannot slip it back in).
 
-No freeze: network work runs in one dedicated fetch thread, never the threads that
-answer status or rollback, and one operation at a time: a ``CheckForUpdates`` that
+No freeze: network work runs in a fetch thread of its own (a daemon: a fetch stuck on a
+mirror never holds up shutdown), never the threads that answer status or rollback, and
+one operation at a time: a ``CheckForUpdates`` that
 finds a refresh running joins it; any other caller gets ``RESOURCE_EXHAUSTED`` (and
 the running fetch ends by its own deadline, ``update.fetch_deadline_seconds``).
 """
@@ -19,11 +20,13 @@ the running fetch ends by its own deadline, ``update.fetch_deadline_seconds``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -88,7 +91,6 @@ class Installer:
         self._updater = updater
         self._local_public = local_public_key
         self._max_bundle_bytes = max_bundle_bytes
-        self._fetch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="update-fetch")
         self._running: tuple[str, asyncio.Future[Any]] | None = None
 
     def updater(self) -> ModelUpdater:
@@ -173,10 +175,6 @@ class Installer:
 
         return await asyncio.to_thread(unpack)
 
-    def close(self) -> None:
-        """Stops the fetch thread (a running fetch ends by its deadline)."""
-        self._fetch_thread.shutdown(wait=False, cancel_futures=True)
-
     # ------------------------------------------------------------------ internals
 
     def _ensure_root(self) -> Path:
@@ -195,10 +193,32 @@ class Installer:
                 f"the update service is already fetching from the model repository "
                 f"({running[0]}); retry when it is done"
             )
-        future = asyncio.get_running_loop().run_in_executor(self._fetch_thread, work)
-        future.add_done_callback(_consume)
+        future = _in_fetch_thread(asyncio.get_running_loop(), work)
         self._running = (operation, future)
         return await asyncio.shield(future)
+
+
+def _in_fetch_thread(loop: asyncio.AbstractEventLoop, work: Callable[[], T]) -> asyncio.Future[T]:
+    """``work()`` in a daemon thread of its own (a fetch stuck on a mirror never holds
+    up the process's exit), its outcome in the returned future."""
+    future: asyncio.Future[T] = loop.create_future()
+    future.add_done_callback(_consume)
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        outcome: Callable[[], None]
+        try:
+            outcome = functools.partial(future.set_result, work())
+        except BaseException as e:
+            outcome = functools.partial(future.set_exception, e)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="update-fetch", daemon=True).start()
+    return future
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
