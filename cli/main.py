@@ -38,7 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "Starting Roost: broker, audit, inference, update, personalization, hub, simulator ..."
         )
         t0 = time.monotonic()
-        stack.start_all(args.mqtt_port)
+        stack.start_all(args.mqtt_port, update_env=_models_repo_env(args))
         if args.speedup > 0:
             stack.start_simulator(args.speedup, args.areas)
         stack.write_stack_file()
@@ -55,6 +55,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         stack.stop()
         print("Stopped.")
+
+
+def _models_repo_env(args: argparse.Namespace) -> dict[str, str]:
+    """The update service's model repository from ``--models-repo``/``--trusted-root``."""
+    from cli.support import CliError
+
+    if not args.models_repo:
+        return {}
+    if args.trusted_root is None:
+        raise CliError("--models-repo needs --trusted-root (the repository's root.json)")
+    source = args.models_repo
+    if "://" not in source:
+        source = str(Path(source).resolve())
+    return {
+        "ROOST_UPDATE_TUF_SOURCE": source,
+        "ROOST_UPDATE_TUF_TRUSTED_ROOT": str(args.trusted_root.resolve()),
+    }
 
 
 def _print_banner(stack: Stack, took: float, areas: str) -> None:
@@ -197,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--speedup", type=float, default=60.0, help="simulator replay speed-up (0: no simulator)"
     )
     run.add_argument("--areas", default="office", help="comma-separated areas to simulate")
+    run.add_argument(
+        "--models-repo",
+        help="signed model repository for updates: a directory or an http(s):// URL",
+    )
+    run.add_argument(
+        "--trusted-root",
+        type=Path,
+        help="that repository's root.json, as its publisher handed it over (trust anchor)",
+    )
     run.add_argument("--hub-id", default="local")
     run.add_argument("--mqtt-port", type=int, default=0, help="broker port (default: a free one)")
     run.set_defaults(func=_cmd_run)
@@ -250,9 +276,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _passthrough(argv: Sequence[str]) -> int | None:
+    """``roost [--home H] simulate ARGS``: ARGS go to ``cli.simulate`` untouched
+    (argparse's REMAINDER refuses them when the first one is an option, e.g. --port)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("--home"):
+        i += 2 if argv[i] == "--home" else 1
+    if i < len(argv) and argv[i] == "simulate":
+        return _cmd_simulate(argparse.Namespace(rest=list(argv[i + 1 :])))
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from cli.support import CliError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passed = _passthrough(argv)
+    if passed is not None:
+        return passed
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 _STAGES = {0: "-", 1: "staged", 2: "shadow", 3: "A/B", 4: "promoted", 5: "rolled back"}
 _SLOTS = {1: "active", 2: "candidate", 3: "previous", 4: "-"}
-_SOURCES = {1: "signed", 2: "local"}
+_SOURCES = {1: "signed", 2: "local", 3: "shipped"}
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, pb_grpc.UpdateServiceStub]:
@@ -200,15 +200,46 @@ def cmd_publish(args: argparse.Namespace) -> int:
     """Packs a model directory and signs it into the TUF repository (publisher side)."""
     import tempfile
 
-    from cli.tuf_repo import ModelRepository
     from models.manifest import ManifestError, load_manifest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model_dir
+        if args.version:
+            model_dir = _as_version(args.model_dir, args.version, Path(tmp) / "model")
+        try:
+            manifest = load_manifest(model_dir)
+        except ManifestError as e:
+            raise CliError(str(e)) from None
+        return _publish(args, model_dir, manifest.name, manifest.version)
+
+
+def _as_version(src: Path, version: str, dst: Path) -> Path:
+    """A copy of the model directory ``src`` whose manifest says ``version``."""
+    import json
+    import shutil
+
+    from models.manifest import MANIFEST_FILE
+    from services.kit.errors import RoostError
+    from services.modelstore.bundle import parse_version
+
+    try:
+        parse_version(version)
+    except RoostError as e:
+        raise CliError(f"--version: {e}") from None
+    shutil.copytree(src, dst)
+    raw = json.loads((dst / MANIFEST_FILE).read_text())
+    raw["version"] = version
+    (dst / MANIFEST_FILE).write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    return dst
+
+
+def _publish(args: argparse.Namespace, model_dir: Path, name: str, version: str) -> int:
+    import tempfile
+
+    from cli.tuf_repo import ModelRepository
     from services.kit.errors import RoostError
     from services.modelstore.bundle import pack_bundle
 
-    try:
-        manifest = load_manifest(args.model_dir)
-    except ManifestError as e:
-        raise CliError(str(e)) from None
     try:
         if args.init:
             repo = ModelRepository.create(args.repo, args.keys)
@@ -216,8 +247,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         else:
             repo = ModelRepository.open(args.repo, args.keys)
         with tempfile.TemporaryDirectory() as tmp:
-            info = pack_bundle(args.model_dir, Path(tmp) / "bundle.tar")
-            target = repo.publish(manifest.name, info.path, manifest.version)
+            info = pack_bundle(model_dir, Path(tmp) / "bundle.tar")
+            target = repo.publish(name, info.path, version)
     except RoostError as e:
         raise CliError(str(e)) from None
     print(f"published {target.path} ({target.length} bytes, sha256 {target.sha256[:16]})")
@@ -272,4 +303,7 @@ def add_commands(msub: Any) -> None:
     pub.add_argument("--repo", type=Path, required=True, help="repository directory")
     pub.add_argument("--keys", type=Path, required=True, help="publisher keys (keep offline)")
     pub.add_argument("--init", action="store_true", help="create the repository first")
+    pub.add_argument(
+        "--version", help="publish as this version (default: the manifest's), e.g. 1.1.0"
+    )
     pub.set_defaults(func=cmd_publish)

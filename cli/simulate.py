@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -312,6 +313,27 @@ async def _run_with_retries(
             await asyncio.sleep(backoff)
 
 
+def looped(
+    first: Iterable[SimReading], again: Callable[[], Iterable[SimReading]]
+) -> Iterator[SimReading]:
+    """``first``, then ``again()`` over and over, each pass continuing the timestamps of
+    the one before (one step after its last reading), so time keeps moving on."""
+    offset, source = 0.0, first
+    while True:
+        start = last = step = None
+        for r in source:
+            if start is None:
+                start = r.ts
+            elif step is None and r.ts > start:
+                step = r.ts - start
+            last = r.ts
+            yield dataclasses.replace(r, ts=r.ts + offset)
+        if start is None or last is None:
+            return  # an empty stream stays empty
+        offset += last - start + (step or 1.0)
+        source = again()
+
+
 # --- CLI -------------------------------------------------------------------------------
 
 
@@ -349,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, default=None, help="stop after N messages")
     p.add_argument(
+        "--once",
+        action="store_true",
+        help="replay the stream once and stop (default: loop, time moving on each pass)",
+    )
+    p.add_argument(
         "--areas",
         type=_parse_areas,
         default=["office"],
@@ -377,16 +404,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 0:
         logger.error("--limit must be >= 0")
         return 2
-    try:
-        source = default_source(
-            args.source,
-            split=args.split,
-            seed=args.seed,
-            data_dir=data_dir_from_env(os.environ),
+
+    def make_source() -> Iterator[SimReading]:
+        return default_source(
+            args.source, split=args.split, seed=args.seed, data_dir=data_dir_from_env(os.environ)
         )
+
+    try:
+        first = make_source()
     except DatasetMissing as exc:
         logger.error("%s", exc)
         return 2
+    source = first if args.once else looped(first, make_source)
     try:
         asyncio.run(
             simulate(

@@ -175,13 +175,14 @@ class Stack:
             return True
         return launch.ready_port is None or port_open("127.0.0.1", launch.ready_port)
 
-    def start_all(self, mqtt_port: int = 0) -> None:
+    def start_all(self, mqtt_port: int = 0, update_env: Mapping[str, str] | None = None) -> None:
         """The broker, the four services and the hub, in the order `roost run` starts them
-        (each waits for its peers' ports); on a failure, everything started is stopped."""
+        (each waits for its peers' ports); on a failure, everything started is stopped.
+        ``update_env`` configures the update service (e.g. its model repository)."""
         try:
             self.start_broker(mqtt_port)
             for role in (Role.AUDIT, Role.INFERENCE, Role.UPDATE, Role.PERSONALIZATION):
-                self.start_service(role)
+                self.start_service(role, update_env if role == Role.UPDATE else None)
             self.start_hub()
         except BaseException:
             self.stop()

@@ -28,6 +28,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -174,7 +175,11 @@ class Coordinator:
             return
         try:
             await self.update.Rollback(
-                upd_pb.RollbackRequest(model_name=model, reason="from Home Assistant"),
+                upd_pb.RollbackRequest(
+                    model_name=model,
+                    reason="from Home Assistant",
+                    owner_request_id=owner_request_id(),
+                ),
                 timeout=10.0,
             )
         except grpc.aio.AioRpcError as e:
@@ -189,14 +194,22 @@ class Coordinator:
             return
         _, latest = self._latest_updates.get(model, ("", ""))
         method = "Stage"
+        request_id = owner_request_id()  # the owner pressed Install: one request, two steps
         try:
             if latest:
                 await self.update.Stage(
-                    upd_pb.StageRequest(model_name=model, version=latest), timeout=60.0
+                    upd_pb.StageRequest(
+                        model_name=model, version=latest, owner_request_id=request_id
+                    ),
+                    timeout=60.0,
                 )
             method = "StartRollout"
             await self.update.StartRollout(
-                upd_pb.StartRolloutRequest(model_name=model, stage=upd_pb.ROLLOUT_STAGE_SHADOW),
+                upd_pb.StartRolloutRequest(
+                    model_name=model,
+                    stage=upd_pb.ROLLOUT_STAGE_SHADOW,
+                    owner_request_id=request_id,
+                ),
                 timeout=10.0,
             )
         except grpc.aio.AioRpcError as e:
@@ -369,3 +382,9 @@ def _health(s: inf_pb.GetModelStatusResponse) -> tuple[bool, str]:
         if s.candidate.error_rate > s.active.error_rate + CANDIDATE_ERROR_MARGIN:
             return True, "rollout candidate fails more often than active"
     return False, "ok"
+
+
+def owner_request_id() -> str:
+    """The id of one owner action from Home Assistant, relayed to the update service
+    (which refuses owner steps from the hub without one) and recorded in the audit log."""
+    return f"ha-{uuid.uuid4().hex[:16]}"

@@ -19,6 +19,8 @@ fsync the directory) and only ever names complete versions. A process killed at 
 instant therefore leaves either the old slots or the new ones, each pointing at a
 model that loads; ``tests/unit/modelstore/test_registry.py`` kills writers mid-activation
 to show it. Readers (inference) just read ``state.json`` and the directories it names.
+What a killed writer leaves (temporary directories and files, the update service's
+``.stage-*``/``.local-*`` staging) is removed by :meth:`Registry.sweep` at start.
 
 Every slot change goes through :meth:`Registry.transition`, which checks the rules
 (e.g. only a staged candidate can enter shadow) and bumps ``generation``, so readers
@@ -33,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -89,9 +92,9 @@ class Registry(RegistryReader):
                 )
             return existing
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{manifest.version}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = Path(
+            tempfile.mkdtemp(dir=target.parent, prefix=f".{manifest.version}.", suffix=".tmp")
+        )
         try:
             files = {MANIFEST_FILE, *manifest.files()}
             files |= {card for card in CARD_FILES if (src_dir / card).is_file()}
@@ -235,6 +238,29 @@ class Registry(RegistryReader):
 
         return self.transition(name, change)
 
+    def restore(self, name: str, before: SlotState) -> SlotState:
+        """Puts the slots back as they were in ``before`` (a step that must not stand,
+        e.g. a promotion the audit log did not record); generation still moves on."""
+        return self.transition(name, lambda s: replace(before, generation=s.generation))
+
+    def sweep(self) -> tuple[int, int]:
+        """Removes what writers killed mid-write left behind (staging directories of
+        the update service, ``versions/.*.tmp``, ``.state.json.*.tmp``): (entries, bytes).
+        Call at start, before this process writes (the update service is the one writer)."""
+        leftovers = [*self.root.glob(".stage-*"), *self.root.glob(".local-*")]
+        for model_dir in self.root.glob("*/"):
+            leftovers += model_dir.glob(f".{STATE_FILE}.*.tmp")
+            leftovers += model_dir.glob("versions/.*.tmp")
+        size = sum(_size(p) for p in leftovers)
+        for p in leftovers:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        if leftovers:
+            logger.info("registry: swept %d crash leftovers (%d bytes)", len(leftovers), size)
+        return len(leftovers), size
+
     def bootstrap(self, shipped_dir: Path) -> list[str]:
         """Installs and activates every shipped model that the registry does not have
         yet (first start). Returns the names bootstrapped."""
@@ -272,3 +298,9 @@ def _copy_durably(src: Path, dst: Path) -> None:
         shutil.copyfileobj(fin, fout, 1 << 20)
         fout.flush()
         os.fsync(fout.fileno())
+
+
+def _size(path: Path) -> int:
+    """Bytes in the files at or below ``path``."""
+    files = [path] if path.is_symlink() or not path.is_dir() else path.rglob("*")
+    return sum(p.lstat().st_size for p in files if p.is_symlink() or not p.is_dir())

@@ -17,6 +17,7 @@ from services.kit.config import load_config
 from services.modelstore import local_key
 from services.modelstore.registry import Registry
 from services.update.config import UpdateConfig
+from services.update.fetchers import FetchLimits
 from services.update.health import HealthPolicy, RolloutSchedule
 from services.update.rollout import run_health_gate
 from services.update.servicer import POLICY, UpdateServicer
@@ -39,6 +40,13 @@ def make_updater(config: UpdateConfig) -> ModelUpdater | None:
         config.tuf_source,
         trusted_root=config.tuf_trusted_root,
         max_bundle_bytes=config.max_bundle_bytes,
+        limits=FetchLimits(
+            deadline_seconds=config.fetch_deadline_seconds,
+            min_bytes_per_second=config.fetch_min_bytes_per_second,
+            grace_seconds=config.fetch_grace_seconds,
+            stall_seconds=config.fetch_stall_seconds,
+            max_metadata_bytes=config.max_metadata_bytes,
+        ),
     )
 
 
@@ -46,6 +54,7 @@ async def setup(config: UpdateConfig, app: App) -> None:
     """The registry (bootstrapped with the shipped models if configured), the channels
     to audit, inference and personalization, the servicer and its health gate."""
     registry = Registry(config.registry_root)
+    await asyncio.to_thread(registry.sweep)  # crash leftovers; we are the one writer
     if config.bootstrap_shipped:
         done = await asyncio.to_thread(registry.bootstrap, shipped_models_dir())
         if done:
@@ -60,6 +69,9 @@ async def setup(config: UpdateConfig, app: App) -> None:
         )
     else:
         logger.info("no personalization service configured: the health gate has no labels")
+    updater = await asyncio.to_thread(make_updater, config)
+    if updater is not None:
+        await asyncio.to_thread(updater.sweep)
     public_path = config.certs_dir / LOCAL_CANDIDATE_PUB
     public = local_key.load_public(public_path) if public_path.is_file() else None
     servicer = UpdateServicer(
@@ -69,7 +81,7 @@ async def setup(config: UpdateConfig, app: App) -> None:
             config.hub_id,
             config.audit_deadline_seconds,
         ),
-        updater=await asyncio.to_thread(make_updater, config),
+        updater=updater,
         status=InferenceStatus(inference_channel),
         local_public_key=public,
         max_bundle_bytes=config.max_bundle_bytes,

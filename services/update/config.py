@@ -23,6 +23,14 @@ class UpdateConfig(ServiceConfig):
     # The repository's root.json, installed by the integrator (trust anchor).
     tuf_trusted_root: Path | None = None
     max_bundle_bytes: int = 64 * 1024 * 1024
+    # Every fetch from the repository (see services/update/fetchers.py): an overall
+    # deadline per refresh or download, a minimum rate after a grace period, a stall
+    # timeout per socket read and a cap on every metadata file, whatever it declares.
+    fetch_deadline_seconds: float = 120.0
+    fetch_min_bytes_per_second: float = 4096.0
+    fetch_grace_seconds: float = 10.0
+    fetch_stall_seconds: float = 10.0
+    max_metadata_bytes: int = 4 * 1024 * 1024
     # Peers.
     audit_target: str = "127.0.0.1:50052"
     inference_target: str = "127.0.0.1:50051"

@@ -12,8 +12,10 @@ The allowed transitions are the pure ``*_step`` functions below: each either ref
 (``FailedPrecondition``, with the reason an operator sees) or returns the :class:`Step`
 to take. :class:`Rollout` takes steps one at a time per model: it records each step in
 the audit log first (``services.update.trail``), then applies it to the registry (which
-re-checks the slot rules under its cross-process lock). Nothing is applied that the
-audit log did not acknowledge.
+re-checks the slot rules under its cross-process lock); a recorded step that then fails
+gets a compensating ``update.failed`` entry. A promotion is recorded right after the
+flip instead (the log never holds one that did not happen) and undone if the audit log
+does not take it. Nothing stays applied that the audit log did not acknowledge.
 
 The health gate (:meth:`Rollout.check_health`, run every ``health_check_seconds`` by
 :func:`run_health_gate`) judges every candidate in shadow or A/B against the active
@@ -58,6 +60,8 @@ AUTO_ROLLBACKS = Counter(
     "roost_update_auto_rollbacks_total", "Candidates rolled back by the health gate.", ["model"]
 )
 
+#: The compensating entry of a recorded step that did not take effect.
+FAILED_ACTION = "update.failed"
 #: The stages in which a candidate serves (shadow: compared only; ab: answers for some).
 RUNNING: tuple[StageName, ...] = ("shadow", "ab")
 _STAGE_NUMBERS = {"none": 0, "staged": 1, "shadow": 2, "ab": 3}
@@ -98,11 +102,10 @@ class Step:
         return self.action.removeprefix("update.")
 
 
-def stage_step(name: str, state: SlotState, info: VersionInfo) -> Step | None:
-    """Staging ``info`` as the candidate; None when it already is the candidate."""
-    version = info.version
+def refuse_stage(name: str, state: SlotState, version: str) -> None:
+    """Raises FailedPrecondition when ``version`` cannot become the candidate now."""
     if state.candidate == version:
-        return None
+        return
     if state.active is not None and parse_version(version) <= parse_version(state.active):
         raise FailedPrecondition(
             f"model {name}: {version} is not newer than active {state.active}"
@@ -113,6 +116,14 @@ def stage_step(name: str, state: SlotState, info: VersionInfo) -> Step | None:
             f"model {name}: candidate {state.candidate} is in {state.stage}; promote or"
             " roll it back before staging another"
         )
+
+
+def stage_step(name: str, state: SlotState, info: VersionInfo) -> Step | None:
+    """Staging ``info`` as the candidate; None when it already is the candidate."""
+    version = info.version
+    if state.candidate == version:
+        return None
+    refuse_stage(name, state, version)
     return Step(
         "update.stage",
         version,
@@ -250,18 +261,29 @@ class Rollout:
         return state
 
     async def stage(
-        self, name: str, install: Callable[[], Awaitable[VersionInfo]]
+        self,
+        name: str,
+        install: Callable[[], Awaitable[VersionInfo]],
+        *,
+        version: str | None = None,
+        note: str = "",
     ) -> tuple[VersionInfo, SlotState]:
         """Installs a version (``install``, under the model's lock) and stages it as the
-        candidate; staging the current candidate again changes nothing."""
+        candidate; staging the current candidate again changes nothing. With
+        ``version``, a version that could not be staged is refused before ``install``
+        writes anything. ``note`` is added to the audited reason."""
         async with self._lock(name):
+            if version is not None:
+                refuse_stage(name, await self.state(name), version)
             info = await install()
             state = await self.state(name)
             step = stage_step(name, state, info)
             if step is None:
                 return info, state
-            await self._record(ref(info), step, automatic=False)
-            state = await asyncio.to_thread(self._registry.stage, name, info.version)
+            step = replace(step, reason=step.reason + note)
+            state = await self._recorded(
+                ref(info), step, lambda: self._registry.stage(name, info.version), automatic=False
+            )
         self._stepped(name, step, state, automatic=False)
         return info, state
 
@@ -274,17 +296,30 @@ class Rollout:
             step = start_step(name, current, stage, share, reason)
             if stage == "ab":
                 ab_entry_check(name, current, await self.verdict(name, current))
-            await self._record(await self._ref(name, step.version), step, automatic=automatic)
-            state = await asyncio.to_thread(self._registry.start_rollout, name, stage, share)
+            state = await self._recorded(
+                await self._ref(name, step.version),
+                step,
+                lambda: self._registry.start_rollout(name, stage, share),
+                automatic=automatic,
+            )
         self._stepped(name, step, state, automatic=automatic)
         return state
 
     async def promote(self, name: str, *, automatic: bool, reason: str) -> SlotState:
-        """Makes the candidate active (the active version becomes previous)."""
+        """Makes the candidate active (the active version becomes previous). Recorded
+        after the flip, so the log never holds a promotion that did not happen; if the
+        audit log does not take it, the flip is undone and the error raised."""
         async with self._lock(name):
-            step = promote_step(name, await self.state(name), reason)
-            await self._record(await self._ref(name, step.version), step, automatic=automatic)
+            before = await self.state(name)
+            step = promote_step(name, before, reason)
+            model = await self._ref(name, step.version)
             state = await asyncio.to_thread(self._registry.promote, name)
+            try:
+                await self._record(model, step, automatic=automatic)
+            except BaseException:
+                await asyncio.to_thread(self._registry.restore, name, before)
+                logger.error("promotion of %s %s undone: not recorded", name, step.version)
+                raise
         self._stepped(name, step, state, automatic=automatic)
         return state
 
@@ -292,8 +327,12 @@ class Rollout:
         """Withdraws the candidate, or restores the previous version."""
         async with self._lock(name):
             step = rollback_step(name, await self.state(name), reason)
-            await self._record(await self._ref(name, step.version), step, automatic=automatic)
-            state = await asyncio.to_thread(self._registry.rollback, name)
+            state = await self._recorded(
+                await self._ref(name, step.version),
+                step,
+                lambda: self._registry.rollback(name),
+                automatic=automatic,
+            )
         self._stepped(name, step, state, automatic=automatic)
         return state
 
@@ -377,6 +416,32 @@ class Rollout:
 
     async def _record(self, model: common_pb2.ModelRef, step: Step, *, automatic: bool) -> None:
         await self._trail.record(model, step.action, step.summary, step.reason, automatic=automatic)
+
+    async def _recorded(
+        self,
+        model: common_pb2.ModelRef,
+        step: Step,
+        apply: Callable[[], SlotState],
+        *,
+        automatic: bool,
+    ) -> SlotState:
+        """Records ``step``, then applies it; if applying fails, a compensating
+        ``update.failed`` entry says the recorded step did not take effect."""
+        await self._record(model, step, automatic=automatic)
+        try:
+            return await asyncio.to_thread(apply)
+        except Exception as e:
+            failed = Step(
+                FAILED_ACTION,
+                step.version,
+                f"{step.action} of {step.version} did not take effect",
+                f"{type(e).__name__}: {str(e)[:200]}",
+            )
+            try:
+                await self._record(model, failed, automatic=automatic)
+            except Exception:
+                logger.exception("could not record that %s of %s failed", step.action, model.name)
+            raise
 
     async def _ref(self, name: str, version: str) -> common_pb2.ModelRef:
         return ref(await asyncio.to_thread(self._registry.info, name, version))

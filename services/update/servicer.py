@@ -1,6 +1,13 @@
 """gRPC servicer of the update service: parses requests, calls the rollout and the
 installer, builds responses.
 
+Who may do what (``POLICY``, then :func:`owner_note`): reading is open to every
+identity that needs it; promoting, rolling back, starting a rollout and staging a
+release are owner actions — the admin identity (the CLI), or the hub relaying an
+owner's explicit Home Assistant action with its ``owner_request_id``, which goes into
+the audited reason. The hub cannot take these steps on its own; personalization may
+stage only local candidates.
+
 The lifecycle itself (which steps are allowed, audited before they take effect, the
 health gate and the automatic schedule) is :mod:`services.update.rollout`; fetching and
 verifying versions is :mod:`services.update.install`. Every slot change is first
@@ -12,6 +19,7 @@ sessions without failing a request.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import datetime
 from typing import Any
 
@@ -27,16 +35,24 @@ from services.modelstore.reader import Stage as StageName
 from services.modelstore.registry import Registry
 from services.update.health import HealthPolicy, RolloutSchedule
 from services.update.install import Installer
-from services.update.rollout import FeedbackSource, ModelStatusSource, Rollout, ref
+from services.update.rollout import (
+    FeedbackSource,
+    ModelStatusSource,
+    Rollout,
+    ref,
+    refuse_stage,
+)
 from services.update.trail import Trail
 from services.update.tuf_client import ModelUpdater
 
 _SVC = "/roost.update.v1.UpdateService/"
+# The hub only with an owner_request_id (owner_note).
 _OPERATORS = frozenset({Role.ADMIN, Role.HUB})
 _READERS = frozenset({Role.ADMIN, Role.HUB, Role.AUDITOR, Role.PERSONALIZATION})
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 POLICY: Policy = {
     _SVC + "ListVersions": _READERS,
-    # Personalization stages its local candidates; people stage releases.
+    # Personalization stages its local candidates; owners stage releases.
     _SVC + "Stage": _OPERATORS | {Role.PERSONALIZATION},
     _SVC + "StartRollout": _OPERATORS,
     _SVC + "Promote": _OPERATORS,
@@ -50,7 +66,7 @@ _STAGE_CODES: dict[str, pb.RolloutStage.ValueType] = {
     "shadow": pb.ROLLOUT_STAGE_SHADOW,
     "ab": pb.ROLLOUT_STAGE_AB,
 }
-_SOURCES = {"tuf": pb.SOURCE_TUF, "local": pb.SOURCE_LOCAL, "shipped": pb.SOURCE_TUF}
+_SOURCES = {"tuf": pb.SOURCE_TUF, "local": pb.SOURCE_LOCAL, "shipped": pb.SOURCE_SHIPPED}
 MAX_PAGE = 100
 
 
@@ -151,22 +167,35 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
         role = peer_role(context)
         if request.local_bundle:
             if role not in (Role.PERSONALIZATION, Role.ADMIN):
-                raise PermissionDenied("local candidates come from the personalization service")
+                raise PermissionDenied(
+                    f"the {role} identity may not stage local candidates: they come from"
+                    " the personalization service"
+                )
             if request.version:
                 raise InvalidArgument("version: must be empty with local_bundle")
-            bundle, signature = bytes(request.local_bundle), bytes(request.local_signature)
-            info, state = await self.rollout.stage(
-                name, lambda: self._installer.local(name, bundle, signature)
+            prepared = await self._installer.local(
+                name, bytes(request.local_bundle), bytes(request.local_signature)
             )
+            note = ""
         elif not request.version:
             raise InvalidArgument("version: required (or local_bundle for a local candidate)")
         elif role == Role.PERSONALIZATION:
             raise PermissionDenied("personalization may stage local candidates only")
         else:
-            version = request.version
+            note = owner_note(role, request.owner_request_id, "stage a release")
+            # Refused before fetching (re-checked under the model's lock before writing).
+            self._installer.updater()
+            refuse_stage(name, await self.rollout.state(name), request.version)
+            prepared = await self._installer.release(name, request.version)
+        try:
             info, state = await self.rollout.stage(
-                name, lambda: self._installer.release(name, version)
+                name,
+                lambda: asyncio.to_thread(prepared.commit, self._registry),
+                version=prepared.version,
+                note=note,
             )
+        finally:
+            await asyncio.to_thread(prepared.discard)
         return pb.StageResponse(staged=_version_pb(info, state))
 
     async def StartRollout(
@@ -184,18 +213,25 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
                 )
         else:
             raise InvalidArgument("stage: must be ROLLOUT_STAGE_SHADOW or ROLLOUT_STAGE_AB")
+        note = owner_note(peer_role(context), request.owner_request_id, "start a rollout")
         share = float(request.candidate_share) if stage == "ab" else 0.0
-        state = await self.rollout.start(name, stage, share, automatic=False)
+        state = await self.rollout.start(
+            name, stage, share, automatic=False, reason=f"started by the owner{note}"
+        )
         return pb.StartRolloutResponse(status=await self._rollout_status(name, state))
 
     async def Promote(self, request: pb.PromoteRequest, context: Any) -> pb.PromoteResponse:
         name = _required_name(request.model_name)
-        state = await self.rollout.promote(name, automatic=False, reason="promoted by an operator")
+        note = owner_note(peer_role(context), request.owner_request_id, "promote")
+        state = await self.rollout.promote(
+            name, automatic=False, reason=f"promoted by the owner{note}"
+        )
         return pb.PromoteResponse(active=await self._active_pb(name, state))
 
     async def Rollback(self, request: pb.RollbackRequest, context: Any) -> pb.RollbackResponse:
         name = _required_name(request.model_name)
-        reason = request.reason.strip() or "rolled back by an operator"
+        note = owner_note(peer_role(context), request.owner_request_id, "roll back")
+        reason = (request.reason.strip() or "rolled back by the owner") + note
         state = await self.rollout.rollback(name, automatic=False, reason=reason)
         return pb.RollbackResponse(active=await self._active_pb(name, state))
 
@@ -265,6 +301,22 @@ def _version_pb(info: VersionInfo, state: SlotState) -> pb.ModelVersion:
     v = pb.ModelVersion(model=ref(info), slot=slot, source=_SOURCES[info.source])
     v.staged_at.FromDatetime(datetime.fromisoformat(info.staged_at))
     return v
+
+
+def owner_note(role: Role | None, owner_request_id: str, action: str) -> str:
+    """What the audit log records about who asked; PermissionDenied for the hub without
+    an owner's request (it cannot ``action`` by itself)."""
+    if owner_request_id and not _REQUEST_ID.fullmatch(owner_request_id):
+        raise InvalidArgument("owner_request_id: 1-64 characters of letters, digits and . _ : -")
+    if role == Role.ADMIN:
+        return f" (admin, request {owner_request_id})" if owner_request_id else ""
+    if not owner_request_id:
+        raise PermissionDenied(
+            f"the {role} identity may {action} only to relay an owner's explicit request"
+            " (owner_request_id, e.g. a Home Assistant action); use the admin identity"
+            " (roost models …) otherwise"
+        )
+    return f" (owner request {owner_request_id} relayed by the {role})"
 
 
 def _required_name(name: str) -> str:

@@ -1,8 +1,10 @@
-"""Every rollout step is recorded in the audit log before it takes effect.
+"""Every rollout step is recorded in the audit log: before it takes effect, except a
+promotion, recorded right after the flip (see ``services.update.rollout``).
 
 A step is a decision about a model (``entity_id = roost.model.<name>``) with the
 version it concerns as ``model``, the step as ``action`` (``update.stage``,
-``update.shadow``, ``update.ab``, ``update.promote``, ``update.rollback``), who caused
+``update.shadow``, ``update.ab``, ``update.promote``, ``update.rollback``, and
+``update.failed`` for a recorded step that did not take effect), who caused
 it as ``actor`` (a person through the CLI or Home Assistant: ``user_override``; the
 health gate: ``automatic``) and why as the policy reason.
 """

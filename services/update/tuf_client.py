@@ -26,11 +26,13 @@ unpacks into a staging directory and swaps it in only after all checks. Whatever
 refused, the previously trusted metadata and the installed model stay as they were.
 
 Sources: ``source`` is an ``http(s)://`` URL of the repository root (``metadata/`` and
-``targets/`` below it) or a local directory (USB stick, NFS mirror), read by
-``DirectoryFetcher`` with the same length limits as network downloads.
+``targets/`` below it) or a local directory (USB stick, NFS mirror); every fetch is held
+to ``FetchLimits`` (overall deadline, minimum rate, ``max_metadata_bytes`` whatever
+length is declared) by :mod:`services.update.fetchers`.
 
 Refusals are ``UpdateRefused`` (a ``FailedPrecondition``) with a ``reason`` and a message
-naming the file, the check and the likely attack; transport problems are ``Unavailable``.
+naming the file, the check and the likely attack; transport problems and a mirror too
+slow for the limits are ``Unavailable``.
 
 Extension point (not built yet): hub-local candidates, i.e. models personalized on the
 hub, will be signed by a per-hub key that is trusted for local candidates only. They
@@ -50,21 +52,20 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
-from urllib.parse import unquote, urlparse
-from urllib.request import url2pathname
+from urllib.parse import unquote
 
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Signed, TargetFile, Targets  # type: ignore[attr-defined]
 from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.updater import Updater
-from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from models.manifest import MANIFEST_FILE
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.modelstore.bundle import TargetInfo, check_family, parse_version, unpack_bundle
+from services.update.fetchers import FetchLimits, GuardedFetcher, resolve_source
 
 logger = logging.getLogger(__name__)
 
@@ -102,47 +103,6 @@ def check_newer(family: str, version: str, installed_version: str | None) -> Non
         )
 
 
-class DirectoryFetcher(FetcherInterface):
-    """Serves ``file://`` URLs below one directory (a local mirror of the repository).
-
-    Only regular files inside ``root`` are served; a missing file is an HTTP-like 404
-    (which ends ngclient's root-chain walk); lengths are capped by ``download_file``
-    exactly like network downloads.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        parsed = urlparse(url)
-        if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
-            raise tuf_errors.DownloadError(f"{url}: only local file:// URLs are served")
-        path = Path(url2pathname(unquote(parsed.path))).resolve()
-        if path != self.root and self.root not in path.parents:
-            raise tuf_errors.DownloadHTTPError(f"{url}: outside of {self.root}", 403)
-        if not path.is_file():
-            raise tuf_errors.DownloadHTTPError(f"{url}: not found", 404)
-        return self._chunks(path.open("rb"))
-
-    @staticmethod
-    def _chunks(f: BinaryIO) -> Iterator[bytes]:
-        with f:
-            while chunk := f.read(_CHUNK):
-                yield chunk
-
-
-class _Recorder(FetcherInterface):
-    """Remembers the last URL fetched, so refusals can name the file."""
-
-    def __init__(self, inner: FetcherInterface) -> None:
-        self.inner = inner
-        self.last_url = ""
-
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        self.last_url = url
-        return self.inner.fetch(url)
-
-
 class ModelUpdater:
     """Refresh, list, download and install model bundles verified by TUF."""
 
@@ -155,6 +115,7 @@ class ModelUpdater:
         trusted_root: Path,
         max_bundle_bytes: int,
         max_metadata_bytes: int | None = None,
+        limits: FetchLimits | None = None,
         fetcher: FetcherInterface | None = None,
     ) -> None:
         if max_bundle_bytes <= 0:
@@ -175,21 +136,23 @@ class ModelUpdater:
                 "(from `roost models publish`) there before updating models"
             ) from e
         self._trusted_root = trusted_root
-        self._config = UpdaterConfig()
+        limits = limits or FetchLimits()
         if max_metadata_bytes is not None:
-            if max_metadata_bytes <= 0:
-                raise InvalidArgument(
-                    f"max_metadata_bytes must be positive, got {max_metadata_bytes}"
-                )
-            c = self._config
-            c.root_max_length = min(c.root_max_length, max_metadata_bytes)
-            c.timestamp_max_length = min(c.timestamp_max_length, max_metadata_bytes)
-            c.snapshot_max_length = min(c.snapshot_max_length, max_metadata_bytes)
-            c.targets_max_length = min(c.targets_max_length, max_metadata_bytes)
-        self._meta_url, self._targets_url, default_fetcher = _resolve_source(source)
-        self._fetcher = fetcher if fetcher is not None else default_fetcher
+            limits = replace(limits, max_metadata_bytes=max_metadata_bytes)
+        self.limits = limits
+        # ngclient's caps hold where the signed metadata declares no length; the guard
+        # holds every metadata file to max_metadata_bytes whatever is declared.
+        self._config = UpdaterConfig()
+        c, cap = self._config, limits.max_metadata_bytes
+        c.root_max_length = min(c.root_max_length, cap)
+        c.timestamp_max_length = min(c.timestamp_max_length, cap)
+        c.snapshot_max_length = min(c.snapshot_max_length, cap)
+        c.targets_max_length = min(c.targets_max_length, cap)
+        self._meta_url, self._targets_url, default_fetcher = resolve_source(source, limits)
+        self._fetcher = GuardedFetcher(
+            fetcher if fetcher is not None else default_fetcher, self._meta_url, limits
+        )
         self._updater: Updater | None = None
-        self._recorder = _Recorder(self._fetcher)
         self._listing: dict[str, list[tuple[TargetInfo, TargetFile]]] = {}
 
     # -- metadata ----------------------------------------------------------------------------
@@ -202,17 +165,16 @@ class ModelUpdater:
         staging = Path(
             tempfile.mkdtemp(dir=self.metadata_dir.parent, prefix=f".{self.metadata_dir.name}.")
         )
-        recorder = _Recorder(self._fetcher)
         updater: Updater | None = None
         try:
             shutil.copytree(self.metadata_dir, staging, symlinks=True, dirs_exist_ok=True)
-            with self._refusals(recorder, lambda: updater):
+            with self._refusals(lambda: updater), self._fetcher.operation():
                 updater = Updater(
                     str(staging),
                     self._meta_url,
                     str(self.cache_dir / "bundles"),
                     self._targets_url,
-                    fetcher=recorder,
+                    fetcher=self._fetcher,
                     config=self._config,
                     bootstrap=self._bootstrap,
                 )
@@ -222,7 +184,7 @@ class ModelUpdater:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         assert updater is not None
-        self._updater, self._recorder, self._listing = updater, recorder, listing
+        self._updater, self._listing = updater, listing
 
     def families(self) -> list[str]:
         """Model families the verified top-level targets delegates to."""
@@ -266,7 +228,7 @@ class ModelUpdater:
         fd, tmp_name = tempfile.mkstemp(dir=bundles, prefix=f".{dest.name}.", suffix=".part")
         os.close(fd)
         try:
-            with self._refusals(self._recorder, lambda: updater):
+            with self._refusals(lambda: updater), self._fetcher.operation():
                 updater.download_target(entry, filepath=tmp_name)
             os.replace(tmp_name, dest)
         finally:
@@ -314,6 +276,22 @@ class ModelUpdater:
             shutil.rmtree(old, ignore_errors=True)
         logger.info("installed %s %s from %s", target.family, target.version, target.path)
         return final
+
+    def sweep(self) -> int:
+        """Removes what a killed refresh or download left (metadata staging directories,
+        ``.part`` bundle downloads); returns how many. Call at start, before refreshing."""
+        leftovers = [
+            *self.metadata_dir.parent.glob(f".{self.metadata_dir.name}.*"),
+            *(self.cache_dir / "bundles").glob(".*.part"),
+        ]
+        for p in leftovers:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        if leftovers:
+            logger.info("swept %d leftovers of interrupted fetches", len(leftovers))
+        return len(leftovers)
 
     check_newer = staticmethod(check_newer)
 
@@ -378,9 +356,7 @@ class ModelUpdater:
                 os.replace(src, self.metadata_dir / name)
 
     @contextlib.contextmanager
-    def _refusals(
-        self, recorder: _Recorder, updater: Callable[[], Updater | None]
-    ) -> Iterator[None]:
+    def _refusals(self, updater: Callable[[], Updater | None]) -> Iterator[None]:
         """Translate tuf errors into ``services.kit.errors`` with precise messages."""
         try:
             yield
@@ -396,80 +372,62 @@ class ModelUpdater:
         except tuf_errors.BadVersionNumberError as e:
             raise UpdateRefused(
                 "rollback",
-                f"model update refused: {self._file(recorder)} has an unexpected version "
+                f"model update refused: {self._file()} has an unexpected version "
                 f"({e}): rollback or mix-and-match attack, or a repository published out of "
                 f"order; {_UNCHANGED}",
             ) from e
         except tuf_errors.UnsignedMetadataError as e:
             raise UpdateRefused(
                 "signature",
-                f"model update refused: {self._file(recorder)} is not signed by the key(s) "
+                f"model update refused: {self._file()} is not signed by the key(s) "
                 f"trusted for that role ({e}): tampering or a compromised/retired key; "
                 f"{_UNCHANGED}",
             ) from e
         except tuf_errors.LengthOrHashMismatchError as e:
             raise UpdateRefused(
                 "hash_mismatch",
-                f"model update refused: {self._file(recorder)} does not match the length/hash "
+                f"model update refused: {self._file()} does not match the length/hash "
                 f"its signed metadata declares ({e}): tampered file or mix-and-match attack; "
                 f"{_UNCHANGED}",
             ) from e
         except tuf_errors.DownloadLengthMismatchError as e:
             raise UpdateRefused(
                 "too_large",
-                f"model update refused: {self._file(recorder)} exceeds its size limit ({e}): "
+                f"model update refused: {self._file()} exceeds its size limit ({e}): "
                 f"endless-data attack, or the limit is configured too low; {_UNCHANGED}",
             ) from e
         except tuf_errors.DownloadHTTPError as e:
             if e.status_code in (403, 404):
                 raise NotFound(
-                    f"model update source has no {self._file(recorder)} (HTTP {e.status_code}); "
+                    f"model update source has no {self._file()} (HTTP {e.status_code}); "
                     f"check the source URL/directory; {_UNCHANGED}"
                 ) from e
             raise Unavailable(
-                f"model update source failed on {self._file(recorder)} (HTTP {e.status_code}); "
+                f"model update source failed on {self._file()} (HTTP {e.status_code}); "
                 f"retry later; {_UNCHANGED}"
+            ) from e
+        except tuf_errors.SlowRetrievalError as e:
+            raise Unavailable(
+                f"model repository too slow while fetching {self._file()}: {e}; check the "
+                f"mirror or retry later; {_UNCHANGED}"
             ) from e
         except tuf_errors.DownloadError as e:
             raise Unavailable(
-                f"model update source unreachable while fetching {self._file(recorder)} "
+                f"model update source unreachable while fetching {self._file()} "
                 f"({e}); retry later; {_UNCHANGED}"
             ) from e
         except tuf_errors.RepositoryError as e:
             raise UpdateRefused(
                 "invalid_metadata",
-                f"model update refused: {self._file(recorder)} is invalid ({e}); {_UNCHANGED}",
+                f"model update refused: {self._file()} is invalid ({e}); {_UNCHANGED}",
             ) from e
 
-    def _file(self, recorder: _Recorder) -> str:
-        url = recorder.last_url
+    def _file(self) -> str:
+        url = self._fetcher.last_url
         for base, label in ((self._meta_url, "metadata/"), (self._targets_url, "targets/")):
             if url.startswith(base):
                 return label + unquote(url[len(base) :])
         return url or "metadata"
-
-
-def _resolve_source(source: str | Path) -> tuple[str, str, FetcherInterface]:
-    """(metadata base URL, targets base URL, fetcher)."""
-    if isinstance(source, str) and source.startswith(("http://", "https://")):
-        base = source.rstrip("/")
-        fetcher = Urllib3Fetcher(app_user_agent="roost-hub")
-        return f"{base}/metadata/", f"{base}/targets/", fetcher
-    if isinstance(source, str) and "://" in source:
-        raise InvalidArgument(
-            f"model update source '{source}' must be an http(s):// URL or a local directory"
-        )
-    root = Path(source).resolve()
-    if not (root / "metadata").is_dir():
-        raise NotFound(
-            f"model update source {root} has no metadata/ directory; point it at the "
-            "repository root (the directory holding metadata/ and targets/)"
-        )
-    return (
-        (root / "metadata").as_uri() + "/",
-        (root / "targets").as_uri() + "/",
-        DirectoryFetcher(root),
-    )
 
 
 def _installed_version(model_dir: Path) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -355,6 +356,10 @@ async def test_install_and_roll_back_from_home_assistant(ha: HomeAssistant, roos
     assert [d.action for d in steps] == ["update.stage", "update.shadow"]
     assert all(d.actor == audit_pb.ACTOR_USER_OVERRIDE for d in steps)
     assert steps[0].model.version == NEW_VERSION
+    # One owner request, relayed by the hub, behind both steps.
+    (install_id,) = {
+        re.findall(r"owner request (ha-\w+) relayed by the hub", d.policy.reason)[0] for d in steps
+    }
 
     # "Roll back" in HA: the candidate is withdrawn, 1.0.0 stays active.
     await asyncio.to_thread(
@@ -369,7 +374,11 @@ async def test_install_and_roll_back_from_home_assistant(ha: HomeAssistant, roos
     assert not status.candidate.version
     last = (await model_steps(stack))[-1]
     assert last.action == "update.rollback"
-    assert last.policy.reason == "from Home Assistant"
+    rollback_id = re.fullmatch(
+        r"from Home Assistant \(owner request (ha-\w+) relayed by the hub\)", last.policy.reason
+    )
+    assert rollback_id is not None, last.policy.reason
+    assert rollback_id.group(1) != install_id
     assert last.actor == audit_pb.ACTOR_USER_OVERRIDE
     assert last.output_label == f"candidate {NEW_VERSION} withdrawn"
     # 1.1.0 is still offered: HA can install it again.

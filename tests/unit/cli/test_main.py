@@ -68,3 +68,25 @@ def test_models_evaluate_without_the_data_exits_2(
     monkeypatch.setenv("ROOST_DATA_DIR", str(tmp_path / "empty"))
     assert main(["models", "evaluate", "occupancy"]) == 2
     assert "ROOST_DATA_DIR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["simulate", "--port", "1884", "--speedup", "0", "--once"],
+        ["--home", "x", "simulate", "--port", "1884", "--speedup", "0", "--once"],
+        ["--home=x", "simulate", "--port", "1884", "--speedup", "0", "--once"],
+    ],
+)
+def test_simulate_gets_its_options_as_the_readme_writes_them(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[list[str]] = []
+
+    def fake_main(args: list[str]) -> int:
+        seen.append(args)
+        return 0
+
+    monkeypatch.setattr("cli.simulate.main", fake_main)
+    assert main(argv) == 0
+    assert seen == [["--port", "1884", "--speedup", "0", "--once"]]

@@ -8,11 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from cli.household_stream import SimReading
 from cli.simulate import (
     _Message,
     _Run,
     build_parser,
     due_in,
+    looped,
     pacing_delay,
     simulate,
 )
@@ -175,3 +177,16 @@ async def test_simulate_rejects_bad_areas_before_connecting() -> None:
         await simulate("127.0.0.1", 1, source=[], areas=["No/Good"], progress=False)
     with pytest.raises(ValueError, match="areas"):
         await simulate("127.0.0.1", 1, source=[], areas=[], progress=False)
+
+
+def test_the_stream_loops_with_time_moving_on() -> None:
+    def once() -> list[SimReading]:
+        return [SimReading("office", "co2", float(i), 100.0 + 60 * i) for i in range(3)]
+
+    stream = looped(once(), once)
+    got = [next(stream) for _ in range(7)]
+    assert [r.value for r in got] == [0, 1, 2, 0, 1, 2, 0]
+    assert [r.ts for r in got] == [100 + 60 * i for i in range(7)]  # strictly on
+    assert list(looped([], once)) == []
+    assert build_parser().parse_args([]).once is False
+    assert build_parser().parse_args(["--once"]).once is True

@@ -173,3 +173,40 @@ def test_a_writer_killed_mid_activation_leaves_a_loadable_model(
         leftovers = list((registry.root / "occupancy").glob(".*.tmp"))
         assert len(leftovers) <= 1  # at most the temp file of the killed write
     assert len(seen) >= 2  # the kills landed at different points
+
+
+def test_crash_leftovers_are_swept_and_nothing_else(registry: Registry) -> None:
+    """What writers killed mid-write leave (simulated: kill -9 leaves exactly these)
+    goes at start; the versions and slots stay."""
+    registry.bootstrap(shipped_models_dir())
+    root = registry.root
+    stage = root / ".stage-k9x2"
+    (stage / "occupancy").mkdir(parents=True)
+    (stage / "occupancy" / "model.onnx").write_bytes(b"\0" * (1 << 20))
+    (root / ".local-77").mkdir()
+    versions = root / "occupancy" / "versions"
+    (versions / ".1.2.0.abc.tmp").mkdir()
+    (versions / ".1.2.0.abc.tmp" / "manifest.json").write_text("{}")
+    (root / "occupancy" / f".{STATE_FILE}.123.tmp").write_text("{}")
+    before = registry.state("occupancy")
+    kept = sorted(p.name for p in versions.iterdir() if not p.name.startswith("."))
+    assert registry.sweep() == (4, (1 << 20) + 2 + 2)
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+    assert sorted(p.name for p in versions.iterdir()) == kept
+    assert [p.name for p in (root / "occupancy").glob(f".{STATE_FILE}.*")] == []
+    assert registry.state("occupancy") == before
+    assert registry.sweep() == (0, 0)
+
+
+def test_restore_puts_the_slots_back_and_moves_the_generation_on(
+    registry: Registry, tmp_path: Path
+) -> None:
+    registry.bootstrap(shipped_models_dir())
+    registry.add_version(model_version(tmp_path, "1.1.0"), "tuf")
+    registry.stage("occupancy", "1.1.0")
+    before = registry.start_rollout("occupancy", "shadow")
+    promoted = registry.promote("occupancy")
+    assert promoted.active == "1.1.0"
+    restored = registry.restore("occupancy", before)
+    assert restored.generation == promoted.generation + 1
+    assert restored == SlotState(**{**before.__dict__, "generation": restored.generation})

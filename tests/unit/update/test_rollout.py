@@ -272,7 +272,10 @@ async def test_a_step_the_audit_did_not_record_is_not_taken(
     with pytest.raises(error, match=r"the step update\.promote was not taken"):
         await rollout.promote(NAME, automatic=False, reason="by hand")
     assert audit.calls == 1
-    assert registry.state(NAME) == before
+    # Promoted, not recorded, undone: the slots are back (a later generation).
+    after = registry.state(NAME)
+    assert after.generation > before.generation
+    assert after == SlotState(**{**before.__dict__, "generation": after.generation})
 
 
 async def test_steps_on_one_model_take_turns(tmp_path: Path) -> None:
@@ -434,3 +437,44 @@ async def test_a_candidate_inference_cannot_load_is_rolled_back(tmp_path: Path) 
     assert verdict.summary() == f"unhealthy: candidate {CANDIDATE} failed to load in inference"
     assert env.registry.state(NAME).candidate is None
     assert [d.action for d in env.audit.decisions] == ["update.rollback"]
+
+
+# --------------------------------------------------------------------------- honest trail
+
+
+async def test_a_promotion_that_fails_is_never_in_the_audit_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = make_env(tmp_path)
+    before = env.registry.state(NAME)
+
+    def disk_full(name: str) -> SlotState:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(env.registry, "promote", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        await env.rollout.promote(NAME, automatic=False, reason="by hand")
+    assert env.audit.decisions == []  # recorded after the flip, and there was none
+    assert env.registry.state(NAME) == before
+
+
+async def test_a_recorded_step_that_fails_gets_a_compensating_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = make_env(tmp_path, stage="staged")
+    before = env.registry.state(NAME)
+
+    def disk_full(name: str, stage: str, share: float = 0.0) -> SlotState:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(env.registry, "start_rollout", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        await env.rollout.start(NAME, "shadow", 0.0, automatic=False)
+    assert [(d.action, d.model.version) for d in env.audit.decisions] == [
+        ("update.shadow", CANDIDATE),
+        ("update.failed", CANDIDATE),
+    ]
+    failed = env.audit.decisions[1]
+    assert failed.output_label == f"update.shadow of {CANDIDATE} did not take effect"
+    assert failed.policy.reason == "OSError: [Errno 28] No space left on device"
+    assert env.registry.state(NAME) == before

@@ -242,18 +242,51 @@ async def test_rollout_requests_are_checked(
 
 async def test_lifecycle_responses(tmp_path: Path) -> None:
     servicer, audit = make_servicer(registry_with_candidate(tmp_path, "staged"))
+    admin = Context(Role.ADMIN)
     started = await servicer.StartRollout(
-        pb.StartRolloutRequest(model_name="occupancy", stage=pb.ROLLOUT_STAGE_SHADOW), None
+        pb.StartRolloutRequest(model_name="occupancy", stage=pb.ROLLOUT_STAGE_SHADOW), admin
     )
     assert (started.status.stage, started.status.candidate.version) == (
         pb.ROLLOUT_STAGE_SHADOW,
         CANDIDATE,
     )
-    promoted = await servicer.Promote(pb.PromoteRequest(model_name="occupancy"), None)
+    promoted = await servicer.Promote(pb.PromoteRequest(model_name="occupancy"), admin)
     assert (promoted.active.model.version, promoted.active.slot) == (CANDIDATE, pb.SLOT_ACTIVE)
-    rolled = await servicer.Rollback(pb.RollbackRequest(model_name="occupancy", reason=" "), None)
-    assert (rolled.active.model.version, rolled.active.source) == (ACTIVE, pb.SOURCE_TUF)
+    rolled = await servicer.Rollback(pb.RollbackRequest(model_name="occupancy", reason=" "), admin)
+    # The shipped 1.0.0 is not a signed release.
+    assert (rolled.active.model.version, rolled.active.source) == (ACTIVE, pb.SOURCE_SHIPPED)
     assert [d.policy.reason for d in audit.decisions][1:] == [
-        "promoted by an operator",
-        "rolled back by an operator",
+        "promoted by the owner",
+        "rolled back by the owner",
+    ]
+
+
+async def test_the_hub_takes_owner_steps_only_with_an_owner_request(tmp_path: Path) -> None:
+    """The hub faces MQTT and Home Assistant: by itself it cannot move a candidate;
+    relaying an owner's action it can, and the audit log names the request."""
+    registry = registry_with_candidate(tmp_path, "staged")
+    servicer, audit = make_servicer(registry)
+    hub = Context(Role.HUB)
+    before = registry.state("occupancy")
+    shadow = pb.StartRolloutRequest(model_name="occupancy", stage=pb.ROLLOUT_STAGE_SHADOW)
+    for call in (
+        lambda: servicer.StartRollout(shadow, hub),
+        lambda: servicer.Promote(pb.PromoteRequest(model_name="occupancy"), hub),
+        lambda: servicer.Rollback(pb.RollbackRequest(model_name="occupancy"), hub),
+        lambda: servicer.Stage(pb.StageRequest(model_name="occupancy", version="9.0.0"), hub),
+    ):
+        with pytest.raises(PermissionDenied, match="only to relay an owner's explicit request"):
+            await call()
+    assert registry.state("occupancy") == before
+    assert audit.decisions == []
+    with pytest.raises(InvalidArgument, match="owner_request_id: 1-64 characters"):
+        await servicer.Promote(
+            pb.PromoteRequest(model_name="occupancy", owner_request_id="x" * 65), hub
+        )
+    shadow.owner_request_id = "ha-1f2e"
+    await servicer.StartRollout(shadow, hub)
+    await servicer.Promote(pb.PromoteRequest(model_name="occupancy", owner_request_id="ha-2"), hub)
+    assert [d.policy.reason for d in audit.decisions] == [
+        "started by the owner (owner request ha-1f2e relayed by the hub)",
+        "promoted by the owner (owner request ha-2 relayed by the hub)",
     ]

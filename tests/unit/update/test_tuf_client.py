@@ -344,3 +344,21 @@ def test_misuse_of_the_client_gets_actionable_errors(world: World, tmp_path: Pat
         )
     with pytest.raises(InvalidArgument, match="http"):
         world.updater("ftp://example.org/repo")
+
+
+def test_leftovers_of_interrupted_fetches_are_swept(installed: World) -> None:
+    """A refresh or download killed mid-way (kill -9) leaves a metadata staging copy and
+    a ``.part`` bundle; the next start removes them and nothing it trusts."""
+    staging = installed.hub / ".metadata.k9x2"
+    staging.mkdir()
+    (staging / "timestamp.json").write_text("{}")
+    part = installed.hub / "cache" / "bundles" / ".occupancy-1.1.0.tar.abc.part"
+    part.write_bytes(b"\0" * (1 << 20))
+    before = installed.hub_state()
+    updater = installed.updater()
+    assert updater.sweep() == 2
+    assert not staging.exists()
+    assert not part.exists()
+    assert installed.hub_state() == before
+    assert updater.sweep() == 0
+    updater.refresh()

@@ -26,19 +26,19 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from roost.common.v1 import common_pb2 as roost_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$roost/update/v1/update_service.proto\x12\x0froost.update.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1croost/common/v1/common.proto\"\xb5\x01\n\x0cModelVersion\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12#\n\x04slot\x18\x02 \x01(\x0e\x32\x15.roost.update.v1.Slot\x12\'\n\x06source\x18\x03 \x01(\x0e\x32\x17.roost.update.v1.Source\x12-\n\tstaged_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x13ListVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x14ListVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.roost.update.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x0cStageRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0clocal_bundle\x18\x03 \x01(\x0c\x12\x17\n\x0flocal_signature\x18\x04 \x01(\x0c\">\n\rStageResponse\x12-\n\x06staged\x18\x01 \x01(\x0b\x32\x1d.roost.update.v1.ModelVersion\"p\n\x13StartRolloutRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12,\n\x05stage\x18\x02 \x01(\x0e\x32\x1d.roost.update.v1.RolloutStage\x12\x17\n\x0f\x63\x61ndidate_share\x18\x03 \x01(\x02\"F\n\x14StartRolloutResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.roost.update.v1.RolloutStatus\"$\n\x0ePromoteRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"@\n\x0fPromoteResponse\x12-\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x1d.roost.update.v1.ModelVersion\"5\n\x0fRollbackRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x10RollbackResponse\x12-\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x1d.roost.update.v1.ModelVersion\"\xff\x03\n\x10HealthComparison\x12\x19\n\x11\x61\x63tive_error_rate\x18\x01 \x01(\x01\x12\x1c\n\x14\x63\x61ndidate_error_rate\x18\x02 \x01(\x01\x12\"\n\x1a\x61\x63tive_p99_latency_seconds\x18\x03 \x01(\x01\x12%\n\x1d\x63\x61ndidate_p99_latency_seconds\x18\x04 \x01(\x01\x12\x11\n\tagreement\x18\x05 \x01(\x01\x12 \n\x18\x61\x63tive_feedback_accuracy\x18\x06 \x01(\x01\x12#\n\x1b\x63\x61ndidate_feedback_accuracy\x18\x07 \x01(\x01\x12\x1c\n\x14\x63ompared_predictions\x18\x08 \x01(\x04\x12\x1d\n\x15\x61\x63tive_feedback_count\x18\t \x01(\x04\x12 \n\x18\x63\x61ndidate_feedback_count\x18\n \x01(\x04\x12\x1d\n\x15\x63\x61ndidate_predictions\x18\x0b \x01(\x04\x12\x18\n\x10\x63\x61ndidate_errors\x18\x0c \x01(\x04\x12\x1c\n\x14\x63\x61ndidate_non_finite\x18\r \x01(\x04\x12\x12\n\noutput_psi\x18\x0e \x01(\x01\x12\x11\n\toutput_ks\x18\x0f \x01(\x01\x12\x16\n\x0eoutput_samples\x18\x10 \x01(\x04\x12\x18\n\x10\x63\x61ndidate_loaded\x18\x11 \x01(\x08\"\xbd\x02\n\rRolloutStatus\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12,\n\x05stage\x18\x02 \x01(\x0e\x32\x1d.roost.update.v1.RolloutStage\x12)\n\x06\x61\x63tive\x18\x03 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12,\n\tcandidate\x18\x04 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x17\n\x0f\x63\x61ndidate_share\x18\x05 \x01(\x02\x12\x31\n\x06health\x18\x06 \x01(\x0b\x32!.roost.update.v1.HealthComparison\x12\x34\n\x10stage_started_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07verdict\x18\x08 \x01(\t\"-\n\x17GetRolloutStatusRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"J\n\x18GetRolloutStatusResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.roost.update.v1.RolloutStatus\"?\n\x16\x43heckForUpdatesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x0f\x41vailableUpdate\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x14\n\x0clength_bytes\x18\x02 \x01(\x04\"e\n\x17\x43heckForUpdatesResponse\x12\x31\n\x07updates\x18\x01 \x03(\x0b\x32 .roost.update.v1.AvailableUpdate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\x14\n\x0cks_statistic\x18\x03 \x01(\x01\x12\r\n\x05\x61lert\x18\x04 \x01(\x08\"L\n\x0fGetDriftRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x10GetDriftResponse\x12/\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1d.roost.update.v1.FeatureDrift\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*c\n\x04Slot\x12\x14\n\x10SLOT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSLOT_ACTIVE\x10\x01\x12\x12\n\x0eSLOT_CANDIDATE\x10\x02\x12\x11\n\rSLOT_PREVIOUS\x10\x03\x12\r\n\tSLOT_NONE\x10\x04*B\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0e\n\nSOURCE_TUF\x10\x01\x12\x10\n\x0cSOURCE_LOCAL\x10\x02*\xb2\x01\n\x0cRolloutStage\x12\x1d\n\x19ROLLOUT_STAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14ROLLOUT_STAGE_STAGED\x10\x01\x12\x18\n\x14ROLLOUT_STAGE_SHADOW\x10\x02\x12\x14\n\x10ROLLOUT_STAGE_AB\x10\x03\x12\x1a\n\x16ROLLOUT_STAGE_PROMOTED\x10\x04\x12\x1d\n\x19ROLLOUT_STAGE_ROLLED_BACK\x10\x05\x32\xd0\x05\n\rUpdateService\x12[\n\x0cListVersions\x12$.roost.update.v1.ListVersionsRequest\x1a%.roost.update.v1.ListVersionsResponse\x12\x46\n\x05Stage\x12\x1d.roost.update.v1.StageRequest\x1a\x1e.roost.update.v1.StageResponse\x12[\n\x0cStartRollout\x12$.roost.update.v1.StartRolloutRequest\x1a%.roost.update.v1.StartRolloutResponse\x12L\n\x07Promote\x12\x1f.roost.update.v1.PromoteRequest\x1a .roost.update.v1.PromoteResponse\x12O\n\x08Rollback\x12 .roost.update.v1.RollbackRequest\x1a!.roost.update.v1.RollbackResponse\x12g\n\x10GetRolloutStatus\x12(.roost.update.v1.GetRolloutStatusRequest\x1a).roost.update.v1.GetRolloutStatusResponse\x12\x64\n\x0f\x43heckForUpdates\x12\'.roost.update.v1.CheckForUpdatesRequest\x1a(.roost.update.v1.CheckForUpdatesResponse\x12O\n\x08GetDrift\x12 .roost.update.v1.GetDriftRequest\x1a!.roost.update.v1.GetDriftResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$roost/update/v1/update_service.proto\x12\x0froost.update.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1croost/common/v1/common.proto\"\xb5\x01\n\x0cModelVersion\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12#\n\x04slot\x18\x02 \x01(\x0e\x32\x15.roost.update.v1.Slot\x12\'\n\x06source\x18\x03 \x01(\x0e\x32\x17.roost.update.v1.Source\x12-\n\tstaged_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x13ListVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x14ListVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.roost.update.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"|\n\x0cStageRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0clocal_bundle\x18\x03 \x01(\x0c\x12\x17\n\x0flocal_signature\x18\x04 \x01(\x0c\x12\x18\n\x10owner_request_id\x18\x05 \x01(\t\">\n\rStageResponse\x12-\n\x06staged\x18\x01 \x01(\x0b\x32\x1d.roost.update.v1.ModelVersion\"\x8a\x01\n\x13StartRolloutRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12,\n\x05stage\x18\x02 \x01(\x0e\x32\x1d.roost.update.v1.RolloutStage\x12\x17\n\x0f\x63\x61ndidate_share\x18\x03 \x01(\x02\x12\x18\n\x10owner_request_id\x18\x04 \x01(\t\"F\n\x14StartRolloutResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.roost.update.v1.RolloutStatus\">\n\x0ePromoteRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x18\n\x10owner_request_id\x18\x02 \x01(\t\"@\n\x0fPromoteResponse\x12-\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x1d.roost.update.v1.ModelVersion\"O\n\x0fRollbackRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x18\n\x10owner_request_id\x18\x03 \x01(\t\"A\n\x10RollbackResponse\x12-\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x1d.roost.update.v1.ModelVersion\"\xff\x03\n\x10HealthComparison\x12\x19\n\x11\x61\x63tive_error_rate\x18\x01 \x01(\x01\x12\x1c\n\x14\x63\x61ndidate_error_rate\x18\x02 \x01(\x01\x12\"\n\x1a\x61\x63tive_p99_latency_seconds\x18\x03 \x01(\x01\x12%\n\x1d\x63\x61ndidate_p99_latency_seconds\x18\x04 \x01(\x01\x12\x11\n\tagreement\x18\x05 \x01(\x01\x12 \n\x18\x61\x63tive_feedback_accuracy\x18\x06 \x01(\x01\x12#\n\x1b\x63\x61ndidate_feedback_accuracy\x18\x07 \x01(\x01\x12\x1c\n\x14\x63ompared_predictions\x18\x08 \x01(\x04\x12\x1d\n\x15\x61\x63tive_feedback_count\x18\t \x01(\x04\x12 \n\x18\x63\x61ndidate_feedback_count\x18\n \x01(\x04\x12\x1d\n\x15\x63\x61ndidate_predictions\x18\x0b \x01(\x04\x12\x18\n\x10\x63\x61ndidate_errors\x18\x0c \x01(\x04\x12\x1c\n\x14\x63\x61ndidate_non_finite\x18\r \x01(\x04\x12\x12\n\noutput_psi\x18\x0e \x01(\x01\x12\x11\n\toutput_ks\x18\x0f \x01(\x01\x12\x16\n\x0eoutput_samples\x18\x10 \x01(\x04\x12\x18\n\x10\x63\x61ndidate_loaded\x18\x11 \x01(\x08\"\xbd\x02\n\rRolloutStatus\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12,\n\x05stage\x18\x02 \x01(\x0e\x32\x1d.roost.update.v1.RolloutStage\x12)\n\x06\x61\x63tive\x18\x03 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12,\n\tcandidate\x18\x04 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x17\n\x0f\x63\x61ndidate_share\x18\x05 \x01(\x02\x12\x31\n\x06health\x18\x06 \x01(\x0b\x32!.roost.update.v1.HealthComparison\x12\x34\n\x10stage_started_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07verdict\x18\x08 \x01(\t\"-\n\x17GetRolloutStatusRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"J\n\x18GetRolloutStatusResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.roost.update.v1.RolloutStatus\"?\n\x16\x43heckForUpdatesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Q\n\x0f\x41vailableUpdate\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x14\n\x0clength_bytes\x18\x02 \x01(\x04\"e\n\x17\x43heckForUpdatesResponse\x12\x31\n\x07updates\x18\x01 \x03(\x0b\x32 .roost.update.v1.AvailableUpdate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\x14\n\x0cks_statistic\x18\x03 \x01(\x01\x12\r\n\x05\x61lert\x18\x04 \x01(\x08\"L\n\x0fGetDriftRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x10GetDriftResponse\x12/\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1d.roost.update.v1.FeatureDrift\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*c\n\x04Slot\x12\x14\n\x10SLOT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSLOT_ACTIVE\x10\x01\x12\x12\n\x0eSLOT_CANDIDATE\x10\x02\x12\x11\n\rSLOT_PREVIOUS\x10\x03\x12\r\n\tSLOT_NONE\x10\x04*V\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0e\n\nSOURCE_TUF\x10\x01\x12\x10\n\x0cSOURCE_LOCAL\x10\x02\x12\x12\n\x0eSOURCE_SHIPPED\x10\x03*\xb2\x01\n\x0cRolloutStage\x12\x1d\n\x19ROLLOUT_STAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14ROLLOUT_STAGE_STAGED\x10\x01\x12\x18\n\x14ROLLOUT_STAGE_SHADOW\x10\x02\x12\x14\n\x10ROLLOUT_STAGE_AB\x10\x03\x12\x1a\n\x16ROLLOUT_STAGE_PROMOTED\x10\x04\x12\x1d\n\x19ROLLOUT_STAGE_ROLLED_BACK\x10\x05\x32\xd0\x05\n\rUpdateService\x12[\n\x0cListVersions\x12$.roost.update.v1.ListVersionsRequest\x1a%.roost.update.v1.ListVersionsResponse\x12\x46\n\x05Stage\x12\x1d.roost.update.v1.StageRequest\x1a\x1e.roost.update.v1.StageResponse\x12[\n\x0cStartRollout\x12$.roost.update.v1.StartRolloutRequest\x1a%.roost.update.v1.StartRolloutResponse\x12L\n\x07Promote\x12\x1f.roost.update.v1.PromoteRequest\x1a .roost.update.v1.PromoteResponse\x12O\n\x08Rollback\x12 .roost.update.v1.RollbackRequest\x1a!.roost.update.v1.RollbackResponse\x12g\n\x10GetRolloutStatus\x12(.roost.update.v1.GetRolloutStatusRequest\x1a).roost.update.v1.GetRolloutStatusResponse\x12\x64\n\x0f\x43heckForUpdates\x12\'.roost.update.v1.CheckForUpdatesRequest\x1a(.roost.update.v1.CheckForUpdatesResponse\x12O\n\x08GetDrift\x12 .roost.update.v1.GetDriftRequest\x1a!.roost.update.v1.GetDriftResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'roost.update.v1.update_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SLOT']._serialized_start=2523
-  _globals['_SLOT']._serialized_end=2622
-  _globals['_SOURCE']._serialized_start=2624
-  _globals['_SOURCE']._serialized_end=2690
-  _globals['_ROLLOUTSTAGE']._serialized_start=2693
-  _globals['_ROLLOUTSTAGE']._serialized_end=2871
+  _globals['_SLOT']._serialized_start=2628
+  _globals['_SLOT']._serialized_end=2727
+  _globals['_SOURCE']._serialized_start=2729
+  _globals['_SOURCE']._serialized_end=2815
+  _globals['_ROLLOUTSTAGE']._serialized_start=2818
+  _globals['_ROLLOUTSTAGE']._serialized_end=2996
   _globals['_MODELVERSION']._serialized_start=121
   _globals['_MODELVERSION']._serialized_end=302
   _globals['_LISTVERSIONSREQUEST']._serialized_start=304
@@ -46,41 +46,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTVERSIONSRESPONSE']._serialized_start=386
   _globals['_LISTVERSIONSRESPONSE']._serialized_end=482
   _globals['_STAGEREQUEST']._serialized_start=484
-  _globals['_STAGEREQUEST']._serialized_end=582
-  _globals['_STAGERESPONSE']._serialized_start=584
-  _globals['_STAGERESPONSE']._serialized_end=646
-  _globals['_STARTROLLOUTREQUEST']._serialized_start=648
-  _globals['_STARTROLLOUTREQUEST']._serialized_end=760
-  _globals['_STARTROLLOUTRESPONSE']._serialized_start=762
-  _globals['_STARTROLLOUTRESPONSE']._serialized_end=832
-  _globals['_PROMOTEREQUEST']._serialized_start=834
-  _globals['_PROMOTEREQUEST']._serialized_end=870
-  _globals['_PROMOTERESPONSE']._serialized_start=872
-  _globals['_PROMOTERESPONSE']._serialized_end=936
-  _globals['_ROLLBACKREQUEST']._serialized_start=938
-  _globals['_ROLLBACKREQUEST']._serialized_end=991
-  _globals['_ROLLBACKRESPONSE']._serialized_start=993
-  _globals['_ROLLBACKRESPONSE']._serialized_end=1058
-  _globals['_HEALTHCOMPARISON']._serialized_start=1061
-  _globals['_HEALTHCOMPARISON']._serialized_end=1572
-  _globals['_ROLLOUTSTATUS']._serialized_start=1575
-  _globals['_ROLLOUTSTATUS']._serialized_end=1892
-  _globals['_GETROLLOUTSTATUSREQUEST']._serialized_start=1894
-  _globals['_GETROLLOUTSTATUSREQUEST']._serialized_end=1939
-  _globals['_GETROLLOUTSTATUSRESPONSE']._serialized_start=1941
-  _globals['_GETROLLOUTSTATUSRESPONSE']._serialized_end=2015
-  _globals['_CHECKFORUPDATESREQUEST']._serialized_start=2017
-  _globals['_CHECKFORUPDATESREQUEST']._serialized_end=2080
-  _globals['_AVAILABLEUPDATE']._serialized_start=2082
-  _globals['_AVAILABLEUPDATE']._serialized_end=2163
-  _globals['_CHECKFORUPDATESRESPONSE']._serialized_start=2165
-  _globals['_CHECKFORUPDATESRESPONSE']._serialized_end=2266
-  _globals['_FEATUREDRIFT']._serialized_start=2268
-  _globals['_FEATUREDRIFT']._serialized_end=2349
-  _globals['_GETDRIFTREQUEST']._serialized_start=2351
-  _globals['_GETDRIFTREQUEST']._serialized_end=2427
-  _globals['_GETDRIFTRESPONSE']._serialized_start=2429
-  _globals['_GETDRIFTRESPONSE']._serialized_end=2521
-  _globals['_UPDATESERVICE']._serialized_start=2874
-  _globals['_UPDATESERVICE']._serialized_end=3594
+  _globals['_STAGEREQUEST']._serialized_end=608
+  _globals['_STAGERESPONSE']._serialized_start=610
+  _globals['_STAGERESPONSE']._serialized_end=672
+  _globals['_STARTROLLOUTREQUEST']._serialized_start=675
+  _globals['_STARTROLLOUTREQUEST']._serialized_end=813
+  _globals['_STARTROLLOUTRESPONSE']._serialized_start=815
+  _globals['_STARTROLLOUTRESPONSE']._serialized_end=885
+  _globals['_PROMOTEREQUEST']._serialized_start=887
+  _globals['_PROMOTEREQUEST']._serialized_end=949
+  _globals['_PROMOTERESPONSE']._serialized_start=951
+  _globals['_PROMOTERESPONSE']._serialized_end=1015
+  _globals['_ROLLBACKREQUEST']._serialized_start=1017
+  _globals['_ROLLBACKREQUEST']._serialized_end=1096
+  _globals['_ROLLBACKRESPONSE']._serialized_start=1098
+  _globals['_ROLLBACKRESPONSE']._serialized_end=1163
+  _globals['_HEALTHCOMPARISON']._serialized_start=1166
+  _globals['_HEALTHCOMPARISON']._serialized_end=1677
+  _globals['_ROLLOUTSTATUS']._serialized_start=1680
+  _globals['_ROLLOUTSTATUS']._serialized_end=1997
+  _globals['_GETROLLOUTSTATUSREQUEST']._serialized_start=1999
+  _globals['_GETROLLOUTSTATUSREQUEST']._serialized_end=2044
+  _globals['_GETROLLOUTSTATUSRESPONSE']._serialized_start=2046
+  _globals['_GETROLLOUTSTATUSRESPONSE']._serialized_end=2120
+  _globals['_CHECKFORUPDATESREQUEST']._serialized_start=2122
+  _globals['_CHECKFORUPDATESREQUEST']._serialized_end=2185
+  _globals['_AVAILABLEUPDATE']._serialized_start=2187
+  _globals['_AVAILABLEUPDATE']._serialized_end=2268
+  _globals['_CHECKFORUPDATESRESPONSE']._serialized_start=2270
+  _globals['_CHECKFORUPDATESRESPONSE']._serialized_end=2371
+  _globals['_FEATUREDRIFT']._serialized_start=2373
+  _globals['_FEATUREDRIFT']._serialized_end=2454
+  _globals['_GETDRIFTREQUEST']._serialized_start=2456
+  _globals['_GETDRIFTREQUEST']._serialized_end=2532
+  _globals['_GETDRIFTRESPONSE']._serialized_start=2534
+  _globals['_GETDRIFTRESPONSE']._serialized_end=2626
+  _globals['_UPDATESERVICE']._serialized_start=2999
+  _globals['_UPDATESERVICE']._serialized_end=3719
 # @@protoc_insertion_point(module_scope)

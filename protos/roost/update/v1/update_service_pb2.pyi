@@ -56,6 +56,8 @@ class _SourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Source.ValueTy
     """A TUF-signed bundle from the model repository."""
     SOURCE_LOCAL: _Source.ValueType  # 2
     """A local candidate from personalization, signed with the hub's key."""
+    SOURCE_SHIPPED: _Source.ValueType  # 3
+    """Shipped with Roost (installed at first start; not from the signed repository)."""
 
 class Source(_Source, metaclass=_SourceEnumTypeWrapper):
     """Where a version came from."""
@@ -65,6 +67,8 @@ SOURCE_TUF: Source.ValueType  # 1
 """A TUF-signed bundle from the model repository."""
 SOURCE_LOCAL: Source.ValueType  # 2
 """A local candidate from personalization, signed with the hub's key."""
+SOURCE_SHIPPED: Source.ValueType  # 3
+"""Shipped with Roost (installed at first start; not from the signed repository)."""
 Global___Source: _TypeAlias = Source  # noqa: Y015
 
 class _RolloutStage:
@@ -181,6 +185,7 @@ class StageRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     LOCAL_BUNDLE_FIELD_NUMBER: _builtins.int
     LOCAL_SIGNATURE_FIELD_NUMBER: _builtins.int
+    OWNER_REQUEST_ID_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     version: _builtins.str
     """A version published in the TUF repository (fetched and verified if not yet
@@ -192,6 +197,11 @@ class StageRequest(_message.Message):
     local candidates only. `version` must then be empty.
     """
     local_signature: _builtins.bytes
+    owner_request_id: _builtins.str
+    """Set by the hub only, when it relays an owner's explicit request (a Home Assistant
+    action): the request's id, recorded in the audit log with the step. The hub may
+    take this step only with it; the admin identity never needs it.
+    """
     def __init__(
         self,
         *,
@@ -199,10 +209,11 @@ class StageRequest(_message.Message):
         version: _builtins.str = ...,
         local_bundle: _builtins.bytes = ...,
         local_signature: _builtins.bytes = ...,
+        owner_request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["local_bundle", b"local_bundle", "local_signature", b"local_signature", "model_name", b"model_name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local_bundle", b"local_bundle", "local_signature", b"local_signature", "model_name", b"model_name", "owner_request_id", b"owner_request_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,21 +246,28 @@ class StartRolloutRequest(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     STAGE_FIELD_NUMBER: _builtins.int
     CANDIDATE_SHARE_FIELD_NUMBER: _builtins.int
+    OWNER_REQUEST_ID_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     stage: Global___RolloutStage.ValueType
     """ROLLOUT_STAGE_SHADOW or ROLLOUT_STAGE_AB."""
     candidate_share: _builtins.float
     """For A/B: the share of entities served by the candidate, in (0, 1]."""
+    owner_request_id: _builtins.str
+    """Set by the hub only, when it relays an owner's explicit request (a Home Assistant
+    action): the request's id, recorded in the audit log with the step. The hub may
+    take this step only with it; the admin identity never needs it.
+    """
     def __init__(
         self,
         *,
         model_name: _builtins.str = ...,
         stage: Global___RolloutStage.ValueType = ...,
         candidate_share: _builtins.float = ...,
+        owner_request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_share", b"candidate_share", "model_name", b"model_name", "stage", b"stage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_share", b"candidate_share", "model_name", b"model_name", "owner_request_id", b"owner_request_id", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,15 +298,22 @@ class PromoteRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_NAME_FIELD_NUMBER: _builtins.int
+    OWNER_REQUEST_ID_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
+    owner_request_id: _builtins.str
+    """Set by the hub only, when it relays an owner's explicit request (a Home Assistant
+    action): the request's id, recorded in the audit log with the step. The hub may
+    take this step only with it; the admin identity never needs it.
+    """
     def __init__(
         self,
         *,
         model_name: _builtins.str = ...,
+        owner_request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "owner_request_id", b"owner_request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -320,18 +345,25 @@ class RollbackRequest(_message.Message):
 
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    OWNER_REQUEST_ID_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     reason: _builtins.str
     """Why; recorded in the audit log."""
+    owner_request_id: _builtins.str
+    """Set by the hub only, when it relays an owner's explicit request (a Home Assistant
+    action): the request's id, recorded in the audit log with the step. The hub may
+    take this step only with it; the admin identity never needs it.
+    """
     def __init__(
         self,
         *,
         model_name: _builtins.str = ...,
         reason: _builtins.str = ...,
+        owner_request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "owner_request_id", b"owner_request_id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -221,3 +221,42 @@ def test_install_stages_the_newest_offered_version_first() -> None:
     assert calls[0] == ("Stage", "1.10.0")
     assert ("StartRollout", "") not in calls
     assert h.state("occupancy_update")["latest_version"] == "1.10.0"
+
+
+def test_owner_actions_are_relayed_with_an_owner_request_id() -> None:
+    """The update service lets the hub take owner steps only as an owner's request:
+    each Home Assistant action carries one id (Install's Stage and StartRollout share
+    it), which the update service records in the audit log."""
+    requests: list[tuple[str, str]] = []
+
+    class Update:
+        async def CheckForUpdates(self, request: Any, timeout: float) -> Any:
+            return upd_pb.CheckForUpdatesResponse(
+                updates=[
+                    upd_pb.AvailableUpdate(
+                        model=common_pb2.ModelRef(name="occupancy", version="1.2.0")
+                    )
+                ]
+            )
+
+        def __getattr__(self, method: str) -> Any:
+            async def call(request: Any, timeout: float) -> Any:
+                requests.append((method, getattr(request, "owner_request_id", "")))
+                raise RpcError(grpc.StatusCode.UNAVAILABLE)
+
+            return call
+
+    h = Harness(update=Update())
+
+    async def go() -> None:
+        await h.c.check_updates()
+        await h.c.rollback("occupancy")
+        await h.c.install("occupancy")
+        await h.c.install("occupancy")
+
+    asyncio.run(go())
+    owner_steps = [(m, rid) for m, rid in requests if m != "ListVersions"]
+    assert [m for m, _ in owner_steps] == ["Rollback", "Stage", "Stage"]
+    ids = [rid for _, rid in owner_steps]
+    assert all(rid.startswith("ha-") and len(rid) == 19 for rid in ids)
+    assert len(set(ids)) == 3  # one id per owner action
