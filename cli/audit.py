@@ -5,9 +5,12 @@ identity (``redact`` needs ``admin``): ``tail``, ``query``, ``show``, ``checkpoi
 ``export``, ``redact``. ``verify`` is offline: it needs only the bundle and the hub's
 public verifier key, no server and no credentials.
 
-By default the service, the certificates and the key are found through the stack
-started by ``roost run`` (``<home>/run/stack.json``); ``--target``, ``--certs`` and
-``--pubkey`` point elsewhere (e.g. a hub under k3s).
+By default the service and the certificates are found through the stack started by
+``roost run`` (``<home>/run/stack.json``); ``--target`` and ``--certs`` point elsewhere
+(e.g. a hub under k3s). The key that checks signatures is never taken from the hub
+silently: ``verify`` and ``show`` need ``--pubkey`` (the key you obtained out of band),
+or ``--trust-local-key`` to use the hub's own ``checkpoint.vkey``, which proves nothing
+against whoever controls the hub (and says so).
 """
 
 from __future__ import annotations
@@ -55,11 +58,15 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _stub(args: argparse.Namespace, role: str) -> tuple[grpc.Channel, pb_grpc.AuditServiceStub]:
+def _stub(
+    args: argparse.Namespace, default_role: str = "auditor"
+) -> tuple[grpc.Channel, pb_grpc.AuditServiceStub]:
+    """A channel and stub as ``--role``, or ``default_role`` when it is not given."""
     from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
     from services.kit.auth import Role
     from services.kit.client import sync_channel
 
+    role = args.role or default_role
     address, certs_dir = stack_target(args, "audit")
     try:
         channel = sync_channel(
@@ -84,16 +91,28 @@ def _rpc_error(e: Exception) -> CliError:
     return CliError(str(e))
 
 
-def load_verifier(spec: str | None, home: Path) -> NoteVerifier | None:
-    """The verifier key from ``--pubkey`` (a vkey or a file holding one), else the local
-    stack's, else None."""
+def load_verifier(
+    spec: str | None, home: Path, *, trust_local: bool = False
+) -> NoteVerifier | None:
+    """The verifier key from ``--pubkey`` (a vkey or a file holding one), else with
+    ``trust_local`` the local stack's (announced on stderr), else None."""
     from services.audit.checkpoint import CheckpointError, NoteVerifier
 
     if spec is None:
+        if not trust_local:
+            return None
         local = home / LOCAL_VKEY
         if not local.is_file():
-            return None
+            raise CliError(f"--trust-local-key: no verifier key at {local}")
         spec = str(local)
+        print(
+            f"WARNING: trusting the hub's own key {local} (--trust-local-key): this"
+            " proves nothing against whoever controls the hub; use --pubkey with a key"
+            " you saved elsewhere",
+            file=sys.stderr,
+        )
+    elif trust_local:
+        raise CliError("give --pubkey or --trust-local-key, not both")
     text = spec
     path = Path(spec)
     if "+" not in spec or path.is_file():
@@ -128,7 +147,7 @@ def note_checkpoint(note: str) -> Checkpoint:
 def cmd_tail(args: argparse.Namespace) -> int:
     from roost.audit.v1 import audit_service_pb2 as pb
 
-    channel, stub = _stub(args, args.role)
+    channel, stub = _stub(args)
     with channel:
         try:
             resp = stub.QueryDecisions(
@@ -194,7 +213,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     request = pb.QueryDecisionsRequest(page_size=min(args.limit, 1000), **_filters(args))
     _set_times(request, args)
     printed = 0
-    channel, stub = _stub(args, args.role)
+    channel, stub = _stub(args)
     with channel:
         try:
             while printed < args.limit:
@@ -212,13 +231,23 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _required_verifier(args: argparse.Namespace, command: str) -> NoteVerifier:
+    verifier = load_verifier(args.pubkey, args.home, trust_local=args.trust_local_key)
+    if verifier is None:
+        raise CliError(
+            f"{command} needs the hub's public key: --pubkey <vkey or file> (saved when"
+            " you set up auditing), or --trust-local-key to use this hub's own key"
+        )
+    return verifier
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from roost.audit.v1 import audit_service_pb2 as pb
     from services.audit.checkpoint import CheckpointError, verify_checkpoint
     from services.audit.merkle import ProofError, leaf_hash, verify_inclusion
 
-    verifier = load_verifier(args.pubkey, args.home)
-    channel, stub = _stub(args, args.role)
+    verifier = _required_verifier(args, "show")
+    channel, stub = _stub(args)
     with channel:
         try:
             entry = stub.GetDecision(
@@ -235,15 +264,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(entry_json(entry))
     else:
         show_entry(entry, sys.stdout)
-    root = cp.root_hash
-    signed = "signature NOT checked (no --pubkey)"
-    if verifier is not None:
-        try:
-            root = verify_checkpoint(verifier, cp.signed_note, verifier.name).root_hash
-        except CheckpointError as e:
-            print(f"PROOF FAILED: checkpoint signature: {e}", file=sys.stderr)
-            return 1
-        signed = f"signed by {verifier.name}"
+    try:
+        root = verify_checkpoint(verifier, cp.signed_note, verifier.name).root_hash
+    except CheckpointError as e:
+        print(f"PROOF FAILED: checkpoint signature: {e}", file=sys.stderr)
+        return 1
+    signed = f"signed by {verifier.name}"
+    if args.trust_local_key:
+        signed += ", with the hub's own key"
     try:
         if leaf_hash(entry.record) != entry.leaf_hash:
             raise ProofError("the record does not hash to its leaf")
@@ -259,14 +287,16 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     from roost.audit.v1 import audit_service_pb2 as pb
     from services.audit.checkpoint import CheckpointError, verify_checkpoint
 
-    channel, stub = _stub(args, args.role)
+    channel, stub = _stub(args)
     with channel:
         try:
             cp = stub.GetCheckpoint(pb.GetCheckpointRequest(), timeout=10)
         except Exception as e:
             raise _rpc_error(e) from e
-    verifier = load_verifier(args.pubkey, args.home)
-    if verifier is not None:
+    verifier = load_verifier(args.pubkey, args.home, trust_local=args.trust_local_key)
+    if verifier is None:
+        print("signature not checked (no --pubkey)", file=sys.stderr)
+    else:
         try:
             verify_checkpoint(verifier, cp.signed_note, verifier.name)
         except CheckpointError as e:
@@ -290,7 +320,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out: Path = args.out
     partial = out.with_name(out.name + ".partial")
     written = 0
-    channel, stub = _stub(args, args.role)
+    channel, stub = _stub(args)
     with channel, ProgressBar("exporting", None, "B") as advance:
         try:
             with partial.open("wb") as f:
@@ -302,7 +332,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 os.fsync(f.fileno())
         except Exception as e:
             partial.unlink(missing_ok=True)
-            raise _rpc_error(e) from e
+            raise _previous_hint(_rpc_error(e)) from e
     partial.replace(out)
     entries = _count_entries(out)
     print(
@@ -311,6 +341,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _previous_hint(error: CliError) -> CliError:
+    """The service names the request field; the user gave ``--previous``."""
+    text = str(error)
+    field = "consistency_from_sizes: "
+    if field not in text:
+        return error
+    problem = text.split(field, 1)[1]
+    return CliError(f"--previous: a checkpoint's tree size: {problem}")
 
 
 def _count_entries(path: Path) -> int:
@@ -322,9 +362,7 @@ def _count_entries(path: Path) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from services.audit.verify import BundleError, verify_bundle
 
-    verifier = load_verifier(args.pubkey, args.home)
-    if verifier is None:
-        raise CliError("verify needs the hub's public key: --pubkey <vkey or file>")
+    verifier = _required_verifier(args, "verify")
     previous = [Path(p).read_text() for p in args.previous]
     bundle: Path = args.bundle
     if not bundle.is_file():
@@ -383,6 +421,25 @@ def _write_file(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------- parser
 
 
+def _filter_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", help="ISO time or age (2h, 7d); inclusive")
+    p.add_argument("--until", help="ISO time or age; exclusive")
+    p.add_argument("--entity", help="entity id, e.g. binary_sensor.kitchen_occupancy")
+    p.add_argument("--model", help="model name, or name@version")
+    p.add_argument("--action", help="action taken, e.g. publish")
+
+
+def _trust_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    need = "required, or --trust-local-key" if required else "optional"
+    p.add_argument("--pubkey", help=f"the hub's verifier key, or a file holding it ({need})")
+    p.add_argument(
+        "--trust-local-key",
+        action="store_true",
+        help="check signatures with the hub's own checkpoint.vkey (proves nothing"
+        " against the hub's operator)",
+    )
+
+
 def add_parser(sub: Any) -> None:
     """Registers ``roost audit ...`` on the top-level subparsers."""
     audit = sub.add_parser(
@@ -395,18 +452,10 @@ def add_parser(sub: Any) -> None:
     audit.add_argument("--certs", type=Path, help="certificates directory (default: the stack's)")
     audit.add_argument(
         "--role",
-        default="auditor",
         choices=["auditor", "admin"],
-        help="identity to read with (default: auditor, read-only)",
+        help="identity to call the service with (default: auditor, read-only; admin for redact)",
     )
     commands = audit.add_subparsers(dest="audit_command", required=True)
-
-    def filters(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--since", help="ISO time or age (2h, 7d); inclusive")
-        p.add_argument("--until", help="ISO time or age; exclusive")
-        p.add_argument("--entity", help="entity id, e.g. binary_sensor.kitchen_occupancy")
-        p.add_argument("--model", help="model name, or name@version")
-        p.add_argument("--action", help="action taken, e.g. publish")
 
     tail = commands.add_parser("tail", help="the latest entries (and new ones with -f)")
     tail.add_argument("-n", "--lines", type=int, default=20)
@@ -416,25 +465,25 @@ def add_parser(sub: Any) -> None:
     tail.set_defaults(func=cmd_tail)
 
     query = commands.add_parser("query", help="entries matching filters, oldest first")
-    filters(query)
+    _filter_flags(query)
     query.add_argument("--limit", type=int, default=100)
     query.add_argument("--json", action="store_true", help="one JSON entry per line")
     query.set_defaults(func=cmd_query)
 
     show = commands.add_parser("show", help="one decision in full, with its inclusion proof")
     show.add_argument("decision_id")
-    show.add_argument("--pubkey", help="verifier key or file (default: the local stack's)")
+    _trust_flags(show)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
 
     cp = commands.add_parser("checkpoint", help="the latest signed checkpoint (keep it)")
     cp.add_argument("--out", type=Path, help="save the note to this file")
-    cp.add_argument("--pubkey", help="verifier key or file (default: the local stack's)")
+    _trust_flags(cp, required=False)
     cp.set_defaults(func=cmd_checkpoint)
 
     export = commands.add_parser("export", help="an offline-verifiable bundle of entries")
     export.add_argument("out", type=Path, help="bundle file to write (.roost-audit.jsonl)")
-    filters(export)
+    _filter_flags(export)
     export.add_argument(
         "--previous",
         action="append",
@@ -448,7 +497,7 @@ def add_parser(sub: Any) -> None:
 
     verify = commands.add_parser("verify", help="verify a bundle offline (no server)")
     verify.add_argument("bundle", type=Path)
-    verify.add_argument("--pubkey", help="the hub's verifier key, or a file holding it")
+    _trust_flags(verify)
     verify.add_argument(
         "--previous",
         action="append",

@@ -356,7 +356,8 @@ def test_previous_checkpoint_without_consistency_proof(
         lines,
         signer,
         "previous checkpoint #1 \\(tree size 8\\): the bundle has no consistency proof from"
-        " tree size 8; export again with consistency_from_sizes 8",
+        " tree size 8; export again with --previous and that checkpoint's note"
+        " \\(roost audit export --previous NOTE\\)",
         previous_checkpoints=[held],
     )
 
