@@ -86,10 +86,12 @@ def tolerant_deserializer(deserializer: Deserializer | None) -> Deserializer | N
     return deserialize
 
 
-async def _decoded(requests: AsyncIterable[Any]) -> AsyncIterator[Any]:
-    """A request stream that raises InvalidArgument at the first undecodable message."""
+async def _decoded(requests: AsyncIterable[Any], counter: Any) -> AsyncIterator[Any]:
+    """A request stream that raises InvalidArgument at the first undecodable message
+    (counted in ``counter``, the method's child of UNDECODABLE)."""
     async for request in requests:
         if isinstance(request, _Undecodable):
+            counter.inc()
             raise InvalidArgument(request.message)
         yield request
 
@@ -188,6 +190,9 @@ class KitInterceptor(aio.ServerInterceptor):
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref})")
         return grpc.StatusCode.INTERNAL  # pragma: no cover - abort raises
 
+    def _requests(self, full: str, requests: AsyncIterable[Any]) -> AsyncIterator[Any]:
+        return _decoded(requests, UNDECODABLE.labels(self._service, method_name(full)))
+
     def _record(self, full: str, code: grpc.StatusCode, started: float) -> None:
         method = method_name(full)
         RPC_HANDLED.labels(self._service, method, code.name).inc()
@@ -208,7 +213,9 @@ class KitInterceptor(aio.ServerInterceptor):
                 if refused is not None:
                     code = refused[0]
                     await context.abort(*refused)
-                return await behavior(_decoded(request) if streaming else request, context)
+                if streaming:
+                    request = self._requests(full, request)
+                return await behavior(request, context)
             except aio.AbortError:
                 code = context.code() or code
                 if isinstance(code, int):
@@ -244,7 +251,9 @@ class KitInterceptor(aio.ServerInterceptor):
                 if refused is not None:
                     code = refused[0]
                     await context.abort(*refused)
-                async for item in behavior(_decoded(request) if streaming else request, context):
+                if streaming:
+                    request = self._requests(full, request)
+                async for item in behavior(request, context):
                     yield item
             except aio.AbortError:
                 code = context.code() or code

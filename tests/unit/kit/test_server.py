@@ -405,12 +405,15 @@ async def test_an_undecodable_message_in_a_request_stream_is_invalid_argument(
         f"127.0.0.1:{server.port}", certs_dir=certs, role=Role.HUB, server_role=Role.INFERENCE
     )
     call = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    labels = {"service": "inference", "method": "ServerReflectionInfo"}
+    before = REGISTRY.get_sample_value("roost_grpc_server_undecodable_total", labels) or 0.0
     stream = call()
     await stream.write(GARBAGE)
     await stream.done_writing()
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stream.read()
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert REGISTRY.get_sample_value("roost_grpc_server_undecodable_total", labels) == before + 1
 
 
 async def test_long_echoed_input_is_cut_from_error_messages(
