@@ -22,22 +22,21 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from roost.audit.v1 import audit_service_pb2 as pb
 from services.kit.errors import InvalidArgument
 
-# Characters of each text field of a Decision (and of the filters on them).
+# Characters of the identifying text fields of a Decision (and of the filters on them).
 MAX_DECISION_ID_CHARS: Final = 128
-MAX_HUB_ID_CHARS: Final = 128
 MAX_ENTITY_ID_CHARS: Final = 255
 MAX_MODEL_NAME_CHARS: Final = 128
 MAX_MODEL_VERSION_CHARS: Final = 64
 MAX_MODEL_SHA256_CHARS: Final = 128
-MAX_OUTPUT_LABEL_CHARS: Final = 256
 MAX_ACTION_CHARS: Final = 128
-MAX_POLICY_ID_CHARS: Final = 128
-MAX_POLICY_REASON_CHARS: Final = 500
-MAX_FEATURE_NAME_CHARS: Final = 128
-# Repeated fields.
-MAX_OUTPUT_VALUES: Final = 64
-MAX_EXPLANATION: Final = 64
-MAX_FEATURE_NAMES: Final = 1024
+# Characters of each free text: hub_id, output_label, policy.policy_id, policy.reason,
+# explanation[].feature. A record of at most this many bytes cannot hold a longer one,
+# which is what keeps their check off the hot path (see check_record).
+MAX_TEXT_CHARS: Final = 512
+# Repeated fields (more would make the record longer than MAX_TEXT_CHARS bytes, so
+# they too are counted off the hot path).
+MAX_OUTPUT_VALUES: Final = 128
+MAX_EXPLANATION: Final = 256
 # Serialized sizes: the record (the leaf data: the Decision without its inputs, unknown
 # fields included) and the stored inputs (a DecisionInputs, salt included).
 MAX_RECORD_BYTES: Final = 16 * 1024
@@ -59,7 +58,7 @@ MAX_PAGE_TOKEN_CHARS: Final = 1024
 MIN_TIMESTAMP_SECONDS: Final = -62_135_596_800
 MAX_TIMESTAMP_SECONDS: Final = 253_402_300_799
 
-_ACTORS: Final = frozenset(pb.Actor.values())
+ACTORS: Final = frozenset(pb.Actor.values())
 _VERDICTS: Final = frozenset(pb.PolicyVerdict.values())
 
 
@@ -86,59 +85,77 @@ def timestamp_us(ts: Timestamp, field: str) -> int:
 
 
 def check_decision_fields(d: pb.Decision) -> None:
-    """The bounds of ``d``'s fields that ``records`` does not check on its way (ids,
-    timestamp, actor, model and digest are checked there, in that order, first)."""
-    check_text(d.hub_id, "hub_id", MAX_HUB_ID_CHARS)
-    check_text(d.output_label, "output_label", MAX_OUTPUT_LABEL_CHARS)
-    check_text(d.action, "action", MAX_ACTION_CHARS)
-    confidence = d.confidence
-    if not 0.0 <= confidence <= 1.0:  # False for NaN too
+    """The value ranges of ``d`` that its serialized size does not bound (ids, timestamp,
+    actor, model and action are checked by ``records`` on its way, first).
+
+    Hot path (every appended decision): two reads and comparisons.
+    """
+    if not 0.0 <= d.confidence <= 1.0:  # False for NaN too
         raise FieldError("confidence", "must be a finite number in [0, 1]")
-    values = d.output_values
-    if len(values) > MAX_OUTPUT_VALUES:
-        raise FieldError("output_values", f"at most {MAX_OUTPUT_VALUES} values")
-    _check_finite(values, "output_values")
-    explanation = d.explanation
-    if len(explanation) > MAX_EXPLANATION:
-        raise FieldError("explanation", f"at most {MAX_EXPLANATION} attributions")
-    for i, attribution in enumerate(explanation):
-        check_text(attribution.feature, f"explanation[{i}].feature", MAX_FEATURE_NAME_CHARS)
-        if not math.isfinite(attribution.attribution):
-            raise FieldError(f"explanation[{i}].attribution", "must be finite")
-    policy = d.policy
-    check_text(policy.policy_id, "policy.policy_id", MAX_POLICY_ID_CHARS)
-    check_text(policy.reason, "policy.reason", MAX_POLICY_REASON_CHARS)
-    if policy.verdict not in _VERDICTS:
+    if d.policy.verdict not in _VERDICTS:
         raise FieldError("policy.verdict", "not a PolicyVerdict value")
 
 
-def check_model(model_name: str, model_version: str, sha256: str) -> None:
-    check_text(model_name, "model.name", MAX_MODEL_NAME_CHARS)
-    check_text(model_version, "model.version", MAX_MODEL_VERSION_CHARS)
-    check_text(sha256, "model.sha256", MAX_MODEL_SHA256_CHARS)
+def check_record(d: pb.Decision, record: bytes, inputs: bytes | None) -> None:
+    """The bounds that ``d``'s serialized ``record`` (and stored ``inputs``) decide: the
+    free texts, the repeated fields' counts and the finiteness of the output values and
+    attributions, which are read only when the record could break them, then the sizes.
 
-
-def check_actor_value(actor: int) -> None:
-    if actor not in _ACTORS:
-        raise FieldError("actor", "not an Actor value")
-
-
-def check_inputs(inputs: pb.DecisionInputs) -> None:
-    """The bounds of a decision's inputs (their serialized size is checked by the caller)."""
-    names = inputs.feature_names
-    if len(names) > MAX_FEATURE_NAMES:
-        raise FieldError("inputs.feature_names", f"at most {MAX_FEATURE_NAMES} names")
-    for i, name in enumerate(names):
-        check_text(name, f"inputs.feature_names[{i}]", MAX_FEATURE_NAME_CHARS)
-
-
-def check_sizes(record: bytes, inputs: bytes | None) -> None:
-    if len(record) > MAX_RECORD_BYTES:
+    A text over MAX_TEXT_CHARS, or more values or attributions than allowed, makes the
+    record longer than MAX_TEXT_CHARS bytes (a value takes 4 bytes, an attribution at
+    least 2), and a non-finite float leaves a mark in its bytes (``_may_hold_non_finite``).
+    A short record without such a mark, the common case, is done in well under a
+    microsecond.
+    """
+    size = len(record)
+    if size > MAX_TEXT_CHARS or _may_hold_non_finite(record):
+        _check_in_full(d)  # first, so that an oversized field is named
+    if size > MAX_RECORD_BYTES:
         raise FieldError(
             "decision", f"at most {MAX_RECORD_BYTES} bytes serialized without its inputs"
         )
     if inputs is not None and len(inputs) > MAX_INPUTS_BYTES:
         raise FieldError("inputs", f"at most {MAX_INPUTS_BYTES} bytes serialized")
+
+
+def _may_hold_non_finite(record: bytes) -> bool:
+    """False only if no float32 in ``record`` can be non-finite.
+
+    A non-finite float32 has all eight exponent bits set: written little-endian (as
+    protobuf does), its last byte is 0x7f or 0xff and the byte before has its high bit
+    set. Without such a pair nothing in the record is NaN or infinite.
+    """
+    for marker in b"\x7f\xff":
+        at = record.find(marker, 1)
+        while at > 0:
+            if record[at - 1] & 0x80:
+                return True
+            at = record.find(marker, at + 1)
+    return False
+
+
+def _check_in_full(d: pb.Decision) -> None:
+    values = d.output_values
+    if len(values) > MAX_OUTPUT_VALUES:
+        raise FieldError("output_values", f"at most {MAX_OUTPUT_VALUES} values")
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            raise FieldError(f"output_values[{i}]", "must be finite")
+    explanation = d.explanation
+    if len(explanation) > MAX_EXPLANATION:
+        raise FieldError("explanation", f"at most {MAX_EXPLANATION} attributions")
+    policy = d.policy
+    for text, field in (
+        (d.hub_id, "hub_id"),
+        (d.output_label, "output_label"),
+        (policy.policy_id, "policy.policy_id"),
+        (policy.reason, "policy.reason"),
+    ):
+        check_text(text, field, MAX_TEXT_CHARS)
+    for i, attribution in enumerate(explanation):
+        check_text(attribution.feature, f"explanation[{i}].feature", MAX_TEXT_CHARS)
+        if not math.isfinite(attribution.attribution):
+            raise FieldError(f"explanation[{i}].attribution", "must be finite")
 
 
 def check_filters(
@@ -186,9 +203,3 @@ def check_consistency_from(sizes: Iterable[int]) -> list[int]:
             f"consistency_from_sizes: {len(listed)} sizes, at most {MAX_CONSISTENCY_FROM_SIZES}"
         )
     return listed
-
-
-def _check_finite(values: Iterable[float], field: str) -> None:
-    for i, value in enumerate(values):
-        if not math.isfinite(value):
-            raise FieldError(f"{field}[{i}]", "must be finite")

@@ -16,10 +16,18 @@ from typing import NamedTuple
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit import limits
-from services.audit.limits import MAX_DECISION_ID_CHARS, MAX_ENTITY_ID_CHARS
+from services.audit.limits import (
+    ACTORS,
+    MAX_ACTION_CHARS,
+    MAX_DECISION_ID_CHARS,
+    MAX_ENTITY_ID_CHARS,
+    MAX_MODEL_NAME_CHARS,
+    MAX_MODEL_SHA256_CHARS,
+    MAX_MODEL_VERSION_CHARS,
+)
 from services.audit.limits import FieldError as _Invalid
 from services.audit.merkle import leaf_hash
-from services.audit.salting import salt_inputs
+from services.audit.salting import SALT_BYTES, fresh_salts, salt_inputs
 from services.kit.errors import InvalidArgument
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
@@ -71,7 +79,7 @@ def validate_decision(d: pb.Decision, where: str) -> None:
     ``inputs_digest`` must be empty: the store fills it in.
     """
     try:
-        _prepare_one(d)
+        _prepare_one(d, salt=fresh_salts(1))
     except _Invalid as exc:
         prefix = f"{where}." if where else ""
         raise InvalidArgument(f"{prefix}{exc.field}: {exc.problem}") from None
@@ -93,22 +101,27 @@ def prepare(
     such as a gRPC request's).
     """
     prepared: list[PreparedRecord] = []
+    salts = fresh_salts(len(decisions))
     for i, d in enumerate(decisions):
+        salt = salts[i * SALT_BYTES : (i + 1) * SALT_BYTES]
         try:
-            prepared.append(_prepare_one(d, admin, consume))
+            prepared.append(_prepare_one(d, admin, consume, salt=salt))
         except _Invalid as exc:
             raise InvalidArgument(f"{field}[{i}].{exc.field}: {exc.problem}") from None
     return prepared
 
 
-def _prepare_one(d: pb.Decision, admin: bool = False, consume: bool = False) -> PreparedRecord:
+def _prepare_one(
+    d: pb.Decision, admin: bool = False, consume: bool = False, *, salt: bytes
+) -> PreparedRecord:
     """Validates ``d`` and derives its row (hot path: each field is read once).
 
     ``admin`` allows ``ACTOR_ADMIN`` entries (the log's own records, see erasure.py);
-    ``consume`` lets it clear ``d.inputs`` in place (the message is not used afterwards).
-    Fields are checked in this order: decision_id, decided_at, entity_id, actor, model,
-    the other bounded fields (``limits.check_decision_fields``), inputs_digest, inputs,
-    then the serialized sizes.
+    ``consume`` lets it clear ``d.inputs`` in place (the message is not used afterwards);
+    ``salt`` is the fresh salt of its inputs. Fields are checked in this order:
+    decision_id, decided_at, entity_id, actor, model, the other bounded fields
+    (``limits.check_decision_fields``), inputs_digest, inputs, then what the serialized
+    record bounds (``limits.check_record``: sizes, free texts, attributions).
     """
     decision_id = d.decision_id
     if not decision_id:
@@ -123,16 +136,19 @@ def _prepare_one(d: pb.Decision, admin: bool = False, consume: bool = False) -> 
         raise _Invalid("entity_id", f"at most {MAX_ENTITY_ID_CHARS} characters")
     _check_actor(d.actor, admin)
     model_name, model_version = _model_name_version(d, admin)
+    action = d.action
+    if len(action) > MAX_ACTION_CHARS:
+        raise _Invalid("action", f"at most {MAX_ACTION_CHARS} characters")
     limits.check_decision_fields(d)
-    record, inputs = _record_and_inputs(d, consume)
-    limits.check_sizes(record, inputs)
+    record, inputs = _record_and_inputs(d, consume, salt)
+    limits.check_record(d, record, inputs)
     return PreparedRecord(
         decision_id,
         decided_at_us,
         entity_id,
         model_name,
         model_version,
-        d.action,
+        action,
         record,
         leaf_hash(record),
         inputs,
@@ -147,7 +163,8 @@ def _decided_at_us(d: pb.Decision) -> int:
 
 
 def _check_actor(actor: int, admin: bool) -> None:
-    limits.check_actor_value(actor)
+    if actor not in ACTORS:
+        raise _Invalid("actor", "not an Actor value")
     if actor == pb.ACTOR_UNSPECIFIED:
         raise _Invalid("actor", "must not be ACTOR_UNSPECIFIED")
     if actor == pb.ACTOR_ADMIN and not admin:
@@ -158,19 +175,24 @@ def _model_name_version(d: pb.Decision, admin: bool) -> tuple[str, str]:
     """``d.model``'s name and version, all three of its fields required unless
     ``admin`` and unset (log-maintenance entries may concern no model at all)."""
     model = d.model
-    model_name, model_version = model.name, model.version
+    model_name, model_version, sha256 = model.name, model.version, model.sha256
     if not (admin and not d.HasField("model")):
         if not model_name:
             raise _Invalid("model.name", "required")
         if not model_version:
             raise _Invalid("model.version", "required")
-        if not model.sha256:
+        if not sha256:
             raise _Invalid("model.sha256", "required")
-    limits.check_model(model_name, model_version, model.sha256)
+    if len(model_name) > MAX_MODEL_NAME_CHARS:
+        raise _Invalid("model.name", f"at most {MAX_MODEL_NAME_CHARS} characters")
+    if len(model_version) > MAX_MODEL_VERSION_CHARS:
+        raise _Invalid("model.version", f"at most {MAX_MODEL_VERSION_CHARS} characters")
+    if len(sha256) > MAX_MODEL_SHA256_CHARS:
+        raise _Invalid("model.sha256", f"at most {MAX_MODEL_SHA256_CHARS} characters")
     return model_name, model_version
 
 
-def _record_and_inputs(d: pb.Decision, consume: bool) -> tuple[bytes, bytes | None]:
+def _record_and_inputs(d: pb.Decision, consume: bool, salt: bytes) -> tuple[bytes, bytes | None]:
     """``(record, inputs)``: the leaf data (with the salted ``inputs_digest`` filled in
     when the inputs are present) and the inputs to store (with their salt), or None."""
     digest = d.inputs_digest
@@ -184,10 +206,10 @@ def _record_and_inputs(d: pb.Decision, consume: bool) -> tuple[bytes, bytes | No
             "must be empty when inputs are sent (the audit service commits to them"
             " with a fresh salt)",
         )
-    if d.inputs.salt:
+    inputs = d.inputs
+    if inputs.salt:
         raise _Invalid("inputs.salt", "must be empty (the audit service draws the salt)")
-    limits.check_inputs(d.inputs)
-    stored, digest = salt_inputs(d.inputs.SerializeToString(deterministic=True))
+    stored, digest = salt_inputs(inputs.SerializeToString(deterministic=True), salt)
     # ``consume``: strip the caller's own message (a gRPC request) instead of a copy.
     stripped = d
     if not consume:

@@ -41,11 +41,15 @@ class InputsError(ValueError):
     """Stored inputs that are not a DecisionInputs, or carry a salt of the wrong size."""
 
 
-def salt_inputs(inputs: bytes) -> tuple[bytes, str]:
+def fresh_salts(count: int) -> bytes:
+    """``count`` salts, concatenated: one CSPRNG read for a whole request."""
+    return secrets.token_bytes(SALT_BYTES * count)
+
+
+def salt_inputs(inputs: bytes, salt: bytes) -> tuple[bytes, str]:
     """``(stored, digest)`` for ``inputs``, the deterministic serialization of a
-    ``DecisionInputs`` without salt: the bytes to store (with a fresh salt) and the
-    salted digest for the record."""
-    salt = secrets.token_bytes(SALT_BYTES)
+    ``DecisionInputs`` without salt, and a fresh ``salt`` (``SALT_BYTES``, see
+    ``fresh_salts``): the bytes to store (with the salt) and the record's digest."""
     return inputs + _SALT_FIELD + salt, hashlib.sha256(salt + inputs).hexdigest()
 
 

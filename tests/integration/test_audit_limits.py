@@ -49,7 +49,7 @@ async def test_oversized_and_non_finite_fields_are_refused(stack: Stack) -> None
         d = decision(1)
         d.output_label = "x" * 3_000_000  # the 3 MB label
         details = await refused(stub, d)
-        assert details == "decisions[0].output_label: at most 256 characters"
+        assert details == f"decisions[0].output_label: at most {limits.MAX_TEXT_CHARS} characters"
         for bad in (math.nan, 7.5):
             d = decision(1)
             d.confidence = bad

@@ -65,30 +65,29 @@ def _varint(n: int) -> bytes:
 
 
 def largest_decision(i: int) -> pb.Decision:
-    """A decision with every field at its limit (services.audit.limits): the longest
-    texts, the most values, and record and stored inputs of exactly the largest sizes."""
+    """A decision at its limits (services.audit.limits): the longest texts, the most
+    values and attributions, and record and stored inputs of exactly the largest sizes."""
     d = decision(i, with_inputs=False)
     d.decision_id = f"{i:08d}" + "d" * (limits.MAX_DECISION_ID_CHARS - 8)
-    d.hub_id = "h" * limits.MAX_HUB_ID_CHARS
+    d.hub_id = "h" * limits.MAX_TEXT_CHARS
     d.entity_id = "sensor." + "e" * (limits.MAX_ENTITY_ID_CHARS - 7)
     d.model.name = "n" * limits.MAX_MODEL_NAME_CHARS
     d.model.version = "v" * limits.MAX_MODEL_VERSION_CHARS
     d.model.sha256 = "s" * limits.MAX_MODEL_SHA256_CHARS
-    d.output_label = "\u00e9" * limits.MAX_OUTPUT_LABEL_CHARS  # 2 bytes each in UTF-8
+    d.output_label = "\u00e9" * limits.MAX_TEXT_CHARS  # 2 bytes each in UTF-8
     d.action = "a" * limits.MAX_ACTION_CHARS
     d.confidence = 1.0
     d.output_values[:] = [3.4e38] * limits.MAX_OUTPUT_VALUES
     d.explanation.extend(
-        common_pb2.FeatureAttribution(
-            feature="f" * limits.MAX_FEATURE_NAME_CHARS, attribution=-3.4e38
-        )
-        for _ in range(limits.MAX_EXPLANATION)
+        common_pb2.FeatureAttribution(feature=f"f{k}", attribution=-3.4e38)
+        for k in range(limits.MAX_EXPLANATION)
     )
-    d.policy.policy_id = "p" * limits.MAX_POLICY_ID_CHARS
-    d.policy.reason = "r" * limits.MAX_POLICY_REASON_CHARS
+    d.explanation[0].feature = "f" * limits.MAX_TEXT_CHARS
+    d.policy.policy_id = "p" * limits.MAX_TEXT_CHARS
+    d.policy.reason = "r" * limits.MAX_TEXT_CHARS
     # The service adds the salted digest (64 hex characters, 66 bytes with its tag).
     _pad_to(d, limits.MAX_RECORD_BYTES, extra=66)
-    inputs = pb.DecisionInputs(feature_names=["x" * limits.MAX_FEATURE_NAME_CHARS] * 16)
+    inputs = pb.DecisionInputs(feature_names=["x" * 128] * 16)
     inputs.tensor.dtype = common_pb2.DATA_TYPE_FLOAT32
     inputs.tensor.float_values.extend([1.5] * 8000)
     # The service adds the salt (32 bytes, 34 with its tag).

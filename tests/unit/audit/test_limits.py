@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,56 +45,95 @@ def _pad_inputs(d: pb.Decision) -> None:
 
 
 SECRET = "612.0 ppm in the nursery"
+LONG = SECRET * 22  # 528 characters, over MAX_TEXT_CHARS
+N = limits.MAX_TEXT_CHARS + 1
 
-# (field named in the error, change to the largest valid decision)
+
+def _more_values(d: pb.Decision) -> None:
+    d.output_values[:] = [0.5] * (limits.MAX_OUTPUT_VALUES + 1)
+
+
+def _more_attributions(d: pb.Decision) -> None:
+    for _ in range(limits.MAX_EXPLANATION + 1 - len(d.explanation)):
+        d.explanation.add(feature="f", attribution=0.1)
+
+
+def _attribution(k: int, **fields: object) -> Change:
+    def change(d: pb.Decision) -> None:
+        while len(d.explanation) <= k:
+            d.explanation.add(feature="f", attribution=0.1)
+        for name, value in fields.items():
+            setattr(d.explanation[k], name, value)
+
+    return change
+
+
+# (field named in the error, change to a valid decision)
 OVER: list[tuple[str, Change]] = [
     ("decision_id", _set("decision_id", "d" * (limits.MAX_DECISION_ID_CHARS + 1))),
-    ("hub_id", _set("hub_id", SECRET * 10)),
+    ("hub_id", _set("hub_id", LONG)),
     ("entity_id", _set("entity_id", "e" * (limits.MAX_ENTITY_ID_CHARS + 1))),
     ("model.name", _set("model.name", "n" * (limits.MAX_MODEL_NAME_CHARS + 1))),
     ("model.version", _set("model.version", "v" * (limits.MAX_MODEL_VERSION_CHARS + 1))),
     ("model.sha256", _set("model.sha256", "s" * (limits.MAX_MODEL_SHA256_CHARS + 1))),
-    ("output_label", _set("output_label", SECRET * 11)),
+    ("output_label", _set("output_label", LONG)),
     ("action", _set("action", "a" * (limits.MAX_ACTION_CHARS + 1))),
-    ("policy.policy_id", _set("policy.policy_id", "p" * (limits.MAX_POLICY_ID_CHARS + 1))),
-    ("policy.reason", _set("policy.reason", SECRET * 21)),
+    ("policy.policy_id", _set("policy.policy_id", "p" * N)),
+    ("policy.reason", _set("policy.reason", LONG)),
     ("policy.verdict", _set("policy.verdict", 99)),
     ("actor", _set("actor", 99)),
     ("confidence", _set("confidence", math.nan)),
     ("confidence", _set("confidence", 7.5)),
     ("confidence", _set("confidence", -0.25)),
     ("confidence", _set("confidence", math.inf)),
-    ("output_values", lambda d: d.output_values.append(0.5)),
-    ("output_values[3]", lambda d: d.output_values.__setitem__(3, math.nan)),
+    ("output_values", _more_values),
+    ("output_values[1]", lambda d: d.output_values.__setitem__(1, math.nan)),
     ("output_values[0]", lambda d: d.output_values.__setitem__(0, -math.inf)),
-    ("explanation", lambda d: d.explanation.add(feature="f")),
-    ("explanation[2].feature", lambda d: setattr(d.explanation[2], "feature", "f" * 129)),
-    ("explanation[5].attribution", lambda d: setattr(d.explanation[5], "attribution", math.nan)),
+    ("explanation", _more_attributions),
+    ("explanation[2].feature", _attribution(2, feature="f" * N)),
+    ("explanation[5].attribution", _attribution(5, attribution=math.nan)),
+    ("explanation[0].attribution", _attribution(0, attribution=math.inf)),
     ("decided_at", lambda d: setattr(d.decided_at, "seconds", limits.MAX_TIMESTAMP_SECONDS + 1)),
     ("decided_at", lambda d: setattr(d.decided_at, "nanos", -1)),
-    ("inputs.feature_names", lambda d: d.inputs.feature_names.extend(["x"] * 1024)),
-    ("inputs.feature_names[0]", lambda d: d.inputs.feature_names.__setitem__(0, "x" * 129)),
     ("inputs.salt", lambda d: setattr(d.inputs, "salt", b"\x01" * 32)),
     ("inputs_digest", _set("inputs_digest", "ab" * 32)),
+]
+# One byte more than the largest entry: the serialized sizes.
+OVERSIZED: list[tuple[str, Change]] = [
     ("decision", _pad_record),
     ("inputs", _pad_inputs),
 ]
+
+
+def refusal(d: pb.Decision) -> str:
+    with pytest.raises(InvalidArgument) as info:
+        records.prepare([decision(0), d])
+    return str(info.value)
 
 
 @pytest.mark.parametrize(
     ("field", "change"), OVER, ids=[f"{i}-{f}" for i, (f, _) in enumerate(OVER)]
 )
 def test_one_past_each_limit_is_refused_naming_the_field(field: str, change: Change) -> None:
-    d = largest_decision(7)
-    records.prepare([d])  # at every limit: accepted
+    d = decision(7)
+    records.prepare([d])
     change(d)
-    with pytest.raises(InvalidArgument) as info:
-        records.prepare([decision(0), d])
-    message = str(info.value)
+    message = refusal(d)
     assert message.startswith(f"decisions[1].{field}: "), message
     problem = message.split(": ", 1)[1]
     for echoed in ("612", "nan", "inf", "7.5", "0.25", "99", "ddddd", "eeeee", "nnnnn"):
         assert not re.search(rf"\b{re.escape(echoed)}\b", problem), problem
+
+
+@pytest.mark.parametrize(("field", "change"), OVERSIZED, ids=[f for f, _ in OVERSIZED])
+def test_one_byte_past_the_largest_entry_is_refused(field: str, change: Change) -> None:
+    d = largest_decision(7)
+    (prepared,) = records.prepare([d])  # at every limit: accepted
+    assert len(prepared.record) == limits.MAX_RECORD_BYTES
+    assert prepared.inputs is not None
+    assert len(prepared.inputs) == limits.MAX_INPUTS_BYTES
+    change(d)
+    assert refusal(d).startswith(f"decisions[1].{field}: at most ")
 
 
 def test_values_at_the_edges_of_their_ranges_are_accepted() -> None:
@@ -156,3 +196,37 @@ def test_read_filters_and_timestamps_are_bounded() -> None:
     with pytest.raises(InvalidArgument, match=r"^start_time: not a valid timestamp"):
         limits.optional_timestamp_us(ts, True, "start_time")
     assert limits.optional_timestamp_us(ts, False, "start_time") is None
+
+
+def _f32(bits: int) -> float:
+    return float(struct.unpack("<f", struct.pack("<I", bits))[0])
+
+
+# Every kind of non-finite float32: infinities, quiet and signalling NaNs, both signs,
+# with low and high payloads.
+NON_FINITE = [
+    _f32(b)
+    for b in (0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00001, 0x7F800001, 0x7FFFFFFF, 0xFFFFFFFF)
+]
+# Finite values whose bytes hold 0x7f or 0xff: the pre-filter's false alarms.
+FINITE = [_f32(b) for b in (0x7F7FFFFF, 0xFF7FFFFF, 0x3F7FFF7F, 0x00FF7FFF, 0x80000001)] + [
+    0.0,
+    1.0,
+]
+
+
+@pytest.mark.parametrize("position", [0, 5, 63])
+def test_any_non_finite_value_anywhere_is_found_and_finite_ones_pass(position: int) -> None:
+    for value in NON_FINITE:
+        d = decision(1)
+        d.output_values[:] = [0.5] * 64
+        d.output_values[position] = value
+        assert refusal(d).startswith(f"decisions[1].output_values[{position}]: must be finite")
+        d = decision(1)
+        _attribution(position, attribution=value)(d)
+        assert refusal(d).startswith(f"decisions[1].explanation[{position}].attribution: ")
+    d = decision(1)
+    d.output_values[:] = FINITE
+    for k, value in enumerate(FINITE):
+        _attribution(k, attribution=value)(d)
+    records.prepare([d])

@@ -101,13 +101,13 @@ def test_the_brute_force_recovers_unsalted_inputs_but_not_redacted_salted_ones(
 def test_salted_and_plain_digests_of_stored_inputs() -> None:
     data = inputs_of(*SECRET).SerializeToString(deterministic=True)
     assert salting.stored_digest(data) == hashlib.sha256(data).hexdigest()
-    stored, digest = salting.salt_inputs(data)
+    stored, digest = salting.salt_inputs(data, salting.fresh_salts(1))
     salt = pb.DecisionInputs.FromString(stored).salt
     assert digest == hashlib.sha256(salt + data).hexdigest()
     assert salting.stored_digest(stored) == digest
     # The stored bytes are the deterministic serialization, salt included.
     assert pb.DecisionInputs.FromString(stored).SerializeToString(deterministic=True) == stored
-    assert salting.salt_inputs(data)[1] != digest  # a fresh salt every time
+    assert salting.fresh_salts(1) != salting.fresh_salts(1)  # a fresh salt every time
     short = pb.DecisionInputs(salt=b"\x01" * 16).SerializeToString()
     with pytest.raises(salting.InputsError, match="salt is 16 bytes, not 32"):
         salting.stored_digest(short)
