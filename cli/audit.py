@@ -8,9 +8,7 @@ public verifier key, no server and no credentials.
 By default the service and the certificates are found through the stack started by
 ``roost run`` (``<home>/run/stack.json``); ``--target`` and ``--certs`` point elsewhere
 (e.g. a hub under k3s). The key that checks signatures is never taken from the hub
-silently: ``verify`` and ``show`` need ``--pubkey`` (the key you obtained out of band),
-or ``--trust-local-key`` to use the hub's own ``checkpoint.vkey``, which proves nothing
-against whoever controls the hub (and says so).
+silently (``cli.audit_keys``).
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cli.audit_keys import add_trust_flags, load_verifier, note_checkpoint, required_verifier
 from cli.audit_output import ProgressBar, entry_json, entry_line, show_entry, timestamp
 from cli.support import CliError, stack_target
 
@@ -33,10 +32,7 @@ if TYPE_CHECKING:
 
     from roost.audit.v1 import audit_service_pb2 as pb
     from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
-    from services.audit.checkpoint import Checkpoint, NoteVerifier
 
-# Default verifier key of a local stack, relative to --home.
-LOCAL_VKEY = Path("data") / "audit" / "checkpoint.vkey"
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -89,56 +85,6 @@ def _rpc_error(e: Exception) -> CliError:
         details = e.details()
         return CliError(f"audit service: {code.name}: {details}")
     return CliError(str(e))
-
-
-def load_verifier(
-    spec: str | None, home: Path, *, trust_local: bool = False
-) -> NoteVerifier | None:
-    """The verifier key from ``--pubkey`` (a vkey or a file holding one), else with
-    ``trust_local`` the local stack's (announced on stderr), else None."""
-    from services.audit.checkpoint import CheckpointError, NoteVerifier
-
-    if spec is None:
-        if not trust_local:
-            return None
-        local = home / LOCAL_VKEY
-        if not local.is_file():
-            raise CliError(f"--trust-local-key: no verifier key at {local}")
-        spec = str(local)
-        print(
-            f"WARNING: trusting the hub's own key {local} (--trust-local-key): this"
-            " proves nothing against whoever controls the hub; use --pubkey with a key"
-            " you saved elsewhere",
-            file=sys.stderr,
-        )
-    elif trust_local:
-        raise CliError("give --pubkey or --trust-local-key, not both")
-    text = spec
-    path = Path(spec)
-    if "+" not in spec or path.is_file():
-        try:
-            text = path.read_text().strip()
-        except OSError as e:
-            raise CliError(
-                f"--pubkey {spec}: not a verifier key and not a readable file ({e})"
-            ) from None
-    try:
-        return NoteVerifier.from_vkey(text)
-    except CheckpointError as e:
-        raise CliError(f"--pubkey: not a valid verifier key: {e}") from None
-
-
-def note_checkpoint(note: str) -> Checkpoint:
-    """The (unverified) checkpoint body of a signed note."""
-    from services.audit.checkpoint import Checkpoint, CheckpointError
-
-    body, sep, _ = note.partition("\n\n")
-    try:
-        if not sep:
-            raise CheckpointError("no blank line between the text and the signatures")
-        return Checkpoint.parse(body + "\n")
-    except CheckpointError as e:
-        raise CliError(f"not a signed checkpoint note: {e}") from None
 
 
 # --------------------------------------------------------------------------- commands
@@ -231,22 +177,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _required_verifier(args: argparse.Namespace, command: str) -> NoteVerifier:
-    verifier = load_verifier(args.pubkey, args.home, trust_local=args.trust_local_key)
-    if verifier is None:
-        raise CliError(
-            f"{command} needs the hub's public key: --pubkey <vkey or file> (saved when"
-            " you set up auditing), or --trust-local-key to use this hub's own key"
-        )
-    return verifier
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     from roost.audit.v1 import audit_service_pb2 as pb
     from services.audit.checkpoint import CheckpointError, verify_checkpoint
     from services.audit.merkle import ProofError, leaf_hash, verify_inclusion
 
-    verifier = _required_verifier(args, "show")
+    verifier = required_verifier(args, "show")
     channel, stub = _stub(args)
     with channel:
         try:
@@ -362,7 +298,7 @@ def _count_entries(path: Path) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from services.audit.verify import BundleError, verify_bundle
 
-    verifier = _required_verifier(args, "verify")
+    verifier = required_verifier(args, "verify")
     previous = [Path(p).read_text() for p in args.previous]
     bundle: Path = args.bundle
     if not bundle.is_file():
@@ -429,17 +365,6 @@ def _filter_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--action", help="action taken, e.g. publish")
 
 
-def _trust_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    need = "required, or --trust-local-key" if required else "optional"
-    p.add_argument("--pubkey", help=f"the hub's verifier key, or a file holding it ({need})")
-    p.add_argument(
-        "--trust-local-key",
-        action="store_true",
-        help="check signatures with the hub's own checkpoint.vkey (proves nothing"
-        " against the hub's operator)",
-    )
-
-
 def add_parser(sub: Any) -> None:
     """Registers ``roost audit ...`` on the top-level subparsers."""
     audit = sub.add_parser(
@@ -472,13 +397,13 @@ def add_parser(sub: Any) -> None:
 
     show = commands.add_parser("show", help="one decision in full, with its inclusion proof")
     show.add_argument("decision_id")
-    _trust_flags(show)
+    add_trust_flags(show)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
 
     cp = commands.add_parser("checkpoint", help="the latest signed checkpoint (keep it)")
     cp.add_argument("--out", type=Path, help="save the note to this file")
-    _trust_flags(cp, required=False)
+    add_trust_flags(cp, required=False)
     cp.set_defaults(func=cmd_checkpoint)
 
     export = commands.add_parser("export", help="an offline-verifiable bundle of entries")
@@ -497,7 +422,7 @@ def add_parser(sub: Any) -> None:
 
     verify = commands.add_parser("verify", help="verify a bundle offline (no server)")
     verify.add_argument("bundle", type=Path)
-    _trust_flags(verify)
+    add_trust_flags(verify)
     verify.add_argument(
         "--previous",
         action="append",
