@@ -86,6 +86,30 @@ def tolerant_deserializer(deserializer: Deserializer | None) -> Deserializer | N
     return deserialize
 
 
+def sync_unary_handler(
+    behavior: Callable[[Any, grpc.ServicerContext], Any],
+    request_deserializer: Deserializer,
+    response_serializer: Callable[[Any], bytes],
+    *,
+    service: str,
+    method: str,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A unary handler for a synchronous ``grpc.server`` (the probes' health port) that
+    refuses undecodable requests like the interceptor does for the services."""
+    deserialize = tolerant_deserializer(request_deserializer)
+    counter = UNDECODABLE.labels(service, method)
+
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            counter.inc()
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return behavior(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        handle, request_deserializer=deserialize, response_serializer=response_serializer
+    )
+
+
 async def _decoded(requests: AsyncIterable[Any], counter: Any) -> AsyncIterator[Any]:
     """A request stream that raises InvalidArgument at the first undecodable message
     (counted in ``counter``, the method's child of UNDECODABLE)."""

@@ -302,6 +302,11 @@ async def test_plaintext_health_port_serves_only_health(tmp_path: Path) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await pb_grpc.InferenceServiceStub(plain).ListModels(pb.ListModelsRequest(), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # Bytes that are no HealthCheckRequest: INVALID_ARGUMENT there too.
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await plain.unary_unary("/grpc.health.v1.Health/Check")(GARBAGE, timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "grpc.health.v1.HealthCheckRequest" in (e.value.details() or "")
     # The real port still refuses plaintext callers.
     with pytest.raises(grpc.aio.AioRpcError):
         await health_pb2_grpc.HealthStub(
