@@ -5,9 +5,10 @@ identity (``redact`` needs ``admin``): ``tail``, ``query``, ``show``, ``checkpoi
 ``export``, ``redact``. ``verify`` is offline: it needs only the bundle and the hub's
 public verifier key, no server and no credentials.
 
-By default the service, the certificates and the key are found through the stack
-started by ``roost run`` (``<home>/run/stack.json``); ``--target``, ``--certs`` and
-``--pubkey`` point elsewhere (e.g. a hub under k3s).
+By default the service and the certificates are found through the stack started by
+``roost run`` (``<home>/run/stack.json``); ``--target`` and ``--certs`` point elsewhere
+(e.g. a hub under k3s). The key that checks signatures is never taken from the hub
+silently (``cli.audit_keys``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli import audit_witness
+from cli.audit_keys import add_trust_flags, load_verifier, note_checkpoint, required_verifier
 from cli.audit_output import ProgressBar, entry_json, entry_line, show_entry, timestamp
 from cli.support import CliError, stack_target
 
@@ -31,10 +33,7 @@ if TYPE_CHECKING:
 
     from roost.audit.v1 import audit_service_pb2 as pb
     from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
-    from services.audit.checkpoint import Checkpoint, NoteVerifier
 
-# Default verifier key of a local stack, relative to --home.
-LOCAL_VKEY = Path("data") / "audit" / "checkpoint.vkey"
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -56,11 +55,15 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _stub(args: argparse.Namespace, role: str) -> tuple[grpc.Channel, pb_grpc.AuditServiceStub]:
+def _stub(
+    args: argparse.Namespace, default_role: str = "auditor"
+) -> tuple[grpc.Channel, pb_grpc.AuditServiceStub]:
+    """A channel and stub as ``--role``, or ``default_role`` when it is not given."""
     from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
     from services.kit.auth import Role
     from services.kit.client import sync_channel
 
+    role = args.role or default_role
     address, certs_dir = stack_target(args, "audit")
     try:
         channel = sync_channel(
@@ -85,51 +88,13 @@ def _rpc_error(e: Exception) -> CliError:
     return CliError(str(e))
 
 
-def load_verifier(spec: str | None, home: Path) -> NoteVerifier | None:
-    """The verifier key from ``--pubkey`` (a vkey or a file holding one), else the local
-    stack's, else None."""
-    from services.audit.checkpoint import CheckpointError, NoteVerifier
-
-    if spec is None:
-        local = home / LOCAL_VKEY
-        if not local.is_file():
-            return None
-        spec = str(local)
-    text = spec
-    path = Path(spec)
-    if "+" not in spec or path.is_file():
-        try:
-            text = path.read_text().strip()
-        except OSError as e:
-            raise CliError(
-                f"--pubkey {spec}: not a verifier key and not a readable file ({e})"
-            ) from None
-    try:
-        return NoteVerifier.from_vkey(text)
-    except CheckpointError as e:
-        raise CliError(f"--pubkey: not a valid verifier key: {e}") from None
-
-
-def note_checkpoint(note: str) -> Checkpoint:
-    """The (unverified) checkpoint body of a signed note."""
-    from services.audit.checkpoint import Checkpoint, CheckpointError
-
-    body, sep, _ = note.partition("\n\n")
-    try:
-        if not sep:
-            raise CheckpointError("no blank line between the text and the signatures")
-        return Checkpoint.parse(body + "\n")
-    except CheckpointError as e:
-        raise CliError(f"not a signed checkpoint note: {e}") from None
-
-
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from roost.audit.v1 import audit_service_pb2 as pb
 
-    channel, stub = _stub(args, args.role)
+    channel, stub = _stub(args)
     with channel:
         try:
             resp = stub.QueryDecisions(
@@ -195,7 +160,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     request = pb.QueryDecisionsRequest(page_size=min(args.limit, 1000), **_filters(args))
     _set_times(request, args)
     printed = 0
-    channel, stub = _stub(args, args.role)
+    channel, stub = _stub(args)
     with channel:
         try:
             while printed < args.limit:
@@ -218,8 +183,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from services.audit.checkpoint import CheckpointError, verify_checkpoint
     from services.audit.merkle import ProofError, leaf_hash, verify_inclusion
 
-    verifier = load_verifier(args.pubkey, args.home)
-    channel, stub = _stub(args, args.role)
+    verifier = required_verifier(args, "show")
+    channel, stub = _stub(args)
     with channel:
         try:
             entry = stub.GetDecision(
@@ -236,15 +201,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(entry_json(entry))
     else:
         show_entry(entry, sys.stdout)
-    root = cp.root_hash
-    signed = "signature NOT checked (no --pubkey)"
-    if verifier is not None:
-        try:
-            root = verify_checkpoint(verifier, cp.signed_note, verifier.name).root_hash
-        except CheckpointError as e:
-            print(f"PROOF FAILED: checkpoint signature: {e}", file=sys.stderr)
-            return 1
-        signed = f"signed by {verifier.name}"
+    try:
+        root = verify_checkpoint(verifier, cp.signed_note, verifier.name).root_hash
+    except CheckpointError as e:
+        print(f"PROOF FAILED: checkpoint signature: {e}", file=sys.stderr)
+        return 1
+    signed = f"signed by {verifier.name}"
+    if args.trust_local_key:
+        signed += ", with the hub's own key"
     try:
         if leaf_hash(entry.record) != entry.leaf_hash:
             raise ProofError("the record does not hash to its leaf")
@@ -260,14 +224,16 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     from roost.audit.v1 import audit_service_pb2 as pb
     from services.audit.checkpoint import CheckpointError, verify_checkpoint
 
-    channel, stub = _stub(args, args.role)
+    channel, stub = _stub(args)
     with channel:
         try:
             cp = stub.GetCheckpoint(pb.GetCheckpointRequest(), timeout=10)
         except Exception as e:
             raise _rpc_error(e) from e
-    verifier = load_verifier(args.pubkey, args.home)
-    if verifier is not None:
+    verifier = load_verifier(args.pubkey, args.home, trust_local=args.trust_local_key)
+    if verifier is None:
+        print("signature not checked (no --pubkey)", file=sys.stderr)
+    else:
         try:
             verify_checkpoint(verifier, cp.signed_note, verifier.name)
         except CheckpointError as e:
@@ -291,7 +257,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out: Path = args.out
     partial = out.with_name(out.name + ".partial")
     written = 0
-    channel, stub = _stub(args, args.role)
+    channel, stub = _stub(args)
     with channel, ProgressBar("exporting", None, "B") as advance:
         try:
             with partial.open("wb") as f:
@@ -303,7 +269,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 os.fsync(f.fileno())
         except Exception as e:
             partial.unlink(missing_ok=True)
-            raise _rpc_error(e) from e
+            raise _previous_hint(_rpc_error(e)) from e
     partial.replace(out)
     entries = _count_entries(out)
     print(
@@ -312,6 +278,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _previous_hint(error: CliError) -> CliError:
+    """The service names the request field; the user gave ``--previous``."""
+    text = str(error)
+    field = "consistency_from_sizes: "
+    if field not in text:
+        return error
+    problem = text.split(field, 1)[1]
+    return CliError(f"--previous: a checkpoint's tree size: {problem}")
 
 
 def _count_entries(path: Path) -> int:
@@ -323,9 +299,7 @@ def _count_entries(path: Path) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from services.audit.verify import BundleError, verify_bundle
 
-    verifier = load_verifier(args.pubkey, args.home)
-    if verifier is None:
-        raise CliError("verify needs the hub's public key: --pubkey <vkey or file>")
+    verifier = required_verifier(args, "verify")
     previous = [Path(p).read_text() for p in args.previous]
     witnesses = audit_witness.load_witness_keys(args.witness_key)
     bundle: Path = args.bundle
@@ -393,6 +367,14 @@ def _write_file(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------- parser
 
 
+def _filter_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", help="ISO time or age (2h, 7d); inclusive")
+    p.add_argument("--until", help="ISO time or age; exclusive")
+    p.add_argument("--entity", help="entity id, e.g. binary_sensor.kitchen_occupancy")
+    p.add_argument("--model", help="model name, or name@version")
+    p.add_argument("--action", help="action taken, e.g. publish")
+
+
 def add_parser(sub: Any) -> None:
     """Registers ``roost audit ...`` on the top-level subparsers."""
     audit = sub.add_parser(
@@ -405,18 +387,10 @@ def add_parser(sub: Any) -> None:
     audit.add_argument("--certs", type=Path, help="certificates directory (default: the stack's)")
     audit.add_argument(
         "--role",
-        default="auditor",
         choices=["auditor", "admin"],
-        help="identity to read with (default: auditor, read-only)",
+        help="identity to call the service with (default: auditor, read-only; admin for redact)",
     )
     commands = audit.add_subparsers(dest="audit_command", required=True)
-
-    def filters(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--since", help="ISO time or age (2h, 7d); inclusive")
-        p.add_argument("--until", help="ISO time or age; exclusive")
-        p.add_argument("--entity", help="entity id, e.g. binary_sensor.kitchen_occupancy")
-        p.add_argument("--model", help="model name, or name@version")
-        p.add_argument("--action", help="action taken, e.g. publish")
 
     tail = commands.add_parser("tail", help="the latest entries (and new ones with -f)")
     tail.add_argument("-n", "--lines", type=int, default=20)
@@ -426,25 +400,25 @@ def add_parser(sub: Any) -> None:
     tail.set_defaults(func=cmd_tail)
 
     query = commands.add_parser("query", help="entries matching filters, oldest first")
-    filters(query)
+    _filter_flags(query)
     query.add_argument("--limit", type=int, default=100)
     query.add_argument("--json", action="store_true", help="one JSON entry per line")
     query.set_defaults(func=cmd_query)
 
     show = commands.add_parser("show", help="one decision in full, with its inclusion proof")
     show.add_argument("decision_id")
-    show.add_argument("--pubkey", help="verifier key or file (default: the local stack's)")
+    add_trust_flags(show)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
 
     cp = commands.add_parser("checkpoint", help="the latest signed checkpoint (keep it)")
     cp.add_argument("--out", type=Path, help="save the note to this file")
-    cp.add_argument("--pubkey", help="verifier key or file (default: the local stack's)")
+    add_trust_flags(cp, required=False)
     cp.set_defaults(func=cmd_checkpoint)
 
     export = commands.add_parser("export", help="an offline-verifiable bundle of entries")
     export.add_argument("out", type=Path, help="bundle file to write (.roost-audit.jsonl)")
-    filters(export)
+    _filter_flags(export)
     export.add_argument(
         "--previous",
         action="append",
@@ -458,7 +432,7 @@ def add_parser(sub: Any) -> None:
 
     verify = commands.add_parser("verify", help="verify a bundle offline (no server)")
     verify.add_argument("bundle", type=Path)
-    verify.add_argument("--pubkey", help="the hub's verifier key, or a file holding it")
+    add_trust_flags(verify)
     verify.add_argument(
         "--previous",
         action="append",

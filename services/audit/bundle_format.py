@@ -31,7 +31,8 @@ Encoding: JSON Lines, UTF-8, one JSON object per line, every line ending in ``\\
    deterministically serialized: the leaf data) and its checkpoint is the header's
    note, byte for byte, so each proof also stands alone as a ``.tlog-proof`` file.
    ``inputs`` is null when the inputs were redacted, omitted from the export, or never
-   stored; when present they must hash to the record's ``inputs_digest``.
+   stored; when present they must match the record's ``inputs_digest`` (salted or plain,
+   see ``services.audit.salting``).
 
 3. Trailer: ``{"end": true, "entries": <number of entry lines>}``, so that a truncated
    bundle is detected.

@@ -197,7 +197,8 @@ def check_previous(
             if 0 < m < cp.size:
                 raise BundleError(
                     f"{what} (tree size {m}): the bundle has no consistency proof from tree"
-                    f" size {m}; export again with consistency_from_sizes {m}"
+                    f" size {m}; export again with --previous and that checkpoint's note"
+                    " (roost audit export --previous NOTE)"
                 )
             proof = []
         try:

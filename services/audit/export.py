@@ -15,6 +15,7 @@ from typing import Any
 
 from services.audit.bundle_format import FORMAT, INPUTS_INCLUDED, INPUTS_OMITTED, ExportFilters
 from services.audit.checkpoint import Checkpoint, CheckpointError
+from services.audit.limits import EXPORT_CHUNK_BYTES
 from services.audit.query import MAX_PAGE_SIZE
 from services.audit.store import AuditStore
 from services.audit.tlog_proof import TlogProof
@@ -55,8 +56,9 @@ def iter_bundle(
     """The bundle of the entries matching ``filters`` in the tree that ``note`` signs.
 
     ``note`` is a signed checkpoint (its tree size and root pin the export) whose origin
-    must be ``origin``. Yields chunks of whole lines: the header, one chunk per page of
-    ``page_size`` entries, then the trailer. Arguments are checked right away
+    must be ``origin``. Yields chunks of whole lines: the header, the entry lines in
+    chunks of about ``EXPORT_CHUNK_BYTES`` (never more than one page of ``page_size``
+    entries), then the trailer. Arguments are checked right away
     (InvalidArgument); the store is only used by ``next()``, which raises
     FailedPrecondition if the store's root at the note's tree size differs from the
     note's, and InvalidArgument for a ``consistency_from`` size above it.
@@ -141,6 +143,7 @@ def _generate(
             below_index=size,
         )
         lines: list[str] = []
+        chunk_chars = 0
         for entry in entries:
             index = int(entry.index)
             hashes: tuple[bytes, ...]
@@ -154,16 +157,15 @@ def _generate(
             inputs: str | None = None
             if not omit_inputs and not entry.inputs_redacted and entry.decision.HasField("inputs"):
                 inputs = b64encode(entry.decision.inputs.SerializeToString(deterministic=True))
-            lines.append(
-                _line(
-                    {
-                        "proof": proof.marshal(),
-                        "inputs": inputs,
-                        "inputs_redacted": entry.inputs_redacted,
-                    }
-                )
-            )
-        count += len(lines)
+            redacted = entry.inputs_redacted
+            line = _line({"proof": proof.marshal(), "inputs": inputs, "inputs_redacted": redacted})
+            lines.append(line)
+            count += 1
+            # The lines are ASCII (JSON escapes the rest): characters are bytes.
+            chunk_chars += len(line)
+            if chunk_chars >= EXPORT_CHUNK_BYTES:
+                yield "".join(lines).encode("utf-8")
+                lines, chunk_chars = [], 0
         if lines:
             yield "".join(lines).encode("utf-8")
         if not token:

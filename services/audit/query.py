@@ -2,7 +2,9 @@
 
 Pages are in leaf order (or reversed with ``newest_first``); their tokens are the
 kit's opaque, filter-bound page tokens (``services.kit.paging``) holding the last
-leaf index returned and, for a time-bounded query, the last leaf index to scan.
+leaf index returned and, for a time-bounded query, the last leaf index to scan. A page
+holds at most ``page_size`` entries and ends early rather than exceed
+``limits.MAX_PAGE_BYTES`` (it always holds at least one entry, and every entry fits).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from roost.audit.v1 import audit_service_pb2 as pb
+from services.audit.limits import MAX_PAGE_BYTES
 from services.kit import paging
 from services.kit.errors import InvalidArgument, NotFound
 
@@ -92,9 +95,9 @@ def query_entries(
     rows = _select(
         conn, _SELECT_ENTRY, filters, "ORDER BY e.idx LIMIT ?", limit + 1, alias="e."
     ).fetchall()
-    entries = [_entry(row) for row in rows[:limit]]
+    entries, more = _page(rows, limit)
     next_token = ""
-    if len(rows) > limit:
+    if more:
         next_token = paging.encode_token({"index": int(entries[-1].index), "last": last}, query)
     return entries, next_token
 
@@ -115,11 +118,25 @@ def _query_backwards(
         limit + 1,
         alias="e.",
     ).fetchall()
-    entries = [_entry(row) for row in rows[:limit]]
+    entries, more = _page(rows, limit)
     next_token = ""
-    if len(rows) > limit:
+    if more:
         next_token = paging.encode_token({"index": int(entries[-1].index), "last": None}, query)
     return entries, next_token
+
+
+def _page(rows: Sequence[tuple[Any, ...]], limit: int) -> tuple[list[pb.LogEntry], bool]:
+    """The entries of up to ``limit`` rows within MAX_PAGE_BYTES (at least one), and
+    whether rows are left over for a next page."""
+    entries: list[pb.LogEntry] = []
+    total = 0
+    for row in rows[:limit]:
+        entry = _entry(row)
+        total += entry.ByteSize()
+        if entries and total > MAX_PAGE_BYTES:
+            return entries, True
+        entries.append(entry)
+    return entries, len(rows) > limit
 
 
 def _select(

@@ -3,26 +3,34 @@
 The *record* of a decision is the decision without its ``inputs`` (which live in a
 redactable side store), deterministically serialized. Its leaf hash is
 ``SHA-256(0x00 || record)`` as in RFC 9162 section 2.1.1
-(:func:`services.audit.merkle.leaf_hash`).
+(:func:`services.audit.merkle.leaf_hash`). Every field is bounded
+(``services.audit.limits``) and the inputs are committed to with a fresh salt
+(``services.audit.salting``).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from roost.audit.v1 import audit_service_pb2 as pb
+from services.audit import limits
+from services.audit.limits import (
+    ACTORS,
+    MAX_ACTION_CHARS,
+    MAX_DECISION_ID_CHARS,
+    MAX_ENTITY_ID_CHARS,
+    MAX_MODEL_NAME_CHARS,
+    MAX_MODEL_SHA256_CHARS,
+    MAX_MODEL_VERSION_CHARS,
+)
+from services.audit.limits import FieldError as _Invalid
 from services.audit.merkle import leaf_hash
+from services.audit.salting import SALT_BYTES, fresh_salts, salt_inputs
 from services.kit.errors import InvalidArgument
 
-MAX_DECISION_ID_CHARS = 128
-
 _HEX_DIGITS = frozenset("0123456789abcdef")
-# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
-_MIN_SECONDS = -62_135_596_800
-_MAX_SECONDS = 253_402_300_799
 
 
 @dataclass(slots=True)
@@ -50,7 +58,7 @@ class PreparedRecord(NamedTuple):
     action: str
     record: bytes
     leaf_hash: bytes
-    # Deterministic serialization of the inputs, or None when the decision has none.
+    # The inputs to store (deterministically serialized, with their salt), or None.
     inputs: bytes | None
 
 
@@ -64,19 +72,14 @@ def record_bytes(decision: pb.Decision) -> bytes:
     return stripped.SerializeToString(deterministic=True)
 
 
-def inputs_digest(inputs: pb.DecisionInputs) -> str:
-    """Lowercase hex SHA-256 of the deterministic serialization of ``inputs``."""
-    return hashlib.sha256(inputs.SerializeToString(deterministic=True)).hexdigest()
-
-
 def validate_decision(d: pb.Decision, where: str) -> None:
     """Raises InvalidArgument naming the first bad field, e.g. ``decisions[3].decision_id``.
 
-    ``where`` prefixes field names (``""`` for none). An empty ``inputs_digest`` with
-    inputs present is valid: the store fills it in.
+    ``where`` prefixes field names (``""`` for none). With inputs present,
+    ``inputs_digest`` must be empty: the store fills it in.
     """
     try:
-        _prepare_one(d)
+        _prepare_one(d, salt=fresh_salts(1))
     except _Invalid as exc:
         prefix = f"{where}." if where else ""
         raise InvalidArgument(f"{prefix}{exc.field}: {exc.problem}") from None
@@ -92,36 +95,33 @@ def prepare(
     """Validates every decision (nothing is returned if any is invalid) and derives the rows.
 
     Errors name the field as ``{field}[i].name``. The caller's messages are not
-    modified; a missing ``inputs_digest`` is filled in on a copy. Only the audit
+    modified; the salted ``inputs_digest`` is filled in on a copy. Only the audit
     service itself (``admin``) may write ``ACTOR_ADMIN`` entries. With ``consume`` the
     decisions' ``inputs`` are cleared in place (faster; for messages used only once,
     such as a gRPC request's).
     """
     prepared: list[PreparedRecord] = []
+    salts = fresh_salts(len(decisions))
     for i, d in enumerate(decisions):
+        salt = salts[i * SALT_BYTES : (i + 1) * SALT_BYTES]
         try:
-            prepared.append(_prepare_one(d, admin, consume))
+            prepared.append(_prepare_one(d, admin, consume, salt=salt))
         except _Invalid as exc:
             raise InvalidArgument(f"{field}[{i}].{exc.field}: {exc.problem}") from None
     return prepared
 
 
-class _Invalid(Exception):
-    """One bad field of one decision; turned into InvalidArgument with its position."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(field)
-        self.field = field
-        self.problem = problem
-
-
-def _prepare_one(d: pb.Decision, admin: bool = False, consume: bool = False) -> PreparedRecord:
+def _prepare_one(
+    d: pb.Decision, admin: bool = False, consume: bool = False, *, salt: bytes
+) -> PreparedRecord:
     """Validates ``d`` and derives its row (hot path: each field is read once).
 
     ``admin`` allows ``ACTOR_ADMIN`` entries (the log's own records, see erasure.py);
-    ``consume`` lets it clear ``d.inputs`` in place (the message is not used afterwards).
-    Fields are checked in this order: decision_id, decided_at, entity_id, actor, model,
-    inputs_digest.
+    ``consume`` lets it clear ``d.inputs`` in place (the message is not used afterwards);
+    ``salt`` is the fresh salt of its inputs. Fields are checked in this order:
+    decision_id, decided_at, entity_id, actor, model, the other bounded fields
+    (``limits.check_decision_fields``), inputs_digest, inputs, then what the serialized
+    record bounds (``limits.check_record``: sizes, free texts, attributions).
     """
     decision_id = d.decision_id
     if not decision_id:
@@ -132,16 +132,23 @@ def _prepare_one(d: pb.Decision, admin: bool = False, consume: bool = False) -> 
     entity_id = d.entity_id
     if not entity_id:
         raise _Invalid("entity_id", "required")
+    if len(entity_id) > MAX_ENTITY_ID_CHARS:
+        raise _Invalid("entity_id", f"at most {MAX_ENTITY_ID_CHARS} characters")
     _check_actor(d.actor, admin)
     model_name, model_version = _model_name_version(d, admin)
-    record, inputs = _record_and_inputs(d, consume)
+    action = d.action
+    if len(action) > MAX_ACTION_CHARS:
+        raise _Invalid("action", f"at most {MAX_ACTION_CHARS} characters")
+    limits.check_decision_fields(d)
+    record, inputs = _record_and_inputs(d, consume, salt)
+    limits.check_record(d, record, inputs)
     return PreparedRecord(
         decision_id,
         decided_at_us,
         entity_id,
         model_name,
         model_version,
-        d.action,
+        action,
         record,
         leaf_hash(record),
         inputs,
@@ -152,14 +159,12 @@ def _decided_at_us(d: pb.Decision) -> int:
     """``d.decided_at`` (required, in Timestamp's range) in microseconds since the epoch."""
     if not d.HasField("decided_at"):
         raise _Invalid("decided_at", "required")
-    ts = d.decided_at
-    seconds, nanos = ts.seconds, ts.nanos
-    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
-        raise _Invalid("decided_at", "not a valid timestamp")
-    return seconds * 1_000_000 + nanos // 1000
+    return limits.timestamp_us(d.decided_at, "decided_at")
 
 
 def _check_actor(actor: int, admin: bool) -> None:
+    if actor not in ACTORS:
+        raise _Invalid("actor", "not an Actor value")
     if actor == pb.ACTOR_UNSPECIFIED:
         raise _Invalid("actor", "must not be ACTOR_UNSPECIFIED")
     if actor == pb.ACTOR_ADMIN and not admin:
@@ -170,35 +175,46 @@ def _model_name_version(d: pb.Decision, admin: bool) -> tuple[str, str]:
     """``d.model``'s name and version, all three of its fields required unless
     ``admin`` and unset (log-maintenance entries may concern no model at all)."""
     model = d.model
-    model_name, model_version = model.name, model.version
+    model_name, model_version, sha256 = model.name, model.version, model.sha256
     if not (admin and not d.HasField("model")):
         if not model_name:
             raise _Invalid("model.name", "required")
         if not model_version:
             raise _Invalid("model.version", "required")
-        if not model.sha256:
+        if not sha256:
             raise _Invalid("model.sha256", "required")
+    if len(model_name) > MAX_MODEL_NAME_CHARS:
+        raise _Invalid("model.name", f"at most {MAX_MODEL_NAME_CHARS} characters")
+    if len(model_version) > MAX_MODEL_VERSION_CHARS:
+        raise _Invalid("model.version", f"at most {MAX_MODEL_VERSION_CHARS} characters")
+    if len(sha256) > MAX_MODEL_SHA256_CHARS:
+        raise _Invalid("model.sha256", f"at most {MAX_MODEL_SHA256_CHARS} characters")
     return model_name, model_version
 
 
-def _record_and_inputs(d: pb.Decision, consume: bool) -> tuple[bytes, bytes | None]:
-    """``(record, inputs)``: the leaf data (with ``inputs_digest`` filled in when the
-    inputs are present and it is not) and the serialized inputs, or None without any."""
+def _record_and_inputs(d: pb.Decision, consume: bool, salt: bytes) -> tuple[bytes, bytes | None]:
+    """``(record, inputs)``: the leaf data (with the salted ``inputs_digest`` filled in
+    when the inputs are present) and the inputs to store (with their salt), or None."""
     digest = d.inputs_digest
     if not d.HasField("inputs"):
         if digest and not (len(digest) == 64 and _HEX_DIGITS.issuperset(digest)):
             raise _Invalid("inputs_digest", "must be 64 lowercase hex characters")
         return d.SerializeToString(deterministic=True), None
-    inputs = d.inputs.SerializeToString(deterministic=True)
-    computed = hashlib.sha256(inputs).hexdigest()
-    if digest and digest != computed:
-        raise _Invalid("inputs_digest", "does not match inputs")
+    if digest:
+        raise _Invalid(
+            "inputs_digest",
+            "must be empty when inputs are sent (the audit service commits to them"
+            " with a fresh salt)",
+        )
+    inputs = d.inputs
+    if inputs.salt:
+        raise _Invalid("inputs.salt", "must be empty (the audit service draws the salt)")
+    stored, digest = salt_inputs(inputs.SerializeToString(deterministic=True), salt)
     # ``consume``: strip the caller's own message (a gRPC request) instead of a copy.
     stripped = d
     if not consume:
         stripped = pb.Decision()
         stripped.CopyFrom(d)
     stripped.ClearField("inputs")
-    if not digest:
-        stripped.inputs_digest = computed
-    return stripped.SerializeToString(deterministic=True), inputs
+    stripped.inputs_digest = digest
+    return stripped.SerializeToString(deterministic=True), stored

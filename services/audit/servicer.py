@@ -8,11 +8,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Gauge
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
+from services.audit import limits
 from services.audit.bundle_format import ExportFilters
 from services.audit.checkpoint import NoteSigner
 from services.audit.log import AuditLog, SignedCheckpoint
@@ -55,8 +55,14 @@ POLICY: Policy = {
 }
 
 
-def _micros(ts: Timestamp, present: bool) -> int | None:
-    return ts.ToMicroseconds() if present else None
+def _start_us(request: pb.QueryDecisionsRequest | pb.ExportDecisionsRequest) -> int | None:
+    present = request.HasField("start_time")
+    return limits.optional_timestamp_us(request.start_time, present, "start_time")
+
+
+def _end_us(request: pb.QueryDecisionsRequest | pb.ExportDecisionsRequest) -> int | None:
+    present = request.HasField("end_time")
+    return limits.optional_timestamp_us(request.end_time, present, "end_time")
 
 
 def checkpoint_origin(hub_id: str) -> str:
@@ -141,6 +147,12 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             raise InvalidArgument(
                 f"decisions: {n} decisions, at most {self._max_append_batch} per request"
             )
+        request_bytes = request.ByteSize()
+        if request_bytes > limits.MAX_APPEND_REQUEST_BYTES:
+            raise InvalidArgument(
+                f"request: {request_bytes} bytes, at most"
+                f" {limits.MAX_APPEND_REQUEST_BYTES}: send fewer decisions per request"
+            )
         results, size = await self._log.append(request.decisions, consume=True)
         APPENDED.inc(sum(1 for r in results if not r.already_logged))
         LOG_SIZE.set(size)
@@ -158,9 +170,16 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     async def QueryDecisions(
         self, request: pb.QueryDecisionsRequest, context: Any
     ) -> pb.QueryDecisionsResponse:
+        limits.check_filters(
+            entity_id=request.entity_id,
+            model_name=request.model_name,
+            model_version=request.model_version,
+            action=request.action,
+            page_token=request.page_token,
+        )
         entries, token = await self._log.query(
-            _micros(request.start_time, request.HasField("start_time")),
-            _micros(request.end_time, request.HasField("end_time")),
+            _start_us(request),
+            _end_us(request),
             entity_id=request.entity_id,
             model_name=request.model_name,
             model_version=request.model_version,
@@ -174,8 +193,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     async def GetDecision(
         self, request: pb.GetDecisionRequest, context: Any
     ) -> pb.GetDecisionResponse:
-        if not request.decision_id:
-            raise InvalidArgument("decision_id: required")
+        limits.check_decision_id(request.decision_id)
         return pb.GetDecisionResponse(entry=await self._log.get(request.decision_id))
 
     async def GetCheckpoint(
@@ -190,8 +208,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     async def GetInclusionProof(
         self, request: pb.GetInclusionProofRequest, context: Any
     ) -> pb.GetInclusionProofResponse:
-        if not request.decision_id:
-            raise InvalidArgument("decision_id: required")
+        limits.check_decision_id(request.decision_id)
         size = request.tree_size
         if size == 0:
             # 0 means the latest checkpoint (signed now if the tree grew).
@@ -210,9 +227,16 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     async def ExportDecisions(
         self, request: pb.ExportDecisionsRequest, context: Any
     ) -> AsyncIterator[pb.ExportDecisionsResponse]:
+        limits.check_filters(
+            entity_id=request.entity_id,
+            model_name=request.model_name,
+            model_version=request.model_version,
+            action=request.action,
+        )
+        consistency_from = limits.check_consistency_from(request.consistency_from_sizes)
         filters = ExportFilters(
-            start_us=_micros(request.start_time, request.HasField("start_time")),
-            end_us=_micros(request.end_time, request.HasField("end_time")),
+            start_us=_start_us(request),
+            end_us=_end_us(request),
             entity_id=request.entity_id,
             model_name=request.model_name,
             model_version=request.model_version,
@@ -223,7 +247,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
         async for chunk in self._log.export(
             self._signer,
             filters,
-            consistency_from=list(request.consistency_from_sizes),
+            consistency_from=consistency_from,
             omit_inputs=request.omit_inputs,
         ):
             exported += len(chunk)
@@ -233,8 +257,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     async def RedactInputs(
         self, request: pb.RedactInputsRequest, context: Any
     ) -> pb.RedactInputsResponse:
-        if not request.decision_id:
-            raise InvalidArgument("decision_id: required")
+        limits.check_decision_id(request.decision_id)
         index, redacted_at_us, already = await self._log.redact_inputs(
             request.decision_id, request.reason
         )

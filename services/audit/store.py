@@ -432,7 +432,8 @@ def _assign(
         existing = known.get(rec.decision_id)
         if existing is not None:
             idx, digest = existing
-            if digest != rec.leaf_hash:
+            # A retry with inputs has a fresh salt, so only a retry without can be compared.
+            if rec.inputs is None and digest != rec.leaf_hash:
                 logger.warning("audit append: retry of index %d with different content", idx)
             results.append(Appended(rec.decision_id, idx, digest, True))
             continue

@@ -40,6 +40,7 @@ from services.audit.checkpoint import Checkpoint, CheckpointError, NoteVerifier
 from services.audit.compact_range import CompactRange
 from services.audit.cosignature import CosignatureVerifier, require_cosignatures
 from services.audit.merkle import NODE_PREFIX, leaf_hash
+from services.audit.salting import InputsError, stored_digest
 from services.audit.tlog_proof import TlogProof, TlogProofError
 
 __all__ = ["BundleError", "BundleReport", "iter_decisions", "verify_bundle"]
@@ -301,7 +302,11 @@ def _check_inputs(
         if not inputs_included:
             raise BundleError(f"{where}: inputs are present but the header says omitted")
         data = strict_b64(inputs_b64, f"{where}: inputs")
-        if hashlib.sha256(data).hexdigest() != decision.inputs_digest:
+        try:
+            digest = stored_digest(data)
+        except InputsError as exc:
+            raise BundleError(f"{where}: {exc}") from None
+        if digest != decision.inputs_digest:
             raise BundleError(
                 f"{where}: inputs do not match the record's inputs_digest:"
                 " the stored inputs were altered"

@@ -31,7 +31,7 @@ from prometheus_client import Gauge, Histogram
 from models.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
 from models.onnx_runtime import CPU, open_session, ort, provider_of
 from services.inference.health import HealthBook
-from services.kit.errors import NotFound
+from services.kit.errors import NotFound, echo
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Serving:
             if model is not None and model.manifest.version == version:
                 return model
         serving = self.active.manifest.version
-        raise NotFound(f"version: '{self.name}' {version} is not loaded (serving {serving})")
+        raise NotFound(f"version: '{self.name}' {echo(version)} is not loaded (serving {serving})")
 
 
 def load_model(model_dir: Path, providers: Sequence[str] = (CPU,)) -> LoadedModel:
@@ -177,7 +177,8 @@ class ModelRegistry:
     def serving(self, name: str) -> Serving:
         serving = self._serving.get(name)
         if serving is None:
-            raise NotFound(f"model_name: '{name}' is not loaded (loaded: {sorted(self._serving)})")
+            loaded = sorted(self._serving)
+            raise NotFound(f"model_name: {echo(name)} is not loaded (loaded: {loaded})")
         return serving
 
     def find(self, name: str) -> Serving | None:

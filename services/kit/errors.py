@@ -4,11 +4,37 @@ Services raise these; the error-mapping interceptor (``services.kit.interceptors
 turns them into gRPC status codes at the edge. Anything else that escapes a handler
 is a bug and becomes a sanitized ``INTERNAL``. Messages must be actionable and must
 never contain household values (readings, features): name the field, not its value.
+When a message must echo what the caller sent (a model name, a page token), it goes
+through :func:`echo`, which quotes it and cuts it short.
 """
 
 from __future__ import annotations
 
 import grpc
+
+# Characters of caller input an error message may echo (see ``echo``), and of a whole
+# status message (the interceptor cuts longer ones).
+ECHO_MAX_CHARS = 40
+MESSAGE_MAX_CHARS = 1000
+
+
+def echo(value: object, limit: int = ECHO_MAX_CHARS) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters with a note of
+    its full length, so a caller's 3 MB string never comes back in a status message.
+
+    Only for identifiers the caller chose (names, versions, ids), never household values.
+    """
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def clip(message: str, limit: int = MESSAGE_MAX_CHARS) -> str:
+    """``message`` cut to ``limit`` characters (the last resort for status messages)."""
+    if len(message) <= limit:
+        return message
+    return message[:limit] + f"... [cut: {len(message)} characters]"
 
 
 class RoostError(Exception):

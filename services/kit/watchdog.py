@@ -32,6 +32,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
+from services.kit.interceptors import sync_unary_handler
 from services.kit.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -149,10 +150,12 @@ class ProbeServer:
             options=[("grpc.so_reuseport", 0)],
             maximum_concurrent_rpcs=8,
         )
-        check = grpc.unary_unary_rpc_method_handler(
+        check = sync_unary_handler(
             self.health.check,
-            request_deserializer=health_pb2.HealthCheckRequest.FromString,
-            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+            health_pb2.HealthCheckRequest.FromString,
+            health_pb2.HealthCheckResponse.SerializeToString,
+            service="probe",
+            method="Check",
         )
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(HEALTH_SERVICE, {"Check": check}),)

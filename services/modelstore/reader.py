@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from models.manifest import Manifest, ManifestError, load_manifest
-from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, echo
 from services.modelstore.bundle import check_family, parse_version
 
 logger = logging.getLogger(__name__)
@@ -123,14 +123,14 @@ class RegistryReader:
     def info(self, name: str, version: str) -> VersionInfo:
         path = self.version_dir(name, version)
         if not path.is_dir():
-            raise NotFound(f"model {name!r} has no installed version {version!r}")
+            raise NotFound(f"model {echo(name)} has no installed version {echo(version)}")
         return self._info(name, path)
 
     def load(self, name: str, version: str) -> Manifest:
         """The verified manifest of an installed version (every ONNX hash re-checked)."""
         path = self.version_dir(name, version)
         if not path.is_dir():
-            raise NotFound(f"model {name!r} has no installed version {version!r}")
+            raise NotFound(f"model {echo(name)} has no installed version {echo(version)}")
         try:
             return load_manifest(path)
         except ManifestError as e:
@@ -142,7 +142,7 @@ class RegistryReader:
         try:
             check_family(name)
         except InvalidArgument:
-            raise InvalidArgument(f"model_name: {name!r} is not a valid model name") from None
+            raise InvalidArgument(f"model_name: {echo(name)} is not a valid model name") from None
         return self.root / name
 
     def _info(self, name: str, path: Path) -> VersionInfo:

@@ -38,7 +38,7 @@ from prometheus_client import Counter, Gauge
 
 from roost.common.v1 import common_pb2
 from roost.update.v1 import update_service_pb2 as pb
-from services.kit.errors import FailedPrecondition, NotFound
+from services.kit.errors import FailedPrecondition, NotFound, echo
 from services.modelstore.bundle import parse_version
 from services.modelstore.reader import SlotState, VersionInfo
 from services.modelstore.reader import Stage as StageName
@@ -257,7 +257,7 @@ class Rollout:
         """The slots of ``name``; NotFound when the registry does not know the model."""
         state = await asyncio.to_thread(self._registry.state, name)
         if state.active is None and state.candidate is None:
-            raise NotFound(f"model_name: {name!r} is not in the registry")
+            raise NotFound(f"model_name: {echo(name)} is not in the registry")
         return state
 
     async def stage(

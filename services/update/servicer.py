@@ -27,7 +27,13 @@ from roost.common.v1 import common_pb2
 from roost.update.v1 import update_service_pb2 as pb
 from roost.update.v1 import update_service_pb2_grpc as pb_grpc
 from services.kit.auth import Policy, Role
-from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.kit.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    echo,
+)
 from services.kit.interceptors import peer_role
 from services.kit.paging import decode_offset, encode_offset, page_size
 from services.modelstore.reader import SlotState, VersionInfo
@@ -115,7 +121,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
             state = await asyncio.to_thread(self._registry.state, name)
             versions = await asyncio.to_thread(self._registry.versions, name)
             if request.model_name and not versions:
-                raise NotFound(f"model_name: no versions of {name!r} are installed")
+                raise NotFound(f"model_name: no versions of {echo(name)} are installed")
             out.extend(_version_pb(v, state) for v in versions)
         return pb.ListVersionsResponse(
             versions=out[start : start + size],

@@ -26,6 +26,9 @@ from services.kit.peers import is_retryable, peer_error
 logger = logging.getLogger(__name__)
 
 POLICY_ID = "update.rollout"
+# The audit log refuses longer texts (docs/audit.md, "Limits"): cut, never lose the step.
+_MAX_SUMMARY_CHARS = 256
+_MAX_REASON_CHARS = 500
 
 
 def step_decision(
@@ -42,11 +45,13 @@ def step_decision(
         hub_id=hub_id,
         entity_id=f"roost.model.{model.name}",
         model=model,
-        output_label=summary,
+        output_label=summary[:_MAX_SUMMARY_CHARS],
         action=action,
         actor=audit_pb.ACTOR_AUTOMATIC if automatic else audit_pb.ACTOR_USER_OVERRIDE,
         policy=audit_pb.Policy(
-            policy_id=POLICY_ID, verdict=audit_pb.POLICY_VERDICT_ALLOWED, reason=reason
+            policy_id=POLICY_ID,
+            verdict=audit_pb.POLICY_VERDICT_ALLOWED,
+            reason=reason[:_MAX_REASON_CHARS],
         ),
     )
     d.decided_at.GetCurrentTime()

@@ -71,14 +71,14 @@ def test_an_auditor_session(
     ]
 
     target = decision(4).decision_id
-    assert roost(stack, "show", target) == 0
+    assert roost(stack, "show", target, "--pubkey", vkey) == 0
     out = capsys.readouterr().out
     assert "co2_ppm" in out
     assert "included in the log of 45 entries (signed by roost.local/hub/cli)" in out
 
     assert roost(stack, "redact", target, "--reason", "erasure request 17") == 0
     assert "log entry #45" in capsys.readouterr().out
-    assert roost(stack, "show", target) == 0
+    assert roost(stack, "show", target, "--pubkey", vkey) == 0
     out = capsys.readouterr().out
     assert "[redacted]" in out
     assert "co2_ppm" not in out
@@ -121,3 +121,43 @@ def test_clear_errors_without_a_stack_or_key(
     bundle.write_text("{}\n")
     assert main(["--home", str(tmp_path), "audit", "verify", str(bundle)]) == 2
     assert "--pubkey" in capsys.readouterr().err
+
+
+def test_the_hubs_own_key_is_trusted_only_out_loud(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    append(stack, [decision(i) for i in range(200, 203)])
+    target = decision(200).decision_id
+    bundle = tmp_path / "all.jsonl"
+    assert roost(stack, "export", str(bundle)) == 0
+    capsys.readouterr()
+    # The local stack's key is right there, but neither command takes it silently.
+    for args in (("verify", str(bundle)), ("show", target)):
+        assert roost(stack, *args) == 2
+        err = capsys.readouterr().err
+        assert "--pubkey" in err
+        assert "--trust-local-key" in err
+        assert roost(stack, *args, "--trust-local-key") == 0
+        captured = capsys.readouterr()
+        assert "trusting the hub's own key" in captured.err
+        assert "checkpoint.vkey" in captured.err
+    assert "with the hub's own key" in captured.out
+
+
+def test_redact_honours_role_and_errors_name_the_cli_flags(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    append(stack, [decision(300)])
+    target = decision(300).decision_id
+    args = ("redact", target, "--reason", "erasure request 18")
+    assert main(["--home", str(stack.home), "audit", "--role", "auditor", *args]) == 2
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
+    assert roost(stack, *args) == 0  # admin by default
+    capsys.readouterr()
+    # A checkpoint "from the future" (another log's, say): the error names --previous.
+    future = tmp_path / "future.note"
+    future.write_text(f"roost.local/hub/cli\n{10**9}\n{'A' * 43}=\n\n— roost.local/hub/cli x\n")
+    assert roost(stack, "export", str(tmp_path / "x.jsonl"), "--previous", str(future)) == 2
+    err = capsys.readouterr().err
+    assert "--previous" in err
+    assert "consistency_from_sizes" not in err

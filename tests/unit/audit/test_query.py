@@ -8,7 +8,7 @@ import json
 import pytest
 
 from roost.audit.v1 import audit_service_pb2 as pb
-from services.audit import records
+from services.audit import salting
 from services.audit.store import AuditStore
 from services.kit.errors import InvalidArgument
 from tests.support.audit_records import T0_US, decision
@@ -60,7 +60,10 @@ def test_query_time_range_filters_and_pagination(store: AuditStore) -> None:
     assert token == ""
     expected = pb.Decision()
     expected.CopyFrom(batch[5])
-    expected.inputs_digest = records.inputs_digest(batch[5].inputs)
+    expected.inputs.salt = entries[5].decision.inputs.salt
+    expected.inputs_digest = salting.stored_digest(
+        entries[5].decision.inputs.SerializeToString(deterministic=True)
+    )
     assert entries[5].decision == expected
 
 

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from roost.audit.v1 import audit_service_pb2 as pb
-from services.audit import records
+from services.audit import records, salting
 from services.audit.merkle import leaf_hash
 from services.kit.errors import InvalidArgument
 from tests.support.audit_records import decision
@@ -23,10 +23,18 @@ def test_leaf_hash_is_rfc9162_over_record_without_inputs() -> None:
     # The prepared row's leaf hash is the same RFC 9162 one (services.audit.merkle's).
     (prepared,) = records.prepare([d])
     assert prepared.leaf_hash == leaf_hash(prepared.record)
-    assert (
-        records.inputs_digest(d.inputs)
-        == hashlib.sha256(d.inputs.SerializeToString(deterministic=True)).hexdigest()
+    # The inputs are committed to with a fresh 32-byte salt stored with them.
+    assert prepared.inputs is not None
+    stored = pb.DecisionInputs.FromString(prepared.inputs)
+    assert len(stored.salt) == 32
+    plain = d.inputs.SerializeToString(deterministic=True)
+    assert stored.SerializeToString(deterministic=True) == prepared.inputs
+    assert pb.Decision.FromString(prepared.record).inputs_digest == (
+        hashlib.sha256(stored.salt + plain).hexdigest()
     )
+    (again,) = records.prepare([d])
+    assert again.inputs is not None
+    assert pb.DecisionInputs.FromString(again.inputs).salt != stored.salt
 
 
 def test_validate_decision_names_the_field() -> None:
@@ -41,7 +49,9 @@ def test_validate_decision_names_the_field() -> None:
         records.validate_decision(bad, "")
 
 
-def test_consuming_prepare_gives_the_same_records() -> None:
+def test_consuming_prepare_gives_the_same_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same salt for both runs, so that the records can be compared.
+    monkeypatch.setattr(salting.secrets, "token_bytes", lambda n: b"\x07" * n)
     kept = [decision(i) for i in range(3)] + [decision(9, with_inputs=False)]
     consumed = [pb.Decision.FromString(d.SerializeToString()) for d in kept]
     assert records.prepare(consumed, consume=True) == records.prepare(kept)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from roost.audit.v1 import audit_service_pb2 as pb
-from services.audit import records
+from services.audit import records, salting
 from services.audit.merkle import leaf_hash
 from services.audit.store import AuditStore
 from services.kit.errors import InvalidArgument, NotFound
@@ -30,9 +30,12 @@ def test_append_get_roundtrip(store: AuditStore) -> None:
     assert entry.leaf_hash == hashlib.sha256(b"\x00" + entry.record).digest()
     # The store filled in the digest, which is part of the leaf; inputs are not.
     logged = pb.Decision.FromString(entry.record)
-    assert logged.inputs_digest == records.inputs_digest(d.inputs)
+    stored = entry.decision.inputs
+    assert logged.inputs_digest == salting.stored_digest(stored.SerializeToString())
     assert not logged.HasField("inputs")
-    assert entry.decision.inputs == d.inputs
+    assert len(stored.salt) == 32
+    stored.ClearField("salt")
+    assert stored == d.inputs
     assert entry.decision.decision_id == d.decision_id
     assert not entry.inputs_redacted
     assert entry.appended_at.seconds > 0
@@ -97,9 +100,21 @@ def test_invalid_decision_names_field_and_writes_nothing(
     assert store.size() == 0
 
 
-def test_correct_inputs_digest_is_accepted(store: AuditStore) -> None:
+def test_a_callers_digest_of_sent_inputs_is_refused(store: AuditStore) -> None:
+    # Only the service's salted digest commits to inputs: a caller's own (plain, so
+    # brute-forceable once the inputs are erased) is refused, and so is a caller's salt.
     d = decision(0)
-    d.inputs_digest = records.inputs_digest(d.inputs)
+    d.inputs_digest = hashlib.sha256(d.inputs.SerializeToString(deterministic=True)).hexdigest()
+    with pytest.raises(InvalidArgument, match=r"^decisions\[0\]\.inputs_digest: must be empty"):
+        store.append([d])
+    d = decision(0)
+    d.inputs.salt = b"\x00" * 32
+    with pytest.raises(InvalidArgument, match=r"^decisions\[0\]\.inputs\.salt: must be empty"):
+        store.append([d])
+    assert store.size() == 0
+    # Without inputs, a digest of inputs kept elsewhere is the caller's to give.
+    d = decision(0, with_inputs=False)
+    d.inputs_digest = "ab" * 32
     results, _ = store.append([d])
     assert store.get(d.decision_id).record == records.record_bytes(d)
     assert results[0].leaf_hash == leaf_hash(records.record_bytes(d))

@@ -116,7 +116,7 @@ def test_removed_entries(lines: Lines, signer: NoteSigner) -> None:
 def test_edited_record(lines: Lines, signer: NoteSigner) -> None:
     forged = logged(3)
     forged.action = "lock.unlock"
-    forged.inputs_digest = records.inputs_digest(forged.inputs)
+    forged.ClearField("inputs")
     edited = edit_proof(lines, 5, extra=records.record_bytes(forged))
     with pytest.raises(BundleError) as info:
         verify(edited, signer)
@@ -356,7 +356,8 @@ def test_previous_checkpoint_without_consistency_proof(
         lines,
         signer,
         "previous checkpoint #1 \\(tree size 8\\): the bundle has no consistency proof from"
-        " tree size 8; export again with consistency_from_sizes 8",
+        " tree size 8; export again with --previous and that checkpoint's note"
+        " \\(roost audit export --previous NOTE\\)",
         previous_checkpoints=[held],
     )
 

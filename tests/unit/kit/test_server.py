@@ -160,7 +160,7 @@ async def test_batch_and_explain(served: tuple[RoostServer, Path]) -> None:
         (
             pb.PredictRequest(model_name="linear", version="9.9", input=tensor([1, 2, 3])),
             "NOT_FOUND",
-            "version: 'linear' 9.9 is not loaded",
+            "version: 'linear' '9.9' is not loaded",
         ),
     ],
 )
@@ -302,6 +302,11 @@ async def test_plaintext_health_port_serves_only_health(tmp_path: Path) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await pb_grpc.InferenceServiceStub(plain).ListModels(pb.ListModelsRequest(), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # Bytes that are no HealthCheckRequest: INVALID_ARGUMENT there too.
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await plain.unary_unary("/grpc.health.v1.Health/Check")(GARBAGE, timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "grpc.health.v1.HealthCheckRequest" in (e.value.details() or "")
     # The real port still refuses plaintext callers.
     with pytest.raises(grpc.aio.AioRpcError):
         await health_pb2_grpc.HealthStub(
@@ -362,3 +367,70 @@ async def test_a_policy_must_cover_exactly_the_service_methods(tmp_path: Path) -
     with pytest.raises(PolicyError, match="registered twice"):
         RoostServer(ServiceConfig(certs_dir=tmp_path), Role.INFERENCE, [reg, reg])
     registry.close()
+
+
+GARBAGE = b"\xff\xff\xff\xff"  # field 0 / truncated varint: no protobuf parser accepts it
+
+
+def raw_call(server: RoostServer, certs: Path, role: Role, method: str) -> Any:
+    """A unary call of ``method`` sending raw bytes (identity serializers)."""
+    channel = aio_channel(
+        f"127.0.0.1:{server.port}", certs_dir=certs, role=role, server_role=Role.INFERENCE
+    )
+    return channel.unary_unary(f"/{NAME}/{method}")
+
+
+async def test_undecodable_requests_are_invalid_argument_without_a_traceback(
+    served: tuple[RoostServer, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, certs = served
+    before = handled("Predict", "INVALID_ARGUMENT")
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await raw_call(server, certs, Role.HUB, "Predict")(GARBAGE, timeout=5)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "roost.inference.v1.PredictRequest" in (e.value.details() or "")
+    await eventually_handled("Predict", "INVALID_ARGUMENT", before + 1)
+    assert not [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
+    # The role is checked first: a caller who may not call the method learns only that.
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await raw_call(server, certs, Role.AUDITOR, "Predict")(GARBAGE, timeout=5)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # The server keeps serving.
+    resp = await stub(server, certs, Role.HUB).Predict(
+        pb.PredictRequest(model_name="linear", input=tensor([2.0, 0.0, 0.0])), timeout=5
+    )
+    assert resp.prediction.label == "yes"
+
+
+async def test_an_undecodable_message_in_a_request_stream_is_invalid_argument(
+    served: tuple[RoostServer, Path],
+) -> None:
+    server, certs = served
+    channel = aio_channel(
+        f"127.0.0.1:{server.port}", certs_dir=certs, role=Role.HUB, server_role=Role.INFERENCE
+    )
+    call = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    labels = {"service": "inference", "method": "ServerReflectionInfo"}
+    before = REGISTRY.get_sample_value("roost_grpc_server_undecodable_total", labels) or 0.0
+    stream = call()
+    await stream.write(GARBAGE)
+    await stream.done_writing()
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stream.read()
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert REGISTRY.get_sample_value("roost_grpc_server_undecodable_total", labels) == before + 1
+
+
+async def test_long_echoed_input_is_cut_from_error_messages(
+    served: tuple[RoostServer, Path],
+) -> None:
+    server, certs = served
+    name = "m" * 64  # the longest model name Predict accepts
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub(server, certs, Role.HUB).Predict(
+            pb.PredictRequest(model_name=name, input=tensor([1.0, 2.0, 3.0])), timeout=5
+        )
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    details = e.value.details() or ""
+    assert "(64 characters)" in details
+    assert "m" * 41 not in details

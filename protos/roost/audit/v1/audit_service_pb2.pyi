@@ -118,6 +118,13 @@ class DecisionInputs(_message.Message):
 
     FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     TENSOR_FIELD_NUMBER: _builtins.int
+    SALT_FIELD_NUMBER: _builtins.int
+    salt: _builtins.bytes
+    """32 random bytes the audit service draws per decision (callers leave it empty):
+    inputs_digest = SHA-256(salt || these inputs without the salt), deterministically
+    serialized. Stored and erased with the inputs, so a redacted entry's digest cannot
+    be brute-forced. Empty in entries logged before salting (digest = SHA-256(inputs)).
+    """
     @_builtins.property
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -127,10 +134,11 @@ class DecisionInputs(_message.Message):
         *,
         feature_names: _abc.Iterable[_builtins.str] | None = ...,
         tensor: _common_pb2.Tensor | None = ...,
+        salt: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["tensor", b"tensor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_names", b"feature_names", "tensor", b"tensor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_names", b"feature_names", "salt", b"salt", "tensor", b"tensor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -162,7 +170,10 @@ class Decision(_message.Message):
     entity_id: _builtins.str
     """Home Assistant entity or Roost entity the decision is about."""
     inputs_digest: _builtins.str
-    """Lowercase hex SHA-256 of the deterministic serialization of `inputs`."""
+    """Lowercase hex commitment to `inputs`, computed by the audit service: SHA-256 of
+    `inputs.salt` followed by the deterministic serialization of `inputs` without
+    the salt (entries logged before salting: SHA-256 of the serialization).
+    """
     output_label: _builtins.str
     confidence: _builtins.float
     action: _builtins.str
