@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
-from services.audit.bundle_format import ExportFilters
+from services.audit.bundle_format import ExportFilters, LoggedRange
 from services.audit.checkpoint import NoteSigner
 from services.audit.log import AuditLog
 from services.kit.auth import Policy, Role
@@ -193,10 +193,17 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             model_version=request.model_version,
             action=request.action,
         )
+        logged = None
+        if request.HasField("logged_from") or request.HasField("logged_until"):
+            logged = LoggedRange(
+                _micros(request.logged_from, request.HasField("logged_from")),
+                _micros(request.logged_until, request.HasField("logged_until")),
+            )
         exported = 0
         async for chunk in self._log.export(
             self._signer,
             filters,
+            logged=logged,
             consistency_from=list(request.consistency_from_sizes),
             omit_inputs=request.omit_inputs,
         ):

@@ -61,6 +61,7 @@ def test_query_time_range_filters_and_pagination(store: AuditStore) -> None:
     expected = pb.Decision()
     expected.CopyFrom(batch[5])
     expected.inputs_digest = records.inputs_digest(batch[5].inputs)
+    expected.logged_at.CopyFrom(entries[5].decision.logged_at)
     assert entries[5].decision == expected
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit import records
+from services.audit.completeness import logged_at_us
 from services.audit.merkle import leaf_hash
 from services.audit.store import AuditStore
 from services.kit.errors import InvalidArgument, NotFound
@@ -43,7 +44,9 @@ def test_decision_without_inputs(store: AuditStore) -> None:
     store.append([d])
     entry = store.get(d.decision_id)
     assert not entry.decision.HasField("inputs")
-    assert entry.record == records.record_bytes(d) == d.SerializeToString(deterministic=True)
+    logged = records.with_logged_at(records.record_bytes(d), logged_at_us(entry.decision))
+    d.logged_at.CopyFrom(entry.decision.logged_at)
+    assert entry.record == logged == d.SerializeToString(deterministic=True)
 
 
 def test_get_unknown_is_not_found(store: AuditStore) -> None:
@@ -101,8 +104,10 @@ def test_correct_inputs_digest_is_accepted(store: AuditStore) -> None:
     d = decision(0)
     d.inputs_digest = records.inputs_digest(d.inputs)
     results, _ = store.append([d])
-    assert store.get(d.decision_id).record == records.record_bytes(d)
-    assert results[0].leaf_hash == leaf_hash(records.record_bytes(d))
+    entry = store.get(d.decision_id)
+    logged = records.with_logged_at(records.record_bytes(d), logged_at_us(entry.decision))
+    assert entry.record == logged
+    assert results[0].leaf_hash == leaf_hash(logged)
 
 
 def test_durable_across_reopen(tmp_path: Path) -> None:
