@@ -417,3 +417,10 @@ def test_a_malformed_range_is_refused(ranged: AuditStore, signer: NoteSigner) ->
     ]:
         rejects(edit(lines, 1, lambda h, b=bad: h.__setitem__("range", b)), signer, message)
     assert json.loads(lines[0])["range"]["end_us"] == T0_US + 30 * SECOND
+
+
+def test_a_reversed_range_is_refused_before_any_work(
+    ranged: AuditStore, signer: NoteSigner
+) -> None:
+    with pytest.raises(InvalidArgument, match=r"^logged_until: must not be before logged_from$"):
+        _range(ranged, signer, T0_US + 2, T0_US + 1)
