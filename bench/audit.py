@@ -9,7 +9,9 @@ One run measures, side by side on this machine:
      measured from each append's scheduled time), in-process and through the gRPC
      audit service (mTLS);
   3. inclusion-proof time at 1,000,000 entries (``AuditStore`` and ``AuditLog``);
-  4. export of a 100,000-entry bundle and its offline verification;
+  4. export of a 100,000-entry time range (by ``logged_at``) of the 1,000,000-entry
+     log and its offline verification, including the completeness proof (the range's
+     boundary entries), alone and with the auditor's client-side ``--filter``;
   5. bytes per record on disk, with and without inputs, and the Merkle tree's share;
   6. start-up checks (no forks, integrity at rest) at 1,000,000 entries;
   7. the witness round trip through a real ``roost audit witness`` process
@@ -49,11 +51,13 @@ from bench.report import markdown_table, percentile, write
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.common.v1 import common_pb2
 from services.audit import tree
+from services.audit.bundle_format import ExportFilters, LoggedRange
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from services.audit.compact_range import CompactRange
+from services.audit.completeness import logged_at_us
 from services.audit.log import AuditLog
 from services.audit.merkle import verify_inclusion
-from services.audit.records import PreparedRecord, prepare
+from services.audit.records import PreparedRecord, assign_rows, prepare
 from services.audit.schema import ENTRY_COLUMNS, SCHEMA_VERSION, migrate
 from services.audit.store import AuditStore
 
@@ -218,7 +222,7 @@ RAW_SCHEMA = (
     """CREATE TABLE raw_entries (
         idx INTEGER PRIMARY KEY, decision_id TEXT, decided_at_us INTEGER, entity_id TEXT,
         model_name TEXT, model_version TEXT, action TEXT, record BLOB, leaf_hash BLOB,
-        appended_at_us INTEGER)""",
+        appended_at_us INTEGER, logged_at_us INTEGER)""",
     "CREATE TABLE raw_inputs (idx INTEGER PRIMARY KEY, data BLOB)",
 )
 # The floor's baseline: the very rows the store writes (entries, inputs, Merkle tree
@@ -227,16 +231,16 @@ RAW_SCHEMA = (
 SameBatch = tuple[
     list[tuple[Any, ...]], list[tuple[int, bytes]], list[tuple[int, int, bytes]], bytes, int
 ]
-RAW_ENTRY_INSERT = "INSERT INTO raw_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+RAW_ENTRY_INSERT = f"INSERT INTO raw_entries VALUES ({','.join('?' * 11)})"
 RAW_INPUT_INSERT = "INSERT INTO raw_inputs VALUES (?, ?)"
 RawBatch = tuple[list[tuple[Any, ...]], list[tuple[int, bytes]]]
 
 
 def raw_rows(records: Sequence[PreparedRecord], first_idx: int = 0) -> RawBatch:
-    """The rows the store would write for ``records``: entries columns, inputs (idx, data)."""
+    """The rows the store would write for ``records``: entries columns (records stamped
+    with their logged_at and hashed, as the store does), inputs (idx, data)."""
     now_us = time.time_ns() // 1000
-    entries = [(first_idx + k, *rec[:8], now_us) for k, rec in enumerate(records)]
-    inputs = [(first_idx + k, rec.inputs) for k, rec in enumerate(records) if rec.inputs]
+    _, entries, inputs = assign_rows(records, {}, first_idx, (now_us, now_us))
     return entries, inputs
 
 
@@ -276,7 +280,7 @@ def same_rows(batches: Sequence[Sequence[PreparedRecord]]) -> list[SameBatch]:
     first = 0
     for batch in batches:
         entries, inputs = raw_rows(batch, first)
-        nodes = tree.extend(compact, (rec.leaf_hash for rec in batch))
+        nodes = tree.extend(compact, (row[8] for row in entries))  # column 8: leaf hash
         out.append((entries, inputs, nodes, compact.to_bytes(), compact.size))
         first += len(batch)
     return out
@@ -289,7 +293,7 @@ def raw_same_schema_run(path: Path, batches: Sequence[SameBatch]) -> float:
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA journal_size_limit = 67108864")
     migrate(conn)
-    entry_sql = f"INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ({','.join('?' * 10)})"
+    entry_sql = f"INSERT INTO entries ({ENTRY_COLUMNS}) VALUES ({','.join('?' * 11)})"
     try:
         t0 = time.perf_counter()
         for entries, inputs, nodes, state, size in batches:
@@ -569,13 +573,14 @@ def cache_is_valid(path: Path, entries: int, with_inputs: bool, schema: list[str
             if store.tree_size() != entries or store.root().hex() != meta.get("root"):
                 return "size or root differs"
             # The generator must still produce the cached records (but for the salted
-            # inputs digest, which is fresh every time).
+            # inputs digest, which is fresh every time, and the logged_at the log adds).
             for i in (0, entries // 2, entries - 1):
                 fresh = prepare([decision(i, with_inputs=with_inputs)])[0]
                 cached = pb.Decision.FromString(store.get(fresh.decision_id).record)
                 expected = pb.Decision.FromString(fresh.record)
-                cached.ClearField("inputs_digest")
-                expected.ClearField("inputs_digest")
+                for d in (cached, expected):
+                    d.ClearField("inputs_digest")
+                    d.ClearField("logged_at")
                 if cached != expected:
                     return "generated decisions changed"
         finally:
@@ -715,8 +720,24 @@ def proofs(plan: Plan, path: Path, build: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- 4. export
 
 
+def range_bounds(store: AuditStore, size: int, entries: int) -> tuple[int, int, LoggedRange]:
+    """``(first, end, range)``: a ``logged_at`` range of about ``entries`` leaves in the
+    middle of the log. The log was built in chunks of BUILD_CHUNK appends, each stamped
+    with one logged_at, so the range's bounds are the stamps of two chunk starts."""
+    chunks = max(1, entries // BUILD_CHUNK)
+    first = max(0, (size // 2 // BUILD_CHUNK - chunks // 2) * BUILD_CHUNK)
+    end = min(size, first + chunks * BUILD_CHUNK)
+
+    def stamp(i: int) -> int | None:
+        return None if i >= size else logged_at_us(store.get(decision_id(i)).decision)
+
+    logged = LoggedRange(stamp(first) if first else None, stamp(end))
+    assert store.logged_range(logged.start_us, logged.end_us, size) == (first, end)
+    return first, end, logged
+
+
 def export(plan: Plan, path: Path, build: dict[str, Any], scratch: Path) -> dict[str, Any]:
-    from services.audit.bundle_format import ExportFilters
+    """A time-range export of the big log, verified offline with its completeness proof."""
     from services.audit.export import iter_bundle
     from services.audit.verify import verify_bundle
 
@@ -725,31 +746,51 @@ def export(plan: Plan, path: Path, build: dict[str, Any], scratch: Path) -> dict
     bundle = scratch / "export.jsonl"
     try:
         size = store.tree_size()
+        first, end, logged = range_bounds(store, size, plan.export_entries)
         note = sign_checkpoint(signer, Checkpoint(signer.name, size, store.root(size)))
         t0 = time.perf_counter()
         with bundle.open("wb") as f:
-            for chunk in iter_bundle(store, note=note, origin=ORIGIN, filters=ExportFilters()):
+            for chunk in iter_bundle(
+                store, note=note, origin=ORIGIN, filters=ExportFilters(), logged=logged
+            ):
                 f.write(chunk)
         export_s = time.perf_counter() - t0
     finally:
         store.close()
     nbytes = bundle.stat().st_size
     verify_runs: list[float] = []
+    # CPU seconds of each run: on a shared machine the wall time also counts waiting.
+    verify_cpu: list[float] = []
     report: Any = None
     for _ in range(plan.export_repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with bundle.open("rb") as f:
             report = verify_bundle(f, signer.verifier())
         verify_runs.append(time.perf_counter() - t0)
-        console.print(f"  verify: {verify_runs[-1]:.2f} s")
+        verify_cpu.append(time.process_time() - c0)
+        console.print(f"  verify: {verify_runs[-1]:.2f} s ({verify_cpu[-1]:.2f} s CPU)")
+    assert report.complete
+    assert report.entries == end - first
+    # The auditor's own filter over the verified range (``verify --filter``).
+    select = ExportFilters(entity_id=decision(first).entity_id)
+    t0 = time.perf_counter()
+    with bundle.open("rb") as f:
+        filtered = verify_bundle(f, signer.verifier(), select=select)
+    filter_s = time.perf_counter() - t0
     bundle.unlink()
+    entries = end - first
     return {
-        "entries": plan.export_entries,
+        "entries": entries,
+        "log_entries": size,
+        "leaf_range": [first, end],
         "build": build,
         "export_s": export_s,
         "bundle_bytes": nbytes,
-        "bytes_per_entry": nbytes / plan.export_entries,
+        "bytes_per_entry": nbytes / entries,
         "verify_s": {"runs": verify_runs, "median": statistics.median(verify_runs)},
+        "verify_cpu_s": {"runs": verify_cpu, "median": statistics.median(verify_cpu)},
+        "filter_verify_s": filter_s,
+        "filter_matched": filtered.matched,
         "report": describe_report(report),
     }
 
@@ -866,6 +907,7 @@ class Section:
 def bench(plan: Plan, *, rebuild: bool = False, cache_dir: Path = CACHE_DIR) -> dict[str, Any]:
     cache_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     res: dict[str, Any] = {
         "machine": {**machine_info(), "sqlite": sqlite3.sqlite_version},
         "plan": asdict(plan),
@@ -904,7 +946,7 @@ def bench(plan: Plan, *, rebuild: bool = False, cache_dir: Path = CACHE_DIR) -> 
             ),
             Section(
                 "export",
-                lambda: export(plan, *log_for("export", plan.export_entries, True), scratch),
+                lambda: export(plan, *log_for("proof", plan.proof_entries, True), scratch),
             ),
             Section(
                 "disk",
@@ -933,6 +975,7 @@ def bench(plan: Plan, *, rebuild: bool = False, cache_dir: Path = CACHE_DIR) -> 
                 res["errors"][section.name] = repr(exc)
             console.print(f"  ({time.perf_counter() - t0:.1f} s)")
     res["total_s"] = time.perf_counter() - t_start
+    res["load_average"] = {"start": load_start, "end": os.getloadavg()[0]}
     return res
 
 
@@ -979,7 +1022,8 @@ def floors(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     if ex:
         out.append(
             (
-                f"verify {ex['entries']:,}-entry bundle, median (s)",
+                f"verify {ex['entries']:,}-entry time-range bundle, completeness proven,"
+                " median (s)",
                 f"{ex['verify_s']['median']:.2f}",
                 f"<= {MAX_VERIFY_S:g}",
                 ex["verify_s"]["median"] <= MAX_VERIFY_S,
@@ -988,6 +1032,47 @@ def floors(res: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     else:
         out.append(("offline bundle verification (s)", "not run", f"<= {MAX_VERIFY_S:g}", None))
     return out
+
+
+def load_note(res: dict[str, Any]) -> str:
+    """The machine's load (1-minute average) at the start and end of the run, if known."""
+    load = res.get("load_average")
+    if not load:
+        return ""
+    return (
+        f" Load average (1 min) {load['start']:.1f} at the start, {load['end']:.1f} at the end,"
+        f" on {res['machine']['cores']} cores: other work shared the machine."
+    )
+
+
+def export_intro(ex: dict[str, Any]) -> str:
+    """How section 4's bundle was chosen (older results lack the range fields)."""
+    if "leaf_range" not in ex:
+        return ""
+    first, end = ex["leaf_range"]
+    return (
+        f"A time-range export (`logged_from`/`logged_until`, as `roost audit export --since"
+        f" --until`) of leaves {first:,}..{end - 1:,} of the {ex['log_entries']:,}-entry log:"
+        " every entry proof, plus the proofs of the boundary entries just outside the range,"
+        " which `verify_bundle` checks to prove that no entry of the range was left out.\n\n"
+    )
+
+
+def filter_rows(ex: dict[str, Any]) -> list[tuple[str, str]]:
+    """Section 4's CPU-time and client-side filter rows, when measured."""
+    if "filter_verify_s" not in ex:
+        return []
+    cpu = ex["verify_cpu_s"]
+    return [
+        (
+            "verify_bundle CPU time, median (s): wall time minus waiting for a core",
+            f"{cpu['median']:.2f} (runs " + ", ".join(f"{x:.2f}" for x in cpu["runs"]) + ")",
+        ),
+        (
+            "verify_bundle + client-side filter (one entity), s",
+            f"{ex['filter_verify_s']:.2f} ({ex['filter_matched']:,} entries match)",
+        ),
+    ]
 
 
 def verdict(ok: bool | None) -> str:
@@ -1018,7 +1103,8 @@ def render(res: dict[str, Any]) -> tuple[Table, str]:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}, "
         f"Python {m['python']}, SQLite {m['sqlite']}; {m['date']}. A one-row durable commit "
         f"(WAL, synchronous=FULL, fsync) takes p50 {m['fsync_commit_ms']['p50']:.2f} ms / "
-        f"p99 {m['fsync_commit_ms']['p99']:.2f} ms on this disk. Whole run: {res['total_s']:.0f} s.",
+        f"p99 {m['fsync_commit_ms']['p99']:.2f} ms on this disk. Whole run: {res['total_s']:.0f} s."
+        + load_note(res),
         "## Floors\n\n"
         + markdown_table(
             ["metric", "value", "floor", "ok"],
@@ -1160,6 +1246,7 @@ def render(res: dict[str, Any]) -> tuple[Table, str]:
     if ex:
         parts.append(
             f"## 4. Export and offline verification of {ex['entries']:,} entries\n\n"
+            + export_intro(ex)
             + markdown_table(
                 ["metric", "value"],
                 [
@@ -1173,6 +1260,7 @@ def render(res: dict[str, Any]) -> tuple[Table, str]:
                         + ")",
                     ),
                     ("verify rate, entries/s", f"{ex['entries'] / ex['verify_s']['median']:,.0f}"),
+                    *filter_rows(ex),
                 ],
             )
             + (f"\n\nVerifier report: {ex['report']}" if ex["report"] else "")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from cli import audit_witness
 from cli.audit_keys import add_trust_flags, load_verifier, note_checkpoint, required_verifier
 from cli.audit_output import ProgressBar, entry_json, entry_line, show_entry, timestamp
+from cli.audit_scope import Matches, parse_filters, summary_lines
 from cli.support import CliError, stack_target
 
 if TYPE_CHECKING:
@@ -147,18 +148,18 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
-def _set_times(request: Any, args: argparse.Namespace) -> None:
-    if args.since:
-        request.start_time.FromDatetime(parse_time(args.since))
-    if args.until:
-        request.end_time.FromDatetime(parse_time(args.until))
+def _set_times(request: Any, args: argparse.Namespace, fields: tuple[str, str]) -> None:
+    """--since/--until into the request's two Timestamp ``fields``."""
+    for text, field in zip((args.since, args.until), fields, strict=True):
+        if text:
+            getattr(request, field).FromDatetime(parse_time(text))
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     from roost.audit.v1 import audit_service_pb2 as pb
 
     request = pb.QueryDecisionsRequest(page_size=min(args.limit, 1000), **_filters(args))
-    _set_times(request, args)
+    _set_times(request, args, ("start_time", "end_time"))
     printed = 0
     channel, stub = _stub(args)
     with channel:
@@ -253,7 +254,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     request = pb.ExportDecisionsRequest(
         consistency_from_sizes=previous, omit_inputs=args.no_inputs, **_filters(args)
     )
-    _set_times(request, args)
+    # An export's --since/--until select by logged_at, so the range is provably complete.
+    _set_times(request, args, ("logged_from", "logged_until"))
     out: Path = args.out
     partial = out.with_name(out.name + ".partial")
     written = 0
@@ -272,9 +274,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise _previous_hint(_rpc_error(e)) from e
     partial.replace(out)
     entries = _count_entries(out)
+    filtered = args.entity or args.model or args.action
     print(
-        f"exported {entries} entries ({written / 1e6:.1f} MB) to {out}\n"
-        f"verify offline with: roost audit verify {out} --pubkey <checkpoint.vkey>",
+        f"exported {entries} entries ({written / 1e6:.1f} MB) to {out}"
+        + (" (filtered by the hub: proves membership only)" if filtered else "")
+        + f"\nverify offline with: roost audit verify {out} --pubkey <checkpoint.vkey>",
         file=sys.stderr,
     )
     return 0
@@ -299,6 +303,8 @@ def _count_entries(path: Path) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from services.audit.verify import BundleError, verify_bundle
 
+    select = parse_filters(args.filter)
+    matches = Matches()
     verifier = required_verifier(args, "verify")
     previous = [Path(p).read_text() for p in args.previous]
     witnesses = audit_witness.load_witness_keys(args.witness_key)
@@ -320,22 +326,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 previous_checkpoints=previous,
                 witnesses=witnesses,
                 min_witnesses=args.min_witnesses,
+                select=select,
+                on_match=matches.add,
             )
         except BundleError as e:
             print(f"FAILED: {bundle}: {e}", file=sys.stderr)
             return 1
-    took = time.perf_counter() - started
-    print(f"OK: {report.entries:,} entries of {report.origin} verified in {took:.1f} s")
-    print(f"  checkpoint: {report.tree_size:,} entries, root {report.root_hash.hex()}")
-    if report.entries:
-        print(f"  leaf indexes {report.first_index}..{report.last_index}", end="")
-        print(" (the complete log)" if report.complete else " (a filtered export)")
-    if report.redacted:
-        print(f"  {report.redacted} entries have redacted inputs (their records still verify)")
-    for size in report.consistency_checked:
-        print(f"  consistent with your earlier checkpoint of {size:,} entries")
+    print("\n".join(summary_lines(report, time.perf_counter() - started)))
     if report.witnessed_by:
         print(f"  cosigned by witnesses: {', '.join(report.witnessed_by)}")
+    if select is not None:
+        print(f"{report.matched:,} verified entries match {' '.join(args.filter)}:")
+        print("\n".join(matches.lines))
     return 0
 
 
@@ -368,8 +370,9 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 def _filter_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--since", help="ISO time or age (2h, 7d); inclusive")
-    p.add_argument("--until", help="ISO time or age; exclusive")
+    when = "logged_at, a provably complete range" if p.prog.endswith("export") else "decided_at"
+    p.add_argument("--since", help=f"ISO time or age (2h, 7d); inclusive ({when})")
+    p.add_argument("--until", help=f"ISO time or age; exclusive ({when})")
     p.add_argument("--entity", help="entity id, e.g. binary_sensor.kitchen_occupancy")
     p.add_argument("--model", help="model name, or name@version")
     p.add_argument("--action", help="action taken, e.g. publish")
@@ -441,6 +444,14 @@ def add_parser(sub: Any) -> None:
         help="an earlier checkpoint you hold: prove the log only grew since",
     )
     audit_witness.add_verify_arguments(verify)
+    verify.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="list the verified entries matching entity=…, model=name[@version] or action=…"
+        " (repeatable, ANDed; applied here, on the signed records)",
+    )
     verify.set_defaults(func=cmd_verify)
     audit_witness.add_parser(commands)
 

@@ -11,12 +11,25 @@ Encoding: JSON Lines, UTF-8, one JSON object per line, every line ending in ``\\
        {"format": "roost.audit.bundle/v1",
         "origin": <checkpoint origin>, "tree_size": <n>, "root_hash": <base64>,
         "checkpoint": <the signed checkpoint note, verbatim>,
-        "complete": <true when no filter was applied: entries are all of 0..n-1>,
+        "complete": <true when no filter was applied: entries are all of 0..n-1, or
+                     all of the range>,
         "filters": {<only the filters applied: start_us, end_us (decided_at in
                     [start_us, end_us)), entity_id, model_name, model_version, action>},
+        "range": {"start_us": <us>, "end_us": <us>,
+                  "before": <tlog-proof> | null, "after": <tlog-proof> | null},
         "consistency": [{"from_size": <m>, "hashes": [<base64>, ...]}, ...],
         "inputs": "included" | "omitted",
         "exported_at": <RFC 3339 UTC time>}
+
+   ``range`` (optional; absent for a whole-log export) is a range of the records'
+   ``logged_at``, ``[start_us, end_us)`` (an absent bound is open), which the log
+   assigns and never lets decrease in leaf order. ``before`` and ``after`` are the
+   tlog-proofs (against the header's checkpoint, ``extra`` = the record) of the entries
+   just before and just after the range, or null when the range reaches the start or
+   the end of the tree. A complete range bundle lists every leaf index between them,
+   so the verifier proves that no entry of the range was left out
+   (``services.audit.completeness``). A filtered bundle (``complete`` false) proves
+   membership only: the filters ran on the hub's unsigned query columns.
 
    ``consistency`` holds RFC 9162 consistency proofs from tree size ``m`` (checkpoints
    the auditor asked about) to ``tree_size``.
@@ -56,9 +69,12 @@ __all__ = [
     "HEADER_KEYS",
     "INPUTS_INCLUDED",
     "INPUTS_OMITTED",
+    "OPTIONAL_HEADER_KEYS",
+    "RANGE_KEYS",
     "TRAILER_KEYS",
     "BundleError",
     "ExportFilters",
+    "LoggedRange",
     "is_int",
 ]
 
@@ -80,6 +96,9 @@ HEADER_KEYS: Final = frozenset(
         "exported_at",
     }
 )
+# Header fields a bundle may leave out (bundles written before they existed verify).
+OPTIONAL_HEADER_KEYS: Final = frozenset({"range"})
+RANGE_KEYS: Final = frozenset({"start_us", "end_us", "before", "after"})
 ENTRY_KEYS: Final = frozenset({"proof", "inputs", "inputs_redacted"})
 TRAILER_KEYS: Final = frozenset({"end", "entries"})
 _TIME_FILTERS: Final = ("start_us", "end_us")
@@ -165,6 +184,32 @@ class ExportFilters:
         if self.action and decision.action != self.action:
             return "action"
         return None
+
+
+@dataclass(frozen=True)
+class LoggedRange:
+    """A range of ``logged_at``: ``start_us <= logged_at < end_us`` (``None`` is open)."""
+
+    start_us: int | None = None
+    end_us: int | None = None
+
+    def to_json(self) -> dict[str, int]:
+        """The set bounds, as in the header's ``range``."""
+        out: dict[str, int] = {}
+        if self.start_us is not None:
+            out["start_us"] = self.start_us
+        if self.end_us is not None:
+            out["end_us"] = self.end_us
+        return out
+
+    def is_reversed(self) -> bool:
+        """True when both bounds are set and the end is before the start."""
+        return self.start_us is not None and self.end_us is not None and self.end_us < self.start_us
+
+    def contains(self, logged_at_us: int) -> bool:
+        return (self.start_us is None or logged_at_us >= self.start_us) and (
+            self.end_us is None or logged_at_us < self.end_us
+        )
 
 
 class BundleError(ValueError):

@@ -1,10 +1,10 @@
 """Line 1 of an export bundle, checked offline, and the auditor's earlier checkpoints.
 
 :func:`parse_header` checks the header (fields, the signed checkpoint, filters,
-completeness, consistency proofs) and :func:`check_previous` the checkpoints the
-auditor already holds against it. Part of the offline verifier
-(:mod:`services.audit.verify`, which reads the entry lines); like it, it needs no
-store. The format is described in ``services.audit.bundle_format``.
+completeness, the range's boundary entries, consistency proofs) and
+:func:`check_previous` the checkpoints the auditor already holds against it. Part of
+the offline verifier (:mod:`services.audit.verify`, which reads the entry lines);
+like it, it needs no store. The format is described in ``services.audit.bundle_format``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from services.audit.bundle_format import (
     HEADER_KEYS,
     INPUTS_INCLUDED,
     INPUTS_OMITTED,
+    OPTIONAL_HEADER_KEYS,
     BundleError,
     ExportFilters,
     is_int,
@@ -30,6 +31,7 @@ from services.audit.checkpoint import (
     NoteVerifier,
     verify_checkpoint,
 )
+from services.audit.completeness import RangeProof, parse_range
 from services.audit.merkle import ProofError, verify_consistency
 from services.kit.encoding import b64decode_strict, b64encode
 
@@ -46,6 +48,8 @@ class BundleHeader:
     filters: ExportFilters
     consistency: dict[int, list[bytes]]
     inputs_included: bool
+    # The logged_at range and its boundary entries; None for a whole-log bundle.
+    logged: RangeProof | None = None
 
 
 def line_object(raw: str | bytes, n: int) -> dict[str, Any]:
@@ -78,6 +82,7 @@ def parse_header(raw: str | bytes, verifier: NoteVerifier) -> BundleHeader:
     if obj["inputs"] not in (INPUTS_INCLUDED, INPUTS_OMITTED):
         raise BundleError(f"line 1: inputs must be {INPUTS_INCLUDED!r} or {INPUTS_OMITTED!r}")
     _check_exported_at(obj["exported_at"])
+    logged = None if "range" not in obj else parse_range(obj["range"], cp, note)
     return BundleHeader(
         cp,
         note,
@@ -85,6 +90,7 @@ def parse_header(raw: str | bytes, verifier: NoteVerifier) -> BundleHeader:
         filters,
         _parse_consistency(obj["consistency"], cp.size),
         obj["inputs"] == INPUTS_INCLUDED,
+        logged,
     )
 
 
@@ -95,7 +101,7 @@ def _check_header_fields(obj: dict[str, Any]) -> None:
     missing = HEADER_KEYS - obj.keys()
     if missing:
         raise BundleError(f"line 1: header lacks {', '.join(sorted(missing))}")
-    unknown = obj.keys() - HEADER_KEYS
+    unknown = obj.keys() - HEADER_KEYS - OPTIONAL_HEADER_KEYS
     if unknown:
         raise BundleError(f"line 1: header has unknown fields {', '.join(sorted(unknown))}")
 

@@ -13,7 +13,13 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from services.audit.bundle_format import FORMAT, INPUTS_INCLUDED, INPUTS_OMITTED, ExportFilters
+from services.audit.bundle_format import (
+    FORMAT,
+    INPUTS_INCLUDED,
+    INPUTS_OMITTED,
+    ExportFilters,
+    LoggedRange,
+)
 from services.audit.checkpoint import Checkpoint, CheckpointError
 from services.audit.limits import EXPORT_CHUNK_BYTES
 from services.audit.query import MAX_PAGE_SIZE
@@ -49,11 +55,15 @@ def iter_bundle(
     note: str,
     origin: str,
     filters: ExportFilters,
+    logged: LoggedRange | None = None,
     consistency_from: Sequence[int] = (),
     omit_inputs: bool = False,
     page_size: int = MAX_PAGE_SIZE,
 ) -> Iterator[bytes]:
     """The bundle of the entries matching ``filters`` in the tree that ``note`` signs.
+
+    With ``logged``, only entries logged in that range, and the header carries the
+    proofs of the entries just outside it (see ``services.audit.bundle_format``).
 
     ``note`` is a signed checkpoint (its tree size and root pin the export) whose origin
     must be ``origin``. Yields chunks of whole lines: the header, the entry lines in
@@ -67,6 +77,8 @@ def iter_bundle(
     cp = _note_checkpoint(note)
     if cp.origin != origin:
         raise InvalidArgument(f"note: checkpoint origin {cp.origin!r} is not {origin!r}")
+    if logged is not None and logged.is_reversed():
+        raise InvalidArgument("logged_until: must not be before logged_from")
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidArgument(f"page_size: must be between 1 and {MAX_PAGE_SIZE}")
     sizes: list[int] = []
@@ -83,6 +95,7 @@ def iter_bundle(
         note=note,
         cp=cp,
         filters=filters,
+        logged=logged,
         sizes=sorted(sizes),
         omit_inputs=omit_inputs,
         page_size=page_size,
@@ -95,6 +108,7 @@ def _generate(
     note: str,
     cp: Checkpoint,
     filters: ExportFilters,
+    logged: LoggedRange | None,
     sizes: list[int],
     omit_inputs: bool,
     page_size: int,
@@ -110,7 +124,8 @@ def _generate(
             f"the log's root at tree size {size} differs from the checkpoint's:"
             " the log was altered after the checkpoint was signed"
         )
-    header = {
+    first, end = 0, size
+    header: dict[str, Any] = {
         "format": FORMAT,
         "origin": cp.origin,
         "tree_size": size,
@@ -125,12 +140,19 @@ def _generate(
         "inputs": INPUTS_OMITTED if omit_inputs else INPUTS_INCLUDED,
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")[:-6] + "Z",
     }
+    if logged is not None:
+        first, end = store.logged_range(logged.start_us, logged.end_us, size)
+        header["range"] = {
+            **logged.to_json(),
+            "before": _boundary(store, note, first - 1, size),
+            "after": _boundary(store, note, end, size),
+        }
     yield _line(header).encode("utf-8")
     count = 0
     token = ""
     prev_index, prev_leaf = -1, b""
     prev_hashes: tuple[bytes, ...] = ()
-    while size:
+    while first < end:
         entries, token = store.query(
             filters.start_us,
             filters.end_us,
@@ -140,7 +162,8 @@ def _generate(
             action=filters.action,
             page_size=page_size,
             page_token=token,
-            below_index=size,
+            from_index=first,
+            below_index=end,
         )
         lines: list[str] = []
         chunk_chars = 0
@@ -171,3 +194,13 @@ def _generate(
         if not token:
             break
     yield _line({"end": True, "entries": count}).encode("utf-8")
+
+
+def _boundary(store: AuditStore, note: str, index: int, size: int) -> str | None:
+    """The tlog-proof of leaf ``index`` (a range's boundary), or None outside the tree."""
+    if not 0 <= index < size:
+        return None
+    proof = TlogProof(
+        index, tuple(store.inclusion_proof(index, size)), note, store.record_at(index)
+    )
+    return proof.marshal()

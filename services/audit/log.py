@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from roost.audit.v1 import audit_service_pb2 as pb
-from services.audit.bundle_format import ExportFilters
+from services.audit.bundle_format import ExportFilters, LoggedRange
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from services.audit.export import iter_bundle
 from services.audit.latest_checkpoint import LatestCheckpoint
@@ -292,6 +292,7 @@ class AuditLog:
         signer: NoteSigner,
         filters: ExportFilters,
         *,
+        logged: LoggedRange | None = None,
         consistency_from: Sequence[int] = (),
         omit_inputs: bool = False,
     ) -> AsyncIterator[bytes]:
@@ -311,6 +312,7 @@ class AuditLog:
                 note=cp.note,
                 origin=signer.name,
                 filters=filters,
+                logged=logged,
                 consistency_from=consistency_from,
                 omit_inputs=omit_inputs,
             )

@@ -1,4 +1,5 @@
-"""Reading the audit log: one entry by decision id, and filtered pages of entries.
+"""Reading the audit log: one entry by decision id, filtered pages of entries, and the
+leaf indexes of a ``logged_at`` range.
 
 Pages are in leaf order (or reversed with ``newest_first``); their tokens are the
 kit's opaque, filter-bound page tokens (``services.kit.paging``) holding the last
@@ -18,7 +19,14 @@ from services.audit.limits import MAX_PAGE_BYTES
 from services.kit import paging
 from services.kit.errors import InvalidArgument, NotFound
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "get_entry", "query_entries"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "get_entry",
+    "logged_index_range",
+    "query_entries",
+    "record_at",
+]
 
 DEFAULT_PAGE_SIZE: Final = 100
 MAX_PAGE_SIZE: Final = 1000
@@ -44,6 +52,43 @@ def get_entry(conn: sqlite3.Connection, decision_id: str) -> pb.LogEntry:
     return _entry(row)
 
 
+def record_at(conn: sqlite3.Connection, index: int) -> bytes:
+    """The record (leaf data) of leaf ``index``; NotFound if there is no such leaf."""
+    row = conn.execute("SELECT record FROM entries WHERE idx = ?", (index,)).fetchone()
+    if row is None:
+        raise NotFound(f"index: no leaf {index} in the audit log")
+    return bytes(row[0])
+
+
+def logged_index_range(
+    conn: sqlite3.Connection, start_us: int | None, end_us: int | None, size: int
+) -> tuple[int, int]:
+    """``[first, end)``: the leaf indexes below ``size`` whose ``logged_at`` lies in
+    ``[start_us, end_us)`` (``None`` bounds are open).
+
+    ``logged_at`` never decreases in leaf order, so each bound is a binary search over
+    the primary key (no index on ``logged_at_us``, which every append would pay for).
+    """
+    first = 0 if start_us is None else _first_logged_at(conn, start_us, size)
+    end = size if end_us is None else _first_logged_at(conn, end_us, size)
+    return first, max(first, end)
+
+
+def _first_logged_at(conn: sqlite3.Connection, t_us: int, size: int) -> int:
+    """The first leaf index below ``size`` logged at or after ``t_us``, else ``size``."""
+    lo, hi = 0, size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        (logged,) = conn.execute(
+            "SELECT logged_at_us FROM entries WHERE idx = ?", (mid,)
+        ).fetchone()
+        if logged < t_us:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 def query_entries(
     conn: sqlite3.Connection,
     start_us: int | None,
@@ -55,6 +100,7 @@ def query_entries(
     action: str = "",
     page_size: int = 0,
     page_token: str = "",
+    from_index: int | None = None,
     below_index: int | None = None,
     newest_first: bool = False,
 ) -> tuple[list[pb.LogEntry], str]:
@@ -69,6 +115,7 @@ def query_entries(
         ("model_name = ?", model_name or None),
         ("model_version = ?", model_version or None),
         ("action = ?", action or None),
+        ("idx >= ?", from_index),
         ("idx < ?", below_index),
     ]
     # A token is only valid for the filters (and the direction) it was issued for.
@@ -85,7 +132,7 @@ def query_entries(
         if start_us is not None or end_us is not None:
             # The decided_at index narrows the scan of the idx-ordered entries.
             bounds = _select(
-                conn, "SELECT MIN(idx), MAX(idx) FROM entries", [*time_filters, filters[-1]]
+                conn, "SELECT MIN(idx), MAX(idx) FROM entries", [*time_filters, *filters[-2:]]
             )
             first, last = bounds.fetchone()
             if first is None:

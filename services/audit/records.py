@@ -1,7 +1,8 @@
 """Pure functions over decision records: validation and leaf data.
 
 The *record* of a decision is the decision without its ``inputs`` (which live in a
-redactable side store), deterministically serialized. Its leaf hash is
+redactable side store), deterministically serialized, with the ``logged_at`` the log
+assigns when it writes the entry (:func:`with_logged_at`). Its leaf hash is
 ``SHA-256(0x00 || record)`` as in RFC 9162 section 2.1.1
 (:func:`services.audit.merkle.leaf_hash`). Every field is bounded
 (``services.audit.limits``) and the inputs are committed to with a fresh salt
@@ -10,9 +11,10 @@ redactable side store), deterministically serialized. Its leaf hash is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit import limits
@@ -29,6 +31,8 @@ from services.audit.limits import FieldError as _Invalid
 from services.audit.merkle import leaf_hash
 from services.audit.salting import SALT_BYTES, fresh_salts, salt_inputs
 from services.kit.errors import InvalidArgument
+
+_logger = logging.getLogger(__name__)
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
@@ -47,7 +51,9 @@ class Appended:
 class PreparedRecord(NamedTuple):
     """A validated decision, ready to be written: everything the store persists.
 
-    The first eight fields are, in order, the ``entries`` columns after ``idx``.
+    ``record`` lacks ``logged_at`` (the store appends it with :func:`with_logged_at`
+    when it assigns the leaf index) and ``leaf_hash`` is the hash of that partial
+    record, so it identifies the decision's content, not the logged entry.
     """
 
     decision_id: str
@@ -70,6 +76,25 @@ def record_bytes(decision: pb.Decision) -> bytes:
     stripped.CopyFrom(decision)
     stripped.ClearField("inputs")
     return stripped.SerializeToString(deterministic=True)
+
+
+def logged_at_field(logged_at_us: int) -> bytes:
+    """The encoded ``logged_at`` field of a Decision, to append to its record.
+
+    ``logged_at`` is the Decision's highest field number, so ``record +
+    logged_at_field(t)`` is the deterministic serialization of the record with
+    ``logged_at`` set (:func:`with_logged_at`).
+    """
+    seconds, micros = divmod(logged_at_us, 1_000_000)
+    field = pb.Decision()
+    field.logged_at.seconds = seconds
+    field.logged_at.nanos = micros * 1000
+    return field.SerializeToString(deterministic=True)
+
+
+def with_logged_at(record: bytes, logged_at_us: int) -> bytes:
+    """``record`` (a Decision without ``logged_at``) with ``logged_at`` set."""
+    return record + logged_at_field(logged_at_us)
 
 
 def validate_decision(d: pb.Decision, where: str) -> None:
@@ -119,9 +144,10 @@ def _prepare_one(
     ``admin`` allows ``ACTOR_ADMIN`` entries (the log's own records, see erasure.py);
     ``consume`` lets it clear ``d.inputs`` in place (the message is not used afterwards);
     ``salt`` is the fresh salt of its inputs. Fields are checked in this order:
-    decision_id, decided_at, entity_id, actor, model, the other bounded fields
-    (``limits.check_decision_fields``), inputs_digest, inputs, then what the serialized
-    record bounds (``limits.check_record``: sizes, free texts, attributions).
+    decision_id, decided_at, logged_at (must be unset: the log assigns it), entity_id,
+    actor, model, the other bounded fields (``limits.check_decision_fields``),
+    inputs_digest, inputs, then what the serialized record bounds (``limits.check_record``:
+    sizes, free texts, attributions).
     """
     decision_id = d.decision_id
     if not decision_id:
@@ -129,6 +155,8 @@ def _prepare_one(
     if len(decision_id) > MAX_DECISION_ID_CHARS:
         raise _Invalid("decision_id", f"at most {MAX_DECISION_ID_CHARS} characters")
     decided_at_us = _decided_at_us(d)
+    if d.HasField("logged_at"):
+        raise _Invalid("logged_at", "assigned by the audit log; leave it unset")
     entity_id = d.entity_id
     if not entity_id:
         raise _Invalid("entity_id", "required")
@@ -218,3 +246,44 @@ def _record_and_inputs(d: pb.Decision, consume: bool, salt: bytes) -> tuple[byte
     stripped.ClearField("inputs")
     stripped.inputs_digest = digest
     return stripped.SerializeToString(deterministic=True), stored
+
+
+def assign_rows(
+    flat: Sequence[PreparedRecord],
+    known: dict[str, tuple[int, bytes, bytes]],
+    next_idx: int,
+    times: tuple[int, int],
+) -> tuple[list[Appended], list[tuple[Any, ...]], list[tuple[int, bytes]]]:
+    """Gives each new decision_id the next leaf index; returns results and rows to insert.
+
+    ``times`` is ``(appended_at_us, logged_at_us)``: the wall clock, and the logged_at
+    stamped into every new record (its leaf hash covers it). ``known`` maps already
+    logged ids to (index, leaf hash, record); it is extended in place so that an id
+    repeated later in ``flat`` resolves to its first occurrence.
+    """
+    appended_at_us, logged_at_us = times
+    suffix = logged_at_field(logged_at_us)
+    results: list[Appended] = []
+    entry_rows: list[tuple[Any, ...]] = []
+    input_rows: list[tuple[int, bytes]] = []
+    for rec in flat:
+        existing = known.get(rec.decision_id)
+        if existing is not None:
+            idx, digest, logged = existing
+            # The logged record is the retried one plus its logged_at (or, before v5, equal).
+            # A retry with inputs has a fresh salt, so only a retry without can be compared.
+            if rec.inputs is None and not logged.startswith(rec.record):
+                _logger.warning("audit append: retry of index %d with different content", idx)
+            results.append(Appended(rec.decision_id, idx, digest, True))
+            continue
+        idx = next_idx
+        next_idx += 1
+        record = rec.record + suffix
+        digest = leaf_hash(record)
+        known[rec.decision_id] = (idx, digest, record)
+        # Column order of ENTRY_COLUMNS.
+        entry_rows.append((idx, *rec[:6], record, digest, appended_at_us, logged_at_us))
+        if rec.inputs is not None:
+            input_rows.append((idx, rec.inputs))
+        results.append(Appended(rec.decision_id, idx, digest))
+    return results, entry_rows, input_rows

@@ -16,6 +16,10 @@ Schema v3 adds ``inputs.erased_by``: the leaf index of the log entry that erased
 inputs (a redaction or a retention run, see ``services.audit.erasure``).
 
 Schema v4 stores only tree nodes of 16 leaves and up (see ``services.audit.tree``).
+
+Schema v5 adds ``entries.logged_at_us``: the ``logged_at`` the log put in the record,
+non-decreasing in ``idx`` order (so time ranges are found by binary search over
+``idx``, without an index); 0 for entries logged before v5, whose records lack it.
 """
 
 from __future__ import annotations
@@ -74,13 +78,17 @@ _MIGRATIONS: Final[tuple[tuple[kit_sqlite.Step, ...], ...]] = (
         # Subtrees of fewer than 16 leaves are recomputed from the leaves on demand.
         "DELETE FROM tree_nodes WHERE level < 4",  # tree.STORED_MIN_LEVEL
     ),
+    (
+        # Decision.logged_at of the record; 0 for older records, which lack it.
+        "ALTER TABLE entries ADD COLUMN logged_at_us INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
 # Columns of an ``entries`` row as the store inserts it (leaf hash is column 8).
 ENTRY_COLUMNS: Final = (
     "idx, decision_id, decided_at_us, entity_id, model_name, model_version, action,"
-    " record, leaf_hash, appended_at_us"
+    " record, leaf_hash, appended_at_us, logged_at_us"
 )
 # Columns of an ``inputs`` row as the store inserts it.
 INPUT_COLUMNS: Final = "idx, data"

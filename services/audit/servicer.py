@@ -13,7 +13,7 @@ from prometheus_client import Counter, Gauge
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
 from services.audit import limits
-from services.audit.bundle_format import ExportFilters
+from services.audit.bundle_format import ExportFilters, LoggedRange
 from services.audit.checkpoint import NoteSigner
 from services.audit.log import AuditLog, SignedCheckpoint
 from services.audit.witness_client import WitnessPool
@@ -242,11 +242,22 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             model_version=request.model_version,
             action=request.action,
         )
+        logged = None
+        if request.HasField("logged_from") or request.HasField("logged_until"):
+            logged = LoggedRange(
+                limits.optional_timestamp_us(
+                    request.logged_from, request.HasField("logged_from"), "logged_from"
+                ),
+                limits.optional_timestamp_us(
+                    request.logged_until, request.HasField("logged_until"), "logged_until"
+                ),
+            )
         exported = 0
         await self._checkpoint()  # the export's checkpoint, cosigned if witnesses answer
         async for chunk in self._log.export(
             self._signer,
             filters,
+            logged=logged,
             consistency_from=consistency_from,
             omit_inputs=request.omit_inputs,
         ):

@@ -4,8 +4,10 @@ The tables and their migrations are in ``services.audit.schema``, the Merkle tre
 kept beside the entries in ``services.audit.tree``, reads and pages of entries in
 ``services.audit.query``. Appends write entries, inputs, tree nodes and tree state in
 ONE transaction; erasures (redaction, retention) erase the stored inputs and log
-themselves in one transaction too. The writer runs with ``secure_delete`` so erased
-bytes are overwritten, not left in free pages.
+themselves in one transaction too. Each append transaction stamps its records with one
+``logged_at``: the wall clock, or the previous one if the clock went back (a high-water
+mark), so ``logged_at`` never decreases in leaf order. The writer runs with
+``secure_delete`` so erased bytes are overwritten, not left in free pages.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Final, TypeVar
 from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit import erasure, query, schema, tree
 from services.audit.compact_range import CompactRange
-from services.audit.records import Appended, PreparedRecord, prepare
+from services.audit.records import Appended, PreparedRecord, assign_rows, prepare
 from services.kit import sqlite as kit_sqlite
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -39,9 +41,13 @@ _ROWS_PER_INSERT: Final = 200
 class AuditStore:
     """The audit log's SQLite store. Not thread-safe: use it from one thread only."""
 
-    def __init__(self, conn: sqlite3.Connection, *, read_only: bool) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, *, read_only: bool, clock: Callable[[], int] | None = None
+    ) -> None:
         self._conn = conn
         self._read_only = read_only
+        # Wall clock in microseconds since the epoch (injectable for tests).
+        self._clock = clock or (lambda: time.time_ns() // 1000)
         # Bound variables per statement: 32766 since SQLite 3.32, 999 before.
         self._max_variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         self._tree = tree.SqliteTree(conn)
@@ -49,9 +55,14 @@ class AuditStore:
         self._pending_compact: CompactRange | None = None
         # The writer's tree edge, loaded once from tree_state (never recomputed).
         self._compact = self._load_tree()
+        # The latest logged_at written: the next append never stamps an earlier one.
+        row = conn.execute("SELECT logged_at_us FROM entries ORDER BY idx DESC LIMIT 1").fetchone()
+        self._logged_hwm_us = 0 if row is None else int(row[0])
 
     @classmethod
-    def open(cls, path: Path, *, read_only: bool = False) -> AuditStore:
+    def open(
+        cls, path: Path, *, read_only: bool = False, clock: Callable[[], int] | None = None
+    ) -> AuditStore:
         """Opens (creating and migrating unless ``read_only``) the database at ``path``.
 
         Writers use WAL with ``synchronous=FULL``: a returned append survives power loss.
@@ -77,7 +88,7 @@ class AuditStore:
         except BaseException:
             conn.close()
             raise
-        store = cls(conn, read_only=read_only)
+        store = cls(conn, read_only=read_only, clock=clock)
         logger.info(
             "audit store opened (%s, %d entries)",
             "read-only" if read_only else "writer",
@@ -324,14 +335,16 @@ class AuditStore:
         # Fast path: assume no id is logged yet (retries are rare) and let the UNIQUE
         # index catch the exception; then redo the batch knowing which ids exist.
         conn = self._conn
+        now_us = self._clock()
+        stamp = self._logged_hwm_us = max(now_us, self._logged_hwm_us)
         conn.execute("SAVEPOINT append_fast")
         try:
-            results, entry_rows, input_rows = _assign(flat, {}, first_idx)
+            results, entry_rows, input_rows = assign_rows(flat, {}, first_idx, (now_us, stamp))
             self._insert("entries", schema.ENTRY_COLUMNS, entry_rows)
         except sqlite3.IntegrityError:
             conn.execute("ROLLBACK TO append_fast")
             known = self._lookup({rec.decision_id for rec in flat})
-            results, entry_rows, input_rows = _assign(flat, known, first_idx)
+            results, entry_rows, input_rows = assign_rows(flat, known, first_idx, (now_us, stamp))
             self._insert("entries", schema.ENTRY_COLUMNS, entry_rows)
         finally:
             conn.execute("RELEASE append_fast")
@@ -361,16 +374,19 @@ class AuditStore:
         action: str = "",
         page_size: int = 0,
         page_token: str = "",
+        from_index: int | None = None,
         below_index: int | None = None,
         newest_first: bool = False,
     ) -> tuple[list[pb.LogEntry], str]:
         """Entries with ``start_us <= decided_at < end_us`` matching the filters, oldest first.
 
-        ``None`` bounds are open; empty filters match all; ``below_index`` keeps only leaf
-        indexes below it (an export pins the tree size of its checkpoint). Returns the page and the
-        token of the next page (``""`` when this is the last). With a time bound, the
-        first page fixes the range of leaf indexes to scan, so later pages do not pick
-        up entries appended in between. ``newest_first`` pages backwards from the end.
+        ``None`` bounds are open; empty filters match all; ``from_index`` and
+        ``below_index`` keep only leaf indexes in ``[from_index, below_index)`` (an export
+        pins the tree size of its checkpoint, and a range export its leaf range). Returns
+        the page and the token of the next page (``""`` when this is the last). With a
+        time bound, the first page fixes the range of leaf indexes to scan, so later
+        pages do not pick up entries appended in between. ``newest_first`` pages
+        backwards from the end.
         """
         return query.query_entries(
             self._conn,
@@ -382,9 +398,18 @@ class AuditStore:
             action=action,
             page_size=page_size,
             page_token=page_token,
+            from_index=from_index,
             below_index=below_index,
             newest_first=newest_first,
         )
+
+    def logged_range(self, start_us: int | None, end_us: int | None, size: int) -> tuple[int, int]:
+        """See :func:`services.audit.query.logged_index_range`."""
+        return query.logged_index_range(self._conn, start_us, end_us, size)
+
+    def record_at(self, index: int) -> bytes:
+        """The record (leaf data) of leaf ``index``."""
+        return query.record_at(self._conn, index)
 
     def _insert(self, table: str, columns: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Inserts ``rows`` with multi-row ``INSERT ... VALUES (..), (..)`` statements.
@@ -402,50 +427,21 @@ class AuditStore:
             sql = _insert_sql(table, columns, width, len(chunk))
             self._conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
 
-    def _lookup(self, ids: set[str]) -> dict[str, tuple[int, bytes]]:
-        """Existing (index, leaf hash) of the given decision ids that are already logged."""
-        found: dict[str, tuple[int, bytes]] = {}
+    def _lookup(self, ids: set[str]) -> dict[str, tuple[int, bytes, bytes]]:
+        """Existing (index, leaf hash, record) of the given decision ids already logged."""
+        found: dict[str, tuple[int, bytes, bytes]] = {}
         id_list = list(ids)
         per_statement = min(_LOOKUP_CHUNK, self._max_variables)
         for start in range(0, len(id_list), per_statement):
             chunk = id_list[start : start + per_statement]
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT decision_id, idx, leaf_hash FROM entries WHERE decision_id IN ({marks})"  # noqa: S608
-            for decision_id, idx, digest in self._conn.execute(sql, chunk):
-                found[decision_id] = (idx, digest)
+            sql = (
+                "SELECT decision_id, idx, leaf_hash, record FROM entries"  # noqa: S608
+                f" WHERE decision_id IN ({marks})"
+            )
+            for decision_id, idx, digest, record in self._conn.execute(sql, chunk):
+                found[decision_id] = (idx, digest, record)
         return found
-
-
-def _assign(
-    flat: Sequence[PreparedRecord], known: dict[str, tuple[int, bytes]], next_idx: int
-) -> tuple[list[Appended], list[tuple[Any, ...]], list[tuple[int, bytes]]]:
-    """Gives each new decision_id the next leaf index; returns results and rows to insert.
-
-    ``known`` maps already logged ids to (index, leaf hash); it is extended in place so
-    that an id repeated later in ``flat`` resolves to its first occurrence.
-    """
-    appended_at_us = time.time_ns() // 1000
-    results: list[Appended] = []
-    entry_rows: list[tuple[Any, ...]] = []
-    input_rows: list[tuple[int, bytes]] = []
-    for rec in flat:
-        existing = known.get(rec.decision_id)
-        if existing is not None:
-            idx, digest = existing
-            # A retry with inputs has a fresh salt, so only a retry without can be compared.
-            if rec.inputs is None and digest != rec.leaf_hash:
-                logger.warning("audit append: retry of index %d with different content", idx)
-            results.append(Appended(rec.decision_id, idx, digest, True))
-            continue
-        idx = next_idx
-        next_idx += 1
-        known[rec.decision_id] = (idx, rec.leaf_hash)
-        # Column order of ENTRY_COLUMNS.
-        entry_rows.append((idx, *rec[:8], appended_at_us))
-        if rec.inputs is not None:
-            input_rows.append((idx, rec.inputs))
-        results.append(Appended(rec.decision_id, idx, rec.leaf_hash))
-    return results, entry_rows, input_rows
 
 
 @functools.cache

@@ -2,8 +2,10 @@
 
 It needs only the bundle's text and the hub's verifier key: no store, no database, no
 server. :func:`verify_bundle` checks a bundle (signature once, every inclusion proof,
-records, inputs digests, filters, completeness by recomputing the root, consistency
-with earlier checkpoints) and raises :class:`BundleError` naming the line, the leaf
+records, inputs digests, filters, completeness by recomputing the root or, for a
+time range, between its proven boundary entries (``services.audit.completeness``),
+consistency with earlier checkpoints), optionally picks the verified entries that
+match the auditor's own filters, and raises :class:`BundleError` naming the line, the leaf
 index and the failure; :func:`iter_decisions` reads one without verifying. The format
 is described in ``services.audit.bundle_format``; the header (line 1) and the earlier
 checkpoints are checked by ``services.audit.bundle_header``.
@@ -27,6 +29,7 @@ from services.audit.bundle_format import (
     TRAILER_KEYS,
     BundleError,
     ExportFilters,
+    LoggedRange,
     is_int,
 )
 from services.audit.bundle_header import (
@@ -38,6 +41,7 @@ from services.audit.bundle_header import (
 )
 from services.audit.checkpoint import Checkpoint, CheckpointError, NoteVerifier
 from services.audit.compact_range import CompactRange
+from services.audit.completeness import RangeWalk
 from services.audit.cosignature import CosignatureVerifier, require_cosignatures
 from services.audit.merkle import NODE_PREFIX, leaf_hash
 from services.audit.salting import InputsError, stored_digest
@@ -63,6 +67,13 @@ class BundleReport:
     last_index: int | None
     # Witnesses (of those the auditor pinned) that cosigned the checkpoint.
     witnessed_by: tuple[str, ...] = ()
+    # The logged_at range of a range bundle (None: the bundle is not a range export).
+    logged: LoggedRange | None = None
+    # The bundle holds every entry of the tree (a whole-log bundle, or a range
+    # reaching both ends). ``complete`` without it: every entry of the range.
+    covers_log: bool = False
+    # Verified entries matching the auditor's own filters (None: no filter given).
+    matched: int | None = None
 
 
 def _numbered(lines: Iterable[str | bytes]) -> Iterator[tuple[int, str | bytes]]:
@@ -108,15 +119,20 @@ def verify_bundle(
     on_entry: Callable[[], None] | None = None,
     witnesses: Sequence[CosignatureVerifier] = (),
     min_witnesses: int = 0,
+    select: ExportFilters | None = None,
+    on_match: Callable[[int, pb.Decision], None] | None = None,
 ) -> BundleReport:
     """Verifies a bundle read as lines (each ending in ``\\n``, e.g. a file opened "rb").
 
     ``verifier`` is the hub's pinned key: the checkpoint's origin must be its name.
     ``previous_checkpoints`` are signed notes of the same log the auditor holds; each
     must be consistent with the bundle's checkpoint. ``on_entry`` is called after each
-    verified entry (progress). Raises BundleError on the first problem, naming the line
-    and leaf index. ``witnesses`` are witness keys the auditor pinned: at least
-    ``min_witnesses`` of them must have cosigned the bundle's checkpoint.
+    verified entry (progress). ``select`` filters the verified entries on their signed
+    records (the auditor's own filter, over what was verified): ``on_match`` gets each
+    match's index and decision, and the report counts them. ``witnesses`` are witness
+    keys the auditor pinned: at least ``min_witnesses`` of them must have cosigned the
+    bundle's checkpoint. Raises BundleError on the first problem, naming the line and
+    leaf index.
     """
     numbered = _numbered(lines)
     first = next(numbered, None)
@@ -128,11 +144,13 @@ def verify_bundle(
     except CheckpointError as exc:
         raise BundleError(f"line 1: {exc}") from None
     consistency_checked = check_previous(header, verifier, previous_checkpoints)
-    walk = _Walk.start(header)
+    walk = _Walk.start(header, select, on_match)
     _read_entries(numbered, walk, on_entry)
     after = next(numbered, None)
     if after is not None:
         raise BundleError(f"line {after[0]}: data after the trailer")
+    if walk.ranged is not None:
+        walk.ranged.finish(walk.line)
     if walk.compact is not None:
         _check_complete(walk.compact, walk.count, walk.line, header.checkpoint)
     return dataclasses.replace(walk.report(consistency_checked), witnessed_by=witnessed)
@@ -145,8 +163,14 @@ class _Walk:
     header: BundleHeader
     # The header's filters; None when there are none.
     filters: ExportFilters | None
-    # A complete bundle's tree, rebuilt from its entries; None for a filtered bundle.
+    # A whole-log bundle's tree, rebuilt from its entries; None for any other bundle.
     compact: CompactRange | None
+    # A range bundle's boundary and gap checks; None for a whole-log bundle.
+    ranged: RangeWalk | None
+    # The auditor's own filter, and where its matches go.
+    select: ExportFilters | None = None
+    on_match: Callable[[int, pb.Decision], None] | None = None
+    matched: int = 0
     # The number of the last line read.
     line: int = 1
     # The previous entry's leaf index (-1 before the first).
@@ -156,9 +180,25 @@ class _Walk:
     first_index: int | None = None
 
     @classmethod
-    def start(cls, header: BundleHeader) -> _Walk:
+    def start(
+        cls,
+        header: BundleHeader,
+        select: ExportFilters | None,
+        on_match: Callable[[int, pb.Decision], None] | None,
+    ) -> _Walk:
         filters = None if header.filters.is_empty() else header.filters
-        return cls(header, filters, CompactRange() if header.complete else None)
+        logged = header.logged
+        whole = header.complete and (logged is None or logged.covers_log())
+        ranged = None if logged is None else RangeWalk(logged, complete=header.complete)
+        compact = CompactRange() if whole else None
+        return cls(header, filters, compact, ranged, select, on_match)
+
+    def pick(self, index: int, decision: pb.Decision) -> None:
+        """Passes a verified entry through the auditor's own filter."""
+        if self.select is not None and self.select.matches(decision) is None:
+            self.matched += 1
+            if self.on_match is not None:
+                self.on_match(index, decision)
 
     def add(self, index: int, leaf: bytes, redacted: bool) -> None:
         """Counts a verified entry."""
@@ -173,6 +213,7 @@ class _Walk:
 
     def report(self, consistency_checked: tuple[int, ...]) -> BundleReport:
         cp = self.header.checkpoint
+        logged = self.header.logged
         return BundleReport(
             origin=cp.origin,
             tree_size=cp.size,
@@ -183,6 +224,9 @@ class _Walk:
             consistency_checked=consistency_checked,
             first_index=self.first_index,
             last_index=None if self.first_index is None else self.prev,
+            logged=None if logged is None else logged.logged,
+            covers_log=self.compact is not None,
+            matched=None if self.select is None else self.matched,
         )
 
 
@@ -220,8 +264,11 @@ def _verify_entry(obj: dict[str, Any], n: int, walk: _Walk) -> None:
     _check_position(proof, where, walk)
     record, leaf = _check_inclusion(proof, where, walk.header.checkpoint)
     decision = _decode_record(record, where, walk.filters)
+    if walk.ranged is not None:
+        walk.ranged.check(proof.index, decision, where)
     redacted = _check_inputs(obj, decision, where, walk.header.inputs_included)
     walk.add(proof.index, leaf, redacted)
+    walk.pick(proof.index, decision)
 
 
 def _parse_proof(text: Any, n: int) -> TlogProof:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from cli.main import main
 from cli.stack import Stack
 from roost.audit.v1 import audit_service_pb2 as pb
 from roost.audit.v1 import audit_service_pb2_grpc as pb_grpc
+from services.audit.tlog_proof import TlogProof
 from services.kit.auth import Role
 from services.kit.client import sync_channel
 from tests.support.audit_records import decision
@@ -110,6 +112,49 @@ def test_an_auditor_session(
     bundle.write_text("".join(lines))
     assert roost(stack, "verify", str(bundle), "--pubkey", vkey) == 1
     assert "FAILED" in capsys.readouterr().err
+
+
+def test_a_provably_complete_range_filtered_by_the_auditor(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The typical audit: export a logged_at range unfiltered, verify it complete, filter
+    it locally; a dropped line is named, and a hub-filtered export proves membership
+    only."""
+    vkey = str(stack.home / "data" / "audit" / "checkpoint.vkey")
+    append(stack, [decision(i, entity_id=f"lock.door_{i % 2}") for i in range(100, 110)])
+    since = datetime.now(UTC)
+    append(stack, [decision(i, entity_id=f"lock.door_{i % 2}") for i in range(110, 124)])
+    bundle = tmp_path / "range.jsonl"
+    assert roost(stack, "export", str(bundle), "--since", since.isoformat()) == 0
+    capsys.readouterr()
+    args = ("verify", str(bundle), "--pubkey", vkey)
+    assert roost(stack, *args, "--filter", "entity=lock.door_1", "--filter", "action=publish") == 0
+    out = capsys.readouterr().out
+    assert "OK: 14 entries" in out
+    assert "(every entry of the range: none was left out)" in out
+    assert "7 verified entries match entity=lock.door_1 action=publish:" in out
+    listed = [line for line in out.splitlines() if line.startswith("#")]
+    assert len(listed) == 7
+    assert all("lock.door_1" in line for line in listed)
+
+    lines = bundle.read_text().splitlines(keepends=True)
+    first = TlogProof.parse(json.loads(lines[1])["proof"]).index
+    dropped = lines[:4] + lines[5:-1] + [json.dumps({"end": True, "entries": 13}) + "\n"]
+    bundle.write_text("".join(dropped))
+    assert roost(stack, *args) == 1
+    index = first + 3
+    assert f"entries {index}..{index} of the range are missing" in capsys.readouterr().err
+
+    served = tmp_path / "served.jsonl"
+    assert (
+        roost(stack, "export", str(served), "--since", since.isoformat(), "--entity", "lock.door_1")
+        == 0
+    )
+    assert "proves membership only" in capsys.readouterr().err
+    assert roost(stack, "verify", str(served), "--pubkey", vkey) == 0
+    assert "proves membership only, NOT completeness" in capsys.readouterr().out
+    assert roost(stack, *args, "--filter", "colour=red") == 2
+    assert "KEY one of entity, model, action" in capsys.readouterr().err
 
 
 def test_clear_errors_without_a_stack_or_key(

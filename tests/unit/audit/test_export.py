@@ -80,6 +80,7 @@ def test_whole_log_round_trip(shared_store: AuditStore, signer: NoteSigner) -> N
         consistency_checked=(),
         first_index=0,
         last_index=N - 1,
+        covers_log=True,
     )
     assert len(seen) == N
 

@@ -64,6 +64,7 @@ def test_query_time_range_filters_and_pagination(store: AuditStore) -> None:
     expected.inputs_digest = salting.stored_digest(
         entries[5].decision.inputs.SerializeToString(deterministic=True)
     )
+    expected.logged_at.CopyFrom(entries[5].decision.logged_at)
     assert entries[5].decision == expected
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit import records, salting
+from services.audit.completeness import logged_at_us
 from services.audit.merkle import leaf_hash
 from services.audit.store import AuditStore
 from services.kit.errors import InvalidArgument, NotFound
@@ -46,7 +47,9 @@ def test_decision_without_inputs(store: AuditStore) -> None:
     store.append([d])
     entry = store.get(d.decision_id)
     assert not entry.decision.HasField("inputs")
-    assert entry.record == records.record_bytes(d) == d.SerializeToString(deterministic=True)
+    logged = records.with_logged_at(records.record_bytes(d), logged_at_us(entry.decision))
+    d.logged_at.CopyFrom(entry.decision.logged_at)
+    assert entry.record == logged == d.SerializeToString(deterministic=True)
 
 
 def test_get_unknown_is_not_found(store: AuditStore) -> None:
@@ -116,8 +119,10 @@ def test_a_callers_digest_of_sent_inputs_is_refused(store: AuditStore) -> None:
     d = decision(0, with_inputs=False)
     d.inputs_digest = "ab" * 32
     results, _ = store.append([d])
-    assert store.get(d.decision_id).record == records.record_bytes(d)
-    assert results[0].leaf_hash == leaf_hash(records.record_bytes(d))
+    entry = store.get(d.decision_id)
+    logged = records.with_logged_at(records.record_bytes(d), logged_at_us(entry.decision))
+    assert entry.record == logged
+    assert results[0].leaf_hash == leaf_hash(logged)
 
 
 def test_durable_across_reopen(tmp_path: Path) -> None:

@@ -170,6 +170,7 @@ def test_v1_database_is_backfilled_on_upgrade(db: Path) -> None:
     for table in ("tree_nodes", "tree_state", "checkpoints"):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("ALTER TABLE inputs DROP COLUMN erased_by")  # added by v3
+    conn.execute("ALTER TABLE entries DROP COLUMN logged_at_us")  # added by v5
     conn.execute("PRAGMA user_version = 1")
     conn.close()
 

@@ -164,6 +164,7 @@ class Decision(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    LOGGED_AT_FIELD_NUMBER: _builtins.int
     decision_id: _builtins.str
     """Globally unique id chosen by the hub (UUID); the idempotency key."""
     hub_id: _builtins.str
@@ -195,6 +196,14 @@ class Decision(_message.Message):
 
     @_builtins.property
     def policy(self) -> Global___Policy: ...
+    @_builtins.property
+    def logged_at(self) -> _timestamp_pb2.Timestamp:
+        """When the audit log logged the decision: assigned by the log (never by the client),
+        non-decreasing in leaf order even if the wall clock goes back, and part of the
+        record, so covered by the leaf hash. Unset on entries logged before it existed.
+        Keep this the highest field number: the log appends it to the serialized record.
+        """
+
     def __init__(
         self,
         *,
@@ -212,10 +221,11 @@ class Decision(_message.Message):
         policy: Global___Policy | None = ...,
         action: _builtins.str = ...,
         actor: Global___Actor.ValueType = ...,
+        logged_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "inputs", b"inputs", "model", b"model", "policy", b"policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "inputs", b"inputs", "logged_at", b"logged_at", "model", b"model", "policy", b"policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "confidence", b"confidence", "decided_at", b"decided_at", "decision_id", b"decision_id", "entity_id", b"entity_id", "explanation", b"explanation", "hub_id", b"hub_id", "inputs", b"inputs", "inputs_digest", b"inputs_digest", "model", b"model", "output_label", b"output_label", "output_values", b"output_values", "policy", b"policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "confidence", b"confidence", "decided_at", b"decided_at", "decision_id", b"decision_id", "entity_id", b"entity_id", "explanation", b"explanation", "hub_id", b"hub_id", "inputs", b"inputs", "inputs_digest", b"inputs_digest", "logged_at", b"logged_at", "model", b"model", "output_label", b"output_label", "output_values", b"output_values", "policy", b"policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -603,6 +613,8 @@ class ExportDecisionsRequest(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     CONSISTENCY_FROM_SIZES_FIELD_NUMBER: _builtins.int
     OMIT_INPUTS_FIELD_NUMBER: _builtins.int
+    LOGGED_FROM_FIELD_NUMBER: _builtins.int
+    LOGGED_UNTIL_FIELD_NUMBER: _builtins.int
     entity_id: _builtins.str
     model_name: _builtins.str
     model_version: _builtins.str
@@ -619,6 +631,16 @@ class ExportDecisionsRequest(_message.Message):
         consistency proof from each to the exported checkpoint.
         """
 
+    @_builtins.property
+    def logged_from(self) -> _timestamp_pb2.Timestamp:
+        """Range of Decision.logged_at, [logged_from, logged_until); unset bounds are open.
+        The bundle carries inclusion proofs of the entries just outside the range, so the
+        verifier proves that no entry of the range was left out (unless a filter above is
+        set too: a server-side filtered export proves membership only).
+        """
+
+    @_builtins.property
+    def logged_until(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -630,10 +652,12 @@ class ExportDecisionsRequest(_message.Message):
         action: _builtins.str = ...,
         consistency_from_sizes: _abc.Iterable[_builtins.int] | None = ...,
         omit_inputs: _builtins.bool = ...,
+        logged_from: _timestamp_pb2.Timestamp | None = ...,
+        logged_until: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "logged_from", b"logged_from", "logged_until", b"logged_until", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "consistency_from_sizes", b"consistency_from_sizes", "end_time", b"end_time", "entity_id", b"entity_id", "model_name", b"model_name", "model_version", b"model_version", "omit_inputs", b"omit_inputs", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "consistency_from_sizes", b"consistency_from_sizes", "end_time", b"end_time", "entity_id", b"entity_id", "logged_from", b"logged_from", "logged_until", b"logged_until", "model_name", b"model_name", "model_version", b"model_version", "omit_inputs", b"omit_inputs", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
