@@ -25,8 +25,15 @@ def test_decisions_are_realistic_and_valid() -> None:
     rec = prepare([d, audit.decision(4, with_inputs=False)])
     assert rec[0].inputs is not None
     assert rec[1].inputs is None
-    # Deterministic: the cache relies on it.
-    assert prepare([audit.decision(3)])[0].leaf_hash == rec[0].leaf_hash
+    # Deterministic: the cache relies on it (but for the salted inputs digest, fresh on
+    # every prepare).
+    assert prepare([audit.decision(4, with_inputs=False)])[0].leaf_hash == rec[1].leaf_hash
+    again, first = (pb.Decision.FromString(prepare([audit.decision(3)])[0].record), pb.Decision())
+    first.ParseFromString(rec[0].record)
+    assert again.inputs_digest != first.inputs_digest
+    again.ClearField("inputs_digest")
+    first.ClearField("inputs_digest")
+    assert again == first
     assert audit.decision(3, run=1).decision_id != d.decision_id
 
 
