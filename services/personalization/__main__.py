@@ -119,6 +119,7 @@ async def setup(config: PersonalizationConfig, app: App) -> None:
         )
     )
     try:
+        await guard.record_untrailed()
         await guard.check()
     except RoostError as e:  # logged; every run checks again and is refused meanwhile
         logger.error("privacy ledger check at start: %s (%s)", e, REBUILD_ADVICE)

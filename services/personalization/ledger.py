@@ -24,12 +24,11 @@ same clock), so no retained example gets a fresh budget.
 **Scopes** are independent: each one is meant to cover a disjoint part of the household's
 data (parallel composition). A caller that trains on two scopes' data must charge both.
 
-**Why reservations.** In ONE ``BEGIN IMMEDIATE`` transaction (SQLite's write lock, shared
-by all threads and processes) the ledger composes every mechanism charged in the window
-(committed AND still reserved) plus the new one, and either refuses
-(:class:`FailedPrecondition`, nothing written) or records the reservation. The job then
-commits the steps it ran (fewer steps spend less) or releases the reservation if it never
-touched the data. A crashed job stays charged at its full reserved steps.
+**Why reservations.** In ONE ``BEGIN IMMEDIATE`` transaction (SQLite's write lock) the
+ledger composes every mechanism charged in the window (committed AND reserved) plus the
+new one, and refuses (:class:`FailedPrecondition`, nothing written) or records it. The
+job then commits the steps it ran or releases it if it never touched the data. A crashed
+job stays charged at its full reserved steps.
 
 **An audit trail.** With a ``recorder`` (the service always passes one), each reserve,
 commit and release is appended to the audit log inside its transaction before it commits
@@ -37,8 +36,7 @@ commit and release is appended to the audit log inside its transaction before it
 cross-checks the ledger against that trail (:mod:`.ledger_guard`) and can rebuild it
 from it (:meth:`PrivacyLedger.rebuild`). Schema and triggers: :mod:`.ledger_schema`.
 
-**Concurrency.** One SQLite connection per :class:`PrivacyLedger`, guarded by a lock; WAL
-mode with ``synchronous=FULL``; the file is mode 0600.
+One SQLite connection per instance, guarded by a lock; WAL, ``synchronous=FULL``; 0600.
 """
 
 from __future__ import annotations
@@ -73,7 +71,7 @@ from services.personalization.ledger_records import (
     aware_utc,
     integer,
 )
-from services.personalization.ledger_trail import Action, PrivacyRecord, Row
+from services.personalization.ledger_trail import Action, PrivacyRecord, Row, replay
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +104,6 @@ def _name(field: str, value: object, *, scope: bool = False) -> str:
     if not scope and not value.isprintable():
         raise InvalidArgument(f"{field}: must be printable")
     return value
-
-
-def _insert(conn: sqlite3.Connection, row: Row) -> None:
-    conn.execute(
-        schema.INSERT, (*row, unit_rdp(float(row[4]), float(row[5])).tobytes(), ORDERS_DIGEST)
-    )
 
 
 def _over_budget(
@@ -280,7 +272,7 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
                 oldest = self._oldest(conn, scope, start)
                 raise _over_budget(scope, policy, (eps_before, eps_after), used, oldest)
             rid = uuid.uuid4().hex
-            _insert(
+            schema.insert(
                 conn,
                 (rid, job_id, scope, mechanism.kind, mechanism.noise_multiplier,
                  mechanism.sample_rate, mechanism.steps, "reserved", None, mechanism.steps,
@@ -402,10 +394,25 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
         altered = [
             str(r[0])
             for r in stored
-            if r[n + 1] != ORDERS_DIGEST
-            or bytes(r[n]) != unit_rdp(float(r[4]), float(r[5])).tobytes()
+            # A curve tagged with other orders is recomputed, never used (accounting.stored_rdp).
+            if r[n + 1] == ORDERS_DIGEST
+            and bytes(r[n]) != unit_rdp(float(r[4]), float(r[5])).tobytes()
         ]
         return [tuple(r[:n]) for r in stored], hwm, altered
+
+    def record_untrailed(self) -> int:
+        """Appends the records of a ledger made before its changes were recorded (schema
+        version 1) to the audit log, once; returns how many mechanisms (0 if none)."""
+        with self._transaction("IMMEDIATE") as conn:
+            (untrailed,) = conn.execute("SELECT untrailed FROM ledger_header").fetchone()
+            if not untrailed or self._recorder is None:
+                return 0
+            rows = conn.execute(schema.SELECT + " ORDER BY rowid").fetchall()
+            for row in rows:
+                for record in replay(tuple(row)):
+                    self._recorder(record)  # idempotent in the audit log (by decision id)
+            conn.execute("UPDATE ledger_header SET untrailed = 0")
+        return len(rows)
 
     def rebuild(self, rows: Sequence[Row], high_water_us: int) -> Path:
         """Replaces the ledger's file by one holding exactly ``rows`` (from the audit
@@ -419,18 +426,7 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
         with self._lock:
             for old in (fresh, fresh.with_name(fresh.name + "-wal")):
                 old.unlink(missing_ok=True)
-            conn = schema.connect(fresh, 60.0)
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for row in rows:
-                    _insert(conn, tuple(row))
-                conn.execute(
-                    "UPDATE ledger_header SET high_water_us = MAX(high_water_us, ?)",
-                    (int(high_water_us),),
-                )
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
+            schema.write(fresh, rows, high_water_us)
             self.close()
             for suffix in ("", "-wal", "-shm"):
                 side = path.with_name(path.name + suffix)

@@ -57,6 +57,12 @@ class LedgerGuard:
         found += [f"mechanism {rid}: its stored privacy curve was edited" for rid in altered]
         return found
 
+    async def record_untrailed(self) -> None:
+        """Puts a version-1 ledger's charges in the audit log (once, at start)."""
+        n = await asyncio.to_thread(self._ledger.record_untrailed)
+        if n:
+            logger.warning("privacy ledger: %d earlier mechanisms recorded in the audit log", n)
+
     async def check(self) -> None:
         """FailedPrecondition (training refused) unless the ledger matches the trail."""
         found = await self.problems()

@@ -2,7 +2,9 @@
 
 Two tables. ``charges`` holds one row per mechanism (a reservation and how it was
 settled); ``ledger_header`` holds one row: the ledger's id, when it was created, and the
-latest time the ledger has seen (``high_water_us``, see :mod:`.ledger`).
+latest time the ledger has seen (``high_water_us``, see :mod:`.ledger`), and how many
+charges a version-1 ledger held before its changes were recorded in the audit log
+(``untrailed``, recorded once at start, then 0).
 
 **Triggers cover every column** of both tables. A charge row may only move
 ``reserved -> committed`` (``steps_done = steps_charged``), ``reserved -> released``
@@ -26,6 +28,7 @@ from typing import Any, Final
 from services.kit import sqlite as kit_sqlite
 from services.kit.clock import from_us
 from services.kit.errors import Unavailable
+from services.personalization.accounting import ORDERS_DIGEST, unit_rdp
 from services.personalization.ledger_records import LedgerEntry, Mechanism, Reservation
 
 #: The columns of a charge as the audit trail records them (everything but the RDP curve,
@@ -132,12 +135,14 @@ MIGRATIONS: Final[tuple[tuple[kit_sqlite.Step, ...], ...]] = (
             one INTEGER PRIMARY KEY CHECK (one = 1),
             ledger_id TEXT NOT NULL,
             created_at_us INTEGER NOT NULL,
-            high_water_us INTEGER NOT NULL
+            high_water_us INTEGER NOT NULL,
+            untrailed INTEGER NOT NULL
         )""",
         """INSERT INTO ledger_header VALUES (1, lower(hex(randomblob(16))),
             CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER),
             COALESCE((SELECT MAX(t) FROM (SELECT reserved_at_us AS t FROM charges
-                      UNION ALL SELECT settled_at_us FROM charges)), 0))""",
+                      UNION ALL SELECT settled_at_us FROM charges)), 0),
+            (SELECT COUNT(*) FROM charges))""",
         """CREATE TRIGGER header_no_delete BEFORE DELETE ON ledger_header
             BEGIN SELECT RAISE(ABORT, 'the ledger header cannot be removed'); END""",
         """CREATE TRIGGER header_one_row BEFORE INSERT ON ledger_header
@@ -146,7 +151,8 @@ MIGRATIONS: Final[tuple[tuple[kit_sqlite.Step, ...], ...]] = (
         """CREATE TRIGGER header_forward_only BEFORE UPDATE ON ledger_header
             WHEN NOT (NEW.one IS OLD.one AND NEW.ledger_id IS OLD.ledger_id
                       AND NEW.created_at_us IS OLD.created_at_us
-                      AND NEW.high_water_us >= OLD.high_water_us)
+                      AND NEW.high_water_us >= OLD.high_water_us
+                      AND (NEW.untrailed IS OLD.untrailed OR NEW.untrailed = 0))
             BEGIN SELECT RAISE(ABORT, 'the ledger clock only moves forwards'); END""",
     ),
 )
@@ -184,6 +190,27 @@ def connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def insert(conn: sqlite3.Connection, row: Sequence[Any]) -> None:
+    """Inserts a charge row (``COLUMNS``) with its mechanism's per-step privacy curve."""
+    curve = unit_rdp(float(row[4]), float(row[5])).tobytes()
+    conn.execute(INSERT, (*row, curve, ORDERS_DIGEST))
+
+
+def write(path: Path, rows: Sequence[Sequence[Any]], high_water_us: int) -> None:
+    """A new ledger file at ``path`` holding exactly ``rows`` and the high-water mark."""
+    conn = connect(path, 60.0)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for row in rows:
+            insert(conn, row)
+        conn.execute(
+            "UPDATE ledger_header SET high_water_us = MAX(high_water_us, ?)", (int(high_water_us),)
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 def entry(row: Sequence[Any]) -> LedgerEntry:

@@ -113,6 +113,21 @@ class PrivacyRecord:
         return cls(action, row)
 
 
+def replay(row: Row) -> list[PrivacyRecord]:
+    """The records that would have led to ``row``: for a ledger made before its changes
+    were recorded (schema version 1), appended once (:meth:`PrivacyLedger.record_untrailed`)."""
+    f = dict(zip(COLUMNS, row, strict=True))
+    reserved = {**f, "status": "reserved", "steps_done": None, "settled_at_us": None}
+    reserved["steps_charged"] = f["steps"]
+    out = [PrivacyRecord("reserve", tuple(reserved[c] for c in COLUMNS))]
+    if f["status"] == "released" and f["steps_done"] == 0:
+        committed = {**f, "status": "committed", "steps_charged": 0}
+        out.append(PrivacyRecord("commit", tuple(committed[c] for c in COLUMNS)))
+    if f["status"] != "reserved":
+        out.append(PrivacyRecord("commit" if f["status"] == "committed" else "release", row))
+    return out
+
+
 def expected_rows(records: Iterable[PrivacyRecord]) -> tuple[dict[str, Row], int, list[str]]:
     """The rows the ledger must hold after ``records`` (in audit-log order), by id, the
     latest ledger time among them (0 without records), and the records that break the

@@ -18,7 +18,10 @@ import pytest
 
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from services.audit.records import prepare
+from services.kit import sqlite as kit_sqlite
+from services.kit.clock import to_us
 from services.kit.errors import FailedPrecondition, Unavailable
+from services.personalization import ledger_schema
 from services.personalization.ledger import LedgerUnreadable, PrivacyLedger
 from services.personalization.ledger_guard import LedgerGuard
 from services.personalization.ledger_records import BudgetPolicy, Mechanism
@@ -176,7 +179,7 @@ async def test_the_sql_edit_around_the_triggers_is_found_and_undone(
 async def test_an_edited_privacy_curve_is_found(path: Path, audit: AuditLog) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("DROP TRIGGER charges_settle_only")
-    conn.execute("UPDATE charges SET rdp = zeroblob(length(rdp))")
+    conn.execute("UPDATE charges SET rdp = zeroblob(length(rdp))")  # same orders tag
     conn.close()
     with open_ledger(path, audit) as led:
         assert "stored privacy curve was edited" in await refused(led, audit)
@@ -243,3 +246,41 @@ async def test_a_forged_refund_in_the_audit_log_is_not_trusted(path: Path, audit
         with pytest.raises(FailedPrecondition, match="not rebuilt"):
             await LedgerGuard(led, audit.records).rebuild()
         assert led.history("household")[0].steps_charged == 100
+
+
+async def test_a_version_1_ledger_is_recorded_once_and_can_then_be_rebuilt(
+    path: Path, audit: AuditLog
+) -> None:
+    """A ledger from before the audit trail: its charges are put in the audit log at the
+    first start (so an upgrade neither refuses training forever nor loses the spend)."""
+    path.parent.mkdir(parents=True)
+    conn = kit_sqlite.connect_durable(path, what="test")
+    kit_sqlite.migrate(conn, ledger_schema.MIGRATIONS[:1], what="test")
+    t = to_us(NOW)
+    for job, status, done, charged in [
+        ("committed", "committed", 50, 50),
+        ("reserved", "reserved", None, 100),
+        ("released", "released", None, 0),
+        ("zero", "released", 0, 0),
+    ]:
+        settled = None if status == "reserved" else t + 1
+        conn.execute(
+            "INSERT INTO charges VALUES (?, ?, 'household', 'dp_sgd', 1.0, 0.02, 100, ?, ?, ?,"
+            " ?, ?, 0, 1, 'rdp', 1e-5, 4.0, 1.0, x'00', 'old')",
+            (f"id-{job}", job, status, done, charged, t, settled),
+        )
+    conn.close()
+    with open_ledger(path, audit) as led:
+        rows, hwm, _ = led.rows()
+        guard = LedgerGuard(led, audit.records)
+        assert "never recorded in the audit log" in await refused(led, audit)
+        await guard.record_untrailed()
+        await guard.check()
+        assert led.record_untrailed() == 0  # once
+        n = len(audit.decisions)
+    delete(path)
+    with open_ledger(path, audit) as led:
+        assert await LedgerGuard(led, audit.records).rebuild() == (n, 4)
+        rebuilt, rebuilt_hwm, _ = led.rows()
+        assert rebuilt == rows
+        assert rebuilt_hwm == hwm
