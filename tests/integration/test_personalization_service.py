@@ -477,7 +477,8 @@ def test_the_personalize_cli(stack: Stack, capsys: pytest.CaptureFixture[str]) -
     assert main([*home, "personalize", "budget"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("household: epsilon ")
-    assert "of 4 spent" in out
+    assert "of 4 spent in the last 30 days" in out
+    assert "reveals at most epsilon 4 (delta 1e-05) about any single reading" in out
     assert main([*home, "personalize", "--role", "auditor", "ledger"]) == 0
     assert "DP-SGD" in capsys.readouterr().out
     assert main([*home, "personalize", "jobs"]) == 0
