@@ -408,6 +408,11 @@ def refund_around_the_triggers(path: Path) -> None:
     conn.close()
 
 
+def overwrite_file_header(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.write(b"\0" * 100)
+
+
 async def refused_training(stack: Stack) -> str:
     admin = personalization(stack, Role.ADMIN)
     details = await expect(
@@ -467,6 +472,18 @@ async def test_an_sql_refund_around_the_triggers_is_refused_then_undone(stack: S
     )
     rebuilt = await admin.RebuildLedger(pb.RebuildLedgerRequest(), timeout=60)
     assert rebuilt.mechanisms == len(entries)
+    assert await ledger_entries(admin) == entries
+    assert (await budget(admin)).epsilon_spent == pytest.approx(spent, abs=1e-9)
+
+
+async def test_an_overwritten_file_header_is_set_aside_refused_then_rebuilt(stack: Stack) -> None:
+    admin = personalization(stack, Role.ADMIN)
+    entries, spent = await ledger_entries(admin), (await budget(admin)).epsilon_spent
+    restart_personalization(stack, overwrite_file_header)
+    assert len(list(ledger_path(stack).parent.glob("ledger.db.unreadable-*"))) == 1
+    admin = personalization(stack, Role.ADMIN)
+    assert "missing from the ledger" in await refused_training(stack)
+    await admin.RebuildLedger(pb.RebuildLedgerRequest(), timeout=60)
     assert await ledger_entries(admin) == entries
     assert (await budget(admin)).epsilon_spent == pytest.approx(spent, abs=1e-9)
 
