@@ -722,13 +722,15 @@ The personalization service (`services/personalization`) runs this on the hub:
   that decision, read back from the audit log, with the right label), from sensors the
   homeowner designates as ground truth, or from Home Assistant history
   (`roost ha import`). They stay in a 0600 SQLite file on the hub (ids are HMACs with a
-  per-store key), pruned after `retention_days`.
+  per-store key), pruned after `retention_days` (default 30, at most `period_days`).
 - **Budget**: one `household` scope (the models learn from the same sensors and
-  minutes), `epsilon_per_period` (default 4) at δ = 1e-5 per fixed 30-day period,
-  composed across runs by the accountant (PRV, RDP as a fallback). A run is **reserved
-  in the ledger before it touches any data**; one that would exceed the budget is
-  refused with `FAILED_PRECONDITION` and the numbers. After the run the steps actually
-  taken are committed; a run interrupted by a crash stays charged.
+  minutes), `epsilon_per_period` (default 4) at δ = 1e-5 for all runs in any 30-day
+  window (`period_days`), composed by the accountant (PRV, RDP as a fallback). A run is
+  **reserved in the ledger before it touches any data**; one that would exceed the
+  budget is refused with `FAILED_PRECONDITION` and the numbers. After the run the steps
+  actually taken are committed; a run interrupted by a crash stays charged. What this
+  means for the home, why no clock, file edit or retention window can reset it, and
+  `roost personalize ledger rebuild`: [docs/privacy-ledger.md](privacy-ledger.md).
 - **Jobs** run in a child process at nice 10, with an address-space limit and a wall-time
   bound; the result is exported to ONNX, signed with the hub's local key and staged in the
   update service as a candidate (`1.0.0.n`), which then goes through shadow and A/B like
@@ -736,10 +738,11 @@ The personalization service (`services/personalization`) runs this on the hub:
   learning is paused in Home Assistant).
 
 ```
-roost personalize budget            # epsilon spent this period
+roost personalize budget            # epsilon spent in the last 30 days, and what it means
 roost personalize train occupancy --epsilon 1 --wait
 roost personalize jobs              # progress, epsilon, candidate, base-task metric before/after
 roost personalize ledger            # every DP mechanism applied (noise, sample rate, steps)
+roost personalize ledger rebuild    # after a deleted or edited ledger: rebuild it from the audit log
 ```
 """
 

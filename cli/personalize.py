@@ -1,4 +1,4 @@
-"""``roost personalize train|jobs|budget|ledger``: on-device DP fine-tuning, from a shell.
+"""``roost personalize train|jobs|budget|ledger [rebuild]``: on-device DP fine-tuning, from a shell.
 
 Talks to the personalization service (mTLS, ``admin`` identity by default; ``auditor``
 reads the budget and the ledger), found through the stack of ``roost run`` unless
@@ -90,17 +90,37 @@ def cmd_budget(args: argparse.Namespace) -> int:
     from roost.personalization.v1 import personalization_service_pb2 as pb
 
     b = _call(args, "GetPrivacyBudget", pb.GetPrivacyBudgetRequest(scope=args.scope)).budget
-    end = b.period_end.ToDatetime(UTC).isoformat(timespec="minutes")
-    print(
-        f"{b.scope}: epsilon {b.epsilon_spent:.3f} of {b.epsilon_limit:g} spent"
-        f" (delta {b.delta:g}); the period ends {end}"
+    days = round(
+        (b.period_end.ToDatetime(UTC) - b.period_start.ToDatetime(UTC)).total_seconds() / 86400
     )
+    print(
+        f"{b.scope}: epsilon {b.epsilon_spent:.3f} of {b.epsilon_limit:g} spent in the last"
+        f" {days} days (delta {b.delta:g})"
+    )
+    print(budget_meaning(b.epsilon_limit, b.delta, days))
     return 0
+
+
+def budget_meaning(epsilon: float, delta: float, days: int) -> str:
+    """What the budget means to a homeowner, in one sentence."""
+    return (
+        f"Everything Roost learns from your home's data in any {days} days together reveals"
+        f" at most epsilon {epsilon:g} (delta {delta:g}) about any single reading, and a"
+        f" reading is deleted after at most {days} days, so that limit holds for each"
+        " reading for as long as it is kept."
+    )
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
     from roost.personalization.v1 import personalization_service_pb2 as pb
 
+    if args.action == "rebuild":
+        done = _call(args, "RebuildLedger", pb.RebuildLedgerRequest(), timeout=120)
+        print(
+            f"privacy ledger rebuilt from {done.records} audit records: {done.mechanisms}"
+            " mechanisms; it matches the audit log (the replaced file is kept beside it)"
+        )
+        return 0
     resp = _call(
         args, "ListLedgerEntries", pb.ListLedgerEntriesRequest(scope=args.scope, page_size=100)
     )
@@ -132,10 +152,17 @@ def add_parser(sub: Any) -> None:
     jobs.add_argument("--limit", type=int, default=20)
     jobs.set_defaults(func=cmd_jobs)
 
-    budget = commands.add_parser("budget", help="privacy budget spent in this period")
+    budget = commands.add_parser(
+        "budget", help="privacy budget spent in the sliding window, and what it means"
+    )
     budget.add_argument("--scope", default="")
     budget.set_defaults(func=cmd_budget)
 
-    ledger = commands.add_parser("ledger", help="every DP mechanism applied, newest first")
+    ledger = commands.add_parser(
+        "ledger",
+        help="every DP mechanism applied, newest first; `ledger rebuild` rebuilds a deleted"
+        " or edited ledger from the audit log (admin)",
+    )
+    ledger.add_argument("action", nargs="?", choices=["list", "rebuild"], default="list")
     ledger.add_argument("--scope", default="")
     ledger.set_defaults(func=cmd_ledger)

@@ -44,7 +44,8 @@ _WRITERS = frozenset({Role.HUB, Role.UPDATE, Role.PERSONALIZATION})
 _READERS = frozenset({Role.HUB, Role.UPDATE, Role.AUDITOR, Role.ADMIN})
 POLICY: Policy = {
     _SVC + "AppendDecisions": _WRITERS,
-    _SVC + "QueryDecisions": _READERS,
+    # Personalization reads back its privacy records (the ledger's cross-check).
+    _SVC + "QueryDecisions": _READERS | {Role.PERSONALIZATION},
     # Personalization reads the inputs of a decision a homeowner labelled.
     _SVC + "GetDecision": _READERS | {Role.PERSONALIZATION},
     _SVC + "GetCheckpoint": _READERS,

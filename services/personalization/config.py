@@ -2,8 +2,10 @@
 ``ROOST_PERSONALIZATION_*``).
 
 The privacy budget is a household setting, not a per-request one: ``epsilon`` at
-``delta`` per fixed ``period_days`` window, composed by the ``accountant`` across every
-fine-tuning run of the period (see ``services.personalization.ledger``). The per-job
+``delta`` for every fine-tuning run in any ``period_days`` window, composed by the
+``accountant`` (see ``services.personalization.ledger``). Examples are kept
+``retention_days``, which may not exceed ``period_days``: no example outlives the window
+its budget is counted in. The per-job
 limits bound what one training run may cost the hub (wall time, memory above the
 imported libraries, CPU priority).
 """
@@ -56,7 +58,8 @@ class PersonalizationConfig(ServiceConfig):
     update_target: str = "127.0.0.1:50053"
     inference_target: str = "127.0.0.1:50051"
     peer_deadline_seconds: float = 10.0
-    # The household's privacy budget: epsilon at delta per period, for ALL models together
+    # The household's privacy budget: epsilon at delta in any period_days window, for ALL
+    # models together
     # (one scope, "household": the models learn from the same sensors and minutes, so their
     # data is not disjoint and parallel composition would not hold).
     epsilon_per_period: float = 4.0
@@ -73,8 +76,9 @@ class PersonalizationConfig(ServiceConfig):
     epochs: float = 0.0
     # Training needs at least this many labelled examples of the model.
     min_examples: int = 200
-    # Labelled examples older than this are deleted from the local store.
-    retention_days: float = 90.0
+    # Labelled examples older than this are deleted from the local store (at most
+    # period_days, so the budget covers an example's whole life on the hub).
+    retention_days: float = 30.0
     # How often the retention pruning runs.
     retention_interval_seconds: float = 3600.0
     # The public base-task data sets (replay against forgetting, the forgetting metric):
@@ -87,3 +91,8 @@ class PersonalizationConfig(ServiceConfig):
         for name, invalid, rule in _RULES:
             if invalid(getattr(self, name)):
                 raise ValueError(f"personalization.{name}: {rule}")
+        if self.retention_days > self.period_days:
+            raise ValueError(
+                "personalization.retention_days: must be <= period_days (examples must not"
+                " outlive the window their privacy budget is counted in)"
+            )

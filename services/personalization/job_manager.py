@@ -3,12 +3,16 @@
 **Order of operations (the privacy reasoning).**
 
 1. ``StartTraining`` validates the request (the model has an active version in the
-   registry, its task is supported, enough labelled examples are stored) and pins the
-   examples the job will read (:meth:`ExampleStore.snapshot`).
+   registry, its task is supported), checks the privacy ledger against the audit log
+   (:mod:`.ledger_guard`: a deleted or edited ledger refuses the run), takes the ledger's
+   time (a clock that went back refuses the run), prunes the examples past retention at
+   that time (:mod:`.gating`), checks that enough labelled examples remain and pins the
+   ones the job will read (:meth:`ExampleStore.snapshot`).
 2. It computes the exact DP mechanism the run will execute (noise multiplier calibrated
    for the target epsilon, Poisson sample rate, planned steps: :func:`worker.make_plan`)
-   and **reserves it in the privacy ledger before any training**. An over-budget request
-   is refused with the ledger's FAILED_PRECONDITION and no job is created.
+   and **reserves it in the privacy ledger, at the time of step 1, before any training**.
+   An over-budget request is refused with the ledger's FAILED_PRECONDITION and no job is
+   created.
 3. Only then is the job recorded (:mod:`services.personalization.job_table`) and started
    in a child process (:mod:`services.personalization.worker`, supervised by
    :mod:`services.personalization.launcher`), which re-derives the mechanism and refuses
@@ -48,21 +52,30 @@ import math
 import secrets
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 from models.manifest import Manifest
-from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, RoostError
+from services.kit.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    RoostError,
+    Unavailable,
+)
 from services.modelstore.reader import RegistryReader
 from services.personalization import public, worker
 from services.personalization.accounting import mechanism_epsilon
 from services.personalization.candidate import next_local_version, pack_and_sign, write_candidate
 from services.personalization.config import PersonalizationConfig
+from services.personalization.gating import enforce_retention
 from services.personalization.job_table import JobRecord, JobTable, State
 from services.personalization.launcher import Outcome, supervise
 from services.personalization.ledger import PrivacyLedger
+from services.personalization.ledger_guard import LedgerGuard
 from services.personalization.ledger_records import Mechanism
 from services.personalization.metrics import EPSILON_BUDGET, EPSILON_SPENT, EXAMPLES, JOBS_TOTAL
 from services.personalization.peer_calls import Stager
@@ -88,7 +101,11 @@ class JobManager:
         registry: RegistryReader,
         stage: Stager,
         signing_key_path: Path,
+        guard: LedgerGuard | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """``guard`` checks the ledger against the audit log before every run (the
+        service always has one); ``clock`` is the time the ledger is asked about."""
         self._config = config
         self._store = store
         self._ledger = ledger
@@ -96,6 +113,8 @@ class JobManager:
         self._registry = registry
         self._stage = stage
         self._key_path = signing_key_path
+        self._guard = guard
+        self._clock = clock
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -184,6 +203,15 @@ class JobManager:
                     "a training job is already running; one runs at a time: retry when it"
                     " has finished (GetJob/ListJobs)"
                 )
+            if self._guard is not None:
+                await self._guard.check()
+            at = await asyncio.to_thread(
+                enforce_retention,
+                self._ledger,
+                self._store,
+                timedelta(days=self._config.retention_days),
+                self._clock(),
+            )
             snapshot = await asyncio.to_thread(self._store.snapshot, model)
             needed = self._config.min_examples
             if snapshot.count < needed:
@@ -214,7 +242,7 @@ class JobManager:
             )
             # Before any training: an over-budget run is refused here, nothing created.
             reservation = await asyncio.to_thread(
-                self._ledger.reserve, SCOPE, mechanism, job_id=job_id
+                self._ledger.reserve, SCOPE, mechanism, job_id=job_id, now=at
             )
             rec = JobRecord(
                 job_id=job_id,
@@ -274,6 +302,20 @@ class JobManager:
         )
         await self.refresh_metrics()
         return rec
+
+    async def rebuild_ledger(self) -> tuple[int, int]:
+        """Rebuilds the privacy ledger from the audit log (no job may run meanwhile);
+        returns (privacy records read, mechanisms in the rebuilt ledger)."""
+        if self._guard is None:
+            raise FailedPrecondition("the privacy ledger has no audit trail to rebuild from")
+        async with self._lock:
+            if self.busy:
+                raise FailedPrecondition(
+                    "a training job is running: rebuild the ledger once it has finished"
+                )
+            counts = await self._guard.rebuild()
+        await self.refresh_metrics()
+        return counts
 
     # ---- running a job
 
@@ -379,6 +421,9 @@ class JobManager:
             except FailedPrecondition as e:
                 # Already settled another way (a retry after a crash): keep what is there.
                 logger.warning("ledger: reservation %s not settled again: %s", reservation_id, e)
+            except Unavailable as e:
+                # The audit log did not record it: it stays charged at the reserved steps.
+                logger.error("ledger: reservation %s stays fully charged: %s", reservation_id, e)
 
         await asyncio.to_thread(settle)
 

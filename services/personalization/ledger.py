@@ -3,45 +3,40 @@
 Every differentially private use of household data on the hub (a DP-SGD fine-tuning run, a
 noised model delta sent upstream) is a *mechanism* charged to a *data scope* ("household",
 "household/occupancy", ...). Per scope, a :class:`BudgetPolicy` allows ``epsilon`` at
-``delta`` per *period*; the ledger composes everything charged to the scope in the current
-period with an Opacus accountant (RDP or PRV) and refuses a mechanism whose composition
-would exceed the budget.
+``delta``; the ledger composes the mechanisms with an Opacus accountant (RDP or PRV) and
+refuses one whose composition would exceed the budget.
+
+**Whole-life accounting (a sliding window).** The budget bounds the composition of every
+mechanism reserved in ANY window of ``period_days`` (the check at time ``t`` composes
+everything reserved in ``[t - period_days, t]``). Examples are kept at most
+``retention_days <= period_days`` (the service refuses another configuration) and pruned
+with the ledger's own clock before every run (:mod:`.gating`), so every run that can read
+an example lies in one such window: the guarantee holds for each example over its whole
+life on the hub, not per calendar period.
+
+**Time that cannot go back.** The ledger keeps the latest time it has seen
+(``ledger_header.high_water_us``, in the same file and guarded by triggers). A change at a
+time more than :data:`CLOCK_SLACK` before it is refused with FAILED_PRECONDITION naming
+both times; within the slack the ledger time is the high-water mark. A forward jump moves
+the mark: the old runs leave the window, but so does the data they read (pruned with the
+same clock), so no retained example gets a fresh budget.
 
 **Scopes** are independent: each one is meant to cover a disjoint part of the household's
-data (parallel composition), so spending on "household/occupancy" does not touch
-"household/comfort". A caller that trains on two scopes' data must charge both.
+data (parallel composition). A caller that trains on two scopes' data must charge both.
 
-**Periods** are fixed UTC windows of ``period_days`` days counted from the Unix epoch
-(1970-01-01T00:00:00Z): period ``k`` is ``[EPOCH + k * period_days, EPOCH + (k + 1) *
-period_days)``. They depend only on the clock and the policy, never on when the hub
-started, so a restart (or a wiped in-memory cache) cannot reset the budget. A mechanism is
-charged to the period of its reservation time, whenever it is committed. Changing
-``period_days`` moves the window boundaries: that is an operator's decision, not a user's.
+**Why reservations.** In ONE ``BEGIN IMMEDIATE`` transaction (SQLite's write lock) the
+ledger composes every mechanism charged in the window (committed AND reserved) plus the
+new one, and refuses (:class:`FailedPrecondition`, nothing written) or records it. The
+job then commits the steps it ran or releases it if it never touched the data. A crashed
+job stays charged at its full reserved steps.
 
-**Why reservations.** A DP-SGD run touches the data for minutes; if the ledger recorded
-the spend only afterwards, two concurrent jobs (threads, or the service and a CLI) could
-both pass the check and overspend together, and a crash mid-run would leave a spend that
-was never recorded. So a job first reserves its full mechanism: in ONE ``BEGIN IMMEDIATE``
-transaction (SQLite's write lock, shared by all threads and processes) the ledger reads
-every mechanism charged to the scope in the period (committed AND still reserved),
-composes them plus the new one, and either refuses
-(:class:`FailedPrecondition`, nothing written) or durably records the reservation. The job
-then commits the steps it actually ran (fewer steps spend less) or releases the
-reservation if it never touched the data. A job that crashes leaves its reservation
-charged at the full reserved steps: conservative, since the ledger cannot know how far it
-got. Nothing is ever deleted: ``history`` shows every mechanism with its status.
+**An audit trail.** With a ``recorder`` (the service always passes one), each reserve,
+commit and release is appended to the audit log inside its transaction before it commits
+(:mod:`.ledger_trail`); a change the audit log did not take is rolled back. The service
+cross-checks the ledger against that trail (:mod:`.ledger_guard`) and can rebuild it
+from it (:meth:`PrivacyLedger.rebuild`). Schema and triggers: :mod:`.ledger_schema`.
 
-**Accounting.** The composition is :mod:`services.personalization.accounting`: exactly
-Opacus' RDP accountant (the default) or its PRV accountant, which falls back to the RDP
-bound when it would be too costly. Each row stores its mechanism's per-step RDP curve, so
-composing a period's history is a vector sum. A history whose epsilon is infinite is
-refused.
-
-**Concurrency.** One SQLite connection per :class:`PrivacyLedger`, guarded by a lock, so an
-instance may be shared by threads; separate processes open their own instance. Every
-operation is one explicit transaction (``BEGIN IMMEDIATE`` for writes), the database runs
-in WAL mode with ``synchronous=FULL`` (a returned reservation survives power loss) and the
-schema is versioned with ``PRAGMA user_version``.
+One SQLite connection per instance, guarded by a lock; WAL, ``synchronous=FULL``; 0600.
 """
 
 from __future__ import annotations
@@ -51,14 +46,15 @@ import math
 import re
 import sqlite3
 import uuid
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from services.kit import sqlite as kit_sqlite
 from services.kit.clock import from_us, to_us
-from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.personalization import ledger_schema as schema
 from services.personalization.accounting import (
     ORDERS_DIGEST,
     Charge,
@@ -75,58 +71,25 @@ from services.personalization.ledger_records import (
     aware_utc,
     integer,
 )
+from services.personalization.ledger_trail import Action, PrivacyRecord, Row, replay
 
 logger = logging.getLogger(__name__)
 
+#: How far behind the high-water mark the clock may read (NTP slews) before it counts
+#: as turned back; within it, the ledger time is the high-water mark.
+CLOCK_SLACK: Final = timedelta(seconds=5)
 _SCOPE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*")
 _MAX_NAME_CHARS: Final = 200
-
-_MIGRATIONS: Final[tuple[tuple[kit_sqlite.Step, ...], ...]] = (
-    (
-        # steps_charged: what counts now (steps while reserved, steps_done once
-        # committed, 0 once released). rdp: per-step RDP curve at accounting.ORDERS (float64 LE).
-        """CREATE TABLE charges (
-            id TEXT PRIMARY KEY,
-            job_id TEXT NOT NULL UNIQUE,
-            scope TEXT NOT NULL,
-            kind TEXT NOT NULL CHECK (kind IN ('dp_sgd', 'gaussian')),
-            noise_multiplier REAL NOT NULL CHECK (noise_multiplier > 0),
-            sample_rate REAL NOT NULL CHECK (sample_rate > 0 AND sample_rate <= 1),
-            steps INTEGER NOT NULL CHECK (steps >= 1),
-            status TEXT NOT NULL CHECK (status IN ('reserved', 'committed', 'released')),
-            steps_done INTEGER,
-            steps_charged INTEGER NOT NULL CHECK (steps_charged BETWEEN 0 AND steps),
-            reserved_at_us INTEGER NOT NULL,
-            settled_at_us INTEGER,
-            period_start_us INTEGER NOT NULL,
-            period_end_us INTEGER NOT NULL,
-            accountant TEXT NOT NULL,
-            delta REAL NOT NULL,
-            epsilon_budget REAL NOT NULL,
-            epsilon_after REAL NOT NULL,
-            rdp BLOB NOT NULL,
-            rdp_orders TEXT NOT NULL
-        )""",
-        "CREATE INDEX charges_scope_time ON charges(scope, reserved_at_us)",
-        """CREATE TRIGGER charges_no_delete BEFORE DELETE ON charges
-            BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END""",
-        """CREATE TRIGGER charges_immutable BEFORE UPDATE OF id, job_id, scope, kind,
-            noise_multiplier, sample_rate, steps, reserved_at_us, period_start_us,
-            period_end_us, accountant, delta, epsilon_budget, epsilon_after ON charges
-            BEGIN SELECT RAISE(ABORT, 'a charged mechanism cannot be rewritten'); END""",
-    ),
-)
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
-
-_SELECT: Final = (
-    "SELECT id, job_id, scope, kind, noise_multiplier, sample_rate, steps, status, steps_done,"
-    " steps_charged, reserved_at_us, settled_at_us, period_start_us, period_end_us,"
-    " accountant, delta, epsilon_budget, epsilon_after FROM charges"
-)
+SCHEMA_VERSION: Final = schema.SCHEMA_VERSION
+migrate = schema.migrate
 
 
-def _now(now: datetime | None) -> datetime:
-    return datetime.now(UTC) if now is None else aware_utc(now)
+class LedgerUnreadable(FailedPrecondition):
+    """The ledger's file is not a ledger database (e.g. its header was overwritten)."""
+
+
+Recorder = Callable[[PrivacyRecord], None]
+"""Appends a record to the audit log, raising if it was not acknowledged."""
 
 
 def _name(field: str, value: object, *, scope: bool = False) -> str:
@@ -143,53 +106,33 @@ def _name(field: str, value: object, *, scope: bool = False) -> str:
     return value
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Brings the schema to SCHEMA_VERSION (one transaction per version; safe to race)."""
-    return kit_sqlite.migrate(conn, _MIGRATIONS, what="privacy ledger")
-
-
-def _mechanism(row: Sequence[Any]) -> Mechanism:
-    kind, noise, rate, steps = row
-    return Mechanism(kind, float(noise), float(rate), int(steps))
-
-
-def _entry(row: Sequence[Any]) -> LedgerEntry:
-    return LedgerEntry(
-        id=row[0],
-        job_id=row[1],
-        scope=row[2],
-        mechanism=_mechanism(row[3:7]),
-        status=row[7],
-        steps_done=row[8],
-        steps_charged=int(row[9]),
-        reserved_at=from_us(row[10]),
-        settled_at=None if row[11] is None else from_us(row[11]),
-        period_start=from_us(row[12]),
-        period_end=from_us(row[13]),
-        accountant=row[14],
-        delta=float(row[15]),
-        epsilon_budget=float(row[16]),
-        epsilon_after=float(row[17]),
+def _over_budget(
+    scope: str,
+    policy: BudgetPolicy,
+    epsilons: tuple[float, float],
+    used: str,
+    oldest: datetime | None,
+) -> FailedPrecondition:
+    before, after = epsilons
+    logger.info(
+        "privacy budget refused: scope=%s epsilon %.4f -> %.4f > %.4g",
+        scope,
+        before,
+        after,
+        policy.epsilon,
     )
-
-
-def _reservation(entry: LedgerEntry) -> Reservation:
-    return Reservation(
-        id=entry.id,
-        job_id=entry.job_id,
-        scope=entry.scope,
-        mechanism=entry.mechanism,
-        epsilon_after=entry.epsilon_after,
-        epsilon_budget=entry.epsilon_budget,
-        delta=entry.delta,
-        accountant=entry.accountant,
-        reserved_at=entry.reserved_at,
-        period_start=entry.period_start,
-        period_end=entry.period_end,
+    frees = (
+        ""
+        if oldest is None
+        else f"; the oldest counted run leaves the window at {(oldest + policy.window).isoformat()}"
     )
-
-
-# --------------------------------------------------------------------------- the ledger
+    return FailedPrecondition(
+        f"privacy budget exceeded for scope '{scope}': epsilon already spent {before:.4f}"
+        f" in the last {policy.period_days} days; this run would add {after - before:.4f}"
+        f" (cumulative {after:.4f}) over the budget of epsilon {policy.epsilon:g} at delta"
+        f" {policy.delta:g} ({used} accountant){frees}. Lower steps or sample_rate, or raise"
+        " noise_multiplier."
+    )
 
 
 class PrivacyLedger(kit_sqlite.SharedConnection):
@@ -200,11 +143,16 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
         conn: sqlite3.Connection,
         policy: BudgetPolicy,
         scope_policies: Mapping[str, BudgetPolicy] | None = None,
+        *,
+        path: Path | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         if not isinstance(policy, BudgetPolicy):
             raise InvalidArgument("policy: must be a BudgetPolicy")
         super().__init__(conn, what="privacy ledger")
         self._policy = policy
+        self._path = path
+        self._recorder = recorder
         self._scope_policies: dict[str, BudgetPolicy] = {}
         for scope, scope_policy in (scope_policies or {}).items():
             if not isinstance(scope_policy, BudgetPolicy):
@@ -219,72 +167,98 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
         *,
         scope_policies: Mapping[str, BudgetPolicy] | None = None,
         busy_timeout_s: float = 60.0,
+        recorder: Recorder | None = None,
     ) -> PrivacyLedger:
-        """Opens (creating and migrating) the ledger at ``path``.
+        """Opens (creating and migrating) the ledger at ``path`` (mode 0600).
 
         ``policy`` applies to every scope not in ``scope_policies`` (exact scope names).
-        ``busy_timeout_s`` is how long an operation waits for another writer (a PRV
-        composition can hold the lock for about a second) before ``Unavailable``.
+        ``busy_timeout_s`` is how long an operation waits for another writer before
+        ``Unavailable``. ``recorder`` appends each change to the audit log. A file that is
+        not a ledger database (e.g. its header was overwritten) raises FailedPrecondition.
         """
-        # check_same_thread=False: the instance lock serializes the threads.
         try:
-            conn = kit_sqlite.connect_durable(
-                path,
-                what="privacy ledger",
-                busy_timeout_s=busy_timeout_s,
-                check_same_thread=False,
-            )
-        except sqlite3.OperationalError as e:
-            raise Unavailable(f"privacy ledger: cannot open the database ({e})") from e
-        try:
-            migrate(conn)
-            return cls(conn, policy, scope_policies)
-        except sqlite3.OperationalError as e:
-            conn.close()
-            raise Unavailable(f"privacy ledger: cannot open the database ({e})") from e
-        except BaseException:
-            conn.close()
-            raise
+            conn = schema.connect(path, busy_timeout_s)
+        except sqlite3.DatabaseError as e:
+            raise LedgerUnreadable(
+                f"privacy ledger: {path.name} is not a readable ledger ({e}); rebuild it from"
+                " the audit log: roost personalize ledger rebuild"
+            ) from e
+        return cls(conn, policy, scope_policies, path=path, recorder=recorder)
 
     def policy_for(self, scope: str) -> BudgetPolicy:
         return self._scope_policies.get(_name("scope", scope, scope=True), self._policy)
+
+    # ---- the clock
+
+    def check_time(self, now: datetime | None = None) -> datetime:
+        """The ledger time for ``now`` (default: the clock), recorded as the latest seen.
+
+        FailedPrecondition naming both times if ``now`` is before the latest time the
+        ledger has seen (by more than CLOCK_SLACK).
+        """
+        with self._transaction("IMMEDIATE") as conn:
+            return self._advance(conn, now)
+
+    @staticmethod
+    def _high_water(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT high_water_us FROM ledger_header").fetchone()
+        if row is None:
+            raise FailedPrecondition(
+                "privacy ledger: its header is missing (the file was edited); rebuild it from"
+                " the audit log: roost personalize ledger rebuild"
+            )
+        return int(row[0])
+
+    def _advance(self, conn: sqlite3.Connection, now: datetime | None) -> datetime:
+        at = datetime.now(UTC) if now is None else aware_utc(now)
+        seen = self._high_water(conn)
+        if to_us(at) < seen - CLOCK_SLACK // timedelta(microseconds=1):
+            raise FailedPrecondition(
+                f"the clock went backwards: it reads {at.isoformat()} but the privacy"
+                f" ledger has already seen {from_us(seen).isoformat()}; training is refused"
+                " until the clock is set right (or passes that time)"
+            )
+        if to_us(at) > seen:
+            conn.execute("UPDATE ledger_header SET high_water_us = ?", (to_us(at),))
+            return at
+        return from_us(seen)
+
+    def _record(self, conn: sqlite3.Connection, action: Action, reservation_id: str) -> None:
+        if self._recorder is not None:
+            row = conn.execute(schema.SELECT + " WHERE id = ?", (reservation_id,)).fetchone()
+            self._recorder(PrivacyRecord(action, tuple(row)))
 
     # ---- operations
 
     def reserve(
         self, scope: str, mechanism: Mechanism, *, job_id: str, now: datetime | None = None
     ) -> Reservation:
-        """Charges ``mechanism`` to ``scope`` if the period's budget allows it.
+        """Charges ``mechanism`` to ``scope`` if the window's budget allows it.
 
         Raises FailedPrecondition (nothing recorded) if the composed epsilon would exceed
-        the budget. Idempotent by ``job_id``: the same job, scope and mechanism again
-        returns the existing reservation; anything different is InvalidArgument.
+        the budget or the clock went back. Idempotent by ``job_id``: the same job, scope
+        and mechanism again returns the existing reservation; anything different is
+        InvalidArgument.
         """
         policy = self.policy_for(scope)
         job_id = _name("job_id", job_id)
         if not isinstance(mechanism, Mechanism):
             raise InvalidArgument("mechanism: must be a Mechanism")
-        at = _now(now)
-        start, end = policy.period_bounds(at)
-        # The new curve is computed before taking the write lock.
-        new = Charge(
-            mechanism.noise_multiplier,
-            mechanism.sample_rate,
-            mechanism.steps,
-            unit_rdp(mechanism.noise_multiplier, mechanism.sample_rate),
-        )
+        rdp = unit_rdp(mechanism.noise_multiplier, mechanism.sample_rate)
+        new = Charge(mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps, rdp)
         with self._transaction("IMMEDIATE") as conn:
-            row = conn.execute(_SELECT + " WHERE job_id = ?", (job_id,))
-            existing = row.fetchone()
+            existing = conn.execute(schema.SELECT + " WHERE job_id = ?", (job_id,)).fetchone()
             if existing is not None:
-                entry = _entry(existing)
+                entry = schema.entry(existing)
                 if entry.scope != scope or entry.mechanism != mechanism:
                     raise InvalidArgument(
                         f"job_id: job '{job_id}' already holds a reservation with a"
                         " different scope or mechanism"
                     )
-                return _reservation(entry)
-            charged = self._charges(conn, scope, start, end)
+                return schema.reservation(entry)
+            at = self._advance(conn, now)
+            start = at - policy.window
+            charged = self._charges(conn, scope, start)
             eps_after, used = compose(
                 [*charged, new], delta=policy.delta, accountant=policy.accountant
             )
@@ -295,62 +269,18 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
                 )
             if eps_after > policy.epsilon:
                 eps_before, _ = compose(charged, delta=policy.delta, accountant=policy.accountant)
-                logger.info(
-                    "privacy budget refused: scope=%s job=%s epsilon %.4f -> %.4f > %.4g",
-                    scope,
-                    job_id,
-                    eps_before,
-                    eps_after,
-                    policy.epsilon,
-                )
-                raise FailedPrecondition(
-                    f"privacy budget exceeded for scope '{scope}': epsilon already spent"
-                    f" {eps_before:.4f} this period; this run would add"
-                    f" {eps_after - eps_before:.4f} (cumulative {eps_after:.4f}) over the"
-                    f" budget of epsilon {policy.epsilon:g} at delta {policy.delta:g}"
-                    f" ({used} accountant); the period resets at {end.isoformat()}."
-                    " Lower steps or sample_rate, or raise noise_multiplier."
-                )
-            reservation = Reservation(
-                id=uuid.uuid4().hex,
-                job_id=job_id,
-                scope=scope,
-                mechanism=mechanism,
-                epsilon_after=eps_after,
-                epsilon_budget=policy.epsilon,
-                delta=policy.delta,
-                accountant=used,
-                reserved_at=at,
-                period_start=start,
-                period_end=end,
-            )
-            conn.execute(
-                "INSERT INTO charges (id, job_id, scope, kind, noise_multiplier, sample_rate,"
-                " steps, status, steps_done, steps_charged, reserved_at_us, settled_at_us,"
-                " period_start_us, period_end_us, accountant, delta, epsilon_budget,"
-                " epsilon_after, rdp, rdp_orders)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'reserved', NULL, ?, ?, NULL,"
-                " ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    reservation.id,
-                    job_id,
-                    scope,
-                    mechanism.kind,
-                    mechanism.noise_multiplier,
-                    mechanism.sample_rate,
-                    mechanism.steps,
-                    mechanism.steps,
-                    to_us(at),
-                    to_us(start),
-                    to_us(end),
-                    used,
-                    policy.delta,
-                    policy.epsilon,
-                    eps_after,
-                    new.rdp.tobytes(),
-                    ORDERS_DIGEST,
-                ),
-            )
+                oldest = self._oldest(conn, scope, start)
+                raise _over_budget(scope, policy, (eps_before, eps_after), used, oldest)
+            rid = uuid.uuid4().hex
+            schema.insert(
+                conn,
+                (rid, job_id, scope, mechanism.kind, mechanism.noise_multiplier,
+                 mechanism.sample_rate, mechanism.steps, "reserved", None, mechanism.steps,
+                 to_us(at), None, to_us(start), to_us(at + policy.window), used,
+                 policy.delta, policy.epsilon, eps_after),
+            )  # fmt: skip
+            self._record(conn, "reserve", rid)
+            reservation = schema.reservation(self._get(conn, rid))
         logger.info(
             "privacy budget reserved: scope=%s job=%s epsilon -> %.4f of %.4g",
             scope,
@@ -370,7 +300,6 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
         """
         reservation_id = _name("reservation_id", reservation_id)
         steps_done = integer("steps_done", steps_done)
-        at = _now(now)
         with self._transaction("IMMEDIATE") as conn:
             entry = self._get(conn, reservation_id)
             if not 0 <= steps_done <= entry.mechanism.steps:
@@ -386,11 +315,13 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
                 return entry
             if entry.status == "released":
                 raise FailedPrecondition(f"reservation '{reservation_id}' was released")
+            at = self._advance(conn, now)
             conn.execute(
                 "UPDATE charges SET status = 'committed', steps_done = ?, steps_charged = ?,"
                 " settled_at_us = ? WHERE id = ?",
                 (steps_done, steps_done, to_us(at), reservation_id),
             )
+            self._record(conn, "commit", reservation_id)
             return self._get(conn, reservation_id)
 
     def release(self, reservation_id: str, *, now: datetime | None = None) -> LedgerEntry:
@@ -400,7 +331,6 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
         data). Idempotent; FailedPrecondition if steps were committed.
         """
         reservation_id = _name("reservation_id", reservation_id)
-        at = _now(now)
         with self._transaction("IMMEDIATE") as conn:
             entry = self._get(conn, reservation_id)
             if entry.status == "released":
@@ -410,19 +340,25 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
                     f"reservation '{reservation_id}' committed {entry.steps_done} steps:"
                     " a spend that happened cannot be released"
                 )
+            at = self._advance(conn, now)
             conn.execute(
                 "UPDATE charges SET status = 'released', steps_charged = 0, settled_at_us = ?"
                 " WHERE id = ?",
                 (to_us(at), reservation_id),
             )
+            self._record(conn, "release", reservation_id)
             return self._get(conn, reservation_id)
 
     def report(self, scope: str, now: datetime | None = None) -> BudgetReport:
-        """The scope's spend in the period containing ``now`` (default: the clock)."""
+        """The scope's spend in the window ending at ``now`` (default: the clock; never
+        before the latest time the ledger has seen)."""
         policy = self.policy_for(scope)
-        start, end = policy.period_bounds(_now(now))
+        at = datetime.now(UTC) if now is None else aware_utc(now)
         with self._transaction("DEFERRED") as conn:
-            charged = self._charges(conn, scope, start, end)
+            at = max(at, from_us(self._high_water(conn)))
+            start = at - policy.window
+            charged = self._charges(conn, scope, start)
+            oldest = self._oldest(conn, scope, start)
         spent, used = compose(charged, delta=policy.delta, accountant=policy.accountant)
         return BudgetReport(
             scope=scope,
@@ -431,9 +367,10 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
             delta=policy.delta,
             epsilon_remaining=max(0.0, policy.epsilon - spent),
             period_start=start,
-            period_end=end,
+            period_end=at,
             mechanisms=len(charged),
             accountant=used,
+            frees_at=None if oldest is None else oldest + policy.window,
         )
 
     def history(self, scope: str) -> list[LedgerEntry]:
@@ -441,29 +378,93 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
         scope = _name("scope", scope, scope=True)
         with self._transaction("DEFERRED") as conn:
             rows = conn.execute(
-                _SELECT + " WHERE scope = ? ORDER BY reserved_at_us, rowid",
-                (scope,),
+                schema.SELECT + " WHERE scope = ? ORDER BY reserved_at_us, rowid", (scope,)
             ).fetchall()
-        return [_entry(r) for r in rows]
+        return [schema.entry(r) for r in rows]
+
+    # ---- the audit cross-check and the rebuild
+
+    def rows(self) -> tuple[list[Row], int, list[str]]:
+        """Every charge row (``ledger_schema.COLUMNS``), the high-water mark, and the ids
+        whose stored privacy curve is not their mechanism's (an edited file)."""
+        with self._transaction("DEFERRED") as conn:
+            hwm = self._high_water(conn)
+            stored = conn.execute(schema.SELECT_WITH_CURVES).fetchall()
+        n = len(schema.COLUMNS)
+        altered = [
+            str(r[0])
+            for r in stored
+            # A curve tagged with other orders is recomputed, never used (accounting.stored_rdp).
+            if r[n + 1] == ORDERS_DIGEST
+            and bytes(r[n]) != unit_rdp(float(r[4]), float(r[5])).tobytes()
+        ]
+        return [tuple(r[:n]) for r in stored], hwm, altered
+
+    def record_untrailed(self) -> int:
+        """Appends the records of a ledger made before its changes were recorded (schema
+        version 1) to the audit log, once; returns how many mechanisms (0 if none)."""
+        with self._transaction("IMMEDIATE") as conn:
+            (untrailed,) = conn.execute("SELECT untrailed FROM ledger_header").fetchone()
+            if not untrailed or self._recorder is None:
+                return 0
+            rows = conn.execute(schema.SELECT + " ORDER BY rowid").fetchall()
+            for row in rows:
+                for record in replay(tuple(row)):
+                    self._recorder(record)  # idempotent in the audit log (by decision id)
+            conn.execute("UPDATE ledger_header SET untrailed = 0")
+        return len(rows)
+
+    def rebuild(self, rows: Sequence[Row], high_water_us: int) -> Path:
+        """Replaces the ledger's file by one holding exactly ``rows`` (from the audit
+        trail) and the high-water mark; the old file is kept beside it. Returns where."""
+        if self._path is None:
+            raise FailedPrecondition("privacy ledger: opened without a path; cannot rebuild")
+        path = self._path
+        fresh = path.with_name(path.name + ".rebuild")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        kept = path.with_name(f"{path.name}.replaced-{stamp}")
+        with self._lock:
+            for old in (fresh, fresh.with_name(fresh.name + "-wal")):
+                old.unlink(missing_ok=True)
+            schema.write(fresh, rows, high_water_us)
+            self.close()
+            for suffix in ("", "-wal", "-shm"):
+                side = path.with_name(path.name + suffix)
+                if side.exists():
+                    side.replace(kept.with_name(kept.name + suffix))
+            fresh.replace(path)
+            self._conn = schema.connect(path, 60.0)
+        logger.warning("privacy ledger rebuilt from the audit log (%d mechanisms)", len(rows))
+        return kept
 
     # ---- internals
 
     @staticmethod
     def _get(conn: sqlite3.Connection, reservation_id: str) -> LedgerEntry:
-        row = conn.execute(_SELECT + " WHERE id = ?", (reservation_id,)).fetchone()
+        row = conn.execute(schema.SELECT + " WHERE id = ?", (reservation_id,)).fetchone()
         if row is None:
             raise NotFound(f"reservation '{reservation_id}': not found")
-        return _entry(row)
+        return schema.entry(row)
 
     @staticmethod
-    def _charges(
-        conn: sqlite3.Connection, scope: str, start: datetime, end: datetime
-    ) -> list[Charge]:
+    def _oldest(conn: sqlite3.Connection, scope: str, start: datetime) -> datetime | None:
+        """When the oldest mechanism that counts in the window from ``start`` was reserved."""
+        us = conn.execute(
+            "SELECT MIN(reserved_at_us) FROM charges WHERE scope = ? AND reserved_at_us >= ?"
+            " AND steps_charged > 0",
+            (scope, to_us(start)),
+        ).fetchone()[0]
+        return None if us is None else from_us(us)
+
+    @staticmethod
+    def _charges(conn: sqlite3.Connection, scope: str, start: datetime) -> list[Charge]:
+        """What counts in the window from ``start`` (nothing is reserved after the
+        high-water mark, so the window's end needs no bound)."""
         rows = conn.execute(
-            "SELECT noise_multiplier, sample_rate, steps_charged, rdp, rdp_orders"
-            " FROM charges WHERE scope = ? AND reserved_at_us >= ? AND reserved_at_us < ?"
-            " AND steps_charged > 0 ORDER BY reserved_at_us, rowid",
-            (scope, to_us(start), to_us(end)),
+            "SELECT noise_multiplier, sample_rate, steps_charged, rdp, rdp_orders FROM charges"
+            " WHERE scope = ? AND reserved_at_us >= ? AND steps_charged > 0"
+            " ORDER BY reserved_at_us, rowid",
+            (scope, to_us(start)),
         ).fetchall()
         charges = []
         for noise, rate, steps, blob, digest in rows:

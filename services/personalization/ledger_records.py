@@ -1,7 +1,7 @@
 """The privacy ledger's values, validated when they are made.
 
-What is charged (:class:`Mechanism`), under which budget (:class:`BudgetPolicy`, with
-its fixed UTC periods counted from the Unix epoch), and what the ledger hands back
+What is charged (:class:`Mechanism`), under which budget (:class:`BudgetPolicy`, over a
+sliding window of ``period_days``), and what the ledger hands back
 (:class:`Reservation`, :class:`LedgerEntry`, :class:`BudgetReport`). Invalid values are
 :class:`InvalidArgument` naming the field, never echoing a value.
 """
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
-from services.kit.clock import EPOCH
 from services.kit.errors import InvalidArgument
 from services.personalization.accounting import AccountantName
 
@@ -97,7 +96,7 @@ class Mechanism:
 
 @dataclass(frozen=True)
 class BudgetPolicy:
-    """``epsilon`` at ``delta`` per fixed UTC period of ``period_days`` (from EPOCH)."""
+    """At most ``epsilon`` at ``delta`` for everything charged in any ``period_days`` window."""
 
     epsilon: float
     delta: float
@@ -118,11 +117,10 @@ class BudgetPolicy:
         object.__setattr__(self, "epsilon", epsilon)
         object.__setattr__(self, "delta", delta)
 
-    def period_bounds(self, now: datetime) -> tuple[datetime, datetime]:
-        """The period ``[start, end)`` containing ``now`` (an aware datetime)."""
-        length = timedelta(days=self.period_days)
-        start = EPOCH + length * ((aware_utc(now) - EPOCH) // length)
-        return start, start + length
+    @property
+    def window(self) -> timedelta:
+        """The length of the sliding window (``period_days``)."""
+        return timedelta(days=self.period_days)
 
 
 @dataclass(frozen=True)
@@ -140,7 +138,9 @@ class Reservation:
     #: The accountant that computed ``epsilon_after`` ("rdp" also when PRV fell back).
     accountant: AccountantName
     reserved_at: datetime
+    #: The window it was checked against: ``[reserved_at - period_days, reserved_at]``.
     period_start: datetime
+    #: When it stops counting: ``reserved_at + period_days``.
     period_end: datetime
 
 
@@ -175,8 +175,11 @@ class BudgetReport:
     epsilon_budget: float
     delta: float
     epsilon_remaining: float
+    #: The window reported: ``[period_end - period_days, period_end]`` (period_end: now).
     period_start: datetime
     period_end: datetime
-    #: Mechanisms that currently count in this period (reserved or committed with steps).
+    #: Mechanisms that currently count in the window (reserved or committed with steps).
     mechanisms: int
     accountant: AccountantName
+    #: When the oldest counted mechanism leaves the window (None when nothing counts).
+    frees_at: datetime | None = None

@@ -15,12 +15,17 @@ says so in its own words:
   details are never echoed: they could quote an input;
 * update ``Stage``: a refused candidate keeps the refusal's kind (e.g. ``FailedPrecondition``,
   ``InvalidArgument``) and update's details (they describe the bundle, not the household);
-  an outage is ``Unavailable``.
+  an outage is ``Unavailable``;
+* audit ``AppendDecisions`` / ``QueryDecisions`` for the privacy ledger's trail
+  (:func:`privacy_recorder`, :func:`privacy_records`): any failure means the ledger
+  fails closed (the change is rolled back, or training is refused), with the reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import grpc
@@ -30,12 +35,16 @@ import numpy.typing as npt
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.update.v1 import update_service_pb2 as update_pb
-from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.kit.peers import is_retryable, peer_error, status_of
 from services.kit.tensors import array_to_tensor
+from services.personalization.ledger import Recorder
+from services.personalization.ledger_trail import PRIVACY_MODEL, PrivacyRecord
 
 #: Staging unpacks and verifies a bundle: allow it time.
 STAGE_DEADLINE_SECONDS: Final = 60.0
+#: Past any privacy record's time (QueryDecisions' end defaults to the audit's "now").
+_END_OF_TIME: Final = datetime(9999, 12, 31, tzinfo=UTC)
 
 DecisionSource = Callable[[str], Awaitable[audit_pb.LogEntry]]
 """``decision_id -> LogEntry`` from the audit log (NotFound if it is not there)."""
@@ -117,3 +126,74 @@ def update_stager(stub: Any, deadline_seconds: float = STAGE_DEADLINE_SECONDS) -
         return ref.name, ref.version, ref.sha256
 
     return stage
+
+
+def privacy_recorder(
+    stub: Any, hub_id: str, deadline_seconds: float, loop: asyncio.AbstractEventLoop
+) -> Recorder:
+    """A ledger :data:`~services.personalization.ledger.Recorder` over AppendDecisions.
+
+    Called by the ledger in a worker thread (inside its transaction); the append runs on
+    ``loop``, retried while the audit log is briefly unavailable, until the deadline.
+    """
+
+    async def append(record: PrivacyRecord) -> None:
+        request = audit_pb.AppendDecisionsRequest(decisions=[record.decision(hub_id)])
+        give_up = loop.time() + deadline_seconds
+        delay = 0.05
+        while True:
+            try:
+                await stub.AppendDecisions(request, timeout=max(0.1, give_up - loop.time()))
+                return
+            except grpc.aio.AioRpcError as e:
+                if is_retryable(e) and loop.time() + delay < give_up:
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, 0.5)
+                    continue
+                error = peer_error(e, "audit", "AppendDecisions")
+                raise type(error)(
+                    f"{error}; the privacy {record.action} was not made because the audit log"
+                    " did not record it (the ledger fails closed)"
+                ) from None
+
+    def record(r: PrivacyRecord) -> None:
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("the privacy recorder must not run on the event loop")
+        asyncio.run_coroutine_threadsafe(append(r), loop).result(deadline_seconds + 5)
+
+    return record
+
+
+def privacy_records(
+    stub: Any, deadline_seconds: float
+) -> Callable[[], Awaitable[list[PrivacyRecord]]]:
+    """Every privacy record in the audit log, in log order (QueryDecisions, paged)."""
+
+    async def fetch() -> list[PrivacyRecord]:
+        entries: list[audit_pb.LogEntry] = []
+        token = ""
+        while True:
+            request = audit_pb.QueryDecisionsRequest(
+                model_name=PRIVACY_MODEL, page_size=1000, page_token=token
+            )
+            request.end_time.FromDatetime(_END_OF_TIME)
+            try:
+                resp = await stub.QueryDecisions(request, timeout=deadline_seconds)
+            except grpc.aio.AioRpcError as e:
+                error = peer_error(e, "audit", "QueryDecisions")
+                raise Unavailable(
+                    f"{error}; the privacy ledger cannot be checked against the audit log, so"
+                    " training is refused (fail closed)"
+                ) from None
+            entries.extend(resp.entries)
+            token = resp.next_page_token
+            if not token:
+                break
+        entries.sort(key=lambda e: e.index)
+        return [PrivacyRecord.from_decision(e.decision) for e in entries]
+
+    return fetch

@@ -57,6 +57,7 @@ POLICY: Policy = {
     _SVC + "ListJobs": _READERS,
     _SVC + "GetPrivacyBudget": _READERS,
     _SVC + "ListLedgerEntries": _READERS,
+    _SVC + "RebuildLedger": frozenset({Role.ADMIN}),
     _SVC + "ComputeFederatedUpdate": frozenset({Role.HUB, Role.ADMIN}),
     # Counts and accuracies only; the health gate of the update service reads them.
     _SVC + "EvaluateVersions": frozenset({Role.UPDATE, Role.ADMIN, Role.AUDITOR}),
@@ -266,6 +267,12 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         if scope == SCOPE:
             EPSILON_SPENT.labels(scope).set(report.epsilon_spent)
         return pb.GetPrivacyBudgetResponse(budget=budget)
+
+    async def RebuildLedger(
+        self, request: pb.RebuildLedgerRequest, context: Any
+    ) -> pb.RebuildLedgerResponse:
+        records, mechanisms = await self._manager.rebuild_ledger()
+        return pb.RebuildLedgerResponse(records=records, mechanisms=mechanisms)
 
     async def ListLedgerEntries(
         self, request: pb.ListLedgerEntriesRequest, context: Any

@@ -200,10 +200,15 @@ class ExampleStore(kit_sqlite.SharedConnection):
         return out
 
     def prune(self, before: datetime) -> int:
-        """Deletes every example observed before ``before``; returns how many."""
+        """Deletes every example observed or added before ``before``; returns how many.
+
+        Either time counts: an example stamped in the future must not outlive its
+        retention on the hub (the privacy budget's window assumes it does not)."""
+        cutoff = to_us(_utc(before))
         with self._transaction("IMMEDIATE") as conn:
             cur = conn.execute(
-                "DELETE FROM examples WHERE observed_at_us < ?", (to_us(_utc(before)),)
+                "DELETE FROM examples WHERE observed_at_us < ? OR added_at_us < ?",
+                (cutoff, cutoff),
             )
             n = cur.rowcount
         if n:

@@ -3,15 +3,23 @@
 Labelled examples in (AddExamples, RecordLabel from the audit log), a DP fine-tuning job
 that charges the household's privacy budget before it trains, a signed local candidate
 staged with the update service (never active), refusals that leave the budget untouched,
-no household value in metrics or logs, and a budget that a restart cannot reset.
+no household value in metrics or logs, a budget that a restart cannot reset, and a
+ledger that cannot be silently reset: deleted or edited, it is found against its privacy
+records in the real audit log, training is refused, and `roost personalize ledger
+rebuild` restores it exactly.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import stat
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -30,6 +38,7 @@ from roost.update.v1 import update_service_pb2 as update_pb
 from roost.update.v1 import update_service_pb2_grpc as update_grpc
 from services.kit.auth import Role
 from services.kit.tensors import array_to_tensor
+from services.personalization.ledger_trail import PRIVACY_MODEL
 from tests.support.occupancy_rows import synthetic_occupancy
 from tests.support.shared_data import DATA_DIR
 from tests.support.stacks import service_channel
@@ -371,13 +380,122 @@ async def test_a_restart_cannot_reset_or_overspend_the_budget(stack: Stack) -> N
     assert (await budget(admin)).epsilon_spent == pytest.approx(after.epsilon_spent, abs=1e-9)
 
 
+def ledger_path(stack: Stack) -> Path:
+    return stack.home / "data" / "personalization" / "ledger.db"
+
+
+async def ledger_entries(stub: pb_grpc.PersonalizationServiceAsyncStub) -> list[pb.LedgerEntry]:
+    return list((await stub.ListLedgerEntries(pb.ListLedgerEntriesRequest(), timeout=30)).entries)
+
+
+def restart_personalization(stack: Stack, edit: object) -> None:
+    """Stops the service, lets ``edit`` (a function of the ledger's path) act on its
+    ledger the way an attacker or bad luck would, and starts it again."""
+    assert stack.stop_one("personalization") == 0
+    edit(ledger_path(stack))  # type: ignore[operator]
+    start_personalization(stack)
+
+
+def delete_ledger(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def refund_around_the_triggers(path: Path) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TRIGGER charges_settle_only")
+    conn.execute("UPDATE charges SET steps_charged = 0")
+    conn.close()
+
+
+def overwrite_file_header(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.write(b"\0" * 100)
+
+
+async def refused_training(stack: Stack) -> str:
+    admin = personalization(stack, Role.ADMIN)
+    details = await expect(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        admin.StartTraining(
+            pb.StartTrainingRequest(model_name="occupancy", target_epsilon=0.1), timeout=60
+        ),
+    )
+    assert "does not match the audit log" in details
+    assert "roost personalize ledger rebuild" in details
+    return details
+
+
+async def test_every_ledger_change_is_in_the_audit_log(stack: Stack) -> None:
+    audit = audit_grpc.AuditServiceStub(service_channel(stack, Role.AUDIT, Role.AUDITOR))
+    request = audit_pb.QueryDecisionsRequest(model_name=PRIVACY_MODEL)
+    request.end_time.FromDatetime(datetime(9999, 1, 1, tzinfo=UTC))
+    logged = (await audit.QueryDecisions(request, timeout=10)).entries
+    actions = [e.decision.action for e in logged]
+    assert actions.count("privacy.reserve") == 1
+    assert actions.count("privacy.commit") == 1
+    entries = await ledger_entries(personalization(stack, Role.ADMIN))
+    assert {e.decision.entity_id for e in logged} == {"roost.privacy.household"}
+    assert all(entries[0].entry_id in e.decision.output_label for e in logged)
+    assert stat.S_IMODE(ledger_path(stack).stat().st_mode) == 0o600
+
+
+async def test_a_deleted_ledger_is_refused_then_rebuilt_exactly(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = personalization(stack, Role.ADMIN)
+    entries, spent = await ledger_entries(admin), (await budget(admin)).epsilon_spent
+    assert spent > 0
+    restart_personalization(stack, delete_ledger)
+    admin = personalization(stack, Role.ADMIN)
+    assert (await budget(admin)).epsilon_spent == 0  # an empty file ...
+    details = await refused_training(stack)  # ... that cannot be trained on
+    assert "missing from the ledger" in details
+    stack.write_stack_file()
+    cli = ["--home", str(stack.home), "personalize", "ledger", "rebuild"]
+    assert await asyncio.to_thread(main, cli) == 0
+    assert "it matches the audit log" in capsys.readouterr().out
+    assert await ledger_entries(admin) == entries
+    assert (await budget(admin)).epsilon_spent == pytest.approx(spent, abs=1e-9)
+
+
+async def test_an_sql_refund_around_the_triggers_is_refused_then_undone(stack: Stack) -> None:
+    admin = personalization(stack, Role.ADMIN)
+    entries, spent = await ledger_entries(admin), (await budget(admin)).epsilon_spent
+    restart_personalization(stack, refund_around_the_triggers)
+    admin = personalization(stack, Role.ADMIN)
+    assert (await budget(admin)).epsilon_spent == 0
+    assert "steps_charged differ from the audit log" in await refused_training(stack)
+    await expect(
+        grpc.StatusCode.PERMISSION_DENIED,
+        personalization(stack, Role.HUB).RebuildLedger(pb.RebuildLedgerRequest(), timeout=60),
+    )
+    rebuilt = await admin.RebuildLedger(pb.RebuildLedgerRequest(), timeout=60)
+    assert rebuilt.mechanisms == len(entries)
+    assert await ledger_entries(admin) == entries
+    assert (await budget(admin)).epsilon_spent == pytest.approx(spent, abs=1e-9)
+
+
+async def test_an_overwritten_file_header_is_set_aside_refused_then_rebuilt(stack: Stack) -> None:
+    admin = personalization(stack, Role.ADMIN)
+    entries, spent = await ledger_entries(admin), (await budget(admin)).epsilon_spent
+    restart_personalization(stack, overwrite_file_header)
+    assert len(list(ledger_path(stack).parent.glob("ledger.db.unreadable-*"))) == 1
+    admin = personalization(stack, Role.ADMIN)
+    assert "missing from the ledger" in await refused_training(stack)
+    await admin.RebuildLedger(pb.RebuildLedgerRequest(), timeout=60)
+    assert await ledger_entries(admin) == entries
+    assert (await budget(admin)).epsilon_spent == pytest.approx(spent, abs=1e-9)
+
+
 def test_the_personalize_cli(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
     stack.write_stack_file()
     home = ["--home", str(stack.home)]
     assert main([*home, "personalize", "budget"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("household: epsilon ")
-    assert "of 4 spent" in out
+    assert "of 4 spent in the last 30 days" in out
+    assert "reveals at most epsilon 4 (delta 1e-05) about any single reading" in out
     assert main([*home, "personalize", "--role", "auditor", "ledger"]) == 0
     assert "DP-SGD" in capsys.readouterr().out
     assert main([*home, "personalize", "jobs"]) == 0

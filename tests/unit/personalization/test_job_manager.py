@@ -9,7 +9,7 @@ import io
 import json
 import logging
 import tarfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from services.personalization.job_table import JobRecord, JobTable
 from services.personalization.ledger import PrivacyLedger
 from services.personalization.ledger_records import BudgetPolicy, Mechanism
 from services.personalization.servicer import PersonalizationServicer
-from services.personalization.store import ExampleStore
+from services.personalization.store import ExampleStore, NewExample
 from tests.support.occupancy_rows import synthetic_occupancy
 
 #: The job's own bound (max_duration_seconds 60) plus room for the child's imports.
@@ -206,3 +206,71 @@ async def test_a_restart_fails_interrupted_jobs_and_never_refunds_them(tmp_path:
     table.close()
     ledger.close()
     store.close()
+
+
+def examples_now(store: ExampleStore, n: int) -> None:
+    x, labels = synthetic_occupancy(n, seed=5)
+    now = datetime.now(UTC)
+    store.add(
+        "occupancy",
+        [NewExample(row, label, "sensor", now) for row, label in zip(x, labels, strict=True)],
+        now=now,
+    )
+
+
+@pytest.mark.parametrize("days", [31, 400])
+async def test_a_clock_set_back_refuses_the_run_before_anything_happens(
+    config: PersonalizationConfig,
+    registry: Registry,
+    store: ExampleStore,
+    ledger: PrivacyLedger,
+    job_table: JobTable,
+    tmp_path: Path,
+    days: int,
+) -> None:
+    examples_now(store, config.min_examples)
+    manager = JobManager(
+        config,
+        store=store,
+        ledger=ledger,
+        jobs=job_table,
+        registry=registry,
+        stage=no_staging,
+        signing_key_path=tmp_path / "absent.pem",
+        clock=lambda: datetime.now(UTC) - timedelta(days=days),
+    )
+    ledger.check_time()  # the ledger has seen the real time
+    with pytest.raises(FailedPrecondition, match="clock went backwards"):
+        await manager.start("occupancy", 1.0, 0)
+    assert job_table.unfinished() == []
+    assert ledger.history("household") == []
+    assert store.count("occupancy") == config.min_examples
+
+
+async def test_a_clock_jumped_forward_prunes_the_data_before_any_budget_is_given(
+    config: PersonalizationConfig,
+    registry: Registry,
+    store: ExampleStore,
+    ledger: PrivacyLedger,
+    job_table: JobTable,
+    tmp_path: Path,
+) -> None:
+    examples_now(store, config.min_examples)
+    manager = JobManager(
+        config,
+        store=store,
+        ledger=ledger,
+        jobs=job_table,
+        registry=registry,
+        stage=no_staging,
+        signing_key_path=tmp_path / "absent.pem",
+        clock=lambda: datetime.now(UTC) + timedelta(days=31),
+    )
+    with pytest.raises(FailedPrecondition, match="0 are stored"):
+        await manager.start("occupancy", 1.0, 0)
+    assert store.count("occupancy") == 0
+    assert ledger.history("household") == []
+
+
+async def no_staging(model: str, bundle: bytes, signature: bytes) -> tuple[str, str, str]:
+    raise AssertionError("nothing is staged here")

@@ -17,7 +17,6 @@ import grpc
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant  # type: ignore[import-untyped]
 
-from services.kit.clock import EPOCH
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.personalization import accounting
 from services.personalization.ledger import SCHEMA_VERSION, PrivacyLedger
@@ -115,7 +114,7 @@ def test_budget_survives_a_restart(db: Path) -> None:
     budget = budget_for(2)
     with PrivacyLedger.open(db, policy(budget)) as led:
         led.reserve(SCOPE, RUN, job_id="a", now=NOW)
-        led.commit(led.reserve(SCOPE, RUN, job_id="b", now=NOW).id, steps_done=RUN.steps)
+        led.commit(led.reserve(SCOPE, RUN, job_id="b", now=NOW).id, steps_done=RUN.steps, now=NOW)
     with PrivacyLedger.open(db, policy(budget)) as led:
         report = led.report(SCOPE, now=NOW)
         assert report.mechanisms == 2
@@ -147,37 +146,37 @@ def test_release_frees_and_fewer_committed_steps_spend_less(db: Path) -> None:
         with pytest.raises(FailedPrecondition):
             led.reserve(SCOPE, RUN, job_id="b", now=NOW)
         # The job was refused before touching data: release frees the budget.
-        released = led.release(a.id)
+        released = led.release(a.id, now=NOW)
         assert released.status == "released"
         assert released.steps_charged == 0
-        assert led.release(a.id) == released  # idempotent
+        assert led.release(a.id, now=NOW) == released  # idempotent
         assert led.report(SCOPE, now=NOW).epsilon_spent == 0.0
         with pytest.raises(FailedPrecondition, match="released"):
-            led.commit(a.id, steps_done=1)
+            led.commit(a.id, steps_done=1, now=NOW)
 
         b = led.reserve(SCOPE, RUN, job_id="b", now=NOW)
-        committed = led.commit(b.id, steps_done=40)
+        committed = led.commit(b.id, steps_done=40, now=NOW)
         assert committed.status == "committed"
         assert committed.steps_done == 40
         assert committed.settled_at is not None
-        assert led.commit(b.id, steps_done=40) == committed  # idempotent
+        assert led.commit(b.id, steps_done=40, now=NOW) == committed  # idempotent
         with pytest.raises(FailedPrecondition, match="already committed"):
-            led.commit(b.id, steps_done=50)
+            led.commit(b.id, steps_done=50, now=NOW)
         with pytest.raises(FailedPrecondition, match="cannot be released"):
-            led.release(b.id)
+            led.release(b.id, now=NOW)
         report = led.report(SCOPE, now=NOW)
         assert report.epsilon_spent == pytest.approx(opacus_rdp([(1.0, 0.02, 40)]), rel=1e-9)
         assert report.epsilon_spent < b.epsilon_after
 
         # A job that committed zero steps may still be released.
         c = led.reserve(SCOPE, Mechanism.gaussian(noise_multiplier=50.0), job_id="c", now=NOW)
-        led.commit(c.id, steps_done=0)
-        assert led.release(c.id).status == "released"
+        led.commit(c.id, steps_done=0, now=NOW)
+        assert led.release(c.id, now=NOW).status == "released"
 
         with pytest.raises(InvalidArgument, match="steps_done"):
-            led.commit(b.id, steps_done=RUN.steps + 1)
+            led.commit(b.id, steps_done=RUN.steps + 1, now=NOW)
         with pytest.raises(InvalidArgument, match="steps_done"):
-            led.commit(b.id, steps_done=-1)
+            led.commit(b.id, steps_done=-1, now=NOW)
         statuses = [(e.job_id, e.status) for e in led.history(SCOPE)]
         assert statuses == [("a", "released"), ("b", "committed"), ("c", "released")]
 
@@ -261,24 +260,20 @@ def test_scopes_are_independent(db: Path) -> None:
         assert [e.job_id for e in led.history(comfort)] == ["c1", "c2"]
 
 
-def test_a_new_period_starts_fresh(db: Path) -> None:
+def test_the_window_slides_with_the_ledger_clock(db: Path) -> None:
     budget = budget_for(1)
     with PrivacyLedger.open(db, policy(budget, period_days=7)) as led:
         r = led.reserve(SCOPE, RUN, job_id="w1", now=NOW)
-        # Fixed windows from the epoch, whatever the start time of the hub.
-        assert r.period_start <= NOW < r.period_end
-        assert r.period_end - r.period_start == timedelta(days=7)
-        assert (r.period_start - EPOCH) % timedelta(days=7) == timedelta(0)
-        with pytest.raises(FailedPrecondition):
+        assert (r.period_start, r.period_end) == (NOW - timedelta(days=7), NOW + timedelta(days=7))
+        # No calendar boundary resets it: refused until the run is 7 days old.
+        with pytest.raises(FailedPrecondition, match="leaves the window at"):
             led.reserve(SCOPE, RUN, job_id="w2", now=r.period_end - timedelta(microseconds=1))
-        nxt = led.report(SCOPE, now=r.period_end)
-        assert nxt.epsilon_spent == 0.0
-        assert nxt.mechanisms == 0
-        assert nxt.period_start == r.period_end
-        r2 = led.reserve(SCOPE, RUN, job_id="w2", now=r.period_end)
+        later = led.report(SCOPE, now=NOW + timedelta(days=6))
+        assert (later.mechanisms, later.frees_at) == (1, r.period_end)
+        nxt = led.report(SCOPE, now=r.period_end + timedelta(microseconds=1))
+        assert (nxt.epsilon_spent, nxt.mechanisms, nxt.frees_at) == (0.0, 0, None)
+        r2 = led.reserve(SCOPE, RUN, job_id="w2", now=r.period_end + timedelta(microseconds=1))
         assert r2.epsilon_after == pytest.approx(r.epsilon_after)
-        # The old period is unchanged; history keeps both.
-        assert led.report(SCOPE, now=NOW).mechanisms == 1
         assert len(led.history(SCOPE)) == 2
 
 

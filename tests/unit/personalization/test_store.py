@@ -83,6 +83,15 @@ def test_retention_deletes_old_examples(tmp_path: Path) -> None:
         assert store.prune(T0 - timedelta(days=90)) == 0
 
 
+def test_an_example_stamped_in_the_future_does_not_outlive_retention(tmp_path: Path) -> None:
+    """observed_at a year ahead: still deleted once it has been on the hub past retention
+    (the privacy budget's window assumes no example lives longer)."""
+    with ExampleStore.open(tmp_path / "examples.db") as store:
+        store.add("occupancy", [ex([1, 1], "vacant", 60 * 24 * 365)], now=T0)
+        assert store.prune(T0 + timedelta(days=31) - timedelta(days=30)) == 1
+        assert store.count("occupancy") == 0
+
+
 def test_bad_examples_are_refused_without_their_values(tmp_path: Path) -> None:
     with ExampleStore.open(tmp_path / "examples.db") as store:
         with pytest.raises(InvalidArgument, match="finite") as e:

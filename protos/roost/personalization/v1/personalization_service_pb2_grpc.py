@@ -61,6 +61,11 @@ class PersonalizationServiceStub:
                 request_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ListLedgerEntriesRequest.SerializeToString,
                 response_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ListLedgerEntriesResponse.FromString,
                 _registered_method=True)
+        self.RebuildLedger = channel.unary_unary(
+                '/roost.personalization.v1.PersonalizationService/RebuildLedger',
+                request_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.RebuildLedgerRequest.SerializeToString,
+                response_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.RebuildLedgerResponse.FromString,
+                _registered_method=True)
         self.ComputeFederatedUpdate = channel.unary_unary(
                 '/roost.personalization.v1.PersonalizationService/ComputeFederatedUpdate',
                 request_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ComputeFederatedUpdateRequest.SerializeToString,
@@ -110,7 +115,7 @@ class PersonalizationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPrivacyBudget(self, request, context):
-        """Reports the privacy budget of a data scope for the current period.
+        """Reports the privacy budget of a data scope over the sliding window ending now.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,6 +123,14 @@ class PersonalizationServiceServicer:
 
     def ListLedgerEntries(self, request, context):
         """Lists the ledger's mechanisms (every DP release), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebuildLedger(self, request, context):
+        """Rebuilds the privacy ledger from its privacy records in the audit log (after the
+        ledger was found deleted or edited); FAILED_PRECONDITION while a job runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +196,11 @@ def add_PersonalizationServiceServicer_to_server(servicer, server):
                     servicer.ListLedgerEntries,
                     request_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ListLedgerEntriesRequest.FromString,
                     response_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ListLedgerEntriesResponse.SerializeToString,
+            ),
+            'RebuildLedger': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebuildLedger,
+                    request_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.RebuildLedgerRequest.FromString,
+                    response_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.RebuildLedgerResponse.SerializeToString,
             ),
             'ComputeFederatedUpdate': grpc.unary_unary_rpc_method_handler(
                     servicer.ComputeFederatedUpdate,
@@ -342,6 +360,33 @@ class PersonalizationService:
             '/roost.personalization.v1.PersonalizationService/ListLedgerEntries',
             roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ListLedgerEntriesRequest.SerializeToString,
             roost_dot_personalization_dot_v1_dot_personalization__service__pb2.ListLedgerEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebuildLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roost.personalization.v1.PersonalizationService/RebuildLedger',
+            roost_dot_personalization_dot_v1_dot_personalization__service__pb2.RebuildLedgerRequest.SerializeToString,
+            roost_dot_personalization_dot_v1_dot_personalization__service__pb2.RebuildLedgerResponse.FromString,
             options,
             channel_credentials,
             insecure,

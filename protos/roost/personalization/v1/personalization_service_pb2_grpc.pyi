@@ -42,9 +42,13 @@ class PersonalizationServiceStub:
     ListJobs: _grpc.UnaryUnaryMultiCallable[_personalization_service_pb2.ListJobsRequest, _personalization_service_pb2.ListJobsResponse]
     """Lists jobs, newest first."""
     GetPrivacyBudget: _grpc.UnaryUnaryMultiCallable[_personalization_service_pb2.GetPrivacyBudgetRequest, _personalization_service_pb2.GetPrivacyBudgetResponse]
-    """Reports the privacy budget of a data scope for the current period."""
+    """Reports the privacy budget of a data scope over the sliding window ending now."""
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_personalization_service_pb2.ListLedgerEntriesRequest, _personalization_service_pb2.ListLedgerEntriesResponse]
     """Lists the ledger's mechanisms (every DP release), newest first."""
+    RebuildLedger: _grpc.UnaryUnaryMultiCallable[_personalization_service_pb2.RebuildLedgerRequest, _personalization_service_pb2.RebuildLedgerResponse]
+    """Rebuilds the privacy ledger from its privacy records in the audit log (after the
+    ledger was found deleted or edited); FAILED_PRECONDITION while a job runs.
+    """
     ComputeFederatedUpdate: _grpc.UnaryUnaryMultiCallable[_personalization_service_pb2.ComputeFederatedUpdateRequest, _personalization_service_pb2.ComputeFederatedUpdateResponse]
     """Produces a clipped, noised model delta for a federated round (opt-in only)."""
     RecordLabel: _grpc.UnaryUnaryMultiCallable[_personalization_service_pb2.RecordLabelRequest, _personalization_service_pb2.RecordLabelResponse]
@@ -76,9 +80,13 @@ class PersonalizationServiceAsyncStub(PersonalizationServiceStub):
     ListJobs: _aio.UnaryUnaryMultiCallable[_personalization_service_pb2.ListJobsRequest, _personalization_service_pb2.ListJobsResponse]  # type: ignore[assignment]
     """Lists jobs, newest first."""
     GetPrivacyBudget: _aio.UnaryUnaryMultiCallable[_personalization_service_pb2.GetPrivacyBudgetRequest, _personalization_service_pb2.GetPrivacyBudgetResponse]  # type: ignore[assignment]
-    """Reports the privacy budget of a data scope for the current period."""
+    """Reports the privacy budget of a data scope over the sliding window ending now."""
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_personalization_service_pb2.ListLedgerEntriesRequest, _personalization_service_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
     """Lists the ledger's mechanisms (every DP release), newest first."""
+    RebuildLedger: _aio.UnaryUnaryMultiCallable[_personalization_service_pb2.RebuildLedgerRequest, _personalization_service_pb2.RebuildLedgerResponse]  # type: ignore[assignment]
+    """Rebuilds the privacy ledger from its privacy records in the audit log (after the
+    ledger was found deleted or edited); FAILED_PRECONDITION while a job runs.
+    """
     ComputeFederatedUpdate: _aio.UnaryUnaryMultiCallable[_personalization_service_pb2.ComputeFederatedUpdateRequest, _personalization_service_pb2.ComputeFederatedUpdateResponse]  # type: ignore[assignment]
     """Produces a clipped, noised model delta for a federated round (opt-in only)."""
     RecordLabel: _aio.UnaryUnaryMultiCallable[_personalization_service_pb2.RecordLabelRequest, _personalization_service_pb2.RecordLabelResponse]  # type: ignore[assignment]
@@ -131,7 +139,7 @@ class PersonalizationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _personalization_service_pb2.GetPrivacyBudgetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_personalization_service_pb2.GetPrivacyBudgetResponse, _abc.Awaitable[_personalization_service_pb2.GetPrivacyBudgetResponse]]:
-        """Reports the privacy budget of a data scope for the current period."""
+        """Reports the privacy budget of a data scope over the sliding window ending now."""
 
     @_abc_1.abstractmethod
     def ListLedgerEntries(
@@ -140,6 +148,16 @@ class PersonalizationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_personalization_service_pb2.ListLedgerEntriesResponse, _abc.Awaitable[_personalization_service_pb2.ListLedgerEntriesResponse]]:
         """Lists the ledger's mechanisms (every DP release), newest first."""
+
+    @_abc_1.abstractmethod
+    def RebuildLedger(
+        self,
+        request: _personalization_service_pb2.RebuildLedgerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_personalization_service_pb2.RebuildLedgerResponse, _abc.Awaitable[_personalization_service_pb2.RebuildLedgerResponse]]:
+        """Rebuilds the privacy ledger from its privacy records in the audit log (after the
+        ledger was found deleted or edited); FAILED_PRECONDITION while a job runs.
+        """
 
     @_abc_1.abstractmethod
     def ComputeFederatedUpdate(
