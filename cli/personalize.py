@@ -41,11 +41,16 @@ def _call(args: argparse.Namespace, method: str, request: Any, timeout: float = 
             raise CliError(f"personalization service: {e.code().name}: {e.details()}") from None
 
 
+def _unit(unit: str) -> str:
+    """How a privacy unit reads to a homeowner (a service before units: example)."""
+    return {"day": "household-day", "example": "example"}.get(unit, "example")
+
+
 def job_line(job: Any) -> str:
     state = _STATES.get(job.state, "?")
     line = (
         f"{job.job_id[:12]}  {job.model_name:10} {state:9} {job.progress:4.0%}"
-        f"  eps {job.epsilon_spent:.3f}"
+        f"  eps {job.epsilon_spent:.3f} per {_unit(job.privacy_unit)}"
     )
     if job.candidate.version:
         line += f"  candidate {job.candidate.version}"
@@ -92,8 +97,8 @@ def cmd_budget(args: argparse.Namespace) -> int:
     b = _call(args, "GetPrivacyBudget", pb.GetPrivacyBudgetRequest(scope=args.scope)).budget
     end = b.period_end.ToDatetime(UTC).isoformat(timespec="minutes")
     print(
-        f"{b.scope}: epsilon {b.epsilon_spent:.3f} of {b.epsilon_limit:g} spent"
-        f" (delta {b.delta:g}); the period ends {end}"
+        f"{b.scope}: epsilon {b.epsilon_spent:.3f} of {b.epsilon_limit:g} spent per"
+        f" {_unit(b.privacy_unit)} (delta {b.delta:g}); the period ends {end}"
     )
     return 0
 
@@ -109,7 +114,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
             f"{e.recorded_at.ToDatetime(UTC).isoformat(timespec='seconds')}  "
             f"{_MECHANISMS.get(e.mechanism, '?'):15} noise {e.noise_multiplier:.3f}"
             f"  q {e.sample_rate:.4f}  steps {e.steps:5d}  eps after {e.epsilon:.3f}"
-            f"  delta {e.delta:g}"
+            f"  delta {e.delta:g}  per {_unit(e.privacy_unit)}"
         )
     return 0
 
