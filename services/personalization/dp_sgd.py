@@ -6,10 +6,11 @@ trained net:
 
 * example unit (:class:`Stepper`): Adam under Opacus' per-sample gradients and its
   clipping/noising optimizer (:class:`opacus.optimizers.DPOptimizer`);
-* household-day unit (:class:`DayStepper`): Opacus' per-sample gradients, then a
-  documented per-unit step on top of torch (:func:`clipped_unit_sum`): each sampled
-  day's per-example gradients are averaged, the average is clipped, the clipped sum is
-  noised and divided by the expected number of units, and Adam takes the step.
+* household-day unit (:class:`DayStepper`): a documented per-unit step on top of torch
+  (:func:`clipped_unit_sum`), accounted by Opacus: each sampled day's per-example
+  gradients are averaged (computed as the gradient of the day's mean loss), the average
+  is clipped, the clipped sum is noised and divided by the expected number of units,
+  and Adam takes the step.
 
 Why this is DP-SGD with the accounted mechanism is argued in
 :mod:`services.personalization.finetune`.
@@ -215,11 +216,13 @@ def clipped_unit_sum(
 @dataclass(frozen=True)
 class DayStepper:
     """Every step of one run with the household-day unit: Poisson-sample units (the
-    private days, then the public replay's pseudo-days), clip each unit's mean gradient,
-    noise the sum and take an Adam step on ``(sum + noise) / expected_batch_size``
-    (the expected number of units, never the realised one)."""
+    private days, then the public replay's pseudo-days), take each sampled unit's mean
+    gradient (the gradient of its rows' mean loss: the mean of their per-example
+    gradients, without materialising them), clip it, noise the sum and take an Adam step
+    on ``(sum + noise) / expected_batch_size`` (the expected number of units, never the
+    realised one)."""
 
-    model: GradSampleModule
+    model: nn.Module
     opt: torch.optim.Optimizer
     params: list[nn.Parameter]
     rows: Rows
@@ -247,34 +250,34 @@ class DayStepper:
             )
             p.grad = ((total + noise) / self.expected_batch_size).to(p.dtype)
 
-    def step(self, units: torch.Tensor) -> float | None:
-        """One step on the sampled ``units``; the mean loss of their rows (None if none)."""
-        self.opt.zero_grad()
-        rows = torch.nonzero(torch.isin(self.unit_of_row, units)).flatten()
-        if len(rows) == 0:
-            # An empty Poisson batch still releases a noisy step.
-            self._noised([torch.zeros(p.shape) for p in self.params])
-            self.opt.step()
-            return None
-        logits = self.model(self.rows.xs[rows])
+    def _unit_gradient(self, unit: torch.Tensor) -> tuple[list[torch.Tensor], float]:
+        """The gradient of the unit's mean loss over its rows, and that loss."""
+        rows = torch.nonzero(self.unit_of_row == unit).flatten()
         soft = self.rows.soft
-        per_sample = per_sample_loss(
-            logits,
+        loss = per_sample_loss(
+            self.model(self.rows.xs[rows]),
             self.rows.ys[rows],
             None if soft is None else soft[rows],
             self.weights,
             self.distill_weight,
-        )
-        # loss_reduction "sum": each grad_sample is that row's own gradient.
-        torch.autograd.backward(per_sample.sum())
-        _, local = torch.unique(self.unit_of_row[rows], return_inverse=True)
-        grads = [p.grad_sample for p in self.params]  # type: ignore[attr-defined]
-        summed = clipped_unit_sum(grads, local, int(local.max().item()) + 1, self.max_grad_norm)
-        for p in self.params:
-            p.grad_sample = None  # type: ignore[attr-defined]
+        ).mean()
+        grads = torch.autograd.grad(loss, self.params)
+        return [g.detach() for g in grads], float(loss.item())
+
+    def step(self, units: torch.Tensor) -> float | None:
+        """One step on the sampled ``units``; their mean loss (None if none)."""
+        self.opt.zero_grad()
+        if len(units) == 0:
+            # An empty Poisson batch still releases a noisy step.
+            self._noised([torch.zeros(p.shape) for p in self.params])
+            self.opt.step()
+            return None
+        per_unit = [self._unit_gradient(u) for u in units]
+        stacked = [torch.stack(gs) for gs in zip(*(g for g, _ in per_unit), strict=True)]
+        summed = clipped_unit_sum(stacked, torch.arange(len(units)), len(units), self.max_grad_norm)
         self._noised(summed)
         self.opt.step()
-        return float(per_sample.mean().item())
+        return sum(loss for _, loss in per_unit) / len(per_unit)
 
 
 def make_day_stepper(
@@ -292,17 +295,14 @@ def make_day_stepper(
     noise_gen: torch.Generator,
 ) -> DayStepper:
     """Adam on ``params`` with per-unit clipping and noise (``noise_multiplier`` 0: the
-    same clipped step without noise, for tests and the non-private baseline)."""
+    same step without noise, for the non-private baseline)."""
     weights = (
         torch.tensor(list(class_weights), dtype=torch.float32)
         if class_weights is not None
         else None
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = GradSampleModule(_Logits(net), loss_reduction="sum", strict=True)
     return DayStepper(
-        model,
+        _Logits(net),
         torch.optim.Adam(params, lr=lr),
         params,
         rows,

@@ -34,8 +34,8 @@ gradients (:class:`opacus.GradSampleModule`) and clipping/noising optimizer
   ``max_grad_norm``, and the noise and the division by ``expected_batch_size`` (now
   in days) are as above. Adding or removing a whole day changes the noised sum by at
   most ``max_grad_norm``: the sampled Gaussian mechanism Opacus' accountants analyse,
-  with the day as the unit. This per-unit step is ours, on top of Opacus'
-  per-sample gradients (:func:`services.personalization.dp_sgd.clipped_unit_sum`);
+  with the day as the unit. This per-unit step is ours, on top of torch's autograd
+  gradients (:func:`services.personalization.dp_sgd.clipped_unit_sum`);
   the accounting is Opacus';
 * the mechanism ``(noise_multiplier, sample_rate, steps)`` is returned, and the
   epsilon is accounted from it by an Opacus accountant ("prv" by default, "rdp"

@@ -20,8 +20,16 @@ from models.manifest import shipped_models_dir  # noqa: E402
 from services.kit.errors import FailedPrecondition  # noqa: E402
 from services.personalization import worker  # noqa: E402
 from services.personalization.config import PersonalizationConfig  # noqa: E402
-from services.personalization.dp_sgd import clipped_unit_sum, logits_of  # noqa: E402
-from services.personalization.finetune import dp_finetune, hyper_parameters  # noqa: E402
+from services.personalization.dp_sgd import (  # noqa: E402
+    logits_of,
+    make_day_stepper,
+    training_rows,
+)
+from services.personalization.finetune import (  # noqa: E402
+    dp_finetune,
+    hyper_parameters,
+    set_trainable,
+)
 from services.personalization.onnx_roundtrip import base_model  # noqa: E402
 from services.personalization.privacy_unit import (  # noqa: E402
     check_units,
@@ -77,12 +85,21 @@ def _per_example_grads(base: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> l
 
 
 def _update(base: torch.nn.Module, days: list[tuple[np.ndarray, np.ndarray]]) -> torch.Tensor:
-    """The clipped sum of the days' mean gradients (the update before noise), flat."""
-    x = np.concatenate([d[0] for d in days])
-    y = np.concatenate([d[1] for d in days])
+    """The service's day-level step without noise on every day (the update before noise:
+    the clipped sum of the days' mean gradients), flat."""
+    net = copy.deepcopy(base).train()
+    params = set_trainable(net, "all")
+    rows = training_rows(
+        np.concatenate([d[0] for d in days]), np.concatenate([d[1] for d in days]), None, None
+    )
     unit = torch.cat([torch.full((len(d[1]),), i, dtype=torch.int64) for i, d in enumerate(days)])
-    grads = _per_example_grads(base, x, y)
-    return torch.cat([g.flatten() for g in clipped_unit_sum(grads, unit, len(days), CLIP)])
+    stepper = make_day_stepper(
+        net, params, rows, unit, noise_multiplier=0.0, lr=1e-3, max_grad_norm=CLIP,
+        expected_batch_size=1, distill_weight=0.0, class_weights=None,
+        noise_gen=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    stepper.step(torch.arange(len(days)))
+    return torch.cat([p.grad.flatten() for p in params])
 
 
 def test_a_day_of_10000_rows_moves_the_update_no_more_than_a_day_of_10(
