@@ -5,6 +5,7 @@ largest possible number of days, and the unit is shown with ε."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from opacus import GradSampleModule  # type: ignore[import-untyped]  # noqa: E40
 
 from models.manifest import shipped_models_dir  # noqa: E402
 from services.kit.errors import FailedPrecondition  # noqa: E402
+from services.modelstore.registry import Registry  # noqa: E402
 from services.personalization import worker  # noqa: E402
 from services.personalization.config import PersonalizationConfig  # noqa: E402
 from services.personalization.dp_sgd import (  # noqa: E402
@@ -30,6 +32,9 @@ from services.personalization.finetune import (  # noqa: E402
     hyper_parameters,
     set_trainable,
 )
+from services.personalization.job_manager import JobManager  # noqa: E402
+from services.personalization.job_table import JobTable  # noqa: E402
+from services.personalization.ledger import PrivacyLedger  # noqa: E402
 from services.personalization.onnx_roundtrip import base_model  # noqa: E402
 from services.personalization.privacy_unit import (  # noqa: E402
     check_units,
@@ -203,3 +208,43 @@ def test_days_are_utc_calendar_days(tmp_path: Path) -> None:
         _, _, observed = store.load_observed("occupancy", ["vacant", "occupied"], [6])
     assert len(set(day_of(observed).tolist())) == 2
     assert day_of([-1, 0, 86_400_000_000]).tolist() == [-1, 0, 1]
+
+
+async def test_a_run_with_more_units_than_delta_allows_is_refused_before_any_charge(
+    config: PersonalizationConfig,
+    registry: Registry,
+    store: ExampleStore,
+    ledger: PrivacyLedger,
+    job_table: JobTable,
+    tmp_path: Path,
+) -> None:
+    async def stage(model: str, bundle: bytes, signature: bytes) -> tuple[str, str, str]:
+        raise AssertionError("no staging here")
+
+    # The ledger's delta is 1e-5: at most 10,000 examples per run for the example unit.
+    example_unit = dataclasses.replace(config, privacy_unit="example")
+    manager = JobManager(
+        example_unit,
+        store=store,
+        ledger=ledger,
+        jobs=job_table,
+        registry=registry,
+        stage=stage,
+        signing_key_path=tmp_path / "absent.pem",
+    )
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((10_001, 6)).astype(np.float32)
+    store.add(
+        "occupancy",
+        [
+            NewExample(row, "occupied", "sensor", t0 + timedelta(seconds=i))
+            for i, row in enumerate(rows)
+        ],
+    )
+    try:
+        with pytest.raises(FailedPrecondition, match="10001 examples, more than 1/"):
+            await manager.start("occupancy", 1.0, 0)
+        assert ledger.history("household") == []
+    finally:
+        await manager.close()
