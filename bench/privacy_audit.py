@@ -14,7 +14,7 @@ A household of ``normal_days`` ordinary days (synthetic occupancy rows, see
 probability 1/2 (a fresh draw per seed). A canary day is a whole day of rows around a
 point no ordinary day comes near, all with the label the base model does not give
 them: the most a day can stand out. 20 canaries per run (the shipped 6-32-32-2 net
-cannot memorise more apart even without privacy), 6 seeds: 120 canaries in all.
+cannot memorise more apart even without privacy), 10 seeds: 200 canaries in all.
 After training, each canary is scored by how much more the trained model than the base
 believes the canary's label on the canary's rows; the AUC of the scores of the
 included canaries against the excluded ones is the membership-inference attack's.
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="canary-day membership-inference audit")
     parser.add_argument("--quick", action="store_true", help="2 seeds")
-    parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--canaries", type=int, default=20, help="canary days per run")
     args = parser.parse_args(argv)
     seeds = range(2 if args.quick else args.seeds)
