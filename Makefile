@@ -59,6 +59,7 @@ bench: setup
 	$(PY) -m bench.update
 	$(PY) -m bench.personalization
 	$(PY) -m bench.providers
+	$(PY) -m bench.privacy_audit
 
 # Issue 13's soak: a real stack, 10 minutes at 300 readings/s; RSS flat, fewer than 100 log lines.
 soak: setup

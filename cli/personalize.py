@@ -41,11 +41,16 @@ def _call(args: argparse.Namespace, method: str, request: Any, timeout: float = 
             raise CliError(f"personalization service: {e.code().name}: {e.details()}") from None
 
 
+def _unit(unit: str) -> str:
+    """How a privacy unit reads to a homeowner (a service before units: example)."""
+    return {"day": "household-day", "example": "example"}.get(unit, "example")
+
+
 def job_line(job: Any) -> str:
     state = _STATES.get(job.state, "?")
     line = (
         f"{job.job_id[:12]}  {job.model_name:10} {state:9} {job.progress:4.0%}"
-        f"  eps {job.epsilon_spent:.3f}"
+        f"  eps {job.epsilon_spent:.3f} per {_unit(job.privacy_unit)}"
     )
     if job.candidate.version:
         line += f"  candidate {job.candidate.version}"
@@ -94,18 +99,19 @@ def cmd_budget(args: argparse.Namespace) -> int:
         (b.period_end.ToDatetime(UTC) - b.period_start.ToDatetime(UTC)).total_seconds() / 86400
     )
     print(
-        f"{b.scope}: epsilon {b.epsilon_spent:.3f} of {b.epsilon_limit:g} spent in the last"
-        f" {days} days (delta {b.delta:g})"
+        f"{b.scope}: epsilon {b.epsilon_spent:.3f} of {b.epsilon_limit:g} spent per"
+        f" {_unit(b.privacy_unit)} in the last {days} days (delta {b.delta:g})"
     )
-    print(budget_meaning(b.epsilon_limit, b.delta, days))
+    print(budget_meaning(b.epsilon_limit, b.delta, days, b.privacy_unit))
     return 0
 
 
-def budget_meaning(epsilon: float, delta: float, days: int) -> str:
+def budget_meaning(epsilon: float, delta: float, days: int, unit: str = "day") -> str:
     """What the budget means to a homeowner, in one sentence."""
+    what = "any one day of your home's life" if unit == "day" else "any single reading"
     return (
         f"Everything Roost learns from your home's data in any {days} days together reveals"
-        f" at most epsilon {epsilon:g} (delta {delta:g}) about any single reading, and a"
+        f" at most epsilon {epsilon:g} (delta {delta:g}) about {what}, and a"
         f" reading is deleted after at most {days} days, so that limit holds for each"
         " reading for as long as it is kept."
     )
@@ -129,7 +135,7 @@ def cmd_ledger(args: argparse.Namespace) -> int:
             f"{e.recorded_at.ToDatetime(UTC).isoformat(timespec='seconds')}  "
             f"{_MECHANISMS.get(e.mechanism, '?'):15} noise {e.noise_multiplier:.3f}"
             f"  q {e.sample_rate:.4f}  steps {e.steps:5d}  eps after {e.epsilon:.3f}"
-            f"  delta {e.delta:g}"
+            f"  delta {e.delta:g}  per {_unit(e.privacy_unit)}"
         )
     return 0
 

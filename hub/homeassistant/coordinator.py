@@ -270,6 +270,7 @@ class Coordinator:
             "epsilon_limit": round(b.epsilon_limit, 4),
             "epsilon_remaining": round(max(b.epsilon_limit - b.epsilon_spent, 0.0), 4),
             "delta": b.delta,
+            "privacy_unit": b.privacy_unit or "example",
             "scope": b.scope or "household",
             "learning_mode": self.settings.learning_mode,
         }

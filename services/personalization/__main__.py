@@ -90,7 +90,7 @@ async def setup(config: PersonalizationConfig, app: App) -> None:
     store = app.closing(await asyncio.to_thread(ExampleStore.open, config.data_dir / "examples.db"))
     policy = BudgetPolicy(
         epsilon=config.epsilon_per_period,
-        delta=config.delta,
+        delta=config.budget_delta,
         period_days=config.period_days,
         accountant="prv" if config.accountant == "prv" else "rdp",
     )

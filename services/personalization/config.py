@@ -3,9 +3,12 @@
 
 The privacy budget is a household setting, not a per-request one: ``epsilon`` at
 ``delta`` for every fine-tuning run in any ``period_days`` window, composed by the
-``accountant`` (see ``services.personalization.ledger``). Examples are kept
-``retention_days``, which may not exceed ``period_days``: no example outlives the window
-its budget is counted in. The per-job
+``accountant`` (see ``services.personalization.ledger``), for one ``privacy_unit``: a
+household-day (the default) or one example (``services.personalization.privacy_unit``).
+``delta`` 0 derives δ from the unit and the retention
+(:attr:`PersonalizationConfig.budget_delta`). Examples are kept ``retention_days``,
+which may not exceed ``period_days``: no example outlives the window its budget is
+counted in. The per-job
 limits bound what one training run may cost the hub (wall time, memory above the
 imported libraries, CPU priority).
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from services.kit.config import ServiceConfig
+from services.personalization.privacy_unit import UNITS, derived_delta
 
 DEFAULT_PORT = 50054
 ACCOUNTANTS = ("rdp", "prv")
@@ -28,7 +32,8 @@ ACCOUNTANTS = ("rdp", "prv")
 _RULES: Final[tuple[tuple[str, Callable[[Any], bool], str], ...]] = (
     ("hub_id", lambda v: not v, "required"),
     ("epsilon_per_period", lambda v: not (math.isfinite(v) and v > 0), "must be > 0"),
-    ("delta", lambda v: not 0 < v < 1, "must be in (0, 1)"),
+    ("delta", lambda v: not 0 <= v < 1, "must be in [0, 1) (0 = derived from the unit)"),
+    ("privacy_unit", lambda v: v not in UNITS, f"must be one of {', '.join(UNITS)}"),
     ("period_days", lambda v: v < 1, "must be >= 1"),
     ("accountant", lambda v: v not in ACCOUNTANTS, f"must be one of {', '.join(ACCOUNTANTS)}"),
     ("max_duration_seconds", lambda v: v < 1, "must be >= 1"),
@@ -63,7 +68,11 @@ class PersonalizationConfig(ServiceConfig):
     # (one scope, "household": the models learn from the same sensors and minutes, so their
     # data is not disjoint and parallel composition would not hold).
     epsilon_per_period: float = 4.0
-    delta: float = 1e-5
+    # What one guarantee protects: "day" (every row of one household-day, the default) or
+    # "example" (one labelled row).
+    privacy_unit: str = "day"
+    # 0: the largest power of ten <= 1/(10 * the most units one run can see) (budget_delta).
+    delta: float = 0.0
     period_days: int = 30
     accountant: str = "prv"
     # Per-job limits. max_duration_seconds is the default and the upper bound of a
@@ -96,3 +105,8 @@ class PersonalizationConfig(ServiceConfig):
                 "personalization.retention_days: must be <= period_days (examples must not"
                 " outlive the window their privacy budget is counted in)"
             )
+
+    @property
+    def budget_delta(self) -> float:
+        """The budget's δ: ``delta``, or derived from the unit and the retention."""
+        return self.delta or derived_delta(self.privacy_unit, self.retention_days)

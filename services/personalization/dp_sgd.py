@@ -1,9 +1,19 @@
 """The DP-SGD loop of :func:`services.personalization.finetune.dp_finetune`.
 
 The training rows (private, then public replay, with the teacher's log-probabilities),
-Adam under Opacus' per-sample gradients and clipping/noising optimizer, one
-Poisson-sampled step, the run of steps and the clean-up of the trained net. Why this is
-DP-SGD with the accounted mechanism is argued in :mod:`services.personalization.finetune`.
+one Poisson-sampled step for each privacy unit, the run of steps and the clean-up of the
+trained net:
+
+* example unit (:class:`Stepper`): Adam under Opacus' per-sample gradients and its
+  clipping/noising optimizer (:class:`opacus.optimizers.DPOptimizer`);
+* household-day unit (:class:`DayStepper`): a documented per-unit step on top of torch
+  (:func:`clipped_unit_sum`), accounted by Opacus: each sampled day's per-example
+  gradients are averaged (computed as the gradient of the day's mean loss), the average
+  is clipped, the clipped sum is noised and divided by the expected number of units,
+  and Adam takes the step.
+
+Why this is DP-SGD with the accounted mechanism is argued in
+:mod:`services.personalization.finetune`.
 """
 
 from __future__ import annotations
@@ -102,6 +112,11 @@ class Stepper:
     expected_batch_size: int
     private: bool
 
+    @property
+    def n_items(self) -> int:
+        """What each step Poisson-samples: the rows."""
+        return len(self.rows.xs)
+
     def step(self, idx: torch.Tensor) -> float | None:
         """One optimizer step on the rows ``idx``; the batch's mean loss (None if empty)."""
         self.opt.zero_grad()
@@ -173,8 +188,136 @@ def make_stepper(
     return Stepper(model, opt, params, rows, weights, distill_weight, expected_batch_size, private)
 
 
+def clipped_unit_sum(
+    grads: Sequence[torch.Tensor], unit_of: torch.Tensor, n_units: int, max_grad_norm: float
+) -> list[torch.Tensor]:
+    """The sum over units of each unit's mean per-example gradient, clipped to
+    ``max_grad_norm`` (L2 over all parameters together).
+
+    ``grads[k]`` is parameter ``k``'s per-example gradients ``[rows, *shape]``,
+    ``unit_of`` each row's unit in ``0..n_units-1``. However many rows a unit has, its
+    term in the sum has norm at most ``max_grad_norm``: that is the sensitivity the
+    noise is calibrated to.
+    """
+    counts = torch.zeros(n_units).index_add_(0, unit_of, torch.ones(len(unit_of)))
+    means = []
+    for g in grads:
+        flat = g.reshape(len(g), -1)
+        summed = torch.zeros(n_units, flat.shape[1], dtype=flat.dtype).index_add_(0, unit_of, flat)
+        means.append(summed / counts.clamp(min=1.0).unsqueeze(1))
+    norms = torch.sqrt(sum([(m**2).sum(dim=1) for m in means], torch.zeros(n_units)))
+    factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    return [
+        (factors.unsqueeze(1) * m).sum(dim=0).reshape(g.shape[1:])
+        for m, g in zip(means, grads, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class DayStepper:
+    """Every step of one run with the household-day unit: Poisson-sample units (the
+    private days, then the public replay's pseudo-days), take each sampled unit's mean
+    gradient (the gradient of its rows' mean loss: the mean of their per-example
+    gradients, without materialising them), clip it, noise the sum and take an Adam step
+    on ``(sum + noise) / expected_batch_size`` (the expected number of units, never the
+    realised one)."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    params: list[nn.Parameter]
+    rows: Rows
+    unit_of_row: torch.Tensor
+    weights: torch.Tensor | None
+    distill_weight: float
+    expected_batch_size: int
+    noise_multiplier: float
+    max_grad_norm: float
+    noise_gen: torch.Generator
+    private: bool = True
+
+    @property
+    def n_items(self) -> int:
+        """What each step Poisson-samples: the units."""
+        return int(self.unit_of_row.max().item()) + 1 if len(self.unit_of_row) else 0
+
+    def _noised(self, summed: list[torch.Tensor]) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p, total in zip(self.params, summed, strict=True):
+            noise = (
+                torch.normal(0.0, std, size=p.shape, generator=self.noise_gen)
+                if self.noise_multiplier > 0
+                else torch.zeros(p.shape)
+            )
+            p.grad = ((total + noise) / self.expected_batch_size).to(p.dtype)
+
+    def _unit_gradient(self, unit: torch.Tensor) -> tuple[list[torch.Tensor], float]:
+        """The gradient of the unit's mean loss over its rows, and that loss."""
+        rows = torch.nonzero(self.unit_of_row == unit).flatten()
+        soft = self.rows.soft
+        loss = per_sample_loss(
+            self.model(self.rows.xs[rows]),
+            self.rows.ys[rows],
+            None if soft is None else soft[rows],
+            self.weights,
+            self.distill_weight,
+        ).mean()
+        grads = torch.autograd.grad(loss, self.params)
+        return [g.detach() for g in grads], float(loss.item())
+
+    def step(self, units: torch.Tensor) -> float | None:
+        """One step on the sampled ``units``; their mean loss (None if none)."""
+        self.opt.zero_grad()
+        if len(units) == 0:
+            # An empty Poisson batch still releases a noisy step.
+            self._noised([torch.zeros(p.shape) for p in self.params])
+            self.opt.step()
+            return None
+        per_unit = [self._unit_gradient(u) for u in units]
+        stacked = [torch.stack(gs) for gs in zip(*(g for g, _ in per_unit), strict=True)]
+        summed = clipped_unit_sum(stacked, torch.arange(len(units)), len(units), self.max_grad_norm)
+        self._noised(summed)
+        self.opt.step()
+        return sum(loss for _, loss in per_unit) / len(per_unit)
+
+
+def make_day_stepper(
+    net: nn.Module,
+    params: list[nn.Parameter],
+    rows: Rows,
+    unit_of_row: torch.Tensor,
+    *,
+    noise_multiplier: float,
+    lr: float,
+    max_grad_norm: float,
+    expected_batch_size: int,
+    distill_weight: float,
+    class_weights: Sequence[float] | None,
+    noise_gen: torch.Generator,
+) -> DayStepper:
+    """Adam on ``params`` with per-unit clipping and noise (``noise_multiplier`` 0: the
+    same step without noise, for the non-private baseline)."""
+    weights = (
+        torch.tensor(list(class_weights), dtype=torch.float32)
+        if class_weights is not None
+        else None
+    )
+    return DayStepper(
+        _Logits(net),
+        torch.optim.Adam(params, lr=lr),
+        params,
+        rows,
+        unit_of_row,
+        weights,
+        distill_weight,
+        expected_batch_size,
+        noise_multiplier,
+        max_grad_norm,
+        noise_gen,
+    )
+
+
 def run_steps(
-    stepper: Stepper,
+    stepper: Stepper | DayStepper,
     gen: torch.Generator,
     sample_rate: float,
     steps_planned: int,
@@ -185,8 +328,9 @@ def run_steps(
 ) -> tuple[int, list[float]]:
     """Runs the Poisson-sampled steps, up to ``steps_planned`` or until the step that
     crosses ``max_seconds`` since ``started``; returns the steps taken and the losses of
-    the non-empty batches."""
-    n = len(stepper.rows.xs)
+    the non-empty batches. Each step includes every item (row or unit) independently
+    with probability ``sample_rate``."""
+    n = stepper.n_items
     losses: list[float] = []
     steps = 0
     with warnings.catch_warnings():

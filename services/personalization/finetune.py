@@ -27,6 +27,16 @@ gradients (:class:`opacus.GradSampleModule`) and clipping/noising optimizer
   would silently drop it from the private update, so none is offered here;
 * the class weights of the loss are constants that must not come from the private
   data (pass the base model's, or none);
+* with the household-day unit (``unit="day"``) the same holds with a day in place of
+  an example: each step includes each *day* independently with probability
+  ``sample_rate``; the per-example gradients of a sampled day are averaged (a day of
+  10,000 rows weighs what a day of 10 does), the average is clipped to
+  ``max_grad_norm``, and the noise and the division by ``expected_batch_size`` (now
+  in days) are as above. Adding or removing a whole day changes the noised sum by at
+  most ``max_grad_norm``: the sampled Gaussian mechanism Opacus' accountants analyse,
+  with the day as the unit. This per-unit step is ours, on top of torch's autograd
+  gradients (:func:`services.personalization.dp_sgd.clipped_unit_sum`);
+  the accounting is Opacus';
 * the mechanism ``(noise_multiplier, sample_rate, steps)`` is returned, and the
   epsilon is accounted from it by an Opacus accountant ("prv" by default, "rdp"
   optional) for the steps actually taken: stopping early (``max_seconds``) spends
@@ -51,6 +61,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from opacus.accountants.utils import get_noise_multiplier  # type: ignore[import-untyped]
 from opacus.validators import ModuleValidator  # type: ignore[import-untyped]
@@ -60,11 +71,14 @@ from services.personalization.accounting import mechanism_epsilon
 from services.personalization.dp_sgd import (
     F32Array,
     I64Array,
+    Rows,
+    make_day_stepper,
     make_stepper,
     release,
     run_steps,
     training_rows,
 )
+from services.personalization.privacy_unit import replay_units, unit_index
 
 Trainable = Literal["all", "head", "top"]
 
@@ -72,7 +86,10 @@ Trainable = Literal["all", "head", "top"]
 # Defaults chosen by `python -m bench.privacy_utility` (docs/personalization.md):
 # distillation + replay of public base rows forgot least and gained most (within the
 # seed spread of replay alone) on both tasks at epsilon 1-4. Replay rows must be
-# public base-training data, as many as the private rows.
+# public base-training data, as many as the private rows. These are the example unit's;
+# DAY_OVERRIDES changes what differs for the household-day unit (where
+# expected_batch_size counts days). delta is the budget's
+# (services.personalization.privacy_unit.derived_delta), not a recipe setting.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "routine": {
         "trainable": "all",
@@ -82,7 +99,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "expected_batch_size": 256,
         "max_grad_norm": 1.0,
         "lr": 1e-3,
-        "delta": 1e-5,
         "accountant": "prv",
     },
     "occupancy": {
@@ -93,10 +109,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "expected_batch_size": 64,
         "max_grad_norm": 1.0,
         "lr": 1e-3,
-        "delta": 1e-5,
         "accountant": "prv",
     },
 }
+DAY_OVERRIDES: dict[str, dict[str, Any]] = {
+    "routine": {"expected_batch_size": 8, "lr": 2e-3, "epochs": 10},
+    "occupancy": {"expected_batch_size": 8, "lr": 2e-3, "epochs": 10},
+}
+
+
+def hyper_parameters(task: str, unit: str) -> dict[str, Any]:
+    """The service recipe of ``task`` for the privacy ``unit`` ("day" or "example")."""
+    hyper = dict(DEFAULTS[task])
+    if unit == "day":
+        hyper.update(DAY_OVERRIDES[task])
+    return hyper
 
 
 # --- DP fine-tuning --------------------------------------------------------------------
@@ -122,6 +149,9 @@ class FinetuneResult:
     max_grad_norm: float
     n_private: int
     n_replay: int
+    #: The privacy unit ("day" or "example") and how many private units were sampled from.
+    unit: str = "example"
+    n_units: int = 0
     losses: list[float] = field(default_factory=list)
 
     @property
@@ -233,6 +263,7 @@ def dp_finetune(
     seed: int = 0,
     progress: Callable[[float], None] | None = None,
     max_seconds: float | None = None,
+    days: I64Array | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``base`` on the household rows ``(x, y)`` with DP-SGD (Adam).
 
@@ -269,6 +300,11 @@ def dp_finetune(
     computed from the private rows (use the base recipe's), or they would leak
     counts outside the accounting.
 
+    ``days``: the household-day of each private row (e.g. UTC day numbers): given, the
+    privacy unit is the day (see the module docstring); ``expected_batch_size`` then
+    counts units, and the ``replay`` rows are split into as many public pseudo-days as
+    there are private days. None: the unit is one example.
+
     ``max_seconds``: wall-time cap; training stops after the step that crosses it and
     the epsilon is accounted for the steps actually taken (at most the target).
     ``progress`` is called with the fraction of planned steps done.
@@ -281,25 +317,31 @@ def dp_finetune(
 
     net, teacher, params = _prepare_nets(base, trainable, distill_weight)
     rows = training_rows(x, y, replay, teacher)
-    sample_rate = min(1.0, expected_batch_size / len(rows.xs))
+    unit_of_row, n_units = _units(rows, days)
+    n_items = len(rows.xs) if unit_of_row is None else int(unit_of_row.max().item()) + 1
+    sample_rate = min(1.0, expected_batch_size / n_items)
     steps_planned = max(1, math.ceil(epochs / sample_rate))
     noise_multiplier = (
         None
         if target_epsilon is None
         else calibrate_noise(target_epsilon, delta, sample_rate, steps_planned, accountant)
     )
-    stepper = make_stepper(
-        net,
-        params,
-        rows,
-        noise_multiplier=noise_multiplier,
-        lr=lr,
-        max_grad_norm=max_grad_norm,
-        expected_batch_size=expected_batch_size,
-        distill_weight=distill_weight,
-        class_weights=class_weights,
-        noise_gen=noise_gen,
-    )
+    common: dict[str, Any] = {
+        "lr": lr,
+        "max_grad_norm": max_grad_norm,
+        "expected_batch_size": expected_batch_size,
+        "distill_weight": distill_weight,
+        "class_weights": class_weights,
+        "noise_gen": noise_gen,
+    }
+    if unit_of_row is None:
+        stepper: Any = make_stepper(net, params, rows, noise_multiplier=noise_multiplier, **common)
+    else:
+        if noise_multiplier is None:  # non-private: per-day means, no clipping, no noise
+            common["max_grad_norm"] = math.inf
+        stepper = make_day_stepper(
+            net, params, rows, unit_of_row, noise_multiplier=noise_multiplier or 0.0, **common
+        )
     net.train()
     steps, losses = run_steps(
         stepper,
@@ -322,8 +364,22 @@ def dp_finetune(
         seconds=time.perf_counter() - started,
         epochs_done=steps * sample_rate,
         accountant=accountant,
-        max_grad_norm=max_grad_norm if stepper.private else math.inf,
+        max_grad_norm=max_grad_norm if noise_multiplier is not None else math.inf,
         n_private=rows.n_private,
         n_replay=rows.n_replay,
+        unit="example" if unit_of_row is None else "day",
+        n_units=rows.n_private if unit_of_row is None else n_units,
         losses=losses,
     )
+
+
+def _units(rows: Rows, days: I64Array | None) -> tuple[torch.Tensor | None, int]:
+    """Each row's unit (private days first, then the replay's pseudo-days) and the
+    number of private days; ``(None, 0)`` for the example unit."""
+    if days is None:
+        return None, 0
+    if len(days) != rows.n_private:
+        raise ValueError(f"days must have one entry per private row, got {len(days)}")
+    private, n_days = unit_index(days)
+    public = replay_units(rows.n_replay, n_days, n_days)
+    return torch.from_numpy(np.concatenate([private, public])), n_days

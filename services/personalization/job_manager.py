@@ -79,6 +79,7 @@ from services.personalization.ledger_guard import LedgerGuard
 from services.personalization.ledger_records import Mechanism
 from services.personalization.metrics import EPSILON_BUDGET, EPSILON_SPENT, EXAMPLES, JOBS_TOTAL
 from services.personalization.peer_calls import Stager
+from services.personalization.privacy_unit import check_units
 from services.personalization.store import ExampleStore
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,11 @@ class JobManager:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._work = config.data_dir / "candidates"
+
+    @property
+    def privacy_unit(self) -> str:
+        """The household budget's privacy unit ("day" or "example")."""
+        return self._config.privacy_unit
 
     @property
     def busy(self) -> bool:
@@ -224,15 +230,21 @@ class JobManager:
             available = await asyncio.to_thread(
                 public.replay_rows, task, labels, shape, self._config.public_data_dir
             )
+            # The ledger's delta (the budget's: config.budget_delta) is the one accounted.
+            unit, delta = self._config.privacy_unit, self._ledger.policy_for(SCOPE).delta
+            n_days = await asyncio.to_thread(self._store.day_count, model, snapshot.max_seq)
+            check_units(unit, n_days if unit == "day" else snapshot.count, delta)
             plan = await asyncio.to_thread(
                 worker.make_plan,
                 task,
                 n_private=snapshot.count,
                 n_replay=min(snapshot.count, available),
                 target_epsilon=float(target_epsilon),
-                delta=self._config.delta,
+                delta=delta,
                 accountant=self._config.accountant,
                 epochs=self._config.epochs,
+                unit=unit,
+                n_days=n_days,
             )
             job_id = uuid.uuid4().hex
             mechanism = Mechanism.dp_sgd(
@@ -278,7 +290,7 @@ class JobManager:
                 ),
                 max_seq=snapshot.max_seq,
                 target_epsilon=float(target_epsilon),
-                delta=self._config.delta,
+                delta=delta,
                 accountant=self._config.accountant,
                 plan=plan,
                 # A fresh seed per run: predictable noise would be no noise.
@@ -292,10 +304,11 @@ class JobManager:
                 self._run(rec, spec, active, manifest), name=f"personalization-job-{job_id}"
             )
         logger.info(
-            "job %s: %s, target epsilon %.3g, %d planned steps (noise %.3f, q %.4f)",
+            "job %s: %s, target epsilon %.3g per %s, %d planned steps (noise %.3f, q %.4f)",
             job_id,
             model,
             target_epsilon,
+            plan.unit,
             plan.steps,
             plan.noise_multiplier,
             plan.sample_rate,

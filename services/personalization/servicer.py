@@ -234,20 +234,22 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         rec = await self._manager.start(
             request.model_name, request.target_epsilon, request.max_duration_seconds
         )
-        return pb.StartTrainingResponse(job=job_pb(rec))
+        return pb.StartTrainingResponse(job=job_pb(rec, self._manager.privacy_unit))
 
     async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.GetJobResponse:
         if not request.job_id:
             raise InvalidArgument("job_id: required")
         rec = await asyncio.to_thread(self._jobs.get, request.job_id)
-        return pb.GetJobResponse(job=job_pb(rec))
+        return pb.GetJobResponse(job=job_pb(rec, self._manager.privacy_unit))
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
         start = paging.decode_offset(request.page_token)
         size = paging.page_size(request.page_size)
         recs, more = await asyncio.to_thread(self._jobs.page, start, size)
         token = paging.encode_offset(start + size) if more else ""
-        return pb.ListJobsResponse(jobs=[job_pb(r) for r in recs], next_page_token=token)
+        return pb.ListJobsResponse(
+            jobs=[job_pb(r, self._manager.privacy_unit) for r in recs], next_page_token=token
+        )
 
     # ------------------------------------------------------------------ the ledger
 
@@ -261,6 +263,7 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
             epsilon_limit=report.epsilon_budget,
             epsilon_spent=report.epsilon_spent,
             delta=report.delta,
+            privacy_unit=self._manager.privacy_unit,
         )
         budget.period_start.FromDatetime(report.period_start)
         budget.period_end.FromDatetime(report.period_end)
@@ -285,7 +288,8 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         newest = list(reversed(history))
         page = newest[start : start + size]
         policy = self._ledger.policy_for(scope)
-        entries = [await asyncio.to_thread(_entry_pb, e, policy.accountant) for e in page]
+        unit = self._manager.privacy_unit
+        entries = [await asyncio.to_thread(_entry_pb, e, policy.accountant, unit) for e in page]
         more = start + size < len(newest)
         token = paging.encode_offset(start + size, (scope,)) if more else ""
         return pb.ListLedgerEntriesResponse(entries=entries, next_page_token=token)
@@ -353,7 +357,7 @@ def _check_label(label: str, labels: tuple[str, ...], where: str) -> None:
         raise InvalidArgument(f"{where}: must be one of the model's labels ({', '.join(labels)})")
 
 
-def _entry_pb(entry: LedgerEntry, accountant: str) -> pb.LedgerEntry:
+def _entry_pb(entry: LedgerEntry, accountant: str, unit: str) -> pb.LedgerEntry:
     m = entry.mechanism
     out = pb.LedgerEntry(
         entry_id=entry.id,
@@ -367,12 +371,13 @@ def _entry_pb(entry: LedgerEntry, accountant: str) -> pb.LedgerEntry:
             m.noise_multiplier, m.sample_rate, entry.steps_charged, entry.delta, accountant
         ),
         delta=entry.delta,
+        privacy_unit=unit,
     )
     out.recorded_at.FromDatetime(entry.reserved_at)
     return out
 
 
-def job_pb(rec: JobRecord) -> pb.Job:
+def job_pb(rec: JobRecord, unit: str) -> pb.Job:
     job = pb.Job(
         job_id=rec.job_id,
         model_name=rec.model,
@@ -382,6 +387,7 @@ def job_pb(rec: JobRecord) -> pb.Job:
         message=rec.message,
         base_task_metric_before=rec.metric_before,
         base_task_metric_after=rec.metric_after,
+        privacy_unit=unit,
     )
     if rec.candidate_version:
         job.candidate.CopyFrom(

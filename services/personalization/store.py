@@ -47,6 +47,7 @@ Source = Literal["feedback", "override", "sensor", "import"]
 SOURCES: Final[tuple[str, ...]] = ("feedback", "override", "sensor", "import")
 _MAX_LABEL_CHARS: Final = 200
 _MAX_SQL_INT: Final = 2**63 - 1
+_US_PER_DAY: Final = 86_400_000_000
 
 _SCHEMA: Final = (
     # seq: insertion order, used to pin the rows a training job reads.
@@ -236,6 +237,21 @@ class ExampleStore(kit_sqlite.SharedConnection):
             ).fetchone()
         return Snapshot(model, int(row[0]), int(row[1]))
 
+    def day_count(self, model: str, max_seq: int) -> int:
+        """Distinct UTC days of the rows of ``model`` up to ``max_seq`` (the day unit's n)."""
+        with self._transaction("DEFERRED") as conn:
+            row = conn.execute(
+                "SELECT COUNT(DISTINCT observed_at_us / ?) FROM examples"
+                " WHERE model = ? AND seq <= ? AND observed_at_us >= 0",
+                (_US_PER_DAY, model, max_seq),
+            ).fetchone()
+            negative = conn.execute(
+                "SELECT COUNT(DISTINCT (observed_at_us + 1) / ? - 1) FROM examples"
+                " WHERE model = ? AND seq <= ? AND observed_at_us < 0",
+                (_US_PER_DAY, model, max_seq),
+            ).fetchone()
+        return int(row[0]) + int(negative[0])
+
     def load(
         self,
         model: str,
@@ -253,15 +269,33 @@ class ExampleStore(kit_sqlite.SharedConnection):
 
         ``since`` keeps rows observed at or after it, ``sources`` rows of those sources,
         ``newest`` only the last that many matching rows (by insertion order)."""
+        x, y, _ = self.load_observed(
+            model, labels, shape, max_seq=max_seq, since=since, sources=sources, newest=newest
+        )
+        return x, y
+
+    def load_observed(
+        self,
+        model: str,
+        labels: Sequence[str],
+        shape: Sequence[int],
+        *,
+        max_seq: int | None = None,
+        since: datetime | None = None,
+        sources: Sequence[Source] | None = None,
+        newest: int | None = None,
+    ) -> tuple[F32Array, I64Array, I64Array]:
+        """:meth:`load` plus each row's observation time (µs since the Unix epoch)."""
         index = {label: i for i, label in enumerate(labels)}
         want = json.dumps([int(d) for d in shape])
         kept = None if sources is None else frozenset(sources)
         limit = None if newest is None else max(0, int(newest))
         xs: list[bytes] = []
         ys: list[int] = []
+        ts: list[int] = []
         # Newest first, so that ``newest`` stops early; reversed into insertion order below.
         query = (
-            "SELECT input, shape, label, source FROM examples"
+            "SELECT input, shape, label, source, observed_at_us FROM examples"
             " WHERE model = ? AND seq <= ? AND observed_at_us >= ? ORDER BY seq DESC"
         )
         params = (
@@ -270,7 +304,7 @@ class ExampleStore(kit_sqlite.SharedConnection):
             -_MAX_SQL_INT if since is None else to_us(_utc(since)),
         )
         with self._transaction("DEFERRED") as conn:
-            for blob, row_shape, label, source in conn.execute(query, params):
+            for blob, row_shape, label, source, observed in conn.execute(query, params):
                 if limit is not None and len(xs) >= limit:
                     break
                 if row_shape != want or label not in index:
@@ -279,9 +313,11 @@ class ExampleStore(kit_sqlite.SharedConnection):
                     continue
                 xs.append(bytes(blob))
                 ys.append(index[label])
+                ts.append(int(observed))
         xs.reverse()
         ys.reverse()
+        ts.reverse()
         width = int(np.prod([int(d) for d in shape])) if shape else 1
         x = np.frombuffer(b"".join(xs), dtype="<f4").astype(np.float32)
         x = x.reshape((len(xs), *[int(d) for d in shape])) if xs else x.reshape((0, width))
-        return x, np.asarray(ys, dtype=np.int64)
+        return x, np.asarray(ys, dtype=np.int64), np.asarray(ts, dtype=np.int64)

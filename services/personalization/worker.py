@@ -61,6 +61,9 @@ class Plan:
     epochs: float
     n_private: int
     n_replay: int
+    #: The privacy unit ("day" or "example") and the private units (days or rows).
+    unit: str = "example"
+    n_units: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,20 +100,31 @@ def make_plan(
     delta: float,
     accountant: str,
     epochs: float,
+    unit: str = "example",
+    n_days: int = 0,
 ) -> Plan:
     """The mechanism ``dp_finetune`` will run for these inputs (same arithmetic).
 
-    ``epochs`` 0 means the task's default. Imports the fine-tuning library (torch).
+    ``unit`` "day": ``n_days`` private days, the replay rows split into as many
+    pseudo-days (at most one per row). ``epochs`` 0 means the task's default. Imports
+    the fine-tuning library (torch).
     """
-    from services.personalization.finetune import DEFAULTS, calibrate_noise  # noqa: PLC0415
+    from services.personalization.finetune import (  # noqa: PLC0415
+        calibrate_noise,
+        hyper_parameters,
+    )
 
-    hyper = DEFAULTS[task]
+    hyper = hyper_parameters(task, unit)
     epochs = float(epochs or hyper["epochs"])
-    n = n_private + n_replay
+    if unit == "day":
+        n_units = n_days
+        n = n_days + min(n_days, n_replay)
+    else:
+        n_units, n = n_private, n_private + n_replay
     sample_rate = min(1.0, int(hyper["expected_batch_size"]) / n)
     steps = max(1, math.ceil(epochs / sample_rate))
     noise = calibrate_noise(target_epsilon, delta, sample_rate, steps, accountant)
-    return Plan(noise, sample_rate, steps, epochs, n_private, n_replay)
+    return Plan(noise, sample_rate, steps, epochs, n_private, n_replay, unit, n_units)
 
 
 def _limit_resources(nice: int, max_memory_mb: int) -> None:
@@ -144,12 +158,15 @@ def _forgetting_metric(model: Any, data: PublicData | None) -> float:
     return float((_accuracy(model, data.x_eval) == data.y_eval).mean())
 
 
-def _pinned_rows(spec: JobSpec, store: ExampleStore) -> tuple[Any, Any]:
-    """The job's rows ``(x, y)``, ``x`` flat, once they are known to be the planned ones."""
-    x, y = store.load(spec.model, spec.labels, spec.shape, max_seq=spec.max_seq)
+def _pinned_rows(spec: JobSpec, store: ExampleStore) -> tuple[Any, Any, Any]:
+    """The job's rows ``(x, y)``, ``x`` flat, and each row's UTC day, once they are known
+    to be the planned ones."""
+    from services.personalization.privacy_unit import day_of  # noqa: PLC0415
+
+    x, y, observed = store.load_observed(spec.model, spec.labels, spec.shape, max_seq=spec.max_seq)
     if len(y) != spec.plan.n_private:
         raise JobRefused("the pinned examples changed since the job was planned")
-    return x.reshape(len(y), math.prod(spec.shape)), y
+    return x.reshape(len(y), math.prod(spec.shape)), y, day_of(observed)
 
 
 def _check_replay(spec: JobSpec, data: PublicData | None) -> None:
@@ -157,7 +174,7 @@ def _check_replay(spec: JobSpec, data: PublicData | None) -> None:
         raise JobRefused("the public replay data changed since the job was planned")
 
 
-def _check_plan(spec: JobSpec, n_private: int) -> None:
+def _check_plan(spec: JobSpec, n_private: int, n_days: int) -> None:
     """Refuses unless these inputs give exactly the mechanism the ledger reserved."""
     check = make_plan(
         spec.task,
@@ -167,6 +184,8 @@ def _check_plan(spec: JobSpec, n_private: int) -> None:
         delta=spec.delta,
         accountant=spec.accountant,
         epochs=spec.plan.epochs,
+        unit=spec.plan.unit,
+        n_days=n_days,
     )
     if check != spec.plan:
         raise JobRefused("the mechanism differs from the reserved one")
@@ -205,7 +224,10 @@ def run(spec: JobSpec, conn: Connection) -> None:
 
         torch.set_num_threads(1)
         from services.personalization import public  # noqa: PLC0415
-        from services.personalization.finetune import DEFAULTS, dp_finetune  # noqa: PLC0415
+        from services.personalization.finetune import (  # noqa: PLC0415
+            dp_finetune,
+            hyper_parameters,
+        )
         from services.personalization.onnx_roundtrip import (  # noqa: PLC0415
             base_model,
             export_candidate,
@@ -213,9 +235,9 @@ def run(spec: JobSpec, conn: Connection) -> None:
         from services.personalization.store import ExampleStore  # noqa: PLC0415
 
         _limit_resources(spec.nice, spec.max_memory_mb)
-        hyper = dict(DEFAULTS[spec.task])
+        hyper = hyper_parameters(spec.task, spec.plan.unit)
         with ExampleStore.open(Path(spec.store_path)) as store:
-            x, y = _pinned_rows(spec, store)
+            x, y, days = _pinned_rows(spec, store)
         public_dir = None if spec.public_data_dir is None else Path(spec.public_data_dir)
         data = (
             public.load(spec.task, spec.labels, spec.shape, public_dir)
@@ -225,7 +247,7 @@ def run(spec: JobSpec, conn: Connection) -> None:
         _check_replay(spec, data)
         # data is None without replay rows (and with them, _check_replay saw it loaded).
         replay = None if data is None else public.replay_subset(data, spec.plan.n_replay, spec.seed)
-        _check_plan(spec, len(y))
+        _check_plan(spec, len(y), len(set(days.tolist())))
         base = base_model(spec.task, Path(spec.base_onnx))
         before = _forgetting_metric(base, data)
 
@@ -256,6 +278,7 @@ def run(spec: JobSpec, conn: Connection) -> None:
             seed=spec.seed,
             progress=progress,
             max_seconds=max(0.0, budget),
+            days=days if spec.plan.unit == "day" else None,
         )
         steps_seen, finished = res.steps, True
         _check_trained(spec, res)

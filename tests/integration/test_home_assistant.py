@@ -171,6 +171,8 @@ def test_device_and_entities_appear(ha: HomeAssistant, roost: Stack) -> None:
     assert budget["attributes"]["epsilon_limit"] == EPSILON_LIMIT
     assert budget["attributes"]["epsilon_remaining"] == EPSILON_LIMIT
     assert budget["attributes"]["unit_of_measurement"] == "ε"
+    # The default unit is the household-day, at the delta derived from 91 days.
+    assert (budget["attributes"]["privacy_unit"], budget["attributes"]["delta"]) == ("day", 1e-3)
     drift = ha.wait_state(f"binary_sensor.{E}_occupancy_drift", lambda s: s["state"] == "off")
     assert drift["attributes"]["device_class"] == "problem"
     ha.wait_state(f"binary_sensor.{E}_occupancy_model_health", lambda s: s["state"] == "off")

@@ -187,6 +187,8 @@ async def test_training_charges_the_budget_and_stages_a_local_candidate(stack: S
     assert before.scope == "household"
     assert before.epsilon_spent == 0.0
     assert before.epsilon_limit == 4.0
+    # The default unit is the household-day, at the delta of 91 days (1/(10·91) >= 1e-3).
+    assert (before.privacy_unit, before.delta) == ("day", 1e-3)
 
     started = await admin.StartTraining(
         pb.StartTrainingRequest(
@@ -218,6 +220,7 @@ async def test_training_charges_the_budget_and_stages_a_local_candidate(stack: S
     )
     assert job.state == pb.JOB_STATE_SUCCEEDED, job.message
     assert 0 < job.epsilon_spent <= 1.0 + 1e-6
+    assert job.privacy_unit == "day"
     assert job.progress == pytest.approx(1.0)
     assert job.candidate.name == "occupancy"
     assert job.candidate.version == "1.0.0.1"
@@ -232,6 +235,10 @@ async def test_training_charges_the_budget_and_stages_a_local_candidate(stack: S
     assert len(entries) == 1
     assert entries[0].mechanism == pb.MECHANISM_DP_SGD
     assert entries[0].steps > 0
+    # Day-level: the examples span at most 2 UTC days, so with as many replay
+    # pseudo-days the sample rate is over at most 4 units (8 expected per step: all).
+    assert entries[0].sample_rate == 1.0
+    assert entries[0].privacy_unit == "day"
     assert entries[0].noise_multiplier > 0
 
     update = update_grpc.UpdateServiceStub(service_channel(stack, Role.UPDATE, Role.ADMIN))
@@ -494,8 +501,8 @@ def test_the_personalize_cli(stack: Stack, capsys: pytest.CaptureFixture[str]) -
     assert main([*home, "personalize", "budget"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("household: epsilon ")
-    assert "of 4 spent in the last 30 days" in out
-    assert "reveals at most epsilon 4 (delta 1e-05) about any single reading" in out
+    assert "of 4 spent per household-day in the last 30 days (delta 0.001)" in out
+    assert "reveals at most epsilon 4 (delta 0.001) about any one day of your home's life" in out
     assert main([*home, "personalize", "--role", "auditor", "ledger"]) == 0
     assert "DP-SGD" in capsys.readouterr().out
     assert main([*home, "personalize", "jobs"]) == 0

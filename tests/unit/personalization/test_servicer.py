@@ -103,6 +103,10 @@ async def test_ledger_entries_page_newest_first_and_tokens_stay_in_their_scope(
     assert first.entries[0].recorded_at.ToDatetime(UTC) == T0 + timedelta(minutes=2)
     assert first.entries[0].steps == RUN.steps
     assert first.entries[0].epsilon > 0
+    # epsilon is shown with its unit: the default household-day.
+    assert first.entries[0].privacy_unit == "day"
+    budget = (await servicer.GetPrivacyBudget(pb.GetPrivacyBudgetRequest(), None)).budget
+    assert budget.privacy_unit == "day"
     # The default scope is "household": its token is good for the named scope too.
     second = await servicer.ListLedgerEntries(
         pb.ListLedgerEntriesRequest(

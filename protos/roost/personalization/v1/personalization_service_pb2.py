@@ -26,19 +26,19 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from roost.common.v1 import common_pb2 as roost_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n6roost/personalization/v1/personalization_service.proto\x12\x18roost.personalization.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1croost/common/v1/common.proto\"o\n\x12RecordLabelRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x35\n\x06source\x18\x03 \x01(\x0e\x32%.roost.personalization.v1.LabelSource\")\n\x13RecordLabelResponse\x12\x12\n\nexample_id\x18\x01 \x01(\t\"q\n\x07\x45xample\x12&\n\x05input\x18\x01 \x01(\x0b\x32\x17.roost.common.v1.Tensor\x12\r\n\x05label\x18\x02 \x01(\t\x12/\n\x0bobserved_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\x12\x41\x64\x64\x45xamplesRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x33\n\x08\x65xamples\x18\x02 \x03(\x0b\x32!.roost.personalization.v1.Example\x12\x35\n\x06source\x18\x03 \x01(\x0e\x32%.roost.personalization.v1.LabelSource\"3\n\x13\x41\x64\x64\x45xamplesResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x03\"\xa2\x01\n\x17\x45valuateVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x07sources\x18\x04 \x03(\x0e\x32%.roost.personalization.v1.LabelSource\"C\n\x0fVersionAccuracy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"V\n\x18\x45valuateVersionsResponse\x12:\n\x07results\x18\x01 \x03(\x0b\x32).roost.personalization.v1.VersionAccuracy\"`\n\x14StartTrainingRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x16\n\x0etarget_epsilon\x18\x02 \x01(\x01\x12\x1c\n\x14max_duration_seconds\x18\x03 \x01(\x05\"\xe6\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x31\n\x05state\x18\x03 \x01(\x0e\x32\".roost.personalization.v1.JobState\x12\x10\n\x08progress\x18\x04 \x01(\x02\x12\x15\n\repsilon_spent\x18\x05 \x01(\x01\x12,\n\tcandidate\x18\x06 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x0f\n\x07message\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x17\x62\x61se_task_metric_before\x18\n \x01(\x01\x12\x1e\n\x16\x62\x61se_task_metric_after\x18\x0b \x01(\x01\"C\n\x15StartTrainingResponse\x12*\n\x03job\x18\x01 \x01(\x0b\x32\x1d.roost.personalization.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"<\n\x0eGetJobResponse\x12*\n\x03job\x18\x01 \x01(\x0b\x32\x1d.roost.personalization.v1.Job\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x10ListJobsResponse\x12+\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.roost.personalization.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbd\x01\n\rPrivacyBudget\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x15\n\repsilon_limit\x18\x02 \x01(\x01\x12\x15\n\repsilon_spent\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x30\n\x0cperiod_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x17GetPrivacyBudgetRequest\x12\r\n\x05scope\x18\x01 \x01(\t\"S\n\x18GetPrivacyBudgetResponse\x12\x37\n\x06\x62udget\x18\x01 \x01(\x0b\x32\'.roost.personalization.v1.PrivacyBudget\"\xf5\x01\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x36\n\tmechanism\x18\x03 \x01(\x0e\x32#.roost.personalization.v1.Mechanism\x12\x18\n\x10noise_multiplier\x18\x04 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\x04\x12\x0f\n\x07\x65psilon\x18\x07 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x08 \x01(\x01\x12/\n\x0brecorded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x18ListLedgerEntriesRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"l\n\x19ListLedgerEntriesResponse\x12\x36\n\x07\x65ntries\x18\x01 \x03(\x0b\x32%.roost.personalization.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14RebuildLedgerRequest\"<\n\x15RebuildLedgerResponse\x12\x0f\n\x07records\x18\x01 \x01(\x04\x12\x12\n\nmechanisms\x18\x02 \x01(\x04\"\xa3\x01\n\x1d\x43omputeFederatedUpdateRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12/\n\x0cglobal_model\x18\x03 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x11\n\tclip_norm\x18\x04 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x05 \x01(\x01\"M\n\x1e\x43omputeFederatedUpdateResponse\x12\x14\n\x0cnoised_delta\x18\x01 \x01(\x0c\x12\x15\n\repsilon_spent\x18\x02 \x01(\x01*\x93\x01\n\x0bLabelSource\x12\x1c\n\x18LABEL_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15LABEL_SOURCE_FEEDBACK\x10\x01\x12\x19\n\x15LABEL_SOURCE_OVERRIDE\x10\x02\x12\x17\n\x13LABEL_SOURCE_SENSOR\x10\x03\x12\x17\n\x13LABEL_SOURCE_IMPORT\x10\x04*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*[\n\tMechanism\x12\x19\n\x15MECHANISM_UNSPECIFIED\x10\x00\x12\x14\n\x10MECHANISM_DP_SGD\x10\x01\x12\x1d\n\x19MECHANISM_FEDERATED_DELTA\x10\x02\x32\x96\t\n\x16PersonalizationService\x12p\n\rStartTraining\x12..roost.personalization.v1.StartTrainingRequest\x1a/.roost.personalization.v1.StartTrainingResponse\x12[\n\x06GetJob\x12\'.roost.personalization.v1.GetJobRequest\x1a(.roost.personalization.v1.GetJobResponse\x12\x61\n\x08ListJobs\x12).roost.personalization.v1.ListJobsRequest\x1a*.roost.personalization.v1.ListJobsResponse\x12y\n\x10GetPrivacyBudget\x12\x31.roost.personalization.v1.GetPrivacyBudgetRequest\x1a\x32.roost.personalization.v1.GetPrivacyBudgetResponse\x12|\n\x11ListLedgerEntries\x12\x32.roost.personalization.v1.ListLedgerEntriesRequest\x1a\x33.roost.personalization.v1.ListLedgerEntriesResponse\x12p\n\rRebuildLedger\x12..roost.personalization.v1.RebuildLedgerRequest\x1a/.roost.personalization.v1.RebuildLedgerResponse\x12\x8b\x01\n\x16\x43omputeFederatedUpdate\x12\x37.roost.personalization.v1.ComputeFederatedUpdateRequest\x1a\x38.roost.personalization.v1.ComputeFederatedUpdateResponse\x12j\n\x0bRecordLabel\x12,.roost.personalization.v1.RecordLabelRequest\x1a-.roost.personalization.v1.RecordLabelResponse\x12j\n\x0b\x41\x64\x64\x45xamples\x12,.roost.personalization.v1.AddExamplesRequest\x1a-.roost.personalization.v1.AddExamplesResponse\x12y\n\x10\x45valuateVersions\x12\x31.roost.personalization.v1.EvaluateVersionsRequest\x1a\x32.roost.personalization.v1.EvaluateVersionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n6roost/personalization/v1/personalization_service.proto\x12\x18roost.personalization.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1croost/common/v1/common.proto\"o\n\x12RecordLabelRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x35\n\x06source\x18\x03 \x01(\x0e\x32%.roost.personalization.v1.LabelSource\")\n\x13RecordLabelResponse\x12\x12\n\nexample_id\x18\x01 \x01(\t\"q\n\x07\x45xample\x12&\n\x05input\x18\x01 \x01(\x0b\x32\x17.roost.common.v1.Tensor\x12\r\n\x05label\x18\x02 \x01(\t\x12/\n\x0bobserved_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x94\x01\n\x12\x41\x64\x64\x45xamplesRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x33\n\x08\x65xamples\x18\x02 \x03(\x0b\x32!.roost.personalization.v1.Example\x12\x35\n\x06source\x18\x03 \x01(\x0e\x32%.roost.personalization.v1.LabelSource\"3\n\x13\x41\x64\x64\x45xamplesResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x03\"\xa2\x01\n\x17\x45valuateVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x07sources\x18\x04 \x03(\x0e\x32%.roost.personalization.v1.LabelSource\"C\n\x0fVersionAccuracy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"V\n\x18\x45valuateVersionsResponse\x12:\n\x07results\x18\x01 \x03(\x0b\x32).roost.personalization.v1.VersionAccuracy\"`\n\x14StartTrainingRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x16\n\x0etarget_epsilon\x18\x02 \x01(\x01\x12\x1c\n\x14max_duration_seconds\x18\x03 \x01(\x05\"\xfc\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x31\n\x05state\x18\x03 \x01(\x0e\x32\".roost.personalization.v1.JobState\x12\x10\n\x08progress\x18\x04 \x01(\x02\x12\x15\n\repsilon_spent\x18\x05 \x01(\x01\x12,\n\tcandidate\x18\x06 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x0f\n\x07message\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x17\x62\x61se_task_metric_before\x18\n \x01(\x01\x12\x1e\n\x16\x62\x61se_task_metric_after\x18\x0b \x01(\x01\x12\x14\n\x0cprivacy_unit\x18\x0c \x01(\t\"C\n\x15StartTrainingResponse\x12*\n\x03job\x18\x01 \x01(\x0b\x32\x1d.roost.personalization.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"<\n\x0eGetJobResponse\x12*\n\x03job\x18\x01 \x01(\x0b\x32\x1d.roost.personalization.v1.Job\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"X\n\x10ListJobsResponse\x12+\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.roost.personalization.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd3\x01\n\rPrivacyBudget\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x15\n\repsilon_limit\x18\x02 \x01(\x01\x12\x15\n\repsilon_spent\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x30\n\x0cperiod_start\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cprivacy_unit\x18\x07 \x01(\t\"(\n\x17GetPrivacyBudgetRequest\x12\r\n\x05scope\x18\x01 \x01(\t\"S\n\x18GetPrivacyBudgetResponse\x12\x37\n\x06\x62udget\x18\x01 \x01(\x0b\x32\'.roost.personalization.v1.PrivacyBudget\"\x8b\x02\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\x36\n\tmechanism\x18\x03 \x01(\x0e\x32#.roost.personalization.v1.Mechanism\x12\x18\n\x10noise_multiplier\x18\x04 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\x04\x12\x0f\n\x07\x65psilon\x18\x07 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x08 \x01(\x01\x12/\n\x0brecorded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cprivacy_unit\x18\n \x01(\t\"P\n\x18ListLedgerEntriesRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"l\n\x19ListLedgerEntriesResponse\x12\x36\n\x07\x65ntries\x18\x01 \x03(\x0b\x32%.roost.personalization.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14RebuildLedgerRequest\"<\n\x15RebuildLedgerResponse\x12\x0f\n\x07records\x18\x01 \x01(\x04\x12\x12\n\nmechanisms\x18\x02 \x01(\x04\"\xa3\x01\n\x1d\x43omputeFederatedUpdateRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\t\x12/\n\x0cglobal_model\x18\x03 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x11\n\tclip_norm\x18\x04 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x05 \x01(\x01\"M\n\x1e\x43omputeFederatedUpdateResponse\x12\x14\n\x0cnoised_delta\x18\x01 \x01(\x0c\x12\x15\n\repsilon_spent\x18\x02 \x01(\x01*\x93\x01\n\x0bLabelSource\x12\x1c\n\x18LABEL_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15LABEL_SOURCE_FEEDBACK\x10\x01\x12\x19\n\x15LABEL_SOURCE_OVERRIDE\x10\x02\x12\x17\n\x13LABEL_SOURCE_SENSOR\x10\x03\x12\x17\n\x13LABEL_SOURCE_IMPORT\x10\x04*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*[\n\tMechanism\x12\x19\n\x15MECHANISM_UNSPECIFIED\x10\x00\x12\x14\n\x10MECHANISM_DP_SGD\x10\x01\x12\x1d\n\x19MECHANISM_FEDERATED_DELTA\x10\x02\x32\x96\t\n\x16PersonalizationService\x12p\n\rStartTraining\x12..roost.personalization.v1.StartTrainingRequest\x1a/.roost.personalization.v1.StartTrainingResponse\x12[\n\x06GetJob\x12\'.roost.personalization.v1.GetJobRequest\x1a(.roost.personalization.v1.GetJobResponse\x12\x61\n\x08ListJobs\x12).roost.personalization.v1.ListJobsRequest\x1a*.roost.personalization.v1.ListJobsResponse\x12y\n\x10GetPrivacyBudget\x12\x31.roost.personalization.v1.GetPrivacyBudgetRequest\x1a\x32.roost.personalization.v1.GetPrivacyBudgetResponse\x12|\n\x11ListLedgerEntries\x12\x32.roost.personalization.v1.ListLedgerEntriesRequest\x1a\x33.roost.personalization.v1.ListLedgerEntriesResponse\x12p\n\rRebuildLedger\x12..roost.personalization.v1.RebuildLedgerRequest\x1a/.roost.personalization.v1.RebuildLedgerResponse\x12\x8b\x01\n\x16\x43omputeFederatedUpdate\x12\x37.roost.personalization.v1.ComputeFederatedUpdateRequest\x1a\x38.roost.personalization.v1.ComputeFederatedUpdateResponse\x12j\n\x0bRecordLabel\x12,.roost.personalization.v1.RecordLabelRequest\x1a-.roost.personalization.v1.RecordLabelResponse\x12j\n\x0b\x41\x64\x64\x45xamples\x12,.roost.personalization.v1.AddExamplesRequest\x1a-.roost.personalization.v1.AddExamplesResponse\x12y\n\x10\x45valuateVersions\x12\x31.roost.personalization.v1.EvaluateVersionsRequest\x1a\x32.roost.personalization.v1.EvaluateVersionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'roost.personalization.v1.personalization_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LABELSOURCE']._serialized_start=2806
-  _globals['_LABELSOURCE']._serialized_end=2953
-  _globals['_JOBSTATE']._serialized_start=2956
-  _globals['_JOBSTATE']._serialized_end=3110
-  _globals['_MECHANISM']._serialized_start=3112
-  _globals['_MECHANISM']._serialized_end=3203
+  _globals['_LABELSOURCE']._serialized_start=2872
+  _globals['_LABELSOURCE']._serialized_end=3019
+  _globals['_JOBSTATE']._serialized_start=3022
+  _globals['_JOBSTATE']._serialized_end=3176
+  _globals['_MECHANISM']._serialized_start=3178
+  _globals['_MECHANISM']._serialized_end=3269
   _globals['_RECORDLABELREQUEST']._serialized_start=147
   _globals['_RECORDLABELREQUEST']._serialized_end=258
   _globals['_RECORDLABELRESPONSE']._serialized_start=260
@@ -58,37 +58,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTTRAININGREQUEST']._serialized_start=944
   _globals['_STARTTRAININGREQUEST']._serialized_end=1040
   _globals['_JOB']._serialized_start=1043
-  _globals['_JOB']._serialized_end=1401
-  _globals['_STARTTRAININGRESPONSE']._serialized_start=1403
-  _globals['_STARTTRAININGRESPONSE']._serialized_end=1470
-  _globals['_GETJOBREQUEST']._serialized_start=1472
-  _globals['_GETJOBREQUEST']._serialized_end=1503
-  _globals['_GETJOBRESPONSE']._serialized_start=1505
-  _globals['_GETJOBRESPONSE']._serialized_end=1565
-  _globals['_LISTJOBSREQUEST']._serialized_start=1567
-  _globals['_LISTJOBSREQUEST']._serialized_end=1623
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1625
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1713
-  _globals['_PRIVACYBUDGET']._serialized_start=1716
-  _globals['_PRIVACYBUDGET']._serialized_end=1905
-  _globals['_GETPRIVACYBUDGETREQUEST']._serialized_start=1907
-  _globals['_GETPRIVACYBUDGETREQUEST']._serialized_end=1947
-  _globals['_GETPRIVACYBUDGETRESPONSE']._serialized_start=1949
-  _globals['_GETPRIVACYBUDGETRESPONSE']._serialized_end=2032
-  _globals['_LEDGERENTRY']._serialized_start=2035
-  _globals['_LEDGERENTRY']._serialized_end=2280
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=2282
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=2362
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=2364
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=2472
-  _globals['_REBUILDLEDGERREQUEST']._serialized_start=2474
-  _globals['_REBUILDLEDGERREQUEST']._serialized_end=2496
-  _globals['_REBUILDLEDGERRESPONSE']._serialized_start=2498
-  _globals['_REBUILDLEDGERRESPONSE']._serialized_end=2558
-  _globals['_COMPUTEFEDERATEDUPDATEREQUEST']._serialized_start=2561
-  _globals['_COMPUTEFEDERATEDUPDATEREQUEST']._serialized_end=2724
-  _globals['_COMPUTEFEDERATEDUPDATERESPONSE']._serialized_start=2726
-  _globals['_COMPUTEFEDERATEDUPDATERESPONSE']._serialized_end=2803
-  _globals['_PERSONALIZATIONSERVICE']._serialized_start=3206
-  _globals['_PERSONALIZATIONSERVICE']._serialized_end=4380
+  _globals['_JOB']._serialized_end=1423
+  _globals['_STARTTRAININGRESPONSE']._serialized_start=1425
+  _globals['_STARTTRAININGRESPONSE']._serialized_end=1492
+  _globals['_GETJOBREQUEST']._serialized_start=1494
+  _globals['_GETJOBREQUEST']._serialized_end=1525
+  _globals['_GETJOBRESPONSE']._serialized_start=1527
+  _globals['_GETJOBRESPONSE']._serialized_end=1587
+  _globals['_LISTJOBSREQUEST']._serialized_start=1589
+  _globals['_LISTJOBSREQUEST']._serialized_end=1645
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1647
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1735
+  _globals['_PRIVACYBUDGET']._serialized_start=1738
+  _globals['_PRIVACYBUDGET']._serialized_end=1949
+  _globals['_GETPRIVACYBUDGETREQUEST']._serialized_start=1951
+  _globals['_GETPRIVACYBUDGETREQUEST']._serialized_end=1991
+  _globals['_GETPRIVACYBUDGETRESPONSE']._serialized_start=1993
+  _globals['_GETPRIVACYBUDGETRESPONSE']._serialized_end=2076
+  _globals['_LEDGERENTRY']._serialized_start=2079
+  _globals['_LEDGERENTRY']._serialized_end=2346
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=2348
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=2428
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=2430
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=2538
+  _globals['_REBUILDLEDGERREQUEST']._serialized_start=2540
+  _globals['_REBUILDLEDGERREQUEST']._serialized_end=2562
+  _globals['_REBUILDLEDGERRESPONSE']._serialized_start=2564
+  _globals['_REBUILDLEDGERRESPONSE']._serialized_end=2624
+  _globals['_COMPUTEFEDERATEDUPDATEREQUEST']._serialized_start=2627
+  _globals['_COMPUTEFEDERATEDUPDATEREQUEST']._serialized_end=2790
+  _globals['_COMPUTEFEDERATEDUPDATERESPONSE']._serialized_start=2792
+  _globals['_COMPUTEFEDERATEDUPDATERESPONSE']._serialized_end=2869
+  _globals['_PERSONALIZATIONSERVICE']._serialized_start=3272
+  _globals['_PERSONALIZATIONSERVICE']._serialized_end=4446
 # @@protoc_insertion_point(module_scope)

@@ -361,6 +361,7 @@ class Job(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     BASE_TASK_METRIC_BEFORE_FIELD_NUMBER: _builtins.int
     BASE_TASK_METRIC_AFTER_FIELD_NUMBER: _builtins.int
+    PRIVACY_UNIT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     model_name: _builtins.str
     state: Global___JobState.ValueType
@@ -372,6 +373,8 @@ class Job(_message.Message):
     base_task_metric_before: _builtins.float
     """Accuracy on the base task's held-out data, before and after (forgetting)."""
     base_task_metric_after: _builtins.float
+    privacy_unit: _builtins.str
+    """What epsilon_spent protects: "day" (a household-day) or "example" (one labelled row)."""
     @_builtins.property
     def candidate(self) -> _common_pb2.ModelRef:
         """The exported local candidate, once succeeded."""
@@ -394,10 +397,11 @@ class Job(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         base_task_metric_before: _builtins.float = ...,
         base_task_metric_after: _builtins.float = ...,
+        privacy_unit: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "created_at", b"created_at", "finished_at", b"finished_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_task_metric_after", b"base_task_metric_after", "base_task_metric_before", b"base_task_metric_before", "candidate", b"candidate", "created_at", b"created_at", "epsilon_spent", b"epsilon_spent", "finished_at", b"finished_at", "job_id", b"job_id", "message", b"message", "model_name", b"model_name", "progress", b"progress", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_task_metric_after", b"base_task_metric_after", "base_task_metric_before", b"base_task_metric_before", "candidate", b"candidate", "created_at", b"created_at", "epsilon_spent", b"epsilon_spent", "finished_at", b"finished_at", "job_id", b"job_id", "message", b"message", "model_name", b"model_name", "privacy_unit", b"privacy_unit", "progress", b"progress", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -521,11 +525,14 @@ class PrivacyBudget(_message.Message):
     DELTA_FIELD_NUMBER: _builtins.int
     PERIOD_START_FIELD_NUMBER: _builtins.int
     PERIOD_END_FIELD_NUMBER: _builtins.int
+    PRIVACY_UNIT_FIELD_NUMBER: _builtins.int
     scope: _builtins.str
     """Data scope, e.g. "household" or a model family."""
     epsilon_limit: _builtins.float
     epsilon_spent: _builtins.float
     delta: _builtins.float
+    privacy_unit: _builtins.str
+    """What the budget protects: "day" (every row of one household-day) or "example"."""
     @_builtins.property
     def period_start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -539,10 +546,11 @@ class PrivacyBudget(_message.Message):
         delta: _builtins.float = ...,
         period_start: _timestamp_pb2.Timestamp | None = ...,
         period_end: _timestamp_pb2.Timestamp | None = ...,
+        privacy_unit: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "epsilon_limit", b"epsilon_limit", "epsilon_spent", b"epsilon_spent", "period_end", b"period_end", "period_start", b"period_start", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "epsilon_limit", b"epsilon_limit", "epsilon_spent", b"epsilon_spent", "period_end", b"period_end", "period_start", b"period_start", "privacy_unit", b"privacy_unit", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -600,6 +608,7 @@ class LedgerEntry(_message.Message):
     EPSILON_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     RECORDED_AT_FIELD_NUMBER: _builtins.int
+    PRIVACY_UNIT_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.str
     scope: _builtins.str
     mechanism: Global___Mechanism.ValueType
@@ -608,6 +617,8 @@ class LedgerEntry(_message.Message):
     steps: _builtins.int
     epsilon: _builtins.float
     delta: _builtins.float
+    privacy_unit: _builtins.str
+    """The unit epsilon is counted in: "day" or "example"."""
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -622,10 +633,11 @@ class LedgerEntry(_message.Message):
         epsilon: _builtins.float = ...,
         delta: _builtins.float = ...,
         recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        privacy_unit: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "entry_id", b"entry_id", "epsilon", b"epsilon", "mechanism", b"mechanism", "noise_multiplier", b"noise_multiplier", "recorded_at", b"recorded_at", "sample_rate", b"sample_rate", "scope", b"scope", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "entry_id", b"entry_id", "epsilon", b"epsilon", "mechanism", b"mechanism", "noise_multiplier", b"noise_multiplier", "privacy_unit", b"privacy_unit", "recorded_at", b"recorded_at", "sample_rate", b"sample_rate", "scope", b"scope", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

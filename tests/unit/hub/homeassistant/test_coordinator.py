@@ -117,7 +117,9 @@ def test_the_budget_goes_offline_while_personalization_fails() -> None:
     class Pers:
         async def GetPrivacyBudget(self, request: Any, timeout: float) -> Any:
             return pers_pb.GetPrivacyBudgetResponse(
-                budget=pers_pb.PrivacyBudget(epsilon_spent=1.5, epsilon_limit=4.0, delta=1e-5)
+                budget=pers_pb.PrivacyBudget(
+                    epsilon_spent=1.5, epsilon_limit=4.0, delta=1e-3, privacy_unit="day"
+                )
             )
 
     avail = "roost/home-1/ha/personalization/availability"
@@ -126,6 +128,7 @@ def test_the_budget_goes_offline_while_personalization_fails() -> None:
     assert h.pushed[avail] == (b"online", True)
     budget = h.state("privacy_budget")
     assert (budget["epsilon_remaining"], budget["scope"]) == (2.5, "household")
+    assert (budget["privacy_unit"], budget["delta"]) == ("day", 1e-3)
     for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.PERMISSION_DENIED):
         h.c.personalization = Failing(code)  # type: ignore[assignment]
         asyncio.run(h.c.poll_budget())
