@@ -38,7 +38,7 @@ time.sleep(%r)
 
 def scrubbed_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
     return env
 
 
