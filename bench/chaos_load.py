@@ -34,6 +34,9 @@ KINDS_PER_ROW = 4
 BASE_TS = 1_423_058_400.0
 ROW_SECONDS = 60.0
 POLL_SECONDS = 0.02
+# A backlog has drained once its undecided readings stopped changing for this long.
+DRAINED_SECONDS = 1.0
+DRAINED_POLL_SECONDS = 0.1
 
 _ids = count()
 # paho reports the broker's death as errors ("failed to receive on socket"): expected here.
@@ -208,11 +211,26 @@ class Load:
         seq = self.ledger.first_sent_at_or_after(at)
         return await self._until(lambda: self.ledger.max_decided >= seq, within)
 
-    async def caught_up(self, within: float) -> bool:
-        """Until the decision of the latest reading offered so far (or a later one) arrived:
-        any backlog before it is decided (the hub publishes in reading order)."""
+    async def caught_up(self, within: float, *, since: int = 0) -> bool:
+        """Until the decision of the latest reading offered so far (or a later one) arrived,
+        and then the backlog before it drained: the published readings from ``since`` on
+        still undecided are none, or stayed as many for ``DRAINED_SECONDS`` (lost). The hub
+        decides fresh readings first while a backlog drains (late decisions)."""
+        deadline = time.monotonic() + within
         seq = self.ledger.next_seq - 1
-        return await self._until(lambda: self.ledger.max_decided >= seq, within)
+        if not await self._until(lambda: self.ledger.max_decided >= seq, within):
+            return False
+        last, since_change = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            undecided = self.ledger.undecided(since, seq)
+            if undecided == 0:
+                return True
+            if undecided != last:
+                last, since_change = undecided, time.monotonic()
+            elif time.monotonic() - since_change >= DRAINED_SECONDS:
+                return True
+            await asyncio.sleep(DRAINED_POLL_SECONDS)
+        return False
 
     async def quiet(self, quiet: float, limit: float) -> None:
         """Until no decision arrived for ``quiet`` seconds (at most ``limit`` seconds)."""

@@ -70,6 +70,10 @@ class DecisionQueue(Protocol):
 
     def submit(self, item: Pending) -> None: ...
 
+    def remember(self, item: Pending) -> None:
+        """A reading replayed into the windows only: it was decided before."""
+        ...
+
 
 @dataclass(frozen=True)
 class InputLimits:
@@ -189,6 +193,8 @@ class Ingest:
                 unranged,
             )
         self.drops = DropLog()
+        # The reading being handled: its journal id, whether to decide, decisions asked.
+        self._journal_id, self._decide, self._submitted = 0, True, 0
         self._publish_sizes()
 
     @property
@@ -205,8 +211,14 @@ class Ingest:
         """Replace the statestream mapping (e.g. a refreshed Home Assistant auto mapping)."""
         self._entities = usable_entities(entities)
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        """Never raises: bad input is counted and dropped."""
+    def handle(
+        self, topic: str, payload: bytes, *, journal_id: int = 0, decide: bool = True
+    ) -> int:
+        """How many decisions the reading asked for. Never raises: bad input is counted
+        and dropped. ``decide=False`` (a journal replay of a decided reading): the
+        windows are updated, nothing is submitted (the ids are remembered)."""
+        self._journal_id, self._decide = journal_id, decide
+        self._submitted = 0
         try:
             self._handle(topic, payload)
         except Exception as e:
@@ -214,6 +226,7 @@ class Ingest:
             # traceback may hold values, so it goes to DEBUG).
             self.drops.drop(topic, DropReason.INTERNAL, type(e).__name__)
             log.debug("reading on %s failed", topic, exc_info=True)
+        return self._submitted
 
     def _handle(self, topic: str, payload: bytes) -> None:
         received = time.perf_counter()
@@ -237,7 +250,7 @@ class Ingest:
                     self.drops.drop(topic, DropReason.OUT_OF_ORDER, str(e))
                     continue
                 if ready:
-                    self._pipeline.submit(
+                    self._submit(
                         Pending(
                             model=model,
                             area=area,
@@ -246,8 +259,16 @@ class Ingest:
                             reading_ts=ts,
                             trigger_id=reading.reading_id,
                             received_at=received,
+                            journal_id=self._journal_id,
                         )
                     )
+
+    def _submit(self, item: Pending) -> None:
+        if not self._decide:
+            self._pipeline.remember(item)
+            return
+        self._submitted += 1
+        self._pipeline.submit(item)
 
     def _admit_area(self, ref: SensorRef, models: list[str]) -> None:
         """TOO_MANY_AREAS if the reading would start a new area beyond ``max_areas``."""
