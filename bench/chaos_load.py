@@ -3,7 +3,8 @@
 :class:`Load` publishes readings at a steady rate — bounded in count and in time — and
 records every decision the hub publishes, each over its own connection that
 reconnects by itself (every 50 ms) while the broker is down, so a broker kill is
-measured, not fatal. Readings are published with QoS 1: a reading counts as published
+measured, not fatal. The recorder's session is persistent (QoS 1), like the hub's, so
+decisions published while it reconnects wait for it at the broker. Readings are published with QoS 1: a reading counts as published
 once the broker acknowledged it. Everything lands in a :class:`bench.chaos_ledger.Ledger`.
 """
 
@@ -83,7 +84,9 @@ class Load:
 
     async def __aenter__(self) -> Load:
         self._tasks = [
-            asyncio.create_task(self._link("sub", self._receive)),
+            # Decisions published while this subscriber reconnects (a broker restart) are
+            # kept for it: a decision missed here would be the recorder's loss, not the hub's.
+            asyncio.create_task(self._link("sub", self._receive, persistent=True)),
             asyncio.create_task(self._link("pub", self._hold_publisher)),
         ]
         connected = await self._until(
@@ -110,8 +113,15 @@ class Load:
 
     # --- connections ---------------------------------------------------------------
 
-    async def _link(self, role: str, session: Callable[[aiomqtt.Client], Awaitable[None]]) -> None:
-        """Keep one connection: run ``session`` on it, reconnect when the broker drops it."""
+    async def _link(
+        self,
+        role: str,
+        session: Callable[[aiomqtt.Client], Awaitable[None]],
+        *,
+        persistent: bool = False,
+    ) -> None:
+        """Keep one connection: run ``session`` on it, reconnect when the broker drops it.
+        ``persistent``: one session across reconnects (the broker keeps what arrives)."""
         while True:
             try:
                 async with mqtt.client(
@@ -120,6 +130,7 @@ class Load:
                     identifier=f"{self._name}-{role}",
                     timeout=PUBACK_TIMEOUT,
                     logger=MQTT_LOG,
+                    clean_session=not persistent,
                 ) as client:
                     # Backlogs of PUBACKs are expected here; aiomqtt warns above 10.
                     client.pending_calls_threshold = 1_000_000

@@ -200,6 +200,8 @@ class Stack:
             # at a clean stop.
             f"persistence true\npersistence_location {self.home / 'run'}/\n"
             "autosave_interval 1\n"
+            # Not a line per save (information): errors, warnings, connections (notice).
+            "log_type error\nlog_type warning\nlog_type notice\n"
             # Run as root, mosquitto would switch to the user `mosquitto` and could not
             # write its store here: it stays the user that started it.
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"

@@ -373,6 +373,8 @@ class Hub:
                     max_inflight_messages=1000,
                 )
                 ack = manual_acks(client)
+                intake = self.intake
+                assert intake is not None
                 async with client:
                     delay = cfg.mqtt_reconnect_min_seconds
                     await client.publish(status, b"online", qos=1, retain=True)
@@ -387,8 +389,10 @@ class Hub:
                     log.info("connected to MQTT %s:%d", cfg.mqtt_host, cfg.mqtt_port)
                     try:
                         await self._consume(client, ack)
-                    finally:
-                        self.publisher.detach()
+                    except BaseException:
+                        self.publisher.detach()  # in-flight publishes: to the next session
+                        raise
+                    intake.flush()  # stopping: acknowledge what is journaled
                     # Graceful stop: stop reading, finish in-flight decisions, go offline.
                     # The subscriptions stay in the session (what arrives from now on is
                     # not acknowledged: the broker keeps it for the next start).
@@ -427,7 +431,6 @@ class Hub:
                         acknowledge()
                         continue
                     intake.take(topic, data, acknowledge)
-                    intake.flush(backlog=len(client.messages))
                 except Exception:
                     acknowledge()  # not redelivered into a crash loop
                     # The topic, never the payload: `roost run` names it in its crash report.
