@@ -39,10 +39,9 @@ from hub.homeassistant.client import ActionRunner, HaClient, HaUnavailable, read
 from hub.homeassistant.entities import ModelInfo
 from hub.homeassistant.settings import Settings
 from hub.ingest import Ingest, InputLimits, SensorRef, parse_entity_map
-from hub.intake import Intake, Once, Publisher, manual_acks
-from hub.journal import Journal, JournalError
+from hub.intake import Intake, Once, Publisher, manual_acks, open_intake
 from hub.payloads import DropReason
-from hub.pipeline import DecisionPipeline, Pending, Recorded
+from hub.pipeline import DecisionPipeline, Outgoing, Pending, Recorded
 from hub.policy import ActionPolicy, parse_action_rules
 from hub.topics import READINGS_FILTER, statestream_filter, status_topic
 from hub.windows import SPEC_IDS as HOME_SPEC_IDS
@@ -197,33 +196,20 @@ class Hub:
             health=self.health,
             recent_ids=config.recent_reading_ids,
             on_settled=self._settled,
+            on_published=self._published,
         )
         self.ingest: Ingest | None = None
         self.intake: Intake | None = None
-        self._journal: Journal | None = None
         # Set once the hub is connected and subscribed: readings are no longer lost.
         self.ready = asyncio.Event()
 
-    def _settled(self, items: Sequence[Pending]) -> None:
+    def _settled(self, items: Sequence[Pending], outgoing: Sequence[Outgoing]) -> None:
         if self.intake is not None:
-            self.intake.settled(items)
+            self.intake.settled(items, outgoing)
 
-    def _open_intake(self, ingest: Ingest) -> Intake:
-        """The journal in data_dir, replayed into ``ingest`` (without one if it cannot
-        be opened: readings are then acknowledged as taken)."""
-        journal: Journal | None = None
-        try:
-            journal = Journal(
-                self.config.data_dir / "readings.sqlite", history=self.config.journal_history
-            )
-        except (JournalError, OSError) as e:
-            log.error("readings journal unavailable (%s): a crash may lose readings", e)
-        intake = Intake(ingest, journal)
-        again, refilled = intake.replay()
-        if again or refilled:
-            log.info("journal: %d readings to decide, %d replayed into windows", again, refilled)
-        self._journal = journal
-        return intake
+    def _published(self, outgoing: Sequence[Outgoing]) -> None:
+        if self.intake is not None:
+            self.intake.published(outgoing)
 
     async def _on_recorded(self, items: Sequence[Recorded]) -> None:
         """Acknowledged by the audit log: run allowed actions, update Home Assistant."""
@@ -313,7 +299,9 @@ class Hub:
                 max_entities=self.config.ha_max_entities,
             )
         worker = asyncio.create_task(self.pipeline.run(), name="decisions")
-        self.intake = self._open_intake(self.ingest)
+        self.intake = open_intake(
+            self.ingest, self.config.data_dir / "readings.sqlite", self.config.journal_history
+        )
         helpers = [
             asyncio.create_task(self.actions.run(self.stop), name="ha-actions"),
             asyncio.create_task(
@@ -326,6 +314,7 @@ class Hub:
                 name="health",
             ),
         ]
+        helpers.append(asyncio.create_task(self.intake.republish(self.publisher), name="outbox"))
         if self.bridge is not None:
             helpers.append(asyncio.create_task(self.bridge.run(self.stop), name="ha-bridge"))
         if self.config.ha_mapping == "auto":
@@ -351,9 +340,7 @@ class Hub:
             await self._audit_channel.close()
             for ch in self._extra_channels:
                 await ch.close()
-            if self._journal is not None:
-                with contextlib.suppress(JournalError):
-                    self._journal.close()
+            self.intake.close()
 
     async def _mqtt_loop(self) -> None:
         cfg = self.config

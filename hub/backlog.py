@@ -86,10 +86,10 @@ class Backlog(Generic[T]):
         self._items.append((self._arrivals, item))
         return dropped
 
-    def remember(self, item: T) -> None:
-        """Note ``item``'s reading id as seen (decided before) without queueing it."""
-        if item.trigger_id:
-            self._recent.add((item.model, item.area, item.trigger_id))
+    def remember(self, model: str, area: str, reading_id: str) -> None:
+        """Note a reading id as seen (decided before) without queueing anything."""
+        if reading_id:
+            self._recent.add((model, area, reading_id))
 
     def take(self, n: int) -> list[tuple[T, bool]]:
         """Up to ``n`` items, each with whether it is late. All of them, oldest first, if

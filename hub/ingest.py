@@ -70,7 +70,7 @@ class DecisionQueue(Protocol):
 
     def submit(self, item: Pending) -> None: ...
 
-    def remember(self, item: Pending) -> None:
+    def remember(self, model: str, area: str, reading_id: str) -> None:
         """A reading replayed into the windows only: it was decided before."""
         ...
 
@@ -250,25 +250,27 @@ class Ingest:
                     self.drops.drop(topic, DropReason.OUT_OF_ORDER, str(e))
                     continue
                 if ready:
-                    self._submit(
-                        Pending(
-                            model=model,
-                            area=area,
-                            features=window.tensor(ts),
-                            feature_names=window.feature_names,
-                            reading_ts=ts,
-                            trigger_id=reading.reading_id,
-                            received_at=received,
-                            journal_id=self._journal_id,
-                        )
-                    )
+                    self._submit(model, area, window, ts, reading.reading_id, received=received)
 
-    def _submit(self, item: Pending) -> None:
+    def _submit(
+        self, model: str, area: str, window: Window, ts: float, reading_id: str, *, received: float
+    ) -> None:
         if not self._decide:
-            self._pipeline.remember(item)
+            self._pipeline.remember(model, area, reading_id)  # no features: not decided
             return
         self._submitted += 1
-        self._pipeline.submit(item)
+        self._pipeline.submit(
+            Pending(
+                model=model,
+                area=area,
+                features=window.tensor(ts),
+                feature_names=window.feature_names,
+                reading_ts=ts,
+                trigger_id=reading_id,
+                received_at=received,
+                journal_id=self._journal_id,
+            )
+        )
 
     def _admit_area(self, ref: SensorRef, models: list[str]) -> None:
         """TOO_MANY_AREAS if the reading would start a new area beyond ``max_areas``."""

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import aiomqtt
 from prometheus_client import Counter
@@ -69,6 +70,22 @@ def manual_acks(client: aiomqtt.Client) -> Callable[[aiomqtt.Message], None]:
             paho.ack(message.mid, message.qos)
 
     return ack
+
+
+def open_intake(ingest: Ingest, path: Path, history: int) -> Intake:
+    """The journal at ``path``, replayed into ``ingest`` (without one if it cannot be
+    opened: readings are then acknowledged as taken)."""
+    journal: Journal | None = None
+    try:
+        journal = Journal(path, history=history)
+    except (JournalError, OSError) as e:
+        JOURNAL_ERRORS.inc()
+        log.error("readings journal unavailable (%s): a crash may lose readings", e)
+    intake = Intake(ingest, journal)
+    again, refilled = intake.replay()
+    if again or refilled:
+        log.info("journal: %d readings to decide, %d replayed into windows", again, refilled)
+    return intake
 
 
 class Intake:
@@ -135,14 +152,42 @@ class Intake:
             ack()
         self._unacked.clear()
 
-    def settled(self, items: Sequence[Pending]) -> None:
-        """The pipeline is done with these readings' decisions: mark them in the journal."""
+    def settled(self, items: Sequence[Pending], outgoing: Sequence[Outgoing] = ()) -> None:
+        """The pipeline is done with these readings' decisions: mark them in the journal,
+        and keep ``outgoing`` in its outbox until it is published."""
         if self._journal is None:
             return
         try:
-            self._journal.settled(p.journal_id for p in items)
+            self._journal.settled((p.journal_id for p in items), outgoing)
         except JournalError as e:
             self._failed("settle", e)
+
+    def published(self, outgoing: Sequence[Outgoing]) -> None:
+        if self._journal is None:
+            return
+        try:
+            self._journal.published(outgoing)
+        except JournalError as e:
+            self._failed("publish", e)
+
+    async def republish(self, publish: Callable[[Sequence[Outgoing]], Awaitable[None]]) -> None:
+        """Publish what the outbox held at start (decisions recorded before a crash,
+        maybe never published), once the session is up."""
+        if self._journal is None:
+            return
+        try:
+            outgoing = self._journal.outbox()
+        except JournalError as e:
+            self._failed("outbox", e)
+            return
+        if outgoing:
+            await publish(outgoing)
+            self.published(outgoing)
+
+    def close(self) -> None:
+        if self._journal is not None:
+            with contextlib.suppress(JournalError):
+                self._journal.close()
 
     def _failed(self, what: str, error: Exception) -> None:
         JOURNAL_ERRORS.inc()

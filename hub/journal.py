@@ -10,9 +10,12 @@ in the hub's ``data_dir``), so a hub killed at any moment loses nothing it took:
   the feature windows only (no decision), so the windows are as full as before the
   kill and the first readings after a restart decide like any other.
 
-A decision that reached MQTT is never made twice: its reading was marked decided
-before it was published. A kill between the audit acknowledgement and the mark
-decides the reading again (the first decision stays recorded, never published).
+A decision is made once and never lost on its way out: when its reading is marked
+decided, the message is kept in the journal's *outbox* (same transaction) until the
+broker acknowledged it; on start the hub publishes what the outbox still holds (the
+same decision again, at worst: same ``decision_id``). A kill between the audit
+acknowledgement and the mark decides the reading again (the first decision stays
+recorded, never published).
 
 The journal is written with ``synchronous = NORMAL``: a commit survives a crash of the
 hub (kill -9, OOM) without an fsync per reading; a power loss may lose the last
@@ -27,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hub.pipeline import Outgoing
 from services.kit.sqlite import connect_durable, migrate
 
 MIGRATIONS = (
@@ -34,6 +38,8 @@ MIGRATIONS = (
         "CREATE TABLE readings (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
         "payload BLOB NOT NULL, decided INTEGER NOT NULL DEFAULT 0)",
         "CREATE INDEX readings_decided ON readings (decided, id)",
+        "CREATE TABLE outbox (decision_id TEXT PRIMARY KEY, topic TEXT NOT NULL, "
+        "payload BLOB NOT NULL)",
     ),
 )
 # Old decided readings are pruned after this many appends.
@@ -90,13 +96,29 @@ class Journal:
         """The reading was handled and owes ``decisions`` (0: decided already)."""
         self._owe(journal_id, decisions)
 
-    def settled(self, journal_ids: Iterable[int]) -> None:
-        """One decision each of these readings is recorded (or will never be); durable
-        at once (before the decisions are published)."""
+    def settled(self, journal_ids: Iterable[int], outgoing: Iterable[Outgoing] = ()) -> None:
+        """One decision each of these readings is recorded (or will never be), and
+        ``outgoing`` is to be published; durable at once (before it is published)."""
         for rid in journal_ids:
             if rid > 0:
                 self._owe(rid, -1)
+        rows = [(o.decision_id, o.topic, o.payload) for o in outgoing]
+        if rows:
+            self._begin()
+            self._db.executemany("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?)", rows)
         self.commit()
+
+    def published(self, outgoing: Iterable[Outgoing]) -> None:
+        """The broker acknowledged these (durable with the next commit)."""
+        ids = [(o.decision_id,) for o in outgoing]
+        if ids:
+            self._begin()
+            self._db.executemany("DELETE FROM outbox WHERE decision_id = ?", ids)
+
+    def outbox(self) -> list[Outgoing]:
+        """Decisions recorded but maybe not published when the hub stopped."""
+        rows = self._db.execute("SELECT decision_id, topic, payload FROM outbox").fetchall()
+        return [Outgoing(str(t), bytes(p), str(d)) for d, t, p in rows]
 
     def commit(self) -> None:
         if self._in_tx:

@@ -93,6 +93,7 @@ class Pending:
 class Outgoing:
     topic: str
     payload: bytes
+    decision_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,15 +110,21 @@ class Recorded:
     action: ActionRule | None
     late: bool = False
 
+    @property
+    def outgoing(self) -> Outgoing:
+        return Outgoing(self.topic, self.payload, self.decision_id)
+
 
 Publish = Callable[[Sequence[Outgoing]], Awaitable[None]]
 # Called once a batch is acknowledged by the audit log, before it is published; the
 # awaitable may hold the publish back briefly (Home Assistant discovery of new entities).
 OnRecorded = Callable[[Sequence[Recorded]], Awaitable[None]]
 # Called when items leave the pipeline for good: their decisions acknowledged by the
-# audit log (before they are published), or never to be made (duplicate, dropped,
-# refused). Not for a batch cancelled at a stop: its readings are decided next start.
-OnSettled = Callable[[Sequence[Pending]], None]
+# audit log, with the messages about to be published, or never to be made (duplicate,
+# dropped, refused: no messages). Not for a batch cancelled at a stop: its readings are
+# decided on the next start. Then called with the messages once published.
+OnSettled = Callable[[Sequence[Pending], Sequence[Outgoing]], None]
+OnPublished = Callable[[Sequence[Outgoing]], None]
 
 
 @dataclass(frozen=True)
@@ -190,12 +197,14 @@ class DecisionPipeline:
         health: DecisionHealth | None = None,
         recent_ids: int = 10_000,
         on_settled: OnSettled | None = None,
+        on_published: OnPublished | None = None,
     ) -> None:
         self.policy = policy or ActionPolicy()
         self.health = health or DecisionHealth()
         self._log = RateLimitedLog(log)
         self._on_recorded = on_recorded
-        self._on_settled: OnSettled = on_settled or (lambda _items: None)
+        self._on_settled: OnSettled = on_settled or (lambda _items, _out: None)
+        self._on_published: OnPublished = on_published or (lambda _out: None)
         self._hub_id = hub_id
         self._audit = audit
         self._publish = publish
@@ -224,20 +233,20 @@ class DecisionPipeline:
             dropped = self._pending.add(item)
         except Duplicate:
             DECISIONS.labels(item.model, "duplicate").inc()
-            self._on_settled([item])
+            self._on_settled([item], ())
             return
         self.health.queued(item.model, 1)
         if dropped is not None:
             self.health.queued(dropped.model, -1)
             self._on_overflow()
-            self._on_settled([dropped])
+            self._on_settled([dropped], ())
         self._idle.clear()
         PENDING.set(len(self._pending))
         self._wakeup.set()
 
-    def remember(self, item: Pending) -> None:
+    def remember(self, model: str, area: str, reading_id: str) -> None:
         """A reading decided before (replayed from the journal): never decide it again."""
-        self._pending.remember(item)
+        self._pending.remember(model, area, reading_id)
 
     async def run(self) -> None:
         """Process batches until cancelled, or closed and drained.
@@ -312,9 +321,10 @@ class DecisionPipeline:
             t3 = time.perf_counter()
             if results is not None and len(results) != len(decided):
                 raise ValueError(f"audit acknowledged {len(results)} of {len(decided)} decisions")
+            recorded = self._recorded(decided, results) if results is not None else []
             # Recorded (or refused for good): durable before anything is published.
             accounted = True
-            self._on_settled(batch)
+            self._on_settled(batch, [r.outgoing for r in recorded])
             await turn.after_earlier_settled()
             if results is not None:
                 # Acknowledged: the policy remembers these labels, in reading order.
@@ -331,7 +341,7 @@ class DecisionPipeline:
                 for d in decided:
                     DECISIONS.labels(d.pending.model, "unrecorded").inc()
                 return
-            await self._deliver(decided, results)
+            await self._deliver(recorded)
             done = time.perf_counter()
             STAGE_SECONDS.labels("publish").observe(done - t4)
             for d in decided:
@@ -342,15 +352,14 @@ class DecisionPipeline:
             raise
         finally:
             if not accounted:
-                self._on_settled(batch)  # failed for good (a bug): not retried forever
+                self._on_settled(batch, ())  # failed for good (a bug): not retried forever
             turn.finish()
             for model, n in Tally(p.model for p in batch).items():
                 self.health.queued(model, -n)
 
-    async def _deliver(
+    def _recorded(
         self, decided: list[_Decided], results: Sequence[audit_pb.AppendResult]
-    ) -> None:
-        """Hand acknowledged decisions to ``on_recorded``, then publish them."""
+    ) -> list[Recorded]:
         recorded: list[Recorded] = []
         for d, r in zip(decided, results, strict=True):
             p = d.pending
@@ -375,10 +384,16 @@ class DecisionPipeline:
                     late=p.late,
                 )
             )
+        return recorded
+
+    async def _deliver(self, recorded: list[Recorded]) -> None:
+        """Hand acknowledged decisions to ``on_recorded``, then publish them."""
         if self._on_recorded is not None:
             # Acknowledged: allowed actions may run now, even while the broker is away.
             await self._on_recorded(recorded)
-        await self._publish([Outgoing(r.topic, r.payload) for r in recorded])
+        outgoing = [r.outgoing for r in recorded]
+        await self._publish(outgoing)
+        self._on_published(outgoing)
 
     def _decide(self, predicted: list[Predicted[Pending]], policy: PolicyRound) -> list[_Decided]:
         """The decision records, in reading order; the policy evaluated in that order."""

@@ -24,13 +24,13 @@ class Queue:
 
     def __init__(self) -> None:
         self.submitted: list[Pending] = []
-        self.remembered: list[Pending] = []
+        self.remembered: list[str] = []
 
     def submit(self, item: Pending) -> None:
         self.submitted.append(item)
 
-    def remember(self, item: Pending) -> None:
-        self.remembered.append(item)
+    def remember(self, model: str, area: str, reading_id: str) -> None:
+        self.remembered.append(reading_id)
 
 
 def ingest(queue: Queue) -> Ingest:
@@ -79,7 +79,7 @@ async def test_after_a_kill_the_undecided_are_decided_and_the_windows_refilled(
     again = Intake(ingest(after), Journal(path, history=100))
     assert again.replay() == (1, 5)
     assert [p.trigger_id for p in after.submitted] == ["r5"]  # decided again, once
-    assert [p.trigger_id for p in after.remembered] == ["r3", "r4"]  # never again
+    assert after.remembered == ["r3", "r4"]  # never again
     # The windows are full: the next reading decides at once.
     again.take(*reading(6), lambda: None)
     assert [p.trigger_id for p in after.submitted] == ["r5", "r6"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hub.journal import PRUNE_EVERY, Journal
+from hub.pipeline import Outgoing
 
 
 def killed(j: Journal) -> None:
@@ -83,3 +84,22 @@ def test_history_keeps_the_newest_decided_readings_and_every_undecided_one(
 def test_negative_history_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="history"):
         Journal(tmp_path / "j.sqlite", history=-1)
+
+
+def test_a_decision_recorded_but_not_yet_published_is_still_in_the_outbox(
+    tmp_path: Path,
+) -> None:
+    # Marked decided (never decided again) together with its message: a kill before the
+    # broker acknowledged it leaves the message to publish on the next start.
+    path = tmp_path / "j.sqlite"
+    j = Journal(path, history=10)
+    a, b = j.append("t/a", b""), j.append("t/b", b"")
+    j.taken(a, 1)
+    j.taken(b, 1)
+    j.settled([a, b], [Outgoing("d/a", b"{a}", "id-a"), Outgoing("d/b", b"{b}", "id-b")])
+    j.published([Outgoing("d/a", b"{a}", "id-a")])
+    j.commit()
+    killed(j)
+    again = Journal(path, history=10)
+    assert again.outbox() == [Outgoing("d/b", b"{b}", "id-b")]
+    assert [e.decided for e in again.entries()] == [True, True]
