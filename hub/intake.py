@@ -121,22 +121,26 @@ class Intake:
     def take(self, topic: str, payload: bytes, ack: Ack) -> None:
         """Journal and handle one reading; ``ack`` runs once the journal committed it
         (within ``FLUSH_SECONDS``)."""
-        journal = self._journal
+        journal, rid = self._journal, 0
         if journal is not None:
             try:
                 rid = journal.append(topic, payload)
             except JournalError as e:
                 self._failed("append", e)
-            else:
-                journal.taken(rid, self._ingest.handle(topic, payload, journal_id=rid))
-                self._unacked.append(ack)
-                if len(self._unacked) >= ACK_EVERY:
-                    self.flush()
-                elif self._timer is None:
-                    self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
-                return
-        ack()
-        self._ingest.handle(topic, payload)
+        if rid == 0:  # not journaled: acknowledged as taken
+            ack()
+        decisions = self._ingest.handle(topic, payload, journal_id=rid)
+        if journal is None or rid == 0:
+            return
+        try:
+            journal.taken(rid, decisions)
+        except JournalError as e:
+            self._failed("taken", e)
+        self._unacked.append(ack)
+        if len(self._unacked) >= ACK_EVERY:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
         """Commit the journal and acknowledge what it now holds."""

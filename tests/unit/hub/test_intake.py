@@ -9,6 +9,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from prometheus_client import REGISTRY
+
 from hub.ingest import Ingest
 from hub.intake import Intake, Publisher
 from hub.journal import Journal
@@ -110,3 +112,17 @@ async def test_decisions_in_flight_when_the_session_drops_go_out_on_the_next_one
     # Not after a PUBACK timeout (aiomqtt's default: 10 s): as soon as the session is back.
     await asyncio.wait_for(task, 2)
     assert alive.sent == ["d/1", "d/2"]
+
+
+async def test_a_failing_journal_costs_durability_not_readings(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite", history=100)
+    queue = Queue()
+    intake = Intake(ingest(queue), journal)
+    journal._db.close()  # every write now fails (a full or vanished disk)
+    acked: list[int] = []
+    for n in range(4):
+        intake.take(*reading(n), lambda n=n: acked.append(n))  # type: ignore[misc]
+    # Handled and acknowledged as taken (what the hub did without a journal).
+    assert acked == [0, 1, 2, 3]
+    assert [p.trigger_id for p in queue.submitted] == ["r3"]
+    assert REGISTRY.get_sample_value("roost_hub_journal_errors_total") >= 4
