@@ -126,3 +126,20 @@ async def test_a_failing_journal_costs_durability_not_readings(tmp_path: Path) -
     assert acked == [0, 1, 2, 3]
     assert [p.trigger_id for p in queue.submitted] == ["r3"]
     assert REGISTRY.get_sample_value("roost_hub_journal_errors_total") >= 4
+
+
+async def test_a_replayed_reading_is_not_counted_twice(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    intake = Intake(ingest(Queue()), Journal(path, history=100))
+
+    def counted() -> tuple[float, float]:
+        bad = REGISTRY.get_sample_value("roost_hub_readings_dropped_total", {"reason": "bad_json"})
+        return bad or 0.0, REGISTRY.get_sample_value("roost_hub_readings_total") or 0.0
+
+    before = counted()
+    intake.take("roost/readings/office/temperature", b"{not json", lambda: None)
+    intake.take(*reading(0), lambda: None)
+    intake.flush()
+    assert counted() == (before[0] + 1, before[1] + 1)
+    Intake(ingest(Queue()), Journal(path, history=100)).replay()  # the restarted hub
+    assert counted() == (before[0] + 1, before[1] + 1)
