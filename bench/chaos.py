@@ -127,7 +127,7 @@ async def _outage(stack: Stack, load: Load, audit: AuditView, o: Outage, p: Plan
     resumed = await load.decided_after(o.ready_at, p.resume_timeout)
     if resumed:
         say(f"{name}: deciding; draining the backlog")
-        await load.caught_up(p.settle_timeout)
+        await load.caught_up(p.settle_timeout, since=o.first_seq)
     await asyncio.sleep(p.tail_seconds)
     o.acked_lost = await audit.missing_since(max(0, top - RECHECK_ENTRIES))
     o.end_seq, o.wall_end = load.ledger.next_seq, time.time()
@@ -176,12 +176,14 @@ async def run_chaos(
         deciding = await load.decided_after(time.monotonic(), p.settle_timeout)
         if not deciding:
             raise RuntimeError("the stack made no decision under load before any kill")
+        previous = 0  # the first reading of the last outage's window
         for o in outages:
             # Windows are contiguous: this one starts where the last one ended, and a
             # backlog the last outage left drains first (if the hub decides at all).
             o.first_seq, o.wall_start = load.ledger.next_seq, time.time()
             if deciding:
-                await load.caught_up(p.settle_timeout)
+                await load.caught_up(p.settle_timeout, since=previous)
+            previous = o.first_seq
             deciding = await _outage(stack, load, audit, o, p, say)
             done(_progress_line(o, load))
         load.stop()

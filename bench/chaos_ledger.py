@@ -89,6 +89,10 @@ class Ledger:
         self.max_decided = max(self.max_decided, seq)
         self.received += 1
 
+    def undecided(self, lo: int, hi: int) -> int:
+        """Published readings ``lo..hi`` (inclusive) without a decision so far."""
+        return sum(1 for s in range(lo, hi + 1) if s in self.acked and s not in self.decisions)
+
     def first_sent_at_or_after(self, at: float) -> int:
         """The first seq offered at or after monotonic time ``at``."""
         return bisect_left(self.sent_at, at)

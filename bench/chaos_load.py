@@ -3,7 +3,8 @@
 :class:`Load` publishes readings at a steady rate — bounded in count and in time — and
 records every decision the hub publishes, each over its own connection that
 reconnects by itself (every 50 ms) while the broker is down, so a broker kill is
-measured, not fatal. Readings are published with QoS 1: a reading counts as published
+measured, not fatal. The recorder's session is persistent (QoS 1), like the hub's, so
+decisions published while it reconnects wait for it at the broker. Readings are published with QoS 1: a reading counts as published
 once the broker acknowledged it. Everything lands in a :class:`bench.chaos_ledger.Ledger`.
 """
 
@@ -34,6 +35,9 @@ KINDS_PER_ROW = 4
 BASE_TS = 1_423_058_400.0
 ROW_SECONDS = 60.0
 POLL_SECONDS = 0.02
+# A backlog has drained once its undecided readings stopped changing for this long.
+DRAINED_SECONDS = 1.0
+DRAINED_POLL_SECONDS = 0.1
 
 _ids = count()
 # paho reports the broker's death as errors ("failed to receive on socket"): expected here.
@@ -80,7 +84,9 @@ class Load:
 
     async def __aenter__(self) -> Load:
         self._tasks = [
-            asyncio.create_task(self._link("sub", self._receive)),
+            # Decisions published while this subscriber reconnects (a broker restart) are
+            # kept for it: a decision missed here would be the recorder's loss, not the hub's.
+            asyncio.create_task(self._link("sub", self._receive, persistent=True)),
             asyncio.create_task(self._link("pub", self._hold_publisher)),
         ]
         connected = await self._until(
@@ -107,8 +113,15 @@ class Load:
 
     # --- connections ---------------------------------------------------------------
 
-    async def _link(self, role: str, session: Callable[[aiomqtt.Client], Awaitable[None]]) -> None:
-        """Keep one connection: run ``session`` on it, reconnect when the broker drops it."""
+    async def _link(
+        self,
+        role: str,
+        session: Callable[[aiomqtt.Client], Awaitable[None]],
+        *,
+        persistent: bool = False,
+    ) -> None:
+        """Keep one connection: run ``session`` on it, reconnect when the broker drops it.
+        ``persistent``: one session across reconnects (the broker keeps what arrives)."""
         while True:
             try:
                 async with mqtt.client(
@@ -117,6 +130,7 @@ class Load:
                     identifier=f"{self._name}-{role}",
                     timeout=PUBACK_TIMEOUT,
                     logger=MQTT_LOG,
+                    clean_session=not persistent,
                 ) as client:
                     # Backlogs of PUBACKs are expected here; aiomqtt warns above 10.
                     client.pending_calls_threshold = 1_000_000
@@ -208,11 +222,26 @@ class Load:
         seq = self.ledger.first_sent_at_or_after(at)
         return await self._until(lambda: self.ledger.max_decided >= seq, within)
 
-    async def caught_up(self, within: float) -> bool:
-        """Until the decision of the latest reading offered so far (or a later one) arrived:
-        any backlog before it is decided (the hub publishes in reading order)."""
+    async def caught_up(self, within: float, *, since: int = 0) -> bool:
+        """Until the decision of the latest reading offered so far (or a later one) arrived,
+        and then the backlog before it drained: the published readings from ``since`` on
+        still undecided are none, or stayed as many for ``DRAINED_SECONDS`` (lost). The hub
+        decides fresh readings first while a backlog drains (late decisions)."""
+        deadline = time.monotonic() + within
         seq = self.ledger.next_seq - 1
-        return await self._until(lambda: self.ledger.max_decided >= seq, within)
+        if not await self._until(lambda: self.ledger.max_decided >= seq, within):
+            return False
+        last, since_change = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            undecided = self.ledger.undecided(since, seq)
+            if undecided == 0:
+                return True
+            if undecided != last:
+                last, since_change = undecided, time.monotonic()
+            elif time.monotonic() - since_change >= DRAINED_SECONDS:
+                return True
+            await asyncio.sleep(DRAINED_POLL_SECONDS)
+        return False
 
     async def quiet(self, quiet: float, limit: float) -> None:
         """Until no decision arrived for ``quiet`` seconds (at most ``limit`` seconds)."""

@@ -25,7 +25,12 @@ decision received again. *Recorded, not received*: log entries decided
 in the outage's window whose decision never arrived on MQTT. *Longest pause*: between
 two decisions received, and between two readings offered (the load generator's own
 pacing: if it is small, a pause in decisions is the stack's). Each outage's window runs
-from the steady load before the kill until decisions caught up after the restart."""
+from the steady load before the kill until decisions caught up after the restart and the
+backlog drained (the hub decides fresh readings first; the backlog's decisions arrive
+*late*, on `<entity topic>/late`, and count like any other). Decisions are received on a
+persistent session (QoS 1), like the hub's readings: the broker keeps them while the
+recorder reconnects. Readings *not published* are the load generator's own loss (no
+broker to take them), not the hub's (docs/reliability.md)."""
 
 
 def _s(v: float | None) -> str:

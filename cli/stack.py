@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -194,7 +195,17 @@ class Stack:
         conf = self.home / "run" / "mosquitto.conf"
         conf.write_text(
             f"listener {self.broker_port} 127.0.0.1\n"
-            "allow_anonymous true\npersistence false\n"
+            "allow_anonymous true\n"
+            # The hub's persistent session (its subscriptions, the QoS 1 readings queued
+            # for it) survives a broker restart: saved in the run dir every second, and
+            # at a clean stop.
+            f"persistence true\npersistence_location {self.home / 'run'}/\n"
+            "autosave_interval 1\n"
+            # Not a line per save (information): errors, warnings, connections (notice).
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            # Run as root, mosquitto would switch to the user `mosquitto` and could not
+            # write its store here: it stays the user that started it.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
             "max_queued_messages 100000\nmax_inflight_messages 0\n"
             # Keep QoS 0 readings (the simulator's) for the hub's persistent session too.
             "queue_qos0_messages true\n"

@@ -7,10 +7,11 @@ that marks the hub offline), feeds readings to :class:`Ingest`, and runs the
 
 The session is persistent (fixed client id, ``clean_session=False``, subscriptions at
 QoS 1), so the broker keeps the readings that arrive while the hub is away (restarted,
-upgraded, crashed) and delivers them when it is back. A message is acknowledged when
-the hub takes it from its queue: what it had not taken yet when it stopped is
-redelivered, and a message that crashed the hub is not redelivered into a crash loop.
-Redelivered readings are recognised by their ids (:mod:`hub.backlog`). Whether each
+upgraded, crashed) and delivers them when it is back. A reading is acknowledged once
+the hub's journal holds it (:mod:`hub.intake`, :mod:`hub.journal`): what the hub took
+but had not decided when it stopped is decided on the next start, and its feature
+windows are refilled from the journal. Redelivered readings are recognised by their
+ids (:mod:`hub.backlog`). Whether each
 model is deciding is published as retained JSON (:mod:`hub.health`).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -37,8 +39,9 @@ from hub.homeassistant.client import ActionRunner, HaClient, HaUnavailable, read
 from hub.homeassistant.entities import ModelInfo
 from hub.homeassistant.settings import Settings
 from hub.ingest import Ingest, InputLimits, SensorRef, parse_entity_map
+from hub.intake import Intake, Once, Publisher, manual_acks, open_intake
 from hub.payloads import DropReason
-from hub.pipeline import DecisionPipeline, Outgoing, Recorded
+from hub.pipeline import DecisionPipeline, Outgoing, Pending, Recorded
 from hub.policy import ActionPolicy, parse_action_rules
 from hub.topics import READINGS_FILTER, statestream_filter, status_topic
 from hub.windows import SPEC_IDS as HOME_SPEC_IDS
@@ -59,31 +62,6 @@ MQTT_CONNECTED = Gauge("roost_hub_mqtt_connected", "1 while the hub is connected
 MQTT_RECONNECTS = Counter(
     "roost_hub_mqtt_reconnects_total", "Broker connection attempts that failed."
 )
-
-
-class Publisher:
-    """Publishes decisions (QoS 1); waits out broker outages instead of losing them."""
-
-    def __init__(self) -> None:
-        self.client: aiomqtt.Client | None = None
-        self.connected = asyncio.Event()
-
-    async def __call__(self, out: Sequence[Outgoing]) -> None:
-        remaining = list(out)
-        while remaining:
-            await self.connected.wait()
-            client = self.client
-            assert client is not None
-            results = await asyncio.gather(
-                *(client.publish(o.topic, o.payload, qos=1) for o in remaining),
-                return_exceptions=True,
-            )
-            remaining = [o for o, r in zip(remaining, results, strict=True) if r is not None]
-            if remaining:
-                # The MQTT loop clears `connected` when it sees the session drop; until
-                # then, retry after a short pause rather than spin.
-                log.warning("%d decisions not yet published; retrying", len(remaining))
-                await asyncio.sleep(0.1)
 
 
 @dataclass(frozen=True)
@@ -217,10 +195,21 @@ class Hub:
             on_recorded=self._on_recorded,
             health=self.health,
             recent_ids=config.recent_reading_ids,
+            on_settled=self._settled,
+            on_published=self._published,
         )
         self.ingest: Ingest | None = None
+        self.intake: Intake | None = None
         # Set once the hub is connected and subscribed: readings are no longer lost.
         self.ready = asyncio.Event()
+
+    def _settled(self, items: Sequence[Pending], outgoing: Sequence[Outgoing]) -> None:
+        if self.intake is not None:
+            self.intake.settled(items, outgoing)
+
+    def _published(self, outgoing: Sequence[Outgoing]) -> None:
+        if self.intake is not None:
+            self.intake.published(outgoing)
 
     async def _on_recorded(self, items: Sequence[Recorded]) -> None:
         """Acknowledged by the audit log: run allowed actions, update Home Assistant."""
@@ -310,6 +299,9 @@ class Hub:
                 max_entities=self.config.ha_max_entities,
             )
         worker = asyncio.create_task(self.pipeline.run(), name="decisions")
+        self.intake = open_intake(
+            self.ingest, self.config.data_dir / "readings.sqlite", self.config.journal_history
+        )
         helpers = [
             asyncio.create_task(self.actions.run(self.stop), name="ha-actions"),
             asyncio.create_task(
@@ -322,6 +314,7 @@ class Hub:
                 name="health",
             ),
         ]
+        helpers.append(asyncio.create_task(self.intake.republish(self.publisher), name="outbox"))
         if self.bridge is not None:
             helpers.append(asyncio.create_task(self.bridge.run(self.stop), name="ha-bridge"))
         if self.config.ha_mapping == "auto":
@@ -347,6 +340,7 @@ class Hub:
             await self._audit_channel.close()
             for ch in self._extra_channels:
                 await ch.close()
+            self.intake.close()
 
     async def _mqtt_loop(self) -> None:
         cfg = self.config
@@ -366,6 +360,8 @@ class Hub:
                     max_inflight_messages=1000,
                 )
                 ack = manual_acks(client)
+                intake = self.intake
+                assert intake is not None
                 async with client:
                     delay = cfg.mqtt_reconnect_min_seconds
                     await client.publish(status, b"online", qos=1, retain=True)
@@ -373,13 +369,17 @@ class Hub:
                     await client.subscribe(statestream_filter(cfg.statestream_base), qos=1)
                     if self.bridge is not None:
                         await self.bridge.on_connect(client)
-                    self.publisher.client = client
-                    self.publisher.connected.set()
+                    self.publisher.attach(client)
                     self.health.changed.set()  # republish the health document
                     self.ready.set()
                     MQTT_CONNECTED.set(1)
                     log.info("connected to MQTT %s:%d", cfg.mqtt_host, cfg.mqtt_port)
-                    await self._consume(client, ack)
+                    try:
+                        await self._consume(client, ack)
+                    except BaseException:
+                        self.publisher.detach()  # in-flight publishes: to the next session
+                        raise
+                    intake.flush()  # stopping: acknowledge what is journaled
                     # Graceful stop: stop reading, finish in-flight decisions, go offline.
                     # The subscriptions stay in the session (what arrives from now on is
                     # not acknowledged: the broker keeps it for the next start).
@@ -387,7 +387,7 @@ class Hub:
                     await client.publish(status, b"offline", qos=1, retain=True)
             except aiomqtt.MqttError as e:
                 MQTT_CONNECTED.set(0)
-                self.publisher.connected.clear()
+                self.publisher.detach()
                 if self.bridge is not None:
                     self.bridge.on_disconnect()
                 if self.stop.is_set():
@@ -403,21 +403,23 @@ class Hub:
         self, client: aiomqtt.Client, ack: Callable[[aiomqtt.Message], None]
     ) -> None:
         """Feed messages to ingest until stop is requested (or the connection drops)."""
-        assert self.ingest is not None
-        ingest = self.ingest
+        assert self.intake is not None
+        intake = self.intake
         bridge = self.bridge
 
         async def read() -> None:
             async for message in client.messages:
-                ack(message)  # taken: not redelivered, even if it crashed the hub
                 payload = message.payload
                 data = payload if isinstance(payload, bytes) else str(payload).encode()
                 topic = message.topic.value
+                acknowledge = Once(functools.partial(ack, message))
                 try:
                     if bridge is not None and bridge.handle(topic, data):
+                        acknowledge()
                         continue
-                    ingest.handle(topic, data)
+                    intake.take(topic, data, acknowledge)
                 except Exception:
+                    acknowledge()  # not redelivered into a crash loop
                     # The topic, never the payload: `roost run` names it in its crash report.
                     log.critical(
                         "crashed handling a message on topic %s%s",
@@ -440,20 +442,6 @@ class Hub:
             error = reader.exception()
             if error is not None:
                 raise error
-
-
-def manual_acks(client: aiomqtt.Client) -> Callable[[aiomqtt.Message], None]:
-    """Acknowledge QoS 1 messages when the hub takes them, not when they reach the
-    client's queue (paho's default): at a stop, what is still queued is redelivered.
-
-    aiomqtt does not expose paho's manual acknowledgements; its paho client does."""
-    paho = client._client
-    paho.manual_ack_set(True)
-
-    def ack(message: aiomqtt.Message) -> None:
-        paho.ack(message.mid, message.qos)
-
-    return ack
 
 
 async def main_async(config: HubConfig) -> None:

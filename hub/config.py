@@ -35,9 +35,10 @@ class HubConfig:
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_keepalive_seconds: int = 30
-    # Reconnect backoff: doubles from min to max.
+    # Reconnect backoff: doubles from min to max (bounded: deciding resumes within about
+    # a second of the broker being back).
     mqtt_reconnect_min_seconds: float = 0.2
-    mqtt_reconnect_max_seconds: float = 5.0
+    mqtt_reconnect_max_seconds: float = 1.0
     inference_target: str = "127.0.0.1:50051"
     audit_target: str = "127.0.0.1:50052"
     certs_dir: Path = Path("var/certs")
@@ -70,6 +71,10 @@ class HubConfig:
     # Reading ids remembered per (model, area): a reading that comes again (redelivered
     # by the broker, retried by a sensor) is not decided twice. 0 = no check.
     recent_reading_ids: int = 10_000
+    # Readings journal (data_dir/readings.sqlite, docs/reliability.md): a reading is
+    # acknowledged to the broker once journaled; after a restart the undecided ones are
+    # decided and the newest journal_history decided ones refill the feature windows.
+    journal_history: int = 5_000
     # How often the retained health JSON (roost/<hub_id>/health) is refreshed while a
     # model is not deciding; it is also published on every change.
     health_interval_seconds: float = 5.0

@@ -70,6 +70,10 @@ class DecisionQueue(Protocol):
 
     def submit(self, item: Pending) -> None: ...
 
+    def remember(self, model: str, area: str, reading_id: str) -> None:
+        """A reading replayed into the windows only: it was decided before."""
+        ...
+
 
 @dataclass(frozen=True)
 class InputLimits:
@@ -189,6 +193,8 @@ class Ingest:
                 unranged,
             )
         self.drops = DropLog()
+        # The reading being handled: its journal id, whether to decide, decisions asked.
+        self._journal_id, self._decide, self._submitted = 0, True, 0
         self._publish_sizes()
 
     @property
@@ -205,15 +211,23 @@ class Ingest:
         """Replace the statestream mapping (e.g. a refreshed Home Assistant auto mapping)."""
         self._entities = usable_entities(entities)
 
-    def handle(self, topic: str, payload: bytes) -> None:
-        """Never raises: bad input is counted and dropped."""
+    def handle(
+        self, topic: str, payload: bytes, *, journal_id: int = 0, decide: bool = True
+    ) -> int:
+        """How many decisions the reading asked for. Never raises: bad input is counted
+        and dropped. ``decide=False`` (a journal replay of a decided reading): the
+        windows are updated, nothing is submitted (the ids are remembered), nothing is
+        counted again."""
+        self._journal_id, self._decide = journal_id, decide
+        self._submitted = 0
         try:
             self._handle(topic, payload)
         except Exception as e:
             # A bug must not stop the hub: count and log it (the type only; the
             # traceback may hold values, so it goes to DEBUG).
-            self.drops.drop(topic, DropReason.INTERNAL, type(e).__name__)
+            self._drop(topic, DropReason.INTERNAL, type(e).__name__)
             log.debug("reading on %s failed", topic, exc_info=True)
+        return self._submitted
 
     def _handle(self, topic: str, payload: bytes) -> None:
         received = time.perf_counter()
@@ -225,29 +239,45 @@ class Ingest:
                 raise InvalidReading(DropReason.UNKNOWN_SENSOR, "no model uses this sensor kind")
             self._admit_area(ref, models)
         except InvalidReading as e:
-            self.drops.drop(topic, e.reason, str(e))
+            self._drop(topic, e.reason, str(e))
             return
-        READINGS.inc()
+        if self._decide:
+            READINGS.inc()
         ts = reading.ts if reading.ts is not None else now
         for model in models:
             for area, window in self._targets(topic, model, ref, reading, ts):
                 try:
                     ready = window.update(ref.area, ref.sensor_kind, reading.value, ts, topic)
                 except OutOfOrder as e:
-                    self.drops.drop(topic, DropReason.OUT_OF_ORDER, str(e))
+                    self._drop(topic, DropReason.OUT_OF_ORDER, str(e))
                     continue
                 if ready:
-                    self._pipeline.submit(
-                        Pending(
-                            model=model,
-                            area=area,
-                            features=window.tensor(ts),
-                            feature_names=window.feature_names,
-                            reading_ts=ts,
-                            trigger_id=reading.reading_id,
-                            received_at=received,
-                        )
-                    )
+                    self._submit(model, area, window, ts, reading.reading_id, received=received)
+
+    def _submit(
+        self, model: str, area: str, window: Window, ts: float, reading_id: str, *, received: float
+    ) -> None:
+        if not self._decide:
+            self._pipeline.remember(model, area, reading_id)  # no features: not decided
+            return
+        self._submitted += 1
+        self._pipeline.submit(
+            Pending(
+                model=model,
+                area=area,
+                features=window.tensor(ts),
+                feature_names=window.feature_names,
+                reading_ts=ts,
+                trigger_id=reading_id,
+                received_at=received,
+                journal_id=self._journal_id,
+            )
+        )
+
+    def _drop(self, topic: str, reason: DropReason, detail: str) -> None:
+        """Count and log a dropped reading, once: not again when the journal replays it."""
+        if self._decide:
+            self.drops.drop(topic, reason, detail)
 
     def _admit_area(self, ref: SensorRef, models: list[str]) -> None:
         """TOO_MANY_AREAS if the reading would start a new area beyond ``max_areas``."""
@@ -275,7 +305,7 @@ class Ingest:
             return [(a, w) for (m, a), w in self._windows.items() if m == model]
         window = self._area_window(model, ref.area)
         if window is None:
-            self.drops.drop(
+            self._drop(
                 topic,
                 DropReason.TOO_MANY_ENTITIES,
                 f"the hub keeps at most {self._limits.max_entities} entities (max_entities)",

@@ -30,7 +30,7 @@ import logging
 import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
@@ -43,7 +43,7 @@ from hub.ids import uuid7
 from hub.payload import decision_payload
 from hub.policy import ActionPolicy, ActionRule, Outcome, PolicyRound
 from hub.predict import RETRY_FIRST_DELAY, RETRY_MAX_DELAY, Predicted, Predictor
-from hub.topics import decision_topic
+from hub.topics import decision_topic, late_decision_topic
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
@@ -84,12 +84,16 @@ class Pending:
     reading_ts: float
     trigger_id: str
     received_at: float  # time.perf_counter() at arrival
+    journal_id: int = 0  # the reading's entry in the hub's journal (0: none)
+    # Decided after a newer reading of its (model, area), while a backlog drained.
+    late: bool = False
 
 
 @dataclass(frozen=True)
 class Outgoing:
     topic: str
     payload: bytes
+    decision_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,23 @@ class Recorded:
     topic: str
     payload: bytes
     action: ActionRule | None
+    late: bool = False
+
+    @property
+    def outgoing(self) -> Outgoing:
+        return Outgoing(self.topic, self.payload, self.decision_id)
 
 
 Publish = Callable[[Sequence[Outgoing]], Awaitable[None]]
 # Called once a batch is acknowledged by the audit log, before it is published; the
 # awaitable may hold the publish back briefly (Home Assistant discovery of new entities).
 OnRecorded = Callable[[Sequence[Recorded]], Awaitable[None]]
+# Called when items leave the pipeline for good: their decisions acknowledged by the
+# audit log, with the messages about to be published, or never to be made (duplicate,
+# dropped, refused: no messages). Not for a batch cancelled at a stop: its readings are
+# decided on the next start. Then called with the messages once published.
+OnSettled = Callable[[Sequence[Pending], Sequence[Outgoing]], None]
+OnPublished = Callable[[Sequence[Outgoing]], None]
 
 
 @dataclass(frozen=True)
@@ -181,11 +196,15 @@ class DecisionPipeline:
         on_recorded: OnRecorded | None = None,
         health: DecisionHealth | None = None,
         recent_ids: int = 10_000,
+        on_settled: OnSettled | None = None,
+        on_published: OnPublished | None = None,
     ) -> None:
         self.policy = policy or ActionPolicy()
         self.health = health or DecisionHealth()
         self._log = RateLimitedLog(log)
         self._on_recorded = on_recorded
+        self._on_settled: OnSettled = on_settled or (lambda _items, _out: None)
+        self._on_published: OnPublished = on_published or (lambda _out: None)
         self._hub_id = hub_id
         self._audit = audit
         self._publish = publish
@@ -214,14 +233,20 @@ class DecisionPipeline:
             dropped = self._pending.add(item)
         except Duplicate:
             DECISIONS.labels(item.model, "duplicate").inc()
+            self._on_settled([item], ())
             return
         self.health.queued(item.model, 1)
         if dropped is not None:
             self.health.queued(dropped.model, -1)
             self._on_overflow()
+            self._on_settled([dropped], ())
         self._idle.clear()
         PENDING.set(len(self._pending))
         self._wakeup.set()
+
+    def remember(self, model: str, area: str, reading_id: str) -> None:
+        """A reading decided before (replayed from the journal): never decide it again."""
+        self._pending.remember(model, area, reading_id)
 
     async def run(self) -> None:
         """Process batches until cancelled, or closed and drained.
@@ -247,7 +272,10 @@ class DecisionPipeline:
                 if not self._pending:
                     self._slots.release()
                     continue
-                batch = self._pending.take(self._max_batch)
+                batch = [
+                    replace(p, late=True) if late else p
+                    for p, late in self._pending.take(self._max_batch)
+                ]
                 PENDING.set(len(self._pending))
                 BATCH_SIZE.observe(len(batch))
                 loop = asyncio.get_running_loop()
@@ -278,11 +306,12 @@ class DecisionPipeline:
         return True
 
     async def _process(self, batch: list[Pending], turn: _Turn) -> None:
+        accounted = False  # handed to on_settled (or deliberately not)
         try:
             t0 = time.perf_counter()
             predicted = await self._predictor.predict(batch)
             t1 = time.perf_counter()
-            if any(self.policy.remembers(p.model, p.area) for p in batch):
+            if any(self.policy.remembers(p.model, p.area) for p in batch if not p.late):
                 # Its outcome depends on the last acknowledged label: every earlier
                 # batch must have settled first.
                 await turn.after_earlier_settled()
@@ -292,11 +321,16 @@ class DecisionPipeline:
             t3 = time.perf_counter()
             if results is not None and len(results) != len(decided):
                 raise ValueError(f"audit acknowledged {len(results)} of {len(decided)} decisions")
+            recorded = self._recorded(decided, results) if results is not None else []
+            # Recorded (or refused for good): durable before anything is published.
+            accounted = True
+            self._on_settled(batch, [r.outgoing for r in recorded])
             await turn.after_earlier_settled()
             if results is not None:
                 # Acknowledged: the policy remembers these labels, in reading order.
                 for d in decided:
-                    self.policy.commit(d.outcome)
+                    if not d.pending.late:
+                        self.policy.commit(d.outcome)
             turn.settle()
             await turn.after_earlier_published()  # keep the publish order of batches
             t4 = time.perf_counter()
@@ -307,21 +341,25 @@ class DecisionPipeline:
                 for d in decided:
                     DECISIONS.labels(d.pending.model, "unrecorded").inc()
                 return
-            await self._deliver(decided, results)
+            await self._deliver(recorded)
             done = time.perf_counter()
             STAGE_SECONDS.labels("publish").observe(done - t4)
             for d in decided:
                 DECISION_LATENCY.observe(done - d.pending.received_at)
                 DECISIONS.labels(d.pending.model, "published").inc()
+        except asyncio.CancelledError:
+            accounted = True  # stopping: not settled, decided again on the next start
+            raise
         finally:
+            if not accounted:
+                self._on_settled(batch, ())  # failed for good (a bug): not retried forever
             turn.finish()
             for model, n in Tally(p.model for p in batch).items():
                 self.health.queued(model, -n)
 
-    async def _deliver(
+    def _recorded(
         self, decided: list[_Decided], results: Sequence[audit_pb.AppendResult]
-    ) -> None:
-        """Hand acknowledged decisions to ``on_recorded``, then publish them."""
+    ) -> list[Recorded]:
         recorded: list[Recorded] = []
         for d, r in zip(decided, results, strict=True):
             p = d.pending
@@ -332,7 +370,9 @@ class DecisionPipeline:
                     decision_id=d.decision.decision_id,
                     label=d.decision.output_label,
                     index=r.index,
-                    topic=decision_topic(self._hub_id, p.model, p.area),
+                    topic=(late_decision_topic if p.late else decision_topic)(
+                        self._hub_id, p.model, p.area
+                    ),
                     payload=decision_payload(
                         d.decision,
                         index=r.index,
@@ -341,19 +381,29 @@ class DecisionPipeline:
                         trigger_id=p.trigger_id,
                     ),
                     action=d.outcome.rule,
+                    late=p.late,
                 )
             )
+        return recorded
+
+    async def _deliver(self, recorded: list[Recorded]) -> None:
+        """Hand acknowledged decisions to ``on_recorded``, then publish them."""
         if self._on_recorded is not None:
             # Acknowledged: allowed actions may run now, even while the broker is away.
             await self._on_recorded(recorded)
-        await self._publish([Outgoing(r.topic, r.payload) for r in recorded])
+        outgoing = [r.outgoing for r in recorded]
+        await self._publish(outgoing)
+        self._on_published(outgoing)
 
     def _decide(self, predicted: list[Predicted[Pending]], policy: PolicyRound) -> list[_Decided]:
         """The decision records, in reading order; the policy evaluated in that order."""
         decided: list[_Decided] = []
         for item in predicted:
             p, pred = item.pending, item.prediction
-            outcome = policy.evaluate(p.model, p.area, pred.label, pred.values)
+            if p.late:
+                outcome = self.policy.late(p.model, p.area, pred.label, pred.values)
+            else:
+                outcome = policy.evaluate(p.model, p.area, pred.label, pred.values)
             decision = audit_pb.Decision(
                 decision_id=uuid7(),
                 decided_at=item.decided_at,

@@ -32,6 +32,11 @@ REPORT_ONLY = audit_pb.Policy(
     verdict=audit_pb.POLICY_VERDICT_NOT_APPLICABLE,
     reason="Roost reports this prediction; no action is configured for this entity.",
 )
+LATE = audit_pb.Policy(
+    policy_id="late",
+    verdict=audit_pb.POLICY_VERDICT_NOT_APPLICABLE,
+    reason="Decided after a newer reading of this entity (a backlog drained): no action.",
+)
 # Home Assistant domains Roost never operates on its own, whatever the allow-list says.
 NEVER_AUTOMATIC = frozenset({"lock", "alarm_control_panel", "siren", "camera", "valve"})
 _RULE = re.compile(
@@ -181,6 +186,10 @@ class ActionPolicy:
         self._last[(outcome.model, outcome.area)] = outcome.label
         if outcome.blocked:
             HA_ACTIONS.labels("blocked").inc()
+
+    def late(self, model: str, area: str, label: str, values: Sequence[float]) -> Outcome:
+        """The outcome of a late decision: reported, never acted on, never remembered."""
+        return Outcome(model, area, self.effective_label(model, label, values), LATE, "publish")
 
     def round(self) -> PolicyRound:
         return PolicyRound(self)

@@ -80,6 +80,12 @@ def decision_topic(hub_id: str, model: str, area: str) -> str:
     return f"roost/{hub_id}/decisions/{model}/{area}"
 
 
+def late_decision_topic(hub_id: str, model: str, area: str) -> str:
+    """Late decisions (decided after a newer reading of the entity while a backlog
+    drained) beside the entity's topic, so that one never goes back in time."""
+    return f"{decision_topic(hub_id, model, area)}/late"
+
+
 def decisions_filter(hub_id: str) -> str:
     return f"roost/{hub_id}/decisions/#"
 

@@ -321,6 +321,8 @@ class HaBridge:
         """Called by the pipeline after the audit log acknowledged ``items``."""
         new: list[tuple[str, str]] = []
         for r in items:
+            if r.late:
+                continue  # the entity already shows a newer decision
             key = (r.model, r.area)
             if f"{r.model}_{r.area}" not in self.components:
                 if not self._add_prediction(r.model, r.area):

@@ -6,7 +6,7 @@ Every reading published during the outage gets its decision once the service is 
 (bounded reconnect backoff, wait-for-ready), the hub says it cannot decide while it
 cannot (metrics, the retained health JSON, ``roost status``), and readings published
 while the hub is down are decided after it comes back (persistent MQTT session), none
-twice (reading ids).
+twice (reading ids), as are those a killed hub had taken but not decided (its journal).
 """
 
 from __future__ import annotations
@@ -211,7 +211,39 @@ async def test_readings_published_while_the_hub_is_down_are_decided_once(
         # Decisions come in reading order: once d308's is here, any duplicate would be too.
         await decisions.wait_for_trigger("d308", timeout=30)
     got = triggers(decisions, area)
-    # The restarted hub starts with empty windows: its first three readings fill one.
-    assert got == [f"w{n}" for n in range(3, 8)] + [f"d{n}" for n in range(11, 309)]
+    # The restarted hub's windows are refilled from its journal: the first reading after
+    # the restart decides like any other.
+    assert got == [f"w{n}" for n in range(3, 8)] + [f"d{n}" for n in range(8, 309)]
     assert len(set(got)) == len(got)
     assert metric(stack, "roost_hub_decisions_total", outcome="duplicate") == 8
+
+
+async def test_a_killed_hub_loses_no_reading_it_had_taken(own_stack: Stack) -> None:
+    # kill -9 while the hub holds readings it took from the broker (inference is down, so
+    # they wait in its backlog): after the restart every one is decided, none twice.
+    stack = own_stack
+    area = "hub_kill"
+    async with collect_decisions(stack) as decisions:
+        await publish_paced(stack, area, "w", range(8), 200)
+        await decisions.wait_for_trigger("w7")
+        taken = metric(stack, "roost_hub_readings_total")
+        port = stack.port_of(Role.INFERENCE)
+        stack.kill("inference")
+        await publish_paced(stack, area, "k", range(8, 108), 200)
+        await wait_until_async(
+            lambda: metric(stack, "roost_hub_readings_total") >= taken + 100,
+            30,
+            "the hub taking the readings from the broker",
+        )
+        stack.kill("hub")  # SIGKILL: nothing drained, nothing saved on the way out
+        env = {"ROOST_INFERENCE_PORT": str(port)}
+        await asyncio.to_thread(stack.start_service, Role.INFERENCE, env)
+        await asyncio.to_thread(stack.start_hub)
+        await decisions.wait_for_trigger("k107", timeout=60)
+        # The next reading decides at once: the windows were refilled from the journal.
+        await publish_paced(stack, area, "n", range(108, 109), 200)
+        await decisions.wait_for_trigger("n108", timeout=30)
+    got = triggers(decisions, area)
+    expected = [f"w{n}" for n in range(3, 8)] + [f"k{n}" for n in range(8, 108)] + ["n108"]
+    assert sorted(got) == sorted(expected)
+    assert len(got) == len(set(got))

@@ -95,3 +95,27 @@ async def test_household_values_stay_out_of_logs_and_metrics(own_stack: Stack) -
         assert f"{value}"[:6] not in blob, value
     assert "study" not in "\n".join(texts[-3:])  # no area (entity) in metric labels
     assert stack.port_of(Role.AUDIT)
+
+
+async def test_the_hubs_session_survives_a_broker_kill(own_stack: Stack) -> None:
+    # Readings published after a broker restart, while the hub is away, wait for it: the
+    # broker's store (run/mosquitto.db) kept the hub's persistent session.
+    stack = own_stack
+    async with collect_decisions(stack) as decisions:
+        await publish(stack, readings("hall", OCCUPIED, DAY_TS, "before"))
+        await decisions.wait_for(1)
+    stack.stop_one("hub")  # SIGTERM: its session stays at the broker
+    store = stack.home / "run" / "mosquitto.db"
+    await wait_until_async(
+        lambda: store.exists() and b"roost-hub-" in store.read_bytes(),
+        15,
+        "the broker saving the hub's session",
+    )
+    port = stack.broker_port
+    stack.kill("mosquitto")  # SIGKILL: nothing saved on the way out
+    stack.start_broker(port)
+    async with collect_decisions(stack) as decisions:
+        await publish(stack, readings("hall", OCCUPIED, DAY_TS + 60, "after"))
+        await asyncio.to_thread(stack.start_hub)
+        got = await decisions.wait_for(4, timeout=30)
+    assert sorted(d["trigger_id"] for d in got) == sorted(f"after-{kind}" for kind in OCCUPIED)

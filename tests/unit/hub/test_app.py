@@ -13,6 +13,7 @@ import pytest
 from cli.supervisor import crash_topic
 from hub.app import Hub
 from hub.config import HubConfig
+from hub.intake import Intake
 from services.kit.certs import ensure_certs
 from services.kit.process import LOG_FORMAT
 
@@ -23,7 +24,7 @@ PAYLOAD = b'{"value": 98765.4321}'
 class Poisoned:
     """An ingest that a message makes crash (a bug the parser did not catch)."""
 
-    def handle(self, topic: str, data: bytes) -> None:
+    def handle(self, topic: str, data: bytes, **_: object) -> int:
         raise OverflowError("int too large to convert to float")
 
 
@@ -45,7 +46,7 @@ async def test_a_crash_names_the_topic_not_the_payload(
 ) -> None:
     ensure_certs(tmp_path / "certs")
     hub = Hub(HubConfig(certs_dir=tmp_path / "certs", data_dir=tmp_path / "hub"))
-    hub.ingest = Poisoned()  # type: ignore[assignment]
+    hub.intake = Intake(Poisoned(), None)  # type: ignore[arg-type]
     acked: list[aiomqtt.Message] = []
     with caplog.at_level(logging.INFO), pytest.raises(OverflowError):
         await hub._consume(OneMessage(retain), acked.append)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
-"""The backlog: bounded, oldest dropped first, a recent reading id never queued twice, and
-memory bounded whatever arrives."""
+"""The backlog: bounded, oldest dropped first, a recent reading id never queued twice,
+fresh readings first when there is a backlog (the older ones then late), and memory
+bounded whatever arrives."""
 
 from __future__ import annotations
 
@@ -24,9 +25,27 @@ def test_fifo_and_the_oldest_is_dropped_beyond_the_bound() -> None:
     dropped = [b.add(Item("m", "a", f"r{i}")) for i in range(5)]
     assert [d.trigger_id if d else None for d in dropped] == [None, None, None, "r0", "r1"]
     assert len(b) == 3
-    assert [i.trigger_id for i in b.take(2)] == ["r2", "r3"]
-    assert [i.trigger_id for i in b.take(10)] == ["r4"]
+    assert ids(b.take(3)) == ["r2", "r3", "r4"]  # no backlog: all, in arrival order
     assert b.take(1) == []
+
+
+def ids(taken: list[tuple[Item, bool]]) -> list[str]:
+    return [i.trigger_id + ("(late)" if late else "") for i, late in taken]
+
+
+def test_with_a_backlog_the_newest_come_first_and_the_older_ones_are_late() -> None:
+    b: Backlog[Item] = Backlog(100, recent_ids=100)
+    for i in range(10):
+        b.add(Item("m", "a", f"a{i}"))
+    b.add(Item("m", "b", "b0"))  # another entity: its only reading is never late
+    # The newest half of the batch first (in order), then the oldest.
+    assert ids(b.take(4)) == ["a9", "b0", "a0(late)", "a1(late)"]
+    b.add(Item("m", "a", "a10"))
+    assert ids(b.take(4)) == ["a8(late)", "a10", "a2(late)", "a3(late)"]
+    assert ids(b.take(10)) == [f"a{i}(late)" for i in range(4, 8)]
+    # Drained: the next readings are not late.
+    b.add(Item("m", "a", "a11"))
+    assert ids(b.take(4)) == ["a11"]
 
 
 def test_a_recent_reading_id_is_refused_per_model_and_area() -> None:
@@ -34,7 +53,7 @@ def test_a_recent_reading_id_is_refused_per_model_and_area() -> None:
     b.add(Item("m", "a", "r1"))
     with pytest.raises(Duplicate):
         b.add(Item("m", "a", "r1"))
-    b.take(1)
+    assert ids(b.take(1)) == ["r1"]
     with pytest.raises(Duplicate):  # also once it left the queue (decided)
         b.add(Item("m", "a", "r1"))
     b.add(Item("m", "b", "r1"))  # another area, another model: their own readings

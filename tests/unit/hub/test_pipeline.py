@@ -539,7 +539,10 @@ async def test_an_inference_outage_is_waited_out_and_every_reading_decided() -> 
     inference.back.set()
     assert await p.drain(5)
     await asyncio.wait_for(task, 1)
-    assert triggers(published) == [f"r{i}" for i in range(20)]
+    # Every reading decided once; the entity's own topic never goes back in time.
+    assert sorted(triggers(published)) == sorted(f"r{i}" for i in range(20))
+    on_entity = [int(t[1:]) for t in triggers(entity_topic(published))]
+    assert on_entity == sorted(on_entity)
     [model] = health.models()
     assert model.state is ModelState.DECIDING
     assert model.queued == 0
@@ -592,8 +595,36 @@ async def test_the_backlog_is_bounded_and_its_drops_counted() -> None:
     inference.back.set()
     assert await p.drain(5)
     await asyncio.wait_for(task, 1)
-    assert triggers(published) == [f"r{i}" for i in (*range(5), *range(25, 35))]
+    assert sorted(triggers(published)) == sorted(f"r{i}" for i in (*range(5), *range(25, 35)))
     assert health.models()[0].queued == 0
+
+
+def entity_topic(published: Sequence[Outgoing]) -> list[Outgoing]:
+    return [o for o in published if o.topic == "roost/h/decisions/occupancy/office"]
+
+
+async def test_after_an_outage_the_freshest_reading_is_decided_first_and_the_rest_late() -> None:
+    published: list[Outgoing] = []
+    inference = DownInference()
+    audit = FakeAudit()
+    p = make(inference, audit, published, max_batch=4, max_in_flight=1)
+    task = asyncio.create_task(p.run())
+    p.submit(pending(0))
+    await until(lambda: inference.refused >= 1, "the first batch held")
+    for i in range(1, 10):  # the backlog: more than a batch
+        p.submit(pending(i))
+    inference.back.set()
+    assert await p.drain(5)
+    await asyncio.wait_for(task, 1)
+    # Right after the outage, the newest readings (r8, r9) are decided with the oldest.
+    assert triggers(published)[:5] == ["r0", "r8", "r9", "r1", "r2"]
+    # The entity's topic (Home Assistant's state) never goes back in time: what was
+    # decided after a newer reading is published beside it, as late.
+    assert triggers(entity_topic(published)) == ["r0", "r8", "r9"]
+    late = [o for o in published if o.topic == "roost/h/decisions/occupancy/office/late"]
+    assert sorted(triggers(late)) == sorted(f"r{i}" for i in range(1, 8))
+    assert len(published) == 10
+    assert all(audit.published_when_logged)
 
 
 async def test_a_refused_model_is_reported_and_its_batch_dropped() -> None:

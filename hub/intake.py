@@ -1,0 +1,245 @@
+"""The hub's two ends on the broker: readings in through the journal, decisions out.
+
+:class:`Intake` takes each reading from the MQTT session into the
+:class:`hub.journal.Journal`, hands it to :class:`hub.ingest.Ingest`, and acknowledges
+the QoS 1 message to the broker only once the journal holds it (committed): a hub
+killed at any moment has every reading it took either in its journal (decided on the
+next start) or still at the broker (redelivered). paho acknowledges on receipt by
+default; :func:`manual_acks` turns that off. Without a journal (it could not be
+opened or written), a reading is acknowledged when taken, counted in
+``roost_hub_journal_errors_total``.
+
+:class:`Publisher` publishes decisions at QoS 1 and waits out broker outages. When the
+session drops, the publishes in flight are abandoned at once and sent again on the
+next session (a decision may then arrive twice, with the same id; never lost), rather
+than each waiting for a PUBACK that cannot come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import aiomqtt
+from prometheus_client import Counter
+
+from hub.ingest import Ingest
+from hub.journal import Journal, JournalError
+from hub.pipeline import Outgoing, Pending
+from services.kit.ratelog import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+JOURNAL_ERRORS = Counter(
+    "roost_hub_journal_errors_total",
+    "Readings journal operations that failed (readings then acknowledged as taken).",
+)
+# Journal commits (and the acknowledgements they allow) are grouped: at most this long
+# after a reading is taken, or once this many wait. One commit per reading cost ~5 times
+# the reading's own handling.
+FLUSH_SECONDS = 0.02
+ACK_EVERY = 256
+
+Ack = Callable[[], None]
+
+
+class Once:
+    """An acknowledgement that is sent at most once, however often it is called."""
+
+    def __init__(self, ack: Ack) -> None:
+        self._ack: Ack | None = ack
+
+    def __call__(self) -> None:
+        ack, self._ack = self._ack, None
+        if ack is not None:
+            ack()
+
+
+def manual_acks(client: aiomqtt.Client) -> Callable[[aiomqtt.Message], None]:
+    """Turn off paho's acknowledgement on receipt; the function that acknowledges.
+
+    aiomqtt does not expose paho's manual acknowledgements; its paho client does."""
+    paho = client._client
+    paho.manual_ack_set(True)
+
+    def ack(message: aiomqtt.Message) -> None:
+        if paho.is_connected():  # else the broker redelivers it to the next session
+            paho.ack(message.mid, message.qos)
+
+    return ack
+
+
+def open_intake(ingest: Ingest, path: Path, history: int) -> Intake:
+    """The journal at ``path``, replayed into ``ingest`` (without one if it cannot be
+    opened: readings are then acknowledged as taken)."""
+    journal: Journal | None = None
+    try:
+        journal = Journal(path, history=history)
+    except (JournalError, OSError) as e:
+        JOURNAL_ERRORS.inc()
+        log.error("readings journal unavailable (%s): a crash may lose readings", e)
+    intake = Intake(ingest, journal)
+    again, refilled = intake.replay()
+    if again or refilled:
+        log.info("journal: %d readings to decide, %d replayed into windows", again, refilled)
+    return intake
+
+
+class Intake:
+    """Readings from the broker to ingest, acknowledged once journaled."""
+
+    def __init__(self, ingest: Ingest, journal: Journal | None) -> None:
+        self._ingest = ingest
+        self._journal = journal
+        self._unacked: list[Ack] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._log = RateLimitedLog(log)
+
+    def replay(self) -> tuple[int, int]:
+        """Feed the journal to ingest (before subscribing): undecided readings are decided
+        again, decided ones refill the windows. (readings decided again, refilled)."""
+        if self._journal is None:
+            return 0, 0
+        again = refilled = 0
+        try:
+            for e in list(self._journal.entries()):
+                if e.decided:
+                    self._ingest.handle(e.topic, e.payload, journal_id=e.journal_id, decide=False)
+                    refilled += 1
+                else:
+                    n = self._ingest.handle(e.topic, e.payload, journal_id=e.journal_id)
+                    self._journal.taken(e.journal_id, n)
+                    again += 1
+            self._journal.commit()
+        except JournalError as e:
+            self._failed("replay", e)
+        return again, refilled
+
+    def take(self, topic: str, payload: bytes, ack: Ack) -> None:
+        """Journal and handle one reading; ``ack`` runs once the journal committed it
+        (within ``FLUSH_SECONDS``)."""
+        journal, rid = self._journal, 0
+        if journal is not None:
+            try:
+                rid = journal.append(topic, payload)
+            except JournalError as e:
+                self._failed("append", e)
+        if rid == 0:  # not journaled: acknowledged as taken
+            ack()
+        decisions = self._ingest.handle(topic, payload, journal_id=rid)
+        if journal is None or rid == 0:
+            return
+        try:
+            journal.taken(rid, decisions)
+        except JournalError as e:
+            self._failed("taken", e)
+        self._unacked.append(ack)
+        if len(self._unacked) >= ACK_EVERY:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Commit the journal and acknowledge what it now holds."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._journal is not None:
+            try:
+                self._journal.commit()
+            except JournalError as e:
+                self._failed("commit", e)
+        for ack in self._unacked:
+            ack()
+        self._unacked.clear()
+
+    def settled(self, items: Sequence[Pending], outgoing: Sequence[Outgoing] = ()) -> None:
+        """The pipeline is done with these readings' decisions: mark them in the journal,
+        and keep ``outgoing`` in its outbox until it is published."""
+        if self._journal is None:
+            return
+        try:
+            self._journal.settled((p.journal_id for p in items), outgoing)
+        except JournalError as e:
+            self._failed("settle", e)
+
+    def published(self, outgoing: Sequence[Outgoing]) -> None:
+        if self._journal is None:
+            return
+        try:
+            self._journal.published(outgoing)
+        except JournalError as e:
+            self._failed("publish", e)
+
+    async def republish(self, publish: Callable[[Sequence[Outgoing]], Awaitable[None]]) -> None:
+        """Publish what the outbox held at start (decisions recorded before a crash,
+        maybe never published), once the session is up."""
+        if self._journal is None:
+            return
+        try:
+            outgoing = self._journal.outbox()
+        except JournalError as e:
+            self._failed("outbox", e)
+            return
+        if outgoing:
+            await publish(outgoing)
+            self.published(outgoing)
+
+    def close(self) -> None:
+        if self._journal is not None:
+            with contextlib.suppress(JournalError):
+                self._journal.close()
+
+    def _failed(self, what: str, error: Exception) -> None:
+        JOURNAL_ERRORS.inc()
+        self._log(what, "readings journal: %s failed (%s)", what, type(error).__name__)
+
+
+class Publisher:
+    """Publishes decisions (QoS 1); waits out broker outages instead of losing them."""
+
+    def __init__(self) -> None:
+        self.client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self._dropped = asyncio.Event()
+
+    def attach(self, client: aiomqtt.Client) -> None:
+        """A session is up: publish through ``client``."""
+        self.client = client
+        self._dropped = asyncio.Event()
+        self.connected.set()
+
+    def detach(self) -> None:
+        """The session dropped: publishes in flight are sent again on the next one."""
+        self.connected.clear()
+        self._dropped.set()
+
+    async def __call__(self, out: Sequence[Outgoing]) -> None:
+        remaining = list(out)
+        while remaining:
+            await self.connected.wait()
+            client, dropped = self.client, self._dropped
+            assert client is not None
+            sends = asyncio.gather(
+                *(client.publish(o.topic, o.payload, qos=1) for o in remaining),
+                return_exceptions=True,
+            )
+            lost = asyncio.ensure_future(dropped.wait())
+            await asyncio.wait((sends, lost), return_when=asyncio.FIRST_COMPLETED)
+            lost.cancel()
+            if not sends.done():
+                sends.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sends
+                continue
+            results = sends.result()
+            remaining = [o for o, r in zip(remaining, results, strict=True) if r is not None]
+            if remaining and not dropped.is_set():
+                # The MQTT loop detaches when it sees the session drop; until then,
+                # retry after a short pause rather than spin.
+                log.warning("%d decisions not yet published; retrying", len(remaining))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(dropped.wait(), 0.1)
