@@ -232,7 +232,8 @@ async def test_a_run_with_more_units_than_delta_allows_is_refused_before_any_cha
         stage=stage,
         signing_key_path=tmp_path / "absent.pem",
     )
-    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    # Recent rows: older ones would be past retention, pruned before the run is planned.
+    t0 = datetime.now(UTC) - timedelta(days=1)
     rng = np.random.default_rng(0)
     rows = rng.standard_normal((10_001, 6)).astype(np.float32)
     store.add(
