@@ -12,7 +12,8 @@ charges a version-1 ledger held before its changes were recorded in the audit lo
 every other column never changes, no row is deleted, and no row is inserted over
 another (``INSERT OR REPLACE`` deletes without firing the delete trigger, so inserts are
 guarded too). Version 3 added each charge's ``privacy_unit`` (what its ε protects,
-:mod:`.privacy_unit`); rows made before it are :data:`LEGACY_UNIT`. The header may only move ``high_water_us`` forwards. A hand edit such as
+:mod:`.privacy_unit`); rows made before it are :data:`LEGACY_UNIT`. The header may only
+move ``high_water_us`` forwards. A hand edit such as
 ``UPDATE charges SET steps_charged = 0`` is refused with an SQLite error. Triggers live
 in the file and can be dropped by whoever can write it: the cross-check against the
 audit log (:mod:`.ledger_trail`) is what detects an edit that went around them.

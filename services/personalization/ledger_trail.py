@@ -128,7 +128,7 @@ def _row(label: object) -> Row:
         return tuple(label)
     if not isinstance(label, dict) or "privacy_unit" in label:
         raise ValueError("not a privacy record")
-    return tuple(label[c] for c in COLUMNS[:-1]) + (LEGACY_UNIT,)
+    return (*(label[c] for c in COLUMNS[:-1]), LEGACY_UNIT)
 
 
 def replay(row: Row) -> list[PrivacyRecord]:

@@ -74,7 +74,8 @@ def test_the_fixture_is_a_version_2_ledger(path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     columns = [r[1] for r in conn.execute("PRAGMA table_info(charges)")]
     conn.close()
-    assert "privacy_unit" not in columns and len(columns) == 20
+    assert "privacy_unit" not in columns
+    assert len(columns) == 20
 
 
 async def test_an_old_ledger_opens_in_the_example_unit_and_matches_its_old_trail(
@@ -115,7 +116,7 @@ def test_the_triggers_guard_the_migrated_unit_column(path: Path, edit: str) -> N
         pass  # migrated
     conn = sqlite3.connect(path, isolation_level=None)
     before = conn.execute("SELECT * FROM charges ORDER BY rowid").fetchall()
-    with pytest.raises(sqlite3.DatabaseError, match="mechanism|append-only"):
+    with pytest.raises(sqlite3.DatabaseError, match=r"mechanism|append-only"):
         conn.execute(edit)
     assert conn.execute("SELECT * FROM charges ORDER BY rowid").fetchall() == before
     with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
@@ -137,7 +138,8 @@ async def test_a_day_run_after_an_upgrade_waits_for_the_old_example_charges(path
         with pytest.raises(FailedPrecondition) as e:
             led.reserve("household", RUN, job_id="d", privacy_unit="day", now=clear)
         assert clear.isoformat() in str(e.value)
-        assert len(audit.decisions) == n and len(led.history("household")) == 3
+        assert len(audit.decisions) == n
+        assert len(led.history("household")) == 3
         later = clear + timedelta(microseconds=1)
         r = led.reserve("household", RUN, job_id="d", privacy_unit="day", now=later)
         assert r.privacy_unit == "day"
@@ -167,7 +169,8 @@ def test_a_unit_switch_inside_the_window_is_refused_until_it_is_clear(path: Path
             assert f"refused until {clear.isoformat()}" in message
             assert "privacy_unit back to 'day'" in message
         # Nothing written, nothing recorded, nothing spent.
-        assert led.history("household") == history and len(audit.decisions) == n
+        assert led.history("household") == history
+        assert len(audit.decisions) == n
         assert led.report("household", now=last) == report
         # The same unit goes on composing; another scope has its own window.
         led.reserve("household", Mechanism.gaussian(noise_multiplier=50.0), job_id="c",
@@ -209,9 +212,11 @@ def test_job_ids_are_bounded(path: Path, job_id: str) -> None:
 
 
 def test_scopes_are_bounded(path: Path) -> None:
-    with PrivacyLedger.open(path, POLICY) as led:
-        with pytest.raises(InvalidArgument, match="scope: at most 64"):
-            led.reserve("s" * 65, RUN, job_id="a", privacy_unit="day", now=NOW)
+    with (
+        PrivacyLedger.open(path, POLICY) as led,
+        pytest.raises(InvalidArgument, match="scope: at most 64"),
+    ):
+        led.reserve("s" * 65, RUN, job_id="a", privacy_unit="day", now=NOW)
 
 
 # ---- the audit record
@@ -222,14 +227,12 @@ def worst_rows() -> list[tuple[object, ...]]:
     exponents, year-1 timestamps, the most steps, the longest job id and scope; epsilon
     after and delta are also output_values, float32, so the long one is a tiny one)."""
     big, small, t = 1.2345678901234567e300, 2.2250738585072014e-308, -62135596800000000
-    rows = []
-    for status in ("reserved", "committed", "released"):
-        for unit in ("day", "example"):
-            rows.append(
-                ("f" * 32, "J" * 128, "s" * 64, "gaussian", big, small, 10_000_000, status,
-                 10_000_000, 10_000_000, t, t, t, t, "rdp", small, big, small, unit)
-            )  # fmt: skip
-    return rows
+    return [
+        ("f" * 32, "J" * 128, "s" * 64, "gaussian", big, small, 10_000_000, status,
+         10_000_000, 10_000_000, t, t, t, t, "rdp", small, big, small, unit)
+        for status in ("reserved", "committed", "released")
+        for unit in ("day", "example")
+    ]  # fmt: skip
 
 
 def test_the_worst_case_record_fits_the_audit_texts() -> None:
@@ -244,7 +247,8 @@ def test_the_worst_case_record_fits_the_audit_texts() -> None:
             assert PrivacyRecord.from_decision(d).row == row  # exactly back
     label, reason = max(n for n, _ in lengths), max(n for _, n in lengths)
     print(f"worst case: output_label {label} chars, policy.reason {reason} of {MAX_TEXT_CHARS}")
-    assert label <= MAX_TEXT_CHARS and reason <= MAX_TEXT_CHARS
+    assert label <= MAX_TEXT_CHARS
+    assert reason <= MAX_TEXT_CHARS
     assert label == 496  # measured: 16 characters to spare (the reason: 233)
 
 
