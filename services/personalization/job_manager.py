@@ -254,7 +254,12 @@ class JobManager:
             )
             # Before any training: an over-budget run is refused here, nothing created.
             reservation = await asyncio.to_thread(
-                self._ledger.reserve, SCOPE, mechanism, job_id=job_id, now=at
+                self._ledger.reserve,
+                SCOPE,
+                mechanism,
+                job_id=job_id,
+                privacy_unit=unit,
+                now=at,
             )
             rec = JobRecord(
                 job_id=job_id,

@@ -71,7 +71,9 @@ from services.personalization.ledger_records import (
     aware_utc,
     integer,
 )
+from services.personalization.ledger_refusals import over_budget, unit_mismatch
 from services.personalization.ledger_trail import Action, PrivacyRecord, Row, replay
+from services.personalization.privacy_unit import UNITS
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,9 @@ logger = logging.getLogger(__name__)
 CLOCK_SLACK: Final = timedelta(seconds=5)
 _SCOPE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*")
 _MAX_NAME_CHARS: Final = 200
+_MAX_SCOPE_CHARS: Final = 64
+#: A job id goes into every privacy record (ledger_trail bounds the record's size).
+_JOB_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 SCHEMA_VERSION: Final = schema.SCHEMA_VERSION
 migrate = schema.migrate
 
@@ -95,8 +100,11 @@ Recorder = Callable[[PrivacyRecord], None]
 def _name(field: str, value: object, *, scope: bool = False) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidArgument(f"{field}: required (a non-empty string)")
-    if len(value) > _MAX_NAME_CHARS:
-        raise InvalidArgument(f"{field}: at most {_MAX_NAME_CHARS} characters")
+    most = _MAX_SCOPE_CHARS if scope else _MAX_NAME_CHARS
+    if len(value) > most:
+        raise InvalidArgument(f"{field}: at most {most} characters")
+    if field == "job_id" and not _JOB_ID_RE.fullmatch(value):
+        raise InvalidArgument(f"{field}: at most 128 of letters, digits, '_', '.', ':', '-'")
     if scope and not _SCOPE_RE.fullmatch(value):
         raise InvalidArgument(
             f"{field}: must be '/'-separated names of letters, digits, '_', '.', '-'"
@@ -104,35 +112,6 @@ def _name(field: str, value: object, *, scope: bool = False) -> str:
     if not scope and not value.isprintable():
         raise InvalidArgument(f"{field}: must be printable")
     return value
-
-
-def _over_budget(
-    scope: str,
-    policy: BudgetPolicy,
-    epsilons: tuple[float, float],
-    used: str,
-    oldest: datetime | None,
-) -> FailedPrecondition:
-    before, after = epsilons
-    logger.info(
-        "privacy budget refused: scope=%s epsilon %.4f -> %.4f > %.4g",
-        scope,
-        before,
-        after,
-        policy.epsilon,
-    )
-    frees = (
-        ""
-        if oldest is None
-        else f"; the oldest counted run leaves the window at {(oldest + policy.window).isoformat()}"
-    )
-    return FailedPrecondition(
-        f"privacy budget exceeded for scope '{scope}': epsilon already spent {before:.4f}"
-        f" in the last {policy.period_days} days; this run would add {after - before:.4f}"
-        f" (cumulative {after:.4f}) over the budget of epsilon {policy.epsilon:g} at delta"
-        f" {policy.delta:g} ({used} accountant){frees}. Lower steps or sample_rate, or raise"
-        " noise_multiplier."
-    )
 
 
 class PrivacyLedger(kit_sqlite.SharedConnection):
@@ -231,33 +210,50 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
     # ---- operations
 
     def reserve(
-        self, scope: str, mechanism: Mechanism, *, job_id: str, now: datetime | None = None
+        self,
+        scope: str,
+        mechanism: Mechanism,
+        *,
+        job_id: str,
+        privacy_unit: str,
+        now: datetime | None = None,
     ) -> Reservation:
-        """Charges ``mechanism`` to ``scope`` if the window's budget allows it.
+        """Charges ``mechanism`` (epsilon per ``privacy_unit``) to ``scope`` if the
+        window's budget allows it.
 
         Raises FailedPrecondition (nothing recorded) if the composed epsilon would exceed
-        the budget or the clock went back. Idempotent by ``job_id``: the same job, scope
-        and mechanism again returns the existing reservation; anything different is
-        InvalidArgument.
+        the budget, the window holds charges in another privacy unit
+        (:mod:`.ledger_refusals`) or the clock went back. Idempotent by ``job_id``: the
+        same job, scope, mechanism and unit again returns the existing reservation;
+        anything different is InvalidArgument.
         """
         policy = self.policy_for(scope)
         job_id = _name("job_id", job_id)
         if not isinstance(mechanism, Mechanism):
             raise InvalidArgument("mechanism: must be a Mechanism")
+        if privacy_unit not in UNITS:
+            raise InvalidArgument(f"privacy_unit: must be one of {', '.join(UNITS)}")
         rdp = unit_rdp(mechanism.noise_multiplier, mechanism.sample_rate)
         new = Charge(mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps, rdp)
         with self._transaction("IMMEDIATE") as conn:
             existing = conn.execute(schema.SELECT + " WHERE job_id = ?", (job_id,)).fetchone()
             if existing is not None:
                 entry = schema.entry(existing)
-                if entry.scope != scope or entry.mechanism != mechanism:
+                if (entry.scope, entry.mechanism, entry.privacy_unit) != (
+                    scope,
+                    mechanism,
+                    privacy_unit,
+                ):
                     raise InvalidArgument(
                         f"job_id: job '{job_id}' already holds a reservation with a"
-                        " different scope or mechanism"
+                        " different scope, mechanism or privacy unit"
                     )
                 return schema.reservation(entry)
             at = self._advance(conn, now)
             start = at - policy.window
+            mixed = unit_mismatch(scope, policy, privacy_unit, self._units(conn, scope, start))
+            if mixed is not None:
+                raise mixed
             charged = self._charges(conn, scope, start)
             eps_after, used = compose(
                 [*charged, new], delta=policy.delta, accountant=policy.accountant
@@ -270,23 +266,24 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
             if eps_after > policy.epsilon:
                 eps_before, _ = compose(charged, delta=policy.delta, accountant=policy.accountant)
                 oldest = self._oldest(conn, scope, start)
-                raise _over_budget(scope, policy, (eps_before, eps_after), used, oldest)
+                raise over_budget(scope, policy, (eps_before, eps_after), used, oldest)
             rid = uuid.uuid4().hex
             schema.insert(
                 conn,
                 (rid, job_id, scope, mechanism.kind, mechanism.noise_multiplier,
                  mechanism.sample_rate, mechanism.steps, "reserved", None, mechanism.steps,
                  to_us(at), None, to_us(start), to_us(at + policy.window), used,
-                 policy.delta, policy.epsilon, eps_after),
+                 policy.delta, policy.epsilon, eps_after, privacy_unit),
             )  # fmt: skip
             self._record(conn, "reserve", rid)
             reservation = schema.reservation(self._get(conn, rid))
         logger.info(
-            "privacy budget reserved: scope=%s job=%s epsilon -> %.4f of %.4g",
+            "privacy budget reserved: scope=%s job=%s epsilon -> %.4f of %.4g per %s",
             scope,
             job_id,
             eps_after,
             policy.epsilon,
+            privacy_unit,
         )
         return reservation
 
@@ -359,6 +356,7 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
             start = at - policy.window
             charged = self._charges(conn, scope, start)
             oldest = self._oldest(conn, scope, start)
+            units = self._units(conn, scope, start)
         spent, used = compose(charged, delta=policy.delta, accountant=policy.accountant)
         return BudgetReport(
             scope=scope,
@@ -371,6 +369,7 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
             mechanisms=len(charged),
             accountant=used,
             frees_at=None if oldest is None else oldest + policy.window,
+            units=tuple((u, last + policy.window) for u, last in units),
         )
 
     def history(self, scope: str) -> list[LedgerEntry]:
@@ -455,6 +454,18 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
             (scope, to_us(start)),
         ).fetchone()[0]
         return None if us is None else from_us(us)
+
+    @staticmethod
+    def _units(conn: sqlite3.Connection, scope: str, start: datetime) -> list[tuple[str, datetime]]:
+        """Each privacy unit charged in the window from ``start``, with when its latest
+        counted mechanism was reserved."""
+        rows = conn.execute(
+            "SELECT privacy_unit, MAX(reserved_at_us) FROM charges WHERE scope = ?"
+            " AND reserved_at_us >= ? AND steps_charged > 0 GROUP BY privacy_unit"
+            " ORDER BY privacy_unit",
+            (scope, to_us(start)),
+        ).fetchall()
+        return [(unit, from_us(last)) for unit, last in rows]
 
     @staticmethod
     def _charges(conn: sqlite3.Connection, scope: str, start: datetime) -> list[Charge]:

@@ -142,6 +142,8 @@ class Reservation:
     period_start: datetime
     #: When it stops counting: ``reserved_at + period_days``.
     period_end: datetime
+    #: What its epsilon protects: "day" (a household-day) or "example" (one row).
+    privacy_unit: str
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ class LedgerEntry:
     epsilon_budget: float
     delta: float
     accountant: AccountantName
+    privacy_unit: str
 
 
 @dataclass(frozen=True)
@@ -183,3 +186,6 @@ class BudgetReport:
     accountant: AccountantName
     #: When the oldest counted mechanism leaves the window (None when nothing counts).
     frees_at: datetime | None = None
+    #: The privacy units charged in the window, each with when its last charge leaves it
+    #: (the ledger refuses a reservation in another unit until then), by unit name.
+    units: tuple[tuple[str, datetime], ...] = ()

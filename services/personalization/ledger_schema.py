@@ -11,7 +11,9 @@ charges a version-1 ledger held before its changes were recorded in the audit lo
 (``steps_charged = 0``) or, for a run that committed no step, ``committed -> released``;
 every other column never changes, no row is deleted, and no row is inserted over
 another (``INSERT OR REPLACE`` deletes without firing the delete trigger, so inserts are
-guarded too). The header may only move ``high_water_us`` forwards. A hand edit such as
+guarded too). Version 3 added each charge's ``privacy_unit`` (what its ε protects,
+:mod:`.privacy_unit`); rows made before it are :data:`LEGACY_UNIT`. The header may only
+move ``high_water_us`` forwards. A hand edit such as
 ``UPDATE charges SET steps_charged = 0`` is refused with an SQLite error. Triggers live
 in the file and can be dropped by whoever can write it: the cross-check against the
 audit log (:mod:`.ledger_trail`) is what detects an edit that went around them.
@@ -52,30 +54,50 @@ COLUMNS: Final = (
     "delta",
     "epsilon_budget",
     "epsilon_after",
+    "privacy_unit",
 )
 SELECT: Final = (
     "SELECT id, job_id, scope, kind, noise_multiplier, sample_rate, steps, status, steps_done,"
     " steps_charged, reserved_at_us, settled_at_us, period_start_us, period_end_us,"
-    " accountant, delta, epsilon_budget, epsilon_after FROM charges"
+    " accountant, delta, epsilon_budget, epsilon_after, privacy_unit FROM charges"
 )
 #: Every row with its stored curve, for the cross-check.
 SELECT_WITH_CURVES: Final = (
     "SELECT id, job_id, scope, kind, noise_multiplier, sample_rate, steps, status, steps_done,"
     " steps_charged, reserved_at_us, settled_at_us, period_start_us, period_end_us,"
-    " accountant, delta, epsilon_budget, epsilon_after, rdp, rdp_orders FROM charges"
-    " ORDER BY rowid"
+    " accountant, delta, epsilon_budget, epsilon_after, privacy_unit, rdp, rdp_orders"
+    " FROM charges ORDER BY rowid"
 )
 INSERT: Final = (
     "INSERT INTO charges (id, job_id, scope, kind, noise_multiplier, sample_rate, steps,"
     " status, steps_done, steps_charged, reserved_at_us, settled_at_us, period_start_us,"
-    " period_end_us, accountant, delta, epsilon_budget, epsilon_after, rdp, rdp_orders)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " period_end_us, accountant, delta, epsilon_budget, epsilon_after, privacy_unit, rdp,"
+    " rdp_orders) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: What a row made before the unit was recorded (schema versions 1 and 2) protects:
+#: DP-SGD clipped and noised each example (one labelled row) until the household-day
+#: unit came (commit 332b8ff); a day-unit charge labelled "example" is still true (a
+#: guarantee for a day holds for each of its rows), so the label errs on the safe side.
+LEGACY_UNIT: Final = "example"
 
-_UNCHANGED: Final = " AND ".join(
-    f"NEW.{c} IS OLD.{c}"
-    for c in (*COLUMNS[:7], "reserved_at_us", *COLUMNS[12:], "rdp", "rdp_orders")
-)
+
+def _unchanged(columns: Sequence[str]) -> str:
+    """SQL: every column but the settlement's (status, steps, settled_at_us) unchanged."""
+    settlement = ("status", "steps_done", "steps_charged", "settled_at_us")
+    return " AND ".join(
+        f"NEW.{c} IS OLD.{c}" for c in (*columns, "rdp", "rdp_orders") if c not in settlement
+    )
+
+
+def _settle_only(columns: Sequence[str]) -> str:
+    return f"""CREATE TRIGGER charges_settle_only BEFORE UPDATE ON charges
+            WHEN NOT ({_unchanged(columns)} AND NEW.settled_at_us IS NOT NULL
+                      AND NEW.settled_at_us >= OLD.reserved_at_us AND ({_SETTLED}))
+            BEGIN
+                SELECT RAISE(ABORT, 'a charged mechanism cannot be rewritten, only settled once');
+            END"""
+
+
 _SETTLED: Final = (
     "(OLD.status = 'reserved' AND NEW.status = 'committed'"
     " AND NEW.steps_done IS NEW.steps_charged)"
@@ -122,12 +144,7 @@ MIGRATIONS: Final[tuple[tuple[kit_sqlite.Step, ...], ...]] = (
     (
         # v2: every column guarded, no insert over a row, and the header (high-water mark).
         "DROP TRIGGER charges_immutable",
-        f"""CREATE TRIGGER charges_settle_only BEFORE UPDATE ON charges
-            WHEN NOT ({_UNCHANGED} AND NEW.settled_at_us IS NOT NULL
-                      AND NEW.settled_at_us >= OLD.reserved_at_us AND ({_SETTLED}))
-            BEGIN
-                SELECT RAISE(ABORT, 'a charged mechanism cannot be rewritten, only settled once');
-            END""",
+        _settle_only(COLUMNS[:-1]),  # the columns of version 2 (before privacy_unit)
         """CREATE TRIGGER charges_no_overwrite BEFORE INSERT ON charges
             WHEN EXISTS (SELECT 1 FROM charges WHERE id = NEW.id OR job_id = NEW.job_id)
             BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END""",
@@ -154,6 +171,14 @@ MIGRATIONS: Final[tuple[tuple[kit_sqlite.Step, ...], ...]] = (
                       AND NEW.high_water_us >= OLD.high_water_us
                       AND (NEW.untrailed IS OLD.untrailed OR NEW.untrailed = 0))
             BEGIN SELECT RAISE(ABORT, 'the ledger clock only moves forwards'); END""",
+    ),
+    (
+        # v3: the privacy unit of every charge (LEGACY_UNIT for the rows before it), and
+        # the settle-only trigger guarding it like every other column.
+        f"""ALTER TABLE charges ADD COLUMN privacy_unit TEXT NOT NULL DEFAULT '{LEGACY_UNIT}'
+            CHECK (privacy_unit IN ('day', 'example'))""",
+        "DROP TRIGGER charges_settle_only",
+        _settle_only(COLUMNS),
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -232,6 +257,7 @@ def entry(row: Sequence[Any]) -> LedgerEntry:
         delta=float(row[15]),
         epsilon_budget=float(row[16]),
         epsilon_after=float(row[17]),
+        privacy_unit=row[18],
     )
 
 
@@ -248,4 +274,5 @@ def reservation(e: LedgerEntry) -> Reservation:
         reserved_at=e.reserved_at,
         period_start=e.period_start,
         period_end=e.period_end,
+        privacy_unit=e.privacy_unit,
     )

@@ -10,8 +10,13 @@ names, numbers and times, never a household value.
 As an audit ``Decision``: ``model`` is the fixed :data:`PRIVACY_MODEL`, ``action``
 ``privacy.reserve|commit|release``, ``entity_id`` ``roost.privacy.<scope>``,
 ``decision_id`` ``privacy.<action>.<reservation id>`` (a retried append is idempotent),
-``output_label`` the row as canonical JSON (Python floats round-trip exactly) and
-``policy.reason`` the same in words.
+``output_label`` the row as a compact JSON array in ``ledger_schema.COLUMNS`` order
+(Python floats round-trip exactly; :data:`PRIVACY_MODEL_SHA256` names the columns) and
+``policy.reason`` the same in words. Both stay within the audit log's 512 characters
+per text: the job id is at most 128 characters and the scope 64 (the worst case is
+measured in tests/unit/personalization/test_ledger_trail.py). A record written before
+the privacy unit was recorded (schema version 2: a JSON object without it) reads back
+with ``ledger_schema.LEGACY_UNIT``, as the migrated ledger's rows do.
 
 :func:`expected_rows` folds the records back into the rows the ledger must hold, and
 :func:`discrepancies` compares them with the ledger's: a deleted, truncated or edited
@@ -30,7 +35,8 @@ from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.common.v1 import common_pb2
 from services.kit.clock import from_us
 from services.kit.errors import InvalidArgument
-from services.personalization.ledger_schema import COLUMNS, SCHEMA_VERSION
+from services.personalization.ledger_schema import COLUMNS, LEGACY_UNIT, SCHEMA_VERSION
+from services.personalization.privacy_unit import DESCRIPTIONS
 
 Action = Literal["reserve", "commit", "release"]
 Row = tuple[Any, ...]
@@ -78,7 +84,7 @@ class PrivacyRecord:
             model=common_pb2.ModelRef(
                 name=PRIVACY_MODEL, version=PRIVACY_MODEL_VERSION, sha256=PRIVACY_MODEL_SHA256
             ),
-            output_label=json.dumps(f, sort_keys=True, separators=(",", ":")),
+            output_label=json.dumps(list(self.row), separators=(",", ":")),
             output_values=[f["epsilon_after"], f["delta"]],
             action=f"privacy.{self.action}",
             actor=audit_pb.ACTOR_AUTOMATIC,
@@ -88,8 +94,9 @@ class PrivacyRecord:
                 reason=(
                     f"{f['kind']} noise {f['noise_multiplier']:.4g} q {f['sample_rate']:.4g}"
                     f" steps {f['steps_charged']}/{f['steps']} on scope {f['scope']}:"
-                    f" epsilon {f['epsilon_after']:.4f} of {f['epsilon_budget']:g}"
-                    f" at delta {f['delta']:g} ({f['status']})"
+                    f" epsilon {f['epsilon_after']:.4g} of {f['epsilon_budget']:.4g}"
+                    f" at delta {f['delta']:.4g} per"
+                    f" {DESCRIPTIONS.get(f['privacy_unit'], 'unit')} ({f['status']})"
                 ),
             ),
         )
@@ -102,15 +109,26 @@ class PrivacyRecord:
         the entry is not one (a malformed entry is never silently skipped)."""
         action = d.action.removeprefix("privacy.")
         try:
-            fields = json.loads(d.output_label)
-            row = tuple(fields[c] for c in COLUMNS)
+            row = _row(json.loads(d.output_label))
         except (ValueError, TypeError, KeyError):
             raise InvalidArgument(
                 f"audit entry {d.decision_id[:80]!r}: not a privacy record"
             ) from None
-        if action not in ACTIONS or fields["status"] != _STATUS[action]:
+        if action not in ACTIONS or row[COLUMNS.index("status")] != _STATUS.get(action):
             raise InvalidArgument(f"audit entry {d.decision_id[:80]!r}: not a privacy record")
         return cls(action, row)
+
+
+def _row(label: object) -> Row:
+    """The row of an ``output_label``: an array of COLUMNS, or a version-2 object (no
+    privacy unit). ValueError/KeyError if it is neither."""
+    if isinstance(label, list):
+        if len(label) != len(COLUMNS):
+            raise ValueError("a privacy record has one value per column")
+        return tuple(label)
+    if not isinstance(label, dict) or "privacy_unit" in label:
+        raise ValueError("not a privacy record")
+    return (*(label[c] for c in COLUMNS[:-1]), LEGACY_UNIT)
 
 
 def replay(row: Row) -> list[PrivacyRecord]:
@@ -153,7 +171,12 @@ def _follows(before: Row | None, r: PrivacyRecord) -> bool:
     """Whether ``r`` is a change the ledger could have made to ``before``."""
     f = r.fields
     if r.action == "reserve":
-        return before is None and f["steps_done"] is None and f["steps_charged"] == f["steps"]
+        return (
+            before is None
+            and f["steps_done"] is None
+            and f["steps_charged"] == f["steps"]
+            and f["privacy_unit"] in DESCRIPTIONS
+        )
     if before is None or any(before[i] != r.row[i] for i in _FIXED):
         return False
     status, done = before[COLUMNS.index("status")], before[COLUMNS.index("steps_done")]

@@ -288,8 +288,7 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         newest = list(reversed(history))
         page = newest[start : start + size]
         policy = self._ledger.policy_for(scope)
-        unit = self._manager.privacy_unit
-        entries = [await asyncio.to_thread(_entry_pb, e, policy.accountant, unit) for e in page]
+        entries = [await asyncio.to_thread(_entry_pb, e, policy.accountant) for e in page]
         more = start + size < len(newest)
         token = paging.encode_offset(start + size, (scope,)) if more else ""
         return pb.ListLedgerEntriesResponse(entries=entries, next_page_token=token)
@@ -357,7 +356,7 @@ def _check_label(label: str, labels: tuple[str, ...], where: str) -> None:
         raise InvalidArgument(f"{where}: must be one of the model's labels ({', '.join(labels)})")
 
 
-def _entry_pb(entry: LedgerEntry, accountant: str, unit: str) -> pb.LedgerEntry:
+def _entry_pb(entry: LedgerEntry, accountant: str) -> pb.LedgerEntry:
     m = entry.mechanism
     out = pb.LedgerEntry(
         entry_id=entry.id,
@@ -371,7 +370,7 @@ def _entry_pb(entry: LedgerEntry, accountant: str, unit: str) -> pb.LedgerEntry:
             m.noise_multiplier, m.sample_rate, entry.steps_charged, entry.delta, accountant
         ),
         delta=entry.delta,
-        privacy_unit=unit,
+        privacy_unit=entry.privacy_unit,  # the unit it was charged in
     )
     out.recorded_at.FromDatetime(entry.reserved_at)
     return out

@@ -82,7 +82,7 @@ def test_window_stacking_never_exposes_an_example_beyond_the_budget(
         add_day(store, now)
         at = enforce_retention(ledger, store, RETENTION, now)
         try:
-            ledger.reserve("household", RUN, job_id=f"day-{d}", now=at)
+            ledger.reserve("household", RUN, job_id=f"day-{d}", privacy_unit="day", now=at)
         except FailedPrecondition as e:
             refusals.append(str(e))
             continue
@@ -102,8 +102,8 @@ def test_a_clock_set_back_is_refused_naming_both_times(
     ledger, store = parts
     add_day(store, T0)
     at = enforce_retention(ledger, store, RETENTION, T0)
-    ledger.reserve("household", RUN, job_id="first", now=at)
-    ledger.reserve("household", RUN, job_id="second", now=at + DAY)
+    ledger.reserve("household", RUN, job_id="first", privacy_unit="day", now=at)
+    ledger.reserve("household", RUN, job_id="second", privacy_unit="day", now=at + DAY)
     future = T0 + 2 * DAY  # data stamped after the wrong clock's "now"
     add_day(store, future)
     before = store.count("occupancy")
@@ -114,12 +114,12 @@ def test_a_clock_set_back_is_refused_naming_both_times(
     assert (T0 + DAY).isoformat() in str(e.value)
     assert "clock went backwards" in str(e.value)
     with pytest.raises(FailedPrecondition, match="clock went backwards"):
-        ledger.reserve("household", RUN, job_id="fresh?", now=wrong)
+        ledger.reserve("household", RUN, job_id="fresh", privacy_unit="day", now=wrong)
     assert store.count("occupancy") == before  # nothing pruned either
     assert [e.job_id for e in ledger.history("household")] == ["first", "second"]
     # Once the clock is right again, the window still holds both runs.
     with pytest.raises(FailedPrecondition, match="privacy budget exceeded"):
-        ledger.reserve("household", RUN, job_id="third", now=T0 + 2 * DAY)
+        ledger.reserve("household", RUN, job_id="third", privacy_unit="day", now=T0 + 2 * DAY)
 
 
 def test_a_clock_jumped_forward_gives_no_fresh_budget_for_retained_data(
@@ -128,8 +128,8 @@ def test_a_clock_jumped_forward_gives_no_fresh_budget_for_retained_data(
     ledger, store = parts
     add_day(store, T0)
     at = enforce_retention(ledger, store, RETENTION, T0)
-    ledger.reserve("household", RUN, job_id="a", now=at)
-    ledger.reserve("household", RUN, job_id="b", now=at)
+    ledger.reserve("household", RUN, job_id="a", privacy_unit="day", now=at)
+    ledger.reserve("household", RUN, job_id="b", privacy_unit="day", now=at)
     trained_on = stored_ids(store)
     jumped = T0 + timedelta(days=31)
     at = enforce_retention(ledger, store, RETENTION, jumped)

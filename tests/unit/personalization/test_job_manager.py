@@ -157,8 +157,12 @@ async def test_a_restart_fails_interrupted_jobs_and_never_refunds_them(tmp_path:
     )
     table = JobTable(config.data_dir / "jobs.db")
     mech = Mechanism.dp_sgd(noise_multiplier=2.0, sample_rate=0.1, steps=40)
-    killed = ledger.reserve("household", mech, job_id="killed")  # no steps recorded
-    settled = ledger.reserve("household", mech, job_id="settled")  # final count recorded
+    killed = ledger.reserve(
+        "household", mech, job_id="killed", privacy_unit="day"
+    )  # no steps recorded
+    settled = ledger.reserve(
+        "household", mech, job_id="settled", privacy_unit="day"
+    )  # final count recorded
     for job_id, res, done in (("killed", killed, None), ("settled", settled, 10)):
         table.put(
             JobRecord(

@@ -63,7 +63,7 @@ def db(tmp_path: Path) -> Path:
 
 def test_schema_is_versioned_and_append_only(db: Path) -> None:
     with PrivacyLedger.open(db, policy(10.0)) as led:
-        led.reserve(SCOPE, RUN, job_id="a", now=NOW)
+        led.reserve(SCOPE, RUN, job_id="a", privacy_unit="day", now=NOW)
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -79,12 +79,15 @@ def test_schema_is_versioned_and_append_only(db: Path) -> None:
 def test_sequential_overspend_is_refused_with_the_numbers(db: Path) -> None:
     budget = budget_for(3)
     with PrivacyLedger.open(db, policy(budget)) as led:
-        reservations = [led.reserve(SCOPE, RUN, job_id=f"job-{i}", now=NOW) for i in range(3)]
+        reservations = [
+            led.reserve(SCOPE, RUN, job_id=f"job-{i}", privacy_unit="day", now=NOW)
+            for i in range(3)
+        ]
         assert [r.epsilon_after for r in reservations] == pytest.approx(
             [opacus_rdp(runs(k)) for k in (1, 2, 3)], rel=1e-9
         )
         with pytest.raises(FailedPrecondition) as exc:
-            led.reserve(SCOPE, RUN, job_id="job-3", now=NOW)
+            led.reserve(SCOPE, RUN, job_id="job-3", privacy_unit="day", now=NOW)
         assert exc.value.code == grpc.StatusCode.FAILED_PRECONDITION
         msg = str(exc.value)
         spent, after = opacus_rdp(runs(3)), opacus_rdp(runs(4))
@@ -107,26 +110,30 @@ def test_sequential_overspend_is_refused_with_the_numbers(db: Path) -> None:
         assert len(led.history(SCOPE)) == 3
         # A cheaper run still fits.
         small = Mechanism.dp_sgd(noise_multiplier=3.0, sample_rate=0.001, steps=10)
-        led.reserve(SCOPE, small, job_id="small", now=NOW)
+        led.reserve(SCOPE, small, job_id="small", privacy_unit="day", now=NOW)
 
 
 def test_budget_survives_a_restart(db: Path) -> None:
     budget = budget_for(2)
     with PrivacyLedger.open(db, policy(budget)) as led:
-        led.reserve(SCOPE, RUN, job_id="a", now=NOW)
-        led.commit(led.reserve(SCOPE, RUN, job_id="b", now=NOW).id, steps_done=RUN.steps, now=NOW)
+        led.reserve(SCOPE, RUN, job_id="a", privacy_unit="day", now=NOW)
+        led.commit(
+            led.reserve(SCOPE, RUN, job_id="b", privacy_unit="day", now=NOW).id,
+            steps_done=RUN.steps,
+            now=NOW,
+        )
     with PrivacyLedger.open(db, policy(budget)) as led:
         report = led.report(SCOPE, now=NOW)
         assert report.mechanisms == 2
         assert report.epsilon_spent == pytest.approx(opacus_rdp(runs(2)), rel=1e-9)
         with pytest.raises(FailedPrecondition, match="exceeded"):
-            led.reserve(SCOPE, RUN, job_id="c", now=NOW + timedelta(hours=1))
+            led.reserve(SCOPE, RUN, job_id="c", privacy_unit="day", now=NOW + timedelta(hours=1))
 
 
 def test_crashed_job_reservation_still_counts(db: Path) -> None:
     budget = budget_for(1)
     led = PrivacyLedger.open(db, policy(budget))
-    led.reserve(SCOPE, RUN, job_id="crashes", now=NOW)
+    led.reserve(SCOPE, RUN, job_id="crashes", privacy_unit="day", now=NOW)
     # The job dies: no commit, no release, not even a close.
     del led
     with PrivacyLedger.open(db, policy(budget)) as led2:
@@ -134,17 +141,19 @@ def test_crashed_job_reservation_still_counts(db: Path) -> None:
         assert entry.status == "reserved"
         assert entry.steps_charged == RUN.steps
         with pytest.raises(FailedPrecondition):
-            led2.reserve(SCOPE, RUN, job_id="next", now=NOW)
+            led2.reserve(SCOPE, RUN, job_id="next", privacy_unit="day", now=NOW)
         # Idempotent retry of the crashed job returns its reservation.
-        again = led2.reserve(SCOPE, RUN, job_id="crashes", now=NOW + timedelta(days=1))
+        again = led2.reserve(
+            SCOPE, RUN, job_id="crashes", privacy_unit="day", now=NOW + timedelta(days=1)
+        )
         assert again.id == entry.id
 
 
 def test_release_frees_and_fewer_committed_steps_spend_less(db: Path) -> None:
     with PrivacyLedger.open(db, policy(budget_for(1))) as led:
-        a = led.reserve(SCOPE, RUN, job_id="a", now=NOW)
+        a = led.reserve(SCOPE, RUN, job_id="a", privacy_unit="day", now=NOW)
         with pytest.raises(FailedPrecondition):
-            led.reserve(SCOPE, RUN, job_id="b", now=NOW)
+            led.reserve(SCOPE, RUN, job_id="b", privacy_unit="day", now=NOW)
         # The job was refused before touching data: release frees the budget.
         released = led.release(a.id, now=NOW)
         assert released.status == "released"
@@ -154,7 +163,7 @@ def test_release_frees_and_fewer_committed_steps_spend_less(db: Path) -> None:
         with pytest.raises(FailedPrecondition, match="released"):
             led.commit(a.id, steps_done=1, now=NOW)
 
-        b = led.reserve(SCOPE, RUN, job_id="b", now=NOW)
+        b = led.reserve(SCOPE, RUN, job_id="b", privacy_unit="day", now=NOW)
         committed = led.commit(b.id, steps_done=40, now=NOW)
         assert committed.status == "committed"
         assert committed.steps_done == 40
@@ -169,7 +178,13 @@ def test_release_frees_and_fewer_committed_steps_spend_less(db: Path) -> None:
         assert report.epsilon_spent < b.epsilon_after
 
         # A job that committed zero steps may still be released.
-        c = led.reserve(SCOPE, Mechanism.gaussian(noise_multiplier=50.0), job_id="c", now=NOW)
+        c = led.reserve(
+            SCOPE,
+            Mechanism.gaussian(noise_multiplier=50.0),
+            job_id="c",
+            privacy_unit="day",
+            now=NOW,
+        )
         led.commit(c.id, steps_done=0, now=NOW)
         assert led.release(c.id, now=NOW).status == "released"
 
@@ -192,7 +207,7 @@ def test_threads_race_and_never_overspend(db: Path) -> None:
         def worker(i: int) -> None:
             barrier.wait(timeout=10)
             try:
-                led.reserve(SCOPE, RUN, job_id=f"t{i}", now=NOW)
+                led.reserve(SCOPE, RUN, job_id=f"t{i}", privacy_unit="day", now=NOW)
                 result = "ok"
             except FailedPrecondition:
                 result = "refused"
@@ -215,7 +230,7 @@ def _race_worker(path: str, budget: float, worker: int, n: int, barrier: Any) ->
         barrier.wait(timeout=120)
         for k in range(n):
             with contextlib.suppress(FailedPrecondition):
-                led.reserve(SCOPE, RUN, job_id=f"p{worker}-{k}", now=NOW)
+                led.reserve(SCOPE, RUN, job_id=f"p{worker}-{k}", privacy_unit="day", now=NOW)
     except BaseException:
         os._exit(3)
     os._exit(0)
@@ -249,11 +264,11 @@ def test_scopes_are_independent(db: Path) -> None:
     comfort = "household/comfort"
     scope_policies = {comfort: policy(budget_for(2))}
     with PrivacyLedger.open(db, policy(budget_for(1)), scope_policies=scope_policies) as led:
-        led.reserve(SCOPE, RUN, job_id="o1", now=NOW)
+        led.reserve(SCOPE, RUN, job_id="o1", privacy_unit="day", now=NOW)
         with pytest.raises(FailedPrecondition):
-            led.reserve(SCOPE, RUN, job_id="o2", now=NOW)
-        led.reserve(comfort, RUN, job_id="c1", now=NOW)
-        led.reserve(comfort, RUN, job_id="c2", now=NOW)
+            led.reserve(SCOPE, RUN, job_id="o2", privacy_unit="day", now=NOW)
+        led.reserve(comfort, RUN, job_id="c1", privacy_unit="day", now=NOW)
+        led.reserve(comfort, RUN, job_id="c2", privacy_unit="day", now=NOW)
         assert led.report(comfort, now=NOW).mechanisms == 2
         assert led.report(SCOPE, now=NOW).mechanisms == 1
         assert led.report("household", now=NOW).epsilon_spent == 0.0
@@ -263,16 +278,28 @@ def test_scopes_are_independent(db: Path) -> None:
 def test_the_window_slides_with_the_ledger_clock(db: Path) -> None:
     budget = budget_for(1)
     with PrivacyLedger.open(db, policy(budget, period_days=7)) as led:
-        r = led.reserve(SCOPE, RUN, job_id="w1", now=NOW)
+        r = led.reserve(SCOPE, RUN, job_id="w1", privacy_unit="day", now=NOW)
         assert (r.period_start, r.period_end) == (NOW - timedelta(days=7), NOW + timedelta(days=7))
         # No calendar boundary resets it: refused until the run is 7 days old.
         with pytest.raises(FailedPrecondition, match="leaves the window at"):
-            led.reserve(SCOPE, RUN, job_id="w2", now=r.period_end - timedelta(microseconds=1))
+            led.reserve(
+                SCOPE,
+                RUN,
+                job_id="w2",
+                privacy_unit="day",
+                now=r.period_end - timedelta(microseconds=1),
+            )
         later = led.report(SCOPE, now=NOW + timedelta(days=6))
         assert (later.mechanisms, later.frees_at) == (1, r.period_end)
         nxt = led.report(SCOPE, now=r.period_end + timedelta(microseconds=1))
         assert (nxt.epsilon_spent, nxt.mechanisms, nxt.frees_at) == (0.0, 0, None)
-        r2 = led.reserve(SCOPE, RUN, job_id="w2", now=r.period_end + timedelta(microseconds=1))
+        r2 = led.reserve(
+            SCOPE,
+            RUN,
+            job_id="w2",
+            privacy_unit="day",
+            now=r.period_end + timedelta(microseconds=1),
+        )
         assert r2.epsilon_after == pytest.approx(r.epsilon_after)
         assert len(led.history(SCOPE)) == 2
 
@@ -287,7 +314,9 @@ def test_epsilon_matches_a_direct_opacus_computation(db: Path) -> None:
     ]
     with PrivacyLedger.open(db, policy(100.0)) as led:
         for i, m in enumerate(mechs):
-            led.reserve(SCOPE, m, job_id=f"m{i}", now=NOW + timedelta(seconds=i))
+            led.reserve(
+                SCOPE, m, job_id=f"m{i}", privacy_unit="day", now=NOW + timedelta(seconds=i)
+            )
         history = [(m.noise_multiplier, m.sample_rate, m.steps) for m in mechs]
         assert led.report(SCOPE, now=NOW).epsilon_spent == pytest.approx(
             opacus_rdp(history), rel=1e-9
@@ -301,9 +330,11 @@ def test_epsilon_matches_a_direct_opacus_computation(db: Path) -> None:
 
 def test_prv_accountant_matches_opacus(db: Path) -> None:
     with PrivacyLedger.open(db, policy(100.0, accountant="prv")) as led:
-        led.reserve(SCOPE, RUN, job_id="a", now=NOW)
-        led.reserve(SCOPE, RUN, job_id="b", now=NOW)
-        r = led.reserve(SCOPE, Mechanism.gaussian(noise_multiplier=4.0), job_id="g", now=NOW)
+        led.reserve(SCOPE, RUN, job_id="a", privacy_unit="day", now=NOW)
+        led.reserve(SCOPE, RUN, job_id="b", privacy_unit="day", now=NOW)
+        r = led.reserve(
+            SCOPE, Mechanism.gaussian(noise_multiplier=4.0), job_id="g", privacy_unit="day", now=NOW
+        )
         report = led.report(SCOPE, now=NOW)
     direct = PRVAccountant()
     direct.history = [(1.0, 0.02, 200), (4.0, 1.0, 1)]  # Opacus merges identical steps
@@ -330,19 +361,24 @@ def test_extreme_parameters_are_refused_by_the_rdp_bound_without_prv(
     tiny_noise = Mechanism.dp_sgd(noise_multiplier=1e-4, sample_rate=0.5, steps=10)
     with PrivacyLedger.open(db, policy(10.0, accountant="prv")) as led:
         with pytest.raises(FailedPrecondition, match="rdp accountant"):
-            led.reserve(SCOPE, tiny_noise, job_id="x", now=NOW)
+            led.reserve(SCOPE, tiny_noise, job_id="x", privacy_unit="day", now=NOW)
         assert led.history(SCOPE) == []
 
 
 def test_idempotent_by_job_id(db: Path) -> None:
     with PrivacyLedger.open(db, policy(10.0)) as led:
-        r = led.reserve(SCOPE, RUN, job_id="job", now=NOW)
-        assert led.reserve(SCOPE, RUN, job_id="job", now=NOW + timedelta(minutes=5)) == r
+        r = led.reserve(SCOPE, RUN, job_id="job", privacy_unit="day", now=NOW)
+        assert (
+            led.reserve(
+                SCOPE, RUN, job_id="job", privacy_unit="day", now=NOW + timedelta(minutes=5)
+            )
+            == r
+        )
         other = Mechanism.dp_sgd(noise_multiplier=1.0, sample_rate=0.02, steps=99)
         with pytest.raises(InvalidArgument, match="job_id"):
-            led.reserve(SCOPE, other, job_id="job", now=NOW)
+            led.reserve(SCOPE, other, job_id="job", privacy_unit="day", now=NOW)
         with pytest.raises(InvalidArgument, match="job_id"):
-            led.reserve("household", RUN, job_id="job", now=NOW)
+            led.reserve("household", RUN, job_id="job", privacy_unit="day", now=NOW)
         assert len(led.history(SCOPE)) == 1
 
 
@@ -359,13 +395,13 @@ def test_invalid_arguments_and_unknown_ids(db: Path) -> None:
             led.commit("x", steps_done=True)
         for scope in ("", "/household", "household//x", "house hold", "a" * 201):
             with pytest.raises(InvalidArgument, match="scope"):
-                led.reserve(scope, RUN, job_id="j", now=NOW)
+                led.reserve(scope, RUN, job_id="j", privacy_unit="day", now=NOW)
         with pytest.raises(InvalidArgument, match="job_id"):
-            led.reserve(SCOPE, RUN, job_id="", now=NOW)
+            led.reserve(SCOPE, RUN, job_id="", privacy_unit="day", now=NOW)
         with pytest.raises(InvalidArgument, match="now"):
-            led.reserve(SCOPE, RUN, job_id="j", now=datetime(2026, 3, 10))
+            led.reserve(SCOPE, RUN, job_id="j", privacy_unit="day", now=datetime(2026, 3, 10))
         with pytest.raises(InvalidArgument, match="mechanism"):
-            led.reserve(SCOPE, (1.0, 0.02, 100), job_id="j", now=NOW)  # type: ignore[arg-type]
+            led.reserve(SCOPE, (1.0, 0.02, 100), job_id="j", privacy_unit="day", now=NOW)  # type: ignore[arg-type]
         assert led.history(SCOPE) == []
 
 
@@ -382,7 +418,7 @@ def test_100_mechanisms_compose_from_their_stored_curves(
     ]
     with PrivacyLedger.open(db, policy(1e6)) as led:
         for i, m in enumerate(mechs):
-            led.reserve(SCOPE, m, job_id=f"m{i}", now=NOW)
+            led.reserve(SCOPE, m, job_id=f"m{i}", privacy_unit="day", now=NOW)
     merged: dict[tuple[float, float], int] = {}
     for m in mechs:
         key = (m.noise_multiplier, m.sample_rate)
@@ -404,5 +440,5 @@ def test_100_mechanisms_compose_from_their_stored_curves(
         assert computed == []
         assert report.epsilon_spent == pytest.approx(direct, rel=1e-9)
         # A new mechanism's curve is computed once, the 100 stored ones are not.
-        led.reserve(SCOPE, RUN, job_id="101", now=NOW)
+        led.reserve(SCOPE, RUN, job_id="101", privacy_unit="day", now=NOW)
         assert computed == [(RUN.noise_multiplier, RUN.sample_rate)]

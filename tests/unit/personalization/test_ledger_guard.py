@@ -71,11 +71,13 @@ def open_ledger(path: Path, audit: AuditLog) -> PrivacyLedger:
 def history(path: Path, audit: AuditLog) -> None:
     """Three runs: committed with fewer steps, released, and still reserved."""
     with open_ledger(path, audit) as led:
-        a = led.reserve("household", RUN, job_id="a", now=NOW)
+        a = led.reserve("household", RUN, job_id="a", privacy_unit="day", now=NOW)
         led.commit(a.id, steps_done=60, now=NOW + timedelta(minutes=5))
-        b = led.reserve("household", RUN, job_id="b", now=NOW + timedelta(hours=1))
+        b = led.reserve(
+            "household", RUN, job_id="b", privacy_unit="day", now=NOW + timedelta(hours=1)
+        )
         led.release(b.id, now=NOW + timedelta(hours=1, minutes=1))
-        led.reserve("household", RUN, job_id="c", now=NOW + timedelta(hours=2))
+        led.reserve("household", RUN, job_id="c", privacy_unit="day", now=NOW + timedelta(hours=2))
 
 
 def set_aside(path: Path) -> None:
@@ -111,10 +113,12 @@ def test_every_change_is_a_privacy_record_without_household_values(audit: AuditL
         assert d.model.name == PRIVACY_MODEL
         assert d.entity_id == "roost.privacy.household"
         assert not d.HasField("inputs")
-        fields = json.loads(d.output_label)
-        assert set(fields) >= {"kind", "noise_multiplier", "sample_rate", "steps", "delta"}
+        fields = PrivacyRecord.from_decision(d).fields
+        assert json.loads(d.output_label) == [fields[c] for c in ledger_schema.COLUMNS]
         assert fields["epsilon_after"] > 0
-    assert json.loads(audit.decisions[1].output_label)["steps_charged"] == 60
+        assert fields["privacy_unit"] == "day"
+        assert "per household-day" in d.policy.reason
+    assert PrivacyRecord.from_decision(audit.decisions[1]).fields["steps_charged"] == 60
 
 
 @pytest.mark.usefixtures("history")
@@ -217,10 +221,10 @@ async def test_an_overwritten_file_header_is_found_and_rebuilt(path: Path, audit
 
 async def test_the_audit_log_unavailable_fails_closed(path: Path, audit: AuditLog) -> None:
     with open_ledger(path, audit) as led:
-        a = led.reserve("household", RUN, job_id="a", now=NOW)
+        a = led.reserve("household", RUN, job_id="a", privacy_unit="day", now=NOW)
         audit.down = True
         with pytest.raises(Unavailable):
-            led.reserve("household", RUN, job_id="b", now=NOW)
+            led.reserve("household", RUN, job_id="b", privacy_unit="day", now=NOW)
         with pytest.raises(Unavailable):
             led.commit(a.id, steps_done=1, now=NOW)
         with pytest.raises(Unavailable):
@@ -234,7 +238,7 @@ async def test_the_audit_log_unavailable_fails_closed(path: Path, audit: AuditLo
 
 async def test_a_forged_refund_in_the_audit_log_is_not_trusted(path: Path, audit: AuditLog) -> None:
     with open_ledger(path, audit) as led:
-        a = led.reserve("household", RUN, job_id="a", now=NOW)
+        a = led.reserve("household", RUN, job_id="a", privacy_unit="day", now=NOW)
         led.commit(a.id, steps_done=100, now=NOW)
         # Another audit writer appends a "release" of the spent run.
         forged = PrivacyRecord.from_decision(audit.decisions[-1])

@@ -31,8 +31,12 @@ POLICY = BudgetPolicy(epsilon=10.0, delta=1e-5)
 def db(tmp_path: Path) -> Path:
     path = tmp_path / "ledger.db"
     with PrivacyLedger.open(path, POLICY) as led:
-        led.commit(led.reserve("household", RUN, job_id="a", now=NOW).id, steps_done=60, now=NOW)
-        led.reserve("household", RUN, job_id="b", now=NOW)
+        led.commit(
+            led.reserve("household", RUN, job_id="a", privacy_unit="day", now=NOW).id,
+            steps_done=60,
+            now=NOW,
+        )
+        led.reserve("household", RUN, job_id="b", privacy_unit="day", now=NOW)
     return path
 
 
@@ -67,7 +71,10 @@ def conn(db: Path) -> Iterator[sqlite3.Connection]:
         "INSERT OR REPLACE INTO charges SELECT id, job_id, scope, kind, noise_multiplier,"
         " sample_rate, steps, 'released', steps_done, 0, reserved_at_us, settled_at_us,"
         " period_start_us, period_end_us, accountant, delta, epsilon_budget, epsilon_after,"
-        " rdp, rdp_orders FROM charges WHERE job_id = 'a'",
+        " rdp, rdp_orders, privacy_unit FROM charges WHERE job_id = 'a'",
+        "UPDATE charges SET privacy_unit = 'example'",
+        "UPDATE charges SET privacy_unit = 'example', status = 'released', steps_charged = 0,"
+        " settled_at_us = reserved_at_us WHERE job_id = 'b'",
         "UPDATE ledger_header SET high_water_us = 0",
         "UPDATE ledger_header SET ledger_id = 'other'",
         "DELETE FROM ledger_header",
@@ -101,7 +108,7 @@ def test_files_are_private(tmp_path: Path) -> None:
     path.touch(mode=0o644)  # a ledger made before files were private
     path.chmod(0o644)
     with PrivacyLedger.open(path, POLICY) as led:
-        led.reserve("household", RUN, job_id="a", now=NOW)
+        led.reserve("household", RUN, job_id="a", privacy_unit="day", now=NOW)
         files = [p for p in tmp_path.iterdir() if p.name.startswith("ledger.db")]
         assert {p.name for p in files} >= {"ledger.db", "ledger.db-wal"}
         for p in files:

@@ -97,7 +97,9 @@ async def test_ledger_entries_page_newest_first_and_tokens_stay_in_their_scope(
     servicer: PersonalizationServicer, ledger: PrivacyLedger
 ) -> None:
     for i in range(3):
-        ledger.reserve("household", RUN, job_id=f"job-{i}", now=T0 + timedelta(minutes=i))
+        ledger.reserve(
+            "household", RUN, job_id=f"job-{i}", privacy_unit="day", now=T0 + timedelta(minutes=i)
+        )
     first = await servicer.ListLedgerEntries(pb.ListLedgerEntriesRequest(page_size=2), None)
     assert len(first.entries) == 2
     assert first.entries[0].recorded_at.ToDatetime(UTC) == T0 + timedelta(minutes=2)
