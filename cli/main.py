@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from cli.prometheus_config import MetricsConfig
     from cli.stack import Stack
 
 DEFAULT_HOME = Path("var")
@@ -32,6 +33,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    metrics = _metrics_sync_config()
     stack = Stack(args.home, hub_id=args.hub_id)
     try:
         print(
@@ -39,6 +41,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         t0 = time.monotonic()
         stack.start_all(args.mqtt_port, update_env=_models_repo_env(args))
+        if metrics is not None:
+            stack.start_prometheus(metrics)
         if args.speedup > 0:
             stack.start_simulator(args.speedup, args.areas)
         stack.write_stack_file()
@@ -55,6 +59,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         stack.stop()
         print("Stopped.")
+
+
+def _metrics_sync_config() -> MetricsConfig | None:
+    """``[metrics]`` of $ROOST_CONFIG (env ROOST_METRICS_*), checked before anything
+    starts; None unless remote_write_url is set (then no Prometheus runs)."""
+    from cli.prometheus_config import MetricsConfig, check_remote_write_url, load_allow_list
+    from cli.support import CliError
+    from services.kit.config import load_config
+
+    try:
+        cfg = load_config(MetricsConfig, "metrics")
+        if not cfg.remote_write_url:
+            return None
+        check_remote_write_url(cfg.remote_write_url)
+        load_allow_list(cfg.allow_list)
+    except (OSError, ValueError) as e:
+        raise CliError(f"metrics sync: {e}") from e
+    return cfg
 
 
 def _models_repo_env(args: argparse.Namespace) -> dict[str, str]:
@@ -91,7 +113,7 @@ Roost is running ({took:.1f}s to start). A process that dies is restarted. Ctrl-
   audit gRPC       127.0.0.1:{audit["port"]}   metrics http://127.0.0.1:{audit["metrics_port"]}/metrics
   update gRPC      127.0.0.1:{update["port"]}   metrics http://127.0.0.1:{update["metrics_port"]}/metrics
   personalization  127.0.0.1:{pers["port"]}   metrics http://127.0.0.1:{pers["metrics_port"]}/metrics
-  hub              metrics http://127.0.0.1:{hub["metrics_port"]}/metrics
+  hub              metrics http://127.0.0.1:{hub["metrics_port"]}/metrics{_metrics_sync_line(stack)}
   logs             {stack.home / "log"}/
 
 Watch the decisions:   .venv/bin/roost{home} tail        (or: mosquitto_sub -p {broker} -t 'roost/{hub_id}/decisions/#' -v)
@@ -100,6 +122,16 @@ Models and rollouts:   .venv/bin/roost{home} models status
 The decision log:      .venv/bin/roost{home} audit tail
 Privacy budget:        .venv/bin/roost{home} personalize budget
 """)
+
+
+def _metrics_sync_line(stack: Stack) -> str:
+    if "prometheus" not in stack.procs:
+        return ""
+    info = stack.procs["prometheus"].info
+    return (
+        f"\n  prometheus       http://127.0.0.1:{info['http_port']}/targets"
+        f"   remote_write (allow-listed series) -> {info['remote_write']}"
+    )
 
 
 def _load_stack(home: Path) -> dict[str, object]:

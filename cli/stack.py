@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from cli.prometheus_config import MetricsConfig, find_prometheus, local_config, prometheus_argv
 from models.manifest import shipped_models_dir
 from services.kit.auth import Role
 from services.kit.certs import ensure_certs
@@ -252,9 +253,10 @@ class Stack:
             self.bootstrap_models()
         proc = self._spawn(name, Launch([sys.executable, "-m", f"services.{name}"], env, ready))
         info = self._wait_ready(proc, timeout)
-        # Reserve the port for restarts, so peers started with it reconnect.
+        # Reserve the ports for restarts, so peers (and Prometheus) find it again.
         self._reserved[role] = int(info["port"])
         self.launches[name].env[prefix + "PORT"] = str(info["port"])
+        self.launches[name].env[prefix + "METRICS_PORT"] = str(info["metrics_port"])
         return info
 
     def bootstrap_models(self) -> list[str]:
@@ -311,7 +313,39 @@ class Stack:
             **(extra_env or {}),
         }
         proc = self._spawn("hub", Launch([sys.executable, "-m", "hub"], env, ready))
-        return self._wait_ready(proc, 30)
+        info = self._wait_ready(proc, 30)
+        self.launches["hub"].env["ROOST_HUB_METRICS_PORT"] = str(info["metrics_port"])
+        return info
+
+    def start_prometheus(self, cfg: MetricsConfig, timeout: float = 30) -> dict[str, Any]:
+        """Metrics sync: a Prometheus on 127.0.0.1 that scrapes every Roost process
+        started so far and remote-writes the allow-listed series (cli/prometheus_config.py).
+        Its configuration and TSDB live in run/prometheus/."""
+        try:
+            binary = find_prometheus(cfg.binary)
+        except FileNotFoundError as e:
+            raise StackError(str(e)) from e
+        port = cfg.port or free_port()
+        targets = {
+            name: int(p.info["metrics_port"])
+            for name, p in self.procs.items()
+            if "metrics_port" in p.info
+        }
+        config = self.home / "run" / "prometheus" / "prometheus.yml"
+        config.parent.mkdir(exist_ok=True)
+        doc = local_config(cfg, hub_id=self.hub_id, targets=targets, self_port=port)
+        write_atomic(config, json.dumps(doc, indent=2).encode())
+        launch = Launch(prometheus_argv(binary, cfg, config, port), {}, ready_port=port)
+        proc = self._spawn("prometheus", launch)
+        deadline = time.monotonic() + timeout
+        while not self.poll_ready("prometheus"):
+            if not proc.alive():
+                raise StackError(f"prometheus exited during start-up:\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise StackError(f"prometheus not ready after {timeout:.0f}s:\n{proc.log_tail()}")
+            time.sleep(0.05)
+        proc.info = {"http_port": port, "remote_write": doc["remote_write"][0]["url"]}
+        return proc.info
 
     def start_simulator(self, speedup: float, areas: str = "office") -> Proc:
         argv = [
@@ -376,7 +410,15 @@ class Stack:
 
     def stop(self) -> None:
         """Stop in reverse dependency order: simulator, hub, services, broker."""
-        for name in ("simulator", "hub", "update", "personalization", "inference", "audit"):
+        for name in (
+            "simulator",
+            "prometheus",
+            "hub",
+            "update",
+            "personalization",
+            "inference",
+            "audit",
+        ):
             self.stop_one(name)
         for name in list(self.procs):
             self.stop_one(name)

@@ -107,6 +107,26 @@ def audit_integrity_check(metrics_port: int, timeout: float) -> Check:
     return Check("audit log", True, f"integrity re-checked ({checked:,} entries so far)")
 
 
+def prometheus_check(http_port: int, remote_write: str, timeout: float) -> Check:
+    """Metrics sync: Prometheus ready, and how its remote_write fares."""
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        with urllib.request.urlopen(f"{base}/-/ready", timeout=timeout) as r:  # noqa: S310 (http, loopback)
+            ready = r.status == 200
+        with urllib.request.urlopen(f"{base}/metrics", timeout=timeout) as r:  # noqa: S310
+            text = r.read().decode()
+    except OSError as e:
+        return Check("prometheus", False, f"http :{http_port} unreachable ({e})")
+    sent = sum(v for _, v in samples(text, "prometheus_remote_storage_samples_total"))
+    failed = sum(v for _, v in samples(text, "prometheus_remote_storage_samples_failed_total"))
+    return Check(
+        "prometheus",
+        ready,
+        f"http :{http_port} {'ready' if ready else 'NOT READY'}, remote_write to "
+        f"{remote_write}: {int(sent)} allow-listed samples sent, {int(failed)} failed",
+    )
+
+
 def check_stack(stack: dict[str, Any], timeout: float = 2.0) -> list[Check]:
     certs = Path(stack["certs_dir"])
     results: list[Check] = []
@@ -121,6 +141,11 @@ def check_stack(stack: dict[str, Any], timeout: float = 2.0) -> list[Check]:
             results.append(Check(name, state == "finished", f"{state}: {proc.get('detail', '')}"))
             continue
         if name in ("mosquitto", "simulator"):
+            continue
+        if name == "prometheus":
+            results.append(
+                prometheus_check(int(proc["http_port"]), str(proc["remote_write"]), timeout)
+            )
             continue
         if "port" in proc:
             results.append(_grpc_health(int(proc["port"]), Role(name), certs, timeout))

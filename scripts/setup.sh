@@ -10,6 +10,8 @@ if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then need_
 if ! command -v mosquitto_sub >/dev/null; then need_apt+=(mosquitto-clients); fi
 # The egress test (tests/integration/test_egress.py) traces the stack's network calls.
 if ! command -v strace >/dev/null; then need_apt+=(strace); fi
+# Metrics sync ([metrics] remote_write_url; tests/integration/test_metrics_sync.py).
+if ! command -v prometheus >/dev/null && [ ! -x /usr/bin/prometheus ]; then need_apt+=(prometheus); fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null; then
@@ -20,6 +22,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
     # Debian starts a system broker on :1883; Roost runs its own on a free port.
     (command -v service >/dev/null && $sudo service mosquitto stop >/dev/null 2>&1) || true
+    # Likewise its system Prometheus: `roost run` starts its own, only when configured.
+    (command -v service >/dev/null && $sudo service prometheus stop >/dev/null 2>&1) || true
   else
     echo "setup: please install the Mosquitto MQTT broker (macOS: brew install mosquitto;"
     echo "       Fedora: dnf install mosquitto; others: https://mosquitto.org/download/)" >&2
