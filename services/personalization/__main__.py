@@ -28,6 +28,7 @@ from services.kit.config import load_config
 from services.kit.errors import RoostError
 from services.modelstore.reader import RegistryReader
 from services.personalization.config import PersonalizationConfig
+from services.personalization.fleet_round import FleetRounds
 from services.personalization.job_manager import JobManager
 from services.personalization.job_table import JobTable
 from services.personalization.ledger import LedgerUnreadable, PrivacyLedger, Recorder
@@ -106,13 +107,14 @@ async def setup(config: PersonalizationConfig, app: App) -> None:
     job_table = app.closing(await asyncio.to_thread(JobTable, config.data_dir / "jobs.db"))
     update_channel = app.peer(Role.UPDATE, config.update_target)
     inference_channel = app.peer(Role.INFERENCE, config.inference_target)
+    registry = RegistryReader(config.registry_root)
     manager = app.closing(
         JobManager(
             config,
             store=store,
             ledger=ledger,
             jobs=job_table,
-            registry=RegistryReader(config.registry_root),
+            registry=registry,
             stage=update_stager(update_grpc.UpdateServiceStub(update_channel)),
             signing_key_path=config.certs_dir / LOCAL_CANDIDATE_KEY,
             guard=guard,
@@ -141,6 +143,14 @@ async def setup(config: PersonalizationConfig, app: App) -> None:
             max_examples_per_request=config.max_examples_per_request,
             predict=inference_predictor(
                 inf_grpc.InferenceServiceStub(inference_channel), config.peer_deadline_seconds
+            ),
+            fleet=FleetRounds(
+                config,
+                manager=manager,
+                store=store,
+                ledger=ledger,
+                registry=registry,
+                guard=guard,
             ),
         ),
         pb_grpc.add_PersonalizationServiceServicer_to_server,

@@ -37,6 +37,7 @@ from services.kit.auth import Policy, Role
 from services.kit.errors import FailedPrecondition, InvalidArgument, Unavailable, Unimplemented
 from services.kit.tensors import tensor_to_array
 from services.personalization.accounting import mechanism_epsilon
+from services.personalization.fleet_round import FleetRounds
 from services.personalization.job_manager import SCOPE, SUPPORTED, JobManager
 from services.personalization.job_table import JobRecord, JobTable
 from services.personalization.ledger import PrivacyLedger
@@ -98,6 +99,7 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         decisions: DecisionSource,
         max_examples_per_request: int,
         predict: Predictor | None = None,
+        fleet: FleetRounds | None = None,
     ) -> None:
         self._manager = manager
         self._store = store
@@ -106,6 +108,7 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         self._decisions = decisions
         self._max_examples = max_examples_per_request
         self._predict = predict
+        self._fleet = fleet
 
     # ------------------------------------------------------------------ examples
 
@@ -296,10 +299,10 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
     async def ComputeFederatedUpdate(
         self, request: pb.ComputeFederatedUpdateRequest, context: Any
     ) -> pb.ComputeFederatedUpdateResponse:
-        raise Unimplemented(
-            "ComputeFederatedUpdate: federated learning comes with the fleet work; this hub"
-            " takes part in no federated round yet (nothing was computed or charged)"
-        )
+        if self._fleet is None:
+            raise Unimplemented("ComputeFederatedUpdate: fleet rounds are not set up here")
+        response: pb.ComputeFederatedUpdateResponse = await self._fleet.compute(request)
+        return response
 
 
 def _evaluated_versions(requested: Any) -> list[str]:

@@ -344,8 +344,9 @@ async def test_record_label_turns_a_logged_decision_into_an_example(stack: Stack
         hub.RecordLabel(pb.RecordLabelRequest(decision_id=ids[1], label="vacant")),
     )
     assert "its inputs were erased" in details
+    # A fleet round without its parameters is refused before anything is charged.
     await expect(
-        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
         hub.ComputeFederatedUpdate(pb.ComputeFederatedUpdateRequest(model_name="occupancy")),
     )
 

@@ -739,10 +739,20 @@ class ComputeFederatedUpdateRequest(_message.Message):
     GLOBAL_MODEL_FIELD_NUMBER: _builtins.int
     CLIP_NORM_FIELD_NUMBER: _builtins.int
     NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    GLOBAL_PARAMETERS_FIELD_NUMBER: _builtins.int
+    MIN_PARTICIPANTS_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     round_id: _builtins.str
     clip_norm: _builtins.float
     noise_multiplier: _builtins.float
+    global_parameters: _builtins.bytes
+    """The global model's federated parameters (the model's head), float32 little-endian,
+    flattened in the order of the module's parameters.
+    """
+    min_participants: _builtins.int
+    """The fewest hubs a round aggregates: each hub adds 1/min_participants of the noise
+    variance, so the sum of at least that many carries noise_multiplier * clip_norm.
+    """
     @_builtins.property
     def global_model(self) -> _common_pb2.ModelRef:
         """The global model the delta is computed against."""
@@ -755,10 +765,12 @@ class ComputeFederatedUpdateRequest(_message.Message):
         global_model: _common_pb2.ModelRef | None = ...,
         clip_norm: _builtins.float = ...,
         noise_multiplier: _builtins.float = ...,
+        global_parameters: _builtins.bytes = ...,
+        min_participants: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["global_model", b"global_model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_norm", b"clip_norm", "global_model", b"global_model", "model_name", b"model_name", "noise_multiplier", b"noise_multiplier", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_norm", b"clip_norm", "global_model", b"global_model", "global_parameters", b"global_parameters", "min_participants", b"min_participants", "model_name", b"model_name", "noise_multiplier", b"noise_multiplier", "round_id", b"round_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -770,18 +782,31 @@ class ComputeFederatedUpdateResponse(_message.Message):
 
     NOISED_DELTA_FIELD_NUMBER: _builtins.int
     EPSILON_SPENT_FIELD_NUMBER: _builtins.int
+    ROUND_EPSILON_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     noised_delta: _builtins.bytes
     """Clipped and noised parameter delta, float32 little-endian, flattened."""
     epsilon_spent: _builtins.float
+    """The household scope's composed epsilon after this round's charge (at the budget's delta)."""
+    round_epsilon: _builtins.float
+    """The epsilon of this round's mechanism alone (Gaussian, noise_multiplier, one release)."""
+    reservation_id: _builtins.str
+    """The ledger reservation charged for the round (job id "fleet-<round_id>")."""
+    model_version: _builtins.str
+    """The model version the delta was computed against (the hub's active version)."""
     def __init__(
         self,
         *,
         noised_delta: _builtins.bytes = ...,
         epsilon_spent: _builtins.float = ...,
+        round_epsilon: _builtins.float = ...,
+        reservation_id: _builtins.str = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epsilon_spent", b"epsilon_spent", "noised_delta", b"noised_delta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epsilon_spent", b"epsilon_spent", "model_version", b"model_version", "noised_delta", b"noised_delta", "reservation_id", b"reservation_id", "round_epsilon", b"round_epsilon"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
