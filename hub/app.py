@@ -31,6 +31,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from hub import mqtt
+from hub.action_memory import MEMORY_FILE, ActionMemory
 from hub.config import HubConfig
 from hub.health import DecisionHealth
 from hub.homeassistant import mapping as ha_mapping
@@ -158,8 +159,12 @@ class Hub:
                 drift_psi_alert=config.drift_psi_alert,
             ),
         )
+        # Last labels and actions per allow-listed entity, across restarts.
+        self.action_memory = ActionMemory.load(config.data_dir / MEMORY_FILE)
         self.policy = ActionPolicy(
-            parse_action_rules(config.ha_actions), self.settings.occupancy_threshold
+            parse_action_rules(config.ha_actions),
+            self.settings.occupancy_threshold,
+            self.action_memory,
         )
         self.ha_client: HaClient | None = None
         if config.ha_url:
@@ -175,6 +180,7 @@ class Hub:
             self.ha_client,
             attempts=config.ha_action_attempts,
             timeout=config.ha_action_timeout_seconds,
+            memory=self.action_memory,
         )
         self.bridge: HaBridge | None = None
         self.publisher = Publisher()

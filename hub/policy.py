@@ -7,7 +7,9 @@ the last decision the audit log *acknowledged*, in reading order. So evaluating 
 pure (:meth:`ActionPolicy.evaluate` against a remembered label), and the memory
 changes only through :meth:`ActionPolicy.commit`, which the pipeline calls once a
 decision's ``AppendResult`` came back, in reading order. :class:`PolicyRound`
-evaluates one batch in reading order on top of that memory.
+evaluates one batch in reading order on top of that memory. The labels of entities with
+rules are kept across restarts (:class:`~hub.action_memory.ActionMemory`), so a restart
+is not a change: the first decision after it does not repeat the last action.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter
 
+from hub.action_memory import ActionMemory
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 
 HA_ACTIONS = Counter(
     "roost_hub_ha_actions_total",
-    "Allow-list actions by outcome: blocked (recorded, never called), called, failed "
-    "(after every attempt), retried (one failed attempt).",
+    "Allow-list actions by outcome: blocked (recorded, never called), called, unneeded "
+    "(the entity already in that state: not called), failed (after every attempt), "
+    "retried (one failed attempt).",
     ["outcome"],
 )
 
@@ -123,11 +127,21 @@ class ActionPolicy:
     last *acknowledged* one for its (model, area).
     """
 
-    def __init__(self, rules: Sequence[ActionRule] = (), occupancy_threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        rules: Sequence[ActionRule] = (),
+        occupancy_threshold: float = 0.5,
+        memory: ActionMemory | None = None,
+    ) -> None:
         self.occupancy_threshold = occupancy_threshold
         self._rules = {(r.model, r.area, r.label): r for r in rules}
         self._ruled = {(r.model, r.area) for r in rules}
+        self.memory = memory or ActionMemory()
         self._last: dict[tuple[str, str], str] = {}
+        for model, area in self._ruled:
+            remembered = self.memory.label(model, area)
+            if remembered is not None:
+                self._last[(model, area)] = remembered
 
     @property
     def rules(self) -> list[ActionRule]:
@@ -184,6 +198,8 @@ class ActionPolicy:
     def commit(self, outcome: Outcome) -> None:
         """The audit log acknowledged the decision carrying ``outcome``: remember its label."""
         self._last[(outcome.model, outcome.area)] = outcome.label
+        if (outcome.model, outcome.area) in self._ruled:
+            self.memory.remember_label(outcome.model, outcome.area, outcome.label)
         if outcome.blocked:
             HA_ACTIONS.labels("blocked").inc()
 

@@ -7,7 +7,10 @@
   acknowledged by the audit log: a bounded queue, a bounded number of attempts per call,
   every outcome counted (``roost_hub_ha_actions_total{outcome}``). A failed call never
   stops the hub; Home Assistant attributes the state change to the service call's
-  context, so its logbook shows it.
+  context, so its logbook shows it. Before calling, it reads the entity's current state:
+  an entity already in the state the service leads to (``turn_off`` and ``off``) is left
+  alone (outcome ``unneeded``). Each call made is remembered per entity
+  (:class:`~hub.action_memory.ActionMemory`).
 * :func:`build_examples` resamples Home Assistant history onto a model's feature windows
   (``models.features.FeatureWindow``, the code training and serving use) and labels each
   window from a label entity, for ``AddExamples`` with ``LABEL_SOURCE_IMPORT``.
@@ -31,6 +34,7 @@ from typing import Any, cast
 from google.protobuf.timestamp_pb2 import Timestamp
 from homeassistant_api import Client, WebsocketClient
 
+from hub.action_memory import ActionMemory
 from hub.payloads import InvalidReading, parse_statestream
 from hub.policy import HA_ACTIONS, ActionRule
 from models.features import FeatureSpec, FeatureWindow
@@ -40,6 +44,13 @@ from roost.personalization.v1 import personalization_service_pb2 as pers_pb
 log = logging.getLogger(__name__)
 
 MAX_STATE_BYTES = 255
+# The state an entity is in once a service ran; an entity already there is left alone.
+RESULTING_STATE = {
+    "turn_off": "off",
+    "turn_on": "on",
+    "close_cover": "closed",
+    "open_cover": "open",
+}
 
 
 class HaUnavailable(RuntimeError):
@@ -84,6 +95,13 @@ class HaClient:
             self._rest().trigger_service(domain, service, entity_id=entity_id)
         except Exception as e:
             raise HaUnavailable(f"{domain}.{service} failed: {type(e).__name__}") from e
+
+    def state(self, entity_id: str) -> str:
+        """The entity's current state (``on``, ``off``, ``unavailable`` ...)."""
+        try:
+            return str(self._rest().get_state(entity_id=entity_id).state)
+        except Exception as e:
+            raise HaUnavailable(f"cannot read the state of {entity_id}: {type(e).__name__}") from e
 
     def registries(self) -> dict[str, list[dict[str, Any]]]:
         """The area, device and entity registries and the current states (websocket)."""
@@ -137,8 +155,10 @@ class ActionRunner:
         timeout: float = 5.0,
         max_queue: int = 100,
         backoff: float = 0.5,
+        memory: ActionMemory | None = None,
     ) -> None:
         self._client = client
+        self._memory = memory or ActionMemory()
         self._attempts = max(1, attempts)
         self._timeout = timeout
         self._backoff = backoff
@@ -178,6 +198,9 @@ class ActionRunner:
         if self._client is None:
             log.warning("%s allowed but ha_url/ha_token_file are not configured", rule.action)
             return "failed"
+        if await self._already_there(call):
+            log.info("%s not called: the entity is already in that state", rule.action)
+            return "unneeded"
         delay = self._backoff
         for attempt in range(1, self._attempts + 1):
             try:
@@ -187,16 +210,14 @@ class ActionRunner:
                     ),
                     self._timeout,
                 )
-                log.info(
-                    "called %s on %s (decision %s)", rule.action, rule.target, call.decision_id
-                )
+                log.info("called %s (decision %s)", rule.action, call.decision_id)
+                self._memory.remember_action(rule.target, rule.action, call.decision_id)
                 return "called"
             except (HaUnavailable, TimeoutError) as e:
                 if attempt == self._attempts or stop.is_set():
                     log.warning(
-                        "%s on %s failed after %d attempts (decision %s): %s",
+                        "%s failed after %d attempts (decision %s): %s",
                         rule.action,
-                        rule.target,
                         attempt,
                         call.decision_id,
                         type(e).__name__,
@@ -206,6 +227,20 @@ class ActionRunner:
                 await asyncio.sleep(delay)
                 delay *= 2
         return "failed"
+
+    async def _already_there(self, call: ActionCall) -> bool:
+        """Whether HA says the target is already in the state the service leads to (a
+        state that cannot be read: not known to be, so the call is made)."""
+        wanted = RESULTING_STATE.get(call.rule.service)
+        if wanted is None or self._client is None:
+            return False
+        try:
+            current = await asyncio.wait_for(
+                asyncio.to_thread(self._client.state, call.rule.target), self._timeout
+            )
+        except (HaUnavailable, TimeoutError):
+            return False
+        return current == wanted
 
 
 # ------------------------------------------------------------------ history import

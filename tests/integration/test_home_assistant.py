@@ -254,16 +254,19 @@ async def test_statestream_decision_allowed_and_blocked_actions(
     assert metric(stack, "roost_hub_ha_actions_total", outcome="blocked") >= 1
     # Actions run one at a time, in order: once a later allowed action (the kitchen going
     # vacant again) has run, a living-room action would have run too, had one been queued.
+    # The kitchen light is still off: HA's current state says so, nothing is called.
     called = metric(stack, "roost_hub_ha_actions_total", outcome="called")
+    unneeded = metric(stack, "roost_hub_ha_actions_total", outcome="unneeded")
     await asyncio.to_thread(set_room, ha, "kitchen", OCCUPIED)
     await asyncio.to_thread(ha.wait_state, sensor, lambda s: s["state"] == "on", 30)
     await asyncio.to_thread(set_room, ha, "kitchen", VACANT)
     await asyncio.to_thread(
         wait_until,
-        lambda: metric(stack, "roost_hub_ha_actions_total", outcome="called") > called,
+        lambda: metric(stack, "roost_hub_ha_actions_total", outcome="unneeded") > unneeded,
         30,
         "the kitchen's second allowed action",
     )
+    assert metric(stack, "roost_hub_ha_actions_total", outcome="called") == called
     assert ha.state("input_boolean.living_room_light")["state"] == "on"  # type: ignore[index]
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from hub.action_memory import MEMORY_FILE, ActionMemory
 from hub.policy import HA_ACTIONS, REPORT_ONLY, ActionPolicy, Outcome, parse_action_rules
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 
@@ -99,3 +102,32 @@ def test_other_models_use_their_own_label() -> None:
     assert (o.label, o.action) == ("away", "light.turn_off")
     o = policy.evaluate("routine", "home", "idle", [0.1, 0.2, 0.7], previous="away")
     assert (o.label, o.policy, o.rule) == ("idle", REPORT_ONLY, None)
+
+
+def test_a_restart_is_not_a_change(tmp_path: Path) -> None:
+    """The acknowledged label of a ruled entity survives a restart: the first decision of
+    a new policy over the same file does not fire again; a change after it does."""
+    path = tmp_path / MEMORY_FILE
+    rules = parse_action_rules(RULES[:1])
+    first = ActionPolicy(rules, memory=ActionMemory.load(path))
+    assert decide(first, "kitchen", [0.9, 0.1]).rule == rules[0]
+    decide(first, "office", [0.9, 0.1])  # no rule: not kept
+    restarted = ActionPolicy(rules, memory=ActionMemory.load(path))
+    assert restarted.last_label("occupancy", "kitchen") == "vacant"
+    assert restarted.last_label("occupancy", "office") is None
+    o = decide(restarted, "kitchen", [0.8, 0.2])
+    assert (o.rule, o.policy.verdict) == (None, audit_pb.POLICY_VERDICT_NOT_APPLICABLE)
+    assert "not repeated" in o.policy.reason
+    decide(restarted, "kitchen", [0.1, 0.9])  # occupied is remembered too ...
+    again = ActionPolicy(rules, memory=ActionMemory.load(path))
+    assert decide(again, "kitchen", [0.9, 0.1]).rule == rules[0]  # ... so vacant fires
+
+
+def test_a_damaged_memory_is_set_aside(tmp_path: Path) -> None:
+    path = tmp_path / MEMORY_FILE
+    path.write_text('{"labels": ["not", "a", "map"]')
+    policy = ActionPolicy(parse_action_rules(RULES[:1]), memory=ActionMemory.load(path))
+    assert policy.last_label("occupancy", "kitchen") is None
+    assert (tmp_path / f"{MEMORY_FILE}.bad").is_file()
+    decide(policy, "kitchen", [0.9, 0.1])
+    assert ActionMemory.load(path).label("occupancy", "kitchen") == "vacant"

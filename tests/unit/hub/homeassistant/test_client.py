@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hub.action_memory import MEMORY_FILE, ActionMemory
 from hub.homeassistant.client import (
     ActionRunner,
     HaClient,
@@ -23,14 +24,28 @@ RULE = ActionRule("occupancy", "kitchen", "vacant", "light", "turn_off", "light.
 
 
 class FakeHa:
-    """Fails the first ``failures`` calls; stops the runner after ``calls`` calls."""
+    """Fails the first ``failures`` calls; stops the runner after ``calls`` calls. The
+    entity's state is ``current`` (None: unreadable); a call does not change it."""
 
-    def __init__(self, failures: int, calls: int, stop: asyncio.Event) -> None:
+    def __init__(
+        self, failures: int, calls: int, stop: asyncio.Event, current: str | None = "on"
+    ) -> None:
         self.failures = failures
         self.remaining = calls
         self.stop = stop
+        self.current = current
         self.loop = asyncio.get_running_loop()
         self.called: list[str] = []
+        self.read: list[str] = []
+        self.stop_after_reads = 0
+
+    def state(self, entity_id: str) -> str:
+        self.read.append(entity_id)
+        if len(self.read) == self.stop_after_reads:
+            self.loop.call_soon_threadsafe(self.stop.set)
+        if self.current is None:
+            raise HaUnavailable("down")
+        return self.current
 
     def call_service(self, domain: str, service: str, entity_id: str) -> None:
         self.called.append(f"{domain}.{service}:{entity_id}")
@@ -68,6 +83,35 @@ def test_actions_fail_after_every_attempt_and_the_queue_is_bounded() -> None:
         return runner
 
     assert asyncio.run(go()).done == [("d1", "dropped"), ("d2", "failed")]
+
+
+def test_an_entity_already_in_that_state_is_left_alone(tmp_path: Path) -> None:
+    """The light is already off: turn_off is not called (unneeded), nothing remembered;
+    a state that cannot be read does not stop the call, which is remembered on disk."""
+
+    async def go(current: str | None, memory: ActionMemory) -> tuple[ActionRunner, FakeHa]:
+        stop = asyncio.Event()
+        ha = FakeHa(failures=0, calls=1, stop=stop, current=current)
+        runner = ActionRunner(ha, backoff=0.0, memory=memory)  # type: ignore[arg-type]
+        runner.submit(RULE, "d1")
+        if current == "off":  # nothing is called: the second read stops the runner
+            runner.submit(RULE, "d2")
+            ha.stop_after_reads = 2
+        await asyncio.wait_for(runner.run(stop), 10)
+        return runner, ha
+
+    memory = ActionMemory.load(tmp_path / MEMORY_FILE)
+    runner, ha = asyncio.run(go("off", memory))
+    assert runner.done == [("d1", "unneeded"), ("d2", "unneeded")]
+    assert ha.called == []
+    assert ha.read == ["light.kitchen"] * 2
+    assert memory.actions == {}
+    runner, ha = asyncio.run(go(None, memory))
+    assert runner.done == [("d1", "called")]
+    assert ha.called == ["light.turn_off:light.kitchen"]
+    again = ActionMemory.load(tmp_path / MEMORY_FILE)
+    assert again.actions["light.kitchen"]["action"] == "light.turn_off"
+    assert again.actions["light.kitchen"]["decision_id"] == "d1"
 
 
 def test_token_and_url_must_be_configured(tmp_path: Path) -> None:
