@@ -138,9 +138,12 @@ class CompactRange:
         self._hashes.append(h)
         self._size += 1
 
-    def extend(self, leaf_hashes: Iterable[bytes]) -> list[tuple[int, int, bytes]]:
+    def extend(
+        self, leaf_hashes: Iterable[bytes], min_level: int = 1
+    ) -> list[tuple[int, int, bytes]]:
         """Appends many leaves (the store's hot path); returns ``(level, index, hash)`` of
-        every perfect subtree they complete above the leaves, bottom up per leaf.
+        every perfect subtree of ``min_level`` or more they complete (``min_level >= 1``:
+        never the leaves), bottom up per leaf.
 
         Same result as :meth:`append` per leaf, without the per-leaf callback. On a
         ValueError (a hash that is not 32 bytes) the range is partly extended: extend a
@@ -149,19 +152,25 @@ class CompactRange:
         nodes: list[tuple[int, int, bytes]] = []
         hashes = self._hashes
         sha256 = hashlib.sha256
-        for leaf in leaf_hashes:
-            if len(leaf) != HASH_SIZE:
-                raise ValueError(f"leaf hash must be {HASH_SIZE} bytes, got {len(leaf)}")
-            h = leaf
-            index = self._size
-            level = 0
-            while index & 1:
-                h = sha256(NODE_PREFIX + hashes.pop() + h).digest()
-                index >>= 1
-                level += 1
-                nodes.append((level, index, h))
-            hashes.append(bytes(h))
-            self._size += 1
+        # Hot loop (once per appended leaf): locals only; the size is written back once.
+        size = self._size
+        try:
+            for leaf in leaf_hashes:
+                if len(leaf) != HASH_SIZE:
+                    raise ValueError(f"leaf hash must be {HASH_SIZE} bytes, got {len(leaf)}")
+                h = bytes(leaf)
+                index = size
+                level = 0
+                while index & 1:
+                    h = sha256(NODE_PREFIX + hashes.pop() + h).digest()
+                    index >>= 1
+                    level += 1
+                    if level >= min_level:
+                        nodes.append((level, index, h))
+                hashes.append(h)
+                size += 1
+        finally:
+            self._size = size
         return nodes
 
     def root(self) -> bytes:

@@ -11,6 +11,7 @@ assigns when it writes the entry (:func:`with_logged_at`). Its leaf hash is
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from services.audit.limits import (
     MAX_MODEL_VERSION_CHARS,
 )
 from services.audit.limits import FieldError as _Invalid
-from services.audit.merkle import leaf_hash
+from services.audit.merkle import LEAF_PREFIX, leaf_hash
 from services.audit.salting import SALT_BYTES, fresh_salts, salt_inputs
 from services.kit.errors import InvalidArgument
 
@@ -266,24 +267,42 @@ def assign_rows(
     results: list[Appended] = []
     entry_rows: list[tuple[Any, ...]] = []
     input_rows: list[tuple[int, bytes]] = []
+    # Hot loop (once per appended record): bound methods in locals, one hash per record.
+    sha256 = hashlib.sha256
+    add_result, add_entry, add_input = results.append, entry_rows.append, input_rows.append
     for rec in flat:
-        existing = known.get(rec.decision_id)
+        decision_id, decided_at_us, entity_id, model_name, model_version, action, partial = rec[:7]
+        existing = known.get(decision_id)
         if existing is not None:
             idx, digest, logged = existing
             # The logged record is the retried one plus its logged_at (or, before v5, equal).
             # A retry with inputs has a fresh salt, so only a retry without can be compared.
-            if rec.inputs is None and not logged.startswith(rec.record):
+            if rec.inputs is None and not logged.startswith(partial):
                 _logger.warning("audit append: retry of index %d with different content", idx)
-            results.append(Appended(rec.decision_id, idx, digest, True))
+            add_result(Appended(decision_id, idx, digest, True))
             continue
         idx = next_idx
         next_idx += 1
-        record = rec.record + suffix
-        digest = leaf_hash(record)
-        known[rec.decision_id] = (idx, digest, record)
+        record = partial + suffix
+        digest = sha256(LEAF_PREFIX + record).digest()  # merkle.leaf_hash, inlined
+        known[decision_id] = (idx, digest, record)
         # Column order of ENTRY_COLUMNS.
-        entry_rows.append((idx, *rec[:6], record, digest, appended_at_us, logged_at_us))
+        add_entry(
+            (
+                idx,
+                decision_id,
+                decided_at_us,
+                entity_id,
+                model_name,
+                model_version,
+                action,
+                record,
+                digest,
+                appended_at_us,
+                logged_at_us,
+            )
+        )
         if rec.inputs is not None:
-            input_rows.append((idx, rec.inputs))
-        results.append(Appended(rec.decision_id, idx, digest))
+            add_input((idx, rec.inputs))
+        add_result(Appended(decision_id, idx, digest))
     return results, entry_rows, input_rows

@@ -55,7 +55,7 @@ _BACKFILL_CHUNK: Final = 10_000
 
 def extend(compact: CompactRange, leaf_hashes: Iterable[bytes]) -> list[tuple[int, int, bytes]]:
     """Appends the leaves to ``compact`` (in place); returns the new ``tree_nodes`` rows."""
-    return [node for node in compact.extend(leaf_hashes) if node[0] >= STORED_MIN_LEVEL]
+    return compact.extend(leaf_hashes, STORED_MIN_LEVEL)
 
 
 def save_state(conn: sqlite3.Connection, compact: CompactRange) -> None:

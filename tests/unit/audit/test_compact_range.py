@@ -138,3 +138,28 @@ def test_extend_matches_append_leaf_by_leaf() -> None:
     assert nodes == [v for v in visited if v[0] > 0]
     with pytest.raises(ValueError, match="32 bytes"):
         CompactRange().extend([b"short"])
+
+
+@pytest.mark.parametrize("min_level", [1, 4])
+def test_extend_min_level_keeps_exactly_the_higher_nodes(min_level: int) -> None:
+    leaves = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(300)]
+    visited: list[tuple[int, int, bytes]] = []
+    one_by_one = CompactRange()
+    for leaf in leaves:
+        one_by_one.append(leaf, lambda level, index, h: visited.append((level, index, h)))
+    batched = CompactRange()
+    nodes = batched.extend(leaves[:77], min_level) + batched.extend(leaves[77:], min_level)
+    assert nodes == [node for node in visited if node[0] >= min_level]
+    assert batched == one_by_one
+    # A bad hash mid-batch leaves a consistent (partly extended) range.
+    partial = CompactRange()
+    with pytest.raises(ValueError):
+        partial.extend([*leaves[:5], b"short"], min_level)
+    assert partial == CompactRange.from_hashes(5, one_by_one_prefix(leaves[:5]))
+
+
+def one_by_one_prefix(leaves: list[bytes]) -> tuple[bytes, ...]:
+    compact = CompactRange()
+    for leaf in leaves:
+        compact.append(leaf)
+    return compact.hashes
