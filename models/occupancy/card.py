@@ -167,8 +167,17 @@ The shipped model is trained on all training rows, including those days.
 - Illuminance dominates: daylight, lamps left on, or an occupied dark room
   (sleeping, watching TV) mislead it. CO2 lags occupancy, so readings right after
   a room is left can still look occupied (see the drift check).
-- Class weighting favours "occupied": recall is high and precision lower; raise
-  the threshold if false "occupied" costs more than a miss.
+- **Does not beat the light rule on unseen days.** On another week of the same
+  office (not in `../shared/data`; measured for issue 18) it scores 97.3 % accuracy and F1 0.940, against 99.3 % and F1 0.984
+  for the `light > 364 lx` rule, with 4.6x more false "occupied" rows. 108 of its
+  255 false alarms fall in a dark room 3-15 h after people left, driven by CO2 at
+  1,460-2,080 ppm: the snapshot has no history to tell "CO2 still high" from "someone is here".
+- **Operating point not chosen on held-out data.** 0.5 on P(occupied) is the
+  argmax default, not a threshold chosen on validation, and the probabilities are
+  not calibrated. Class weighting (inverse class frequency) pushes them towards
+  "occupied": recall is high and precision lower. A higher threshold helps on the
+  week above (issue 18: 0.7 gives 99.2 %, chosen after the fact) but not on
+  `datatest.txt`, whose false "occupied" rows are lit rooms people stepped out of.
 - Trained on office-hour routines (weekdays plus one weekend), not household ones.
 - Hour-of-day features assume timestamps in the room's local time.
 - The weight decay and epoch count were settled while checking that
