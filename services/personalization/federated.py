@@ -99,14 +99,28 @@ def noised_delta(delta: npt.ArrayLike, params: RoundParams, rng: np.random.Gener
 
 
 def reserve_round(
-    ledger: PrivacyLedger, scope: str, params: RoundParams, *, now: datetime | None = None
+    ledger: PrivacyLedger,
+    scope: str,
+    params: RoundParams,
+    *,
+    privacy_unit: str,
+    now: datetime | None = None,
 ) -> Reservation:
     """Charge the round's mechanism to ``scope`` before anything is computed or sent.
 
+    The round protects the whole household (the delta is clipped as one unit), which
+    implies the same epsilon for any smaller unit: it is charged in the household's
+    configured ``privacy_unit`` so that it composes with the DP-SGD runs in that scope.
     FailedPrecondition (nothing recorded) when the household's budget would be exceeded:
     the hub sits the round out."""
     mechanism = Mechanism.gaussian(noise_multiplier=params.noise_multiplier)
-    return ledger.reserve(scope, mechanism, job_id=JOB_PREFIX + params.round_id, now=now)
+    return ledger.reserve(
+        scope,
+        mechanism,
+        job_id=JOB_PREFIX + params.round_id,
+        privacy_unit=privacy_unit,
+        now=now,
+    )
 
 
 def encode(delta: F32Array) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -89,7 +90,14 @@ class FleetRounds:
                     f" labelled examples; {len(y)} are stored"
                 )
             reservation = await asyncio.to_thread(
-                reserve_round, self._ledger, SCOPE, params, now=at
+                partial(
+                    reserve_round,
+                    self._ledger,
+                    SCOPE,
+                    params,
+                    privacy_unit=self._manager.privacy_unit,
+                    now=at,
+                )
             )
             onnx = self._registry.version_dir(model, active) / manifest.file
             delta = await asyncio.to_thread(

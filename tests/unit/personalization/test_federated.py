@@ -100,7 +100,7 @@ def test_each_round_is_charged_once_and_an_over_budget_round_is_refused(
     refused_at = None
     for i, p in enumerate(params):
         try:
-            charged.append(reserve_round(ledger, "household", p, now=NOW))
+            charged.append(reserve_round(ledger, "household", p, privacy_unit="day", now=NOW))
         except FailedPrecondition:
             refused_at = i
             break
@@ -110,7 +110,7 @@ def test_each_round_is_charged_once_and_an_over_budget_round_is_refused(
     assert [e.job_id for e in entries] == [JOB_PREFIX + f"r{i}" for i in range(refused_at)]
     assert all(e.mechanism.kind == "gaussian" for e in entries)
     # A retried round returns its reservation: never charged twice.
-    again = reserve_round(ledger, "household", params[0], now=NOW)
+    again = reserve_round(ledger, "household", params[0], privacy_unit="day", now=NOW)
     assert again.id == charged[0].id
     assert len(ledger.history("household")) == refused_at
     assert charged[-1].epsilon_after <= 4.0
