@@ -27,6 +27,10 @@ from services.kit.config import load_config
 ROOT = Path(__file__).resolve().parents[2]
 K3S = ROOT / "k3s"
 OVERLAYS = ("edge", "dev")
+# What the tests render: the overlays, and the edge overlay with each opt-in component.
+RENDERINGS = (*OVERLAYS, "edge+fleet", "edge+mqtt-tls")
+# The broker's port with components/mqtt-tls (TLS only; 1883 without it).
+MQTT_TLS_PORT = 8883
 # k3s v1.36 (the current k3s release line); kubernetes-validate ships strict schemas
 # for it.
 K8S_VERSION = "1.36.0"
@@ -40,7 +44,7 @@ ROOST_ROLES = ("hub", *SERVICE_ROLES)
 STARTUP_PROBE_ROLES = ("inference", "update", "personalization")
 # Pods that may reach addresses outside the cluster (ipBlock egress).
 EXTERNAL_EGRESS_COMPONENTS = {"fleet", "monitoring"}
-STATEFUL = ("roost-audit", "roost-update", "roost-personalization", "roost-mosquitto")
+STATEFUL = ("roost-hub", "roost-audit", "roost-update", "roost-personalization", "roost-mosquitto")
 PERSONALIZATION_PORT = 50054
 
 
@@ -172,3 +176,11 @@ def role_mounts(objs: list[dict[str, Any]], role: str) -> dict[str, bool]:
 
 def under_writable(path: Path, mounts: dict[str, bool]) -> bool:
     return any(path.is_relative_to(m) and not ro for m, ro in mounts.items())
+
+
+def mqtt_port(objs: list[dict[str, Any]]) -> int:
+    """The broker's port in this rendering: the hub's ROOST_HUB_MQTT_PORT, else the default."""
+    from hub.config import HubConfig
+
+    env = plain_env(role_container(objs, "hub"))
+    return int(env.get("ROOST_HUB_MQTT_PORT", HubConfig().mqtt_port))
