@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from hub.config import HubConfig
 from services.kit.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,7 +181,5 @@ def under_writable(path: Path, mounts: dict[str, bool]) -> bool:
 
 def mqtt_port(objs: list[dict[str, Any]]) -> int:
     """The broker's port in this rendering: the hub's ROOST_HUB_MQTT_PORT, else the default."""
-    from hub.config import HubConfig
-
     env = plain_env(role_container(objs, "hub"))
     return int(env.get("ROOST_HUB_MQTT_PORT", HubConfig().mqtt_port))
