@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from hub.config import HubConfig
+from services.kit.certs import BROKER_NAME
 from tests.support.k3s import (
     K3S,
     MQTT_TLS_PORT,
@@ -117,7 +118,9 @@ def test_the_listener(
         ("keyfile", "mqtt-broker-key.pem"),
     ):
         assert _secret_file(objs, "roost-mosquitto", tls[key]) == ("roost-mosquitto-tls", file)
-    # The hub verifies the broker against the hub CA it already mounts.
+    # The hub verifies the broker against the hub CA it already mounts, by the name the
+    # broker's certificate carries (`roost certs broker`).
+    assert hub.mqtt_host == BROKER_NAME
     assert hub.mqtt_tls_ca_file == Path("/etc/roost/certs/ca.pem")
     assert role_mounts(objs, "hub")[str(hub.certs_dir)] is True
     assert hub.mqtt_tls_ca_file.parent == hub.certs_dir
