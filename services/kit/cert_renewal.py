@@ -45,8 +45,6 @@ class Renewed:
 
 def _leaves(certs_dir: Path, ca_cert: x509.Certificate) -> Iterator[tuple[Path, x509.Certificate]]:
     """Certificates in the directory with their key beside them, signed by this CA."""
-    ca_pub = ca_cert.public_key()
-    assert isinstance(ca_pub, ec.EllipticCurvePublicKey)
     for path in sorted(certs_dir.glob("*.pem")):
         if path.name == "ca.pem" or path.name.endswith("-key.pem"):
             continue
