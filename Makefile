@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help images setup setup-ha run test unit integration lint proto proto-check buf-lint bench chaos soak models constraints clean
+.PHONY: help images setup setup-ha run test unit integration lint proto proto-check buf-lint bench chaos soak models constraints clean k3s-check
 
 help:
 	@echo "make run | test | lint | proto | proto-check | bench | chaos | soak | models | clean"
@@ -37,6 +37,12 @@ lint: setup proto-check buf-lint
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services hub cli models bench
 	$(BIN)/lint-imports --no-cache
+
+# Before `kubectl apply -k`: refuses an overlay whose images are not all pinned by a
+# real digest (docs/deploy.md, "Image digests"). OVERLAY=k3s/overlays/edge by default.
+OVERLAY ?= k3s/overlays/edge
+k3s-check: setup
+	PYTHONPATH=.:protos $(PY) -m tests.support.k3s $(OVERLAY)
 
 proto: setup
 	./scripts/gen-protos.sh

@@ -167,17 +167,6 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_certs(args: argparse.Namespace) -> int:
-    from services.kit.certs import describe, ensure_certs
-
-    if args.action == "init":
-        made = ensure_certs(args.dir, args.hub_id)
-        print(f"{'created' if made else 'already present'}: {args.dir}")
-    for name, cn, until in describe(args.dir):
-        print(f"{name:24} CN={cn:24} valid until {until}")
-    return 0
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     import importlib
 
@@ -267,12 +256,6 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--limit", type=int, default=0, help="stop after N decisions")
     tail.set_defaults(func=_cmd_tail)
 
-    certs = sub.add_parser("certs", help="the hub's local CA and per-role certificates")
-    certs.add_argument("action", choices=["init", "show"])
-    certs.add_argument("--dir", type=Path, default=DEFAULT_HOME / "certs")
-    certs.add_argument("--hub-id", default="local")
-    certs.set_defaults(func=_cmd_certs)
-
     serve = sub.add_parser("serve", help="run one process (for k3s and manual setups)")
     serve.add_argument("role", choices=["hub", "inference", "audit", "update", "personalization"])
     serve.set_defaults(func=_cmd_serve)
@@ -281,8 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     sim.set_defaults(func=_cmd_simulate)
 
-    from cli import audit, ha, personalize
+    from cli import audit, certs, ha, personalize
 
+    certs.add_parser(sub, DEFAULT_HOME / "certs")
     audit.add_parser(sub)
     personalize.add_parser(sub)
     ha.add_parser(sub)

@@ -364,6 +364,9 @@ class Hub:
                     keepalive=cfg.mqtt_keepalive_seconds,
                     will=aiomqtt.Will(status, b"offline", qos=1, retain=True),
                     max_inflight_messages=1000,
+                    **mqtt.broker_login(
+                        cfg.mqtt_username, cfg.mqtt_password_file, cfg.mqtt_tls_ca_file
+                    ),
                 )
                 ack = manual_acks(client)
                 intake = self.intake

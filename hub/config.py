@@ -35,6 +35,12 @@ class HubConfig:
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_keepalive_seconds: int = 30
+    # Broker login (k3s: docs/deploy.md): user name and a file holding the password, read
+    # at each connect; "" = anonymous. With mqtt_tls_ca_file the connection is TLS and the
+    # broker's certificate must chain to that CA and name mqtt_host.
+    mqtt_username: str = ""
+    mqtt_password_file: Path | None = None
+    mqtt_tls_ca_file: Path | None = None
     # Reconnect backoff: doubles from min to max (bounded: deciding resumes within about
     # a second of the broker being back).
     mqtt_reconnect_min_seconds: float = 0.2

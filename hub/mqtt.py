@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -59,3 +60,17 @@ def client(host: str, port: int, **kwargs: Any) -> aiomqtt.Client:
     c = aiomqtt.Client(host, port, socket_options=SOCKET_OPTIONS, **kwargs)
     c.pending_calls_threshold = kwargs.get("max_inflight_messages") or PAHO_MAX_INFLIGHT
     return c
+
+
+def broker_login(
+    username: str, password_file: Path | None, tls_ca_file: Path | None
+) -> dict[str, Any]:
+    """aiomqtt.Client arguments for the hub's broker login and TLS (none: anonymous)."""
+    kwargs: dict[str, Any] = {}
+    if username:
+        kwargs["username"] = username
+        if password_file is not None:
+            kwargs["password"] = password_file.read_text().strip()
+    if tls_ca_file is not None:
+        kwargs["tls_params"] = aiomqtt.TLSParameters(ca_certs=str(tls_ca_file))
+    return kwargs

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.kit.auth import Role
+from services.kit.cert_staging import finish_pending
 from services.kit.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ LOCAL_CANDIDATE_PUB = "local-candidate.pub"
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
+# The MQTT broker's certificate (files mqtt-broker.pem, mqtt-broker-key.pem) and the name
+# the hub connects to under k3s (the Service roost-mosquitto).
+BROKER = "mqtt-broker"
+BROKER_NAME = "roost-mosquitto"
 
 
 @dataclass(frozen=True)
@@ -104,46 +109,97 @@ def create_ca(certs_dir: Path, hub_id: str) -> None:
     _write(certs_dir / "ca.pem", cert.public_bytes(serialization.Encoding.PEM))
 
 
-def issue(certs_dir: Path, role: Role, extra_names: Iterable[str] = ()) -> None:
-    """Issue (or re-issue) the certificate of one role, signed by the local CA."""
+def load_ca(certs_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_key = serialization.load_pem_private_key((certs_dir / "ca-key.pem").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((certs_dir / "ca.pem").read_bytes())
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{certs_dir / 'ca-key.pem'}: not an EC key")
-    org = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
-    hub_id = str(org).removeprefix("Roost hub ")
+    return ca_cert, ca_key
+
+
+def sign_leaf(
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    subject: x509.Name,
+    names: x509.SubjectAlternativeName,
+    usages: x509.ExtendedKeyUsage,
+) -> tuple[bytes, bytes]:
+    """A new key and its certificate signed by the CA, valid LEAF_DAYS from now but never
+    past the CA's own expiry: (certificate PEM, key PEM)."""
+    ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    dns = [server_name(role), "localhost", *extra_names]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(role.value, hub_id))
+        .subject_name(subject)
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
+        .not_valid_after(min(now + dt.timedelta(days=LEAF_DAYS), ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(names, critical=False)
+        .add_extension(usages, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write(certs_dir / f"{role.value}-key.pem", _key_pem(key), private=True)
-    _write(certs_dir / f"{role.value}.pem", cert.public_bytes(serialization.Encoding.PEM))
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def _hub_id(ca_cert: x509.Certificate) -> str:
+    org = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
+    return str(org).removeprefix("Roost hub ")
+
+
+def _alt_names(dns: Iterable[str], ips: Iterable[str]) -> x509.SubjectAlternativeName:
+    return x509.SubjectAlternativeName(
+        [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+    )
+
+
+def issue(certs_dir: Path, role: Role, extra_names: Iterable[str] = ()) -> None:
+    """Issue (or re-issue) the certificate of one role, signed by the local CA."""
+    ca = load_ca(certs_dir)
+    dns = [server_name(role), "localhost", *extra_names]
+    cert, key = sign_leaf(
+        ca,
+        _name(role.value, _hub_id(ca[0])),
+        _alt_names(dns, ["127.0.0.1"]),
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+    )
+    _write(certs_dir / f"{role.value}-key.pem", key, private=True)
+    _write(certs_dir / f"{role.value}.pem", cert)
+
+
+def issue_broker(certs_dir: Path, names: Iterable[str] = ()) -> None:
+    """The MQTT broker's TLS certificate (``mqtt-broker.pem``, components/mqtt-tls): a
+    server certificate for ``roost-mosquitto`` (the hub's mqtt_host under k3s), localhost
+    and ``names``, the LAN addresses or host names Home Assistant connects to."""
+    ca = load_ca(certs_dir)
+    extra = list(names)
+    ips = ["127.0.0.1", *(n for n in extra if _is_ip(n))]
+    dns = [BROKER_NAME, "localhost", *(n for n in extra if not _is_ip(n))]
+    cert, key = sign_leaf(
+        ca,
+        _name(BROKER, _hub_id(ca[0])),
+        _alt_names(dns, ips),
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+    )
+    _write(certs_dir / f"{BROKER}-key.pem", key, private=True)
+    _write(certs_dir / f"{BROKER}.pem", cert)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def ensure_certs(certs_dir: Path, hub_id: str = "local", roles: Iterable[Role] = Role) -> bool:
     """Create the CA and any missing role certificates. Returns True if anything was made."""
+    # A renewal interrupted after its commit point is completed first (cert_renewal.py).
+    if certs_dir.is_dir():
+        finish_pending(certs_dir)
     made = False
     if not (certs_dir / "ca.pem").is_file():
         create_ca(certs_dir, hub_id)

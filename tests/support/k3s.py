@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,11 +23,16 @@ from typing import Any
 
 import pytest
 
+from hub.config import HubConfig
 from services.kit.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 K3S = ROOT / "k3s"
 OVERLAYS = ("edge", "dev")
+# What the tests render: the overlays, and the edge overlay with each opt-in component.
+RENDERINGS = (*OVERLAYS, "edge+fleet", "edge+mqtt-tls")
+# The broker's port with components/mqtt-tls (TLS only; 1883 without it).
+MQTT_TLS_PORT = 8883
 # k3s v1.36 (the current k3s release line); kubernetes-validate ships strict schemas
 # for it.
 K8S_VERSION = "1.36.0"
@@ -40,7 +46,7 @@ ROOST_ROLES = ("hub", *SERVICE_ROLES)
 STARTUP_PROBE_ROLES = ("inference", "update", "personalization")
 # Pods that may reach addresses outside the cluster (ipBlock egress).
 EXTERNAL_EGRESS_COMPONENTS = {"fleet", "monitoring"}
-STATEFUL = ("roost-audit", "roost-update", "roost-personalization", "roost-mosquitto")
+STATEFUL = ("roost-hub", "roost-audit", "roost-update", "roost-personalization", "roost-mosquitto")
 PERSONALIZATION_PORT = 50054
 
 
@@ -76,6 +82,30 @@ def render(kubectl: str, path: Path) -> list[dict[str, Any]]:
     )
     assert out.returncode == 0, f"kubectl kustomize {path} failed:\n{out.stderr}"
     return [d for d in yaml_module().safe_load_all(out.stdout) if d]
+
+
+def overlay_copy(
+    dest: Path, overlay: str, component: str | None = None, edit: dict[str, str] | None = None
+) -> Path:
+    """A copy of an overlay in ``dest``, to render as the integrator would change it:
+    ``component`` listed last in its components (as docs/deploy.md says to enable one),
+    ``edit`` text replacements in its files (e.g. a site value or a digest)."""
+    yaml = yaml_module()
+    src = K3S / "overlays" / overlay
+    for f in src.iterdir():
+        text = f.read_text()
+        for old, new in (edit or {}).items():
+            text = text.replace(old, new)
+        (dest / f.name).write_text(text)
+    kustomization = yaml.safe_load((dest / "kustomization.yaml").read_text())
+    up = os.path.relpath(K3S, dest)
+    kustomization["resources"] = [r.replace("../..", up, 1) for r in kustomization["resources"]]
+    components = [c.replace("../..", up, 1) for c in kustomization.get("components", [])]
+    if component:
+        components.append(f"{up}/components/{component}")
+    kustomization["components"] = components
+    (dest / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return dest
 
 
 # ---------------------------------------------------------------- objects
@@ -172,3 +202,62 @@ def role_mounts(objs: list[dict[str, Any]], role: str) -> dict[str, bool]:
 
 def under_writable(path: Path, mounts: dict[str, bool]) -> bool:
     return any(path.is_relative_to(m) and not ro for m, ro in mounts.items())
+
+
+def mqtt_port(objs: list[dict[str, Any]]) -> int:
+    """The broker's port in this rendering: the hub's ROOST_HUB_MQTT_PORT, else the default."""
+    env = plain_env(role_container(objs, "hub"))
+    return int(env.get("ROOST_HUB_MQTT_PORT", HubConfig().mqtt_port))
+
+
+# ---------------------------------------------------------------- image digests
+
+# The documented placeholder of k3s/overlays/*/kustomization.yaml `images:` (docs/deploy.md,
+# "Image digests"). Not a valid digest, so the kubelet refuses the pod (InvalidImageName).
+PLACEHOLDER_DIGEST = "sha256:SET-ME"
+# An OCI digest as image references carry it (distribution/reference grammar).
+DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,}")
+SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def images(objs: list[dict[str, Any]]) -> dict[str, str]:
+    """Every container's image (init containers too): "Deployment/name/container" -> image."""
+    out = {}
+    for deploy in of_kind(objs, "Deployment"):
+        pod = pod_spec(deploy)
+        for c in pod["containers"] + pod.get("initContainers", []):
+            out[f"{deploy['metadata']['name']}/{c['name']}"] = c["image"]
+    return out
+
+
+def digest_problems(objs: list[dict[str, Any]], *, placeholder_ok: bool) -> list[str]:
+    """Images not pinned by a sha256 digest; with ``placeholder_ok`` the documented
+    placeholder counts as pinned (the repository's state until an integrator sets them)."""
+    problems = []
+    for where, image in images(objs).items():
+        _, at, digest = image.partition("@")
+        if not at:
+            problems.append(f"{where}: {image} is a tag-only reference (no @sha256: digest)")
+        elif digest == PLACEHOLDER_DIGEST and not placeholder_ok:
+            problems.append(f"{where}: {image}: the digest is still the placeholder")
+        elif digest != PLACEHOLDER_DIGEST and not SHA256.fullmatch(digest):
+            problems.append(f"{where}: {image}: {digest} is not a sha256 digest")
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.support.k3s OVERLAY``: before applying an overlay, refuse one with
+    an image not pinned by a real digest (``make k3s-check``)."""
+    (overlay,) = argv
+    problems = digest_problems(render(find_kubectl(), Path(overlay)), placeholder_ok=False)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        print(f"{overlay}: NOT ready: {len(problems)} image(s) not pinned", file=sys.stderr)
+        return 1
+    print(f"{overlay}: every image pinned by digest")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

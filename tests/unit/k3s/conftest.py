@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
 
-from tests.support.k3s import K3S, OVERLAYS, find_kubectl, render, yaml_module
+from tests.support.k3s import K3S, OVERLAYS, find_kubectl, overlay_copy, render, yaml_module
 
 
 @pytest.fixture(scope="session")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    """Every overlay, plus the edge overlay with the opt-in fleet component."""
+    """Every overlay, plus the edge overlay with each opt-in component (RENDERINGS)."""
     kubectl = find_kubectl()
     yaml_module()
     out = {name: render(kubectl, K3S / "overlays" / name) for name in OVERLAYS}
-    fleet = tmp_path_factory.mktemp("edge-fleet")
-    (fleet / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: roost\n"
-        f"resources: [{os.path.relpath(K3S / 'overlays' / 'edge', fleet)}]\n"
-        f"components: [{os.path.relpath(K3S / 'components' / 'fleet', fleet)}]\n"
-    )
-    out["edge+fleet"] = render(kubectl, fleet)
+    for component in ("fleet", "mqtt-tls"):
+        d = overlay_copy(tmp_path_factory.mktemp(f"edge-{component}"), "edge", component)
+        out[f"edge+{component}"] = render(kubectl, d)
     return out

@@ -11,6 +11,7 @@ from tests.support.k3s import (
     K8S_VERSION,
     ROOST_ROLES,
     all_objects,
+    config_data,
     missing_tool,
     named,
     of_kind,
@@ -39,6 +40,8 @@ def test_overlays_render_what_they_promise(rendered: dict[str, list[dict[str, An
         expected = {f"roost-{r}" for r in ROOST_ROLES} | {"roost-mosquitto", "roost-prometheus"}
         assert expected <= names, f"{overlay}: missing {expected - names}"
         assert ("roost-supernode" in names) == (overlay == "edge+fleet"), overlay
+        tls = "listener 8883" in config_data(objs, "roost-mosquitto-config", "mosquitto.conf")
+        assert tls == (overlay == "edge+mqtt-tls"), overlay
         for role in ROOST_ROLES:
             if role != "hub":
                 named(objs, "Service", server_name(Role(role)))
@@ -61,5 +64,5 @@ def test_labels(rendered: dict[str, list[dict[str, Any]]]) -> None:
             # The version label follows the image tag of Roost's own images.
             image = pod_spec(obj)["containers"][0]["image"]
             if pod_labels(obj)["app.kubernetes.io/part-of"] == "roost" and "/roost-" in image:
-                tag = image.rsplit(":", 1)[1]
+                tag = image.split("@")[0].rsplit(":", 1)[1]
                 assert pod_labels(obj)["app.kubernetes.io/version"] == tag, (overlay, image)

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from hub.config import HubConfig
 from services.audit.config import AuditConfig
 from services.inference.config import InferenceConfig
 from services.personalization.config import PersonalizationConfig
@@ -15,8 +14,9 @@ from services.update.config import UpdateConfig
 from tests.support.k3s import (
     EXTERNAL_EGRESS_COMPONENTS,
     METRICS_PORT,
-    OVERLAYS,
+    RENDERINGS,
     ROOST_ROLES,
+    mqtt_port,
     named,
     of_kind,
     pod_labels,
@@ -89,7 +89,7 @@ def _allowed_flows(objs: list[dict[str, Any]]) -> set[tuple[str, str, int]]:
     return egress & ingress
 
 
-@pytest.mark.parametrize("overlay", [*OVERLAYS, "edge+fleet"])
+@pytest.mark.parametrize("overlay", RENDERINGS)
 def test_network_flows_are_exactly_the_allow_list(
     rendered: dict[str, list[dict[str, Any]]], overlay: str
 ) -> None:
@@ -99,7 +99,7 @@ def test_network_flows_are_exactly_the_allow_list(
     expected = {
         ("roost-hub", "roost-inference", inference),
         ("roost-hub", "roost-audit", audit),
-        ("roost-hub", "roost-mosquitto", HubConfig().mqtt_port),
+        ("roost-hub", "roost-mosquitto", mqtt_port(objs)),
         ("roost-update", "roost-audit", audit),
         ("roost-update", "roost-inference", inference),
         ("roost-personalization", "roost-audit", audit),
@@ -115,7 +115,7 @@ def test_network_flows_are_exactly_the_allow_list(
     assert _allowed_flows(objs) == expected
 
 
-@pytest.mark.parametrize("overlay", [*OVERLAYS, "edge+fleet"])
+@pytest.mark.parametrize("overlay", RENDERINGS)
 def test_default_deny_and_no_open_egress(
     rendered: dict[str, list[dict[str, Any]]], overlay: str
 ) -> None:
@@ -149,6 +149,12 @@ def test_default_deny_and_no_open_egress(
                 assert net.prefixlen > 0, f"{name}: egress to {net}"
                 assert pol["spec"]["podSelector"], f"{name}: ipBlock egress for every pod"
                 components = {pod_labels(d)["app.kubernetes.io/component"] for d in selected}
+                if components == {"hub"}:
+                    # Home Assistant's API only: one address, one port (test_homeassistant).
+                    assert name == "roost-hub-homeassistant", name
+                    assert net.num_addresses == 1, f"{name}: the hub may reach {net}"
+                    assert len(rule["ports"]) == 1, f"{name}: {rule['ports']}"
+                    continue
                 assert components <= EXTERNAL_EGRESS_COMPONENTS, (
                     f"{name}: {components} may reach {net} outside the cluster"
                 )
@@ -157,9 +163,11 @@ def test_default_deny_and_no_open_egress(
             assert rule.get("ports"), f"{name}: ingress on any port {rule}"
             for peer in rule["from"]:
                 if "ipBlock" in peer:
-                    assert ipaddress.ip_network(peer["ipBlock"]["cidr"]).prefixlen > 0, name
+                    # Home Assistant's one address, never a LAN range.
+                    net = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                    assert net.num_addresses == 1, f"{name}: admits {net}"
                     assert [d["metadata"]["name"] for d in selected] == ["roost-mosquitto"]
-                    assert [p["port"] for p in rule["ports"]] == [HubConfig().mqtt_port]
+                    assert [p["port"] for p in rule["ports"]] == [mqtt_port(objs)]
 
 
 def test_dns_is_allowed_to_kube_dns_only(rendered: dict[str, list[dict[str, Any]]]) -> None:
