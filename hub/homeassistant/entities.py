@@ -254,10 +254,15 @@ def decisions_problem_component(hub_id: str) -> dict[str, Any]:
 
 
 def model_update_component(hub_id: str, model: str) -> dict[str, Any]:
+    """Versions, progress and summary from the state document; source, rollout stage,
+    share and the rolled-back version as attributes (``update_entity``)."""
+    topic = state_topic(hub_id, f"{model}_update")
     return {
         "p": "update",
         "name": f"{title(model)} model",
-        "state_topic": state_topic(hub_id, f"{model}_update"),
+        "state_topic": topic,
+        "json_attributes_topic": topic,
+        "json_attributes_template": "{{ value_json.attributes | tojson }}",
         "payload_install": "install",
     }
 
