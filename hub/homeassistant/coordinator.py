@@ -114,12 +114,14 @@ class Coordinator:
 
     # ------------------------------------------------------------ commands
 
-    async def record_label(self, decision_id: str, label: str) -> None:
+    # Each command returns why it failed (for the owner's notification), None if it did not.
+
+    async def record_label(self, decision_id: str, label: str) -> str | None:
         """The corrected label of a decision ("was wrong"), as feedback for personalization."""
         if self.personalization is None:
             FEEDBACK.labels("unavailable").inc()
             log.warning("'was wrong' pressed but the personalization service is not deployed")
-            return
+            return "the personalization service is not deployed"
         try:
             await self.personalization.RecordLabel(
                 pers_pb.RecordLabelRequest(
@@ -131,22 +133,22 @@ class Coordinator:
             )
         except grpc.aio.AioRpcError as e:
             FEEDBACK.labels("failed").inc()
-            log.warning(
-                "'was wrong' not recorded: %s", _failure(e, "personalization", "RecordLabel")
-            )
-            return
+            why = _failure(e, "personalization", "RecordLabel")
+            log.warning("'was wrong' not recorded: %s", why)
+            return why
         FEEDBACK.labels("recorded").inc()
         log.info("feedback recorded for decision %s", decision_id)
+        return None
 
-    async def train(self, model: str, epsilon: float = 1.0) -> None:
+    async def train(self, model: str, epsilon: float = 1.0) -> str | None:
         """A DP fine-tuning run ("learn now", or drift), unless learning is paused."""
         if not self.settings.training_allowed():
             COMMANDS.labels("button", "refused").inc()
             log.info("learning is paused: not starting training for %s", model)
-            return
+            return "learning is paused (Learning mode): set it to learning first"
         if self.personalization is None:
             COMMANDS.labels("button", "failed").inc()
-            return
+            return "the personalization service is not deployed"
         try:
             await self.personalization.StartTraining(
                 pers_pb.StartTrainingRequest(model_name=model, target_epsilon=epsilon),
@@ -154,16 +156,16 @@ class Coordinator:
             )
         except grpc.aio.AioRpcError as e:
             COMMANDS.labels("button", "failed").inc()
-            log.warning(
-                "training %s not started: %s",
-                model,
-                _failure(e, "personalization", "StartTraining"),
-            )
+            why = _failure(e, "personalization", "StartTraining")
+            log.warning("training %s not started: %s", model, why)
+            return why
+        return None
 
-    async def rollback(self, model: str) -> None:
+    async def rollback(self, model: str) -> str | None:
         if self.update is None:
             COMMANDS.labels("button", "failed").inc()
-            return
+            return "the update service is not deployed"
+        why = None
         try:
             await self.update.Rollback(
                 upd_pb.RollbackRequest(
@@ -175,15 +177,18 @@ class Coordinator:
             )
         except grpc.aio.AioRpcError as e:
             COMMANDS.labels("button", "failed").inc()
-            log.warning("rolling back %s failed: %s", model, _failure(e, "update", "Rollback"))
+            why = _failure(e, "update", "Rollback")
+            log.warning("rolling back %s failed: %s", model, why)
         await self.poll_update(model)
+        return why
 
-    async def install(self, model: str) -> None:
+    async def install(self, model: str) -> str | None:
         """Stage the offered signed release (unless a candidate is staged already) and
         start its shadow trial."""
         if self.update is None:
             COMMANDS.labels("update", "failed").inc()
-            return
+            return "the update service is not deployed"
+        why = None
         last = self._views.get(model) or UpdateView(Release(""))
         offer = replace(last, offered=self._offered.get(model)).offer()
         method = "Stage"
@@ -207,8 +212,10 @@ class Coordinator:
             )
         except grpc.aio.AioRpcError as e:
             COMMANDS.labels("update", "failed").inc()
-            log.warning("installing %s failed: %s", model, _failure(e, "update", method))
+            why = _failure(e, "update", method)
+            log.warning("installing %s failed: %s", model, why)
         await self.poll_update(model)
+        return why
 
     def maybe_retrain(self, model: str) -> None:
         """Drift can trigger personalization: a DP fine-tuning run on the local examples
@@ -224,7 +231,11 @@ class Coordinator:
         self._drift_trained[model] = now
         DRIFT_RETRAINS.labels(model).inc()
         log.info("%s drifted: starting a personalization run", model)
-        self._spawn(self.train(model, epsilon=self.drift_retrain_epsilon))
+        self._spawn(self._train_quietly(model))
+
+    async def _train_quietly(self, model: str) -> None:
+        """A drift-triggered run: a failure is logged and counted, not an owner's notice."""
+        await self.train(model, epsilon=self.drift_retrain_epsilon)
 
     # ------------------------------------------------------------ polling
 

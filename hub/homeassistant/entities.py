@@ -45,8 +45,12 @@ _ATTRIBUTES_TEMPLATE = (
     "{{ {'confidence': value_json.confidence, 'model_version': value_json.model.version, "
     "'why': value_json.why, 'decision_id': value_json.decision_id, "
     "'audit_index': value_json.audit_index, 'label': value_json.label, "
-    "'action': value_json.action, 'decided_at': value_json.decided_at} | tojson }}"
+    "'action': value_json.action, 'decided_at': value_json.decided_at, "
+    "'feedback': value_json.get('feedback'), "
+    "'corrected_label': value_json.get('corrected_label')} | tojson }}"
 )
+# The label an entity shows: the owner's correction ("was wrong"), else the decision's.
+_SHOWN_LABEL = "(value_json.get('corrected_label') or value_json.label)"
 
 # The options of a model's "decisions" sensor: the states of ``hub.health``.
 DECISION_STATES = tuple(s.value for s in ModelState)
@@ -88,7 +92,7 @@ def prediction_component(
             **base,
             "p": "binary_sensor",
             "device_class": "occupancy",
-            "value_template": "{{ 'ON' if value_json.label == 'occupied' else 'OFF' }}",
+            "value_template": "{{ 'ON' if " + _SHOWN_LABEL + " == 'occupied' else 'OFF' }}",
         }
     if model == "anomaly":
         # Regression outputs; values[1] is the anomaly score (0..1).
@@ -108,7 +112,7 @@ def prediction_component(
             "name": f"Temperature forecast {_area_name(area)}",
             "value_template": "{{ value_json['values'][0] | round(1) }}",
         }
-    component = {**base, "p": "sensor", "value_template": "{{ value_json.label }}"}
+    component = {**base, "p": "sensor", "value_template": "{{ " + _SHOWN_LABEL + " }}"}
     if labels:
         component |= {"device_class": "enum", "options": list(labels)}
     return component
