@@ -52,6 +52,19 @@ _ATTRIBUTES_TEMPLATE = (
 # The label an entity shows: the owner's correction ("was wrong"), else the decision's.
 _SHOWN_LABEL = "(value_json.get('corrected_label') or value_json.label)"
 
+# HA's update JSON allows its own keys only: the state document without ``attributes``.
+_UPDATE_KEYS = (
+    "installed_version",
+    "latest_version",
+    "in_progress",
+    "update_percentage",
+    "title",
+    "release_summary",
+)
+_UPDATE_TEMPLATE = (
+    "{{ {" + ", ".join(f"'{k}': value_json.{k}" for k in _UPDATE_KEYS) + "} | tojson }}"
+)
+
 # The options of a model's "decisions" sensor: the states of ``hub.health``.
 DECISION_STATES = tuple(s.value for s in ModelState)
 # Jinja: ``doc`` = the health document, or {} if the payload is no JSON object.
@@ -265,6 +278,7 @@ def model_update_component(hub_id: str, model: str) -> dict[str, Any]:
         "p": "update",
         "name": f"{title(model)} model",
         "state_topic": topic,
+        "value_template": _UPDATE_TEMPLATE,
         "json_attributes_topic": topic,
         "json_attributes_template": "{{ value_json.attributes | tojson }}",
         "payload_install": "install",

@@ -386,9 +386,12 @@ async def test_install_and_roll_back_from_home_assistant(ha: HomeAssistant, roos
     assert rollback_id.group(1) != install_id
     assert last.actor == audit_pb.ACTOR_USER_OVERRIDE
     assert last.output_label == f"candidate {NEW_VERSION} withdrawn"
-    # 1.1.0 is still offered: HA can install it again.
-    assert state["state"] == "on"
-    assert state["attributes"]["latest_version"] == NEW_VERSION
+    # 1.1.0 is skipped: not offered again at once (a newer release would be).
+    state = await asyncio.to_thread(
+        ha.wait_state, entity, lambda s: s["attributes"].get("rolled_back_version") == NEW_VERSION
+    )
+    assert state["state"] == "off"
+    assert state["attributes"]["latest_version"] == "1.0.0"
     assert metric(stack, "roost_hub_ha_commands_total", kind="update", outcome="accepted") == 1
 
 
