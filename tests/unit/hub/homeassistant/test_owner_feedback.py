@@ -14,9 +14,12 @@ from typing import Any
 
 import grpc
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from hub.homeassistant.bridge import HaBridge
 from hub.homeassistant.client import HaUnavailable
+from hub.homeassistant.correction import Latest, corrected
+from hub.homeassistant.entities import prediction_component
 from hub.homeassistant.metrics import HA_NOTICES
 from hub.pipeline import Recorded
 
@@ -186,3 +189,25 @@ def test_without_home_assistant_a_failure_is_counted_never_raised(
     asyncio.run(go())
     assert HA_NOTICES.labels("notification", outcome)._value.get() == before + 1
     assert HA_NOTICES.labels("notification", "unconfigured")._value.get() == unconfigured + 1
+
+
+def test_the_entity_shows_the_owners_label_once_corrected() -> None:
+    env = ImmutableSandboxedEnvironment()
+    doc = {"label": "vacant", "model": {"version": "1.0.0"}, "confidence": 0.9, "why": ""}
+    doc |= {"decision_id": "d1", "audit_index": 7, "action": "publish", "decided_at": "t"}
+    latest = Latest("d1", "vacant", TOPIC, json.dumps(doc).encode())
+    for model, labels, before, after in (
+        ("occupancy", ("vacant", "occupied"), "OFF", "ON"),
+        ("routine", ("away", "idle"), "vacant", "occupied"),
+    ):
+        c = prediction_component("home-1", model, "kitchen", labels)
+        for shown, expected, feedback in (
+            (latest, before, None),
+            (corrected(latest, "occupied"), after, "corrected by you"),
+        ):
+            value_json = json.loads(shown.payload)
+            assert env.from_string(c["value_template"]).render(value_json=value_json) == expected
+            attributes = env.from_string(c["json_attributes_template"]).render(
+                value_json=value_json
+            )
+            assert json.loads(attributes)["feedback"] == feedback

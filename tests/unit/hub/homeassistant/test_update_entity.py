@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from hub.homeassistant.coordinator import Coordinator
-from hub.homeassistant.entities import ModelInfo
+from hub.homeassistant.entities import ModelInfo, model_update_component
 from hub.homeassistant.settings import Settings
 from hub.homeassistant.update_entity import MAX_SUMMARY, Release, UpdateView
 from roost.common.v1 import common_pb2
@@ -177,3 +178,21 @@ def test_after_a_rollback_install_does_not_stage_the_skipped_version_again() -> 
     _, c = poll(update)
     asyncio.run(c.install("occupancy"))
     assert update.calls == [("Stage", "1.1.0"), ("StartRollout", "")]
+
+
+def test_the_entity_templates_give_home_assistant_its_keys_only() -> None:
+    """HA's MQTT update schema refuses unknown keys: the state template passes its own
+    (and null update_percentage) only; the attributes come from the same document."""
+    env = ImmutableSandboxedEnvironment()
+    c = model_update_component("home-1", "occupancy")
+    assert c["json_attributes_topic"] == c["state_topic"]
+    doc = UpdateView(ACTIVE, candidate=SIGNED, stage="ab", share=0.25).state("occupancy")
+    value_json = json.loads(json.dumps(doc))
+    state = json.loads(env.from_string(c["value_template"]).render(value_json=value_json))
+    assert set(state) == set(doc) - {"attributes"}
+    assert state["update_percentage"] == 25
+    offered = json.loads(json.dumps(UpdateView(ACTIVE, offered=SIGNED).state("occupancy")))
+    state = json.loads(env.from_string(c["value_template"]).render(value_json=offered))
+    assert state["update_percentage"] is None
+    attributes = env.from_string(c["json_attributes_template"]).render(value_json=value_json)
+    assert json.loads(attributes) == doc["attributes"]
