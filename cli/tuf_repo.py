@@ -83,6 +83,7 @@ from services.modelstore.bundle import (
     target_path,
     unpack_bundle,
 )
+from services.modelstore.card import release_notes_in
 
 DEFAULT_FAMILIES = ("occupancy", "comfort", "anomaly", "routine")
 RESERVED_FAMILIES = frozenset({"local"})
@@ -253,6 +254,7 @@ class ModelRepository:
         with tempfile.TemporaryDirectory(prefix="roost-publish-") as tmp:
             manifest = unpack_bundle(bundle_path, Path(tmp) / "b", max_bytes=MAX_PUBLISH_BYTES)
             manifest_sha = sha256_hex((Path(tmp) / "b" / MANIFEST_FILE).read_bytes())
+            notes = release_notes_in(Path(tmp) / "b")
         if manifest.version != version:
             raise InvalidArgument(
                 f"bundle {bundle_path.name} holds {manifest.name} version {manifest.version}, "
@@ -272,6 +274,7 @@ class ModelRepository:
                     "version": version,
                     "model": manifest.name,
                     "sha256_manifest": manifest_sha,
+                    "release_notes": notes,
                 }
             },
         )

@@ -303,6 +303,7 @@ class Hub:
                 drift_min_samples=self.config.drift_min_samples,
                 buffer_topics=self.config.ha_buffer_topics,
                 max_entities=self.config.ha_max_entities,
+                ha_client=self.ha_client,
             )
         worker = asyncio.create_task(self.pipeline.run(), name="decisions")
         self.intake = open_intake(

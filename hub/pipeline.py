@@ -44,6 +44,7 @@ from hub.payload import decision_payload
 from hub.policy import ActionPolicy, ActionRule, Outcome, PolicyRound
 from hub.predict import RETRY_FIRST_DELAY, RETRY_MAX_DELAY, Predicted, Predictor
 from hub.topics import decision_topic, late_decision_topic
+from hub.why import Why
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
@@ -221,6 +222,7 @@ class DecisionPipeline:
             queued=lambda: len(self._pending),
         )
         self._on_overflow = on_overflow
+        self._why = Why()  # each room's usual levels, for the "why" in words
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -379,6 +381,7 @@ class DecisionPipeline:
                         area=p.area,
                         reading_ts=p.reading_ts,
                         trigger_id=p.trigger_id,
+                        why=self._why.explain(d.decision, p.area),
                     ),
                     action=d.outcome.rule,
                     late=p.late,

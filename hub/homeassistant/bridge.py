@@ -25,17 +25,19 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
 from hub.homeassistant import entities
+from hub.homeassistant.client import HaClient
 from hub.homeassistant.coordinator import Coordinator
+from hub.homeassistant.correction import Latest, confirmation, corrected
 from hub.homeassistant.discovery import Discovery, Step
 from hub.homeassistant.entities import BINARY_OPPOSITE, MODEL_PROBLEMS, ModelInfo
 from hub.homeassistant.metrics import COMMANDS, FEEDBACK, HA_BUFFER_DROPS, HA_ENTITIES_REFUSED
+from hub.homeassistant.notices import Notices
 from hub.homeassistant.settings import LEARNING_MODES, NUMBERS, Settings, parse_number
 from hub.homeassistant.topics import (
     HA_STATUS_TOPIC,
@@ -63,16 +65,6 @@ MAX_LOGGED_KEY = 64
 Handler = Callable[[str], Awaitable[None]]
 
 
-@dataclass
-class Latest:
-    """The latest recorded decision of one (model, area) entity, as published."""
-
-    decision_id: str
-    label: str
-    topic: str
-    payload: bytes
-
-
 class HaBridge:
     """The Roost hub device in Home Assistant; runs inside the hub process."""
 
@@ -96,6 +88,7 @@ class HaBridge:
         settle_seconds: float = 1.0,
         buffer_topics: int = 1000,
         max_entities: int = 1000,
+        ha_client: HaClient | None = None,
     ) -> None:
         self.hub_id = hub_id
         self.prefix = prefix
@@ -120,6 +113,8 @@ class HaBridge:
             drift_min_samples=drift_min_samples,
         )
         self.settle_seconds = settle_seconds
+        # Failed commands as HA notifications, corrections in HA's logbook.
+        self.notices = Notices(ha_client, hub_id)
         self.discovery = Discovery(prefix, hub_id, max_entities)
         self.components: dict[str, dict[str, Any]] = self.discovery.components
         # command key -> (kind, handler of the validated payload text)
@@ -177,13 +172,19 @@ class HaBridge:
                 f"{model}_rollback",
                 "button",
                 entities.button_component(f"Roll back {model}"),
-                self._press(functools.partial(c.rollback, model)),
+                self._press(
+                    functools.partial(c.rollback, model),
+                    f"Rolling back {model}",
+                    f"{model}_rollback",
+                ),
             )
             self._command(
                 f"{model}_train",
                 "button",
                 entities.button_component(f"Learn now {model}"),
-                self._press(functools.partial(c.train, model)),
+                self._press(
+                    functools.partial(c.train, model), f"Learn now ({model})", f"{model}_train"
+                ),
             )
 
     def _add_prediction(self, model: str, area: str) -> bool:
@@ -208,7 +209,11 @@ class HaBridge:
             f"{key}_wrong",
             "button",
             entities.wrong_button_component(model, area),
-            self._press(lambda: self._feedback(model, area)),
+            self._press(
+                lambda: self._feedback(model, area),
+                f"'That was wrong' ({model}, {area.replace('_', ' ')})",
+                f"{key}_wrong",
+            ),
         )
         return True
 
@@ -395,13 +400,15 @@ class HaBridge:
         COMMANDS.labels(kind, outcome).inc()
         self._limited(outcome, "ignoring %s Home Assistant commands (e.g. for %r)", outcome, key)
 
-    def _press(self, action: Callable[[], Awaitable[None]]) -> Handler:
+    def _press(self, action: Callable[[], Awaitable[str | None]], what: str, key: str) -> Handler:
+        """A button's handler: ``action`` returns why it failed (a notification)."""
+
         async def handler(text: str) -> None:
             if text != "PRESS":
                 COMMANDS.labels("button", "malformed").inc()
                 return
             COMMANDS.labels("button", "accepted").inc()
-            await action()
+            await self.notices.report(key, what, await action())
 
         return handler
 
@@ -448,17 +455,18 @@ class HaBridge:
                 COMMANDS.labels("update", "malformed").inc()
                 return
             COMMANDS.labels("update", "accepted").inc()
-            await self.coordinator.install(model)
+            why = await self.coordinator.install(model)
+            await self.notices.report(f"{model}_update", f"Installing the {model} update", why)
 
         return handler
 
-    async def _feedback(self, model: str, area: str) -> None:
+    async def _feedback(self, model: str, area: str) -> str | None:
         """A "was wrong" press: the opposite label (binary models) or the chosen one, for
-        the latest decision of the entity."""
+        the latest decision of the entity; once recorded, the entity shows it corrected."""
         latest = self.latest.get((model, area))
         if latest is None:
             FEEDBACK.labels("no_decision").inc()
-            return
+            return "there is no decision to correct yet"
         if model in BINARY_OPPOSITE:
             label = BINARY_OPPOSITE[model].get(latest.label)
         else:
@@ -466,5 +474,11 @@ class HaBridge:
         if label is None:
             FEEDBACK.labels("no_label").inc()
             log.warning("'was wrong' for %s needs a choice in 'what was it?' first", model)
-            return
-        await self.coordinator.record_label(latest.decision_id, label)
+            return "pick the right one in 'what was it?' first"
+        why = await self.coordinator.record_label(latest.decision_id, label)
+        if why is None and self.latest.get((model, area)) is latest:
+            shown = corrected(latest, label)
+            self.latest[(model, area)] = shown
+            self._queue(shown.topic, shown.payload, False)
+            await self.notices.logbook(confirmation(model, area, latest.label, label))
+        return why

@@ -96,6 +96,13 @@ class HaClient:
         except Exception as e:
             raise HaUnavailable(f"{domain}.{service} failed: {type(e).__name__}") from e
 
+    def call(self, domain: str, service: str, data: Mapping[str, str]) -> None:
+        """A service call with its data (e.g. ``persistent_notification.create``)."""
+        try:
+            self._rest().trigger_service(domain, service, **data)
+        except Exception as e:
+            raise HaUnavailable(f"{domain}.{service} failed: {type(e).__name__}") from e
+
     def state(self, entity_id: str) -> str:
         """The entity's current state (``on``, ``off``, ``unavailable`` ...)."""
         try:

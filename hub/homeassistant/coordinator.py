@@ -8,8 +8,9 @@ retained, to their state topics:
 * per model, drift and health (inference ``GetModelStatus``; drift is the service's
   alert or, with enough live samples, the homeowner's PSI level) — a drifting
   personalizable model can start a DP fine-tuning run, at most once per cooldown;
-* per model, installed, candidate and latest version and whether a rollout runs
-  (update; signed updates are checked every ``update_check_seconds``).
+* per model, the update entity: installed and latest version, the latest's source,
+  rollout step and notes, the version last rolled back (update; signed updates are
+  checked every ``update_check_seconds``; see ``update_entity``).
 
 It also makes the service calls behind the entities' commands: "was wrong"
 (``RecordLabel``), "learn now" (``StartTraining``), "roll back" and "install".
@@ -26,10 +27,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -38,6 +39,7 @@ from hub.homeassistant.entities import ModelInfo
 from hub.homeassistant.metrics import COMMANDS, DRIFT_RETRAINS, FEEDBACK
 from hub.homeassistant.settings import Settings
 from hub.homeassistant.topics import personalization_availability, state_topic
+from hub.homeassistant.update_entity import STAGES, Release, UpdateView, version_key
 from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
 from roost.personalization.v1 import personalization_service_pb2 as pers_pb
@@ -50,11 +52,6 @@ log = logging.getLogger(__name__)
 
 # The models personalization can fine-tune.
 PERSONALIZABLE = frozenset({"occupancy", "routine"})
-ROLLOUT_RUNNING = (
-    upd_pb.ROLLOUT_STAGE_STAGED,
-    upd_pb.ROLLOUT_STAGE_SHADOW,
-    upd_pb.ROLLOUT_STAGE_AB,
-)
 # A candidate is unhealthy when its error rate exceeds the active's by this much.
 CANDIDATE_ERROR_MARGIN = 0.05
 
@@ -68,14 +65,6 @@ def _failure(e: grpc.RpcError, peer: str, method: str) -> str:
     """A failed command's call, for the log: peer, method, code, whether to try again."""
     error = peer_error(e, peer, method)
     return f"{error}; try again later" if is_retryable(e) else str(error)
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    parts = []
-    for p in version.split("."):
-        digits = re.match(r"\d+", p)
-        parts.append(int(digits.group()) if digits else 0)
-    return tuple(parts)
 
 
 class Coordinator:
@@ -114,8 +103,10 @@ class Coordinator:
         self.drift_retrain_epsilon = drift_retrain_epsilon
         self.drift_min_samples = drift_min_samples
         self._drift_trained: dict[str, float] = {}
-        # model -> (source, newest version the update service offered)
-        self._latest_updates: dict[str, tuple[str, str]] = {}
+        # model -> the newest signed release the update service offered
+        self._offered: dict[str, Release] = {}
+        # model -> what its update entity showed last
+        self._views: dict[str, UpdateView] = {}
         self._update_checked = -1e9
 
     def _push_doc(self, key: str, doc: dict[str, Any]) -> None:
@@ -123,12 +114,14 @@ class Coordinator:
 
     # ------------------------------------------------------------ commands
 
-    async def record_label(self, decision_id: str, label: str) -> None:
+    # Each command returns why it failed (for the owner's notification), None if it did not.
+
+    async def record_label(self, decision_id: str, label: str) -> str | None:
         """The corrected label of a decision ("was wrong"), as feedback for personalization."""
         if self.personalization is None:
             FEEDBACK.labels("unavailable").inc()
             log.warning("'was wrong' pressed but the personalization service is not deployed")
-            return
+            return "the personalization service is not deployed"
         try:
             await self.personalization.RecordLabel(
                 pers_pb.RecordLabelRequest(
@@ -140,22 +133,22 @@ class Coordinator:
             )
         except grpc.aio.AioRpcError as e:
             FEEDBACK.labels("failed").inc()
-            log.warning(
-                "'was wrong' not recorded: %s", _failure(e, "personalization", "RecordLabel")
-            )
-            return
+            why = _failure(e, "personalization", "RecordLabel")
+            log.warning("'was wrong' not recorded: %s", why)
+            return why
         FEEDBACK.labels("recorded").inc()
         log.info("feedback recorded for decision %s", decision_id)
+        return None
 
-    async def train(self, model: str, epsilon: float = 1.0) -> None:
+    async def train(self, model: str, epsilon: float = 1.0) -> str | None:
         """A DP fine-tuning run ("learn now", or drift), unless learning is paused."""
         if not self.settings.training_allowed():
             COMMANDS.labels("button", "refused").inc()
             log.info("learning is paused: not starting training for %s", model)
-            return
+            return "learning is paused (Learning mode): set it to learning first"
         if self.personalization is None:
             COMMANDS.labels("button", "failed").inc()
-            return
+            return "the personalization service is not deployed"
         try:
             await self.personalization.StartTraining(
                 pers_pb.StartTrainingRequest(model_name=model, target_epsilon=epsilon),
@@ -163,16 +156,16 @@ class Coordinator:
             )
         except grpc.aio.AioRpcError as e:
             COMMANDS.labels("button", "failed").inc()
-            log.warning(
-                "training %s not started: %s",
-                model,
-                _failure(e, "personalization", "StartTraining"),
-            )
+            why = _failure(e, "personalization", "StartTraining")
+            log.warning("training %s not started: %s", model, why)
+            return why
+        return None
 
-    async def rollback(self, model: str) -> None:
+    async def rollback(self, model: str) -> str | None:
         if self.update is None:
             COMMANDS.labels("button", "failed").inc()
-            return
+            return "the update service is not deployed"
+        why = None
         try:
             await self.update.Rollback(
                 upd_pb.RollbackRequest(
@@ -184,22 +177,27 @@ class Coordinator:
             )
         except grpc.aio.AioRpcError as e:
             COMMANDS.labels("button", "failed").inc()
-            log.warning("rolling back %s failed: %s", model, _failure(e, "update", "Rollback"))
+            why = _failure(e, "update", "Rollback")
+            log.warning("rolling back %s failed: %s", model, why)
         await self.poll_update(model)
+        return why
 
-    async def install(self, model: str) -> None:
-        """Stage the newest version (unless a local candidate is staged) and start shadow."""
+    async def install(self, model: str) -> str | None:
+        """Stage the offered signed release (unless a candidate is staged already) and
+        start its shadow trial."""
         if self.update is None:
             COMMANDS.labels("update", "failed").inc()
-            return
-        _, latest = self._latest_updates.get(model, ("", ""))
+            return "the update service is not deployed"
+        why = None
+        last = self._views.get(model) or UpdateView(Release(""))
+        offer = replace(last, offered=self._offered.get(model)).offer()
         method = "Stage"
         request_id = owner_request_id()  # the owner pressed Install: one request, two steps
         try:
-            if latest:
+            if offer is not None:
                 await self.update.Stage(
                     upd_pb.StageRequest(
-                        model_name=model, version=latest, owner_request_id=request_id
+                        model_name=model, version=offer.version, owner_request_id=request_id
                     ),
                     timeout=60.0,
                 )
@@ -214,8 +212,10 @@ class Coordinator:
             )
         except grpc.aio.AioRpcError as e:
             COMMANDS.labels("update", "failed").inc()
-            log.warning("installing %s failed: %s", model, _failure(e, "update", method))
+            why = _failure(e, "update", method)
+            log.warning("installing %s failed: %s", model, why)
         await self.poll_update(model)
+        return why
 
     def maybe_retrain(self, model: str) -> None:
         """Drift can trigger personalization: a DP fine-tuning run on the local examples
@@ -231,7 +231,11 @@ class Coordinator:
         self._drift_trained[model] = now
         DRIFT_RETRAINS.labels(model).inc()
         log.info("%s drifted: starting a personalization run", model)
-        self._spawn(self.train(model, epsilon=self.drift_retrain_epsilon))
+        self._spawn(self._train_quietly(model))
+
+    async def _train_quietly(self, model: str) -> None:
+        """A drift-triggered run: a failure is logged and counted, not an owner's notice."""
+        await self.train(model, epsilon=self.drift_retrain_epsilon)
 
     # ------------------------------------------------------------ polling
 
@@ -330,14 +334,13 @@ class Coordinator:
             log.info("update check: %s", peer_error(e, "update", "CheckForUpdates"))
             return
         for u in resp.updates:
-            _, current = self._latest_updates.get(u.model.name, ("", ""))
-            if _version_key(u.model.version) > _version_key(current):
-                self._latest_updates[u.model.name] = ("tuf", u.model.version)
+            current = self._offered.get(u.model.name)
+            if current is None or version_key(u.model.version) > version_key(current.version):
+                self._offered[u.model.name] = Release.offered(u)
 
     async def poll_update(self, model: str) -> None:
-        installed = self.models[model].version if model in self.models else ""
-        candidate = ""
-        in_progress = False
+        """The update entity's state: versions, source, rollout step and notes."""
+        view = UpdateView(Release(self.models[model].version if model in self.models else ""))
         if self.update is not None:
             method = "ListVersions"
             try:
@@ -346,30 +349,34 @@ class Coordinator:
                 )
                 for v in versions.versions:
                     if v.slot == upd_pb.SLOT_ACTIVE:
-                        installed = v.model.version
+                        view = replace(view, installed=Release.of(v))
                     elif v.slot == upd_pb.SLOT_CANDIDATE:
-                        candidate = v.model.version
+                        view = replace(view, candidate=Release.of(v))
                 method = "GetRolloutStatus"
-                status = await self.update.GetRolloutStatus(
-                    upd_pb.GetRolloutStatusRequest(model_name=model), timeout=3.0
+                s = (
+                    await self.update.GetRolloutStatus(
+                        upd_pb.GetRolloutStatusRequest(model_name=model), timeout=3.0
+                    )
+                ).status
+                view = replace(
+                    view,
+                    stage=STAGES.get(s.stage, "none"),
+                    share=s.candidate_share,
+                    stage_since=s.stage_started_at.ToJsonString()
+                    if s.HasField("stage_started_at")
+                    else "",
+                    verdict=s.verdict,
+                    rolled_back=s.rolled_back_version,
                 )
-                in_progress = status.status.stage in ROLLOUT_RUNNING
             except grpc.aio.AioRpcError as e:
                 log.debug("update status of %s: %s", model, peer_error(e, "update", method))
-        _, latest = self._latest_updates.get(model, ("", ""))
-        latest = latest or candidate or installed
-        if not installed:
-            return
-        doc = {
-            "installed_version": installed,
-            "latest_version": latest,
-            "in_progress": in_progress,
-            "title": f"Roost {model} model",
-            "release_summary": "local candidate (personalized)"
-            if candidate and latest == candidate
-            else "signed model update",
-        }
-        self._push_doc(f"{model}_update", doc)
+                # Unknown now: keep what the last answer said was rolled back.
+                last = self._views.get(model)
+                view = replace(view, rolled_back=last.rolled_back if last else "")
+        view = replace(view, offered=self._offered.get(model))
+        self._views[model] = view
+        if view.installed.version:
+            self._push_doc(f"{model}_update", view.state(model))
 
 
 def _health(s: inf_pb.GetModelStatusResponse) -> tuple[bool, str]:

@@ -45,7 +45,24 @@ _ATTRIBUTES_TEMPLATE = (
     "{{ {'confidence': value_json.confidence, 'model_version': value_json.model.version, "
     "'why': value_json.why, 'decision_id': value_json.decision_id, "
     "'audit_index': value_json.audit_index, 'label': value_json.label, "
-    "'action': value_json.action, 'decided_at': value_json.decided_at} | tojson }}"
+    "'action': value_json.action, 'decided_at': value_json.decided_at, "
+    "'feedback': value_json.get('feedback'), "
+    "'corrected_label': value_json.get('corrected_label')} | tojson }}"
+)
+# The label an entity shows: the owner's correction ("was wrong"), else the decision's.
+_SHOWN_LABEL = "(value_json.get('corrected_label') or value_json.label)"
+
+# HA's update JSON allows its own keys only: the state document without ``attributes``.
+_UPDATE_KEYS = (
+    "installed_version",
+    "latest_version",
+    "in_progress",
+    "update_percentage",
+    "title",
+    "release_summary",
+)
+_UPDATE_TEMPLATE = (
+    "{{ {" + ", ".join(f"'{k}': value_json.{k}" for k in _UPDATE_KEYS) + "} | tojson }}"
 )
 
 # The options of a model's "decisions" sensor: the states of ``hub.health``.
@@ -88,7 +105,7 @@ def prediction_component(
             **base,
             "p": "binary_sensor",
             "device_class": "occupancy",
-            "value_template": "{{ 'ON' if value_json.label == 'occupied' else 'OFF' }}",
+            "value_template": "{{ 'ON' if " + _SHOWN_LABEL + " == 'occupied' else 'OFF' }}",
         }
     if model == "anomaly":
         # Regression outputs; values[1] is the anomaly score (0..1).
@@ -108,7 +125,7 @@ def prediction_component(
             "name": f"Temperature forecast {_area_name(area)}",
             "value_template": "{{ value_json['values'][0] | round(1) }}",
         }
-    component = {**base, "p": "sensor", "value_template": "{{ value_json.label }}"}
+    component = {**base, "p": "sensor", "value_template": "{{ " + _SHOWN_LABEL + " }}"}
     if labels:
         component |= {"device_class": "enum", "options": list(labels)}
     return component
@@ -254,10 +271,16 @@ def decisions_problem_component(hub_id: str) -> dict[str, Any]:
 
 
 def model_update_component(hub_id: str, model: str) -> dict[str, Any]:
+    """Versions, progress and summary from the state document; source, rollout stage,
+    share and the rolled-back version as attributes (``update_entity``)."""
+    topic = state_topic(hub_id, f"{model}_update")
     return {
         "p": "update",
         "name": f"{title(model)} model",
-        "state_topic": state_topic(hub_id, f"{model}_update"),
+        "state_topic": topic,
+        "value_template": _UPDATE_TEMPLATE,
+        "json_attributes_topic": topic,
+        "json_attributes_template": "{{ value_json.attributes | tojson }}",
         "payload_install": "install",
     }
 

@@ -29,3 +29,9 @@ HA_ENTITIES_REFUSED = Counter(
     "Decisions of a (model, area) that has no Home Assistant entity because the device "
     "reached ha_max_entities (they are still decided, recorded and published).",
 )
+HA_NOTICES = Counter(
+    "roost_hub_ha_notices_total",
+    "Messages to the owner in Home Assistant (kind: notification, logbook) by outcome "
+    "(sent, failed, unconfigured: no ha_url/token, so the hub log only).",
+    ["kind", "outcome"],
+)

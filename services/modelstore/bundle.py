@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 # Model card names, in order of preference; every one present is shipped.
 CARD_FILES = ("card.md", "MODEL_CARD.md")
+# Home Assistant shows at most 255 characters of an update's release summary.
+MAX_RELEASE_NOTES = 255
 BUNDLE_SUFFIX = ".tar"
 MAX_MEMBERS = 32
 _MEMBER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -69,7 +71,9 @@ class TargetInfo:
 
     ``path`` is the TUF target path ``<family>/<family>-<version>.tar``; ``length`` and
     ``sha256`` are the signed length and hash of the tar; ``model`` and
-    ``sha256_manifest`` are the manifest's name and the sha256 of its manifest.json bytes.
+    ``sha256_manifest`` are the manifest's name and the sha256 of its manifest.json bytes;
+    ``release_notes`` the publisher's signed summary of the release (its model card's
+    first paragraph; empty for bundles published without one).
     """
 
     family: str
@@ -79,6 +83,7 @@ class TargetInfo:
     sha256: str
     model: str
     sha256_manifest: str
+    release_notes: str = ""
 
     @classmethod
     def from_tuf(cls, family: str, target: TargetFile) -> TargetInfo:
@@ -92,6 +97,7 @@ class TargetInfo:
             sha256=str(target.hashes.get("sha256", "")),
             model=str(custom.get("model", "")),
             sha256_manifest=str(custom.get("sha256_manifest", "")),
+            release_notes=str(custom.get("release_notes", ""))[:MAX_RELEASE_NOTES],
         )
 
     def problems(self) -> list[str]:

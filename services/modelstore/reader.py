@@ -43,6 +43,9 @@ class SlotState:
     share: float = 0.0
     stage_started_at: str = ""
     generation: int = 0
+    # The version most recently rolled back (withdrawn candidate or replaced active):
+    # not offered as an update again until staged once more.
+    rolled_back: str | None = None
 
     def to_json(self) -> bytes:
         return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()

@@ -183,7 +183,13 @@ class Registry(RegistryReader):
                     " (rollback protection)"
                 )
             return replace(
-                s, candidate=version, stage="staged", share=0.0, stage_started_at=now_iso()
+                s,
+                candidate=version,
+                stage="staged",
+                share=0.0,
+                stage_started_at=now_iso(),
+                # Staging a rolled-back version again is the owner's choice to retry it.
+                rolled_back=None if s.rolled_back == version else s.rolled_back,
             )
 
         return self.transition(name, change)
@@ -220,6 +226,7 @@ class Registry(RegistryReader):
                 stage="none",
                 stage_started_at=now_iso(),
                 generation=s.generation,
+                rolled_back=s.rolled_back,
             )
 
         return self.transition(name, change)
@@ -230,11 +237,22 @@ class Registry(RegistryReader):
         def change(s: SlotState) -> SlotState:
             if s.candidate is not None:
                 return replace(
-                    s, candidate=None, stage="none", share=0.0, stage_started_at=now_iso()
+                    s,
+                    candidate=None,
+                    stage="none",
+                    share=0.0,
+                    stage_started_at=now_iso(),
+                    rolled_back=s.candidate,
                 )
             if s.previous is None:
                 raise FailedPrecondition(f"model {name} has no previous version to roll back to")
-            return replace(s, active=s.previous, previous=None, stage_started_at=now_iso())
+            return replace(
+                s,
+                active=s.previous,
+                previous=None,
+                stage_started_at=now_iso(),
+                rolled_back=s.active,
+            )
 
         return self.transition(name, change)
 

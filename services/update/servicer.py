@@ -36,6 +36,7 @@ from services.kit.errors import (
 )
 from services.kit.interceptors import peer_role
 from services.kit.paging import decode_offset, encode_offset, page_size
+from services.modelstore.card import release_notes_in
 from services.modelstore.reader import SlotState, VersionInfo
 from services.modelstore.reader import Stage as StageName
 from services.modelstore.registry import Registry
@@ -122,7 +123,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
             versions = await asyncio.to_thread(self._registry.versions, name)
             if request.model_name and not versions:
                 raise NotFound(f"model_name: no versions of {echo(name)} are installed")
-            out.extend(_version_pb(v, state) for v in versions)
+            out.extend(await asyncio.to_thread(_versions_pb, versions, state))
         return pb.ListVersionsResponse(
             versions=out[start : start + size],
             next_page_token=_next_token(start, size, len(out), query),
@@ -144,6 +145,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
             pb.AvailableUpdate(
                 model=common_pb2.ModelRef(name=t.family, version=t.version),
                 length_bytes=t.length,
+                release_notes=t.release_notes,
             )
             for t in await self._installer.available()
         ]
@@ -202,7 +204,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
             )
         finally:
             await asyncio.to_thread(prepared.discard)
-        return pb.StageResponse(staged=_version_pb(info, state))
+        return pb.StageResponse(staged=await asyncio.to_thread(_version_pb, info, state))
 
     async def StartRollout(
         self, request: pb.StartRolloutRequest, context: Any
@@ -246,13 +248,14 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
     async def _active_pb(self, name: str, state: SlotState) -> pb.ModelVersion:
         assert state.active is not None
         info = await asyncio.to_thread(self._registry.info, name, state.active)
-        return _version_pb(info, state)
+        return await asyncio.to_thread(_version_pb, info, state)
 
     async def _rollout_status(self, name: str, state: SlotState) -> pb.RolloutStatus:
         status = pb.RolloutStatus(
             model_name=name,
             stage=_STAGE_CODES.get(state.stage, pb.ROLLOUT_STAGE_UNSPECIFIED),
             candidate_share=state.share,
+            rolled_back_version=state.rolled_back or "",
         )
         if state.active is not None:
             status.active.CopyFrom(await self._ref(name, state.active))
@@ -296,7 +299,12 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
         return ref(await asyncio.to_thread(self._registry.info, name, version))
 
 
+def _versions_pb(versions: list[VersionInfo], state: SlotState) -> list[pb.ModelVersion]:
+    return [_version_pb(v, state) for v in versions]
+
+
 def _version_pb(info: VersionInfo, state: SlotState) -> pb.ModelVersion:
+    """One version as the API reports it (reads its model card: call in a thread)."""
     slot = pb.SLOT_NONE
     if info.version == state.active:
         slot = pb.SLOT_ACTIVE
@@ -304,7 +312,12 @@ def _version_pb(info: VersionInfo, state: SlotState) -> pb.ModelVersion:
         slot = pb.SLOT_CANDIDATE
     elif info.version == state.previous:
         slot = pb.SLOT_PREVIOUS
-    v = pb.ModelVersion(model=ref(info), slot=slot, source=_SOURCES[info.source])
+    v = pb.ModelVersion(
+        model=ref(info),
+        slot=slot,
+        source=_SOURCES[info.source],
+        release_notes=release_notes_in(info.path),
+    )
     v.staged_at.FromDatetime(datetime.fromisoformat(info.staged_at))
     return v
 

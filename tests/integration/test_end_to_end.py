@@ -69,7 +69,12 @@ async def test_readings_become_recorded_published_decisions(stack: Stack) -> Non
         recorded = [(a.feature, round(a.attribution, 6)) for a in entry.decision.explanation]
         assert len(recorded) == 3
         assert recorded == [(a["feature"], a["attribution"]) for a in d["explanation"]]
-        assert d["why"].startswith("mostly ")
+        # Named for people, with the value and unit of the main input.
+        names = {"light": "Light", "co2": "CO₂", "temperature": "Temperature"}
+        names |= {"humidity": "Humidity", "hour_sin": "The time of day"}
+        names |= {"hour_cos": "The time of day"}
+        assert d["why"].startswith(names[recorded[0][0]] + " "), d["why"]
+        assert " was the main reason." in d["why"]
     # Light drives the daytime occupancy decision most.
     assert day["explanation"][0]["feature"] == "light"
     assert day["explanation"][0]["attribution"] > 0

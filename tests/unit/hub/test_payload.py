@@ -1,4 +1,4 @@
-"""The published decision JSON: fields, rounding, and the plain-language "why"."""
+"""The published decision JSON: fields and rounding (the "why" in words: test_why)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from hub.payload import decision_payload, why_text
+from hub.payload import decision_payload
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.common.v1 import common_pb2
 
@@ -28,7 +28,14 @@ def test_decision_payload_fields() -> None:
         policy=audit_pb.Policy(policy_id="report-only", verdict=audit_pb.POLICY_VERDICT_ALLOWED),
         action="publish",
     )
-    payload = decision_payload(d, index=17, area="office", reading_ts=1.5, trigger_id="r-1")
+    payload = decision_payload(
+        d,
+        index=17,
+        area="office",
+        reading_ts=1.5,
+        trigger_id="r-1",
+        why="Light was the main reason.",
+    )
     assert payload.startswith(b'{"decision_id":"0190abcd","audit_index":17,"entity_id"')  # compact
     assert json.loads(payload) == {
         "decision_id": "0190abcd",
@@ -42,19 +49,8 @@ def test_decision_payload_fields() -> None:
         "decided_at": "2025-11-24T16:00:00.500000+00:00",
         "reading_ts": 1.5,
         "trigger_id": "r-1",
-        "why": "mostly light (raised it by 0.41)",
+        "why": "Light was the main reason.",
         "action": "publish",
         "policy": {"id": "report-only", "verdict": "allowed"},
         "explanation": [{"feature": "light", "attribution": 0.412346}],
     }
-
-
-def test_why_text() -> None:
-    assert why_text([]) == ""
-    assert why_text([attribution("co2", 0.0)]) == ""
-    assert why_text([attribution("outdoor_temperature", -0.25)]) == (
-        "mostly outdoor temperature (lowered it by 0.25)"
-    )
-    assert why_text([attribution("light", 0.41), attribution("co2", 0.12)]) == (
-        "mostly light (raised it by 0.41), then co2 (raised it by 0.12)"
-    )

@@ -210,3 +210,36 @@ def test_restore_puts_the_slots_back_and_moves_the_generation_on(
     restored = registry.restore("occupancy", before)
     assert restored.generation == promoted.generation + 1
     assert restored == SlotState(**{**before.__dict__, "generation": restored.generation})
+
+
+def test_the_last_rolled_back_version_is_remembered_until_staged_again(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The update entity skips a rolled-back version: the registry names it (a withdrawn
+    candidate, or the active a rollback replaced), through promotions of others, until
+    the owner stages that same version again."""
+    registry.bootstrap(shipped_models_dir())
+    for v in ("2.0.0", "3.0.0"):
+        registry.add_version(model_version(tmp_path, v), "tuf")
+    registry.stage("occupancy", "2.0.0")
+    registry.start_rollout("occupancy", "ab", 0.25)
+    assert registry.rollback("occupancy").rolled_back == "2.0.0"
+    # Survives a reload (it is in state.json) and staging another version.
+    assert registry.state("occupancy").rolled_back == "2.0.0"
+    registry.stage("occupancy", "3.0.0")
+    registry.start_rollout("occupancy", "shadow")
+    assert registry.promote("occupancy").rolled_back == "2.0.0"
+    # Rolling back the active version names it.
+    s = registry.rollback("occupancy")
+    assert (s.active, s.rolled_back) == ("1.0.0", "3.0.0")
+    # The owner staging it again clears it.
+    assert registry.stage("occupancy", "3.0.0").rolled_back is None
+
+
+def test_a_state_file_of_an_earlier_version_still_reads(registry: Registry) -> None:
+    registry.bootstrap(shipped_models_dir())
+    path = registry.root / "occupancy" / STATE_FILE
+    doc = json.loads(path.read_text())
+    doc.pop("rolled_back")
+    path.write_text(json.dumps(doc))
+    assert registry.state("occupancy").rolled_back is None

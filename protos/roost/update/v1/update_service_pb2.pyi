@@ -107,8 +107,13 @@ class ModelVersion(_message.Message):
     SLOT_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     STAGED_AT_FIELD_NUMBER: _builtins.int
+    RELEASE_NOTES_FIELD_NUMBER: _builtins.int
     slot: Global___Slot.ValueType
     source: Global___Source.ValueType
+    release_notes: _builtins.str
+    """What the version brings, in a sentence or two: the paragraph under the title of
+    its model card (at most 240 characters; empty without a card).
+    """
     @_builtins.property
     def model(self) -> _common_pb2.ModelRef: ...
     @_builtins.property
@@ -120,10 +125,11 @@ class ModelVersion(_message.Message):
         slot: Global___Slot.ValueType = ...,
         source: Global___Source.ValueType = ...,
         staged_at: _timestamp_pb2.Timestamp | None = ...,
+        release_notes: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "staged_at", b"staged_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "slot", b"slot", "source", b"source", "staged_at", b"staged_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "release_notes", b"release_notes", "slot", b"slot", "source", b"source", "staged_at", b"staged_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -481,12 +487,18 @@ class RolloutStatus(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     STAGE_STARTED_AT_FIELD_NUMBER: _builtins.int
     VERDICT_FIELD_NUMBER: _builtins.int
+    ROLLED_BACK_VERSION_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     stage: Global___RolloutStage.ValueType
     candidate_share: _builtins.float
     verdict: _builtins.str
     """The health gate's verdict now and what it rests on, with counts, e.g. "healthy:
     4,884 inputs compared in shadow; agreement 99.2% (minimum 60%); ...".
+    """
+    rolled_back_version: _builtins.str
+    """The version most recently rolled back (a withdrawn candidate, or the active version
+    a rollback replaced), by the owner or the health gate; empty if none. It is not
+    offered again as an update until the owner stages it once more.
     """
     @_builtins.property
     def active(self) -> _common_pb2.ModelRef: ...
@@ -507,10 +519,11 @@ class RolloutStatus(_message.Message):
         health: Global___HealthComparison | None = ...,
         stage_started_at: _timestamp_pb2.Timestamp | None = ...,
         verdict: _builtins.str = ...,
+        rolled_back_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "candidate", b"candidate", "health", b"health", "stage_started_at", b"stage_started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "candidate", b"candidate", "candidate_share", b"candidate_share", "health", b"health", "model_name", b"model_name", "stage", b"stage", "stage_started_at", b"stage_started_at", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "candidate", b"candidate", "candidate_share", b"candidate_share", "health", b"health", "model_name", b"model_name", "rolled_back_version", b"rolled_back_version", "stage", b"stage", "stage_started_at", b"stage_started_at", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -583,7 +596,12 @@ class AvailableUpdate(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     LENGTH_BYTES_FIELD_NUMBER: _builtins.int
+    RELEASE_NOTES_FIELD_NUMBER: _builtins.int
     length_bytes: _builtins.int
+    release_notes: _builtins.str
+    """The release's notes as its publisher signed them (the paragraph under the title of
+    its model card, in the TUF target's custom metadata); empty if not published.
+    """
     @_builtins.property
     def model(self) -> _common_pb2.ModelRef: ...
     def __init__(
@@ -591,10 +609,11 @@ class AvailableUpdate(_message.Message):
         *,
         model: _common_pb2.ModelRef | None = ...,
         length_bytes: _builtins.int = ...,
+        release_notes: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["length_bytes", b"length_bytes", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["length_bytes", b"length_bytes", "model", b"model", "release_notes", b"release_notes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
