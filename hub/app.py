@@ -364,6 +364,7 @@ class Hub:
                     keepalive=cfg.mqtt_keepalive_seconds,
                     will=aiomqtt.Will(status, b"offline", qos=1, retain=True),
                     max_inflight_messages=1000,
+                    **mqtt.login(cfg.mqtt_username, cfg.mqtt_password_file),
                 )
                 ack = manual_acks(client)
                 intake = self.intake

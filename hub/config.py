@@ -35,6 +35,10 @@ class HubConfig:
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_keepalive_seconds: int = 30
+    # The broker login (`roost run` home mode: user "hub", password file generated 0600);
+    # empty: anonymous.
+    mqtt_username: str = ""
+    mqtt_password_file: Path | None = None
     # Reconnect backoff: doubles from min to max (bounded: deciding resumes within about
     # a second of the broker being back).
     mqtt_reconnect_min_seconds: float = 0.2

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -59,3 +60,12 @@ def client(host: str, port: int, **kwargs: Any) -> aiomqtt.Client:
     c = aiomqtt.Client(host, port, socket_options=SOCKET_OPTIONS, **kwargs)
     c.pending_calls_threshold = kwargs.get("max_inflight_messages") or PAHO_MAX_INFLIGHT
     return c
+
+
+def login(username: str, password_file: Path | None) -> dict[str, Any]:
+    """``client`` keyword arguments for a broker login (none: anonymous). The password is
+    read from its file at each call, so a changed password is used on the next connect."""
+    if not username:
+        return {}
+    password = password_file.read_text().strip() if password_file is not None else None
+    return {"username": username, "password": password}

@@ -106,6 +106,12 @@ def create_ca(certs_dir: Path, hub_id: str) -> None:
 
 def issue(certs_dir: Path, role: Role, extra_names: Iterable[str] = ()) -> None:
     """Issue (or re-issue) the certificate of one role, signed by the local CA."""
+    issue_leaf(certs_dir, role.value, [server_name(role), "localhost", *extra_names])
+
+
+def issue_leaf(certs_dir: Path, stem: str, names: Iterable[str]) -> None:
+    """Issue ``<stem>.pem`` and ``<stem>-key.pem`` (common name ``stem``), signed by the
+    local CA, for ``names`` (DNS names or IP addresses) and 127.0.0.1."""
     ca_key = serialization.load_pem_private_key((certs_dir / "ca-key.pem").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((certs_dir / "ca.pem").read_bytes())
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -114,22 +120,16 @@ def issue(certs_dir: Path, role: Role, extra_names: Iterable[str] = ()) -> None:
     hub_id = str(org).removeprefix("Roost hub ")
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    dns = [server_name(role), "localhost", *extra_names]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(role.value, hub_id))
+        .subject_name(_name(stem, hub_id))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -138,8 +138,27 @@ def issue(certs_dir: Path, role: Role, extra_names: Iterable[str] = ()) -> None:
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write(certs_dir / f"{role.value}-key.pem", _key_pem(key), private=True)
-    _write(certs_dir / f"{role.value}.pem", cert.public_bytes(serialization.Encoding.PEM))
+    _write(certs_dir / f"{stem}-key.pem", _key_pem(key), private=True)
+    _write(certs_dir / f"{stem}.pem", cert.public_bytes(serialization.Encoding.PEM))
+
+
+def leaf_names(path: Path) -> set[str]:
+    """The DNS names and IP addresses a certificate is valid for."""
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns = san.get_values_for_type(x509.DNSName)
+    ips = san.get_values_for_type(x509.IPAddress)
+    return {*dns, *(str(ip) for ip in ips)}
+
+
+def _general_names(names: Iterable[str]) -> list[x509.GeneralName]:
+    result: list[x509.GeneralName] = []
+    for name in dict.fromkeys([*names, "127.0.0.1"]):
+        try:
+            result.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            result.append(x509.DNSName(name))
+    return result
 
 
 def ensure_certs(certs_dir: Path, hub_id: str = "local", roles: Iterable[Role] = Role) -> bool:
