@@ -91,7 +91,7 @@ def test_anonymous_and_wrong_logins_are_refused(broker: tuple[Stack, HomeBroker]
         ("admin", home.files.password(HUB_CLIENT)),  # an unknown user
     ]
     for user, password in attempts:
-        with pytest.raises(aiomqtt.MqttError, match="[Nn]ot authori[sz]ed|[Bb]ad user"):
+        with pytest.raises(aiomqtt.MqttError, match=r"[Nn]ot authori[sz]ed|[Bb]ad user"):
             asyncio.run(connect(user, password))
 
 
@@ -120,7 +120,9 @@ def test_each_generated_login_connects_plain_and_tls(broker: tuple[Stack, HomeBr
     with pytest.raises(aiomqtt.MqttError):
         asyncio.run(tls_client(None, None, tls))
     with pytest.raises(aiomqtt.MqttError):
-        asyncio.run(tls_client(HA_CLIENT, home.files.password(HA_CLIENT), ssl.create_default_context()))
+        asyncio.run(
+            tls_client(HA_CLIENT, home.files.password(HA_CLIENT), ssl.create_default_context())
+        )
 
 
 def test_sensors_only_publish_readings(broker: tuple[Stack, HomeBroker]) -> None:

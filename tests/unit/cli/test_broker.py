@@ -132,7 +132,8 @@ def test_acl_gives_each_client_only_its_topics() -> None:
         "topic readwrite homeassistant/#",
         "topic read ha_stream/#",
     }
-    assert "pattern" not in text and "\ntopic" not in text.split("user", 1)[0]
+    assert "pattern" not in text
+    assert "\ntopic" not in text.split("user", 1)[0]
 
 
 def test_mqtt_config_from_the_file_and_its_checks(tmp_path: Path) -> None:
@@ -170,7 +171,12 @@ def _home(tmp_path: Path, config: MqttConfig) -> HomeBroker:
     certs = tmp_path / "certs"
     ensure_certs(certs, "h1")
     return home_broker(
-        tmp_path, certs, config, hub_id="h1", statestream_base="ss", discovery_prefix="homeassistant"
+        tmp_path,
+        certs,
+        config,
+        hub_id="h1",
+        statestream_base="ss",
+        discovery_prefix="homeassistant",
     )
 
 
@@ -180,7 +186,8 @@ def test_mosquitto_conf_demo_and_home(tmp_path: Path) -> None:
     assert "password_file" not in demo
     home = _home(tmp_path, MqttConfig(port=1883, listen=("192.168.1.20",)))
     text = mosquitto_conf(1883, tmp_path, home)
-    assert "allow_anonymous false" in text and "allow_anonymous true" not in text
+    assert "allow_anonymous false" in text
+    assert "allow_anonymous true" not in text
     assert f"password_file {home.files.passwd_file}" in text
     assert f"acl_file {home.files.acl_file}" in text
     listeners = [line for line in text.splitlines() if line.startswith("listener")]
