@@ -12,6 +12,7 @@ client that may read the same topics and does receive them the same way.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import aiomqtt
 import pytest
 
 from cli.broker import HA_CLIENT, HUB_CLIENT, SENSORS_CLIENT, HomeBroker, MqttConfig, home_broker
-from cli.stack import Stack, free_port
+from cli.stack import Stack, StackError, free_port
 from hub import mqtt
 from tests.support.stacks import require_mosquitto
 
@@ -227,3 +228,24 @@ def test_demo_broker_stays_anonymous_and_local(tmp_path: Path) -> None:
         assert not (tmp_path / "data" / "mqtt").exists()
         conf = (tmp_path / "run" / "mosquitto.conf").read_text()
         assert f"listener {port} 127.0.0.1\n" in conf
+
+
+def test_a_port_already_taken_is_refused_before_any_login_is_sent(tmp_path: Path) -> None:
+    """Something else on the home port (another broker, an impostor) would get the hub's
+    password at its first connect: `roost run` refuses to start instead."""
+    require_mosquitto()
+    with socket.socket() as squatter, Stack(tmp_path, hub_id=HUB_ID) as stack:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = int(squatter.getsockname()[1])
+        broker = home_broker(
+            stack.home,
+            stack.certs_dir,
+            MqttConfig(port=port, listen=("127.0.0.1",)),
+            hub_id=HUB_ID,
+            statestream_base=STATESTREAM,
+            discovery_prefix="homeassistant",
+        )
+        with pytest.raises(StackError, match=f"port {port} is in use"):
+            stack.start_broker(home=broker)
+        assert "mosquitto" not in stack.procs
