@@ -144,6 +144,14 @@ def acl(hub_id: str, statestream_base: str, discovery_prefix: str) -> str:
     """What each client may do. The hub: Roost's topics, HA discovery, the statestream.
     Home Assistant: discovery and its birth message, its statestream, reading the hub's
     topics and sending the hub's entity commands. Sensors: publish readings, nothing else."""
+    for what, value in (
+        ("hub_id", hub_id),
+        ("statestream_base", statestream_base),
+        ("ha_discovery_prefix", discovery_prefix),
+    ):
+        if not value or any(c in value for c in "#+\n\r\0") or value.strip() != value:
+            # A wildcard or a line break would widen (or rewrite) the ACL.
+            raise BrokerConfigError(f"{what} {value!r} cannot be part of an MQTT ACL")
     hub_topics = f"roost/{hub_id}"
     return (
         f"user {HUB_CLIENT}\n"

@@ -136,6 +136,22 @@ def test_acl_gives_each_client_only_its_topics() -> None:
     assert "\ntopic" not in text.split("user", 1)[0]
 
 
+@pytest.mark.parametrize(
+    ("hub_id", "base"),
+    [
+        ("h1/#", "ss"),
+        ("+", "ss"),
+        ("h1", "ss/#"),
+        ("h1\nuser hub", "ss"),
+        ("", "ss"),
+        ("h1 ", "ss"),
+    ],
+)
+def test_acl_refuses_names_that_would_widen_it(hub_id: str, base: str) -> None:
+    with pytest.raises(BrokerConfigError, match="cannot be part of an MQTT ACL"):
+        acl(hub_id, base, "homeassistant")
+
+
 def test_mqtt_config_from_the_file_and_its_checks(tmp_path: Path) -> None:
     conf = tmp_path / "roost.toml"
     conf.write_text('[mqtt]\nport = 1999\nlisten = ["192.168.1.20"]\ntls_port = 8883\n')
