@@ -21,8 +21,10 @@ import aiomqtt
 import pytest
 
 from cli.broker import HA_CLIENT, HUB_CLIENT, SENSORS_CLIENT, HomeBroker, MqttConfig, home_broker
+from cli.ha_setup import check_connection, instructions
 from cli.stack import Stack, StackError, free_port
 from hub import mqtt
+from services.kit.certs import ensure_certs
 from tests.support.stacks import require_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -249,3 +251,34 @@ def test_a_port_already_taken_is_refused_before_any_login_is_sent(tmp_path: Path
         with pytest.raises(StackError, match=f"port {port} is in use"):
             stack.start_broker(home=broker)
         assert "mosquitto" not in stack.procs
+
+
+def test_ha_setup_checks_the_tls_listener(broker: tuple[Stack, HomeBroker], tmp_path: Path) -> None:
+    """`roost ha setup`'s check over TLS: the hub's CA verifies the broker for the
+    advertised address; another hub's CA does not."""
+    stack, home = broker
+    assert home.tls is not None
+    password = home.files.password(HA_CLIENT)
+
+    async def status_online() -> None:
+        async with login(stack, home, HUB_CLIENT) as hub:
+            await hub.publish(STATUS, b"online", qos=1, retain=True)
+
+    asyncio.run(status_online())
+    check = check_connection("127.0.0.1", home.config.tls_port, password, HUB_ID, ca=home.tls.ca)
+    assert asyncio.run(asyncio.wait_for(check, 20)) == "online"
+    stranger = tmp_path / "other-certs"
+    ensure_certs(stranger, "other", roles=())
+    check = check_connection(
+        "127.0.0.1", home.config.tls_port, password, HUB_ID, ca=stranger / "ca.pem"
+    )
+    with pytest.raises((aiomqtt.MqttError, ssl.SSLError)):
+        asyncio.run(asyncio.wait_for(check, 20))
+    text = instructions(
+        "127.0.0.1",
+        {"port": stack.broker_port, "tls_port": home.config.tls_port, "tls_ca": str(home.tls.ca)},
+        password,
+        home.files.password_file(SENSORS_CLIENT),
+    )
+    assert f"Port       {home.config.tls_port}" in text
+    assert f"upload {home.tls.ca}" in text

@@ -7,7 +7,8 @@
    ``recorder``, ``history``, ``logbook``, test entities; ``mqtt_statestream`` with a
    configurable base topic and include filter is added for the second boot);
 3. starts ``hass`` (``ha_process.HaProcess``), runs the headless onboarding, creates the MQTT
-   config entry for the broker (``ha_onboarding``), restarts HA once so ``mqtt_statestream``
+   config entry for the broker (``ha_onboarding``; on a home broker, ``home_broker_for``,
+   with the ``homeassistant`` login), restarts HA once so ``mqtt_statestream``
    starts, and puts the test entities into areas ("Kitchen", "Living Room").
 
 Then the API of ``ha_api.HaApi`` (``rest()``, ``states()``, ``state()``, ``wait_state()``,
