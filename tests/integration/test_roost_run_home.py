@@ -24,6 +24,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from cli.broker import CLIENTS
 from cli.main import main
 from cli.stack import free_port
 from hub import mqtt
@@ -114,6 +115,16 @@ def test_port_and_logins_are_stable_across_a_restart(tmp_path: Path) -> None:
         code, second = ha_setup(home)
         assert code == 0, second
         assert anonymous_refused(port)
+    # No password in any log, the stack file or the broker's configuration.
+    passwords = [(home / "data" / "mqtt" / "passwords" / c).read_text().strip() for c in CLIENTS]
+    written = [
+        *(home / "log").glob("*.log"),
+        home / "run" / "mosquitto.conf",
+        tmp_path / "roost-run.log",
+    ]
+    for path in written:
+        text = path.read_text(errors="replace")
+        assert not [p for p in passwords if p in text], path
     # The same password to enter in HA: nothing to re-enter after a restart.
     password = [line for line in first.splitlines() if "Password" in line]
     assert password
