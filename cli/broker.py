@@ -297,6 +297,31 @@ def home_broker(
     )
 
 
+def hub_login_env(home: HomeBroker | None) -> dict[str, str]:
+    """The hub's broker login as its environment (the password stays in its file)."""
+    if home is None:
+        return {}
+    return {
+        "ROOST_HUB_MQTT_USERNAME": HUB_CLIENT,
+        "ROOST_HUB_MQTT_PASSWORD_FILE": str(home.files.password_file(HUB_CLIENT)),
+    }
+
+
+def describe_broker(port: int, home: HomeBroker | None) -> dict[str, Any]:
+    """The broker entry of ``run/stack.json`` (``roost status``, ``tail``, ``ha setup``)."""
+    broker: dict[str, Any] = {"host": LOOPBACK, "port": port, "mode": "demo"}
+    if home is not None:
+        broker.update(
+            mode="home",
+            listen=list(home.config.listen),
+            advertised_host=home.config.host,
+            tls_port=home.config.tls_port if home.tls else 0,
+            tls_ca=str(home.tls.ca) if home.tls else "",
+            credentials=str(home.files.root),
+        )
+    return broker
+
+
 def stack_login(broker: Mapping[str, Any], client: str = HUB_CLIENT) -> dict[str, Any]:
     """``mqtt.client`` login arguments of ``client`` for the broker of a running stack
     (its ``stack.json`` entry): none in demo mode."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from cli.broker import HUB_CLIENT, HomeBroker, mosquitto_conf
+from cli.broker import HomeBroker, describe_broker, hub_login_env, mosquitto_conf
 from cli.prometheus_config import MetricsConfig, find_prometheus, local_config, prometheus_argv
 from models.manifest import shipped_models_dir
 from services.kit.auth import Role
@@ -316,7 +316,7 @@ class Stack:
             "ROOST_HUB_READY_FILE": str(ready),
             "ROOST_HUB_LOG_LEVEL": self.log_level,
             "ROOST_HUB_DATA_DIR": str(self.home / "data" / "hub"),
-            **self._hub_login_env(),
+            **hub_login_env(self.broker_home),
             **{
                 f"ROOST_HUB_{role.value.upper()}_TARGET": f"127.0.0.1:{self.port_of(role)}"
                 for role in (Role.PERSONALIZATION, Role.UPDATE)
@@ -328,15 +328,6 @@ class Stack:
         info = self._wait_ready(proc, 30)
         self.launches["hub"].env["ROOST_HUB_METRICS_PORT"] = str(info["metrics_port"])
         return info
-
-    def _hub_login_env(self) -> dict[str, str]:
-        """The hub's broker credentials (home mode)."""
-        if self.broker_home is None:
-            return {}
-        return {
-            "ROOST_HUB_MQTT_USERNAME": HUB_CLIENT,
-            "ROOST_HUB_MQTT_PASSWORD_FILE": str(self.broker_home.files.password_file(HUB_CLIENT)),
-        }
 
     def start_prometheus(self, cfg: MetricsConfig, timeout: float = 30) -> dict[str, Any]:
         """Metrics sync: a Prometheus on 127.0.0.1 that scrapes every Roost process
@@ -392,7 +383,7 @@ class Stack:
         return {
             "hub_id": self.hub_id,
             "certs_dir": str(self.certs_dir),
-            "broker": self._describe_broker(),
+            "broker": describe_broker(self.broker_port, self.broker_home),
             "processes": {
                 name: {
                     **p.info,
@@ -404,20 +395,6 @@ class Stack:
                 for name, p in self.procs.items()
             },
         }
-
-    def _describe_broker(self) -> dict[str, Any]:
-        broker: dict[str, Any] = {"host": "127.0.0.1", "port": self.broker_port, "mode": "demo"}
-        home = self.broker_home
-        if home is not None:
-            broker.update(
-                mode="home",
-                listen=list(home.config.listen),
-                advertised_host=home.config.host,
-                tls_port=home.config.tls_port if home.tls else 0,
-                tls_ca=str(home.tls.ca) if home.tls else "",
-                credentials=str(home.files.root),
-            )
-        return broker
 
     def write_stack_file(self) -> Path:
         """Write run/stack.json atomically: `roost status` never reads half of it."""
