@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -211,15 +212,22 @@ async def _add_examples(
 
 
 def _cmd_uninstall(args: argparse.Namespace) -> int:
+    from cli.broker import stack_login
     from hub import mqtt
     from hub.homeassistant.uninstall import Removed, uninstall
 
     config = _config(args)
     host = args.mqtt_host or config.mqtt_host
     port = args.mqtt_port or config.mqtt_port
+    login = mqtt.broker_login(config.mqtt_username, config.mqtt_password_file, None)
+    running = args.home / "run" / "stack.json"
+    if not (args.mqtt_host or args.mqtt_port or config.mqtt_username) and running.is_file():
+        # The broker of the running `roost run`, with the hub's login in home mode.
+        broker = json.loads(running.read_text())["broker"]
+        host, port, login = broker["host"], int(broker["port"]), stack_login(broker)
 
     async def run() -> Removed:
-        async with mqtt.client(host, port) as client:
+        async with mqtt.client(host, port, **login) as client:
             return await uninstall(client, config.ha_discovery_prefix, config.hub_id, args.wait)
 
     removed = asyncio.run(run())
@@ -232,7 +240,9 @@ def _cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    ha = sub.add_parser("ha", help="Home Assistant: check the mapping, import history, uninstall")
+    ha = sub.add_parser(
+        "ha", help="Home Assistant: set up MQTT, check the mapping, import history, uninstall"
+    )
     hsub = ha.add_subparsers(dest="ha_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -262,3 +272,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     un.add_argument("--mqtt-port", type=int, default=0)
     un.add_argument("--wait", type=float, default=2.0, help="seconds before clearing states")
     un.set_defaults(func=_cmd_uninstall)
+
+    from cli import ha_setup
+
+    ha_setup.add_command(hsub)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from cli.broker import HomeBroker
     from cli.prometheus_config import MetricsConfig
     from cli.stack import Stack
 
@@ -34,17 +35,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     metrics = _metrics_sync_config()
+    home_mode = _home_mode(args)
     stack = Stack(args.home, hub_id=args.hub_id)
     try:
+        home_broker = _home_broker(stack) if home_mode else None
+        speedup = 0.0 if home_mode else 60.0 if args.speedup is None else args.speedup
         print(
-            "Starting Roost: broker, audit, inference, update, personalization, hub, simulator ..."
+            "Starting Roost: broker, audit, inference, update, personalization, hub"
+            + (", simulator ..." if speedup > 0 else " ...")
         )
         t0 = time.monotonic()
-        stack.start_all(args.mqtt_port, update_env=_models_repo_env(args))
+        stack.start_all(args.mqtt_port, _models_repo_env(args), home_broker)
         if metrics is not None:
             stack.start_prometheus(metrics)
-        if args.speedup > 0:
-            stack.start_simulator(args.speedup, args.areas)
+        if speedup > 0:
+            stack.start_simulator(speedup, args.areas)
         stack.write_stack_file()
         _print_banner(stack, time.monotonic() - t0, args.areas)
         # A child that dies is restarted with backoff; crash loops are reported.
@@ -59,6 +64,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         stack.stop()
         print("Stopped.")
+
+
+def _home_mode(args: argparse.Namespace) -> bool:
+    """A home (Home Assistant configured, or ``--no-simulator``) or the demo (``make run``).
+    The simulator never runs in a home: asking for it there is an error."""
+    from cli.support import CliError
+    from hub.config import HubConfig
+    from services.kit.config import ConfigError, load_config
+
+    try:
+        hub = load_config(HubConfig, "hub")
+    except ConfigError as e:
+        raise CliError(str(e)) from e
+    home = args.no_simulator or bool(hub.ha_url)
+    if home and args.speedup:
+        why = "--no-simulator" if args.no_simulator else "Home Assistant is configured (ha_url)"
+        raise CliError(f"the simulator runs only in demo mode, and {why}: drop --speedup")
+    return home
+
+
+def _home_broker(stack: Stack) -> HomeBroker:
+    """The home broker from ``[mqtt]`` and ``[hub]`` of $ROOST_CONFIG."""
+    from cli.broker import BrokerConfigError, MqttConfig, home_broker
+    from cli.support import CliError
+    from hub.config import HubConfig
+    from services.kit.config import ConfigError, load_config
+
+    try:
+        hub = load_config(HubConfig, "hub")
+        return home_broker(
+            stack.home,
+            stack.certs_dir,
+            load_config(MqttConfig, "mqtt"),
+            hub_id=stack.hub_id,
+            statestream_base=hub.statestream_base,
+            discovery_prefix=hub.ha_discovery_prefix,
+        )
+    except (ConfigError, BrokerConfigError) as e:
+        raise CliError(str(e)) from e
 
 
 def _metrics_sync_config() -> MetricsConfig | None:
@@ -97,7 +141,7 @@ def _models_repo_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _print_banner(stack: Stack, took: float, areas: str) -> None:
-    hub_id, broker = stack.hub_id, stack.broker_port
+    hub_id = stack.hub_id
     audit, inference, hub, update, pers = (
         stack.procs[n].info for n in ("audit", "inference", "hub", "update", "personalization")
     )
@@ -105,8 +149,8 @@ def _print_banner(stack: Stack, took: float, areas: str) -> None:
     print(f"""
 Roost is running ({took:.1f}s to start). A process that dies is restarted. Ctrl-C stops everything.
 
-  MQTT broker      127.0.0.1:{broker}
-    readings in    roost/readings/<area>/<sensor_kind>   (simulator: area '{areas}')
+  MQTT broker      {_broker_line(stack, areas)}
+    readings in    roost/readings/<area>/<sensor_kind>
     decisions out  roost/{hub_id}/decisions/<model>/<area>
     hub status     roost/{hub_id}/status
   inference gRPC   127.0.0.1:{inference["port"]}   metrics http://127.0.0.1:{inference["metrics_port"]}/metrics
@@ -116,12 +160,25 @@ Roost is running ({took:.1f}s to start). A process that dies is restarted. Ctrl-
   hub              metrics http://127.0.0.1:{hub["metrics_port"]}/metrics{_metrics_sync_line(stack)}
   logs             {stack.home / "log"}/
 
-Watch the decisions:   .venv/bin/roost{home} tail        (or: mosquitto_sub -p {broker} -t 'roost/{hub_id}/decisions/#' -v)
+Watch the decisions:   .venv/bin/roost{home} tail
+Home Assistant:        .venv/bin/roost{home} ha setup    (what to enter in HA's MQTT integration)
 Health of everything:  .venv/bin/roost{home} status
 Models and rollouts:   .venv/bin/roost{home} models status
 The decision log:      .venv/bin/roost{home} audit tail
 Privacy budget:        .venv/bin/roost{home} personalize budget
 """)
+
+
+def _broker_line(stack: Stack, areas: str) -> str:
+    home = stack.broker_home
+    if home is None:
+        simulated = f"; simulator: area '{areas}'" if "simulator" in stack.procs else ""
+        return f"127.0.0.1:{stack.broker_port}   (demo: anonymous, local only{simulated})"
+    from cli.broker import listen_addresses
+
+    where = ", ".join(listen_addresses(home.config))
+    tls = f", TLS on port {home.config.tls_port}" if home.tls else ""
+    return f"port {stack.broker_port} on {where}{tls}   (home: a login per client)"
 
 
 def _metrics_sync_line(stack: Stack) -> str:
@@ -155,6 +212,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_tail(args: argparse.Namespace) -> int:
     import asyncio
 
+    from cli.broker import stack_login
     from cli.status import tail_decisions
 
     stack = _load_stack(args.home)
@@ -162,7 +220,13 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     assert isinstance(broker, dict)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
-            tail_decisions(broker["host"], int(broker["port"]), str(stack["hub_id"]), args.limit)
+            tail_decisions(
+                broker["host"],
+                int(broker["port"]),
+                str(stack["hub_id"]),
+                args.limit,
+                stack_login(broker),
+            )
         )
     return 0
 
@@ -230,9 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="start broker, services, hub and simulator locally")
+    run = sub.add_parser("run", help="start broker, services, hub (and, demo: simulator)")
     run.add_argument(
-        "--speedup", type=float, default=60.0, help="simulator replay speed-up (0: no simulator)"
+        "--speedup",
+        type=float,
+        default=None,
+        help="demo: simulator replay speed-up (default 60; 0: no simulator)",
+    )
+    run.add_argument(
+        "--no-simulator",
+        action="store_true",
+        help="home mode (also when ha_url is configured): no simulator; the broker on a "
+        "stable port ([mqtt] port, 1883) and interfaces ([mqtt] listen), with logins",
     )
     run.add_argument("--areas", default="office", help="comma-separated areas to simulate")
     run.add_argument(
@@ -245,7 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="that repository's root.json, as its publisher handed it over (trust anchor)",
     )
     run.add_argument("--hub-id", default="local")
-    run.add_argument("--mqtt-port", type=int, default=0, help="broker port (default: a free one)")
+    run.add_argument(
+        "--mqtt-port",
+        type=int,
+        default=0,
+        help="broker port (default: home [mqtt] port, 1883; demo: a free one)",
+    )
     run.set_defaults(func=_cmd_run)
 
     st = sub.add_parser("status", help="health of every process of the running stack")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from cli.broker import HomeBroker, describe_broker, hub_login_env, mosquitto_conf
 from cli.prometheus_config import MetricsConfig, find_prometheus, local_config, prometheus_argv
 from models.manifest import shipped_models_dir
 from services.kit.auth import Role
@@ -135,6 +135,7 @@ class Stack:
         # Ports chosen before a service starts, because a peer started earlier names it.
         self._reserved: dict[Role, int] = {}
         self.broker_port = 0
+        self.broker_home: HomeBroker | None = None
         for sub in ("certs", "data", "run", "log"):
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         ensure_certs(self.certs_dir, hub_id)
@@ -177,44 +178,54 @@ class Stack:
             return True
         return launch.ready_port is None or port_open("127.0.0.1", launch.ready_port)
 
-    def start_all(self, mqtt_port: int = 0, update_env: Mapping[str, str] | None = None) -> None:
+    def start_all(
+        self,
+        mqtt_port: int = 0,
+        update_env: Mapping[str, str] | None = None,
+        home_broker: HomeBroker | None = None,
+    ) -> None:
         """The broker, the four services and the hub, in the order `roost run` starts them
         (each waits for its peers' ports); on a failure, everything started is stopped.
-        ``update_env`` configures the update service (e.g. its model repository)."""
+        ``update_env`` configures the update service (e.g. its model repository);
+        ``home_broker`` makes the broker a home's (see cli/broker.py)."""
         try:
-            self.start_broker(mqtt_port)
-            for role in (Role.AUDIT, Role.INFERENCE, Role.UPDATE, Role.PERSONALIZATION):
+            self.start_broker(mqtt_port, home_broker)
+            for role in (Role.AUDIT, Role.INFERENCE, Role.UPDATE):
                 self.start_service(role, update_env if role == Role.UPDATE else None)
+            # It imports torch: over 30 s on a loaded 2-core machine.
+            self.start_service(Role.PERSONALIZATION, timeout=90)
             self.start_hub()
         except BaseException:
             self.stop()
             raise
 
-    def start_broker(self, port: int = 0) -> int:
+    def start_broker(self, port: int = 0, home: HomeBroker | None = None) -> int:
+        """Mosquitto in demo mode (127.0.0.1, ``port`` or a free one, anonymous) or, with
+        ``home``, as a home's broker (``port`` or the configured one, passwords, ACLs)."""
         binary = find_mosquitto()
-        self.broker_port = port or free_port()
+        self.broker_home = home
+        if home is not None:
+            self.broker_port = port or home.config.port
+            if port_open("127.0.0.1", self.broker_port):
+                raise StackError(
+                    f"port {self.broker_port} is in use (another MQTT broker?): stop it, or "
+                    "set another port in [mqtt] of the configuration"
+                )
+            home.prepare()
+        else:
+            self.broker_port = port or free_port()
         conf = self.home / "run" / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.broker_port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            # The hub's persistent session (its subscriptions, the QoS 1 readings queued
-            # for it) survives a broker restart: saved in the run dir every second, and
-            # at a clean stop.
-            f"persistence true\npersistence_location {self.home / 'run'}/\n"
-            "autosave_interval 1\n"
-            # Not a line per save (information): errors, warnings, connections (notice).
-            "log_type error\nlog_type warning\nlog_type notice\n"
-            # Run as root, mosquitto would switch to the user `mosquitto` and could not
-            # write its store here: it stays the user that started it.
-            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-            "max_queued_messages 100000\nmax_inflight_messages 0\n"
-            # Keep QoS 0 readings (the simulator's) for the hub's persistent session too.
-            "queue_qos0_messages true\n"
-            # Small decision messages must not wait for Nagle + delayed ACK (~40 ms).
-            "set_tcp_nodelay true\n"
+        conf.write_text(mosquitto_conf(self.broker_port, self.home / "run", home))
+        proc = self._spawn(
+            "mosquitto", Launch([binary, "-c", str(conf)], {}, ready_port=self.broker_port)
         )
-        self._spawn("mosquitto", Launch([binary, "-c", str(conf)], {}, ready_port=self.broker_port))
-        wait_for_port("127.0.0.1", self.broker_port, 10)
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", self.broker_port):
+            if not proc.alive() or time.monotonic() > deadline:
+                raise StackError(
+                    f"mosquitto does not listen on port {self.broker_port}:\n{proc.log_tail()}"
+                )
+            time.sleep(0.02)
         return self.broker_port
 
     def _ready_file(self, name: str) -> Path:
@@ -305,6 +316,7 @@ class Stack:
             "ROOST_HUB_READY_FILE": str(ready),
             "ROOST_HUB_LOG_LEVEL": self.log_level,
             "ROOST_HUB_DATA_DIR": str(self.home / "data" / "hub"),
+            **hub_login_env(self.broker_home),
             **{
                 f"ROOST_HUB_{role.value.upper()}_TARGET": f"127.0.0.1:{self.port_of(role)}"
                 for role in (Role.PERSONALIZATION, Role.UPDATE)
@@ -348,6 +360,8 @@ class Stack:
         return proc.info
 
     def start_simulator(self, speedup: float, areas: str = "office") -> Proc:
+        if self.broker_home is not None:
+            raise StackError("the simulator runs only in demo mode, never on a home's broker")
         argv = [
             sys.executable,
             "-m",
@@ -369,7 +383,7 @@ class Stack:
         return {
             "hub_id": self.hub_id,
             "certs_dir": str(self.certs_dir),
-            "broker": {"host": "127.0.0.1", "port": self.broker_port},
+            "broker": describe_broker(self.broker_port, self.broker_home),
             "processes": {
                 name: {
                     **p.info,

@@ -12,6 +12,7 @@ import re
 import socket
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,9 +181,14 @@ def render(results: list[Check]) -> str:
     return "\n".join(f"{'OK  ' if r.ok else 'FAIL'}  {r.name:{width}}  {r.detail}" for r in results)
 
 
-async def tail_decisions(host: str, port: int, hub_id: str, limit: int = 0) -> None:
+async def tail_decisions(
+    host: str, port: int, hub_id: str, limit: int = 0, login: Mapping[str, Any] | None = None
+) -> None:
+    """Print decisions as they come; ``login``: the broker login (home mode)."""
     seen = 0
-    async with mqtt.client(host, port, identifier=f"roost-tail-{id(object())}") as client:
+    async with mqtt.client(
+        host, port, identifier=f"roost-tail-{id(object())}", **(login or {})
+    ) as client:
         await client.subscribe(decisions_filter(hub_id), qos=1)
         async for message in client.messages:
             payload = message.payload

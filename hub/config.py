@@ -35,7 +35,8 @@ class HubConfig:
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_keepalive_seconds: int = 30
-    # Broker login (k3s: docs/deploy.md): user name and a file holding the password, read
+    # Broker login (`roost run` home mode: user "hub", a generated 0600 file; k3s:
+    # docs/deploy.md): user name and a file holding the password, read
     # at each connect; "" = anonymous. With mqtt_tls_ca_file the connection is TLS and the
     # broker's certificate must chain to that CA and name mqtt_host.
     mqtt_username: str = ""

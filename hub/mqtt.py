@@ -65,7 +65,9 @@ def client(host: str, port: int, **kwargs: Any) -> aiomqtt.Client:
 def broker_login(
     username: str, password_file: Path | None, tls_ca_file: Path | None
 ) -> dict[str, Any]:
-    """aiomqtt.Client arguments for the hub's broker login and TLS (none: anonymous)."""
+    """aiomqtt.Client arguments for the hub's broker login and TLS (none: anonymous). The
+    password is read from its file at each call, so a changed password is used on the
+    next connect."""
     kwargs: dict[str, Any] = {}
     if username:
         kwargs["username"] = username

@@ -187,6 +187,31 @@ def issue_broker(certs_dir: Path, names: Iterable[str] = ()) -> None:
     _write(certs_dir / f"{BROKER}.pem", cert)
 
 
+def issue_leaf(certs_dir: Path, stem: str, names: Iterable[str]) -> None:
+    """Issue ``<stem>.pem`` and ``<stem>-key.pem`` (a server certificate, common name
+    ``stem``), signed by the local CA, for ``names`` (DNS names or IP addresses) and
+    127.0.0.1: ``roost run``'s home broker TLS listener (cli/broker.py)."""
+    ca = load_ca(certs_dir)
+    every = list(dict.fromkeys([*names, "127.0.0.1"]))
+    cert, key = sign_leaf(
+        ca,
+        _name(stem, _hub_id(ca[0])),
+        _alt_names([n for n in every if not _is_ip(n)], [n for n in every if _is_ip(n)]),
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+    )
+    _write(certs_dir / f"{stem}-key.pem", key, private=True)
+    _write(certs_dir / f"{stem}.pem", cert)
+
+
+def leaf_names(path: Path) -> set[str]:
+    """The DNS names and IP addresses a certificate is valid for."""
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns = san.get_values_for_type(x509.DNSName)
+    ips = san.get_values_for_type(x509.IPAddress)
+    return {*dns, *(str(ip) for ip in ips)}
+
+
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)

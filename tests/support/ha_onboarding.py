@@ -48,15 +48,19 @@ def onboard(ha: HaApi) -> str:
     return token
 
 
-def add_mqtt_entry(ha: HaApi, broker_port: int) -> dict[str, Any]:
-    """The MQTT integration's config entry for the broker on 127.0.0.1:``broker_port``."""
+def add_mqtt_entry(
+    ha: HaApi, broker_port: int, login: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """The MQTT integration's config entry for the broker on 127.0.0.1:``broker_port``,
+    with ``login`` (username, password) as a user enters them in the form."""
     flow = ha.rest("POST", "/api/config/config_entries/flow", {"handler": "mqtt"})
     if flow.get("step_id") != "broker":
         raise HomeAssistantError(f"unexpected MQTT flow step: {flow}")
+    fields: dict[str, Any] = {"broker": "127.0.0.1", "port": broker_port}
+    if login is not None:
+        fields.update(username=login[0], password=login[1])
     result: dict[str, Any] = ha.rest(
-        "POST",
-        f"/api/config/config_entries/flow/{flow['flow_id']}",
-        {"broker": "127.0.0.1", "port": broker_port},
+        "POST", f"/api/config/config_entries/flow/{flow['flow_id']}", fields
     )
     if result.get("type") != "create_entry":
         raise HomeAssistantError(f"MQTT config entry not created: {result}")

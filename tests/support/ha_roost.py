@@ -2,7 +2,8 @@
 
 ``start_roost(ha, home, ...)`` starts audit, inference, update, personalization and the hub
 with the HA integration on (``ha_mapping = "auto"`` from statestream, polling HA every
-second, the given allow-list of actions), all on ``ha.broker_port``.
+second, the given allow-list of actions), all on ``ha.broker_port`` (with the hub's login
+when it is a home broker).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def start_roost(
     env = service_env or {}
     stack = Stack(home, hub_id=hub_id)
     stack.broker_port = ha.broker_port
+    # A home broker: the hub logs in with its generated password.
+    stack.broker_home = ha.broker_home
     token = home / "ha-token"
     token.write_text(ha.token)
     try:

@@ -7,7 +7,8 @@
    ``recorder``, ``history``, ``logbook``, test entities; ``mqtt_statestream`` with a
    configurable base topic and include filter is added for the second boot);
 3. starts ``hass`` (``ha_process.HaProcess``), runs the headless onboarding, creates the MQTT
-   config entry for the broker (``ha_onboarding``), restarts HA once so ``mqtt_statestream``
+   config entry for the broker (``ha_onboarding``; on a home broker, ``home_broker_for``,
+   with the ``homeassistant`` login), restarts HA once so ``mqtt_statestream``
    starts, and puts the test entities into areas ("Kitchen", "Living Room").
 
 Then the API of ``ha_api.HaApi`` (``rest()``, ``states()``, ``state()``, ``wait_state()``,
@@ -65,6 +66,7 @@ from typing import Any
 
 import pytest
 
+from cli.broker import HA_CLIENT, LOOPBACK, HomeBroker, MqttConfig, home_broker
 from cli.stack import Stack, StackError, find_mosquitto, free_port
 from tests.support.ha_api import HaApi
 from tests.support.ha_entities import (
@@ -108,6 +110,8 @@ class HomeAssistant(HaApi):
         self.extra_config = dict(extra_config or {})
         self.log_level = log_level
         self.process = HaProcess(self.config_dir)
+        # A home broker (logins, ACLs): HA logs in as `homeassistant`.
+        self.broker_home: HomeBroker | None = None
 
     @property
     def log_path(self) -> Path:
@@ -123,7 +127,10 @@ class HomeAssistant(HaApi):
         self._wait_http(boot_timeout, "/api/onboarding")
         onboard(self)
         self._wait_running(boot_timeout)
-        add_mqtt_entry(self, self.broker_port)
+        login = None
+        if self.broker_home is not None:
+            login = (HA_CLIENT, self.broker_home.files.password(HA_CLIENT))
+        add_mqtt_entry(self, self.broker_port, login)
         self.write_config(statestream=True)
         self.restart(boot_timeout)
         assign_areas(self, self.areas)
@@ -208,8 +215,12 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def start_home_assistant(home: Path, **kwargs: Any) -> tuple[Stack, HomeAssistant]:
+def start_home_assistant(
+    home: Path, home_broker_for: str = "", **kwargs: Any
+) -> tuple[Stack, HomeAssistant]:
     """A fresh mosquitto (``Stack.start_broker``) and HA against it, under ``home``.
+    ``home_broker_for``: a hub id; the broker is then a home's (``roost run --no-simulator``:
+    logins, the ACLs for that hub) on 127.0.0.1, and HA logs in as ``homeassistant``.
 
     Skips (outside CI) when mosquitto is missing or the HA venv cannot be built; in CI
     (``CI`` set) fails instead. Use ``ha.broker_port`` for MQTT clients.
@@ -225,8 +236,20 @@ def start_home_assistant(home: Path, **kwargs: Any) -> tuple[Stack, HomeAssistan
     stack = Stack(home / "stack", hub_id="ha-itest")
     ha: HomeAssistant | None = None
     try:
-        port = stack.start_broker()
+        broker = None
+        if home_broker_for:
+            stack.hub_id = home_broker_for
+            broker = home_broker(
+                stack.home,
+                stack.certs_dir,
+                MqttConfig(port=free_port(), listen=(LOOPBACK,)),
+                hub_id=home_broker_for,
+                statestream_base=kwargs.get("statestream_base", DEFAULT_STATESTREAM_BASE),
+                discovery_prefix="homeassistant",
+            )
+        port = stack.start_broker(home=broker)
         ha = HomeAssistant(home / "ha-config", port, **kwargs)
+        ha.broker_home = broker
         ha.start()
     except BaseException:
         if ha is not None:
