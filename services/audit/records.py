@@ -29,7 +29,7 @@ from services.audit.limits import (
     MAX_MODEL_VERSION_CHARS,
 )
 from services.audit.limits import FieldError as _Invalid
-from services.audit.merkle import LEAF_PREFIX, leaf_hash
+from services.audit.merkle import LEAF_PREFIX
 from services.audit.salting import SALT_BYTES, fresh_salts, salt_inputs
 from services.kit.errors import InvalidArgument
 
@@ -53,8 +53,7 @@ class PreparedRecord(NamedTuple):
     """A validated decision, ready to be written: everything the store persists.
 
     ``record`` lacks ``logged_at`` (the store appends it with :func:`with_logged_at`
-    when it assigns the leaf index) and ``leaf_hash`` is the hash of that partial
-    record, so it identifies the decision's content, not the logged entry.
+    when it assigns the leaf index, and hashes the whole into the leaf hash then).
     """
 
     decision_id: str
@@ -64,7 +63,6 @@ class PreparedRecord(NamedTuple):
     model_version: str
     action: str
     record: bytes
-    leaf_hash: bytes
     # The inputs to store (deterministically serialized, with their salt), or None.
     inputs: bytes | None
 
@@ -179,7 +177,6 @@ def _prepare_one(
         model_version,
         action,
         record,
-        leaf_hash(record),
         inputs,
     )
 

@@ -415,16 +415,21 @@ class AuditStore:
         """Inserts ``rows`` with multi-row ``INSERT ... VALUES (..), (..)`` statements.
 
         Faster than ``executemany`` (about 1.35x here), and it releases the GIL once per
-        statement instead of once per row, so the writer thread does not convoy behind
-        the event loop thread for the GIL.
+        statement instead of once per row. Statement sizes come from a small fixed set
+        (:func:`statement_sizes`): SQLite compiles a multi-row INSERT in time proportional
+        to its rows (about as long as inserting them), so a statement of any other size
+        would be compiled anew on every append instead of found in the connection's
+        statement cache.
         """
         if not rows:
             return
         width = len(rows[0])
-        per_statement = max(1, min(_ROWS_PER_INSERT, self._max_variables // width))
-        for start in range(0, len(rows), per_statement):
-            chunk = rows[start : start + per_statement]
-            sql = _insert_sql(table, columns, width, len(chunk))
+        largest = max(1, min(_ROWS_PER_INSERT, self._max_variables // width))
+        start = 0
+        for size in statement_sizes(len(rows), largest):
+            chunk = rows[start : start + size]
+            start += size
+            sql = _insert_sql(table, columns, width, size)
             self._conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
 
     def _lookup(self, ids: set[str]) -> dict[str, tuple[int, bytes, bytes]]:
@@ -442,6 +447,21 @@ class AuditStore:
             for decision_id, idx, digest, record in self._conn.execute(sql, chunk):
                 found[decision_id] = (idx, digest, record)
         return found
+
+
+def statement_sizes(count: int, largest: int) -> list[int]:
+    """Rows per INSERT statement for ``count`` rows: ``largest`` while that many are
+    left, then the powers of two of the rest (at most ``log2(largest) + 1`` more), so one
+    table never needs more than about 9 distinct statements."""
+    sizes = [largest] * (count // largest)
+    rest = count % largest
+    bit = 1 << rest.bit_length()
+    while rest:
+        bit >>= 1
+        if rest & bit:
+            sizes.append(bit)
+            rest -= bit
+    return sizes
 
 
 @functools.cache
