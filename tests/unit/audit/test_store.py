@@ -12,8 +12,9 @@ from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit import records, salting
 from services.audit.compact_range import root_from_leaves
 from services.audit.completeness import logged_at_us
+from services.audit.inserts import statement_sizes
 from services.audit.merkle import leaf_hash
-from services.audit.store import AuditStore, statement_sizes
+from services.audit.store import AuditStore
 from services.kit.errors import InvalidArgument, NotFound
 from tests.support.audit_records import decision
 
