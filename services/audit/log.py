@@ -1,9 +1,11 @@
 """Asyncio front of the audit store: one writer thread, group commit, off-loop reads.
 
-``AuditLog.append`` validates and prepares its request on its own (so an invalid
-request fails alone), then queues it; a single flusher task hands everything queued to
-the writer thread as ONE transaction (one fsync). While that commit is in flight, new
-requests are prepared and queue up for the next one, so preparation overlaps I/O.
+``AuditLog.append`` queues its request; a single flusher task hands everything queued
+to the writer thread as ONE transaction (one fsync). Each request is validated and
+prepared on its own, so an invalid one fails alone: small ones on the event loop before
+they queue, large ones on the writer thread just before their group's transaction. (A
+thread of their own would overlap preparation with the writer's SQLite work, but on
+this hardware the GIL hand-offs between the two cost more than the overlap saved.)
 Reads run on another thread with their own read-only connection (WAL readers do not
 wait for the writer).
 """
@@ -29,7 +31,7 @@ from services.audit.export import iter_bundle
 from services.audit.latest_checkpoint import LatestCheckpoint
 from services.audit.records import Appended, PreparedRecord, prepare
 from services.audit.store import AuditStore
-from services.kit.errors import ResourceExhausted, Unavailable
+from services.kit.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +39,9 @@ _T = TypeVar("_T")
 AppendOutcome = tuple[list[Appended], int]
 
 
-# Requests up to this many decisions are prepared on the event loop (about 10 us each);
-# larger ones on the preparer thread.
+# Requests up to this many decisions are prepared on the event loop (about 10 us each),
+# so an invalid one fails before it is queued; larger ones on the writer thread, just
+# before their group's transaction (no hand-off between threads per request).
 _INLINE_PREPARE_MAX = 16
 
 
@@ -53,7 +56,10 @@ class SignedCheckpoint:
 
 @dataclass(slots=True)
 class _Request:
-    records: list[PreparedRecord]
+    decisions: Sequence[pb.Decision]
+    # Prepared on the event loop (small requests), else None: prepared on the writer.
+    records: list[PreparedRecord] | None
+    consume: bool
     future: asyncio.Future[AppendOutcome]
 
 
@@ -65,7 +71,6 @@ class AuditLog:
         path: Path,
         writer: tuple[ThreadPoolExecutor, AuditStore],
         reader: tuple[ThreadPoolExecutor, AuditStore],
-        preparer: ThreadPoolExecutor,
         *,
         max_group_records: int,
         max_pending_records: int,
@@ -76,7 +81,6 @@ class AuditLog:
         self._latest = latest
         self._writer, self._writer_store = writer
         self._reader, self._reader_store = reader
-        self._preparer = preparer
         self._max_group_records = max_group_records
         self._max_pending_records = max_pending_records
         self._pending: deque[_Request] = deque()
@@ -100,7 +104,7 @@ class AuditLog:
         latest: LatestCheckpoint | None = None,
     ) -> AuditLog:
         """Opens the store at ``path`` on a dedicated writer thread, plus a reader thread
-        (own read-only connection) and a thread that prepares large requests.
+        (own read-only connection).
 
         With ``latest``, the store's tree must extend the last checkpoint signed (else
         ``ForkError``), and every new checkpoint is saved there before it is used.
@@ -111,7 +115,6 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-writer")
         reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-reader")
-        preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-prepare")
         try:
             writer_store = await loop.run_in_executor(writer, AuditStore.open, path)
             try:
@@ -124,14 +127,13 @@ class AuditLog:
                 await loop.run_in_executor(writer, writer_store.close)
                 raise
         except BaseException:
-            for executor in (writer, reader, preparer):
+            for executor in (writer, reader):
                 executor.shutdown(wait=False)
             raise
         return cls(
             path,
             (writer, writer_store),
             (reader, reader_store),
-            preparer,
             max_group_records=max_group_records,
             max_pending_records=max_pending_records,
             latest=latest,
@@ -164,17 +166,13 @@ class AuditLog:
         if self._pending and self._pending_records + len(decisions) > self._max_pending_records:
             raise ResourceExhausted("audit log: too many pending appends; retry later")
         loop = asyncio.get_running_loop()
-        if len(decisions) <= _INLINE_PREPARE_MAX:
-            records = prepare(decisions, consume=consume)
-        else:
-            records = await loop.run_in_executor(
-                self._preparer, functools.partial(prepare, decisions, consume=consume)
-            )
-            if self._closed:
-                raise Unavailable("audit log: closed")
         future: asyncio.Future[AppendOutcome] = loop.create_future()
-        self._pending.append(_Request(records, future))
-        self._pending_records += len(records)
+        if len(decisions) <= _INLINE_PREPARE_MAX:
+            request = _Request(decisions, prepare(decisions, consume=consume), consume, future)
+        else:
+            request = _Request(decisions, None, consume, future)
+        self._pending.append(request)
+        self._pending_records += len(decisions)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="audit-group-commit")
         return await future
@@ -335,7 +333,7 @@ class AuditLog:
             await loop.run_in_executor(self._writer, self._writer_store.close)
             await loop.run_in_executor(self._reader, self._reader_store.close)
         finally:
-            for executor in (self._writer, self._reader, self._preparer):
+            for executor in (self._writer, self._reader):
                 executor.shutdown(wait=False)
         logger.info("audit log closed after %d commits", self.commits)
 
@@ -359,16 +357,14 @@ class AuditLog:
                 if not group:
                     continue
                 try:
-                    results, tree_size = await loop.run_in_executor(
-                        self._writer, self._commit_group, [request.records for request in group]
-                    )
+                    outcomes = await loop.run_in_executor(self._writer, self._commit_group, group)
                 except Exception as exc:
                     logger.exception("audit group commit failed (%d requests)", len(group))
                     for request in group:
                         _settle(request.future, exc)
                     continue
-                for request, result in zip(group, results, strict=True):
-                    _settle(request.future, (result, tree_size))
+                for request, outcome in zip(group, outcomes, strict=True):
+                    _settle(request.future, outcome)
                 group = []
         except asyncio.CancelledError:
             # Loop shutdown: nobody will commit the rest. Logged or not, retries are safe.
@@ -386,7 +382,7 @@ class AuditLog:
         records = 0
         while self._pending:
             request = self._pending[0]
-            size = len(request.records)
+            size = len(request.decisions)
             if group and records + size > self._max_group_records:
                 break
             self._pending.popleft()
@@ -440,14 +436,24 @@ class AuditLog:
         self._checkpoint = SignedCheckpoint(note, size, cached.root_hash)
         return True
 
-    def _commit_group(
-        self, batches: list[list[PreparedRecord]]
-    ) -> tuple[list[list[Appended]], int]:
-        """Writer thread: one transaction for the whole group."""
-        outcome = self._writer_store.append_prepared(batches)
+    def _commit_group(self, group: list[_Request]) -> list[AppendOutcome | Exception]:
+        """Writer thread: prepares the requests not prepared yet, then commits the valid
+        ones in one transaction. An invalid request gets its InvalidArgument, alone."""
+        batches: list[list[PreparedRecord]] = []
+        invalid: dict[int, InvalidArgument] = {}
+        for i, request in enumerate(group):
+            records = request.records
+            if records is None:
+                try:
+                    records = prepare(request.decisions, consume=request.consume)
+                except InvalidArgument as exc:
+                    invalid[i] = exc
+                    records = []
+            batches.append(records)
+        results, tree_size = self._writer_store.append_prepared(batches)
         if any(batches):
             self.commits += 1
-        return outcome
+        return [invalid.get(i, (result, tree_size)) for i, result in enumerate(results)]
 
 
 def _settle(future: asyncio.Future[AppendOutcome], outcome: AppendOutcome | Exception) -> None:

@@ -29,13 +29,16 @@ from services.audit.limits import (
     MAX_MODEL_VERSION_CHARS,
 )
 from services.audit.limits import FieldError as _Invalid
-from services.audit.merkle import LEAF_PREFIX, leaf_hash
+from services.audit.merkle import LEAF_PREFIX
 from services.audit.salting import SALT_BYTES, fresh_salts, salt_inputs
 from services.kit.errors import InvalidArgument
 
 _logger = logging.getLogger(__name__)
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
+# Actors any caller may log (the others fail ``_check_actor``).
+_CALLER_ACTORS = ACTORS - {pb.ACTOR_UNSPECIFIED, pb.ACTOR_ADMIN}
+_new_tuple = tuple.__new__
 
 
 @dataclass(slots=True)
@@ -53,8 +56,7 @@ class PreparedRecord(NamedTuple):
     """A validated decision, ready to be written: everything the store persists.
 
     ``record`` lacks ``logged_at`` (the store appends it with :func:`with_logged_at`
-    when it assigns the leaf index) and ``leaf_hash`` is the hash of that partial
-    record, so it identifies the decision's content, not the logged entry.
+    when it assigns the leaf index, and hashes the whole into the leaf hash then).
     """
 
     decision_id: str
@@ -64,7 +66,6 @@ class PreparedRecord(NamedTuple):
     model_version: str
     action: str
     record: bytes
-    leaf_hash: bytes
     # The inputs to store (deterministically serialized, with their salt), or None.
     inputs: bytes | None
 
@@ -155,7 +156,9 @@ def _prepare_one(
         raise _Invalid("decision_id", "required")
     if len(decision_id) > MAX_DECISION_ID_CHARS:
         raise _Invalid("decision_id", f"at most {MAX_DECISION_ID_CHARS} characters")
-    decided_at_us = _decided_at_us(d)
+    if not d.HasField("decided_at"):
+        raise _Invalid("decided_at", "required")
+    decided_at_us = limits.timestamp_us(d.decided_at, "decided_at")
     if d.HasField("logged_at"):
         raise _Invalid("logged_at", "assigned by the audit log; leave it unset")
     entity_id = d.entity_id
@@ -163,7 +166,9 @@ def _prepare_one(
         raise _Invalid("entity_id", "required")
     if len(entity_id) > MAX_ENTITY_ID_CHARS:
         raise _Invalid("entity_id", f"at most {MAX_ENTITY_ID_CHARS} characters")
-    _check_actor(d.actor, admin)
+    actor = d.actor
+    if actor not in _CALLER_ACTORS:  # the common case checked without a call
+        _check_actor(actor, admin)
     model_name, model_version = _model_name_version(d, admin)
     action = d.action
     if len(action) > MAX_ACTION_CHARS:
@@ -171,24 +176,11 @@ def _prepare_one(
     limits.check_decision_fields(d)
     record, inputs = _record_and_inputs(d, consume, salt)
     limits.check_record(d, record, inputs)
-    return PreparedRecord(
-        decision_id,
-        decided_at_us,
-        entity_id,
-        model_name,
-        model_version,
-        action,
-        record,
-        leaf_hash(record),
-        inputs,
+    # tuple.__new__ directly: the NamedTuple's own __new__ is one more Python call.
+    return _new_tuple(
+        PreparedRecord,
+        (decision_id, decided_at_us, entity_id, model_name, model_version, action, record, inputs),
     )
-
-
-def _decided_at_us(d: pb.Decision) -> int:
-    """``d.decided_at`` (required, in Timestamp's range) in microseconds since the epoch."""
-    if not d.HasField("decided_at"):
-        raise _Invalid("decided_at", "required")
-    return limits.timestamp_us(d.decided_at, "decided_at")
 
 
 def _check_actor(actor: int, admin: bool) -> None:

@@ -94,3 +94,45 @@ async def test_group_commit_merges_requests_arriving_during_a_commit(
         await asyncio.gather(first, *rest)
         assert log.commits == 2
         assert await log.size() == 30
+
+
+async def test_a_large_invalid_request_fails_alone_in_its_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests over the inline limit are prepared on the writer thread, inside their
+    group: a bad one there gets InvalidArgument naming its field, and the requests
+    committed with it in the same transaction are unaffected."""
+    async with await AuditLog.open(tmp_path / "audit.db") as log:
+        started, release = threading.Event(), threading.Event()
+        commit = log._commit_group
+
+        def held_commit(group):  # type: ignore[no-untyped-def]
+            started.set()
+            assert release.wait(timeout=30), "the test never released the first commit"
+            return commit(group)
+
+        monkeypatch.setattr(log, "_commit_group", held_commit)
+        first = asyncio.create_task(log.append([decision(0)]))
+        assert await asyncio.to_thread(started.wait, 30)
+
+        def batch(start: int) -> list:  # type: ignore[type-arg]
+            return [decision(i) for i in range(start, start + 40)]
+
+        bad = batch(200)
+        bad[33].ClearField("entity_id")
+        good = [asyncio.create_task(log.append(batch(s), consume=True)) for s in (100, 300)]
+        invalid = asyncio.create_task(log.append(bad, consume=True))
+        asyncio.get_running_loop().call_soon(release.set)
+        outcomes = await asyncio.gather(first, *good, invalid, return_exceptions=True)
+
+        assert isinstance(outcomes[3], InvalidArgument)
+        assert "decisions[33].entity_id: required" in str(outcomes[3])
+        assert log.commits == 2  # the two good ones together, in the second group
+        for outcome, start in zip(outcomes[1:3], (100, 300), strict=True):
+            assert not isinstance(outcome, BaseException)
+            results, tree_size = outcome
+            assert [r.decision_id for r in results] == [d.decision_id for d in batch(start)]
+            assert tree_size == 81
+        assert await log.size() == 81
+        with pytest.raises(NotFound):
+            await log.get(decision(200).decision_id)  # nothing of the bad request

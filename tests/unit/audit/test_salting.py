@@ -23,7 +23,6 @@ from services.audit import records, salting
 from services.audit.bundle_format import ExportFilters
 from services.audit.checkpoint import NoteSigner
 from services.audit.export import iter_bundle
-from services.audit.merkle import leaf_hash
 from services.audit.store import AuditStore
 from services.audit.verify import BundleError
 from tests.support.audit_bundles import ORIGIN, sign, verify
@@ -130,7 +129,6 @@ def legacy_record(i: int) -> records.PreparedRecord:
         d.model.version,
         d.action,
         record,
-        leaf_hash(record),
         data,
     )
 

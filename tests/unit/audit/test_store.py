@@ -10,7 +10,9 @@ import pytest
 
 from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit import records, salting
+from services.audit.compact_range import root_from_leaves
 from services.audit.completeness import logged_at_us
+from services.audit.inserts import statement_sizes
 from services.audit.merkle import leaf_hash
 from services.audit.store import AuditStore
 from services.kit.errors import InvalidArgument, NotFound
@@ -147,3 +149,33 @@ def test_entries_are_append_only(store: AuditStore) -> None:
         store._conn.execute("DELETE FROM entries")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         store._conn.execute("UPDATE entries SET action = 'x'")
+
+
+@pytest.mark.parametrize("largest", [1, 7, 200])
+def test_statement_sizes_cover_any_count_from_a_small_fixed_set(largest: int) -> None:
+    seen: set[int] = set()
+    for count in range(1_000):
+        sizes = statement_sizes(count, largest)
+        assert sum(sizes) == count
+        assert all(0 < size <= largest for size in sizes)
+        seen.update(sizes)
+    # The largest, then powers of two below it: what the statement cache holds per table.
+    assert seen <= {largest} | {1 << k for k in range(largest.bit_length())}
+
+
+def test_batches_of_every_size_store_every_row_in_order(store: AuditStore) -> None:
+    """Batches cut into statements of several sizes (full ones, then powers of two)
+    still write each entry, input and tree node once, in leaf order."""
+    sizes = [1, 2, 3, 199, 200, 201, 413, 16, 31]
+    start, leaves = 0, []
+    for size in sizes:
+        results, tree_size = store.append([decision(i) for i in range(start, start + size)])
+        assert [r.index for r in results] == list(range(start, start + size))
+        leaves += [r.leaf_hash for r in results]
+        start += size
+        assert tree_size == start
+    assert store.root() == root_from_leaves(leaves)
+    for index in (0, 5, 400, 600, start - 1):
+        entry = store.get(decision(index).decision_id)
+        assert (entry.index, entry.leaf_hash) == (index, leaves[index])
+        assert entry.decision.inputs.feature_names == decision(index).inputs.feature_names

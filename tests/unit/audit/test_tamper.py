@@ -21,6 +21,7 @@ from services.audit import records, tree
 from services.audit.bundle_format import ExportFilters
 from services.audit.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from services.audit.export import iter_bundle
+from services.audit.merkle import leaf_hash
 from services.audit.store import AuditStore
 from services.audit.verify import BundleError, verify_bundle
 from services.kit.errors import FailedPrecondition
@@ -109,7 +110,7 @@ def edit_record_and_leaf(db: Path, *, rebuild: bool = False) -> None:
     conn = attacker(db)
     conn.execute(
         "UPDATE entries SET record = ?, leaf_hash = ?, action = ? WHERE idx = 5",
-        (rec.record, rec.leaf_hash, rec.action),
+        (rec.record, leaf_hash(rec.record), rec.action),
     )
     if rebuild:
         rebuild_tree(conn)

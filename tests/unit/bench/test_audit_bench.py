@@ -27,7 +27,7 @@ def test_decisions_are_realistic_and_valid() -> None:
     assert rec[1].inputs is None
     # Deterministic: the cache relies on it (but for the salted inputs digest, fresh on
     # every prepare).
-    assert prepare([audit.decision(4, with_inputs=False)])[0].leaf_hash == rec[1].leaf_hash
+    assert prepare([audit.decision(4, with_inputs=False)])[0].record == rec[1].record
     again, first = (pb.Decision.FromString(prepare([audit.decision(3)])[0].record), pb.Decision())
     first.ParseFromString(rec[0].record)
     assert again.inputs_digest != first.inputs_digest
