@@ -65,9 +65,10 @@ BATCH_SIZE = Histogram(
 )
 STAGE_SECONDS = Histogram(
     "roost_hub_stage_seconds",
-    "Time per batch in each stage of the decision path.",
+    "Time in each stage of the decision path: per reading for intake (journal, checks, "
+    "windows), per batch for predict, record, ordering and publish.",
     ["stage"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
 PENDING = Gauge("roost_hub_pending_decisions", "Readings waiting for a decision.")
 # The stages' children, looked up once (a labels() lookup per batch and stage cost more
