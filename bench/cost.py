@@ -46,6 +46,32 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
+RAPL = Path("/sys/class/powercap")
+
+
+def energy_uj() -> int | None:
+    """Package energy so far (RAPL, microjoules summed over packages), or None where the
+    machine does not expose it (e.g. a VM): then energy per decision is "unavailable"."""
+    zones = sorted(RAPL.glob("intel-rapl:[0-9]*/energy_uj")) if RAPL.is_dir() else []
+    total = 0
+    for zone in zones:
+        try:
+            total += int(zone.read_text())
+        except (OSError, ValueError):
+            return None
+    return total if zones else None
+
+
+def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, Any]:
+    """CPU of each process over ``seconds`` with no readings: percent of one core."""
+    before = {n: cpu_seconds(p) for n, p in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)  # the measurement window itself, not a synchronisation
+    wall = time.monotonic() - t0
+    percent = {n: 100 * (cpu_seconds(p) - before[n]) / wall for n, p in pids.items()}
+    return {"seconds": wall, "percent_of_one_core": percent, "total_percent": sum(percent.values())}
+
+
 _SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} ([0-9.eE+-]+|NaN)$")
 
 
@@ -72,11 +98,15 @@ class Snapshot:
     at: float
     cpu: dict[str, float]
     metrics: dict[tuple[str, str], float]
+    energy_uj: int | None = None
 
 
 def snapshot(pids: dict[str, int], metrics_port: int) -> Snapshot:
     return Snapshot(
-        time.monotonic(), {n: cpu_seconds(p) for n, p in pids.items()}, scrape(metrics_port)
+        time.monotonic(),
+        {n: cpu_seconds(p) for n, p in pids.items()},
+        scrape(metrics_port),
+        energy_uj(),
     )
 
 
@@ -126,6 +156,11 @@ def cost(a: Snapshot, b: Snapshot) -> dict[str, Any]:
         "mean_batch": _delta(a, b, "roost_hub_batch_size_sum") / batches if batches else 0.0,
         "stage_mean_ms": stages,
         "hub_latency_mean_ms": 1000 * latency_sum / latency_n if latency_n else float("nan"),
+        "energy_mj_per_decision": (
+            (b.energy_uj - a.energy_uj) / 1000 / per
+            if a.energy_uj is not None and b.energy_uj is not None
+            else "unavailable"
+        ),
         "load_average": load_average(),
     }
 
