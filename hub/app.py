@@ -418,7 +418,7 @@ class Hub:
         bridge = self.bridge
 
         async def read() -> None:
-            async for message in client.messages:
+            async for message in mqtt.incoming(client):
                 payload = message.payload
                 data = payload if isinstance(payload, bytes) else str(payload).encode()
                 topic = message.topic.value

@@ -106,6 +106,7 @@ class DecisionHealth:
         self._down: dict[Peer, float] = {}  # peer -> since when its calls fail
         self._refused: dict[str, tuple[float, str]] = {}  # model -> (since, code)
         self._queued: dict[str, int] = {}
+        self._backlog_gauges: dict[str, Any] = {}  # model -> its MODEL_BACKLOG child
         self._current: dict[str, tuple[ModelState, float]] = {}  # model -> (state, since)
         self.changed = asyncio.Event()
         self.track(models)
@@ -145,7 +146,10 @@ class DecisionHealth:
         if model not in self._current:
             self.track([model])
         n = self._queued[model] = max(0, self._queued[model] + delta)
-        MODEL_BACKLOG.labels(model).set(n)
+        gauge = self._backlog_gauges.get(model)
+        if gauge is None:
+            gauge = self._backlog_gauges[model] = MODEL_BACKLOG.labels(model)
+        gauge.set(n)
 
     def _state_of(self, model: str) -> tuple[ModelState, float, str]:
         # Inference comes first on the decision path: while it is down, nothing

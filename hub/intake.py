@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from prometheus_client import Counter
 
 from hub.ingest import Ingest
 from hub.journal import Journal, JournalError
-from hub.pipeline import Outgoing, Pending
+from hub.pipeline import STAGE_SECONDS, Outgoing, Pending
 from services.kit.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ JOURNAL_ERRORS = Counter(
     "roost_hub_journal_errors_total",
     "Readings journal operations that failed (readings then acknowledged as taken).",
 )
+# Per reading (a batch in the other stages): journaled, validated, its windows updated.
+INTAKE_STAGE = STAGE_SECONDS.labels("intake")
 # Journal commits (and the acknowledgements they allow) are grouped: at most this long
 # after a reading is taken, or once this many wait. One commit per reading cost ~5 times
 # the reading's own handling.
@@ -121,6 +124,7 @@ class Intake:
     def take(self, topic: str, payload: bytes, ack: Ack) -> None:
         """Journal and handle one reading; ``ack`` runs once the journal committed it
         (within ``FLUSH_SECONDS``)."""
+        started = time.perf_counter()
         journal, rid = self._journal, 0
         if journal is not None:
             try:
@@ -130,12 +134,14 @@ class Intake:
         if rid == 0:  # not journaled: acknowledged as taken
             ack()
         decisions = self._ingest.handle(topic, payload, journal_id=rid)
+        if journal is not None and rid != 0:
+            try:
+                journal.taken(rid, decisions)
+            except JournalError as e:
+                self._failed("taken", e)
+        INTAKE_STAGE.observe(time.perf_counter() - started)
         if journal is None or rid == 0:
             return
-        try:
-            journal.taken(rid, decisions)
-        except JournalError as e:
-            self._failed("taken", e)
         self._unacked.append(ack)
         if len(self._unacked) >= ACK_EVERY:
             self.flush()

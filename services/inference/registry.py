@@ -1,9 +1,12 @@
 """The loaded models: what serves each model name right now, and the sessions.
 
-Sessions run on a small thread pool, never on the event loop (shadow runs of a
-candidate on a separate one-thread pool, so they never queue ahead of the active
-path). The registry maps each model name to a :class:`Serving`: an immutable snapshot
-of the active version, the candidate (if one is loaded for shadow or A/B) and the
+Sessions run on a small thread pool, except runs that the model's recent runs show
+take at most ``INLINE_SECONDS`` (a handful of rows of a small model): those run on the
+event loop, cheaper than the hop to the pool and back. Shadow runs of a candidate go to
+a separate one-thread pool, so they never queue ahead of the active path.
+
+The registry maps each model name to a :class:`Serving`: an immutable snapshot of the
+active version, the candidate (if one is loaded for shadow or A/B) and the
 rollout stage. A hot swap builds the new snapshot with every session already loaded
 and replaces the entry in one dict assignment; a request reads the entry once, so it
 finishes on the sessions it started with while later requests use the new ones, and
@@ -41,6 +44,10 @@ RUN_SECONDS = Histogram(
     ["model"],
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
 )
+# A run expected to take at most this long (from the model's recent runs) is done on
+# the event loop; longer ones, and a model's first run, go to the worker pool. Measured
+# (bench/cost_calls.py): the round trip to the pool cost more CPU than a small run.
+INLINE_SECONDS = 0.0005
 MODELS_LOADED = Gauge("roost_inference_models_loaded", "Models loaded and serving.")
 
 
@@ -131,6 +138,9 @@ class ModelRegistry:
         self.providers = tuple(providers)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnxruntime")
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        # Seconds of recent runs per (model, version, size class): which runs are short
+        # enough to do on the event loop (INLINE_SECONDS).
+        self._recent_seconds: dict[tuple[str, str, int], float] = {}
         self.health = health if health is not None else HealthBook()
 
     @classmethod
@@ -205,7 +215,7 @@ class ModelRegistry:
         """Like :meth:`run`, on the shadow pool (never ahead of the active path); also
         the session.run seconds."""
         loop = asyncio.get_running_loop()
-        out, seconds = await loop.run_in_executor(self._shadow_pool, _run_timed, model, batch)
+        out, seconds, _ = await loop.run_in_executor(self._shadow_pool, _run_timed, model, batch)
         m = model.manifest
         self.health.of(m.name, m.version).run(seconds)
         return out, seconds
@@ -215,15 +225,29 @@ class ModelRegistry:
         stats: the active version timed on the batch a candidate shadowed (a paired
         latency, see ``services.inference.health``)."""
         loop = asyncio.get_running_loop()
-        _, seconds = await loop.run_in_executor(self._shadow_pool, _run_timed, model, batch)
+        _, seconds, _ = await loop.run_in_executor(self._shadow_pool, _run_timed, model, batch)
         return seconds
 
     async def _run_on(
         self, pool: ThreadPoolExecutor, model: LoadedModel, batch: npt.NDArray[np.generic]
     ) -> npt.NDArray[np.float32]:
-        loop = asyncio.get_running_loop()
-        out, seconds = await loop.run_in_executor(pool, _run_timed, model, batch)
         m = model.manifest
+        # Runs of a similar size (rows within a factor of two) take similar time.
+        key = (m.name, m.version, len(batch).bit_length())
+        recent = self._recent_seconds.get(key)
+        if recent is not None and recent <= INLINE_SECONDS:
+            # Known to take microseconds: a hop to the pool and back would cost more
+            # CPU than the run itself (and delays the answer by two thread wake-ups).
+            out, seconds, cpu = _run_timed(model, batch)
+        else:
+            loop = asyncio.get_running_loop()
+            out, seconds, cpu = await loop.run_in_executor(pool, _run_timed, model, batch)
+        # The slowest recent run (decaying), so one fast run does not let a model that
+        # can be slow block the event loop. On the CPU provider its CPU time, not wall
+        # time (a run preempted on a busy machine is not a slow run); on an accelerator
+        # the wall time (the thread waits for the device).
+        took = cpu if model.execution_provider == CPU else seconds
+        self._recent_seconds[key] = max(took, 0.9 * recent) if recent is not None else took
         self.health.of(m.name, m.version).run(seconds)
         return out
 
@@ -238,14 +262,15 @@ class ModelRegistry:
 
 def _run_timed(
     model: LoadedModel, batch: npt.NDArray[np.generic]
-) -> tuple[npt.NDArray[np.float32], float]:
-    """session.run and its duration (the latency the health stats report)."""
+) -> tuple[npt.NDArray[np.float32], float, float]:
+    """session.run, its duration (the latency the health stats report) and the CPU time
+    it took on this thread (sessions run their operators on the calling thread)."""
     m = model.manifest
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     (out,) = model.session.run([m.output_name], {m.input.name: batch})
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
     RUN_SECONDS.labels(m.name).observe(seconds)
-    return np.asarray(out, dtype=np.float32).reshape(len(batch), -1), seconds
+    return np.asarray(out, dtype=np.float32).reshape(len(batch), -1), seconds, cpu
 
 
 def stack(arrays: Sequence[npt.NDArray[np.generic]]) -> npt.NDArray[np.generic]:

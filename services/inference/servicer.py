@@ -33,7 +33,14 @@ from models.manifest import Manifest
 from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as pb
 from roost.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from services.inference.explain import attributions, occlusion_batch
+from services.inference.explain import (
+    attributions,
+    block_attributions,
+    block_width,
+    occlusion_batch,
+    occlusion_rows,
+    top_features,
+)
 from services.inference.health import HealthBook, HealthSnapshot
 from services.inference.monitor import Monitor
 from services.inference.outputs import finite_rows, non_finite_error, output_shift, summaries
@@ -92,6 +99,19 @@ def to_prediction(
     return pb.Prediction(values=values, label=label, confidence=float(row[k]), model=ref)
 
 
+def _attach_attributions(
+    m: Manifest, out_rows: npt.NDArray[np.float32], predictions: list[pb.Prediction], top_k: int
+) -> None:
+    """Adds the top-k occlusion attributions to each prediction, from the outputs of
+    its :func:`occlusion_rows` block."""
+    _, deltas = block_attributions(m, out_rows)
+    names = m.input.feature_names()
+    for prediction, row, top in zip(predictions, deltas, top_features(deltas, top_k), strict=True):
+        prediction.attributions.extend(
+            common_pb2.FeatureAttribution(feature=names[j], attribution=float(row[j])) for j in top
+        )
+
+
 def _predictions(m: Manifest, out: npt.NDArray[np.float32]) -> list[pb.Prediction]:
     ref = model_ref(m)
     return [to_prediction(m, row, ref) for row in out]
@@ -138,23 +158,33 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> npt.NDArray[np.float32]:
         """Run ``model`` on the batch, counting the outcome in its health stats; a batch
         with a non-finite output row is refused whole (``services.inference.outputs``)."""
+        return (await self._predict_rows(model, batch, 1))[0]
+
+    async def _predict_rows(
+        self, model: LoadedModel, rows: npt.NDArray[np.generic], width: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Like :meth:`_predict` for inputs given as blocks of ``width`` rows, the input
+        first (occlusion rows, ``width`` > 1, or the plain batch, 1): (the inputs'
+        outputs, every row's outputs). Only the inputs are counted as predictions."""
         m = model.manifest
+        n = len(rows) // width
         stats = self._registry.health.of(m.name, m.version)
         try:
-            out = await self._registry.run(model, batch)
+            out_rows = await self._registry.run(model, rows)
         except Exception:
-            stats.outcome(errors=len(batch))
+            stats.outcome(errors=n)
             raise
+        out = out_rows[::width]
         finite = finite_rows(out)
-        bad = len(batch) - int(finite.sum())
+        bad = n - int(finite.sum())
         if bad:
             NON_FINITE.labels(m.name, m.version).inc(bad)
-            stats.outcome(predictions=len(batch) - bad, errors=bad, non_finite=bad)
-            raise non_finite_error(m, bad, len(batch))
-        stats.outcome(predictions=len(batch))
+            stats.outcome(predictions=n - bad, errors=bad, non_finite=bad)
+            raise non_finite_error(m, bad, n)
+        stats.outcome(predictions=n)
         stats.outputs(summaries(m, out))
-        PREDICTIONS.labels(m.name, m.version).inc(len(batch))
-        return out
+        PREDICTIONS.labels(m.name, m.version).inc(n)
+        return out, out_rows
 
     async def _predict_routed(
         self, serving: Serving, batch: npt.NDArray[np.generic], to_candidate: list[bool]
@@ -231,20 +261,28 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         batch = np.stack(
             [tensor_to_array(t, m.input, f"inputs[{i}]") for i, t in enumerate(request.inputs)]
         )
+        if request.explain_top_k < 0:
+            raise InvalidArgument("explain_top_k: must be >= 0")
+        to_candidate: list[bool] = []
+        if not request.version and serving.stage == "ab" and serving.candidate is not None:
+            to_candidate = [serving.routes_to_candidate(e) for e in request.entity_ids]
         active_out: npt.NDArray[np.float32] | None
-        if request.version:
+        if request.explain_top_k and not any(to_candidate):
+            # One version answers every row: predictions and explanations in one run.
+            out, out_rows = await self._predict_rows(
+                model, occlusion_rows(m, batch), block_width(m)
+            )
+            predictions = _predictions(m, out)
+            _attach_attributions(m, out_rows, predictions, request.explain_top_k)
+            active_out = None if request.version else out
+        elif request.version:
             out = await self._predict(model, batch)
             predictions, active_out = _predictions(m, out), None
         else:
-            to_candidate: list[bool] = []
-            if serving.stage == "ab" and serving.candidate is not None:
-                to_candidate = [serving.routes_to_candidate(e) for e in request.entity_ids]
             predictions, active_out = await self._predict_routed(serving, batch, to_candidate)
+            if request.explain_top_k:
+                await self._explain_each(serving, model, batch, predictions, request.explain_top_k)
         self._monitor.after(serving, batch, active_out)
-        if request.explain_top_k < 0:
-            raise InvalidArgument("explain_top_k: must be >= 0")
-        if request.explain_top_k:
-            await self._explain_each(serving, model, batch, predictions, request.explain_top_k)
         return pb.PredictBatchResponse(model=model_ref(m), predictions=predictions)
 
     async def _explain_each(
@@ -263,17 +301,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         for version, rows in by_version.items():
             model = default if version == default.manifest.version else serving.version(version)
             m = model.manifest
-            width = len(m.input.features) + 1
-            occluded = np.concatenate([occlusion_batch(m, batch[i]) for i in rows])
-            out = await self._registry.run(model, occluded)
-            names = m.input.feature_names()
-            for j, i in enumerate(rows):
-                _, scores = attributions(m, out[j * width : (j + 1) * width])
-                ranked = sorted(zip(names, scores, strict=True), key=lambda p: -abs(p[1]))
-                predictions[i].attributions.extend(
-                    common_pb2.FeatureAttribution(feature=f, attribution=a)
-                    for f, a in ranked[:top_k]
-                )
+            out = await self._registry.run(model, occlusion_rows(m, batch[rows]))
+            _attach_attributions(m, out, [predictions[i] for i in rows], top_k)
 
     async def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:
         model = self._model(request.model_name, request.version)

@@ -4,12 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.e2e import render
+from bench.e2e_report import render
 from bench.report import markdown_table, percentile
 
 
-def result() -> dict[str, Any]:
-    run = {"p50": 5.0, "p99": 20.0}
+def spread(v: float) -> dict[str, float]:
+    return {"median": v, "min": v * 0.9, "max": v * 1.1}
+
+
+def cost(cpu: float, load: float = 1.0) -> dict[str, Any]:
+    return {
+        "cpu_ms_per_decision": {"hub": cpu / 2, "inference": cpu / 4, "audit": cpu / 4},
+        "serving_cpu_ms_per_decision": cpu,
+        "stage_mean_ms": {s: {"batches": 10, "mean_ms": 1.0} for s in ("predict", "record")},
+        "outside_hub_mean_ms": 1.5,
+        "e2e_mean_ms": 4.0,
+        "mean_batch": 1.2,
+        "load_average": [load, load, load],
+        "energy_mj_per_decision": "unavailable",
+    }
+
+
+def result(*, load: float = 0.3, cpu: float = 0.9) -> dict[str, Any]:
+    repeat = {"cost": cost(cpu, load)}
     return {
         "machine": {
             "cpu": "cpu",
@@ -20,35 +37,73 @@ def result() -> dict[str, Any]:
             "broker": "mosquitto 2",
             "date": "2026-11-25",
         },
-        "session_run_ms": {"p50": 0.02, "p99": 0.05},
-        "echo_ms": {"p50": 0.6, "p99": 1.3, "rate": 200},
-        "e2e_steady": {"rate": 200, **run, "runs": [run, run, run], "sent": 6000, "received": 5991},
+        "load_average": {"start": [load] * 3, "end": [load] * 3},
+        "steady": {
+            "rate": 200,
+            "seconds": 30,
+            "repeats": [repeat, repeat, repeat],
+            "p50": spread(3.0),
+            "p99": spread(20.0),
+            "p50_over_echo": spread(4.0),
+            "p99_over_echo": spread(10.0),
+            "echo_p50": spread(0.75),
+            "echo_p99": spread(2.0),
+            "session_p50": spread(0.02),
+            "p50_over_session": spread(150.0),
+            "cpu_ms_per_decision": spread(cpu),
+        },
         "ramp": [
             {
-                "rate": 500,
-                "achieved": 499.0,
+                "rate": 1000,
+                "achieved": 999.0,
                 "p50": 9.0,
                 "p99": 30.0,
-                "sent": 2500,
-                "received": 2497,
+                "sent": 30000,
+                "received": 29997,
                 "sustained": True,
                 "keeps_up": True,
+                "cost": cost(0.7, load),
             }
         ],
-        "max_sustained_rate": 500,
-        "max_rate_p99_within_50ms": 500,
-        "cold_start_s": {"runs": [0.5], "median": 0.5},
-        "rss_peak_mb": {"hub": 70.0, "inference": 95.0, "audit": 65.0},
-        "rss_total_mb": 230.0,
+        "ramp_seconds": 30,
+        "max_rate_p99_within_limit": 1000,
+        "max_rate_keeping_up": 1000,
+        "cold_start_s": {"runs": [0.5], **spread(0.5)},
+        "idle": {"seconds": 30, "percent_of_one_core": {"hub": 0.5}, "total_percent": 0.5},
+        "energy_mj_per_decision": "unavailable",
+        "rss_peak_mb": {"hub": 70.0, "inference": 95.0, "audit": 65.0, "personalization": 300.0},
+        "rss_serving_total_mb": 230.0,
+        "rss_personalization_mb": 300.0,
     }
 
 
 def test_render_has_every_section_and_floor() -> None:
     _, md = render(result())
-    for heading in ("# End-to-end benchmark", "## Side by side", "## Ramp", "## Memory"):
+    for heading in (
+        "# End-to-end benchmark",
+        "## Side by side",
+        "## Where the time goes",
+        "## CPU per decision",
+        "## Ramp",
+        "## Edge metrics",
+    ):
         assert heading in md
-    assert "| e2e p99 @200/s, median of 3 runs (ms) | 20.00 | <= 25 | yes |" in md
-    assert "| peak RSS hub+inference+audit (MB) | 230 | <= 400 | yes |" in md
+    assert "| e2e p99 @200/s (ms) | 20.00 (18.00 to 22.00) | <= 25 | yes |" in md
+    assert "| e2e p50 @200/s / broker echo p50, same run | 4.0 (3.6 to 4.4)x | <= 5x | yes |" in md
+    assert "| energy per decision | unavailable |" in md
+    assert "peak RSS personalization, apart (MB) | 300 |" in md
+    assert "serving path, hub+inference+audit (MB) | 230 (" in md
+    assert "a loaded run" not in md
+
+
+def test_a_missed_floor_and_a_loaded_run_are_said() -> None:
+    _, md = render(result(load=7.5, cpu=2.5))
+    assert (
+        "| CPU per decision, hub+inference+audit @200/s (ms) | 2.50 (2.25 to 2.75) | <= 1.0 | **NO** |"
+        in md
+    )
+    assert "a loaded run" in md
+    assert "7.5" in md  # the load average is in the report
 
 
 def test_percentile_and_table() -> None:

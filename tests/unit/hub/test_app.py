@@ -3,8 +3,8 @@ its payload) in the log, where `roost run`'s crash report finds it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -29,15 +29,14 @@ class Poisoned:
 
 
 class OneMessage:
+    """A client with one message received (what ``hub.mqtt.incoming`` reads)."""
+
     def __init__(self, retain: bool) -> None:
-        self.retain = retain
-
-    @property
-    def messages(self) -> AsyncIterator[aiomqtt.Message]:
-        async def gen() -> AsyncIterator[aiomqtt.Message]:
-            yield aiomqtt.Message(TOPIC, PAYLOAD, qos=0, retain=self.retain, mid=1, properties=None)
-
-        return gen()
+        self._queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        self._queue.put_nowait(
+            aiomqtt.Message(TOPIC, PAYLOAD, qos=0, retain=retain, mid=1, properties=None)
+        )
+        self._disconnected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
 @pytest.mark.parametrize("retain", [True, False])

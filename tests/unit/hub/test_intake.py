@@ -143,3 +143,22 @@ async def test_a_replayed_reading_is_not_counted_twice(tmp_path: Path) -> None:
     assert counted() == (before[0] + 1, before[1] + 1)
     Intake(ingest(Queue()), Journal(path, history=100)).replay()  # the restarted hub
     assert counted() == (before[0] + 1, before[1] + 1)
+
+
+def _intake_stage_count() -> float:
+    value = REGISTRY.get_sample_value("roost_hub_stage_seconds_count", {"stage": "intake"})
+    return value or 0.0
+
+
+async def test_every_reading_taken_is_timed_in_the_intake_stage(tmp_path: Path) -> None:
+    """Journaled or not (a broken journal), valid or dropped: each reading taken once."""
+    before = _intake_stage_count()
+    journaled = Intake(ingest(Queue()), Journal(tmp_path / "j.sqlite", history=100))
+    unjournaled = Intake(ingest(Queue()), None)
+    for n in range(5):
+        journaled.take(*reading(n), lambda: None)
+        unjournaled.take(*reading(n), lambda: None)
+    journaled.take("roost/readings/office/temperature", b"not json", lambda: None)
+    assert _intake_stage_count() - before == 11
+    journaled.flush()
+    journaled.close()
