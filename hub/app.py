@@ -38,6 +38,8 @@ from hub.homeassistant import mapping as ha_mapping
 from hub.homeassistant.bridge import HaBridge
 from hub.homeassistant.client import ActionRunner, HaClient, HaUnavailable, read_token
 from hub.homeassistant.entities import ModelInfo
+from hub.homeassistant.resume import StateResume
+from hub.homeassistant.rooms import Rooms
 from hub.homeassistant.settings import Settings
 from hub.ingest import Ingest, InputLimits, SensorRef, parse_entity_map
 from hub.intake import Intake, Once, Publisher, manual_acks, open_intake
@@ -206,6 +208,11 @@ class Hub:
         )
         self.ingest: Ingest | None = None
         self.intake: Intake | None = None
+        # HA's current states, read on every (re)connect (hub.homeassistant.resume).
+        self.resume: StateResume | None = None
+        # HA's names of the areas (the registries), for the areas' devices.
+        self.rooms = Rooms(config.hub_id, expire_after_seconds=config.ha_decision_expire_seconds)
+        self._resume_task: asyncio.Task[int] | None = None
         # Set once the hub is connected and subscribed: readings are no longer lost.
         self.ready = asyncio.Event()
 
@@ -242,6 +249,7 @@ class Hub:
             log.warning("Home Assistant registries unavailable (%s); using the cached mapping", e)
             return ha_mapping.merge(ha_mapping.load(cache), explicit)
         proposal = ha_mapping.propose(registries)
+        self.rooms.names.update(proposal.area_names)
         ha_mapping.save(cache, proposal.mapping)
         log.info("auto mapping: %d Home Assistant entities feed Roost", len(proposal.mapping))
         return ha_mapping.merge(proposal.mapping, explicit)
@@ -285,6 +293,10 @@ class Hub:
             tz=ZoneInfo(self.config.timezone),
             limits=InputLimits.from_config(self.config),
         )
+        if self.ha_client is not None:
+            self.resume = StateResume(
+                self.ha_client, self.ingest, timeout=self.config.ha_api_timeout_seconds
+            )
         if self.config.ha_discovery:
             self.bridge = HaBridge(
                 hub_id=self.config.hub_id,
@@ -303,6 +315,7 @@ class Hub:
                 drift_min_samples=self.config.drift_min_samples,
                 buffer_topics=self.config.ha_buffer_topics,
                 max_entities=self.config.ha_max_entities,
+                rooms=self.rooms,
             )
         worker = asyncio.create_task(self.pipeline.run(), name="decisions")
         self.intake = open_intake(
@@ -328,6 +341,8 @@ class Hub:
         try:
             await self._mqtt_loop()
         finally:
+            if self._resume_task is not None:
+                self._resume_task.cancel()
             for task in helpers:
                 task.cancel()
             for task in helpers:
@@ -378,6 +393,7 @@ class Hub:
                     self.publisher.attach(client)
                     self.health.changed.set()  # republish the health document
                     self.ready.set()
+                    self._resume_windows()
                     MQTT_CONNECTED.set(1)
                     log.info("connected to MQTT %s:%d", cfg.mqtt_host, cfg.mqtt_port)
                     try:
@@ -404,6 +420,15 @@ class Hub:
                     await asyncio.wait_for(self.stop.wait(), delay)
                 delay = min(delay * 2, cfg.mqtt_reconnect_max_seconds)
         MQTT_CONNECTED.set(0)
+
+    def _resume_windows(self) -> None:
+        """A new session: feed HA's current states (statestream only sends changes, and a
+        fresh broker has none retained); a read still running gives way to this one."""
+        if self.resume is None:
+            return
+        if self._resume_task is not None:
+            self._resume_task.cancel()
+        self._resume_task = asyncio.create_task(self.resume.once(), name="ha-resume")
 
     async def _consume(
         self, client: aiomqtt.Client, ack: Callable[[aiomqtt.Message], None]

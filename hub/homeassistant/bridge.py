@@ -36,6 +36,7 @@ from hub.homeassistant.coordinator import Coordinator
 from hub.homeassistant.discovery import Discovery, Step
 from hub.homeassistant.entities import BINARY_OPPOSITE, MODEL_PROBLEMS, ModelInfo
 from hub.homeassistant.metrics import COMMANDS, FEEDBACK, HA_BUFFER_DROPS, HA_ENTITIES_REFUSED
+from hub.homeassistant.rooms import Rooms
 from hub.homeassistant.settings import LEARNING_MODES, NUMBERS, Settings, parse_number
 from hub.homeassistant.topics import (
     HA_STATUS_TOPIC,
@@ -96,6 +97,7 @@ class HaBridge:
         settle_seconds: float = 1.0,
         buffer_topics: int = 1000,
         max_entities: int = 1000,
+        rooms: Rooms | None = None,
     ) -> None:
         self.hub_id = hub_id
         self.prefix = prefix
@@ -120,6 +122,8 @@ class HaBridge:
             drift_min_samples=drift_min_samples,
         )
         self.settle_seconds = settle_seconds
+        # Each area's entities on the area's device; predictions expire (rooms).
+        self.rooms = rooms or Rooms(hub_id)
         self.discovery = Discovery(prefix, hub_id, max_entities)
         self.components: dict[str, dict[str, Any]] = self.discovery.components
         # command key -> (kind, handler of the validated payload text)
@@ -193,21 +197,22 @@ class HaBridge:
         # The prediction, a "was wrong" button, and a "what was it?" select for choices.
         if not self.discovery.fits(1 + {None: 0, "binary": 1, "choice": 2}[kind]):
             return False
-        key = f"{model}_{area}"
-        self._add(key, entities.prediction_component(self.hub_id, model, area, info.labels))
+        key, place = f"{model}_{area}", functools.partial(self.rooms.place, area)
+        prediction = entities.prediction_component(self.hub_id, model, area, info.labels)
+        self._add(key, self.rooms.prediction(area, prediction))
         if kind is None:
             return True
         if kind == "choice":
             self._command(
                 f"{key}_label",
                 "select",
-                entities.label_select_component(self.hub_id, model, area, info.labels),
+                place(entities.label_select_component(self.hub_id, model, area, info.labels)),
                 self._choice_handler(key, info.labels),
             )
         self._command(
             f"{key}_wrong",
             "button",
-            entities.wrong_button_component(model, area),
+            place(entities.wrong_button_component(model, area)),
             self._press(lambda: self._feedback(model, area)),
         )
         return True
