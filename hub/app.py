@@ -212,7 +212,6 @@ class Hub:
         self.resume: StateResume | None = None
         # HA's names of the areas (the registries), for the areas' devices.
         self.rooms = Rooms(config.hub_id, expire_after_seconds=config.ha_decision_expire_seconds)
-        self._resume_task: asyncio.Task[int] | None = None
         # Set once the hub is connected and subscribed: readings are no longer lost.
         self.ready = asyncio.Event()
 
@@ -341,8 +340,8 @@ class Hub:
         try:
             await self._mqtt_loop()
         finally:
-            if self._resume_task is not None:
-                self._resume_task.cancel()
+            if self.resume is not None:
+                self.resume.cancel()
             for task in helpers:
                 task.cancel()
             for task in helpers:
@@ -393,7 +392,8 @@ class Hub:
                     self.publisher.attach(client)
                     self.health.changed.set()  # republish the health document
                     self.ready.set()
-                    self._resume_windows()
+                    if self.resume is not None:
+                        self.resume.start()  # statestream sends only changes
                     MQTT_CONNECTED.set(1)
                     log.info("connected to MQTT %s:%d", cfg.mqtt_host, cfg.mqtt_port)
                     try:
@@ -420,15 +420,6 @@ class Hub:
                     await asyncio.wait_for(self.stop.wait(), delay)
                 delay = min(delay * 2, cfg.mqtt_reconnect_max_seconds)
         MQTT_CONNECTED.set(0)
-
-    def _resume_windows(self) -> None:
-        """A new session: feed HA's current states (statestream only sends changes, and a
-        fresh broker has none retained); a read still running gives way to this one."""
-        if self.resume is None:
-            return
-        if self._resume_task is not None:
-            self._resume_task.cancel()
-        self._resume_task = asyncio.create_task(self.resume.once(), name="ha-resume")
 
     async def _consume(
         self, client: aiomqtt.Client, ack: Callable[[aiomqtt.Message], None]

@@ -65,6 +65,17 @@ class StateResume:
         self._timeout = timeout
         self._clock = clock
         self._failing = False
+        self._task: asyncio.Task[int] | None = None
+
+    def start(self) -> None:
+        """A new MQTT session: read and feed in the background; a read still running
+        gives way to this one."""
+        self.cancel()
+        self._task = asyncio.create_task(self.once(), name="ha-resume")
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
     async def once(self) -> int:
         """Read and feed the current states; how many were fed (0 if the read failed)."""

@@ -8,6 +8,7 @@ once and never raised. ``HaClient.states`` is run against a local HTTP server.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -231,3 +232,21 @@ def test_client_states_take_the_latest_time_home_assistant_confirmed(
 def test_client_states_of_an_unreachable_home_assistant_raise_ha_unavailable() -> None:
     with pytest.raises(HaUnavailable, match="cannot read the states"):
         HaClient("http://127.0.0.1:9", "t0ken", timeout=2).states(["sensor.a"])
+
+
+async def test_a_new_session_s_read_replaces_one_still_running() -> None:
+    """Two reconnects in a row: the first read gives way, the states are fed once."""
+    ingest, sink = make()
+    ha = FakeHa(room(time.time() - 60))
+    ha.before_return = lambda: time.sleep(0.3)  # a slow Home Assistant
+    r = resume(ha, ingest)
+    r.start()
+    await asyncio.sleep(0)  # the first read is under way
+    r.start()
+    task = r._task
+    assert task is not None
+    await asyncio.wait_for(task, 5)
+    assert task.result() == 4
+    assert len(ha.asked) == 2
+    assert len(sink.items) == 1  # one decision: the first read's states were not fed
+    r.cancel()
