@@ -286,10 +286,12 @@ class HaBridge:
             known = [self.latest[key] for key in keys if key in self.latest]
         if not known:
             return
-        await asyncio.sleep(self.settle_seconds)
-        for latest in known:
-            if self.latest.get(decision_key(latest.topic)) is latest:
-                self._queue(latest.topic, latest.payload, False)
+        # Twice: a loaded Home Assistant may subscribe to a new entity later than that.
+        for wait in (self.settle_seconds, 4 * self.settle_seconds):
+            await asyncio.sleep(wait)
+            for latest in known:
+                if self.latest.get(decision_key(latest.topic)) is latest:
+                    self._queue(latest.topic, latest.payload, False)
 
     def _later(self, coro: Awaitable[None]) -> None:
         async def wrapped() -> None:
