@@ -43,7 +43,6 @@ from hub.homeassistant.topics import (
     command_filter,
     command_key,
     command_topic,
-    decision_key,
     device_id,
     state_topic,
 )
@@ -276,21 +275,17 @@ class HaBridge:
             self._later(self._republish_latest())
 
     async def _republish_latest(self, keys: Sequence[tuple[str, str]] | None = None) -> None:
-        """After discovery settled: the latest decision per entity known now (of ``keys``,
-        or of every entity when HA was away), sent again with the same decision id.
-
-        Only decisions made before this call: newer ones are published by the pipeline."""
-        if keys is None:
-            known = list(self.latest.values())
-        else:  # new entities: their own latest only (not a pass over every entity)
-            known = [self.latest[key] for key in keys if key in self.latest]
-        if not known:
+        """After discovery settled: the latest decision of each entity (of ``keys``, new
+        entities, or of every entity when HA was away), sent again with the same decision
+        id; twice, since a loaded Home Assistant may subscribe to a new entity later. The
+        latest when sent: the decisions published meanwhile may have come too early."""
+        keys = list(self.latest) if keys is None else list(keys)
+        if not keys:
             return
-        # Twice: a loaded Home Assistant may subscribe to a new entity later than that.
         for wait in (self.settle_seconds, 4 * self.settle_seconds):
             await asyncio.sleep(wait)
-            for latest in known:
-                if self.latest.get(decision_key(latest.topic)) is latest:
+            for key in keys:
+                if (latest := self.latest.get(key)) is not None:
                     self._queue(latest.topic, latest.payload, False)
 
     def _later(self, coro: Awaitable[None]) -> None:

@@ -145,3 +145,33 @@ def test_roosts_own_entities_are_dropped_quietly_and_counted(
     assert caplog.records == []
     ingest.handle("ss/sensor/someone_elses/state", b"1")
     assert unknown._value.get() == before[1] + 1  # others still are unknown sensors
+
+
+async def test_a_new_rooms_latest_decision_is_sent_again_twice(
+    make_bridge: Callable[..., HaBridge],
+) -> None:
+    """A new entity's first decisions may reach the broker before a loaded Home Assistant
+    subscribed: its latest one (not the first) is sent again, twice."""
+    bridge = make_bridge(settle_seconds=0.05)
+    client = LoopbackClient(bridge.handle)
+    stop = asyncio.Event()
+    flusher = asyncio.create_task(bridge._flusher(stop))
+    await bridge.on_connect(client)  # type: ignore[arg-type]
+    topic = "roost/home-1/decisions/occupancy/kitchen"
+    first = Recorded("occupancy", "kitchen", "d1", "vacant", 7, topic, b'{"n":1}', None)
+    newer = Recorded("occupancy", "kitchen", "d2", "occupied", 8, topic, b'{"n":2}', None)
+    try:
+        await bridge.on_recorded([first])
+        await bridge.on_recorded([newer])  # published by the pipeline, maybe too early
+        await wait_until_async(
+            lambda: len([p for p in client.published if p.topic == topic]) >= 2,
+            5,
+            "the decision sent twice",
+            interval=0.01,
+        )
+        await bridge.idle()
+    finally:
+        stop.set()
+        flusher.cancel()
+    sent = [p.payload for p in client.published if p.topic == topic]
+    assert sent == [b'{"n":2}', b'{"n":2}']
