@@ -99,10 +99,13 @@ async def test_a_restart_never_repeats_an_action(ha: HomeAssistant, roost: Stack
         ha.wait_state, SENSOR, lambda s: s["state"] == "off" and "decision_id" in s["attributes"]
     )
     first_id = first["attributes"]["decision_id"]
-    assert (await verdict(roost, first_id)).policy.verdict == audit_pb.POLICY_VERDICT_ALLOWED
     memory = ActionMemory.load(roost.home / "data" / "hub" / MEMORY_FILE)
     assert memory.labels == {"occupancy.kitchen": "vacant"}
     assert memory.actions[LIGHT]["action"] == "input_boolean.turn_off"
+    # The decision that called it (the later vacant ones while the values were set: not
+    # a change, not repeated).
+    allowed = await verdict(roost, memory.actions[LIGHT]["decision_id"])
+    assert allowed.policy.verdict == audit_pb.POLICY_VERDICT_ALLOWED
     # The homeowner wants the light on after all; then Roost restarts.
     ha.call_service("input_boolean", "turn_on", {"entity_id": LIGHT})
     await asyncio.to_thread(ha.wait_state, LIGHT, lambda s: s["state"] == "on")
