@@ -38,6 +38,8 @@ from hub.homeassistant import mapping as ha_mapping
 from hub.homeassistant.bridge import HaBridge
 from hub.homeassistant.client import ActionRunner, HaClient, HaUnavailable, read_token
 from hub.homeassistant.entities import ModelInfo
+from hub.homeassistant.resume import StateResume
+from hub.homeassistant.rooms import Rooms
 from hub.homeassistant.settings import Settings
 from hub.ingest import Ingest, InputLimits, SensorRef, parse_entity_map
 from hub.intake import Intake, Once, Publisher, manual_acks, open_intake
@@ -206,6 +208,10 @@ class Hub:
         )
         self.ingest: Ingest | None = None
         self.intake: Intake | None = None
+        # HA's current states, read on every (re)connect (hub.homeassistant.resume).
+        self.resume: StateResume | None = None
+        # HA's names of the areas (the registries), for the areas' devices.
+        self.rooms = Rooms(config.hub_id, expire_after_seconds=config.ha_decision_expire_seconds)
         # Set once the hub is connected and subscribed: readings are no longer lost.
         self.ready = asyncio.Event()
 
@@ -242,6 +248,7 @@ class Hub:
             log.warning("Home Assistant registries unavailable (%s); using the cached mapping", e)
             return ha_mapping.merge(ha_mapping.load(cache), explicit)
         proposal = ha_mapping.propose(registries)
+        self.rooms.names.update(proposal.area_names)
         ha_mapping.save(cache, proposal.mapping)
         log.info("auto mapping: %d Home Assistant entities feed Roost", len(proposal.mapping))
         return ha_mapping.merge(proposal.mapping, explicit)
@@ -285,6 +292,10 @@ class Hub:
             tz=ZoneInfo(self.config.timezone),
             limits=InputLimits.from_config(self.config),
         )
+        if self.ha_client is not None:
+            self.resume = StateResume(
+                self.ha_client, self.ingest, timeout=self.config.ha_api_timeout_seconds
+            )
         if self.config.ha_discovery:
             self.bridge = HaBridge(
                 hub_id=self.config.hub_id,
@@ -304,6 +315,7 @@ class Hub:
                 buffer_topics=self.config.ha_buffer_topics,
                 max_entities=self.config.ha_max_entities,
                 ha_client=self.ha_client,
+                rooms=self.rooms,
             )
         worker = asyncio.create_task(self.pipeline.run(), name="decisions")
         self.intake = open_intake(
@@ -329,6 +341,8 @@ class Hub:
         try:
             await self._mqtt_loop()
         finally:
+            if self.resume is not None:
+                self.resume.cancel()
             for task in helpers:
                 task.cancel()
             for task in helpers:
@@ -382,6 +396,8 @@ class Hub:
                     self.publisher.attach(client)
                     self.health.changed.set()  # republish the health document
                     self.ready.set()
+                    if self.resume is not None:
+                        self.resume.start()  # statestream sends only changes
                     MQTT_CONNECTED.set(1)
                     log.info("connected to MQTT %s:%d", cfg.mqtt_host, cfg.mqtt_port)
                     try:

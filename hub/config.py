@@ -139,3 +139,6 @@ class HubConfig:
     # Entities of the Roost hub device in Home Assistant; past it, new areas get no entity
     # (still decided; counted in roost_hub_ha_entities_refused_total).
     ha_max_entities: int = 1000
+    # A room's prediction with no new decision for this long is shown unavailable in Home
+    # Assistant (its expire_after), never as current; 0: never.
+    ha_decision_expire_seconds: int = 1800

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, tzinfo
 from typing import Protocol
 
@@ -29,6 +29,7 @@ from hub.payloads import (
     InvalidReading,
     Reading,
     ValueRange,
+    check_ts,
     parse_ranges,
     parse_reading,
     parse_statestream,
@@ -37,6 +38,7 @@ from hub.pipeline import Pending
 from hub.topics import (
     MAX_ENTITY_CHARS,
     MAX_NAME_CHARS,
+    is_roost_entity,
     parse_statestream_topic,
     reading_segments,
     valid_segment,
@@ -165,6 +167,8 @@ class Ingest:
         self._max_bytes = max_payload_bytes
         self._base = statestream_base
         self._entities = usable_entities(statestream_entities)
+        # Per mapped entity: when its latest statestream message arrived (hub clock).
+        self._heard: dict[str, float] = {}
         self._tz = tz
         self._limits = limits if limits is not None else InputLimits()
         # Per (model, area): an AreaWindow per area heard from, or the home's window.
@@ -210,18 +214,42 @@ class Ingest:
     def set_entity_map(self, entities: Mapping[str, SensorRef]) -> None:
         """Replace the statestream mapping (e.g. a refreshed Home Assistant auto mapping)."""
         self._entities = usable_entities(entities)
+        self._heard = {e: t for e, t in self._heard.items() if e in self._entities}
+
+    @property
+    def mapped_entities(self) -> frozenset[str]:
+        """The Home Assistant entities the statestream mapping feeds to models."""
+        return frozenset(self._entities)
+
+    def heard_since(self, entity_id: str, since: float) -> bool:
+        """Whether a statestream message of ``entity_id`` arrived at or after ``since``."""
+        return self._heard.get(entity_id, -1.0) >= since
+
+    def handle_state(self, entity_id: str, state: str, ts: float) -> int:
+        """A state read from Home Assistant's API, as its statestream message would have
+        been, at HA's time ``ts`` (validated like a reading's ``ts``)."""
+        domain, _, object_id = entity_id.partition(".")
+        topic = f"{self._base}/{domain}/{object_id}/state"
+        return self.handle(topic, state.encode(), ts=ts)
 
     def handle(
-        self, topic: str, payload: bytes, *, journal_id: int = 0, decide: bool = True
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        journal_id: int = 0,
+        decide: bool = True,
+        ts: float | None = None,
     ) -> int:
         """How many decisions the reading asked for. Never raises: bad input is counted
         and dropped. ``decide=False`` (a journal replay of a decided reading): the
         windows are updated, nothing is submitted (the ids are remembered), nothing is
-        counted again."""
+        counted again. ``ts``: the reading's time as its source knows it (a statestream
+        payload has none: the arrival time is used)."""
         self._journal_id, self._decide = journal_id, decide
         self._submitted = 0
         try:
-            self._handle(topic, payload)
+            self._handle(topic, payload, ts)
         except Exception as e:
             # A bug must not stop the hub: count and log it (the type only; the
             # traceback may hold values, so it goes to DEBUG).
@@ -229,11 +257,11 @@ class Ingest:
             log.debug("reading on %s failed", topic, exc_info=True)
         return self._submitted
 
-    def _handle(self, topic: str, payload: bytes) -> None:
+    def _handle(self, topic: str, payload: bytes, source_ts: float | None) -> None:
         received = time.perf_counter()
         now = time.time()
         try:
-            ref, reading = self._parse(topic, payload, now)
+            ref, reading = self._parse(topic, payload, now, source_ts)
             models = self._models_by_kind.get(ref.sensor_kind)
             if not models:
                 raise InvalidReading(DropReason.UNKNOWN_SENSOR, "no model uses this sensor kind")
@@ -313,7 +341,9 @@ class Ingest:
             return []
         return [(ref.area, window)]
 
-    def _parse(self, topic: str, payload: bytes, now: float) -> tuple[SensorRef, Reading]:
+    def _parse(
+        self, topic: str, payload: bytes, now: float, source_ts: float | None
+    ) -> tuple[SensorRef, Reading]:
         segments = reading_segments(topic)
         if segments is not None:
             area, kind = segments
@@ -327,10 +357,16 @@ class Ingest:
             _check_length(entity, "entity id", MAX_ENTITY_CHARS)
             ref = self._entities.get(entity)
             if ref is None:
+                if is_roost_entity(entity):  # Roost's own entities never feed Roost
+                    raise InvalidReading(DropReason.OWN_ENTITY, "a Roost entity")
                 raise InvalidReading(DropReason.UNKNOWN_SENSOR, "entity is not mapped to an area")
-            return ref, parse_statestream(
+            reading = parse_statestream(
                 payload, max_bytes=self._max_bytes, bounds=self._limits.ranges.get(ref.sensor_kind)
             )
+            if source_ts is None:
+                self._heard[entity] = now
+                return ref, reading
+            return ref, replace(reading, ts=check_ts(source_ts, now, "the state's time"))
         raise InvalidReading(DropReason.UNKNOWN_TOPIC, "topic is not in the Roost schema")
 
     def _area_window(self, model: str, area: str) -> Window | None:

@@ -40,6 +40,7 @@ class DropReason(StrEnum):
     UNKNOWN_TOPIC = "unknown_topic"
     UNKNOWN_SENSOR = "unknown_sensor"
     UNAVAILABLE = "unavailable"
+    OWN_ENTITY = "own_entity"
     OUT_OF_ORDER = "out_of_order"
     TOO_MANY_AREAS = "too_many_areas"
     TOO_MANY_ENTITIES = "too_many_entities"
@@ -64,6 +65,10 @@ HA_NO_VALUE = frozenset({"unavailable", "unknown", "none", ""})
 HA_BINARY = {"on": 1.0, "open": 1.0, "detected": 1.0, "off": 0.0, "closed": 0.0, "clear": 0.0}
 # Topics longer than this are shortened in log lines.
 MAX_LOGGED_TOPIC_CHARS = 120
+
+
+# Counted, never logged: expected on the normal path.
+QUIET_DROPS = frozenset({DropReason.UNAVAILABLE, DropReason.OWN_ENTITY})
 
 
 class InvalidReading(ValueError):
@@ -190,12 +195,16 @@ def parse_reading(
     if "value" not in doc:
         raise InvalidReading(DropReason.WRONG_TYPE, "object has no 'value'")
     value = _number(doc["value"], "'value'", bounds)
-    ts = None
-    if doc.get("ts") is not None:
-        ts = _number(doc["ts"], "'ts'")
-        if not MIN_TS <= ts <= now + FUTURE_SLACK_SECONDS:
-            raise InvalidReading(DropReason.BAD_TIMESTAMP, "'ts' is out of range")
+    ts = None if doc.get("ts") is None else check_ts(doc["ts"], now, "'ts'")
     return Reading(value, ts, _reading_id(doc))
+
+
+def check_ts(ts: Any, now: float, what: str) -> float:
+    """A reading time: a finite number from 1990 up to a day ahead of ``now``."""
+    value = _number(ts, what)
+    if not MIN_TS <= value <= now + FUTURE_SLACK_SECONDS:
+        raise InvalidReading(DropReason.BAD_TIMESTAMP, f"{what} is out of range")
+    return value
 
 
 def parse_statestream(
@@ -223,7 +232,8 @@ def shown_topic(topic: str) -> str:
 
 class DropLog:
     """Counts every drop; logs at most one line per reason per ``interval`` (bounded
-    memory, whatever the number of topics). ``unavailable`` states are only counted."""
+    memory, whatever the number of topics). ``unavailable`` states, and Roost's own
+    entities coming back through ``mqtt_statestream``, are only counted."""
 
     def __init__(
         self,
@@ -235,7 +245,7 @@ class DropLog:
 
     def drop(self, topic: str, reason: DropReason, detail: str) -> None:
         DROPPED.labels(reason.value).inc()
-        if reason is DropReason.UNAVAILABLE:
+        if reason in QUIET_DROPS:
             return
         self._log(
             reason.value,

@@ -76,6 +76,17 @@ def parse_statestream_topic(base: str, topic: str) -> str | None:
     return f"{parts[0]}.{parts[1]}"
 
 
+# The object ids of the Roost hub's Home Assistant entities start with this (the device
+# name "Roost hub", or the ``object_id`` its discovery configs set).
+ROOST_OBJECT_PREFIX = "roost_"
+
+
+def is_roost_entity(entity_id: str) -> bool:
+    """``binary_sensor.roost_hub_occupancy_kitchen``: one of Roost's own entities (which
+    ``mqtt_statestream`` may send back to Roost)."""
+    return entity_id.partition(".")[2].startswith(ROOST_OBJECT_PREFIX)
+
+
 def decision_topic(hub_id: str, model: str, area: str) -> str:
     return f"roost/{hub_id}/decisions/{model}/{area}"
 

@@ -38,13 +38,13 @@ from hub.homeassistant.discovery import Discovery, Step
 from hub.homeassistant.entities import BINARY_OPPOSITE, MODEL_PROBLEMS, ModelInfo
 from hub.homeassistant.metrics import COMMANDS, FEEDBACK, HA_BUFFER_DROPS, HA_ENTITIES_REFUSED
 from hub.homeassistant.notices import Notices
+from hub.homeassistant.rooms import Rooms
 from hub.homeassistant.settings import LEARNING_MODES, NUMBERS, Settings, parse_number
 from hub.homeassistant.topics import (
     HA_STATUS_TOPIC,
     command_filter,
     command_key,
     command_topic,
-    decision_key,
     device_id,
     state_topic,
 )
@@ -89,6 +89,7 @@ class HaBridge:
         buffer_topics: int = 1000,
         max_entities: int = 1000,
         ha_client: HaClient | None = None,
+        rooms: Rooms | None = None,
     ) -> None:
         self.hub_id = hub_id
         self.prefix = prefix
@@ -115,6 +116,8 @@ class HaBridge:
         self.settle_seconds = settle_seconds
         # Failed commands as HA notifications, corrections in HA's logbook.
         self.notices = Notices(ha_client, hub_id)
+        # Each area's entities on the area's device; predictions expire (rooms).
+        self.rooms = rooms or Rooms(hub_id)
         self.discovery = Discovery(prefix, hub_id, max_entities)
         self.components: dict[str, dict[str, Any]] = self.discovery.components
         # command key -> (kind, handler of the validated payload text)
@@ -194,21 +197,22 @@ class HaBridge:
         # The prediction, a "was wrong" button, and a "what was it?" select for choices.
         if not self.discovery.fits(1 + {None: 0, "binary": 1, "choice": 2}[kind]):
             return False
-        key = f"{model}_{area}"
-        self._add(key, entities.prediction_component(self.hub_id, model, area, info.labels))
+        key, place = f"{model}_{area}", functools.partial(self.rooms.place, area)
+        prediction = entities.prediction_component(self.hub_id, model, area, info.labels)
+        self._add(key, self.rooms.prediction(area, prediction))
         if kind is None:
             return True
         if kind == "choice":
             self._command(
                 f"{key}_label",
                 "select",
-                entities.label_select_component(self.hub_id, model, area, info.labels),
+                place(entities.label_select_component(self.hub_id, model, area, info.labels)),
                 self._choice_handler(key, info.labels),
             )
         self._command(
             f"{key}_wrong",
             "button",
-            entities.wrong_button_component(model, area),
+            place(entities.wrong_button_component(model, area)),
             self._press(
                 lambda: self._feedback(model, area),
                 f"'That was wrong' ({model}, {area.replace('_', ' ')})",
@@ -276,20 +280,18 @@ class HaBridge:
             self._later(self._republish_latest())
 
     async def _republish_latest(self, keys: Sequence[tuple[str, str]] | None = None) -> None:
-        """After discovery settled: the latest decision per entity known now (of ``keys``,
-        or of every entity when HA was away), sent again with the same decision id.
-
-        Only decisions made before this call: newer ones are published by the pipeline."""
-        if keys is None:
-            known = list(self.latest.values())
-        else:  # new entities: their own latest only (not a pass over every entity)
-            known = [self.latest[key] for key in keys if key in self.latest]
-        if not known:
+        """After discovery settled: the latest decision of each entity (of ``keys``, new
+        entities, or of every entity when HA was away), sent again with the same decision
+        id; twice, since a loaded Home Assistant may subscribe to a new entity later. The
+        latest when sent: the decisions published meanwhile may have come too early."""
+        keys = list(self.latest) if keys is None else list(keys)
+        if not keys:
             return
-        await asyncio.sleep(self.settle_seconds)
-        for latest in known:
-            if self.latest.get(decision_key(latest.topic)) is latest:
-                self._queue(latest.topic, latest.payload, False)
+        for wait in (self.settle_seconds, 4 * self.settle_seconds):
+            await asyncio.sleep(wait)
+            for key in keys:
+                if (latest := self.latest.get(key)) is not None:
+                    self._queue(latest.topic, latest.payload, False)
 
     def _later(self, coro: Awaitable[None]) -> None:
         async def wrapped() -> None:

@@ -69,6 +69,17 @@ def read_token(path: Path | None) -> str:
     return token
 
 
+def _epoch(text: Any) -> float | None:
+    """HA's ISO 8601 time (with its zone) as epoch seconds; None if it is not one."""
+    if not isinstance(text, str):
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
+
+
 @dataclass(frozen=True)
 class _EntityRef:
     """What ``get_entity_histories`` reads from each entity: its id."""
@@ -109,6 +120,28 @@ class HaClient:
             return str(self._rest().get_state(entity_id=entity_id).state)
         except Exception as e:
             raise HaUnavailable(f"cannot read the state of {entity_id}: {type(e).__name__}") from e
+
+    def states(self, entity_ids: Iterable[str]) -> list[tuple[str, str, float]]:
+        """``[(entity_id, state, epoch seconds), ...]`` of those of ``entity_ids`` HA has
+        (one ``GET /api/states``). The time is when HA last confirmed the state (the latest
+        of ``last_changed``, ``last_updated`` and ``last_reported`` it sent; a state with
+        none that parses is left out, never given the time of reading)."""
+        wanted = set(entity_ids)
+        try:
+            states = self._rest().request("states")
+        except Exception as e:
+            raise HaUnavailable(f"cannot read the states: {type(e).__name__}") from e
+        if not isinstance(states, list):
+            raise HaUnavailable("cannot read the states: not a list")
+        out: list[tuple[str, str, float]] = []
+        for s in states:
+            if not isinstance(s, dict) or s.get("entity_id") not in wanted:
+                continue
+            times = [_epoch(s.get(k)) for k in ("last_changed", "last_updated", "last_reported")]
+            known = [t for t in times if t is not None]
+            if known and isinstance(s.get("state"), str):
+                out.append((str(s["entity_id"]), s["state"], max(known)))
+        return out
 
     def registries(self) -> dict[str, list[dict[str, Any]]]:
         """The area, device and entity registries and the current states (websocket)."""

@@ -298,7 +298,9 @@ def device_block(hub_id: str) -> dict[str, Any]:
 
 def entity_config(hub_id: str, component: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """(platform, discovery payload) of one entity: the component without its platform
-    (``p``, which names the topic), with the device block and the origin."""
-    config = {k: v for k, v in component.items() if k != "p"}
-    config |= {"dev": device_block(hub_id), "o": {"name": "roost", "sw": ROOST_VERSION}, "qos": 1}
+    (``p``, which names the topic), with the origin and the hub's device block (or the
+    component's own, ``dev``: its area's, :mod:`hub.homeassistant.rooms`)."""
+    config: dict[str, Any] = {"dev": device_block(hub_id)}  # or the component's own
+    config |= {k: v for k, v in component.items() if k != "p"}
+    config |= {"o": {"name": "roost", "sw": ROOST_VERSION}, "qos": 1}
     return str(component["p"]), config

@@ -54,6 +54,8 @@ class Proposal:
 
     mapping: dict[str, SensorRef] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    # area slug -> Home Assistant's name of the area ("living_room" -> "Living Room").
+    area_names: dict[str, str] = field(default_factory=dict)
 
     def entries(self) -> tuple[str, ...]:
         """As ``statestream_entities`` entries ("sensor.x=kitchen/temperature")."""
@@ -72,7 +74,9 @@ def propose(registries: Mapping[str, Sequence[Mapping[str, Any]]]) -> Proposal:
     }
     device_area = {d["id"]: d.get("area_id") for d in registries.get("device", [])}
     attributes = {s["entity_id"]: s.get("attributes") or {} for s in registries.get("states", [])}
-    proposal = Proposal()
+    proposal = Proposal(
+        area_names={areas[a["area_id"]]: str(a.get("name") or "") for a in registries["area"]}
+    )
     for entry in registries["entity"]:
         entity_id = str(entry.get("entity_id", ""))
         domain = entity_id.partition(".")[0]

@@ -24,9 +24,10 @@ def start_roost(
     actions: str,
     service_env: Mapping[Role, Mapping[str, str]] | None = None,
     personalization_timeout: float = 60,
+    hub_env: Mapping[str, str] | None = None,
 ) -> Stack:
-    """The services and the hub under ``home``; ``service_env`` adds environment per role.
-    Stops what it started if any of it fails."""
+    """The services and the hub under ``home``; ``service_env`` adds environment per role,
+    ``hub_env`` the hub's. Stops what it started if any of it fails."""
     env = service_env or {}
     stack = Stack(home, hub_id=hub_id)
     stack.broker_port = ha.broker_port
@@ -50,6 +51,7 @@ def start_roost(
                 "ROOST_HUB_STATESTREAM_BASE": ha.statestream_base,
                 "ROOST_HUB_HA_POLL_SECONDS": "1",
                 "ROOST_HUB_HA_ACTIONS": actions,
+                **(hub_env or {}),
             }
         )
     except BaseException:

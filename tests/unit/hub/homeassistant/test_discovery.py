@@ -100,9 +100,11 @@ async def test_2000_areas_publish_bounded_configs_and_linear_bytes(
     assert first + second <= AREAS * ENTITIES_PER_AREA * MAX_CONFIG_BYTES
 
 
-async def test_each_config_carries_the_shared_device_block(
+async def test_each_config_carries_the_hub_or_its_areas_device_block(
     make_bridge: Callable[..., HaBridge],
 ) -> None:
+    """The hub's entities share the hub's device block; a room's share the room's, which
+    points at the hub (``via_device``)."""
     b = make_bridge()
     async with connected(b) as client:
         await b.on_recorded([recorded("occupancy", "kitchen", "d1")])
@@ -122,10 +124,15 @@ async def test_each_config_carries_the_shared_device_block(
         "paused",
         "local-only",
     ]
-    assert len({json.dumps(d["dev"]) for d in docs.values()}) == 1
-    assert all(
-        d["dev"]["ids"] == ["roost_home-1"] and d["o"]["name"] == "roost" for d in docs.values()
-    )
+    kitchen = {t: d for t, d in docs.items() if "/occupancy_kitchen" in t}
+    assert len(kitchen) == 2  # the prediction and its "was wrong" button
+    assert len({json.dumps(d["dev"]) for d in kitchen.values()}) == 1
+    assert sensor["dev"]["ids"] == ["roost_home-1_area_kitchen"]
+    assert sensor["dev"]["via_device"] == "roost_home-1"
+    hub = [d for t, d in docs.items() if t not in kitchen]
+    assert len({json.dumps(d["dev"]) for d in hub}) == 1
+    assert all(d["dev"]["ids"] == ["roost_home-1"] for d in hub)
+    assert all(d["o"]["name"] == "roost" for d in docs.values())
     assert all(d["availability"][0]["topic"] == "roost/home-1/status" for d in docs.values())
     assert LEGACY not in [p.topic for p in client.published]  # nothing to migrate
 
