@@ -226,9 +226,21 @@ def as_home(rec: HomeRecording, mapping: HomeMappingFile) -> Home:
 
 def home_labels(rec: HomeRecording, mapping: HomeMappingFile, starts: F64Array) -> I64Array:
     """One label per slice (``UNKNOWN`` = left out); overlaps: the shortest annotation
-    wins, as in :func:`models.routine.data.labels`."""
+    wins, as in :func:`models.routine.data.labels`.
+
+    Only the annotated span (first annotation start to last annotation end) is
+    labelled: the sensors of house B run 3 days before and 10 days after its
+    annotations, and those days were no more "idle" than the annotated ones (the
+    person slept and went out). Slices outside the span are ``UNKNOWN``; their
+    events still feed the window."""
     fill = IDLE if mapping.unannotated == "idle" else UNKNOWN
     y = np.full(len(starts), fill, dtype=np.int64)
+    if not rec.activities:
+        y[:] = UNKNOWN
+        return y
+    first = min(iv.start for iv in rec.activities)
+    last = max(iv.end for iv in rec.activities)
+    y[(starts + STEP_SECONDS <= first) | (starts >= last)] = UNKNOWN
     ranked = sorted(
         rec.activities, key=lambda iv: (iv.end - iv.start, iv.start, mapping.label(iv.name))
     )
