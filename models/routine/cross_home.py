@@ -2,19 +2,23 @@
 
 Run from the repository root::
 
-    python -m models.routine.cross_home [--data-dir ../shared/data] [--seed 0]
-        [--vocabulary x1|v1] [--extra-homes houseD,houseE] [--markdown FILE]
+    python -m models.routine.cross_home [--data-dir ../shared/data] [--seeds 0,1,2]
+        [--vocabulary x1|v1] [--untouched houseD,houseE] [--markdown FILE]
 
-For each held-out home of A-C, a fresh model is trained on the OTHER homes at once
-(their installer mappings, ``models/routine/homes/*.toml``, through
-:class:`models.routine.spec.RoutineWindow` with the chosen vocabulary) and scored on
+For each held-out home of A-C, fresh models (one per seed, probabilities averaged)
+are trained on the OTHER homes at once (their installer mappings,
+``models/routine/homes/*.toml``, through :class:`models.routine.spec.RoutineWindow`
+with the chosen vocabulary, each home's features standardized over its own minutes
+without labels: :func:`standardize_per_home`) and scored on
 the held-out home's annotated minutes: macro-F1 over the classes that home has,
 per-class F1, and beside it the time-of-day and majority baselines fitted on the
 same training homes. The model abstains ("unsure") when its most probable class is
 a short activity (toilet, shower, drink) with probability below a threshold chosen
 on the training homes only (inner leave-one-home-out); an abstention counts as a
 miss for recall, never as a false alarm. Nothing is tuned on the held-out home.
-Seeded and deterministic: the same command prints the same figures.
+Then D and E (MIT object-sensor homes) are scored by models trained on all of A-C,
+over the classes they annotate. Seeded and deterministic: the same command prints
+the same figures.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 
 from models.datasets import add_data_dir_argument, find_data_dir
-from models.routine.data import CLASSES, Dataset, F32Array, I64Array
+from models.routine.data import CLASSES, Dataset, F32Array, F64Array, I64Array
 from models.routine.fit import fit
 from models.routine.home_data import UNKNOWN, home_dataset, load_home, load_mapping
 from models.routine.net import Hyper
@@ -58,17 +62,37 @@ class Scored:
     unsure_share: float
 
 
+def standardize_per_home(x: F32Array) -> F32Array:
+    """Each feature to zero mean and unit variance over the home's OWN minutes.
+
+    Unsupervised adaptation: it uses every ready minute of the home, annotated or
+    not, and no label, so a hub can keep these statistics from its own stream. A
+    PIR that fires 30 times an hour and a reed switch that fires twice then mean
+    the same thing: "more than usual in this home". Constant features become 0.
+    """
+    mean = x.mean(axis=0, dtype=np.float64)
+    std = x.std(axis=0, dtype=np.float64)
+    std[std <= 1e-6] = 1.0
+    out: F32Array = ((x - mean) / std).astype(np.float32)
+    return out
+
+
 def load_datasets(
     data_dir: Path | None, names: Sequence[str], vocabulary: Vocabulary
 ) -> dict[str, Dataset]:
-    """Each home's annotated, ready minutes (UNKNOWN ones dropped)."""
+    """Each home's ready minutes, standardized per home; labels may be UNKNOWN."""
     out: dict[str, Dataset] = {}
     for name in names:
         mapping = load_mapping(name)
         ds = home_dataset(load_home(data_dir, name, mapping), mapping, vocabulary)
-        keep = ds.y != UNKNOWN
-        out[name] = Dataset(ds.starts[keep], ds.x[keep], ds.y[keep], ds.days[keep])
+        out[name] = replace(ds, x=standardize_per_home(ds.x))
     return out
+
+
+def annotated(ds: Dataset) -> Dataset:
+    """The minutes of ``ds`` with a label (UNKNOWN ones dropped)."""
+    keep = ds.y != UNKNOWN
+    return Dataset(ds.starts[keep], ds.x[keep], ds.y[keep], ds.days[keep])
 
 
 def scores_over(y: I64Array, pred: I64Array, classes: Sequence[str]) -> dict[str, float]:
@@ -102,15 +126,17 @@ def abstain(probs: F32Array, threshold: float) -> I64Array:
     return pred
 
 
-def train(train_sets: Sequence[Dataset], hp: Hyper, seed: int) -> torch.nn.Module:
+def train(train_sets: Sequence[Dataset], hp: Hyper, seeds: Sequence[int]) -> list[torch.nn.Module]:
+    """One model per seed on the annotated minutes of ``train_sets`` at once."""
     x = np.concatenate([d.x for d in train_sets])
     y = np.concatenate([d.y for d in train_sets])
-    return fit(x, y, hp=hp, seed=seed, on_epoch=lambda _loss: None)
+    return [fit(x, y, hp=hp, seed=s, on_epoch=lambda _loss: None) for s in seeds]
 
 
-def probabilities(model: torch.nn.Module, x: F32Array) -> F32Array:
+def probabilities(models: Sequence[torch.nn.Module], x: F32Array) -> F32Array:
+    """The seeds' mean class probabilities."""
     with torch.no_grad():
-        out: F32Array = model(torch.from_numpy(x)).numpy()
+        out: F32Array = np.mean([m(torch.from_numpy(x)).numpy() for m in models], axis=0)
     return out
 
 
@@ -120,55 +146,77 @@ def present(y: I64Array) -> tuple[str, ...]:
 
 def choose_threshold(sets: dict[str, Dataset], hp: Hyper, seed: int) -> float:
     """The abstention threshold with the best mean macro-F1 in leave-one-home-out
-    over ``sets`` (the outer fold's training homes of A-C only)."""
-    held = [h for h in sets if h in HELD_OUT]
-    if len(held) < 2:
+    over ``sets`` (the outer fold's training homes; one seed)."""
+    if len(sets) < 2:
         return 0.0
     totals = np.zeros(len(THRESHOLDS))
-    for h in held:
-        model = train([d for n, d in sets.items() if n != h], hp, seed)
-        probs = probabilities(model, sets[h].x)
+    for h, test in sets.items():
+        probs = probabilities(train([d for n, d in sets.items() if n != h], hp, [seed]), test.x)
         for j, t in enumerate(THRESHOLDS):
-            totals[j] += scores_over(sets[h].y, abstain(probs, t), present(sets[h].y))["macro_f1"]
+            totals[j] += scores_over(test.y, abstain(probs, t), present(test.y))["macro_f1"]
     return THRESHOLDS[int(np.argmax(totals))]
 
 
+def _slot(starts: F64Array, bins: int) -> I64Array:
+    out: I64Array = np.minimum(
+        (np.mod(starts, 86_400.0) * bins / 86_400.0).astype(np.int64), bins - 1
+    )
+    return out
+
+
 def time_of_day_table(train_sets: Sequence[Dataset], bins: int = 48) -> I64Array:
+    """Most frequent class per half hour of the day over the training homes."""
     table = np.zeros((bins, len(CLASSES)), dtype=np.int64)
     for d in train_sets:
-        slot = np.minimum((np.mod(d.starts, 86_400.0) * bins / 86_400.0).astype(int), bins - 1)
-        np.add.at(table, (slot, d.y), 1)
+        np.add.at(table, (_slot(d.starts, bins), d.y), 1)
     out: I64Array = table.argmax(axis=1).astype(np.int64)
     return out
 
 
+def score_home(
+    name: str, test: Dataset, train_sets: Sequence[Dataset], probs: F32Array, threshold: float
+) -> Scored:
+    """The model's and both baselines' scores on ``test`` (annotated minutes)."""
+    classes = present(test.y)
+    pred = abstain(probs, threshold)
+    table = time_of_day_table(train_sets)
+    counts = np.bincount(np.concatenate([d.y for d in train_sets]), minlength=len(CLASSES))
+    majority = np.full(len(test.y), int(counts.argmax()), dtype=np.int64)
+    return Scored(
+        name,
+        classes,
+        threshold,
+        scores_over(test.y, pred, classes),
+        scores_over(test.y, table[_slot(test.starts, len(table))], classes),
+        scores_over(test.y, majority, classes),
+        float(np.mean(pred == UNSURE)),
+    )
+
+
 def leave_one_home_out(
-    sets: dict[str, Dataset], hp: Hyper, seed: int, *, tune_threshold: bool = True
+    sets: dict[str, Dataset],
+    hp: Hyper,
+    seeds: Sequence[int],
+    *,
+    tune_threshold: bool = True,
+    untouched: Sequence[str] = (),
 ) -> list[Scored]:
+    """Each home of :data:`HELD_OUT` scored by models trained on the others; then
+    each ``untouched`` home (never looked at while designing) by models trained on
+    all of :data:`HELD_OUT`, over the classes it has."""
+    labelled = {n: annotated(d) for n, d in sets.items()}
     out: list[Scored] = []
-    for held in HELD_OUT:
-        rest = {n: d for n, d in sets.items() if n != held}
-        threshold = choose_threshold(rest, hp, seed) if tune_threshold else 0.0
-        model = train(list(rest.values()), hp, seed)
-        test = sets[held]
-        classes = present(test.y)
-        pred = abstain(probabilities(model, test.x), threshold)
-        table = time_of_day_table(list(rest.values()))
-        bins = len(table)
-        slot = np.minimum((np.mod(test.starts, 86_400.0) * bins / 86_400.0).astype(int), bins - 1)
-        counts = np.bincount(np.concatenate([d.y for d in rest.values()]), minlength=len(CLASSES))
-        majority = np.full(len(test.y), int(counts.argmax()), dtype=np.int64)
-        out.append(
-            Scored(
-                held,
-                classes,
-                threshold,
-                scores_over(test.y, pred, classes),
-                scores_over(test.y, table[slot], classes),
-                scores_over(test.y, majority, classes),
-                float(np.mean(pred == UNSURE)),
-            )
-        )
+    folds = [(h, [h], [n for n in HELD_OUT if n != h]) for h in HELD_OUT]
+    if untouched:
+        folds.append(("all", list(untouched), list(HELD_OUT)))
+    for _, tests, training in folds:
+        rest = {n: labelled[n] for n in training}
+        threshold = choose_threshold(rest, hp, seeds[0]) if tune_threshold else 0.0
+        models = train(list(rest.values()), hp, seeds)
+        for name in tests:
+            test = labelled[name]
+            probs = probabilities(models, test.x)
+            out.append(score_home(name, test, list(rest.values()), probs, threshold))
     return out
 
 
@@ -194,24 +242,26 @@ def markdown(results: Sequence[Scored], title: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Routine: leave-one-home-out over A-C.")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vocabulary", choices=sorted(VOCABULARIES), default="x1")
-    parser.add_argument("--extra-homes", default="", help="training-only homes, e.g. houseD")
+    parser.add_argument("--seeds", default="0,1,2", help="ensemble of one model per seed")
+    parser.add_argument("--untouched", default="houseD,houseE", help="homes scored last")
     parser.add_argument("--epochs", type=int, default=HYPER.epochs)
     parser.add_argument("--no-abstain", action="store_true")
     parser.add_argument("--markdown", type=Path, default=None)
     add_data_dir_argument(parser)
     args = parser.parse_args(argv)
     make_deterministic()
-    extra = tuple(h for h in args.extra_homes.split(",") if h)
-    sets = load_datasets(
-        find_data_dir(args.data_dir), (*HELD_OUT, *extra), VOCABULARIES[args.vocabulary]
-    )
+    untouched = tuple(h for h in args.untouched.split(",") if h)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    vocabulary = VOCABULARIES[args.vocabulary]
+    sets = load_datasets(find_data_dir(args.data_dir), (*HELD_OUT, *untouched), vocabulary)
     hp = replace(HYPER, epochs=args.epochs)
-    results = leave_one_home_out(sets, hp, args.seed, tune_threshold=not args.no_abstain)
+    results = leave_one_home_out(
+        sets, hp, seeds, tune_threshold=not args.no_abstain, untouched=untouched
+    )
     title = (
-        f"Leave-one-home-out, vocabulary {VOCABULARIES[args.vocabulary].spec_id}, "
-        f"training also on {', '.join(extra) or 'no other home'}, seed {args.seed}"
+        f"Leave-one-home-out over {', '.join(HELD_OUT)}, then {', '.join(untouched)} "
+        f"(trained on all three); vocabulary {vocabulary.spec_id}, seeds {args.seeds}"
     )
     text = markdown(results, title)
     print(text)

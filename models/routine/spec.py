@@ -145,20 +145,25 @@ _PER_AREA = _PER_TRACK + len(_AREA_EXTRA)
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """Which sensors count and how they are pooled: the (area, kind) groups of
-    ``areas`` x ``kinds``, every area, optionally every kind across areas
-    (``kind_tracks``) and named unions of areas (``area_unions``), and the home.
-    Sensors outside ``areas`` x ``kinds`` are ignored."""
+    """Which sensors count and how they are pooled: optionally the (area, kind)
+    groups of ``areas`` x ``kinds`` (``group_tracks``), every area, optionally every
+    kind across areas (``kind_tracks``), named unions of areas (``area_unions``),
+    and the home. Sensors outside ``areas`` x ``kinds`` are ignored."""
 
     spec_id: str
     areas: tuple[str, ...]
     kinds: tuple[str, ...]
+    group_tracks: bool = True
     kind_tracks: bool = False
     area_unions: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
+    @property
+    def _n_groups(self) -> int:
+        return len(self.areas) * len(self.kinds) if self.group_tracks else 0
+
     def layout(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        for area in self.areas:
+        for area in self.areas if self.group_tracks else ():
             for kind in self.kinds:
                 out += [(f"{area}.{kind}.{n}", u) for n, u in _TRACK_FEATURES]
         for area in self.areas:
@@ -173,17 +178,18 @@ class Vocabulary:
         return out
 
     def offsets(self, ref: SensorRef) -> tuple[int, ...] | None:
-        """Feature offsets of the tracks ``ref`` counts in (home last; area second),
+        """Feature offsets of the tracks ``ref`` counts in (area first, home last),
         or None when the vocabulary does not count it."""
         if ref.area not in self.areas or ref.kind not in self.kinds:
             return None
         a, k = self.areas.index(ref.area), self.kinds.index(ref.kind)
-        n_groups = len(self.areas) * len(self.kinds)
-        area_offset = n_groups * _PER_TRACK
+        area_offset = self._n_groups * _PER_TRACK
         kind_offset = area_offset + len(self.areas) * _PER_AREA
         union_offset = kind_offset + (len(self.kinds) * _PER_TRACK if self.kind_tracks else 0)
         home_offset = union_offset + len(self.area_unions) * _PER_TRACK
-        out = [(a * len(self.kinds) + k) * _PER_TRACK, area_offset + a * _PER_AREA]
+        out = [area_offset + a * _PER_AREA]
+        if self.group_tracks:
+            out.append((a * len(self.kinds) + k) * _PER_TRACK)
         if self.kind_tracks:
             out.append(kind_offset + k * _PER_TRACK)
         out += [
@@ -197,14 +203,16 @@ class Vocabulary:
 
 # The served vocabulary (routine/v1): 8 areas x 9 kinds, no kind tracks or unions.
 V1_VOCABULARY = Vocabulary(SPEC_ID, AREAS, KINDS)
-# The cross-home candidate: every kind and area an installer may map, each kind also
-# across areas (a home's only door sensor may sit in another room than the training
-# homes'), and the bathroom and toilet as one "washroom" (in some homes the toilet is
-# in the bathroom). Not served yet (see docs/models.md).
+# The cross-home candidate: every kind and area an installer may map, pooled per area
+# and per kind across areas (a home's only door sensor may sit in another room than
+# the training homes'), never per (area, kind) group (few homes share a group), and
+# the bathroom and toilet as one "washroom" (in some homes the toilet is in the
+# bathroom). Not served yet (see docs/models.md).
 CROSS_HOME_VOCABULARY = Vocabulary(
     "routine/x1",
     INSTALLER_AREAS,
     INSTALLER_KINDS,
+    group_tracks=False,
     kind_tracks=True,
     area_unions=(("washroom", ("bathroom", "toilet")),),
 )
@@ -356,7 +364,7 @@ class RoutineWindow:
             changed = track.apply(key, bool(source), value, ts)
             track.prune(ts)
         if changed:
-            self._last_area = offsets[1]
+            self._last_area = offsets[0]
         return self.ready(ts)
 
     def ready(self, ts: float) -> bool:
