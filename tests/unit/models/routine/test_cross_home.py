@@ -113,3 +113,16 @@ def test_the_held_out_home_never_reaches_training(monkeypatch: pytest.MonkeyPatc
     sets = {h: _home(rng, n, 1.0) for h, n in sizes.items()}
     ch.leave_one_home_out(sets, Hyper(), [0], tune_threshold=False)
     assert seen == [600, 500, 300]  # the two OTHER homes each time
+
+
+def test_the_shipped_card_quotes_the_cross_home_evaluation() -> None:
+    """The card states the leave-one-home-out figures, not only the same-apartment
+    "other home" (issue 18); the template and the shipped card say the same."""
+    from models.manifest import shipped_models_dir  # noqa: PLC0415
+    from models.routine.card import CROSS_HOME_SECTION  # noqa: PLC0415
+
+    card = (shipped_models_dir() / "routine" / "MODEL_CARD.md").read_text()
+    assert CROSS_HOME_SECTION in card
+    for home in ch.HELD_OUT:
+        assert f"| {home} |" in CROSS_HOME_SECTION
+    assert "not met" in CROSS_HOME_SECTION
