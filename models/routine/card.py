@@ -36,6 +36,64 @@ CITATION = (
 )
 
 
+# The cross-home evaluation (``python -m models.routine.cross_home``, default and
+# --seeds 3,4,5); the card quotes it verbatim (tests check the shipped card does).
+CROSS_HOME_SECTION = """\
+## Across real homes (issue 18): leave-one-home-out
+
+The "other home" above is this same apartment with perturbed sensors. On real
+homes the picture is different. `python -m models.routine.cross_home` trains a
+cross-home candidate (vocabulary `routine/x1`: every installer area and kind incl.
+bed/seat pressure mats, PIR motion, faucets, drawers, stove and small appliances,
+pooled per area, per kind and per washroom = bathroom + toilet; each home's features
+standardized over its own minutes without labels; MLP 64-64, 8 epochs, class weight
+power 0.5, mean of seeds 0/1/2) on two of van Kasteren's homes A-C at once and
+scores the third, over the classes it has (all 8); then D and E (MIT, object
+sensors) with models trained on all of A-C. It abstains ("unsure") on a toilet,
+shower or drink below a probability threshold chosen by leave-one-home-out on the
+training homes only. Baselines are fitted on the same training homes.
+
+| held-out home | macro-F1 (seeds 0-2) | seeds 3-5 | time-of-day | majority | away | asleep | toilet | shower | breakfast | dinner | drink | idle | unsure |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| houseA | **0.580** | 0.523 | 0.204 | 0.087 | 0.97 | 0.96 | 0.60 | 0.46 | 0.32 | 0.47 | 0.17 | 0.70 | 0.4 % |
+| houseB | **0.446** | 0.471 | 0.190 | 0.093 | 0.65 | 0.89 | 0.39 | 0.69 | 0.34 | 0.17 | 0.16 | 0.27 | 0.0 % |
+| houseC | **0.489** | 0.501 | 0.198 | 0.078 | 0.88 | 0.97 | 0.36 | 0.33 | 0.13 | 0.51 | 0.11 | 0.62 | 0.1 % |
+| houseD | **0.176** | 0.144 | 0.011 | 0.013 | 0.20 | — | 0.14 | 0.02 | 0.23 | 0.43 | 0.03 | — | 1.9 % |
+| houseE | **0.146** | 0.118 | 0.004 | 0.007 | 0.10 | — | 0.24 | 0.11 | 0.21 | 0.21 | 0.00 | — | 2.8 % |
+
+Per-class columns are F1 of the seeds 0-2 run. **The issue's target (macro-F1 >= 0.60 on
+each of A-C, shower and toilet F1 >= 0.5) is not met.** Presence transfers (away
+0.65-0.97, asleep 0.89-0.97); short activities do not reliably: toilet 0.36-0.60,
+shower 0.33-0.69, drink 0.11-0.17, breakfast 0.13-0.34. The D/E figures (object
+sensors on cupboards and appliances, no sleep annotations) show that the candidate
+does not carry to a differently instrumented home at all. The figures move by several
+points with the seeds (see the two columns) and with the recipe (4 epochs, width 32
+gave 0.57/0.54/0.50 in an exploratory run); the recipe and features were chosen
+looking at A-C's leave-one-home-out, so these A-C figures are optimistic; D and E
+were used for no choice. The abstention threshold is chosen on one training home
+per inner fold, which is noisy: with seeds 3-5 it picked 0.7 for A and cut A's
+toilet F1 from 0.60 to 0.26. The baselines score near 0 on D/E because the training
+homes' frequent classes (away, asleep, idle) are not annotated there. This candidate is **not** the served model: the
+served `routine/v1` model above is unchanged.
+
+Two data faults were found and fixed on the way (`models/routine/home_data.py`,
+`homes/houseA.toml`, with tests on the data): house B's sensors run 3 days before and
+10 days after its annotations, and those 13 days had been scored as `idle`; and house
+A's release names its two hall doors the wrong way round (all 23 showers fire
+"Hall-Toilet door", 99 of 114 toilet visits "Hall-Bathroom door" with the flush), so
+the homes' mappings now follow what each door does. With both fixes the served model
+(trained on A with the names as released) scores macro-F1 0.286 on B and 0.150 on C
+(shower 0 on both).
+
+Tried and not kept (exploratory A/B/C macro-F1; seed 0 for the first two, seeds
+0-2 for the others): the per-(area, kind)
+groups without per-home standardization 0.47/0.36/0.22; D and E as extra training
+homes 0.44/0.30/0.32 (their minutes are all activities); a causal HMM filter over
+the model's probabilities 0.48/0.40/0.50; snapshots 5 and 15 min back as extra inputs
+0.58/0.46/0.50. Per-home standardization was the one large gain (C: 0.24 to 0.46, seed 0).
+"""
+
+
 def _day(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
 
@@ -213,6 +271,7 @@ from the other cupboards); the shipped model's
 in-sample numbers drop more because it fits this apartment's days more closely. The
 all-days rows are recomputed from the ONNX files by `models.routine.evaluate`.
 
+{CROSS_HOME_SECTION}
 ## Precision variants
 
 | variant | file | bytes | CV macro-F1 | CV accuracy | all-days macro-F1 | latency p50 / p99 (µs, 1 row) |

@@ -32,12 +32,13 @@ import numpy.typing as npt
 
 from models.datasets import NOT_HERE, DatasetMissing
 from models.routine.spec import (
-    INPUT_SHAPE,
     KASTEREN_MAPPING,
     STEP_SECONDS,
+    V1_VOCABULARY,
     HomeMapping,
     RoutineWindow,
     SensorRef,
+    Vocabulary,
 )
 
 SENSE_FILE = "kasterenSenseData.txt"
@@ -241,15 +242,17 @@ def slice_starts(data: KasterenData) -> F64Array:
     return np.arange(first, last, STEP_SECONDS, dtype=np.float64)
 
 
-def build_features(home: Home, starts: F64Array) -> tuple[F32Array, npt.NDArray[np.bool_]]:
+def build_features(
+    home: Home, starts: F64Array, vocabulary: Vocabulary = V1_VOCABULARY
+) -> tuple[F32Array, npt.NDArray[np.bool_]]:
     """Features at each slice end through :class:`RoutineWindow`, and whether it was ready.
 
     Events are fed in time order; every event with ``ts <= slice end`` is applied
     before the snapshot. The window counts as started at the first slice start.
     """
-    window = RoutineWindow(started_at=float(starts[0]))
+    window = RoutineWindow(started_at=float(starts[0]), vocabulary=vocabulary)
     events = list(home.events())
-    x = np.zeros((len(starts), *INPUT_SHAPE), dtype=np.float32)
+    x = np.zeros((len(starts), *window.spec.input_shape), dtype=np.float32)
     ready = np.zeros(len(starts), dtype=bool)
     j = 0
     for i, start in enumerate(starts):

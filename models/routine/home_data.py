@@ -41,24 +41,20 @@ from models.routine.data import (
     build_features,
     day_index,
 )
-from models.routine.spec import AREAS, KINDS, STEP_SECONDS, SensorRef
-
-# What an installer may say a sensor is: the served vocabulary (routine/v1) plus the
-# sensors these homes have that it lacks. Sensors of the extra kinds or areas are
-# mapped in the files but left out of the v1 features (the hub ignores them too).
-INSTALLER_AREAS: tuple[str, ...] = (*AREAS, "office", "dining_room")
-INSTALLER_KINDS: tuple[str, ...] = (
-    *KINDS,
-    "bed",
-    "seat",
-    "light",
-    "faucet",
-    "shower",
-    "drawer",
-    "stove",
-    "appliance",
-    "media",
+from models.routine.spec import (
+    INSTALLER_AREAS,
+    INSTALLER_KINDS,
+    STEP_SECONDS,
+    V1_VOCABULARY,
+    SensorRef,
+    Vocabulary,
 )
+
+# What an installer may say a sensor is (models.routine.spec): the served vocabulary
+# (routine/v1) plus the sensors these homes have that it lacks. Sensors of the extra
+# kinds or areas are mapped in the files; the v1 features leave them out (the hub
+# ignores them too), the cross-home vocabulary counts them.
+__all__ = ["INSTALLER_AREAS", "INSTALLER_KINDS"]
 MAPPINGS_DIR = Path(__file__).resolve().parent / "homes"
 HOMES: tuple[str, ...] = ("houseA", "houseB", "houseC", "houseD", "houseE")
 IGNORE = "ignore"
@@ -205,30 +201,46 @@ def unmapped(rec: HomeRecording, mapping: HomeMappingFile) -> list[str]:
     )
 
 
-def served_refs(mapping: HomeMappingFile) -> dict[str, SensorRef]:
-    """The mapped sensors the served vocabulary (routine/v1) has, as SensorRefs."""
+def served_refs(
+    mapping: HomeMappingFile, vocabulary: Vocabulary = V1_VOCABULARY
+) -> dict[str, SensorRef]:
+    """The mapped sensors ``vocabulary`` (default: the served routine/v1) counts."""
     return {
         n: SensorRef(*r)
         for n, r in mapping.sensors.items()
-        if r is not None and r[0] in AREAS and r[1] in KINDS
+        if r is not None and r[0] in vocabulary.areas and r[1] in vocabulary.kinds
     }
 
 
-def as_home(rec: HomeRecording, mapping: HomeMappingFile) -> Home:
-    """The recording's sensors of the served vocabulary as a :class:`Home` (ignored
-    sensors and those of kinds or areas it lacks left out, as the hub does)."""
+def as_home(
+    rec: HomeRecording, mapping: HomeMappingFile, vocabulary: Vocabulary = V1_VOCABULARY
+) -> Home:
+    """The recording's sensors of ``vocabulary`` as a :class:`Home` (ignored sensors
+    and those of kinds or areas it lacks left out, as the hub does)."""
     missing = unmapped(rec, mapping)
     if missing:
         raise ValueError(f"{rec.name}: not in its mapping file: {', '.join(missing)}")
-    refs = served_refs(mapping)
+    refs = served_refs(mapping, vocabulary)
     return Home(rec.name, tuple(iv for iv in rec.sensors if iv.name in refs), refs)
 
 
 def home_labels(rec: HomeRecording, mapping: HomeMappingFile, starts: F64Array) -> I64Array:
     """One label per slice (``UNKNOWN`` = left out); overlaps: the shortest annotation
-    wins, as in :func:`models.routine.data.labels`."""
+    wins, as in :func:`models.routine.data.labels`.
+
+    Only the annotated span (first annotation start to last annotation end) is
+    labelled: the sensors of house B run 3 days before and 10 days after its
+    annotations, and those days were no more "idle" than the annotated ones (the
+    person slept and went out). Slices outside the span are ``UNKNOWN``; their
+    events still feed the window."""
     fill = IDLE if mapping.unannotated == "idle" else UNKNOWN
     y = np.full(len(starts), fill, dtype=np.int64)
+    if not rec.activities:
+        y[:] = UNKNOWN
+        return y
+    first = min(iv.start for iv in rec.activities)
+    last = max(iv.end for iv in rec.activities)
+    y[(starts + STEP_SECONDS <= first) | (starts >= last)] = UNKNOWN
     ranked = sorted(
         rec.activities, key=lambda iv: (iv.end - iv.start, iv.start, mapping.label(iv.name))
     )
@@ -243,11 +255,13 @@ def home_labels(rec: HomeRecording, mapping: HomeMappingFile, starts: F64Array) 
     return y
 
 
-def home_dataset(rec: HomeRecording, mapping: HomeMappingFile) -> Dataset:
+def home_dataset(
+    rec: HomeRecording, mapping: HomeMappingFile, vocabulary: Vocabulary = V1_VOCABULARY
+) -> Dataset:
     """Ready slices of a home (features through RoutineWindow), labels may be UNKNOWN."""
     first = np.floor(rec.start / STEP_SECONDS) * STEP_SECONDS
     last = np.ceil(rec.end / STEP_SECONDS) * STEP_SECONDS
     starts = np.arange(first, last, STEP_SECONDS, dtype=np.float64)
-    x, ready = build_features(as_home(rec, mapping), starts)
+    x, ready = build_features(as_home(rec, mapping, vocabulary), starts, vocabulary)
     y = home_labels(rec, mapping, starts)
     return Dataset(starts=starts[ready], x=x[ready], y=y[ready], days=day_index(starts)[ready])

@@ -62,12 +62,29 @@ RECENCY_CAP_MIN = 1440.0
 WARMUP_SECONDS = 60.0 * max(COUNT_WINDOWS_MIN)
 STEP_SECONDS = 60.0
 
-_AREA_INDEX = {a: i for i, a in enumerate(AREAS)}
-_KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
+# What an installer may say a binary sensor is: the served vocabulary (routine/v1)
+# plus the sensors real homes have that it lacks (bed and seat pressure mats, light
+# switches, faucets, a shower seat, drawers, stove, small appliances, media). A
+# vocabulary counts the sensors of its own areas and kinds and ignores the rest.
+INSTALLER_AREAS: tuple[str, ...] = (*AREAS, "office", "dining_room")
+INSTALLER_KINDS: tuple[str, ...] = (
+    *KINDS,
+    "bed",
+    "seat",
+    "light",
+    "faucet",
+    "shower",
+    "drawer",
+    "stove",
+    "appliance",
+    "media",
+)
 _LOG_RECENCY_CAP = math.log1p(RECENCY_CAP_MIN)
 _HORIZON_S = WARMUP_SECONDS
 _LOG1P_COUNT = tuple(math.log1p(n) for n in range(COUNT_CAP + 1))
 _RECENCY_SLOT = 1 + len(COUNT_WINDOWS_MIN)
+_INSTALLER_AREA_SET = frozenset(INSTALLER_AREAS)
+_INSTALLER_KIND_SET = frozenset(INSTALLER_KINDS)
 
 
 @dataclass(frozen=True, order=True)
@@ -78,19 +95,12 @@ class SensorRef:
     kind: str
 
     def __post_init__(self) -> None:
-        if self.area not in _AREA_INDEX:
-            raise ValueError(f"unknown area '{self.area}'; known: {', '.join(AREAS)}")
-        if self.kind not in _KIND_INDEX:
-            raise ValueError(f"unknown sensor kind '{self.kind}'; known: {', '.join(KINDS)}")
-
-    @property
-    def group(self) -> int:
-        """Index of the (area, kind) group in the vocabulary."""
-        return _AREA_INDEX[self.area] * len(KINDS) + _KIND_INDEX[self.kind]
-
-    @property
-    def area_index(self) -> int:
-        return _AREA_INDEX[self.area]
+        if self.area not in _INSTALLER_AREA_SET:
+            raise ValueError(f"unknown area '{self.area}'; known: {', '.join(INSTALLER_AREAS)}")
+        if self.kind not in _INSTALLER_KIND_SET:
+            raise ValueError(
+                f"unknown sensor kind '{self.kind}'; known: {', '.join(INSTALLER_KINDS)}"
+            )
 
 
 # A home's mapping: its own sensor ids (or names) -> what they are.
@@ -118,7 +128,9 @@ KASTEREN_MAPPING: dict[str, SensorRef] = {
 
 # --- Feature layout ---------------------------------------------------------------------
 
-# Per (area, kind) group, per area ("<area>.any") and for the whole home ("home.any"):
+# Per (area, kind) group, per area ("<area>.any"), optionally per kind across areas
+# ("any.<kind>") and per union of areas ("<union>.any"), and for the whole home
+# ("home.any"):
 _TRACK_FEATURES: tuple[tuple[str, str], ...] = (
     ("active", "bool"),
     *((f"fired_{m}m", "log1p(count)") for m in COUNT_WINDOWS_MIN),
@@ -127,54 +139,113 @@ _TRACK_FEATURES: tuple[tuple[str, str], ...] = (
 # Per area only: the area of the home's most recent state change.
 _AREA_EXTRA: tuple[tuple[str, str], ...] = (("last", "bool"),)
 _TIME_FEATURES: tuple[tuple[str, str], ...] = (("hour_sin", ""), ("hour_cos", ""))
-
-N_GROUPS = len(AREAS) * len(KINDS)
 _PER_TRACK = len(_TRACK_FEATURES)
 _PER_AREA = _PER_TRACK + len(_AREA_EXTRA)
-_GROUP_OFFSET = 0
-_AREA_OFFSET = N_GROUPS * _PER_TRACK
-_HOME_OFFSET = _AREA_OFFSET + len(AREAS) * _PER_AREA
-_TIME_OFFSET = _HOME_OFFSET + _PER_TRACK
 
 
-def _layout() -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    for area in AREAS:
-        for kind in KINDS:
-            out += [(f"{area}.{kind}.{n}", u) for n, u in _TRACK_FEATURES]
-    for area in AREAS:
-        out += [(f"{area}.any.{n}", u) for n, u in (*_TRACK_FEATURES, *_AREA_EXTRA)]
-    out += [(f"home.any.{n}", u) for n, u in _TRACK_FEATURES]
-    out += list(_TIME_FEATURES)
-    return out
+@dataclass(frozen=True)
+class Vocabulary:
+    """Which sensors count and how they are pooled: optionally the (area, kind)
+    groups of ``areas`` x ``kinds`` (``group_tracks``), every area, optionally every
+    kind across areas (``kind_tracks``), named unions of areas (``area_unions``),
+    and the home. Sensors outside ``areas`` x ``kinds`` are ignored."""
+
+    spec_id: str
+    areas: tuple[str, ...]
+    kinds: tuple[str, ...]
+    group_tracks: bool = True
+    kind_tracks: bool = False
+    area_unions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def _n_groups(self) -> int:
+        return len(self.areas) * len(self.kinds) if self.group_tracks else 0
+
+    def layout(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for area in self.areas if self.group_tracks else ():
+            for kind in self.kinds:
+                out += [(f"{area}.{kind}.{n}", u) for n, u in _TRACK_FEATURES]
+        for area in self.areas:
+            out += [(f"{area}.any.{n}", u) for n, u in (*_TRACK_FEATURES, *_AREA_EXTRA)]
+        if self.kind_tracks:
+            for kind in self.kinds:
+                out += [(f"any.{kind}.{n}", u) for n, u in _TRACK_FEATURES]
+        for union, _ in self.area_unions:
+            out += [(f"{union}.any.{n}", u) for n, u in _TRACK_FEATURES]
+        out += [(f"home.any.{n}", u) for n, u in _TRACK_FEATURES]
+        out += list(_TIME_FEATURES)
+        return out
+
+    def offsets(self, ref: SensorRef) -> tuple[int, ...] | None:
+        """Feature offsets of the tracks ``ref`` counts in (area first, home last),
+        or None when the vocabulary does not count it."""
+        if ref.area not in self.areas or ref.kind not in self.kinds:
+            return None
+        a, k = self.areas.index(ref.area), self.kinds.index(ref.kind)
+        area_offset = self._n_groups * _PER_TRACK
+        kind_offset = area_offset + len(self.areas) * _PER_AREA
+        union_offset = kind_offset + (len(self.kinds) * _PER_TRACK if self.kind_tracks else 0)
+        home_offset = union_offset + len(self.area_unions) * _PER_TRACK
+        out = [area_offset + a * _PER_AREA]
+        if self.group_tracks:
+            out.append((a * len(self.kinds) + k) * _PER_TRACK)
+        if self.kind_tracks:
+            out.append(kind_offset + k * _PER_TRACK)
+        out += [
+            union_offset + u * _PER_TRACK
+            for u, (_, members) in enumerate(self.area_unions)
+            if ref.area in members
+        ]
+        out.append(home_offset)
+        return tuple(out)
 
 
-_LAYOUT = _layout()
+# The served vocabulary (routine/v1): 8 areas x 9 kinds, no kind tracks or unions.
+V1_VOCABULARY = Vocabulary(SPEC_ID, AREAS, KINDS)
+# The cross-home candidate: every kind and area an installer may map, pooled per area
+# and per kind across areas (a home's only door sensor may sit in another room than
+# the training homes'), never per (area, kind) group (few homes share a group), and
+# the bathroom and toilet as one "washroom" (in some homes the toilet is in the
+# bathroom). Not served yet (see docs/models.md).
+CROSS_HOME_VOCABULARY = Vocabulary(
+    "routine/x1",
+    INSTALLER_AREAS,
+    INSTALLER_KINDS,
+    group_tracks=False,
+    kind_tracks=True,
+    area_unions=(("washroom", ("bathroom", "toilet")),),
+)
+
+_LAYOUT = V1_VOCABULARY.layout()
 FEATURE_NAMES: tuple[str, ...] = tuple(n for n, _ in _LAYOUT)
 FEATURE_UNITS: tuple[str, ...] = tuple(u for _, u in _LAYOUT)
 INPUT_SHAPE: tuple[int, ...] = (len(FEATURE_NAMES),)
-assert _TIME_OFFSET + len(_TIME_FEATURES) == len(FEATURE_NAMES)
 
 
 @dataclass(frozen=True)
 class RoutineSpec:
     """The spec object of :class:`RoutineWindow` (mirrors ``models.features.FeatureSpec``)."""
 
-    spec_id: str = SPEC_ID
+    vocabulary: Vocabulary = V1_VOCABULARY
     step_seconds: float = STEP_SECONDS
     warmup_seconds: float = WARMUP_SECONDS
 
     @property
+    def spec_id(self) -> str:
+        return self.vocabulary.spec_id
+
+    @property
     def feature_names(self) -> list[str]:
-        return list(FEATURE_NAMES)
+        return [n for n, _ in self.vocabulary.layout()]
 
     @property
     def units(self) -> list[str]:
-        return list(FEATURE_UNITS)
+        return [u for _, u in self.vocabulary.layout()]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return INPUT_SHAPE
+        return (len(self.vocabulary.layout()),)
 
 
 ROUTINE_V1 = RoutineSpec()
@@ -240,14 +311,15 @@ class _Track:
 
 
 class RoutineWindow:
-    """Rolling routine/v1 inputs of one home, updated event by event.
+    """Rolling routine inputs of one home, updated event by event.
 
     ``update(sensor, value, ts)`` records a state change of a binary sensor (``value``
     1 = on/open, 0 = off/closed) at epoch time ``ts``; events must arrive in time
     order. ``source`` is an optional opaque per-home handle of the physical sensor
     (e.g. its entity id): it only tells which sensors of a group are on, so repeated
     state reports are not counted twice, and never enters the features. Without it,
-    "on" and "off" events of a group are counted up and down.
+    "on" and "off" events of a group are counted up and down. Sensors outside the
+    window's vocabulary (default: the served routine/v1) are ignored.
 
     The input is ready once the window has observed ``warmup_seconds`` (60 min, the
     longest count window) since ``started_at`` (default: the first event).
@@ -255,54 +327,58 @@ class RoutineWindow:
 
     spec = ROUTINE_V1
 
-    def __init__(self, tz: tzinfo = UTC, started_at: float | None = None) -> None:
+    def __init__(
+        self,
+        tz: tzinfo = UTC,
+        started_at: float | None = None,
+        vocabulary: Vocabulary = V1_VOCABULARY,
+    ) -> None:
+        self.spec = RoutineSpec(vocabulary)
+        self._vocabulary = vocabulary
+        self._shape = self.spec.input_shape
+        self._offsets: dict[SensorRef, tuple[int, ...] | None] = {}
         self._tz = tz
         self._started_at = started_at
-        self._groups: dict[int, _Track] = {}
-        self._areas: dict[int, _Track] = {}
-        self._home = _Track()
-        self._last_area: int | None = None
+        self._tracks: dict[int, _Track] = {}  # by feature offset
+        self._last_area: int | None = None  # offset of the area track
         self._last_ts: float | None = None
 
     def update(self, sensor: SensorRef, value: float, ts: float, source: str = "") -> bool:
         """Record one state change. Returns True when the model's input is ready."""
         if self._last_ts is not None and ts < self._last_ts:
             raise ValueError(f"event at {ts} is older than the previous one at {self._last_ts}")
+        if sensor not in self._offsets:
+            self._offsets[sensor] = self._vocabulary.offsets(sensor)
+        offsets = self._offsets[sensor]
+        if offsets is None:
+            return self.ready(ts)
         if self._started_at is None:
             self._started_at = ts
         self._last_ts = ts
         key = f"{sensor.area}/{sensor.kind}/{source}"
-        group = self._groups.get(sensor.group)
-        if group is None:
-            group = self._groups[sensor.group] = _Track()
-        area = self._areas.get(sensor.area_index)
-        if area is None:
-            area = self._areas[sensor.area_index] = _Track()
         changed = False
-        for track in (group, area, self._home):
+        for offset in offsets:  # the home's track is last: it decides "changed"
+            track = self._tracks.get(offset)
+            if track is None:
+                track = self._tracks[offset] = _Track()
             changed = track.apply(key, bool(source), value, ts)
             track.prune(ts)
         if changed:
-            self._last_area = sensor.area_index
+            self._last_area = offsets[0]
         return self.ready(ts)
 
     def ready(self, ts: float) -> bool:
         return self._started_at is not None and ts - self._started_at >= WARMUP_SECONDS
 
     def tensor(self, ts: float) -> npt.NDArray[np.float32]:
-        """The model input at ``ts`` (not earlier than the last event), shape ``INPUT_SHAPE``."""
+        """The model input at ``ts`` (not before the last event), of ``spec.input_shape``."""
         if self._last_ts is not None and ts < self._last_ts:
             raise ValueError(f"tensor at {ts} is older than the last event at {self._last_ts}")
-        out = np.zeros(INPUT_SHAPE, dtype=np.float32)
-        for g, track in self._groups.items():
+        out = np.zeros(self._shape, dtype=np.float32)
+        for offset, track in self._tracks.items():
             track.prune(ts)
-            track.write(out, _GROUP_OFFSET + g * _PER_TRACK, ts)
-        for a, track in self._areas.items():
-            track.prune(ts)
-            track.write(out, _AREA_OFFSET + a * _PER_AREA, ts)
-        self._home.prune(ts)
-        self._home.write(out, _HOME_OFFSET, ts)
+            track.write(out, offset, ts)
         if self._last_area is not None:
-            out[_AREA_OFFSET + self._last_area * _PER_AREA + _PER_TRACK] = 1.0
-        out[_TIME_OFFSET : _TIME_OFFSET + 2] = time_of_day_features(ts, self._tz)
+            out[self._last_area + _PER_TRACK] = 1.0
+        out[-2:] = time_of_day_features(ts, self._tz)
         return out

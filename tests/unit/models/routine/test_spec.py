@@ -13,12 +13,14 @@ import pytest
 from models.routine.data import Home, Interval, build_features
 from models.routine.spec import (
     AREAS,
+    CROSS_HOME_VOCABULARY,
     FEATURE_NAMES,
     FEATURE_UNITS,
     INPUT_SHAPE,
     KASTEREN_MAPPING,
     KINDS,
     SPEC_ID,
+    V1_VOCABULARY,
     WARMUP_SECONDS,
     RoutineWindow,
     SensorRef,
@@ -177,3 +179,54 @@ def test_sensor_ids_never_reach_the_features() -> None:
     assert ready_a.any()
     np.testing.assert_array_equal(ready_a, ready_b)
     np.testing.assert_array_equal(a, b)
+
+
+def test_v1_layout_is_unchanged_by_the_vocabulary_parameter() -> None:
+    """The served contract: routine/v1 keeps its 415 inputs in their order."""
+    assert V1_VOCABULARY.spec_id == SPEC_ID
+    assert tuple(n for n, _ in V1_VOCABULARY.layout()) == FEATURE_NAMES
+    assert len(FEATURE_NAMES) == 415
+    assert FEATURE_NAMES[0] == "entrance.door.active"
+    assert FEATURE_NAMES[-3:] == ("home.any.recency", "hour_sin", "hour_cos")
+
+
+def test_v1_window_ignores_sensors_outside_its_vocabulary() -> None:
+    """A bed mat (installer vocabulary, not v1) must neither count nor start the window."""
+    bed = SensorRef("bedroom", "bed")
+    w, ref = RoutineWindow(), RoutineWindow()
+    assert not w.update(bed, 1.0, T0)
+    w.update(CUPBOARD, 1.0, T0 + 10.0)
+    ref.update(CUPBOARD, 1.0, T0 + 10.0)
+    w.update(bed, 0.0, T0 + 20.0)
+    np.testing.assert_array_equal(w.tensor(T0 + 3700.0), ref.tensor(T0 + 3700.0))
+    assert not w.ready(T0 + 3609.0)  # started by the cupboard, not by the mat
+
+
+def test_cross_home_vocabulary_pools_kinds_across_areas_and_washrooms() -> None:
+    v = CROSS_HOME_VOCABULARY
+    idx = {n: i for i, n in enumerate(n for n, _ in v.layout())}
+    assert len(idx) == len(v.layout())  # unique names
+    w = RoutineWindow(started_at=T0, vocabulary=v)
+    assert w.spec.spec_id == v.spec_id != SPEC_ID
+    w.update(SensorRef("toilet", "door"), 1.0, T0 + 3600.0, "wc")
+    w.update(SensorRef("bedroom", "bed"), 1.0, T0 + 3601.0, "mat")
+    w.update(SensorRef("bathroom", "door"), 1.0, T0 + 3602.0, "bath")
+    x = w.tensor(T0 + 3603.0)
+    assert x.shape == w.spec.input_shape
+    assert "toilet.door.active" not in idx  # no per-group tracks
+    assert len(idx) == 6 * len(v.areas) + 5 * len(v.kinds) + 5 + 5 + 2
+    assert x[idx["toilet.any.active"]] == 1.0
+    assert x[idx["any.bed.active"]] == 1.0
+    # Two doors in two areas: one kind track, two activations.
+    assert x[idx["any.door.fired_1m"]] == pytest.approx(math.log1p(2))
+    assert x[idx["washroom.any.fired_1m"]] == pytest.approx(math.log1p(2))
+    assert x[idx["home.any.fired_1m"]] == pytest.approx(math.log1p(3))
+    assert x[idx["bathroom.any.last"]] == 1.0
+    assert x[idx["bedroom.any.last"]] == 0.0
+    assert x[idx["bedroom.any.active"]] == 1.0
+    assert x[idx["kitchen.any.recency"]] == 0.0  # never fired
+    # Closing the bathroom door leaves the toilet door holding the washroom active.
+    w.update(SensorRef("bathroom", "door"), 0.0, T0 + 3604.0, "bath")
+    x = w.tensor(T0 + 3605.0)
+    assert x[idx["washroom.any.active"]] == 1.0
+    assert x[idx["bathroom.any.active"]] == 0.0
