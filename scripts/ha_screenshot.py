@@ -1,4 +1,5 @@
-"""Screenshot of the "Roost hub" device in a REAL Home Assistant UI (docs/img/ha_dashboard.png).
+"""Screenshots of the "Roost hub" device and the Kitchen area in a REAL Home Assistant UI
+(docs/img/ha_dashboard.png, docs/img/ha_room_kitchen.png).
 
     python scripts/ha_screenshot.py [--out docs/img/ha_dashboard.png] [--keep]
 
@@ -65,10 +66,10 @@ READINGS = {
 }
 ONBOARDING_STEPS = ("user", "core_config", "analytics", "integration")
 ACTIONS = "occupancy.kitchen:vacant=input_boolean.turn_off:input_boolean.kitchen_light"
-# True once the device page shows Roost's entities (texts inside HA's shadow DOM).
+# True once the page shows every text of WANT (texts inside HA's shadow DOM).
 READY_JS = r"""
 (() => {
-  const want = ["Privacy budget spent", "Occupancy kitchen", "Learning mode"];
+  const want = WANT;
   const texts = [];
   const walk = (n) => {
     if (n.shadowRoot) walk(n.shadowRoot);
@@ -184,7 +185,15 @@ def auth_url(ha: HomeAssistant, path: str) -> str:
     return f"{ha.url}{path}?auth_callback=1&code={done['result']}&state={state.decode()}"
 
 
-def screenshot(ha: HomeAssistant, url: str, out: Path, work: Path, size: tuple[int, int]) -> bool:
+def screenshot(
+    ha: HomeAssistant,
+    url: str,
+    out: Path,
+    work: Path,
+    size: tuple[int, int],
+    *,
+    want: list[str],
+) -> bool:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         raise SystemExit("chromium is missing: apt-get install -y --no-install-recommends chromium")
@@ -215,7 +224,7 @@ def screenshot(ha: HomeAssistant, url: str, out: Path, work: Path, size: tuple[i
             "height": size[1],
             "timeout": 60,
             "settle": 3,
-            "ready_js": READY_JS,
+            "ready_js": READY_JS.replace("WANT", json.dumps(want)),
         }
         proc = subprocess.run(
             [str(ha.venv / "bin" / "python"), "-c", CDP_SCRIPT],
@@ -244,6 +253,9 @@ def screenshot(ha: HomeAssistant, url: str, out: Path, work: Path, size: tuple[i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "ha_dashboard.png")
+    parser.add_argument(
+        "--room-out", type=Path, default=ROOT / "docs" / "img" / "ha_room_kitchen.png"
+    )
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=2000)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -284,12 +296,21 @@ def main(argv: list[str] | None = None) -> int:
         if len(devices) != 1:
             raise SystemExit(f"expected one Roost hub device, found {len(devices)}")
         url = auth_url(ha, f"/config/devices/device/{devices[0]['id']}")
-        ready = screenshot(ha, url, args.out, work, (args.width, args.height))
+        size = (args.width, args.height)
+        ready = screenshot(
+            ha, url, args.out, work, size, want=["Privacy budget spent", "Learning mode"]
+        )
         print(
             f"{'saved' if ready else 'saved (page NOT ready: check it)'} {args.out} "
             f"in {time.monotonic() - t0:.0f} s"
         )
-        return 0 if ready else 1
+        # The room: Roost's kitchen prediction on the Kitchen area page (suggested_area).
+        room_url = auth_url(ha, "/config/areas/area/kitchen")
+        room_ready = screenshot(
+            ha, room_url, args.room_out, work, (args.width, 1200), want=["Roost Kitchen"]
+        )
+        print(f"{'saved' if room_ready else 'saved (page NOT ready: check it)'} {args.room_out}")
+        return 0 if ready and room_ready else 1
     except WaitTimeout as e:
         raise SystemExit(str(e)) from None
     finally:
