@@ -34,6 +34,7 @@ KINDS = {
     "carbon_dioxide": ("ppm", 0, 5000),
 }
 VACANT = {"temperature": 20.3, "humidity": 25.1, "illuminance": 0.0, "carbon_dioxide": 441.7}
+OCCUPIED = {"temperature": 22.6, "humidity": 27.3, "illuminance": 523.0, "carbon_dioxide": 953.1}
 ACTIONS = "occupancy.kitchen:vacant=input_boolean.turn_off:input_boolean.kitchen_light"
 
 
@@ -82,7 +83,11 @@ def test_home_assistant_on_the_home_broker(ha: HomeAssistant, roost: Stack) -> N
             "select", "select_option", {"entity_id": f"select.{E}_learning_mode", "option": option}
         )
         ha.wait_state(f"select.{E}_learning_mode", lambda s, o=option: s["state"] == o)
-    # HA's statestream reaches the hub: a decision, and the allowed action.
+    # HA's statestream reaches the hub: a decision, and the allowed action. Occupied
+    # first: the hub decided on HA's initial states at start (resume.py), and a rule fires
+    # only on a change of label.
+    set_room(ha, "kitchen", OCCUPIED)
+    ha.wait_state(f"binary_sensor.{E}_occupancy_kitchen", lambda s: s["state"] == "on", 60)
     ha.call_service("input_boolean", "turn_on", {"entity_id": "input_boolean.kitchen_light"})
     set_room(ha, "kitchen", VACANT)
     ha.wait_state(
