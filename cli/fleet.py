@@ -10,6 +10,10 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cli.stack import Stack
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     server = FleetServer(stack, port=args.port)
     try:
         server.start()
-        print(f"SuperLink on {server.address} (hubs: [fleet] superlink = \"{server.address}\")")
+        print(f'SuperLink on {server.address} (hubs: [fleet] superlink = "{server.address}")')
         print(server.submit(run_config))
         print(f"rounds are logged in {stack.home / 'log'}/; Ctrl-C stops the SuperLink")
         while not stop.wait(0.5):
@@ -98,3 +102,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="ServerApp run config (fleet/app/pyproject.toml), e.g. rounds=10 noise-multiplier=2",
     )
     serve.set_defaults(func=_cmd_serve)
+
+
+def start_fleet_node(stack: Stack, cfg: FleetConfig) -> bool:
+    """``roost run``'s hub side: a SuperNode only when ``[fleet] enabled``; otherwise
+    nothing is started and no connection to any fleet is made. Returns whether it started."""
+    if not cfg.enabled:
+        return False
+    cfg.check()
+    stack.start_supernode(
+        cfg.superlink,
+        port=cfg.supernode_port,
+        root_certificates=None if cfg.insecure else cfg.root_certificates,
+    )
+    return True

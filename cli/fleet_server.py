@@ -13,11 +13,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from cli.stack import Launch, Stack, StackError, free_port, wait_for_port
+from cli.stack import Launch, Stack, StackError, free_port
 
 APP_DIR: Final = Path(__file__).resolve().parents[1] / "fleet" / "app"
 CONNECTION: Final = "roost-fleet"
@@ -29,6 +30,12 @@ def flower_bin(name: str) -> str:
     if not path.is_file():
         raise StackError(f"{name} not found beside {sys.executable}: install the 'fleet' extra")
     return str(path)
+
+
+def flower_path() -> str:
+    """$PATH with this environment's bin first: the SuperLink and SuperNode start
+    ``flower-superexec``, ``flwr-serverapp`` and ``flwr-clientapp`` by name."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 def _toml_value(v: object) -> str:
@@ -62,10 +69,18 @@ class FleetServer:
             str(self.stack.home / "data" / "superlink.db"),
         ]
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        env = {"FLWR_HOME": str(self.flwr_home)}
-        self.stack._spawn("superlink", Launch(argv, env, ready_port=self.port))
-        wait_for_port("127.0.0.1", self.port, timeout)
-        self.stack.procs["superlink"].info = {"port": self.port}
+        env = {"FLWR_HOME": str(self.flwr_home), "PATH": flower_path()}
+        proc = self.stack._spawn(
+            "superlink", Launch(argv, env, ready_port=self.port, detaches_children=True)
+        )
+        deadline = time.monotonic() + timeout
+        while not self.stack.poll_ready("superlink"):
+            if not proc.alive():
+                raise StackError(f"superlink exited during start-up:\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise StackError(f"superlink not ready after {timeout:.0f}s:\n{proc.log_tail()}")
+            time.sleep(0.05)
+        proc.info = {"port": self.port}
 
     def submit(self, run_config: Mapping[str, object]) -> str:
         """``flwr run`` the Roost app with ``run_config`` overrides; returns flwr's output."""
@@ -76,8 +91,10 @@ class FleetServer:
         overrides = self.stack.home / "run" / "fleet-run-config.toml"
         overrides.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in run_config.items()))
         argv = [flower_bin("flwr"), "run", str(APP_DIR), CONNECTION, "--run-config", str(overrides)]
-        env = {**os.environ, "FLWR_HOME": str(self.flwr_home)}
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+        env = {**os.environ, "FLWR_HOME": str(self.flwr_home), "PATH": flower_path()}
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
         if done.returncode != 0:
             raise StackError(f"flwr run failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done.stdout

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from cli.fleet import FleetConfig
     from cli.prometheus_config import MetricsConfig
     from cli.stack import Stack
 
@@ -26,6 +27,7 @@ DEFAULT_HOME = Path("var")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from cli.fleet import start_fleet_node
     from cli.stack import Stack, StackError
     from cli.supervisor import Supervisor
 
@@ -34,6 +36,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     metrics = _metrics_sync_config()
+    fleet = _fleet_config()
     stack = Stack(args.home, hub_id=args.hub_id)
     try:
         print(
@@ -43,6 +46,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stack.start_all(args.mqtt_port, update_env=_models_repo_env(args))
         if metrics is not None:
             stack.start_prometheus(metrics)
+        start_fleet_node(stack, fleet)  # only when [fleet] enabled: else no connection
         if args.speedup > 0:
             stack.start_simulator(args.speedup, args.areas)
         stack.write_stack_file()
@@ -79,6 +83,17 @@ def _metrics_sync_config() -> MetricsConfig | None:
     return cfg
 
 
+def _fleet_config() -> FleetConfig:
+    """``[fleet]`` of $ROOST_CONFIG (env ROOST_FLEET_*), checked before anything starts."""
+    from cli.fleet import load_fleet_config
+    from cli.support import CliError
+
+    try:
+        return load_fleet_config()
+    except ValueError as e:
+        raise CliError(f"fleet: {e}") from e
+
+
 def _models_repo_env(args: argparse.Namespace) -> dict[str, str]:
     """The update service's model repository from ``--models-repo``/``--trusted-root``."""
     from cli.support import CliError
@@ -113,7 +128,7 @@ Roost is running ({took:.1f}s to start). A process that dies is restarted. Ctrl-
   audit gRPC       127.0.0.1:{audit["port"]}   metrics http://127.0.0.1:{audit["metrics_port"]}/metrics
   update gRPC      127.0.0.1:{update["port"]}   metrics http://127.0.0.1:{update["metrics_port"]}/metrics
   personalization  127.0.0.1:{pers["port"]}   metrics http://127.0.0.1:{pers["metrics_port"]}/metrics
-  hub              metrics http://127.0.0.1:{hub["metrics_port"]}/metrics{_metrics_sync_line(stack)}
+  hub              metrics http://127.0.0.1:{hub["metrics_port"]}/metrics{_metrics_sync_line(stack)}{_fleet_line(stack)}
   logs             {stack.home / "log"}/
 
 Watch the decisions:   .venv/bin/roost{home} tail        (or: mosquitto_sub -p {broker} -t 'roost/{hub_id}/decisions/#' -v)
@@ -132,6 +147,12 @@ def _metrics_sync_line(stack: Stack) -> str:
         f"\n  prometheus       http://127.0.0.1:{info['http_port']}/targets"
         f"   remote_write (allow-listed series) -> {info['remote_write']}"
     )
+
+
+def _fleet_line(stack: Stack) -> str:
+    if "supernode" not in stack.procs:
+        return "\n  fleet learning   off ([fleet] enabled = false: no fleet connection)"
+    return f"\n  fleet learning   on: SuperNode -> {stack.procs['supernode'].info['superlink']}"
 
 
 def _load_stack(home: Path) -> dict[str, object]:
@@ -281,9 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     sim.set_defaults(func=_cmd_simulate)
 
-    from cli import audit, ha, personalize
+    from cli import audit, fleet, ha, personalize
 
     audit.add_parser(sub)
+    fleet.add_parser(sub)
     personalize.add_parser(sub)
     ha.add_parser(sub)
 

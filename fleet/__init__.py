@@ -1,1 +1,1 @@
-"""Fleet learning on Flower (issue 16): the Roost ServerApp (cloud side) and ClientApp (hub side)."""
+"""Fleet learning on Flower (issue 16): Roost's ServerApp (cloud) and ClientApp (hub)."""

@@ -18,7 +18,7 @@ def rounds_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
     """epsilon after ``rounds`` Gaussian releases of ``noise_multiplier`` (q = 1), at ``delta``."""
     if rounds <= 0:
         return 0.0
-    from opacus.accountants import RDPAccountant  # noqa: PLC0415 - heavy, server only
+    from opacus.accountants import RDPAccountant  # type: ignore[import-untyped]  # noqa: PLC0415
 
     acc = RDPAccountant()
     acc.history = [(noise_multiplier, 1.0, rounds)]

@@ -42,7 +42,7 @@ KEYS_ONLY: Final = "secagg+ protocol (keys, shares; no model data)"
 AUDIT_TIMEOUT: Final = 15.0
 
 
-class SitOut(RuntimeError):  # noqa: N818 - it is what the hub does, not a failure
+class SitOut(RuntimeError):
     """The hub sits this round out (its ledger refused the round's charge)."""
 
     def __init__(self, round_id: str, reason: str) -> None:
@@ -149,6 +149,7 @@ def egress_audit_mod(msg: Message, ctxt: Context, call_next: Any) -> Message:
         epsilon=float(charge["round_epsilon"]) if data_stage else 0.0,
     )
     append_records(
-        node, [egress.decision(node.hub_id, str(charge.get("model", model)), msg.metadata.dst_node_id)]
+        node,
+        [egress.decision(node.hub_id, str(charge.get("model", model)), msg.metadata.dst_node_id)],
     )
     return reply

@@ -159,6 +159,12 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = ServerSettings.from_run_config(context.run_config)
+    if settings.report_file is not None:
+        # flwr-serverapp's own output goes to the SuperLink's log store; keep a copy.
+        handler = logging.FileHandler(settings.report_file.with_suffix(".log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per API call
     strategy = RoostFedAvg(settings, run_tag=str(context.run_id))
     legacy = LegacyContext(
         context, config=ServerConfig(num_rounds=settings.rounds), strategy=strategy
