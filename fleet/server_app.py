@@ -35,10 +35,11 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow import DefaultWorkflow
 
 from fleet import protocol
 from fleet.accountant import FleetAccountant
+from fleet.secagg import DropoutTolerantSecAggPlus
 from fleet.server_settings import ServerSettings
 
 logger = logging.getLogger("roost.fleet.server")
@@ -131,7 +132,6 @@ class RoostFedAvg(FedAvg):
             {
                 "round": server_round,
                 "participants": n,
-                "failures": len(failures),
                 "released": True,
                 "seconds": round(seconds, 3),
                 "epsilon": epsilon,
@@ -170,7 +170,7 @@ def main(grid: Grid, context: Context) -> None:
         context, config=ServerConfig(num_rounds=settings.rounds), strategy=strategy
     )
     workflow = DefaultWorkflow(
-        fit_workflow=SecAggPlusWorkflow(
+        fit_workflow=DropoutTolerantSecAggPlus(
             num_shares=settings.secagg_num_shares,
             reconstruction_threshold=settings.secagg_threshold,
             max_weight=1.0,

@@ -1,14 +1,14 @@
 """Fleet learning end to end on real processes: a Flower SuperLink running Roost's
-ServerApp (FedAvg of the occupancy head over SecAgg+, the fleet accountant) and five
+ServerApp (FedAvg of the occupancy head over SecAgg+, the fleet accountant) and four
 hubs, each its own audit + personalization services and SuperNode, on loopback.
 
 Each hub holds a different slice of the shared occupancy data. The run asks for 5 rounds
 at sigma 1 under a fleet budget of epsilon 10 at delta 1e-5: the accountant allows 3
-(epsilon 9.01; a 4th would be 10.73), and the server stops by itself. Hub 4's own budget
+(epsilon 9.01; a 4th would be 10.73), and the server stops by itself. Hub 3's own budget
 (epsilon 4 per 30 days) affords one round: it sits rounds 2 and 3 out and says so. Hub
-3's SuperNode is killed in the middle of round 3: SecAgg+ recovers its masks and the
-round is released with the 3 hubs left (min-participants t = 3). A sixth hub has not
-opted in: it starts no SuperNode and opens no connection to the SuperLink.
+2's SuperNode is killed as round 3 begins: the round goes on without it and is released
+with the 2 hubs left (min-participants t = 2). A fifth hub has not opted in: it starts no
+SuperNode and opens no connection to the SuperLink.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 
 from cli.fleet import FleetConfig, start_fleet_node
 from cli.fleet_server import FleetServer
+from cli.main import main
 from cli.stack import Stack
 from models.datasets import DatasetMissing, load_occupancy
 from models.manifest import load_manifest, shipped_models_dir
@@ -60,7 +61,7 @@ RUN_CONFIG = {
     "delta": 1e-5,
     "secagg-num-shares": 4,
     "secagg-threshold": 2,
-    "stage-timeout": 60.0,
+    "stage-timeout": 45.0,
 }
 EXPECTED_ROUNDS = 3
 DEADLINE = 400.0
@@ -216,7 +217,9 @@ def _accuracy(head: np.ndarray) -> float:
 
 
 @pytest.mark.timeout(600)
-def test_fleet_rounds_with_secagg_dp_dropout_and_a_hub_without_budget(fleet: Fleet) -> None:
+def test_fleet_rounds_with_secagg_dp_dropout_and_a_hub_without_budget(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
     started = time.monotonic()
     killed = fleet.hubs[KILLED]
 
@@ -277,6 +280,15 @@ def test_fleet_rounds_with_secagg_dp_dropout_and_a_hub_without_budget(fleet: Fle
             assert 2.5 < s["epsilon"] < 4.0  # sigma 1, one release, at the hub's delta
         stages = {s["stage"] for s in sent}
         assert {"setup", "share_keys", "collect_masked_vectors"} <= stages
+    # `roost audit query --action fleet.send` lists them (hub 0: 4 SecAgg+ replies a round).
+    hub0 = fleet.hubs[0]
+    hub0.write_stack_file()
+    capsys.readouterr()
+    assert (
+        main(["--home", str(hub0.home), "audit", "query", "--action", "fleet.send", "--json"]) == 0
+    )
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(listed) == len(_audit(hub0, "fleet.send")) == 4 * EXPECTED_ROUNDS, listed
     sat_out = [
         json.loads(d.output_label)["round"] for d in _audit(fleet.hubs[POOR], "fleet.sit_out")
     ]
