@@ -1,0 +1,61 @@
+"""``[fleet]``: off by default; when off, ``roost run`` starts nothing fleet-related (the
+real processes: tests/integration/test_fleet_flower.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.fleet import FleetConfig, start_fleet_node
+from services.kit.config import load_config
+
+
+class RecordingStack:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def start_supernode(self, superlink: str, **kw: Any) -> dict[str, Any]:
+        self.calls.append((superlink, kw))
+        return {}
+
+
+def test_off_by_default_and_nothing_starts() -> None:
+    cfg = load_config(FleetConfig, "fleet", env={})
+    assert cfg == FleetConfig()
+    assert not cfg.enabled
+    stack = RecordingStack()
+    # Even with a SuperLink configured, a hub that did not opt in starts no SuperNode.
+    assert not start_fleet_node(stack, FleetConfig(superlink="a:1", insecure=True))  # type: ignore[arg-type]
+    assert stack.calls == []
+
+
+def test_enabled_from_the_environment_starts_one_supernode() -> None:
+    cfg = load_config(
+        FleetConfig,
+        "fleet",
+        env={
+            "ROOST_FLEET_ENABLED": "true",
+            "ROOST_FLEET_SUPERLINK": "fleet.example:9093",
+            "ROOST_FLEET_ROOT_CERTIFICATES": "/etc/ca.pem",
+        },
+    )
+    stack = RecordingStack()
+    assert start_fleet_node(stack, cfg)  # type: ignore[arg-type]
+    assert stack.calls == [
+        ("fleet.example:9093", {"port": 0, "root_certificates": Path("/etc/ca.pem")})
+    ]
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        FleetConfig(enabled=True, insecure=True),  # no SuperLink
+        FleetConfig(enabled=True, superlink="no-port", insecure=True),
+        FleetConfig(enabled=True, superlink="a:1"),  # neither TLS nor insecure
+    ],
+)
+def test_an_enabled_config_must_say_where_and_how(cfg: FleetConfig) -> None:
+    with pytest.raises(ValueError):
+        cfg.check()
