@@ -177,16 +177,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         opted_out.start_service(Role.AUDIT)
         assert not start_fleet_node(opted_out, FleetConfig(superlink=server.address, insecure=True))
         cfg = FleetConfig(enabled=True, superlink=server.address, insecure=True)
-        for st in hubs:
-            assert start_fleet_node(st, cfg)
+        with ThreadPoolExecutor(HUBS) as pool:
+            assert all(pool.map(lambda st: start_fleet_node(st, cfg), hubs))
         report = root / "rounds.jsonl"
         server.submit({**RUN_CONFIG, "report-path": str(report)})
         yield Fleet(server, hubs, opted_out, report)
     finally:
-        for st in hubs:
-            st.stop()
-        if opted_out is not None:
-            opted_out.stop()
+        with ThreadPoolExecutor(HUBS + 1) as pool:
+            list(pool.map(Stack.stop, [*hubs, *([opted_out] if opted_out else [])]))
         server_stack.stop()
 
 
@@ -267,7 +265,11 @@ def test_fleet_rounds_with_secagg_dp_dropout_and_a_hub_without_budget(
                 .entries
             ),
         )
-        assert sorted(e.job_id for e in entries) == [f"fleet-{run}-{r}" for r in took_part]
+        assert len(entries) == len(took_part)
+        assert all(e.noise_multiplier == SIGMA and e.steps == 1 for e in entries)
+        reserved = " ".join(d.output_label for d in _audit(st, "privacy.reserve"))
+        for r in (1, 2, 3):
+            assert (f"fleet-{run}-{r}" in reserved) == (r in took_part), reserved
         sent = [json.loads(d.output_label) for d in _audit(st, "fleet.send")]
         data = [s for s in sent if s["epsilon"] > 0]
         assert [s["round"] for s in data] == [f"{run}-{r}" for r in took_part], sent
