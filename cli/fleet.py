@@ -59,16 +59,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             print(f"roost fleet serve: --set {item}: KEY=VALUE expected", file=sys.stderr)
             return 2
         run_config[key] = _number(value)
+    stack_home = args.home / "fleet"
+    run_config.setdefault("report-path", str((stack_home / "rounds.jsonl").resolve()))
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stack = Stack(args.home / "fleet", hub_id="fleet-server")
+    stack = Stack(stack_home, hub_id="fleet-server")
     server = FleetServer(stack, port=args.port)
     try:
         server.start()
         print(f'SuperLink on {server.address} (hubs: [fleet] superlink = "{server.address}")')
         print(server.submit(run_config))
-        print(f"rounds are logged in {stack.home / 'log'}/; Ctrl-C stops the SuperLink")
+        print(f"each round's report: {run_config['report-path']}; Ctrl-C stops the SuperLink")
         while not stop.wait(0.5):
             if not stack.procs["superlink"].alive():
                 print(stack.procs["superlink"].log_tail(), file=sys.stderr)
