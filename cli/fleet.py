@@ -29,6 +29,9 @@ class FleetConfig:
     root_certificates: Path | None = None
     # The SuperNode's own runtime API port on 127.0.0.1; 0 picks a free one.
     supernode_port: int = 0
+    # The largest min-participants (t) this hub accepts: it adds 1/t of the noise variance
+    # and trusts the server that at least t hubs are in each sum (docs/fleet.md).
+    max_min_participants: int = 100
 
     def check(self) -> None:
         if not self.enabled:
@@ -36,6 +39,8 @@ class FleetConfig:
         host, _, port = self.superlink.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError("[fleet] superlink: host:port required when enabled")
+        if self.max_min_participants < 1:
+            raise ValueError("[fleet] max_min_participants: must be >= 1")
         if not self.insecure and self.root_certificates is None:
             raise ValueError("[fleet] root_certificates (the SuperLink's CA) or insecure = true")
 
@@ -116,5 +121,6 @@ def start_fleet_node(stack: Stack, cfg: FleetConfig) -> bool:
         cfg.superlink,
         port=cfg.supernode_port,
         root_certificates=None if cfg.insecure else cfg.root_certificates,
+        max_min_participants=cfg.max_min_participants,
     )
     return True

@@ -383,6 +383,7 @@ class Stack:
         *,
         port: int = 0,
         root_certificates: Path | None = None,
+        max_min_participants: int = protocol.DEFAULT_MAX_T,
         timeout: float = 60,
     ) -> dict[str, Any]:
         """Fleet learning (opt-in): a Flower SuperNode connected to ``superlink``; its
@@ -395,6 +396,7 @@ class Stack:
             protocol.NODE_PERSONALIZATION: f"127.0.0.1:{self.port_of(Role.PERSONALIZATION)}",
             protocol.NODE_AUDIT: f"127.0.0.1:{self.port_of(Role.AUDIT)}",
             protocol.NODE_SUPERLINK: superlink,
+            protocol.NODE_MAX_T: str(max_min_participants),
         }
         tls = (
             ["--insecure"]

@@ -49,6 +49,13 @@ class HubClient(NumPyClient):
         sigma = float(config[protocol.NOISE_MULTIPLIER])
         clip = float(config[protocol.CLIP_NORM])
         t = int(config[protocol.MIN_PARTICIPANTS])
+        if t > node.max_min_participants:
+            # Nothing is charged or computed: the hub would add too little noise.
+            raise SitOut(
+                round_id,
+                f"the server asks min-participants {t}, above this hub's limit"
+                f" {node.max_min_participants} ([fleet] max_min_participants)",
+            )
         request = pb.ComputeFederatedUpdateRequest(
             model_name=model,
             round_id=round_id,

@@ -26,6 +26,7 @@ class HubNode:
     personalization: str
     audit: str
     superlink: str
+    max_min_participants: int = protocol.DEFAULT_MAX_T
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> HubNode:
@@ -45,6 +46,7 @@ class HubNode:
             personalization=str(node_config[protocol.NODE_PERSONALIZATION]),
             audit=str(node_config[protocol.NODE_AUDIT]),
             superlink=str(node_config[protocol.NODE_SUPERLINK]),
+            max_min_participants=int(node_config.get(protocol.NODE_MAX_T, protocol.DEFAULT_MAX_T)),
         )
 
     def channel(self, service: Role) -> grpc.Channel:

@@ -25,6 +25,11 @@ NODE_CERTS_DIR: Final = "certs-dir"
 NODE_PERSONALIZATION: Final = "personalization-target"
 NODE_AUDIT: Final = "audit-target"
 NODE_SUPERLINK: Final = "superlink"
+# The largest min-participants (t) the hub accepts from the server: each hub adds only
+# 1/t of the noise variance, so a server claiming a large t it does not deliver would
+# leave each hub's delta under-noised. Optional; default DEFAULT_MAX_T.
+NODE_MAX_T: Final = "max-min-participants"
+DEFAULT_MAX_T: Final = 100
 
 #: The model family federated today (its head: services/personalization/federated_train.py).
 DEFAULT_MODEL: Final = "occupancy"

@@ -44,7 +44,10 @@ def test_enabled_from_the_environment_starts_one_supernode() -> None:
     stack = RecordingStack()
     assert start_fleet_node(stack, cfg)  # type: ignore[arg-type]
     assert stack.calls == [
-        ("fleet.example:9093", {"port": 0, "root_certificates": Path("/etc/ca.pem")})
+        (
+            "fleet.example:9093",
+            {"port": 0, "root_certificates": Path("/etc/ca.pem"), "max_min_participants": 100},
+        )
     ]
 
 
