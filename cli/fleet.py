@@ -116,8 +116,11 @@ def start_fleet_node(stack: Stack, cfg: FleetConfig) -> bool:
     nothing is started and no connection to any fleet is made. Returns whether it started."""
     if not cfg.enabled:
         return False
+    from cli.fleet_node import start_supernode
+
     cfg.check()
-    stack.start_supernode(
+    start_supernode(
+        stack,
         cfg.superlink,
         port=cfg.supernode_port,
         root_certificates=None if cfg.insecure else cfg.root_certificates,

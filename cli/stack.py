@@ -30,8 +30,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from cli.prometheus_config import MetricsConfig, find_prometheus, local_config, prometheus_argv
-from fleet import protocol
-from fleet.hub_node import node_config_arg
 from models.manifest import shipped_models_dir
 from services.kit.auth import Role
 from services.kit.certs import ensure_certs
@@ -375,58 +373,6 @@ class Stack:
                 raise StackError(f"prometheus not ready after {timeout:.0f}s:\n{proc.log_tail()}")
             time.sleep(0.05)
         proc.info = {"http_port": port, "remote_write": doc["remote_write"][0]["url"]}
-        return proc.info
-
-    def start_supernode(
-        self,
-        superlink: str,
-        *,
-        port: int = 0,
-        root_certificates: Path | None = None,
-        max_min_participants: int = protocol.DEFAULT_MAX_T,
-        timeout: float = 60,
-    ) -> dict[str, Any]:
-        """Fleet learning (opt-in): a Flower SuperNode connected to ``superlink``; its
-        ClientApp (fleet/client_app.py) calls this hub's personalization and audit
-        services as the hub. Needs both running. ``root_certificates`` None: no TLS."""
-        port = port or free_port()
-        node_config = {
-            protocol.NODE_HUB_ID: self.hub_id,
-            protocol.NODE_CERTS_DIR: str(self.certs_dir),
-            protocol.NODE_PERSONALIZATION: f"127.0.0.1:{self.port_of(Role.PERSONALIZATION)}",
-            protocol.NODE_AUDIT: f"127.0.0.1:{self.port_of(Role.AUDIT)}",
-            protocol.NODE_SUPERLINK: superlink,
-            protocol.NODE_MAX_T: str(max_min_participants),
-        }
-        tls = (
-            ["--insecure"]
-            if root_certificates is None
-            else ["--root-certificates", str(root_certificates)]
-        )
-        argv = [
-            str(Path(sys.executable).parent / "flower-supernode"),
-            *tls,
-            "--superlink",
-            superlink,
-            "--port",
-            str(port),
-            "--node-config",
-            node_config_arg(node_config),
-        ]
-        bin_dir = str(Path(sys.executable).parent)  # flower-superexec, flwr-clientapp
-        env = {
-            "FLWR_HOME": str(self.home / "run" / "flwr-supernode"),
-            "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
-        }
-        proc = self._spawn("supernode", Launch(argv, env, ready_port=port, detaches_children=True))
-        deadline = time.monotonic() + timeout
-        while not self.poll_ready("supernode"):
-            if not proc.alive():
-                raise StackError(f"supernode exited during start-up:\n{proc.log_tail()}")
-            if time.monotonic() > deadline:
-                raise StackError(f"supernode not ready after {timeout:.0f}s:\n{proc.log_tail()}")
-            time.sleep(0.05)
-        proc.info = {"port": port, "superlink": superlink}
         return proc.info
 
     def start_simulator(self, speedup: float, areas: str = "office") -> Proc:

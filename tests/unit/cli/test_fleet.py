@@ -8,17 +8,25 @@ from typing import Any
 
 import pytest
 
+import cli.fleet_node
 from cli.fleet import FleetConfig, start_fleet_node
 from services.kit.config import load_config
 
 
 class RecordingStack:
+    """Stands in for a hub's stack: records the SuperNodes started on it."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    def start_supernode(self, superlink: str, **kw: Any) -> dict[str, Any]:
-        self.calls.append((superlink, kw))
+
+@pytest.fixture(autouse=True)
+def record_supernodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def start_supernode(stack: RecordingStack, superlink: str, **kw: Any) -> dict[str, Any]:
+        stack.calls.append((superlink, kw))
         return {}
+
+    monkeypatch.setattr(cli.fleet_node, "start_supernode", start_supernode)
 
 
 def test_off_by_default_and_nothing_starts() -> None:
