@@ -35,7 +35,7 @@ integration: setup setup-ha
 lint: setup proto-check buf-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy services hub cli models bench
+	$(BIN)/mypy services hub cli models bench fleet
 	$(BIN)/lint-imports --no-cache
 
 # Before `kubectl apply -k`: refuses an overlay whose images are not all pinned by a

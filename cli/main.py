@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cli.broker import HomeBroker
+    from cli.fleet import FleetConfig
     from cli.prometheus_config import MetricsConfig
     from cli.stack import Stack
 
@@ -27,6 +28,7 @@ DEFAULT_HOME = Path("var")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from cli.fleet import start_fleet_node
     from cli.stack import Stack, StackError
     from cli.supervisor import Supervisor
 
@@ -36,6 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     metrics = _metrics_sync_config()
     home_mode = _home_mode(args)
+    fleet = _fleet_config()
     stack = Stack(args.home, hub_id=args.hub_id)
     try:
         home_broker = _home_broker(stack) if home_mode else None
@@ -48,6 +51,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stack.start_all(args.mqtt_port, _models_repo_env(args), home_broker)
         if metrics is not None:
             stack.start_prometheus(metrics)
+        start_fleet_node(stack, fleet)  # only when [fleet] enabled: else no connection
         if speedup > 0:
             stack.start_simulator(speedup, args.areas)
         stack.write_stack_file()
@@ -123,6 +127,17 @@ def _metrics_sync_config() -> MetricsConfig | None:
     return cfg
 
 
+def _fleet_config() -> FleetConfig:
+    """``[fleet]`` of $ROOST_CONFIG (env ROOST_FLEET_*), checked before anything starts."""
+    from cli.fleet import load_fleet_config
+    from cli.support import CliError
+
+    try:
+        return load_fleet_config()
+    except ValueError as e:
+        raise CliError(f"fleet: {e}") from e
+
+
 def _models_repo_env(args: argparse.Namespace) -> dict[str, str]:
     """The update service's model repository from ``--models-repo``/``--trusted-root``."""
     from cli.support import CliError
@@ -157,7 +172,7 @@ Roost is running ({took:.1f}s to start). A process that dies is restarted. Ctrl-
   audit gRPC       127.0.0.1:{audit["port"]}   metrics http://127.0.0.1:{audit["metrics_port"]}/metrics
   update gRPC      127.0.0.1:{update["port"]}   metrics http://127.0.0.1:{update["metrics_port"]}/metrics
   personalization  127.0.0.1:{pers["port"]}   metrics http://127.0.0.1:{pers["metrics_port"]}/metrics
-  hub              metrics http://127.0.0.1:{hub["metrics_port"]}/metrics{_metrics_sync_line(stack)}
+  hub              metrics http://127.0.0.1:{hub["metrics_port"]}/metrics{_metrics_sync_line(stack)}{_fleet_line(stack)}
   logs             {stack.home / "log"}/
 
 Watch the decisions:   .venv/bin/roost{home} tail
@@ -189,6 +204,12 @@ def _metrics_sync_line(stack: Stack) -> str:
         f"\n  prometheus       http://127.0.0.1:{info['http_port']}/targets"
         f"   remote_write (allow-listed series) -> {info['remote_write']}"
     )
+
+
+def _fleet_line(stack: Stack) -> str:
+    if "supernode" not in stack.procs:
+        return "\n  fleet learning   off ([fleet] enabled = false: no fleet connection)"
+    return f"\n  fleet learning   on: SuperNode -> {stack.procs['supernode'].info['superlink']}"
 
 
 def _load_stack(home: Path) -> dict[str, object]:
@@ -342,10 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     sim.set_defaults(func=_cmd_simulate)
 
-    from cli import audit, certs, ha, personalize
+    from cli import audit, certs, fleet, ha, personalize
 
     certs.add_parser(sub, DEFAULT_HOME / "certs")
     audit.add_parser(sub)
+    fleet.add_parser(sub)
     personalize.add_parser(sub)
     ha.add_parser(sub)
 

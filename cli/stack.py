@@ -13,6 +13,7 @@ port it bound first, so its peers reconnect to it. :meth:`Stack.kill` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -82,6 +83,30 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
     raise StackError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
+def _descendants(pid: int) -> list[Any]:
+    import psutil  # noqa: PLC0415 - only for Flower's processes (the fleet extra)
+
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _terminate(procs: list[Any], timeout: float = 5) -> None:
+    """SIGTERM, then SIGKILL what is left after ``timeout`` (psutil processes)."""
+    if not procs:
+        return
+    import psutil  # noqa: PLC0415
+
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
 @dataclass(frozen=True)
 class Launch:
     """How a child was started, to start it again the same way."""
@@ -94,6 +119,9 @@ class Launch:
     ready_port: int | None = None
     # A clean exit (code 0) ends the child for good (the simulator's replay is done).
     done_on_success: bool = False
+    # It starts children in their own sessions (Flower's SuperLink and SuperNode start
+    # flower-superexec, which starts flwr-serverapp/-clientapp): stopping it stops them.
+    detaches_children: bool = False
 
 
 @dataclass
@@ -406,6 +434,8 @@ class Stack:
         proc = self.procs.pop(name, None)
         if proc is None:
             return None
+        launch = self.launches.get(name)
+        orphans = _descendants(proc.popen.pid) if launch and launch.detaches_children else []
         if proc.alive():
             proc.popen.send_signal(signal.SIGTERM)
             try:
@@ -414,19 +444,24 @@ class Stack:
                 log.warning("%s did not stop in %.0fs; killing it", name, timeout)
                 proc.popen.kill()
                 proc.popen.wait()
+        _terminate(orphans)
         return proc.popen.returncode
 
     def kill(self, name: str) -> None:
-        """SIGKILL one process (crash tests)."""
+        """SIGKILL one process (crash tests); children it detached are SIGKILLed too."""
         proc = self.procs.pop(name)
+        launch = self.launches.get(name)
+        orphans = _descendants(proc.popen.pid) if launch and launch.detaches_children else []
         proc.popen.kill()
         proc.popen.wait()
+        _terminate(orphans, timeout=0)
 
     def stop(self) -> None:
         """Stop in reverse dependency order: simulator, hub, services, broker."""
         for name in (
             "simulator",
             "prometheus",
+            "supernode",
             "hub",
             "update",
             "personalization",

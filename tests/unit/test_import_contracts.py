@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("services", "hub", "cli", "models", "bench")
+PACKAGES = ("services", "hub", "cli", "models", "bench", "fleet")
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
@@ -61,7 +61,11 @@ LEAKS = [
     ("hub", "cli.main", "the hub runtime imports only"),
     ("services/kit", "services.update", "the service kit depends on no service"),
     ("services/modelstore", "services.update", "the model store depends only on"),
-    ("services/audit", "hub", "services import no hub, CLI or bench code"),
+    ("services/audit", "hub", "services import no hub, CLI, fleet or bench code"),
+    ("services/personalization", "fleet.client_app", "services import no hub, CLI, fleet"),
+    ("hub", "fleet.egress", "the hub runtime imports only"),
+    ("fleet", "services.personalization.federated", "the fleet's Flower apps reach"),
+    ("fleet", "hub.app", "the fleet's Flower apps reach"),
     ("services/inference", "torch", "no service but personalization imports torch"),
     ("services/inference", "services.modelstore.registry", "the update service is the model"),
     ("services/personalization", "services.modelstore.registry", "the update service is the model"),

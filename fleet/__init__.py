@@ -1,0 +1,1 @@
+"""Fleet learning on Flower (issue 16): Roost's ServerApp (cloud) and ClientApp (hub)."""

@@ -1,0 +1,67 @@
+"""The fleet ServerApp's settings: the run config of ``flwr run`` (``[tool.flwr.app.config]``
+of ``fleet/app/pyproject.toml``, overridden by ``roost fleet serve`` with ``--run-config``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet.protocol import DEFAULT_MODEL, HEAD_SIZE
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    rounds: int = 3
+    # Hubs that must be connected before the first round, and sampled each round.
+    min_nodes: int = 4
+    # The fewest hubs whose sum is released (t): each hub adds 1/t of the noise variance.
+    min_participants: int = 4
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    # The fleet budget of the global model, over all rounds.
+    epsilon_budget: float = 10.0
+    delta: float = 1e-5
+    # SecAgg+: shares per hub, shares needed to unmask, seconds a stage waits for replies
+    # (a hub that does not answer in time is a dropout), clipping range of quantization.
+    secagg_num_shares: int = 4
+    secagg_threshold: int = 3
+    stage_timeout: float = 60.0
+    clipping_range: float = 8.0
+    model: str = DEFAULT_MODEL
+    head_size: int = HEAD_SIZE
+    # Where each round's report (JSON lines) goes; empty: the log only.
+    report_path: str = ""
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.min_nodes < 1 or self.head_size < 1:
+            raise ValueError("rounds, min-nodes and head-size must be >= 1")
+        if not 1 <= self.min_participants <= self.min_nodes:
+            raise ValueError("min-participants must be in [1, min-nodes]")
+        if not 2 <= self.secagg_threshold <= self.secagg_num_shares:
+            raise ValueError("secagg-threshold must be in [2, secagg-num-shares]")
+        for name in ("clip_norm", "noise_multiplier", "epsilon_budget", "stage_timeout"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name.replace('_', '-')} must be a finite number > 0")
+        if not 0 < self.delta < 1:
+            raise ValueError("delta must be in (0, 1)")
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> ServerSettings:
+        """From Flower's run config (keys with dashes); unknown keys are refused."""
+        names = {f.replace("_", "-"): f for f in cls.__dataclass_fields__}
+        unknown = set(run_config) - set(names)
+        if unknown:
+            raise ValueError(f"unknown run config keys: {sorted(unknown)}")
+        values: dict[str, Any] = {}
+        for key, raw in run_config.items():
+            kind = type(getattr(cls, names[key]))
+            values[names[key]] = kind(raw)
+        return cls(**values)
+
+    @property
+    def report_file(self) -> Path | None:
+        return Path(self.report_path) if self.report_path else None
