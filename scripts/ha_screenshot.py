@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cli.stack import Stack, free_port  # noqa: E402
-from tests.support.ha_entities import room_sensors, set_room  # noqa: E402
+from tests.support.ha_entities import KINDS, room_sensors, set_room  # noqa: E402
 from tests.support.ha_onboarding import OWNER  # noqa: E402
 from tests.support.ha_roost import start_roost  # noqa: E402
 from tests.support.home_assistant import HomeAssistant, start_home_assistant  # noqa: E402
@@ -49,12 +49,6 @@ from tests.support.waiting import WaitTimeout, wait_until  # noqa: E402
 
 HUB_ID = "home"
 ROOMS = {"kitchen": "Kitchen", "living_room": "Living Room"}
-KINDS = {
-    "temperature": ("°C", 5, 35),
-    "humidity": ("%", 0, 100),
-    "illuminance": ("lx", 0, 2000),
-    "carbon_dioxide": ("ppm", 0, 5000),
-}
 READINGS = {
     "kitchen": {"temperature": 20.4, "humidity": 25.0, "illuminance": 0.0, "carbon_dioxide": 440},
     "living_room": {

@@ -38,7 +38,7 @@ from roost.update.v1 import update_service_pb2 as upd_pb
 from roost.update.v1 import update_service_pb2_grpc as upd_grpc
 from services.kit.auth import Role
 from tests.support.examples_store import stored_examples
-from tests.support.ha_entities import room_sensors, set_room
+from tests.support.ha_entities import KINDS, OCCUPIED, VACANT, room_sensors, set_room
 from tests.support.ha_roost import start_roost
 from tests.support.home_assistant import HomeAssistant
 from tests.support.metrics import metric, scrape
@@ -50,15 +50,7 @@ from tests.support.waiting import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.home_assistant, pytest.mark.timeout(900)]
 
 HUB_ID = "hatest"
-KINDS = {
-    "temperature": ("°C", 5, 35),
-    "humidity": ("%", 0, 100),
-    "illuminance": ("lx", 0, 2000),
-    "carbon_dioxide": ("ppm", 0, 5000),
-}
 # Distinctive values (searched for in logs): vacant and occupied rooms.
-VACANT = {"temperature": 20.3, "humidity": 25.1, "illuminance": 0.0, "carbon_dioxide": 441.7}
-OCCUPIED = {"temperature": 22.6, "humidity": 27.3, "illuminance": 523.0, "carbon_dioxide": 953.1}
 ROOMS = {"kitchen": "Kitchen", "living_room": "Living Room"}
 
 

@@ -19,7 +19,7 @@ import pytest
 from cli.broker import HA_CLIENT
 from cli.main import main
 from cli.stack import Stack
-from tests.support.ha_entities import room_sensors, set_room
+from tests.support.ha_entities import KINDS, OCCUPIED, VACANT, room_sensors, set_room
 from tests.support.ha_roost import start_roost
 from tests.support.home_assistant import HomeAssistant
 
@@ -27,14 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.home_assistant, pytest.mark.t
 
 HUB_ID = "homebroker"
 E = "roost_hub"
-KINDS = {
-    "temperature": ("°C", 5, 35),
-    "humidity": ("%", 0, 100),
-    "illuminance": ("lx", 0, 2000),
-    "carbon_dioxide": ("ppm", 0, 5000),
-}
-VACANT = {"temperature": 20.3, "humidity": 25.1, "illuminance": 0.0, "carbon_dioxide": 441.7}
-OCCUPIED = {"temperature": 22.6, "humidity": 27.3, "illuminance": 523.0, "carbon_dioxide": 953.1}
 ACTIONS = "occupancy.kitchen:vacant=input_boolean.turn_off:input_boolean.kitchen_light"
 
 

@@ -31,19 +31,13 @@ from cli.stack import Stack
 from models.features import time_of_day_features
 from services.kit.auth import Role
 from tests.support.examples_store import stored_examples
-from tests.support.ha_entities import room_sensors
+from tests.support.ha_entities import KINDS, room_sensors
 from tests.support.home_assistant import HomeAssistant
 from tests.support.metrics import metric
 
 pytestmark = [pytest.mark.integration, pytest.mark.home_assistant, pytest.mark.timeout(600)]
 
 # kind -> (unit, min, max)
-KINDS = {
-    "temperature": ("°C", 5, 35),
-    "humidity": ("%", 0, 100),
-    "illuminance": ("lx", 0, 2000),
-    "carbon_dioxide": ("ppm", 0, 5000),
-}
 VACANT = {"temperature": 20.5, "humidity": 31.0, "illuminance": 2.0, "carbon_dioxide": 440.0}
 OCCUPIED = {"temperature": 22.5, "humidity": 36.0, "illuminance": 510.0, "carbon_dioxide": 910.0}
 LABEL_ENTITY = "input_boolean.kitchen_presence"

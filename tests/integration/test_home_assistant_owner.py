@@ -30,7 +30,7 @@ from roost.update.v1 import update_service_pb2 as upd_pb
 from roost.update.v1 import update_service_pb2_grpc as upd_grpc
 from services.kit.auth import Role
 from services.modelstore.bundle import pack_bundle
-from tests.support.ha_entities import room_sensors, set_room
+from tests.support.ha_entities import KINDS, VACANT, room_sensors, set_room
 from tests.support.ha_roost import start_roost
 from tests.support.home_assistant import HomeAssistant
 from tests.support.metrics import metric
@@ -41,13 +41,6 @@ from tests.support.waiting import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.home_assistant, pytest.mark.timeout(900)]
 
 HUB_ID = "haowner"
-KINDS = {
-    "temperature": ("°C", 5, 35),
-    "humidity": ("%", 0, 100),
-    "illuminance": ("lx", 0, 2000),
-    "carbon_dioxide": ("ppm", 0, 5000),
-}
-VACANT = {"temperature": 20.3, "humidity": 25.1, "illuminance": 0.0, "carbon_dioxide": 441.7}
 NEW_VERSION = "1.1.0"
 NOTES = "Fewer false 'occupied' at dusk: retrained with evening light readings."
 CARD = f"# Model card: `occupancy` {NEW_VERSION}\n\n{NOTES}\n\n| | |\n|---|---|\n| a | b |\n"

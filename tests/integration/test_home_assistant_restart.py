@@ -18,7 +18,7 @@ import pytest
 from cli.stack import Stack
 from hub.action_memory import MEMORY_FILE, ActionMemory
 from roost.audit.v1 import audit_service_pb2 as audit_pb
-from tests.support.ha_entities import room_sensors, set_room
+from tests.support.ha_entities import KINDS, OCCUPIED, VACANT, room_sensors, set_room
 from tests.support.ha_roost import start_roost
 from tests.support.home_assistant import HomeAssistant
 from tests.support.metrics import metric
@@ -28,14 +28,6 @@ from tests.support.waiting import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.home_assistant, pytest.mark.timeout(600)]
 
 HUB_ID = "harestart"
-KINDS = {
-    "temperature": ("°C", 5, 35),
-    "humidity": ("%", 0, 100),
-    "illuminance": ("lx", 0, 2000),
-    "carbon_dioxide": ("ppm", 0, 5000),
-}
-VACANT = {"temperature": 20.3, "humidity": 25.1, "illuminance": 0.0, "carbon_dioxide": 441.7}
-OCCUPIED = {"temperature": 22.6, "humidity": 27.3, "illuminance": 523.0, "carbon_dioxide": 953.1}
 # Still vacant, other values: a new state for mqtt_statestream, so a new decision.
 STILL_VACANT = {"temperature": 20.4, "humidity": 25.3, "illuminance": 0.0, "carbon_dioxide": 442.9}
 LIGHT = "input_boolean.kitchen_light"

@@ -24,7 +24,7 @@ import pytest
 
 from cli.stack import Stack
 from hub import mqtt
-from tests.support.ha_entities import room_sensors, set_room
+from tests.support.ha_entities import KINDS, OCCUPIED, VACANT, room_sensors, set_room
 from tests.support.ha_roost import start_roost
 from tests.support.home_assistant import HomeAssistant
 from tests.support.metrics import metric
@@ -33,15 +33,7 @@ from tests.support.waiting import WaitTimeout, wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.home_assistant, pytest.mark.timeout(600)]
 
 HUB_ID = "haresume"
-KINDS = {
-    "temperature": ("°C", 5, 35),
-    "humidity": ("%", 0, 100),
-    "illuminance": ("lx", 0, 2000),
-    "carbon_dioxide": ("ppm", 0, 5000),
-}
 ROOMS = {"kitchen": "Kitchen", "living_room": "Living Room"}
-VACANT = {"temperature": 20.3, "humidity": 25.1, "illuminance": 0.0, "carbon_dioxide": 441.7}
-OCCUPIED = {"temperature": 22.6, "humidity": 27.3, "illuminance": 523.0, "carbon_dioxide": 953.1}
 KITCHEN = "binary_sensor.roost_hub_occupancy_kitchen"
 LIVING = "binary_sensor.roost_hub_occupancy_living_room"
 # Short, so the stale test is; the default is 1800 s.

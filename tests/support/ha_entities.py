@@ -17,6 +17,17 @@ from typing import Any
 
 from tests.support.ha_api import HaApi
 
+# The occupancy model's inputs as settable room sensors (``room_sensors``): kind -> (unit,
+# min, max) of their input_number; and one vacant and one occupied room (``set_room``).
+KINDS: dict[str, tuple[str, float, float]] = {
+    "temperature": ("°C", 5, 35),
+    "humidity": ("%", 0, 100),
+    "illuminance": ("lx", 0, 2000),
+    "carbon_dioxide": ("ppm", 0, 5000),
+}
+VACANT = {"temperature": 20.3, "humidity": 25.1, "illuminance": 0.0, "carbon_dioxide": 441.7}
+OCCUPIED = {"temperature": 22.6, "humidity": 27.3, "illuminance": 523.0, "carbon_dioxide": 953.1}
+
 DEFAULT_STATESTREAM_BASE = "ha_state"
 DEFAULT_STATESTREAM_INCLUDE: dict[str, list[str]] = {
     "domains": ["input_boolean", "input_number", "sensor", "binary_sensor"],
