@@ -25,10 +25,24 @@ NIGHT_TS = 1_423_018_800.0
 
 
 class Decisions:
-    """Collects decision messages published by the hub, in arrival order."""
+    """Collects decision messages published by the hub, in arrival order, each decision
+    once: a decision sent again with the same ``decision_id`` (for a Home Assistant entity
+    created or subscribed late, or corrected; docs/topics.md) is counted in ``resent``,
+    as a consumer that counts decisions dedupes it."""
 
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
+        self.resent = 0
+        self._ids: set[str] = set()
+
+    def add(self, doc: dict[str, Any]) -> None:
+        decision_id = doc.get("decision_id")
+        if decision_id is not None and decision_id in self._ids:
+            self.resent += 1
+            return
+        if decision_id is not None:
+            self._ids.add(decision_id)
+        self.items.append(doc)
 
     async def wait_for(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Until at least ``n`` decisions arrived; all of them so far."""
@@ -63,7 +77,7 @@ async def collect_decisions(stack: Stack) -> AsyncIterator[Decisions]:
         async def reader() -> None:
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
-                decisions.items.append(json.loads(message.payload))
+                decisions.add(json.loads(message.payload))
 
         task = asyncio.create_task(reader())
         try:
