@@ -150,7 +150,6 @@ async def setup(config: PersonalizationConfig, app: App) -> None:
                 store=store,
                 ledger=ledger,
                 registry=registry,
-                guard=guard,
             ),
         ),
         pb_grpc.add_PersonalizationServiceServicer_to_server,

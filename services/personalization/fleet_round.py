@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -26,10 +25,8 @@ from services.personalization.accounting import mechanism_epsilon
 from services.personalization.config import PersonalizationConfig
 from services.personalization.federated import RoundParams, encode, noised_delta, reserve_round
 from services.personalization.federated_train import HEADS, local_head_delta
-from services.personalization.gating import enforce_retention
 from services.personalization.job_manager import SCOPE, JobManager
 from services.personalization.ledger import PrivacyLedger
-from services.personalization.ledger_guard import LedgerGuard
 from services.personalization.store import ExampleStore
 
 logger = logging.getLogger(__name__)
@@ -47,14 +44,12 @@ class FleetRounds:
         store: ExampleStore,
         ledger: PrivacyLedger,
         registry: RegistryReader,
-        guard: LedgerGuard | None,
     ) -> None:
         self._config = config
         self._manager = manager
         self._store = store
         self._ledger = ledger
         self._registry = registry
-        self._guard = guard
         self._lock = asyncio.Lock()
         self._rng = np.random.default_rng()  # fresh OS entropy: the noise is not predictable
 
@@ -74,14 +69,7 @@ class FleetRounds:
         if manifest.name not in HEADS:
             raise FailedPrecondition(f"fleet learning supports {', '.join(HEADS)}")
         async with self._lock:
-            if self._guard is not None:
-                await self._guard.check()
-            at = await asyncio.to_thread(
-                enforce_retention,
-                self._ledger,
-                self._store,
-                timedelta(days=self._config.retention_days),
-            )
+            at = await self._manager.ready_for_a_run()
             labels, shape = manifest.output_labels, manifest.input.shape
             x, y = await asyncio.to_thread(self._store.load, model, labels, shape)
             if len(y) < self._config.min_examples:

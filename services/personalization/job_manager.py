@@ -191,6 +191,21 @@ class JobManager:
             raise FailedPrecondition(UNSUPPORTED_MESSAGE)
         return state.active, manifest
 
+    async def ready_for_a_run(self) -> datetime:
+        """Before any use of the store that charges the ledger (a training job, a fleet
+        round): the ledger is cross-checked against the audit trail (:mod:`.ledger_guard`)
+        and retention is enforced with the ledger's clock; returns the time the run is
+        charged at."""
+        if self._guard is not None:
+            await self._guard.check()
+        return await asyncio.to_thread(
+            enforce_retention,
+            self._ledger,
+            self._store,
+            timedelta(days=self._config.retention_days),
+            self._clock(),
+        )
+
     async def start(
         self, model: str, target_epsilon: float, max_duration_seconds: int
     ) -> JobRecord:
@@ -209,15 +224,7 @@ class JobManager:
                     "a training job is already running; one runs at a time: retry when it"
                     " has finished (GetJob/ListJobs)"
                 )
-            if self._guard is not None:
-                await self._guard.check()
-            at = await asyncio.to_thread(
-                enforce_retention,
-                self._ledger,
-                self._store,
-                timedelta(days=self._config.retention_days),
-                self._clock(),
-            )
+            at = await self.ready_for_a_run()
             snapshot = await asyncio.to_thread(self._store.snapshot, model)
             needed = self._config.min_examples
             if snapshot.count < needed:
