@@ -17,8 +17,9 @@ recorded and read on the event loop thread, so no locks are needed.
 - non-finite: rows whose output held NaN or infinity; they also count as errors (such a
   row is never served, see ``services.inference.outputs``).
 - paired latency ratio (a candidate in shadow): per batch it ran in the background, its
-  session.run time over the active version's on the very same batch; the snapshot
-  reports the median (shadow batches are coalesced and larger than live calls, and one
+  session.run cost over the active version's on the very same batch (CPU time on the
+  CPU provider, ``services.inference.registry.run_cost``); the snapshot reports the
+  median (shadow batches are coalesced and larger than live calls, and one
   scheduling stall on a busy machine must not fail a model).
 - outputs: one summary value per answered row (the label index of a classifier, the
   first output of a regressor), for the output-distribution comparison of candidate and
@@ -87,8 +88,8 @@ class RollingStats:
     def run(self, seconds: float) -> None:
         self._runs.append((self._clock(), seconds))
 
-    def paired(self, seconds: float, active_seconds: float) -> None:
-        self._paired.append((self._clock(), seconds / max(active_seconds, 1e-9)))
+    def paired(self, cost: float, active_cost: float) -> None:
+        self._paired.append((self._clock(), cost / max(active_cost, 1e-9)))
 
     def outputs(self, values: npt.NDArray[np.float64]) -> None:
         if len(values):

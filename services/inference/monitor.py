@@ -248,7 +248,7 @@ class Monitor:
     ) -> None:
         m = candidate.manifest
         try:
-            out, seconds = await self._registry.run_shadow(candidate, batch)
+            out, cost = await self._registry.run_shadow(candidate, batch)
         except Exception as e:
             # The exception text may quote inputs; log its type only.
             SHADOW_ERRORS.labels(m.name).inc()
@@ -257,11 +257,11 @@ class Monitor:
                 self._registry.health.of(m.name, m.version).outcome(errors=len(batch))
             return
         # The active version on the same batch, for a like-with-like latency ratio.
-        active_seconds = await self._registry.time_shadow(active, batch)
+        active_cost = await self._registry.time_shadow(active, batch)
         if not self._still_shadow(candidate):
             return  # the rollout moved on meanwhile (e.g. to A/B, a fresh window)
         stats = self._registry.health.of(m.name, m.version)
-        stats.paired(seconds, active_seconds)
+        stats.paired(cost, active_cost)
         finite = finite_rows(out)
         bad = len(batch) - int(finite.sum())
         out, active_out = out[finite], active_out[finite]

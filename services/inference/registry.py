@@ -213,20 +213,20 @@ class ModelRegistry:
         self, model: LoadedModel, batch: npt.NDArray[np.generic]
     ) -> tuple[npt.NDArray[np.float32], float]:
         """Like :meth:`run`, on the shadow pool (never ahead of the active path); also
-        the session.run seconds."""
+        its cost (see :func:`run_cost`)."""
         loop = asyncio.get_running_loop()
-        out, seconds, _ = await loop.run_in_executor(self._shadow_pool, _run_timed, model, batch)
+        out, seconds, cpu = await loop.run_in_executor(self._shadow_pool, _run_timed, model, batch)
         m = model.manifest
         self.health.of(m.name, m.version).run(seconds)
-        return out, seconds
+        return out, run_cost(model, seconds, cpu)
 
     async def time_shadow(self, model: LoadedModel, batch: npt.NDArray[np.generic]) -> float:
-        """Seconds ``model`` takes on ``batch`` on the shadow pool, not recorded in its own
-        stats: the active version timed on the batch a candidate shadowed (a paired
-        latency, see ``services.inference.health``)."""
+        """The cost of ``model`` on ``batch`` on the shadow pool (see :func:`run_cost`),
+        not recorded in its own stats: the active version timed on the batch a candidate
+        shadowed (a paired latency, see ``services.inference.health``)."""
         loop = asyncio.get_running_loop()
-        _, seconds, _ = await loop.run_in_executor(self._shadow_pool, _run_timed, model, batch)
-        return seconds
+        _, seconds, cpu = await loop.run_in_executor(self._shadow_pool, _run_timed, model, batch)
+        return run_cost(model, seconds, cpu)
 
     async def _run_on(
         self, pool: ThreadPoolExecutor, model: LoadedModel, batch: npt.NDArray[np.generic]
@@ -242,11 +242,9 @@ class ModelRegistry:
         else:
             loop = asyncio.get_running_loop()
             out, seconds, cpu = await loop.run_in_executor(pool, _run_timed, model, batch)
-        # The slowest recent run (decaying), so one fast run does not let a model that
-        # can be slow block the event loop. On the CPU provider its CPU time, not wall
-        # time (a run preempted on a busy machine is not a slow run); on an accelerator
-        # the wall time (the thread waits for the device).
-        took = cpu if model.execution_provider == CPU else seconds
+        # The costliest recent run (decaying), so one fast run does not let a model that
+        # can be slow block the event loop.
+        took = run_cost(model, seconds, cpu)
         self._recent_seconds[key] = max(took, 0.9 * recent) if recent is not None else took
         self.health.of(m.name, m.version).run(seconds)
         return out
@@ -258,6 +256,14 @@ class ModelRegistry:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self._shadow_pool.shutdown(wait=True)
+
+
+def run_cost(model: LoadedModel, seconds: float, cpu: float) -> float:
+    """What one run cost the machine: on the CPU provider its CPU time on the calling
+    thread (sessions run single-threaded, see ``models.onnx_runtime``; a run preempted
+    or kept waiting for the GIL on a busy machine is not a slow run), on an accelerator
+    its wall time (the thread waits for the device)."""
+    return cpu if model.execution_provider == CPU else seconds
 
 
 def _run_timed(

@@ -456,10 +456,10 @@ class Rollout:
 
 def _applied(state: SlotState, candidate: RoleHealth) -> bool:
     """Whether inference reports the registry's candidate at (or after) the generation
-    that started its stage: a candidate not loaded then has failed to load."""
-    if candidate.version != state.candidate:
-        return False
-    return candidate.loaded or candidate.generation >= state.generation
+    that started its stage: a candidate not loaded then has failed to load. Until then
+    its statistics are those of the stage before (shadow rows read as A/B would be
+    judged by the wrong rules), so there is no verdict."""
+    return candidate.version == state.candidate and candidate.generation >= state.generation
 
 
 def ref(info: VersionInfo) -> common_pb2.ModelRef:

@@ -291,7 +291,7 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
             status.verdict = (
                 verdict.summary()
                 if verdict is not None
-                else f"undecided: inference has not loaded candidate {state.candidate} yet"
+                else f"undecided: inference has not applied {state.stage} of {state.candidate} yet"
             )
         return status
 

@@ -121,7 +121,8 @@ async def test_ab_judges_only_what_the_candidate_served_live(stack: Stack, load:
     await gate.update.StartRollout(request, timeout=10)
 
     def in_ab(s: pb.RolloutStatus) -> bool:
-        return s.stage == pb.ROLLOUT_STAGE_AB and s.verdict.startswith("undecided: ")
+        # (until inference applies the A/B stage: "undecided: inference has not applied")
+        return s.stage == pb.ROLLOUT_STAGE_AB and "served live" in s.verdict
 
     status = await poll_async(gate.status, in_ab, 10, "the A/B window")
     assert status.verdict == "undecided: 0 of 30 rows served live in A/B so far"

@@ -46,13 +46,17 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
+# Inference has applied every registry generation the tests write.
+APPLIED = 1 << 30
+
+
 class FakeStatus:
     """Inference's rolling stats: plenty of healthy A/B traffic for both versions."""
 
     async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
         return (
             RoleHealth(ACTIVE, predictions=1000, errors=0, p99_seconds=0.001),
-            RoleHealth(CANDIDATE, predictions=500, errors=0, p99_seconds=0.001),
+            RoleHealth(CANDIDATE, predictions=500, errors=0, p99_seconds=0.001, generation=APPLIED),
         )
 
     async def drift(self, name: str) -> list[pb.FeatureDrift]:
@@ -68,7 +72,9 @@ class ShadowStatus(FakeStatus):
     async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
         return (
             RoleHealth(ACTIVE, predictions=1000, errors=0, p99_seconds=0.001),
-            RoleHealth(self.version, 500, 0, 0.001, agreement=0.97, compared=500),
+            RoleHealth(
+                self.version, 500, 0, 0.001, agreement=0.97, compared=500, generation=APPLIED
+            ),
         )
 
 

@@ -439,6 +439,38 @@ async def test_a_candidate_inference_cannot_load_is_rolled_back(tmp_path: Path) 
     assert [d.action for d in env.audit.decisions] == ["update.rollback"]
 
 
+class StillShadow(FakeStatus):
+    """Inference still serves the shadow ``generation``: its candidate stats are shadow
+    rows (coalesced batches, slower than live calls), not A/B ones."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+
+    async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
+        return (
+            RoleHealth(ACTIVE, predictions=1000, errors=0, p99_seconds=0.0006),
+            RoleHealth(CANDIDATE, 500, 0, 0.0023, compared=500, generation=self.generation),
+        )
+
+
+async def test_ab_is_not_judged_on_the_shadow_rows_inference_still_reports(
+    tmp_path: Path,
+) -> None:
+    """The race a loaded machine shows: A/B written, inference not yet applied it. The
+    shadow window's rows and p99 must not be judged by A/B's rules (p99 3.8x → rollback)."""
+    env = make_env(tmp_path, stage="ab")
+    env.rollout.policy = HealthPolicy(min_compared=100, latency_floor_seconds=0.0005)
+    generation = env.registry.state(NAME).generation
+    env.rollout.status = StillShadow(generation - 1)
+    assert await env.rollout.check_health() == []
+    assert env.registry.state(NAME).candidate == CANDIDATE
+    assert env.audit.decisions == []
+    env.rollout.status = StillShadow(generation)  # applied: now it is A/B's own rows
+    ((_, verdict),) = await env.rollout.check_health()
+    assert verdict.healthy is False
+    assert "p99 latency 2.30 ms vs active 0.60 ms" in verdict.summary()
+
+
 # --------------------------------------------------------------------------- honest trail
 
 
