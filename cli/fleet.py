@@ -1,5 +1,6 @@
 """``roost fleet serve``: the fleet's cloud side (a SuperLink and Roost's ServerApp), and the
-hub side's ``[fleet]`` configuration (``roost run`` starts a SuperNode only when enabled).
+hub side: ``roost run`` starts a SuperNode only when ``[fleet] enabled``
+(:class:`services.kit.fleet_config.FleetConfig`).
 """
 
 from __future__ import annotations
@@ -8,41 +9,12 @@ import argparse
 import signal
 import sys
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from services.kit.fleet_config import FleetConfig
 
 if TYPE_CHECKING:
     from cli.stack import Stack
-
-
-@dataclass(frozen=True)
-class FleetConfig:
-    """``[fleet]`` of roost.toml (env ``ROOST_FLEET_*``). Off by default: a hub that has
-    not opted in starts no SuperNode and opens no connection to any fleet."""
-
-    enabled: bool = False
-    # The SuperLink's address (host:port); required when enabled.
-    superlink: str = ""
-    # Without TLS to the SuperLink (loopback and tests only); else its CA's certificate.
-    insecure: bool = False
-    root_certificates: Path | None = None
-    # The SuperNode's own runtime API port on 127.0.0.1; 0 picks a free one.
-    supernode_port: int = 0
-    # The largest min-participants (t) this hub accepts: it adds 1/t of the noise variance
-    # and trusts the server that at least t hubs are in each sum (docs/fleet.md).
-    max_min_participants: int = 100
-
-    def check(self) -> None:
-        if not self.enabled:
-            return
-        host, _, port = self.superlink.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError("[fleet] superlink: host:port required when enabled")
-        if self.max_min_participants < 1:
-            raise ValueError("[fleet] max_min_participants: must be >= 1")
-        if not self.insecure and self.root_certificates is None:
-            raise ValueError("[fleet] root_certificates (the SuperLink's CA) or insecure = true")
 
 
 def load_fleet_config() -> FleetConfig:

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cli.broker import HomeBroker
-    from cli.fleet import FleetConfig
     from cli.prometheus_config import MetricsConfig
     from cli.stack import Stack
+    from services.kit.fleet_config import FleetConfig
 
 DEFAULT_HOME = Path("var")
 

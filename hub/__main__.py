@@ -7,11 +7,12 @@ import asyncio
 from hub.app import main_async
 from hub.config import HubConfig
 from services.kit.config import load_config
+from services.kit.fleet_config import FleetConfig
 from services.kit.process import configure_process
 from services.kit.watchdog import LoopWatchdog, ProbeServer
 
 
-async def serve(config: HubConfig) -> None:
+async def serve(config: HubConfig, fleet: FleetConfig) -> None:
     """The hub, with its event loop watched: with ``health_port`` set, the probes' port
     answers ``liveness`` from the watchdog (services/kit/watchdog.py) and ``""`` SERVING
     while the loop runs."""
@@ -23,7 +24,7 @@ async def serve(config: HubConfig) -> None:
             probe = ProbeServer(watchdog, config.metrics_host, config.health_port)
             probe.start()
             probe.health.set("", serving=True)
-        await main_async(config)
+        await main_async(config, fleet_enabled=fleet.enabled)
     finally:
         if probe is not None:
             probe.stop()
@@ -32,8 +33,11 @@ async def serve(config: HubConfig) -> None:
 
 def main() -> None:
     config = load_config(HubConfig, "hub")
+    # Only whether fleet learning is on (its Home Assistant entities); `roost run` checks
+    # and uses the rest.
+    fleet = load_config(FleetConfig, "fleet")
     configure_process(config.log_level)
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, fleet))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from hub.homeassistant import mapping as ha_mapping
 from hub.homeassistant.bridge import HaBridge
 from hub.homeassistant.client import ActionRunner, HaClient, HaUnavailable, read_token
 from hub.homeassistant.entities import ModelInfo
+from hub.homeassistant.fleet_entities import FleetStatus
 from hub.homeassistant.resume import StateResume
 from hub.homeassistant.rooms import Rooms
 from hub.homeassistant.settings import Settings
@@ -123,8 +124,10 @@ async def discover_models(
 
 
 class Hub:
-    def __init__(self, config: HubConfig) -> None:
+    def __init__(self, config: HubConfig, *, fleet_enabled: bool = False) -> None:
         self.config = config
+        # [fleet] enabled: `roost run` (or k3s's fleet component) runs this hub's SuperNode.
+        self.fleet_enabled = fleet_enabled
         self.stop = asyncio.Event()
         certs = config.certs_dir
         self._inf_channel = peer_channel(
@@ -307,6 +310,7 @@ class Hub:
                 inference=self.inference,
                 personalization=self.personalization,
                 update=self.update,
+                fleet=FleetStatus(enabled=self.fleet_enabled, audit=self.audit),
                 poll_seconds=self.config.ha_poll_seconds,
                 update_check_seconds=self.config.ha_update_check_seconds,
                 drift_retrain_seconds=self.config.drift_retrain_seconds,
@@ -470,11 +474,11 @@ class Hub:
                 raise error
 
 
-async def main_async(config: HubConfig) -> None:
+async def main_async(config: HubConfig, *, fleet_enabled: bool = False) -> None:
     metrics_port = start_metrics(
         ServiceConfig(metrics_host=config.metrics_host, metrics_port=config.metrics_port)
     )
-    hub = Hub(config)
+    hub = Hub(config, fleet_enabled=fleet_enabled)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, hub.stop.set)

@@ -30,12 +30,13 @@ from typing import Any
 
 import aiomqtt
 
-from hub.homeassistant import entities
+from hub.homeassistant import entities, fleet_entities
 from hub.homeassistant.client import HaClient
 from hub.homeassistant.coordinator import Coordinator
 from hub.homeassistant.correction import Latest, confirmation, corrected
 from hub.homeassistant.discovery import Discovery, Step
 from hub.homeassistant.entities import BINARY_OPPOSITE, MODEL_PROBLEMS, ModelInfo
+from hub.homeassistant.fleet_entities import FleetStatus
 from hub.homeassistant.metrics import COMMANDS, FEEDBACK, HA_BUFFER_DROPS, HA_ENTITIES_REFUSED
 from hub.homeassistant.notices import Notices
 from hub.homeassistant.rooms import Rooms
@@ -80,6 +81,7 @@ class HaBridge:
         inference: inf_grpc.InferenceServiceAsyncStub,
         personalization: pers_grpc.PersonalizationServiceAsyncStub | None = None,
         update: upd_grpc.UpdateServiceAsyncStub | None = None,
+        fleet: FleetStatus | None = None,
         poll_seconds: float = 30.0,
         update_check_seconds: float = 3600.0,
         drift_retrain_seconds: float = 0.0,
@@ -105,6 +107,7 @@ class HaBridge:
             inference=inference,
             personalization=personalization,
             update=update,
+            fleet=fleet or FleetStatus(enabled=False, audit=None),
             push=self._queue,
             spawn=self._later,
             poll_seconds=poll_seconds,
@@ -149,6 +152,8 @@ class HaBridge:
         h = self.hub_id
         c = self.coordinator
         self._add("privacy_budget", entities.privacy_budget_component(h))
+        for key, component in fleet_entities.components(h):
+            self._add(key, component)
         # Decision health: keys no area can take (a prediction's is "<model>_<area>").
         self._add("decisions", entities.decisions_problem_component(h))
         self._command(

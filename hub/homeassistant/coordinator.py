@@ -5,6 +5,8 @@ retained, to their state topics:
 
 * the household privacy budget (personalization; its availability topic goes
   ``offline`` while the service does not answer or is not deployed);
+* fleet learning: on or off, the last round and its ε (``[fleet]`` and the audit log,
+  :mod:`hub.homeassistant.fleet_entities`);
 * per model, drift and health (inference ``GetModelStatus``; drift is the service's
   alert or, with enough live samples, the homeowner's PSI level) — a drifting
   personalizable model can start a DP fine-tuning run, at most once per cooldown;
@@ -36,6 +38,7 @@ from typing import Any
 import grpc
 
 from hub.homeassistant.entities import ModelInfo
+from hub.homeassistant.fleet_entities import FLEET_KEY, FleetStatus
 from hub.homeassistant.metrics import COMMANDS, DRIFT_RETRAINS, FEEDBACK
 from hub.homeassistant.settings import Settings
 from hub.homeassistant.topics import personalization_availability, state_topic
@@ -79,6 +82,7 @@ class Coordinator:
         inference: inf_grpc.InferenceServiceAsyncStub,
         personalization: pers_grpc.PersonalizationServiceAsyncStub | None,
         update: upd_grpc.UpdateServiceAsyncStub | None,
+        fleet: FleetStatus,
         push: Push,
         spawn: Spawn,
         poll_seconds: float = 30.0,
@@ -94,6 +98,9 @@ class Coordinator:
         self.inference = inference
         self.personalization = personalization
         self.update = update
+        self.fleet = fleet
+        # The privacy budget's last document (δ and privacy unit of the fleet's ε).
+        self._budget: dict[str, Any] | None = None
         self._push = push
         self._spawn = spawn
         self.poll_seconds = poll_seconds
@@ -247,6 +254,7 @@ class Coordinator:
 
     async def poll_once(self) -> None:
         await self.poll_budget()
+        self._push_doc(FLEET_KEY, await self.fleet.document(self._budget))
         loop = asyncio.get_running_loop()
         if loop.time() - self._update_checked >= self.update_check_seconds:
             self._update_checked = loop.time()
@@ -257,6 +265,7 @@ class Coordinator:
 
     async def poll_budget(self) -> None:
         avail = personalization_availability(self.hub_id)
+        self._budget = None
         if self.personalization is None:
             self._push(avail, b"offline", True)
             return
@@ -282,6 +291,7 @@ class Coordinator:
             doc["period_end"] = b.period_end.ToJsonString()
         self._push_doc("privacy_budget", doc)
         self._push(avail, b"online", True)
+        self._budget = doc
 
     async def poll_model(self, model: str) -> None:
         try:

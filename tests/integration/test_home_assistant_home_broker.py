@@ -22,6 +22,7 @@ from cli.stack import Stack
 from tests.support.ha_entities import KINDS, OCCUPIED, VACANT, room_sensors, set_room
 from tests.support.ha_roost import start_roost
 from tests.support.home_assistant import HomeAssistant
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.home_assistant, pytest.mark.timeout(900)]
 
@@ -69,6 +70,17 @@ def test_home_assistant_on_the_home_broker(ha: HomeAssistant, roost: Stack) -> N
     assert [e["state"] for e in entries if e["domain"] == "mqtt"] == ["loaded"]
     # Discovery and the hub's states reach HA.
     ha.wait_state(f"select.{E}_learning_mode", lambda s: s["state"] == "learning")
+    # Fleet learning is not enabled here: each fleet sensor shows "off" (not unavailable).
+    fleet = (f"roost_{HUB_ID}_{k}" for k in ("fleet_learning", "fleet_last_round", "fleet_epsilon"))
+    for unique_id in fleet:
+        entity = wait_until(
+            lambda u=unique_id: next(
+                (e for e, r in ha.entity_registry().items() if r["unique_id"] == u), None
+            ),
+            30,
+            f"{unique_id} in HA's entity registry",
+        )
+        ha.wait_state(entity, lambda s: s["state"] == "off")
     # A command from HA reaches the hub, which publishes the new state back.
     for option in ("paused", "learning"):
         ha.call_service(

@@ -14,6 +14,7 @@ import pytest
 
 from hub.homeassistant.coordinator import Coordinator
 from hub.homeassistant.entities import ModelInfo
+from hub.homeassistant.fleet_entities import FleetStatus
 from hub.homeassistant.metrics import COMMANDS, FEEDBACK
 from hub.homeassistant.settings import Settings
 from roost.common.v1 import common_pb2
@@ -58,7 +59,12 @@ class Harness:
             inference=inference,
             push=lambda topic, payload, retain: self.pushed.__setitem__(topic, (payload, retain)),
             spawn=self.spawned.append,
-            **{"personalization": None, "update": None, **kwargs},
+            **{
+                "personalization": None,
+                "update": None,
+                "fleet": FleetStatus(enabled=False, audit=None),
+                **kwargs,
+            },
         )
 
     def state(self, key: str) -> Any:

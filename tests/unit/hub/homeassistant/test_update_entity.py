@@ -11,6 +11,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from hub.homeassistant.coordinator import Coordinator
 from hub.homeassistant.entities import ModelInfo, model_update_component
+from hub.homeassistant.fleet_entities import FleetStatus
 from hub.homeassistant.settings import Settings
 from hub.homeassistant.update_entity import MAX_SUMMARY, Release, UpdateView
 from roost.common.v1 import common_pb2
@@ -141,6 +142,7 @@ def poll(update: Update) -> tuple[dict[str, Any], Coordinator]:
         inference=None,  # type: ignore[arg-type]
         personalization=None,
         update=update,  # type: ignore[arg-type]
+        fleet=FleetStatus(enabled=False, audit=None),
         push=lambda topic, payload, retain: pushed.__setitem__(topic, payload),
         spawn=lambda coro: None,
     )
