@@ -19,6 +19,49 @@ from fleet.hub_node import node_config_arg
 from services.kit.auth import Role
 
 
+def supernode_args(
+    *,
+    hub_id: str,
+    certs_dir: Path,
+    personalization: str,
+    audit: str,
+    superlink: str,
+    port: int,
+    root_certificates: Path | None,
+    max_min_participants: int,
+    health_address: str = "",
+) -> list[str]:
+    """``flower-supernode``'s arguments: the one command line of the hub's SuperNode, for
+    ``roost run`` (:func:`start_supernode`) and k3s's fleet component
+    (``k3s/components/fleet/supernode.yaml``; tests/unit/k3s/test_fleet.py renders it and
+    compares). ``root_certificates`` None: no TLS to the SuperLink. ``health_address``:
+    a plaintext grpc.health.v1 server for the kubelet's probes ("" = none)."""
+    node_config = {
+        protocol.NODE_HUB_ID: hub_id,
+        protocol.NODE_CERTS_DIR: str(certs_dir),
+        protocol.NODE_PERSONALIZATION: personalization,
+        protocol.NODE_AUDIT: audit,
+        protocol.NODE_SUPERLINK: superlink,
+        protocol.NODE_MAX_T: str(max_min_participants),
+    }
+    tls = (
+        ["--insecure"]
+        if root_certificates is None
+        else ["--root-certificates", str(root_certificates)]
+    )
+    health = ["--health-server-address", health_address] if health_address else []
+    return [
+        *tls,
+        "--superlink",
+        superlink,
+        "--port",
+        str(port),
+        *health,
+        "--node-config",
+        node_config_arg(node_config),
+    ]
+
+
 def start_supernode(
     stack: Stack,
     superlink: str,
@@ -32,28 +75,18 @@ def start_supernode(
     ClientApp (fleet/client_app.py) calls this hub's personalization and audit
     services as the hub. Needs both running. ``root_certificates`` None: no TLS."""
     port = port or free_port()
-    node_config = {
-        protocol.NODE_HUB_ID: stack.hub_id,
-        protocol.NODE_CERTS_DIR: str(stack.certs_dir),
-        protocol.NODE_PERSONALIZATION: f"127.0.0.1:{stack.port_of(Role.PERSONALIZATION)}",
-        protocol.NODE_AUDIT: f"127.0.0.1:{stack.port_of(Role.AUDIT)}",
-        protocol.NODE_SUPERLINK: superlink,
-        protocol.NODE_MAX_T: str(max_min_participants),
-    }
-    tls = (
-        ["--insecure"]
-        if root_certificates is None
-        else ["--root-certificates", str(root_certificates)]
-    )
     argv = [
         flower_bin("flower-supernode"),
-        *tls,
-        "--superlink",
-        superlink,
-        "--port",
-        str(port),
-        "--node-config",
-        node_config_arg(node_config),
+        *supernode_args(
+            hub_id=stack.hub_id,
+            certs_dir=stack.certs_dir,
+            personalization=f"127.0.0.1:{stack.port_of(Role.PERSONALIZATION)}",
+            audit=f"127.0.0.1:{stack.port_of(Role.AUDIT)}",
+            superlink=superlink,
+            port=port,
+            root_certificates=root_certificates,
+            max_min_participants=max_min_participants,
+        ),
     ]
     env = {"FLWR_HOME": str(stack.home / "run" / "flwr-supernode"), "PATH": flower_path()}
     proc = stack._spawn("supernode", Launch(argv, env, ready_port=port, detaches_children=True))

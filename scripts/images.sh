@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROLES=(hub inference audit update personalization)
+ROLES=(hub inference audit update personalization fleet)
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n1)
 TAG=${TAG:-$VERSION}
 REGISTRY=${REGISTRY:-localhost}
@@ -68,7 +68,7 @@ estimate() {
   src="$work/src"
   mkdir -p "$src"
   # What the .dockerignore lets into the build context.
-  cp -r pyproject.toml constraints.txt README.md services hub models protos "$src/"
+  cp -r pyproject.toml constraints.txt README.md services hub models protos fleet "$src/"
   find "$src" -name __pycache__ -prune -exec rm -rf {} +
   if [ -n "$TORCH_INDEX" ] && ! python3 -c "import urllib.request as u; u.urlopen('$TORCH_INDEX/', timeout=5)" 2>/dev/null; then
     echo "images: $TORCH_INDEX unreachable: torch comes from the default index (a +cpu wheel there" >&2

@@ -112,6 +112,12 @@ def test_network_flows_are_exactly_the_allow_list(
         ("roost-update", "roost-personalization", personalization),
     }
     expected |= {("roost-prometheus", f"roost-{r}", METRICS_PORT) for r in ROOST_ROLES}
+    if overlay == "edge+fleet":
+        # The SuperNode's ClientApp, as the hub: its round's update and its egress record.
+        expected |= {
+            ("roost-supernode", "roost-personalization", personalization),
+            ("roost-supernode", "roost-audit", audit),
+        }
     assert _allowed_flows(objs) == expected
 
 
