@@ -5,8 +5,10 @@ Three sensors of the Roost hub device read one retained state document (``fleet`
 the coordinator pushes at each poll, as it does the privacy budget's:
 
 * **Fleet learning**: ``off`` (``[fleet] enabled`` is false: no SuperNode, no fleet
-  connection), ``on``, or ``sitting out: no budget`` when the hub's latest fleet record
-  is a sit-out its ledger refused (``sitting out: ...`` names the other reasons);
+  connection), ``on``, or, when the hub's newest fleet record is a sit-out,
+  ``sitting out: no budget`` (its privacy ledger refused the round's charge),
+  ``sitting out: the server's rounds are too small`` (``max_min_participants``) or
+  ``sitting out`` (another refusal: too few examples...; the ``why`` attribute says);
 * **Last fleet round**: when the hub last sent a reply of a round (the newest
   ``fleet.send`` of its audit log), in UTC;
 * **Fleet round ε**: the ε the hub's privacy ledger charged for that round (the sum over
@@ -47,10 +49,13 @@ RECENT_SENDS: Final = 16
 OFF: Final = "off"
 ON: Final = "on"
 NO_ROUND: Final = "none yet"
+SITTING_OUT: Final = "sitting out"
 NO_BUDGET: Final = "sitting out: no budget"
 TOO_FEW_HUBS: Final = "sitting out: the server's rounds are too small"
-# The reason fleet/client_app.py gives when the server asks more min-participants than
-# this hub accepts (the ledger's refusals name the budget or the examples).
+# Words of the recorded reasons: the ledger's over-budget refusal
+# (services/personalization/ledger_refusals.py), and fleet/client_app.py's when the
+# server asks more min-participants than this hub accepts.
+_OVER_BUDGET = "privacy budget exceeded"
 _MIN_PARTICIPANTS = "min-participants"
 
 
@@ -69,7 +74,10 @@ def _round_of(entry: audit_pb.LogEntry) -> str:
 
 
 def _sit_out_state(entry: audit_pb.LogEntry) -> str:
-    return TOO_FEW_HUBS if _MIN_PARTICIPANTS in entry.decision.policy.reason else NO_BUDGET
+    reason = entry.decision.policy.reason
+    if _OVER_BUDGET in reason:
+        return NO_BUDGET
+    return TOO_FEW_HUBS if _MIN_PARTICIPANTS in reason else SITTING_OUT
 
 
 def round_document(

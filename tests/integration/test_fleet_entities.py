@@ -117,9 +117,13 @@ def test_a_sit_out_after_it_shows_no_budget(stack: Stack) -> None:
     sat.action = SIT_OUT
     sat.decision_id = f"{SIT_OUT}.5-3.setup.7"
     sat.model.sha256 = "-"
-    sat.policy.reason = "sat round 5-3 out, nothing sent: privacy budget spent for this period"
+    # The reason as the ClientApp records the ledger's refusal (ledger_refusals.over_budget).
+    sat.policy.reason = (
+        "sat round 5-3 out, nothing sent: privacy budget exceeded for scope 'household':"
+        " epsilon already spent 3.0000 in the last 91 days"
+    )
     append_records(node(stack), [sat])
     doc = wait_doc(stack, state=NO_BUDGET)
     # The round that was sent stays shown beside the sit-out.
     assert (doc["round"], doc["round_epsilon"]) == ("5-2", 0.0625)
-    assert doc["why"].endswith("privacy budget spent for this period")
+    assert doc["why"].endswith("in the last 91 days")

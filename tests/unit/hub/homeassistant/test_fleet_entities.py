@@ -31,6 +31,8 @@ from hub.homeassistant.fleet_entities import (
 from hub.homeassistant.settings import Settings
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.personalization.v1 import personalization_service_pb2 as pers_pb
+from services.personalization.ledger_records import BudgetPolicy
+from services.personalization.ledger_refusals import over_budget
 from tests.unit.hub.homeassistant.test_entities import render
 
 STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
@@ -144,8 +146,16 @@ def test_a_plain_round_without_secagg_counts_too() -> None:
 @pytest.mark.parametrize(
     ("reason", "state"),
     [
-        ("privacy budget exhausted: epsilon 3 of 3 spent", NO_BUDGET),
+        (
+            "privacy budget exceeded for scope 'household': epsilon already spent 3.0000",
+            NO_BUDGET,
+        ),
         ("the server asks min-participants 500, above this hub's limit 100", TOO_FEW_HUBS),
+        # Not a budget refusal: not called one.
+        (
+            "model occupancy: a fleet round needs at least 50 labelled examples; 3 are stored",
+            "sitting out",
+        ),
     ],
 )
 def test_a_sit_out_after_the_last_round_shows_why(reason: str, state: str) -> None:
@@ -155,6 +165,14 @@ def test_a_sit_out_after_the_last_round_shows_why(reason: str, state: str) -> No
     # The last round that was sent stays shown.
     assert shown(doc)["fleet_epsilon"] == "0.25"
     assert attributes(doc, "fleet_learning")["why"].endswith(reason)
+
+
+def test_the_ledgers_own_refusal_reads_as_no_budget() -> None:
+    """The words the hub looks for are the ones the ledger writes (through the ClientApp's
+    SitOut reason into the fleet.sit_out record)."""
+    refusal = over_budget("household", BudgetPolicy(3.0, 1e-3), (2.9, 3.4), "rdp", None)
+    entry = sit_out(4, str(refusal), 8)
+    assert round_document([], entry)["state"] == NO_BUDGET
 
 
 def test_a_round_sent_after_a_sit_out_is_on_again() -> None:
