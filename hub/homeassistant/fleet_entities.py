@@ -7,7 +7,8 @@ the coordinator pushes at each poll, as it does the privacy budget's:
 * **Fleet learning**: ``off`` (``[fleet] enabled`` is false: no SuperNode, no fleet
   connection), ``on``, or, when the hub's newest fleet record is a sit-out,
   ``sitting out: no budget`` (its privacy ledger refused the round's charge),
-  ``sitting out: the server's rounds are too small`` (``max_min_participants``) or
+  ``sitting out: the server's min-participants is above this hub's limit``
+  (``[fleet] max_min_participants``: each hub would add too little noise) or
   ``sitting out`` (another refusal: too few examples...; the ``why`` attribute says);
 * **Last fleet round**: when the hub last sent a reply of a round (the newest
   ``fleet.send`` of its audit log), in UTC;
@@ -51,7 +52,7 @@ ON: Final = "on"
 NO_ROUND: Final = "none yet"
 SITTING_OUT: Final = "sitting out"
 NO_BUDGET: Final = "sitting out: no budget"
-TOO_FEW_HUBS: Final = "sitting out: the server's rounds are too small"
+OVER_HUB_LIMIT: Final = "sitting out: the server's min-participants is above this hub's limit"
 # Words of the recorded reasons: the ledger's over-budget refusal
 # (services/personalization/ledger_refusals.py), and fleet/client_app.py's when the
 # server asks more min-participants than this hub accepts.
@@ -77,7 +78,7 @@ def _sit_out_state(entry: audit_pb.LogEntry) -> str:
     reason = entry.decision.policy.reason
     if _OVER_BUDGET in reason:
         return NO_BUDGET
-    return TOO_FEW_HUBS if _MIN_PARTICIPANTS in reason else SITTING_OUT
+    return OVER_HUB_LIMIT if _MIN_PARTICIPANTS in reason else SITTING_OUT
 
 
 def round_document(

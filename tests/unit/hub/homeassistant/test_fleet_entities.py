@@ -22,9 +22,9 @@ from hub.homeassistant.coordinator import Coordinator
 from hub.homeassistant.fleet_entities import (
     NO_BUDGET,
     NO_ROUND,
+    OVER_HUB_LIMIT,
     SEND_ACTION,
     SIT_OUT_ACTION,
-    TOO_FEW_HUBS,
     FleetStatus,
     round_document,
 )
@@ -150,7 +150,7 @@ def test_a_plain_round_without_secagg_counts_too() -> None:
             "privacy budget exceeded for scope 'household': epsilon already spent 3.0000",
             NO_BUDGET,
         ),
-        ("the server asks min-participants 500, above this hub's limit 100", TOO_FEW_HUBS),
+        ("the server asks min-participants 500, above this hub's limit 100", OVER_HUB_LIMIT),
         # Not a budget refusal: not called one.
         (
             "model occupancy: a fleet round needs at least 50 labelled examples; 3 are stored",
