@@ -117,7 +117,7 @@ def test_a_head_of_the_wrong_size_is_refused_at_build(tmp_path: Path, size: int)
 def test_a_base_that_is_not_the_runs_is_refused(tmp_path: Path) -> None:
     run = fleet_run(tmp_path, noisy_head())
     other = FleetRun(run.run, run.model, "1.1.0", run.ended, run.rounds)
-    with pytest.raises(FailedPrecondition, match="trained the head of occupancy 1.1.0"):
+    with pytest.raises(FailedPrecondition, match=r"trained the head of occupancy 1\.1\.0"):
         build_release(other, BASE, tmp_path / "m", "1.1.1")
 
 
@@ -193,7 +193,8 @@ def test_the_report_gives_one_run_once_it_ended(tmp_path: Path) -> None:
 def test_nothing_is_published_without_a_released_round(tmp_path: Path) -> None:
     write_report(tmp_path / "r.jsonl", RUN, [np.ones(66, np.float32)], [1], outcome="failed: X")
     run = read_run(tmp_path / "r.jsonl", RUN)
-    assert run is not None and run.rounds == ()
+    assert run is not None
+    assert run.rounds == ()
     world = World(tmp_path / "w")
     before = sorted(p.name for p in (world.repo_dir / "metadata").iterdir())
     assert publish_run(run, BASE, world.repo_dir, world.keys_dir) is None
@@ -221,11 +222,13 @@ def test_a_hub_installs_it_through_tuf_and_a_second_run_comes_next(tmp_path: Pat
     first = publish_run(
         fleet_run(tmp_path / "r1", noisy_head()), BASE, world.repo_dir, world.keys_dir
     )
-    assert first is not None and first.version == "1.0.1"
+    assert first is not None
+    assert first.version == "1.0.1"
     assert f"fleet run {RUN}" in first.release_notes
     installed = install_latest(world)
     assert load_manifest(installed).version == "1.0.1"
     second = publish_run(
         fleet_run(tmp_path / "r2", noisy_head(2)), BASE, world.repo_dir, world.keys_dir
     )
-    assert second is not None and second.version == "1.0.2"
+    assert second is not None
+    assert second.version == "1.0.2"
