@@ -4,6 +4,7 @@ repository a hub's TUF client accepts (on real processes: tests/integration/test
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -15,15 +16,18 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from cli.fleet import _release_target
 from cli.fleet_release import FleetRun, build_release, publish_run, read_run, release_version
+from cli.fleet_server import run_id_of
+from cli.stack import StackError
 from models.export import run as run_onnx
 from models.manifest import MANIFEST_FILE, load_manifest, shipped_models_dir
-from services.kit.errors import FailedPrecondition, InvalidArgument
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.modelstore.bundle import pack_bundle
 from services.personalization.federated_train import load_head
 from services.personalization.onnx_roundtrip import base_model, parity_inputs
 from tests.support.fleet_reports import shipped_head, write_report
-from tests.support.tuf_world import FAMILY, World, install_latest, installed_world
+from tests.support.tuf_world import FAMILY, World, install_key, install_latest, installed_world
 
 BASE = shipped_models_dir() / "occupancy"
 RUN = "4021973451977654321"
@@ -232,3 +236,41 @@ def test_a_hub_installs_it_through_tuf_and_a_second_run_comes_next(tmp_path: Pat
     )
     assert second is not None
     assert second.version == "1.0.2"
+
+
+def test_a_foreign_signing_key_is_refused_by_the_publisher(tmp_path: Path) -> None:
+    world, foreign = World(tmp_path / "fleet"), World(tmp_path / "foreign")
+    install_key(world.keys_dir / f"{FAMILY}.pem", (foreign.keys_dir / f"{FAMILY}.pem").read_bytes())
+    run = fleet_run(tmp_path, noisy_head())
+    with pytest.raises(FailedPrecondition, match="is not a key the repository trusts"):
+        publish_run(run, BASE, world.repo_dir, world.keys_dir)
+    assert world.reopen().targets(FAMILY) == []
+
+
+def test_the_run_id_is_what_flwr_run_printed() -> None:
+    assert run_id_of("Loading project...\nSuccessfully started run 1234567890\n") == "1234567890"
+    with pytest.raises(StackError, match="did not say which run"):
+        run_id_of("Run failed")
+
+
+def _serve_args(tmp_path: Path, **kw: object) -> argparse.Namespace:
+    world = World(tmp_path)
+    values: dict[str, object] = {
+        "release_repo": world.repo_dir,
+        "release_keys": world.keys_dir,
+        "base_model": None,
+    }
+    return argparse.Namespace(**(values | kw))
+
+
+def test_serve_checks_the_release_target_before_the_run(tmp_path: Path) -> None:
+    run_config: dict[str, object] = {}
+    target = _release_target(_serve_args(tmp_path / "a"), run_config)
+    assert target.base_dir == BASE
+    assert run_config == {"base-version": "1.0.0"}  # the run names the base it is built on
+    with pytest.raises(InvalidArgument, match=r"not occupancy 1\.1\.0"):
+        _release_target(_serve_args(tmp_path / "b"), {"base-version": "1.1.0"})
+    with pytest.raises(InvalidArgument, match="needs --release-keys"):
+        _release_target(_serve_args(tmp_path / "c", release_keys=None), {})
+    with pytest.raises(NotFound, match="holds no model repository"):
+        _release_target(_serve_args(tmp_path / "d", release_repo=tmp_path / "none"), {})
