@@ -8,7 +8,9 @@ import argparse
 import hashlib
 import json
 import re
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -16,7 +18,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from cli.fleet import _release_target
+from cli.fleet import ReleaseTarget, _publish_when_ended, _release_target
 from cli.fleet_release import FleetRun, build_release, publish_run, read_run, release_version
 from cli.fleet_server import run_id_of
 from cli.stack import StackError
@@ -274,3 +276,35 @@ def test_serve_checks_the_release_target_before_the_run(tmp_path: Path) -> None:
         _release_target(_serve_args(tmp_path / "c", release_keys=None), {})
     with pytest.raises(NotFound, match="holds no model repository"):
         _release_target(_serve_args(tmp_path / "d", release_repo=tmp_path / "none"), {})
+
+
+class _Superlink:
+    def __init__(self, alive: bool) -> None:
+        self._alive = alive
+
+    def alive(self) -> bool:
+        return self._alive
+
+
+def _publish(tmp_path: Path, world: World, report: Path, alive: bool = True) -> None:
+    stack = SimpleNamespace(procs={"superlink": _Superlink(alive)})
+    target = ReleaseTarget(world.repo_dir, world.keys_dir, BASE)
+    _publish_when_ended(target, report, RUN, stack, threading.Event())  # type: ignore[arg-type]
+
+
+def test_serve_publishes_when_the_run_ends_and_only_then(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world = World(tmp_path / "w")
+    report = tmp_path / "rounds.jsonl"
+    _publish(tmp_path, world, report, alive=False)  # the SuperLink died before the end
+    assert world.reopen().targets(FAMILY) == []
+    write_report(report, RUN, [np.ones(66, np.float32)], [1], outcome="failed: X")
+    _publish(tmp_path, world, report)
+    assert "with no released round: nothing published" in capsys.readouterr().out
+    assert world.reopen().targets(FAMILY) == []
+    report.unlink()
+    write_report(report, RUN, [noisy_head()], [3])
+    _publish(tmp_path, world, report)
+    assert "ended (completed): published occupancy/occupancy-1.0.1.tar" in capsys.readouterr().out
+    assert [t.version for t in world.reopen().targets(FAMILY)] == ["1.0.1"]
