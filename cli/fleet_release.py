@@ -105,7 +105,8 @@ def read_run(report: Path, run_id: str) -> FleetRun | None:
     if not report.is_file():
         return None
     rounds: list[ReleasedRound] = []
-    for text in report.read_text().splitlines():
+    # Whole lines only: the ServerApp may be appending the last one right now.
+    for text in report.read_text().split("\n")[:-1]:
         if not text.strip():
             continue
         line = json.loads(text)

@@ -194,6 +194,8 @@ def test_the_report_gives_one_run_once_it_ended(tmp_path: Path) -> None:
     lines = report.read_text().splitlines()
     report.write_text("\n".join(lines[:-1]) + "\n")  # the run's last line not written yet
     assert read_run(report, RUN) is None
+    report.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:30])  # half written
+    assert read_run(report, RUN) is None
 
 
 def test_nothing_is_published_without_a_released_round(tmp_path: Path) -> None:
