@@ -25,9 +25,58 @@ def load_fleet_config() -> FleetConfig:
     return cfg
 
 
+@dataclass(frozen=True)
+class ReleaseTarget:
+    """Where ``roost fleet serve`` publishes the run's model: the fleet's TUF repository
+    (and the operator's keys) and the base model directory the head is put on."""
+
+    repo_dir: Path
+    keys_dir: Path
+    base_dir: Path
+
+
+def _release_target(args: argparse.Namespace, run_config: dict[str, object]) -> ReleaseTarget:
+    """Checked before the run starts: the repository opens, the base model loads and is
+    the version the run names (``base-version``, set from the base model if not given)."""
+    from cli.tuf_repo import ModelRepository
+    from fleet.protocol import DEFAULT_MODEL
+    from models.manifest import load_manifest, shipped_models_dir
+    from services.kit.errors import InvalidArgument
+
+    if args.release_keys is None:
+        raise InvalidArgument("--release-repo needs --release-keys (the operator's TUF keys)")
+    ModelRepository.open(args.release_repo, args.release_keys)
+    model = str(run_config.get("model", DEFAULT_MODEL))
+    base_dir = args.base_model or shipped_models_dir() / model
+    base = load_manifest(base_dir)
+    named = str(run_config.setdefault("base-version", base.version))
+    if (base.name, base.version) != (model, named):
+        raise InvalidArgument(
+            f"--base-model {base_dir} holds {base.name} {base.version}, not {model} {named}"
+        )
+    return ReleaseTarget(args.release_repo, args.release_keys, base_dir)
+
+
+def _publish_when_ended(
+    release: ReleaseTarget, report: Path, run_id: str, stack: Stack, stop: threading.Event
+) -> None:
+    from cli.fleet_release import publish_run, wait_for_run
+
+    print(f"run {run_id}: its release goes to {release.repo_dir} when the run ends")
+    run = wait_for_run(report, run_id, alive=stack.procs["superlink"].alive, stop=stop)
+    if run is None:
+        return
+    target = publish_run(run, release.base_dir, release.repo_dir, release.keys_dir)
+    if target is None:
+        print(f"run {run_id} ended ({run.ended}) with no released round: nothing published")
+    else:
+        print(f"run {run_id} ended ({run.ended}): published {target.path} ({target.sha256})")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from cli.fleet_server import FleetServer
+    from cli.fleet_server import FleetServer, run_id_of
     from cli.stack import Stack, StackError
+    from services.kit.errors import RoostError
 
     run_config: dict[str, object] = {}
     for item in args.set or []:
@@ -38,6 +87,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         run_config[key] = _number(value)
     stack_home = args.home / "fleet"
     run_config.setdefault("report-path", str((stack_home / "rounds.jsonl").resolve()))
+    release: ReleaseTarget | None = None
+    if args.release_repo is not None:
+        try:
+            release = _release_target(args, run_config)
+        except RoostError as e:
+            print(f"roost fleet serve: {e}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -46,14 +102,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         server.start()
         print(f'SuperLink on {server.address} (hubs: [fleet] superlink = "{server.address}")')
-        print(server.submit(run_config))
+        submitted = server.submit(run_config)
+        print(submitted)
         print(f"each round's report: {run_config['report-path']}; Ctrl-C stops the SuperLink")
+        if release is not None:
+            report = Path(str(run_config["report-path"]))
+            _publish_when_ended(release, report, run_id_of(submitted), stack, stop)
         while not stop.wait(0.5):
             if not stack.procs["superlink"].alive():
                 print(stack.procs["superlink"].log_tail(), file=sys.stderr)
                 return 1
         return 0
-    except StackError as e:
+    except (StackError, RoostError) as e:
         print(f"roost fleet serve: {e}", file=sys.stderr)
         return 1
     finally:
@@ -79,6 +139,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="append",
         metavar="KEY=VALUE",
         help="ServerApp run config (fleet/app/pyproject.toml), e.g. rounds=10 noise-multiplier=2",
+    )
+    serve.add_argument(
+        "--release-repo",
+        type=Path,
+        help="the fleet's TUF repository: publish the run's global model there when it ends"
+        " (docs/fleet.md, 'The release')",
+    )
+    serve.add_argument(
+        "--release-keys",
+        type=Path,
+        help="the repository's signing keys (as for roost models publish --repo --keys)",
+    )
+    serve.add_argument(
+        "--base-model",
+        type=Path,
+        help="the base model directory the head is put on (default: the shipped model)",
     )
     serve.set_defaults(func=_cmd_serve)
 

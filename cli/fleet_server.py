@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from cli.stack import Launch, Stack, StackError, free_port
 
 APP_DIR: Final = Path(__file__).resolve().parents[1] / "fleet" / "app"
 CONNECTION: Final = "roost-fleet"
+_STARTED = re.compile(r"Successfully started run (\d+)")
 
 
 def flower_bin(name: str) -> str:
@@ -98,3 +100,11 @@ class FleetServer:
         if done.returncode != 0:
             raise StackError(f"flwr run failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done.stdout
+
+
+def run_id_of(flwr_output: str) -> str:
+    """The run id ``flwr run`` printed ("Successfully started run <id>")."""
+    found = _STARTED.search(flwr_output)
+    if found is None:
+        raise StackError(f"flwr run did not say which run it started:\n{flwr_output}")
+    return found.group(1)

@@ -33,5 +33,7 @@ DEFAULT_MAX_T: Final = 100
 
 #: The model family federated today (its head: services/personalization/federated_train.py).
 DEFAULT_MODEL: Final = "occupancy"
+#: The shipped occupancy version: the fleet's base unless the run config names another.
+DEFAULT_BASE_VERSION: Final = "1.0.0"
 #: occupancy's head, Linear(32, 2): 64 weights + 2 biases.
 HEAD_SIZE: Final = 66

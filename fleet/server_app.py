@@ -10,7 +10,9 @@ Each round: the accountant is asked first (one more round over the fleet budget:
 is asked, the run stops); the average delta is released only when at least
 ``min_participants`` hubs are in it (fewer would carry less than sigma * C of noise);
 then the global head moves by it and the round's report (cumulative epsilon at delta) is
-logged and appended to ``report-path``.
+logged and appended to ``report-path``. When the run ends (completed or failed) a last
+line says so, with the model and base version: ``roost fleet serve`` waits for it to
+publish the release (``cli/fleet_release.py``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class RoostFedAvg(FedAvg):
         self.global_head = np.zeros(settings.head_size, np.float32)
         self._round_started = time.monotonic()
         self.stopped = False
+        self.released = 0
         super().__init__(
             fraction_fit=1.0,
             fraction_evaluate=0.0,
@@ -118,6 +121,7 @@ class RoostFedAvg(FedAvg):
         delta = np.asarray(average[0], np.float32).ravel()
         self.global_head = (self.global_head + delta).astype(np.float32)
         epsilon = self.accountant.record_round()
+        self.released += 1
         seconds = time.monotonic() - self._round_started
         logger.info(
             "round %d: %d hubs, %d failures, %.1fs; global model epsilon %.4f at delta %.3g",
@@ -142,6 +146,17 @@ class RoostFedAvg(FedAvg):
             }
         )
         return ndarrays_to_parameters([self.global_head]), {"epsilon": epsilon}
+
+    def finish(self, outcome: str) -> None:
+        """The run's last report line: how it ended, what it was built on."""
+        self._report(
+            {
+                "ended": outcome,
+                "model": self.settings.model,
+                "base_version": self.settings.base_version,
+                "released_rounds": self.released,
+            }
+        )
 
     def _report(self, line: dict[str, Any]) -> None:
         path = self.settings.report_file
@@ -178,4 +193,9 @@ def main(grid: Grid, context: Context) -> None:
             timeout=settings.stage_timeout,
         )
     )
-    workflow(grid, legacy)
+    try:
+        workflow(grid, legacy)
+    except BaseException as e:
+        strategy.finish(f"failed: {type(e).__name__}")
+        raise
+    strategy.finish("completed")

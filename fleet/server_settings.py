@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet.protocol import DEFAULT_MODEL, HEAD_SIZE
+from fleet.protocol import DEFAULT_BASE_VERSION, DEFAULT_MODEL, HEAD_SIZE
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class ServerSettings:
     stage_timeout: float = 60.0
     clipping_range: float = 8.0
     model: str = DEFAULT_MODEL
+    # The version of the model whose trunk the hubs train the head on (their active
+    # model) and that the fleet's release is built from (docs/fleet.md, "The release").
+    base_version: str = DEFAULT_BASE_VERSION
     head_size: int = HEAD_SIZE
     # Where each round's report (JSON lines) goes; empty: the log only.
     report_path: str = ""
@@ -48,6 +51,9 @@ class ServerSettings:
                 raise ValueError(f"{name.replace('_', '-')} must be a finite number > 0")
         if not 0 < self.delta < 1:
             raise ValueError("delta must be in (0, 1)")
+        parts = self.base_version.split(".")
+        if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+            raise ValueError("base-version must be a release version such as 1.0.0")
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> ServerSettings:

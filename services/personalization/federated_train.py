@@ -10,7 +10,7 @@ data), and returns ``trained - global``. torch is imported here only, lazily.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -44,19 +44,8 @@ def local_head_delta(
         raise FailedPrecondition(f"fleet learning supports {', '.join(HEADS)}, not {task}")
     torch.manual_seed(seed)
     model = base_model(task, base_onnx)
-    head = model.get_submodule(HEADS[task])
-    params = [p for _, p in head.named_parameters()]
-    size = sum(p.numel() for p in params)
     flat = np.asarray(global_head, dtype=np.float32).ravel()
-    if flat.size != size:
-        raise InvalidArgument(f"global_parameters: {flat.size} values, the {task} head has {size}")
-    if not np.all(np.isfinite(flat)):
-        raise InvalidArgument("global_parameters: not finite")
-    with torch.no_grad():
-        offset = 0
-        for p in params:
-            p.copy_(torch.from_numpy(flat[offset : offset + p.numel()].copy()).view_as(p))
-            offset += p.numel()
+    params = load_head(model, task, flat, "global_parameters")
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params:
@@ -71,6 +60,29 @@ def local_head_delta(
         opt.step()
     trained = torch.cat([p.detach().reshape(-1) for p in params]).numpy()
     return (trained.astype(np.float64) - flat.astype(np.float64)).astype(np.float32)
+
+
+def load_head(model: Any, task: str, head: F32Array, what: str = "head") -> list[Any]:
+    """Copy the flat ``head`` into ``model``'s federated head (in place); returns its
+    parameters. InvalidArgument (naming ``what``) if the size differs or a value is not
+    finite: nothing is copied then."""
+    import torch  # noqa: PLC0415
+
+    if task not in HEADS:
+        raise FailedPrecondition(f"fleet learning supports {', '.join(HEADS)}, not {task}")
+    params = list(model.get_submodule(HEADS[task]).parameters())
+    size = sum(p.numel() for p in params)
+    flat = np.asarray(head, dtype=np.float32).ravel()
+    if flat.size != size:
+        raise InvalidArgument(f"{what}: {flat.size} values, the {task} head has {size}")
+    if not np.all(np.isfinite(flat)):
+        raise InvalidArgument(f"{what}: not finite")
+    with torch.no_grad():
+        offset = 0
+        for p in params:
+            p.copy_(torch.from_numpy(flat[offset : offset + p.numel()].copy()).view_as(p))
+            offset += p.numel()
+    return params
 
 
 def head_of(base_onnx: Path, task: str) -> F32Array:

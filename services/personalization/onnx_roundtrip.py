@@ -179,7 +179,12 @@ def base_model(task: str, onnx_path: Path) -> nn.Module:
     return load_from_onnx(new_module(task, onnx_path), onnx_path)
 
 
-def export_candidate(model: nn.Module, onnx_path: Path, task: str) -> float:
+def export_candidate(
+    model: nn.Module,
+    onnx_path: Path,
+    task: str,
+    doc: str = "personalized candidate (DP fine-tuned on this home)",
+) -> float:
     """Write ``model`` as the task's ONNX candidate and check parity; returns the max diff.
 
     Same exporter, names and opset as the shipped artifacts (``models.export``), so
@@ -198,7 +203,7 @@ def export_candidate(model: nn.Module, onnx_path: Path, task: str) -> float:
         onnx_path,
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
-        doc=f"Roost {task}: personalized candidate (DP fine-tuned on this home)",
+        doc=f"Roost {task}: {doc}",
     )
     diff = parity(model, onnx_path)
     if not diff <= PARITY_TOLERANCE:

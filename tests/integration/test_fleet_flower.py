@@ -30,7 +30,8 @@ import pytest
 import torch
 
 from cli.fleet import FleetConfig, start_fleet_node
-from cli.fleet_server import FleetServer
+from cli.fleet_release import publish_run, read_run
+from cli.fleet_server import FleetServer, run_id_of
 from cli.main import main
 from cli.stack import Stack
 from models.datasets import DatasetMissing, load_occupancy
@@ -46,6 +47,7 @@ from services.kit.tensors import array_to_tensor
 from services.personalization.federated_train import HEADS
 from services.personalization.onnx_roundtrip import base_model
 from tests.support.shared_data import DATA_DIR
+from tests.support.tuf_world import World, install_latest
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +77,8 @@ class Fleet:
     hubs: list[Stack]
     opted_out: Stack
     report: Path
+    run_id: str
+    releases: World  # the fleet's TUF repository (and a hub that trusts it)
 
 
 def _call(stack: Stack, role: Role, server: Role, fn: Any) -> Any:
@@ -182,8 +186,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         with ThreadPoolExecutor(HUBS) as pool:
             assert all(pool.map(lambda st: start_fleet_node(st, cfg), hubs))
         report = root / "rounds.jsonl"
-        server.submit({**RUN_CONFIG, "report-path": str(report)})
-        yield Fleet(server, hubs, opted_out, report)
+        run_id = run_id_of(server.submit({**RUN_CONFIG, "report-path": str(report)}))
+        yield Fleet(server, hubs, opted_out, report, run_id, World(root / "releases"))
     finally:
         with ThreadPoolExecutor(HUBS + 1) as pool:
             list(pool.map(Stack.stop, [*hubs, *([opted_out] if opted_out else [])]))
@@ -308,4 +312,20 @@ def test_fleet_rounds_with_secagg_dp_dropout_and_a_hub_without_budget(
     for proc in fleet.opted_out.procs.values():
         for p in [psutil.Process(proc.popen.pid), *psutil.Process(proc.popen.pid).children(True)]:
             assert all(c.raddr == () or c.raddr[1] != port for c in p.net_connections("inet"))
+
+    # The run ends; what `roost fleet serve --release-repo` does then: publish the global
+    # model, which a hub's TUF client verifies and installs (the hub's whole update path:
+    # tests/integration/test_fleet_release.py).
+    ended = _wait_for(lambda: read_run(fleet.report, fleet.run_id), "the run's end", 120)
+    assert (ended.ended, len(ended.rounds), ended.run) == ("completed", 3, run)
+    releases = fleet.releases
+    base = shipped_models_dir() / "occupancy"
+    target = publish_run(ended, base, releases.repo_dir, releases.keys_dir)
+    assert target is not None
+    assert target.version == "1.0.1"
+    assert f"fleet run {run}, 3 rounds of 2-4 hubs" in target.release_notes
+    installed = install_latest(releases)
+    assert load_manifest(installed).version == "1.0.1"
+    assert abs(load_manifest(installed).metrics["fleet_epsilon"] - eps[-1]) < 1e-6
+
     assert elapsed < DEADLINE

@@ -66,3 +66,17 @@ def test_no_hub_is_asked_once_the_fleet_budget_is_spent(tmp_path: Path) -> None:
     stops = [r for r in _report(tmp_path) if "stopped" in r]
     assert stops == [{"run": "run1", "round": 2, "stopped": "fleet budget spent"}]
     assert s._fit_config(1)["roost.round_id"] == "run1-1"
+
+
+def test_the_runs_last_line_says_how_it_ended_and_on_what_base(tmp_path: Path) -> None:
+    s = _strategy(tmp_path, base_version="1.2.0")
+    s.aggregate_fit(1, [_result(np.ones(4, np.float32))] * 2, [])
+    s.aggregate_fit(2, [_result(np.ones(4, np.float32))], [])  # 1 < t: not released
+    s.finish("completed")
+    assert _report(tmp_path)[-1] == {
+        "run": "run1",
+        "ended": "completed",
+        "model": "occupancy",
+        "base_version": "1.2.0",
+        "released_rounds": 1,
+    }

@@ -36,6 +36,8 @@ def test_types_come_from_the_dataclass() -> None:
         {"noise-multiplier": 0.0},
         {"clip-norm": float("inf")},
         {"delta": 0.0},
+        {"base-version": "1.0.0.1"},  # a hub's local version is no fleet base
+        {"base-version": "latest"},
     ],
 )
 def test_bad_settings_are_refused(bad: dict[str, object]) -> None:
