@@ -40,10 +40,22 @@ def flower_bin(name: str) -> str:
     return str(path)
 
 
-def flower_path() -> str:
-    """$PATH with this environment's bin first: the SuperLink and SuperNode start
-    ``flower-superexec``, ``flwr-serverapp`` and ``flwr-clientapp`` by name."""
-    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """The environment of every Flower process Roost starts (SuperLink, SuperNode, the
+    ``flwr`` CLI; their SuperExec, ServerApp and ClientApp children inherit it).
+
+    $PATH with this environment's bin first (they start ``flower-superexec``,
+    ``flwr-serverapp`` and ``flwr-clientapp`` by name), and Flower's telemetry and update
+    check off: otherwise each SuperNode and SuperLink posts an event (a random cluster id,
+    the platform, the CPU count) to telemetry.flower.ai and asks Flower's API for a newer
+    version, connections a hub's ``[fleet]`` never named (tests/integration/
+    test_egress_fleet_metrics.py)."""
+    return {
+        "FLWR_HOME": str(flwr_home),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
 
 
 def _toml_value(v: object) -> str:
@@ -117,7 +129,7 @@ class FleetServer:
             str(self.stack.home / "data" / "superlink.db"),
         ]
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        env = {"FLWR_HOME": str(self.flwr_home), "PATH": flower_path()}
+        env = flower_env(self.flwr_home)
         launch = Launch(
             argv, env, ready_port=self.port, ready_host=self.local_host, detaches_children=True
         )
@@ -143,7 +155,7 @@ class FleetServer:
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
             f'[superlink.{CONNECTION}]\naddress = "{self.address}"\n{tls}'
         )
-        env = {**os.environ, "FLWR_HOME": str(self.flwr_home), "PATH": flower_path()}
+        env = {**os.environ, **flower_env(self.flwr_home)}
         done = subprocess.run(
             [flower_bin("flwr"), *args],
             env=env,
