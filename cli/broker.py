@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hub import mqtt
-from services.kit.certs import issue_leaf, leaf_names
+from services.kit.certs import TlsFiles, ensure_leaf
 from services.kit.files import write_atomic
 
 HUB_CLIENT = "hub"
@@ -168,15 +168,6 @@ def acl(hub_id: str, statestream_base: str, discovery_prefix: str) -> str:
     )
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    """The broker's TLS certificate (signed by the hub's CA) and the CA clients trust."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-
 def home_conf(
     config: MqttConfig, port: int, files: BrokerFiles, tls: TlsFiles | None = None
 ) -> str:
@@ -270,12 +261,7 @@ def ensure_tls(certs_dir: Path, config: MqttConfig) -> TlsFiles:
     names = {advertised_host(config), socket.gethostname(), "localhost", *config.listen} - {
         ANY_ADDRESS
     }
-    tls = TlsFiles(
-        certs_dir / "ca.pem", certs_dir / f"{TLS_STEM}.pem", certs_dir / f"{TLS_STEM}-key.pem"
-    )
-    if not tls.cert.is_file() or not names <= leaf_names(tls.cert):
-        issue_leaf(certs_dir, TLS_STEM, sorted(names))
-    return tls
+    return ensure_leaf(certs_dir, TLS_STEM, names)
 
 
 def home_broker(

@@ -9,12 +9,16 @@ import argparse
 import signal
 import sys
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.kit.fleet_config import FleetConfig
 
 if TYPE_CHECKING:
+    from cli.fleet_server import FleetServer
     from cli.stack import Stack
+    from services.kit.certs import TlsFiles
 
 
 def load_fleet_config() -> FleetConfig:
@@ -22,6 +26,9 @@ def load_fleet_config() -> FleetConfig:
 
     cfg = load_config(FleetConfig, "fleet")
     cfg.check()
+    # (On this machine: in k3s the path is the CA's mount in the SuperNode's pod.)
+    if cfg.enabled and cfg.root_certificates and not cfg.root_certificates.is_file():
+        raise ValueError(f"[fleet] root_certificates: {cfg.root_certificates} is not a file")
     return cfg
 
 
@@ -98,10 +105,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stack = Stack(stack_home, hub_id="fleet-server")
-    server = FleetServer(stack, port=args.port)
     try:
+        server = FleetServer(
+            stack,
+            port=args.port,
+            host=args.host,
+            names=args.name,
+            tls=_operator_tls(args),
+            insecure=args.insecure,
+        )
         server.start()
-        print(f'SuperLink on {server.address} (hubs: [fleet] superlink = "{server.address}")')
+        print(_hub_settings(server, args.name))
         submitted = server.submit(run_config)
         print(submitted)
         print(f"each round's report: {run_config['report-path']}; Ctrl-C stops the SuperLink")
@@ -120,6 +134,33 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         stack.stop()
 
 
+def _operator_tls(args: argparse.Namespace) -> TlsFiles | None:
+    """The operator's own certificate (all three files), or None to issue one."""
+    from cli.stack import StackError
+    from services.kit.certs import TlsFiles
+
+    given = [args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile]
+    if not any(given):
+        return None
+    if not all(given) or args.insecure:
+        raise StackError(
+            "--ssl-ca-certfile, --ssl-certfile and --ssl-keyfile go together, without --insecure"
+        )
+    return TlsFiles(*(Path(f).resolve() for f in given))
+
+
+def _hub_settings(server: FleetServer, names: list[str]) -> str:
+    """What an operator puts in each hub's roost.toml to join this SuperLink."""
+    host = names[0] if names else server.local_host
+    lines = [f"SuperLink on {server.host}:{server.port}. Hubs, in roost.toml:", "  [fleet]"]
+    lines += ["  enabled = true", f'  superlink = "{host}:{server.port}"']
+    if server.tls is None:
+        lines.append("  insecure = true   # no TLS: --insecure (tests on loopback only)")
+    else:
+        lines.append(f'  root_certificates = "<a copy of {server.tls.ca}>"')
+    return "\n".join(lines)
+
+
 def _number(text: str) -> object:
     for kind in (int, float):
         try:
@@ -134,6 +175,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     fsub = fleet.add_subparsers(dest="fleet_command", required=True)
     serve = fsub.add_parser("serve", help="run a SuperLink and Roost's ServerApp")
     serve.add_argument("--port", type=int, default=9093, help="SuperLink port (0: a free one)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
+    )
+    serve.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        help="a host name or address hubs connect to: the issued certificate names it "
+        "(repeatable; the first is the one printed for hubs)",
+    )
+    serve.add_argument("--ssl-ca-certfile", help="your own CA certificate (hubs trust it)")
+    serve.add_argument("--ssl-certfile", help="your own SuperLink certificate (PEM)")
+    serve.add_argument("--ssl-keyfile", help="its private key (PEM)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS: plain HTTP, for tests on loopback only (hubs set insecure = true)",
+    )
     serve.add_argument(
         "--set",
         action="append",

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli.fleet_server import flower_bin, flower_path
+from cli.fleet_server import flower_bin, flower_env
 from cli.stack import Launch, Stack, StackError, free_port
 from fleet import protocol
 from fleet.hub_node import node_config_arg
@@ -88,7 +88,7 @@ def start_supernode(
             max_min_participants=max_min_participants,
         ),
     ]
-    env = {"FLWR_HOME": str(stack.home / "run" / "flwr-supernode"), "PATH": flower_path()}
+    env = flower_env(stack.home / "run" / "flwr-supernode")
     proc = stack._spawn("supernode", Launch(argv, env, ready_port=port, detaches_children=True))
     deadline = time.monotonic() + timeout
     while not stack.poll_ready("supernode"):

@@ -117,6 +117,8 @@ class Launch:
     # connections (mosquitto); with neither, at once (the simulator).
     ready_file: Path | None = None
     ready_port: int | None = None
+    # The loopback address ``ready_port`` is checked on (a SuperLink may listen on another).
+    ready_host: str = "127.0.0.1"
     # A clean exit (code 0) ends the child for good (the simulator's replay is done).
     done_on_success: bool = False
     # It starts children in their own sessions (Flower's SuperLink and SuperNode start
@@ -204,7 +206,7 @@ class Stack:
                 return False
             proc.info = json.loads(launch.ready_file.read_text())
             return True
-        return launch.ready_port is None or port_open("127.0.0.1", launch.ready_port)
+        return launch.ready_port is None or port_open(launch.ready_host, launch.ready_port)
 
     def start_all(
         self,

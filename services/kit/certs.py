@@ -203,6 +203,26 @@ def issue_leaf(certs_dir: Path, stem: str, names: Iterable[str]) -> None:
     _write(certs_dir / f"{stem}.pem", cert)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A TLS server's certificate and key (signed by the CA) and the CA clients trust."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def ensure_leaf(certs_dir: Path, stem: str, names: Iterable[str]) -> TlsFiles:
+    """``<stem>.pem`` valid for every one of ``names``, (re-)issued with :func:`issue_leaf`
+    when missing or when it does not name them all: a TLS server's certificate from
+    this CA (the home broker's TLS listener, the fleet's SuperLink)."""
+    tls = TlsFiles(certs_dir / "ca.pem", certs_dir / f"{stem}.pem", certs_dir / f"{stem}-key.pem")
+    wanted = set(names)
+    if not tls.cert.is_file() or not wanted <= leaf_names(tls.cert):
+        issue_leaf(certs_dir, stem, sorted(wanted))
+    return tls
+
+
 def leaf_names(path: Path) -> set[str]:
     """The DNS names and IP addresses a certificate is valid for."""
     cert = x509.load_pem_x509_certificate(path.read_bytes())

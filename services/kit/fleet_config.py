@@ -36,5 +36,13 @@ class FleetConfig:
             raise ValueError("[fleet] superlink: host:port required when enabled")
         if self.max_min_participants < 1:
             raise ValueError("[fleet] max_min_participants: must be >= 1")
-        if not self.insecure and self.root_certificates is None:
-            raise ValueError("[fleet] root_certificates (the SuperLink's CA) or insecure = true")
+        if self.insecure and self.root_certificates is not None:
+            raise ValueError("[fleet] root_certificates and insecure = true: choose one")
+        if self.insecure:
+            return
+        if self.root_certificates is None:
+            raise ValueError(
+                "[fleet] enabled needs root_certificates: the CA certificate of the "
+                "SuperLink (the file `roost fleet serve` prints, docs/fleet.md); "
+                "insecure = true (no TLS) is for tests on loopback only"
+            )

@@ -13,13 +13,12 @@ The control shows the trap works: onnxruntime imported the plain way (not throug
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.egress import outbound_attempts, require_tracing, traced
+from tests.support.egress import outbound_attempts, require_tracing, scrubbed_env, traced
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -34,29 +33,6 @@ path = next(Path(%r).rglob("*.onnx"))
 onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 time.sleep(%r)
 """
-
-
-# onnxruntime keeps its telemetry quiet where it sees a CI system or its own unit tests
-# (measured: with CI=true the plain import made no lookup); a hub has none of these, so
-# the traced processes must not either, or the test could not fail.
-QUIETING = (
-    "ORT_DISABLE_TELEMETRY",
-    "CI",
-    "GITHUB_ACTIONS",
-    "GITLAB_CI",
-    "CIRCLECI",
-    "BUILDKITE",
-    "JENKINS_URL",
-    "TEAMCITY_VERSION",
-    "TF_BUILD",
-    "ORT_RUNNING_UNIT_TESTS",
-)
-
-
-def scrubbed_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in QUIETING}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
-    return env
 
 
 def test_the_parser_flags_what_leaves_and_dns() -> None:

@@ -11,10 +11,17 @@ accuracy spread over 0.74-0.98 in five runs; sigma 0.5 keeps the assertion far f
 Hub 2's SuperNode is killed as round 3 begins: the round goes on without it and is
 released with the 2 hubs left (min-participants t = 2). A fifth hub has not opted in: it starts no
 SuperNode and opens no connection to the SuperLink.
+
+The SuperLink serves TLS with a certificate from the server's own CA; the hubs trust that
+CA (``[fleet] root_certificates``). A sixth hub, complete with data, trusts a CA of the
+same name but another key (a hub given the wrong CA, or a SuperLink impersonated): its
+SuperNode never registers, and the rounds go on with the four.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -33,7 +40,7 @@ from cli.fleet import FleetConfig, start_fleet_node
 from cli.fleet_release import publish_run, read_run
 from cli.fleet_server import FleetServer, run_id_of
 from cli.main import main
-from cli.stack import Stack
+from cli.stack import Stack, StackError
 from models.datasets import DatasetMissing, load_occupancy
 from models.manifest import load_manifest, shipped_models_dir
 from models.occupancy.data import build_features
@@ -42,6 +49,7 @@ from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from roost.personalization.v1 import personalization_service_pb2 as pb
 from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
 from services.kit.auth import Role
+from services.kit.certs import create_ca
 from services.kit.client import sync_channel
 from services.kit.tensors import array_to_tensor
 from services.personalization.federated_train import HEADS
@@ -65,7 +73,7 @@ RUN_CONFIG = {
     "delta": 1e-5,
     "secagg-num-shares": 4,
     "secagg-threshold": 2,
-    "stage-timeout": 45.0,
+    "stage-timeout": 75.0,  # a loaded machine timed round 1 out at 45 s
 }
 EXPECTED_ROUNDS = 3
 DEADLINE = 600.0  # per wait: rounds take 60-250 s on a loaded 2-core machine
@@ -76,6 +84,7 @@ class Fleet:
     server: FleetServer
     hubs: list[Stack]
     opted_out: Stack
+    wrong_ca: Stack
     report: Path
     run_id: str
     releases: World  # the fleet's TUF repository (and a hub that trusts it)
@@ -161,12 +170,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     bounds = np.linspace(0, len(labels), HUBS + 1).astype(int)
     root = tmp_path_factory.mktemp("fleet")
     server_stack = Stack(root / "server", hub_id="fleet-server")
-    server = FleetServer(server_stack)
+    server = FleetServer(server_stack)  # TLS, a certificate from the server's CA
+    assert server.tls is not None
     hubs: list[Stack] = []
-    opted_out: Stack | None = None
+    others: list[Stack] = []
     try:
         server.start()
-        with ThreadPoolExecutor(HUBS) as pool:
+        with ThreadPoolExecutor(HUBS + 1) as pool:
             futures = [
                 pool.submit(
                     _start_hub,
@@ -176,21 +186,28 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                     labels[bounds[i] : bounds[i] + EXAMPLES_PER_HUB],
                     10.0 if i == POOR else 60.0,
                 )
-                for i in range(HUBS)
+                for i in range(HUBS + 1)  # the last one trusts the wrong CA
             ]
-            hubs = [f.result() for f in futures]
+            *hubs, wrong_ca = [f.result() for f in futures]
+        others.append(wrong_ca)
         opted_out = Stack(root / "optout", hub_id="optout")
+        others.append(opted_out)
         opted_out.start_service(Role.AUDIT)
-        assert not start_fleet_node(opted_out, FleetConfig(superlink=server.address, insecure=True))
-        cfg = FleetConfig(enabled=True, superlink=server.address, insecure=True)
+        cfg = FleetConfig(enabled=True, superlink=server.address, root_certificates=server.tls.ca)
+        assert not start_fleet_node(opted_out, dataclasses.replace(cfg, enabled=False))
         with ThreadPoolExecutor(HUBS) as pool:
             assert all(pool.map(lambda st: start_fleet_node(st, cfg), hubs))
+        # Same CA name ("Roost local CA (fleet-server)"), another key.
+        create_ca(root / "wrong-ca", "fleet-server")
+        wrong = dataclasses.replace(cfg, root_certificates=root / "wrong-ca" / "ca.pem")
+        with contextlib.suppress(StackError):  # it may give up before it is ready
+            start_fleet_node(wrong_ca, wrong)
         report = root / "rounds.jsonl"
         run_id = run_id_of(server.submit({**RUN_CONFIG, "report-path": str(report)}))
-        yield Fleet(server, hubs, opted_out, report, run_id, World(root / "releases"))
+        yield Fleet(server, hubs, opted_out, wrong_ca, report, run_id, World(root / "releases"))
     finally:
-        with ThreadPoolExecutor(HUBS + 1) as pool:
-            list(pool.map(Stack.stop, [*hubs, *([opted_out] if opted_out else [])]))
+        with ThreadPoolExecutor(HUBS + 2) as pool:
+            list(pool.map(Stack.stop, [*hubs, *others]))
         server_stack.stop()
 
 
@@ -304,6 +321,16 @@ def test_fleet_rounds_with_secagg_dp_dropout_and_a_hub_without_budget(
         json.loads(d.output_label)["round"] for d in _audit(fleet.hubs[POOR], "fleet.sit_out")
     ]
     assert sat_out == [f"{run}-2", f"{run}-3"]
+
+    # The hub with the wrong CA: its SuperNode refused the SuperLink's certificate and
+    # never registered (the SuperLink knows the four, the killed one included), and it
+    # sent nothing.
+    nodes = json.loads(fleet.server.flwr("supernode", "list", "--format", "json"))["nodes"]
+    assert len(nodes) == HUBS, nodes
+    wrong_log = fleet.wrong_ca.procs["supernode"].log_path.read_text()
+    assert "CERTIFICATE_VERIFY_FAILED" in wrong_log, wrong_log[-3000:]
+    assert _audit(fleet.wrong_ca, "fleet.send") == []
+    assert _audit(fleet.wrong_ca, "privacy.reserve") == []
 
     # The hub that did not opt in: no SuperNode, and none of its processes ever connected
     # to the SuperLink's port (checked now, after every round has run).

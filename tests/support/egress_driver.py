@@ -7,6 +7,11 @@ replays simulated readings, trains a DP fine-tuning job, stages a TUF update, ke
 everything running for ``--linger`` seconds (onnxruntime's telemetry fired ~10 s after
 start when it was on), and prints one JSON line of what it did.
 
+With ``--remote``, fleet learning and metrics sync are on too: a SuperLink on 127.0.0.2 and
+a receiver Prometheus on 127.0.0.3 (:mod:`tests.support.egress_remote`) run in the same
+namespace, the hub's SuperNode joins the one and its Prometheus writes to the other, and
+the JSON line names both (address, port) pairs and what went through each.
+
 The launcher passes its own environment to the children; ``ORT_DISABLE_TELEMETRY`` is
 removed from it first, so every process must turn telemetry off by itself.
 """
@@ -36,6 +41,7 @@ from services.kit.auth import Role
 from services.kit.tensors import array_to_tensor
 from services.modelstore.bundle import pack_bundle
 from tests.support.egress import bring_loopback_up
+from tests.support.egress_remote import RemoteEnds, connect_hub, exercised, remote_ends
 from tests.support.model_versions import occupancy_version
 from tests.support.occupancy_rows import synthetic_occupancy
 from tests.support.stacks import service_channel
@@ -148,22 +154,37 @@ async def drive(stack: Stack, linger: float) -> dict[str, object]:
     return {"job": job, "offered": offered, "audited": logged}
 
 
+def run_hub(work: Path, linger: float, ends: RemoteEnds | None) -> dict[str, object]:
+    repo_dir, trusted = publish(work)
+    server, source = serve_repository(repo_dir)
+    stack = Stack(work / "home", hub_id="egress")
+    try:
+        start(stack, source, trusted)
+        if ends is not None:
+            connect_hub(stack, ends)
+        result = asyncio.run(drive(stack, linger))
+        if ends is not None:
+            result |= exercised(stack, ends)
+            result["allowed"] = ends.allowed()
+    finally:
+        stack.stop()
+        server.shutdown()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("work", type=Path)
     parser.add_argument("--linger", type=float, default=20.0)
+    parser.add_argument("--remote", action="store_true", help="fleet and metrics sync on")
     args = parser.parse_args()
     bring_loopback_up()
-    repo_dir, trusted = publish(args.work)
-    server, source = serve_repository(repo_dir)
     os.environ.pop("ORT_DISABLE_TELEMETRY", None)  # each child must turn it off itself
-    stack = Stack(args.work / "home", hub_id="egress")
-    try:
-        start(stack, source, trusted)
-        result = asyncio.run(drive(stack, args.linger))
-    finally:
-        stack.stop()
-        server.shutdown()
+    if args.remote:
+        with remote_ends(args.work) as ends:
+            result = run_hub(args.work, args.linger, ends)
+    else:
+        result = run_hub(args.work, args.linger, None)
     print(json.dumps(result))
 
 

@@ -33,8 +33,9 @@ def require_prometheus() -> str:
 
 
 @contextmanager
-def receiver(home: Path) -> Iterator[int]:
-    """A second Prometheus on loopback that only receives remote writes; yields its port."""
+def receiver(home: Path, host: str = "127.0.0.1") -> Iterator[int]:
+    """A second Prometheus on loopback (``host``) that only receives remote writes;
+    yields its port."""
     binary = require_prometheus()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "receiver.yml"
@@ -46,7 +47,7 @@ def receiver(home: Path) -> Iterator[int]:
                 binary,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={home / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
+                f"--web.listen-address={host}:{port}",
                 "--web.enable-remote-write-receiver",
                 "--log.level=warn",
             ],
@@ -54,24 +55,24 @@ def receiver(home: Path) -> Iterator[int]:
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for_port("127.0.0.1", port, 30)
+        wait_for_port(host, port, 30)
         yield port
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-def api(port: int, path: str, **params: str) -> object:
-    url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+def api(port: int, path: str, host: str = "127.0.0.1", **params: str) -> object:
+    url = f"http://{host}:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
     with urllib.request.urlopen(url, timeout=5) as r:
         doc = json.loads(r.read())
     assert doc["status"] == "success", doc
     return doc["data"]
 
 
-def stored_series(port: int) -> set[Series]:
+def stored_series(port: int, host: str = "127.0.0.1") -> set[Series]:
     """Every series a Prometheus holds (its HTTP API), as sets of (label, value)."""
-    data = api(port, "series", **{"match[]": '{__name__=~".+"}', "start": "0"})
+    data = api(port, "series", host, **{"match[]": '{__name__=~".+"}', "start": "0"})
     assert isinstance(data, list)
     return {frozenset(s.items()) for s in data}
 

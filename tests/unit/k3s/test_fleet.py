@@ -140,10 +140,12 @@ def test_the_supernode_runs_the_command_line_roost_run_starts(
         .replace(f" --health-server-address 0.0.0.0:{HEALTH_PORT}", "")
     )
     assert here == " ".join(argv[1:])
-    assert set(run_env) == {"FLWR_HOME", "PATH"}
+    quiet = {"FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK"}  # Flower's phoning home off
+    assert set(run_env) == {"FLWR_HOME", "PATH", *quiet}
+    assert all(env[k] == run_env[k] for k in quiet)
     # Besides the [fleet] values the args read, the pod's environment is Flower's home
-    # (on a writable volume) and HOME; PATH is the image's (/opt/roost/bin first).
-    assert {k for k in env if not k.startswith("ROOST_FLEET_")} == {"FLWR_HOME", "HOME"}
+    # (on a writable volume), HOME and Flower's telemetry off; PATH is the image's.
+    assert {k for k in env if not k.startswith("ROOST_FLEET_")} == {"FLWR_HOME", "HOME", *quiet}
     mount, volume = _volume_of(objs, PurePosixPath(env["FLWR_HOME"]))
     assert not mount.get("readOnly")
     assert "emptyDir" in volume
