@@ -4,8 +4,9 @@
 personalization service (``ComputeFederatedUpdate``, mTLS as the hub): the service
 reserves the round in the privacy ledger, trains the head on the hub's store, clips the
 delta to C and adds the hub's share of the noise. Only that noised delta is returned,
-weighted 1, with no metrics. A refused charge (FAILED_PRECONDITION: no budget, too few
-examples) makes the hub sit the round out (:class:`fleet.egress.SitOut`).
+weighted 1, with no metrics. A refusal (FAILED_PRECONDITION: no budget, too few
+examples, the homeowner's learning mode is local-only or paused) makes the hub sit the
+round out (:class:`fleet.egress.SitOut`).
 
 Mods, outermost first: :func:`fleet.egress.egress_audit_mod` (every reply on the audit
 record before it leaves) and Flower's ``secaggplus_mod`` (the reply is masked).

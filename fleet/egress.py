@@ -7,7 +7,7 @@ audit record ``fleet.send``: run and round, SecAgg+ stage, the SuperLink, the hu
 version, the SHA-256 and size of the reply's content (Flower's serialized ``RecordDict``:
 the bytes of the reply besides the message metadata), the mechanism and the epsilon the
 hub's ledger charged for the round. If the audit log does not take the record, the mod
-raises and nothing is sent. A hub that sits a round out (no budget) records
+raises and nothing is sent. A hub that sits a round out (no budget, learning mode) records
 ``fleet.sit_out`` and sends only an error without the reason.
 """
 

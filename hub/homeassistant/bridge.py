@@ -428,6 +428,8 @@ class HaBridge:
         self.settings.save(self.settings_path)
         log.info("learning mode set to %s from Home Assistant", text)
         self._publish_settings()
+        await self.coordinator.learning.sync()  # binding where rounds are computed
+        await self.coordinator.push_fleet()
 
     def _number_handler(self, key: str, lo: float, hi: float) -> Handler:
         async def handler(text: str) -> None:

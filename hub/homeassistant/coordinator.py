@@ -1,6 +1,8 @@
 """The services behind the Roost hub's Home Assistant entities.
 
-Every ``poll_seconds`` the coordinator fetches what the entities show and pushes it,
+Every ``poll_seconds`` the coordinator first sends the homeowner's learning mode to the
+personalization service, which enforces it (:mod:`hub.homeassistant.learning_sync`),
+then fetches what the entities show and pushes it,
 retained, to their state topics:
 
 * the household privacy budget (personalization; its availability topic goes
@@ -39,6 +41,7 @@ import grpc
 
 from hub.homeassistant.entities import ModelInfo
 from hub.homeassistant.fleet_entities import FLEET_KEY, FleetStatus
+from hub.homeassistant.learning_sync import LearningModeSync
 from hub.homeassistant.metrics import COMMANDS, DRIFT_RETRAINS, FEEDBACK
 from hub.homeassistant.settings import Settings
 from hub.homeassistant.topics import personalization_availability, state_topic
@@ -97,6 +100,7 @@ class Coordinator:
         self.settings = settings
         self.inference = inference
         self.personalization = personalization
+        self.learning = LearningModeSync(settings, personalization)
         self.update = update
         self.fleet = fleet
         # The privacy budget's last document (δ and privacy unit of the fleet's ε).
@@ -253,8 +257,9 @@ class Coordinator:
                 await asyncio.wait_for(stop.wait(), self.poll_seconds)
 
     async def poll_once(self) -> None:
+        await self.learning.sync()
         await self.poll_budget()
-        self._push_doc(FLEET_KEY, await self.fleet.document(self._budget))
+        await self.push_fleet()
         loop = asyncio.get_running_loop()
         if loop.time() - self._update_checked >= self.update_check_seconds:
             self._update_checked = loop.time()
@@ -262,6 +267,11 @@ class Coordinator:
         for model in sorted(self.models):
             await self.poll_model(model)
             await self.poll_update(model)
+
+    async def push_fleet(self) -> None:
+        """The fleet sensors' state document (the learning mode decides whether it is off)."""
+        doc = await self.fleet.document(self._budget, self.settings.learning_mode)
+        self._push_doc(FLEET_KEY, doc)
 
     async def poll_budget(self) -> None:
         avail = personalization_availability(self.hub_id)

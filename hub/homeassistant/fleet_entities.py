@@ -5,7 +5,10 @@ Three sensors of the Roost hub device read one retained state document (``fleet`
 the coordinator pushes at each poll, as it does the privacy budget's:
 
 * **Fleet learning**: ``off`` (``[fleet] enabled`` is false: no SuperNode, no fleet
-  connection), ``on``, or, when the hub's newest fleet record is a sit-out,
+  connection), ``off: local-only (set in Home Assistant)`` or ``off: paused (set in Home
+  Assistant)`` (the homeowner's learning mode, which the personalization service
+  enforces: it refuses every round, :mod:`hub.homeassistant.learning_sync`), ``on``, or,
+  when the hub's newest fleet record is a sit-out,
   ``sitting out: no budget`` (its privacy ledger refused the round's charge),
   ``sitting out: the server's min-participants is above this hub's limit``
   (``[fleet] max_min_participants``: each hub would add too little noise) or
@@ -53,6 +56,15 @@ NO_ROUND: Final = "none yet"
 SITTING_OUT: Final = "sitting out"
 NO_BUDGET: Final = "sitting out: no budget"
 OVER_HUB_LIMIT: Final = "sitting out: the server's min-participants is above this hub's limit"
+#: The learning modes that take no part in fleet rounds (hub/homeassistant/settings.py).
+NO_ROUNDS_MODES: Final = ("local-only", "paused")
+
+
+def off_by_mode(mode: str) -> str:
+    """The Fleet learning state while the homeowner's ``mode`` allows no rounds."""
+    return f"off: {mode} (set in Home Assistant)"
+
+
 # Words of the recorded reasons: the ledger's over-budget refusal
 # (services/personalization/ledger_refusals.py), and fleet/client_app.py's when the
 # server asks more min-participants than this hub accepts.
@@ -128,9 +140,12 @@ class FleetStatus:
         )
         return list(resp.entries)
 
-    async def document(self, budget: Mapping[str, Any] | None) -> dict[str, Any]:
+    async def document(
+        self, budget: Mapping[str, Any] | None, learning_mode: str
+    ) -> dict[str, Any]:
         """The state document; ``budget`` is the privacy budget's (δ, privacy unit), or
-        None while the personalization service does not answer."""
+        None while the personalization service does not answer; ``learning_mode`` is the
+        homeowner's (Home Assistant's "Learning mode")."""
         if not self.enabled:
             return {
                 "state": OFF,
@@ -146,6 +161,11 @@ class FleetStatus:
             except grpc.aio.AioRpcError as e:
                 log.debug("fleet rounds: %s", peer_error(e, "audit", "QueryDecisions"))
         doc = {**self._round, "enabled": True}
+        if learning_mode in NO_ROUNDS_MODES:
+            doc |= {
+                "state": off_by_mode(learning_mode),
+                "why": f"the homeowner set learning to {learning_mode}: no fleet rounds",
+            }
         if budget is not None:
             doc |= {"delta": budget.get("delta"), "privacy_unit": budget.get("privacy_unit")}
         return doc

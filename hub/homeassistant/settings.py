@@ -12,8 +12,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-# "learning": personalization runs; "paused": the hub starts no training;
-# "local-only": no fleet rounds.
+# "learning": personalization runs; "paused": no training and no fleet rounds;
+# "local-only": no fleet rounds. Enforced by the personalization service, which the hub
+# sends the mode to (hub/homeassistant/learning_sync.py).
 LEARNING_MODES = ("learning", "paused", "local-only")
 
 # The numeric settings: entity name, min, max, step.
@@ -44,7 +45,7 @@ class Settings:
     choices: dict[str, str] = field(default_factory=dict)
 
     def training_allowed(self) -> bool:
-        """Paused learning: the hub starts no training (and local-only: no fleet rounds)."""
+        """Paused learning: the hub starts no training (personalization refuses it too)."""
         return self.learning_mode != "paused"
 
     @classmethod

@@ -31,6 +31,7 @@ from services.personalization.config import PersonalizationConfig
 from services.personalization.fleet_round import FleetRounds
 from services.personalization.job_manager import JobManager
 from services.personalization.job_table import JobTable
+from services.personalization.learning_mode import FILE_NAME, LearningMode
 from services.personalization.ledger import LedgerUnreadable, PrivacyLedger, Recorder
 from services.personalization.ledger_guard import REBUILD_ADVICE, LedgerGuard
 from services.personalization.ledger_records import BudgetPolicy
@@ -141,6 +142,7 @@ async def setup(config: PersonalizationConfig, app: App) -> None:
             job_table=job_table,
             decisions=audit_decisions(audit, config.peer_deadline_seconds),
             max_examples_per_request=config.max_examples_per_request,
+            learning_mode=await asyncio.to_thread(LearningMode, config.data_dir / FILE_NAME),
             predict=inference_predictor(
                 inf_grpc.InferenceServiceStub(inference_channel), config.peer_deadline_seconds
             ),

@@ -15,6 +15,9 @@ Privacy reasoning of the API:
   exactly) and returns, per version, only how many labels were scored and the share it
   got right: no input, label or prediction leaves the service. It is for the update
   service's health gate (and admins and auditors, who can read the same gate).
+* The homeowner's learning mode (``SetLearningMode``, hub only; :mod:`.learning_mode`)
+  is enforced here: ``local-only`` and ``paused`` refuse ``ComputeFederatedUpdate``
+  before anything is reserved, ``paused`` also refuses ``StartTraining``.
 * ``StartTraining`` charges the household's privacy budget before any training (see
   ``services.personalization.job_manager``); the budget and every charge are readable by the
   household's roles and auditors (``GetPrivacyBudget``, ``ListLedgerEntries``).
@@ -40,6 +43,7 @@ from services.personalization.accounting import mechanism_epsilon
 from services.personalization.fleet_round import FleetRounds
 from services.personalization.job_manager import SCOPE, SUPPORTED, JobManager
 from services.personalization.job_table import JobRecord, JobTable
+from services.personalization.learning_mode import LearningMode
 from services.personalization.ledger import PrivacyLedger
 from services.personalization.ledger_records import LedgerEntry
 from services.personalization.metrics import EPSILON_SPENT, EVALUATIONS, EXAMPLES
@@ -62,6 +66,8 @@ POLICY: Policy = {
     _SVC + "ComputeFederatedUpdate": frozenset({Role.HUB, Role.ADMIN}),
     # Counts and accuracies only; the health gate of the update service reads them.
     _SVC + "EvaluateVersions": frozenset({Role.UPDATE, Role.ADMIN, Role.AUDITOR}),
+    # The homeowner's choice comes from Home Assistant, through the hub only.
+    _SVC + "SetLearningMode": frozenset({Role.HUB}),
 }
 
 _STATES: Final[dict[str, pb.JobState.ValueType]] = {
@@ -76,6 +82,11 @@ _SOURCES: Final[dict[int, Source]] = {
     pb.LABEL_SOURCE_OVERRIDE: "override",
     pb.LABEL_SOURCE_SENSOR: "sensor",
     pb.LABEL_SOURCE_IMPORT: "import",
+}
+_MODES: Final[dict[int, str]] = {
+    pb.LEARNING_MODE_LEARNING: "learning",
+    pb.LEARNING_MODE_PAUSED: "paused",
+    pb.LEARNING_MODE_LOCAL_ONLY: "local-only",
 }
 #: Examples may be stamped at most this far in the future (clock skew).
 _MAX_SKEW: Final = timedelta(days=1)
@@ -98,6 +109,7 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         job_table: JobTable,
         decisions: DecisionSource,
         max_examples_per_request: int,
+        learning_mode: LearningMode,
         predict: Predictor | None = None,
         fleet: FleetRounds | None = None,
     ) -> None:
@@ -109,6 +121,7 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
         self._max_examples = max_examples_per_request
         self._predict = predict
         self._fleet = fleet
+        self._mode = learning_mode
 
     # ------------------------------------------------------------------ examples
 
@@ -234,6 +247,7 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
     async def StartTraining(
         self, request: pb.StartTrainingRequest, context: Any
     ) -> pb.StartTrainingResponse:
+        self._mode.check_training()
         rec = await self._manager.start(
             request.model_name, request.target_epsilon, request.max_duration_seconds
         )
@@ -301,8 +315,18 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
     ) -> pb.ComputeFederatedUpdateResponse:
         if self._fleet is None:
             raise Unimplemented("ComputeFederatedUpdate: fleet rounds are not set up here")
+        self._mode.check_fleet_round()  # before anything is reserved in the ledger
         response: pb.ComputeFederatedUpdateResponse = await self._fleet.compute(request)
         return response
+
+    async def SetLearningMode(
+        self, request: pb.SetLearningModeRequest, context: Any
+    ) -> pb.SetLearningModeResponse:
+        mode = _MODES.get(request.mode)
+        if mode is None:
+            raise InvalidArgument("mode: required (LEARNING, PAUSED or LOCAL_ONLY)")
+        await asyncio.to_thread(self._mode.set, mode)
+        return pb.SetLearningModeResponse(mode=request.mode)
 
 
 def _evaluated_versions(requested: Any) -> list[str]:

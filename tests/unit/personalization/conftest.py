@@ -14,6 +14,7 @@ from services.modelstore.registry import Registry
 from services.personalization.config import PersonalizationConfig
 from services.personalization.job_manager import JobManager
 from services.personalization.job_table import JobTable
+from services.personalization.learning_mode import FILE_NAME, LearningMode
 from services.personalization.ledger import PrivacyLedger
 from services.personalization.ledger_records import BudgetPolicy
 from services.personalization.store import ExampleStore
@@ -48,6 +49,11 @@ def ledger(config: PersonalizationConfig) -> Iterator[PrivacyLedger]:
 def job_table(config: PersonalizationConfig) -> Iterator[JobTable]:
     with JobTable(config.data_dir / "jobs.db") as table:
         yield table
+
+
+@pytest.fixture
+def learning_mode(config: PersonalizationConfig) -> LearningMode:
+    return LearningMode(config.data_dir / FILE_NAME)
 
 
 @pytest.fixture

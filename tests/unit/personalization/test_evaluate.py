@@ -17,6 +17,7 @@ from services.kit.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.personalization import servicer as servicer_mod
 from services.personalization.job_manager import JobManager
 from services.personalization.job_table import JobTable
+from services.personalization.learning_mode import LearningMode
 from services.personalization.ledger import PrivacyLedger
 from services.personalization.servicer import POLICY, PersonalizationServicer
 from services.personalization.store import ExampleStore, NewExample, Source
@@ -63,7 +64,11 @@ class Fixture:
 
 @pytest.fixture
 def fx(
-    manager: JobManager, store: ExampleStore, ledger: PrivacyLedger, job_table: JobTable
+    manager: JobManager,
+    store: ExampleStore,
+    ledger: PrivacyLedger,
+    job_table: JobTable,
+    learning_mode: LearningMode,
 ) -> Fixture:
     async def decisions(decision_id: str) -> object:
         raise AssertionError("no decisions here")
@@ -76,6 +81,7 @@ def fx(
         job_table=job_table,
         decisions=decisions,  # type: ignore[arg-type]
         max_examples_per_request=100,
+        learning_mode=learning_mode,
         predict=inference,
     )
     return Fixture(servicer, store, inference)

@@ -27,6 +27,7 @@ from services.modelstore.registry import Registry
 from services.personalization.config import PersonalizationConfig
 from services.personalization.job_manager import JobManager
 from services.personalization.job_table import JobRecord, JobTable
+from services.personalization.learning_mode import FILE_NAME, LearningMode
 from services.personalization.ledger import PrivacyLedger
 from services.personalization.ledger_records import BudgetPolicy, Mechanism
 from services.personalization.servicer import PersonalizationServicer
@@ -101,6 +102,7 @@ async def test_a_full_flow_logs_no_household_value(
         job_table=table,
         decisions=decisions,
         max_examples_per_request=1000,
+        learning_mode=LearningMode(config.data_dir / FILE_NAME),
     )
     request = pb.AddExamplesRequest(
         model_name="occupancy",

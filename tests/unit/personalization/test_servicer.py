@@ -12,6 +12,7 @@ from roost.personalization.v1 import personalization_service_pb2 as pb
 from services.kit.errors import InvalidArgument
 from services.personalization.job_manager import JobManager
 from services.personalization.job_table import JobRecord, JobTable
+from services.personalization.learning_mode import LearningMode
 from services.personalization.ledger import PrivacyLedger
 from services.personalization.ledger_records import Mechanism
 from services.personalization.servicer import PersonalizationServicer
@@ -23,7 +24,11 @@ RUN = Mechanism.dp_sgd(noise_multiplier=2.0, sample_rate=0.01, steps=10)
 
 @pytest.fixture
 def servicer(
-    manager: JobManager, store: ExampleStore, ledger: PrivacyLedger, job_table: JobTable
+    manager: JobManager,
+    store: ExampleStore,
+    ledger: PrivacyLedger,
+    job_table: JobTable,
+    learning_mode: LearningMode,
 ) -> PersonalizationServicer:
     async def decisions(decision_id: str) -> object:
         raise AssertionError("no decisions here")
@@ -35,6 +40,7 @@ def servicer(
         job_table=job_table,
         decisions=decisions,  # type: ignore[arg-type]
         max_examples_per_request=100,
+        learning_mode=learning_mode,
     )
 
 

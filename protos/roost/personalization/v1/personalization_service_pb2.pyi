@@ -21,6 +21,32 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _LearningMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LearningModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LearningMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEARNING_MODE_UNSPECIFIED: _LearningMode.ValueType  # 0
+    LEARNING_MODE_LEARNING: _LearningMode.ValueType  # 1
+    """Personalization runs; the hub takes part in fleet rounds (when fleet is configured)."""
+    LEARNING_MODE_PAUSED: _LearningMode.ValueType  # 2
+    """No training and no fleet rounds; labels are still stored."""
+    LEARNING_MODE_LOCAL_ONLY: _LearningMode.ValueType  # 3
+    """Training on this hub only: no fleet rounds."""
+
+class LearningMode(_LearningMode, metaclass=_LearningModeEnumTypeWrapper):
+    """The homeowner's learning mode (Home Assistant's "Learning mode" select)."""
+
+LEARNING_MODE_UNSPECIFIED: LearningMode.ValueType  # 0
+LEARNING_MODE_LEARNING: LearningMode.ValueType  # 1
+"""Personalization runs; the hub takes part in fleet rounds (when fleet is configured)."""
+LEARNING_MODE_PAUSED: LearningMode.ValueType  # 2
+"""No training and no fleet rounds; labels are still stored."""
+LEARNING_MODE_LOCAL_ONLY: LearningMode.ValueType  # 3
+"""Training on this hub only: no fleet rounds."""
+Global___LearningMode: _TypeAlias = LearningMode  # noqa: Y015
+
 class _LabelSource:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -96,6 +122,46 @@ MECHANISM_DP_SGD: Mechanism.ValueType  # 1
 MECHANISM_FEDERATED_DELTA: Mechanism.ValueType  # 2
 """Household-level clipped and noised federated delta."""
 Global___Mechanism: _TypeAlias = Mechanism  # noqa: Y015
+
+@_typing.final
+class SetLearningModeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    mode: Global___LearningMode.ValueType
+    """Required (UNSPECIFIED is refused)."""
+    def __init__(
+        self,
+        *,
+        mode: Global___LearningMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetLearningModeRequest: _TypeAlias = SetLearningModeRequest  # noqa: Y015
+
+@_typing.final
+class SetLearningModeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    mode: Global___LearningMode.ValueType
+    """The mode now in force (persisted before the answer)."""
+    def __init__(
+        self,
+        *,
+        mode: Global___LearningMode.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetLearningModeResponse: _TypeAlias = SetLearningModeResponse  # noqa: Y015
 
 @_typing.final
 class RecordLabelRequest(_message.Message):

@@ -86,6 +86,11 @@ class PersonalizationServiceStub:
                 request_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.EvaluateVersionsRequest.SerializeToString,
                 response_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.EvaluateVersionsResponse.FromString,
                 _registered_method=True)
+        self.SetLearningMode = channel.unary_unary(
+                '/roost.personalization.v1.PersonalizationService/SetLearningMode',
+                request_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.SetLearningModeRequest.SerializeToString,
+                response_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.SetLearningModeResponse.FromString,
+                _registered_method=True)
 
 
 class PersonalizationServiceServicer:
@@ -169,6 +174,16 @@ class PersonalizationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetLearningMode(self, request, context):
+        """Sets what the homeowner chose in Home Assistant's "Learning mode" (hub only; the
+        hub's settings file is the source of truth, sent at start, on change and each poll).
+        Persisted in the service's data dir and enforced here: LOCAL_ONLY and PAUSED refuse
+        ComputeFederatedUpdate, PAUSED also refuses StartTraining (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PersonalizationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +236,11 @@ def add_PersonalizationServiceServicer_to_server(servicer, server):
                     servicer.EvaluateVersions,
                     request_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.EvaluateVersionsRequest.FromString,
                     response_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.EvaluateVersionsResponse.SerializeToString,
+            ),
+            'SetLearningMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLearningMode,
+                    request_deserializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.SetLearningModeRequest.FromString,
+                    response_serializer=roost_dot_personalization_dot_v1_dot_personalization__service__pb2.SetLearningModeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -495,6 +515,33 @@ class PersonalizationService:
             '/roost.personalization.v1.PersonalizationService/EvaluateVersions',
             roost_dot_personalization_dot_v1_dot_personalization__service__pb2.EvaluateVersionsRequest.SerializeToString,
             roost_dot_personalization_dot_v1_dot_personalization__service__pb2.EvaluateVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLearningMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/roost.personalization.v1.PersonalizationService/SetLearningMode',
+            roost_dot_personalization_dot_v1_dot_personalization__service__pb2.SetLearningModeRequest.SerializeToString,
+            roost_dot_personalization_dot_v1_dot_personalization__service__pb2.SetLearningModeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,12 @@ class PersonalizationServiceStub:
     that match the labels is returned. Only counts and accuracies leave the service
     (the update service's health gate reads them); no input or label does.
     """
+    SetLearningMode: _grpc.UnaryUnaryMultiCallable[_personalization_service_pb2.SetLearningModeRequest, _personalization_service_pb2.SetLearningModeResponse]
+    """Sets what the homeowner chose in Home Assistant's "Learning mode" (hub only; the
+    hub's settings file is the source of truth, sent at start, on change and each poll).
+    Persisted in the service's data dir and enforced here: LOCAL_ONLY and PAUSED refuse
+    ComputeFederatedUpdate, PAUSED also refuses StartTraining (FAILED_PRECONDITION).
+    """
 
 @_typing.type_check_only
 class PersonalizationServiceAsyncStub(PersonalizationServiceStub):
@@ -102,6 +108,12 @@ class PersonalizationServiceAsyncStub(PersonalizationServiceStub):
     (active or candidate) predicts the stored inputs, and the share of its predictions
     that match the labels is returned. Only counts and accuracies leave the service
     (the update service's health gate reads them); no input or label does.
+    """
+    SetLearningMode: _aio.UnaryUnaryMultiCallable[_personalization_service_pb2.SetLearningModeRequest, _personalization_service_pb2.SetLearningModeResponse]  # type: ignore[assignment]
+    """Sets what the homeowner chose in Home Assistant's "Learning mode" (hub only; the
+    hub's settings file is the source of truth, sent at start, on change and each poll).
+    Persisted in the service's data dir and enforced here: LOCAL_ONLY and PAUSED refuse
+    ComputeFederatedUpdate, PAUSED also refuses StartTraining (FAILED_PRECONDITION).
     """
 
 class PersonalizationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -197,6 +209,18 @@ class PersonalizationServiceServicer(metaclass=_abc_1.ABCMeta):
         (active or candidate) predicts the stored inputs, and the share of its predictions
         that match the labels is returned. Only counts and accuracies leave the service
         (the update service's health gate reads them); no input or label does.
+        """
+
+    @_abc_1.abstractmethod
+    def SetLearningMode(
+        self,
+        request: _personalization_service_pb2.SetLearningModeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_personalization_service_pb2.SetLearningModeResponse, _abc.Awaitable[_personalization_service_pb2.SetLearningModeResponse]]:
+        """Sets what the homeowner chose in Home Assistant's "Learning mode" (hub only; the
+        hub's settings file is the source of truth, sent at start, on change and each poll).
+        Persisted in the service's data dir and enforced here: LOCAL_ONLY and PAUSED refuse
+        ComputeFederatedUpdate, PAUSED also refuses StartTraining (FAILED_PRECONDITION).
         """
 
 def add_PersonalizationServiceServicer_to_server(servicer: PersonalizationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -86,7 +86,7 @@ class FakeAudit:
 
 
 def document(status: FleetStatus, budget: dict[str, Any] | None = None) -> dict[str, Any]:
-    return asyncio.run(status.document(budget))
+    return asyncio.run(status.document(budget, "learning"))
 
 
 def shown(doc: dict[str, Any]) -> dict[str, str]:
@@ -213,6 +213,9 @@ def test_the_bridge_adds_the_three_sensors_on_the_hubs_availability_only(
 
 
 class FakePersonalization:
+    async def SetLearningMode(self, request: Any, timeout: float) -> Any:
+        return pers_pb.SetLearningModeResponse(mode=request.mode)
+
     async def GetPrivacyBudget(self, request: Any, timeout: float) -> Any:
         budget = pers_pb.PrivacyBudget(
             epsilon_spent=0.5, epsilon_limit=3.0, delta=1e-3, privacy_unit="day"
