@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cli.fleet_server import flower_bin, flower_path
+from cli.fleet_server import flower_bin, flower_env
 from cli.stack import free_port
 from services.kit.certs import ensure_certs
 from tests.support.k3s import find_kubectl, named, overlay_copy, plain_env, pod_spec, render
@@ -58,7 +58,7 @@ def test_the_rendered_supernode_starts_and_answers_its_probe(tmp_path: Path) -> 
     log = (tmp_path / "supernode.log").open("wb")
     proc = subprocess.Popen(
         [flower_bin("flower-supernode"), *args],
-        env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "PATH": flower_path()},
+        env={**os.environ, **flower_env(tmp_path / "flwr")},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
