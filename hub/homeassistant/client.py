@@ -1,8 +1,9 @@
 """Roost's Home Assistant API client (homeassistant-api 6.1): act, read registries, import.
 
 * :class:`HaClient` wraps the library's sync REST ``Client`` (service calls, entity
-  histories) and ``WebsocketClient`` (area, device and entity registries, which REST does
-  not serve). Calls are blocking; the hub runs them in a worker thread.
+  histories); the area, device and entity registries, which REST does not serve, come
+  from the websocket API (:mod:`hub.homeassistant.ws_registries`). Calls are blocking;
+  the hub runs them in a worker thread.
 * :class:`ActionRunner` executes allow-listed actions **after** their decision was
   acknowledged by the audit log: a bounded queue, a bounded number of attempts per call,
   every outcome counted (``roost_hub_ha_actions_total{outcome}``). A failed call never
@@ -32,9 +33,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from homeassistant_api import Client, WebsocketClient
+from homeassistant_api import Client
 
 from hub.action_memory import ActionMemory
+from hub.homeassistant.ws_registries import read_registries
 from hub.payloads import InvalidReading, parse_statestream
 from hub.policy import HA_ACTIONS, ActionRule
 from models.features import FeatureSpec, FeatureWindow
@@ -143,19 +145,13 @@ class HaClient:
                 out.append((str(s["entity_id"]), s["state"], max(known)))
         return out
 
-    def registries(self) -> dict[str, list[dict[str, Any]]]:
+    def registries(self) -> dict[str, list[Any]]:
         """The area, device and entity registries and the current states (websocket)."""
         ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         try:
-            with WebsocketClient(f"{ws_url}/api/websocket", self._token) as ws:
-                out = {
-                    name: ws.recv_result_list(ws.send(f"config/{name}_registry/list"))
-                    for name in ("area", "device", "entity")
-                }
-                out["states"] = ws.recv_result_list(ws.send("get_states"))
+            return read_registries(ws_url, self._token, timeout=self._timeout)
         except Exception as e:
             raise HaUnavailable(f"cannot read the registries: {type(e).__name__}: {e}") from e
-        return out
 
     def histories(
         self, entity_ids: Sequence[str], start: datetime, end: datetime
