@@ -8,12 +8,13 @@ next ones, e.g.
     Then CO₂ 950 ppm (above usual), the time of day (21:30).
 
 Display names and units come from ``models/feature_display.json`` (keyed by model and
-feature; the shipped manifests stay as they are); features it does not list (the routine
-model's sensor statistics) are named from their id, without a value. A window model's
-value is the window's latest row. "Usual" is this hub's exponentially weighted mean and
-spread of the values it decided on for that model, area and feature (about the last
-``horizon`` decisions, in memory: after a restart, nothing is said about it until
-``min_samples`` were seen). The numbers behind it stay in the decision's ``explanation``
+feature; the shipped manifests stay as they are). The routine model's sensor statistics
+(``<area>.<kind>.<statistic>``) are put in words by :mod:`hub.why_routine` ("the kitchen
+fridge (used 3 times in the last 10 min)"); any other feature is named from its id. A
+window model's value is the window's latest row. "Usual" is this hub's exponentially
+weighted mean and spread of the values it decided on for that model, area and feature
+(about the last ``horizon`` decisions, in memory: after a restart, nothing is said about
+it until ``min_samples`` were seen). The numbers behind it stay in the decision's ``explanation``
 (attributions) and its audit record.
 """
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import models
+from hub.why_routine import routine_phrase
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 
 DISPLAY_FILE = Path(models.__file__).resolve().parent / "feature_display.json"
@@ -130,6 +132,10 @@ class Why:
             return (f"the time of day ({clock})" if clock else "the time of day"), None
         display = self._display.get(model, {}).get(feature)
         value = values.get(feature)
+        if display is None and value is not None:
+            words = routine_phrase(feature, value)
+            if words is not None:
+                return words, None
         if display is None or value is None:
             return feature.replace(".", " ").replace("_", " "), None
         level = self._usual.compare((model, area, feature), value)

@@ -235,7 +235,7 @@ class ActionRunner:
             log.warning("%s allowed but ha_url/ha_token_file are not configured", rule.action)
             return "failed"
         if await self._already_there(call):
-            log.info("%s not called: the entity is already in that state", rule.action)
+            log.debug("%s not called: the entity is already in that state", rule.action)
             return "unneeded"
         delay = self._backoff
         for attempt in range(1, self._attempts + 1):
@@ -246,7 +246,9 @@ class ActionRunner:
                     ),
                     self._timeout,
                 )
-                log.info("called %s (decision %s)", rule.action, call.decision_id)
+                # DEBUG, not INFO: the time of an action says when a room was judged empty;
+                # the audit log and HA's logbook are where actions are on record.
+                log.debug("called %s (decision %s)", rule.action, call.decision_id)
                 self._memory.remember_action(rule.target, rule.action, call.decision_id)
                 return "called"
             except (HaUnavailable, TimeoutError) as e:

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from hub.why import DISPLAY_FILE, UsualLevels, Why, load_display, number, time_of_day
+from hub.why_routine import routine_phrase
 from models.manifest import load_manifest, shipped_models_dir
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.common.v1 import common_pb2
@@ -114,3 +115,68 @@ def test_every_shipped_physical_feature_has_a_display_name_and_the_manifests_uni
             if f.name in ("hour_sin", "hour_cos"):
                 continue
             assert display[model][f.name].unit == people.get(f.unit, f.unit), (model, f.name)
+
+
+@pytest.mark.parametrize(
+    ("feature", "value", "words"),
+    [
+        (
+            "kitchen.fridge.fired_10m",
+            math.log1p(3),
+            "the kitchen fridge (used 3 times in the last 10 min)",
+        ),
+        (
+            "kitchen.fridge.fired_1m",
+            math.log1p(1),
+            "the kitchen fridge (used once in the last 1 min)",
+        ),
+        (
+            "toilet.toilet_flush.fired_60m",
+            0.0,
+            "the toilet toilet flush (not used in the last 60 min)",
+        ),
+        (
+            "bathroom.any.recency",
+            1 - math.log1p(120) / math.log1p(1440),
+            "the bathroom (last used 2 h ago)",
+        ),
+        ("hall.door.recency", 1.0, "the hall door (last used just now)"),
+        ("hall.door.recency", 0.0, "the hall door (not used for a day or more)"),
+        ("living_room.motion.active", 1.0, "the living room motion (active now)"),
+        ("home.any.active", 0.0, "anything at home (quiet now)"),
+        ("bedroom.any.last", 1.0, "the latest activity, in the bedroom"),
+        ("laundry.washing_machine.active", 0.0, "the laundry washing machine (quiet now)"),
+    ],
+)
+def test_routine_statistics_in_words(feature: str, value: float, words: str) -> None:
+    assert routine_phrase(feature, value) == words
+
+
+def test_every_shipped_routine_feature_is_put_in_words() -> None:
+    manifest = load_manifest(shipped_models_dir() / "routine")
+    for f in manifest.input.features:
+        if f.name not in ("hour_sin", "hour_cos"):
+            for value in (0.0, 0.5, 1.0):
+                assert routine_phrase(f.name, value), f.name
+    assert routine_phrase("kitchen.fridge.fired_10m", float("nan")) is None
+    assert routine_phrase("light", 420.0) is None
+
+
+def test_a_routine_decision_says_what_happened() -> None:
+    names = ["kitchen.fridge.fired_10m", "bathroom.any.active", "hour_sin", "hour_cos"]
+    d = audit_pb.Decision(
+        model=common_pb2.ModelRef(name="routine"),
+        inputs=audit_pb.DecisionInputs(
+            feature_names=names,
+            tensor=common_pb2.Tensor(shape=[4], float_values=[math.log1p(2), 0.0, *at(7.5)]),
+        ),
+        explanation=[
+            common_pb2.FeatureAttribution(feature="kitchen.fridge.fired_10m", attribution=0.3),
+            common_pb2.FeatureAttribution(feature="hour_sin", attribution=0.2),
+            common_pb2.FeatureAttribution(feature="bathroom.any.active", attribution=-0.1),
+        ],
+    )
+    assert Why().explain(d, "home") == (
+        "The kitchen fridge (used 2 times in the last 10 min) was the main reason."
+        " Then the time of day (07:30), the bathroom (quiet now)."
+    )

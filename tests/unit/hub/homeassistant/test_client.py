@@ -72,6 +72,22 @@ def test_actions_are_retried_then_called_in_order() -> None:
     assert ha.called == ["light.turn_off:light.kitchen"] * 4
 
 
+def test_an_action_called_leaves_no_info_line(caplog: pytest.LogCaptureFixture) -> None:
+    """Its time would say when a room was judged empty (docs/privacy.md: nothing at INFO)."""
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        ha = FakeHa(failures=0, calls=1, stop=stop)
+        runner = ActionRunner(ha, attempts=1, backoff=0.0)  # type: ignore[arg-type]
+        runner.submit(RULE, "d1")
+        await runner.run(stop)
+        assert runner.done == [("d1", "called")]
+
+    with caplog.at_level("INFO", logger="hub"):
+        asyncio.run(go())
+    assert [r.getMessage() for r in caplog.records if r.levelname == "INFO"] == []
+
+
 def test_actions_fail_after_every_attempt_and_the_queue_is_bounded() -> None:
     async def go() -> ActionRunner:
         stop = asyncio.Event()
