@@ -480,6 +480,7 @@ async def main_async(config: HubConfig, *, fleet_enabled: bool = False) -> None:
     )
     hub = Hub(config, fleet_enabled=fleet_enabled)
     loop = asyncio.get_running_loop()
+    mqtt.quiet_socket_races(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, hub.stop.set)
     ready_file = config.ready_file

@@ -14,12 +14,18 @@ their debug lines are left alone.
 :func:`incoming` reads a client's messages like ``client.messages`` without the task and
 ``asyncio.wait`` aiomqtt's iterator creates for every message (a third of the hub's cost
 of taking a reading in its profile).
+
+:func:`quiet_socket_races` keeps a race of aiomqtt's out of the log: it registers the
+socket with the event loop through ``call_soon_threadsafe``, so when the connection drops
+just then, ``add_writer`` meets a closed descriptor and asyncio logs a traceback ("Bad
+file descriptor") although the reconnect goes on as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -60,6 +66,35 @@ class RateLimitFilter(logging.Filter):
 CLIENT_LOG.addFilter(
     RateLimitFilter(RateLimitedLog(log, logging.WARNING), RateLimitedLog(log, logging.ERROR))
 )
+
+
+_SOCKET_REGISTRATIONS = frozenset({"add_reader", "add_writer", "remove_reader", "remove_writer"})
+
+
+def _closed_socket_registration(context: dict[str, Any]) -> bool:
+    """A loop callback that (un)registered a socket aiomqtt had already seen closed."""
+    exc = context.get("exception")
+    callback = getattr(context.get("handle"), "_callback", None)
+    if getattr(callback, "__name__", "") not in _SOCKET_REGISTRATIONS:
+        return False
+    if isinstance(exc, OSError):
+        return exc.errno == errno.EBADF
+    return isinstance(exc, ValueError) and "file descriptor" in str(exc)
+
+
+def quiet_socket_races(loop: asyncio.AbstractEventLoop) -> None:
+    """Log aiomqtt's closed-socket registrations at DEBUG; everything else as before."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _closed_socket_registration(context):
+            log.debug("MQTT: the socket closed before it was registered (reconnecting)")
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def client(host: str, port: int, **kwargs: Any) -> aiomqtt.Client:

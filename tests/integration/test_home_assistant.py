@@ -549,6 +549,10 @@ async def test_broker_outage_catches_up(ha_env: tuple[Stack, HomeAssistant], roo
     assert state["state"] == before["state"]
     ha.wait_state(f"select.{E}_learning_mode", lambda s: s["state"] == "learning", 20)
     assert stack.procs["hub"].alive()
+    # The reconnect leaves no traceback (aiomqtt's add_writer on a closed socket).
+    hub_log = (roost.home / "log" / "hub.log").read_text()
+    assert "Bad file descriptor" not in hub_log
+    assert "Exception in callback" not in hub_log
 
 
 async def test_decision_health_shows_an_inference_outage(ha: HomeAssistant, roost: Stack) -> None:

@@ -5,6 +5,7 @@ then MqttError; and it does not busy-loop while waiting."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 
@@ -81,3 +82,31 @@ async def test_waiting_costs_no_cpu(tmp_path: Path) -> None:
             assert time.thread_time() - cpu < 0.2
             assert not reader.done()
             reader.cancel()
+
+
+def test_a_socket_closed_before_its_registration_leaves_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiomqtt registers its socket through call_soon_threadsafe; when the connection
+    dropped just then, add_writer meets a closed descriptor. That is logged at DEBUG;
+    any other callback error still reaches asyncio's handler."""
+    loop = asyncio.new_event_loop()
+    try:
+        mqtt.quiet_socket_races(loop)
+        a, b = socket.socketpair()
+        fd = a.fileno()
+        a.close()
+        b.close()
+        with caplog.at_level("DEBUG"):
+            loop.call_soon(loop.add_writer, fd, lambda: None)
+            loop.call_soon(loop.add_reader, -1, lambda: None)
+            loop.call_soon(lambda: 1 / 0)
+            loop.run_until_complete(asyncio.sleep(0.01))
+    finally:
+        loop.close()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1  # the ZeroDivisionError, as before
+    assert "ZeroDivisionError" in str(errors[0].exc_info)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"].count(
+        "MQTT: the socket closed before it was registered (reconnecting)"
+    ) == 2
