@@ -50,15 +50,21 @@ logger = logging.getLogger("services.personalization")
 
 
 async def run_retention(
-    store: ExampleStore, manager: JobManager, days: float, interval_seconds: float
+    store: ExampleStore,
+    manager: JobManager,
+    ledger: PrivacyLedger,
+    days: float,
+    interval_seconds: float,
 ) -> None:
-    """Deletes examples past retention now and then every ``interval_seconds``; skips a
-    pass while a job runs (it reads a pinned set of rows)."""
+    """Deletes examples past retention now and then every ``interval_seconds``, by the
+    ledger's time (a clock set back keeps nothing longer); skips a pass while a job runs
+    (it reads a pinned set of rows)."""
     seen: set[str] = set()
     while True:
         try:
             if not manager.busy:
-                cutoff = datetime.now(UTC) - timedelta(days=days)
+                now = await asyncio.to_thread(ledger.latest_time)
+                cutoff = now - timedelta(days=days)
                 await asyncio.to_thread(store.prune, cutoff)
                 counts = await asyncio.to_thread(store.counts)
                 seen |= set(counts)
@@ -130,7 +136,9 @@ async def setup(config: PersonalizationConfig, app: App) -> None:
     if interrupted:
         logger.warning("%d job(s) interrupted by a restart marked failed", len(interrupted))
     app.background(
-        run_retention(store, manager, config.retention_days, config.retention_interval_seconds),
+        run_retention(
+            store, manager, ledger, config.retention_days, config.retention_interval_seconds
+        ),
         name="personalization-retention",
     )
     app.register(

@@ -178,6 +178,13 @@ class PrivacyLedger(kit_sqlite.SharedConnection):
         with self._transaction("IMMEDIATE") as conn:
             return self._advance(conn, now)
 
+    def latest_time(self, now: datetime | None = None) -> datetime:
+        """``now`` (default: the clock), or the latest time the ledger has seen if that is
+        later: a clock set back never makes data look younger than it is. Read only."""
+        at = datetime.now(UTC) if now is None else aware_utc(now)
+        with self._transaction("DEFERRED") as conn:
+            return max(at, from_us(self._high_water(conn)))
+
     @staticmethod
     def _high_water(conn: sqlite3.Connection) -> int:
         row = conn.execute("SELECT high_water_us FROM ledger_header").fetchone()

@@ -8,14 +8,17 @@ and 31 days forward: refused (naming both times) or no fresh budget for retained
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from services.kit.errors import FailedPrecondition
+from services.personalization.__main__ import run_retention
 from services.personalization.accounting import Charge, compose, unit_rdp
 from services.personalization.config import PersonalizationConfig
 from services.personalization.gating import enforce_retention
@@ -152,3 +155,28 @@ def test_retention_longer_than_the_window_is_refused() -> None:
     with pytest.raises(ValueError, match="retention_days: must be <= period_days"):
         PersonalizationConfig(retention_days=90, period_days=30)
     assert PersonalizationConfig().retention_days <= PersonalizationConfig().period_days
+
+
+async def test_the_background_retention_pass_keeps_the_ledgers_time(
+    parts: tuple[PrivacyLedger, ExampleStore],
+) -> None:
+    """The hourly pass prunes by the ledger's time too: with the clock set 40 days back
+    after the ledger saw today, an example 15 days old by the clock (55 by the ledger)
+    is gone, not kept for 40 more days."""
+    ledger, store = parts
+    now = datetime.now(UTC)
+    ledger.check_time(now + 40 * DAY)  # the ledger saw a later time; the clock is back
+    add_day(store, now - 15 * DAY)
+    add_day(store, now + 20 * DAY)
+    assert len(stored_ids(store)) == 2
+    manager = SimpleNamespace(busy=False)
+    task = asyncio.create_task(run_retention(store, manager, ledger, 30, 3600))  # type: ignore[arg-type]
+    try:
+        for _ in range(200):
+            if len(stored_ids(store)) == 1:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    (kept,) = stored_ids(store)  # float32 ids: compare to within their precision
+    assert kept == pytest.approx((now + 20 * DAY).timestamp(), abs=256)
