@@ -137,7 +137,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from roost.update.v1 import update_service_pb2 as pb
 
-    resp = _call(args, "Promote", pb.PromoteRequest(model_name=args.model))
+    resp = _call(args, "Promote", pb.PromoteRequest(model_name=args.model, force=args.force))
     print(f"active: {_version(resp.active)}")
     return 0
 
@@ -283,6 +283,11 @@ def add_commands(msub: Any) -> None:
 
     pr = online(msub.add_parser("promote", help="make the candidate active"))
     pr.add_argument("model")
+    pr.add_argument(
+        "--force",
+        action="store_true",
+        help="even while the health gate's verdict is failing (recorded in the audit log)",
+    )
     pr.set_defaults(func=cmd_promote)
 
     rb = online(msub.add_parser("rollback", help="withdraw the candidate, or restore previous"))

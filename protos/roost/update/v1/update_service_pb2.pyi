@@ -301,25 +301,33 @@ Global___StartRolloutResponse: _TypeAlias = StartRolloutResponse  # noqa: Y015
 
 @_typing.final
 class PromoteRequest(_message.Message):
+    """Admin only (Home Assistant offers Install and Roll back, never Promote). Refused
+    (FAILED_PRECONDITION) while the health gate's verdict on the candidate is failing,
+    unless force is set.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     OWNER_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     owner_request_id: _builtins.str
-    """Set by the hub only, when it relays an owner's explicit request (a Home Assistant
-    action): the request's id, recorded in the audit log with the step. The hub may
-    take this step only with it; the admin identity never needs it.
+    """An id the admin may give the request; recorded in the audit log with the step."""
+    force: _builtins.bool
+    """Promote even though the health gate's verdict on the candidate is failing (or cannot
+    be read); recorded in the audit log with the step.
     """
     def __init__(
         self,
         *,
         model_name: _builtins.str = ...,
         owner_request_id: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "owner_request_id", b"owner_request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "model_name", b"model_name", "owner_request_id", b"owner_request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
