@@ -294,6 +294,9 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
                     output_psi=candidate.output_psi,
                     output_ks=candidate.output_ks,
                     output_samples=candidate.output_samples,
+                    confidence_psi=candidate.confidence_psi,
+                    confidence_ks=candidate.confidence_ks,
+                    confidence_samples=candidate.confidence_samples,
                     candidate_loaded=candidate.loaded,
                 )
             )
