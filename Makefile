@@ -39,7 +39,9 @@ lint: setup proto-check buf-lint
 	$(BIN)/lint-imports --no-cache
 
 # Before `kubectl apply -k`: refuses an overlay whose images are not all pinned by a
-# real digest (docs/deploy.md, "Image digests"). OVERLAY=k3s/overlays/edge by default.
+# real digest (docs/deploy.md, "Image digests"), or whose audit witnesses
+# (components/witness-egress) are still placeholders or not exactly reachable.
+# OVERLAY=k3s/overlays/edge by default.
 OVERLAY ?= k3s/overlays/edge
 k3s-check: setup
 	PYTHONPATH=.:protos $(PY) -m tests.support.k3s $(OVERLAY)

@@ -37,6 +37,10 @@ EPSILONS: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
 QUICK_EPSILONS: tuple[float, ...] = (1.0, 4.0, math.inf)
 SELECT_EPSILONS: tuple[float, ...] = (4.0,)
 LR_GRID: tuple[float, ...] = (1e-3, 3e-3)
+# The retention δ is derived from in the recorded results (bench/results/): 90 days, the
+# service's default before it became 30 (example-unit δ 1e-7 there; the service now
+# derives 1e-6; the day unit's 1e-3 is the same). Set it to 30.0 when re-running.
+RECORDED_RETENTION_DAYS = 90.0
 BASE_DAYS = 14
 FINETUNE_DAYS = 5
 SELECT_DAYS = 3
@@ -117,7 +121,7 @@ def train(split: Split, unit: str, eps: float, lr: float, seed: int) -> Any:
         split.x_ft,
         split.y_ft,
         target_epsilon=None if math.isinf(eps) else eps,
-        delta=derived_delta(unit, 90.0),
+        delta=derived_delta(unit, RECORDED_RETENTION_DAYS),
         epochs=float(hyper["epochs"]),
         expected_batch_size=int(hyper["expected_batch_size"]),
         max_grad_norm=float(hyper["max_grad_norm"]),
@@ -178,7 +182,7 @@ def run(seeds: tuple[int, ...], epsilons: tuple[float, ...]) -> dict[str, Any]:
             }
             print(f"  {unit} eps {eps:g}: macro-F1 median {statistics.median(f1):.4f}", flush=True)
         out["units"][unit] = {
-            "delta": derived_delta(unit, 90.0),
+            "delta": derived_delta(unit, RECORDED_RETENTION_DAYS),
             "lr": lr,
             "selection": scores,
             "by_epsilon": rows,

@@ -706,12 +706,15 @@ mean of its rows' per-example gradients, so a day of 10,000 rows weighs what a d
 10 does), clips it, noises the sum and divides by the expected number of days
 (`services/personalization/dp_sgd.py`, `DayStepper`); Opacus' accountants account the
 sampled Gaussian mechanism with the day as the unit. δ is chosen from the largest
-number of units a run can ever see: a 90-day retention touches at most 91 days, so
-δ = 1e-3 ≤ 1/(10·91); a run with more days than 1/(10·δ) is refused
-(`services/personalization/privacy_unit.py`; `delta` overrides).
+number of units a run can ever see: the default 30-day retention touches at most 31
+days, so δ = 1e-3 ≤ 1/(10·31) (the same δ up to a 99-day retention); a run with more
+days than 1/(10·δ) is refused (`services/personalization/privacy_unit.py`; `delta`
+overrides).
 
-`privacy_unit = "example"` keeps record-level DP (one row, δ = 1e-7 from 91 days of
-one row a minute). It bounds what a model reveals about any single minute, not about a
+`privacy_unit = "example"` keeps record-level DP (one row, δ = 1e-6 from 31 days of
+one row a minute at the default 30-day retention, as docs/privacy-ledger.md says; the
+benchmarks below were run with the former 90-day retention, hence their example-unit
+δ of 1e-7). It bounds what a model reveals about any single minute, not about a
 day: by group privacy, k correlated rows are protected only at about k·ε (a day is
 1,440 rows). The unit is shown wherever ε is: `roost personalize budget`/`jobs`/
 `ledger`, the `privacy_unit` and `delta` attributes of Home Assistant's privacy budget
@@ -729,7 +732,7 @@ its last 6 (median of 3 seeds, base macro-F1 0.484), the example unit reaches
 0.517-0.556 at ε 0.5-8, the household-day unit 0.485-0.496: with only 5 days (10 units
 with the replay's pseudo-days) the noise a whole day needs drowns the signal; without
 DP both reach 0.54-0.57. A day-level guarantee costs utility until a household has
-many days (the retention allows up to 91). Audit: at the default budget (ε 4 per
+many days (the default retention keeps at most 31). Audit: at the default budget (ε 4 per
 household-day, δ 1e-3) the canary-day attack reaches a pooled AUC of 0.62 over 200
 canary days (per seed 0.58 ± 0.11) against a bound of 0.98 (at ε 1: 0.60, bound 0.73);
 the same recipe without DP reaches 0.77 (0.75 ± 0.10), so the attack finds canary

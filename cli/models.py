@@ -4,18 +4,21 @@ The online commands talk to the update service (mTLS, ``admin`` identity by defa
 ``--role auditor`` for read-only ``status``/``history``); the target and certificates
 come from the stack of ``roost run`` unless ``--target``/``--certs`` say otherwise.
 ``publish`` is offline: it signs a model directory into a TUF repository with the
-publisher's keys, which never live on a hub.
+publisher's keys, which never live on a hub, with a canary set of held-out rows and
+their true labels by default (``models/canary_build.py``; ``--no-canary`` opts out).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli.audit_output import entry_line
 from cli.support import CliError, stack_target
+from models.datasets import add_data_dir_argument
 
 if TYPE_CHECKING:
     import grpc
@@ -137,7 +140,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from roost.update.v1 import update_service_pb2 as pb
 
-    resp = _call(args, "Promote", pb.PromoteRequest(model_name=args.model))
+    resp = _call(args, "Promote", pb.PromoteRequest(model_name=args.model, force=args.force))
     print(f"active: {_version(resp.active)}")
     return 0
 
@@ -208,9 +211,36 @@ def cmd_publish(args: argparse.Namespace) -> int:
             model_dir = _as_version(args.model_dir, args.version, Path(tmp) / "model")
         try:
             manifest = load_manifest(model_dir)
+            if not args.no_canary and manifest.canary is None:
+                model_dir = _with_canary(model_dir, args.data_dir, Path(tmp) / "canaried")
+                manifest = load_manifest(model_dir)
         except ManifestError as e:
             raise CliError(str(e)) from None
         return _publish(args, model_dir, manifest.name, manifest.version)
+
+
+def _with_canary(src: Path, data_dir: Path | None, dst: Path) -> Path:
+    """A copy of ``src`` carrying the default canary set (models/canary_build.py)."""
+    import os
+    import shutil
+
+    from models.canary_build import CanaryUnavailable, attach_held_out_canary
+    from models.datasets import data_dir_from_env, find_data_dir
+
+    shutil.copytree(src, dst)
+    # --data-dir, else $ROOST_DATA_DIR or ../shared/data (read here, at the command's start).
+    found = find_data_dir(data_dir) if data_dir else data_dir_from_env(os.environ)
+    try:
+        manifest = attach_held_out_canary(dst, found)
+    except CanaryUnavailable as e:
+        raise CliError(
+            f"no canary set: {e}; give the held-out data with --data-dir, attach one yourself"
+            " (models.canary.attach_canary), or publish without one: --no-canary"
+        ) from None
+    assert manifest.canary is not None
+    rows = len(json.loads((dst / manifest.canary.file).read_text())["inputs"])
+    print(f"canary: {rows} held-out rows with their true labels (signed in the bundle)")
+    return dst
 
 
 def _as_version(src: Path, version: str, dst: Path) -> Path:
@@ -283,6 +313,11 @@ def add_commands(msub: Any) -> None:
 
     pr = online(msub.add_parser("promote", help="make the candidate active"))
     pr.add_argument("model")
+    pr.add_argument(
+        "--force",
+        action="store_true",
+        help="even while the health gate's verdict is failing (recorded in the audit log)",
+    )
     pr.set_defaults(func=cmd_promote)
 
     rb = online(msub.add_parser("rollback", help="withdraw the candidate, or restore previous"))
@@ -306,4 +341,10 @@ def add_commands(msub: Any) -> None:
     pub.add_argument(
         "--version", help="publish as this version (default: the manifest's), e.g. 1.1.0"
     )
+    pub.add_argument(
+        "--no-canary",
+        action="store_true",
+        help="publish without the default canary set of held-out rows (checked at stage)",
+    )
+    add_data_dir_argument(pub)
     pub.set_defaults(func=cmd_publish)

@@ -195,8 +195,11 @@ def check_previous(
         m = old.size
         if m > cp.size:
             raise BundleError(
-                f"{what} has tree size {m}, larger than the bundle's {cp.size}:"
-                " the bundle is older than that checkpoint; export again"
+                f"{what} has tree size {m}, larger than the bundle's {cp.size}. Either the"
+                f" bundle was exported before you got that checkpoint (export again, with"
+                f" --previous, and verify the new bundle), or the log was rolled back or"
+                f" forked below tree size {m} since it signed that checkpoint: a serious"
+                f" finding. A fresh export whose tree size is still below {m} means the latter"
             )
         proof = header.consistency.get(m)
         if proof is None:

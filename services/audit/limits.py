@@ -20,6 +20,7 @@ from typing import Final
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from roost.audit.v1 import audit_service_pb2 as pb
+from services.kit import timestamps
 from services.kit.errors import InvalidArgument
 
 # Characters of the identifying text fields of a Decision (and of the filters on them).
@@ -54,10 +55,6 @@ EXPORT_CHUNK_BYTES: Final = 1024 * 1024
 # A page token is a short opaque string (services.kit.paging).
 MAX_PAGE_TOKEN_CHARS: Final = 1024
 
-# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
-MIN_TIMESTAMP_SECONDS: Final = -62_135_596_800
-MAX_TIMESTAMP_SECONDS: Final = 253_402_300_799
-
 ACTORS: Final = frozenset(pb.Actor.values())
 _VERDICTS: Final = frozenset(pb.PolicyVerdict.values())
 
@@ -77,11 +74,11 @@ def check_text(value: str, field: str, max_chars: int) -> None:
 
 
 def timestamp_us(ts: Timestamp, field: str) -> int:
-    """``ts`` in microseconds since the epoch; FieldError unless it is a valid Timestamp."""
-    seconds, nanos = ts.seconds, ts.nanos
-    if not (MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS and 0 <= nanos < 10**9):
-        raise FieldError(field, "not a valid timestamp (years 1 to 9999, nanos 0 to 999999999)")
-    return seconds * 1_000_000 + nanos // 1000
+    """``ts`` in microseconds since the epoch; FieldError unless it is a valid Timestamp
+    (the range is ``services.kit.timestamps``', which every service checks against)."""
+    if not timestamps.is_valid(ts):
+        raise FieldError(field, timestamps.PROBLEM)
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
 def check_decision_fields(d: pb.Decision) -> None:
@@ -179,12 +176,7 @@ def check_filters(
 
 def optional_timestamp_us(ts: Timestamp, present: bool, field: str) -> int | None:
     """A request's optional time bound in microseconds; InvalidArgument when invalid."""
-    if not present:
-        return None
-    try:
-        return timestamp_us(ts, field)
-    except FieldError as exc:
-        raise InvalidArgument(f"{exc.field}: {exc.problem}") from None
+    return timestamps.timestamp_us(ts, field) if present else None
 
 
 def check_decision_id(decision_id: str) -> None:

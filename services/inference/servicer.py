@@ -407,10 +407,11 @@ def _compare_outputs(candidate: pb.RoleHealth, serving: Serving, health: HealthB
     if active_stats is None or candidate_stats is None:
         return
     values = candidate_stats.output_values()
-    candidate.output_psi, candidate.output_ks = output_shift(
-        a, active_stats.output_values(), values
-    )
+    shift = output_shift(a, active_stats.output_values(), values)
+    candidate.output_psi, candidate.output_ks = shift.psi, shift.ks
     candidate.output_samples = len(values)
+    candidate.confidence_psi, candidate.confidence_ks = shift.confidence_psi, shift.confidence_ks
+    candidate.confidence_samples = shift.confidence_samples
 
 
 def _model_info(lm: LoadedModel) -> pb.ModelInfo:

@@ -39,6 +39,7 @@ from services.kit import paging
 from services.kit.auth import Policy, Role
 from services.kit.errors import FailedPrecondition, InvalidArgument, Unavailable, Unimplemented
 from services.kit.tensors import tensor_to_array
+from services.kit.timestamps import to_datetime
 from services.personalization.accounting import mechanism_epsilon
 from services.personalization.fleet_round import FleetRounds
 from services.personalization.job_manager import SCOPE, SUPPORTED, JobManager
@@ -189,7 +190,11 @@ class PersonalizationServicer(pb_grpc.PersonalizationServiceServicer):
             where = f"examples[{i}]"
             arr = tensor_to_array(ex.input, manifest.input, f"{where}.input")
             _check_label(ex.label, manifest.output_labels, f"{where}.label")
-            observed = ex.observed_at.ToDatetime(tzinfo=UTC) if ex.HasField("observed_at") else now
+            observed = (
+                to_datetime(ex.observed_at, f"{where}.observed_at")
+                if ex.HasField("observed_at")
+                else now
+            )
             if observed > now + _MAX_SKEW:
                 raise InvalidArgument(f"{where}.observed_at: is in the future")
             examples.append(NewExample(arr.astype(np.float32), ex.label, source, observed))
@@ -345,10 +350,7 @@ def _evaluated_versions(requested: Any) -> list[str]:
 def _evaluated_since(request: pb.EvaluateVersionsRequest) -> datetime | None:
     if not request.HasField("since"):
         return None
-    try:
-        return request.since.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise InvalidArgument("since: not a valid timestamp") from None
+    return to_datetime(request.since, "since")
 
 
 async def _correct(predict: Predictor, model: str, version: str, x: Any, truth: list[str]) -> int:

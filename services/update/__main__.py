@@ -92,6 +92,7 @@ async def setup(config: UpdateConfig, app: App) -> None:
             min_agreement=config.min_agreement,
             latency_floor_seconds=config.latency_floor_seconds,
             max_output_psi=config.max_output_psi,
+            max_confidence_psi=config.max_confidence_psi,
             min_feedback=config.min_feedback,
             max_feedback_accuracy_drop=config.max_feedback_accuracy_drop,
         ),

@@ -46,6 +46,9 @@ class UpdateConfig(ServiceConfig):
     latency_floor_seconds: float = 0.005
     # Largest PSI of the candidate's output distribution against the active one's.
     max_output_psi: float = 0.25
+    # Largest PSI of a classifier's confidence distribution (largest class probability
+    # per row) against the active one's: calibration without labels.
+    max_confidence_psi: float = 0.25
     # Outcomes: the personalization service scores active and candidate against the
     # homeowners' labels observed since the stage started (EvaluateVersions). Optional:
     # empty or unreachable, the gate runs without them.

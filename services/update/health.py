@@ -22,6 +22,10 @@ threshold is configurable):
   classifier, quantile bins of a regressor) by a PSI above ``max_output_psi``, on at
   least ``min_compared`` answered rows — what catches a label-inverted model in A/B,
   where no row is compared and homeowners' labels are few;
+* for a classifier, its confidence distribution (the largest class probability per
+  row, ten quantile bins of the active's) differs from the active model's by a PSI
+  above ``max_confidence_psi``, on at least ``min_compared`` rows — a model that keeps
+  every label but not its calibration (0.51 where the active said 0.95);
 * where feedback labels exist (``min_feedback`` of them at least), its accuracy against
   them is more than ``max_feedback_accuracy_drop`` below the active model's.
 
@@ -60,6 +64,11 @@ class RoleHealth:
     output_psi: float = 0.0
     output_ks: float = 0.0
     output_samples: int = 0
+    # Candidate classifier: its confidence distribution against the active version's
+    # (samples 0: not a classifier).
+    confidence_psi: float = 0.0
+    confidence_ks: float = 0.0
+    confidence_samples: int = 0
 
     @property
     def error_rate(self) -> float:
@@ -75,6 +84,7 @@ class HealthPolicy:
     latency_floor_seconds: float = 0.005
     min_agreement: float = 0.6
     max_output_psi: float = 0.25
+    max_confidence_psi: float = 0.25
     min_feedback: int = 20
     max_feedback_accuracy_drop: float = 0.05
 
@@ -137,6 +147,19 @@ def _outputs(candidate: RoleHealth, policy: HealthPolicy) -> tuple[bool, str]:
     return candidate.output_psi > policy.max_output_psi, text
 
 
+def _confidence(candidate: RoleHealth, policy: HealthPolicy) -> tuple[bool, str] | None:
+    """A classifier's confidence distribution (calibration); None for a regressor."""
+    if not candidate.confidence_samples:
+        return None
+    if candidate.confidence_samples < policy.min_compared:
+        return False, f"confidence: {candidate.confidence_samples:,} rows, too few to compare"
+    text = (
+        f"confidence PSI {candidate.confidence_psi:.2f}, KS {candidate.confidence_ks:.2f}"
+        f" over {candidate.confidence_samples:,} rows (max PSI {policy.max_confidence_psi:g})"
+    )
+    return candidate.confidence_psi > policy.max_confidence_psi, text
+
+
 def _feedback(active: RoleHealth, candidate: RoleHealth, policy: HealthPolicy) -> tuple[bool, str]:
     if (
         candidate.feedback_accuracy is None
@@ -178,6 +201,9 @@ def judge(active: RoleHealth, candidate: RoleHealth, stage: str, policy: HealthP
         _outputs(candidate, policy),
         _feedback(active, candidate, policy),
     ]
+    confidence = _confidence(candidate, policy)
+    if confidence is not None:
+        checks.insert(-1, confidence)
     problems = tuple(text for failed, text in checks if failed)
     if problems:
         return Verdict(False, problems)

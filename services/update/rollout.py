@@ -38,7 +38,7 @@ from prometheus_client import Counter, Gauge
 
 from roost.common.v1 import common_pb2
 from roost.update.v1 import update_service_pb2 as pb
-from services.kit.errors import FailedPrecondition, NotFound, echo
+from services.kit.errors import FailedPrecondition, NotFound, RoostError, echo
 from services.modelstore.bundle import parse_version
 from services.modelstore.reader import SlotState, VersionInfo
 from services.modelstore.reader import Stage as StageName
@@ -186,6 +186,27 @@ def promote_step(name: str, state: SlotState, reason: str) -> Step:
     )
 
 
+def owner_promote_check(
+    name: str, state: SlotState, verdict: Verdict | None, *, force: bool
+) -> str:
+    """What an owner's (admin's) promotion records of the health gate: the verdict's
+    word (``gate: healthy|undecided|no verdict yet``); FailedPrecondition while the
+    verdict is failing, unless ``force`` (recorded as forced)."""
+    if verdict is None:
+        return "gate: no verdict yet"
+    if verdict.healthy is None:
+        return "gate: undecided"
+    if verdict.healthy:
+        return "gate: healthy"
+    if not force:
+        raise FailedPrecondition(
+            f"model {name}: the health gate's verdict on candidate {state.candidate} is"
+            f" failing ({verdict.summary()}), so the gate will roll it back; promote it"
+            " anyway only with force (admin: roost models promote --force)"
+        )
+    return "FORCED over the health gate's failing verdict"
+
+
 def rollback_step(name: str, state: SlotState, reason: str) -> Step:
     """Withdrawing the candidate; without one, restoring the previous version."""
     if state.candidate is not None:
@@ -305,13 +326,23 @@ class Rollout:
         self._stepped(name, step, state, automatic=automatic)
         return state
 
-    async def promote(self, name: str, *, automatic: bool, reason: str) -> SlotState:
+    async def promote(
+        self, name: str, *, automatic: bool, reason: str, force: bool = False
+    ) -> SlotState:
         """Makes the candidate active (the active version becomes previous). Recorded
         after the flip, so the log never holds a promotion that did not happen; if the
-        audit log does not take it, the flip is undone and the error raised."""
+        audit log does not take it, the flip is undone and the error raised.
+
+        An owner's promotion (not ``automatic``) reads the gate's verdict under the
+        model's lock and is refused while it is failing unless ``force``
+        (:func:`owner_promote_check`); the audit reason says what the verdict was."""
         async with self._lock(name):
             before = await self.state(name)
             step = promote_step(name, before, reason)
+            if not automatic:
+                step = replace(
+                    step, reason=f"{step.reason}; {await self._gate(name, before, force)}"
+                )
             model = await self._ref(name, step.version)
             state = await asyncio.to_thread(self._registry.promote, name)
             try:
@@ -322,6 +353,17 @@ class Rollout:
                 raise
         self._stepped(name, step, state, automatic=automatic)
         return state
+
+    async def _gate(self, name: str, state: SlotState, force: bool) -> str:
+        """:func:`owner_promote_check` on the verdict now; with ``force`` a verdict that
+        cannot be read (inference unreachable) does not stop the promotion."""
+        try:
+            verdict = await self.verdict(name, state)
+        except RoostError:
+            if not force:
+                raise
+            return "FORCED without a health-gate verdict (inference did not answer)"
+        return owner_promote_check(name, state, verdict, force=force)
 
     async def rollback(self, name: str, *, automatic: bool, reason: str) -> SlotState:
         """Withdraws the candidate, or restores the previous version."""

@@ -2,11 +2,12 @@
 installer, builds responses.
 
 Who may do what (``POLICY``, then :func:`owner_note`): reading is open to every
-identity that needs it; promoting, rolling back, starting a rollout and staging a
-release are owner actions — the admin identity (the CLI), or the hub relaying an
-owner's explicit Home Assistant action with its ``owner_request_id``, which goes into
-the audited reason. The hub cannot take these steps on its own; personalization may
-stage only local candidates.
+identity that needs it; rolling back, starting a rollout and staging a release are
+owner actions — the admin identity (the CLI), or the hub relaying an owner's explicit
+Home Assistant action with its ``owner_request_id``, which goes into the audited
+reason. The hub cannot take these steps on its own; personalization may stage only
+local candidates. Promoting is the admin's alone (Home Assistant never offers it), and
+refused while the health gate's verdict is failing unless the request forces it.
 
 The lifecycle itself (which steps are allowed, audited before they take effect, the
 health gate and the automatic schedule) is :mod:`services.update.rollout`; fetching and
@@ -62,7 +63,9 @@ POLICY: Policy = {
     # Personalization stages its local candidates; owners stage releases.
     _SVC + "Stage": _OPERATORS | {Role.PERSONALIZATION},
     _SVC + "StartRollout": _OPERATORS,
-    _SVC + "Promote": _OPERATORS,
+    # Admin only: Home Assistant offers Install (stage + shadow) and Roll back; the
+    # health gate promotes a healthy candidate by itself.
+    _SVC + "Promote": frozenset({Role.ADMIN}),
     _SVC + "Rollback": _OPERATORS,
     _SVC + "GetRolloutStatus": _READERS,
     _SVC + "CheckForUpdates": _READERS,
@@ -230,9 +233,16 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
 
     async def Promote(self, request: pb.PromoteRequest, context: Any) -> pb.PromoteResponse:
         name = _required_name(request.model_name)
-        note = owner_note(peer_role(context), request.owner_request_id, "promote")
+        role = peer_role(context)
+        if role != Role.ADMIN:  # POLICY says so too; this holds without the interceptor
+            raise PermissionDenied(
+                f"the {role} identity may not promote: Home Assistant offers Install and"
+                " Roll back, and the health gate promotes a healthy candidate; use the"
+                " admin identity (roost models promote)"
+            )
+        note = owner_note(role, request.owner_request_id, "promote")
         state = await self.rollout.promote(
-            name, automatic=False, reason=f"promoted by the owner{note}"
+            name, automatic=False, reason=f"promoted by the owner{note}", force=request.force
         )
         return pb.PromoteResponse(active=await self._active_pb(name, state))
 
@@ -284,6 +294,9 @@ class UpdateServicer(pb_grpc.UpdateServiceServicer):
                     output_psi=candidate.output_psi,
                     output_ks=candidate.output_ks,
                     output_samples=candidate.output_samples,
+                    confidence_psi=candidate.confidence_psi,
+                    confidence_ks=candidate.confidence_ks,
+                    confidence_samples=candidate.confidence_samples,
                     candidate_loaded=candidate.loaded,
                 )
             )

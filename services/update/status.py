@@ -54,6 +54,9 @@ def role_health(h: inf_pb.RoleHealth, generation: int = 0) -> RoleHealth:
         output_psi=float(h.output_psi),
         output_ks=float(h.output_ks),
         output_samples=int(h.output_samples),
+        confidence_psi=float(h.confidence_psi),
+        confidence_ks=float(h.confidence_ks),
+        confidence_samples=int(h.confidence_samples),
     )
 
 

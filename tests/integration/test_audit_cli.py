@@ -95,6 +95,18 @@ def test_an_auditor_session(
     assert "1 entries have redacted inputs" in out
     assert "consistent with your earlier checkpoint of 30 entries" in out
 
+    # A checkpoint held from after the export: the CLI names both sizes and both
+    # readings (an old export, or a log rolled back below the held checkpoint).
+    append(stack, [decision(i) for i in range(45, 50)])
+    newer = tmp_path / "newer.note"
+    assert roost(stack, "checkpoint", "--out", str(newer)) == 0
+    capsys.readouterr()
+    assert roost(stack, "verify", str(bundle), "--pubkey", vkey, "--previous", str(newer)) == 1
+    err = capsys.readouterr().err
+    assert "has tree size 51, larger than the bundle's 46" in err
+    assert "export again" in err
+    assert "rolled back or forked below tree size 51" in err
+
     # An entity's export verifies on its own too.
     part = tmp_path / "part.jsonl"
     assert roost(stack, "export", str(part), "--entity", "light.room_2") == 0

@@ -1,8 +1,9 @@
 """Who may do what to the real update service: every method x every role, over mTLS.
 
-Everyone who needs it reads. Promoting, rolling back, starting a rollout and staging a
-release are owner actions: the admin identity, or the hub relaying an owner's request
+Everyone who needs it reads. Rolling back, starting a rollout and staging a release are
+owner actions: the admin identity, or the hub relaying an owner's request
 (``owner_request_id``) — never the hub by itself, whatever it sends otherwise.
+Promoting (forced or not) is the admin's alone: Home Assistant never offers it.
 Personalization stages local candidates only.
 """
 
@@ -101,7 +102,14 @@ CASES: dict[str, tuple[str, Call, set[Role]]] = {
     "Promote, owner's request": (
         "Promote",
         lambda s: s.Promote(pb.PromoteRequest(model_name=NAME, owner_request_id=OWNER), timeout=10),
-        RELAYED,
+        OWNER_STEP,
+    ),
+    "Promote, forced": (
+        "Promote",
+        lambda s: s.Promote(
+            pb.PromoteRequest(model_name=NAME, owner_request_id=OWNER, force=True), timeout=10
+        ),
+        OWNER_STEP,
     ),
     "Rollback": (
         "Rollback",
@@ -179,16 +187,32 @@ async def test_the_hub_cannot_walk_a_release_to_active_by_itself(update: Stack) 
     with contextlib.suppress(grpc.aio.AioRpcError):  # whatever the table left staged
         await admin.Rollback(pb.RollbackRequest(model_name=NAME), timeout=10)
     before = await admin.GetRolloutStatus(pb.GetRolloutStatusRequest(model_name=NAME), timeout=10)
-    for call in (
-        hub.Stage(pb.StageRequest(model_name=NAME, version="1.1.0"), timeout=30),
-        hub.StartRollout(_shadow(), timeout=10),
-        hub.Promote(pb.PromoteRequest(model_name=NAME), timeout=10),
-        hub.Rollback(pb.RollbackRequest(model_name=NAME, reason="x"), timeout=10),
+    for call, why in (
+        (
+            hub.Stage(pb.StageRequest(model_name=NAME, version="1.1.0"), timeout=30),
+            "only to relay an owner's explicit request",
+        ),
+        (hub.StartRollout(_shadow(), timeout=10), "only to relay an owner's explicit request"),
+        (
+            hub.Promote(pb.PromoteRequest(model_name=NAME), timeout=10),
+            "role 'hub' is not allowed to call this method",
+        ),
+        # Not even with an owner's request: Home Assistant never offers Promote.
+        (
+            hub.Promote(
+                pb.PromoteRequest(model_name=NAME, owner_request_id=OWNER, force=True), timeout=10
+            ),
+            "role 'hub' is not allowed to call this method",
+        ),
+        (
+            hub.Rollback(pb.RollbackRequest(model_name=NAME, reason="x"), timeout=10),
+            "only to relay an owner's explicit request",
+        ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await call
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert "only to relay an owner's explicit request" in (e.value.details() or "")
+        assert why in (e.value.details() or "")
     after = await admin.GetRolloutStatus(pb.GetRolloutStatusRequest(model_name=NAME), timeout=10)
     assert after == before
 

@@ -11,12 +11,16 @@ test modules share (the ``rendered`` fixture is in tests/unit/k3s/conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import ipaddress
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,13 +28,17 @@ from typing import Any
 import pytest
 
 from hub.config import HubConfig
+from services.audit.config import AuditConfig
+from services.audit.witness_client import parse_witnesses
 from services.kit.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 K3S = ROOT / "k3s"
 OVERLAYS = ("edge", "dev")
 # What the tests render: the overlays, and the edge overlay with each opt-in component.
-RENDERINGS = (*OVERLAYS, "edge+fleet", "edge+mqtt-tls")
+RENDERINGS = (*OVERLAYS, "edge+fleet", "edge+mqtt-tls", "edge+witness-egress")
+# The opt-in components rendered with the edge overlay (tests/unit/k3s/conftest.py).
+COMPONENTS = ("fleet", "mqtt-tls", "witness-egress")
 # The broker's port with components/mqtt-tls (TLS only; 1883 without it).
 MQTT_TLS_PORT = 8883
 # k3s v1.36 (the current k3s release line); kubernetes-validate ships strict schemas
@@ -245,17 +253,81 @@ def digest_problems(objs: list[dict[str, Any]], *, placeholder_ok: bool) -> list
     return problems
 
 
+# ---------------------------------------------------------------- audit witnesses
+
+# The placeholder of k3s/components/witness-egress/witnesses.yaml.
+PLACEHOLDER_SITE = "SET-ME"
+
+
+def _url_port(url: str) -> int:
+    parts = urllib.parse.urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def witness_problems(objs: list[dict[str, Any]], *, placeholder_ok: bool) -> list[str]:
+    """What keeps the audit pod's witnesses (components/witness-egress) from being exactly
+    reachable: a witness entry that does not parse (or is still the placeholder, unless
+    ``placeholder_ok``), or ipBlock egress of the audit pod that is wider than one address,
+    on another port than the witnesses' URLs, or to another address than a URL's IP; and
+    witnesses configured with no egress to reach them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_role_config(objs, "audit", AuditConfig, Path(tmp))
+    problems: list[str] = []
+    urls: list[str] = []
+    if any(PLACEHOLDER_SITE in w for w in cfg.witnesses):
+        if not placeholder_ok:
+            problems.append("audit witnesses: still the placeholder (witnesses.yaml)")
+        urls = [w.split(" ", 1)[0] for w in cfg.witnesses]
+    else:
+        try:
+            urls = [peer.url for peer in parse_witnesses(cfg.witnesses)]
+        except ValueError as exc:
+            problems.append(f"audit witnesses: {exc}")
+    ports = {_url_port(u) for u in urls}
+    literals = set()
+    for u in urls:
+        # A name instead of an IP: its address is the site's to give.
+        with contextlib.suppress(ValueError):
+            literals.add(ipaddress.ip_network(urllib.parse.urlsplit(u).hostname or ""))
+    blocks = []
+    for pol in of_kind(objs, "NetworkPolicy"):
+        selector = pol["spec"]["podSelector"].get("matchLabels", {})
+        if selector.get("app.kubernetes.io/name") != "roost-audit":
+            continue
+        name = pol["metadata"]["name"]
+        for rule in pol["spec"].get("egress", []):
+            for peer in rule.get("to", []):
+                if "ipBlock" not in peer:
+                    continue
+                net = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                blocks.append(net)
+                if net.num_addresses != 1 or peer["ipBlock"].get("except"):
+                    problems.append(f"{name}: egress to {net}, wider than one address")
+                rule_ports = [p.get("port") for p in rule.get("ports", [])]
+                if len(rule_ports) != 1 or rule_ports[0] not in ports:
+                    problems.append(f"{name}: egress to {net} on {rule_ports}, not a witness port")
+    problems += [
+        f"a witness URL names {ip}, which no egress allows" for ip in literals - set(blocks)
+    ]
+    if urls and not blocks:
+        problems.append("audit witnesses configured, but no egress lets the audit pod reach them")
+    return problems
+
+
 def main(argv: list[str]) -> int:
     """``python -m tests.support.k3s OVERLAY``: before applying an overlay, refuse one with
-    an image not pinned by a real digest (``make k3s-check``)."""
+    an image not pinned by a real digest, or with audit witnesses (components/witness-egress)
+    still the placeholder or not exactly reachable (``make k3s-check``)."""
     (overlay,) = argv
-    problems = digest_problems(render(find_kubectl(), Path(overlay)), placeholder_ok=False)
+    objs = render(find_kubectl(), Path(overlay))
+    problems = digest_problems(objs, placeholder_ok=False)
+    problems += witness_problems(objs, placeholder_ok=False)
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
-        print(f"{overlay}: NOT ready: {len(problems)} image(s) not pinned", file=sys.stderr)
+        print(f"{overlay}: NOT ready: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"{overlay}: every image pinned by digest")
+    print(f"{overlay}: every image pinned by digest; audit witnesses, if any, reachable")
     return 0
 
 

@@ -18,6 +18,7 @@ from services.audit.bundle_format import ExportFilters
 from services.audit.checkpoint import NoteSigner
 from services.audit.export import iter_bundle
 from services.audit.store import AuditStore
+from services.kit import timestamps
 from services.kit.errors import InvalidArgument
 from tests.support.audit_bundles import ORIGIN, sign, verify
 from tests.support.audit_records import decision, largest_decision
@@ -93,7 +94,10 @@ OVER: list[tuple[str, Change]] = [
     ("explanation[2].feature", _attribution(2, feature="f" * N)),
     ("explanation[5].attribution", _attribution(5, attribution=math.nan)),
     ("explanation[0].attribution", _attribution(0, attribution=math.inf)),
-    ("decided_at", lambda d: setattr(d.decided_at, "seconds", limits.MAX_TIMESTAMP_SECONDS + 1)),
+    (
+        "decided_at",
+        lambda d: setattr(d.decided_at, "seconds", timestamps.MAX_TIMESTAMP_SECONDS + 1),
+    ),
     ("decided_at", lambda d: setattr(d.decided_at, "nanos", -1)),
     ("inputs.salt", lambda d: setattr(d.inputs, "salt", b"\x01" * 32)),
     ("inputs_digest", _set("inputs_digest", "ab" * 32)),
@@ -141,9 +145,9 @@ def test_values_at_the_edges_of_their_ranges_are_accepted() -> None:
         d = decision(1, with_inputs=False)
         d.confidence = confidence
         d.output_values[:] = [-3.4e38, 0.0, 3.4e38]
-        d.decided_at.seconds = limits.MIN_TIMESTAMP_SECONDS
+        d.decided_at.seconds = timestamps.MIN_TIMESTAMP_SECONDS
         records.prepare([d])
-    d.decided_at.seconds = limits.MAX_TIMESTAMP_SECONDS
+    d.decided_at.seconds = timestamps.MAX_TIMESTAMP_SECONDS
     d.decided_at.nanos = 999_999_999
     records.prepare([d])
 

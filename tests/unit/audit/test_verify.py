@@ -383,7 +383,11 @@ def test_previous_checkpoint_newer_than_bundle(
     rejects(
         old,
         signer,
-        "previous checkpoint #1 has tree size 20, larger than the bundle's 8",
+        r"^previous checkpoint #1 has tree size 20, larger than the bundle's 8\. Either the"
+        r" bundle was exported before you got that checkpoint \(export again, with"
+        r" --previous, and verify the new bundle\), or the log was rolled back or forked"
+        r" below tree size 20 since it signed that checkpoint: a serious finding\. A fresh"
+        r" export whose tree size is still below 20 means the latter$",
         previous_checkpoints=[sign(shared_store, signer)],
     )
 

@@ -12,7 +12,7 @@ import pytest
 from roost.inference.v1 import inference_service_pb2 as pb
 from services.inference.app import InferenceApp
 from services.inference.monitor import agreement
-from services.inference.outputs import output_shift
+from services.inference.outputs import OutputShift, output_shift, summaries
 from services.kit.errors import FailedPrecondition
 from services.modelstore.registry import Registry
 from tests.support.onnx_models import linear_model
@@ -155,17 +155,50 @@ async def test_ab_starts_a_fresh_window_and_compares_output_distributions(
     assert (c.predictions, c.output_samples) == (300, 300)
 
 
+def _rows(labels: list[float], confidence: float) -> np.ndarray:
+    """Classifier summaries: (label index, confidence) per row."""
+    return np.column_stack([labels, np.full(len(labels), confidence)])
+
+
 def test_output_shift_sees_inverted_labels_and_shifted_forecasts(tmp_path: Path) -> None:
     m = linear_model(tmp_path, [1.0]).manifest
-    mostly_vacant = np.array([0.0] * 90 + [1.0] * 10)
-    psi, ks = output_shift(m, mostly_vacant, 1.0 - mostly_vacant)
-    assert psi > 1.0
-    assert ks == pytest.approx(0.8)
-    assert output_shift(m, mostly_vacant, mostly_vacant[::-1].copy()) == (0.0, 0.0)
+    labels = [0.0] * 90 + [1.0] * 10
+    mostly_vacant = _rows(labels, 0.9)
+    shift = output_shift(m, mostly_vacant, _rows([1.0 - v for v in labels], 0.9))
+    assert shift.psi > 1.0
+    assert shift.ks == pytest.approx(0.8)
+    same = output_shift(m, mostly_vacant, _rows(labels[::-1], 0.9))
+    assert (same.psi, same.ks, same.confidence_psi, same.confidence_samples) == (0, 0, 0, 100)
     regressor = dataclasses.replace(m, task_kind="regression")
-    forecasts = np.random.default_rng(5).normal(20.0, 1.0, size=1000)
-    assert output_shift(regressor, forecasts, forecasts + 0.01)[0] < 0.05
-    psi, ks = output_shift(regressor, forecasts, forecasts + 3.0)
-    assert psi > 1.0
-    assert ks > 0.8
-    assert output_shift(m, mostly_vacant, np.empty(0)) == (0.0, 0.0)
+    forecasts = np.random.default_rng(5).normal(20.0, 1.0, size=(1000, 1))
+    assert output_shift(regressor, forecasts, forecasts + 0.01).psi < 0.05
+    shift = output_shift(regressor, forecasts, forecasts + 3.0)
+    assert shift.psi > 1.0
+    assert shift.ks > 0.8
+    assert shift.confidence_samples == 0  # no confidence for a regressor
+    assert output_shift(m, mostly_vacant, np.empty(0)) == OutputShift()
+
+
+def test_a_classifier_that_keeps_its_labels_but_collapses_its_confidence(
+    tmp_path: Path,
+) -> None:
+    """Same label on every row, but 0.51 where the active version said ~0.95: the label
+    shares see nothing, the confidence distribution does."""
+    m = linear_model(tmp_path, [1.0]).manifest
+    rng = np.random.default_rng(7)
+    active_out = np.column_stack([rng.uniform(0.85, 1.0, 500), np.zeros(500)])
+    active_out[:, 1] = 1.0 - active_out[:, 0]
+    active_out[::4] = active_out[::4, ::-1]  # a quarter of the rows the other label
+    collapsed = np.where(active_out > 0.5, 0.51, 0.49)
+    a = summaries(m, active_out.astype(np.float32))
+    c = summaries(m, collapsed.astype(np.float32))
+    assert (a[:, 0] == c[:, 0]).all()  # every label kept
+    shift = output_shift(m, a, c)
+    assert (shift.psi, shift.ks) == (0.0, 0.0)
+    assert shift.confidence_psi > 1.0
+    assert shift.confidence_ks >= 0.85  # every row below the lowest decile edge
+    assert shift.confidence_samples == 500
+    # The same model against itself, other rows: well under the gate's 0.25.
+    again = np.column_stack([rng.uniform(0.85, 1.0, 500), np.zeros(500)])
+    again[:, 1] = 1.0 - again[:, 0]
+    assert output_shift(m, a, summaries(m, again.astype(np.float32))).confidence_psi < 0.1

@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from tests.support.k3s import K3S, OVERLAYS, find_kubectl, overlay_copy, render, yaml_module
+from tests.support.k3s import (
+    COMPONENTS,
+    K3S,
+    OVERLAYS,
+    find_kubectl,
+    overlay_copy,
+    render,
+    yaml_module,
+)
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +23,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
     kubectl = find_kubectl()
     yaml_module()
     out = {name: render(kubectl, K3S / "overlays" / name) for name in OVERLAYS}
-    for component in ("fleet", "mqtt-tls"):
+    for component in COMPONENTS:
         d = overlay_copy(tmp_path_factory.mktemp(f"edge-{component}"), "edge", component)
         out[f"edge+{component}"] = render(kubectl, d)
     return out

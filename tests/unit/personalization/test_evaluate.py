@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import numpy.typing as npt
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from roost.personalization.v1 import personalization_service_pb2 as pb
 from services.kit.auth import Role
@@ -192,6 +193,14 @@ async def test_no_labels_scores_count_zero_without_calling_inference(fx: Fixture
                 model_name="occupancy", versions=["good"], sources=[pb.LABEL_SOURCE_UNSPECIFIED]
             ),
             "sources",
+        ),
+        (
+            pb.EvaluateVersionsRequest(
+                model_name="occupancy",
+                versions=["good"],
+                since=Timestamp(seconds=253_402_300_800),  # year 10000
+            ),
+            r"^since: not a valid timestamp",
         ),
     ],
 )

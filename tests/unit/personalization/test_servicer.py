@@ -10,6 +10,7 @@ import pytest
 
 from roost.personalization.v1 import personalization_service_pb2 as pb
 from services.kit.errors import InvalidArgument
+from services.kit.tensors import array_to_tensor
 from services.personalization.job_manager import JobManager
 from services.personalization.job_table import JobRecord, JobTable
 from services.personalization.learning_mode import LearningMode
@@ -17,6 +18,7 @@ from services.personalization.ledger import PrivacyLedger
 from services.personalization.ledger_records import Mechanism
 from services.personalization.servicer import PersonalizationServicer
 from services.personalization.store import ExampleStore
+from tests.support.occupancy_rows import synthetic_occupancy
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 RUN = Mechanism.dp_sgd(noise_multiplier=2.0, sample_rate=0.01, steps=10)
@@ -133,3 +135,33 @@ async def test_ledger_entries_page_newest_first_and_tokens_stay_in_their_scope(
         )
     with pytest.raises(InvalidArgument, match="page_size"):
         await servicer.ListLedgerEntries(pb.ListLedgerEntriesRequest(page_size=101), None)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [(253_402_300_800, 0), (-62_135_596_801, 0), (0, -1), (0, 1_000_000_000), (2**62, 0)],
+)
+async def test_an_invalid_observed_at_is_invalid_argument_naming_the_field(
+    servicer: PersonalizationServicer, store: ExampleStore, seconds: int, nanos: int
+) -> None:
+    # protobuf's ToDatetime raises ValueError on these, which the kit would turn into
+    # INTERNAL; the kit's timestamp check names the field (never the value).
+    x, labels = synthetic_occupancy(2, seed=3)
+    good, bad = (
+        pb.Example(input=array_to_tensor(r), label=lab) for r, lab in zip(x, labels, strict=True)
+    )
+    good.observed_at.FromDatetime(T0)
+    bad.observed_at.seconds = seconds
+    bad.observed_at.nanos = nanos
+    request = pb.AddExamplesRequest(
+        model_name="occupancy", source=pb.LABEL_SOURCE_SENSOR, examples=[good, bad]
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        await servicer.AddExamples(request, None)
+    assert str(refused.value) == (
+        "examples[1].observed_at: not a valid timestamp (years 1 to 9999, nanos 0 to 999999999)"
+    )
+    assert store.count("occupancy") == 0  # the good example of the request is not kept either
+    # The same request with a valid time is taken.
+    request.examples[1].observed_at.FromDatetime(T0 + timedelta(minutes=1))  # a copy of bad
+    assert (await servicer.AddExamples(request, None)).added == 2

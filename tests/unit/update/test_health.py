@@ -88,6 +88,32 @@ def test_a_shifted_output_distribution_fails_without_any_label() -> None:
     assert judge(ACTIVE, few, "ab", POLICY).healthy is True  # too few rows to compare
 
 
+def test_a_collapsed_confidence_fails_although_every_label_is_kept() -> None:
+    """A classifier with the active model's label shares (output PSI 0) but its
+    confidence collapsed: the calibration check fails it, naming the figures."""
+    collapsed = candidate(
+        predictions=500,
+        output_psi=0.0,
+        output_samples=500,
+        confidence_psi=8.3,
+        confidence_ks=0.9,
+        confidence_samples=500,
+    )
+    v = judge(ACTIVE, collapsed, "ab", POLICY)
+    assert v.healthy is False
+    assert v.reasons == ("confidence PSI 8.30, KS 0.90 over 500 rows (max PSI 0.25)",)
+    calibrated = candidate(
+        predictions=500, output_samples=500, confidence_psi=0.05, confidence_samples=500
+    )
+    v = judge(ACTIVE, calibrated, "ab", POLICY)
+    assert v.healthy is True
+    assert "; confidence PSI 0.05, KS 0.00 over 500 rows (max PSI 0.25); feedback" in v.summary()
+    few = candidate(predictions=500, confidence_psi=8.3, confidence_samples=50)
+    assert judge(ACTIVE, few, "ab", POLICY).healthy is True  # too few rows to compare
+    # A regressor (no confidence samples) is not judged on it, nor says it was.
+    assert "confidence" not in judge(ACTIVE, candidate(predictions=500), "ab", POLICY).summary()
+
+
 def test_the_healthy_verdict_says_what_it_rests_on() -> None:
     good = candidate(predictions=4884, compared=4884, errors=0, output_samples=4884)
     text = judge(ACTIVE, good, "shadow", POLICY).summary()

@@ -233,7 +233,7 @@ async def test_every_step_is_audited_before_it_is_applied(tmp_path: Path) -> Non
     ]
     assert [d.policy.reason for d in env.audit.decisions][-3:] == [
         "due",
-        "by hand",
+        "by hand; gate: healthy",  # an owner's promotion records the verdict
         "changed my mind",
     ]
 

@@ -15,17 +15,20 @@ from services.kit.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unavailable,
 )
 from services.modelstore.registry import Registry
-from services.update.health import HealthPolicy
-from services.update.servicer import UpdateServicer
+from services.update.health import HealthPolicy, RoleHealth
+from services.update.servicer import POLICY, UpdateServicer
 from services.update.trail import Trail
 from tests.support.update_fakes import (
     ACTIVE,
+    APPLIED,
     CANDIDATE,
     FakeAudit,
     FakeFeedback,
     FakeStatus,
+    ShadowStatus,
     registry_with_candidate,
 )
 
@@ -256,7 +259,8 @@ async def test_lifecycle_responses(tmp_path: Path) -> None:
     # The shipped 1.0.0 is not a signed release.
     assert (rolled.active.model.version, rolled.active.source) == (ACTIVE, pb.SOURCE_SHIPPED)
     assert [d.policy.reason for d in audit.decisions][1:] == [
-        "promoted by the owner",
+        # FakeStatus has no rows compared in shadow: too few to judge.
+        "promoted by the owner; gate: undecided",
         "rolled back by the owner",
     ]
 
@@ -271,7 +275,6 @@ async def test_the_hub_takes_owner_steps_only_with_an_owner_request(tmp_path: Pa
     shadow = pb.StartRolloutRequest(model_name="occupancy", stage=pb.ROLLOUT_STAGE_SHADOW)
     for call in (
         lambda: servicer.StartRollout(shadow, hub),
-        lambda: servicer.Promote(pb.PromoteRequest(model_name="occupancy"), hub),
         lambda: servicer.Rollback(pb.RollbackRequest(model_name="occupancy"), hub),
         lambda: servicer.Stage(pb.StageRequest(model_name="occupancy", version="9.0.0"), hub),
     ):
@@ -280,13 +283,103 @@ async def test_the_hub_takes_owner_steps_only_with_an_owner_request(tmp_path: Pa
     assert registry.state("occupancy") == before
     assert audit.decisions == []
     with pytest.raises(InvalidArgument, match="owner_request_id: 1-64 characters"):
-        await servicer.Promote(
-            pb.PromoteRequest(model_name="occupancy", owner_request_id="x" * 65), hub
+        await servicer.StartRollout(
+            pb.StartRolloutRequest(
+                model_name="occupancy",
+                stage=pb.ROLLOUT_STAGE_SHADOW,
+                owner_request_id="x" * 65,
+            ),
+            hub,
         )
     shadow.owner_request_id = "ha-1f2e"
     await servicer.StartRollout(shadow, hub)
-    await servicer.Promote(pb.PromoteRequest(model_name="occupancy", owner_request_id="ha-2"), hub)
+    rollback = pb.RollbackRequest(model_name="occupancy", owner_request_id="ha-2")
+    await servicer.Rollback(rollback, hub)
     assert [d.policy.reason for d in audit.decisions] == [
         "started by the owner (owner request ha-1f2e relayed by the hub)",
-        "promoted by the owner (owner request ha-2 relayed by the hub)",
+        "rolled back by the owner (owner request ha-2 relayed by the hub)",
+    ]
+
+
+async def test_the_hub_never_promotes_not_even_for_an_owner(tmp_path: Path) -> None:
+    """Home Assistant offers Install and Roll back, never Promote: the hub's Promote is
+    refused with or without an owner's request id or force, and nothing is audited."""
+    registry = registry_with_candidate(tmp_path, "shadow")
+    servicer, audit = make_servicer(registry)
+    before = registry.state("occupancy")
+    for request in (
+        pb.PromoteRequest(model_name="occupancy"),
+        pb.PromoteRequest(model_name="occupancy", owner_request_id="ha-2"),
+        pb.PromoteRequest(model_name="occupancy", owner_request_id="ha-2", force=True),
+    ):
+        with pytest.raises(PermissionDenied, match="the hub identity may not promote"):
+            await servicer.Promote(request, Context(Role.HUB))
+    assert registry.state("occupancy") == before
+    assert audit.decisions == []
+    assert POLICY["/roost.update.v1.UpdateService/Promote"] == frozenset({Role.ADMIN})
+
+
+class FailingShadow(FakeStatus):
+    """A candidate in shadow that errs on a third of the inputs: the gate fails it."""
+
+    async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
+        return (
+            RoleHealth(ACTIVE, predictions=1000, errors=0, p99_seconds=0.001),
+            RoleHealth(
+                CANDIDATE, 400, 200, 0.001, agreement=0.97, compared=400, generation=APPLIED
+            ),
+        )
+
+
+async def test_an_owner_cannot_promote_a_failing_candidate_without_force(tmp_path: Path) -> None:
+    registry = registry_with_candidate(tmp_path, "shadow")
+    servicer, audit = make_servicer(registry)
+    servicer.rollout.status = FailingShadow()
+    admin = Context(Role.ADMIN)
+    before = registry.state("occupancy")
+    with pytest.raises(FailedPrecondition) as refused:
+        await servicer.Promote(pb.PromoteRequest(model_name="occupancy"), admin)
+    assert str(refused.value).startswith(
+        f"model occupancy: the health gate's verdict on candidate {CANDIDATE} is failing"
+        " (unhealthy: "
+    )
+    assert "roost models promote --force" in str(refused.value)
+    assert registry.state("occupancy") == before
+    assert audit.decisions == []
+    # Forced by the admin: promoted, and the audit log says it was forced.
+    promoted = await servicer.Promote(pb.PromoteRequest(model_name="occupancy", force=True), admin)
+    assert promoted.active.model.version == CANDIDATE
+    assert [d.policy.reason for d in audit.decisions] == [
+        "promoted by the owner; FORCED over the health gate's failing verdict"
+    ]
+
+
+async def test_an_owner_promotion_records_the_gate_verdict(tmp_path: Path) -> None:
+    servicer, audit = make_servicer(registry_with_candidate(tmp_path, "shadow"))
+    servicer.rollout.status = ShadowStatus()
+    await servicer.Promote(
+        pb.PromoteRequest(model_name="occupancy", owner_request_id="cli-7"), Context(Role.ADMIN)
+    )
+    assert [d.policy.reason for d in audit.decisions] == [
+        "promoted by the owner (admin, request cli-7); gate: healthy"
+    ]
+
+
+class Unreachable(FakeStatus):
+    async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
+        raise Unavailable("inference: GetModelStatus: connection refused")
+
+
+async def test_without_a_verdict_only_force_promotes(tmp_path: Path) -> None:
+    registry = registry_with_candidate(tmp_path, "shadow")
+    servicer, audit = make_servicer(registry)
+    servicer.rollout.status = Unreachable()
+    admin = Context(Role.ADMIN)
+    with pytest.raises(Unavailable):
+        await servicer.Promote(pb.PromoteRequest(model_name="occupancy"), admin)
+    assert registry.state("occupancy").candidate == CANDIDATE
+    await servicer.Promote(pb.PromoteRequest(model_name="occupancy", force=True), admin)
+    assert registry.state("occupancy").active == CANDIDATE
+    assert [d.policy.reason for d in audit.decisions] == [
+        "promoted by the owner; FORCED without a health-gate verdict (inference did not answer)"
     ]

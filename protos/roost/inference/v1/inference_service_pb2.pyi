@@ -516,6 +516,9 @@ class RoleHealth(_message.Message):
     OUTPUT_PSI_FIELD_NUMBER: _builtins.int
     OUTPUT_KS_FIELD_NUMBER: _builtins.int
     OUTPUT_SAMPLES_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_PSI_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_KS_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_SAMPLES_FIELD_NUMBER: _builtins.int
     loaded: _builtins.bool
     """Whether this version is loaded and running (a staged candidate, or one that
     failed to load, is not).
@@ -551,6 +554,14 @@ class RoleHealth(_message.Message):
     output_ks: _builtins.float
     output_samples: _builtins.int
     """Candidate only: answered rows the output comparison rests on."""
+    confidence_psi: _builtins.float
+    """Candidate classifier only: its confidence (the largest class probability per row)
+    against the active version's, PSI and KS over ten quantile bins of the active
+    confidences: a model that keeps the labels but not their confidence (calibration).
+    """
+    confidence_ks: _builtins.float
+    confidence_samples: _builtins.int
+    """Rows the confidence comparison rests on (0: not a classifier, or no rows)."""
     @_builtins.property
     def model(self) -> _common_pb2.ModelRef:
         """The version in this role. `sha256` is empty when it is not loaded."""
@@ -572,10 +583,13 @@ class RoleHealth(_message.Message):
         output_psi: _builtins.float = ...,
         output_ks: _builtins.float = ...,
         output_samples: _builtins.int = ...,
+        confidence_psi: _builtins.float = ...,
+        confidence_ks: _builtins.float = ...,
+        confidence_samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_rate", b"agreement_rate", "compared", b"compared", "error_rate", b"error_rate", "errors", b"errors", "latency_p50_seconds", b"latency_p50_seconds", "latency_p99_seconds", b"latency_p99_seconds", "loaded", b"loaded", "model", b"model", "non_finite", b"non_finite", "output_ks", b"output_ks", "output_psi", b"output_psi", "output_samples", b"output_samples", "paired_latency_ratio", b"paired_latency_ratio", "predictions", b"predictions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_rate", b"agreement_rate", "compared", b"compared", "confidence_ks", b"confidence_ks", "confidence_psi", b"confidence_psi", "confidence_samples", b"confidence_samples", "error_rate", b"error_rate", "errors", b"errors", "latency_p50_seconds", b"latency_p50_seconds", "latency_p99_seconds", b"latency_p99_seconds", "loaded", b"loaded", "model", b"model", "non_finite", b"non_finite", "output_ks", b"output_ks", "output_psi", b"output_psi", "output_samples", b"output_samples", "paired_latency_ratio", b"paired_latency_ratio", "predictions", b"predictions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,19 +26,19 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from roost.common.v1 import common_pb2 as roost_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$roost/update/v1/update_service.proto\x12\x0froost.update.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1croost/common/v1/common.proto\"\xcc\x01\n\x0cModelVersion\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12#\n\x04slot\x18\x02 \x01(\x0e\x32\x15.roost.update.v1.Slot\x12\'\n\x06source\x18\x03 \x01(\x0e\x32\x17.roost.update.v1.Source\x12-\n\tstaged_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrelease_notes\x18\x05 \x01(\t\"P\n\x13ListVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x14ListVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.roost.update.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"|\n\x0cStageRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0clocal_bundle\x18\x03 \x01(\x0c\x12\x17\n\x0flocal_signature\x18\x04 \x01(\x0c\x12\x18\n\x10owner_request_id\x18\x05 \x01(\t\">\n\rStageResponse\x12-\n\x06staged\x18\x01 \x01(\x0b\x32\x1d.roost.update.v1.ModelVersion\"\x8a\x01\n\x13StartRolloutRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12,\n\x05stage\x18\x02 \x01(\x0e\x32\x1d.roost.update.v1.RolloutStage\x12\x17\n\x0f\x63\x61ndidate_share\x18\x03 \x01(\x02\x12\x18\n\x10owner_request_id\x18\x04 \x01(\t\"F\n\x14StartRolloutResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.roost.update.v1.RolloutStatus\">\n\x0ePromoteRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x18\n\x10owner_request_id\x18\x02 \x01(\t\"@\n\x0fPromoteResponse\x12-\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x1d.roost.update.v1.ModelVersion\"O\n\x0fRollbackRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x18\n\x10owner_request_id\x18\x03 \x01(\t\"A\n\x10RollbackResponse\x12-\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x1d.roost.update.v1.ModelVersion\"\xff\x03\n\x10HealthComparison\x12\x19\n\x11\x61\x63tive_error_rate\x18\x01 \x01(\x01\x12\x1c\n\x14\x63\x61ndidate_error_rate\x18\x02 \x01(\x01\x12\"\n\x1a\x61\x63tive_p99_latency_seconds\x18\x03 \x01(\x01\x12%\n\x1d\x63\x61ndidate_p99_latency_seconds\x18\x04 \x01(\x01\x12\x11\n\tagreement\x18\x05 \x01(\x01\x12 \n\x18\x61\x63tive_feedback_accuracy\x18\x06 \x01(\x01\x12#\n\x1b\x63\x61ndidate_feedback_accuracy\x18\x07 \x01(\x01\x12\x1c\n\x14\x63ompared_predictions\x18\x08 \x01(\x04\x12\x1d\n\x15\x61\x63tive_feedback_count\x18\t \x01(\x04\x12 \n\x18\x63\x61ndidate_feedback_count\x18\n \x01(\x04\x12\x1d\n\x15\x63\x61ndidate_predictions\x18\x0b \x01(\x04\x12\x18\n\x10\x63\x61ndidate_errors\x18\x0c \x01(\x04\x12\x1c\n\x14\x63\x61ndidate_non_finite\x18\r \x01(\x04\x12\x12\n\noutput_psi\x18\x0e \x01(\x01\x12\x11\n\toutput_ks\x18\x0f \x01(\x01\x12\x16\n\x0eoutput_samples\x18\x10 \x01(\x04\x12\x18\n\x10\x63\x61ndidate_loaded\x18\x11 \x01(\x08\"\xda\x02\n\rRolloutStatus\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12,\n\x05stage\x18\x02 \x01(\x0e\x32\x1d.roost.update.v1.RolloutStage\x12)\n\x06\x61\x63tive\x18\x03 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12,\n\tcandidate\x18\x04 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x17\n\x0f\x63\x61ndidate_share\x18\x05 \x01(\x02\x12\x31\n\x06health\x18\x06 \x01(\x0b\x32!.roost.update.v1.HealthComparison\x12\x34\n\x10stage_started_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07verdict\x18\x08 \x01(\t\x12\x1b\n\x13rolled_back_version\x18\t \x01(\t\"-\n\x17GetRolloutStatusRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"J\n\x18GetRolloutStatusResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.roost.update.v1.RolloutStatus\"?\n\x16\x43heckForUpdatesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"h\n\x0f\x41vailableUpdate\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x14\n\x0clength_bytes\x18\x02 \x01(\x04\x12\x15\n\rrelease_notes\x18\x03 \x01(\t\"e\n\x17\x43heckForUpdatesResponse\x12\x31\n\x07updates\x18\x01 \x03(\x0b\x32 .roost.update.v1.AvailableUpdate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\x14\n\x0cks_statistic\x18\x03 \x01(\x01\x12\r\n\x05\x61lert\x18\x04 \x01(\x08\"L\n\x0fGetDriftRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x10GetDriftResponse\x12/\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1d.roost.update.v1.FeatureDrift\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*c\n\x04Slot\x12\x14\n\x10SLOT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSLOT_ACTIVE\x10\x01\x12\x12\n\x0eSLOT_CANDIDATE\x10\x02\x12\x11\n\rSLOT_PREVIOUS\x10\x03\x12\r\n\tSLOT_NONE\x10\x04*V\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0e\n\nSOURCE_TUF\x10\x01\x12\x10\n\x0cSOURCE_LOCAL\x10\x02\x12\x12\n\x0eSOURCE_SHIPPED\x10\x03*\xb2\x01\n\x0cRolloutStage\x12\x1d\n\x19ROLLOUT_STAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14ROLLOUT_STAGE_STAGED\x10\x01\x12\x18\n\x14ROLLOUT_STAGE_SHADOW\x10\x02\x12\x14\n\x10ROLLOUT_STAGE_AB\x10\x03\x12\x1a\n\x16ROLLOUT_STAGE_PROMOTED\x10\x04\x12\x1d\n\x19ROLLOUT_STAGE_ROLLED_BACK\x10\x05\x32\xd0\x05\n\rUpdateService\x12[\n\x0cListVersions\x12$.roost.update.v1.ListVersionsRequest\x1a%.roost.update.v1.ListVersionsResponse\x12\x46\n\x05Stage\x12\x1d.roost.update.v1.StageRequest\x1a\x1e.roost.update.v1.StageResponse\x12[\n\x0cStartRollout\x12$.roost.update.v1.StartRolloutRequest\x1a%.roost.update.v1.StartRolloutResponse\x12L\n\x07Promote\x12\x1f.roost.update.v1.PromoteRequest\x1a .roost.update.v1.PromoteResponse\x12O\n\x08Rollback\x12 .roost.update.v1.RollbackRequest\x1a!.roost.update.v1.RollbackResponse\x12g\n\x10GetRolloutStatus\x12(.roost.update.v1.GetRolloutStatusRequest\x1a).roost.update.v1.GetRolloutStatusResponse\x12\x64\n\x0f\x43heckForUpdates\x12\'.roost.update.v1.CheckForUpdatesRequest\x1a(.roost.update.v1.CheckForUpdatesResponse\x12O\n\x08GetDrift\x12 .roost.update.v1.GetDriftRequest\x1a!.roost.update.v1.GetDriftResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$roost/update/v1/update_service.proto\x12\x0froost.update.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1croost/common/v1/common.proto\"\xcc\x01\n\x0cModelVersion\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12#\n\x04slot\x18\x02 \x01(\x0e\x32\x15.roost.update.v1.Slot\x12\'\n\x06source\x18\x03 \x01(\x0e\x32\x17.roost.update.v1.Source\x12-\n\tstaged_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrelease_notes\x18\x05 \x01(\t\"P\n\x13ListVersionsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"`\n\x14ListVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.roost.update.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"|\n\x0cStageRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0clocal_bundle\x18\x03 \x01(\x0c\x12\x17\n\x0flocal_signature\x18\x04 \x01(\x0c\x12\x18\n\x10owner_request_id\x18\x05 \x01(\t\">\n\rStageResponse\x12-\n\x06staged\x18\x01 \x01(\x0b\x32\x1d.roost.update.v1.ModelVersion\"\x8a\x01\n\x13StartRolloutRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12,\n\x05stage\x18\x02 \x01(\x0e\x32\x1d.roost.update.v1.RolloutStage\x12\x17\n\x0f\x63\x61ndidate_share\x18\x03 \x01(\x02\x12\x18\n\x10owner_request_id\x18\x04 \x01(\t\"F\n\x14StartRolloutResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.roost.update.v1.RolloutStatus\"M\n\x0ePromoteRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x18\n\x10owner_request_id\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"@\n\x0fPromoteResponse\x12-\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x1d.roost.update.v1.ModelVersion\"O\n\x0fRollbackRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x18\n\x10owner_request_id\x18\x03 \x01(\t\"A\n\x10RollbackResponse\x12-\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x1d.roost.update.v1.ModelVersion\"\xca\x04\n\x10HealthComparison\x12\x19\n\x11\x61\x63tive_error_rate\x18\x01 \x01(\x01\x12\x1c\n\x14\x63\x61ndidate_error_rate\x18\x02 \x01(\x01\x12\"\n\x1a\x61\x63tive_p99_latency_seconds\x18\x03 \x01(\x01\x12%\n\x1d\x63\x61ndidate_p99_latency_seconds\x18\x04 \x01(\x01\x12\x11\n\tagreement\x18\x05 \x01(\x01\x12 \n\x18\x61\x63tive_feedback_accuracy\x18\x06 \x01(\x01\x12#\n\x1b\x63\x61ndidate_feedback_accuracy\x18\x07 \x01(\x01\x12\x1c\n\x14\x63ompared_predictions\x18\x08 \x01(\x04\x12\x1d\n\x15\x61\x63tive_feedback_count\x18\t \x01(\x04\x12 \n\x18\x63\x61ndidate_feedback_count\x18\n \x01(\x04\x12\x1d\n\x15\x63\x61ndidate_predictions\x18\x0b \x01(\x04\x12\x18\n\x10\x63\x61ndidate_errors\x18\x0c \x01(\x04\x12\x1c\n\x14\x63\x61ndidate_non_finite\x18\r \x01(\x04\x12\x12\n\noutput_psi\x18\x0e \x01(\x01\x12\x11\n\toutput_ks\x18\x0f \x01(\x01\x12\x16\n\x0eoutput_samples\x18\x10 \x01(\x04\x12\x18\n\x10\x63\x61ndidate_loaded\x18\x11 \x01(\x08\x12\x16\n\x0e\x63onfidence_psi\x18\x12 \x01(\x01\x12\x15\n\rconfidence_ks\x18\x13 \x01(\x01\x12\x1a\n\x12\x63onfidence_samples\x18\x14 \x01(\x04\"\xda\x02\n\rRolloutStatus\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12,\n\x05stage\x18\x02 \x01(\x0e\x32\x1d.roost.update.v1.RolloutStage\x12)\n\x06\x61\x63tive\x18\x03 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12,\n\tcandidate\x18\x04 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x17\n\x0f\x63\x61ndidate_share\x18\x05 \x01(\x02\x12\x31\n\x06health\x18\x06 \x01(\x0b\x32!.roost.update.v1.HealthComparison\x12\x34\n\x10stage_started_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07verdict\x18\x08 \x01(\t\x12\x1b\n\x13rolled_back_version\x18\t \x01(\t\"-\n\x17GetRolloutStatusRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"J\n\x18GetRolloutStatusResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.roost.update.v1.RolloutStatus\"?\n\x16\x43heckForUpdatesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"h\n\x0f\x41vailableUpdate\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x14\n\x0clength_bytes\x18\x02 \x01(\x04\x12\x15\n\rrelease_notes\x18\x03 \x01(\t\"e\n\x17\x43heckForUpdatesResponse\x12\x31\n\x07updates\x18\x01 \x03(\x0b\x32 .roost.update.v1.AvailableUpdate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\x14\n\x0cks_statistic\x18\x03 \x01(\x01\x12\r\n\x05\x61lert\x18\x04 \x01(\x08\"L\n\x0fGetDriftRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x10GetDriftResponse\x12/\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1d.roost.update.v1.FeatureDrift\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*c\n\x04Slot\x12\x14\n\x10SLOT_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSLOT_ACTIVE\x10\x01\x12\x12\n\x0eSLOT_CANDIDATE\x10\x02\x12\x11\n\rSLOT_PREVIOUS\x10\x03\x12\r\n\tSLOT_NONE\x10\x04*V\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0e\n\nSOURCE_TUF\x10\x01\x12\x10\n\x0cSOURCE_LOCAL\x10\x02\x12\x12\n\x0eSOURCE_SHIPPED\x10\x03*\xb2\x01\n\x0cRolloutStage\x12\x1d\n\x19ROLLOUT_STAGE_UNSPECIFIED\x10\x00\x12\x18\n\x14ROLLOUT_STAGE_STAGED\x10\x01\x12\x18\n\x14ROLLOUT_STAGE_SHADOW\x10\x02\x12\x14\n\x10ROLLOUT_STAGE_AB\x10\x03\x12\x1a\n\x16ROLLOUT_STAGE_PROMOTED\x10\x04\x12\x1d\n\x19ROLLOUT_STAGE_ROLLED_BACK\x10\x05\x32\xd0\x05\n\rUpdateService\x12[\n\x0cListVersions\x12$.roost.update.v1.ListVersionsRequest\x1a%.roost.update.v1.ListVersionsResponse\x12\x46\n\x05Stage\x12\x1d.roost.update.v1.StageRequest\x1a\x1e.roost.update.v1.StageResponse\x12[\n\x0cStartRollout\x12$.roost.update.v1.StartRolloutRequest\x1a%.roost.update.v1.StartRolloutResponse\x12L\n\x07Promote\x12\x1f.roost.update.v1.PromoteRequest\x1a .roost.update.v1.PromoteResponse\x12O\n\x08Rollback\x12 .roost.update.v1.RollbackRequest\x1a!.roost.update.v1.RollbackResponse\x12g\n\x10GetRolloutStatus\x12(.roost.update.v1.GetRolloutStatusRequest\x1a).roost.update.v1.GetRolloutStatusResponse\x12\x64\n\x0f\x43heckForUpdates\x12\'.roost.update.v1.CheckForUpdatesRequest\x1a(.roost.update.v1.CheckForUpdatesResponse\x12O\n\x08GetDrift\x12 .roost.update.v1.GetDriftRequest\x1a!.roost.update.v1.GetDriftResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'roost.update.v1.update_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SLOT']._serialized_start=2703
-  _globals['_SLOT']._serialized_end=2802
-  _globals['_SOURCE']._serialized_start=2804
-  _globals['_SOURCE']._serialized_end=2890
-  _globals['_ROLLOUTSTAGE']._serialized_start=2893
-  _globals['_ROLLOUTSTAGE']._serialized_end=3071
+  _globals['_SLOT']._serialized_start=2793
+  _globals['_SLOT']._serialized_end=2892
+  _globals['_SOURCE']._serialized_start=2894
+  _globals['_SOURCE']._serialized_end=2980
+  _globals['_ROLLOUTSTAGE']._serialized_start=2983
+  _globals['_ROLLOUTSTAGE']._serialized_end=3161
   _globals['_MODELVERSION']._serialized_start=121
   _globals['_MODELVERSION']._serialized_end=325
   _globals['_LISTVERSIONSREQUEST']._serialized_start=327
@@ -54,33 +54,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTROLLOUTRESPONSE']._serialized_start=838
   _globals['_STARTROLLOUTRESPONSE']._serialized_end=908
   _globals['_PROMOTEREQUEST']._serialized_start=910
-  _globals['_PROMOTEREQUEST']._serialized_end=972
-  _globals['_PROMOTERESPONSE']._serialized_start=974
-  _globals['_PROMOTERESPONSE']._serialized_end=1038
-  _globals['_ROLLBACKREQUEST']._serialized_start=1040
-  _globals['_ROLLBACKREQUEST']._serialized_end=1119
-  _globals['_ROLLBACKRESPONSE']._serialized_start=1121
-  _globals['_ROLLBACKRESPONSE']._serialized_end=1186
-  _globals['_HEALTHCOMPARISON']._serialized_start=1189
-  _globals['_HEALTHCOMPARISON']._serialized_end=1700
-  _globals['_ROLLOUTSTATUS']._serialized_start=1703
-  _globals['_ROLLOUTSTATUS']._serialized_end=2049
-  _globals['_GETROLLOUTSTATUSREQUEST']._serialized_start=2051
-  _globals['_GETROLLOUTSTATUSREQUEST']._serialized_end=2096
-  _globals['_GETROLLOUTSTATUSRESPONSE']._serialized_start=2098
-  _globals['_GETROLLOUTSTATUSRESPONSE']._serialized_end=2172
-  _globals['_CHECKFORUPDATESREQUEST']._serialized_start=2174
-  _globals['_CHECKFORUPDATESREQUEST']._serialized_end=2237
-  _globals['_AVAILABLEUPDATE']._serialized_start=2239
-  _globals['_AVAILABLEUPDATE']._serialized_end=2343
-  _globals['_CHECKFORUPDATESRESPONSE']._serialized_start=2345
-  _globals['_CHECKFORUPDATESRESPONSE']._serialized_end=2446
-  _globals['_FEATUREDRIFT']._serialized_start=2448
-  _globals['_FEATUREDRIFT']._serialized_end=2529
-  _globals['_GETDRIFTREQUEST']._serialized_start=2531
-  _globals['_GETDRIFTREQUEST']._serialized_end=2607
-  _globals['_GETDRIFTRESPONSE']._serialized_start=2609
-  _globals['_GETDRIFTRESPONSE']._serialized_end=2701
-  _globals['_UPDATESERVICE']._serialized_start=3074
-  _globals['_UPDATESERVICE']._serialized_end=3794
+  _globals['_PROMOTEREQUEST']._serialized_end=987
+  _globals['_PROMOTERESPONSE']._serialized_start=989
+  _globals['_PROMOTERESPONSE']._serialized_end=1053
+  _globals['_ROLLBACKREQUEST']._serialized_start=1055
+  _globals['_ROLLBACKREQUEST']._serialized_end=1134
+  _globals['_ROLLBACKRESPONSE']._serialized_start=1136
+  _globals['_ROLLBACKRESPONSE']._serialized_end=1201
+  _globals['_HEALTHCOMPARISON']._serialized_start=1204
+  _globals['_HEALTHCOMPARISON']._serialized_end=1790
+  _globals['_ROLLOUTSTATUS']._serialized_start=1793
+  _globals['_ROLLOUTSTATUS']._serialized_end=2139
+  _globals['_GETROLLOUTSTATUSREQUEST']._serialized_start=2141
+  _globals['_GETROLLOUTSTATUSREQUEST']._serialized_end=2186
+  _globals['_GETROLLOUTSTATUSRESPONSE']._serialized_start=2188
+  _globals['_GETROLLOUTSTATUSRESPONSE']._serialized_end=2262
+  _globals['_CHECKFORUPDATESREQUEST']._serialized_start=2264
+  _globals['_CHECKFORUPDATESREQUEST']._serialized_end=2327
+  _globals['_AVAILABLEUPDATE']._serialized_start=2329
+  _globals['_AVAILABLEUPDATE']._serialized_end=2433
+  _globals['_CHECKFORUPDATESRESPONSE']._serialized_start=2435
+  _globals['_CHECKFORUPDATESRESPONSE']._serialized_end=2536
+  _globals['_FEATUREDRIFT']._serialized_start=2538
+  _globals['_FEATUREDRIFT']._serialized_end=2619
+  _globals['_GETDRIFTREQUEST']._serialized_start=2621
+  _globals['_GETDRIFTREQUEST']._serialized_end=2697
+  _globals['_GETDRIFTRESPONSE']._serialized_start=2699
+  _globals['_GETDRIFTRESPONSE']._serialized_end=2791
+  _globals['_UPDATESERVICE']._serialized_start=3164
+  _globals['_UPDATESERVICE']._serialized_end=3884
 # @@protoc_insertion_point(module_scope)

@@ -301,25 +301,33 @@ Global___StartRolloutResponse: _TypeAlias = StartRolloutResponse  # noqa: Y015
 
 @_typing.final
 class PromoteRequest(_message.Message):
+    """Admin only (Home Assistant offers Install and Roll back, never Promote). Refused
+    (FAILED_PRECONDITION) while the health gate's verdict on the candidate is failing,
+    unless force is set.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     OWNER_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     model_name: _builtins.str
     owner_request_id: _builtins.str
-    """Set by the hub only, when it relays an owner's explicit request (a Home Assistant
-    action): the request's id, recorded in the audit log with the step. The hub may
-    take this step only with it; the admin identity never needs it.
+    """An id the admin may give the request; recorded in the audit log with the step."""
+    force: _builtins.bool
+    """Promote even though the health gate's verdict on the candidate is failing (or cannot
+    be read); recorded in the audit log with the step.
     """
     def __init__(
         self,
         *,
         model_name: _builtins.str = ...,
         owner_request_id: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "owner_request_id", b"owner_request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "model_name", b"model_name", "owner_request_id", b"owner_request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -418,6 +426,9 @@ class HealthComparison(_message.Message):
     OUTPUT_KS_FIELD_NUMBER: _builtins.int
     OUTPUT_SAMPLES_FIELD_NUMBER: _builtins.int
     CANDIDATE_LOADED_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_PSI_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_KS_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_SAMPLES_FIELD_NUMBER: _builtins.int
     active_error_rate: _builtins.float
     candidate_error_rate: _builtins.float
     active_p99_latency_seconds: _builtins.float
@@ -446,6 +457,12 @@ class HealthComparison(_message.Message):
     output_samples: _builtins.int
     candidate_loaded: _builtins.bool
     """Whether inference has the candidate loaded (false: it failed to load)."""
+    confidence_psi: _builtins.float
+    """A classifier's confidence (largest class probability per row) against the active
+    version's (0 samples: not a classifier).
+    """
+    confidence_ks: _builtins.float
+    confidence_samples: _builtins.int
     def __init__(
         self,
         *,
@@ -466,10 +483,13 @@ class HealthComparison(_message.Message):
         output_ks: _builtins.float = ...,
         output_samples: _builtins.int = ...,
         candidate_loaded: _builtins.bool = ...,
+        confidence_psi: _builtins.float = ...,
+        confidence_ks: _builtins.float = ...,
+        confidence_samples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_error_rate", b"active_error_rate", "active_feedback_accuracy", b"active_feedback_accuracy", "active_feedback_count", b"active_feedback_count", "active_p99_latency_seconds", b"active_p99_latency_seconds", "agreement", b"agreement", "candidate_error_rate", b"candidate_error_rate", "candidate_errors", b"candidate_errors", "candidate_feedback_accuracy", b"candidate_feedback_accuracy", "candidate_feedback_count", b"candidate_feedback_count", "candidate_loaded", b"candidate_loaded", "candidate_non_finite", b"candidate_non_finite", "candidate_p99_latency_seconds", b"candidate_p99_latency_seconds", "candidate_predictions", b"candidate_predictions", "compared_predictions", b"compared_predictions", "output_ks", b"output_ks", "output_psi", b"output_psi", "output_samples", b"output_samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_error_rate", b"active_error_rate", "active_feedback_accuracy", b"active_feedback_accuracy", "active_feedback_count", b"active_feedback_count", "active_p99_latency_seconds", b"active_p99_latency_seconds", "agreement", b"agreement", "candidate_error_rate", b"candidate_error_rate", "candidate_errors", b"candidate_errors", "candidate_feedback_accuracy", b"candidate_feedback_accuracy", "candidate_feedback_count", b"candidate_feedback_count", "candidate_loaded", b"candidate_loaded", "candidate_non_finite", b"candidate_non_finite", "candidate_p99_latency_seconds", b"candidate_p99_latency_seconds", "candidate_predictions", b"candidate_predictions", "compared_predictions", b"compared_predictions", "confidence_ks", b"confidence_ks", "confidence_psi", b"confidence_psi", "confidence_samples", b"confidence_samples", "output_ks", b"output_ks", "output_psi", b"output_psi", "output_samples", b"output_samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
