@@ -113,10 +113,12 @@ class Intake:
         self._live = live
         self.marker_topic = marker_topic
         self.aligner: Aligner | None = Aligner(marker_topic) if live is not None else None
-        # Called once the persistent session caught up with the live one.
-        self.on_caught_up: Callable[[], None] = lambda: None
+        # Called once the live session is to close (caught up, or the persistent
+        # session was resumed).
+        self.on_live_closed: Callable[[], None] = lambda: None
         # A live session is to start (until then the catch-up is not over).
         self._awaiting_live = live is not None
+        self.live_taken = 0  # readings the live session took (and decided)
         self._unacked: list[Ack] = []
         self._timer: asyncio.TimerHandle | None = None
         self._log = RateLimitedLog(log)
@@ -187,6 +189,11 @@ class Intake:
         asked = live.asked
         self._ingest.late_when = lambda model, area: (model, area) in asked
 
+    @property
+    def catching_up(self) -> bool:
+        """A live session is to start (this is the hub's start, with a live ingest)."""
+        return self._awaiting_live
+
     def start_live(self, marker: str) -> Segment | None:
         """A live session subscribed and publishes ``marker`` next (None: no catch-up)."""
         if self.aligner is None or self._live is None:
@@ -203,6 +210,7 @@ class Intake:
         if self.aligner is not None:
             self.aligner.close_live()
             self._finish_if_done()
+        self.on_live_closed()
 
     def reconnected(self) -> None:
         """The persistent session was resumed (not the first connect)."""
@@ -222,6 +230,7 @@ class Intake:
             except JournalError as e:
                 self._failed("append", e)
         aligner.take_live(rid, topic, payload)
+        self.live_taken += 1
         n = live.handle(topic, payload, journal_id=rid)
         if journal is not None and rid != 0:
             try:
@@ -241,7 +250,10 @@ class Intake:
             # Caught up: the exact windows only, from now on.
             self.aligner, self._live = None, None
             self._ingest.late_when = None
-            log.info("catch-up: done, deciding on the persistent session only")
+            log.info(
+                "catch-up: done after %d live readings; deciding on the persistent session only",
+                self.live_taken,
+            )
 
     def take(self, topic: str, payload: bytes, ack: Ack) -> None:
         """Journal and handle one reading; ``ack`` runs once the journal committed it
@@ -302,7 +314,6 @@ class Intake:
     def _after(self, caught_up: bool) -> None:
         if caught_up:
             self.close_live()  # no live reading is taken after this one
-            self.on_caught_up()
         elif self.aligner is not None and self.aligner.live is None:
             self._finish_if_done()
 

@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 
 async def run_live_session(cfg: HubConfig, intake: Intake, stop: asyncio.Event) -> None:
     """Decide fresh readings at once while the persistent session reads its backlog."""
+    if not intake.catching_up:
+        return
     caught_up = asyncio.Event()
-    intake.on_caught_up = caught_up.set
+    intake.on_live_closed = caught_up.set
     topic = marker_topic(cfg.hub_id)
     marker = new_marker()
     try:

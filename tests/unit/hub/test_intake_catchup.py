@@ -86,7 +86,7 @@ async def test_live_readings_are_decided_at_once_and_their_copies_never(tmp_path
     assert not any(p.late for p in fresh)
     intake.take(MARKER, b"n1", ack)
     caught: list[bool] = []
-    intake.on_caught_up = lambda: caught.append(True)
+    intake.on_live_closed = lambda: caught.append(True)
     for n in range(8, 12):
         intake.take(*reading(n), ack)
     assert caught == [True]
