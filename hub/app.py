@@ -32,6 +32,7 @@ from prometheus_client import Counter, Gauge
 
 from hub import mqtt
 from hub.action_memory import MEMORY_FILE, ActionMemory
+from hub.catchup import marker_topic
 from hub.config import HubConfig
 from hub.health import DecisionHealth
 from hub.homeassistant import mapping as ha_mapping
@@ -44,6 +45,7 @@ from hub.homeassistant.rooms import Rooms
 from hub.homeassistant.settings import Settings
 from hub.ingest import Ingest, InputLimits, SensorRef, parse_entity_map
 from hub.intake import Intake, Once, Publisher, manual_acks, open_intake
+from hub.live import run_live_session
 from hub.payloads import DropReason
 from hub.pipeline import DecisionPipeline, Outgoing, Pending, Recorded
 from hub.policy import ActionPolicy, parse_action_rules
@@ -217,6 +219,7 @@ class Hub:
         self.rooms = Rooms(config.hub_id, expire_after_seconds=config.ha_decision_expire_seconds)
         # Set once the hub is connected and subscribed: readings are no longer lost.
         self.ready = asyncio.Event()
+        self._helpers: list[asyncio.Task[None]] = []
 
     def _settled(self, items: Sequence[Pending], outgoing: Sequence[Outgoing]) -> None:
         if self.intake is not None:
@@ -285,7 +288,8 @@ class Hub:
             sorted([*served.specs, *served.home_models]),
         )
         self.health.track([*served.specs, *served.home_models])
-        self.ingest = Ingest(
+        ingest = functools.partial(
+            Ingest,
             specs=served.specs,
             home_models=served.home_models,
             pipeline=self.pipeline,
@@ -295,6 +299,7 @@ class Hub:
             tz=ZoneInfo(self.config.timezone),
             limits=InputLimits.from_config(self.config),
         )
+        self.ingest = ingest()
         if self.ha_client is not None:
             self.resume = StateResume(
                 self.ha_client, self.ingest, timeout=self.config.ha_api_timeout_seconds
@@ -323,9 +328,14 @@ class Hub:
             )
         worker = asyncio.create_task(self.pipeline.run(), name="decisions")
         self.intake = open_intake(
-            self.ingest, self.config.data_dir / "readings.sqlite", self.config.journal_history
+            self.ingest,
+            self.config.data_dir / "readings.sqlite",
+            self.config.journal_history,
+            # Fresh readings decided at once while the backlog is read (hub.catchup).
+            live=ingest() if self.config.catchup_live_session else None,
+            marker_topic=marker_topic(self.config.hub_id),
         )
-        helpers = [
+        helpers = self._helpers = [
             asyncio.create_task(self.actions.run(self.stop), name="ha-actions"),
             asyncio.create_task(
                 self.health.publish_loop(
@@ -371,6 +381,7 @@ class Hub:
         cfg = self.config
         delay = cfg.mqtt_reconnect_min_seconds
         status = status_topic(cfg.hub_id)
+        first = True
         while not self.stop.is_set():
             try:
                 client = mqtt.client(
@@ -395,6 +406,9 @@ class Hub:
                     await client.publish(status, b"online", qos=1, retain=True)
                     await client.subscribe(READINGS_FILTER, qos=1)
                     await client.subscribe(statestream_filter(cfg.statestream_base), qos=1)
+                    await client.subscribe(marker_topic(cfg.hub_id), qos=1)
+                    self._catch_up(intake, first=first)
+                    first = False
                     if self.bridge is not None:
                         await self.bridge.on_connect(client)
                     self.publisher.attach(client)
@@ -428,6 +442,14 @@ class Hub:
                     await asyncio.wait_for(self.stop.wait(), delay)
                 delay = min(delay * 2, cfg.mqtt_reconnect_max_seconds)
         MQTT_CONNECTED.set(0)
+
+    def _catch_up(self, intake: Intake, *, first: bool) -> None:
+        """Subscribed (the marker topic too): on start, the live session (hub.catchup)."""
+        if first:
+            task = run_live_session(self.config, intake, self.stop)
+            self._helpers.append(asyncio.create_task(task, name="live-session"))
+        else:
+            intake.reconnected()
 
     async def _consume(
         self, client: aiomqtt.Client, ack: Callable[[aiomqtt.Message], None]

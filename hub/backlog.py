@@ -105,7 +105,7 @@ class Backlog(Generic[T]):
         for arrival, item in taken:
             key = (item.model, item.area)
             late = arrival < self._newest_taken.get(key, 0)
-            if not late:
+            if not late and not getattr(item, "late", False):  # late when queued: older
                 self._newest_taken[key] = arrival
             out.append((item, late))
         return out

@@ -82,6 +82,9 @@ class HubConfig:
     # acknowledged to the broker once journaled; after a restart the undecided ones are
     # decided and the newest journal_history decided ones refill the feature windows.
     journal_history: int = 5_000
+    # On start, a second, clean MQTT session decides fresh readings at once while the
+    # persistent session's backlog is read (hub.catchup, docs/reliability.md).
+    catchup_live_session: bool = True
     # How often the retained health JSON (roost/<hub_id>/health) is refreshed while a
     # model is not deciding; it is also published on every change.
     health_interval_seconds: float = 5.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, tzinfo
 from typing import Protocol
@@ -199,6 +199,11 @@ class Ingest:
         self.drops = DropLog()
         # The reading being handled: its journal id, whether to decide, decisions asked.
         self._journal_id, self._decide, self._submitted = 0, True, 0
+        # While a restarted hub catches up (hub.catchup): the (model, area) pairs this
+        # ingest asked decisions for, and whether a decision here is late (a newer one
+        # of its entity was asked for elsewhere).
+        self.asked: set[tuple[str, str]] = set()
+        self.late_when: Callable[[str, str], bool] | None = None
         self._publish_sizes()
 
     @property
@@ -289,6 +294,8 @@ class Ingest:
             self._pipeline.remember(model, area, reading_id)  # no features: not decided
             return
         self._submitted += 1
+        self.asked.add((model, area))
+        late = self.late_when is not None and self.late_when(model, area)
         self._pipeline.submit(
             Pending(
                 model=model,
@@ -299,6 +306,7 @@ class Ingest:
                 trigger_id=reading_id,
                 received_at=received,
                 journal_id=self._journal_id,
+                late=late,
             )
         )
 

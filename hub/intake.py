@@ -27,8 +27,9 @@ from pathlib import Path
 import aiomqtt
 from prometheus_client import Counter
 
+from hub.catchup import Aligner, Expected, Fate, Segment
 from hub.ingest import Ingest
-from hub.journal import Journal, JournalError
+from hub.journal import Entry, Journal, JournalError, Kind
 from hub.pipeline import STAGE_SECONDS, Outgoing, Pending
 from services.kit.ratelog import RateLimitedLog
 
@@ -75,16 +76,20 @@ def manual_acks(client: aiomqtt.Client) -> Callable[[aiomqtt.Message], None]:
     return ack
 
 
-def open_intake(ingest: Ingest, path: Path, history: int) -> Intake:
-    """The journal at ``path``, replayed into ``ingest`` (without one if it cannot be
-    opened: readings are then acknowledged as taken)."""
+def open_intake(
+    ingest: Ingest, path: Path, history: int, *, live: Ingest | None = None, marker_topic: str = ""
+) -> Intake:
+    """The journal at ``path``, replayed into ``ingest`` (and, to seed it, ``live``: the
+    windows of a catch-up's live session); without one if it cannot be opened
+    (readings are then acknowledged as taken)."""
     journal: Journal | None = None
     try:
         journal = Journal(path, history=history)
+        journal.recover()
     except (JournalError, OSError) as e:
         JOURNAL_ERRORS.inc()
         log.error("readings journal unavailable (%s): a crash may lose readings", e)
-    intake = Intake(ingest, journal)
+    intake = Intake(ingest, journal, live=live, marker_topic=marker_topic)
     again, refilled = intake.replay()
     if again or refilled:
         log.info("journal: %d readings to decide, %d replayed into windows", again, refilled)
@@ -94,9 +99,26 @@ def open_intake(ingest: Ingest, path: Path, history: int) -> Intake:
 class Intake:
     """Readings from the broker to ingest, acknowledged once journaled."""
 
-    def __init__(self, ingest: Ingest, journal: Journal | None) -> None:
+    def __init__(
+        self,
+        ingest: Ingest,
+        journal: Journal | None,
+        *,
+        live: Ingest | None = None,
+        marker_topic: str = "",
+    ) -> None:
         self._ingest = ingest
         self._journal = journal
+        # Catching up (hub.catchup): the live session's ingest and the matching.
+        self._live = live
+        self.marker_topic = marker_topic
+        self.aligner: Aligner | None = Aligner(marker_topic) if live is not None else None
+        # Called once the live session is to close (caught up, or the persistent
+        # session was resumed).
+        self.on_live_closed: Callable[[], None] = lambda: None
+        # A live session is to start (until then the catch-up is not over).
+        self._awaiting_live = live is not None
+        self.live_taken = 0  # readings the live session took (and decided)
         self._unacked: list[Ack] = []
         self._timer: asyncio.TimerHandle | None = None
         self._log = RateLimitedLog(log)
@@ -107,42 +129,195 @@ class Intake:
         if self._journal is None:
             return 0, 0
         again = refilled = 0
+        live = self._live
+        segments: dict[str, Segment] = {}
+        passed: set[str] = set()
         try:
             for e in list(self._journal.entries()):
-                if e.decided:
+                if e.kind == Kind.MARKER:
+                    passed.add(e.marker)
+                elif e.kind in (Kind.LIVE, Kind.VOID):
+                    self._replay_live(e, segments)
+                elif e.decided:
                     self._ingest.handle(e.topic, e.payload, journal_id=e.journal_id, decide=False)
                     refilled += 1
                 else:
                     n = self._ingest.handle(e.topic, e.payload, journal_id=e.journal_id)
                     self._journal.taken(e.journal_id, n)
                     again += 1
+                if live is not None and e.kind in (Kind.READING, Kind.COPY):
+                    live.handle(e.topic, e.payload, decide=False)
             self._journal.commit()
         except JournalError as e:
             self._failed("replay", e)
+        self._restore(segments, passed)
         return again, refilled
+
+    def _replay_live(self, e: Entry, segments: dict[str, Segment]) -> None:
+        """A live reading of an interrupted catch-up: one to recognise on the persistent
+        session (if its copy was not taken), and part of the live windows."""
+        if e.kind == Kind.LIVE and self._live is not None and not e.matched:
+            self._live.handle(e.topic, e.payload, decide=False)  # remembers its ids
+        seg = segments.setdefault(e.marker, Segment(e.marker))
+        seg.entries.append(
+            Expected(e.journal_id, e.topic, e.payload, matched=e.matched, void=e.kind == Kind.VOID)
+        )
+
+    def _restore(self, segments: dict[str, Segment], passed: set[str]) -> None:
+        if self.aligner is None:
+            return
+        kept = []
+        for seg in segments.values():
+            if all(x.matched for x in seg.entries):
+                continue  # done before the restart
+            seg.passed = seg.marker in passed
+            seg.uncertain = seg.passed and any(x.matched for x in seg.entries)
+            kept.append(seg)
+        if kept:
+            log.info(
+                "catch-up: %d live readings of an interrupted catch-up to recognise",
+                sum(len(s.entries) for s in kept),
+            )
+        self.aligner = Aligner(self.marker_topic, kept)
+        self._late_while_catching_up()
+
+    def _late_while_catching_up(self) -> None:
+        live = self._live
+        if live is None:
+            self._ingest.late_when = None
+            return
+        asked = live.asked
+        self._ingest.late_when = lambda model, area: (model, area) in asked
+
+    @property
+    def catching_up(self) -> bool:
+        """A live session is to start (this is the hub's start, with a live ingest)."""
+        return self._awaiting_live
+
+    def start_live(self, marker: str) -> Segment | None:
+        """A live session subscribed and publishes ``marker`` next (None: no catch-up)."""
+        if self.aligner is None or self._live is None:
+            return None
+        self._awaiting_live = False
+        return self.aligner.start_live(marker)
+
+    def live_open(self, segment: Segment) -> bool:
+        return self.aligner is not None and self.aligner.live is segment
+
+    def close_live(self) -> None:
+        """The live session is closed (caught up, dropped, could not start, stopping)."""
+        self._awaiting_live = False
+        if self.aligner is not None:
+            self.aligner.close_live()
+            self._finish_if_done()
+        self.on_live_closed()
+
+    def reconnected(self) -> None:
+        """The persistent session was resumed (not the first connect)."""
+        if self.aligner is not None:
+            self.aligner.reconnected()
+
+    def take_live(self, topic: str, payload: bytes) -> None:
+        """A reading of the live session (after its marker): journaled, decided at once
+        on the live windows; its persistent copy will not be decided again."""
+        aligner, live, journal = self.aligner, self._live, self._journal
+        if aligner is None or aligner.live is None or live is None:
+            return
+        rid = 0
+        if journal is not None:
+            try:
+                rid = journal.append(topic, payload, kind=Kind.LIVE, marker=aligner.live.marker)
+            except JournalError as e:
+                self._failed("append", e)
+        aligner.take_live(rid, topic, payload)
+        self.live_taken += 1
+        n = live.handle(topic, payload, journal_id=rid)
+        if journal is not None and rid != 0:
+            try:
+                journal.taken(rid, n)
+            except JournalError as e:
+                self._failed("taken", e)
+            self._schedule_flush()
+
+    def _finish_if_done(self) -> None:
+        aligner = self.aligner
+        if (
+            aligner is not None
+            and not self._awaiting_live
+            and aligner.live is None
+            and aligner.pending == 0
+        ):
+            # Caught up: the exact windows only, from now on.
+            self.aligner, self._live = None, None
+            self._ingest.late_when = None
+            log.info(
+                "catch-up: done after %d live readings; deciding on the persistent session only",
+                self.live_taken,
+            )
 
     def take(self, topic: str, payload: bytes, ack: Ack) -> None:
         """Journal and handle one reading; ``ack`` runs once the journal committed it
         (within ``FLUSH_SECONDS``)."""
         started = time.perf_counter()
         journal, rid = self._journal, 0
+        if topic == self.marker_topic and self.aligner is None:
+            ack()  # a catch-up marker after the catch-up
+            return
+        kind, link, decide, marker, caught_up = self._classify(topic, payload)
+        if kind is None:  # taken before the restart: journaled already
+            ack()
+            self._after(caught_up)
+            return
         if journal is not None:
             try:
-                rid = journal.append(topic, payload)
+                rid = journal.append(
+                    topic,
+                    payload,
+                    kind=kind,
+                    link=link,
+                    marker=marker,
+                    decided=not decide and not (link and journal.is_open(link)),
+                )
             except JournalError as e:
                 self._failed("append", e)
         if rid == 0:  # not journaled: acknowledged as taken
             ack()
-        decisions = self._ingest.handle(topic, payload, journal_id=rid)
-        if journal is not None and rid != 0:
+        if kind == Kind.MARKER:
+            decisions = 0
+        else:
+            decisions = self._ingest.handle(topic, payload, journal_id=rid, decide=decide)
+        if journal is not None and rid != 0 and decide:  # a copy: decided with its live row
             try:
                 journal.taken(rid, decisions)
             except JournalError as e:
                 self._failed("taken", e)
         INTAKE_STAGE.observe(time.perf_counter() - started)
-        if journal is None or rid == 0:
-            return
-        self._unacked.append(ack)
+        if journal is not None and rid != 0:
+            self._unacked.append(ack)
+            self._schedule_flush()
+        self._after(caught_up)
+
+    def _classify(self, topic: str, payload: bytes) -> tuple[Kind | None, int, bool, str, bool]:
+        """(row kind or None for nothing to do, live row, decide?, marker, caught up)."""
+        if self.aligner is None:
+            return Kind.READING, 0, True, "", False
+        verdict = self.aligner.persistent(topic, payload)
+        if verdict.fate == Fate.REDELIVERED:
+            return None, 0, False, "", verdict.caught_up
+        if verdict.fate == Fate.MARKER:
+            nonce = payload.decode("ascii", "replace")
+            return Kind.MARKER, 0, False, nonce, verdict.caught_up
+        if verdict.entry is not None:  # the copy of a live reading (a void one: decided)
+            return Kind.COPY, verdict.entry.row, verdict.fate == Fate.DECIDE, "", verdict.caught_up
+        return Kind.READING, 0, True, "", verdict.caught_up
+
+    def _after(self, caught_up: bool) -> None:
+        if caught_up:
+            self.close_live()  # no live reading is taken after this one
+        elif self.aligner is not None and self.aligner.live is None:
+            self._finish_if_done()
+
+    def _schedule_flush(self) -> None:
         if len(self._unacked) >= ACK_EVERY:
             self.flush()
         elif self._timer is None:

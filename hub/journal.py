@@ -17,6 +17,15 @@ same decision again, at worst: same ``decision_id``). A kill between the audit
 acknowledgement and the mark decides the reading again (the first decision stays
 recorded, never published).
 
+While a restarted hub catches up (:mod:`hub.catchup`), the readings of its clean live
+session are journaled too (``kind`` LIVE, with the marker they follow), decided under
+the same discipline, and the persistent session's copy of one, once matched, is a row
+of its own (COPY, linked to the live row, decided when the live row is): the rows other
+than LIVE are the persistent session's order, which the exact windows are replayed in.
+A live row is kept, decided, until its copy is matched (whatever ``history``), so that
+a hub killed while catching up recognises the copies on the next start
+(:meth:`Journal.recover`).
+
 The journal is written with ``synchronous = NORMAL``: a commit survives a crash of the
 hub (kill -9, OOM) without an fsync per reading; a power loss may lose the last
 moments, as it may the broker's own store. Errors are the caller's to count: the hub
@@ -28,6 +37,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 from hub.pipeline import Outgoing
@@ -41,9 +51,23 @@ MIGRATIONS = (
         "CREATE TABLE outbox (decision_id TEXT PRIMARY KEY, topic TEXT NOT NULL, "
         "payload BLOB NOT NULL)",
     ),
+    (
+        "ALTER TABLE readings ADD COLUMN kind INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE readings ADD COLUMN link INTEGER",
+        "ALTER TABLE readings ADD COLUMN marker TEXT",
+        "CREATE INDEX readings_link ON readings (link) WHERE link IS NOT NULL",
+    ),
 )
 # Old decided readings are pruned after this many appends.
 PRUNE_EVERY = 1_000
+
+
+class Kind(IntEnum):
+    READING = 0  # taken from the persistent session
+    LIVE = 1  # taken from the live session while catching up
+    COPY = 2  # the persistent session's copy of a LIVE row (``link``)
+    MARKER = 3  # the persistent session read this catch-up marker
+    VOID = 4  # a LIVE row not decided when the hub stopped: its copy is decided instead
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,10 @@ class Entry:
     topic: str
     payload: bytes
     decided: bool
+    kind: Kind = Kind.READING
+    link: int = 0  # COPY: the LIVE row
+    marker: str = ""  # LIVE, VOID, MARKER: the catch-up marker
+    matched: bool = False  # LIVE, VOID: its copy was taken
 
 
 class Journal:
@@ -69,24 +97,63 @@ class Journal:
         self._appends = 0
         # Decisions still owed per open reading (negative while settlements run ahead).
         self._open: dict[int, int] = {}
+        # Live rows not yet decided (their copy is decided with them).
+        self._live: set[int] = set()
         self._prune()
 
     def entries(self) -> Iterator[Entry]:
         """What a restart replays, oldest first: the undecided readings and the newest
         ``history`` decided ones."""
         rows = self._db.execute(
-            "SELECT id, topic, payload, decided FROM readings ORDER BY id"
+            "SELECT id, topic, payload, decided, kind, link, marker, EXISTS "
+            "(SELECT 1 FROM readings c WHERE c.link = r.id) FROM readings r ORDER BY id"
         ).fetchall()
-        for rid, topic, payload, decided in rows:
-            yield Entry(int(rid), str(topic), bytes(payload), bool(decided))
+        for rid, topic, payload, decided, kind, link, marker, matched in rows:
+            yield Entry(
+                int(rid),
+                str(topic),
+                bytes(payload),
+                bool(decided),
+                Kind(kind),
+                int(link or 0),
+                str(marker or ""),
+                bool(matched),
+            )
 
-    def append(self, topic: str, payload: bytes) -> int:
-        """Journal a reading (durable at the next :meth:`commit`); its journal id."""
+    def recover(self) -> None:
+        """On start, before the replay: a LIVE row not decided is decided through its
+        copy instead (VOID): the copy is still at the broker, or it is a COPY row,
+        undecided, which the replay decides again like any undecided reading."""
+        self._begin()
+        self._db.execute(
+            "UPDATE readings SET kind = ?, decided = 1 WHERE kind = ? AND decided = 0",
+            (Kind.VOID, Kind.LIVE),
+        )
+        self.commit()
+
+    def append(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        kind: Kind = Kind.READING,
+        link: int = 0,
+        marker: str = "",
+        decided: bool = False,
+    ) -> int:
+        """Journal a reading (durable at the next :meth:`commit`); its journal id.
+
+        A COPY of a live row that is still open is decided when the live row is; of a
+        decided one, at once (``decided``)."""
         self._begin()
         cur = self._db.execute(
-            "INSERT INTO readings (topic, payload) VALUES (?, ?)", (topic, payload)
+            "INSERT INTO readings (topic, payload, kind, link, marker, decided) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (topic, payload, int(kind), link or None, marker or None, int(decided)),
         )
         self._appends += 1
+        if kind == Kind.LIVE:
+            self._live.add(int(cur.lastrowid or 0))
         if self._appends % PRUNE_EVERY == 0:
             self._prune()
         assert cur.lastrowid is not None
@@ -133,11 +200,21 @@ class Journal:
     def open_readings(self) -> int:
         return len(self._open)
 
+    def is_open(self, journal_id: int) -> bool:
+        """Whether the reading still owes decisions (taken, not all settled)."""
+        return journal_id in self._open
+
     def _owe(self, rid: int, n: int) -> None:
         owed = self._open.pop(rid, 0) + n
         if owed == 0:
             self._begin()
-            self._db.execute("UPDATE readings SET decided = 1 WHERE id = ?", (rid,))
+            if rid in self._live:  # a live reading's copy (if taken) is decided with it
+                self._live.discard(rid)
+                self._db.execute(
+                    "UPDATE readings SET decided = 1 WHERE id = ? OR link = ?", (rid, rid)
+                )
+            else:
+                self._db.execute("UPDATE readings SET decided = 1 WHERE id = ?", (rid,))
         else:
             self._open[rid] = owed
 
@@ -147,14 +224,19 @@ class Journal:
             self._in_tx = True
 
     def _prune(self) -> None:
-        """Keep the newest ``history`` decided readings (and every undecided one)."""
+        """Keep the newest ``history`` decided readings (and every undecided one, and
+        every live reading whose copy was not taken yet)."""
         self._begin()
         row = self._db.execute(
             "SELECT id FROM readings WHERE decided = 1 ORDER BY id DESC LIMIT 1 OFFSET ?",
             (self._history,),
         ).fetchone()
         if row is not None:
-            self._db.execute("DELETE FROM readings WHERE decided = 1 AND id <= ?", (row[0],))
+            self._db.execute(
+                "DELETE FROM readings WHERE decided = 1 AND id <= ? AND NOT (kind IN (?, ?) "
+                "AND NOT EXISTS (SELECT 1 FROM readings c WHERE c.link = readings.id))",
+                (row[0], int(Kind.LIVE), int(Kind.VOID)),
+            )
         self.commit()
 
 

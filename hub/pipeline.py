@@ -284,7 +284,7 @@ class DecisionPipeline:
                     self._slots.release()
                     continue
                 batch = [
-                    replace(p, late=True) if late else p
+                    replace(p, late=True) if late and not p.late else p
                     for p, late in self._pending.take(self._max_batch)
                 ]
                 PENDING.set(len(self._pending))
