@@ -71,7 +71,7 @@ RUN_CONFIG = {
     "noise-multiplier": SIGMA,
     "epsilon-budget": 24.0,
     "delta": 1e-5,
-    "secagg-num-shares": 4,
+    "secagg-num-shares": 5,
     "secagg-threshold": 2,
     "stage-timeout": 75.0,  # a loaded machine timed round 1 out at 45 s
 }
