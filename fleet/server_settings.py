@@ -38,6 +38,9 @@ class ServerSettings:
     head_size: int = HEAD_SIZE
     # Where each round's report (JSON lines) goes; empty: the log only.
     report_path: str = ""
+    # Where every reply the ServerApp receives is described, arrays and all (JSON lines,
+    # fleet/received.py); empty: not recorded.
+    received_path: str = ""
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.min_nodes < 1 or self.head_size < 1:
@@ -71,6 +74,10 @@ class ServerSettings:
     @property
     def report_file(self) -> Path | None:
         return Path(self.report_path) if self.report_path else None
+
+    @property
+    def received_file(self) -> Path | None:
+        return Path(self.received_path) if self.received_path else None
 
 
 def _check_secagg(num_shares: int, threshold: int) -> None:

@@ -24,13 +24,16 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.common.constant import ErrorCode
+from flwr.common.secure_aggregation.quantization import quantize
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fleet import protocol
+from fleet.received import describe
 from fleet.server_app import main
 from fleet.server_settings import ServerSettings
+from tests.support.held_updates import held_updates, received
 
 HEAD = 66
 RUN_ID = 7
@@ -173,3 +176,33 @@ def test_the_old_even_share_count_loses_the_round_with_more_hubs_than_shares(
 def test_share_counts_flower_mishandles_are_refused(shares: int, threshold: int) -> None:
     with pytest.raises(ValueError, match="secagg"):
         ServerSettings(secagg_num_shares=shares, secagg_threshold=threshold)
+
+
+@pytest.mark.timeout(120)
+def test_the_server_received_no_hub_contribution_only_masked_vectors(tmp_path: Path) -> None:
+    got = tmp_path / "received.jsonl"
+    grid, lines = _run(tmp_path, hubs=5, **{"received-path": str(got)})
+    replies = received(got)
+    assert len(replies) == 4 * 5  # four SecAgg+ stages, five hubs, every reply recorded
+    contributions = {"1": {str(nid): d for nid, d in grid.deltas.items()}}
+    held, compared = held_updates(replies, contributions)
+    assert held == []
+    assert compared == 5 * 5  # each hub's masked vector against each contribution
+    # Yet their sum is in the release: the average of the five contributions.
+    [released] = [r for r in lines if r.get("released")]
+    assert np.allclose(released["head"], np.mean(list(grid.deltas.values()), axis=0), atol=1e-5)
+
+
+def test_the_check_finds_a_contribution_the_server_held() -> None:
+    delta = np.random.default_rng(0).normal(0, 0.1, HEAD).astype(np.float32)
+    [quantized] = quantize([delta], 8.0, 2**22)  # what SecAgg+ masks, unmasked
+    lines = [
+        {"round": "1", "node": 9, "arrays": [describe("plain", delta)]},
+        {"round": "1", "node": 9, "arrays": [describe("quantized", quantized)]},
+        {"round": "2", "node": 9, "arrays": [describe("other round", delta)]},
+    ]
+    held, _ = held_updates(lines, {"1": {"hub": delta}})
+    assert [(h.where, h.why.split()[0]) for h in held] == [
+        ("plain", "same"),
+        ("quantized", "correlation"),
+    ]
