@@ -14,7 +14,7 @@ Measured per round (the ServerApp's round report): its time; the server's CPU se
 (SuperLink + SuperExec + ServerApp, sampled every 0.25 s between round reports) and peak
 RSS; the bytes each hub sent and received (Flower's serialized messages, measured in the
 ClientApp); and once, the SuperLink's RSS per connected SuperNode. Round 1 includes the
-ServerApp's own start-up (it imports the accountant): the medians are over rounds 2-N.
+ServerApp's own start-up (it imports the accountant): CPU medians are over rounds 2-N.
 Everything runs on this machine, hubs included: round times here are bounded by the
 hubs' ``flwr-clientapp`` start-ups on the same cores, not by the server.
 
@@ -304,7 +304,7 @@ def _mode_summary(
     steady = rows[1:] or rows  # round 1 includes the ServerApp's start-up
     return {
         "rounds": rows,
-        "round_seconds": summary([r["seconds"] for r in steady]),
+        "round_seconds": summary([r["seconds"] for r in rows]),
         "server_cpu_s_per_round": summary([r["server_cpu_s"] for r in steady]),
         "server_cpu_ms_per_hub_round": summary(
             [1000 * r["server_cpu_s"] / max(1, r["participants"]) for r in steady]
@@ -351,7 +351,8 @@ def render(data: dict[str, Any]) -> str:
             f"{m['date']}, {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB), "
             f"{m['platform']}, Python {m['python']}, flwr {data['flwr']}. Load average "
             f"(1 min) before the run: {data['load_before']}. Rounds {data['rounds']} per mode "
-            f"(medians over rounds 2-{data['rounds']}, [min-max]); t = {data['t']}; "
+            f"(round time: median [min-max] of all rounds; server CPU: of rounds 2-{data['rounds']}, "
+            f"round 1's includes the ServerApp's start-up); t = {data['t']}; "
             "SecAgg+ 5 shares, threshold 3; TLS; SuperLink state in memory.",
             "",
             markdown_table(
@@ -391,7 +392,7 @@ def render(data: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--hubs", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--t", type=int, default=25, help="min-participants")
     ap.add_argument("--modes", default="secagg,plain")
     ap.add_argument("--name", default="fleet")
