@@ -209,12 +209,29 @@ def run_mode(
             )
             print(f"  {mode} round {r['round']}: {rows[-1]}", flush=True)
             cpu0, load = cpu, os.getloadavg()[0]
+        _guard(hubs)
         if any("ended" in r for r in lines):
             if not any(r.get("ended") == "completed" for r in lines):
                 raise RuntimeError(f"{mode} run failed: {lines[-1]}")
             return rows
         time.sleep(0.5)
     raise RuntimeError(f"{mode} run did not end in an hour")
+
+
+def _guard(hubs: int) -> None:
+    """Stop before the machine does: on a loaded box the SuperNodes' SuperExecs start
+    more ``flwr-clientapp`` processes than they finish (a 50-hub run reached 360 and
+    exhausted 24 GiB)."""
+    free = psutil.virtual_memory().available
+    apps = 0
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info.get("cmdline") or []
+        apps += any(c.endswith("flwr-clientapp") for c in cmd[:2])
+    if free < MIN_FREE / 2 or apps > 3 * hubs:
+        raise RuntimeError(
+            f"stopping: {free / MiB:.0f} MiB available, {apps} flwr-clientapp processes"
+            f" for {hubs} hubs"
+        )
 
 
 def bytes_per_hub(outs: list[Path]) -> dict[str, dict[str, list[int]]]:
@@ -409,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": load_before,
         "modes": {},
     }
-    with tempfile.TemporaryDirectory(prefix="roost-fleet-bench-") as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="roost-fleet-bench-", ignore_cleanup_errors=True
+    ) as tmp:
         home = Path(tmp)
         with fleet(home, args.hubs) as (server, server_stack, outs, facts):
             data["facts"] = facts
@@ -417,15 +436,20 @@ def main(argv: list[str] | None = None) -> int:
             pid = server_stack.procs["superlink"].popen.pid
             with ServerMeter(pid) as meter:
                 for mode in args.modes.split(","):
-                    rows = run_mode(
-                        server,
-                        meter,
-                        home,
-                        secagg=mode == "secagg",
-                        hubs=args.hubs,
-                        rounds=args.rounds,
-                        t=args.t,
-                    )
+                    try:
+                        rows = run_mode(
+                            server,
+                            meter,
+                            home,
+                            secagg=mode == "secagg",
+                            hubs=args.hubs,
+                            rounds=args.rounds,
+                            t=args.t,
+                        )
+                    except RuntimeError as e:
+                        data.setdefault("errors", {})[mode] = str(e)
+                        print(f"fleet bench: {mode}: {e}", flush=True)
+                        break
                     data["modes"][mode] = rows
             traffic = bytes_per_hub(outs)
     for mode, rows in list(data["modes"].items()):
