@@ -69,9 +69,10 @@ bench: setup
 	$(MAKE) bench-fleet
 
 # Issue 16's scale bench: a real SuperLink and 50 real SuperNodes on this machine, 3 rounds
-# with and without SecAgg+ (bench/results/fleet.{json,md}). About 20 minutes on 2 shared
-# cores and ~15 GiB of RAM (it stops starting SuperNodes below 4 GiB available);
-# `make bench` runs it last. Fewer hubs: `make bench-fleet FLEET_ARGS="--hubs 10"`.
+# with and without SecAgg+ (bench/results/fleet.{json,md}); `make bench` runs it last.
+# 50 need ~10 GiB idle and more in a round; on the shared 2-core box they overran memory
+# (docs/fleet.md, "Scale") and the bench stops itself when clientapps pile up. Measured:
+# `make bench-fleet FLEET_ARGS="--hubs 20 --t 10"` (about 8 minutes).
 FLEET_ARGS ?=
 bench-fleet: setup
 	$(PY) -m bench.fleet $(FLEET_ARGS)

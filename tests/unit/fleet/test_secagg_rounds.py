@@ -5,7 +5,7 @@ with a grid that delivers each message by calling the hub's ClientApp.
 The SecAgg+ share count: Flower 1.42 tells the hubs ``SHARE_NUMBER`` before it raises an
 even count to the next odd one for the neighbour ring, so with the old default (4 shares)
 and more than 4 hubs every hub failed in share keys and no round was released. Real
-SuperLink and SuperNodes at 50 hubs: ``bench/fleet.py``; 4 hubs with a dropout:
+SuperLink and SuperNodes: ``bench/fleet.py`` (rounds of 6 and 20 hubs released); 4 hubs with a dropout:
 tests/integration/test_fleet_flower.py.
 """
 
