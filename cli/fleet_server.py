@@ -85,8 +85,12 @@ class FleetServer:
         names: Iterable[str] = (),
         tls: TlsFiles | None = None,
         insecure: bool = False,
+        database: str = "",
     ) -> None:
         self.stack = stack
+        # Flower's link state: a SQLite file under data/ by default; ":flwr-in-memory:"
+        # keeps it in the process (lost on restart; the fleet bench uses it).
+        self.database = database or str(stack.home / "data" / "superlink.db")
         self.port = port or free_port()
         self.host = host
         self.flwr_home = stack.home / "run" / "flwr"
@@ -128,7 +132,7 @@ class FleetServer:
             "--port",
             str(self.port),
             "--database",
-            str(self.stack.home / "data" / "superlink.db"),
+            self.database,
         ]
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         env = flower_env(self.flwr_home)
@@ -172,11 +176,12 @@ class FleetServer:
             )
         return done.stdout
 
-    def submit(self, run_config: Mapping[str, object]) -> str:
-        """``flwr run`` the Roost app with ``run_config`` overrides; returns flwr's output."""
+    def submit(self, run_config: Mapping[str, object], app_dir: Path = APP_DIR) -> str:
+        """``flwr run`` the Roost app (or another, e.g. the bench's) with ``run_config``
+        overrides; returns flwr's output."""
         overrides = self.stack.home / "run" / "fleet-run-config.toml"
         overrides.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in run_config.items()))
-        return self.flwr("run", str(APP_DIR), CONNECTION, "--run-config", str(overrides))
+        return self.flwr("run", str(app_dir), CONNECTION, "--run-config", str(overrides))
 
 
 def _check_names(cert: Path, host: str) -> None:

@@ -25,7 +25,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.common import ConfigRecord, NDArrays, Scalar
 
 from fleet import protocol
-from fleet.egress import ROUND_STATE, SitOut, egress_audit_mod
+from fleet.egress import CONTRIBUTION, ROUND_STATE, SitOut, egress_audit_mod
 from fleet.hub_node import HubNode
 from roost.personalization.v1 import personalization_service_pb2 as pb
 from roost.personalization.v1 import personalization_service_pb2_grpc as pb_grpc
@@ -83,6 +83,9 @@ class HubClient(NumPyClient):
                 "round_epsilon": float(res.round_epsilon),
                 "epsilon_spent": float(res.epsilon_spent),
                 "mechanism": f"gaussian sigma {sigma:g} C {clip:g} t {t} (hub share), SecAgg+",
+                # What this hub puts into the sum before SecAgg+ masks it: the egress mod
+                # records its digest and keeps it in the hub's own audit log (its inputs).
+                CONTRIBUTION: res.noised_delta,
             }
         )
         logger.info(

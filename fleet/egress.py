@@ -7,12 +7,17 @@ audit record ``fleet.send``: run and round, SecAgg+ stage, the SuperLink, the hu
 version, the SHA-256 and size of the reply's content (Flower's serialized ``RecordDict``:
 the bytes of the reply besides the message metadata), the mechanism and the epsilon the
 hub's ledger charged for the round. If the audit log does not take the record, the mod
-raises and nothing is sent. A hub that sits a round out (no budget, learning mode) records
-``fleet.sit_out`` and sends only an error without the reason.
+raises and nothing is sent. The record of the masked-vector reply also names the hub's
+*contribution*, the clipped and noised delta SecAgg+ masked (SHA-256 of its float32
+little-endian bytes, L2 norm), and keeps the vector itself as the record's redactable
+inputs, in the hub's own log: what the server could only ever see inside the sum. A hub
+that sits a round out (no budget, learning mode) records ``fleet.sit_out`` and sends only
+an error without the reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,6 +25,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import numpy as np
 from flwr.app import Context, Message
 from flwr.common import ConfigRecord, MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
@@ -30,6 +36,7 @@ from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
 from roost.common.v1 import common_pb2
 from services.kit.auth import Role
+from services.kit.tensors import array_to_tensor
 
 logger = logging.getLogger("roost.fleet.client")
 
@@ -37,6 +44,8 @@ SEND: Final = "fleet.send"
 SIT_OUT: Final = "fleet.sit_out"
 #: Where the ClientApp leaves the round's charge for this mod (the node's context state).
 ROUND_STATE: Final = "roost.fleet.round"
+#: The ROUND_STATE key of the hub's unmasked contribution (float32 little-endian bytes).
+CONTRIBUTION: Final = "contribution"
 POLICY_ID: Final = "fleet.egress"
 KEYS_ONLY: Final = "secagg+ protocol (keys, shares; no model data)"
 AUDIT_TIMEOUT: Final = 15.0
@@ -64,6 +73,9 @@ class Egress:
     size: int
     mechanism: str
     epsilon: float
+    # The masked-vector reply only: the contribution inside it, before masking.
+    contribution_sha256: str = ""
+    contribution_norm: float = 0.0
 
     def decision(self, hub_id: str, model: str, node_id: int) -> audit_pb.Decision:
         d = audit_pb.Decision(
@@ -148,8 +160,23 @@ def egress_audit_mod(msg: Message, ctxt: Context, call_next: Any) -> Message:
         mechanism=str(charge["mechanism"]) if data_stage else KEYS_ONLY,
         epsilon=float(charge["round_epsilon"]) if data_stage else 0.0,
     )
-    append_records(
-        node,
-        [egress.decision(node.hub_id, str(charge.get("model", model)), msg.metadata.dst_node_id)],
-    )
+    d = egress.decision(node.hub_id, str(charge.get("model", model)), msg.metadata.dst_node_id)
+    if data_stage and CONTRIBUTION in charge:
+        _add_contribution(d, egress, bytes(charge[CONTRIBUTION]))
+    append_records(node, [d])
     return reply
+
+
+def _add_contribution(d: audit_pb.Decision, egress: Egress, raw: bytes) -> None:
+    """Name the unmasked contribution in the record (digest, norm) and keep the vector
+    as the record's inputs (the hub's own, redactable side store)."""
+    vector = np.frombuffer(raw, "<f4").astype(np.float32)
+    named = dataclasses.replace(
+        egress,
+        contribution_sha256=hashlib.sha256(raw).hexdigest(),
+        contribution_norm=round(float(np.linalg.norm(vector)), 6),
+    )
+    d.output_label = json.dumps(asdict(named), separators=(",", ":"))
+    d.inputs.CopyFrom(
+        audit_pb.DecisionInputs(feature_names=[CONTRIBUTION], tensor=array_to_tensor(vector))
+    )

@@ -10,9 +10,10 @@ Each round: the accountant is asked first (one more round over the fleet budget:
 is asked, the run stops); the average delta is released only when at least
 ``min_participants`` hubs are in it (fewer would carry less than sigma * C of noise);
 then the global head moves by it and the round's report (cumulative epsilon at delta) is
-logged and appended to ``report-path``. When the run ends (completed or failed) a last
-line says so, with the model and base version: ``roost fleet serve`` waits for it to
-publish the release (``cli/fleet_release.py``).
+logged and appended to ``report-path``. With ``received-path`` every reply the ServerApp
+receives is described there, arrays and all (``fleet/received.py``). When the run ends
+(completed or failed) a last line says so, with the model and base version: ``roost fleet
+serve`` waits for it to publish the release (``cli/fleet_release.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from flwr.server.workflow import DefaultWorkflow
 
 from fleet import protocol
 from fleet.accountant import FleetAccountant
+from fleet.received import ReceivedLog, RecordingGrid
 from fleet.secagg import DropoutTolerantSecAggPlus
 from fleet.server_settings import ServerSettings
 
@@ -180,6 +182,8 @@ def main(grid: Grid, context: Context) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per API call
+    if settings.received_file is not None:
+        grid = RecordingGrid(grid, ReceivedLog(settings.received_file))
     strategy = RoostFedAvg(settings, run_tag=str(context.run_id))
     legacy = LegacyContext(
         context, config=ServerConfig(num_rounds=settings.rounds), strategy=strategy

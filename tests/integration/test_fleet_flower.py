@@ -16,12 +16,18 @@ The SuperLink serves TLS with a certificate from the server's own CA; the hubs t
 CA (``[fleet] root_certificates``). A sixth hub, complete with data, trusts a CA of the
 same name but another key (a hub given the wrong CA, or a SuperLink impersonated): its
 SuperNode never registers, and the rounds go on with the four.
+
+The server never holds an individual update: every reply the ServerApp received is on
+record (``received-path``), and none of its arrays is, or correlates with, a hub's
+unmasked contribution of that round (each hub's own ``fleet.send`` record keeps it),
+while the released average is exactly their sum.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -54,6 +60,7 @@ from services.kit.client import sync_channel
 from services.kit.tensors import array_to_tensor
 from services.personalization.federated_train import HEADS
 from services.personalization.onnx_roundtrip import base_model
+from tests.support.held_updates import held_updates, received
 from tests.support.shared_data import DATA_DIR
 from tests.support.tuf_world import World, install_latest
 
@@ -71,7 +78,7 @@ RUN_CONFIG = {
     "noise-multiplier": SIGMA,
     "epsilon-budget": 24.0,
     "delta": 1e-5,
-    "secagg-num-shares": 4,
+    "secagg-num-shares": 5,
     "secagg-threshold": 2,
     "stage-timeout": 75.0,  # a loaded machine timed round 1 out at 45 s
 }
@@ -203,7 +210,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         with contextlib.suppress(StackError):  # it may give up before it is ready
             start_fleet_node(wrong_ca, wrong)
         report = root / "rounds.jsonl"
-        run_id = run_id_of(server.submit({**RUN_CONFIG, "report-path": str(report)}))
+        run_config = {**RUN_CONFIG, "report-path": str(report)}
+        run_config["received-path"] = str(report.with_name("received.jsonl"))
+        run_id = run_id_of(server.submit(run_config))
         yield Fleet(server, hubs, opted_out, wrong_ca, report, run_id, World(root / "releases"))
     finally:
         with ThreadPoolExecutor(HUBS + 2) as pool:
@@ -235,6 +244,37 @@ def _accuracy(head: np.ndarray) -> float:
         pred = model.logits(xt).argmax(dim=1).numpy()  # type: ignore[operator]
     truth = np.array([manifest.output_labels.index(v) for v in _labels(test.occupancy)])
     return float((pred == truth).mean())
+
+
+def _check_the_server_held_only_masked_vectors(fleet: Fleet, rounds: list[dict[str, Any]]) -> None:
+    """The server process never holds an individual update: no array the ServerApp
+    received (every reply, recorded by fleet/received.py) is, or follows, any hub's
+    unmasked contribution of that round (kept in the hub's own fleet.send record); yet
+    the released average is exactly their sum over the hubs in the round."""
+    contributions: dict[str, dict[str, np.ndarray]] = {}
+    for i, st in enumerate(fleet.hubs):
+        for d in _audit(st, "fleet.send"):
+            label = json.loads(d.output_label)
+            if not label["contribution_sha256"]:
+                continue
+            vector = np.asarray(d.inputs.tensor.float_values, "<f4")
+            assert hashlib.sha256(vector.tobytes()).hexdigest() == label["contribution_sha256"]
+            assert abs(float(np.linalg.norm(vector)) - label["contribution_norm"]) < 1e-4
+            group = label["round"].rsplit("-", 1)[1]  # "<run>-<round>"
+            contributions.setdefault(group, {})[f"hub{i}"] = vector
+    assert {g: len(c) for g, c in contributions.items()} == {"1": 4, "2": 3, "3": 2}
+    got = received(fleet.report.with_name("received.jsonl"))
+    held, compared = held_updates(got, contributions)
+    assert held == [], held
+    # Each hub's masked vector reached the server and was compared with every
+    # contribution of its round (16 + 9 + 4), so the check was not of nothing.
+    assert compared == 4 * 4 + 3 * 3 + 2 * 2, compared
+    head = np.zeros(66, np.float64)
+    for r in rounds:
+        new = np.asarray(r["head"], np.float64)
+        total = sum(v.astype(np.float64) for v in contributions[str(r["round"])].values())
+        assert np.allclose((new - head) * r["participants"], total, atol=1e-4)
+        head = new
 
 
 @pytest.mark.timeout(900)
@@ -308,6 +348,8 @@ def test_fleet_rounds_with_secagg_dp_dropout_and_a_hub_without_budget(
             assert 7.0 < s["epsilon"] < 8.2  # sigma 0.5, one release (PRV: 7.59)
         stages = {s["stage"] for s in sent}
         assert {"setup", "share_keys", "collect_masked_vectors"} <= stages
+    _check_the_server_held_only_masked_vectors(fleet, rounds)
+
     # `roost audit query --action fleet.send` lists them (hub 0: 4 SecAgg+ replies a round).
     hub0 = fleet.hubs[0]
     hub0.write_stack_file()

@@ -7,6 +7,7 @@ import hashlib
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 from flwr.app import Context, Message
 from flwr.common import ConfigRecord, MessageType, RecordDict
@@ -15,8 +16,9 @@ from flwr.common.serde import recorddict_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 
 from fleet import egress
-from fleet.egress import ROUND_STATE, SitOut, egress_audit_mod
+from fleet.egress import CONTRIBUTION, ROUND_STATE, SitOut, egress_audit_mod
 from roost.audit.v1 import audit_service_pb2 as audit_pb
+from services.audit.limits import MAX_TEXT_CHARS
 
 NODE_CONFIG = {
     "hub-id": "h1",
@@ -112,3 +114,48 @@ def test_a_hub_without_budget_sits_out_says_so_and_sends_no_reason(
     [d] = appended
     assert d.action == "fleet.sit_out"
     assert "budget exhausted" in d.policy.reason
+
+
+def test_the_masked_vector_record_names_and_keeps_the_unmasked_contribution(
+    appended: list[audit_pb.Decision],
+) -> None:
+    msg = _msg("collect_masked_vectors")
+    # The longest run id Flower draws (uint64): the label must still fit the audit limit.
+    round_id = f"{2**64 - 1}-3"
+    msg.metadata.__dict__["_run_id"] = 2**64 - 1
+    contribution = np.linspace(-1, 1, 66).astype("<f4")
+
+    def inner(m: Message, c: Context) -> Message:
+        c.state.config_records[ROUND_STATE] = ConfigRecord(
+            {
+                "round_id": round_id,
+                "model": "occupancy",
+                "model_version": "1.0.0.12",
+                "round_epsilon": 7.59,
+                "mechanism": "gaussian sigma 0.5 C 1 t 100 (hub share), SecAgg+",
+                CONTRIBUTION: contribution.tobytes(),
+            }
+        )
+        return Message(RecordDict({"x": ConfigRecord({"masked": b"\x01\x02"})}), reply_to=m)
+
+    egress_audit_mod(msg, _ctx(), inner)
+    [d] = appended
+    label = json.loads(d.output_label)
+    assert label["contribution_sha256"] == hashlib.sha256(contribution.tobytes()).hexdigest()
+    assert abs(label["contribution_norm"] - float(np.linalg.norm(contribution))) < 1e-5
+    assert label["sha256"] != label["contribution_sha256"]  # what left is the masked reply
+    assert list(d.inputs.feature_names) == [CONTRIBUTION]
+    assert np.allclose(np.asarray(d.inputs.tensor.float_values, np.float32), contribution)
+    assert len(d.output_label) <= MAX_TEXT_CHARS
+    assert len(d.SerializeToString()) < 16 * 1024
+
+
+def test_key_stages_name_no_contribution(appended: list[audit_pb.Decision]) -> None:
+    ctx = _ctx()
+    ctx.state.config_records[ROUND_STATE] = ConfigRecord(
+        {"round_id": "11-3", "model": "occupancy", CONTRIBUTION: b"\x00" * 264}
+    )
+    egress_audit_mod(_msg("unmask"), ctx, lambda m, c: Message(RecordDict(), reply_to=m))
+    [d] = appended
+    assert json.loads(d.output_label)["contribution_sha256"] == ""
+    assert not d.HasField("inputs")
