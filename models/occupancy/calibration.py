@@ -29,7 +29,7 @@ class Platt:
 
     def probability(self, z: npt.ArrayLike) -> F64Array:
         margin = self.a * np.asarray(z, dtype=np.float64) + self.b
-        return np.asarray(1.0 / (1.0 + np.exp(-margin)), dtype=np.float64)
+        return np.asarray(0.5 * (1.0 + np.tanh(0.5 * margin)), dtype=np.float64)
 
 
 def fit_platt(z: npt.ArrayLike, y: npt.ArrayLike, *, l2: float = 1e-6, steps: int = 100) -> Platt:
@@ -42,14 +42,24 @@ def fit_platt(z: npt.ArrayLike, y: npt.ArrayLike, *, l2: float = 1e-6, steps: in
     if zs.shape != ys.shape or zs.ndim != 1 or len(zs) == 0:
         raise ValueError(f"need one label per margin, got {zs.shape} and {ys.shape}")
     design = np.stack([zs, np.ones_like(zs)], axis=1)
+
+    def loss(w: F64Array) -> float:
+        m = design @ w
+        return float(np.sum(np.logaddexp(0.0, m) - ys * m) + 0.5 * l2 * float(w @ w))
+
     w = np.array([1.0, 0.0])
+    current = loss(w)
     for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(design @ w)))
+        p = 0.5 * (1.0 + np.tanh(0.5 * (design @ w)))  # sigmoid without overflow
         grad = design.T @ (p - ys) + l2 * w
         hess = (design * (p * (1.0 - p))[:, None]).T @ design + l2 * np.eye(2)
         step = np.linalg.solve(hess, grad)
-        w = w - step
-        if float(np.max(np.abs(step))) < 1e-10:
+        scale = 1.0  # halve the Newton step until the loss does not rise
+        while scale > 1e-8 and loss(w - scale * step) > current:
+            scale *= 0.5
+        w = w - scale * step
+        previous, current = current, loss(w)
+        if previous - current < 1e-12 * max(1.0, abs(current)):
             break
     return Platt(a=float(w[0]), b=float(w[1]))
 
