@@ -179,9 +179,10 @@ def spread(runs: list[dict[str, dict[str, float]]], split: str, key: str, fmt: s
 
 def beats_rule(result: dict[str, Any], name: str, split: str) -> bool:
     runs, rule = result["recipes"][name]["runs"], result["rule"][split]
+    accuracy, false_occupied = float(rule["accuracy"]), float(rule["false_occupied"])
     return (
-        median(runs, split, "accuracy") > rule["accuracy"]
-        and median(runs, split, "false_occupied") < rule["false_occupied"]
+        median(runs, split, "accuracy") > accuracy
+        and median(runs, split, "false_occupied") < false_occupied
     )
 
 
