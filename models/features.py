@@ -12,9 +12,10 @@ from __future__ import annotations
 import importlib
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +30,28 @@ class SensorFeature:
     name: str
     sensor_kind: str
     unit: str
+
+
+HistoryKind = Literal["slope", "steady", "min", "max"]
+
+
+@dataclass(frozen=True)
+class HistoryFeature:
+    """A feature of one sensor kind's recent readings (reading time, not wall clock).
+
+    - ``slope``: (latest - the last reading at least ``seconds`` older) per minute;
+      with less history, against the oldest reading (0 when it is under a minute old).
+    - ``steady``: minutes since a reading last differed from the latest by more than
+      ``delta`` (how long the value has held), at most ``seconds / 60``.
+    - ``min`` / ``max``: over the readings of the last ``seconds``.
+    """
+
+    name: str
+    sensor_kind: str
+    kind: HistoryKind
+    seconds: float
+    unit: str
+    delta: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -51,20 +74,34 @@ class FeatureSpec:
     # (e.g. the meter the model forecasts), so the snapshot does not depend on which
     # sensor happens to report first in a step. None: any reading.
     step_kind: str | None = None
+    # Features of each kind's recent readings, after the time of day (window 1 only).
+    history: tuple[HistoryFeature, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.history and self.window != 1:
+            raise ValueError(f"{self.spec_id}: history features need window 1")
+        unknown = {h.sensor_kind for h in self.history} - self.sensor_kinds
+        if unknown:
+            raise ValueError(f"{self.spec_id}: history of unknown sensor kinds {sorted(unknown)}")
 
     @property
     def feature_names(self) -> list[str]:
         names = [s.name for s in self.sensors]
         if self.time_of_day:
             names += ["hour_sin", "hour_cos"]
-        return names
+        return names + [h.name for h in self.history]
 
     @property
     def units(self) -> list[str]:
         units = [s.unit for s in self.sensors]
         if self.time_of_day:
             units += ["", ""]
-        return units
+        return units + [h.unit for h in self.history]
+
+    @property
+    def history_seconds(self) -> float:
+        """How far back the history features look (0: a snapshot needs no history)."""
+        return max((h.seconds for h in self.history), default=0.0)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -84,10 +121,37 @@ def time_of_day_features(ts: float, tz: tzinfo = UTC) -> tuple[float, float]:
     return math.sin(angle), math.cos(angle)
 
 
+def history_value(feature: HistoryFeature, readings: Sequence[tuple[float, float]]) -> float:
+    """``feature`` of one kind's readings ``(ts, value)``, oldest first, latest last."""
+    now, latest = readings[-1]
+    if feature.kind == "slope":
+        ref_ts, ref = readings[0]
+        for t, v in reversed(readings):
+            if now - t >= feature.seconds:
+                ref_ts, ref = t, v
+                break
+        minutes = (now - ref_ts) / 60.0
+        return (latest - ref) / minutes if minutes >= 1.0 else 0.0
+    if feature.kind == "steady":
+        since = readings[0][0]
+        for t, v in reversed(readings):
+            if abs(v - latest) > feature.delta:
+                since = t
+                break
+        return min(now - since, feature.seconds) / 60.0
+    recent = [v for t, v in readings if now - t <= feature.seconds]
+    return min(recent) if feature.kind == "min" else max(recent)
+
+
 def snapshot(
-    spec: FeatureSpec, latest: Mapping[str, float], ts: float, tz: tzinfo = UTC
+    spec: FeatureSpec,
+    latest: Mapping[str, float],
+    ts: float,
+    tz: tzinfo = UTC,
+    history: Mapping[str, Sequence[tuple[float, float]]] | None = None,
 ) -> list[float] | None:
-    """One row of features from the latest value of each sensor kind, or None if any is missing."""
+    """One row of features from the latest value of each sensor kind (and, for a spec
+    with history features, each kind's recent readings), or None if any is missing."""
     row: list[float] = []
     for s in spec.sensors:
         v = latest.get(s.sensor_kind)
@@ -96,6 +160,11 @@ def snapshot(
         row.append(float(v))
     if spec.time_of_day:
         row.extend(time_of_day_features(ts, tz))
+    for h in spec.history:
+        readings = (history or {}).get(h.sensor_kind)
+        if not readings:
+            return None
+        row.append(history_value(h, readings))
     return row
 
 
@@ -109,11 +178,25 @@ class FeatureWindow:
         self._seen_at: dict[str, float] = {}
         self._rows: deque[list[float]] = deque(maxlen=spec.window)
         self._last_step: float | None = None
+        self._history: dict[str, deque[tuple[float, float]]] = {
+            h.sensor_kind: deque() for h in spec.history
+        }
 
     def update(self, sensor_kind: str, value: float, ts: float) -> bool:
-        """Record a reading. Returns True when the model's input is complete and fresh."""
+        """Record a reading. Returns True when the model's input is complete and fresh.
+
+        A reading older than the kind's latest one is ignored by a spec with history
+        features (its history stays in time order)."""
         if sensor_kind not in self.spec.sensor_kinds:
             return False
+        past = self._history.get(sensor_kind)
+        if past is not None:
+            if past and ts < past[-1][0]:
+                return self.ready(ts)
+            past.append((ts, value))
+            # Keep one reading older than the horizon: a slope's reference.
+            while len(past) > 2 and ts - past[1][0] > self.spec.history_seconds:
+                past.popleft()
         self._latest[sensor_kind] = value
         self._seen_at[sensor_kind] = ts
         if self.spec.window > 1 and self.spec.step_kind in (None, sensor_kind):
@@ -139,7 +222,7 @@ class FeatureWindow:
     def tensor(self, ts: float) -> npt.NDArray[np.float32]:
         """The model input at reading time ``ts``; call only when :meth:`ready`."""
         if self.spec.window == 1:
-            row = snapshot(self.spec, self._latest, ts, self._tz)
+            row = snapshot(self.spec, self._latest, ts, self._tz, self._history)
             if row is None:
                 raise ValueError("feature window is not ready")
             return np.asarray(row, dtype=np.float32)
@@ -164,6 +247,7 @@ SPECS: dict[str, FeatureSpec] = {OCCUPANCY_V1.spec_id: OCCUPANCY_V1}
 _SPEC_MODULES: dict[str, tuple[str, str]] = {
     "comfort/v1": ("models.comfort.spec", "COMFORT_V1"),
     "anomaly/v1": ("models.anomaly.spec", "ANOMALY_V1"),
+    "occupancy/v2": ("models.occupancy.spec", "OCCUPANCY_V2"),
 }
 
 
