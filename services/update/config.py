@@ -47,8 +47,10 @@ class UpdateConfig(ServiceConfig):
     # Largest PSI of the candidate's output distribution against the active one's.
     max_output_psi: float = 0.25
     # Largest PSI of a classifier's confidence distribution (largest class probability
-    # per row) against the active one's: calibration without labels.
-    max_confidence_psi: float = 0.25
+    # per row) against the active one's: calibration without labels. 0 (the default):
+    # reported in the verdict, not judged — a DP-trained fleet release as accurate as
+    # the active model differed by PSI 4.6 (test_fleet_release), too brittle to fail on.
+    max_confidence_psi: float = 0.0
     # Outcomes: the personalization service scores active and candidate against the
     # homeowners' labels observed since the stage started (EvaluateVersions). Optional:
     # empty or unreachable, the gate runs without them.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from services.update.health import HealthPolicy, RoleHealth, judge
@@ -99,17 +101,22 @@ def test_a_collapsed_confidence_fails_although_every_label_is_kept() -> None:
         confidence_ks=0.9,
         confidence_samples=500,
     )
+    # By default the shift is reported, not judged.
     v = judge(ACTIVE, collapsed, "ab", POLICY)
+    assert v.healthy is True
+    assert "confidence PSI 8.30, KS 0.90 over 500 rows (reported, not judged)" in v.summary()
+    judging = replace(POLICY, max_confidence_psi=0.25)
+    v = judge(ACTIVE, collapsed, "ab", judging)
     assert v.healthy is False
     assert v.reasons == ("confidence PSI 8.30, KS 0.90 over 500 rows (max PSI 0.25)",)
     calibrated = candidate(
         predictions=500, output_samples=500, confidence_psi=0.05, confidence_samples=500
     )
-    v = judge(ACTIVE, calibrated, "ab", POLICY)
+    v = judge(ACTIVE, calibrated, "ab", judging)
     assert v.healthy is True
     assert "; confidence PSI 0.05, KS 0.00 over 500 rows (max PSI 0.25); feedback" in v.summary()
     few = candidate(predictions=500, confidence_psi=8.3, confidence_samples=50)
-    assert judge(ACTIVE, few, "ab", POLICY).healthy is True  # too few rows to compare
+    assert judge(ACTIVE, few, "ab", judging).healthy is True  # too few rows to compare
     # A regressor (no confidence samples) is not judged on it, nor says it was.
     assert "confidence" not in judge(ACTIVE, candidate(predictions=500), "ab", POLICY).summary()
 
