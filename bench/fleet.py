@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -52,6 +53,8 @@ APP_DIR = Path(__file__).resolve().parent / "fleet_app"
 MiB = 1024 * 1024
 #: Memory left for everyone else on the machine before another ten SuperNodes start.
 MIN_FREE = 4 * 1024 * MiB
+#: The hub stack's name of the SuperExec serving every SuperNode.
+SUPEREXEC = "superexec"
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -120,9 +123,11 @@ def _report(path: Path) -> list[dict[str, Any]]:
 
 
 def start_hubs(stack: Stack, server: FleetServer, n: int, out_dir: Path) -> list[Path]:
-    """``n`` SuperNodes, started ten at a time (each imports Flower on start-up)."""
+    """``n`` SuperNodes, started ten at a time (each imports Flower on start-up), then
+    the one SuperExec that runs their ClientApp tasks (``bench/fleet_superexec.py``)."""
     assert server.tls is not None
     outs = []
+    nodes: dict[str, str] = {}
     for batch in range(0, n, 10):
         free = psutil.virtual_memory().available
         if free < MIN_FREE:
@@ -135,8 +140,12 @@ def start_hubs(stack: Stack, server: FleetServer, n: int, out_dir: Path) -> list
             out = out_dir / f"hub{i}.jsonl"
             outs.append(out)
             port = free_port()
+            home = stack.home / "flwr" / f"hub{i}"
+            nodes[f"127.0.0.1:{port}"] = str(home)
             argv = [
                 flower_bin("flower-supernode"),
+                "--isolation",
+                "process",  # its tasks run by bench/fleet_superexec.py
                 "--root-certificates",
                 str(server.tls.ca),
                 "--superlink",
@@ -146,7 +155,7 @@ def start_hubs(stack: Stack, server: FleetServer, n: int, out_dir: Path) -> list
                 "--node-config",
                 node_config_arg({NODE_OUT: str(out)}),
             ]
-            env = flower_env(stack.home / "flwr" / f"hub{i}")
+            env = flower_env(home)
             stack._spawn(f"hub{i}", Launch(argv, env, ready_port=port, detaches_children=True))
             names.append(f"hub{i}")
         deadline = time.monotonic() + 300
@@ -154,12 +163,25 @@ def start_hubs(stack: Stack, server: FleetServer, n: int, out_dir: Path) -> list
             if time.monotonic() > deadline:
                 raise RuntimeError(f"SuperNodes {names} not ready after 300 s")
             time.sleep(0.2)
+    argv = [sys.executable, "-m", "bench.fleet_superexec", "--parent-pid", str(os.getpid())]
+    for address, flwr_home in nodes.items():
+        argv += ["--node", f"{address}={flwr_home}"]
+    stack._spawn(SUPEREXEC, Launch(argv, flower_env(stack.home / "flwr"), detaches_children=True))
     return outs
 
 
 def registered(server: FleetServer) -> int:
     out = json.loads(server.flwr("supernode", "list", "--format", "json"))
     return len([n for n in out["nodes"] if str(n.get("status", "online")).lower() == "online"])
+
+
+def idle_cpu(meter: ServerMeter, seconds: float = 20.0) -> float:
+    """The server's CPU seconds per second with every hub connected and no run: what
+    the SuperNodes' polling and heartbeats cost it, part of every round's CPU."""
+    cpu0, _ = meter.sample()
+    time.sleep(seconds)
+    cpu1, _ = meter.sample()
+    return round((cpu1 - cpu0) / seconds, 3)
 
 
 def run_mode(
@@ -220,14 +242,15 @@ def run_mode(
 
 
 def _guard(hubs: int) -> None:
-    """Stop before the machine does: on a loaded box the SuperNodes' SuperExecs start
-    more ``flwr-clientapp`` processes than they finish (a 50-hub run reached 360 and
-    exhausted 24 GiB)."""
+    """Stop before the machine does: with Flower's own SuperExec per SuperNode, a 50-hub
+    run started more ``flwr-clientapp`` processes than it finished (360, 24 GiB
+    exhausted). ClientApp tasks are counted whether started by name or forked by
+    ``bench/fleet_superexec.py``'s fork server."""
     free = psutil.virtual_memory().available
     apps = 0
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info.get("cmdline") or []
-        apps += any(c.endswith("flwr-clientapp") for c in cmd[:2])
+        apps += any(c.endswith("flwr-clientapp") or "forkserver" in c for c in cmd[:3])
     if free < MIN_FREE / 2 or apps > 3 * hubs:
         raise RuntimeError(
             f"stopping: {free / MiB:.0f} MiB available, {apps} flwr-clientapp processes"
@@ -291,15 +314,11 @@ def fleet(home: Path, hubs: int) -> Iterator[tuple[FleetServer, Stack, list[Path
         time.sleep(5)  # a heartbeat or two on every node (the steady state)
         connected_link = psutil.Process(pid).memory_info().rss
         connected = sum(p.memory_info().rss for p in _tree(pid))
-        hub_rss = [
-            sum(p.memory_info().rss for p in _tree(proc.popen.pid))
-            for proc in hub_stack.procs.values()
-        ]
+        nodes = [proc for name, proc in hub_stack.procs.items() if name != SUPEREXEC]
+        hub_rss = [sum(p.memory_info().rss for p in _tree(proc.popen.pid)) for proc in nodes]
         # PSS: shared library pages split among the processes that map them.
-        hub_pss = [
-            sum(p.memory_full_info().pss for p in _tree(proc.popen.pid))
-            for proc in hub_stack.procs.values()
-        ]
+        hub_pss = [sum(p.memory_full_info().pss for p in _tree(proc.popen.pid)) for proc in nodes]
+        superexec = sum(p.memory_info().rss for p in _tree(hub_stack.procs[SUPEREXEC].popen.pid))
         facts = {
             "hubs_started_s": round(time.monotonic() - started, 1),
             "superlink_rss_idle_mib": round(idle / MiB, 1),
@@ -309,6 +328,7 @@ def fleet(home: Path, hubs: int) -> Iterator[tuple[FleetServer, Stack, list[Path
             "superlink_rss_per_node_kib": round((connected_link - idle_link) / hubs / 1024, 1),
             "supernode_rss_idle_mib": summary([r / MiB for r in hub_rss]),
             "supernode_pss_idle_mib": summary([r / MiB for r in hub_pss]),
+            "bench_superexec_rss_idle_mib": round(superexec / MiB, 1),
         }
         yield server, server_stack, outs, facts
     finally:
@@ -366,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fleet bench: {args.hubs} SuperNodes up: {facts}", flush=True)
             pid = server_stack.procs["superlink"].popen.pid
             with ServerMeter(pid) as meter:
+                facts["server_cpu_idle_s_per_s"] = idle_cpu(meter)
                 for mode in args.modes.split(","):
                     try:
                         rows = run_mode(

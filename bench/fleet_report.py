@@ -63,15 +63,24 @@ def render(data: dict[str, Any]) -> str:
             f"the flower-superlink process alone {f['superlink_process_rss_idle_mib']} -> "
             f"{f['superlink_process_rss_connected_mib']} MiB: "
             f"{f['superlink_rss_per_node_kib']} KiB per connected node. A SuperNode "
-            f"(+ its SuperExec) idles at RSS {f['supernode_rss_idle_mib']['median']} MiB, "
+            f"idles at RSS {f['supernode_rss_idle_mib']['median']} MiB, "
             f"PSS {f['supernode_pss_idle_mib']['median']} MiB; "
-            f"{data['hubs']} started in {f['hubs_started_s']} s.",
+            f"{data['hubs']} started in {f['hubs_started_s']} s. The bench's one SuperExec "
+            f"for all of them (bench/fleet_superexec.py) idles at "
+            f"{f.get('bench_superexec_rss_idle_mib', '?')} MiB RSS. With every hub "
+            f"connected and no round running the server uses "
+            f"{f.get('server_cpu_idle_s_per_s', '?')} CPU-s per second (the SuperNodes' "
+            "polling and heartbeats): part of each round's server CPU above.",
             "",
             "Server = flower-superlink + flower-superexec + flwr-serverapp (CPU sampled "
             "every 0.25 s). Bytes: Flower's serialized messages as the ClientApp sees "
             "them (metadata + content; HTTP/2 and TLS framing and heartbeats are extra). "
-            "Every hub runs on the same 2 cores: the round time is mostly the hubs' "
-            "flwr-clientapp start-ups (one process per message: 4 per hub per SecAgg+ "
-            "round, 1 plain), not the server.",
+            "Every hub runs on the same 2 cores. Their SuperNodes run with "
+            "`--isolation process`; one bench SuperExec runs each ClientApp task with "
+            "Flower's own `run_clientapp` in a child forked from a preloaded fork server "
+            "(4 tasks per hub per SecAgg+ round, 1 plain), so 50 hubs' Python start-ups "
+            "(~1.3 s CPU each with Flower's per-task `flwr-clientapp`) do not swamp the "
+            "2 cores. Round time = the hubs' work on 2 shared cores + Flower's polling "
+            "(SuperNode pulls, SuperExec task polls every 0.25 s) + the server.",
         ]
     )
