@@ -72,9 +72,8 @@ bench: setup
 
 # Issue 16's scale bench: a real SuperLink and 50 real SuperNodes on this machine, 3 rounds
 # with and without SecAgg+ (bench/results/fleet.{json,md}); `make bench` runs it last.
-# 50 need ~10 GiB idle and more in a round; on the shared 2-core box they overran memory
-# (docs/fleet.md, "Scale") and the bench stops itself when clientapps pile up. Measured:
-# `make bench-fleet FLEET_ARGS="--hubs 20 --t 10"` (about 8 minutes).
+# One bench SuperExec forks their ClientApp tasks from a preloaded server (docs/fleet.md,
+# "Scale"); the 50 SuperNodes idle at ~7 GiB. About 8 minutes; run it on a quiet machine.
 FLEET_ARGS ?=
 bench-fleet: setup
 	$(PY) -m bench.fleet $(FLEET_ARGS)
