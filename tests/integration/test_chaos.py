@@ -1,6 +1,7 @@
 """The chaos suite, short (``make chaos`` is the long one): under a steady stream of
-readings, inference, audit and the hub are each SIGKILLed by PID, kept down 2 s and
-restarted by the harness (``bench.chaos``). Only the hard invariants are asserted, never
+readings, every process of ``roost run`` (the broker, inference, audit, the hub, update
+and personalization) is SIGKILLed by PID, kept down 2 s and restarted by the harness
+(``bench.chaos``). Only the hard invariants are asserted, never
 timings: no decision is published without its audit entry, no acknowledged entry is lost,
 and the hub decides again after every restart."""
 
@@ -10,15 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import Plan, run_chaos
+from bench.chaos import Plan, run_chaos, start_full_stack
 from bench.e2e import sample_readings
-from tests.support.stacks import start_stack
+from tests.support.stacks import require_mosquitto
 
 pytestmark = pytest.mark.integration
 
+PROCESSES = ("broker", "inference", "audit", "hub", "update", "personalization")
 PLAN = Plan(
     rate=100.0,
-    outages=(("inference", "short", 2.0), ("audit", "short", 2.0), ("hub", "short", 2.0)),
+    outages=tuple((p, "short", 2.0) for p in PROCESSES),
     pre_seconds=1.5,
     tail_seconds=0.5,
     resume_timeout=20.0,
@@ -26,15 +28,16 @@ PLAN = Plan(
 )
 
 
-async def test_kill_inference_audit_and_hub_under_load(tmp_path: Path) -> None:
-    stack = start_stack(tmp_path)
+async def test_kill_every_process_under_load(tmp_path: Path) -> None:
+    require_mosquitto()
+    stack = start_full_stack(tmp_path)
     try:
         res = await run_chaos(stack, PLAN, sample_readings(400))
         hub_alive = stack.procs["hub"].alive()
     finally:
         stack.stop()
     totals, rows = res["totals"], res["outages"]
-    assert [r["process"] for r in rows] == ["inference", "audit", "hub"]
+    assert tuple(r["process"] for r in rows) == PROCESSES
     never = [r["process"] for r in rows if r["resume_s"] is None]
     broken = {
         # Every decision received on MQTT is in the audit log, at its published index.
