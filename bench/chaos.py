@@ -36,13 +36,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.chaos_audit import AuditView
-from bench.chaos_ledger import Outage, aggregate, lost_entries, summarize, unaudited
+from bench.chaos_ledger import (
+    Outage,
+    aggregate,
+    lost_entries,
+    owed_decisions,
+    summarize,
+    unaudited,
+)
 from bench.chaos_load import Load
 from bench.chaos_report import plot, render
 from bench.e2e import sample_readings
 from bench.machine import machine_info
 from bench.report import write
 from cli.stack import Stack
+from models.features import OCCUPANCY_V1
 from services.kit.auth import Role
 
 # The table has a dozen columns: wider than a terminal's default 80 when output is a file.
@@ -193,7 +201,12 @@ async def run_chaos(
     log = await audit.everything()
     ledger = load.ledger
     received = {d.decision_id for d in ledger.all_seen()}
-    rows = [summarize(o, ledger, log, received) for o in outages]
+    # Only occupancy decides on the stream's kinds (comfort and anomaly need kinds it
+    # does not carry); its spec says when a reading completes a window.
+    owed = owed_decisions(
+        ledger, load.reading, OCCUPANCY_V1.sensor_kinds, OCCUPANCY_V1.max_staleness_seconds
+    )
+    rows = [summarize(o, ledger, log, received, owed) for o in outages]
     return {
         "rate": p.rate,
         "duration_s": time.monotonic() - started,

@@ -11,6 +11,9 @@ Definitions (also in ``bench/results/chaos.md``):
   offered while no broker was reachable are *not published* and counted apart;
 * a published reading is *lost* if no decision for it was received by the end of the
   run (its decision's ``trigger_id`` is the reading's id);
+* a published reading is *lost* if it was owed a decision (:func:`owed_decisions`: its
+  window was complete) and none arrived; one that completed no window (after a gap in
+  the stream, its area's other sensor kinds too old) is *undecided, incomplete*;
 * a received decision is *unaudited* if the audit log, read over gRPC at the end, has
   no entry with its ``decision_id`` at its ``audit_index``;
 * a *duplicate* is a second decision (another decision id) of one model for one reading;
@@ -23,9 +26,10 @@ Definitions (also in ``bench/results/chaos.md``):
 
 from __future__ import annotations
 
+import math
 import statistics
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -147,13 +151,43 @@ def longest_gap(times: Sequence[float]) -> float:
     return max((b - a for a, b in pairwise(times)), default=0.0)
 
 
+def owed_decisions(
+    ledger: Ledger,
+    reading: Callable[[int], tuple[str, str, float]],
+    kinds: frozenset[str],
+    max_staleness: float,
+) -> set[int]:
+    """The published readings the hub owes a decision: those after which the window of
+    their area holds every kind of ``kinds`` no older (in reading time) than
+    ``max_staleness`` before them (``reading(seq)`` = (area, kind, ts); the model's
+    :class:`models.features.FeatureSpec`). A reading after a gap in the stream (a
+    broker outage leaves readings unpublished) completes no window until the area's
+    other kinds were read again: it is taken and owes nothing."""
+    latest: dict[tuple[str, str], float] = {}
+    owed: set[int] = set()
+    for seq in sorted(ledger.acked):
+        area, kind, ts = reading(seq)
+        if kind not in kinds:
+            continue
+        latest[area, kind] = ts
+        if all(ts - latest.get((area, k), -math.inf) <= max_staleness for k in kinds):
+            owed.add(seq)
+    return owed
+
+
 def summarize(
-    o: Outage, ledger: Ledger, log: Mapping[str, Logged], received_ids: set[str]
+    o: Outage,
+    ledger: Ledger,
+    log: Mapping[str, Logged],
+    received_ids: set[str],
+    owed: set[int] | None = None,
 ) -> dict[str, Any]:
-    """One outage's figures (see the module docstring for the definitions)."""
+    """One outage's figures (see the module docstring for the definitions). ``owed``:
+    the readings owed a decision (:func:`owed_decisions`; None: every published one)."""
     seqs = range(o.first_seq, o.end_seq)
     published = [s for s in seqs if s in ledger.acked]
-    lost = [s for s in published if s not in ledger.decisions]
+    undecided = [s for s in published if s not in ledger.decisions]
+    lost = [s for s in undecided if owed is None or s in owed]
     ready_seq = max(ledger.first_sent_at_or_after(o.ready_at), o.first_seq)
     kill_seq = max(ledger.first_sent_at_or_after(o.killed_at), o.first_seq)
     seen = [d for s in seqs for d in ledger.decisions.get(s, ())]
@@ -184,6 +218,8 @@ def summarize(
         "published": len(published),
         "not_published": len(seqs) - len(published),
         "lost": len(lost),
+        # Taken, but completing no window (after a gap in the stream): owed nothing.
+        "undecided_incomplete": len(undecided) - len(lost),
         "lost_while_down": sum(1 for s in lost if kill_seq <= s < ready_seq),
         "lost_after_ready": sum(1 for s in lost if s >= ready_seq),
         "resume_s": (min(resumed) - o.ready_at) if resumed else None,

@@ -83,6 +83,8 @@ class Load:
     # --- lifecycle -----------------------------------------------------------------
 
     async def __aenter__(self) -> Load:
+        # aiomqtt's socket race on a broker kill (as in the hub): DEBUG, not a traceback.
+        mqtt.quiet_socket_races(asyncio.get_running_loop())
         self._tasks = [
             # Decisions published while this subscriber reconnects (a broker restart) are
             # kept for it: a decision missed here would be the recorder's loss, not the hub's.
@@ -171,12 +173,18 @@ class Load:
 
     # --- publishing ----------------------------------------------------------------
 
+    def reading(self, seq: int) -> tuple[str, str, float]:
+        """Area, sensor kind and reading time of reading ``seq``."""
+        kind, _ = self._values[seq % len(self._values)]
+        row = seq // KINDS_PER_ROW
+        return AREAS[row % len(AREAS)], kind, BASE_TS + row * ROW_SECONDS
+
     def message(self, seq: int) -> tuple[str, bytes]:
         """Topic and payload of reading ``seq``."""
-        kind, value = self._values[seq % len(self._values)]
-        row = seq // KINDS_PER_ROW
-        body = {"value": value, "ts": BASE_TS + row * ROW_SECONDS, "id": f"{TRIGGER_PREFIX}{seq}"}
-        return reading_topic(AREAS[row % len(AREAS)], kind), json.dumps(body).encode()
+        area, kind, ts = self.reading(seq)
+        value = self._values[seq % len(self._values)][1]
+        body = {"value": value, "ts": ts, "id": f"{TRIGGER_PREFIX}{seq}"}
+        return reading_topic(area, kind), json.dumps(body).encode()
 
     async def _pace(self) -> None:
         start = time.monotonic()

@@ -14,7 +14,11 @@ LABELS = {"mosquitto": "broker"}
 DEFINITIONS = """\
 Definitions. A reading is *published* once the broker acknowledged it (QoS 1); readings
 offered while no broker was reachable are *not published*. A published reading is *lost*
-if no decision for it arrived by the end of the run. *Decide again*: from the restarted
+if it was owed a decision (it completed its area's window: every sensor kind of the
+occupancy spec read within its 15-minute staleness) and none arrived by the end of the
+run. After a broker outage the stream has a gap, so an area's first readings after it
+complete no window until its other kinds are read again: *undecided, incomplete* (the
+hub took them and rightly decided nothing). *Decide again*: from the restarted
 process being ready (its ready file, or the broker's port) to the first decision of a
 reading published after that. *Unaudited*: a decision received on MQTT that the audit log,
 read over gRPC at the end, lacks at its published index. *Acknowledged lost*: an entry an
@@ -113,6 +117,7 @@ def _run_rows(res: Mapping[str, Any]) -> list[tuple[str, ...]]:
             f"{r['lost']:,}",
             f"{r['lost_while_down']:,}",
             f"{r['lost_after_ready']:,}",
+            f"{r.get('undecided_incomplete', 0):,}",
             _s(r["resume_s"]),
             f"{r['decision_gap_s']:.2f} / {r['publish_gap_s']:.2f}",
             str(r["unaudited"]),
@@ -181,6 +186,7 @@ def render(res: Mapping[str, Any]) -> tuple[Table, str]:
                     "lost",
                     "while down",
                     "after ready",
+                    "undecided, incomplete",
                     "decide again (s)",
                     "longest pause: decisions / readings (s)",
                     "unaudited",

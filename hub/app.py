@@ -411,6 +411,7 @@ class Hub:
                     first = False
                     if self.bridge is not None:
                         await self.bridge.on_connect(client)
+                    await self.publisher.resend(client)  # before any newer decision
                     self.publisher.attach(client)
                     self.health.changed.set()  # republish the health document
                     self.ready.set()

@@ -12,7 +12,9 @@ opened or written), a reading is acknowledged when taken, counted in
 :class:`Publisher` publishes decisions at QoS 1 and waits out broker outages. When the
 session drops, the publishes in flight are abandoned at once and sent again on the
 next session (a decision may then arrive twice, with the same id; never lost), rather
-than each waiting for a PUBACK that cannot come.
+than each waiting for a PUBACK that cannot come; and the decisions the broker
+acknowledged in the last :data:`RESEND_SECONDS` before the drop are published again
+first (a killed broker loses what it acknowledged from memory and had not yet saved).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -379,13 +382,34 @@ class Intake:
         self._log(what, "readings journal: %s failed (%s)", what, type(error).__name__)
 
 
+#: Decisions the broker acknowledged this long before a session dropped are published
+#: again on the next session: a broker killed then may have acknowledged them from
+#: memory (PUBACK) and neither delivered nor saved them (mosquitto saves its store every
+#: ``autosave_interval``, 1 s here). Subscribers may get such a decision twice, with the
+#: same ``decision_id``.
+RESEND_SECONDS = 2.0
+RESEND_MAX = 4_096  # at most this many (the newest), whatever the rate
+RESEND_TIMEOUT = 5.0  # the new session's PUBACKs for them, at most
+
+DECISIONS_RESENT = Counter(
+    "roost_hub_decisions_resent_total",
+    "Decisions published again after the broker session dropped (the broker may have "
+    "lost what it had acknowledged just before).",
+)
+
+
 class Publisher:
-    """Publishes decisions (QoS 1); waits out broker outages instead of losing them."""
+    """Publishes decisions (QoS 1); waits out broker outages instead of losing them, and
+    after one publishes again what the broker acknowledged just before it
+    (:data:`RESEND_SECONDS`)."""
 
     def __init__(self) -> None:
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self._dropped = asyncio.Event()
+        # (when acknowledged, what) of this session's recent decisions.
+        self._recent: deque[tuple[float, Outgoing]] = deque(maxlen=RESEND_MAX)
+        self._resend: list[Outgoing] = []
 
     def attach(self, client: aiomqtt.Client) -> None:
         """A session is up: publish through ``client``."""
@@ -394,9 +418,35 @@ class Publisher:
         self.connected.set()
 
     def detach(self) -> None:
-        """The session dropped: publishes in flight are sent again on the next one."""
+        """The session dropped: publishes in flight are sent again on the next one, and
+        so are those acknowledged within :data:`RESEND_SECONDS` before the drop."""
+        if self.connected.is_set():  # once per session
+            cutoff = time.monotonic() - RESEND_SECONDS
+            self._resend += [o for at, o in self._recent if at >= cutoff]
+            del self._resend[:-RESEND_MAX]
+            self._recent.clear()
         self.connected.clear()
         self._dropped.set()
+
+    async def resend(self, client: aiomqtt.Client) -> int:
+        """Publish again, on the new session and before any newer decision, what the
+        last session's broker acknowledged just before it dropped (how many)."""
+        out, self._resend = self._resend, []
+        if not out:
+            return 0
+        sends = asyncio.gather(
+            *(client.publish(o.topic, o.payload, qos=1) for o in out), return_exceptions=True
+        )
+        try:
+            results = await asyncio.wait_for(sends, RESEND_TIMEOUT)
+        except TimeoutError:  # this session is failing too: keep them for the next one
+            self._resend = out
+            return 0
+        now = time.monotonic()  # acknowledged again, from memory again
+        self._recent.extend((now, o) for o, r in zip(out, results, strict=True) if r is None)
+        self._resend = [o for o, r in zip(out, results, strict=True) if r is not None]
+        DECISIONS_RESENT.inc(len(out) - len(self._resend))
+        return len(out) - len(self._resend)
 
     async def __call__(self, out: Sequence[Outgoing]) -> None:
         remaining = list(out)
@@ -417,6 +467,10 @@ class Publisher:
                     await sends
                 continue
             results = sends.result()
+            now = time.monotonic()
+            self._recent.extend(
+                (now, o) for o, r in zip(remaining, results, strict=True) if r is None
+            )
             remaining = [o for o, r in zip(remaining, results, strict=True) if r is not None]
             if remaining and not dropped.is_set():
                 # The MQTT loop detaches when it sees the session drop; until then,

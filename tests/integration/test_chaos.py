@@ -17,7 +17,7 @@ from tests.support.stacks import require_mosquitto
 
 pytestmark = pytest.mark.integration
 
-PROCESSES = ("broker", "inference", "audit", "hub", "update", "personalization")
+PROCESSES = ("mosquitto", "inference", "audit", "hub", "update", "personalization")
 PLAN = Plan(
     rate=100.0,
     outages=tuple((p, "short", 2.0) for p in PROCESSES),

@@ -14,6 +14,7 @@ from bench.chaos_ledger import (
     aggregate,
     longest_gap,
     lost_entries,
+    owed_decisions,
     summarize,
     unaudited,
 )
@@ -147,3 +148,32 @@ def test_every_offered_reading_is_counted_once(case: tuple[int, set[int], set[in
     assert row["lost"] == len(acked - decided)
     assert row["lost_while_down"] + row["lost_after_ready"] <= row["lost"]
     assert row["unaudited"] == 0
+
+
+KINDS = ("temperature", "humidity", "light", "co2")
+
+
+def _reading(seq: int) -> tuple[str, str, float]:
+    """One area, a row of the four kinds per minute (the chaos load's stream)."""
+    return "a", KINDS[seq % 4], 60.0 * (seq // 4)
+
+
+def test_after_a_gap_only_readings_that_complete_a_window_are_owed_a_decision() -> None:
+    # Rows 0-1 published; rows 2-29 lost to a broker outage (30 minutes > 15 stale);
+    # row 30 published but its first kind not; row 31 whole.
+    acked = set(range(8)) | set(range(121, 128))
+    ledger = ledger_of(128, dict.fromkeys(acked, 0.0), acked=acked)
+    owed = owed_decisions(ledger, _reading, frozenset(KINDS), 900.0)
+    # Row 0 completes at its 4th kind; row 30 misses its temperature (the one before the
+    # gap is 29 minutes old); from row 31 on every reading completes the window.
+    expected = {3, 4, 5, 6, 7, 124, 125, 126, 127}
+    assert owed == expected
+    undecided = acked - expected
+    for s in undecided:
+        del ledger.decisions[s]
+    row = summarize(outage(end_seq=128), ledger, log_of(ledger), set(), owed)
+    assert row["lost"] == 0
+    assert row["undecided_incomplete"] == len(undecided)
+    # An owed reading without a decision is lost.
+    del ledger.decisions[127]
+    assert summarize(outage(end_seq=128), ledger, log_of(ledger), set(), owed)["lost"] == 1

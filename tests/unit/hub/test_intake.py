@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from prometheus_client import REGISTRY
 
+import hub.intake as intake_module
 from hub.ingest import Ingest
-from hub.intake import Intake, Publisher
+from hub.intake import RESEND_SECONDS, Intake, Publisher
 from hub.journal import Journal
 from hub.pipeline import Outgoing, Pending
 from models.features import spec_by_id
@@ -112,6 +116,33 @@ async def test_decisions_in_flight_when_the_session_drops_go_out_on_the_next_one
     # Not after a PUBACK timeout (aiomqtt's default: 10 s): as soon as the session is back.
     await asyncio.wait_for(task, 2)
     assert alive.sent == ["d/1", "d/2"]
+
+
+async def test_decisions_acknowledged_just_before_a_drop_are_published_again_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [100.0]
+    # The publisher's clock only (the event loop keeps the real one).
+    fake_time = SimpleNamespace(monotonic=lambda: clock[0], perf_counter=time.perf_counter)
+    monkeypatch.setattr(intake_module, "time", fake_time)
+    publisher = Publisher()
+    first, second, third = FakeClient(True), FakeClient(True), FakeClient(True)
+    publisher.attach(first)  # type: ignore[arg-type]
+    await publisher([Outgoing("d/old", b"{}")])
+    clock[0] += RESEND_SECONDS + 0.5
+    await publisher([Outgoing("d/1", b"{}"), Outgoing("d/2", b"{}")])
+    clock[0] += 0.5
+    publisher.detach()  # the broker was killed: it may have lost d/1 and d/2
+    publisher.detach()  # (the hub's MQTT loop detaches twice on a drop)
+    assert await publisher.resend(second) == 2  # type: ignore[arg-type]
+    assert second.sent == ["d/1", "d/2"]  # not d/old: saved by the broker long before
+    publisher.attach(second)  # type: ignore[arg-type]
+    await publisher([Outgoing("d/3", b"{}")])
+    assert second.sent == ["d/1", "d/2", "d/3"]  # the resent ones first
+    # A drop right after: what the new session acknowledged, the resent ones included.
+    publisher.detach()
+    assert await publisher.resend(third) == 3  # type: ignore[arg-type]
+    assert third.sent == ["d/1", "d/2", "d/3"]
 
 
 async def test_a_failing_journal_costs_durability_not_readings(tmp_path: Path) -> None:
