@@ -9,11 +9,10 @@ Definitions (also in ``bench/results/chaos.md``):
 
 * a reading is *published* once the broker acknowledged it (QoS 1 PUBACK); readings
   offered while no broker was reachable are *not published* and counted apart;
-* a published reading is *lost* if no decision for it was received by the end of the
-  run (its decision's ``trigger_id`` is the reading's id);
 * a published reading is *lost* if it was owed a decision (:func:`owed_decisions`: its
-  window was complete) and none arrived; one that completed no window (after a gap in
-  the stream, its area's other sensor kinds too old) is *undecided, incomplete*;
+  window was complete) and none was received by the end of the run (a decision's
+  ``trigger_id`` is its reading's id); one that completed no window (after a gap in the
+  stream, its area's other sensor kinds too old) is *undecided, incomplete*;
 * a received decision is *unaudited* if the audit log, read over gRPC at the end, has
   no entry with its ``decision_id`` at its ``audit_index``;
 * a *duplicate* is a second decision (another decision id) of one model for one reading;

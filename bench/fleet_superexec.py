@@ -28,6 +28,7 @@ from logging import WARNING
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 
+import psutil
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 from flwr.supercore import log
 from flwr.supercore.constant import TaskType
@@ -161,7 +162,7 @@ def serve(nodes: dict[str, str], poll: float = 0.25, parent_pid: int | None = No
     for t in threads:
         t.start()
     try:
-        while parent_pid is None or _alive(parent_pid):
+        while parent_pid is None or psutil.pid_exists(parent_pid):
             time.sleep(1.0)
             executor.reconcile()
     finally:
@@ -169,14 +170,6 @@ def serve(nodes: dict[str, str], poll: float = 0.25, parent_pid: int | None = No
         for t in threads:
             t.join(timeout=5)
         executor.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:
