@@ -13,6 +13,7 @@ Results: a printed table, bench/results/e2e.{json,md,png}.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -66,7 +67,7 @@ BACKLOG_MS = 250.0
 IDLE_SECONDS = 30
 WARMUP_FRACTION = 0.1
 # `python -m bench.e2e --quick`: the steady 200/s run and the baselines only.
-QUICK = "--quick" in sys.argv
+QUICK = False
 
 
 @dataclass
@@ -405,13 +406,21 @@ async def bench(home: Path) -> dict[str, Any]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    global QUICK  # noqa: PLW0603 - read by bench() several calls down
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="steady runs and baselines only")
+    parser.add_argument(
+        "--name", default="e2e", help="results file name under bench/results (an A/B run)"
+    )
+    args = parser.parse_args(argv)
+    QUICK = args.quick
     with tempfile.TemporaryDirectory(prefix="roost-bench-") as tmp:
         res = asyncio.run(bench(Path(tmp)))
-    js, mdp = write("e2e", res, "")  # the raw results first, whatever happens next
+    js, mdp = write(args.name, res, "")  # the raw results first, whatever happens next
     table, md = render(res)
     console.print(table)
-    js, mdp = write("e2e", res, md)
+    js, mdp = write(args.name, res, md)
     png = mdp.with_suffix(".png")
     plot(res, png)
     console.print(f"written: {js}, {mdp}, {png}")

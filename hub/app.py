@@ -47,6 +47,7 @@ from hub.ingest import Ingest, InputLimits, SensorRef, parse_entity_map
 from hub.intake import Intake, Once, Publisher, manual_acks, open_intake
 from hub.live import run_live_session
 from hub.payloads import DropReason
+from hub.peer_streams import StreamedAudit, StreamedInference
 from hub.pipeline import DecisionPipeline, Outgoing, Pending, Recorded
 from hub.policy import ActionPolicy, parse_action_rules
 from hub.topics import READINGS_FILTER, statestream_filter, status_topic
@@ -140,6 +141,8 @@ class Hub:
         )
         self.inference = inf_grpc.InferenceServiceStub(self._inf_channel)
         self.audit = audit_grpc.AuditServiceStub(self._audit_channel)
+        self._predict_stream = StreamedInference(self.inference)
+        self._append_stream = StreamedAudit(self.audit)
         self._extra_channels: list[grpc.aio.Channel] = []
         self.personalization: pers_grpc.PersonalizationServiceAsyncStub | None = None
         self.update: upd_grpc.UpdateServiceAsyncStub | None = None
@@ -194,8 +197,9 @@ class Hub:
         self.health = DecisionHealth()
         self.pipeline = DecisionPipeline(
             hub_id=config.hub_id,
-            inference=self.inference,
-            audit=self.audit,
+            # Each decision's two calls go over one long-lived stream per service.
+            inference=self._predict_stream,
+            audit=self._append_stream,
             publish=self.publisher,
             predict_deadline=config.predict_deadline_seconds,
             explain_top_k=config.explain_top_k,
@@ -371,6 +375,8 @@ class Hub:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+            await self._predict_stream.close()
+            await self._append_stream.close()
             await self._inf_channel.close()
             await self._audit_channel.close()
             for ch in self._extra_channels:
@@ -393,7 +399,7 @@ class Hub:
                     clean_session=False,
                     keepalive=cfg.mqtt_keepalive_seconds,
                     will=aiomqtt.Will(status, b"offline", qos=1, retain=True),
-                    max_inflight_messages=1000,
+                    max_inflight_messages=0,  # no window: hub.mqtt.publish_all
                     **mqtt.broker_login(
                         cfg.mqtt_username, cfg.mqtt_password_file, cfg.mqtt_tls_ca_file
                     ),

@@ -30,6 +30,7 @@ from pathlib import Path
 import aiomqtt
 from prometheus_client import Counter
 
+from hub import mqtt
 from hub.catchup import Aligner, Expected, Fate, Segment
 from hub.ingest import Ingest
 from hub.journal import Entry, Journal, JournalError, Kind
@@ -398,6 +399,12 @@ DECISIONS_RESENT = Counter(
 )
 
 
+def _publish(
+    client: aiomqtt.Client, out: Sequence[Outgoing]
+) -> Awaitable[list[BaseException | None]]:
+    return mqtt.publish_all(client, [(o.topic, o.payload) for o in out])
+
+
 class Publisher:
     """Publishes decisions (QoS 1); waits out broker outages instead of losing them, and
     after one publishes again what the broker acknowledged just before it
@@ -428,23 +435,27 @@ class Publisher:
         self.connected.clear()
         self._dropped.set()
 
+    def _confirmed(
+        self, out: Sequence[Outgoing], results: Sequence[BaseException | None]
+    ) -> list[Outgoing]:
+        """Remember what the broker confirmed now (for a resend after a drop); what it
+        did not, to publish again."""
+        now = time.monotonic()
+        self._recent.extend((now, o) for o, r in zip(out, results, strict=True) if r is None)
+        return [o for o, r in zip(out, results, strict=True) if r is not None]
+
     async def resend(self, client: aiomqtt.Client) -> int:
         """Publish again, on the new session and before any newer decision, what the
         last session's broker acknowledged just before it dropped (how many)."""
         out, self._resend = self._resend, []
         if not out:
             return 0
-        sends = asyncio.gather(
-            *(client.publish(o.topic, o.payload, qos=1) for o in out), return_exceptions=True
-        )
         try:
-            results = await asyncio.wait_for(sends, RESEND_TIMEOUT)
+            results = await asyncio.wait_for(_publish(client, out), RESEND_TIMEOUT)
         except TimeoutError:  # this session is failing too: keep them for the next one
             self._resend = out
             return 0
-        now = time.monotonic()  # acknowledged again, from memory again
-        self._recent.extend((now, o) for o, r in zip(out, results, strict=True) if r is None)
-        self._resend = [o for o, r in zip(out, results, strict=True) if r is not None]
+        self._resend = self._confirmed(out, results)  # acknowledged again, from memory again
         DECISIONS_RESENT.inc(len(out) - len(self._resend))
         return len(out) - len(self._resend)
 
@@ -454,10 +465,7 @@ class Publisher:
             await self.connected.wait()
             client, dropped = self.client, self._dropped
             assert client is not None
-            sends = asyncio.gather(
-                *(client.publish(o.topic, o.payload, qos=1) for o in remaining),
-                return_exceptions=True,
-            )
+            sends = asyncio.ensure_future(_publish(client, remaining))
             lost = asyncio.ensure_future(dropped.wait())
             await asyncio.wait((sends, lost), return_when=asyncio.FIRST_COMPLETED)
             lost.cancel()
@@ -466,12 +474,7 @@ class Publisher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await sends
                 continue
-            results = sends.result()
-            now = time.monotonic()
-            self._recent.extend(
-                (now, o) for o, r in zip(remaining, results, strict=True) if r is None
-            )
-            remaining = [o for o, r in zip(remaining, results, strict=True) if r is not None]
+            remaining = self._confirmed(remaining, sends.result())
             if remaining and not dropped.is_set():
                 # The MQTT loop detaches when it sees the session drop; until then,
                 # retry after a short pause rather than spin.

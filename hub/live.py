@@ -41,7 +41,7 @@ async def run_live_session(cfg: HubConfig, intake: Intake, stop: asyncio.Event) 
             identifier=f"roost-hub-{cfg.hub_id}-live",
             clean_session=True,
             keepalive=cfg.mqtt_keepalive_seconds,
-            max_inflight_messages=1000,
+            max_inflight_messages=0,  # no window: hub.mqtt.publish_all
             **mqtt.broker_login(cfg.mqtt_username, cfg.mqtt_password_file, cfg.mqtt_tls_ca_file),
         )
         async with client:

@@ -33,9 +33,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter
 
 from hub.health import DecisionHealth, Peer
+from hub.peer_streams import PredictsBatches
 from roost.common.v1 import common_pb2
 from roost.inference.v1 import inference_service_pb2 as inf_pb
-from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
 from services.kit.peers import is_retryable, peer_error, status_of
 from services.kit.ratelog import RateLimitedLog
 from services.kit.tensors import array_to_tensor
@@ -99,7 +99,7 @@ def _now_ts() -> Timestamp:
 class Predictor(Generic[T]):
     def __init__(
         self,
-        inference: inf_grpc.InferenceServiceAsyncStub,
+        inference: PredictsBatches,
         *,
         deadline: float,
         explain_top_k: int,

@@ -9,6 +9,7 @@ device ids, plus derived time-of-day features. Torch-free.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections import deque
@@ -108,7 +109,7 @@ class FeatureSpec:
         n = len(self.feature_names)
         return (n,) if self.window == 1 else (self.window, n)
 
-    @property
+    @functools.cached_property
     def sensor_kinds(self) -> frozenset[str]:
         return frozenset(s.sensor_kind for s in self.sensors)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -18,6 +18,7 @@ from services.audit.checkpoint import NoteSigner
 from services.audit.log import AuditLog, SignedCheckpoint
 from services.audit.witness_client import WitnessPool
 from services.kit.auth import Policy, Role
+from services.kit.call_streams import ordered_replies
 from services.kit.errors import InvalidArgument
 
 APPENDED = Counter(
@@ -44,6 +45,7 @@ _WRITERS = frozenset({Role.HUB, Role.UPDATE, Role.PERSONALIZATION})
 _READERS = frozenset({Role.HUB, Role.UPDATE, Role.AUDITOR, Role.ADMIN})
 POLICY: Policy = {
     _SVC + "AppendDecisions": _WRITERS,
+    _SVC + "AppendDecisionsStream": frozenset({Role.HUB}),
     # Personalization reads back its privacy records (the ledger's cross-check).
     _SVC + "QueryDecisions": _READERS | {Role.PERSONALIZATION},
     # Personalization reads the inputs of a decision a homeowner labelled.
@@ -141,6 +143,24 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
     async def AppendDecisions(
         self, request: pb.AppendDecisionsRequest, context: Any
     ) -> pb.AppendDecisionsResponse:
+        return await self._append(request)
+
+    async def AppendDecisionsStream(
+        self, requests: AsyncIterable[pb.AppendDecisionsStreamRequest], context: Any
+    ) -> AsyncIterator[pb.AppendDecisionsStreamResponse]:
+        """AppendDecisions for each request of the stream; each reply once durable, in
+        request order. Requests in flight at once share group commits."""
+        async for reply in ordered_replies(
+            requests,
+            lambda m: self._append(m.request),
+            pb.AppendDecisionsStreamResponse,
+            context=context,
+            service=Role.AUDIT.value,
+            method="AppendDecisions",
+        ):
+            yield reply
+
+    async def _append(self, request: pb.AppendDecisionsRequest) -> pb.AppendDecisionsResponse:
         n = len(request.decisions)
         if n == 0:
             raise InvalidArgument("decisions: at least one decision is required")

@@ -10,7 +10,8 @@ recorded and read on the event loop thread, so no locks are needed.
 - predictions / errors: rows answered / rows whose session.run failed (a batch of n
   counts n); error_rate = errors / (predictions + errors).
 - latency: session.run time per call (a batch is one call), measured in the worker
-  thread around ``session.run`` only (no queueing), p50 and p99 over the window.
+  thread around ``session.run`` only (no queueing), p50 and p99 over the window, and
+  the number of calls they rest on.
 - agreement (a candidate in shadow): compared rows and rows that agree with the
   active version (same label for classifiers; max abs output difference within the
   configured tolerance for regressors).
@@ -54,6 +55,8 @@ class HealthSnapshot:
     non_finite: int = 0
     # Median of (candidate / active) session.run time on the batches it shadowed (0: none).
     paired_latency_ratio: float = 0.0
+    # session.run calls the latency percentiles rest on.
+    latency_calls: int = 0
 
     @property
     def error_rate(self) -> float:
@@ -140,6 +143,7 @@ class RollingStats:
             agreed=totals[3],
             non_finite=totals[4],
             paired_latency_ratio=paired,
+            latency_calls=len(self._runs),
         )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from services.inference.monitor import Monitor
 from services.inference.outputs import finite_rows, non_finite_error, output_shift, summaries
 from services.inference.registry import LoadedModel, ModelRegistry, Serving
 from services.kit.auth import Policy, Role
+from services.kit.call_streams import ordered_replies
 from services.kit.errors import InvalidArgument
 from services.kit.paging import decode_offset, encode_offset, page_size
 from services.kit.tensors import DTYPE_ENUM, tensor_to_array
@@ -68,6 +70,7 @@ _SVC = f"/{SERVICE.full_name}/"
 POLICY: Policy = {
     _SVC + "Predict": frozenset({Role.HUB, Role.UPDATE, Role.PERSONALIZATION, Role.ADMIN}),
     _SVC + "PredictBatch": frozenset({Role.HUB, Role.UPDATE, Role.PERSONALIZATION, Role.ADMIN}),
+    _SVC + "PredictBatchStream": frozenset({Role.HUB}),
     _SVC + "Explain": frozenset({Role.HUB, Role.UPDATE, Role.ADMIN, Role.AUDITOR}),
     _SVC + "ListModels": frozenset(
         {Role.HUB, Role.UPDATE, Role.PERSONALIZATION, Role.ADMIN, Role.AUDITOR}
@@ -226,6 +229,25 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def PredictBatch(
         self, request: pb.PredictBatchRequest, context: Any
+    ) -> pb.PredictBatchResponse:
+        return await self._predict_batch_counted(request)
+
+    async def PredictBatchStream(
+        self, requests: AsyncIterable[pb.PredictBatchStreamRequest], context: Any
+    ) -> AsyncIterator[pb.PredictBatchStreamResponse]:
+        """PredictBatch for each request of the stream; one reply each, in order."""
+        async for reply in ordered_replies(
+            requests,
+            lambda m: self._predict_batch_counted(m.request),
+            pb.PredictBatchStreamResponse,
+            context=context,
+            service=Role.INFERENCE.value,
+            method="PredictBatch",
+        ):
+            yield reply
+
+    async def _predict_batch_counted(
+        self, request: pb.PredictBatchRequest
     ) -> pb.PredictBatchResponse:
         with self._monitor.request():
             return await self._predict_batch(request)
@@ -390,6 +412,7 @@ def _role_health(
         error_rate=snap.error_rate,
         latency_p50_seconds=snap.latency_p50_seconds,
         latency_p99_seconds=snap.latency_p99_seconds,
+        latency_calls=snap.latency_calls,
     )
     health.non_finite = snap.non_finite
     if compared:

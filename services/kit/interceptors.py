@@ -129,7 +129,7 @@ def peer_role(context: aio.ServicerContext[Any, Any]) -> Role | None:
     return role_from_common_name(names[0].decode("utf-8", "replace"))
 
 
-def _code_of(exc: Exception) -> grpc.StatusCode:
+def code_of(exc: Exception) -> grpc.StatusCode:
     if isinstance(exc, RoostError):
         return exc.code
     if isinstance(exc, NotImplementedError):
@@ -246,7 +246,7 @@ class KitInterceptor(aio.ServerInterceptor):
                     code = grpc.StatusCode.UNKNOWN
                 raise
             except Exception as exc:
-                code = _code_of(exc)
+                code = code_of(exc)
                 await self._fail(context, full, exc)
             finally:
                 self._record(full, code, started)
@@ -283,7 +283,7 @@ class KitInterceptor(aio.ServerInterceptor):
                 code = context.code() or code
                 raise
             except Exception as exc:
-                code = _code_of(exc)
+                code = code_of(exc)
                 await self._fail(context, full, exc)
             finally:
                 self._record(full, code, started)

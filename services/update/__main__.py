@@ -91,6 +91,7 @@ async def setup(config: UpdateConfig, app: App) -> None:
             max_p99_ratio=config.max_p99_ratio,
             min_agreement=config.min_agreement,
             latency_floor_seconds=config.latency_floor_seconds,
+            min_latency_calls=config.min_latency_calls,
             max_output_psi=config.max_output_psi,
             max_confidence_psi=config.max_confidence_psi,
             min_feedback=config.min_feedback,

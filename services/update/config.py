@@ -44,6 +44,8 @@ class UpdateConfig(ServiceConfig):
     min_agreement: float = 0.6
     # Below this p99 (both versions), latency ratios are not judged.
     latency_floor_seconds: float = 0.005
+    # A p99 latency is judged only over this many session.run calls of each version.
+    min_latency_calls: int = 50
     # Largest PSI of the candidate's output distribution against the active one's.
     max_output_psi: float = 0.25
     # Largest PSI of a classifier's confidence distribution (largest class probability
@@ -76,6 +78,8 @@ class UpdateConfig(ServiceConfig):
             raise ValueError("update.min_agreement: must be in [0, 1]")
         if not self.feedback_check_seconds > 0:
             raise ValueError("update.feedback_check_seconds: must be > 0")
+        if self.min_latency_calls < 1:
+            raise ValueError("update.min_latency_calls: must be >= 1")
         if self.min_feedback < 1:
             raise ValueError("update.min_feedback: must be >= 1")
         if not 0 <= self.max_feedback_accuracy_drop <= 1:

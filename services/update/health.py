@@ -15,7 +15,10 @@ threshold is configurable):
   the active's; in shadow the median ratio of its time to the active version's on the
   very same batches (shadow batches are coalesced, unlike live calls, and a median
   shrugs off one scheduling stall); ignored while the candidate's p99 stays under
-  ``latency_floor_seconds``, where ratios of microseconds mean nothing;
+  ``latency_floor_seconds``, where ratios of microseconds mean nothing. A p99 is
+  judged only over ``min_latency_calls`` session.run calls of each version (a batch is
+  one call): over fewer it is their maximum, and one scheduling stall would decide it;
+  until then the verdict stays undecided (a failing check still fails at once);
 * in shadow, it agrees with the active model on fewer than ``min_agreement`` of the
   compared inputs (a local candidate is meant to differ a little, not wildly);
 * its output distribution differs from the active model's (label shares of a
@@ -72,6 +75,8 @@ class RoleHealth:
     confidence_psi: float = 0.0
     confidence_ks: float = 0.0
     confidence_samples: int = 0
+    # session.run calls its p99 rests on.
+    latency_calls: int = 0
 
     @property
     def error_rate(self) -> float:
@@ -85,6 +90,7 @@ class HealthPolicy:
     max_error_rate_increase: float = 0.01
     max_p99_ratio: float = 3.0
     latency_floor_seconds: float = 0.005
+    min_latency_calls: int = 50
     min_agreement: float = 0.6
     max_output_psi: float = 0.25
     # 0: the confidence shift is reported in the verdict, not judged (see the config).
@@ -127,7 +133,8 @@ def _errors(active: RoleHealth, candidate: RoleHealth, policy: HealthPolicy) -> 
 
 def _latency(
     active: RoleHealth, candidate: RoleHealth, stage: str, policy: HealthPolicy
-) -> tuple[bool, str]:
+) -> tuple[bool | None, str]:
+    """(failed, text); failed is None while a p99 would rest on too few calls."""
     allowed = f"(allowed x{policy.max_p99_ratio:g})"
     slow_enough = candidate.p99_seconds > policy.latency_floor_seconds
     if stage == "shadow" and candidate.paired_latency_ratio > 0:
@@ -137,6 +144,12 @@ def _latency(
             f" {_ms(candidate.p99_seconds)}) {allowed}"
         )
         return slow_enough and ratio > policy.max_p99_ratio, text
+    if min(candidate.latency_calls, active.latency_calls) < policy.min_latency_calls:
+        return None, (
+            f"p99 latency: {candidate.latency_calls:,} candidate and"
+            f" {active.latency_calls:,} active calls, too few to judge"
+            f" (needs {policy.min_latency_calls})"
+        )
     text = f"p99 latency {_ms(candidate.p99_seconds)} vs active {_ms(active.p99_seconds)} {allowed}"
     return slow_enough and candidate.p99_seconds > policy.max_p99_ratio * active.p99_seconds, text
 
@@ -192,6 +205,7 @@ def judge(active: RoleHealth, candidate: RoleHealth, stage: str, policy: HealthP
     if seen < policy.min_compared:
         what = "compared in shadow" if stage == "shadow" else "served live in A/B"
         return Verdict(None, (f"{seen:,} of {policy.min_compared:,} rows {what} so far",))
+    checks: list[tuple[bool | None, str]]
     if stage == "shadow":
         checks = [
             (
@@ -214,6 +228,9 @@ def judge(active: RoleHealth, candidate: RoleHealth, stage: str, policy: HealthP
     problems = tuple(text for failed, text in checks if failed)
     if problems:
         return Verdict(False, problems)
+    unjudged = tuple(text for failed, text in checks if failed is None)
+    if unjudged:
+        return Verdict(None, unjudged)
     return Verdict(True, tuple(text for _, text in checks))
 
 

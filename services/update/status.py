@@ -45,6 +45,7 @@ def role_health(h: inf_pb.RoleHealth, generation: int = 0) -> RoleHealth:
         predictions=int(h.predictions),
         errors=int(h.errors),
         p99_seconds=float(h.latency_p99_seconds),
+        latency_calls=int(h.latency_calls),
         agreement=float(h.agreement_rate) if h.compared else 1.0,
         compared=int(h.compared),
         loaded=h.loaded,

@@ -32,9 +32,27 @@ async def _drain(stream: Any) -> None:
         pass
 
 
+async def _one_on_stream(stream: Any) -> None:
+    """One (empty, so refused) append on the decision stream: its reply is a message
+    for a role that may open the stream; for any other the stream itself fails.
+
+    The stream is first read without writing: a refused role's stream ends at once
+    with the server's status. Writing first races that end, and grpc.aio then reports
+    ``INTERNAL`` instead of the server's status (grpc/grpc#36066)."""
+    first = asyncio.ensure_future(stream.read())  # not cancelled: that ends the call
+    await asyncio.wait([first], timeout=1.0)
+    if first.done():
+        first.result()  # the refusal: raises AioRpcError with the server's status
+    await stream.write(pb.AppendDecisionsStreamRequest(request=pb.AppendDecisionsRequest()))
+    reply = await first
+    assert reply.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    await stream.done_writing()
+
+
 # One harmless request per method; the role decides whether it may run at all.
 REQUESTS: dict[str, Call] = {
     "AppendDecisions": lambda s: s.AppendDecisions(pb.AppendDecisionsRequest(), timeout=5),
+    "AppendDecisionsStream": lambda s: _one_on_stream(s.AppendDecisionsStream(timeout=5)),
     "QueryDecisions": lambda s: s.QueryDecisions(pb.QueryDecisionsRequest(), timeout=5),
     "GetDecision": lambda s: s.GetDecision(pb.GetDecisionRequest(decision_id="x"), timeout=5),
     "GetCheckpoint": lambda s: s.GetCheckpoint(pb.GetCheckpointRequest(), timeout=5),
@@ -83,9 +101,10 @@ def test_the_policy_is_the_intended_one() -> None:
     allowed = {m.rsplit("/", 1)[1]: roles for m, roles in POLICY.items()}
     assert allowed["AppendDecisions"] == {Role.HUB, Role.UPDATE, Role.PERSONALIZATION}
     assert allowed["RedactInputs"] == {Role.ADMIN}
+    assert allowed["AppendDecisionsStream"] == {Role.HUB}  # the decision path only
     for method in REQUESTS:
         assert Role.INFERENCE not in allowed[method]
-        if method not in ("AppendDecisions", "RedactInputs"):
+        if method not in ("AppendDecisions", "AppendDecisionsStream", "RedactInputs"):
             assert Role.AUDITOR in allowed[method]
     assert Role.AUDITOR not in allowed["AppendDecisions"]
     assert Role.AUDITOR not in allowed["RedactInputs"]

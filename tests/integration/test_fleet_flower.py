@@ -220,14 +220,21 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         server_stack.stop()
 
 
-def _wait_for(predicate: Any, what: str, timeout: float = DEADLINE) -> Any:
+def _wait_for(predicate: Any, what: str, timeout: float = DEADLINE, state: Any = lambda: "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}\n{state()}")
+
+
+def _server_state(fleet: Fleet) -> str:
+    """The rounds so far and the ServerApp's last log lines: what a timeout needs to say."""
+    log = fleet.report.with_suffix(".log")
+    tail = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else ["(no log)"]
+    return "rounds: " + json.dumps(_report(fleet.report)) + "\nserver log:\n" + "\n".join(tail)
 
 
 def _accuracy(head: np.ndarray) -> float:
@@ -294,7 +301,11 @@ def test_fleet_rounds_with_secagg_dp_dropout_and_a_hub_without_budget(
     killed.kill("supernode")
 
     # The server stops by itself: the fleet budget allows 3 rounds.
-    _wait_for(lambda: any("stopped" in r for r in _report(fleet.report)), "the server to stop")
+    _wait_for(
+        lambda: any("stopped" in r for r in _report(fleet.report)),
+        "the server to stop",
+        state=lambda: _server_state(fleet),
+    )
     elapsed = time.monotonic() - started
     rounds = [r for r in _report(fleet.report) if r.get("released")]
     assert [r["round"] for r in rounds] == [1, 2, 3], _report(fleet.report)

@@ -96,6 +96,22 @@ async def _round_trip(port: int, **login: Any) -> bytes:
     raise AssertionError("no message")
 
 
+async def _burst(port: int, n: int, **login: Any) -> list[bytes]:
+    """A burst published at once (hub.mqtt.publish_all) and read back on one client: over
+    TLS, hub.mqtt.BufferedSocket reads what the TLS layer decrypted too."""
+    sent = [f"{i}".encode() for i in range(n)]
+    got: list[bytes] = []
+    async with mqtt.client("127.0.0.1", port, max_inflight_messages=0, **login) as c:
+        await c.subscribe("roost/burst", qos=1)
+        assert await mqtt.publish_all(c, [("roost/burst", p) for p in sent]) == [None] * n
+        async with asyncio.timeout(30):
+            async for message in mqtt.incoming(c):
+                got.append(bytes(message.payload))  # type: ignore[arg-type]
+                if len(got) == n:
+                    break
+    return got
+
+
 async def _refused(port: int, **login: Any) -> str:
     """The connection never gets as far as CONNACK success: refused, reset or left
     without an answer (a plaintext client on the TLS port), within 5 s."""
@@ -142,6 +158,7 @@ def test_with_mqtt_tls_the_broker_speaks_only_verified_tls(tmp_path: Path) -> No
             # The hub as configured by the component: TLS, verified against the hub CA.
             login = _hub_login(tmp_path, HUB_PASSWORD, certs / "ca.pem")
             assert await _round_trip(port, **login) == b"hello"
+            assert await _burst(port, 3_000, **login) == [f"{i}".encode() for i in range(3_000)]
             # Plaintext on the TLS port: the broker drops the connection.
             await _refused(port, **_hub_login(tmp_path, HUB_PASSWORD))
             # A broker certificate from another CA is refused by the hub.

@@ -55,8 +55,8 @@ class FakeStatus:
 
     async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
         return (
-            RoleHealth(ACTIVE, predictions=1000, errors=0, p99_seconds=0.001),
-            RoleHealth(CANDIDATE, predictions=500, errors=0, p99_seconds=0.001, generation=APPLIED),
+            RoleHealth(ACTIVE, 1000, 0, 0.001, latency_calls=1000),
+            RoleHealth(CANDIDATE, 500, 0, 0.001, generation=APPLIED, latency_calls=500),
         )
 
     async def drift(self, name: str) -> list[pb.FeatureDrift]:
@@ -71,9 +71,16 @@ class ShadowStatus(FakeStatus):
 
     async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
         return (
-            RoleHealth(ACTIVE, predictions=1000, errors=0, p99_seconds=0.001),
+            RoleHealth(ACTIVE, 1000, 0, 0.001, latency_calls=1000),
             RoleHealth(
-                self.version, 500, 0, 0.001, agreement=0.97, compared=500, generation=APPLIED
+                self.version,
+                500,
+                0,
+                0.001,
+                agreement=0.97,
+                compared=500,
+                generation=APPLIED,
+                latency_calls=500,
             ),
         )
 

@@ -94,6 +94,8 @@ def test_render_has_every_section_and_floor() -> None:
     assert "peak RSS personalization, apart (MB) | 300 |" in md
     assert "serving path, hub+inference+audit (MB) | 230 (" in md
     assert "a loaded run" not in md
+    # The ramp beside the echo: 9 ms / 0.75 ms, 30 ms / 2 ms.
+    assert "| 1000 | 999 | 9.00 | 12x | 30.00 | 15x | yes | yes |" in md
 
 
 def test_a_missed_floor_and_a_loaded_run_are_said() -> None:
@@ -104,6 +106,14 @@ def test_a_missed_floor_and_a_loaded_run_are_said() -> None:
     )
     assert "a loaded run" in md
     assert "7.5" in md  # the load average is in the report
+
+
+def test_the_ramps_own_load_at_the_end_does_not_make_a_loaded_run() -> None:
+    res = result(load=0.2)
+    res["load_average"]["end"] = [3.0] * 3  # the ramp's 2,000/s step on 2 cores
+    _, md = render(res)
+    assert "a loaded run" not in md
+    assert "0.2 at the start (3.0 at the end, the ramp's own load)" in md
 
 
 def test_percentile_and_table() -> None:

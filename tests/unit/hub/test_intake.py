@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -91,17 +92,35 @@ async def test_after_a_kill_the_undecided_are_decided_and_the_windows_refilled(
     assert [p.trigger_id for p in after.submitted] == ["r5", "r6"]
 
 
-class FakeClient:
-    """A session whose publishes complete only if ``acks`` is set."""
+class FakePaho:
+    """paho's side of a session as ``hub.mqtt.publish_all`` uses it: PUBACKs come (on
+    the next turn of the loop) only if ``acks`` is set."""
 
     def __init__(self, acks: bool) -> None:
         self.acks = acks
         self.sent: list[str] = []
+        self.on_publish: Any = None
+        self._mid = 0
 
-    async def publish(self, topic: str, payload: bytes, qos: int) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int) -> SimpleNamespace:
+        self._mid += 1
+        mid = self._mid
         self.sent.append(topic)
-        if not self.acks:
-            await asyncio.Event().wait()  # the PUBACK never comes: the broker died
+        if self.acks:  # the broker acknowledges; a dead one never does
+            asyncio.get_running_loop().call_soon(self.on_publish, self, None, mid, None, None)
+        return SimpleNamespace(rc=0, mid=mid, is_published=lambda: False)
+
+
+class FakeClient:
+    """An aiomqtt client with a :class:`FakePaho` session."""
+
+    def __init__(self, acks: bool) -> None:
+        self._client = FakePaho(acks)
+        self._disconnected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def sent(self) -> list[str]:
+        return self._client.sent
 
 
 async def test_decisions_in_flight_when_the_session_drops_go_out_on_the_next_one() -> None:

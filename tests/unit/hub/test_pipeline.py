@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -625,6 +625,60 @@ async def test_after_an_outage_the_freshest_reading_is_decided_first_and_the_res
     assert sorted(triggers(late)) == sorted(f"r{i}" for i in range(1, 8))
     assert len(published) == 10
     assert all(audit.published_when_logged)
+
+
+class SlowInference(FakeInference):
+    """Takes a little while per batch, and notes the most batches it had at once."""
+
+    def __init__(self, on_first_call: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
+        self.now = self.most = 0
+        self.sizes: list[int] = []
+        self._on_first_call = on_first_call
+
+    async def PredictBatch(self, request: Any, timeout: float, **kw: Any) -> Any:
+        self.sizes.append(len(request.inputs))
+        if len(self.sizes) == 1:
+            self._on_first_call()
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(0.005)
+            return await super().PredictBatch(request, timeout, **kw)
+        finally:
+            self.now -= 1
+
+
+async def test_while_a_backlog_drains_a_new_reading_waits_behind_one_batch_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Batches publish in the order taken: with four backlog batches taken at once, a
+    reading arriving just after waited behind all four (a restarted hub decided again
+    ~0.9 s late). One backlog batch at a time, the next batch's newest half takes it."""
+    published: list[Outgoing] = []
+    # The fresh reading arrives while the first backlog batch is being predicted (from
+    # inside that call, so that a slow machine cannot let a second batch start first).
+    inference = SlowInference(on_first_call=lambda: p.submit(pending(100, trigger="fresh")))
+    monkeypatch.setattr("hub.pipeline.BACKLOG_BATCH", 8)
+    p = make(inference, FakeAudit(), published, max_batch=10, max_in_flight=4, max_pending=1000)
+    for i in range(100):  # the backlog a restarted hub read from its session
+        p.submit(pending(i))
+    task = asyncio.create_task(p.run())
+    assert await p.drain(5)
+    await asyncio.wait_for(task, 1)
+    assert len(published) == 101
+    assert triggers(published).index("fresh") < 2 * 8  # in the second batch
+    assert inference.sizes[:3] == [8, 8, 8]  # short batches while more than 10 wait
+    # Without a backlog, batches overlap as before.
+    inference = SlowInference()
+    p = make(inference, FakeAudit(), [], max_batch=10, max_in_flight=4)
+    task = asyncio.create_task(p.run())
+    for i in range(8):
+        p.submit(pending(i))
+        await asyncio.sleep(0)  # each its own batch
+    assert await p.drain(5)
+    await asyncio.wait_for(task, 1)
+    assert inference.most >= 2
 
 
 async def test_a_refused_model_is_reported_and_its_batch_dropped() -> None:

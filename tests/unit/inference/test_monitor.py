@@ -65,6 +65,9 @@ async def test_shadow_runs_the_candidate_in_the_background(
     assert c.agreement_rate == pytest.approx(expected)
     assert 0 < status.active.latency_p50_seconds <= status.active.latency_p99_seconds
     assert 0 < c.latency_p50_seconds <= c.latency_p99_seconds
+    # What the percentiles rest on: one batch and one single call (the gate needs more).
+    assert status.active.latency_calls == 2
+    assert 1 <= c.latency_calls <= 2  # shadow runs may be coalesced
     assert status.window_seconds == 600
 
 

@@ -9,7 +9,7 @@ import pytest
 from services.update.health import HealthPolicy, RoleHealth, judge
 
 POLICY = HealthPolicy(min_compared=100)
-ACTIVE = RoleHealth("1.0.0", predictions=1000, errors=2, p99_seconds=0.002)
+ACTIVE = RoleHealth("1.0.0", predictions=1000, errors=2, p99_seconds=0.002, latency_calls=1000)
 
 
 def candidate(**kw: object) -> RoleHealth:
@@ -20,6 +20,7 @@ def candidate(**kw: object) -> RoleHealth:
         "p99_seconds": 0.002,
         "agreement": 0.95,
         "compared": 500,
+        "latency_calls": 500,
     }
     base.update(kw)
     return RoleHealth(**base)  # type: ignore[arg-type]
@@ -35,6 +36,23 @@ def test_zero_compared_is_never_healthy() -> None:
     nothing = candidate(compared=0, errors=0, predictions=0, agreement=1.0)
     assert judge(ACTIVE, nothing, "shadow", POLICY).healthy is None
     assert judge(ACTIVE, nothing, "ab", POLICY).healthy is None
+
+
+def test_a_p99_over_a_handful_of_calls_is_not_judged() -> None:
+    """A/B after a few 200-row calls: the candidate's rows are plenty, its p99 is the
+    maximum of 3 calls, one of them stalled 30 ms by the scheduler (a loaded CI machine
+    rolled back a healthy candidate on that). Undecided until it has enough calls."""
+    stalled = candidate(compared=0, predictions=300, p99_seconds=0.030, latency_calls=3)
+    v = judge(ACTIVE, stalled, "ab", POLICY)
+    assert v.healthy is None
+    assert "p99 latency: 3 candidate and 1,000 active calls, too few to judge (needs 50)" in (
+        v.summary()
+    )
+    slow = replace(stalled, latency_calls=50)
+    assert judge(ACTIVE, slow, "ab", POLICY).healthy is False
+    # A failing check still fails at once, however few the calls.
+    broken = replace(stalled, errors=300)
+    assert judge(ACTIVE, broken, "ab", POLICY).healthy is False
 
 
 def test_failed_calls_count_against_the_candidate() -> None:
@@ -151,6 +169,7 @@ def test_each_threshold_fails_the_candidate(kw: dict[str, object], stage: str, r
         p99_seconds=0.002,
         feedback_accuracy=0.9,
         feedback_count=50,
+        latency_calls=1000,
     )
     v = judge(active, candidate(**kw), stage, POLICY)
     assert v.healthy is False
@@ -161,7 +180,9 @@ def test_a_good_candidate_passes_and_tiny_latencies_are_ignored() -> None:
     good = judge(ACTIVE, candidate(), "shadow", POLICY)
     assert good.healthy is True
     assert good.summary().startswith("healthy: ")  # the audited reason reads as a sentence
-    fast_active = RoleHealth("1.0.0", predictions=1000, errors=0, p99_seconds=0.0002)
+    fast_active = RoleHealth(
+        "1.0.0", predictions=1000, errors=0, p99_seconds=0.0002, latency_calls=1000
+    )
     assert judge(fast_active, candidate(p99_seconds=0.001, errors=0), "ab", POLICY).healthy
     # Disagreement does not matter in A/B (it serves different entities).
     assert judge(ACTIVE, candidate(agreement=0.1), "ab", POLICY).healthy is True

@@ -422,7 +422,7 @@ class NotLoaded(FakeStatus):
 
     async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
         return (
-            RoleHealth(ACTIVE, predictions=1000, errors=0, p99_seconds=0.001),
+            RoleHealth(ACTIVE, 1000, 0, 0.001, latency_calls=1000),
             RoleHealth(CANDIDATE, 0, 0, 0.0, loaded=False, generation=self.generation),
         )
 
@@ -448,8 +448,16 @@ class StillShadow(FakeStatus):
 
     async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
         return (
-            RoleHealth(ACTIVE, predictions=1000, errors=0, p99_seconds=0.0006),
-            RoleHealth(CANDIDATE, 500, 0, 0.0023, compared=500, generation=self.generation),
+            RoleHealth(ACTIVE, 1000, 0, 0.0006, latency_calls=1000),
+            RoleHealth(
+                CANDIDATE,
+                500,
+                0,
+                0.0023,
+                compared=500,
+                generation=self.generation,
+                latency_calls=500,
+            ),
         )
 
 

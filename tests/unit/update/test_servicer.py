@@ -324,9 +324,16 @@ class FailingShadow(FakeStatus):
 
     async def health(self, name: str) -> tuple[RoleHealth | None, RoleHealth | None]:
         return (
-            RoleHealth(ACTIVE, predictions=1000, errors=0, p99_seconds=0.001),
+            RoleHealth(ACTIVE, 1000, 0, 0.001, latency_calls=1000),
             RoleHealth(
-                CANDIDATE, 400, 200, 0.001, agreement=0.97, compared=400, generation=APPLIED
+                CANDIDATE,
+                400,
+                200,
+                0.001,
+                agreement=0.97,
+                compared=400,
+                generation=APPLIED,
+                latency_calls=400,
             ),
         )
 

@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from roost.common.v1 import common_pb2 as roost_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"roost/audit/v1/audit_service.proto\x12\x0eroost.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1croost/common/v1/common.proto\"[\n\x06Policy\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12.\n\x07verdict\x18\x02 \x01(\x0e\x32\x1d.roost.audit.v1.PolicyVerdict\x12\x0e\n\x06reason\x18\x03 \x01(\t\"^\n\x0e\x44\x65\x63isionInputs\x12\x15\n\rfeature_names\x18\x01 \x03(\t\x12\'\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.roost.common.v1.Tensor\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\"\xeb\x03\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12.\n\ndecided_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06hub_id\x18\x03 \x01(\t\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12(\n\x05model\x18\x05 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x15\n\rinputs_digest\x18\x06 \x01(\t\x12.\n\x06inputs\x18\x07 \x01(\x0b\x32\x1e.roost.audit.v1.DecisionInputs\x12\x15\n\routput_values\x18\x08 \x03(\x02\x12\x14\n\x0coutput_label\x18\t \x01(\t\x12\x12\n\nconfidence\x18\n \x01(\x02\x12\x38\n\x0b\x65xplanation\x18\x0b \x03(\x0b\x32#.roost.common.v1.FeatureAttribution\x12&\n\x06policy\x18\x0c \x01(\x0b\x32\x16.roost.audit.v1.Policy\x12\x0e\n\x06\x61\x63tion\x18\r \x01(\t\x12$\n\x05\x61\x63tor\x18\x0e \x01(\x0e\x32\x15.roost.audit.v1.Actor\x12-\n\tlogged_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb2\x01\n\x08LogEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12*\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x18.roost.audit.v1.Decision\x12\x0e\n\x06record\x18\x03 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x04 \x01(\x0c\x12/\n\x0b\x61ppended_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0finputs_redacted\x18\x06 \x01(\x08\"E\n\x16\x41ppendDecisionsRequest\x12+\n\tdecisions\x18\x01 \x03(\x0b\x32\x18.roost.audit.v1.Decision\"]\n\x0c\x41ppendResult\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x16\n\x0e\x61lready_logged\x18\x04 \x01(\x08\"[\n\x17\x41ppendDecisionsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.roost.audit.v1.AppendResult\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"\x80\x02\n\x15QueryDecisionsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tentity_id\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x14\n\x0cnewest_first\x18\t \x01(\x08\"\\\n\x16QueryDecisionsResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.roost.audit.v1.LogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x12GetDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\">\n\x13GetDecisionResponse\x12\'\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x18.roost.audit.v1.LogEntry\"\x16\n\x14GetCheckpointRequest\"R\n\x15GetCheckpointResponse\x12\x13\n\x0bsigned_note\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\"B\n\x18GetInclusionProofRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"M\n\x19GetInclusionProofResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\"O\n\x1aGetConsistencyProofRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\"-\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"\xdc\x02\n\x16\x45xportDecisionsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tentity_id\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x1e\n\x16\x63onsistency_from_sizes\x18\x07 \x03(\x04\x12\x13\n\x0bomit_inputs\x18\x08 \x01(\x08\x12/\n\x0blogged_from\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clogged_until\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x17\x45xportDecisionsResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\":\n\x13RedactInputsRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"`\n\x14RedactInputsResponse\x12/\n\x0bredacted_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fredaction_index\x18\x02 \x01(\x04*q\n\x05\x41\x63tor\x12\x15\n\x11\x41\x43TOR_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TOR_AUTOMATIC\x10\x01\x12\x17\n\x13\x41\x43TOR_USER_OVERRIDE\x10\x02\x12\x12\n\x0e\x41\x43TOR_FEEDBACK\x10\x03\x12\x0f\n\x0b\x41\x43TOR_ADMIN\x10\x04*\x8a\x01\n\rPolicyVerdict\x12\x1e\n\x1aPOLICY_VERDICT_UNSPECIFIED\x10\x00\x12\x1a\n\x16POLICY_VERDICT_ALLOWED\x10\x01\x12\x1a\n\x16POLICY_VERDICT_BLOCKED\x10\x02\x12!\n\x1dPOLICY_VERDICT_NOT_APPLICABLE\x10\x03\x32\xa4\x06\n\x0c\x41uditService\x12\x62\n\x0f\x41ppendDecisions\x12&.roost.audit.v1.AppendDecisionsRequest\x1a\'.roost.audit.v1.AppendDecisionsResponse\x12_\n\x0eQueryDecisions\x12%.roost.audit.v1.QueryDecisionsRequest\x1a&.roost.audit.v1.QueryDecisionsResponse\x12V\n\x0bGetDecision\x12\".roost.audit.v1.GetDecisionRequest\x1a#.roost.audit.v1.GetDecisionResponse\x12\\\n\rGetCheckpoint\x12$.roost.audit.v1.GetCheckpointRequest\x1a%.roost.audit.v1.GetCheckpointResponse\x12h\n\x11GetInclusionProof\x12(.roost.audit.v1.GetInclusionProofRequest\x1a).roost.audit.v1.GetInclusionProofResponse\x12n\n\x13GetConsistencyProof\x12*.roost.audit.v1.GetConsistencyProofRequest\x1a+.roost.audit.v1.GetConsistencyProofResponse\x12\x64\n\x0f\x45xportDecisions\x12&.roost.audit.v1.ExportDecisionsRequest\x1a\'.roost.audit.v1.ExportDecisionsResponse0\x01\x12Y\n\x0cRedactInputs\x12#.roost.audit.v1.RedactInputsRequest\x1a$.roost.audit.v1.RedactInputsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"roost/audit/v1/audit_service.proto\x12\x0eroost.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1croost/common/v1/common.proto\"[\n\x06Policy\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12.\n\x07verdict\x18\x02 \x01(\x0e\x32\x1d.roost.audit.v1.PolicyVerdict\x12\x0e\n\x06reason\x18\x03 \x01(\t\"^\n\x0e\x44\x65\x63isionInputs\x12\x15\n\rfeature_names\x18\x01 \x03(\t\x12\'\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.roost.common.v1.Tensor\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\"\xeb\x03\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12.\n\ndecided_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06hub_id\x18\x03 \x01(\t\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12(\n\x05model\x18\x05 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x15\n\rinputs_digest\x18\x06 \x01(\t\x12.\n\x06inputs\x18\x07 \x01(\x0b\x32\x1e.roost.audit.v1.DecisionInputs\x12\x15\n\routput_values\x18\x08 \x03(\x02\x12\x14\n\x0coutput_label\x18\t \x01(\t\x12\x12\n\nconfidence\x18\n \x01(\x02\x12\x38\n\x0b\x65xplanation\x18\x0b \x03(\x0b\x32#.roost.common.v1.FeatureAttribution\x12&\n\x06policy\x18\x0c \x01(\x0b\x32\x16.roost.audit.v1.Policy\x12\x0e\n\x06\x61\x63tion\x18\r \x01(\t\x12$\n\x05\x61\x63tor\x18\x0e \x01(\x0e\x32\x15.roost.audit.v1.Actor\x12-\n\tlogged_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb2\x01\n\x08LogEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12*\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x18.roost.audit.v1.Decision\x12\x0e\n\x06record\x18\x03 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x04 \x01(\x0c\x12/\n\x0b\x61ppended_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0finputs_redacted\x18\x06 \x01(\x08\"E\n\x16\x41ppendDecisionsRequest\x12+\n\tdecisions\x18\x01 \x03(\x0b\x32\x18.roost.audit.v1.Decision\"]\n\x0c\x41ppendResult\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x16\n\x0e\x61lready_logged\x18\x04 \x01(\x08\"[\n\x17\x41ppendDecisionsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.roost.audit.v1.AppendResult\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"W\n\x1c\x41ppendDecisionsStreamRequest\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32&.roost.audit.v1.AppendDecisionsRequest\"\x94\x01\n\x1d\x41ppendDecisionsStreamResponse\x12;\n\x08response\x18\x01 \x01(\x0b\x32\'.roost.audit.v1.AppendDecisionsResponseH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.roost.common.v1.CallStatusH\x00\x42\x08\n\x06result\"\x80\x02\n\x15QueryDecisionsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tentity_id\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\x12\x14\n\x0cnewest_first\x18\t \x01(\x08\"\\\n\x16QueryDecisionsResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.roost.audit.v1.LogEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x12GetDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\">\n\x13GetDecisionResponse\x12\'\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x18.roost.audit.v1.LogEntry\"\x16\n\x14GetCheckpointRequest\"R\n\x15GetCheckpointResponse\x12\x13\n\x0bsigned_note\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\"B\n\x18GetInclusionProofRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"M\n\x19GetInclusionProofResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\"O\n\x1aGetConsistencyProofRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\"-\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\"\xdc\x02\n\x16\x45xportDecisionsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tentity_id\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x1e\n\x16\x63onsistency_from_sizes\x18\x07 \x03(\x04\x12\x13\n\x0bomit_inputs\x18\x08 \x01(\x08\x12/\n\x0blogged_from\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clogged_until\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x17\x45xportDecisionsResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\":\n\x13RedactInputsRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"`\n\x14RedactInputsResponse\x12/\n\x0bredacted_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fredaction_index\x18\x02 \x01(\x04*q\n\x05\x41\x63tor\x12\x15\n\x11\x41\x43TOR_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TOR_AUTOMATIC\x10\x01\x12\x17\n\x13\x41\x43TOR_USER_OVERRIDE\x10\x02\x12\x12\n\x0e\x41\x43TOR_FEEDBACK\x10\x03\x12\x0f\n\x0b\x41\x43TOR_ADMIN\x10\x04*\x8a\x01\n\rPolicyVerdict\x12\x1e\n\x1aPOLICY_VERDICT_UNSPECIFIED\x10\x00\x12\x1a\n\x16POLICY_VERDICT_ALLOWED\x10\x01\x12\x1a\n\x16POLICY_VERDICT_BLOCKED\x10\x02\x12!\n\x1dPOLICY_VERDICT_NOT_APPLICABLE\x10\x03\x32\x9e\x07\n\x0c\x41uditService\x12\x62\n\x0f\x41ppendDecisions\x12&.roost.audit.v1.AppendDecisionsRequest\x1a\'.roost.audit.v1.AppendDecisionsResponse\x12x\n\x15\x41ppendDecisionsStream\x12,.roost.audit.v1.AppendDecisionsStreamRequest\x1a-.roost.audit.v1.AppendDecisionsStreamResponse(\x01\x30\x01\x12_\n\x0eQueryDecisions\x12%.roost.audit.v1.QueryDecisionsRequest\x1a&.roost.audit.v1.QueryDecisionsResponse\x12V\n\x0bGetDecision\x12\".roost.audit.v1.GetDecisionRequest\x1a#.roost.audit.v1.GetDecisionResponse\x12\\\n\rGetCheckpoint\x12$.roost.audit.v1.GetCheckpointRequest\x1a%.roost.audit.v1.GetCheckpointResponse\x12h\n\x11GetInclusionProof\x12(.roost.audit.v1.GetInclusionProofRequest\x1a).roost.audit.v1.GetInclusionProofResponse\x12n\n\x13GetConsistencyProof\x12*.roost.audit.v1.GetConsistencyProofRequest\x1a+.roost.audit.v1.GetConsistencyProofResponse\x12\x64\n\x0f\x45xportDecisions\x12&.roost.audit.v1.ExportDecisionsRequest\x1a\'.roost.audit.v1.ExportDecisionsResponse0\x01\x12Y\n\x0cRedactInputs\x12#.roost.audit.v1.RedactInputsRequest\x1a$.roost.audit.v1.RedactInputsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'roost.audit.v1.audit_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACTOR']._serialized_start=2634
-  _globals['_ACTOR']._serialized_end=2747
-  _globals['_POLICYVERDICT']._serialized_start=2750
-  _globals['_POLICYVERDICT']._serialized_end=2888
+  _globals['_ACTOR']._serialized_start=2874
+  _globals['_ACTOR']._serialized_end=2987
+  _globals['_POLICYVERDICT']._serialized_start=2990
+  _globals['_POLICYVERDICT']._serialized_end=3128
   _globals['_POLICY']._serialized_start=117
   _globals['_POLICY']._serialized_end=208
   _globals['_DECISIONINPUTS']._serialized_start=210
@@ -51,34 +51,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDRESULT']._serialized_end=1145
   _globals['_APPENDDECISIONSRESPONSE']._serialized_start=1147
   _globals['_APPENDDECISIONSRESPONSE']._serialized_end=1238
-  _globals['_QUERYDECISIONSREQUEST']._serialized_start=1241
-  _globals['_QUERYDECISIONSREQUEST']._serialized_end=1497
-  _globals['_QUERYDECISIONSRESPONSE']._serialized_start=1499
-  _globals['_QUERYDECISIONSRESPONSE']._serialized_end=1591
-  _globals['_GETDECISIONREQUEST']._serialized_start=1593
-  _globals['_GETDECISIONREQUEST']._serialized_end=1634
-  _globals['_GETDECISIONRESPONSE']._serialized_start=1636
-  _globals['_GETDECISIONRESPONSE']._serialized_end=1698
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1700
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1722
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=1724
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=1806
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1808
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1874
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=1876
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1953
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1955
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=2034
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=2036
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=2081
-  _globals['_EXPORTDECISIONSREQUEST']._serialized_start=2084
-  _globals['_EXPORTDECISIONSREQUEST']._serialized_end=2432
-  _globals['_EXPORTDECISIONSRESPONSE']._serialized_start=2434
-  _globals['_EXPORTDECISIONSRESPONSE']._serialized_end=2474
-  _globals['_REDACTINPUTSREQUEST']._serialized_start=2476
-  _globals['_REDACTINPUTSREQUEST']._serialized_end=2534
-  _globals['_REDACTINPUTSRESPONSE']._serialized_start=2536
-  _globals['_REDACTINPUTSRESPONSE']._serialized_end=2632
-  _globals['_AUDITSERVICE']._serialized_start=2891
-  _globals['_AUDITSERVICE']._serialized_end=3695
+  _globals['_APPENDDECISIONSSTREAMREQUEST']._serialized_start=1240
+  _globals['_APPENDDECISIONSSTREAMREQUEST']._serialized_end=1327
+  _globals['_APPENDDECISIONSSTREAMRESPONSE']._serialized_start=1330
+  _globals['_APPENDDECISIONSSTREAMRESPONSE']._serialized_end=1478
+  _globals['_QUERYDECISIONSREQUEST']._serialized_start=1481
+  _globals['_QUERYDECISIONSREQUEST']._serialized_end=1737
+  _globals['_QUERYDECISIONSRESPONSE']._serialized_start=1739
+  _globals['_QUERYDECISIONSRESPONSE']._serialized_end=1831
+  _globals['_GETDECISIONREQUEST']._serialized_start=1833
+  _globals['_GETDECISIONREQUEST']._serialized_end=1874
+  _globals['_GETDECISIONRESPONSE']._serialized_start=1876
+  _globals['_GETDECISIONRESPONSE']._serialized_end=1938
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1940
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1962
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=1964
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=2046
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=2048
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=2114
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=2116
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=2193
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=2195
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=2274
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=2276
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=2321
+  _globals['_EXPORTDECISIONSREQUEST']._serialized_start=2324
+  _globals['_EXPORTDECISIONSREQUEST']._serialized_end=2672
+  _globals['_EXPORTDECISIONSRESPONSE']._serialized_start=2674
+  _globals['_EXPORTDECISIONSRESPONSE']._serialized_end=2714
+  _globals['_REDACTINPUTSREQUEST']._serialized_start=2716
+  _globals['_REDACTINPUTSREQUEST']._serialized_end=2774
+  _globals['_REDACTINPUTSRESPONSE']._serialized_start=2776
+  _globals['_REDACTINPUTSRESPONSE']._serialized_end=2872
+  _globals['_AUDITSERVICE']._serialized_start=3131
+  _globals['_AUDITSERVICE']._serialized_end=4057
 # @@protoc_insertion_point(module_scope)

@@ -350,6 +350,52 @@ class AppendDecisionsResponse(_message.Message):
 Global___AppendDecisionsResponse: _TypeAlias = AppendDecisionsResponse  # noqa: Y015
 
 @_typing.final
+class AppendDecisionsStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___AppendDecisionsRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___AppendDecisionsRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppendDecisionsStreamRequest: _TypeAlias = AppendDecisionsStreamRequest  # noqa: Y015
+
+@_typing.final
+class AppendDecisionsStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___AppendDecisionsResponse: ...
+    @_builtins.property
+    def error(self) -> _common_pb2.CallStatus: ...
+    def __init__(
+        self,
+        *,
+        response: Global___AppendDecisionsResponse | None = ...,
+        error: _common_pb2.CallStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___AppendDecisionsStreamResponse: _TypeAlias = AppendDecisionsStreamResponse  # noqa: Y015
+
+@_typing.final
 class QueryDecisionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

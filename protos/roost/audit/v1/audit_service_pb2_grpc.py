@@ -42,6 +42,11 @@ class AuditServiceStub:
                 request_serializer=roost_dot_audit_dot_v1_dot_audit__service__pb2.AppendDecisionsRequest.SerializeToString,
                 response_deserializer=roost_dot_audit_dot_v1_dot_audit__service__pb2.AppendDecisionsResponse.FromString,
                 _registered_method=True)
+        self.AppendDecisionsStream = channel.stream_stream(
+                '/roost.audit.v1.AuditService/AppendDecisionsStream',
+                request_serializer=roost_dot_audit_dot_v1_dot_audit__service__pb2.AppendDecisionsStreamRequest.SerializeToString,
+                response_deserializer=roost_dot_audit_dot_v1_dot_audit__service__pb2.AppendDecisionsStreamResponse.FromString,
+                _registered_method=True)
         self.QueryDecisions = channel.unary_unary(
                 '/roost.audit.v1.AuditService/QueryDecisions',
                 request_serializer=roost_dot_audit_dot_v1_dot_audit__service__pb2.QueryDecisionsRequest.SerializeToString,
@@ -88,6 +93,16 @@ class AuditServiceServicer:
     def AppendDecisions(self, request, context):
         """Durably appends decisions (one fsynced transaction). Idempotent by decision_id:
         appending an already logged decision returns its existing entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendDecisionsStream(self, request_iterator, context):
+        """AppendDecisions over one long-lived stream: one reply per request, in request
+        order, each sent once that request is durable (the response) or refused (the
+        status AppendDecisions would have ended with). Requests in flight on one stream
+        share group commits as concurrent calls do. The hub's decision path uses it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +164,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.AppendDecisions,
                     request_deserializer=roost_dot_audit_dot_v1_dot_audit__service__pb2.AppendDecisionsRequest.FromString,
                     response_serializer=roost_dot_audit_dot_v1_dot_audit__service__pb2.AppendDecisionsResponse.SerializeToString,
+            ),
+            'AppendDecisionsStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendDecisionsStream,
+                    request_deserializer=roost_dot_audit_dot_v1_dot_audit__service__pb2.AppendDecisionsStreamRequest.FromString,
+                    response_serializer=roost_dot_audit_dot_v1_dot_audit__service__pb2.AppendDecisionsStreamResponse.SerializeToString,
             ),
             'QueryDecisions': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryDecisions,
@@ -216,6 +236,33 @@ class AuditService:
             '/roost.audit.v1.AuditService/AppendDecisions',
             roost_dot_audit_dot_v1_dot_audit__service__pb2.AppendDecisionsRequest.SerializeToString,
             roost_dot_audit_dot_v1_dot_audit__service__pb2.AppendDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendDecisionsStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/roost.audit.v1.AuditService/AppendDecisionsStream',
+            roost_dot_audit_dot_v1_dot_audit__service__pb2.AppendDecisionsStreamRequest.SerializeToString,
+            roost_dot_audit_dot_v1_dot_audit__service__pb2.AppendDecisionsStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,12 @@ class AuditServiceStub:
     """Durably appends decisions (one fsynced transaction). Idempotent by decision_id:
     appending an already logged decision returns its existing entry.
     """
+    AppendDecisionsStream: _grpc.StreamStreamMultiCallable[_audit_service_pb2.AppendDecisionsStreamRequest, _audit_service_pb2.AppendDecisionsStreamResponse]
+    """AppendDecisions over one long-lived stream: one reply per request, in request
+    order, each sent once that request is durable (the response) or refused (the
+    status AppendDecisions would have ended with). Requests in flight on one stream
+    share group commits as concurrent calls do. The hub's decision path uses it.
+    """
     QueryDecisions: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.QueryDecisionsRequest, _audit_service_pb2.QueryDecisionsResponse]
     """Queries decisions by time range and filters, oldest first, paginated."""
     GetDecision: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.GetDecisionRequest, _audit_service_pb2.GetDecisionResponse]
@@ -66,6 +72,12 @@ class AuditServiceAsyncStub(AuditServiceStub):
     AppendDecisions: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.AppendDecisionsRequest, _audit_service_pb2.AppendDecisionsResponse]  # type: ignore[assignment]
     """Durably appends decisions (one fsynced transaction). Idempotent by decision_id:
     appending an already logged decision returns its existing entry.
+    """
+    AppendDecisionsStream: _aio.StreamStreamMultiCallable[_audit_service_pb2.AppendDecisionsStreamRequest, _audit_service_pb2.AppendDecisionsStreamResponse]  # type: ignore[assignment]
+    """AppendDecisions over one long-lived stream: one reply per request, in request
+    order, each sent once that request is durable (the response) or refused (the
+    status AppendDecisions would have ended with). Requests in flight on one stream
+    share group commits as concurrent calls do. The hub's decision path uses it.
     """
     QueryDecisions: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.QueryDecisionsRequest, _audit_service_pb2.QueryDecisionsResponse]  # type: ignore[assignment]
     """Queries decisions by time range and filters, oldest first, paginated."""
@@ -96,6 +108,18 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_audit_service_pb2.AppendDecisionsResponse, _abc.Awaitable[_audit_service_pb2.AppendDecisionsResponse]]:
         """Durably appends decisions (one fsynced transaction). Idempotent by decision_id:
         appending an already logged decision returns its existing entry.
+        """
+
+    @_abc_1.abstractmethod
+    def AppendDecisionsStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_audit_service_pb2.AppendDecisionsStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_audit_service_pb2.AppendDecisionsStreamResponse], _abc.AsyncIterator[_audit_service_pb2.AppendDecisionsStreamResponse]]:
+        """AppendDecisions over one long-lived stream: one reply per request, in request
+        order, each sent once that request is durable (the response) or refused (the
+        status AppendDecisions would have ended with). Requests in flight on one stream
+        share group commits as concurrent calls do. The hub's decision path uses it.
         """
 
     @_abc_1.abstractmethod

@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1croost/common/v1/common.proto\x12\x0froost.common.v1\"9\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x84\x01\n\x06Tensor\x12(\n\x05\x64type\x18\x01 \x01(\x0e\x32\x19.roost.common.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x14\n\x0c\x66loat_values\x18\x03 \x03(\x02\x12\x15\n\rdouble_values\x18\x04 \x03(\x01\x12\x14\n\x0cint64_values\x18\x05 \x03(\x03\":\n\x12\x46\x65\x61tureAttribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x13\n\x0b\x61ttribution\x18\x02 \x01(\x02*h\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1croost/common/v1/common.proto\x12\x0froost.common.v1\"9\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\x84\x01\n\x06Tensor\x12(\n\x05\x64type\x18\x01 \x01(\x0e\x32\x19.roost.common.v1.DataType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x14\n\x0c\x66loat_values\x18\x03 \x03(\x02\x12\x15\n\rdouble_values\x18\x04 \x03(\x01\x12\x14\n\x0cint64_values\x18\x05 \x03(\x03\":\n\x12\x46\x65\x61tureAttribution\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x13\n\x0b\x61ttribution\x18\x02 \x01(\x02\"+\n\nCallStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t*h\n\x08\x44\x61taType\x12\x19\n\x15\x44\x41TA_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT32\x10\x01\x12\x15\n\x11\x44\x41TA_TYPE_FLOAT64\x10\x02\x12\x13\n\x0f\x44\x41TA_TYPE_INT64\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'roost.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=303
-  _globals['_DATATYPE']._serialized_end=407
+  _globals['_DATATYPE']._serialized_start=348
+  _globals['_DATATYPE']._serialized_end=452
   _globals['_MODELREF']._serialized_start=49
   _globals['_MODELREF']._serialized_end=106
   _globals['_TENSOR']._serialized_start=109
   _globals['_TENSOR']._serialized_end=241
   _globals['_FEATUREATTRIBUTION']._serialized_start=243
   _globals['_FEATUREATTRIBUTION']._serialized_end=301
+  _globals['_CALLSTATUS']._serialized_start=303
+  _globals['_CALLSTATUS']._serialized_end=346
 # @@protoc_insertion_point(module_scope)

@@ -26,19 +26,19 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from roost.common.v1 import common_pb2 as roost_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*roost/inference/v1/inference_service.proto\x12\x12roost.inference.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1croost/common/v1/common.proto\"\xa4\x01\n\nPrediction\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12(\n\x05model\x18\x04 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x39\n\x0c\x61ttributions\x18\x05 \x03(\x0b\x32#.roost.common.v1.FeatureAttribution\"p\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.roost.common.v1.Tensor\x12\x11\n\tentity_id\x18\x04 \x01(\t\"o\n\x0fPredictResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x32\n\nprediction\x18\x02 \x01(\x0b\x32\x1e.roost.inference.v1.Prediction\"\x8e\x01\n\x13PredictBatchRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\x06inputs\x18\x03 \x03(\x0b\x32\x17.roost.common.v1.Tensor\x12\x12\n\nentity_ids\x18\x04 \x03(\t\x12\x15\n\rexplain_top_k\x18\x05 \x01(\x05\"u\n\x14PredictBatchResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x33\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x1e.roost.inference.v1.Prediction\"l\n\x0e\x45xplainRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.roost.common.v1.Tensor\x12\r\n\x05top_k\x18\x04 \x01(\x05\"\xe1\x01\n\x0f\x45xplainResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x32\n\nprediction\x18\x02 \x01(\x0b\x32\x1e.roost.inference.v1.Prediction\x12\x35\n\x06method\x18\x03 \x01(\x0e\x32%.roost.inference.v1.ExplanationMethod\x12\x39\n\x0c\x61ttributions\x18\x04 \x03(\x0b\x32#.roost.common.v1.FeatureAttribution\")\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\"\x8d\x01\n\x0bInputSchema\x12\x12\n\ninput_name\x18\x01 \x01(\t\x12(\n\x05\x64type\x18\x02 \x01(\x0e\x32\x19.roost.common.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x31\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1f.roost.inference.v1.FeatureSpec\"\x94\x02\n\tModelInfo\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12/\n\ttask_kind\x18\x02 \x01(\x0e\x32\x1c.roost.inference.v1.TaskKind\x12\x35\n\x0cinput_schema\x18\x03 \x01(\x0b\x32\x1f.roost.inference.v1.InputSchema\x12\x14\n\x0coutput_names\x18\x04 \x03(\t\x12-\n\tloaded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x66\x65\x61ture_spec\x18\x06 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x07 \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\\\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.roost.inference.v1.ModelInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x15GetModelStatusRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"\x9f\x03\n\nRoleHealth\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x13\n\x0bpredictions\x18\x03 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x03\x12\x12\n\nerror_rate\x18\x05 \x01(\x01\x12\x1b\n\x13latency_p50_seconds\x18\x06 \x01(\x01\x12\x1b\n\x13latency_p99_seconds\x18\x07 \x01(\x01\x12\x10\n\x08\x63ompared\x18\x08 \x01(\x03\x12\x16\n\x0e\x61greement_rate\x18\t \x01(\x01\x12\x12\n\nnon_finite\x18\n \x01(\x03\x12\x1c\n\x14paired_latency_ratio\x18\x0b \x01(\x01\x12\x12\n\noutput_psi\x18\x0c \x01(\x01\x12\x11\n\toutput_ks\x18\r \x01(\x01\x12\x16\n\x0eoutput_samples\x18\x0e \x01(\x03\x12\x16\n\x0e\x63onfidence_psi\x18\x0f \x01(\x01\x12\x15\n\rconfidence_ks\x18\x10 \x01(\x01\x12\x1a\n\x12\x63onfidence_samples\x18\x11 \x01(\x03\"X\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\n\n\x02ks\x18\x03 \x01(\x01\x12\r\n\x05\x61lert\x18\x04 \x01(\x08\x12\x0f\n\x07samples\x18\x05 \x01(\x03\"\xfc\x02\n\x16GetModelStatusResponse\x12.\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x1e.roost.inference.v1.RoleHealth\x12\x31\n\tcandidate\x18\x02 \x01(\x0b\x32\x1e.roost.inference.v1.RoleHealth\x12/\n\x05stage\x18\x03 \x01(\x0e\x32 .roost.inference.v1.RolloutStage\x12\r\n\x05share\x18\x04 \x01(\x01\x12\x12\n\ngeneration\x18\x05 \x01(\x03\x12\x16\n\x0ewindow_seconds\x18\x06 \x01(\x01\x12\x17\n\x0f\x64rift_monitored\x18\x07 \x01(\x08\x12\x13\n\x0b\x64rift_alert\x18\x08 \x01(\x08\x12/\n\x05\x64rift\x18\t \x03(\x0b\x32 .roost.inference.v1.FeatureDrift\x12\x1c\n\x14\x64rift_window_seconds\x18\n \x01(\x01\x12\x16\n\x0eshadow_dropped\x18\x0b \x01(\x03*Y\n\x11\x45xplanationMethod\x12\"\n\x1e\x45XPLANATION_METHOD_UNSPECIFIED\x10\x00\x12 \n\x1c\x45XPLANATION_METHOD_OCCLUSION\x10\x01*]\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18TASK_KIND_CLASSIFICATION\x10\x01\x12\x18\n\x14TASK_KIND_REGRESSION\x10\x02*\x8f\x01\n\x0cRolloutStage\x12\x1d\n\x19ROLLOUT_STAGE_UNSPECIFIED\x10\x00\x12\x16\n\x12ROLLOUT_STAGE_NONE\x10\x01\x12\x18\n\x14ROLLOUT_STAGE_STAGED\x10\x02\x12\x18\n\x14ROLLOUT_STAGE_SHADOW\x10\x03\x12\x14\n\x10ROLLOUT_STAGE_AB\x10\x04\x32\xe3\x03\n\x10InferenceService\x12R\n\x07Predict\x12\".roost.inference.v1.PredictRequest\x1a#.roost.inference.v1.PredictResponse\x12\x61\n\x0cPredictBatch\x12\'.roost.inference.v1.PredictBatchRequest\x1a(.roost.inference.v1.PredictBatchResponse\x12R\n\x07\x45xplain\x12\".roost.inference.v1.ExplainRequest\x1a#.roost.inference.v1.ExplainResponse\x12[\n\nListModels\x12%.roost.inference.v1.ListModelsRequest\x1a&.roost.inference.v1.ListModelsResponse\x12g\n\x0eGetModelStatus\x12).roost.inference.v1.GetModelStatusRequest\x1a*.roost.inference.v1.GetModelStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*roost/inference/v1/inference_service.proto\x12\x12roost.inference.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1croost/common/v1/common.proto\"\xa4\x01\n\nPrediction\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12(\n\x05model\x18\x04 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x39\n\x0c\x61ttributions\x18\x05 \x03(\x0b\x32#.roost.common.v1.FeatureAttribution\"p\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.roost.common.v1.Tensor\x12\x11\n\tentity_id\x18\x04 \x01(\t\"o\n\x0fPredictResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x32\n\nprediction\x18\x02 \x01(\x0b\x32\x1e.roost.inference.v1.Prediction\"\x8e\x01\n\x13PredictBatchRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\x06inputs\x18\x03 \x03(\x0b\x32\x17.roost.common.v1.Tensor\x12\x12\n\nentity_ids\x18\x04 \x03(\t\x12\x15\n\rexplain_top_k\x18\x05 \x01(\x05\"u\n\x14PredictBatchResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x33\n\x0bpredictions\x18\x02 \x03(\x0b\x32\x1e.roost.inference.v1.Prediction\"U\n\x19PredictBatchStreamRequest\x12\x38\n\x07request\x18\x01 \x01(\x0b\x32\'.roost.inference.v1.PredictBatchRequest\"\x92\x01\n\x1aPredictBatchStreamResponse\x12<\n\x08response\x18\x01 \x01(\x0b\x32(.roost.inference.v1.PredictBatchResponseH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.roost.common.v1.CallStatusH\x00\x42\x08\n\x06result\"l\n\x0e\x45xplainRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.roost.common.v1.Tensor\x12\r\n\x05top_k\x18\x04 \x01(\x05\"\xe1\x01\n\x0f\x45xplainResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x32\n\nprediction\x18\x02 \x01(\x0b\x32\x1e.roost.inference.v1.Prediction\x12\x35\n\x06method\x18\x03 \x01(\x0e\x32%.roost.inference.v1.ExplanationMethod\x12\x39\n\x0c\x61ttributions\x18\x04 \x03(\x0b\x32#.roost.common.v1.FeatureAttribution\")\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\"\x8d\x01\n\x0bInputSchema\x12\x12\n\ninput_name\x18\x01 \x01(\t\x12(\n\x05\x64type\x18\x02 \x01(\x0e\x32\x19.roost.common.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x31\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x1f.roost.inference.v1.FeatureSpec\"\x94\x02\n\tModelInfo\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12/\n\ttask_kind\x18\x02 \x01(\x0e\x32\x1c.roost.inference.v1.TaskKind\x12\x35\n\x0cinput_schema\x18\x03 \x01(\x0b\x32\x1f.roost.inference.v1.InputSchema\x12\x14\n\x0coutput_names\x18\x04 \x03(\t\x12-\n\tloaded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x66\x65\x61ture_spec\x18\x06 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\x07 \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\\\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.roost.inference.v1.ModelInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x15GetModelStatusRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"\xb6\x03\n\nRoleHealth\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.roost.common.v1.ModelRef\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x13\n\x0bpredictions\x18\x03 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x03\x12\x12\n\nerror_rate\x18\x05 \x01(\x01\x12\x1b\n\x13latency_p50_seconds\x18\x06 \x01(\x01\x12\x1b\n\x13latency_p99_seconds\x18\x07 \x01(\x01\x12\x10\n\x08\x63ompared\x18\x08 \x01(\x03\x12\x16\n\x0e\x61greement_rate\x18\t \x01(\x01\x12\x12\n\nnon_finite\x18\n \x01(\x03\x12\x1c\n\x14paired_latency_ratio\x18\x0b \x01(\x01\x12\x12\n\noutput_psi\x18\x0c \x01(\x01\x12\x11\n\toutput_ks\x18\r \x01(\x01\x12\x16\n\x0eoutput_samples\x18\x0e \x01(\x03\x12\x16\n\x0e\x63onfidence_psi\x18\x0f \x01(\x01\x12\x15\n\rconfidence_ks\x18\x10 \x01(\x01\x12\x1a\n\x12\x63onfidence_samples\x18\x11 \x01(\x03\x12\x15\n\rlatency_calls\x18\x12 \x01(\x03\"X\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0b\n\x03psi\x18\x02 \x01(\x01\x12\n\n\x02ks\x18\x03 \x01(\x01\x12\r\n\x05\x61lert\x18\x04 \x01(\x08\x12\x0f\n\x07samples\x18\x05 \x01(\x03\"\xfc\x02\n\x16GetModelStatusResponse\x12.\n\x06\x61\x63tive\x18\x01 \x01(\x0b\x32\x1e.roost.inference.v1.RoleHealth\x12\x31\n\tcandidate\x18\x02 \x01(\x0b\x32\x1e.roost.inference.v1.RoleHealth\x12/\n\x05stage\x18\x03 \x01(\x0e\x32 .roost.inference.v1.RolloutStage\x12\r\n\x05share\x18\x04 \x01(\x01\x12\x12\n\ngeneration\x18\x05 \x01(\x03\x12\x16\n\x0ewindow_seconds\x18\x06 \x01(\x01\x12\x17\n\x0f\x64rift_monitored\x18\x07 \x01(\x08\x12\x13\n\x0b\x64rift_alert\x18\x08 \x01(\x08\x12/\n\x05\x64rift\x18\t \x03(\x0b\x32 .roost.inference.v1.FeatureDrift\x12\x1c\n\x14\x64rift_window_seconds\x18\n \x01(\x01\x12\x16\n\x0eshadow_dropped\x18\x0b \x01(\x03*Y\n\x11\x45xplanationMethod\x12\"\n\x1e\x45XPLANATION_METHOD_UNSPECIFIED\x10\x00\x12 \n\x1c\x45XPLANATION_METHOD_OCCLUSION\x10\x01*]\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18TASK_KIND_CLASSIFICATION\x10\x01\x12\x18\n\x14TASK_KIND_REGRESSION\x10\x02*\x8f\x01\n\x0cRolloutStage\x12\x1d\n\x19ROLLOUT_STAGE_UNSPECIFIED\x10\x00\x12\x16\n\x12ROLLOUT_STAGE_NONE\x10\x01\x12\x18\n\x14ROLLOUT_STAGE_STAGED\x10\x02\x12\x18\n\x14ROLLOUT_STAGE_SHADOW\x10\x03\x12\x14\n\x10ROLLOUT_STAGE_AB\x10\x04\x32\xdc\x04\n\x10InferenceService\x12R\n\x07Predict\x12\".roost.inference.v1.PredictRequest\x1a#.roost.inference.v1.PredictResponse\x12\x61\n\x0cPredictBatch\x12\'.roost.inference.v1.PredictBatchRequest\x1a(.roost.inference.v1.PredictBatchResponse\x12w\n\x12PredictBatchStream\x12-.roost.inference.v1.PredictBatchStreamRequest\x1a..roost.inference.v1.PredictBatchStreamResponse(\x01\x30\x01\x12R\n\x07\x45xplain\x12\".roost.inference.v1.ExplainRequest\x1a#.roost.inference.v1.ExplainResponse\x12[\n\nListModels\x12%.roost.inference.v1.ListModelsRequest\x1a&.roost.inference.v1.ListModelsResponse\x12g\n\x0eGetModelStatus\x12).roost.inference.v1.GetModelStatusRequest\x1a*.roost.inference.v1.GetModelStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'roost.inference.v1.inference_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXPLANATIONMETHOD']._serialized_start=2681
-  _globals['_EXPLANATIONMETHOD']._serialized_end=2770
-  _globals['_TASKKIND']._serialized_start=2772
-  _globals['_TASKKIND']._serialized_end=2865
-  _globals['_ROLLOUTSTAGE']._serialized_start=2868
-  _globals['_ROLLOUTSTAGE']._serialized_end=3011
+  _globals['_EXPLANATIONMETHOD']._serialized_start=2940
+  _globals['_EXPLANATIONMETHOD']._serialized_end=3029
+  _globals['_TASKKIND']._serialized_start=3031
+  _globals['_TASKKIND']._serialized_end=3124
+  _globals['_ROLLOUTSTAGE']._serialized_start=3127
+  _globals['_ROLLOUTSTAGE']._serialized_end=3270
   _globals['_PREDICTION']._serialized_start=130
   _globals['_PREDICTION']._serialized_end=294
   _globals['_PREDICTREQUEST']._serialized_start=296
@@ -49,28 +49,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTBATCHREQUEST']._serialized_end=666
   _globals['_PREDICTBATCHRESPONSE']._serialized_start=668
   _globals['_PREDICTBATCHRESPONSE']._serialized_end=785
-  _globals['_EXPLAINREQUEST']._serialized_start=787
-  _globals['_EXPLAINREQUEST']._serialized_end=895
-  _globals['_EXPLAINRESPONSE']._serialized_start=898
-  _globals['_EXPLAINRESPONSE']._serialized_end=1123
-  _globals['_FEATURESPEC']._serialized_start=1125
-  _globals['_FEATURESPEC']._serialized_end=1166
-  _globals['_INPUTSCHEMA']._serialized_start=1169
-  _globals['_INPUTSCHEMA']._serialized_end=1310
-  _globals['_MODELINFO']._serialized_start=1313
-  _globals['_MODELINFO']._serialized_end=1589
-  _globals['_LISTMODELSREQUEST']._serialized_start=1591
-  _globals['_LISTMODELSREQUEST']._serialized_end=1649
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1651
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1743
-  _globals['_GETMODELSTATUSREQUEST']._serialized_start=1745
-  _globals['_GETMODELSTATUSREQUEST']._serialized_end=1788
-  _globals['_ROLEHEALTH']._serialized_start=1791
-  _globals['_ROLEHEALTH']._serialized_end=2206
-  _globals['_FEATUREDRIFT']._serialized_start=2208
-  _globals['_FEATUREDRIFT']._serialized_end=2296
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=2299
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=2679
-  _globals['_INFERENCESERVICE']._serialized_start=3014
-  _globals['_INFERENCESERVICE']._serialized_end=3497
+  _globals['_PREDICTBATCHSTREAMREQUEST']._serialized_start=787
+  _globals['_PREDICTBATCHSTREAMREQUEST']._serialized_end=872
+  _globals['_PREDICTBATCHSTREAMRESPONSE']._serialized_start=875
+  _globals['_PREDICTBATCHSTREAMRESPONSE']._serialized_end=1021
+  _globals['_EXPLAINREQUEST']._serialized_start=1023
+  _globals['_EXPLAINREQUEST']._serialized_end=1131
+  _globals['_EXPLAINRESPONSE']._serialized_start=1134
+  _globals['_EXPLAINRESPONSE']._serialized_end=1359
+  _globals['_FEATURESPEC']._serialized_start=1361
+  _globals['_FEATURESPEC']._serialized_end=1402
+  _globals['_INPUTSCHEMA']._serialized_start=1405
+  _globals['_INPUTSCHEMA']._serialized_end=1546
+  _globals['_MODELINFO']._serialized_start=1549
+  _globals['_MODELINFO']._serialized_end=1825
+  _globals['_LISTMODELSREQUEST']._serialized_start=1827
+  _globals['_LISTMODELSREQUEST']._serialized_end=1885
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1887
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1979
+  _globals['_GETMODELSTATUSREQUEST']._serialized_start=1981
+  _globals['_GETMODELSTATUSREQUEST']._serialized_end=2024
+  _globals['_ROLEHEALTH']._serialized_start=2027
+  _globals['_ROLEHEALTH']._serialized_end=2465
+  _globals['_FEATUREDRIFT']._serialized_start=2467
+  _globals['_FEATUREDRIFT']._serialized_end=2555
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=2558
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=2938
+  _globals['_INFERENCESERVICE']._serialized_start=3273
+  _globals['_INFERENCESERVICE']._serialized_end=3877
 # @@protoc_insertion_point(module_scope)

@@ -260,6 +260,52 @@ class PredictBatchResponse(_message.Message):
 Global___PredictBatchResponse: _TypeAlias = PredictBatchResponse  # noqa: Y015
 
 @_typing.final
+class PredictBatchStreamRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___PredictBatchRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___PredictBatchRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictBatchStreamRequest: _TypeAlias = PredictBatchStreamRequest  # noqa: Y015
+
+@_typing.final
+class PredictBatchStreamResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def response(self) -> Global___PredictBatchResponse: ...
+    @_builtins.property
+    def error(self) -> _common_pb2.CallStatus: ...
+    def __init__(
+        self,
+        *,
+        response: Global___PredictBatchResponse | None = ...,
+        error: _common_pb2.CallStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "response", b"response", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["response", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___PredictBatchStreamResponse: _TypeAlias = PredictBatchStreamResponse  # noqa: Y015
+
+@_typing.final
 class ExplainRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -519,6 +565,7 @@ class RoleHealth(_message.Message):
     CONFIDENCE_PSI_FIELD_NUMBER: _builtins.int
     CONFIDENCE_KS_FIELD_NUMBER: _builtins.int
     CONFIDENCE_SAMPLES_FIELD_NUMBER: _builtins.int
+    LATENCY_CALLS_FIELD_NUMBER: _builtins.int
     loaded: _builtins.bool
     """Whether this version is loaded and running (a staged candidate, or one that
     failed to load, is not).
@@ -562,6 +609,10 @@ class RoleHealth(_message.Message):
     confidence_ks: _builtins.float
     confidence_samples: _builtins.int
     """Rows the confidence comparison rests on (0: not a classifier, or no rows)."""
+    latency_calls: _builtins.int
+    """session.run calls the latency percentiles rest on (a p99 over a handful of calls is
+    their maximum: one scheduling stall decides it).
+    """
     @_builtins.property
     def model(self) -> _common_pb2.ModelRef:
         """The version in this role. `sha256` is empty when it is not loaded."""
@@ -586,10 +637,11 @@ class RoleHealth(_message.Message):
         confidence_psi: _builtins.float = ...,
         confidence_ks: _builtins.float = ...,
         confidence_samples: _builtins.int = ...,
+        latency_calls: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_rate", b"agreement_rate", "compared", b"compared", "confidence_ks", b"confidence_ks", "confidence_psi", b"confidence_psi", "confidence_samples", b"confidence_samples", "error_rate", b"error_rate", "errors", b"errors", "latency_p50_seconds", b"latency_p50_seconds", "latency_p99_seconds", b"latency_p99_seconds", "loaded", b"loaded", "model", b"model", "non_finite", b"non_finite", "output_ks", b"output_ks", "output_psi", b"output_psi", "output_samples", b"output_samples", "paired_latency_ratio", b"paired_latency_ratio", "predictions", b"predictions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_rate", b"agreement_rate", "compared", b"compared", "confidence_ks", b"confidence_ks", "confidence_psi", b"confidence_psi", "confidence_samples", b"confidence_samples", "error_rate", b"error_rate", "errors", b"errors", "latency_calls", b"latency_calls", "latency_p50_seconds", b"latency_p50_seconds", "latency_p99_seconds", b"latency_p99_seconds", "loaded", b"loaded", "model", b"model", "non_finite", b"non_finite", "output_ks", b"output_ks", "output_psi", b"output_psi", "output_samples", b"output_samples", "paired_latency_ratio", b"paired_latency_ratio", "predictions", b"predictions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -39,6 +39,11 @@ class InferenceServiceStub:
     """Predicts one input."""
     PredictBatch: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.PredictBatchRequest, _inference_service_pb2.PredictBatchResponse]
     """Predicts many inputs for one model in one onnxruntime call."""
+    PredictBatchStream: _grpc.StreamStreamMultiCallable[_inference_service_pb2.PredictBatchStreamRequest, _inference_service_pb2.PredictBatchStreamResponse]
+    """PredictBatch over one long-lived stream: one reply per request, in request order,
+    each the response or the status PredictBatch would have ended with. The hub's
+    decision path uses it (it costs the hub and inference less CPU than a unary call each).
+    """
     Explain: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.ExplainRequest, _inference_service_pb2.ExplainResponse]
     """Predicts one input and returns per-feature attributions."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_inference_service_pb2.ListModelsRequest, _inference_service_pb2.ListModelsResponse]
@@ -59,6 +64,11 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """Predicts one input."""
     PredictBatch: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.PredictBatchRequest, _inference_service_pb2.PredictBatchResponse]  # type: ignore[assignment]
     """Predicts many inputs for one model in one onnxruntime call."""
+    PredictBatchStream: _aio.StreamStreamMultiCallable[_inference_service_pb2.PredictBatchStreamRequest, _inference_service_pb2.PredictBatchStreamResponse]  # type: ignore[assignment]
+    """PredictBatch over one long-lived stream: one reply per request, in request order,
+    each the response or the status PredictBatch would have ended with. The hub's
+    decision path uses it (it costs the hub and inference less CPU than a unary call each).
+    """
     Explain: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.ExplainRequest, _inference_service_pb2.ExplainResponse]  # type: ignore[assignment]
     """Predicts one input and returns per-feature attributions."""
     ListModels: _aio.UnaryUnaryMultiCallable[_inference_service_pb2.ListModelsRequest, _inference_service_pb2.ListModelsResponse]  # type: ignore[assignment]
@@ -88,6 +98,17 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_service_pb2.PredictBatchResponse, _abc.Awaitable[_inference_service_pb2.PredictBatchResponse]]:
         """Predicts many inputs for one model in one onnxruntime call."""
+
+    @_abc_1.abstractmethod
+    def PredictBatchStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_inference_service_pb2.PredictBatchStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inference_service_pb2.PredictBatchStreamResponse], _abc.AsyncIterator[_inference_service_pb2.PredictBatchStreamResponse]]:
+        """PredictBatch over one long-lived stream: one reply per request, in request order,
+        each the response or the status PredictBatch would have ended with. The hub's
+        decision path uses it (it costs the hub and inference less CPU than a unary call each).
+        """
 
     @_abc_1.abstractmethod
     def Explain(
