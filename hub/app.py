@@ -23,7 +23,6 @@ import functools
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import aiomqtt
@@ -38,7 +37,6 @@ from hub.health import DecisionHealth
 from hub.homeassistant import mapping as ha_mapping
 from hub.homeassistant.bridge import HaBridge
 from hub.homeassistant.client import ActionRunner, HaClient, HaUnavailable, read_token
-from hub.homeassistant.entities import ModelInfo
 from hub.homeassistant.fleet_entities import FleetStatus
 from hub.homeassistant.resume import StateResume
 from hub.homeassistant.rooms import Rooms
@@ -50,17 +48,15 @@ from hub.payloads import DropReason
 from hub.peer_streams import StreamedAudit, StreamedInference
 from hub.pipeline import DecisionPipeline, Outgoing, Pending, Recorded
 from hub.policy import ActionPolicy, parse_action_rules
+from hub.served_models import discover_models
 from hub.topics import READINGS_FILTER, statestream_filter, status_topic
-from hub.windows import SPEC_IDS as HOME_SPEC_IDS
-from models.features import FeatureSpec, spec_by_id
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
-from roost.inference.v1 import inference_service_pb2 as inf_pb
 from roost.inference.v1 import inference_service_pb2_grpc as inf_grpc
 from roost.personalization.v1 import personalization_service_pb2_grpc as pers_grpc
 from roost.update.v1 import update_service_pb2_grpc as upd_grpc
 from services.kit.auth import Role
 from services.kit.config import ServiceConfig
-from services.kit.peers import is_retryable, peer_channel, peer_error
+from services.kit.peers import peer_channel
 from services.kit.process import start_metrics, write_ready_file
 
 log = logging.getLogger(__name__)
@@ -69,61 +65,6 @@ MQTT_CONNECTED = Gauge("roost_hub_mqtt_connected", "1 while the hub is connected
 MQTT_RECONNECTS = Counter(
     "roost_hub_mqtt_reconnects_total", "Broker connection attempts that failed."
 )
-
-
-@dataclass(frozen=True)
-class ServedModels:
-    """What the hub can feed: per-area FeatureSpec models and home-wide event models."""
-
-    specs: dict[str, FeatureSpec]
-    home_models: tuple[str, ...]
-    # Output labels and version per model (Home Assistant entities).
-    info: tuple[ModelInfo, ...] = ()
-
-
-async def discover_models(
-    stub: inf_grpc.InferenceServiceAsyncStub, stop: asyncio.Event
-) -> ServedModels:
-    """Ask inference which models it serves (retrying until it answers).
-
-    An outage is waited out quietly; a refusal (e.g. a certificate of the wrong role)
-    is logged as an error, since only an operator can fix it, and retried slowly."""
-    delay = 0.1
-    while not stop.is_set():
-        try:
-            specs: dict[str, FeatureSpec] = {}
-            home: list[str] = []
-            info: list[ModelInfo] = []
-            token = ""
-            while True:
-                resp: inf_pb.ListModelsResponse = await stub.ListModels(
-                    inf_pb.ListModelsRequest(page_token=token), timeout=2.0
-                )
-                for m in resp.models:
-                    if m.feature_spec in HOME_SPEC_IDS:
-                        home.append(m.model.name)
-                        info.append(ModelInfo(m.model.name, tuple(m.output_names), m.model.version))
-                        continue
-                    try:
-                        specs[m.model.name] = spec_by_id(m.feature_spec)
-                    except (KeyError, ImportError) as e:
-                        log.warning(
-                            "model %s is served but not used by the hub: %s", m.model.name, e
-                        )
-                        continue
-                    info.append(ModelInfo(m.model.name, tuple(m.output_names), m.model.version))
-                token = resp.next_page_token
-                if not token:
-                    return ServedModels(specs, tuple(home), tuple(info))
-        except grpc.aio.AioRpcError as e:
-            if is_retryable(e):
-                log.info("waiting for the inference service (%s)", e.code().name)
-            else:
-                log.error("%s; retrying", peer_error(e, "inference", "ListModels"))
-                delay = 2.0
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-    return ServedModels({}, ())
 
 
 class Hub:

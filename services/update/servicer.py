@@ -43,14 +43,9 @@ from services.modelstore.reader import Stage as StageName
 from services.modelstore.registry import Registry
 from services.update.health import HealthPolicy, RolloutSchedule
 from services.update.install import Installer
-from services.update.rollout import (
-    FeedbackSource,
-    ModelStatusSource,
-    Rollout,
-    ref,
-    refuse_stage,
-)
+from services.update.rollout import FeedbackSource, ModelStatusSource, Rollout, ref
 from services.update.trail import Trail
+from services.update.transitions import refuse_stage
 from services.update.tuf_client import ModelUpdater
 
 _SVC = "/roost.update.v1.UpdateService/"

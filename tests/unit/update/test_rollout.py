@@ -23,9 +23,10 @@ from services.kit.errors import (
 from services.modelstore.reader import SlotState, VersionInfo
 from services.modelstore.registry import Registry
 from services.update.health import HealthPolicy, RoleHealth, RolloutSchedule, Verdict
-from services.update.rollout import (
+from services.update.rollout import Rollout
+from services.update.trail import Trail
+from services.update.transitions import (
     GateAction,
-    Rollout,
     ab_entry_check,
     gate_action,
     promote_step,
@@ -33,7 +34,6 @@ from services.update.rollout import (
     stage_step,
     start_step,
 )
-from services.update.trail import Trail
 from tests.support.update_fakes import (
     ACTIVE,
     CANDIDATE,
