@@ -80,9 +80,11 @@ def test_the_recipe_choice_keeps_the_setting_that_gains_most_over_its_base(
     fold = ph.Fold(home(1.0), None, z, z, [], z, z)  # type: ignore[arg-type]
     chosen, table = ph.choose_recipe([fold, fold], "day", 0)
     assert chosen == best
-    assert len(table) == len(ph.grid("day")) == 16
-    assert len({r.name for r in ph.grid("day")}) == 16
-    assert all(r.epochs == ph.service_recipe("day").epochs for r in ph.grid("day"))
+    assert len(table) == len(ph.grid("day")) == 48
+    assert len({r.name for r in ph.grid("day")}) == 48
+    service = ph.service_recipe("day")
+    assert {r.epochs for r in ph.grid("day")} == {service.epochs / 2, service.epochs}
+    assert {r.lr for r in ph.grid("day")} == {service.lr, 3 * service.lr, 5 * service.lr}
 
 
 def test_gap_closed() -> None:
