@@ -18,7 +18,8 @@ unary call would have ended with.
   the unary stub method: it returns the response or raises ``grpc.aio.AioRpcError``
   with the refusal's code. The stream is opened on first use (waiting for the channel
   to be ready) and again after it breaks. The first write on a stream waits for the
-  server to accept it (the initial metadata :func:`ordered_replies` sends), so a
+  server to accept it (the initial metadata :func:`ordered_replies` sends, marked
+  ``roost-stream: accepted``; a refusal comes with none), so a
   refused stream reports the server's status (``PERMISSION_DENIED``), not the
   ``INTERNAL`` grpc.aio gives a write that races the refusal (grpc/grpc#36066); a
   write that fails mid-stream is reported ``UNAVAILABLE``: the request never went
@@ -52,6 +53,10 @@ Resp = TypeVar("Resp")
 Reply = TypeVar("Reply")
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
+# The initial metadata of an accepted stream. A refused one has none: its status comes
+# alone ("trailers only"), so the client tells them apart without racing the status.
+_ACCEPTED_KEY, _ACCEPTED = "roost-stream", "accepted"
+ACCEPTED = ((_ACCEPTED_KEY, _ACCEPTED),)
 # What grpc.aio says of a write on a stream that has just ended (grpc/grpc#36066).
 _CORE_WRITE_FAILURE = "Internal error from Core"
 # Requests of one stream a server handles at once (its reader waits beyond that).
@@ -77,7 +82,7 @@ async def ordered_replies(
 
     First it sends the stream's initial metadata: the stream is accepted, and the
     client (:class:`StreamedCalls`) may write."""
-    await context.send_initial_metadata(())
+    await context.send_initial_metadata(ACCEPTED)
     handled = {c: RPC_HANDLED.labels(service, method, c.name) for c in (grpc.StatusCode.OK,)}
     latency = RPC_LATENCY.labels(service, method)
 
@@ -162,11 +167,12 @@ class StreamedCalls(Generic[Req, Resp]):
             waiting.append(answer)
             try:
                 if not self._accepted:
-                    await call.initial_metadata()  # accepted, or refused (then done)
-                    self._accepted = not call.done()
+                    metadata = await call.initial_metadata()  # accepted, or refused
+                    self._accepted = metadata.get(_ACCEPTED_KEY) == _ACCEPTED
                 if self._accepted:
                     await call.write(self._wrap(request))
-                # else: the reader fails ``answer`` with the refusal's status
+                # else: refused (or not a stream of ordered_replies): the reader fails
+                # ``answer`` with the stream's status once it ends, or the timeout does
             except BaseException as e:
                 # A write on a stream that broke (its reader may already have said how),
                 # or cancelled half-way: nothing more can go on this stream.
