@@ -83,7 +83,7 @@ async def ordered_replies(
     First it sends the stream's initial metadata: the stream is accepted, and the
     client (:class:`StreamedCalls`) may write."""
     await context.send_initial_metadata(ACCEPTED)
-    handled = {c: RPC_HANDLED.labels(service, method, c.name) for c in (grpc.StatusCode.OK,)}
+    handled_ok = RPC_HANDLED.labels(service, method, grpc.StatusCode.OK.name)  # looked up once
     latency = RPC_LATENCY.labels(service, method)
 
     async def one(request: Req) -> Reply:
@@ -101,8 +101,8 @@ async def ordered_replies(
                 text = clip(str(exc)) or f"{method}: {code.name.lower()}"
             return reply(error=common_pb2.CallStatus(code=code.value[0], message=text))
         finally:
-            counter = handled.get(code) or RPC_HANDLED.labels(service, method, code.name)
-            counter.inc()
+            ok = code == grpc.StatusCode.OK
+            (handled_ok if ok else RPC_HANDLED.labels(service, method, code.name)).inc()
             latency.observe(time.perf_counter() - started)
 
     queue: asyncio.Queue[asyncio.Task[Reply] | None] = asyncio.Queue(max_in_flight)
