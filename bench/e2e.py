@@ -3,6 +3,9 @@
 One run measures, side by side on this machine:
   * baseline 1: raw onnxruntime ``session.run`` of the same model (batch of 1);
   * baseline 2: publish-to-receive echo through the same mosquitto broker;
+  * baseline 3: the design's transport floor (:mod:`bench.transport_floor`): a raw gRPC
+    mTLS stream echo and an fsync, so Roost is also shown against two broker hops + two
+    gRPC round trips + one fsync;
   * Roost: reading -> hub -> inference (gRPC, mTLS) -> audit (durable, fsync) -> MQTT,
     at a steady 200 readings/s, then a ramp to find the highest sustained rate with
     p99 <= 50 ms;
@@ -37,6 +40,7 @@ from bench.cost import cost, idle_cpu, load_average, snapshot
 from bench.e2e_report import plot, render
 from bench.machine import machine_info
 from bench.report import percentile, write
+from bench.transport_floor import EchoServer, design_floor, measure
 from cli.household_stream import default_source
 from cli.stack import Stack
 from hub import mqtt
@@ -293,14 +297,27 @@ async def measured_run(
 
 
 async def steady_repeat(
-    stack: Stack, pids: dict[str, int], metrics_port: int, values: list[tuple[str, float]]
+    stack: Stack,
+    pids: dict[str, int],
+    metrics_port: int,
+    values: list[tuple[str, float]],
+    grpc_echo: EchoServer,
 ) -> dict[str, Any]:
-    """Echo and session.run baselines, then the steady run: one repeat, as ratios."""
+    """Echo, transport-floor and session.run baselines, then the steady run: one repeat,
+    as ratios."""
     echo = await echo_baseline(stack.broker_port, STEADY_RATE, ECHO_SECONDS)
+    transport = await measure(grpc_echo, stack.home, STEADY_RATE, ECHO_SECONDS)
     session = session_baseline(2000)
     run, used = await measured_run(stack, pids, metrics_port, STEADY_RATE, STEADY_SECONDS, values)
     e50, e99, s50 = percentile(echo, 50), percentile(echo, 99), percentile(session, 50)
+    floor = design_floor(
+        e50, transport["grpc_p50"], transport["fsync_p50"], transport["grpc_cpu_ms"]
+    )
     return {
+        **transport,
+        **floor,
+        "p50_over_floor": run.p(50) / floor["floor_p50_ms"],
+        "cpu_over_floor": used["serving_cpu_ms_per_decision"] / floor["floor_cpu_ms"],
         "p50": run.p(50),
         "p99": run.p(99),
         "sent": run.sent,
@@ -332,15 +349,17 @@ async def bench(home: Path) -> dict[str, Any]:
         console.print(f"[bold]idle:[/] {IDLE_SECONDS} s without readings ...")
         idle = idle_cpu(every, IDLE_SECONDS)
         ramp: list[dict[str, Any]] = []
-        with RssSampler(every) as rss:
+        with RssSampler(every) as rss, EchoServer(stack.certs_dir) as grpc_echo:
             repeats = []
             for i in range(STEADY_REPEATS):
-                rep = await steady_repeat(stack, pids, metrics_port, values)
+                rep = await steady_repeat(stack, pids, metrics_port, values, grpc_echo)
                 repeats.append(rep)
                 console.print(
                     f"  {STEADY_RATE}/s #{i + 1}: p50 {rep['p50']:.1f} ms "
                     f"({rep['p50_over_echo']:.1f}x echo), p99 {rep['p99']:.1f} ms, "
-                    f"CPU {rep['cost']['serving_cpu_ms_per_decision']:.2f} ms/decision"
+                    f"CPU {rep['cost']['serving_cpu_ms_per_decision']:.2f} ms/decision; "
+                    f"design floor p50 {rep['floor_p50_ms']:.2f} ms, "
+                    f"CPU {rep['floor_cpu_ms']:.2f} ms/decision"
                 )
             for rate in RAMP if not QUICK else ():
                 run, used = await measured_run(
@@ -387,6 +406,14 @@ async def bench(home: Path) -> dict[str, Any]:
                     "echo_p99",
                     "session_p50",
                     "p50_over_session",
+                    "grpc_p50",
+                    "grpc_p99",
+                    "grpc_cpu_ms",
+                    "fsync_p50",
+                    "floor_p50_ms",
+                    "floor_cpu_ms",
+                    "p50_over_floor",
+                    "cpu_over_floor",
                 )
             },
             "cpu_ms_per_decision": spread(

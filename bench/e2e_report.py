@@ -60,6 +60,39 @@ def floors(res: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     ]
 
 
+def _floor_section(st: dict[str, Any]) -> str:
+    """Roost against the design's transport floor (bench/transport_floor.py), same run."""
+    rows = [
+        ("broker echo p50 (ms), x2: reading in, decision out", spread_text(st["echo_p50"])),
+        (
+            "gRPC stream echo p50, mTLS, loopback (ms), x2: to inference, to audit",
+            spread_text(st["grpc_p50"]),
+        ),
+        ("fsync of 4 KiB p50 (ms), x1: the audit log", spread_text(st["fsync_p50"])),
+        ("**floor p50 (ms)**", spread_text(st["floor_p50_ms"])),
+        ("Roost e2e p50 / floor p50", spread_text(st["p50_over_floor"], 1) + "x"),
+        (
+            "floor p50 / broker echo p50",
+            f"{st['floor_p50_ms']['median'] / st['echo_p50']['median']:.1f}x",
+        ),
+        (
+            "CPU per gRPC round trip, server + client (ms)",
+            spread_text(st["grpc_cpu_ms"]),
+        ),
+        ("**floor CPU per decision (ms)**: 2 round trips", spread_text(st["floor_cpu_ms"])),
+        ("Roost CPU per decision / floor CPU", spread_text(st["cpu_over_floor"], 1) + "x"),
+    ]
+    return (
+        "## Against the design's floor (same run)\n\n"
+        "A decision is two MQTT hops, two gRPC round trips on mTLS streams and one fsync. "
+        "Each is measured raw, with nothing of Roost in it, just before each steady run: "
+        "no implementation of this design (separate services, gRPC with mTLS, audit "
+        "before publish) goes below `2 x echo + 2 x gRPC + fsync` in latency or `2 x gRPC "
+        "round trip` in CPU (MQTT, inference, SQLite and JSON left out).\n\n"
+        + markdown_table(["", "median (min to max)"], rows)
+    )
+
+
 def _stage_rows(res: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for i, rep in enumerate(res["steady"]["repeats"], 1):
@@ -122,6 +155,12 @@ def render(res: dict[str, Any]) -> tuple[Table, str]:
         ("raw onnxruntime session.run, batch 1", spread_text(st["session_p50"], 3), "-", "1x"),
         ("broker echo (pub -> sub)", spread_text(st["echo_p50"]), spread_text(st["echo_p99"]), "-"),
         (
+            "gRPC stream echo, mTLS (round trip)",
+            spread_text(st["grpc_p50"]),
+            spread_text(st["grpc_p99"]),
+            "-",
+        ),
+        (
             f"Roost end to end @{st['rate']}/s",
             spread_text(st["p50"]),
             spread_text(st["p99"]),
@@ -152,6 +191,7 @@ def render(res: dict[str, Any]) -> tuple[Table, str]:
             ),
             "## Side by side (latency, ms)\n\n"
             + markdown_table(["path", "p50", "p99", "ratio"], side),
+            _floor_section(st),
             "## Where the time goes (mean ms; intake per reading, other stages per batch)\n\n"
             "`outside hub` = mean end to end minus the hub's mean reading-to-published: MQTT "
             "in and out through the broker, and the wait for the hub's loop.\n\n"

@@ -51,6 +51,14 @@ def result(*, load: float = 0.3, cpu: float = 0.9) -> dict[str, Any]:
             "session_p50": spread(0.02),
             "p50_over_session": spread(150.0),
             "cpu_ms_per_decision": spread(cpu),
+            "grpc_p50": spread(0.5),
+            "grpc_p99": spread(0.9),
+            "grpc_cpu_ms": spread(0.7),
+            "fsync_p50": spread(0.25),
+            "floor_p50_ms": spread(2.75),
+            "floor_cpu_ms": spread(1.4),
+            "p50_over_floor": spread(3.0 / 2.75),
+            "cpu_over_floor": spread(cpu / 1.4),
         },
         "ramp": [
             {
@@ -86,11 +94,16 @@ def test_render_has_every_section_and_floor() -> None:
         "## CPU per decision",
         "## Ramp",
         "## Edge metrics",
+        "## Against the design's floor",
     ):
         assert heading in md
     assert "| e2e p99 @200/s (ms) | 20.00 (18.00 to 22.00) | <= 25 | yes |" in md
     assert "| e2e p50 @200/s / broker echo p50, same run | 4.0 (3.6 to 4.4)x | <= 5x | yes |" in md
     assert "| energy per decision | unavailable |" in md
+    # The floor: 2 x 0.75 + 2 x 0.5 + 0.25 = 2.75 ms, 3.7x the echo; Roost 1.1x it.
+    assert "| **floor p50 (ms)** | 2.75 (2.48 to 3.03) |" in md
+    assert "| floor p50 / broker echo p50 | 3.7x |" in md
+    assert "| Roost e2e p50 / floor p50 | 1.1 (1.0 to 1.2)x |" in md
     assert "peak RSS personalization, apart (MB) | 300 |" in md
     assert "serving path, hub+inference+audit (MB) | 230 (" in md
     assert "a loaded run" not in md
