@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from bench import audit
+from bench import audit, audit_report
 from roost.audit.v1 import audit_service_pb2 as pb
 from services.audit.records import prepare
 from services.audit.store import AuditStore
@@ -170,17 +170,17 @@ def result(
 
 def test_report_passes_and_fails_floors() -> None:
     res = result()
-    assert not audit.failed(res)
-    _, md = audit.render(res)
+    assert not audit_report.failed(res)
+    _, md = audit_report.render(res)
     assert "| AuditLog durable appends, median (records/s) | 30,000 | >= 20,000 | PASS |" in md
     assert "| AuditLog / raw SQLite (same rows, same schema) | 120% | >= 50% | PASS |" in md
     assert "gRPC run not measured" in md
     assert "## Not measured" in md
     slow = result(rate=11_000.0, verify_s=12.0)
-    assert audit.failed(slow)
-    _, md = audit.render(slow)
+    assert audit_report.failed(slow)
+    _, md = audit_report.render(slow)
     assert "| 11,000 | >= 20,000 | **FAIL** |" in md
     assert "| AuditLog / raw SQLite (same rows, same schema) | 44% | >= 50% | **FAIL** |" in md
     missing = result()
     del missing["export"]
-    assert audit.failed(missing)  # a floor that was not measured does not pass
+    assert audit_report.failed(missing)  # a floor that was not measured does not pass
