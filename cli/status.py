@@ -105,7 +105,7 @@ def audit_integrity_check(metrics_port: int, timeout: float) -> Check:
     checked = int(metric_value(text, "roost_audit_integrity_entries_checked_total") or 0)
     if metric_value(text, "roost_audit_integrity_ok") == 0:
         return Check("audit log", False, "stored entries do not match: see the audit log")
-    return Check("audit log", True, f"integrity re-checked ({checked:,} entries so far)")
+    return Check("audit log", True, f"no mismatch in the {checked:,} entries re-checked so far")
 
 
 def prometheus_check(http_port: int, remote_write: str, timeout: float) -> Check:
