@@ -285,11 +285,18 @@ def plot(res: dict[str, Any], path: Path) -> None:
     ax.plot(rates, [r["p50"] for r in ramp], "o-", label="Roost p50")
     ax.plot(rates, [r["p99"] for r in ramp], "s-", label="Roost p99")
     ax.axhline(st["echo_p50"]["median"], color="grey", ls=":", label="broker echo p50")
+    if "floor_p50_ms" in st:  # runs before bench/transport_floor.py have no floor
+        ax.axhline(
+            st["floor_p50_ms"]["median"],
+            color="green",
+            ls="-.",
+            label="design floor p50 (2 echo + 2 gRPC + fsync)",
+        )
     ax.axhline(100.0, color="red", ls="--", label="p99 limit (100 ms)")
     ax.set_xlabel("offered readings per second")
     ax.set_ylabel("reading -> decision latency (ms)")
     ax.set_yscale("log")
     ax.set_title(f"Roost end to end on {res['machine']['cores']} cores")
-    ax.legend()
+    ax.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
