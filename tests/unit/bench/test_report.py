@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from bench.e2e_report import render
+from bench.e2e_report import plot, render
 from bench.report import markdown_table, percentile
 
 
@@ -133,3 +134,13 @@ def test_percentile_and_table() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0, 100.0], 50) == 3.0
     assert percentile([1.0, 2.0, 3.0, 4.0, 100.0], 99) == 100.0
     assert markdown_table(["a"], [[1]]) == "| a |\n|---|\n| 1 |"
+
+
+def test_the_plot_draws_with_and_without_the_floor(tmp_path: Path) -> None:
+    res = result()
+    plot(res, tmp_path / "with.png")
+    for key in ("floor_p50_ms", "floor_cpu_ms"):  # a result from before the floor was measured
+        del res["steady"][key]
+    plot(res, tmp_path / "without.png")
+    assert (tmp_path / "with.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "without.png").stat().st_size > 0
