@@ -8,7 +8,7 @@ One run measures, side by side on this machine:
     gRPC round trips + one fsync;
   * Roost: reading -> hub -> inference (gRPC, mTLS) -> audit (durable, fsync) -> MQTT,
     at a steady 200 readings/s, then a ramp to find the highest sustained rate with
-    p99 <= 50 ms;
+    p99 <= 100 ms;
   * inference cold start (process start to first Predict answered);
   * resident memory of hub + inference + audit under load.
 Results: a printed table, bench/results/e2e.{json,md,png}.
@@ -94,7 +94,7 @@ class RunResult:
         return self.received >= 0.98 * (self.sent - 3) and self.p(99) <= BACKLOG_MS
 
     def sustained(self) -> bool:
-        """Sustained within the latency budget: keeps up and p99 <= 50 ms."""
+        """Sustained within the latency budget: keeps up and p99 <= 100 ms."""
         return self.keeps_up() and self.p(99) <= P99_LIMIT_MS
 
 

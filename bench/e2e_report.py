@@ -86,8 +86,8 @@ def _floor_section(st: dict[str, Any]) -> str:
         "## Against the design's floor (same run)\n\n"
         "A decision is two MQTT hops, two gRPC round trips on mTLS streams and one fsync. "
         "Each is measured raw, with nothing of Roost in it, just before each steady run: "
-        "no implementation of this design (separate services, gRPC with mTLS, audit "
-        "before publish) goes below `2 x echo + 2 x gRPC + fsync` in latency or `2 x gRPC "
+        "no implementation of this design in Python with grpcio (separate services, "
+        "gRPC with mTLS, audit before publish) goes below `2 x echo + 2 x gRPC + fsync` in latency or `2 x gRPC "
         "round trip` in CPU (MQTT, inference, SQLite and JSON left out).\n\n"
         + markdown_table(["", "median (min to max)"], rows)
     )

@@ -2,7 +2,7 @@
 
 A decision is two MQTT hops (reading in, decision out), two gRPC round trips on long-lived
 mTLS streams (hub -> inference, hub -> audit) and one fsync (the audit log, before the
-decision is published). No implementation of this design can do less, so the same run
+decision is published). No implementation of this design on grpcio can do less, so the same run
 measures each piece raw, with nothing of Roost in it:
 
 * a **gRPC stream echo**: a bidi stream on loopback with the stack's own mTLS

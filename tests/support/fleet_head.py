@@ -14,7 +14,7 @@ from services.personalization.federated_train import HEADS
 from services.personalization.onnx_roundtrip import base_model
 from tests.support.shared_data import DATA_DIR
 
-#: The zero head (every row "vacant") scores this on the test file: where a run starts.
+#: Values in the occupancy federated head (mlp.4, Linear(32, 2): 64 weights, 2 biases).
 HEAD_SIZE = 66
 
 
