@@ -19,6 +19,7 @@ measurement on its own.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
@@ -175,15 +176,22 @@ async def measure(server: EchoServer, directory: Path, rate: int, seconds: float
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["serve"]:
+    if argv[:1] == ["serve"]:  # the echo server process (EchoServer starts it)
         asyncio.run(_serve(Path(argv[1])))
         return 0
-    rate = int(argv[0]) if argv else 200
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.transport_floor", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("rate", nargs="?", type=int, default=200, help="round trips per second")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.seconds <= 0:
+        parser.error("rate and --seconds must be > 0")
     with tempfile.TemporaryDirectory(prefix="roost-floor-") as tmp:
         certs = Path(tmp) / "certs"
         ensure_certs(certs)
         with EchoServer(certs) as server:
-            got = asyncio.run(measure(server, Path(tmp), rate, 10))
+            got = asyncio.run(measure(server, Path(tmp), args.rate, args.seconds))
     for k, v in got.items():
         print(f"{k}: {v:.3f}")
     return 0

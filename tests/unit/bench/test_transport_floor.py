@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc import aio
 
-from bench.transport_floor import EchoServer, design_floor, fsync_ms, grpc_echo, measure
+from bench.transport_floor import EchoServer, design_floor, fsync_ms, grpc_echo, main, measure
 from services.kit.certs import ensure_certs
 
 
@@ -49,3 +49,10 @@ def test_a_client_without_the_stacks_certificate_is_refused(tmp_path: Path) -> N
         with pytest.raises(aio.AioRpcError) as refused:
             asyncio.run(asyncio.wait_for(grpc_echo(server, rate=200, seconds=0.1), 10))
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("argv", [["abc"], ["0"], ["200", "--seconds", "-1"]])
+def test_bad_arguments_are_refused_before_anything_starts(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2
