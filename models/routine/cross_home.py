@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python -m models.routine.cross_home [--data-dir ../shared/data] [--seeds 0,1,2]
-        [--vocabulary x1|v1] [--untouched houseD,houseE] [--markdown FILE]
+        [--vocabulary x2|x1|v1] [--untouched houseD,houseE] [--markdown FILE]
 
 For each held-out home of A-C, fresh models (one per seed, probabilities averaged)
 are trained on the OTHER homes at once (their installer mappings,
@@ -12,10 +12,13 @@ with the chosen vocabulary, each home's features standardized over its own minut
 without labels: :func:`standardize_per_home`) and scored on
 the held-out home's annotated minutes: macro-F1 over the classes that home has,
 per-class F1, and beside it the time-of-day and majority baselines fitted on the
-same training homes. The model abstains ("unsure") when its most probable class is
-a short activity (toilet, shower, drink) with probability below a threshold chosen
-on the training homes only (inner leave-one-home-out); an abstention counts as a
-miss for recall, never as a false alarm. Nothing is tuned on the held-out home.
+same training homes. The minute-by-minute probabilities pass through a causal
+filter with the training homes' class transitions (:func:`smooth`, online: only
+past minutes), and the model abstains ("unsure") when its most probable class is a
+short activity (toilet, shower, drink) with probability below a threshold; the
+filter's strength and the threshold are chosen together on the training homes only
+(inner leave-one-home-out). An abstention counts as a miss for recall, never as a
+false alarm. Nothing is tuned on the held-out home.
 Then D and E (MIT object-sensor homes) are scored by models trained on all of A-C,
 over the classes they annotate. Seeded and deterministic: the same command prints
 the same figures.
@@ -37,15 +40,29 @@ from models.routine.data import CLASSES, Dataset, F32Array, F64Array, I64Array
 from models.routine.fit import fit
 from models.routine.home_data import UNKNOWN, home_dataset, load_home, load_mapping
 from models.routine.net import Hyper
-from models.routine.spec import CROSS_HOME_VOCABULARY, V1_VOCABULARY, Vocabulary
+from models.routine.spec import (
+    CROSS_HOME_VOCABULARY,
+    CROSS_HOME_VOCABULARY_X1,
+    V1_VOCABULARY,
+    Vocabulary,
+)
 from models.training import make_deterministic
 
 HELD_OUT: tuple[str, ...] = ("houseA", "houseB", "houseC")
-VOCABULARIES = {"x1": CROSS_HOME_VOCABULARY, "v1": V1_VOCABULARY}
+VOCABULARIES = {
+    "x2": CROSS_HOME_VOCABULARY,
+    "x1": CROSS_HOME_VOCABULARY_X1,
+    "v1": V1_VOCABULARY,
+}
 SHORT: tuple[str, ...] = ("toilet", "shower", "drink")
 # "Unsure": predicted as this index, which is no class.
 UNSURE = len(CLASSES)
 THRESHOLDS: tuple[float, ...] = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7)
+# How much the minute-to-minute transitions of the training homes weigh in the
+# causal filter (:func:`smooth`): 0 is none, 1 the full transition matrix.
+STRENGTHS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5)
+# Consecutive ready minutes; a longer gap starts the filter afresh.
+_STEP_TOLERANCE_S = 61.0
 HYPER = Hyper(epochs=8, class_weight_power=0.5, dropout=0.2)
 
 
@@ -56,6 +73,7 @@ class Scored:
     home: str
     classes: tuple[str, ...]  # the classes the held-out home has
     threshold: float
+    strength: float
     model: dict[str, float]
     time_of_day: dict[str, float]
     majority: dict[str, float]
@@ -126,6 +144,45 @@ def abstain(probs: F32Array, threshold: float) -> I64Array:
     return pred
 
 
+def transitions(sets: Sequence[Dataset]) -> F64Array:
+    """Minute-to-minute class transitions of ``sets`` (rows sum to 1; add-one counts),
+    from consecutive annotated minutes."""
+    k = len(CLASSES)
+    counts = np.ones((k, k))
+    for d in sets:
+        pair = (
+            (d.y[:-1] != UNKNOWN) & (d.y[1:] != UNKNOWN) & (np.diff(d.starts) <= _STEP_TOLERANCE_S)
+        )
+        np.add.at(counts, (d.y[:-1][pair], d.y[1:][pair]), 1)
+    out: F64Array = counts / counts.sum(axis=1, keepdims=True)
+    return out
+
+
+def smooth(probs: F32Array, starts: F64Array, trans: F64Array, strength: float) -> F32Array:
+    """Causal forward filter: belief_t ~ (belief_{t-1} @ T^strength) * probs_t.
+
+    ``T^strength`` is the element-wise power of the transition matrix, rows
+    renormalized: 0 leaves ``probs`` as they are, 1 is the hidden-Markov filter with
+    the classifier's probabilities as the evidence. Only past minutes are used, so a
+    hub can run it online (one belief per home). A gap in ``starts`` restarts it.
+    """
+    if strength == 0.0:
+        return probs
+    t = trans**strength
+    t /= t.sum(axis=1, keepdims=True)
+    out = np.empty_like(probs)
+    belief: F64Array | None = None
+    for i in range(len(probs)):
+        if belief is None or starts[i] - starts[i - 1] > _STEP_TOLERANCE_S:
+            belief = probs[i].astype(np.float64)
+        else:
+            belief = (belief @ t) * probs[i]
+        total = belief.sum()
+        belief = belief / total if total > 0 else np.full(len(belief), 1.0 / len(belief))
+        out[i] = belief
+    return out
+
+
 def train(train_sets: Sequence[Dataset], hp: Hyper, seeds: Sequence[int]) -> list[torch.nn.Module]:
     """One model per seed on the annotated minutes of ``train_sets`` at once."""
     x = np.concatenate([d.x for d in train_sets])
@@ -144,17 +201,37 @@ def present(y: I64Array) -> tuple[str, ...]:
     return tuple(c for i, c in enumerate(CLASSES) if np.any(y == i))
 
 
-def choose_threshold(sets: dict[str, Dataset], hp: Hyper, seed: int) -> float:
-    """The abstention threshold with the best mean macro-F1 in leave-one-home-out
-    over ``sets`` (the outer fold's training homes; one seed)."""
+def predict(
+    models: Sequence[torch.nn.Module],
+    home: Dataset,
+    trans: F64Array,
+    strength: float,
+) -> F32Array:
+    """Filtered probabilities over ALL of ``home``'s ready minutes, in time order
+    (unannotated minutes carry the filter; scoring picks the annotated ones)."""
+    return smooth(probabilities(models, home.x), home.starts, trans, strength)
+
+
+def choose_operating_point(sets: dict[str, Dataset], hp: Hyper, seed: int) -> tuple[float, float]:
+    """The (filter strength, abstention threshold) with the best mean macro-F1 in
+    leave-one-home-out over ``sets`` (the outer fold's training homes, all ready
+    minutes; one seed)."""
     if len(sets) < 2:
-        return 0.0
-    totals = np.zeros(len(THRESHOLDS))
-    for h, test in sets.items():
-        probs = probabilities(train([d for n, d in sets.items() if n != h], hp, [seed]), test.x)
-        for j, t in enumerate(THRESHOLDS):
-            totals[j] += scores_over(test.y, abstain(probs, t), present(test.y))["macro_f1"]
-    return THRESHOLDS[int(np.argmax(totals))]
+        return 0.0, 0.0
+    totals = np.zeros((len(STRENGTHS), len(THRESHOLDS)))
+    for h, home in sets.items():
+        rest = [d for n, d in sets.items() if n != h]
+        models = train([annotated(d) for d in rest], hp, [seed])
+        probs = probabilities(models, home.x)
+        keep = home.y != UNKNOWN
+        y = home.y[keep]
+        trans = transitions(rest)
+        for i, strength in enumerate(STRENGTHS):
+            filtered = smooth(probs, home.starts, trans, strength)[keep]
+            for j, t in enumerate(THRESHOLDS):
+                totals[i, j] += scores_over(y, abstain(filtered, t), present(y))["macro_f1"]
+    best = int(np.argmax(totals))
+    return STRENGTHS[best // len(THRESHOLDS)], THRESHOLDS[best % len(THRESHOLDS)]
 
 
 def _slot(starts: F64Array, bins: int) -> I64Array:
@@ -174,7 +251,13 @@ def time_of_day_table(train_sets: Sequence[Dataset], bins: int = 48) -> I64Array
 
 
 def score_home(
-    name: str, test: Dataset, train_sets: Sequence[Dataset], probs: F32Array, threshold: float
+    name: str,
+    test: Dataset,
+    train_sets: Sequence[Dataset],
+    probs: F32Array,
+    threshold: float,
+    *,
+    strength: float = 0.0,
 ) -> Scored:
     """The model's and both baselines' scores on ``test`` (annotated minutes)."""
     classes = present(test.y)
@@ -186,6 +269,7 @@ def score_home(
         name,
         classes,
         threshold,
+        strength,
         scores_over(test.y, pred, classes),
         scores_over(test.y, table[_slot(test.starts, len(table))], classes),
         scores_over(test.y, majority, classes),
@@ -198,7 +282,7 @@ def leave_one_home_out(
     hp: Hyper,
     seeds: Sequence[int],
     *,
-    tune_threshold: bool = True,
+    tune: bool = True,
     untouched: Sequence[str] = (),
 ) -> list[Scored]:
     """Each home of :data:`HELD_OUT` scored by models trained on the others; then
@@ -210,13 +294,17 @@ def leave_one_home_out(
     if untouched:
         folds.append(("all", list(untouched), list(HELD_OUT)))
     for _, tests, training in folds:
-        rest = {n: labelled[n] for n in training}
-        threshold = choose_threshold(rest, hp, seeds[0]) if tune_threshold else 0.0
-        models = train(list(rest.values()), hp, seeds)
+        strength, threshold = (
+            choose_operating_point({n: sets[n] for n in training}, hp, seeds[0])
+            if tune
+            else (0.0, 0.0)
+        )
+        rest = [labelled[n] for n in training]
+        models = train(rest, hp, seeds)
+        trans = transitions([sets[n] for n in training])
         for name in tests:
-            test = labelled[name]
-            probs = probabilities(models, test.x)
-            out.append(score_home(name, test, list(rest.values()), probs, threshold))
+            probs = predict(models, sets[name], trans, strength)[sets[name].y != UNKNOWN]
+            out.append(score_home(name, labelled[name], rest, probs, threshold, strength=strength))
     return out
 
 
@@ -226,8 +314,8 @@ def markdown(results: Sequence[Scored], title: str) -> str:
         "",
         "| held-out home | model macro-F1 | time-of-day | majority | "
         + " | ".join(f"F1 {c}" for c in CLASSES)
-        + " | unsure | threshold |",
-        "|---|---|---|---|" + "---|" * len(CLASSES) + "---|---|",
+        + " | unsure | threshold | filter |",
+        "|---|---|---|---|" + "---|" * len(CLASSES) + "---|---|---|",
     ]
     for r in results:
         cells = [f"{r.model[f'f1_{c}']:.2f}" if c in r.classes else "—" for c in CLASSES]
@@ -235,18 +323,22 @@ def markdown(results: Sequence[Scored], title: str) -> str:
             f"| {r.home} | **{r.model['macro_f1']:.3f}** | {r.time_of_day['macro_f1']:.3f} | "
             f"{r.majority['macro_f1']:.3f} | "
             + " | ".join(cells)
-            + f" | {100 * r.unsure_share:.1f} % | {r.threshold:.1f} |"
+            + f" | {100 * r.unsure_share:.1f} % | {r.threshold:.1f} | {r.strength:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Routine: leave-one-home-out over A-C.")
-    parser.add_argument("--vocabulary", choices=sorted(VOCABULARIES), default="x1")
+    parser.add_argument("--vocabulary", choices=sorted(VOCABULARIES), default="x2")
     parser.add_argument("--seeds", default="0,1,2", help="ensemble of one model per seed")
     parser.add_argument("--untouched", default="houseD,houseE", help="homes scored last")
     parser.add_argument("--epochs", type=int, default=HYPER.epochs)
-    parser.add_argument("--no-abstain", action="store_true")
+    parser.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="neither filter nor abstain (strength 0, threshold 0)",
+    )
     parser.add_argument("--markdown", type=Path, default=None)
     add_data_dir_argument(parser)
     args = parser.parse_args(argv)
@@ -256,9 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     vocabulary = VOCABULARIES[args.vocabulary]
     sets = load_datasets(find_data_dir(args.data_dir), (*HELD_OUT, *untouched), vocabulary)
     hp = replace(HYPER, epochs=args.epochs)
-    results = leave_one_home_out(
-        sets, hp, seeds, tune_threshold=not args.no_abstain, untouched=untouched
-    )
+    results = leave_one_home_out(sets, hp, seeds, tune=not args.no_tune, untouched=untouched)
     title = (
         f"Leave-one-home-out over {', '.join(HELD_OUT)}, then {', '.join(untouched)} "
         f"(trained on all three); vocabulary {vocabulary.spec_id}, seeds {args.seeds}"

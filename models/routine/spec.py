@@ -21,7 +21,7 @@ import math
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, tzinfo
 
 import numpy as np
@@ -138,6 +138,22 @@ _TRACK_FEATURES: tuple[tuple[str, str], ...] = (
 )
 # Per area only: the area of the home's most recent state change.
 _AREA_EXTRA: tuple[tuple[str, str], ...] = (("last", "bool"),)
+# Since the home's entrance last opened (``Vocabulary.since_entrance``): what the home
+# has done since someone last came or went. A sensor that fires by itself while
+# nobody is in (a PIR in the sun, a chattering switch) is one sensor; a person coming
+# home sets off several within half an hour. Activations within ENTRANCE_SETTLE_S of
+# the entrance are the person leaving or arriving and are not counted.
+_SINCE_ENTRANCE_FEATURES: tuple[tuple[str, str], ...] = (
+    ("since_entrance.fired", "log1p(count)"),
+    ("since_entrance.sensors", "log1p(distinct sensors)"),
+    ("since_entrance.minutes", "log1p(min), capped at 2 days; 0 before any"),
+    ("since_entrance.first30m_fired", "log1p(count)"),
+    ("since_entrance.first30m_sensors", "log1p(distinct sensors)"),
+)
+ENTRANCE_AREA = "entrance"
+ENTRANCE_SETTLE_S = 120.0
+ENTRANCE_FIRST_S = 1800.0
+ENTRANCE_MINUTES_CAP = 2880.0
 _TIME_FEATURES: tuple[tuple[str, str], ...] = (("hour_sin", ""), ("hour_cos", ""))
 _PER_TRACK = len(_TRACK_FEATURES)
 _PER_AREA = _PER_TRACK + len(_AREA_EXTRA)
@@ -156,6 +172,7 @@ class Vocabulary:
     group_tracks: bool = True
     kind_tracks: bool = False
     area_unions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    since_entrance: bool = False
 
     @property
     def _n_groups(self) -> int:
@@ -174,6 +191,8 @@ class Vocabulary:
         for union, _ in self.area_unions:
             out += [(f"{union}.any.{n}", u) for n, u in _TRACK_FEATURES]
         out += [(f"home.any.{n}", u) for n, u in _TRACK_FEATURES]
+        if self.since_entrance:
+            out += list(_SINCE_ENTRANCE_FEATURES)
         out += list(_TIME_FEATURES)
         return out
 
@@ -208,7 +227,7 @@ V1_VOCABULARY = Vocabulary(SPEC_ID, AREAS, KINDS)
 # the training homes'), never per (area, kind) group (few homes share a group), and
 # the bathroom and toilet as one "washroom" (in some homes the toilet is in the
 # bathroom). Not served yet (see docs/models.md).
-CROSS_HOME_VOCABULARY = Vocabulary(
+CROSS_HOME_VOCABULARY_X1 = Vocabulary(
     "routine/x1",
     INSTALLER_AREAS,
     INSTALLER_KINDS,
@@ -216,6 +235,10 @@ CROSS_HOME_VOCABULARY = Vocabulary(
     kind_tracks=True,
     area_unions=(("washroom", ("bathroom", "toilet")),),
 )
+# routine/x1 and what the home did since its entrance last opened (house B's PIRs fire
+# while nobody is in: 1-2 sensors over hours, where a person coming home sets off
+# several): the cross-home candidate.
+CROSS_HOME_VOCABULARY = replace(CROSS_HOME_VOCABULARY_X1, spec_id="routine/x2", since_entrance=True)
 
 _LAYOUT = V1_VOCABULARY.layout()
 FEATURE_NAMES: tuple[str, ...] = tuple(n for n, _ in _LAYOUT)
@@ -310,6 +333,47 @@ class _Track:
                 out[offset + _RECENCY_SLOT] = 1.0 - math.log1p(max(0.0, age_min)) / _LOG_RECENCY_CAP
 
 
+class _SinceEntrance:
+    """Activations of the home's other sensors since its entrance last activated."""
+
+    __slots__ = ("first_keys", "first_n", "keys", "n", "opened")
+
+    def __init__(self) -> None:
+        self.opened: float | None = None
+        self.n = 0
+        self.keys: set[str] = set()
+        self.first_n = 0
+        self.first_keys: set[str] = set()
+
+    def activation(self, entrance: bool, key: str, ts: float) -> None:
+        if entrance:
+            self.opened = ts
+            self.n = self.first_n = 0
+            self.keys.clear()
+            self.first_keys.clear()
+            return
+        if self.opened is None or ts - self.opened <= ENTRANCE_SETTLE_S:
+            return
+        self.n += 1
+        self.keys.add(key)
+        if ts - self.opened <= ENTRANCE_FIRST_S:
+            self.first_n += 1
+            self.first_keys.add(key)
+
+    def write(self, out: npt.NDArray[np.float32], ts: float) -> None:
+        """The five features into ``out`` (all 0 before the entrance ever activated)."""
+        if self.opened is None:
+            return
+        minutes = min(max(0.0, ts - self.opened) / 60.0, ENTRANCE_MINUTES_CAP)
+        out[:] = (
+            _LOG1P_COUNT[min(self.n, COUNT_CAP)],
+            math.log1p(len(self.keys)),
+            math.log1p(minutes),
+            _LOG1P_COUNT[min(self.first_n, COUNT_CAP)],
+            math.log1p(len(self.first_keys)),
+        )
+
+
 class RoutineWindow:
     """Rolling routine inputs of one home, updated event by event.
 
@@ -342,6 +406,7 @@ class RoutineWindow:
         self._tracks: dict[int, _Track] = {}  # by feature offset
         self._last_area: int | None = None  # offset of the area track
         self._last_ts: float | None = None
+        self._entrance = _SinceEntrance() if vocabulary.since_entrance else None
 
     def update(self, sensor: SensorRef, value: float, ts: float, source: str = "") -> bool:
         """Record one state change. Returns True when the model's input is ready."""
@@ -365,6 +430,8 @@ class RoutineWindow:
             track.prune(ts)
         if changed:
             self._last_area = offsets[0]
+            if self._entrance is not None and value > 0.5:
+                self._entrance.activation(sensor.area == ENTRANCE_AREA, key, ts)
         return self.ready(ts)
 
     def ready(self, ts: float) -> bool:
@@ -380,5 +447,8 @@ class RoutineWindow:
             track.write(out, offset, ts)
         if self._last_area is not None:
             out[self._last_area + _PER_TRACK] = 1.0
+        if self._entrance is not None:
+            n_time = len(_TIME_FEATURES)
+            self._entrance.write(out[-n_time - len(_SINCE_ENTRANCE_FEATURES) : -n_time], ts)
         out[-2:] = time_of_day_features(ts, self._tz)
         return out

@@ -38,6 +38,42 @@ def test_abstains_only_on_unsure_short_activities() -> None:
     assert ch.abstain(probs, 0.0).tolist() == [TOILET, TOILET, ASLEEP]
 
 
+def test_transitions_count_consecutive_annotated_minutes_only() -> None:
+    starts = 60.0 * np.array([0, 1, 2, 3, 10, 11], dtype=np.float64)
+    y = np.array([ASLEEP, ASLEEP, TOILET, UNKNOWN, IDLE, TOILET])
+    d = Dataset(starts, np.zeros((6, 1), np.float32), y, np.zeros(6, dtype=np.int64))
+    t = ch.transitions([d])
+    np.testing.assert_allclose(t.sum(axis=1), 1.0)
+    k = len(CLASSES)
+    # asleep->asleep, asleep->toilet counted; toilet->unknown and the gap (3 -> 10) not.
+    assert t[ASLEEP, ASLEEP] == pytest.approx(2 / (k + 2))
+    assert t[ASLEEP, TOILET] == pytest.approx(2 / (k + 2))
+    assert t[TOILET, IDLE] == pytest.approx(1 / k)
+    assert t[IDLE, TOILET] == pytest.approx(2 / (k + 1))
+
+
+def test_the_filter_is_causal_holds_a_sticky_state_and_restarts_at_gaps() -> None:
+    k = len(CLASSES)
+    sticky = np.full((k, k), 0.01 / (k - 1))
+    np.fill_diagonal(sticky, 0.99)
+    # Asleep for ten minutes, then minutes that lean (0.9) toward the toilet.
+    probs = _probs([{ASLEEP: 0.9, IDLE: 0.1}] * 10 + [{TOILET: 0.9, ASLEEP: 0.1}] * 5)
+    starts = 60.0 * np.arange(len(probs), dtype=np.float64)
+    assert ch.smooth(probs, starts, sticky, 0.0) is probs  # strength 0: unchanged
+    out = ch.smooth(probs, starts, sticky, 1.0)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+    assert out[10].argmax() == ASLEEP  # one weak minute does not flip a sticky state
+    assert out[14].argmax() == TOILET  # five do
+    # Causal: changing a later minute leaves every earlier belief as it was.
+    later = probs.copy()
+    later[11:] = _probs([{IDLE: 1.0}] * 4)
+    np.testing.assert_array_equal(ch.smooth(later, starts, sticky, 1.0)[:11], out[:11])
+    # A gap restarts the filter: the minute after it is the classifier's own.
+    gapped = starts.copy()
+    gapped[10:] += 3600.0
+    np.testing.assert_allclose(ch.smooth(probs, gapped, sticky, 1.0)[10], probs[10], rtol=1e-6)
+
+
 def test_unsure_costs_recall_but_never_precision() -> None:
     y = np.array([TOILET, TOILET, IDLE, IDLE])
     sure = ch.scores_over(y, np.array([TOILET, IDLE, IDLE, IDLE]), ("toilet", "idle"))
@@ -85,7 +121,7 @@ def test_leave_one_home_out_transfers_a_shared_signal_and_reports_baselines() ->
         "houseD": _home(rng, 400, 5.0),
     }
     hp = Hyper(epochs=6, batch_size=64, hidden=16, dropout=0.0)
-    res = ch.leave_one_home_out(sets, hp, [0], tune_threshold=False, untouched=("houseD",))
+    res = ch.leave_one_home_out(sets, hp, [0], tune=False, untouched=("houseD",))
     assert [r.home for r in res] == ["houseA", "houseB", "houseC", "houseD"]
     for r in res:
         assert r.classes == CLASSES
@@ -111,7 +147,7 @@ def test_the_held_out_home_never_reaches_training(monkeypatch: pytest.MonkeyPatc
     rng = np.random.default_rng(4)
     sizes = {"houseA": 100, "houseB": 200, "houseC": 400}
     sets = {h: _home(rng, n, 1.0) for h, n in sizes.items()}
-    ch.leave_one_home_out(sets, Hyper(), [0], tune_threshold=False)
+    ch.leave_one_home_out(sets, Hyper(), [0], tune=False)
     assert seen == [600, 500, 300]  # the two OTHER homes each time
 
 

@@ -14,6 +14,9 @@ from models.routine.data import Home, Interval, build_features
 from models.routine.spec import (
     AREAS,
     CROSS_HOME_VOCABULARY,
+    CROSS_HOME_VOCABULARY_X1,
+    ENTRANCE_FIRST_S,
+    ENTRANCE_SETTLE_S,
     FEATURE_NAMES,
     FEATURE_UNITS,
     INPUT_SHAPE,
@@ -203,7 +206,7 @@ def test_v1_window_ignores_sensors_outside_its_vocabulary() -> None:
 
 
 def test_cross_home_vocabulary_pools_kinds_across_areas_and_washrooms() -> None:
-    v = CROSS_HOME_VOCABULARY
+    v = CROSS_HOME_VOCABULARY_X1
     idx = {n: i for i, n in enumerate(n for n, _ in v.layout())}
     assert len(idx) == len(v.layout())  # unique names
     w = RoutineWindow(started_at=T0, vocabulary=v)
@@ -230,3 +233,55 @@ def test_cross_home_vocabulary_pools_kinds_across_areas_and_washrooms() -> None:
     x = w.tensor(T0 + 3605.0)
     assert x[idx["washroom.any.active"]] == 1.0
     assert x[idx["bathroom.any.active"]] == 0.0
+
+
+def _since(x: np.ndarray, v_idx: dict[str, int]) -> list[float]:
+    names = ("fired", "sensors", "minutes", "first30m_fired", "first30m_sensors")
+    return [float(x[v_idx[f"since_entrance.{n}"]]) for n in names]
+
+
+def test_x2_counts_what_the_home_did_since_its_entrance_opened() -> None:
+    """routine/x2 = routine/x1 + five inputs: activations and distinct sensors since the
+    entrance last activated (those within the settle time are the person leaving),
+    minutes since, and the same counts over the first 30 minutes."""
+    v = CROSS_HOME_VOCABULARY
+    assert v.spec_id == "routine/x2"
+    x1_names = [n for n, _ in CROSS_HOME_VOCABULARY_X1.layout()]
+    names = [n for n, _ in v.layout()]
+    assert names[: len(x1_names) - 2] == x1_names[:-2]  # x1's inputs, in x1's order
+    assert names[-2:] == x1_names[-2:] == ["hour_sin", "hour_cos"]
+    assert len(names) == len(x1_names) + 5
+    idx = {n: i for i, n in enumerate(names)}
+    pir = SensorRef("kitchen", "motion")
+    w = RoutineWindow(started_at=T0, vocabulary=v)
+    w.update(pir, 1.0, T0 + 10.0, "pir")
+    assert _since(w.tensor(T0 + 20.0), idx) == [0.0] * 5  # the entrance never opened
+    door = T0 + 100.0
+    w.update(FRONT, 1.0, door, "front")
+    w.update(FRONT, 0.0, door + 5.0, "front")
+    w.update(pir, 0.0, door + 30.0, "pir")
+    w.update(pir, 1.0, door + ENTRANCE_SETTLE_S - 1.0, "pir")  # the person leaving
+    assert _since(w.tensor(door + 600.0), idx) == pytest.approx([0, 0, math.log1p(10), 0, 0])
+    # A lone PIR firing three times while nobody is in: one sensor.
+    for k in range(3):
+        w.update(pir, 0.0, door + 200.0 + 100 * k, "pir")
+        w.update(pir, 1.0, door + 250.0 + 100 * k, "pir")
+    w.update(pir, 1.0, door + 600.0, "pir")  # a repeated "on": not an activation
+    # ... then, after the first half hour, two other sensors.
+    late = door + ENTRANCE_FIRST_S + 60.0
+    w.update(CUPBOARD, 1.0, late, "cups")
+    w.update(FLUSH, 1.0, late + 1.0, "flush")
+    got = _since(w.tensor(late + 60.0), idx)
+    want = [math.log1p(5), math.log1p(3), math.log1p((late + 60.0 - door) / 60.0)]
+    assert got == pytest.approx([*want, math.log1p(3), math.log1p(1)])
+    # The entrance opening again starts afresh; the minutes are capped at 2 days.
+    w.update(SensorRef("entrance", "cupboard"), 1.0, late + 120.0, "keys")
+    assert _since(w.tensor(late + 120.0), idx) == [0.0] * 5
+    assert _since(w.tensor(late + 120.0 + 10 * 86_400.0), idx)[2] == pytest.approx(
+        math.log1p(2880.0)
+    )
+
+
+def test_x1_and_v1_have_no_entrance_inputs() -> None:
+    for v in (V1_VOCABULARY, CROSS_HOME_VOCABULARY_X1):
+        assert not any(n.startswith("since_entrance") for n, _ in v.layout())
