@@ -2,13 +2,14 @@
 
 Run from the repository root::
 
-    python -m bench.personalize_homes [--seeds 0,1,2] [--quick]
+    python -m bench.personalize_homes [--seeds 0,1,2] [--vocabulary x1|x2|v1] [--quick]
         [--json bench/results/personalize_homes.json]
         [--markdown bench/results/personalize_homes.md] [--plot docs/img/personalize_homes.png]
 
 For each held-out home of A-C, the base is the cross-home routine model trained on the
-OTHER two homes (:mod:`models.routine.cross_home`: vocabulary ``routine/x1``, features
-standardized per home without labels). The held-out home's annotated days, in time
+OTHER two homes (:mod:`models.routine.cross_home`: vocabulary ``routine/x1`` unless
+``--vocabulary`` says otherwise, features standardized per home without labels; no
+filter or abstention). The held-out home's annotated days, in time
 order: fine-tune on its first 1, 3 or 7 labelled days, test on the days after the
 seventh (the same test days for every k). Beside the base:
 
@@ -392,6 +393,9 @@ def plot(res: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Routine personalization, leave-one-home-out.")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--vocabulary", choices=sorted(VOCABULARIES), default="x1", help="the base's features"
+    )
     parser.add_argument("--quick", action="store_true", help="the day unit only")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
@@ -403,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     # Opacus' PRV accountant takes log(0) on its grid's edge: harmless, and noisy.
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="opacus")
     console = Console(stderr=True)
-    sets = load_datasets(find_data_dir(args.data_dir), HELD_OUT, VOCABULARIES["x1"])
+    sets = load_datasets(find_data_dir(args.data_dir), HELD_OUT, VOCABULARIES[args.vocabulary])
     seeds = [int(s) for s in args.seeds.split(",")]
     res = run(sets, seeds, console, quick=args.quick)
     text = markdown(res)
