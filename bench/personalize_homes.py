@@ -7,7 +7,7 @@ Run from the repository root::
         [--markdown bench/results/personalize_homes.md] [--plot docs/img/personalize_homes.png]
 
 For each held-out home of A-C, the base is the cross-home routine model trained on the
-OTHER two homes (:mod:`models.routine.cross_home`: vocabulary ``routine/x1`` unless
+OTHER two homes (:mod:`models.routine.cross_home`: vocabulary ``routine/x2`` unless
 ``--vocabulary`` says otherwise, features standardized per home without labels; no
 filter or abstention). The held-out home's annotated days, in time
 order: fine-tune on its first 1, 3 or 7 labelled days, test on the days after the
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Routine personalization, leave-one-home-out.")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
-        "--vocabulary", choices=sorted(VOCABULARIES), default="x1", help="the base's features"
+        "--vocabulary", choices=sorted(VOCABULARIES), default="x2", help="the base's features"
     )
     parser.add_argument("--quick", action="store_true", help="the day unit only")
     parser.add_argument("--json", type=Path, default=None)
