@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -51,10 +52,50 @@ class StackError(RuntimeError):
     """A process of the stack failed to start."""
 
 
+# Ports handed out for a process to bind LATER come from below the kernel's ephemeral
+# range: an outgoing connection or a port-0 bind takes its port from that range, so in
+# the seconds before the process binds (personalization's port is named to the update
+# service before personalization starts, ~30 s on a loaded machine) nothing else can
+# take it. (CI saw "Failed to bind to address 127.0.0.1:44603" when it came from the
+# ephemeral range.)
+_RESERVED_PORTS_LOW = 20_000
+_DEFAULT_EPHEMERAL_LOW = 32_768
+_handed_out: set[int] = set()
+
+
+def ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """The lowest port the kernel picks for outgoing connections and port-0 binds."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _DEFAULT_EPHEMERAL_LOW
+
+
 def free_port() -> int:
+    """A loopback TCP port that is free now and that no outgoing connection or port-0
+    bind will take before the caller's process binds it (below the ephemeral range;
+    never the same port twice in this process). Falls back to a port-0 bind when the
+    range below is exhausted or not there."""
+    rng = random.SystemRandom()
+    high = min(ephemeral_low(), 65_536)
+    if high > _RESERVED_PORTS_LOW:
+        for _ in range(256):
+            port = rng.randrange(_RESERVED_PORTS_LOW, high)
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def find_mosquitto() -> str:

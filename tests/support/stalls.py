@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import runpy
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -22,13 +21,15 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cli.stack import free_port as stack_free_port
+
 RELEASE_ENV = "ROOST_TEST_RELEASE_FILE"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port to bind later: the stack's (below the ephemeral range, so nothing takes it
+    in between)."""
+    return stack_free_port()
 
 
 def probe(port: int, service: str, timeout: float = 2.0) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
+from cli.stack import free_port as stack_free_port
 from hub.peer_streams import StreamedAudit, StreamedInference
 from roost.audit.v1 import audit_service_pb2 as audit_pb
 from roost.audit.v1 import audit_service_pb2_grpc as audit_grpc
@@ -286,11 +286,9 @@ async def test_a_closed_client_fails_its_waiting_call() -> None:
 
 
 def free_port() -> int:
-    """A local port nobody listens on (yet)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A local port nobody listens on (yet), and nothing else will take before the test
+    binds it (the stack's: below the ephemeral range)."""
+    return stack_free_port()
 
 
 async def test_undecodable_bytes_on_the_decision_stream_end_it_invalid_argument(
