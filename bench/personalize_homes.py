@@ -8,8 +8,8 @@ Run from the repository root::
 
 For each held-out home of A-C, the base is the cross-home routine model trained on the
 OTHER two homes (:mod:`models.routine.cross_home`: vocabulary ``routine/x2`` unless
-``--vocabulary`` says otherwise, features standardized per home without labels; no
-filter or abstention). The held-out home's annotated days, in time
+``--vocabulary`` says otherwise, features standardized per home without labels, track
+dropout :data:`~models.routine.cross_home.TRACK_DROPOUT`; no filter or abstention). The held-out home's annotated days, in time
 order: fine-tune on its first 1, 3 or 7 labelled days, test on the days after the
 seventh (the same test days for every k). Beside the base:
 
@@ -53,7 +53,9 @@ from models.datasets import add_data_dir_argument, find_data_dir
 from models.routine.cross_home import (
     HELD_OUT,
     HYPER,
+    TRACK_DROPOUT,
     VOCABULARIES,
+    TrackDropout,
     annotated,
     load_datasets,
     present,
@@ -137,8 +139,10 @@ class Fold:
     day_list: np.ndarray  # the target's labelled days, in order
 
 
-def make_fold(target: Dataset, training: Sequence[Dataset], seed: int) -> Fold:
-    base = train(training, HYPER, [seed])[0].eval()
+def make_fold(
+    target: Dataset, training: Sequence[Dataset], seed: int, drop: TrackDropout | None = None
+) -> Fold:
+    base = train(training, HYPER, [seed], drop=drop)[0].eval()
     x = np.concatenate([d.x for d in training])
     y = np.concatenate([d.y for d in training])
     days = np.unique(target.days)
@@ -227,7 +231,12 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 
 def run(
-    sets: dict[str, Dataset], seeds: Sequence[int], console: Console, *, quick: bool = False
+    sets: dict[str, Dataset],
+    seeds: Sequence[int],
+    console: Console,
+    *,
+    quick: bool = False,
+    drop: TrackDropout | None = None,
 ) -> dict[str, Any]:
     labelled = {n: annotated(d) for n, d in sets.items()}
     units = UNITS[:1] if quick else UNITS
@@ -249,7 +258,7 @@ def run(
             bar.update(task, description=f"{target}: choosing the recipe on {', '.join(others)}")
             # Tuning folds never see the target: each other home, its base from the third.
             tuning = [
-                make_fold(labelled[h], [labelled[n] for n in others if n != h], seeds[0])
+                make_fold(labelled[h], [labelled[n] for n in others if n != h], seeds[0], drop)
                 for h in others
             ]
             recipes: dict[str, dict[str, Recipe]] = {}
@@ -267,7 +276,7 @@ def run(
                 tick()
 
             for seed in seeds:
-                fold = make_fold(labelled[target], [labelled[n] for n in others], seed)
+                fold = make_fold(labelled[target], [labelled[n] for n in others], seed, drop)
                 for k in DAYS:
                     put("base", k, macro_f1(fold.base, fold))
                     put("local from scratch (no DP)", k, local(fold, k, seed))
@@ -396,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--vocabulary", choices=sorted(VOCABULARIES), default="x2", help="the base's features"
     )
+    parser.add_argument(
+        "--track-dropout", type=float, default=TRACK_DROPOUT, help="the base's augmentation"
+    )
     parser.add_argument("--quick", action="store_true", help="the day unit only")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
@@ -407,9 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     # Opacus' PRV accountant takes log(0) on its grid's edge: harmless, and noisy.
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="opacus")
     console = Console(stderr=True)
-    sets = load_datasets(find_data_dir(args.data_dir), HELD_OUT, VOCABULARIES[args.vocabulary])
+    vocabulary = VOCABULARIES[args.vocabulary]
+    sets = load_datasets(find_data_dir(args.data_dir), HELD_OUT, vocabulary)
     seeds = [int(s) for s in args.seeds.split(",")]
-    res = run(sets, seeds, console, quick=args.quick)
+    drop = TrackDropout.of(vocabulary, args.track_dropout)
+    res = run(sets, seeds, console, quick=args.quick, drop=drop)
     text = markdown(res)
     print(text)
     if args.json:

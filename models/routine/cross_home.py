@@ -12,13 +12,12 @@ with the chosen vocabulary, each home's features standardized over its own minut
 without labels: :func:`standardize_per_home`) and scored on
 the held-out home's annotated minutes: macro-F1 over the classes that home has,
 per-class F1, and beside it the time-of-day and majority baselines fitted on the
-same training homes. The minute-by-minute probabilities pass through a causal
-filter with the training homes' class transitions (:func:`smooth`, online: only
-past minutes), and the model abstains ("unsure") when its most probable class is a
-short activity (toilet, shower, drink) with probability below a threshold; the
-filter's strength and the threshold are chosen together on the training homes only
-(inner leave-one-home-out). An abstention counts as a miss for recall, never as a
-false alarm. Nothing is tuned on the held-out home.
+same training homes. Training rows get a copy with whole tracks blanked
+(:class:`TrackDropout`), so the model does not lean on one sensor kind or area that
+another home may not have. The model abstains ("unsure") when its most probable class
+is a short activity (toilet, shower, drink) with probability below a threshold chosen
+on the training homes only (inner leave-one-home-out); an abstention counts as a miss
+for recall, never as a false alarm. Nothing is tuned on the held-out home.
 Then D and E (MIT object-sensor homes) are scored by models trained on all of A-C,
 over the classes they annotate. Seeded and deterministic: the same command prints
 the same figures.
@@ -58,12 +57,9 @@ SHORT: tuple[str, ...] = ("toilet", "shower", "drink")
 # "Unsure": predicted as this index, which is no class.
 UNSURE = len(CLASSES)
 THRESHOLDS: tuple[float, ...] = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7)
-# How much the minute-to-minute transitions of the training homes weigh in the
-# causal filter (:func:`smooth`): 0 is none, 1 the full transition matrix.
-STRENGTHS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5)
-# Consecutive ready minutes; a longer gap starts the filter afresh.
-_STEP_TOLERANCE_S = 61.0
 HYPER = Hyper(epochs=8, class_weight_power=0.5, dropout=0.2)
+# Share of a training row's tracks blanked in its augmented copy (:class:`TrackDropout`).
+TRACK_DROPOUT = 0.2
 
 
 @dataclass(frozen=True)
@@ -73,7 +69,6 @@ class Scored:
     home: str
     classes: tuple[str, ...]  # the classes the held-out home has
     threshold: float
-    strength: float
     model: dict[str, float]
     time_of_day: dict[str, float]
     majority: dict[str, float]
@@ -144,50 +139,55 @@ def abstain(probs: F32Array, threshold: float) -> I64Array:
     return pred
 
 
-def transitions(sets: Sequence[Dataset]) -> F64Array:
-    """Minute-to-minute class transitions of ``sets`` (rows sum to 1; add-one counts),
-    from consecutive annotated minutes."""
-    k = len(CLASSES)
-    counts = np.ones((k, k))
-    for d in sets:
-        pair = (
-            (d.y[:-1] != UNKNOWN) & (d.y[1:] != UNKNOWN) & (np.diff(d.starts) <= _STEP_TOLERANCE_S)
-        )
-        np.add.at(counts, (d.y[:-1][pair], d.y[1:][pair]), 1)
-    out: F64Array = counts / counts.sum(axis=1, keepdims=True)
-    return out
-
-
-def smooth(probs: F32Array, starts: F64Array, trans: F64Array, strength: float) -> F32Array:
-    """Causal forward filter: belief_t ~ (belief_{t-1} @ T^strength) * probs_t.
-
-    ``T^strength`` is the element-wise power of the transition matrix, rows
-    renormalized: 0 leaves ``probs`` as they are, 1 is the hidden-Markov filter with
-    the classifier's probabilities as the evidence. Only past minutes are used, so a
-    hub can run it online (one belief per home). A gap in ``starts`` restarts it.
+@dataclass(frozen=True)
+class TrackDropout:
+    """Augmentation for homes instrumented unlike the training homes: every training
+    row gets a copy in which each track (an area's, a kind's, the washroom's, the
+    home's, the entrance inputs; never the time of day) is blanked with probability
+    ``p``. Blank is 0, the home's own mean after :func:`standardize_per_home`: what a
+    home without that sensor shows. The model learns not to lean on one track alone.
     """
-    if strength == 0.0:
-        return probs
-    t = trans**strength
-    t /= t.sum(axis=1, keepdims=True)
-    out = np.empty_like(probs)
-    belief: F64Array | None = None
-    for i in range(len(probs)):
-        if belief is None or starts[i] - starts[i - 1] > _STEP_TOLERANCE_S:
-            belief = probs[i].astype(np.float64)
-        else:
-            belief = (belief @ t) * probs[i]
-        total = belief.sum()
-        belief = belief / total if total > 0 else np.full(len(belief), 1.0 / len(belief))
-        out[i] = belief
-    return out
+
+    track: I64Array  # per input: its track's index, -1 if never blanked
+    p: float
+
+    @classmethod
+    def of(cls, vocabulary: Vocabulary, p: float) -> TrackDropout:
+        names = [n for n, _ in vocabulary.layout()]
+        prefixes = [n.rsplit(".", 1)[0] if "." in n else "" for n in names]
+        tracks = sorted({q for q in prefixes if q})
+        index = np.array([tracks.index(q) if q else -1 for q in prefixes], dtype=np.int64)
+        return cls(index, p)
+
+    def augment(self, x: F32Array, y: I64Array, seed: int) -> tuple[F32Array, I64Array]:
+        """``x`` and its blanked copy stacked (labels twice); seeded."""
+        if self.p <= 0.0:
+            return x, y
+        rng = np.random.default_rng(seed)
+        n_tracks = int(self.track.max()) + 1
+        keep = rng.random((len(x), n_tracks)) >= self.p
+        mask = np.ones(x.shape, dtype=np.float32)
+        cols = self.track >= 0
+        mask[:, cols] = keep[:, self.track[cols]]
+        return np.concatenate([x, x * mask]), np.concatenate([y, y])
 
 
-def train(train_sets: Sequence[Dataset], hp: Hyper, seeds: Sequence[int]) -> list[torch.nn.Module]:
-    """One model per seed on the annotated minutes of ``train_sets`` at once."""
+def train(
+    train_sets: Sequence[Dataset],
+    hp: Hyper,
+    seeds: Sequence[int],
+    *,
+    drop: TrackDropout | None = None,
+) -> list[torch.nn.Module]:
+    """One model per seed on the annotated minutes of ``train_sets`` at once (with
+    ``drop``: and their blanked copies, drawn per seed)."""
     x = np.concatenate([d.x for d in train_sets])
     y = np.concatenate([d.y for d in train_sets])
-    return [fit(x, y, hp=hp, seed=s, on_epoch=lambda _loss: None) for s in seeds]
+    out: list[torch.nn.Module] = []
+    for s in seeds:
+        xs, ys = drop.augment(x, y, s) if drop is not None else (x, y)
+        out.append(fit(xs, ys, hp=hp, seed=s, on_epoch=lambda _loss: None))
+    return out
 
 
 def probabilities(models: Sequence[torch.nn.Module], x: F32Array) -> F32Array:
@@ -201,37 +201,20 @@ def present(y: I64Array) -> tuple[str, ...]:
     return tuple(c for i, c in enumerate(CLASSES) if np.any(y == i))
 
 
-def predict(
-    models: Sequence[torch.nn.Module],
-    home: Dataset,
-    trans: F64Array,
-    strength: float,
-) -> F32Array:
-    """Filtered probabilities over ALL of ``home``'s ready minutes, in time order
-    (unannotated minutes carry the filter; scoring picks the annotated ones)."""
-    return smooth(probabilities(models, home.x), home.starts, trans, strength)
-
-
-def choose_operating_point(sets: dict[str, Dataset], hp: Hyper, seed: int) -> tuple[float, float]:
-    """The (filter strength, abstention threshold) with the best mean macro-F1 in
-    leave-one-home-out over ``sets`` (the outer fold's training homes, all ready
-    minutes; one seed)."""
+def choose_threshold(
+    sets: dict[str, Dataset], hp: Hyper, seed: int, *, drop: TrackDropout | None = None
+) -> float:
+    """The abstention threshold with the best mean macro-F1 in leave-one-home-out over
+    ``sets`` (the outer fold's training homes, annotated minutes; one seed)."""
     if len(sets) < 2:
-        return 0.0, 0.0
-    totals = np.zeros((len(STRENGTHS), len(THRESHOLDS)))
-    for h, home in sets.items():
+        return 0.0
+    totals = np.zeros(len(THRESHOLDS))
+    for h, test in sets.items():
         rest = [d for n, d in sets.items() if n != h]
-        models = train([annotated(d) for d in rest], hp, [seed])
-        probs = probabilities(models, home.x)
-        keep = home.y != UNKNOWN
-        y = home.y[keep]
-        trans = transitions(rest)
-        for i, strength in enumerate(STRENGTHS):
-            filtered = smooth(probs, home.starts, trans, strength)[keep]
-            for j, t in enumerate(THRESHOLDS):
-                totals[i, j] += scores_over(y, abstain(filtered, t), present(y))["macro_f1"]
-    best = int(np.argmax(totals))
-    return STRENGTHS[best // len(THRESHOLDS)], THRESHOLDS[best % len(THRESHOLDS)]
+        probs = probabilities(train(rest, hp, [seed], drop=drop), test.x)
+        for j, t in enumerate(THRESHOLDS):
+            totals[j] += scores_over(test.y, abstain(probs, t), present(test.y))["macro_f1"]
+    return THRESHOLDS[int(np.argmax(totals))]
 
 
 def _slot(starts: F64Array, bins: int) -> I64Array:
@@ -256,8 +239,6 @@ def score_home(
     train_sets: Sequence[Dataset],
     probs: F32Array,
     threshold: float,
-    *,
-    strength: float = 0.0,
 ) -> Scored:
     """The model's and both baselines' scores on ``test`` (annotated minutes)."""
     classes = present(test.y)
@@ -269,7 +250,6 @@ def score_home(
         name,
         classes,
         threshold,
-        strength,
         scores_over(test.y, pred, classes),
         scores_over(test.y, table[_slot(test.starts, len(table))], classes),
         scores_over(test.y, majority, classes),
@@ -282,8 +262,9 @@ def leave_one_home_out(
     hp: Hyper,
     seeds: Sequence[int],
     *,
-    tune: bool = True,
+    tune_threshold: bool = True,
     untouched: Sequence[str] = (),
+    drop: TrackDropout | None = None,
 ) -> list[Scored]:
     """Each home of :data:`HELD_OUT` scored by models trained on the others; then
     each ``untouched`` home (never looked at while designing) by models trained on
@@ -294,17 +275,13 @@ def leave_one_home_out(
     if untouched:
         folds.append(("all", list(untouched), list(HELD_OUT)))
     for _, tests, training in folds:
-        strength, threshold = (
-            choose_operating_point({n: sets[n] for n in training}, hp, seeds[0])
-            if tune
-            else (0.0, 0.0)
-        )
-        rest = [labelled[n] for n in training]
-        models = train(rest, hp, seeds)
-        trans = transitions([sets[n] for n in training])
+        rest = {n: labelled[n] for n in training}
+        threshold = choose_threshold(rest, hp, seeds[0], drop=drop) if tune_threshold else 0.0
+        models = train(list(rest.values()), hp, seeds, drop=drop)
         for name in tests:
-            probs = predict(models, sets[name], trans, strength)[sets[name].y != UNKNOWN]
-            out.append(score_home(name, labelled[name], rest, probs, threshold, strength=strength))
+            test = labelled[name]
+            probs = probabilities(models, test.x)
+            out.append(score_home(name, test, list(rest.values()), probs, threshold))
     return out
 
 
@@ -314,8 +291,8 @@ def markdown(results: Sequence[Scored], title: str) -> str:
         "",
         "| held-out home | model macro-F1 | time-of-day | majority | "
         + " | ".join(f"F1 {c}" for c in CLASSES)
-        + " | unsure | threshold | filter |",
-        "|---|---|---|---|" + "---|" * len(CLASSES) + "---|---|---|",
+        + " | unsure | threshold |",
+        "|---|---|---|---|" + "---|" * len(CLASSES) + "---|---|",
     ]
     for r in results:
         cells = [f"{r.model[f'f1_{c}']:.2f}" if c in r.classes else "—" for c in CLASSES]
@@ -323,7 +300,7 @@ def markdown(results: Sequence[Scored], title: str) -> str:
             f"| {r.home} | **{r.model['macro_f1']:.3f}** | {r.time_of_day['macro_f1']:.3f} | "
             f"{r.majority['macro_f1']:.3f} | "
             + " | ".join(cells)
-            + f" | {100 * r.unsure_share:.1f} % | {r.threshold:.1f} | {r.strength:.2f} |"
+            + f" | {100 * r.unsure_share:.1f} % | {r.threshold:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -334,10 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="ensemble of one model per seed")
     parser.add_argument("--untouched", default="houseD,houseE", help="homes scored last")
     parser.add_argument("--epochs", type=int, default=HYPER.epochs)
+    parser.add_argument("--no-abstain", action="store_true")
     parser.add_argument(
-        "--no-tune",
-        action="store_true",
-        help="neither filter nor abstain (strength 0, threshold 0)",
+        "--track-dropout",
+        type=float,
+        default=TRACK_DROPOUT,
+        help="share of tracks blanked in each row's augmented copy (0: no copy)",
     )
     parser.add_argument("--markdown", type=Path, default=None)
     add_data_dir_argument(parser)
@@ -348,10 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     vocabulary = VOCABULARIES[args.vocabulary]
     sets = load_datasets(find_data_dir(args.data_dir), (*HELD_OUT, *untouched), vocabulary)
     hp = replace(HYPER, epochs=args.epochs)
-    results = leave_one_home_out(sets, hp, seeds, tune=not args.no_tune, untouched=untouched)
+    drop = TrackDropout.of(vocabulary, args.track_dropout)
+    results = leave_one_home_out(
+        sets, hp, seeds, tune_threshold=not args.no_abstain, untouched=untouched, drop=drop
+    )
     title = (
         f"Leave-one-home-out over {', '.join(HELD_OUT)}, then {', '.join(untouched)} "
-        f"(trained on all three); vocabulary {vocabulary.spec_id}, seeds {args.seeds}"
+        f"(trained on all three); vocabulary {vocabulary.spec_id}, seeds {args.seeds}, "
+        f"track dropout {args.track_dropout:g}"
     )
     text = markdown(results, title)
     print(text)

@@ -29,7 +29,7 @@ def test_the_recipe_is_chosen_without_the_target_home_and_tested_on_its_later_da
     homes = {"houseA": home(1.0), "houseB": home(2.0), "houseC": home(3.0)}
     folds: list[tuple[float, list[float]]] = []  # (target, training homes) of each fold
 
-    def make_fold(target: Dataset, training: list[Dataset], seed: int) -> Any:
+    def make_fold(target: Dataset, training: list[Dataset], seed: int, drop: Any = None) -> Any:
         folds.append((float(target.x[0, 0]), [float(d.x[0, 0]) for d in training]))
         days = np.unique(target.days)
         return ph.Fold(target, None, target.x, target.y, [1.0] * 8, target.days > days[6], days)  # type: ignore[arg-type]

@@ -38,40 +38,35 @@ def test_abstains_only_on_unsure_short_activities() -> None:
     assert ch.abstain(probs, 0.0).tolist() == [TOILET, TOILET, ASLEEP]
 
 
-def test_transitions_count_consecutive_annotated_minutes_only() -> None:
-    starts = 60.0 * np.array([0, 1, 2, 3, 10, 11], dtype=np.float64)
-    y = np.array([ASLEEP, ASLEEP, TOILET, UNKNOWN, IDLE, TOILET])
-    d = Dataset(starts, np.zeros((6, 1), np.float32), y, np.zeros(6, dtype=np.int64))
-    t = ch.transitions([d])
-    np.testing.assert_allclose(t.sum(axis=1), 1.0)
-    k = len(CLASSES)
-    # asleep->asleep, asleep->toilet counted; toilet->unknown and the gap (3 -> 10) not.
-    assert t[ASLEEP, ASLEEP] == pytest.approx(2 / (k + 2))
-    assert t[ASLEEP, TOILET] == pytest.approx(2 / (k + 2))
-    assert t[TOILET, IDLE] == pytest.approx(1 / k)
-    assert t[IDLE, TOILET] == pytest.approx(2 / (k + 1))
+def test_track_dropout_blanks_whole_tracks_of_a_copy_never_the_time_of_day() -> None:
+    from models.routine.spec import CROSS_HOME_VOCABULARY  # noqa: PLC0415
 
-
-def test_the_filter_is_causal_holds_a_sticky_state_and_restarts_at_gaps() -> None:
-    k = len(CLASSES)
-    sticky = np.full((k, k), 0.01 / (k - 1))
-    np.fill_diagonal(sticky, 0.99)
-    # Asleep for ten minutes, then minutes that lean (0.9) toward the toilet.
-    probs = _probs([{ASLEEP: 0.9, IDLE: 0.1}] * 10 + [{TOILET: 0.9, ASLEEP: 0.1}] * 5)
-    starts = 60.0 * np.arange(len(probs), dtype=np.float64)
-    assert ch.smooth(probs, starts, sticky, 0.0) is probs  # strength 0: unchanged
-    out = ch.smooth(probs, starts, sticky, 1.0)
-    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
-    assert out[10].argmax() == ASLEEP  # one weak minute does not flip a sticky state
-    assert out[14].argmax() == TOILET  # five do
-    # Causal: changing a later minute leaves every earlier belief as it was.
-    later = probs.copy()
-    later[11:] = _probs([{IDLE: 1.0}] * 4)
-    np.testing.assert_array_equal(ch.smooth(later, starts, sticky, 1.0)[:11], out[:11])
-    # A gap restarts the filter: the minute after it is the classifier's own.
-    gapped = starts.copy()
-    gapped[10:] += 3600.0
-    np.testing.assert_allclose(ch.smooth(probs, gapped, sticky, 1.0)[10], probs[10], rtol=1e-6)
+    names = [n for n, _ in CROSS_HOME_VOCABULARY.layout()]
+    drop = ch.TrackDropout.of(CROSS_HOME_VOCABULARY, 0.5)
+    assert drop.track[names.index("hour_sin")] == drop.track[names.index("hour_cos")] == -1
+    # All five inputs of a track share its index; two tracks do not.
+    door = [drop.track[names.index(f"any.door.{n}")] for n in ("active", "recency")]
+    assert door[0] == door[1] != drop.track[names.index("kitchen.any.active")]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, len(names))).astype(np.float32) + 3.0
+    y = rng.integers(0, len(CLASSES), 400)
+    xa, ya = drop.augment(x, y, seed=1)
+    assert xa.shape == (800, len(names))
+    assert (ya == np.concatenate([y, y])).all()
+    np.testing.assert_array_equal(xa[:400], x)  # the originals are kept as they are
+    copy = xa[400:]
+    for t in range(int(drop.track.max()) + 1):
+        cols = drop.track == t
+        blank = (copy[:, cols] == 0).all(axis=1)
+        kept = (copy[:, cols] == x[:, cols]).all(axis=1)
+        assert (blank | kept).all()  # a track is blanked whole or not at all
+        assert 0.35 < blank.mean() < 0.65
+    time = drop.track == -1
+    np.testing.assert_array_equal(copy[:, time], x[:, time])
+    np.testing.assert_array_equal(drop.augment(x, y, seed=1)[0], xa)  # seeded
+    assert not np.array_equal(drop.augment(x, y, seed=2)[0], xa)
+    none = ch.TrackDropout.of(CROSS_HOME_VOCABULARY, 0.0)
+    assert none.augment(x, y, seed=1)[0] is x  # p = 0: no copy
 
 
 def test_unsure_costs_recall_but_never_precision() -> None:
@@ -121,7 +116,7 @@ def test_leave_one_home_out_transfers_a_shared_signal_and_reports_baselines() ->
         "houseD": _home(rng, 400, 5.0),
     }
     hp = Hyper(epochs=6, batch_size=64, hidden=16, dropout=0.0)
-    res = ch.leave_one_home_out(sets, hp, [0], tune=False, untouched=("houseD",))
+    res = ch.leave_one_home_out(sets, hp, [0], tune_threshold=False, untouched=("houseD",))
     assert [r.home for r in res] == ["houseA", "houseB", "houseC", "houseD"]
     for r in res:
         assert r.classes == CLASSES
@@ -137,7 +132,9 @@ def test_leave_one_home_out_transfers_a_shared_signal_and_reports_baselines() ->
 def test_the_held_out_home_never_reaches_training(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
 
-    def spy(sets: list[Dataset], hp: Hyper, seeds: list[int]) -> list[torch.nn.Module]:
+    def spy(
+        sets: list[Dataset], hp: Hyper, seeds: list[int], *, drop: object = None
+    ) -> list[torch.nn.Module]:
         seen.append(sum(len(d) for d in sets))
         for d in sets:
             assert (d.y != UNKNOWN).all()  # unannotated minutes never train
@@ -147,7 +144,7 @@ def test_the_held_out_home_never_reaches_training(monkeypatch: pytest.MonkeyPatc
     rng = np.random.default_rng(4)
     sizes = {"houseA": 100, "houseB": 200, "houseC": 400}
     sets = {h: _home(rng, n, 1.0) for h, n in sizes.items()}
-    ch.leave_one_home_out(sets, Hyper(), [0], tune=False)
+    ch.leave_one_home_out(sets, Hyper(), [0], tune_threshold=False)
     assert seen == [600, 500, 300]  # the two OTHER homes each time
 
 
