@@ -109,7 +109,8 @@ seeds 0-2 for the others): the per-(area, kind)
 groups without per-home standardization 0.47/0.36/0.22; D and E as extra training
 homes 0.44/0.30/0.32 (their minutes are all activities); a causal HMM filter at full
 strength over the model's probabilities 0.48/0.40/0.50; snapshots 5 and 15 min back as
-extra inputs 0.58/0.46/0.50. With x2 (seeds 0-2 unless said): a tempered causal filter
+extra inputs 0.58/0.46/0.50. With x2 (seeds 0-2, no track dropout, unless said): a
+tempered causal filter
 (the training homes' minute-to-minute class transitions to the power 0.1-0.5, the power
 chosen with the abstention threshold on the training homes) 0.586/0.533/0.524 and
 0.600/0.553/0.510 (seeds 3-5) with track dropout, against 0.583/0.549/0.524 and
