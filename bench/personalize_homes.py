@@ -57,6 +57,7 @@ from models.routine.cross_home import (
     VOCABULARIES,
     TrackDropout,
     annotated,
+    dropout_rate,
     load_datasets,
     present,
     probabilities,
@@ -406,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         "--vocabulary", choices=sorted(VOCABULARIES), default="x2", help="the base's features"
     )
     parser.add_argument(
-        "--track-dropout", type=float, default=TRACK_DROPOUT, help="the base's augmentation"
+        "--track-dropout", type=dropout_rate, default=TRACK_DROPOUT, help="the base's augmentation"
     )
     parser.add_argument("--quick", action="store_true", help="the day unit only")
     parser.add_argument("--json", type=Path, default=None)

@@ -36,8 +36,9 @@ from grpc import aio
 from bench.cost import cpu_seconds
 from bench.report import percentile
 from services.kit.auth import Role
-from services.kit.certs import ensure_certs, load_identity
+from services.kit.certs import ensure_certs
 from services.kit.client import aio_channel
+from services.kit.server import server_credentials
 
 SERVICE: Final = "roost.bench.Echo"
 METHOD: Final = f"/{SERVICE}/Stream"
@@ -57,11 +58,7 @@ async def _serve(certs_dir: Path) -> None:
     )
     server = aio.server()
     server.add_generic_rpc_handlers((handler,))
-    ident = load_identity(certs_dir, Role.INFERENCE)
-    creds = grpc.ssl_server_credentials(
-        [(ident.key_pem, ident.cert_pem)], root_certificates=ident.ca_pem, require_client_auth=True
-    )
-    port = server.add_secure_port("127.0.0.1:0", creds)
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(certs_dir, Role.INFERENCE))
     await server.start()
     print(port, flush=True)
     await server.wait_for_termination()

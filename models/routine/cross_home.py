@@ -305,6 +305,17 @@ def markdown(results: Sequence[Scored], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dropout_rate(text: str) -> float:
+    """``--track-dropout``: a share in [0, 1) (1 would blank every track)."""
+    try:
+        p = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= p < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Routine: leave-one-home-out over A-C.")
     parser.add_argument("--vocabulary", choices=sorted(VOCABULARIES), default="x2")
@@ -314,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-abstain", action="store_true")
     parser.add_argument(
         "--track-dropout",
-        type=float,
+        type=dropout_rate,
         default=TRACK_DROPOUT,
         help="share of tracks blanked in each row's augmented copy (0: no copy)",
     )

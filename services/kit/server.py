@@ -18,6 +18,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -89,6 +90,17 @@ def channel_options(config: ServiceConfig) -> list[tuple[str, Any]]:
     ]
 
 
+def server_credentials(certs_dir: Path, role: Role) -> grpc.ServerCredentials:
+    """mTLS as every Roost server has it: ``role``'s key and certificate, clients must
+    present a certificate from the stack's CA."""
+    ident = load_identity(certs_dir, role)
+    return grpc.ssl_server_credentials(
+        [(ident.key_pem, ident.cert_pem)],
+        root_certificates=ident.ca_pem,
+        require_client_auth=True,
+    )
+
+
 class RoostServer:
     def __init__(
         self,
@@ -126,12 +138,7 @@ class RoostServer:
             ],
             self._server,
         )
-        ident = load_identity(self.config.certs_dir, self.role)
-        creds = grpc.ssl_server_credentials(
-            [(ident.key_pem, ident.cert_pem)],
-            root_certificates=ident.ca_pem,
-            require_client_auth=True,
-        )
+        creds = server_credentials(self.config.certs_dir, self.role)
         address = f"{self.config.host}:{self.config.port}"
         self.port = self._server.add_secure_port(address, creds)
         if self.port == 0:

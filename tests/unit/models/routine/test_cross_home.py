@@ -69,6 +69,14 @@ def test_track_dropout_blanks_whole_tracks_of_a_copy_never_the_time_of_day() -> 
     assert none.augment(x, y, seed=1)[0] is x  # p = 0: no copy
 
 
+@pytest.mark.parametrize("bad", ["-0.1", "1", "1.5", "nan", "x"])
+def test_a_bad_track_dropout_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        ch.main(["--track-dropout", bad, "--data-dir", "/nonexistent"])
+    assert exit_.value.code == 2
+    assert "--track-dropout" in capsys.readouterr().err
+
+
 def test_unsure_costs_recall_but_never_precision() -> None:
     y = np.array([TOILET, TOILET, IDLE, IDLE])
     sure = ch.scores_over(y, np.array([TOILET, IDLE, IDLE, IDLE]), ("toilet", "idle"))
