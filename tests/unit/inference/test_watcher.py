@@ -105,8 +105,12 @@ async def test_hot_swap_under_load_fails_no_request(tmp_path: Path, start_app: S
             await channel.close()
 
     async def flip(target: str) -> tuple[int, int, str]:
-        """Activate ``target``: (activated, first answer from it to a request sent after
-        that, target), once a few more requests have been answered after that one."""
+        """Activate ``target``: (when the activation began, first answer from it to a
+        request sent after the activation returned, target), once a few more requests
+        have been answered after that one. The server may already serve ``target`` while
+        the activation's thread is still returning, so a flip's interval ends where the
+        next activation BEGAN."""
+        began = next(answers.clock)
         await asyncio.to_thread(disk.activate, "occupancy", target)
         activated = next(answers.clock)
         start = len(answers.log)  # requests sent after the activation are answered later
@@ -117,7 +121,7 @@ async def test_hot_swap_under_load_fails_no_request(tmp_path: Path, start_app: S
         await answers.wait_for(
             lambda: sum(1 for s, _, _ in answers.log[start:] if s > seen_at) >= 4
         )
-        return activated, seen_at, target
+        return began, seen_at, target
 
     clients = [asyncio.create_task(client()) for _ in range(4)]
     flips: list[tuple[int, int, str]] = []
@@ -132,8 +136,8 @@ async def test_hot_swap_under_load_fails_no_request(tmp_path: Path, start_app: S
     assert answers.failures == []
     # Between a flip being visible and the next flip, every request sent (and answered)
     # in that interval got the new version: the swap is one atomic switch.
-    for (_, seen, target), (next_activated, _, _) in itertools.pairwise(flips):
-        between = [v for s, t, v in answers.log if s > seen and t < next_activated]
+    for (_, seen, target), (next_began, _, _) in itertools.pairwise(flips):
+        between = [v for s, t, v in answers.log if s > seen and t < next_began]
         assert len(between) >= 4
         assert set(between) == {target}
     assert metric("roost_inference_swaps_total", model="occupancy") - swaps_before == 20
